@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine:
+#   make demo   create .venv if missing, install, run the whole pipeline on the sample corpus
+#   make test   create .venv if missing, install, run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/demo.yaml
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export SPARK_LOCAL_IP := 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(BIN))/python
+export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN))/python
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: venv demo test test-fast bench clean
+
+venv: $(STAMP)
+
+# Reinstalls whenever a requirements file or pyproject.toml changes.
+$(STAMP): requirements.txt requirements-common.txt requirements-dev.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check
+	@touch $@
+
+demo: venv
+	$(BIN)/climb run --config $(CONFIG)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf out/ .pytest_cache

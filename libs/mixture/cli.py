@@ -1,0 +1,185 @@
+"""`climb`: the command line.
+
+    climb run --config FILE              every stage in order (publish too when publish.uri is set)
+    climb STAGE --config FILE            one stage: curate, embed, cluster, shards, search, build
+    climb baselines --config FILE        the search's baselines under the same proxy budget
+    climb publish --config FILE          publish the ClimbMix dataset to publish.uri
+    climb status --config FILE           which datasets are committed
+    climb corpus sample --out DIR        build the multi-domain sample corpus from Debian packages
+
+`--set key.sub=value` overrides any config key (validated like the file). Exit status is non-zero
+on any failure, with one clear line on stderr for configuration and dataset errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import yaml
+
+from mixture.config import Config, ConfigError, load_config
+from mixture.dataset import DatasetError
+
+log = logging.getLogger("climb")
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--set takes key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _fmt_counts(counts: dict[str, Any], keys=("documents_in", "documents_out", "clusters", "tokens", "runs")) -> str:
+    return ", ".join(f"{k}={counts[k]:,}" if isinstance(counts[k], int) else f"{k}={counts[k]}"
+                     for k in keys if k in counts)
+
+
+def print_summary(cfg: Config, results: list, total: float) -> None:
+    from mixture import tracking
+
+    rows = [[r.stage, "up to date" if r.skipped else "ran", f"{r.seconds:.1f}",
+             _fmt_counts(r.dataset.manifest.counts), r.dataset.uri] for r in results]
+    print("\n" + _table(rows, ["stage", "status", "seconds", "counts", "dataset"]))
+    for r in results:
+        for key, value in r.summary:
+            if key != "up to date":
+                print(f"  {r.stage}: {key}: {value}")
+    print(f"\ntotal {total:.1f} s. Outputs under {cfg.output_root}")
+    try:
+        print(f"MLflow UI: {tracking.ui_command(cfg)}  (then open http://127.0.0.1:5000)")
+    except ValueError:
+        pass
+
+
+def cmd_run(cfg: Config, args) -> int:
+    from mixture import pipeline
+
+    t0 = time.time()
+    results = pipeline.run_all(cfg, force=args.force, until=args.until)
+    if cfg.publish.uri and not args.until:
+        from mixture import publish
+        out = publish.publish(cfg)
+        print(f"published: {out}")
+    print_summary(cfg, results, time.time() - t0)
+    return 0
+
+
+def cmd_stage(cfg: Config, args) -> int:
+    from mixture import pipeline
+
+    t0 = time.time()
+    res = pipeline.run_stage(cfg, pipeline.COMMANDS[args.command], force=args.force)
+    print_summary(cfg, [res], time.time() - t0)
+    return 0
+
+
+def cmd_status(cfg: Config, args) -> int:
+    from mixture import pipeline
+    from mixture.dataset import try_open
+
+    rows = []
+    for s in pipeline.STAGES:
+        ds = try_open(pipeline.dataset_uri(cfg, s.name))
+        if ds is None:
+            rows.append([s.name, "missing", "", ""])
+            continue
+        fresh = ds.manifest.config_hash == pipeline.config_hash(cfg, s)
+        rows.append([s.name, "committed" if fresh else "committed (config changed)",
+                     ds.manifest.finished_at, _fmt_counts(ds.manifest.counts)])
+    print(_table(rows, ["dataset", "state", "finished", "counts"]))
+    return 0
+
+
+def cmd_publish(cfg: Config, args) -> int:
+    from mixture import publish
+
+    print(publish.publish(cfg, version=args.version))
+    return 0
+
+
+def cmd_baselines(cfg: Config, args) -> int:
+    from mixture.search import baselines
+
+    table = baselines.run(cfg)
+    print(table)
+    return 0
+
+
+def cmd_corpus(args) -> int:
+    from mixture import corpus
+
+    counts = corpus.build_sample(args.out, docs_per_source=args.docs_per_source, seed=args.seed,
+                                 target_source=args.target_source or None, dup_frac=args.dup_frac)
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mixture.pipeline import COMMANDS
+
+    p = argparse.ArgumentParser(prog="climb", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp):
+        sp.add_argument("--config", required=True, help="YAML run configuration")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set search.iterations=[8,4]")
+        return sp
+
+    r = with_config(sub.add_parser("run", help="run every stage in order"))
+    r.add_argument("--force", action="store_true", help="redo stages that are up to date")
+    r.add_argument("--until", choices=[s for s in COMMANDS.values()], help="stop after this dataset")
+    for verb, name in COMMANDS.items():
+        s = with_config(sub.add_parser(verb, help=f"run the {verb} stage (dataset '{name}')"))
+        s.add_argument("--force", action="store_true")
+    with_config(sub.add_parser("status", help="which datasets are committed"))
+    with_config(sub.add_parser("baselines", help="compare the search with baseline mixtures"))
+    pub = with_config(sub.add_parser("publish", help="publish the ClimbMix dataset to S3"))
+    pub.add_argument("--version", default=None)
+    c = sub.add_parser("corpus", help="sample corpus tools")
+    csub = c.add_subparsers(dest="corpus_command", required=True)
+    cs = csub.add_parser("sample", help="build the multi-domain sample corpus from Debian packages")
+    cs.add_argument("--out", required=True)
+    cs.add_argument("--docs-per-source", type=int, default=300)
+    cs.add_argument("--seed", type=int, default=0)
+    cs.add_argument("--target-source", default="debian-reference",
+                    help="source held out as the search's target validation set ('' for none)")
+    cs.add_argument("--dup-frac", type=float, default=0.03)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("py4j", "urllib3", "botocore", "alembic", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.command == "corpus":
+            return cmd_corpus(args)
+        cfg = load_config(args.config, _overrides(args.set))
+        handler = {"run": cmd_run, "status": cmd_status, "publish": cmd_publish,
+                   "baselines": cmd_baselines}.get(args.command, cmd_stage)
+        return handler(cfg, args)
+    except (ConfigError, DatasetError) as err:
+        print(f"climb: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

