@@ -1,0 +1,67 @@
+"""ClimbLab token shards: the reader returns exactly each document's tokens."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixture import io, shards
+from mixture.dataset import DatasetWriter
+from mixture.pipeline import StageContext, BY_NAME
+
+
+def test_shard_roundtrip_exact_tokens(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [np.append(rng.integers(0, 70000, size=n), 3) for n in [0, 1, 5, 1000]]
+    prefix = str(tmp_path / "s" / "tokens")
+    assert shards.write_token_shard(prefix, docs, shards.token_dtype(70000)) == (4, sum(len(d) for d in docs))
+    shard = shards.TokenShard(prefix, np.uint32)
+    assert len(shard) == 4
+    for i, d in enumerate(docs):
+        assert np.array_equal(shard.document(i), d)
+    # the documented numpy recipe reads the same thing
+    raw = np.memmap(prefix + ".bin", dtype=np.uint32, mode="r")
+    off = np.load(prefix + ".idx")
+    assert np.array_equal(raw[off[3]:off[4]], docs[3])
+
+
+def test_dtype_follows_vocab():
+    assert shards.token_dtype(65535) == np.uint16
+    assert shards.token_dtype(65536) == np.uint32
+
+
+def _committed(tmp_path, name, stage, files: dict[str, pa.Table], counts=None, extra=None):
+    w = DatasetWriter(str(tmp_path / name), stage, "h", {})
+    for rel, table in files.items():
+        with io.open_write(w.path(rel)) as f:
+            pq.write_table(table, f)
+    return w.commit(counts or {}, extra or {})
+
+
+def test_stage_tokenizes_every_kept_document(tmp_path, sample_records):
+    recs = sample_records[:120]
+    curated = _committed(tmp_path, "curated", "curated", {"docs/part-0.parquet": pa.table({
+        "id": [r["id"] for r in recs], "text": [r["text"] for r in recs]})})
+    clusters = [(-1 if i % 10 == 0 else i % 3) for i in range(len(recs))]
+    assign = _committed(tmp_path, "clusters", "clusters", {"assignments.parquet": pa.table({
+        "id": [r["id"] for r in recs], "cluster": clusters})})
+    from mixture.config import parse_config
+    cfg = parse_config({"output_root": str(tmp_path), "input": {"uris": ["x"]},
+                        "shards": {"vocab_size": 400, "tokenizer_train_docs": 50}})
+    w = DatasetWriter(str(tmp_path / "climblab"), "climblab", "h", {})
+    out = shards.run(StageContext(cfg, BY_NAME["climblab"], {"curated": curated, "clusters": assign}, w))
+    ds = w.commit(out.counts, out.extra)
+    lab = shards.ClimbLab(ds)
+    assert lab.clusters == ["c00", "c01", "c02"]
+    assert out.counts["documents_out"] == sum(c >= 0 for c in clusters)
+    assert out.counts["pruned_documents"] == clusters.count(-1)
+    total = 0
+    for name in lab.clusters:
+        shard, texts = lab.shard(name), lab.texts(name)
+        assert len(shard) == texts.num_rows
+        for i, text in enumerate(texts.column("text").to_pylist()):
+            doc = shard.document(i)
+            assert doc[-1] == lab.eos_id
+            assert lab.tokenizer.decode(doc[:-1].tolist()) == text     # byte-level BPE is lossless
+        assert shard.n_tokens == lab.tokens_per_cluster[name]
+        total += shard.n_tokens
+    assert total == out.counts["tokens"]
+    assert abs(sum(lab.prior.values()) - 1) < 1e-9
