@@ -8,12 +8,9 @@ per cluster: the search's prior (CLIMB samples mixtures around the clusters' tok
 """
 from __future__ import annotations
 
-import json
 import random
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

@@ -1,0 +1,236 @@
+"""The dataset card (`README.md`) of a ClimbMix dataset.
+
+It follows the Hugging Face dataset card layout (YAML header with the licence and the Parquet
+files as the default configuration, then prose) and says what a user of the shards needs to
+know: the mixture and how many passes over each cluster it took, the sources, the filters and
+their thresholds, deduplication, what each cluster is about (top TF-IDF terms from the cluster
+report), the tokenizer, the licence, the file format and how to load it with pyarrow, Hugging
+Face `datasets`, numpy (nanoGPT-style) and `mixture.reader`.
+
+Upstream facts come from the datasets this build was made from: the ClimbLab manifest names the
+manifest hashes of its `curated` and `clusters` inputs, and a figure from those datasets is shown
+only when the committed one still has that hash. The card holds no timestamps, so the same data
+gives the same card (and the same content hash).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from mixture import io
+from mixture.config import Config
+from mixture.dataset import Dataset, try_open
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CardContext:
+    """Everything the card shows, gathered at the edge so that rendering is a pure function."""
+    title: str
+    counts: dict[str, Any]
+    build: dict[str, Any]                      # the climbmix manifest's extra
+    licence: str
+    sources: list[str]
+    input_format: str
+    curate: dict[str, Any]                     # the curate config section
+    curate_config_matches: bool | None         # None: curated dataset not reachable
+    curated_counts: dict[str, Any] | None
+    cluster_config: dict[str, Any]
+    cluster_counts: dict[str, Any] | None
+    topics: dict[str, list[str]] = field(default_factory=dict)
+    climblab_counts: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- gathering
+def _upstream(cfg: Config, name: str, expected_sha: str | None) -> Dataset | None:
+    """The committed upstream dataset when it is the one the ClimbLab shards were made from."""
+    ds = try_open(io.join(cfg.output_root, name))
+    if ds is None or expected_sha is None or ds.manifest_sha256 != expected_sha:
+        return None
+    return ds
+
+
+def topic_terms(report: Any, limit: int = 8) -> dict[str, list[str]]:
+    """Top terms per cluster name (`cNN`) from a cluster report.json. Accepts a list of cluster
+    entries or a mapping keyed by cluster id, under an optional "clusters" key; terms as strings
+    or as [term, score] pairs."""
+    from mixture.shards import cluster_name
+
+    entries = report.get("clusters", report) if isinstance(report, dict) else report
+    if isinstance(entries, dict):
+        items = list(entries.items())
+    elif isinstance(entries, list):
+        items = [(e.get("cluster", e.get("id", e.get("name"))), e) for e in entries if isinstance(e, dict)]
+    else:
+        return {}
+    out: dict[str, list[str]] = {}
+    for key, entry in items:
+        if not isinstance(entry, dict):
+            continue
+        terms = entry.get("top_terms") or entry.get("terms") or entry.get("tfidf_terms") or []
+        words = [t if isinstance(t, str) else str(t[0]) for t in terms if isinstance(t, (str, list, tuple)) and t]
+        try:
+            name = key if isinstance(key, str) and key.startswith("c") else cluster_name(int(key))
+        except (TypeError, ValueError):
+            continue
+        if words:
+            out[name] = words[:limit]
+    return out
+
+
+def gather(cfg: Config, counts: dict[str, Any], build: dict[str, Any], climblab: Dataset) -> CardContext:
+    inputs = climblab.manifest.inputs
+    curated = _upstream(cfg, "curated", inputs.get("curated"))
+    clusters = _upstream(cfg, "clusters", inputs.get("clusters"))
+    topics: dict[str, list[str]] = {}
+    if clusters is not None and clusters.files("report.json"):
+        try:
+            topics = topic_terms(io.read_json(clusters.path("report.json")))
+        except (OSError, ValueError) as err:
+            log.warning("cluster report unreadable, the card lists no topics: %s", err)
+    return CardContext(
+        title=cfg.run_name, counts=counts, build=build, licence=cfg.build.licence,
+        sources=list(cfg.input.uris), input_format=cfg.input.format,
+        curate=cfg.curate.model_dump(mode="json"),
+        curate_config_matches=None if curated is None else
+        curated.manifest.config_hash == cfg.section_hash("input", "curate"),
+        curated_counts=None if curated is None else curated.manifest.counts,
+        cluster_config=cfg.cluster.model_dump(mode="json"),
+        cluster_counts=None if clusters is None else clusters.manifest.counts,
+        topics=topics, climblab_counts=climblab.manifest.counts)
+
+
+# ------------------------------------------------------------------------------ rendering
+def _n(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _params(section: dict[str, Any]) -> str:
+    shown = [f"{k}={v}" for k, v in section.items() if k not in ("enabled", "stop_words") and v is not None]
+    return ", ".join(shown) if shown else "defaults"
+
+
+def render(ctx: CardContext) -> str:
+    b, c = ctx.build, ctx.counts
+    dtype = b["dtype"]
+    clusters = b["clusters"]
+    total_tokens = max(1, c["tokens"])
+    lines = [
+        "---",
+        f"license: {ctx.licence if ' ' not in ctx.licence else 'other'}",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        "    path: parquet/part-*.parquet",
+        "task_categories:",
+        "- text-generation",
+        "---",
+        "",
+        f"# ClimbMix-style dataset: {ctx.title}",
+        "",
+        f"{_n(c['documents'])} documents and {_n(c['tokens'])} tokens (budget {_n(b['token_budget'])}), "
+        f"sampled from {len(clusters)} ClimbLab clusters with the mixture below, shuffled globally "
+        f"with seed {b['seed']} and written in {b['shards']} shard(s) of up to {_n(b['shard_docs'])} "
+        "documents, following CLIMB (Diao et al., NVIDIA 2025).",
+        "",
+        "## Mixture",
+        "",
+        f"Source of the weights: {'the configured mixture file (build.mixture)' if b['mixture_source'] != 'search' else 'the mixture search (search/mixture.json)'}. "
+        f"Epochs are passes over a cluster's documents; upsampling is capped at {b['max_epochs']:g}.",
+        "",
+        "| cluster | topic (top terms) | weight | tokens | share of tokens | documents | epochs | capped |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, v in clusters.items():
+        topic = ", ".join(ctx.topics.get(name, [])) or "-"
+        lines.append(f"| {name} | {topic} | {v['weight']:.4f} | {_n(v['tokens'])} | "
+                     f"{v['tokens'] / total_tokens:.2%} | {_n(v['documents'])} | {v['epochs']:.2f} | "
+                     f"{'yes (wanted %.1f)' % v['wanted_epochs'] if v['capped'] else 'no'} |")
+    if b["capped_clusters"]:
+        lines += ["", f"The epoch cap bound for {', '.join(b['capped_clusters'])}: these clusters have "
+                  "fewer tokens than their share of the budget, and the dataset is smaller than the budget."]
+
+    lines += ["", "## Sources", ""]
+    lines += [f"- `{s}`" for s in ctx.sources]
+    lines += ["", f"Input format: {ctx.input_format}."]
+
+    lines += ["", "## Curation: filters and thresholds", ""]
+    if ctx.curate_config_matches is False:
+        lines += ["Note: the curation settings below are the current configuration's; the curated "
+                  "dataset these shards come from was made with different ones.", ""]
+    for fname, fcfg in ctx.curate["filters"].items():
+        state = "on" if fcfg.get("enabled", True) else "off"
+        lines.append(f"- {fname} ({state}): {_params(fcfg)}")
+    lines.append(f"- documents over {_n(ctx.curate['max_doc_bytes'])} bytes are quarantined")
+    if ctx.curated_counts:
+        cc = ctx.curated_counts
+        lines += ["", f"Documents in: {_n(cc.get('documents_in', '?'))}; kept: {_n(cc.get('documents_out', '?'))}."]
+        if cc.get("filtered"):
+            lines.append("Removed by filter: " + ", ".join(f"{k} {_n(v)}" for k, v in sorted(cc["filtered"].items())) + ".")
+        if cc.get("quarantined"):
+            lines.append("Quarantined (unreadable or malformed): " +
+                         ", ".join(f"{k} {_n(v)}" for k, v in sorted(cc["quarantined"].items())) + ".")
+    else:
+        lines += ["", "Curation counts: not available (the curated dataset is not reachable from this build)."]
+
+    fz = ctx.curate["fuzzy_dedup"]
+    unset = [k for k, v in fz.items() if v is None]
+    lines += ["", "## Deduplication", "",
+              f"- exact duplicates: {'on' if ctx.curate['exact_dedup'] else 'off'}",
+              f"- near duplicates, MinHash LSH on word n-grams ({'on' if fz['enabled'] else 'off'}): {_params(fz)}"
+              + (f"; {', '.join(unset)} derived from the threshold" if unset else "")]
+    if ctx.curated_counts:
+        lines.append(f"- removed: {_n(ctx.curated_counts.get('exact_duplicates', 0))} exact and "
+                     f"{_n(ctx.curated_counts.get('near_duplicates', 0))} near duplicates")
+
+    cl = ctx.cluster_config
+    lines += ["", "## Clusters", "",
+              f"k-means with K_init = {cl['k_init']}, clusters with mean quality below "
+              f"{cl['quality']['min_cluster_quality']} ({cl['quality']['scorer']} scorer) pruned, "
+              f"centroids merged (distance {cl['merge_distance']}, target {cl['target_clusters']} clusters)."]
+    if ctx.cluster_counts:
+        k = ctx.cluster_counts
+        lines.append(f"Result: {k.get('clusters', '?')} clusters; {k.get('pruned_clusters', 0)} pruned "
+                     f"clusters holding {_n(k.get('pruned_documents', 0))} documents.")
+    if not ctx.topics:
+        lines.append("Topic terms: not available (no cluster report reachable from this build).")
+
+    lines += ["", "## Tokenizer", "",
+              f"`tokenizer/tokenizer.json` (Hugging Face `tokenizers`), vocabulary {_n(b['vocab_size'])}, "
+              f"end-of-document id {b['eos_id']}, token ids stored as little-endian `{dtype}`."]
+
+    lines += ["", "## Files", "",
+              "- `parquet/part-NNNNN.parquet`: columns `text`, `cluster`, `id` (the ClimbLab document id; "
+              "an upsampled document appears more than once), in the shuffled order.",
+              "- `tokens/part-NNNNN.bin` / `.idx`: the same documents in the same order; `.bin` holds every "
+              "document's token ids followed by the end-of-document id, `.idx` is a `.npy` of int64 offsets "
+              "(n + 1): document i is `bin[idx[i]:idx[i+1]]`.",
+              "- `_manifest.json`: counts, the mixture, per-cluster tokens/documents/epochs, and every "
+              "file's size and sha256. A dataset without it is incomplete: do not read it.",
+              "", "## Loading", "",
+              "pyarrow:", "```python", "import pyarrow.dataset as ds",
+              'table = ds.dataset("parquet/", format="parquet").to_table()   # or an s3://… URI',
+              "```",
+              "Hugging Face datasets:", "```python", "from datasets import load_dataset",
+              'data = load_dataset("parquet", data_files="parquet/part-*.parquet", split="train")',
+              "```",
+              "numpy memmap (nanoGPT-style):", "```python", "import numpy as np",
+              f'tokens = np.memmap("tokens/part-00000.bin", dtype=np.{dtype}, mode="r")',
+              'offsets = np.load("tokens/part-00000.idx")',
+              "doc0 = tokens[offsets[0]:offsets[1]]",
+              "```",
+              "With checksums verified (local folder or S3):", "```python",
+              "from mixture.reader import ClimbMix",
+              'mix = ClimbMix("s3://bucket/prefix")        # the latest version, or …/<version>',
+              "for row in mix.iter_texts(): ...",
+              "for ids in mix.iter_tokens(): ...",
+              "```",
+              "", "## Licence", "", ctx.licence, ""]
+    return "\n".join(lines)
+
+
+def render_card(cfg: Config, counts: dict[str, Any], build: dict[str, Any], climblab: Dataset) -> str:
+    return render(gather(cfg, counts, build, climblab))

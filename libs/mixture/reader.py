@@ -1,0 +1,227 @@
+"""Read a ClimbMix dataset, local or on S3, with every file checked against its manifest.
+
+    from mixture.reader import ClimbMix
+    mix = ClimbMix("s3://bucket/prefix")            # follows the `latest` pointer
+    mix = ClimbMix("s3://bucket/prefix/<version>")  # one published version
+    mix = ClimbMix("out/climbmix")                  # the committed build, before publishing
+    for row in mix.iter_texts(): row["text"], row["cluster"], row["id"]
+    for ids in mix.iter_tokens(): ...               # numpy array per document, EOS included
+
+A location is a dataset only when its `_manifest.json` exists (the build and the publisher
+write it last). Each file is hashed and compared with the manifest's size and sha256 before any
+of it is returned; a mismatch raises `ChecksumError` naming the file. Through the `latest`
+pointer the manifest itself is checked against the sha256 the pointer records. Token shards on
+S3 are downloaded once into a cache folder (verified) and memory-mapped from there.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from functools import cached_property
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixture import io
+from mixture.dataset import MANIFEST, DatasetError, Manifest
+
+LATEST = "latest"
+
+
+class ChecksumError(DatasetError):
+    """A file of the dataset does not match its manifest (corrupted, truncated or replaced)."""
+
+
+class ClimbMix:
+    def __init__(self, uri: str, verify: bool = True, cache_dir: str | None = None):
+        self.requested = uri.rstrip("/")
+        self.verify_reads = verify
+        self._cache_dir = cache_dir
+        self._verified: set[str] = set()
+        self.uri, self.version, raw, expected_sha = self._resolve(self.requested)
+        self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
+        if expected_sha is not None and expected_sha != self.manifest_sha256:
+            raise ChecksumError(f"{io.join(self.uri, MANIFEST)} does not match the sha256 that the "
+                                f"`{LATEST}` pointer records")
+        self.manifest = Manifest.from_json(raw.decode())
+        self._files = {f["path"]: f for f in self.manifest.files}
+
+    @staticmethod
+    def _resolve(uri: str) -> tuple[str, str | None, bytes, str | None]:
+        """(dataset URI, version, manifest bytes, the manifest sha256 a pointer expects)."""
+        if io.exists(io.join(uri, MANIFEST)):
+            version = io.basename(uri) if io.is_s3(uri) else None
+            return uri, version, io.read_bytes(io.join(uri, MANIFEST)), None
+        if io.exists(io.join(uri, LATEST)):
+            pointer = io.read_json(io.join(uri, LATEST))
+            version = pointer["version"]
+            vuri = io.join(uri, version)
+            if not io.exists(io.join(vuri, MANIFEST)):
+                raise DatasetError(f"{uri}: `{LATEST}` points at version {version}, which has no {MANIFEST}")
+            return vuri, version, io.read_bytes(io.join(vuri, MANIFEST)), pointer.get("manifest_sha256")
+        raise DatasetError(f"no ClimbMix dataset at {uri}: no {MANIFEST} (an incomplete or absent "
+                           f"dataset) and no `{LATEST}` pointer")
+
+    # ------------------------------------------------------------------------- metadata
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.manifest.extra
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.manifest.counts
+
+    @property
+    def mixture(self) -> dict[str, float]:
+        return self.info["mixture"]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.info["dtype"])
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.info["eos_id"])
+
+    def __len__(self) -> int:
+        return int(self.counts["documents"])
+
+    @property
+    def parquet_files(self) -> list[str]:
+        return sorted(p for p in self._files if p.startswith("parquet/") and p.endswith(".parquet"))
+
+    @property
+    def token_shards(self) -> list[str]:
+        """Relative prefixes `tokens/part-NNNNN` (each with .bin and .idx)."""
+        return sorted(p[:-4] for p in self._files if p.startswith("tokens/") and p.endswith(".bin"))
+
+    # ----------------------------------------------------------------- verified access
+    def _entry(self, rel: str) -> dict:
+        if rel not in self._files:
+            raise DatasetError(f"{rel} is not a file of the dataset at {self.uri}")
+        return self._files[rel]
+
+    def _check(self, rel: str, size: int, digest: str) -> None:
+        f = self._entry(rel)
+        if size != f["bytes"] or digest != f["sha256"]:
+            raise ChecksumError(f"{io.join(self.uri, rel)} does not match its manifest checksum "
+                                f"({size} bytes, sha256 {digest[:12]}…; manifest: {f['bytes']} bytes, "
+                                f"sha256 {f['sha256'][:12]}…)")
+        self._verified.add(rel)
+
+    def read_bytes(self, rel: str) -> bytes:
+        """One file's bytes, verified."""
+        self._entry(rel)
+        raw = io.read_bytes(io.join(self.uri, rel))
+        if self.verify_reads:
+            self._check(rel, len(raw), hashlib.sha256(raw).hexdigest())
+        return raw
+
+    @cached_property
+    def cache_dir(self) -> str:
+        root = self._cache_dir or tempfile.mkdtemp(prefix="climbmix-")
+        return os.path.join(root, self.manifest_sha256[:16])
+
+    def local_path(self, rel: str) -> str:
+        """A local path holding the verified file: the file itself for a local dataset, else a
+        verified copy in the cache folder."""
+        self._entry(rel)
+        src = io.join(self.uri, rel)
+        local = io.local_path(src)
+        if local is not None:
+            if self.verify_reads and rel not in self._verified:
+                self._check(rel, os.path.getsize(local), _sha256_file(local))
+            return local
+        dst = os.path.join(self.cache_dir, rel)
+        if os.path.exists(dst) and os.path.getsize(dst) == self._files[rel]["bytes"]:
+            if not self.verify_reads or rel in self._verified:
+                return dst
+            try:
+                self._check(rel, os.path.getsize(dst), _sha256_file(dst))
+                return dst
+            except ChecksumError:
+                os.remove(dst)         # a damaged cache copy: fetch it again
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp = f"{dst}.part-{os.getpid()}"
+        h = hashlib.sha256()
+        n = 0
+        with io.open_read(src) as fin, open(tmp, "wb") as fout:
+            while block := fin.read(8 << 20):
+                h.update(block)
+                n += len(block)
+                fout.write(block)
+        try:
+            if self.verify_reads:
+                self._check(rel, n, h.hexdigest())
+        except ChecksumError:
+            os.remove(tmp)
+            raise
+        os.replace(tmp, dst)
+        return dst
+
+    def verify(self) -> None:
+        """Check every file of the manifest (sizes and sha256); raises ChecksumError."""
+        for rel, f in self._files.items():
+            src = io.join(self.uri, rel)
+            if not io.exists(src):
+                raise ChecksumError(f"{src} is listed in the manifest but missing")
+            h = hashlib.sha256()
+            n = 0
+            with io.open_read(src) as fin:
+                while block := fin.read(8 << 20):
+                    h.update(block)
+                    n += len(block)
+            self._check(rel, n, h.hexdigest())
+
+    # --------------------------------------------------------------------------- texts
+    def read_shard(self, i: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(pa.BufferReader(self.read_bytes(self.parquet_files[i])), columns=columns)
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        """Every document as one Arrow table (text, cluster, id), in the dataset's order."""
+        tables = [self.read_shard(i, columns) for i in range(len(self.parquet_files))]
+        table = pa.concat_tables(tables)
+        if table.num_rows != len(self):
+            raise DatasetError(f"{self.uri}: the Parquet shards hold {table.num_rows} rows, the manifest "
+                               f"counts {len(self)} documents")
+        return table
+
+    def iter_texts(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """One dict per document (text, cluster, id), shard by shard, in the dataset's order."""
+        for i in range(len(self.parquet_files)):
+            yield from self.read_shard(i, columns).to_pylist()
+
+    # -------------------------------------------------------------------------- tokens
+    def tokens(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens memmap, int64 offsets) of token shard i, verified."""
+        prefix = self.token_shards[i]
+        offsets = np.load(self.local_path(prefix + ".idx"), allow_pickle=False)
+        tokens = np.memmap(self.local_path(prefix + ".bin"), dtype=self.dtype, mode="r")
+        if len(offsets) == 0 or offsets[-1] != len(tokens):
+            raise DatasetError(f"{prefix}: offsets end at {offsets[-1] if len(offsets) else '?'}, "
+                               f"the token file holds {len(tokens)} tokens")
+        return tokens, offsets
+
+    def iter_tokens(self) -> Iterator[np.ndarray]:
+        """One array of token ids per document (its end-of-document id last), in the same order
+        as iter_texts."""
+        for i in range(len(self.token_shards)):
+            tokens, offsets = self.tokens(i)
+            for a, b in zip(offsets[:-1], offsets[1:]):
+                yield np.asarray(tokens[a:b])
+
+    def tokenizer(self):
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.read_bytes("tokenizer/tokenizer.json").decode())
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
