@@ -200,6 +200,8 @@ class EmbedConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     shard_docs: int = Field(10_000, ge=1, description="documents per output shard (resume unit)")
     threads: int | None = Field(None, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU")
 
 
 # ------------------------------------------------------------------------------------ cluster
@@ -208,6 +210,20 @@ class QualityConfig(Section):
     min_cluster_quality: float = Field(3.0, description="paper: mean score >= 3.0 on a 1-5 scale")
     scorer: Literal["heuristic", "classifier", "fasttext"] = "heuristic"
     fasttext_model: str | None = None
+    heuristic_signals: dict[str, tuple[float, float, float]] = Field(
+        {}, description="q_* column -> (bad, threshold, good); adds to or replaces the built-in table")
+    classifier_negatives: int = Field(10_000, ge=1, description="random corpus documents as negatives")
+
+    @model_validator(mode="after")
+    def _scorer_inputs(self) -> "QualityConfig":
+        if self.scorer == "classifier" and not self.reference_uris:
+            raise ValueError("scorer classifier needs reference_uris (high-quality JSONL documents)")
+        if self.scorer == "fasttext" and not self.fasttext_model:
+            raise ValueError("scorer fasttext needs fasttext_model")
+        for name, (bad, threshold, good) in self.heuristic_signals.items():
+            if not (bad < threshold < good or bad > threshold > good):
+                raise ValueError(f"heuristic_signals.{name}: threshold must lie strictly between bad and good")
+        return self
 
 
 class ClusterConfig(Section):
@@ -215,6 +231,7 @@ class ClusterConfig(Section):
     niter: int = Field(20, ge=1)
     nredo: int = Field(1, ge=1)
     max_train_points: int = Field(256 * 1000, ge=1)
+    min_points_per_centroid: int = Field(10, ge=1, description="K_init is capped at n_docs / this")
     min_cluster_size: int = Field(1, ge=1)
     quality: QualityConfig = QualityConfig()
     merge_distance: float | None = Field(1.5, gt=0)
@@ -251,6 +268,7 @@ class ProxyConfig(Section):
 class TargetConfig(Section):
     val_uris: list[str] = []
     val_docs: int = Field(200, ge=1)
+    val_tokens: int = Field(100_000, ge=1, description="whole documents up to this many tokens")
     metric: Literal["loss", "bpb"] = "bpb"
     tasks: list[str] = Field([], description="multiple-choice JSONL files (context, choices, gold)")
     task_metric: Literal["acc", "acc_norm", "logprob"] = "logprob"
