@@ -7,7 +7,9 @@ with its manifest afterwards. The same function runs from the CLI and from an Ai
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ class Stage:
     sections: tuple[str, ...]       # config sections whose values change the output
     target: str                     # "module:function", imported only when the stage runs
     resumable: bool = False         # keep staged pieces of a killed run
+    files: tuple[str, ...] = ()     # config keys naming files whose content changes the output
 
     def func(self) -> Callable[["StageContext"], "StageOutput"]:
         module, fn = self.target.split(":")
@@ -34,12 +37,14 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("curated", (), ("input", "curate"), "mixture.curate.stage:run"),
+    Stage("curated", (), ("input", "curate"), "mixture.curate.stage:run", files=("input.uris",)),
     Stage("embeddings", ("curated",), ("embed",), "mixture.embed:run", resumable=True),
-    Stage("clusters", ("curated", "embeddings"), ("cluster",), "mixture.cluster:run"),
-    Stage("climblab", ("curated", "clusters"), ("shards",), "mixture.shards:run"),
-    Stage("search", ("climblab",), ("search", "tracking"), "mixture.search.stage:run", resumable=True),
-    Stage("climbmix", ("climblab", "search"), ("build",), "mixture.build:run"),
+    Stage("clusters", ("curated", "embeddings"), ("cluster",), "mixture.cluster:run",
+          files=("cluster.quality.reference_uris", "cluster.quality.fasttext_model")),
+    Stage("climblab", ("curated", "clusters"), ("shards",), "mixture.shards:run", files=("shards.tokenizer",)),
+    Stage("search", ("climblab",), ("search",), "mixture.search.stage:run", resumable=True,
+          files=("search.target.val_uris", "search.target.tasks")),
+    Stage("climbmix", ("climblab", "search"), ("build",), "mixture.build:run", files=("build.mixture",)),
 )
 # CLI names of the stages (verbs) -> dataset names
 COMMANDS = {"curate": "curated", "embed": "embeddings", "cluster": "clusters",
@@ -78,8 +83,26 @@ def dataset_uri(cfg: Config, name: str) -> str:
     return io.join(cfg.output_root, name)
 
 
+def files_fingerprint(uris: list[str]) -> list[list]:
+    """Path and size of every file the URIs name: a corpus refresh that adds, drops or rewrites
+    input files changes the fingerprint (cheap: one listing, no reads)."""
+    return [[f, io.size(f)] for f in io.expand(uris)]
+
+
 def config_hash(cfg: Config, stage: Stage) -> str:
-    return cfg.section_hash(*stage.sections)
+    """The stage's config sections, plus what the files named in its config hold: editing a
+    mixture file or a target set in place makes the stage run again."""
+    parts = [cfg.section_hash(*stage.sections)]
+    for key in stage.files:
+        value = cfg
+        for k in key.split("."):
+            value = getattr(value, k)
+        uris = [value] if isinstance(value, str) else list(value or [])
+        if key == "input.uris":
+            parts.append(json.dumps(files_fingerprint(uris)))
+        else:
+            parts += [io.sha256(f) for u in uris for f in (io.expand([u]) or [u])]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def prepare(cfg: Config, name: str) -> tuple[Stage, dict[str, Dataset], DatasetWriter]:

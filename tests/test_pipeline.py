@@ -1,0 +1,42 @@
+"""What makes a stage run again: its config sections, its inputs, the files its config names."""
+from mixture import pipeline
+from mixture.config import parse_config
+
+
+def _cfg(tmp_path, **extra):
+    return parse_config({"output_root": str(tmp_path / "out"), "input": {"uris": [str(tmp_path / "in")]},
+                         **extra})
+
+
+def test_hash_follows_own_sections_only(tmp_path):
+    (tmp_path / "in").mkdir()
+    a, b = _cfg(tmp_path), _cfg(tmp_path, build={"tokens": 5})
+    h = lambda c, n: pipeline.config_hash(c, pipeline.BY_NAME[n])  # noqa: E731
+    assert h(a, "curated") == h(b, "curated") and h(a, "search") == h(b, "search")
+    assert h(a, "climbmix") != h(b, "climbmix")
+    # where MLflow records runs does not change what the search computes
+    assert h(a, "search") == h(_cfg(tmp_path, tracking={"uri": "http://mlflow:5000"}), "search")
+
+
+def test_new_input_files_make_curation_run_again(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"text": "x"}\n')
+    cfg = _cfg(tmp_path)
+    before = pipeline.config_hash(cfg, pipeline.BY_NAME["curated"])
+    (tmp_path / "in" / "b.jsonl").write_text('{"text": "y"}\n')
+    assert pipeline.config_hash(cfg, pipeline.BY_NAME["curated"]) != before
+
+
+def test_editing_a_named_file_in_place_changes_the_hash(tmp_path):
+    (tmp_path / "in").mkdir()
+    target = tmp_path / "target.jsonl"
+    target.write_text('{"text": "a"}\n')
+    mix = tmp_path / "mix.json"
+    mix.write_text('{"weights": {"c00": 1.0}}')
+    cfg = _cfg(tmp_path, search={"target": {"val_uris": [str(target)]}}, build={"mixture": str(mix)})
+    s0 = pipeline.config_hash(cfg, pipeline.BY_NAME["search"])
+    b0 = pipeline.config_hash(cfg, pipeline.BY_NAME["climbmix"])
+    target.write_text('{"text": "b"}\n')
+    mix.write_text('{"weights": {"c00": 0.5, "c01": 0.5}}')
+    assert pipeline.config_hash(cfg, pipeline.BY_NAME["search"]) != s0
+    assert pipeline.config_hash(cfg, pipeline.BY_NAME["climbmix"]) != b0
