@@ -40,3 +40,22 @@ def test_editing_a_named_file_in_place_changes_the_hash(tmp_path):
     mix.write_text('{"weights": {"c00": 0.5, "c01": 0.5}}')
     assert pipeline.config_hash(cfg, pipeline.BY_NAME["search"]) != s0
     assert pipeline.config_hash(cfg, pipeline.BY_NAME["climbmix"]) != b0
+
+
+def test_where_it_runs_does_not_change_the_hash(tmp_path):
+    (tmp_path / "in").mkdir()
+    a = _cfg(tmp_path)
+    b = _cfg(tmp_path, curate={"spark_master": "spark://spark-master:7077", "partitions": 64},
+             search={"workers": 8, "proxy": {"threads": 4}})
+    c = _cfg(tmp_path, curate={"exact_dedup": False})
+    h = lambda cfg, n: pipeline.config_hash(cfg, pipeline.BY_NAME[n])  # noqa: E731
+    assert h(a, "curated") == h(b, "curated") and h(a, "search") == h(b, "search")
+    assert h(a, "curated") != h(c, "curated")
+
+
+def test_each_config_logs_to_its_own_store(tmp_path, monkeypatch):
+    from mixture import tracking
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a, b = _cfg(tmp_path / "a"), _cfg(tmp_path / "b")
+    tracking.setup(a)
+    assert tracking.tracking_uri(b) == f"sqlite:///{tmp_path / 'b' / 'out' / 'mlflow.db'}"

@@ -30,6 +30,22 @@ class ConfigError(ValueError):
     """A configuration that cannot run. The message names the offending key."""
 
 
+# Fields that say where or how fast a stage runs, not what it produces (the output is the same
+# for any value): they are left out of the config hash, so moving a run to another Spark master
+# or more threads does not redo it.
+NOT_HASHED = {"hashed": False}
+
+
+def _hashed_dump(model: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("hashed") is False:
+            continue
+        value = getattr(model, name)
+        out[name] = _hashed_dump(value) if isinstance(value, BaseModel) else value
+    return json.loads(json.dumps(out, default=lambda o: o.model_dump(mode="json") if isinstance(o, BaseModel) else str(o)))
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -162,8 +178,10 @@ class FuzzyDedupConfig(Section):
     num_perm: int | None = Field(None, ge=8, description="MinHash permutations; derived from threshold when absent")
     bands: int | None = Field(None, ge=1, description="derived from threshold when absent")
     rows: int | None = Field(None, ge=1)
-    false_positive_weight: float = Field(0.5, ge=0, description="weight of the FP area when deriving bands x rows")
-    false_negative_weight: float = Field(0.5, ge=0, description="weight of the FN area when deriving bands x rows")
+    # Candidates are verified by exact Jaccard, so an LSH false positive costs only time: the
+    # default weights favour recall (P(candidate) at the threshold ~0.78 instead of ~0.44).
+    false_positive_weight: float = Field(0.2, ge=0, description="weight of the FP area when deriving bands x rows")
+    false_negative_weight: float = Field(0.8, ge=0, description="weight of the FN area when deriving bands x rows")
     verify: bool = Field(True, description="keep only LSH candidate pairs whose exact shingle Jaccard >= threshold")
     max_cc_iterations: int = Field(30, ge=1)
 
@@ -179,8 +197,8 @@ class FuzzyDedupConfig(Section):
 
 
 class CurateConfig(Section):
-    spark_master: str = "local[*]"
-    partitions: int = Field(8, ge=1)
+    spark_master: str = Field("local[*]", json_schema_extra=NOT_HASHED)
+    partitions: int = Field(8, ge=1, json_schema_extra=NOT_HASHED)
     max_doc_bytes: int = Field(1_000_000, gt=0, description="larger documents are quarantined")
     split_bytes: int = Field(128 << 20, ge=1 << 10,
                              description="uncompressed JSONL / Parquet files larger than this are read in pieces")
@@ -199,7 +217,7 @@ class EmbedConfig(Section):
     long_documents: Literal["truncate", "chunk_mean"] = "truncate"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     shard_docs: int = Field(10_000, ge=1, description="documents per output shard (resume unit)")
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, json_schema_extra=NOT_HASHED)
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU")
 
@@ -253,7 +271,9 @@ class ShardsConfig(Section):
 
 # ------------------------------------------------------------------------------------- search
 class ProxyConfig(Section):
-    preset: str = "cpu-2m"
+    # mixture.search.proxy.PRESETS: cpu-tiny (tests), cpu-2m (CPU demo), cpu-6m (CPU transfer),
+    # 62m and 350m (the paper's proxy sizes, for GPUs)
+    preset: Literal["cpu-tiny", "cpu-2m", "cpu-6m", "62m", "350m"] = "cpu-2m"
     tokens: int = Field(300_000, gt=0)
     batch_size: int = Field(4, ge=1)
     seq_len: int = Field(256, ge=8)
@@ -261,8 +281,9 @@ class ProxyConfig(Section):
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     min_lr_frac: float = Field(0.1, ge=0, le=1)
     schedule: Literal["cosine", "wsd"] = "cosine"
-    threads: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, json_schema_extra=NOT_HASHED)
     compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class TargetConfig(Section):
@@ -278,13 +299,13 @@ class TargetConfig(Section):
 class PredictorConfig(Section):
     candidates: list[Literal["lightgbm", "ridge", "ridge_sqrt", "mixing_law"]] = [
         "lightgbm", "ridge", "ridge_sqrt", "mixing_law"]
-    max_depth: int = 4
-    learning_rate: float = 0.01
-    n_estimators: int = 1000
-    early_stopping_rounds: int = 20
-    reg_alpha: float = 1.0
-    reg_lambda: float = 1.0
-    min_child_samples: int = 5
+    max_depth: int = Field(4, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    n_estimators: int = Field(1000, ge=1)
+    early_stopping_rounds: int = Field(20, ge=0, description="0: no early stopping")
+    reg_alpha: float = Field(1.0, ge=0)
+    reg_lambda: float = Field(1.0, ge=0)
+    min_child_samples: int = Field(5, ge=1)
     min_data_in_bin: int = Field(3, ge=1, description="LightGBM's default 3; 1 lets 16-30 runs split")
     cv_folds: int = Field(5, ge=2)
     min_spearman: float = Field(0.3, ge=-1, le=1, description="below this CV Spearman the final "
@@ -304,8 +325,8 @@ class SearchConfig(Section):
     local_frac: float = Field(0.0, ge=0, le=1, description="share of candidates drawn around the "
                               "best observed mixtures (0: all around the prior, as in the paper)")
     local_top: int = Field(4, ge=1, description="how many best observed mixtures local candidates centre on")
-    workers: int = Field(1, ge=1)
-    seeds: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, json_schema_extra=NOT_HASHED)
+    seeds: int = Field(1, ge=1, description="proxy runs per mixture (seeds seed+0..); iterations count mixtures")
     transfer_seeds: int = Field(2, ge=1, description="repeats of each baseline's transfer run")
     proxy: ProxyConfig = ProxyConfig()
     transfer_proxy: ProxyConfig = ProxyConfig(preset="cpu-6m", tokens=900_000)
@@ -372,7 +393,7 @@ class Config(Section):
 
     def section_hash(self, *names: str) -> str:
         """sha256 of the canonical JSON of the named sections (and the seed)."""
-        payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
+        payload = {n: _hashed_dump(getattr(self, n)) for n in names}
         payload["seed"] = self.seed
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()

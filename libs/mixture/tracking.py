@@ -28,8 +28,11 @@ def tracking_uri(cfg: Config) -> str:
 
 
 def artifact_location(cfg: Config) -> str | None:
+    """Artifacts beside the default SQLite store; a tracking server keeps its own."""
     root = io.local_path(cfg.output_root)
-    return None if root is None else os.path.join(root, "mlartifacts")
+    if root is None or not tracking_uri(cfg).startswith("sqlite:///" + root):
+        return None
+    return os.path.join(root, "mlartifacts")
 
 
 def setup(cfg: Config, experiment: str | None = None) -> str:
@@ -39,7 +42,14 @@ def setup(cfg: Config, experiment: str | None = None) -> str:
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; restore it, or a second config in
+    # the same process would log into the first one's store.
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(cfg))
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
     name = experiment or cfg.tracking.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:

@@ -1,0 +1,115 @@
+"""What the two CLIMB DAGs share: where a run's configuration comes from, the Airflow Variables
+they read, the assets they announce, and the one way a task calls the library.
+
+Tasks call `mixture.pipeline.run_stage(cfg, name)`, the function `climb STAGE` runs, so a DAG
+adds scheduling, fan-out, pools and retries and nothing else. Stages are idempotent (an up-to-date
+dataset is not rebuilt, a killed one was never committed), which is what makes retries safe.
+Everything heavy (`mixture`, torch, Spark) is imported inside task functions: this module and the
+DAG files must parse in well under a second.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, Param, Variable
+from airflow.sdk.exceptions import AirflowFailException
+
+log = logging.getLogger(__name__)
+
+# The checkout the DAGs live in: relative config paths (and the relative paths inside a config)
+# are resolved against it, as `climb` resolves them against the folder it runs in. A worker's
+# working directory is not fixed by Airflow, so it cannot be the anchor.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Every Airflow Variable the DAGs read, with the default used when it is unset. Read them only
+# through `variable()`; docker-compose.yml sets each one (AIRFLOW_VAR_<NAME>), and
+# tests/test_compose.py checks that it does.
+VARIABLES: dict[str, str] = {
+    "climb_config": "configs/demo.yaml",        # run configuration when the run's `config` param is empty
+    "climb_spark_master": "",                   # spark-submit --master; empty: the config's curate.spark_master
+    "climb_refresh_schedule": "@weekly",        # corpus refresh schedule; empty: manual runs only
+    "climb_search_max_iterations": "3",         # search iterations unrolled in the DAG (the paper: 3)
+}
+
+GPU_POOL = "gpu"    # embedding and proxy training: slots = GPUs (created by the deployment's init job)
+GPU_QUEUE = "gpu"   # Celery queue the GPU workers listen on; LocalExecutor ignores queues
+
+# One asset per dataset that another DAG or team consumes. The asset is fixed at parse time; each
+# event's extra names the committed dataset (uri, manifest hash) and the config that made it.
+CLIMBLAB = Asset(name="climblab", uri="climb://datasets/climblab")
+CLIMBMIX = Asset(name="climbmix", uri="climb://datasets/climbmix")
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "climb",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": 2.0,
+}
+
+
+def variable(name: str) -> str:
+    return Variable.get(name, default=VARIABLES[name])
+
+
+def config_param() -> Param:
+    return Param("", type="string", title="Run configuration",
+                 description="YAML config path (relative: to the project root). Empty: the config "
+                             "of the triggering asset event, else the Airflow Variable climb_config, "
+                             f"else {VARIABLES['climb_config']}.")
+
+
+def config_path(context: Any) -> str:
+    """The run's config file: the `config` param, else the one named by the asset event that
+    triggered the run, else the `climb_config` Variable, else configs/demo.yaml. Absolute."""
+    path = (context["params"].get("config") or "").strip()
+    if not path:
+        events = context.get("triggering_asset_events") or {}
+        for asset_events in events.values():
+            for event in asset_events:
+                path = path or (event.extra or {}).get("config", "")
+    path = path or variable("climb_config")
+    return str(PROJECT_ROOT / path) if not Path(path).is_absolute() else path
+
+
+def load_config(path: str):
+    """The validated config. Relative paths inside it resolve against the project root."""
+    from mixture.config import load_config as load
+
+    with contextlib.chdir(PROJECT_ROOT):
+        return load(path)
+
+
+def check_config(path: str):
+    """The validated config; an invalid one fails the task at once (retrying cannot fix it)."""
+    from mixture.config import ConfigError
+
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        raise AirflowFailException(str(err)) from None
+
+
+def describe(dataset: Any, skipped: bool) -> dict[str, Any]:
+    """The small, JSON-safe record of a committed dataset that a task returns (its XCom)."""
+    counts = {k: v for k, v in dataset.manifest.counts.items() if isinstance(v, (int, float, str))}
+    return {"dataset": dataset.uri, "manifest_sha256": dataset.manifest_sha256,
+            "skipped": skipped, "counts": counts}
+
+
+def run_stage(config: str, name: str) -> dict[str, Any]:
+    """Run (or find up to date) one pipeline stage; the same call as `climb STAGE`."""
+    from mixture import pipeline
+
+    result = pipeline.run_stage(load_config(config), name)
+    for key, value in result.summary:
+        log.info("%s: %s: %s", name, key, value)
+    return describe(result.dataset, result.skipped)
+
+
+def asset_extra(config: str, described: dict[str, Any]) -> dict[str, Any]:
+    return {"config": config, "uri": described["dataset"],
+            "manifest_sha256": described["manifest_sha256"]}
