@@ -21,7 +21,8 @@ def tiny_run(tmp_path_factory, sample_records):
     for r in sample_records:
         by_source.setdefault(r["source"], []).append(r)
     picked = [r for recs in by_source.values() for r in recs[:30]]
-    picked.append(dict(picked[0], id="exact-copy"))                      # an exact duplicate
+    # an exact copy of one document of every source: some survive the filters as duplicates
+    picked += [dict(recs[0], id=f"exact-copy-{src}") for src, recs in by_source.items()]
     inp = tmp / "input" / "tiny.jsonl"
     inp.parent.mkdir()
     inp.write_text("".join(json.dumps(r) + "\n" for r in picked) + "{not json\n")

@@ -1,0 +1,56 @@
+"""`spark-submit jobs/curate.py --config FILE`: the curation stage as a Spark application.
+
+The same stage function as `climb curate` (through `pipeline.run_stage`), so both commit the same
+dataset. The Spark session is created first from spark-submit's own settings (`--master`,
+`--conf`), and the stage uses it; without spark-submit it falls back to `curate.spark_master`.
+Exit status: 0 when the dataset is committed or up to date, 2 for a configuration or dataset
+error, 1 for any other failure.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML run configuration")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--force", action="store_true", help="run even when the dataset is up to date")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+    from mixture import pipeline
+    from mixture.cli import _overrides
+    from mixture.config import ConfigError, load_config
+    from mixture.dataset import DatasetError
+
+    try:
+        cfg = load_config(args.config, _overrides(args.set))
+    except ConfigError as err:
+        print(f"curate: {err}", file=sys.stderr)
+        return 2
+    from pyspark.sql import SparkSession
+
+    # Python workers run this driver's interpreter (and so see the same installed packages).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = SparkSession.builder.appName("climb-curate").getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    try:
+        result = pipeline.run_stage(cfg, pipeline.COMMANDS["curate"], force=args.force)
+    except (ConfigError, DatasetError) as err:
+        print(f"curate: {err}", file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    print(f"curated: {'up to date' if result.skipped else 'committed'} {result.dataset.uri}")
+    for key, value in result.summary:
+        print(f"  {key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

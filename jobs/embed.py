@@ -1,0 +1,44 @@
+"""`python jobs/embed.py --config FILE`: the embedding stage on a GPU (or CPU) worker.
+
+The same stage function as `climb embed` (through `pipeline.run_stage`), so both commit the same
+dataset; a killed run resumes from its finished shards. Exit status: 0 when the dataset is
+committed or up to date, 2 for a configuration, dataset or model error, 1 for any other failure.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML run configuration")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--force", action="store_true", help="run even when the dataset is up to date")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # models load from local folders only: never reach for the hub
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+    from mixture import pipeline
+    from mixture.cli import _overrides
+    from mixture.config import ConfigError, load_config
+    from mixture.dataset import DatasetError
+    from mixture.embed import EmbedError
+
+    try:
+        cfg = load_config(args.config, _overrides(args.set))
+        result = pipeline.run_stage(cfg, pipeline.COMMANDS["embed"], force=args.force)
+    except (ConfigError, DatasetError, EmbedError) as err:
+        print(f"embed: {err}", file=sys.stderr)
+        return 2
+    print(f"embeddings: {'up to date' if result.skipped else 'committed'} {result.dataset.uri}")
+    for key, value in result.summary:
+        print(f"  {key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`python jobs/proxy.py --config FILE --job JOB.json`: one proxy run as an independent process.
+
+The job is one entry of `mixture.search.steps.propose(cfg, i)` (a GPU worker or an Airflow task
+gets it as a JSON file). The run trains and evaluates one proxy through `steps.run_proxy`, the
+same function the CLI's search runs, and writes `runs/<run_id>.json` in the search's staging
+folder; a run that is already there is returned without training (retries repeat no work).
+Prints the run's score and metrics as one JSON line. Exit status: 0 on success, 2 for a
+configuration, dataset or job error, 1 for any other failure (a diverged proxy, say).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML run configuration")
+    p.add_argument("--job", required=True, help="a JSON file with one job from steps.propose")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from mixture import io
+    from mixture.cli import _overrides
+    from mixture.config import ConfigError, load_config
+    from mixture.dataset import DatasetError
+    from mixture.search import steps
+    from mixture.search.evaluate import TargetError
+
+    try:
+        cfg = load_config(args.config, _overrides(args.set))
+        try:
+            job = io.read_json(args.job)
+        except (OSError, ValueError) as err:
+            raise steps.SearchError(f"cannot read the job file {args.job}: {err}") from None
+        if not isinstance(job, dict):
+            raise steps.SearchError(f"{args.job} must hold one job object")
+        result = steps.run_proxy(cfg, job)
+    except (ConfigError, DatasetError, steps.SearchError, TargetError) as err:
+        print(f"proxy: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"run_id": result["run_id"], "score": result["score"], "metrics": result.get("metrics", {})}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

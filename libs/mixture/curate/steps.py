@@ -1,0 +1,161 @@
+"""The per-batch functions the curation stage runs inside Spark executors (`mapInArrow`).
+
+Each is built by a factory that takes plain picklable settings and returns a function from an
+iterator of Arrow record batches to an iterator of record batches, so the same code runs in
+`local[*]` and on a cluster, and can be called on plain lists of batches in tests.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterator
+
+import numpy as np
+
+from mixture import io
+from mixture.config import FiltersConfig
+from mixture.curate.filters import FilterChain, signal_names
+from mixture.curate.ingest import ReadOptions, Split, read_split
+
+INGEST_COLUMNS = ["file", "line", "id", "text", "source", "reason", "raw"]
+INGEST_SCHEMA = ("file string, line bigint, id string, text string, source string, "
+                 "reason string, raw string")
+
+
+def ingest_batches(opts: ReadOptions, batch_rows: int = 2000, batch_bytes: int = 32 << 20):
+    """Batches of `split` (a Split as JSON) -> batches of records (INGEST_COLUMNS)."""
+
+    def run(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        schema = pa.schema([("file", pa.string()), ("line", pa.int64()), ("id", pa.string()),
+                            ("text", pa.string()), ("source", pa.string()), ("reason", pa.string()),
+                            ("raw", pa.string())])
+        cols: dict[str, list] = {c: [] for c in INGEST_COLUMNS}
+        size = 0
+        for batch in batches:
+            for split_json in batch.column("split").to_pylist():
+                for rec in read_split(Split.from_json(split_json), opts):
+                    for name, value in zip(INGEST_COLUMNS, rec):
+                        cols[name].append(value)
+                    size += len(rec.text or "") + len(rec.raw or "")
+                    if len(cols["file"]) >= batch_rows or size >= batch_bytes:
+                        yield pa.RecordBatch.from_pydict(cols, schema=schema)
+                        cols = {c: [] for c in INGEST_COLUMNS}
+                        size = 0
+        if cols["file"]:
+            yield pa.RecordBatch.from_pydict(cols, schema=schema)
+
+    return run
+
+
+def normalized_hash(text: str) -> str:
+    """SHA-1 of the text lowercased with whitespace runs collapsed: the exact-dedup key."""
+    return hashlib.sha1(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
+
+
+def score_columns(filters: FiltersConfig) -> list[tuple[str, str]]:
+    return ([("n_words", "int")] + [(n, "float") for n in signal_names(filters)]
+            + [("filter_reason", "string"), ("filter_failed", "string"), ("exempt", "string"),
+               ("text_hash", "string")])
+
+
+def score_schema(input_schema: str, filters: FiltersConfig) -> str:
+    return input_schema + ", " + ", ".join(f"{n} {t}" for n, t in score_columns(filters))
+
+
+def score_batches(filters: dict[str, Any]):
+    """Batches with `text` and `reason` -> the same batches plus n_words, the q_* signals, the
+    first failing filter (`filter_reason`), every failing filter (`filter_failed`, for
+    statistics), the exempted filters and the exact-dedup hash. Rows already quarantined
+    (`reason` set) get nulls."""
+
+    def run(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        cfg = FiltersConfig.model_validate(filters)
+        chain = FilterChain(cfg)
+        names = signal_names(cfg)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            texts = batch.column("text").to_pylist()
+            reasons = batch.column("reason").to_pylist()
+            n = len(texts)
+            n_words = np.zeros(n, dtype=np.int32)
+            sig = np.zeros((n, len(names)), dtype=np.float32)
+            valid = np.zeros(n, dtype=bool)
+            first: list[str | None] = [None] * n
+            failed: list[str | None] = [None] * n
+            exempt: list[str | None] = [None] * n
+            hashes: list[str | None] = [None] * n
+            for i, (text, reason) in enumerate(zip(texts, reasons)):
+                if reason is not None or text is None:
+                    continue
+                v = chain(text)
+                valid[i] = True
+                n_words[i] = v.n_words
+                sig[i] = [v.signals[k] for k in names]
+                first[i] = v.reason
+                failed[i] = ";".join(f"{k}:{r}" for k, r in v.failed.items()) or None
+                exempt[i] = ";".join(v.exempt) or None
+                hashes[i] = normalized_hash(text)
+            mask = ~valid
+            arrays = list(batch.columns) + [pa.array(n_words, pa.int32(), mask=mask)]
+            arrays += [pa.array(sig[:, j], pa.float32(), mask=mask) for j in range(len(names))]
+            arrays += [pa.array(first, pa.string()), pa.array(failed, pa.string()),
+                       pa.array(exempt, pa.string()), pa.array(hashes, pa.string())]
+            out_names = list(batch.schema.names) + ["n_words"] + names + [
+                "filter_reason", "filter_failed", "exempt", "text_hash"]
+            yield pa.RecordBatch.from_arrays(arrays, names=out_names)
+
+    return run
+
+
+def write_buckets(base_uri: str, prefix: str, fields: list[tuple[str, str]], sort_keys: list[str],
+                  row_group_size: int = 20_000):
+    """Batches with a `_bucket` column -> one Parquet file `<prefix>/part-<bucket>.parquet` per
+    bucket, rows sorted by `sort_keys`, written through mixture.io from the executor that holds
+    the bucket (every bucket lives in exactly one partition: the caller partitions by it).
+    Yields (bucket, rows) per file written."""
+
+    def run(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        schema = arrow_schema(fields)
+        parts: dict[int, list] = {}
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            buckets = batch.column("_bucket").to_numpy(zero_copy_only=False)
+            for b in np.unique(buckets):
+                parts.setdefault(int(b), []).append(batch.filter(pa.array(buckets == b)))
+        for b, batches_of_b in sorted(parts.items()):
+            table = pa.Table.from_batches(batches_of_b).select([n for n, _ in fields])
+            rows = write_table(table, schema, sort_keys, part_uri(base_uri, prefix, b), row_group_size)
+            yield pa.RecordBatch.from_pydict({"bucket": [b], "rows": [rows]},
+                                             schema=pa.schema([("bucket", pa.int32()), ("rows", pa.int64())]))
+
+    return run
+
+
+_ARROW_TYPES = {"string": "string", "bigint": "int64", "int": "int32", "float": "float32", "double": "float64"}
+
+
+def arrow_schema(fields: list[tuple[str, str]]):
+    import pyarrow as pa
+
+    return pa.schema([(n, pa.type_for_alias(_ARROW_TYPES[t])) for n, t in fields])
+
+
+def part_uri(base_uri: str, prefix: str, bucket: int) -> str:
+    return io.join(base_uri, prefix, f"part-{bucket:05d}.parquet")
+
+
+def write_table(table, schema, sort_keys: list[str], uri: str, row_group_size: int = 20_000) -> int:
+    """Write one part file deterministically: same rows -> same bytes, whatever the batches."""
+    import pyarrow.parquet as pq
+
+    table = table.cast(schema).sort_by([(k, "ascending") for k in sort_keys]).combine_chunks()
+    with io.open_write(uri) as f:
+        pq.write_table(table, f, compression="zstd", row_group_size=row_group_size)
+    return table.num_rows

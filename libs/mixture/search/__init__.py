@@ -1,0 +1,16 @@
+"""CLIMB's mixture search (Diao et al., 2025): sample mixtures of the ClimbLab clusters, train
+small proxy models on them, fit a predictor of the target score and iterate towards the best
+mixture.
+
+Modules, in the order the data flows:
+  sampler     Dirichlet mixtures around the clusters' token prior (caps, floors, dedup)
+  proxy       proxy model presets and the trainer (packed windows sampled by the mixture)
+  evaluate    target metrics: validation bits per byte, multiple-choice tasks; the score
+  predictor   LightGBM / ridge / ridge on sqrt weights / mixing law, chosen by CV Spearman
+  bootstrap   the iterative search as pure functions (propose, final)
+  steps       propose / run_proxy / finish: the units the CLI and Airflow both run
+  stage       `climb search` (the pipeline's stage function) with a process pool
+  baselines   natural, uniform, best-of-random, RegMix vs CLIMB at transfer scale
+  track       MLflow: search > iteration > proxy runs;  plots: the figures
+  synthetic   a known-optimum objective and a tiny ClimbLab builder for tests and benchmarks
+"""

@@ -1,0 +1,260 @@
+"""Target metrics of a trained proxy: validation bits per byte and multiple-choice tasks.
+
+CLIMB (Diao et al., 2025) scores a proxy by its accuracy on the target's validation tasks (PIQA,
+ARC-E, HellaSwag; one domain such as MMLU social sciences for a domain target). Tiny CPU proxies are
+at chance on such tasks, so the default target here is the proxy's language-modelling quality on
+held-out text of the target domain (`search.target.val_uris`), in bits per byte: the sum of token
+negative log-likelihoods / ln 2 / the UTF-8 bytes of the text, which does not depend on the
+tokenizer. Multiple-choice tasks are scored as lm-evaluation-harness does: each choice's summed
+log-likelihood as a continuation of the context (`acc`), the same divided by the choice's length in
+UTF-8 bytes (`acc_norm`), and, because accuracy is too coarse to rank proxies near chance, a
+continuous `logprob`: the log of the probability the model gives the gold choice among the choices.
+
+Direction is explicit: every proxy run stores `metrics` (as measured) and one `score`, where
+HIGHER IS BETTER: the validation part enters as -bpb (or -loss), task parts as acc/acc_norm/logprob,
+combined as the weighted mean with `search.target.weights` (component names "val" and each task
+file's stem; weight 1 when not given).
+
+Task files are JSONL (optionally gzip'd), one item per line: {"context": str, "choices": [str],
+"gold": int}; optional "delimiter" (default " ") goes between context and choice.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from mixture import io
+from mixture.config import TargetConfig
+
+
+class TargetError(ValueError):
+    """A target file or item that cannot be scored."""
+
+
+# ----------------------------------------------------------------------------------- loading
+def read_jsonl(uri: str) -> list[dict]:
+    raw = io.read_bytes(uri)
+    if uri.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    out = []
+    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise TargetError(f"{uri}:{n}: not valid JSON ({err.msg})") from None
+    return out
+
+
+def task_name(uri: str) -> str:
+    name = io.basename(uri)
+    for suffix in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+@dataclass
+class MCItem:
+    context: str
+    choices: list[str]
+    gold: int
+    delimiter: str = " "
+
+
+def parse_items(uri: str) -> list[MCItem]:
+    items = []
+    for n, rec in enumerate(read_jsonl(uri), 1):
+        ctx, choices, gold = rec.get("context"), rec.get("choices"), rec.get("gold")
+        if not isinstance(ctx, str) or not isinstance(choices, list) or len(choices) < 2 \
+                or not all(isinstance(c, str) and c for c in choices):
+            raise TargetError(f"{uri}: item {n} needs a string 'context' and at least two non-empty "
+                              f"string 'choices'")
+        if not isinstance(gold, int) or not 0 <= gold < len(choices):
+            raise TargetError(f"{uri}: item {n}: 'gold' must be an index into its {len(choices)} choices")
+        items.append(MCItem(ctx, choices, gold, rec.get("delimiter", " ")))
+    if not items:
+        raise TargetError(f"{uri}: no items")
+    return items
+
+
+@dataclass
+class Target:
+    """The target, tokenized once per process: validation documents and multiple-choice tasks."""
+    val_ids: list[np.ndarray] = field(default_factory=list)      # each [eos] + the document's ids
+    val_bytes: int = 0
+    tasks: dict[str, list[MCItem]] = field(default_factory=dict)
+    # per task, per item, per choice: (context ids, continuation ids)
+    task_ids: dict[str, list[list[tuple[list[int], list[int]]]]] = field(default_factory=dict)
+    metric: str = "bpb"
+    task_metric: str = "logprob"
+    weights: dict[str, float] = field(default_factory=dict)
+    eos_id: int = 0      # context of a document's first token, and of a choice with no context
+
+    @property
+    def components(self) -> list[str]:
+        return (["val"] if self.val_ids else []) + list(self.tasks)
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Context and continuation ids as lm-evaluation-harness splits them: trailing spaces of the
+    context move to the continuation, the pair is encoded whole, and the continuation is what the
+    whole adds to the context's own encoding (so BPE merges across the seam stay as in training)."""
+    stripped = context.rstrip(" ")
+    continuation = context[len(stripped):] + continuation
+    whole = tokenizer.encode(stripped + continuation, add_special_tokens=False).ids
+    ctx = tokenizer.encode(stripped, add_special_tokens=False).ids if stripped else []
+    if whole[:len(ctx)] != ctx:      # a merge crossed the seam: fall back to separate encodings
+        return ctx, tokenizer.encode(continuation, add_special_tokens=False).ids
+    return ctx, whole[len(ctx):]
+
+
+def load_target(tcfg: TargetConfig, tokenizer, eos_id: int) -> Target:
+    """Read and tokenize the validation texts (the first `val_docs` documents, whole documents up to
+    `val_tokens` tokens) and the task files."""
+    if not tcfg.val_uris and not tcfg.tasks:
+        raise TargetError("search.target needs val_uris (held-out text) or tasks (multiple choice)")
+    t = Target(metric=tcfg.metric, task_metric=tcfg.task_metric, eos_id=int(eos_id))
+    if tcfg.val_uris:
+        texts = []
+        for uri in io.expand(tcfg.val_uris):
+            for n, rec in enumerate(read_jsonl(uri), 1):
+                if not isinstance(rec.get("text"), str):
+                    raise TargetError(f"{uri}: record {n} has no string 'text' field")
+                if rec["text"].strip():
+                    texts.append(rec["text"])
+        if not texts:
+            raise TargetError(f"no validation text in {tcfg.val_uris}")
+        tokens = 0
+        for text, enc in zip(texts[:tcfg.val_docs],
+                             tokenizer.encode_batch(texts[:tcfg.val_docs], add_special_tokens=False)):
+            if t.val_ids and tokens + len(enc.ids) > tcfg.val_tokens:
+                break
+            t.val_ids.append(np.array([eos_id] + enc.ids, dtype=np.int64))
+            t.val_bytes += len(text.encode("utf-8"))
+            tokens += len(enc.ids)
+    for uri in tcfg.tasks:
+        name = task_name(uri)
+        if name == "val" or name in t.tasks:
+            raise TargetError(f"task file {uri}: the name {name!r} is taken; rename the file")
+        items = parse_items(uri)
+        t.tasks[name] = items
+        t.task_ids[name] = [[encode_pair(tokenizer, it.context, it.delimiter + c) for c in it.choices]
+                            for it in items]
+    unknown = set(tcfg.weights) - set(t.components)
+    if unknown:
+        raise TargetError(f"search.target.weights names {sorted(unknown)}; the components are "
+                          f"{t.components}")
+    t.weights = {c: float(tcfg.weights.get(c, 1.0)) for c in t.components}
+    if sum(t.weights.values()) <= 0:
+        raise TargetError("search.target.weights must have a positive sum")
+    return t
+
+
+@lru_cache(maxsize=4)
+def _cached_target(key: str, tokenizer_uri: str, eos_id: int) -> Target:
+    from mixture.shards import load_tokenizer
+
+    return load_target(TargetConfig.model_validate_json(key), load_tokenizer(tokenizer_uri), eos_id)
+
+
+def target_for(tcfg: TargetConfig, tokenizer_uri: str, eos_id: int) -> Target:
+    """`load_target`, cached per process (a pool worker tokenizes the target once)."""
+    return _cached_target(tcfg.model_dump_json(), tokenizer_uri, eos_id)
+
+
+# ----------------------------------------------------------------------------------- scoring
+def _token_logprobs(model, rows: list[tuple[list[int], int]], seq_len: int, device, batch_size: int,
+                    autocast) -> list[np.ndarray]:
+    """For each (ids, n_scored): the log-probabilities of the last n_scored tokens of ids, each given
+    the tokens before it (at most seq_len of them: longer rows keep their right end)."""
+    import torch
+
+    out: list[np.ndarray | None] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))   # similar lengths batch well
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        seqs = [rows[i][0][-(seq_len + 1):] for i in idx]
+        width = max(len(s) for s in seqs) - 1
+        inp = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            inp[r, :len(s) - 1] = torch.as_tensor(s[:-1])
+        with torch.no_grad(), autocast():
+            logits = model(inp.to(device)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1).cpu()
+        for r, (i, s) in enumerate(zip(idx, seqs)):
+            n = min(rows[i][1], len(s) - 1)
+            targets = torch.as_tensor(s[len(s) - n:])
+            pos = torch.arange(len(s) - 1 - n, len(s) - 1)
+            out[i] = logp[r, pos, targets].numpy().astype(np.float64)
+    return out   # type: ignore[return-value]
+
+
+def val_windows(val_ids: list[np.ndarray], seq_len: int) -> list[tuple[list[int], int]]:
+    """Non-overlapping windows covering every token of every document exactly once as a target:
+    window j holds ids[j*L : j*L + L + 1] and scores its last len-1 tokens."""
+    rows = []
+    for ids in val_ids:
+        for s in range(0, len(ids) - 1, seq_len):
+            w = ids[s:s + seq_len + 1].tolist()
+            rows.append((w, len(w) - 1))
+    return rows
+
+
+def mc_scores(loglik: list[list[float]], choices: list[list[str]], gold: list[int]) -> dict[str, float]:
+    """acc, acc_norm and logprob over items from each choice's summed log-likelihood."""
+    acc, acc_norm, logprob = [], [], []
+    for ll, ch, g in zip(loglik, choices, gold):
+        ll = np.asarray(ll, dtype=np.float64)
+        norm = ll / np.array([len(c.encode("utf-8")) for c in ch], dtype=np.float64)
+        acc.append(float(np.argmax(ll) == g))
+        acc_norm.append(float(np.argmax(norm) == g))
+        logprob.append(float(ll[g] - np.logaddexp.reduce(ll)))
+    return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "logprob": float(np.mean(logprob))}
+
+
+def evaluate(model, target: Target, seq_len: int, device="cpu", batch_size: int = 16,
+             autocast=None) -> dict:
+    """{"metrics": {...}, "score": higher-is-better combination, "components": {...}}."""
+    import contextlib
+
+    autocast = autocast or contextlib.nullcontext
+    was_training = model.training
+    model.eval()
+    metrics: dict[str, float] = {}
+    components: dict[str, float] = {}
+    try:
+        if target.val_ids:
+            lps = _token_logprobs(model, val_windows(target.val_ids, seq_len), seq_len, device,
+                                  batch_size, autocast)
+            nll = -float(sum(lp.sum() for lp in lps))
+            n_tok = sum(len(lp) for lp in lps)
+            metrics["val.loss"] = nll / n_tok
+            metrics["val.bpb"] = nll / math.log(2) / target.val_bytes
+            metrics["val.tokens"] = float(n_tok)
+            components["val"] = -metrics[f"val.{target.metric}"]
+        for name, items in target.tasks.items():
+            pairs = target.task_ids[name]
+            rows = []
+            for item_pairs in pairs:
+                for ctx, cont in item_pairs:
+                    rows.append(((ctx or [target.eos_id]) + cont, len(cont)))
+            lps = _token_logprobs(model, rows, seq_len, device, batch_size, autocast)
+            sums, k = [], 0
+            for item_pairs in pairs:
+                sums.append([float(lps[k + j].sum()) for j in range(len(item_pairs))])
+                k += len(item_pairs)
+            s = mc_scores(sums, [it.choices for it in items], [it.gold for it in items])
+            for m, v in s.items():
+                metrics[f"{name}.{m}"] = v
+            components[name] = s[target.task_metric]
+    finally:
+        model.train(was_training)
+    total_w = sum(target.weights[c] for c in components)
+    score = sum(target.weights[c] * v for c, v in components.items()) / total_w
+    return {"metrics": metrics, "components": components, "score": float(score)}

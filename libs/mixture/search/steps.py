@@ -1,0 +1,379 @@
+"""The search's steps, callable one by one: `propose`, `run_proxy`, `finish`.
+
+The CLI (`climb search`, stage.py) and Airflow (one task per step, proxy runs fanned out) call the
+same three functions, so both run the same code:
+
+    for i in range(len(cfg.search.iterations)):
+        jobs = propose(cfg, i)              # needs every run of iterations < i
+        results = [run_proxy(cfg, j) for j in jobs]     # any order, any process, any machine
+    dataset = finish(cfg)                   # fit, choose, write mixture.json, commit
+
+State lives only in the search's staging folder (`mixture.pipeline.prepare(cfg, "search")`: the
+same folder for the same config and inputs, so separate processes share it):
+`proposals/iter-<i>.json` (the jobs of iteration i, written once: a retried `propose` returns the
+same jobs), `runs/<run_id>.json` (one finished proxy each, written atomically: a retried or
+resumed `run_proxy` returns it without training). Commit moves the folder into the dataset.
+
+Run ids are `it<i>-<j>-<mixture hash>-s<seed>`: the hash ties a finished run file to its mixture.
+Proxy seeds are `cfg.seed + s` for the s-th repeat of every mixture (common random numbers: the
+same initial weights for all mixtures, so differences between runs come from the data).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mixture import io
+from mixture.config import Config, ProxyConfig
+from mixture.search import bootstrap
+
+if TYPE_CHECKING:
+    from mixture.dataset import Dataset, DatasetWriter
+    from mixture.pipeline import StageOutput
+
+log = logging.getLogger(__name__)
+
+# An objective stands in for training a proxy: (mixture by cluster name, seed) -> {"metrics", "score"}
+Objective = Callable[[dict[str, float], int], dict]
+
+
+class SearchError(RuntimeError):
+    """A step called out of order, or a search state that cannot continue."""
+
+
+# ------------------------------------------------------------------------------------ state
+def _prepare(cfg: Config):
+    from mixture.pipeline import prepare
+
+    return prepare(cfg, "search")
+
+
+def _lab(inputs: dict):
+    from mixture.shards import ClimbLab
+
+    return ClimbLab(inputs["climblab"])
+
+
+def names_and_prior(lab) -> tuple[list[str], np.ndarray]:
+    tpc = lab.tokens_per_cluster
+    names = sorted(tpc)
+    prior = np.array([tpc[c] for c in names], dtype=np.float64)
+    if prior.sum() <= 0:
+        raise SearchError("the climblab dataset has no tokens")
+    return names, prior / prior.sum()
+
+
+def run_id(iteration: int, index: int, mixture: dict[str, float], seed_index: int) -> str:
+    blob = ",".join(f"{c}={mixture[c]:.6f}" for c in sorted(mixture))
+    return f"it{iteration}-{index:03d}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}-s{seed_index}"
+
+
+def search_key(writer: "DatasetWriter") -> str:
+    """The staging folder's name: one per config + inputs, shared by every step."""
+    return io.basename(writer.staging)
+
+
+def proposals_rel(iteration: int) -> str:
+    return f"proposals/iter-{iteration}.json"
+
+
+def read_proposals(writer: "DatasetWriter", iteration: int) -> dict | None:
+    rel = proposals_rel(iteration)
+    return io.read_json(writer.path(rel)) if writer.has(rel) else None
+
+
+def read_run(writer: "DatasetWriter", rid: str) -> dict | None:
+    rel = f"runs/{rid}.json"
+    return io.read_json(writer.path(rel)) if writer.has(rel) else None
+
+
+def finished_runs(writer: "DatasetWriter", upto: int) -> list[dict]:
+    """Every run of iterations < upto; SearchError naming what is missing when one is not done."""
+    runs, missing = [], []
+    for i in range(upto):
+        prop = read_proposals(writer, i)
+        if prop is None:
+            raise SearchError(f"iteration {i} was never proposed: call propose(cfg, {i}) first")
+        for job in prop["jobs"]:
+            r = read_run(writer, job["run_id"])
+            if r is None:
+                missing.append(job["run_id"])
+            else:
+                runs.append(r)
+    if missing:
+        raise SearchError(f"{len(missing)} proxy runs of earlier iterations are not finished "
+                          f"(e.g. {missing[:3]}): run them with run_proxy first")
+    return runs
+
+
+def tracker(cfg: Config, writer: "DatasetWriter"):
+    from mixture.search.track import SearchTracker
+
+    return SearchTracker(cfg, search_key(writer))
+
+
+# ----------------------------------------------------------------------------------- propose
+def propose(cfg: Config, iteration: int) -> list[dict]:
+    """The jobs of iteration `iteration` (0-based). Deterministic for the same config and the same
+    earlier results, and written once: calling it again returns the stored jobs."""
+    n_iter = len(cfg.search.iterations)
+    if not 0 <= iteration < n_iter:
+        raise SearchError(f"iteration {iteration} is out of range: the search has {n_iter}")
+    _, inputs, writer = _prepare(cfg)
+    stored = read_proposals(writer, iteration)
+    if stored is not None:
+        return stored["jobs"]
+    lab = _lab(inputs)
+    names, prior = names_and_prior(lab)
+    runs = finished_runs(writer, iteration)
+    obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
+    W, report = bootstrap.propose(cfg.search, prior, iteration, obs, cfg.seed)
+    predicted = report.get("picked_predicted") or [None] * len(W)
+    jobs = []
+    for j, (w, p) in enumerate(zip(W, predicted)):
+        mixture = dict(zip(names, [float(x) for x in w]))
+        for s in range(cfg.search.seeds):
+            jobs.append({"run_id": run_id(iteration, j, mixture, s), "iteration": iteration, "index": j,
+                         "mixture": mixture, "seed": cfg.seed + s, "proxy_section": "proxy",
+                         "predicted": p})
+    report["excluded"] = obs.excluded
+    _track_iteration(cfg, writer, iteration, report, jobs, names, prior, runs)
+    io.write_json(writer.path(proposals_rel(iteration)), {"iteration": iteration, "jobs": jobs, "report": report})
+    log.info("search: iteration %d proposes %d proxy runs (%s)", iteration, len(jobs), report["method"])
+    return jobs
+
+
+def _top_table(report: dict, names: list[str], rows: int = 20) -> str:
+    lines = ["| rank | predicted | largest weights |", "|---:|---:|---|"]
+    for t in report.get("top", [])[:rows]:
+        w = np.asarray(t["weights"])
+        top = np.argsort(-w)[:5]
+        lines.append(f"| {t['rank']} | {t['predicted']:.4f} | "
+                     + ", ".join(f"{names[k]} {w[k]:.3f}" for k in top if w[k] > 0) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _track_iteration(cfg, writer, iteration, report, jobs, names, prior, runs) -> None:
+    from mixture.search import plots
+
+    t = tracker(cfg, writer)
+    logged = t.logged_proxies()
+    for r in runs:                     # runs that another process finished (Airflow workers)
+        t.log_proxy(r, logged)
+    proposed = np.array([[j["mixture"][c] for c in names] for j in jobs])
+    files: dict[str, bytes | str] = {
+        f"iter-{iteration}-weights.png": plots.weights(
+            names, {"prior": prior.tolist(), "proposed (mean)": proposed.mean(axis=0).tolist()},
+            f"iteration {iteration}: proposed mixtures")}
+    pr = report.get("predictor")
+    if pr:
+        chosen = pr["chosen"]
+        files[f"iter-{iteration}-scatter.png"] = plots.scatter(
+            report["y"], report["oof"][chosen],
+            f"iteration {iteration}: {chosen}, CV Spearman {pr['cv'][chosen]['spearman']:.2f}")
+        files[f"iter-{iteration}-top.md"] = _top_table(report, names)
+    t.log_iteration(iteration, report, jobs, files)
+
+
+# --------------------------------------------------------------------------------- run_proxy
+def evaluate_mixture(cfg: Config, dataset: "Dataset", mixture: dict[str, float], seed: int,
+                     pcfg: ProxyConfig, device: str | None = None) -> dict:
+    """Train one proxy on `mixture` and evaluate it on the target: the run's record minus ids."""
+    import torch
+
+    from mixture.search import evaluate, proxy
+
+    lab = _lab({"climblab": dataset})
+    shards = {c: lab.shard(c).tokens for c, w in mixture.items() if w > 0}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pcfg.threads)
+    try:
+        res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, seed, device=device or pcfg.device)
+        target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id)
+        t0 = time.perf_counter()
+        ev = evaluate.evaluate(res.model, target, pcfg.seq_len, res.device,
+                               autocast=proxy.autocast_for(res.device))
+        eval_seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    return {**ev, "loss_curve": [list(p) for p in res.loss_curve],
+            "train": {"steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 3),
+                      "tokens_per_s": round(res.tokens_per_s, 1), "params": res.params,
+                      "device": res.device, "threads": pcfg.threads},
+            "eval_seconds": round(eval_seconds, 3)}
+
+
+def check_job(job: dict, names: list[str]) -> None:
+    for key in ("run_id", "iteration", "mixture", "seed"):
+        if key not in job:
+            raise SearchError(f"job {job.get('run_id', '?')}: missing {key!r}")
+    unknown = set(job["mixture"]) - set(names)
+    if unknown:
+        raise SearchError(f"job {job['run_id']}: unknown clusters {sorted(unknown)}")
+    total = sum(job["mixture"].values())
+    if any(w < 0 for w in job["mixture"].values()) or abs(total - 1) > 1e-6:
+        raise SearchError(f"job {job['run_id']}: weights must be non-negative and sum to 1 (sum {total})")
+
+
+def execute(cfg: Config, job: dict, out_uri: str, dataset: "Dataset",
+            objective: Objective | None = None) -> dict:
+    """Run one job unless `out_uri` already holds its result; write the result atomically."""
+    section = job.get("proxy_section", "proxy")
+    if section not in ("proxy", "transfer_proxy"):
+        raise SearchError(f"job {job.get('run_id', '?')}: proxy_section must be 'proxy' or 'transfer_proxy'")
+    pcfg: ProxyConfig = getattr(cfg.search, section)
+    if io.exists(out_uri):
+        done = io.read_json(out_uri)
+        if done.get("mixture") != job["mixture"] or done.get("seed") != job["seed"] \
+                or done.get("proxy") != pcfg.model_dump(mode="json"):
+            raise SearchError(f"{out_uri} holds a different run than job {job['run_id']} "
+                              f"(another mixture, seed or proxy configuration)")
+        return done
+    names = sorted(_lab({"climblab": dataset}).tokens_per_cluster)
+    check_job(job, names)
+    t0 = time.time()
+    if objective is not None:
+        result = dict(objective(job["mixture"], job["seed"]))
+    else:
+        try:
+            result = evaluate_mixture(cfg, dataset, job["mixture"], job["seed"], pcfg)
+        except FloatingPointError as err:
+            # a diverged proxy is recorded (and left out of the predictor with this reason), not
+            # allowed to fail a search that has other runs to learn from
+            log.warning("search: proxy %s diverged: %s", job["run_id"], err)
+            result = {"metrics": {}, "score": None, "error": f"diverged: {err}"}
+    score = result.get("score")
+    out = {**job, **result, "proxy": pcfg.model_dump(mode="json"),
+           "score": float(score) if score is not None and np.isfinite(score) else None,
+           "seconds": round(time.time() - t0, 3),
+           "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    io.write_json(out_uri, out)
+    return out
+
+
+def run_proxy(cfg: Config, job: dict, objective: Objective | None = None) -> dict:
+    """Train and evaluate one proxy for `job` (from `propose`); idempotent: a run whose JSON is
+    staged already is returned without training. `objective` replaces the proxy (tests)."""
+    _, inputs, writer = _prepare(cfg)
+    return execute(cfg, job, writer.path(f"runs/{job['run_id']}.json"), inputs["climblab"], objective)
+
+
+# ------------------------------------------------------------------------------------ finish
+def finalize(cfg: Config, inputs: dict, writer: "DatasetWriter") -> "StageOutput":
+    """Fit on every run, choose the mixture, write iterations.json and mixture.json (staged)."""
+    from mixture.pipeline import StageOutput
+    from mixture.search import plots
+
+    lab = _lab(inputs)
+    names, prior = names_and_prior(lab)
+    n_iter = len(cfg.search.iterations)
+    runs = finished_runs(writer, n_iter)
+    obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
+    result = bootstrap.final(cfg.search, prior, obs, cfg.seed)
+    named = lambda w: dict(zip(names, [float(x) for x in w]))  # noqa: E731
+
+    iterations = []
+    for i in range(n_iter):
+        prop = read_proposals(writer, i)
+        rep = prop["report"]
+        mine = [r for r in runs if r["iteration"] == i]
+        iterations.append({
+            "iteration": i, "method": rep["method"], "reason": rep.get("reason"),
+            "observed_before": rep.get("observed", 0),
+            "predictor": rep.get("predictor"), "candidates": rep.get("candidates"),
+            "runs": [{"run_id": r["run_id"], "score": r["score"], "metrics": r.get("metrics", {}),
+                      "mixture": r["mixture"], "predicted": r.get("predicted")}
+                     for r in sorted(mine, key=lambda r: r["run_id"])],
+            "best_score": max((r["score"] for r in mine if r["score"] is not None), default=None),
+            "prospective_spearman": prospective_spearman(mine)})
+    final_entry = {"predictor": result.get("predictor"), "method": result["method"],
+                   "reason": result.get("reason"), "observed": len(obs), "excluded": obs.excluded}
+    io.write_json(writer.path("iterations.json"), {"iterations": iterations, "final": final_entry})
+
+    best = result["best_observed"]
+    mixture = {
+        "weights": named(result["weights"]), "method": result["method"], "reason": result.get("reason"),
+        "predicted": result.get("predicted"),
+        "best_observed": {**best, "weights": named(best["weights"])},
+        "predicted_mixture": named(result["predicted_mixture"]) if "predicted_mixture" in result else None,
+        "predictor": result["predictor"]["chosen"] if result.get("predictor") else None,
+        "cv_spearman": (result["predictor"]["cv"][result["predictor"]["chosen"]]["spearman"]
+                        if result.get("predictor") else None),
+        "prior": named(prior), "runs": len(runs), "mixtures": len(obs),
+        "score": "higher is better; " + _score_doc(cfg),
+        "target": cfg.search.target.model_dump(mode="json"),
+        # what `climb baselines` checks to reuse this search when only the transfer settings changed
+        "config": {"seed": cfg.seed, "search": cfg.search.model_dump(mode="json")},
+    }
+    io.write_json(writer.path("mixture.json"), mixture)
+
+    files: dict[str, bytes | str] = {
+        "weights.png": plots.weights(names, {"prior": prior.tolist(), "final": result["weights"],
+                                             "best observed": best["weights"]}, "final mixture"),
+        "progress.png": plots.progress([[r["score"] for r in it["runs"] if r["score"] is not None]
+                                        for it in iterations])}
+    if result.get("predictor"):
+        chosen = result["predictor"]["chosen"]
+        files["scatter.png"] = plots.scatter(
+            result["y"], result["oof"][chosen],
+            f"final: {chosen}, CV Spearman {result['predictor']['cv'][chosen]['spearman']:.2f}")
+    for name, data in files.items():
+        io.write_bytes(writer.path(f"plots/{name}"), data)
+
+    t = tracker(cfg, writer)
+    logged = t.logged_proxies()
+    for r in runs:
+        t.log_proxy(r, logged)
+    t.log_final({**result, "runs": len(runs)}, {**files, "mixture.json": io.read_text(writer.path("mixture.json"))})
+
+    counts = {"runs": len(runs), "iterations": n_iter}
+    extra = {"mixture": mixture["weights"], "method": result["method"], "predictor": mixture["predictor"],
+             "cv_spearman": mixture["cv_spearman"], "best_observed_score": best["score"]}
+    top = sorted(mixture["weights"].items(), key=lambda kv: -kv[1])[:5]
+    summary = [("runs", f"{len(runs)} proxy runs in {n_iter} iterations ({cfg.search.iterations})"),
+               ("final mixture", f"{result['method']}: " + ", ".join(f"{c} {w:.3f}" for c, w in top)),
+               ("why", result.get("reason")),
+               ("predictor CV Spearman by iteration",
+                "; ".join(f"it{it['iteration']}: " + (", ".join(f"{n} {v['spearman']:.2f}" for n, v in
+                                                                it["predictor"]["cv"].items())
+                                                      if it["predictor"] else "none (random)")
+                          for it in iterations)),
+               ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})")]
+    return StageOutput(counts, extra, summary)
+
+
+def prospective_spearman(runs: list[dict]) -> float | None:
+    """Spearman between what the predictor expected of an iteration's runs before they were
+    trained and what they scored: an out-of-sample check that no cross-validation can give."""
+    from mixture.search.predictor import spearman
+
+    pairs = [(r["predicted"], r["score"]) for r in runs
+             if r.get("predicted") is not None and r.get("score") is not None]
+    if len(pairs) < 3:
+        return None
+    p, y = zip(*pairs)
+    return spearman(np.array(p), np.array(y))
+
+
+def _score_doc(cfg: Config) -> str:
+    t = cfg.search.target
+    parts = []
+    if t.val_uris:
+        parts.append(f"val: -{t.metric}")
+    if t.tasks:
+        parts.append(f"tasks: {t.task_metric}")
+    return "weighted mean of " + ", ".join(parts) if parts else "no target configured"
+
+
+def finish(cfg: Config) -> "Dataset":
+    """Fit the predictors on all runs, choose the final mixture, write mixture.json and
+    iterations.json, commit the search dataset and return it."""
+    _, inputs, writer = _prepare(cfg)
+    out = finalize(cfg, inputs, writer)
+    return writer.commit(out.counts, out.extra)

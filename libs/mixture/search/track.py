@@ -1,0 +1,157 @@
+"""MLflow records of a search: one experiment per search configuration, runs nested in it.
+
+    experiment  "<tracking.experiment>-<run_name>-search"
+      search    (parent; one per search: its config's staging key)  params search.*, final metrics,
+                mixture.json, the final scatter / weights / progress figures
+        iteration 0..n-1   predictors' CV Spearman and MAE (cv.<name>.spearman), the chosen
+                           predictor, scatter of its out-of-fold predictions, proposed weights,
+                           the top-N candidate table
+          proxy <run_id>   params w.<cluster> (every cluster, zeros included, so any two proxy
+                           runs compare side by side), proxy.*, seed, iteration; metrics: the target
+                           metrics, score, and train.loss per step
+
+Every write is idempotent: runs are found again by their tags (`climb.search`, `climb.kind`,
+`climb.iteration`, `climb.run_id`), so a resumed search or a retried Airflow task does not log a
+proxy twice. The client API is used rather than MLflow's "active run" so that several runs can be
+written from one process in any order.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from mixture import tracking
+from mixture.config import Config
+
+KIND_SEARCH, KIND_ITERATION, KIND_PROXY = "search", "iteration", "proxy"
+MAX_BATCH = 900       # MLflow accepts 1000 metrics per log_batch
+
+
+def experiment_name(cfg: Config) -> str:
+    return f"{cfg.tracking.experiment}-{cfg.run_name}-search"
+
+
+class SearchTracker:
+    def __init__(self, cfg: Config, search_key: str, experiment: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.cfg = cfg
+        self.key = search_key
+        self.experiment_id = tracking.setup(cfg, experiment or experiment_name(cfg))
+        self.client = MlflowClient(tracking.tracking_uri(cfg))
+
+    # ------------------------------------------------------------------------- finding runs
+    def _find(self, **tags: str) -> list:
+        clauses = [f"tags.`climb.search` = '{self.key}'"]
+        clauses += [f"tags.`climb.{k}` = '{v}'" for k, v in tags.items()]
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], " and ".join(clauses),
+                                           max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _create(self, name: str, parent: str | None, **tags: str) -> str:
+        all_tags = {"climb.search": self.key, **{f"climb.{k}": v for k, v in tags.items()}}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        return self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
+
+    def parent(self) -> str:
+        found = self._find(kind=KIND_SEARCH)
+        if found:
+            return found[0].info.run_id
+        run_id = self._create(f"search-{self.cfg.run_name}", None, kind=KIND_SEARCH)
+        params = tracking.flat_params("search", self.cfg.search.model_dump(mode="json"))
+        params["seed"] = self.cfg.seed
+        self._log(run_id, params=params)
+        return run_id
+
+    def iteration(self, i: int) -> str:
+        found = self._find(kind=KIND_ITERATION, iteration=str(i))
+        if found:
+            return found[0].info.run_id
+        return self._create(f"iteration-{i}", self.parent(), kind=KIND_ITERATION, iteration=str(i))
+
+    def logged_proxies(self) -> set[str]:
+        return {r.data.tags.get("climb.run_id") for r in self._find(kind=KIND_PROXY)}
+
+    # ---------------------------------------------------------------------------- writing
+    def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None,
+             steps: list[tuple[str, int, float]] = ()) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
+        ms += [Metric(k, float(v), now, int(s)) for k, s, v in steps]
+        for i in range(0, max(len(ps), 1), 100):        # MLflow: at most 100 params per batch
+            if ps[i:i + 100]:
+                self.client.log_batch(run_id, params=ps[i:i + 100])
+        for i in range(0, len(ms), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=ms[i:i + MAX_BATCH])
+
+    def _artifacts(self, run_id: str, files: dict[str, bytes | str]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in files.items():
+                path = os.path.join(tmp, name)
+                with open(path, "wb") as f:
+                    f.write(data.encode() if isinstance(data, str) else data)
+                self.client.log_artifact(run_id, path)
+
+    def log_iteration(self, i: int, report: dict, jobs: list[dict], files: dict[str, bytes | str]) -> None:
+        run_id = self.iteration(i)
+        metrics = {"proposed": len(jobs), "observed": report.get("observed", 0)}
+        params = {"method": report.get("method"), "iteration": i}
+        pr = report.get("predictor")
+        if pr:
+            params["predictor"] = pr["chosen"]
+            for name, cv in pr["cv"].items():
+                metrics[f"cv.{name}.spearman"] = cv["spearman"]
+                metrics[f"cv.{name}.mae"] = cv["mae"]
+            metrics["cv.chosen.spearman"] = pr["cv"][pr["chosen"]]["spearman"]
+            metrics["candidates"] = report.get("candidates", 0)
+            if report.get("best_observed_score") is not None:
+                metrics["best_observed.score"] = report["best_observed_score"]
+        self._log(run_id, params=params, metrics=metrics)
+        self._artifacts(run_id, files)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def log_proxy(self, run: dict, logged: set[str] | None = None) -> bool:
+        """One proxy run as a nested run of its iteration; False when it was logged before."""
+        logged = self.logged_proxies() if logged is None else logged
+        if run["run_id"] in logged:
+            return False
+        run_id = self._create(run["run_id"], self.iteration(run["iteration"]), kind=KIND_PROXY,
+                              iteration=str(run["iteration"]), run_id=run["run_id"])
+        params = {f"w.{c}": w for c, w in sorted(run["mixture"].items())}
+        params.update(tracking.flat_params("proxy", run.get("proxy", {})))
+        params.update(seed=run["seed"], iteration=run["iteration"], run_id=run["run_id"])
+        metrics = dict(run.get("metrics", {}))
+        metrics["score"] = run.get("score")
+        train = run.get("train") or {}
+        for k in ("seconds", "tokens_per_s", "params", "tokens"):
+            if k in train:
+                metrics[f"train.{k}"] = train[k]
+        steps = [("train.loss", s, v) for s, v in run.get("loss_curve", [])]
+        self._log(run_id, params=params, metrics=metrics, steps=steps)
+        self.client.set_terminated(run_id, "FINISHED" if run.get("score") is not None else "FAILED")
+        logged.add(run["run_id"])
+        return True
+
+    def log_final(self, result: dict, files: dict[str, bytes | str]) -> None:
+        run_id = self.parent()
+        metrics = {"final.predicted": result.get("predicted"),
+                   "best_observed.score": result["best_observed"]["score"], "runs": result.get("runs")}
+        pr = result.get("predictor")
+        if pr:
+            for name, cv in pr["cv"].items():
+                metrics[f"cv.{name}.spearman"] = cv["spearman"]
+                metrics[f"cv.{name}.mae"] = cv["mae"]
+        self._log(run_id, params={"final.method": result["method"],
+                                  "final.predictor": pr["chosen"] if pr else "none"}, metrics=metrics)
+        self._artifacts(run_id, files)
+        self.client.set_terminated(run_id, "FINISHED")

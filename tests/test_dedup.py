@@ -1,0 +1,133 @@
+"""Deduplication: shingles and MinHash (pure), LSH parameters, exact dedup, connected components
+and fuzzy dedup on crafted groups (a chain A~B, B~C with A, C dissimilar ends in one group)."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from mixture.curate import minhash
+from mixture.curate.minhash import MinHasher, jaccard, lsh_params, shingle_batch, shingles
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from mixture import spark as spark_helper
+
+    return spark_helper.session("local[2]", "climb-tests", 2)
+
+
+def base_words(n: int = 200, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"w{rng.getrandbits(32):08x}" for _ in range(n)]
+
+
+def substitute(words: list[str], positions: list[int], tag: str) -> list[str]:
+    out = list(words)
+    for p in positions:
+        out[p] = f"{tag}{p}"
+    return out
+
+
+# ------------------------------------------------------------------------------- pure
+def test_shingles_ignore_case_punctuation_and_spacing():
+    assert np.array_equal(shingles("The quick brown fox jumps over"), shingles("the QUICK, brown  fox\njumps -- over!"))
+    assert len(shingles("one two three four five six")) == 2          # two 5-grams
+    assert len(shingles("too short")) == 1                             # one shingle of all words
+    assert len(shingles("")) == 0 and len(shingles("?! ...")) == 0
+
+
+def test_batch_shingles_equal_single_document_shingles():
+    texts = ["alpha beta gamma delta epsilon zeta", "", "x y", "Alpha beta gamma delta epsilon", "!!"]
+    hashes, offsets = shingle_batch(texts, 5)
+    for i, t in enumerate(texts):
+        assert np.array_equal(hashes[offsets[i]:offsets[i + 1]], shingles(t, 5))
+
+
+def test_exact_jaccard_of_substituted_copies():
+    words = base_words()
+    a = shingles(" ".join(words))
+    b = shingles(" ".join(substitute(words, [20, 60, 100, 140], "x")))
+    # 4 isolated substitutions break 4 x 5 of 196 five-grams: J = 176 / 216.
+    assert jaccard(a, b) == pytest.approx(176 / 216)
+    assert jaccard(a, a) == 1.0 and jaccard(a, shingles("")) == 0.0
+
+
+def test_minhash_estimates_jaccard_and_is_deterministic():
+    words = base_words(400)
+    docs = [" ".join(words), " ".join(substitute(words, list(range(0, 400, 20)), "y"))]
+    sets = [shingles(d) for d in docs]
+    sig = MinHasher(256, seed=1).signatures(sets)
+    estimate = float((sig[0] == sig[1]).mean())
+    assert abs(estimate - jaccard(*sets)) < 0.08
+    assert np.array_equal(sig, MinHasher(256, seed=1).signatures(sets))
+    assert not np.array_equal(sig, MinHasher(256, seed=2).signatures(sets))
+    keys = minhash.band_keys(sig, 32, 8)
+    same_band = (sig[0].reshape(32, 8) == sig[1].reshape(32, 8)).all(axis=1)
+    assert np.array_equal(keys[0] == keys[1], same_band)
+
+
+def test_lsh_parameters_from_threshold():
+    chosen, table = lsh_params(0.8)
+    assert [p.num_perm for p in table] == list(minhash.NUM_PERM_CANDIDATES)
+    assert chosen.bands * chosen.rows <= chosen.num_perm
+    # The S-curve separates: dissimilar pairs are rarely candidates, near copies almost always.
+    assert chosen.probability(0.5) < 0.01 and chosen.probability(0.95) > 0.99
+    # Weighting false negatives more moves the curve to the left (more recall at t).
+    recall_first, _ = lsh_params(0.8, num_perm=128, fp_weight=0.2, fn_weight=0.8)
+    balanced, _ = lsh_params(0.8, num_perm=128)
+    assert recall_first.probability(0.8) > balanced.probability(0.8)
+    given, table = lsh_params(0.8, bands=16, rows=8)
+    assert (given.num_perm, given.bands, given.rows) == (128, 16, 8) and table == [given]
+
+
+# ------------------------------------------------------------------------------ Spark
+def test_exact_duplicates_keep_smallest_id(spark):
+    from mixture.curate.dedup import exact_duplicates
+
+    df = spark.createDataFrame([("b", "h1"), ("a", "h1"), ("c", "h1"), ("d", "h2"), ("e", "h3"), ("f", "h3")],
+                               "id string, text_hash string")
+    got = sorted(tuple(r) for r in exact_duplicates(df).collect())
+    assert got == [("b", "a"), ("c", "a"), ("f", "e")]
+
+
+def test_connected_components_converge_to_smallest_id(spark):
+    from mixture.curate.dedup import connected_components
+
+    # A chain in shuffled order (worst case for label propagation), a star, and a pair given in
+    # both directions; ids are strings.
+    chain = [(f"n{i:02d}", f"n{i + 1:02d}") for i in range(12)]
+    random.Random(0).shuffle(chain)
+    star = [("s0", f"s{i}") for i in range(1, 6)]
+    edges = spark.createDataFrame(chain + star + [("z2", "z1"), ("z1", "z2")], "u string, v string")
+    comps, iterations = connected_components(edges.repartition(5))
+    got = dict(tuple(r) for r in comps.collect())
+    assert got == {**{f"n{i:02d}": "n00" for i in range(1, 13)}, **{f"s{i}": "s0" for i in range(1, 6)},
+                   "z2": "z1"}
+    assert 1 <= iterations < 10
+
+
+def test_near_duplicates_chain_is_one_group_with_one_survivor(spark):
+    from mixture.curate.dedup import near_duplicates
+
+    words = base_words()
+    a = " ".join(words)
+    b_words = substitute(words, [10, 50, 90, 130], "b")
+    b = " ".join(b_words)
+    c = " ".join(substitute(b_words, [30, 70, 110, 150], "c"))
+    far = " ".join(substitute(words, list(range(5, 200, 25)), "f"))      # J(a, far) < 0.8
+    other = " ".join(base_words(seed=9))
+    sa, sb, sc, sf = (shingles(t) for t in (a, b, c, far))
+    assert jaccard(sa, sb) >= 0.8 and jaccard(sb, sc) >= 0.8
+    assert jaccard(sa, sc) < 0.8 and max(jaccard(sa, sf), jaccard(sb, sf), jaccard(sc, sf)) < 0.8
+
+    docs = spark.createDataFrame([("doc-c", c), ("doc-a", a), ("doc-b", b), ("doc-far", far), ("doc-other", other)],
+                                 "id string, text string")
+    # Many short bands: every pair above ~0.5 becomes a candidate, the exact-Jaccard check decides.
+    params, _ = lsh_params(0.8, num_perm=128, bands=32, rows=4)
+    near, stats = near_duplicates(docs.repartition(3), 0.8, 5, params, seed=0, verify=True)
+    got = dict(tuple(r) for r in near.collect())
+    assert got == {"doc-b": "doc-a", "doc-c": "doc-a"}
+    # The far copy was a candidate (32 bands of 4 rows catch J ~ 0.6) that verification dropped.
+    assert stats.candidate_pairs > stats.verified_pairs >= 2 and stats.groups == 1

@@ -1,0 +1,134 @@
+"""Target metrics: bits per byte on validation text, lm-eval-style multiple choice, the score."""
+import gzip
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from mixture.config import TargetConfig
+from mixture.search import evaluate as E
+from mixture.shards import eos_id, train_tokenizer
+
+TEXTS = ["The quick brown fox jumps over the lazy dog. " * 6,
+         "Package managers install software and resolve dependencies. " * 5,
+         "A dictionary defines words; a thesaurus lists their synonyms. " * 5]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(TEXTS * 3, 300)
+
+
+class UniformLM(torch.nn.Module):
+    """A model with a known answer: every next token has probability 1/V."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, ids):
+        return SimpleNamespace(logits=torch.zeros(ids.shape[0], ids.shape[1], self.vocab))
+
+
+class CopyLM(torch.nn.Module):
+    """Puts almost all mass on repeating the current token: a known, non-uniform answer."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, ids):
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(ids, self.vocab).float() * 20.0)
+
+
+def _write(path, records):
+    with gzip.open(path, "wt") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def test_acc_and_acc_norm_on_hand_made_items():
+    # item 1: gold has the highest summed log-likelihood -> acc and acc_norm both right
+    # item 2: the long wrong choice has the higher sum but the lower per-byte score
+    loglik = [[-2.0, -5.0], [-12.0, -10.0]]
+    choices = [["yes", "no"], ["a cat sat on the mat", "dog"]]
+    gold = [0, 0]
+    s = E.mc_scores(loglik, choices, gold)
+    assert s["acc"] == 0.5                          # item 2 is wrong by the raw sum
+    assert s["acc_norm"] == 1.0                     # -12/20 bytes beats -10/3 bytes
+    expected = (-2.0 - np.logaddexp(-2.0, -5.0) + -12.0 - np.logaddexp(-12.0, -10.0)) / 2
+    assert s["logprob"] == pytest.approx(expected)
+
+
+def test_context_whitespace_moves_to_the_continuation(tok):
+    ctx, cont = E.encode_pair(tok, "The quick brown ", "fox")
+    assert tok.decode(ctx) == "The quick brown"
+    assert tok.decode(cont) == " fox"
+
+
+def test_bits_per_byte_of_a_uniform_model_is_exact(tok, tmp_path):
+    uri = _write(tmp_path / "val.jsonl.gz", [{"text": t} for t in TEXTS])
+    target = E.load_target(TargetConfig(val_uris=[uri]), tok, eos_id(tok))
+    V = tok.get_vocab_size()
+    out = E.evaluate(UniformLM(V), target, seq_len=16, batch_size=3)
+    n_tokens = sum(len(tok.encode(t).ids) for t in TEXTS)
+    n_bytes = sum(len(t.encode()) for t in TEXTS)
+    assert out["metrics"]["val.tokens"] == n_tokens          # every token scored exactly once
+    assert out["metrics"]["val.loss"] == pytest.approx(math.log(V))
+    assert out["metrics"]["val.bpb"] == pytest.approx(n_tokens * math.log2(V) / n_bytes)
+    assert out["score"] == pytest.approx(-out["metrics"]["val.bpb"])     # higher is better
+
+
+def test_windows_cover_long_documents_once_each(tok):
+    ids = [np.arange(1, 51), np.arange(1, 8)]
+    rows = E.val_windows(ids, seq_len=16)
+    assert sum(n for _, n in rows) == 49 + 6
+    assert all(len(w) <= 17 for w, _ in rows)
+
+
+def test_tasks_and_weights_combine_into_one_score(tok, tmp_path):
+    val = _write(tmp_path / "val.jsonl.gz", [{"text": TEXTS[0]}])
+    items = [{"context": "the the the", "choices": ["the", "fox jumps"], "gold": 0},
+             {"context": "dog dog", "choices": ["dog", "lazy"], "gold": 0},
+             {"context": "jumps over", "choices": ["the", "over"], "gold": 1}]
+    task = _write(tmp_path / "repeat.jsonl.gz", items)
+    tcfg = TargetConfig(val_uris=[val], tasks=[task], task_metric="acc", weights={"val": 1.0, "repeat": 3.0})
+    target = E.load_target(tcfg, tok, eos_id(tok))
+    out = E.evaluate(CopyLM(tok.get_vocab_size()), target, seq_len=32)
+    assert out["metrics"]["repeat.acc"] == 1.0      # the copying model picks the repeated word
+    assert out["components"] == {"val": -out["metrics"]["val.bpb"], "repeat": 1.0}
+    assert out["score"] == pytest.approx((-out["metrics"]["val.bpb"] + 3.0) / 4.0)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"context": "x", "choices": ["a"], "gold": 0}, "at least two"),
+    ({"context": "x", "choices": ["a", "b"], "gold": 2}, "'gold' must be an index"),
+    ({"choices": ["a", "b"], "gold": 0}, "string 'context'"),
+])
+def test_bad_task_items_are_named(tok, tmp_path, record, message):
+    task = _write(tmp_path / "bad.jsonl.gz", [record])
+    with pytest.raises(E.TargetError, match=message) as err:
+        E.load_target(TargetConfig(tasks=[task]), tok, eos_id(tok))
+    assert "bad.jsonl.gz" in str(err.value)
+
+
+def test_target_configuration_errors(tok, tmp_path):
+    with pytest.raises(E.TargetError, match="val_uris"):
+        E.load_target(TargetConfig(), tok, eos_id(tok))
+    val = _write(tmp_path / "val.jsonl.gz", [{"text": "some text"}])
+    with pytest.raises(E.TargetError, match="weights names"):
+        E.load_target(TargetConfig(val_uris=[val], weights={"piqa": 1.0}), tok, eos_id(tok))
+    bad = _write(tmp_path / "nofield.jsonl.gz", [{"body": "no text field"}])
+    with pytest.raises(E.TargetError, match="no string 'text'"):
+        E.load_target(TargetConfig(val_uris=[bad]), tok, eos_id(tok))
+
+
+def test_validation_token_cap_keeps_whole_documents(tok, tmp_path):
+    val = _write(tmp_path / "val.jsonl.gz", [{"text": t} for t in TEXTS])
+    first = len(tok.encode(TEXTS[0]).ids)
+    target = E.load_target(TargetConfig(val_uris=[val], val_tokens=first + 1), tok, eos_id(tok))
+    assert len(target.val_ids) == 1 and target.val_bytes == len(TEXTS[0].encode())

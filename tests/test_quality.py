@@ -1,0 +1,146 @@
+"""Quality scorers on the paper's 1-5 scale: heuristic (from q_* signals), classifier
+(logistic regression on embeddings against a reference set), fastText label mapping."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from mixture.config import ConfigError, parse_config
+from mixture.quality import (HEURISTIC_SIGNALS, FastTextScorer, QualityError, Ramp, ReferenceClassifier,
+                             fasttext_available, fasttext_label_scores, heuristic_scores,
+                             read_reference_texts, to_scale)
+
+
+def test_ramp_passes_through_bad_threshold_good_in_both_directions():
+    up = Ramp(0.4, 0.8, 0.95)                      # higher is better (alpha words ratio)
+    assert up(np.array([0.0, 0.4, 0.6, 0.8, 0.875, 0.95, 1.0])).tolist() == pytest.approx(
+        [0, 0, 0.25, 0.5, 0.75, 1, 1])
+    down = Ramp(0.4, 0.2, 0.0)                     # lower is better (duplicate-line characters)
+    assert down(np.array([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])).tolist() == pytest.approx([0, 0, 0.25, 0.5, 0.75, 1])
+    with pytest.raises(ValueError):
+        Ramp(0.0, 1.0, 0.5)
+
+
+def test_documents_on_the_filter_thresholds_score_three():
+    # every signal exactly at its published threshold -> d = 0.5 everywhere -> 1 + 4 * 0.5 = 3.0
+    at = {name: np.array([ramps[0].threshold]) for name, ramps in HEURISTIC_SIGNALS.items()}
+    assert heuristic_scores(at).scores.tolist() == [3.0]
+    good = {name: np.array([ramps[0].good]) for name, ramps in HEURISTIC_SIGNALS.items()}
+    good["q_mean_word_length"] = np.array([5.0])   # inside both sides' good range
+    assert heuristic_scores(good).scores.tolist() == [5.0]
+    bad = {name: np.array([ramps[0].bad]) for name, ramps in HEURISTIC_SIGNALS.items()}
+    assert heuristic_scores(bad).scores.tolist() == [1.0]
+
+
+def test_mean_word_length_is_two_sided():
+    r = heuristic_scores({"q_mean_word_length": np.array([1.0, 3.0, 5.0, 10.0, 20.0])})
+    assert r.scores.tolist() == pytest.approx([1.0, 3.0, 5.0, 3.0, 1.0])
+
+
+def test_heuristic_uses_the_columns_present_and_reports_the_rest():
+    sig = {"q_alpha_words_ratio": np.array([0.95, 0.6]),       # d 1.0, 0.25
+           "q_dup_line_char_frac": np.array([0.0, 0.2]),        # d 1.0, 0.5
+           "q_made_up_signal": np.array([1.0, 2.0])}
+    r = heuristic_scores(sig)
+    assert r.used == ["q_alpha_words_ratio", "q_dup_line_char_frac"]
+    assert r.ignored == ["q_made_up_signal"]
+    assert r.scores.tolist() == pytest.approx([5.0, 1 + 4 * 0.375])
+    assert r.scores.dtype == np.float32
+
+
+def test_missing_values_are_skipped_and_all_missing_is_neutral_and_counted():
+    sig = {"q_alpha_words_ratio": np.array([0.95, np.nan, np.nan]),
+           "q_dup_line_char_frac": np.array([np.nan, 0.0, np.nan])}
+    r = heuristic_scores(sig)
+    assert r.scores.tolist() == pytest.approx([5.0, 5.0, 3.0])
+    assert r.no_signal == 1
+
+
+def test_no_known_signal_is_a_clear_error_and_overrides_extend_the_table():
+    with pytest.raises(QualityError, match="q_\\* quality signals"):
+        heuristic_scores({"q_custom": np.array([0.5])})
+    r = heuristic_scores({"q_custom": np.array([0.0, 0.5, 1.0])}, {"q_custom": (0.0, 0.5, 1.0)})
+    assert r.scores.tolist() == pytest.approx([1.0, 3.0, 5.0])
+
+
+def test_quality_config_checks_scorer_inputs():
+    base = {"output_root": "/tmp/x", "input": {"uris": ["a"]}}
+    with pytest.raises(ConfigError, match="reference_uris"):
+        parse_config({**base, "cluster": {"quality": {"scorer": "classifier"}}})
+    with pytest.raises(ConfigError, match="fasttext_model"):
+        parse_config({**base, "cluster": {"quality": {"scorer": "fasttext"}}})
+    with pytest.raises(ConfigError, match="heuristic_signals"):
+        parse_config({**base, "cluster": {"quality": {"heuristic_signals": {"q_x": [0.0, 2.0, 1.0]}}}})
+
+
+def _sphere(rng, center, n, noise):
+    x = center + noise * rng.standard_normal((n, len(center)))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_classifier_scores_reference_like_documents_high():
+    rng = np.random.default_rng(0)
+    d = 16
+    hq, other = np.eye(d)[0], np.eye(d)[1]
+    reference = _sphere(rng, hq, 60, 0.3)
+    corpus = np.vstack([_sphere(rng, hq, 100, 0.3), _sphere(rng, other, 300, 0.3)])
+    clf = ReferenceClassifier(seed=0)
+    s = clf.fit_score(reference, corpus, negatives=200)
+    assert (clf.n_reference, clf.n_negative) == (60, 200)
+    assert s.min() >= 1.0 and s.max() <= 5.0
+    assert s[:100].mean() > 3.5 and s[100:].mean() < 2.0
+    # the same seed gives the same negatives and so the same scores
+    assert np.array_equal(ReferenceClassifier(seed=0).fit_score(reference, corpus, 200), s)
+    # new documents: the mean of the two fold models
+    assert clf.probability(_sphere(rng, hq, 5, 0.3)).min() > 0.5
+
+
+def test_classifier_does_not_score_its_own_negatives_down():
+    # reference and corpus from the same distribution: every negative is scored by the model
+    # that did not see it, so negatives and unsampled documents look alike (~3.0)
+    rng = np.random.default_rng(1)
+    center = np.eye(16)[0]
+    corpus = _sphere(rng, center, 400, 0.5)
+    clf = ReferenceClassifier(seed=0)
+    s = clf.fit_score(_sphere(rng, center, 200, 0.5), corpus, negatives=200)
+    sampled = np.zeros(400, dtype=bool)
+    sampled[np.sort(np.random.default_rng(0).choice(400, 200, replace=False))] = True
+    assert abs(s[sampled].mean() - s[~sampled].mean()) < 0.3
+
+
+def test_reference_files_plain_and_gzip_and_bad_lines(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "three", "id": 3}) + "\n")
+    assert read_reference_texts([str(tmp_path)]) == ["one", "two", "three"]
+    (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"title": "no text"}\n')
+    with pytest.raises(QualityError, match="c.jsonl:2"):
+        read_reference_texts([str(tmp_path / "c.jsonl")])
+    (tmp_path / "d.jsonl").write_text("not json\n")
+    with pytest.raises(QualityError, match="d.jsonl:1: not JSON"):
+        read_reference_texts([str(tmp_path / "d.jsonl")])
+    with pytest.raises(QualityError, match="name no files"):
+        read_reference_texts([str(tmp_path / "missing*.jsonl")])
+
+
+def test_fasttext_labels_map_onto_the_scale():
+    # numeric labels 0..5: the expected label, 0 -> 1 and 5 -> 5
+    labels = [("__label__5", "__label__0", "__label__3"), ("__label__0", "__label__5", "__label__3")]
+    probs = [np.array([1.0, 0.0, 0.0]), np.array([0.5, 0.0, 0.5])]
+    assert fasttext_label_scores(labels, probs).tolist() == pytest.approx([5.0, 1 + 4 * 1.5 / 5])
+    # binary: 1 + 4 * P(positive)
+    labels = [("__label__hq", "__label__cc"), ("__label__cc", "__label__hq")]
+    probs = [np.array([0.75, 0.25]), np.array([0.9, 0.1])]
+    assert fasttext_label_scores(labels, probs).tolist() == pytest.approx([4.0, 1.4])
+    with pytest.raises(QualityError, match="cannot tell"):
+        fasttext_label_scores([("__label__a", "__label__b")], [np.array([0.5, 0.5])])
+    assert to_scale(np.array([-1.0, 0.0, 0.5, 2.0])).tolist() == [1.0, 1.0, 3.0, 5.0]
+
+
+@pytest.mark.skipif(fasttext_available(), reason="fasttext is installed here")
+def test_fasttext_asked_for_but_not_installed_is_a_clear_error(tmp_path):
+    with pytest.raises(QualityError, match="fasttext. package is not installed"):
+        FastTextScorer(str(tmp_path / "model.bin"))

@@ -1,0 +1,218 @@
+"""The search stage and its steps: propose / run_proxy / finish, resume, MLflow, the job entry point."""
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from mixture import io, pipeline
+from mixture.config import parse_config
+from mixture.dataset import open_dataset
+from mixture.search import stage, steps
+from mixture.search.synthetic import SyntheticObjective, make_climblab
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = REPO / "data" / "sample" / "target_val.jsonl.gz"
+NAMES = ["c00", "c01", "c02", "c03"]
+
+
+@pytest.fixture(scope="module")
+def climblab_texts(sample_records):
+    by_source = defaultdict(list)
+    for r in sample_records:
+        by_source[r["source"]].append(r["text"][:3000])
+    sources = sorted(by_source)[:4]
+    return {name: by_source[s][:8] for name, s in zip(NAMES, sources)}
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    """One MLflow store for the module (creating a SQLite store runs its migrations: seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+def _config(tmp_path, climblab_texts, tracking_uri, run_name="t", **search):
+    root = tmp_path / "out"
+    if not (root / "climblab" / "_manifest.json").exists():
+        make_climblab(str(root / "climblab"), climblab_texts, vocab_size=400)
+    base = {"iterations": [6, 3], "candidates": 2000, "top_n": 6, "top_k": 4,
+            "proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
+            "transfer_proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
+            "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
+            "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1}}
+    base.update(search)
+    return parse_config({"run_name": run_name, "output_root": str(root), "input": {"uris": ["unused"]},
+                         "search": base, "tracking": {"experiment": "test", "uri": tracking_uri}})
+
+
+class CountingObjective:
+    """The synthetic objective, counting how often a 'proxy' was trained."""
+
+    def __init__(self):
+        self.calls = []
+        self.objective = SyntheticObjective(np.array([0.1, 0.2, 0.3, 0.4]), noise=0.02, names=NAMES)
+
+    def __call__(self, mixture, seed):
+        self.calls.append((tuple(sorted(mixture.items())), seed))
+        return self.objective.proxy(mixture, seed)
+
+
+def _ctx(cfg):
+    st, inputs, writer = pipeline.prepare(cfg, "search")
+    return pipeline.StageContext(cfg, st, inputs, writer)
+
+
+def _runs_by_kind(cfg):
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    df = mlflow.search_runs(experiment_names=[f"test-{cfg.run_name}-search"])
+    return df, df.groupby("tags.climb.kind").size().to_dict()
+
+
+def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts, tracking_uri):
+    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="resume")
+    obj = CountingObjective()
+    jobs = steps.propose(cfg, 0)
+    assert len(jobs) == 6 and {j["iteration"] for j in jobs} == {0}
+    for job in jobs[:2]:                        # two proxies finish, then the search is "killed"
+        steps.run_proxy(cfg, job, objective=obj)
+    with pytest.raises(steps.SearchError, match="not finished"):
+        steps.propose(cfg, 1)
+
+    ctx = _ctx(cfg)
+    out = stage.run(ctx, objective=obj)
+    assert len(obj.calls) == 2 + 4 + 3          # the two finished runs were not trained again
+    assert out.extra["reused_runs"] == 2
+    ds = ctx.writer.commit(out.counts, out.extra)
+
+    assert ds.manifest.counts == {"runs": 9, "iterations": 2}
+    assert len(ds.files("runs/")) == 9
+    mixture = io.read_json(ds.path("mixture.json"))
+    assert set(mixture["weights"]) == set(NAMES)
+    assert sum(mixture["weights"].values()) == pytest.approx(1.0)
+    assert mixture["method"] in {"top_mean", "best_observed"} and mixture["reason"]
+    its = io.read_json(ds.path("iterations.json"))
+    assert [len(i["runs"]) for i in its["iterations"]] == [6, 3]
+    assert its["iterations"][0]["predictor"] is None
+    assert set(its["iterations"][1]["predictor"]["cv"]) == {"lightgbm", "ridge", "ridge_sqrt", "mixing_law"}
+    assert all(r["predicted"] is not None for r in its["iterations"][1]["runs"])
+
+    df, kinds = _runs_by_kind(cfg)
+    assert kinds == {"search": 1, "iteration": 2, "proxy": 9}     # each proxy logged once
+    proxies = df[df["tags.climb.kind"] == "proxy"]
+    for c in NAMES:                                                # same param names on every run
+        assert proxies[f"params.w.{c}"].notna().all()
+    assert proxies["metrics.score"].notna().all()
+    it1 = df[(df["tags.climb.kind"] == "iteration") & (df["tags.climb.iteration"] == "1")]
+    assert it1["metrics.cv.ridge_sqrt.spearman"].notna().all()
+
+
+def test_steps_are_deterministic_and_idempotent(tmp_path, climblab_texts, tracking_uri):
+    a = _config(tmp_path / "a", climblab_texts, tracking_uri, run_name="idem-a")
+    b = _config(tmp_path / "b", climblab_texts, tracking_uri, run_name="idem-b")
+    jobs_a, jobs_b = steps.propose(a, 0), steps.propose(b, 0)
+    assert [j["mixture"] for j in jobs_a] == [j["mixture"] for j in jobs_b]
+    assert steps.propose(a, 0) == jobs_a
+    obj = CountingObjective()
+    first = steps.run_proxy(a, jobs_a[0], objective=obj)
+    again = steps.run_proxy(a, jobs_a[0], objective=obj)
+    assert first == again and len(obj.calls) == 1
+    forged = {**jobs_a[1], "run_id": jobs_a[0]["run_id"]}        # a different mixture, same id
+    with pytest.raises(steps.SearchError, match="different run"):
+        steps.run_proxy(a, forged, objective=obj)
+    with pytest.raises(steps.SearchError, match="out of range"):
+        steps.propose(a, 2)
+    bad = {**jobs_a[2], "mixture": {**jobs_a[2]["mixture"], "c99": 0.0}}
+    with pytest.raises(steps.SearchError, match="unknown clusters"):
+        steps.run_proxy(a, bad, objective=obj)
+
+
+def test_search_stage_trains_real_proxies_and_commits(tmp_path, climblab_texts, tracking_uri):
+    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="real", iterations=[4, 2])
+    res = pipeline.run_stage(cfg, "search")
+    ds = res.dataset
+    assert ds.manifest.counts["runs"] == 6
+    run = io.read_json(ds.files("runs/")[0])
+    assert run["score"] == pytest.approx(-run["metrics"]["val.bpb"])     # higher is better
+    assert 0 < run["metrics"]["val.bpb"] < 20
+    assert len(run["loss_curve"]) == run["train"]["steps"] == 4096 // (4 * 64)
+    assert run["proxy"]["preset"] == "cpu-tiny" and set(run["mixture"]) == set(NAMES)
+    assert pipeline.run_stage(cfg, "search").skipped                      # up to date: no work
+    assert ds.manifest.extra["mixture"] == io.read_json(ds.path("mixture.json"))["weights"]
+    for png in ("weights.png", "progress.png"):
+        assert io.read_bytes(ds.path(f"plots/{png}"))[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_process_pool_and_the_job_entry_point(tmp_path, climblab_texts, tracking_uri):
+    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="pool", iterations=[4, 2], workers=2)
+    config_file = tmp_path / "search.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    job = steps.propose(cfg, 0)[0]
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job))
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "proxy.py"), "--config", str(config_file),
+                           "--job", str(job_file)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert printed["run_id"] == job["run_id"] and printed["score"] < 0
+    # the job's run is reused by the pooled stage; the pool trains the rest
+    res = pipeline.run_stage(cfg, "search")
+    assert res.dataset.manifest.counts["runs"] == 6 and res.dataset.manifest.extra["reused_runs"] == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "proxy.py"), "--config", str(config_file),
+                           "--job", str(bad)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "one job object" in proc.stderr
+
+
+def test_baselines_compare_every_method_under_the_same_budget(tmp_path, climblab_texts, tracking_uri):
+    from mixture.search import baselines
+
+    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="baselines", iterations=[6, 3],
+                  transfer_seeds=2)
+    obj = CountingObjective()
+    ctx = _ctx(cfg)
+    out = stage.run(ctx, objective=obj)
+    ctx.writer.commit(out.counts, out.extra)
+    searched = len(obj.calls)
+
+    text = baselines.run(cfg, objective=obj)
+    # random pool = the search's 6 first-iteration runs + 3 new (budget 9); 5 methods x 2 seeds x 2 scales
+    assert len(obj.calls) - searched == 3 + 5 * 2 * 2
+    for m in baselines.METHODS:
+        assert f"| {m} |" in text
+    ds = open_dataset(str(tmp_path / "out" / "baselines"))
+    results = io.read_json(ds.path("results.json"))
+    assert results["pool_runs"] == 9
+    tokens = open_dataset(str(tmp_path / "out" / "climblab")).manifest.extra["clusters"]
+    total = sum(v["tokens"] for v in tokens.values())
+    assert results["methods"]["natural"]["weights"] == pytest.approx({c: v["tokens"] / total for c, v in tokens.items()})
+    assert results["methods"]["uniform"]["weights"] == pytest.approx({c: 0.25 for c in NAMES})
+    for m in baselines.METHODS:
+        assert results["methods"][m]["transfer"]["score"]["n"] == 2
+    climb = results["methods"]["climb"]["transfer"]["score"]["mean"]
+    assert results["climb_beats_every_baseline"] == all(
+        climb > results["methods"][m]["transfer"]["score"]["mean"] for m in baselines.METHODS if m != "climb")
+    calls = len(obj.calls)
+    assert baselines.run(cfg, objective=obj) == text and len(obj.calls) == calls    # up to date: no work
+
+
+def test_baselines_reuse_the_search_when_only_transfer_settings_change(tmp_path, climblab_texts, tracking_uri):
+    from mixture.search import baselines
+
+    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="reuse", iterations=[6, 3])
+    obj = CountingObjective()
+    ctx = _ctx(cfg)
+    out = stage.run(ctx, objective=obj)
+    searched = ctx.writer.commit(out.counts, out.extra)
+    climblab = open_dataset(str(tmp_path / "out" / "climblab"))
+    other_transfer = cfg.model_copy(update={"search": cfg.search.model_copy(update={"transfer_seeds": 3})})
+    assert pipeline.current(other_transfer, "search") is None          # the hash covers the section
+    assert baselines.reusable_search(other_transfer, climblab).manifest_sha256 == searched.manifest_sha256
+    other_search = cfg.model_copy(update={"search": cfg.search.model_copy(update={"top_n": 5})})
+    assert baselines.reusable_search(other_search, climblab) is None
