@@ -55,3 +55,10 @@ def test_s3_settings_never_expose_credentials(s3_bucket, caplog):
     io.write_text(f"s3://{s3_bucket}/x.txt", "x")
     assert "testing-secret-key" not in caplog.text
     assert "testing-secret-key" not in repr(io.filesystem(f"s3://{s3_bucket}/x.txt")[0])
+
+
+def test_s3_gz_keys_are_stored_as_given(s3_bucket):
+    import gzip
+    blob = gzip.compress(b"payload")
+    io.write_bytes(f"s3://{s3_bucket}/a.jsonl.gz", blob)
+    assert io.read_bytes(f"s3://{s3_bucket}/a.jsonl.gz") == blob

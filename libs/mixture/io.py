@@ -175,7 +175,8 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
     """Write a file atomically: readers see the old file or the whole new one, never a part."""
     fs, path = filesystem(uri)
     if is_s3(uri):
-        with fs.open_output_stream(path) as f:
+        # compression=None: pyarrow would otherwise gzip any key ending in .gz a second time
+        with fs.open_output_stream(path, compression=None) as f:
             yield f
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -8,15 +8,15 @@ false-negative area (integral of 1 - P over [t, 1]), as text-dedup and datasketc
 
 Shingles: the text is lowercased, punctuation becomes space, whitespace is collapsed, and the
 shingles are the word n-grams (5 by default, as in Gopher/FineWeb near-dedup); a document shorter
-than n words is one shingle. Each word is hashed with BLAKE2b (stable across processes, unlike
-Python's `hash`), n-grams combine the word hashes polynomially and a SplitMix64 finaliser mixes
-them to 32 bits. Permutations are the multiply-add-shift family of Dietzfelbinger (1996):
+than n words is one shingle. Each distinct word of a batch is hashed from its UTF-8 bytes by a
+vectorised polynomial hash mod 2^64 (stable across processes, unlike Python's `hash`; not meant to
+resist crafted collisions), n-grams combine the word hashes polynomially and a SplitMix64
+finaliser mixes them to 32 bits. Permutations are the multiply-add-shift family of Dietzfelbinger (1996):
 h(x) = ((a*x + b) mod 2^64) >> 32 for 32-bit x, a odd, which is strongly universal and needs
 only uint64 numpy arithmetic.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,6 @@ _SHIFT32 = np.uint64(32)
 _NGRAM_MULT = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.empty(0, dtype=np.uint32)
 SENTINEL = np.uint32(0xFFFFFFFF)
-_word_cache: dict[str, int] = {}
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -38,25 +37,97 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _word_hashes(words: list[str]) -> np.ndarray:
-    out = np.empty(len(words), dtype=np.uint64)
-    for i, word in enumerate(words):
-        h = _word_cache.get(word)
-        if h is None:
-            if len(_word_cache) > 2_000_000:    # bound the cache on long-running executors
-                _word_cache.clear()
-            h = int.from_bytes(hashlib.blake2b(word.encode("utf-8", "replace"), digest_size=8).digest(), "little")
-            _word_cache[word] = h
-        out[i] = h
+_POLY = np.uint64(0x9E3779B97F4A7C15)
+_LEN_MIX = np.uint64(0xD6E8FEB86659FD93)
+
+
+def _inverse(a: np.uint64) -> np.uint64:
+    """Multiplicative inverse of an odd number modulo 2^64 (Newton's iteration)."""
+    inv = a
+    with np.errstate(over="ignore"):
+        for _ in range(6):
+            inv = inv * (np.uint64(2) - a * inv)
+    return inv
+
+
+_POLY_INV = _inverse(_POLY)
+
+
+_POWER_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^j and P^-j mod 2^64 for j < n (cached per process, grown as needed)."""
+    size = max(n, 1 << 16)
+    cached = next((v for k, v in _POWER_CACHE.items() if k >= size), None)
+    if cached is None:
+        size = 1 << (size - 1).bit_length()
+        with np.errstate(over="ignore"):
+            pw = np.cumprod(np.full(size, _POLY, dtype=np.uint64), dtype=np.uint64)
+            ipw = np.cumprod(np.full(size, _POLY_INV, dtype=np.uint64), dtype=np.uint64)
+        one = np.ones(1, dtype=np.uint64)
+        cached = (np.concatenate([one, pw[:-1]]), np.concatenate([one, ipw[:-1]]))
+        _POWER_CACHE.clear()
+        _POWER_CACHE[size] = cached
+    return cached
+
+
+def _string_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                   chunk_bytes: int = 1 << 20) -> np.ndarray:
+    """64-bit hashes of the byte strings data[starts[i]:ends[i]] (in increasing position), all
+    at once.
+
+    A polynomial hash mod 2^64 (sum of byte_j * P^j) from one cumulative sum over the bytes:
+    string i's sum is (G[end] - G[start]) * P^-start, so no Python loop touches a word; its
+    length is mixed in and SplitMix64 finalises. Strings are processed in chunks of about
+    `chunk_bytes` to bound memory."""
+    n = len(starts)
+    out = np.empty(n, dtype=np.uint64)
+    lo = 0
+    while lo < n:
+        hi = int(np.searchsorted(ends, starts[lo] + chunk_bytes, side="right"))
+        hi = min(max(hi, lo + 1), n)
+        base = int(starts[lo])
+        seg = data[base:int(ends[hi - 1])].astype(np.uint64)
+        pw, ipw = _power_tables(len(seg) + 1)
+        s = starts[lo:hi] - base
+        e = ends[lo:hi] - base
+        with np.errstate(over="ignore"):
+            g = np.zeros(len(seg) + 1, dtype=np.uint64)
+            np.cumsum(seg * pw[:len(seg)], out=g[1:])
+            h = (g[e] - g[s]) * ipw[s]
+            h ^= (e - s).astype(np.uint64) * _LEN_MIX
+        out[lo:hi] = _splitmix64(h)
+        lo = hi
     return out
+
+
+def _utf8_buffers(arr) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets) of an Arrow string array, as numpy views (large_string offsets)."""
+    import pyarrow as pa
+
+    if arr.type != pa.large_string():
+        arr = arr.cast(pa.large_string())
+    buffers = arr.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
+    return data, offsets
+
+
+def _word_hashes(words) -> np.ndarray:
+    """64-bit hashes of an Arrow string array of words (stable across processes and runs)."""
+    if len(words) == 0:
+        return np.empty(0, dtype=np.uint64)
+    data, offsets = _utf8_buffers(words)
+    return _string_hashes(data, offsets[:-1], offsets[1:])
 
 
 def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Shingles of many documents at once: (hashes, offsets) where document d's sorted unique
     32-bit n-gram hashes are hashes[offsets[d]:offsets[d+1]] (none when it has no words).
 
-    Normalisation, splitting and word interning run in Arrow's C++ kernels; only the distinct
-    words of the batch are hashed in Python, and n-grams never cross document boundaries."""
+    Normalisation runs in Arrow's C++ kernels, word splitting and hashing in numpy over the
+    UTF-8 bytes; n-grams never cross document boundaries."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -65,19 +136,27 @@ def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
         arr = arr.combine_chunks()
     n_docs = len(arr)
     # Words are the runs of letters, digits and underscores (Python's \w+) of the lowercased
-    # text: punctuation, symbols and whitespace are all word breaks.
+    # text: every other run of characters becomes one space, so in the UTF-8 bytes a word is a
+    # maximal run of non-space bytes inside one document (0x20 never occurs inside a multi-byte
+    # character). Words are found and hashed on those bytes with numpy: no per-word objects.
     cleaned = pc.utf8_trim(pc.replace_substring_regex(pc.utf8_lower(arr.fill_null("")), r"[^\p{L}\p{N}_]+", " "),
                            characters=" ")
-    words = pc.split_pattern(cleaned, " ")
-    # "" splits into one empty word: drop it (a text without words has no shingles).
-    counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
-    counts[pc.equal(cleaned, "").to_numpy(zero_copy_only=False)] = 0
-    flat = pc.list_flatten(pc.filter(words, pc.not_equal(cleaned, "")))
-    if len(flat) == 0:
+    data, offsets = _utf8_buffers(cleaned)
+    data = data[int(offsets[0]):int(offsets[-1])]
+    offsets = offsets - offsets[0]
+    if len(data) == 0:
         return _EMPTY, np.zeros(n_docs + 1, dtype=np.int64)
-    encoded = pc.dictionary_encode(flat)
-    indices = encoded.indices.to_numpy(zero_copy_only=False)
-    w = _word_hashes(encoded.dictionary.to_pylist())[indices]
+    word_byte = data != 0x20
+    doc_first = np.zeros(len(data) + 1, dtype=bool)
+    doc_first[offsets[:-1]] = True
+    doc_last = np.zeros(len(data) + 1, dtype=bool)
+    doc_last[offsets[1:] - 1] = True
+    prev_space = np.r_[True, ~word_byte[:-1]]
+    next_space = np.r_[~word_byte[1:], True]
+    word_starts = np.flatnonzero(word_byte & (prev_space | doc_first[:-1]))
+    word_ends = np.flatnonzero(word_byte & (next_space | doc_last[:len(data)])) + 1
+    w = _string_hashes(data, word_starts, word_ends)
+    counts = np.bincount(np.searchsorted(offsets, word_starts, side="right") - 1, minlength=n_docs).astype(np.int64)
     word_off = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(counts, out=word_off[1:])
     # n-gram start positions: every position with n words left in its document, or the first

@@ -176,6 +176,7 @@ def curate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str, 
         exact = dedup.exact_duplicates(passing.select("id", "text_hash"))
     else:
         exact = spark.createDataFrame([], "id string, exact_of string")
+    exact = exact.localCheckpoint(eager=True)       # used twice below; computed once here
     step_done("exact_dedup")
 
     # 5: fuzzy dedup ----------------------------------------------------------------------
