@@ -8,7 +8,9 @@ Two document sets from data/sample/corpus.jsonl.gz:
   paragraphs  the same corpus split at blank lines (mixed lengths, many short texts)
 Rows: sentence-transformers encode (batch 64, its own length sort), ours in fp32 (the CPU
 default), ours with bf16 autocast on the CPU (`embed.dtype: bfloat16`, only where the CPU has
-native bf16). "min cos" is the smallest cosine between a row's vectors and sentence-transformers'.
+native bf16), and with --compile ours in fp32 under torch.compile (warm-up excluded from the
+timings and printed separately). "min cos" is the smallest cosine between a row's vectors and
+sentence-transformers'.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--compile", action="store_true",
+                    help="add a row with the encoder under torch.compile (inductor, frozen weights; "
+                         "an experiment, not a stage option: ~1-1.5 min warm-up)")
     args = ap.parse_args()
 
     import numpy as np
@@ -69,6 +74,15 @@ def main() -> int:
         contenders["ours bf16 autocast (opt-in)"] = ours16.encode
 
     sets = load_sets(args.docs)
+    if args.compile:
+        compiled = Embedder(model, args.max_tokens, batch_size=args.batch_size, dtype="float32",
+                            threads=args.threads)
+        compiled.model = torch.compile(compiled.model, dynamic=True, options={"freezing": True})
+        t0 = time.perf_counter()
+        for texts in sets.values():      # warm-up: compile for the shapes of both sets
+            compiled.encode(texts)
+        print(f"torch.compile warm-up (both sets once): {time.perf_counter() - t0:.0f} s")
+        contenders["ours fp32 + torch.compile (experiment)"] = compiled.encode
     print(f"model {model}, max_tokens {args.max_tokens}, batch {args.batch_size}, threads {args.threads}, "
           f"torch {torch.__version__}, {args.repeats} interleaved repeats, bf16 on CPU: {bf16_ok}")
     for set_name, texts in sets.items():

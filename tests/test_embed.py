@@ -184,12 +184,18 @@ def test_whitespace_prefix_and_token_budget_batches():
     assert whitespace_prefix("aaa bbb ccc", 100) == "aaa bbb ccc"
     assert whitespace_prefix("aaa bbb ccc", 6) == "aaa"
     assert whitespace_prefix("aaaaaaa", 3) == "aaaaaaa"
-    lengths = np.array([5, 100, 7, 100, 50, 3])
-    batches = token_budget_batches(lengths, token_budget=200, max_docs=3)
-    assert [sorted(b.tolist()) for b in batches] == [[1, 3], [0, 2, 4], [5]]
-    assert sorted(np.concatenate(batches).tolist()) == list(range(6))
+    lengths = np.array([5, 100, 7, 100, 50, 3, 6, 80, 4])
+    # budget 200 tokens: two of 100; 80 alone (50 < 0.75 * 80); 50 alone; 7 and 6 (5 < 5.25);
+    # 5 and 4 (3 < 3.75); 3
+    batches = token_budget_batches(lengths, token_budget=200, max_docs=3, min_fill=0.75)
+    assert [b.tolist() for b in batches] == [[1, 3], [7], [4], [2, 6], [0, 8], [5]]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(9))
     for b in batches:
-        assert len(b) * lengths[b].max() <= 200
+        assert len(b) * lengths[b].max() <= 200 and len(b) <= 3
+        assert lengths[b].min() >= 0.75 * lengths[b].max()
+    assert [b.tolist() for b in token_budget_batches(lengths, 200, 2, min_fill=0.75)][3:5] == [[2, 6], [0, 8]]
+    # without the fill rule, a count-based batch would pad 3-token texts to 100
+    assert [b.tolist() for b in token_budget_batches(lengths, 300, 3, min_fill=0.0)][0] == [1, 3, 7]
 
 
 def test_chunk_mean_averages_windows_of_long_documents(sample_records):
@@ -280,3 +286,11 @@ def test_jobs_entry_point_runs_the_stage(tmp_path, sample_records):
     bad = subprocess.run([sys.executable, str(repo / "jobs" / "embed.py"), "--config", str(tmp_path / "nope.yaml")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode != 0 and "not found" in bad.stderr
+
+
+def test_bf16_on_the_cpu_stays_within_cosine_0999(embedder, sample_records):
+    texts = [r["text"] for r in pick(sample_records, 1)][:4] + ["a short text"]
+    bf16 = Embedder(MODEL, max_tokens=128, dtype="bfloat16")
+    cos = (bf16.encode(texts) * embedder.encode(texts)).sum(1)
+    assert cos.min() > 0.999
+

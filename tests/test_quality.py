@@ -144,3 +144,19 @@ def test_fasttext_labels_map_onto_the_scale():
 def test_fasttext_asked_for_but_not_installed_is_a_clear_error(tmp_path):
     with pytest.raises(QualityError, match="fasttext. package is not installed"):
         FastTextScorer(str(tmp_path / "model.bin"))
+
+
+@pytest.mark.skipif(not fasttext_available(), reason="the optional fasttext package is not installed")
+def test_fasttext_scorer_with_a_trained_model(tmp_path, sample_records):
+    import fasttext
+
+    train = tmp_path / "train.txt"
+    lines = [("__label__hq " if r["source"] in ("python-docs", "debian-policy") else "__label__cc ")
+             + " ".join(r["text"].split()[:200]) for r in sample_records[:600]]
+    train.write_text("\n".join(lines) + "\n")
+    fasttext.train_supervised(str(train), epoch=25, lr=1.0, verbose=0, seed=0, thread=1).save_model(str(tmp_path / "q.bin"))
+    texts = [r["text"] for r in sample_records[600:800]]
+    hq = np.array([r["source"] in ("python-docs", "debian-policy") for r in sample_records[600:800]])
+    s = FastTextScorer(str(tmp_path / "q.bin")).scores(texts)
+    assert s.min() >= 1.0 and s.max() <= 5.0
+    assert s[hq].mean() > s[~hq].mean() + 1.0

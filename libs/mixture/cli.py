@@ -179,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as err:
         print(f"climb: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # The stages' own errors (bad input, a model that cannot load, counts that do not add up)
+        # are one clear line; anything else is a bug and keeps its traceback.
+        if type(err).__module__.startswith("mixture."):
+            print(f"climb: {type(err).__name__}: {err}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage `cluster`: k-means on the embeddings, prune low-quality clusters, merge the rest.
 
-Follows CLIMB (Diao et al., NVIDIA 2025, section 3.1 and appendix on ClimbLab):
+Follows CLIMB (Diao et al., NVIDIA 2025: its clustering step and the ClimbLab construction):
 
 1. k-means with K_init = 1000 (config `cluster.k_init`) on the L2-normalised embeddings
    (spherical k-means, faiss), trained on a random sample of at most `max_train_points`
@@ -240,15 +240,19 @@ def load_curated_meta(ds: Dataset) -> "pa.Table":
     return pa.concat_tables(tables, promote_options="default")
 
 
-def read_texts(ds: Dataset, wanted: set[str] | None = None) -> dict[str, str]:
-    """id -> text of the curated docs (only the `wanted` ids when given)."""
-    out: dict[str, str] = {}
+def iter_texts(ds: Dataset, batch_size: int = 8192):
+    """(ids, texts) batches of the curated docs, in file and row order."""
     for uri in ds.files("docs/"):
         with io.open_read(uri) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=["id", "text"]):
-                for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
-                    if wanted is None or doc_id in wanted:
-                        out[doc_id] = text
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["id", "text"]):
+                yield batch.column("id").to_pylist(), batch.column("text").to_pylist()
+
+
+def read_texts(ds: Dataset, wanted: set[str]) -> dict[str, str]:
+    """id -> text of the `wanted` curated docs."""
+    out: dict[str, str] = {}
+    for ids, texts in iter_texts(ds):
+        out.update((i, t) for i, t in zip(ids, texts) if i in wanted)
     return out
 
 
@@ -296,8 +300,10 @@ def compute_scores(cfg: ClusterConfig, seed: int, x: np.ndarray, meta: "pa.Table
             notes["fasttext"] = "skipped: fasttext not installed"
         else:
             scorer = Q.FastTextScorer(qcfg.fasttext_model)
-            texts_by_id = read_texts(curated)
-            by_name["fasttext"] = scorer.scores(texts_by_id[i] for i in ids)
+            score_of: dict[str, float] = {}
+            for batch_ids, batch_texts in iter_texts(curated):      # streamed: texts never all in memory
+                score_of.update(zip(batch_ids, scorer.scores(batch_texts).tolist()))
+            by_name["fasttext"] = np.array([score_of[i] for i in ids], dtype=np.float32)
             notes["fasttext"] = {"model": qcfg.fasttext_model}
     if qcfg.scorer not in by_name:
         raise Q.QualityError(f"cluster.quality.scorer={qcfg.scorer!r} produced no scores")

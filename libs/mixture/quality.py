@@ -1,6 +1,6 @@
 """Per-document quality scores on CLIMB's 1-5 scale, the basis for pruning clusters.
 
-CLIMB (Diao et al., NVIDIA 2025, section 3.1) scores every document with fastText quality
+CLIMB (Diao et al., NVIDIA 2025, cluster pruning) scores every document with fastText quality
 classifiers (1-5), averages the scores per k-means cluster and drops clusters below 3.0. Three
 scorers are available here; every one that can run is stored per document (`score_*` columns of
 `assignments.parquet`), and `cluster.quality.scorer` picks the one that drives pruning:
@@ -278,10 +278,16 @@ class FastTextScorer:
         self.model = fasttext.load_model(local)
 
     def scores(self, texts: Iterable[str]) -> np.ndarray:
-        # fastText predicts one line: newlines become spaces
-        lines = [" ".join(t.split()) for t in texts]
-        labels, probs = self.model.predict(lines, k=-1)
-        return fasttext_label_scores([tuple(x) for x in labels], [np.asarray(p) for p in probs])
+        labels, probs = [], []
+        for text in texts:
+            # fastText predicts one line: newlines become spaces. The binding's own predict() is
+            # avoided: with numpy 2 its single-line path fails (np.array(copy=False)) and its
+            # list path (multilinePredict) repeats the first probability for every label
+            # (fasttext-wheel 0.9.2); the per-line binding call returns correct pairs.
+            pairs = self.model.f.predict(" ".join(text.split()) + "\n", -1, 0.0, "strict")
+            labels.append(tuple(lab for _, lab in pairs))
+            probs.append(np.array([p for p, _ in pairs], dtype=np.float64))
+        return fasttext_label_scores(labels, probs)
 
 
 def describe_mapping() -> str:

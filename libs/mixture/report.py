@@ -112,7 +112,6 @@ def build_report(*, cfg, seed, ids, x, meta, km, k_requested, reasons, mean_qual
                if "source" in meta.column_names else np.full(n, "", dtype=object))
     words = (meta.column("n_words").to_numpy(zero_copy_only=False).astype(np.int64)
              if "n_words" in meta.column_names else None)
-    ids_arr = np.array(ids, dtype=object)
 
     members = {c: np.flatnonzero(cluster == c) for c in range(n_final)}
     sample = {c: np.sort(rng.choice(m, min(len(m), TFIDF_DOCS_PER_CLUSTER), replace=False))
