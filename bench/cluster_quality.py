@@ -54,7 +54,7 @@ def commit_curated(cfg, records: list[dict]) -> None:
             "n_words": pa.array([len(t.split()) for t in texts], pa.int32())}
     for name, values in q_signals(texts).items():
         cols[name] = pa.array(values, pa.float32())
-    w = DatasetWriter(uri, "curated", pipeline.config_hash(cfg, pipeline.BY_NAME["curated"]), {})
+    w = DatasetWriter(uri, "curated", pipeline.config_hash(cfg, pipeline.stage("curated")), {})
     with open(w.path("docs/part-00000.parquet"), "wb") as f:
         pq.write_table(pa.table(cols), f)
     n = len(records)

@@ -62,7 +62,7 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 def make_dataset(root: Path, mb: float, files: int):
     """A committed dataset shaped like a build: `files` token shards of mb/files MB each, a
     Parquet shard per token shard (random text), a tokenizer and a card."""
-    from mixture import io
+    from mixture import storage
     from mixture.dataset import DatasetWriter
 
     rng = np.random.default_rng(0)
@@ -70,14 +70,14 @@ def make_dataset(root: Path, mb: float, files: int):
     per = int(mb * 2**20 / files)
     for i in range(files):
         tokens = rng.integers(0, 8192, per // 2, dtype=np.uint16)
-        io.write_bytes(w.path(f"tokens/part-{i:05d}.bin"), tokens.tobytes())
-        with io.open_write(w.path(f"tokens/part-{i:05d}.idx")) as f:
+        storage.write_bytes(w.path(f"tokens/part-{i:05d}.bin"), tokens.tobytes())
+        with storage.open_write(w.path(f"tokens/part-{i:05d}.idx")) as f:
             np.save(f, np.arange(0, len(tokens) + 1, 512, dtype=np.int64))
         words = rng.integers(0, 50_000, (2000, 60)).astype(str)
         pq.write_table(pa.table({"text": [" ".join(r) for r in words], "cluster": ["c00"] * 2000,
                                  "id": [f"d{i}-{j}" for j in range(2000)]}), w.path(f"parquet/part-{i:05d}.parquet"))
-    io.write_text(w.path("tokenizer/tokenizer.json"), "{}")
-    io.write_text(w.path("README.md"), "# bench\n")
+    storage.write_text(w.path("tokenizer/tokenizer.json"), "{}")
+    storage.write_text(w.path("README.md"), "# bench\n")
     return w.commit({"documents": files * 2000, "tokens": files * per // 2}, {"dtype": "uint16", "eos_id": 0, "mixture": {}})
 
 
@@ -103,7 +103,7 @@ def main() -> None:
         import boto3
         import pyarrow.fs as pafs
 
-        from mixture import io
+        from mixture import storage
         from mixture.config import parse_config
         from mixture.publish import publish_dataset
         from mixture.reader import ClimbMix
@@ -114,7 +114,7 @@ def main() -> None:
         total = sum(f["bytes"] for f in ds.manifest.files)
         cfg = parse_config({"output_root": str(tmp), "input": {"uris": ["x"]},
                             "publish": {"uri": "s3://bench/climbmix", "multipart_chunk_mb": 8, "track": False}})
-        fs, _ = io.filesystem("s3://bench/x")
+        fs, _ = storage.filesystem("s3://bench/x")
 
         def publish(verify: str, tag: str):
             cfg.publish.verify = verify

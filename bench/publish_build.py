@@ -28,13 +28,13 @@ import pyarrow.parquet as pq
 
 
 def make_climblab(root: Path, n_clusters: int, docs: int, seed: int = 0) -> dict[str, int]:
-    from mixture import io
+    from mixture import storage
     from mixture.dataset import DatasetWriter
 
     rng = np.random.default_rng(seed)
     words = np.array([f"w{i}" for i in range(5000)])
     w = DatasetWriter(str(root / "climblab"), "shards", "bench", {})
-    io.write_text(w.path("tokenizer/tokenizer.json"), "{}")
+    storage.write_text(w.path("tokenizer/tokenizer.json"), "{}")
     info = {}
     for c in range(n_clusters):
         name = f"c{c:02d}"
@@ -56,7 +56,7 @@ def make_climblab(root: Path, n_clusters: int, docs: int, seed: int = 0) -> dict
     weights = rng.dirichlet(np.full(n_clusters, 0.5))
     mix = {f"c{c:02d}": float(x) for c, x in enumerate(weights)}
     s = DatasetWriter(str(root / "search"), "search", "bench", {"climblab": lab.manifest_sha256})
-    io.write_json(s.path("mixture.json"), {"weights": mix})
+    storage.write_json(s.path("mixture.json"), {"weights": mix})
     s.commit({"runs": 0, "iterations": 0})
     return info
 

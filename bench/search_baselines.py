@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from mixture import io, pipeline
+from mixture import storage, pipeline
 from mixture.cli import _overrides
 from mixture.config import load_config
 from mixture.search import baselines
@@ -27,7 +27,7 @@ def main() -> None:
     t0 = time.time()
     text = baselines.run(cfg)
     print(text)
-    results = io.read_json(io.join(pipeline.dataset_uri(cfg, "baselines"), "results.json"))
+    results = storage.read_json(storage.join(pipeline.dataset_uri(cfg, "baselines"), "results.json"))
     print(f"\nclimb beats every baseline at transfer scale: {results['climb_beats_every_baseline']}; "
           f"wall {time.time() - t0:.0f} s")
 

@@ -17,7 +17,7 @@ import argparse
 import statistics
 import time
 
-from mixture import io, pipeline
+from mixture import storage, pipeline
 from mixture.cli import _overrides
 from mixture.config import load_config
 
@@ -32,9 +32,9 @@ def main() -> None:
     res = pipeline.run_stage(cfg, "search", force=True)
     wall = time.time() - t0
     ds = res.dataset
-    its = io.read_json(ds.path("iterations.json"))
-    mix = io.read_json(ds.path("mixture.json"))
-    runs = [io.read_json(f) for f in ds.files("runs/")]
+    its = storage.read_json(ds.path("iterations.json"))
+    mix = storage.read_json(ds.path("mixture.json"))
+    runs = [storage.read_json(f) for f in ds.files("runs/")]
     train_s = [r["train"]["seconds"] for r in runs if r.get("train")]
     eval_s = [r["eval_seconds"] for r in runs if r.get("eval_seconds") is not None]
     print(f"search: {len(runs)} proxy runs in {wall:.0f} s wall ({cfg.search.workers} workers x "

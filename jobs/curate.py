@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = SparkSession.builder.appName("climb-curate").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     try:
-        result = pipeline.run_stage(cfg, pipeline.COMMANDS["curate"], force=args.force)
+        result = pipeline.run_stage(cfg, "curate", force=args.force)
     except (ConfigError, DatasetError) as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2

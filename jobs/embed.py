@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, _overrides(args.set))
-        result = pipeline.run_stage(cfg, pipeline.COMMANDS["embed"], force=args.force)
+        result = pipeline.run_stage(cfg, "embed", force=args.force)
     except (ConfigError, DatasetError, EmbedError) as err:
         print(f"embed: {err}", file=sys.stderr)
         return 2

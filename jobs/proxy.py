@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from mixture import io
+    from mixture import storage
     from mixture.cli import _overrides
     from mixture.config import ConfigError, load_config
     from mixture.dataset import DatasetError
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, _overrides(args.set))
         try:
-            job = io.read_json(args.job)
+            job = storage.read_json(args.job)
         except (OSError, ValueError) as err:
             raise steps.SearchError(f"cannot read the job file {args.job}: {err}") from None
         if not isinstance(job, dict):

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mixture import io
+from mixture import storage
 from mixture.build import (BuildError, content_hash, normalise_mixture, plan_clusters, select_documents)
 from mixture.config import Config, parse_config
 from mixture.dataset import DatasetWriter, open_dataset
-from mixture.pipeline import config_hash, BY_NAME, run_stage
+from mixture.pipeline import config_hash, run_stage, stage
 
 SOURCES = {"c00": "manpages", "c01": "python-docs", "c02": "dictionary", "c03": "fortunes"}
 
@@ -33,9 +33,9 @@ def make_config(root: Path, **build) -> Config:
 
 
 def _commit(root: Path, name: str, stage: str, inputs: dict, counts: dict, extra: dict, files: dict):
-    w = DatasetWriter(io.join(str(root), name), stage, f"{name}-config", inputs)
+    w = DatasetWriter(storage.join(str(root), name), stage, f"{name}-config", inputs)
     for rel, payload in files.items():
-        io.write_bytes(w.path(rel), payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+        storage.write_bytes(w.path(rel), payload if isinstance(payload, bytes) else json.dumps(payload).encode())
     return w
 
 
@@ -65,8 +65,8 @@ def make_climblab(root: Path, records: list[dict], docs_per_cluster=(12, 10, 14,
     texts = [r["text"] for recs in by_cluster.values() for r in recs]
     tok = train_tokenizer(texts, 300)
     eos = tok.token_to_id(EOS)
-    w = DatasetWriter(io.join(str(root), "climblab"), "shards", "climblab-config", inputs)
-    io.write_text(w.path("tokenizer/tokenizer.json"), tok.to_str())
+    w = DatasetWriter(storage.join(str(root), "climblab"), "shards", "climblab-config", inputs)
+    storage.write_text(w.path("tokenizer/tokenizer.json"), tok.to_str())
     info = {}
     for name, recs in by_cluster.items():
         docs = [np.array(tok.encode(r["text"]).ids + [eos], dtype=np.uint16) for r in recs]
@@ -84,9 +84,9 @@ def make_climblab(root: Path, records: list[dict], docs_per_cluster=(12, 10, 14,
 
 
 def make_search(root: Path, climblab, weights: dict[str, float]):
-    w = DatasetWriter(io.join(str(root), "search"), "search", "search-config",
+    w = DatasetWriter(storage.join(str(root), "search"), "search", "search-config",
                       {"climblab": climblab.manifest_sha256})
-    io.write_json(w.path("mixture.json"), {"weights": weights, "method": "test"})
+    storage.write_json(w.path("mixture.json"), {"weights": weights, "method": "test"})
     return w.commit({"runs": 0, "iterations": 0}, {"mixture": weights})
 
 
@@ -268,4 +268,4 @@ def test_card_without_upstream_says_so(tmp_path, sample_records):
     card = Path(ds.path("README.md")).read_text()
     assert "license: CC-BY-4.0" in card
     assert "Curation counts: not available" in card and "Topic terms: not available" in card
-    assert config_hash(make_config(root, licence="CC-BY-4.0"), BY_NAME["climbmix"]) == ds.manifest.config_hash
+    assert config_hash(make_config(root, licence="CC-BY-4.0"), stage("climbmix")) == ds.manifest.config_hash

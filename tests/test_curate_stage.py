@@ -230,7 +230,7 @@ def test_climb_cli_and_spark_submit_commit_the_same_dataset(tmp_path, tiny_corpu
 def test_reads_and_commits_on_s3(spark, crafted_input, tmp_path, s3_endpoint, s3_bucket):
     import boto3
 
-    from mixture import io
+    from mixture import storage
 
     inputs, expected = crafted_input
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -246,6 +246,6 @@ def test_reads_and_commits_on_s3(spark, crafted_input, tmp_path, s3_endpoint, s3
     assert counts["exact_duplicates"] == 2 and counts["near_duplicates"] == 2
     assert set(counts["per_file"]) == {f"s3://{s3_bucket}/raw/{f.name}" for f in inputs.iterdir()}
     quarantine = [row for f in result.dataset.files("quarantine/") for row in
-                  pq.read_table(pa.BufferReader(io.read_bytes(f))).to_pylist()]
+                  pq.read_table(pa.BufferReader(storage.read_bytes(f))).to_pylist()]
     assert sorted((q["line"], q["reason"]) for q in quarantine) == expected["defects"]
     result.dataset.verify()

@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from mixture import io
+from mixture import storage
 from mixture.dataset import MANIFEST, DatasetError, DatasetWriter, open_dataset, try_open, up_to_date
 
 
 def _write(root, name="ds", payload="v1", chash="h1", inputs=None):
-    w = DatasetWriter(io.join(root, name), "test", chash, inputs or {"up": "abc"})
-    io.write_text(w.path("part-0.txt"), payload)
-    io.write_text(w.path("sub/part-1.txt"), payload * 2)
+    w = DatasetWriter(storage.join(root, name), "test", chash, inputs or {"up": "abc"})
+    storage.write_text(w.path("part-0.txt"), payload)
+    storage.write_text(w.path("sub/part-1.txt"), payload * 2)
     return w.commit({"documents_in": 2, "documents_out": 2}, {"note": "x"})
 
 
@@ -41,7 +41,7 @@ def test_up_to_date_only_for_same_config_and_inputs(tmp_path):
 def test_recommit_replaces_old_files(tmp_path):
     _write(str(tmp_path), payload="v1")
     w = DatasetWriter(str(tmp_path / "ds"), "test", "h2", {})
-    io.write_text(w.path("only.txt"), "v2")
+    storage.write_text(w.path("only.txt"), "v2")
     ds = w.commit({})
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [MANIFEST, "only.txt"]
     assert ds.manifest.config_hash == "h2"
@@ -61,15 +61,15 @@ def test_uncommitted_dataset_is_not_readable(tmp_path):
 
 KILLED_STAGE = textwrap.dedent("""
     import sys, time
-    from mixture import io
+    from mixture import storage
     from mixture.dataset import DatasetWriter
     root, phase = sys.argv[1], sys.argv[2]
-    w = DatasetWriter(io.join(root, "ds"), "test", "h-new", {})
-    with io.open_write(w.path("big.bin")) as f:
+    w = DatasetWriter(storage.join(root, "ds"), "test", "h-new", {})
+    with storage.open_write(w.path("big.bin")) as f:
         f.write(b"x" * 1000)
         if phase == "mid-file":
             print("ready", flush=True); time.sleep(60)
-    io.write_text(w.path("small.txt"), "done")
+    storage.write_text(w.path("small.txt"), "done")
     if phase == "before-commit":
         print("ready", flush=True); time.sleep(60)
     w.commit({})
@@ -106,4 +106,4 @@ def test_s3_dataset_commit(s3_bucket):
     ds = _write(root)
     assert ds.uri == f"{root}/ds"
     ds.verify()
-    assert io.read_text(ds.path("sub/part-1.txt")) == "v1v1"
+    assert storage.read_text(ds.path("sub/part-1.txt")) == "v1v1"

@@ -57,7 +57,7 @@ def base_config(root: Path, **sections) -> dict:
 def make_curated(cfg, records: list[dict], files: int = 1, signals: bool = True):
     """A committed `curated` dataset: docs/part-*.parquet with id, text, source, n_words, q_*."""
     w = DatasetWriter(pipeline.dataset_uri(cfg, "curated"), "curated",
-                      pipeline.config_hash(cfg, pipeline.BY_NAME["curated"]), {})
+                      pipeline.config_hash(cfg, pipeline.stage("curated")), {})
     w.reset()
     parts = np.array_split(np.arange(len(records)), files)
     for p, rows in enumerate(parts):
@@ -220,7 +220,7 @@ def test_embed_stage_resumes_a_killed_run(tmp_path, sample_records):
     cfg = parse_config(base_config(tmp_path / "out"))
     records = pick(sample_records, 3)[:25]
     make_curated(cfg, records, files=2)
-    stage, inputs, writer = pipeline.prepare(cfg, "embeddings")
+    ctx = pipeline.open_stage(cfg, "embed"); stage, inputs, writer = ctx.stage, ctx.inputs, ctx.writer
     ctx = pipeline.StageContext(cfg, stage, inputs, writer)
     from mixture.embed import embed_corpus
 

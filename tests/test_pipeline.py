@@ -11,7 +11,7 @@ def _cfg(tmp_path, **extra):
 def test_hash_follows_own_sections_only(tmp_path):
     (tmp_path / "in").mkdir()
     a, b = _cfg(tmp_path), _cfg(tmp_path, build={"tokens": 5})
-    h = lambda c, n: pipeline.config_hash(c, pipeline.BY_NAME[n])  # noqa: E731
+    h = lambda c, n: pipeline.config_hash(c, pipeline.stage(n))  # noqa: E731
     assert h(a, "curated") == h(b, "curated") and h(a, "search") == h(b, "search")
     assert h(a, "climbmix") != h(b, "climbmix")
     # where MLflow records runs does not change what the search computes
@@ -22,9 +22,9 @@ def test_new_input_files_make_curation_run_again(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text('{"text": "x"}\n')
     cfg = _cfg(tmp_path)
-    before = pipeline.config_hash(cfg, pipeline.BY_NAME["curated"])
+    before = pipeline.config_hash(cfg, pipeline.stage("curated"))
     (tmp_path / "in" / "b.jsonl").write_text('{"text": "y"}\n')
-    assert pipeline.config_hash(cfg, pipeline.BY_NAME["curated"]) != before
+    assert pipeline.config_hash(cfg, pipeline.stage("curated")) != before
 
 
 def test_editing_a_named_file_in_place_changes_the_hash(tmp_path):
@@ -34,12 +34,12 @@ def test_editing_a_named_file_in_place_changes_the_hash(tmp_path):
     mix = tmp_path / "mix.json"
     mix.write_text('{"weights": {"c00": 1.0}}')
     cfg = _cfg(tmp_path, search={"target": {"val_uris": [str(target)]}}, build={"mixture": str(mix)})
-    s0 = pipeline.config_hash(cfg, pipeline.BY_NAME["search"])
-    b0 = pipeline.config_hash(cfg, pipeline.BY_NAME["climbmix"])
+    s0 = pipeline.config_hash(cfg, pipeline.stage("search"))
+    b0 = pipeline.config_hash(cfg, pipeline.stage("climbmix"))
     target.write_text('{"text": "b"}\n')
     mix.write_text('{"weights": {"c00": 0.5, "c01": 0.5}}')
-    assert pipeline.config_hash(cfg, pipeline.BY_NAME["search"]) != s0
-    assert pipeline.config_hash(cfg, pipeline.BY_NAME["climbmix"]) != b0
+    assert pipeline.config_hash(cfg, pipeline.stage("search")) != s0
+    assert pipeline.config_hash(cfg, pipeline.stage("climbmix")) != b0
 
 
 def test_where_it_runs_does_not_change_the_hash(tmp_path):
@@ -48,7 +48,7 @@ def test_where_it_runs_does_not_change_the_hash(tmp_path):
     b = _cfg(tmp_path, curate={"spark_master": "spark://spark-master:7077", "partitions": 64},
              search={"workers": 8, "proxy": {"threads": 4}})
     c = _cfg(tmp_path, curate={"exact_dedup": False})
-    h = lambda cfg, n: pipeline.config_hash(cfg, pipeline.BY_NAME[n])  # noqa: E731
+    h = lambda cfg, n: pipeline.config_hash(cfg, pipeline.stage(n))  # noqa: E731
     assert h(a, "curated") == h(b, "curated") and h(a, "search") == h(b, "search")
     assert h(a, "curated") != h(c, "curated")
 

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from mixture import io
+from mixture import storage
 from mixture.build import content_hash
 from mixture.dataset import MANIFEST, DatasetWriter
 from mixture.pipeline import run_stage
@@ -185,9 +185,9 @@ def big_dataset(tmp_path, mb: float = 11, name="big"):
     """A committed dataset with one file over the multipart threshold and a few small ones."""
     w = DatasetWriter(str(tmp_path / name), "build", "h", {})
     rng = np.random.default_rng(0)
-    io.write_bytes(w.path("tokens/part-00000.bin"), rng.integers(0, 255, int(mb * 2**20), dtype=np.uint8).tobytes())
+    storage.write_bytes(w.path("tokens/part-00000.bin"), rng.integers(0, 255, int(mb * 2**20), dtype=np.uint8).tobytes())
     for i in range(3):
-        io.write_text(w.path(f"small/{i}.txt"), f"small file {i}\n" * (i + 1))
+        storage.write_text(w.path(f"small/{i}.txt"), f"small file {i}\n" * (i + 1))
     return w.commit({"documents": 0, "tokens": 0})
 
 
@@ -459,8 +459,8 @@ def test_build_on_s3_publishes_from_s3(s3_endpoint, s3_bucket, built):
     """An output_root on S3: the files are streamed from the source objects."""
     cfg, _ = built
     w = DatasetWriter(f"s3://{s3_bucket}/runs/climbmix", "build", "h", {})
-    io.write_bytes(w.path("tokens/part-00000.bin"), np.arange(5000, dtype=np.uint16).tobytes())
-    io.write_text(w.path("README.md"), "# card\n")
+    storage.write_bytes(w.path("tokens/part-00000.bin"), np.arange(5000, dtype=np.uint16).tobytes())
+    storage.write_text(w.path("README.md"), "# card\n")
     ds = w.commit({"documents": 0, "tokens": 0})
     rep = publish_dataset(ds, cfg, version="from-s3")
     assert rep.uploaded == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mixture import io, pipeline
+from mixture import storage, pipeline
 from mixture.config import parse_config
 from mixture.dataset import open_dataset
 from mixture.search import stage, steps
@@ -63,7 +63,7 @@ class CountingObjective:
 
 
 def _ctx(cfg):
-    st, inputs, writer = pipeline.prepare(cfg, "search")
+    ctx = pipeline.open_stage(cfg, "search"); st, inputs, writer = ctx.stage, ctx.inputs, ctx.writer
     return pipeline.StageContext(cfg, st, inputs, writer)
 
 
@@ -91,11 +91,11 @@ def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts,
 
     assert ds.manifest.counts == {"runs": 9, "iterations": 2}
     assert len(ds.files("runs/")) == 9
-    mixture = io.read_json(ds.path("mixture.json"))
+    mixture = storage.read_json(ds.path("mixture.json"))
     assert set(mixture["weights"]) == set(NAMES)
     assert sum(mixture["weights"].values()) == pytest.approx(1.0)
     assert mixture["method"] in {"top_mean", "best_observed"} and mixture["reason"]
-    its = io.read_json(ds.path("iterations.json"))
+    its = storage.read_json(ds.path("iterations.json"))
     assert [len(i["runs"]) for i in its["iterations"]] == [6, 3]
     assert its["iterations"][0]["predictor"] is None
     assert set(its["iterations"][1]["predictor"]["cv"]) == {"lightgbm", "ridge", "ridge_sqrt", "mixing_law"}
@@ -136,15 +136,15 @@ def test_search_stage_trains_real_proxies_and_commits(tmp_path, climblab_texts, 
     res = pipeline.run_stage(cfg, "search")
     ds = res.dataset
     assert ds.manifest.counts["runs"] == 6
-    run = io.read_json(ds.files("runs/")[0])
+    run = storage.read_json(ds.files("runs/")[0])
     assert run["score"] == pytest.approx(-run["metrics"]["val.bpb"])     # higher is better
     assert 0 < run["metrics"]["val.bpb"] < 20
     assert len(run["loss_curve"]) == run["train"]["steps"] == 4096 // (4 * 64)
     assert run["proxy"]["preset"] == "cpu-tiny" and set(run["mixture"]) == set(NAMES)
     assert pipeline.run_stage(cfg, "search").skipped                      # up to date: no work
-    assert ds.manifest.extra["mixture"] == io.read_json(ds.path("mixture.json"))["weights"]
+    assert ds.manifest.extra["mixture"] == storage.read_json(ds.path("mixture.json"))["weights"]
     for png in ("weights.png", "progress.png"):
-        assert io.read_bytes(ds.path(f"plots/{png}"))[:4] == b"\x89PNG"
+        assert storage.read_bytes(ds.path(f"plots/{png}"))[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
@@ -187,7 +187,7 @@ def test_baselines_compare_every_method_under_the_same_budget(tmp_path, climblab
     for m in baselines.METHODS:
         assert f"| {m} |" in text
     ds = open_dataset(str(tmp_path / "out" / "baselines"))
-    results = io.read_json(ds.path("results.json"))
+    results = storage.read_json(ds.path("results.json"))
     assert results["pool_runs"] == 9
     tokens = open_dataset(str(tmp_path / "out" / "climblab")).manifest.extra["clusters"]
     total = sum(v["tokens"] for v in tokens.values())

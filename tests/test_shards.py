@@ -3,9 +3,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mixture import io, shards
+from mixture import storage, shards
 from mixture.dataset import DatasetWriter
-from mixture.pipeline import StageContext, BY_NAME
+from mixture.contract import StageContext
+from mixture.pipeline import stage
 
 
 def test_shard_roundtrip_exact_tokens(tmp_path):
@@ -31,7 +32,7 @@ def test_dtype_follows_vocab():
 def _committed(tmp_path, name, stage, files: dict[str, pa.Table], counts=None, extra=None):
     w = DatasetWriter(str(tmp_path / name), stage, "h", {})
     for rel, table in files.items():
-        with io.open_write(w.path(rel)) as f:
+        with storage.open_write(w.path(rel)) as f:
             pq.write_table(table, f)
     return w.commit(counts or {}, extra or {})
 
@@ -47,7 +48,7 @@ def test_stage_tokenizes_every_kept_document(tmp_path, sample_records):
     cfg = parse_config({"output_root": str(tmp_path), "input": {"uris": ["x"]},
                         "shards": {"vocab_size": 400, "tokenizer_train_docs": 50}})
     w = DatasetWriter(str(tmp_path / "climblab"), "climblab", "h", {})
-    out = shards.run(StageContext(cfg, BY_NAME["climblab"], {"curated": curated, "clusters": assign}, w))
+    out = shards.run(StageContext(cfg, stage("climblab"), {"curated": curated, "clusters": assign}, w))
     ds = w.commit(out.counts, out.extra)
     lab = shards.ClimbLab(ds)
     assert lab.clusters == ["c00", "c01", "c02"]

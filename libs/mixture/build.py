@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mixture import io
+from mixture import storage
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def load_mixture(uri: str) -> dict[str, float]:
     """Weights from a mixture JSON: `{"weights": {cluster: w}, ...}` (the search's mixture.json)
     or a plain `{cluster: w}` mapping."""
     try:
-        data = io.read_json(uri)
+        data = storage.read_json(uri)
     except FileNotFoundError:
         raise BuildError(f"mixture file not found: {uri}") from None
     except json.JSONDecodeError as err:
@@ -144,13 +144,13 @@ def content_hash(manifest_files: list[dict]) -> str:
 
 # -------------------------------------------------------------------------------- the stage
 def _write_parquet(uri: str, table: pa.Table, compression: str) -> None:
-    with io.open_write(uri) as f:
+    with storage.open_write(uri) as f:
         pq.write_table(table, f, compression=None if compression == "none" else compression)
 
 
 def run(ctx):
     from mixture.card import render_card
-    from mixture.pipeline import StageOutput
+    from mixture.contract import StageOutput
     from mixture.shards import ClimbLab, write_token_shard
 
     cfg = ctx.cfg.build
@@ -243,18 +243,18 @@ def run(ctx):
         raise BuildError(f"build: wrote {written_docs} documents / {written_tokens} tokens, the plan "
                          f"had {n_docs} documents / {sum(v['tokens'] for v in per_cluster.values())} tokens")
 
-    io.write_bytes(ctx.writer.path("tokenizer/tokenizer.json"), io.read_bytes(lab.tokenizer_path))
+    storage.write_bytes(ctx.writer.path("tokenizer/tokenizer.json"), storage.read_bytes(lab.tokenizer_path))
     capped = [p.cluster for p in plans if p.capped]
     extra = {
         "mixture": weights, "mixture_source": "build.mixture" if cfg.mixture else "search",
         # the config hash covers the mixture file's path, not its content: record what was read
-        "mixture_sha256": io.sha256(mixture_uri),
+        "mixture_sha256": storage.sha256(mixture_uri),
         "clusters": per_cluster, "token_budget": cfg.tokens, "max_epochs": cfg.max_epochs,
         "capped_clusters": capped, "seed": ctx.cfg.seed, "shard_docs": cfg.shard_docs, "shards": n_shards,
         "dtype": lab.dtype.name, "eos_id": lab.eos_id, "vocab_size": lab.vocab_size,
     }
     counts = {"documents": written_docs, "tokens": written_tokens}
-    io.write_text(ctx.writer.path("README.md"), render_card(ctx.cfg, counts, extra, ctx.input("climblab")))
+    storage.write_text(ctx.writer.path("README.md"), render_card(ctx.cfg, counts, extra, ctx.input("climblab")))
 
     summary = [
         ("tokens", f"{written_tokens:,} of a {cfg.tokens:,} budget in {written_docs:,} documents, {n_shards} shard(s)"),

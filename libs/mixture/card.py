@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from mixture import io
+from mixture import storage
 from mixture.config import Config
 from mixture.dataset import Dataset, try_open
 
@@ -46,7 +46,7 @@ class CardContext:
 # ----------------------------------------------------------------------------- gathering
 def _upstream(cfg: Config, name: str, expected_sha: str | None) -> Dataset | None:
     """The committed upstream dataset when it is the one the ClimbLab shards were made from."""
-    ds = try_open(io.join(cfg.output_root, name))
+    ds = try_open(storage.join(cfg.output_root, name))
     if ds is None or expected_sha is None or ds.manifest_sha256 != expected_sha:
         return None
     return ds
@@ -87,7 +87,7 @@ def gather(cfg: Config, counts: dict[str, Any], build: dict[str, Any], climblab:
     topics: dict[str, list[str]] = {}
     if clusters is not None and clusters.files("report.json"):
         try:
-            topics = topic_terms(io.read_json(clusters.path("report.json")))
+            topics = topic_terms(storage.read_json(clusters.path("report.json")))
         except (OSError, ValueError) as err:
             log.warning("cluster report unreadable, the card lists no topics: %s", err)
     return CardContext(

@@ -82,7 +82,7 @@ def cmd_stage(cfg: Config, args) -> int:
     from mixture import pipeline
 
     t0 = time.time()
-    res = pipeline.run_stage(cfg, pipeline.COMMANDS[args.command], force=args.force)
+    res = pipeline.run_stage(cfg, args.command, force=args.force)
     print_summary(cfg, [res], time.time() - t0)
     return 0
 
@@ -93,12 +93,12 @@ def cmd_status(cfg: Config, args) -> int:
 
     rows = []
     for s in pipeline.STAGES:
-        ds = try_open(pipeline.dataset_uri(cfg, s.name))
+        ds = try_open(pipeline.dataset_uri(cfg, s.dataset))
         if ds is None:
-            rows.append([s.name, "missing", "", ""])
+            rows.append([s.dataset, "missing", "", ""])
             continue
         fresh = ds.manifest.config_hash == pipeline.config_hash(cfg, s)
-        rows.append([s.name, "committed" if fresh else "committed (config changed)",
+        rows.append([s.dataset, "committed" if fresh else "committed (config changed)",
                      ds.manifest.finished_at, _fmt_counts(ds.manifest.counts)])
     print(_table(rows, ["dataset", "state", "finished", "counts"]))
     return 0
@@ -129,7 +129,7 @@ def cmd_corpus(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mixture.pipeline import COMMANDS
+    from mixture.pipeline import STAGES
 
     p = argparse.ArgumentParser(prog="climb", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -143,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = with_config(sub.add_parser("run", help="run every stage in order"))
     r.add_argument("--force", action="store_true", help="redo stages that are up to date")
-    r.add_argument("--until", choices=[s for s in COMMANDS.values()], help="stop after this dataset")
-    for verb, name in COMMANDS.items():
-        s = with_config(sub.add_parser(verb, help=f"run the {verb} stage (dataset '{name}')"))
+    r.add_argument("--until", choices=[s.name for s in STAGES] + [s.dataset for s in STAGES],
+                   help="stop after this stage (by name or by dataset)")
+    for st in STAGES:
+        s = with_config(sub.add_parser(st.name, help=f"run the {st.name} stage (dataset '{st.dataset}')"))
         s.add_argument("--force", action="store_true")
     with_config(sub.add_parser("status", help="which datasets are committed"))
     with_config(sub.add_parser("baselines", help="compare the search with baseline mixtures"))

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mixture import io, quality as Q
+from mixture import storage, quality as Q
 from mixture.config import ClusterConfig
 from mixture.dataset import Dataset
 
@@ -215,9 +215,9 @@ def load_embeddings(ds: Dataset) -> tuple[list[str], np.ndarray]:
     ids: list[str] = []
     parts = []
     for e_uri, i_uri in zip(emb_files, id_files):
-        with io.open_read(e_uri) as f:
+        with storage.open_read(e_uri) as f:
             arr = np.load(f, allow_pickle=False)
-        with io.open_read(i_uri) as f:
+        with storage.open_read(i_uri) as f:
             shard_ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
         if len(shard_ids) != len(arr):
             raise ClusterError(f"{e_uri}: {len(arr)} vectors but {len(shard_ids)} ids")
@@ -230,7 +230,7 @@ def load_curated_meta(ds: Dataset) -> "pa.Table":
     """id, source, n_words and every q_* column of the curated docs (no text)."""
     tables = []
     for uri in ds.files("docs/"):
-        with io.open_read(uri) as f:
+        with storage.open_read(uri) as f:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
             cols = [c for c in ("id", "source", "n_words") if c in names] + [c for c in names if c.startswith("q_")]
@@ -243,7 +243,7 @@ def load_curated_meta(ds: Dataset) -> "pa.Table":
 def iter_texts(ds: Dataset, batch_size: int = 8192):
     """(ids, texts) batches of the curated docs, in file and row order."""
     for uri in ds.files("docs/"):
-        with io.open_read(uri) as f:
+        with storage.open_read(uri) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["id", "text"]):
                 yield batch.column("id").to_pylist(), batch.column("text").to_pylist()
 
@@ -312,14 +312,14 @@ def compute_scores(cfg: ClusterConfig, seed: int, x: np.ndarray, meta: "pa.Table
 
 # ------------------------------------------------------------------------------------- stage
 def _write_npy(uri: str, arr: np.ndarray) -> None:
-    with io.open_write(uri) as f:
+    with storage.open_write(uri) as f:
         np.save(f, arr, allow_pickle=False)
 
 
 def run(ctx):
     """Stage `cluster` (registered as mixture.cluster:run)."""
     from mixture import report as R
-    from mixture.pipeline import StageOutput
+    from mixture.contract import StageOutput
 
     t_start = time.perf_counter()
     cfg: ClusterConfig = ctx.cfg.cluster
@@ -377,11 +377,11 @@ def run(ctx):
             "quality": pa.array(quality.astype(np.float32))}
     for name, values in sorted(scores.by_name.items()):
         cols[f"score_{name}"] = pa.array(values.astype(np.float32))
-    with io.open_write(w.path("assignments.parquet")) as f:
+    with storage.open_write(w.path("assignments.parquet")) as f:
         pq.write_table(pa.table(cols), f)
     _write_npy(w.path("centroids_init.npy"), km.centroids.astype(np.float32))
     _write_npy(w.path("centroids.npy"), centroids.astype(np.float32))
-    io.write_json(w.path("mapping.json"), {str(c): int(mapping[c]) for c in range(k)})
+    storage.write_json(w.path("mapping.json"), {str(c): int(mapping[c]) for c in range(k)})
 
     pruned_docs = int((~in_kept).sum())
     counts = {"documents_in": n, "documents_out": int(in_kept.sum()), "k_init": k, "clusters": n_final,
@@ -399,7 +399,7 @@ def run(ctx):
     with tempfile.TemporaryDirectory() as tmp:
         files = R.write_report(rep, Path(tmp), x=x, cluster=cluster, centroids=centroids, seed=seed)
         for path in files:
-            io.write_bytes(w.path(path.name), path.read_bytes())
+            storage.write_bytes(w.path(path.name), path.read_bytes())
         _log_mlflow(ctx.cfg, rep, counts, km, Path(tmp), time.perf_counter() - t_start)
 
     ev = rep["evaluation"]

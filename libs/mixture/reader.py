@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mixture import io
+from mixture import storage
 from mixture.dataset import MANIFEST, DatasetError, Manifest
 
 LATEST = "latest"
@@ -44,7 +44,7 @@ class ClimbMix:
         self.uri, self.version, raw, expected_sha = self._resolve(self.requested)
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
         if expected_sha is not None and expected_sha != self.manifest_sha256:
-            raise ChecksumError(f"{io.join(self.uri, MANIFEST)} does not match the sha256 that the "
+            raise ChecksumError(f"{storage.join(self.uri, MANIFEST)} does not match the sha256 that the "
                                 f"`{LATEST}` pointer records")
         self.manifest = Manifest.from_json(raw.decode())
         self._files = {f["path"]: f for f in self.manifest.files}
@@ -52,16 +52,16 @@ class ClimbMix:
     @staticmethod
     def _resolve(uri: str) -> tuple[str, str | None, bytes, str | None]:
         """(dataset URI, version, manifest bytes, the manifest sha256 a pointer expects)."""
-        if io.exists(io.join(uri, MANIFEST)):
-            version = io.basename(uri) if io.is_s3(uri) else None
-            return uri, version, io.read_bytes(io.join(uri, MANIFEST)), None
-        if io.exists(io.join(uri, LATEST)):
-            pointer = io.read_json(io.join(uri, LATEST))
+        if storage.exists(storage.join(uri, MANIFEST)):
+            version = storage.basename(uri) if storage.is_s3(uri) else None
+            return uri, version, storage.read_bytes(storage.join(uri, MANIFEST)), None
+        if storage.exists(storage.join(uri, LATEST)):
+            pointer = storage.read_json(storage.join(uri, LATEST))
             version = pointer["version"]
-            vuri = io.join(uri, version)
-            if not io.exists(io.join(vuri, MANIFEST)):
+            vuri = storage.join(uri, version)
+            if not storage.exists(storage.join(vuri, MANIFEST)):
                 raise DatasetError(f"{uri}: `{LATEST}` points at version {version}, which has no {MANIFEST}")
-            return vuri, version, io.read_bytes(io.join(vuri, MANIFEST)), pointer.get("manifest_sha256")
+            return vuri, version, storage.read_bytes(storage.join(vuri, MANIFEST)), pointer.get("manifest_sha256")
         raise DatasetError(f"no ClimbMix dataset at {uri}: no {MANIFEST} (an incomplete or absent "
                            f"dataset) and no `{LATEST}` pointer")
 
@@ -107,7 +107,7 @@ class ClimbMix:
     def _check(self, rel: str, size: int, digest: str) -> None:
         f = self._entry(rel)
         if size != f["bytes"] or digest != f["sha256"]:
-            raise ChecksumError(f"{io.join(self.uri, rel)} does not match its manifest checksum "
+            raise ChecksumError(f"{storage.join(self.uri, rel)} does not match its manifest checksum "
                                 f"({size} bytes, sha256 {digest[:12]}…; manifest: {f['bytes']} bytes, "
                                 f"sha256 {f['sha256'][:12]}…)")
         self._verified.add(rel)
@@ -115,7 +115,7 @@ class ClimbMix:
     def read_bytes(self, rel: str) -> bytes:
         """One file's bytes, verified."""
         self._entry(rel)
-        raw = io.read_bytes(io.join(self.uri, rel))
+        raw = storage.read_bytes(storage.join(self.uri, rel))
         if self.verify_reads:
             self._check(rel, len(raw), hashlib.sha256(raw).hexdigest())
         return raw
@@ -129,8 +129,8 @@ class ClimbMix:
         """A local path holding the verified file: the file itself for a local dataset, else a
         verified copy in the cache folder."""
         self._entry(rel)
-        src = io.join(self.uri, rel)
-        local = io.local_path(src)
+        src = storage.join(self.uri, rel)
+        local = storage.local_path(src)
         if local is not None:
             if self.verify_reads and rel not in self._verified:
                 self._check(rel, os.path.getsize(local), _sha256_file(local))
@@ -148,7 +148,7 @@ class ClimbMix:
         tmp = f"{dst}.part-{os.getpid()}"
         h = hashlib.sha256()
         n = 0
-        with io.open_read(src) as fin, open(tmp, "wb") as fout:
+        with storage.open_read(src) as fin, open(tmp, "wb") as fout:
             while block := fin.read(8 << 20):
                 h.update(block)
                 n += len(block)
@@ -165,12 +165,12 @@ class ClimbMix:
     def verify(self) -> None:
         """Check every file of the manifest (sizes and sha256); raises ChecksumError."""
         for rel, f in self._files.items():
-            src = io.join(self.uri, rel)
-            if not io.exists(src):
+            src = storage.join(self.uri, rel)
+            if not storage.exists(src):
                 raise ChecksumError(f"{src} is listed in the manifest but missing")
             h = hashlib.sha256()
             n = 0
-            with io.open_read(src) as fin:
+            with storage.open_read(src) as fin:
                 while block := fin.read(8 << 20):
                     h.update(block)
                     n += len(block)

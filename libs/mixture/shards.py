@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mixture import io
+from mixture import storage
 from mixture.dataset import Dataset
 
 EOS = "<|endoftext|>"
@@ -39,10 +39,10 @@ def write_token_shard(prefix: str, docs: list[np.ndarray], dtype: np.dtype) -> t
     lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    with io.open_write(prefix + ".bin") as f:
+    with storage.open_write(prefix + ".bin") as f:
         for d in docs:
             f.write(np.asarray(d, dtype=dtype).tobytes())
-    with io.open_write(prefix + ".idx") as f:
+    with storage.open_write(prefix + ".idx") as f:
         np.save(f, offsets, allow_pickle=False)
     return len(docs), int(offsets[-1])
 
@@ -56,15 +56,15 @@ class TokenShard:
 
     @cached_property
     def offsets(self) -> np.ndarray:
-        with io.open_read(self.prefix + ".idx") as f:
+        with storage.open_read(self.prefix + ".idx") as f:
             return np.load(f, allow_pickle=False)
 
     @cached_property
     def tokens(self) -> np.ndarray:
-        local = io.local_path(self.prefix + ".bin")
+        local = storage.local_path(self.prefix + ".bin")
         if local is not None:
             return np.memmap(local, dtype=self.dtype, mode="r")
-        return np.frombuffer(io.read_bytes(self.prefix + ".bin"), dtype=self.dtype)
+        return np.frombuffer(storage.read_bytes(self.prefix + ".bin"), dtype=self.dtype)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -95,9 +95,9 @@ def load_tokenizer(uri: str):
     """A `tokenizers.Tokenizer` from a tokenizer.json file or a local HF tokenizer folder."""
     from tokenizers import Tokenizer
 
-    if io.is_dir(uri):
-        uri = io.join(uri, "tokenizer.json")
-    return Tokenizer.from_str(io.read_text(uri))
+    if storage.is_dir(uri):
+        uri = storage.join(uri, "tokenizer.json")
+    return Tokenizer.from_str(storage.read_text(uri))
 
 
 def eos_id(tok) -> int:
@@ -164,7 +164,7 @@ class ClimbLab:
         return TokenShard(self.dataset.path(f"{name}/tokens"), self.dtype)
 
     def texts(self, name: str) -> pa.Table:
-        fs, path = io.filesystem(self.dataset.path(f"{name}/text.parquet"))
+        fs, path = storage.filesystem(self.dataset.path(f"{name}/text.parquet"))
         return pq.read_table(path, filesystem=fs)
 
 
@@ -172,13 +172,13 @@ class ClimbLab:
 def _read_parquet_files(uris: list[str], columns: list[str]) -> pa.Table:
     tables = []
     for uri in uris:
-        fs, path = io.filesystem(uri)
+        fs, path = storage.filesystem(uri)
         tables.append(pq.read_table(path, filesystem=fs, columns=columns))
     return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
 
 
 def run(ctx):
-    from mixture.pipeline import StageOutput
+    from mixture.contract import StageOutput
 
     cfg = ctx.cfg.shards
     curated, clusters = ctx.input("curated"), ctx.input("clusters")
@@ -201,7 +201,7 @@ def run(ctx):
     eos = eos_id(tok)
     vocab = tok.get_vocab_size()
     dtype = token_dtype(vocab)
-    io.write_text(ctx.writer.path("tokenizer/tokenizer.json"), tok.to_str())
+    storage.write_text(ctx.writer.path("tokenizer/tokenizer.json"), tok.to_str())
 
     by_cluster: dict[int, list[int]] = {}
     for row, i in enumerate(ids):
@@ -213,7 +213,7 @@ def run(ctx):
         name = cluster_name(c)
         c_ids, c_texts = [ids[r] for r in rows], [texts[r] for r in rows]
         n_docs, n_tok = write_token_shard(ctx.writer.path(f"{name}/tokens"), encode(tok, c_texts, eos), dtype)
-        with io.open_write(ctx.writer.path(f"{name}/text.parquet")) as f:
+        with storage.open_write(ctx.writer.path(f"{name}/text.parquet")) as f:
             pq.write_table(pa.table({"id": c_ids, "text": c_texts}), f)
         info[name] = {"documents": n_docs, "tokens": n_tok}
         total_tokens += n_tok

@@ -11,7 +11,7 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from mixture import io
+from mixture import storage
 from mixture.config import Config
 
 
@@ -20,7 +20,7 @@ def tracking_uri(cfg: Config) -> str:
         return cfg.tracking.uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = io.local_path(cfg.output_root)
+    root = storage.local_path(cfg.output_root)
     if root is None:
         raise ValueError("output_root is remote: set tracking.uri to an MLflow server")
     os.makedirs(root, exist_ok=True)
@@ -29,7 +29,7 @@ def tracking_uri(cfg: Config) -> str:
 
 def artifact_location(cfg: Config) -> str | None:
     """Artifacts beside the default SQLite store; a tracking server keeps its own."""
-    root = io.local_path(cfg.output_root)
+    root = storage.local_path(cfg.output_root)
     if root is None or not tracking_uri(cfg).startswith("sqlite:///" + root):
         return None
     return os.path.join(root, "mlartifacts")

@@ -2,7 +2,7 @@
 
 Spark cannot read `s3://` without the hadoop-aws jars, so the curation stage does not use Spark's
 readers: it distributes the list of input *splits* and each executor reads its splits through
-`mixture.io` (pyarrow.fs: local and S3 alike). Every record carries its source file and 1-based
+`mixture.storage` (pyarrow.fs: local and S3 alike). Every record carries its source file and 1-based
 line or row number, which gives quarantine records their location for free and works on any
 Spark master.
 
@@ -34,7 +34,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, NamedTuple
 
-from mixture import io
+from mixture import storage
 from mixture.config import InputConfig
 
 QUARANTINE_REASONS = {
@@ -114,7 +114,7 @@ class Split:
 def _glob_root(uri: str) -> str:
     root = uri
     while any(c in root for c in "*?["):
-        root = io.parent(root)
+        root = storage.parent(root)
     return root
 
 
@@ -125,12 +125,12 @@ def list_inputs(uris: list[str]) -> list[InputFile]:
     found: dict[str, str] = {}
     for uri in uris:
         root = _glob_root(uri) if any(c in uri for c in "*?[") else uri
-        files = io.expand([uri])
+        files = storage.expand([uri])
         for f in files:
             if f in found:
                 continue
             if f == uri.rstrip("/") or not f.startswith(root.rstrip("/") + "/"):
-                rel = io.basename(f)
+                rel = storage.basename(f)
             else:
                 rel = f[len(root.rstrip("/")) + 1:]
             found[f] = rel.replace("\\", "/")
@@ -146,7 +146,7 @@ def list_inputs(uris: list[str]) -> list[InputFile]:
 def file_kind(uri: str, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
-    name = io.basename(uri).lower()
+    name = storage.basename(uri).lower()
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
     if name.endswith(PARQUET_SUFFIXES):
@@ -157,7 +157,7 @@ def file_kind(uri: str, fmt: str = "auto") -> str:
 
 
 def _magic(uri: str) -> bytes:
-    with io.open_read(uri) as f:
+    with storage.open_read(uri) as f:
         return f.read(4)
 
 
@@ -171,7 +171,7 @@ def plan_splits(files: list[InputFile], fmt: str, split_bytes: int) -> list[Spli
     for f in files:
         kind = file_kind(f.uri, fmt)
         try:
-            size = io.size(f.uri) if kind != "unknown" else 0
+            size = storage.size(f.uri) if kind != "unknown" else 0
         except OSError:
             size = 0                             # the reader reports it as unreadable_file
         if kind == "jsonl" and size > split_bytes:
@@ -187,7 +187,7 @@ def plan_splits(files: list[InputFile], fmt: str, split_bytes: int) -> list[Spli
                 continue
         if kind == "parquet" and size > split_bytes:
             try:
-                with io.open_read(f.uri) as fh:
+                with storage.open_read(f.uri) as fh:
                     meta = pq.ParquetFile(fh).metadata
                 groups = [(g, meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
                           for g in range(meta.num_row_groups)]
@@ -213,7 +213,7 @@ def plan_splits(files: list[InputFile], fmt: str, split_bytes: int) -> list[Spli
 def count_newlines(split: Split, chunk: int = 8 << 20) -> int:
     """Newlines in the byte range of a JSONL split (the pass that numbers the next range's lines)."""
     n = 0
-    with io.open_read(split.file) as f:
+    with storage.open_read(split.file) as f:
         f.seek(split.start)
         remaining = None if split.end < 0 else split.end - split.start
         while remaining is None or remaining > 0:
@@ -363,7 +363,7 @@ def _open_jsonl(raw_file, whole: bool):
 def _read_jsonl(split: Split, opts: ReadOptions) -> Iterator[Record]:
     whole = split.start == 0 and split.end < 0
     line = (split.lines_before or 0) + 1
-    with io.open_read(split.file) as raw_file:
+    with storage.open_read(split.file) as raw_file:
         pos = split.start
         if split.start > 0:
             raw_file.seek(split.start - 1)
@@ -387,7 +387,7 @@ def _read_jsonl(split: Split, opts: ReadOptions) -> Iterator[Record]:
 def _read_parquet(split: Split, opts: ReadOptions) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
-    with io.open_read(split.file) as fh:
+    with storage.open_read(split.file) as fh:
         pf = pq.ParquetFile(fh)
         names = pf.schema_arrow.names
         groups = list(split.row_groups) or list(range(pf.metadata.num_row_groups))

@@ -2,7 +2,7 @@
 
 Steps (each a DataFrame transformation; per-batch work in `steps.py` via `mapInArrow`):
 1. ingest: the input files are listed on the driver and cut into splits (`ingest.py`); the splits
-   are distributed and each executor reads its own through mixture.io (local or S3);
+   are distributed and each executor reads its own through mixture.storage (local or S3);
 2. duplicate ids: a record whose id an earlier record (by file, line) already has is quarantined;
 3. score: the heuristic filters (Gopher quality and repetition, C4, FineWeb; `filters.py`) give
    each document its first failing rule and its continuous q_* signals;
@@ -31,7 +31,7 @@ from mixture import tracking
 from mixture.config import Config
 from mixture.curate import accounting, dedup, ingest, minhash, steps
 from mixture.curate.filters import signal_names
-from mixture.pipeline import StageContext, StageOutput
+from mixture.contract import StageContext, StageOutput
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mixture import io
+from mixture import storage
 from mixture.config import FiltersConfig
 from mixture.curate.filters import FilterChain, signal_names
 from mixture.curate.ingest import ReadOptions, Split, read_split
@@ -114,7 +114,7 @@ def score_batches(filters: dict[str, Any]):
 def write_buckets(base_uri: str, prefix: str, fields: list[tuple[str, str]], sort_keys: list[str],
                   row_group_size: int = 20_000):
     """Batches with a `_bucket` column -> one Parquet file `<prefix>/part-<bucket>.parquet` per
-    bucket, rows sorted by `sort_keys`, written through mixture.io from the executor that holds
+    bucket, rows sorted by `sort_keys`, written through mixture.storage from the executor that holds
     the bucket (every bucket lives in exactly one partition: the caller partitions by it).
     Yields (bucket, rows) per file written."""
 
@@ -148,7 +148,7 @@ def arrow_schema(fields: list[tuple[str, str]]):
 
 
 def part_uri(base_uri: str, prefix: str, bucket: int) -> str:
-    return io.join(base_uri, prefix, f"part-{bucket:05d}.parquet")
+    return storage.join(base_uri, prefix, f"part-{bucket:05d}.parquet")
 
 
 def write_table(table, schema, sort_keys: list[str], uri: str, row_group_size: int = 20_000) -> int:
@@ -156,6 +156,6 @@ def write_table(table, schema, sort_keys: list[str], uri: str, row_group_size: i
     import pyarrow.parquet as pq
 
     table = table.cast(schema).sort_by([(k, "ascending") for k in sort_keys]).combine_chunks()
-    with io.open_write(uri) as f:
+    with storage.open_write(uri) as f:
         pq.write_table(table, f, compression="zstd", row_group_size=row_group_size)
     return table.num_rows

@@ -25,7 +25,7 @@ import logging
 
 import numpy as np
 
-from mixture import io
+from mixture import storage
 from mixture.config import Config
 from mixture.dataset import Dataset, DatasetWriter, open_dataset, up_to_date
 from mixture.search import bootstrap, plots, steps
@@ -43,7 +43,7 @@ def _writer(cfg: Config, inputs: dict[str, str]) -> DatasetWriter:
     from mixture.pipeline import dataset_uri
 
     return DatasetWriter(dataset_uri(cfg, "baselines"), "baselines", cfg.section_hash("search", "tracking"),
-                         inputs, staging_root=io.join(cfg.output_root, "_staging"), resume=True)
+                         inputs, staging_root=storage.join(cfg.output_root, "_staging"), resume=True)
 
 
 def _job(kind: str, index: int, mixture: dict[str, float], seed: int, section: str, iteration: int = -1) -> dict:
@@ -91,7 +91,7 @@ def reusable_search(cfg: Config, climblab: Dataset) -> Dataset | None:
     ds = try_open(pipeline.dataset_uri(cfg, "search"))
     if ds is None or ds.manifest.inputs.get("climblab") != climblab.manifest_sha256:
         return None
-    made_with = io.read_json(ds.path("mixture.json")).get("config")
+    made_with = storage.read_json(ds.path("mixture.json")).get("config")
     if not made_with:
         return None
     mine = _search_settings(cfg.seed, cfg.search.model_dump(mode="json"))
@@ -161,12 +161,12 @@ def run(cfg: Config, objective: steps.Objective | None = None) -> str:
     uri = pipeline.dataset_uri(cfg, "baselines")
     done = up_to_date(uri, cfg.section_hash("search", "tracking"), inputs)
     if done:
-        return io.read_text(done.path("table.md")).rstrip("\n")
+        return storage.read_text(done.path("table.md")).rstrip("\n")
     writer = _writer(cfg, inputs)
     lab = ClimbLab(climblab)
     names, prior = steps.names_and_prior(lab)
-    search_runs = [io.read_json(f) for f in search_ds.files("runs/")]
-    search_mixture = io.read_json(search_ds.path("mixture.json"))
+    search_runs = [storage.read_json(f) for f in search_ds.files("runs/")]
+    search_mixture = storage.read_json(search_ds.path("mixture.json"))
 
     with ProxyRunner(cfg, cfg.search.workers, cfg.search.proxy.threads) as runner:
         def run_all(jobs: list[dict], desc: str) -> list[dict]:
@@ -220,10 +220,10 @@ def run(cfg: Config, objective: steps.Objective | None = None) -> str:
         transfer["climb"] is not None and (transfer[m] is None or transfer["climb"] > transfer[m])
         for m in METHODS if m != "climb")
     text = table(results)
-    io.write_json(writer.path("results.json"), results)
-    io.write_text(writer.path("table.md"), text + "\n")
+    storage.write_json(writer.path("results.json"), results)
+    storage.write_text(writer.path("table.md"), text + "\n")
     weights_png = plots.weights(names, {m: mixtures[m].tolist() for m in METHODS}, "baseline mixtures")
-    io.write_bytes(writer.path("weights.png"), weights_png)
+    storage.write_bytes(writer.path("weights.png"), weights_png)
     _track(cfg, writer, results, {"table.md": text, "weights.png": weights_png})
     writer.commit({"methods": len(METHODS), "runs": len(finished) + len(pool)},
                   {"transfer_score": transfer, "climb_beats_every_baseline": results["climb_beats_every_baseline"]})

@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from mixture import io
+from mixture import storage
 from mixture.config import TargetConfig
 
 
@@ -38,7 +38,7 @@ class TargetError(ValueError):
 
 # ----------------------------------------------------------------------------------- loading
 def read_jsonl(uri: str) -> list[dict]:
-    raw = io.read_bytes(uri)
+    raw = storage.read_bytes(uri)
     if uri.endswith(".gz"):
         raw = gzip.decompress(raw)
     out = []
@@ -53,7 +53,7 @@ def read_jsonl(uri: str) -> list[dict]:
 
 
 def task_name(uri: str) -> str:
-    name = io.basename(uri)
+    name = storage.basename(uri)
     for suffix in (".gz", ".jsonl", ".json"):
         name = name.removesuffix(suffix)
     return name
@@ -122,7 +122,7 @@ def load_target(tcfg: TargetConfig, tokenizer, eos_id: int) -> Target:
     t = Target(metric=tcfg.metric, task_metric=tcfg.task_metric, eos_id=int(eos_id))
     if tcfg.val_uris:
         texts = []
-        for uri in io.expand(tcfg.val_uris):
+        for uri in storage.expand(tcfg.val_uris):
             for n, rec in enumerate(read_jsonl(uri), 1):
                 if not isinstance(rec.get("text"), str):
                     raise TargetError(f"{uri}: record {n} has no string 'text' field")

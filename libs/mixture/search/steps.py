@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mixture import io
+from mixture import storage
 from mixture.config import Config, ProxyConfig
 from mixture.search import bootstrap
 
 if TYPE_CHECKING:
     from mixture.dataset import Dataset, DatasetWriter
-    from mixture.pipeline import StageOutput
+    from mixture.contract import StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,10 @@ class SearchError(RuntimeError):
 
 # ------------------------------------------------------------------------------------ state
 def _prepare(cfg: Config):
-    from mixture.pipeline import prepare
+    from mixture.pipeline import open_stage
 
-    return prepare(cfg, "search")
+    ctx = open_stage(cfg, "search")
+    return ctx.stage, ctx.inputs, ctx.writer
 
 
 def _lab(inputs: dict):
@@ -76,7 +77,7 @@ def run_id(iteration: int, index: int, mixture: dict[str, float], seed_index: in
 
 def search_key(writer: "DatasetWriter") -> str:
     """The staging folder's name: one per config + inputs, shared by every step."""
-    return io.basename(writer.staging)
+    return storage.basename(writer.staging)
 
 
 def proposals_rel(iteration: int) -> str:
@@ -85,12 +86,12 @@ def proposals_rel(iteration: int) -> str:
 
 def read_proposals(writer: "DatasetWriter", iteration: int) -> dict | None:
     rel = proposals_rel(iteration)
-    return io.read_json(writer.path(rel)) if writer.has(rel) else None
+    return storage.read_json(writer.path(rel)) if writer.has(rel) else None
 
 
 def read_run(writer: "DatasetWriter", rid: str) -> dict | None:
     rel = f"runs/{rid}.json"
-    return io.read_json(writer.path(rel)) if writer.has(rel) else None
+    return storage.read_json(writer.path(rel)) if writer.has(rel) else None
 
 
 def finished_runs(writer: "DatasetWriter", upto: int) -> list[dict]:
@@ -144,7 +145,7 @@ def propose(cfg: Config, iteration: int) -> list[dict]:
                          "predicted": p})
     report["excluded"] = obs.excluded
     _track_iteration(cfg, writer, iteration, report, jobs, names, prior, runs)
-    io.write_json(writer.path(proposals_rel(iteration)), {"iteration": iteration, "jobs": jobs, "report": report})
+    storage.write_json(writer.path(proposals_rel(iteration)), {"iteration": iteration, "jobs": jobs, "report": report})
     log.info("search: iteration %d proposes %d proxy runs (%s)", iteration, len(jobs), report["method"])
     return jobs
 
@@ -228,8 +229,8 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: "Dataset",
     if section not in ("proxy", "transfer_proxy"):
         raise SearchError(f"job {job.get('run_id', '?')}: proxy_section must be 'proxy' or 'transfer_proxy'")
     pcfg: ProxyConfig = getattr(cfg.search, section)
-    if io.exists(out_uri):
-        done = io.read_json(out_uri)
+    if storage.exists(out_uri):
+        done = storage.read_json(out_uri)
         if done.get("mixture") != job["mixture"] or done.get("seed") != job["seed"] \
                 or done.get("proxy") != pcfg.model_dump(mode="json"):
             raise SearchError(f"{out_uri} holds a different run than job {job['run_id']} "
@@ -253,7 +254,7 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: "Dataset",
            "score": float(score) if score is not None and np.isfinite(score) else None,
            "seconds": round(time.time() - t0, 3),
            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    io.write_json(out_uri, out)
+    storage.write_json(out_uri, out)
     return out
 
 
@@ -267,7 +268,7 @@ def run_proxy(cfg: Config, job: dict, objective: Objective | None = None) -> dic
 # ------------------------------------------------------------------------------------ finish
 def finalize(cfg: Config, inputs: dict, writer: "DatasetWriter") -> "StageOutput":
     """Fit on every run, choose the mixture, write iterations.json and mixture.json (staged)."""
-    from mixture.pipeline import StageOutput
+    from mixture.contract import StageOutput
     from mixture.search import plots
 
     lab = _lab(inputs)
@@ -294,7 +295,7 @@ def finalize(cfg: Config, inputs: dict, writer: "DatasetWriter") -> "StageOutput
             "prospective_spearman": prospective_spearman(mine)})
     final_entry = {"predictor": result.get("predictor"), "method": result["method"],
                    "reason": result.get("reason"), "observed": len(obs), "excluded": obs.excluded}
-    io.write_json(writer.path("iterations.json"), {"iterations": iterations, "final": final_entry})
+    storage.write_json(writer.path("iterations.json"), {"iterations": iterations, "final": final_entry})
 
     best = result["best_observed"]
     mixture = {
@@ -311,7 +312,7 @@ def finalize(cfg: Config, inputs: dict, writer: "DatasetWriter") -> "StageOutput
         # what `climb baselines` checks to reuse this search when only the transfer settings changed
         "config": {"seed": cfg.seed, "search": cfg.search.model_dump(mode="json")},
     }
-    io.write_json(writer.path("mixture.json"), mixture)
+    storage.write_json(writer.path("mixture.json"), mixture)
 
     files: dict[str, bytes | str] = {
         "weights.png": plots.weights(names, {"prior": prior.tolist(), "final": result["weights"],
@@ -324,13 +325,13 @@ def finalize(cfg: Config, inputs: dict, writer: "DatasetWriter") -> "StageOutput
             result["y"], result["oof"][chosen],
             f"final: {chosen}, CV Spearman {result['predictor']['cv'][chosen]['spearman']:.2f}")
     for name, data in files.items():
-        io.write_bytes(writer.path(f"plots/{name}"), data)
+        storage.write_bytes(writer.path(f"plots/{name}"), data)
 
     t = tracker(cfg, writer)
     logged = t.logged_proxies()
     for r in runs:
         t.log_proxy(r, logged)
-    t.log_final({**result, "runs": len(runs)}, {**files, "mixture.json": io.read_text(writer.path("mixture.json"))})
+    t.log_final({**result, "runs": len(runs)}, {**files, "mixture.json": storage.read_text(writer.path("mixture.json"))})
 
     counts = {"runs": len(runs), "iterations": n_iter}
     extra = {"mixture": mixture["weights"], "method": result["method"], "predictor": mixture["predictor"],

@@ -68,18 +68,18 @@ def make_climblab(uri: str, clusters: dict[str, list[str]], vocab_size: int = 51
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mixture import io
+    from mixture import storage
 
     texts = [t for docs in clusters.values() for t in docs]
     tok = train_tokenizer(texts, vocab_size)
     eos, vocab = eos_id(tok), tok.get_vocab_size()
     dtype = token_dtype(vocab)
     writer = DatasetWriter(uri, "shards", f"synthetic-{seed}", {})
-    io.write_text(writer.path("tokenizer/tokenizer.json"), tok.to_str())
+    storage.write_text(writer.path("tokenizer/tokenizer.json"), tok.to_str())
     info = {}
     for name, docs in sorted(clusters.items()):
         n_docs, n_tok = write_token_shard(writer.path(f"{name}/tokens"), encode(tok, docs, eos), dtype)
-        with io.open_write(writer.path(f"{name}/text.parquet")) as f:
+        with storage.open_write(writer.path(f"{name}/text.parquet")) as f:
             pq.write_table(pa.table({"id": [f"{name}-{i}" for i in range(len(docs))], "text": docs}), f)
         info[name] = {"documents": n_docs, "tokens": n_tok}
     counts = {"documents_in": len(texts), "documents_out": len(texts),
