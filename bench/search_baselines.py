@@ -13,8 +13,7 @@ import argparse
 import time
 
 from mixture import storage, pipeline
-from mixture.cli import _overrides
-from mixture.config import load_config
+from mixture.config import load_config, parse_overrides
 from mixture.search import baselines
 
 
@@ -23,7 +22,7 @@ def main() -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
-    cfg = load_config(args.config, _overrides(args.set))
+    cfg = load_config(args.config, parse_overrides(args.set))
     t0 = time.time()
     text = baselines.run(cfg)
     print(text)

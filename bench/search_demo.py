@@ -18,8 +18,7 @@ import statistics
 import time
 
 from mixture import storage, pipeline
-from mixture.cli import _overrides
-from mixture.config import load_config
+from mixture.config import load_config, parse_overrides
 
 
 def main() -> None:
@@ -27,7 +26,7 @@ def main() -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
-    cfg = load_config(args.config, _overrides(args.set))
+    cfg = load_config(args.config, parse_overrides(args.set))
     t0 = time.time()
     res = pipeline.run_stage(cfg, "search", force=True)
     wall = time.time() - t0

@@ -24,12 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
     from mixture import pipeline
-    from mixture.cli import _overrides
-    from mixture.config import ConfigError, load_config
+    from mixture.config import ConfigError, load_config, parse_overrides
     from mixture.dataset import DatasetError
 
     try:
-        cfg = load_config(args.config, _overrides(args.set))
+        cfg = load_config(args.config, parse_overrides(args.set))
     except ConfigError as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2

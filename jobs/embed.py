@@ -23,13 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
     from mixture import pipeline
-    from mixture.cli import _overrides
-    from mixture.config import ConfigError, load_config
+    from mixture.config import ConfigError, load_config, parse_overrides
     from mixture.dataset import DatasetError
     from mixture.embed import EmbedError
 
     try:
-        cfg = load_config(args.config, _overrides(args.set))
+        cfg = load_config(args.config, parse_overrides(args.set))
         result = pipeline.run_stage(cfg, "embed", force=args.force)
     except (ConfigError, DatasetError, EmbedError) as err:
         print(f"embed: {err}", file=sys.stderr)

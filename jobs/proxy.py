@@ -26,14 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from mixture import storage
-    from mixture.cli import _overrides
-    from mixture.config import ConfigError, load_config
+    from mixture.config import ConfigError, load_config, parse_overrides
     from mixture.dataset import DatasetError
     from mixture.search import steps
     from mixture.search.evaluate import TargetError
 
     try:
-        cfg = load_config(args.config, _overrides(args.set))
+        cfg = load_config(args.config, parse_overrides(args.set))
         try:
             job = storage.read_json(args.job)
         except (OSError, ValueError) as err:

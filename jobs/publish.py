@@ -11,10 +11,8 @@ import argparse
 import logging
 import sys
 
-import yaml
-
-from mixture.config import ConfigError, load_config
-from mixture.dataset import DatasetError
+from mixture.cli import guarded
+from mixture.config import load_config, parse_overrides
 from mixture.publish import publish
 
 
@@ -27,18 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        overrides = {}
-        for pair in args.set:
-            if "=" not in pair:
-                raise ConfigError(f"--set takes key=value, got {pair!r}")
-            key, value = pair.split("=", 1)
-            overrides[key] = yaml.safe_load(value)
-        print(publish(load_config(args.config, overrides), version=args.version))
+    def run() -> int:
+        print(publish(load_config(args.config, parse_overrides(args.set)), version=args.version))
         return 0
-    except (ConfigError, DatasetError) as err:
-        print(f"publish: {err}", file=sys.stderr)
-        return 2
+
+    return guarded(run)
 
 
 if __name__ == "__main__":

@@ -17,24 +17,12 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
-import yaml
-
-from mixture.config import Config, ConfigError, load_config
+from mixture.config import Config, ConfigError, load_config, parse_overrides
 from mixture.dataset import DatasetError
 
 log = logging.getLogger("climb")
-
-
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for p in pairs:
-        if "=" not in p:
-            raise ConfigError(f"--set takes key=value, got {p!r}")
-        k, v = p.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -170,23 +158,32 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("py4j", "urllib3", "botocore", "alembic", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
+    def dispatch() -> int:
         if args.command == "corpus":
             return cmd_corpus(args)
-        cfg = load_config(args.config, _overrides(args.set))
+        cfg = load_config(args.config, parse_overrides(args.set))
         handler = {"run": cmd_run, "status": cmd_status, "publish": cmd_publish,
                    "baselines": cmd_baselines}.get(args.command, cmd_stage)
         return handler(cfg, args)
-    except (ConfigError, DatasetError) as err:
-        print(f"climb: {err}", file=sys.stderr)
-        return 2
+
+    return guarded(dispatch, verbose=args.verbose)
+
+
+def guarded(fn: Callable[[], int], verbose: bool = False) -> int:
+    """Run an entry point: the project's own errors (configuration, datasets, bad input, a model
+    that cannot load, counts that do not add up, a dataset another run is writing) are one line on
+    stderr and exit status 2; anything else is a bug and keeps its traceback. `-v` shows the
+    traceback of the one-line errors too."""
+    try:
+        return fn()
     except Exception as err:
-        # The stages' own errors (bad input, a model that cannot load, counts that do not add up)
-        # are one clear line; anything else is a bug and keeps its traceback.
-        if type(err).__module__.startswith("mixture."):
-            print(f"climb: {type(err).__name__}: {err}", file=sys.stderr)
-            return 2
-        raise
+        if not (isinstance(err, (ConfigError, DatasetError)) or type(err).__module__.startswith("mixture.")):
+            raise
+        if verbose:
+            log.exception("failed")
+        prefix = "" if isinstance(err, (ConfigError, DatasetError)) else f"{type(err).__name__}: "
+        print(f"climb: {prefix}{err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -371,6 +371,13 @@ class PublishConfig(Section):
     track: bool = Field(True, description="record the publication as an MLflow run")
 
 
+class ConcurrencyConfig(Section):
+    """What a run does when another run is writing the same dataset (no stage's hash covers it)."""
+    on_busy: Literal["wait", "fail"] = Field("wait", description="wait for the other run, or fail at once")
+    wait_timeout_s: float = Field(6 * 3600, gt=0, description="give up waiting after this long")
+    lease_ttl_s: float = Field(120, ge=5, description="S3 leases expire this long after the last heartbeat")
+
+
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under output_root")
     experiment: str = "climb"
@@ -390,6 +397,7 @@ class Config(Section):
     build: BuildConfig = BuildConfig()
     publish: PublishConfig = PublishConfig()
     tracking: TrackingConfig = TrackingConfig()
+    concurrency: ConcurrencyConfig = ConcurrencyConfig()
 
     def section_hash(self, *names: str) -> str:
         """sha256 of the canonical JSON of the named sections (and the seed)."""
@@ -438,6 +446,20 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     # every other CLI argument; ABSOLUTE paths are kept. (Resolved so Spark workers and Airflow
     # tasks, which may run elsewhere, see the same place.)
     return parse_config(data, str(path), base_dir=Path.cwd())
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key.sub=value` strings (the CLI's and jobs' `--set`) -> {dotted key: YAML-parsed value}."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--set takes key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {k}: the value is not valid YAML") from None
+    return out
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -2,16 +2,19 @@
 
 A dataset is a folder (local or S3). It is *committed* when its `_manifest.json` exists; readers
 look only at committed datasets and only at the files the manifest lists. A stage writes into a
-staging folder (`<root>/_staging/<name>-<key>`), and `commit()`:
+staging folder (`<root>/_staging/<name>-<key>`), and `commit()`, which the runner calls while it
+holds the dataset's lease (`mixture.lease`, one writer at a time):
 
-1. removes the old manifest (the old dataset stops being visible),
-2. replaces the dataset folder by the staging folder (a rename locally, a copy on S3),
+1. moves the committed dataset aside to `<root>/_staging/<name>.previous` (it stops being visible),
+2. moves the staging folder into place (a rename locally, a copy on S3),
 3. writes `_manifest.json` last, with the stage name, config hash, input manifest hashes, counts,
-   every file's size and sha256, the package and code version and the start and end time.
+   every file's size and sha256, the package and code version and the start and end time,
+4. deletes the previous dataset.
 
-A run killed anywhere before step 3 leaves no manifest, so nothing is committed and the next run
-redoes the stage. The staging folder is keyed by the stage's config hash and inputs, so a stage
-that can resume (embedding, proxy runs) finds its finished pieces there after a kill.
+A run killed anywhere before step 3 leaves no manifest, so nothing new is committed; the next
+writer (`recover()`, under the lease) puts the previous dataset back before it looks at it, so a
+kill never deletes a committed dataset either. The staging folder is keyed by the stage's config
+hash and inputs, so a stage that can resume (embedding, proxy runs) finds its finished pieces there.
 """
 from __future__ import annotations
 
@@ -147,6 +150,22 @@ class DatasetWriter:
         return storage.exists(storage.join(self.staging, rel))
 
     def commit(self, counts: dict[str, Any], extra: dict[str, Any] | None = None) -> Dataset:
+        """Swap the staged files in and write the manifest last. Call it holding the lease."""
+        manifest = Manifest(
+            stage=self.stage, config_hash=self.config_hash, inputs=self.inputs, counts=counts,
+            files=self._staged_files(), extra=extra or {}, code_version=code_version(),
+            started_at=self.started_at, finished_at=_now())
+        previous = previous_uri(self.uri)
+        recover(self.uri)
+        storage.delete(previous)
+        if storage.exists(self.uri):
+            storage.move(self.uri, previous)                          # 1. out of sight
+        storage.move(self.staging, self.uri)                          # 2. in place
+        storage.write_text(storage.join(self.uri, MANIFEST), manifest.to_json())   # 3. commit
+        storage.delete(previous)                                      # 4. clean up
+        return open_dataset(self.uri)
+
+    def _staged_files(self) -> list[dict[str, Any]]:
         files = []
         prefix = self.staging.rstrip("/") + "/"
         for f in storage.list_files(self.staging):
@@ -154,15 +173,22 @@ class DatasetWriter:
             if storage.basename(rel).startswith(".") or ".tmp-" in rel or rel == MANIFEST:
                 continue
             files.append({"path": rel, "bytes": storage.size(f), "sha256": storage.sha256(f)})
-        manifest = Manifest(
-            stage=self.stage, config_hash=self.config_hash, inputs=self.inputs, counts=counts,
-            files=files, extra=extra or {}, code_version=code_version(),
-            started_at=self.started_at, finished_at=_now())
-        storage.delete(storage.join(self.uri, MANIFEST))       # 1. uncommit the old dataset
-        storage.delete(self.uri)                          # 2. replace it by the staged one
-        storage.move(self.staging, self.uri)
-        storage.write_text(storage.join(self.uri, MANIFEST), manifest.to_json())   # 3. commit
-        return open_dataset(self.uri)
+        return files
+
+
+def previous_uri(uri: str) -> str:
+    """Where commit() keeps the dataset it replaces until the new manifest is written."""
+    uri = uri.rstrip("/")
+    return storage.join(storage.parent(uri), "_staging", storage.basename(uri) + ".previous")
+
+
+def recover(uri: str) -> None:
+    """Undo a commit that was killed between moving the old dataset aside and writing the new
+    manifest: put the previous committed dataset back. Call it holding the lease."""
+    previous = previous_uri(uri)
+    if storage.exists(storage.join(previous, MANIFEST)) and not storage.exists(storage.join(uri, MANIFEST)):
+        storage.delete(uri)
+        storage.move(previous, uri)
 
 
 def up_to_date(uri: str, config_hash: str, inputs: dict[str, str]) -> Dataset | None:

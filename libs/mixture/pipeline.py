@@ -11,13 +11,14 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
-from mixture import storage
+from mixture import lease, storage
 from mixture.config import Config
 from mixture.contract import Stage, StageContext, StageOutput
-from mixture.dataset import Dataset, DatasetError, DatasetWriter, open_dataset, up_to_date
+from mixture.dataset import Dataset, DatasetError, DatasetWriter, open_dataset, recover, up_to_date
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,11 @@ BY_NAME = {s.name: s for s in STAGES}
 BY_DATASET = {s.dataset: s for s in STAGES}
 
 
-def stage(name: str) -> Stage:
-    """A stage by its name (`curate`) or by the dataset it writes (`curated`)."""
+def stage(name: str | Stage) -> Stage:
+    """A stage by its name (`curate`) or by the dataset it writes (`curated`); a `Stage` that is
+    not in the table (an extension's, a test's) is taken as it is."""
+    if isinstance(name, Stage):
+        return name
     found = BY_NAME.get(name) or BY_DATASET.get(name)
     if found is None:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(BY_NAME)}")
@@ -83,7 +87,7 @@ def config_hash(cfg: Config, st: Stage) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def open_stage(cfg: Config, name: str) -> StageContext:
+def open_stage(cfg: Config, name: str | Stage) -> StageContext:
     """The stage's context: its committed inputs and a writer for its staging folder. The staging
     folder is the same for the same config and inputs, so steps of one stage that run as separate
     tasks (the search's proxy runs under Airflow) share it, and a resumable stage finds its pieces.
@@ -96,12 +100,25 @@ def open_stage(cfg: Config, name: str) -> StageContext:
     return StageContext(cfg, st, inputs, writer)
 
 
+@contextmanager
+def exclusive(cfg: Config, name: str | Stage) -> Iterator[None]:
+    """Hold the lease of the stage's dataset: one writer at a time (`mixture.lease`). A killed
+    commit of an earlier writer is undone first, so its previous dataset is visible again."""
+    st = stage(name)
+    c = cfg.concurrency
+    with lease.hold(cfg.output_root, st.dataset, wait=c.on_busy == "wait", timeout=c.wait_timeout_s,
+                    ttl=c.lease_ttl_s):
+        recover(dataset_uri(cfg, st.dataset))
+        yield
+
+
 def commit(ctx: StageContext, out: StageOutput) -> Dataset:
-    """Commit what the stage staged, with its manifest written last."""
-    return ctx.writer.commit(out.counts, out.extra)
+    """Commit what the stage staged, with its manifest written last, holding the lease."""
+    with exclusive(ctx.cfg, ctx.stage):
+        return ctx.writer.commit(out.counts, out.extra)
 
 
-def current(cfg: Config, name: str) -> Dataset | None:
+def current(cfg: Config, name: str | Stage) -> Dataset | None:
     """The committed dataset of stage `name` if it is up to date with the config and its inputs."""
     st = stage(name)
     try:
@@ -112,21 +129,30 @@ def current(cfg: Config, name: str) -> Dataset | None:
                       {n: d.manifest_sha256 for n, d in inputs.items()})
 
 
-def run_stage(cfg: Config, name: str, force: bool = False) -> StageResult:
-    """Run one stage under the contract: skip when up to date, else run it and commit."""
+def run_stage(cfg: Config, name: str | Stage, force: bool = False) -> StageResult:
+    """Run one stage under the contract: skip when up to date, else run it and commit. The lease
+    is held from the up-to-date check to the commit, so a second run of the same stage waits and
+    then finds the first one's dataset up to date, instead of deleting it."""
     st = stage(name)
     t0 = time.time()
-    if not force and (done := current(cfg, st.name)):
-        log.info("%s: up to date (%s)", st.name, done.uri)
-        return StageResult(st.name, done, True, 0.0, [("up to date", done.uri)])
-    ctx = open_stage(cfg, st.name)
-    if not st.resumable:
-        ctx.writer.reset()
-    out = st.func()(ctx)
-    ds = commit(ctx, out)
+    if not force and (done := current(cfg, st)):
+        return _skipped(st, done)
+    with exclusive(cfg, st):
+        if not force and (done := current(cfg, st)):
+            return _skipped(st, done)
+        ctx = open_stage(cfg, st)
+        if not st.resumable:
+            ctx.writer.reset()
+        out = st.func()(ctx)
+        ds = ctx.writer.commit(out.counts, out.extra)
     secs = time.time() - t0
     log.info("%s: committed %s in %.1f s", st.name, ds.uri, secs)
     return StageResult(st.name, ds, False, secs, out.summary)
+
+
+def _skipped(st: Stage, done: Dataset) -> StageResult:
+    log.info("%s: up to date (%s)", st.name, done.uri)
+    return StageResult(st.name, done, True, 0.0, [("up to date", done.uri)])
 
 
 def run_all(cfg: Config, force: bool = False, until: str | None = None) -> list[StageResult]:

@@ -113,22 +113,6 @@ def redact_url(url: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- boto3
-def s3_client(max_retries: int, concurrency: int = 4):
-    """A boto3 S3 client from the standard AWS environment, with botocore's standard retry mode
-    (exponential backoff with jitter on throttling, 5xx and connection errors)."""
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    endpoint, region = storage.s3_settings()
-    kwargs: dict[str, Any] = {"retries": {"max_attempts": max_retries + 1, "mode": "standard"},
-                              "max_pool_connections": max(10, 2 * concurrency * concurrency),
-                              "connect_timeout": 10, "read_timeout": 120}
-    if endpoint:
-        # S3-compatible endpoints (MinIO, local servers) expect path-style addressing
-        kwargs["s3"] = {"addressing_style": "path"}
-    return boto3.session.Session().client("s3", region_name=region, config=BotoConfig(**kwargs))
-
-
 def _code(err: Exception) -> str:
     from botocore.exceptions import ClientError
 
@@ -458,7 +442,7 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
     manifest_raw = storage.read_bytes(ds.path(MANIFEST))
     manifest_sha = hashlib.sha256(manifest_raw).hexdigest()
     files = ds.manifest.files
-    client = s3_client(cfg.publish.max_retries, cfg.publish.concurrency)
+    client = storage.s3_client(cfg.publish.max_retries, cfg.publish.concurrency)
     endpoint = redact_url(storage.s3_settings()[0])
     uri = target.uri(version)
     log.info("publishing %d files (%s bytes) to %s%s", len(files), f"{sum(f['bytes'] for f in files):,}",

@@ -52,6 +52,28 @@ def s3_settings() -> tuple[str | None, str | None]:
     return endpoint, region
 
 
+def split_s3(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// URI."""
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_client(max_retries: int, concurrency: int = 4):
+    """A boto3 S3 client from the standard AWS environment, with botocore's standard retry mode
+    (exponential backoff with jitter on throttling, 5xx and connection errors)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    endpoint, region = s3_settings()
+    kwargs: dict[str, Any] = {"retries": {"max_attempts": max_retries + 1, "mode": "standard"},
+                              "max_pool_connections": max(10, 2 * concurrency * concurrency),
+                              "connect_timeout": 10, "read_timeout": 120}
+    if endpoint:
+        # S3-compatible endpoints (MinIO, local servers) expect path-style addressing
+        kwargs["s3"] = {"addressing_style": "path"}
+    return boto3.session.Session().client("s3", region_name=region, config=BotoConfig(**kwargs))
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The Arrow filesystem for a URI and the path inside it."""
     if is_s3(uri):

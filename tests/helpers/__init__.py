@@ -1,0 +1,1 @@
+"""Modules that tests import or run in subprocesses (toy stages, extensions)."""
