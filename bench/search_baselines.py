@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/search_baselines.py --config configs/demo.yaml [--set key=value ...]
 
-Runs `climb baselines` (mixture.search.baselines.run: the same proxy budget for the random
+Runs `climb baselines` (the `baselines` stage: the same proxy budget for the random
 baselines as the search had, every final mixture trained with search.transfer_proxy and with
 search.proxy, search.transfer_seeds seeds each, the same seeds for every method) and prints its
 table with the wall time. The search runs first when it is not committed for this config.
@@ -14,7 +14,7 @@ import time
 
 from mixture import storage, pipeline
 from mixture.config import load_config, parse_overrides
-from mixture.search import baselines
+
 
 
 def main() -> None:
@@ -24,7 +24,8 @@ def main() -> None:
     args = p.parse_args()
     cfg = load_config(args.config, parse_overrides(args.set))
     t0 = time.time()
-    text = baselines.run(cfg)
+    pipeline.run_stage(cfg, "search")
+    text = storage.read_text(pipeline.run_stage(cfg, "baselines").dataset.path("table.md"))
     print(text)
     results = storage.read_json(storage.join(pipeline.dataset_uri(cfg, "baselines"), "results.json"))
     print(f"\nclimb beats every baseline at transfer scale: {results['climb_beats_every_baseline']}; "

@@ -46,17 +46,18 @@ def propose(config: str, iteration: int) -> list[dict[str, Any]]:
     cfg = load_config(config)
     if iteration >= len(cfg.search.iterations) or pipeline.current(cfg, "search"):
         return []       # a slot this config does not use, or the search is already committed
-    return steps.propose(cfg, iteration)
+    return steps.propose(pipeline.open_stage(cfg, "search"), iteration)
 
 
 @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ proxy_run }}")
 def run_proxy(config: str, job: dict[str, Any]) -> dict[str, Any]:
     """One proxy run; the full record (loss curve, timings) stays in the search's staging folder
     and MLflow, the XCom keeps what the UI shows."""
+    from mixture import pipeline
     from mixture.search import steps
 
     get_current_context()["proxy_run"] = job["run_id"]      # names the mapped task in the UI
-    result = steps.run_proxy(load_config(config), job)
+    result = steps.run_proxy(pipeline.open_stage(load_config(config), "search"), job)
     return {k: result.get(k) for k in ("run_id", "iteration", "score", "seconds")}
 
 
@@ -68,7 +69,8 @@ def finish(config: str) -> dict[str, Any]:
     cfg = load_config(config)
     if done := pipeline.current(cfg, "search"):
         return describe(done, skipped=True)
-    return describe(steps.finish(cfg), skipped=False)
+    ctx = pipeline.open_stage(cfg, "search")
+    return describe(pipeline.commit(ctx, steps.finish(ctx)), skipped=False)
 
 
 @task(outlets=[CLIMBMIX])

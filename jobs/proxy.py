@@ -1,6 +1,6 @@
 """`python jobs/proxy.py --config FILE --job JOB.json`: one proxy run as an independent process.
 
-The job is one entry of `mixture.search.steps.propose(cfg, i)` (a GPU worker or an Airflow task
+The job is one entry of `mixture.search.steps.propose(ctx, i)` (a GPU worker or an Airflow task
 gets it as a JSON file). The run trains and evaluates one proxy through `steps.run_proxy`, the
 same function the CLI's search runs, and writes `runs/<run_id>.json` in the search's staging
 folder; a run that is already there is returned without training (retries repeat no work).
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from mixture import storage
+    from mixture import pipeline, storage
     from mixture.config import ConfigError, load_config, parse_overrides
     from mixture.dataset import DatasetError
     from mixture.search import steps
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             raise steps.SearchError(f"cannot read the job file {args.job}: {err}") from None
         if not isinstance(job, dict):
             raise steps.SearchError(f"{args.job} must hold one job object")
-        result = steps.run_proxy(cfg, job)
+        result = steps.run_proxy(pipeline.open_stage(cfg, "search"), job)
     except (ConfigError, DatasetError, steps.SearchError, TargetError) as err:
         print(f"proxy: {err}", file=sys.stderr)
         return 2

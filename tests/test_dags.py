@@ -356,7 +356,7 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(
     real_commit, real_run_proxy = DatasetWriter.commit, steps.run_proxy
 
     def commit(self, *args, **kwargs):
-        if self.stage == "embeddings" and once("embeddings"):
+        if self.stage == "embed" and once("embeddings"):
             raise RuntimeError("injected failure before the embeddings commit")
         return real_commit(self, *args, **kwargs)
 

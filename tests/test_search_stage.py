@@ -13,7 +13,8 @@ import yaml
 from mixture import storage, pipeline
 from mixture.config import parse_config
 from mixture.dataset import open_dataset
-from mixture.search import stage, steps
+from mixture.search import steps
+from mixture.stages import search as stage
 from mixture.search.synthetic import SyntheticObjective, make_climblab
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +64,7 @@ class CountingObjective:
 
 
 def _ctx(cfg):
-    ctx = pipeline.open_stage(cfg, "search"); st, inputs, writer = ctx.stage, ctx.inputs, ctx.writer
-    return pipeline.StageContext(cfg, st, inputs, writer)
+    return pipeline.open_stage(cfg, "search")
 
 
 def _runs_by_kind(cfg):
@@ -76,12 +76,12 @@ def _runs_by_kind(cfg):
 def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts, tracking_uri):
     cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="resume")
     obj = CountingObjective()
-    jobs = steps.propose(cfg, 0)
+    jobs = steps.propose(_ctx(cfg), 0)
     assert len(jobs) == 6 and {j["iteration"] for j in jobs} == {0}
     for job in jobs[:2]:                        # two proxies finish, then the search is "killed"
-        steps.run_proxy(cfg, job, objective=obj)
+        steps.run_proxy(_ctx(cfg), job, objective=obj)
     with pytest.raises(steps.SearchError, match="not finished"):
-        steps.propose(cfg, 1)
+        steps.propose(_ctx(cfg), 1)
 
     ctx = _ctx(cfg)
     out = stage.run(ctx, objective=obj)
@@ -114,21 +114,21 @@ def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts,
 def test_steps_are_deterministic_and_idempotent(tmp_path, climblab_texts, tracking_uri):
     a = _config(tmp_path / "a", climblab_texts, tracking_uri, run_name="idem-a")
     b = _config(tmp_path / "b", climblab_texts, tracking_uri, run_name="idem-b")
-    jobs_a, jobs_b = steps.propose(a, 0), steps.propose(b, 0)
+    jobs_a, jobs_b = steps.propose(_ctx(a), 0), steps.propose(_ctx(b), 0)
     assert [j["mixture"] for j in jobs_a] == [j["mixture"] for j in jobs_b]
-    assert steps.propose(a, 0) == jobs_a
+    assert steps.propose(_ctx(a), 0) == jobs_a
     obj = CountingObjective()
-    first = steps.run_proxy(a, jobs_a[0], objective=obj)
-    again = steps.run_proxy(a, jobs_a[0], objective=obj)
+    first = steps.run_proxy(_ctx(a), jobs_a[0], objective=obj)
+    again = steps.run_proxy(_ctx(a), jobs_a[0], objective=obj)
     assert first == again and len(obj.calls) == 1
     forged = {**jobs_a[1], "run_id": jobs_a[0]["run_id"]}        # a different mixture, same id
     with pytest.raises(steps.SearchError, match="different run"):
-        steps.run_proxy(a, forged, objective=obj)
+        steps.run_proxy(_ctx(a), forged, objective=obj)
     with pytest.raises(steps.SearchError, match="out of range"):
-        steps.propose(a, 2)
+        steps.propose(_ctx(a), 2)
     bad = {**jobs_a[2], "mixture": {**jobs_a[2]["mixture"], "c99": 0.0}}
     with pytest.raises(steps.SearchError, match="unknown clusters"):
-        steps.run_proxy(a, bad, objective=obj)
+        steps.run_proxy(_ctx(a), bad, objective=obj)
 
 
 def test_search_stage_trains_real_proxies_and_commits(tmp_path, climblab_texts, tracking_uri):
@@ -152,7 +152,7 @@ def test_process_pool_and_the_job_entry_point(tmp_path, climblab_texts, tracking
     cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="pool", iterations=[4, 2], workers=2)
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    job = steps.propose(cfg, 0)[0]
+    job = steps.propose(_ctx(cfg), 0)[0]
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(job))
     proc = subprocess.run([sys.executable, str(REPO / "jobs" / "proxy.py"), "--config", str(config_file),
@@ -170,6 +170,16 @@ def test_process_pool_and_the_job_entry_point(tmp_path, climblab_texts, tracking
     assert proc.returncode == 2 and "one job object" in proc.stderr
 
 
+def _baselines(cfg, obj):
+    from mixture.stages import baselines as stage_baselines
+
+    if done := pipeline.current(cfg, "baselines"):
+        return storage.read_text(done.path("table.md")).rstrip("\n")
+    ctx = pipeline.open_stage(cfg, "baselines")
+    ds = pipeline.commit(ctx, stage_baselines.run(ctx, objective=obj))
+    return storage.read_text(ds.path("table.md")).rstrip("\n")
+
+
 def test_baselines_compare_every_method_under_the_same_budget(tmp_path, climblab_texts, tracking_uri):
     from mixture.search import baselines
 
@@ -181,7 +191,7 @@ def test_baselines_compare_every_method_under_the_same_budget(tmp_path, climblab
     ctx.writer.commit(out.counts, out.extra)
     searched = len(obj.calls)
 
-    text = baselines.run(cfg, objective=obj)
+    text = _baselines(cfg, obj)
     # random pool = the search's 6 first-iteration runs + 3 new (budget 9); 5 methods x 2 seeds x 2 scales
     assert len(obj.calls) - searched == 3 + 5 * 2 * 2
     for m in baselines.METHODS:
@@ -199,20 +209,18 @@ def test_baselines_compare_every_method_under_the_same_budget(tmp_path, climblab
     assert results["climb_beats_every_baseline"] == all(
         climb > results["methods"][m]["transfer"]["score"]["mean"] for m in baselines.METHODS if m != "climb")
     calls = len(obj.calls)
-    assert baselines.run(cfg, objective=obj) == text and len(obj.calls) == calls    # up to date: no work
+    assert _baselines(cfg, obj) == text and len(obj.calls) == calls    # up to date: no work
 
 
 def test_baselines_reuse_the_search_when_only_transfer_settings_change(tmp_path, climblab_texts, tracking_uri):
-    from mixture.search import baselines
-
     cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="reuse", iterations=[6, 3])
     obj = CountingObjective()
     ctx = _ctx(cfg)
     out = stage.run(ctx, objective=obj)
     searched = ctx.writer.commit(out.counts, out.extra)
-    climblab = open_dataset(str(tmp_path / "out" / "climblab"))
     other_transfer = cfg.model_copy(update={"search": cfg.search.model_copy(update={"transfer_seeds": 3})})
-    assert pipeline.current(other_transfer, "search") is None          # the hash covers the section
-    assert baselines.reusable_search(other_transfer, climblab).manifest_sha256 == searched.manifest_sha256
+    assert pipeline.current(other_transfer, "search").manifest_sha256 == searched.manifest_sha256
+    assert pipeline.config_hash(other_transfer, pipeline.stage("baselines")) != \
+        pipeline.config_hash(cfg, pipeline.stage("baselines"))          # the baselines do rerun
     other_search = cfg.model_copy(update={"search": cfg.search.model_copy(update={"top_n": 5})})
-    assert baselines.reusable_search(other_search, climblab) is None
+    assert pipeline.current(other_search, "search") is None

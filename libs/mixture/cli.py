@@ -100,10 +100,12 @@ def cmd_publish(cfg: Config, args) -> int:
 
 
 def cmd_baselines(cfg: Config, args) -> int:
-    from mixture.search import baselines
+    from mixture import pipeline, storage
 
-    table = baselines.run(cfg)
-    print(table)
+    t0 = time.time()
+    results = [pipeline.run_stage(cfg, "search"), pipeline.run_stage(cfg, "baselines", force=args.force)]
+    print(storage.read_text(results[-1].dataset.path("table.md")))
+    print_summary(cfg, results, time.time() - t0)
     return 0
 
 
@@ -137,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = with_config(sub.add_parser(st.name, help=f"run the {st.name} stage (dataset '{st.dataset}')"))
         s.add_argument("--force", action="store_true")
     with_config(sub.add_parser("status", help="which datasets are committed"))
-    with_config(sub.add_parser("baselines", help="compare the search with baseline mixtures"))
+    b = with_config(sub.add_parser("baselines", help="compare the search with baseline mixtures"))
+    b.add_argument("--force", action="store_true")
     pub = with_config(sub.add_parser("publish", help="publish the ClimbMix dataset to S3"))
     pub.add_argument("--version", default=None)
     c = sub.add_parser("corpus", help="sample corpus tools")

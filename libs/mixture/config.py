@@ -399,9 +399,13 @@ class Config(Section):
     tracking: TrackingConfig = TrackingConfig()
     concurrency: ConcurrencyConfig = ConcurrencyConfig()
 
-    def section_hash(self, *names: str) -> str:
-        """sha256 of the canonical JSON of the named sections (and the seed)."""
+    def section_hash(self, *names: str, exclude: tuple[str, ...] = ()) -> str:
+        """sha256 of the canonical JSON of the named sections (and the seed), less the
+        `section.key` fields in `exclude`."""
         payload = {n: _hashed_dump(getattr(self, n)) for n in names}
+        for dotted in exclude:
+            section, key = dotted.split(".", 1)
+            payload.get(section, {}).pop(key, None)
         payload["seed"] = self.seed
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()

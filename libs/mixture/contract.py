@@ -31,6 +31,7 @@ class Stage:
     sections: tuple[str, ...]       # config sections whose values change the output
     resumable: bool = False         # keep staged pieces of a killed run
     files: tuple[str, ...] = ()     # config keys naming files whose content changes the output
+    unhashed: tuple[str, ...] = ()  # "section.key" fields of `sections` that do not change it
     target: str = ""                # "module:function"; default mixture.stages.<name>:run
 
     def func(self) -> Callable[["StageContext"], "StageOutput"]:

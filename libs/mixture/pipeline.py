@@ -33,12 +33,18 @@ STAGES: tuple[Stage, ...] = (
     Stage("shards", "climblab", ("curated", "clusters"), ("shards",), files=("shards.tokenizer",),
           target="mixture.shards:run"),
     Stage("search", "search", ("climblab",), ("search",), resumable=True,
-          files=("search.target.val_uris", "search.target.tasks"), target="mixture.search.stage:run"),
+          files=("search.target.val_uris", "search.target.tasks"),
+          unhashed=("search.transfer_proxy", "search.transfer_seeds")),   # only the baselines use them
     Stage("build", "climbmix", ("climblab", "search"), ("build",), files=("build.mixture",),
           target="mixture.build:run"),
 )
-BY_NAME = {s.name: s for s in STAGES}
-BY_DATASET = {s.dataset: s for s in STAGES}
+# Stages that `climb run` does not run: each has its own command.
+ON_REQUEST: tuple[Stage, ...] = (
+    Stage("baselines", "baselines", ("climblab", "search"), ("search", "tracking"), resumable=True,
+          files=("search.target.val_uris", "search.target.tasks")),
+)
+BY_NAME = {s.name: s for s in STAGES + ON_REQUEST}
+BY_DATASET = {s.dataset: s for s in STAGES + ON_REQUEST}
 
 
 def stage(name: str | Stage) -> Stage:
@@ -74,7 +80,7 @@ def files_fingerprint(uris: list[str]) -> list[list]:
 def config_hash(cfg: Config, st: Stage) -> str:
     """The stage's config sections, plus what the files named in its config hold: editing a
     mixture file or a target set in place makes the stage run again."""
-    parts = [cfg.section_hash(*st.sections)]
+    parts = [cfg.section_hash(*st.sections, exclude=st.unhashed)]
     for key in st.files:
         value = cfg
         for k in key.split("."):

@@ -16,8 +16,9 @@ random mixtures up to the budget. Every method's mixture is then trained with th
 `search.transfer_proxy` and, for reference, with `search.proxy`, `search.transfer_seeds` times
 each (the same seeds for every method), and evaluated on the target. The table reports the mean
 and standard deviation of the score (higher is better) and of each target metric, and each
-method's difference to CLIMB. Results are a committed dataset `<output_root>/baselines`
-(runs/, results.json, table.md, weights.png) and an MLflow run in the search's experiment.
+method's difference to CLIMB. The `baselines` stage (`mixture.stages.baselines`) commits them as the
+dataset `<output_root>/baselines` (runs/, results.json, table.md, weights.png) and logs an MLflow
+run in the search's experiment.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ import numpy as np
 
 from mixture import storage
 from mixture.config import Config
-from mixture.dataset import Dataset, DatasetWriter, open_dataset, up_to_date
 from mixture.search import bootstrap, plots, steps
 from mixture.search import predictor as pred
 from mixture.search.sampler import quantize, sample_mixtures
@@ -37,13 +37,6 @@ log = logging.getLogger(__name__)
 METHODS = ("natural", "uniform", "best_of_random", "regmix", "climb")
 REGMIX_TOP_K = 128            # RegMix: the mean of the top-128 simulated mixtures
 STREAM_POOL = 2_000_003
-
-
-def _writer(cfg: Config, inputs: dict[str, str]) -> DatasetWriter:
-    from mixture.pipeline import dataset_uri
-
-    return DatasetWriter(dataset_uri(cfg, "baselines"), "baselines", cfg.section_hash("search", "tracking"),
-                         inputs, staging_root=storage.join(cfg.output_root, "_staging"), resume=True)
 
 
 def _job(kind: str, index: int, mixture: dict[str, float], seed: int, section: str, iteration: int = -1) -> dict:
@@ -72,30 +65,6 @@ def random_pool_jobs(cfg: Config, names: list[str], prior: np.ndarray, search_ru
             for s in range(cfg.search.seeds):
                 jobs.append(_job("pool", j, mixture, cfg.seed + s, "proxy"))
     return jobs
-
-
-TRANSFER_ONLY = ("transfer_proxy", "transfer_seeds")
-
-
-def _search_settings(seed: int, search: dict) -> dict:
-    return {"seed": seed, "search": {k: v for k, v in search.items() if k not in TRANSFER_ONLY}}
-
-
-def reusable_search(cfg: Config, climblab: Dataset) -> Dataset | None:
-    """The committed search when it was made from the same climblab and the same search settings
-    except the transfer ones (which only the baselines use), so that changing
-    search.transfer_proxy does not repeat the search."""
-    from mixture import pipeline
-    from mixture.dataset import try_open
-
-    ds = try_open(pipeline.dataset_uri(cfg, "search"))
-    if ds is None or ds.manifest.inputs.get("climblab") != climblab.manifest_sha256:
-        return None
-    made_with = storage.read_json(ds.path("mixture.json")).get("config")
-    if not made_with:
-        return None
-    mine = _search_settings(cfg.seed, cfg.search.model_dump(mode="json"))
-    return ds if _search_settings(made_with["seed"], made_with["search"]) == mine else None
 
 
 def regmix_mixture(cfg: Config, prior: np.ndarray, obs: bootstrap.Observations) -> tuple[np.ndarray, dict]:
@@ -147,111 +116,65 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: Config, objective: steps.Objective | None = None) -> str:
-    """Run (or resume) the baselines and return the comparison table (markdown). `objective`
-    replaces proxy training (tests)."""
-    from mixture import pipeline
-    from mixture.search.stage import ProxyRunner
-    from mixture.shards import ClimbLab
+def pool_jobs_and_mixtures(cfg: Config, names: list[str], prior: np.ndarray, search_runs: list[dict],
+                           search_mixture: dict, run_jobs) -> tuple[list[dict], dict, dict, bootstrap.Observations]:
+    """The random pool (the search's first iteration plus new random runs, trained with
+    `run_jobs(jobs, desc)`) and every method's mixture."""
+    pool = [r for r in search_runs if r["iteration"] == 0]
+    pool += run_jobs(random_pool_jobs(cfg, names, prior, search_runs), "baselines: random pool")
+    obs = bootstrap.observe(pool, names, cfg.search.weight_floor)
+    regmix_w, regmix_info = regmix_mixture(cfg, prior, obs)
+    mixtures = {
+        "natural": prior,
+        "uniform": np.full(len(names), 1.0 / len(names)),
+        "best_of_random": obs.X[obs.best()],
+        "regmix": regmix_w,
+        "climb": np.array([search_mixture["weights"][c] for c in names]),
+    }
+    return pool, mixtures, regmix_info, obs
 
-    climblab = open_dataset(pipeline.dataset_uri(cfg, "climblab"))
-    search_ds = (pipeline.current(cfg, "search") or reusable_search(cfg, climblab)
-                 or pipeline.run_stage(cfg, "search").dataset)
-    inputs = {"climblab": climblab.manifest_sha256, "search": search_ds.manifest_sha256}
-    uri = pipeline.dataset_uri(cfg, "baselines")
-    done = up_to_date(uri, cfg.section_hash("search", "tracking"), inputs)
-    if done:
-        return storage.read_text(done.path("table.md")).rstrip("\n")
-    writer = _writer(cfg, inputs)
-    lab = ClimbLab(climblab)
-    names, prior = steps.names_and_prior(lab)
-    search_runs = [storage.read_json(f) for f in search_ds.files("runs/")]
-    search_mixture = storage.read_json(search_ds.path("mixture.json"))
 
-    with ProxyRunner(cfg, cfg.search.workers, cfg.search.proxy.threads) as runner:
-        def run_all(jobs: list[dict], desc: str) -> list[dict]:
-            return runner.run([(j, writer.path(f"runs/{j['run_id']}.json")) for j in jobs], climblab,
-                              objective, desc=desc)
+def transfer_jobs(cfg: Config, names: list[str], mixtures: dict[str, np.ndarray]) -> list[dict]:
+    """Every method's mixture at proxy and at transfer scale, the same seeds for all."""
+    jobs = []
+    for m in METHODS:
+        mixture = dict(zip(names, [float(x) for x in mixtures[m] / mixtures[m].sum()]))
+        for s in range(cfg.search.transfer_seeds):
+            for section in ("proxy", "transfer_proxy"):
+                jobs.append({**_job(f"{m}-{'transfer' if section == 'transfer_proxy' else 'proxy'}", 0,
+                                    mixture, cfg.seed + s, section), "method": m})
+    return jobs
 
-        # 1. the random pool: best-of-random and RegMix
-        pool = [r for r in search_runs if r["iteration"] == 0]
-        pool += run_all(random_pool_jobs(cfg, names, prior, search_runs), "baselines: random pool")
-        obs = bootstrap.observe(pool, names, cfg.search.weight_floor)
-        best = obs.best()
-        regmix_w, regmix_info = regmix_mixture(cfg, prior, obs)
-        mixtures = {
-            "natural": prior,
-            "uniform": np.full(len(names), 1.0 / len(names)),
-            "best_of_random": obs.X[best],
-            "regmix": regmix_w,
-            "climb": np.array([search_mixture["weights"][c] for c in names]),
-        }
-        # 2. every method's mixture at proxy and at transfer scale, the same seeds for all
-        jobs = []
-        for m in METHODS:
-            mixture = dict(zip(names, [float(x) for x in mixtures[m] / mixtures[m].sum()]))
-            for s in range(cfg.search.transfer_seeds):
-                for section in ("proxy", "transfer_proxy"):
-                    jobs.append({**_job(f"{m}-{'transfer' if section == 'transfer_proxy' else 'proxy'}", 0,
-                                        mixture, cfg.seed + s, section), "method": m})
-        finished = run_all(jobs, "baselines: transfer")
 
-    metric = f"val.{cfg.search.target.metric}" if cfg.search.target.val_uris else "score"
-    results: dict = {"metric": metric, "methods": {}, "pool_runs": len(pool),
-                     "transfer_seeds": cfg.search.transfer_seeds,
+def method_entry(runs: list[dict], method: str) -> dict:
+    """One method's weights and score statistics at proxy and at transfer scale."""
+    mine = [r for r in runs if r["method"] == method]
+    entry = {"weights": mine[0]["mixture"]}
+    for scale, section in (("proxy", "proxy"), ("transfer", "transfer_proxy")):
+        rs = [r for r in mine if r["proxy_section"] == section]
+        keys = sorted({k for r in rs for k in r.get("metrics", {})})
+        entry[scale] = {"score": _stats([r["score"] for r in rs]),
+                        **{k: _stats([r["metrics"].get(k) for r in rs]) for k in keys},
+                        "run_ids": [r["run_id"] for r in rs]}
+    return entry
+
+
+def results_record(cfg: Config, finished: list[dict], pool: list[dict], obs: bootstrap.Observations,
+                   regmix_info: dict, search_mixture: dict) -> dict:
+    """results.json: every method's statistics and whether CLIMB beat each baseline."""
+    best = obs.best()
+    results: dict = {"metric": f"val.{cfg.search.target.metric}" if cfg.search.target.val_uris else "score",
+                     "pool_runs": len(pool), "transfer_seeds": cfg.search.transfer_seeds,
                      "proxy": cfg.search.proxy.model_dump(mode="json"),
                      "transfer_proxy": cfg.search.transfer_proxy.model_dump(mode="json"),
                      "regmix": regmix_info,
                      "best_of_random": {"score": float(obs.y[best]), "run_ids": obs.run_ids[best]},
                      "search": {"method": search_mixture["method"], "predictor": search_mixture.get("predictor"),
-                                "cv_spearman": search_mixture.get("cv_spearman")}}
-    for m in METHODS:
-        mine = [r for r in finished if r["method"] == m]
-        entry = {"weights": mine[0]["mixture"]}
-        for scale, section in (("proxy", "proxy"), ("transfer", "transfer_proxy")):
-            rs = [r for r in mine if r["proxy_section"] == section]
-            keys = sorted({k for r in rs for k in r.get("metrics", {})})
-            entry[scale] = {"score": _stats([r["score"] for r in rs]),
-                            **{k: _stats([r["metrics"].get(k) for r in rs]) for k in keys},
-                            "run_ids": [r["run_id"] for r in rs]}
-        results["methods"][m] = entry
+                                "cv_spearman": search_mixture.get("cv_spearman")},
+                     "methods": {m: method_entry(finished, m) for m in METHODS}}
     transfer = {m: results["methods"][m]["transfer"]["score"]["mean"] for m in METHODS}
+    results["transfer_score"] = transfer
     results["climb_beats_every_baseline"] = all(
         transfer["climb"] is not None and (transfer[m] is None or transfer["climb"] > transfer[m])
         for m in METHODS if m != "climb")
-    text = table(results)
-    storage.write_json(writer.path("results.json"), results)
-    storage.write_text(writer.path("table.md"), text + "\n")
-    weights_png = plots.weights(names, {m: mixtures[m].tolist() for m in METHODS}, "baseline mixtures")
-    storage.write_bytes(writer.path("weights.png"), weights_png)
-    _track(cfg, writer, results, {"table.md": text, "weights.png": weights_png})
-    writer.commit({"methods": len(METHODS), "runs": len(finished) + len(pool)},
-                  {"transfer_score": transfer, "climb_beats_every_baseline": results["climb_beats_every_baseline"]})
-    return text
-
-
-def _track(cfg: Config, writer: DatasetWriter, results: dict, files: dict) -> None:
-    from mixture.search.track import SearchTracker
-
-    t = SearchTracker(cfg, steps.search_key(writer))
-    found = t._find(kind="baselines")
-    parent = found[0].info.run_id if found else t._create("baselines", None, kind="baselines")
-    for m, r in results["methods"].items():
-        found = t._find(kind="baseline", method=m)
-        if found:
-            continue
-        run_id = t._create(m, parent, kind="baseline", method=m)
-        params = {f"w.{c}": w for c, w in sorted(r["weights"].items())}
-        params.update(method=m, transfer_seeds=results["transfer_seeds"])
-        metrics = {}
-        for scale in ("proxy", "transfer"):
-            for k, s in r[scale].items():
-                if isinstance(s, dict) and s.get("mean") is not None:
-                    metrics[f"{scale}.{k}.mean"] = s["mean"]
-                    metrics[f"{scale}.{k}.std"] = s["std"]
-        t._log(run_id, params=params, metrics=metrics)
-        t.client.set_terminated(run_id, "FINISHED")
-    t._log(parent, metrics={"climb_beats_every_baseline": float(results["climb_beats_every_baseline"]),
-                            "regmix.cv_spearman": results["regmix"]["cv_spearman"]})
-    t._artifacts(parent, files)
-    t.client.set_terminated(parent, "FINISHED")
+    return results

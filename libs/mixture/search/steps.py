@@ -1,15 +1,16 @@
 """The search's steps, callable one by one: `propose`, `run_proxy`, `finish`.
 
-The CLI (`climb search`, stage.py) and Airflow (one task per step, proxy runs fanned out) call the
-same three functions, so both run the same code:
+The CLI (`climb search`, `mixture.stages.search`) and Airflow (one task per step, proxy runs fanned
+out) call the same three functions on the stage's context, so both run the same code:
 
+    ctx = pipeline.open_stage(cfg, "search")          # entry points open the stage
     for i in range(len(cfg.search.iterations)):
-        jobs = propose(cfg, i)              # needs every run of iterations < i
-        results = [run_proxy(cfg, j) for j in jobs]     # any order, any process, any machine
-    dataset = finish(cfg)                   # fit, choose, write mixture.json, commit
+        jobs = propose(ctx, i)                         # needs every run of iterations < i
+        results = [run_proxy(ctx, j) for j in jobs]    # any order, any process, any machine
+    pipeline.commit(ctx, finish(ctx))                  # fit, choose, write mixture.json; commit
 
-State lives only in the search's staging folder (`mixture.pipeline.prepare(cfg, "search")`: the
-same folder for the same config and inputs, so separate processes share it):
+State lives only in the search's staging folder (`ctx.writer`: the same folder for the same config
+and inputs, so separate processes share it):
 `proposals/iter-<i>.json` (the jobs of iteration i, written once: a retried `propose` returns the
 same jobs), `runs/<run_id>.json` (one finished proxy each, written atomically: a retried or
 resumed `run_proxy` returns it without training). Commit moves the folder into the dataset.
@@ -33,9 +34,10 @@ from mixture import storage
 from mixture.config import Config, ProxyConfig
 from mixture.search import bootstrap
 
+from mixture.contract import StageContext, StageOutput
+
 if TYPE_CHECKING:
     from mixture.dataset import Dataset, DatasetWriter
-    from mixture.contract import StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +50,6 @@ class SearchError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------ state
-def _prepare(cfg: Config):
-    from mixture.pipeline import open_stage
-
-    ctx = open_stage(cfg, "search")
-    return ctx.stage, ctx.inputs, ctx.writer
-
-
 def _lab(inputs: dict):
     from mixture.shards import ClimbLab
 
@@ -120,13 +115,13 @@ def tracker(cfg: Config, writer: "DatasetWriter"):
 
 
 # ----------------------------------------------------------------------------------- propose
-def propose(cfg: Config, iteration: int) -> list[dict]:
+def propose(ctx: StageContext, iteration: int) -> list[dict]:
     """The jobs of iteration `iteration` (0-based). Deterministic for the same config and the same
     earlier results, and written once: calling it again returns the stored jobs."""
+    cfg, inputs, writer = ctx.cfg, ctx.inputs, ctx.writer
     n_iter = len(cfg.search.iterations)
     if not 0 <= iteration < n_iter:
         raise SearchError(f"iteration {iteration} is out of range: the search has {n_iter}")
-    _, inputs, writer = _prepare(cfg)
     stored = read_proposals(writer, iteration)
     if stored is not None:
         return stored["jobs"]
@@ -258,33 +253,48 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: "Dataset",
     return out
 
 
-def run_proxy(cfg: Config, job: dict, objective: Objective | None = None) -> dict:
+def run_proxy(ctx: StageContext, job: dict, objective: Objective | None = None) -> dict:
     """Train and evaluate one proxy for `job` (from `propose`); idempotent: a run whose JSON is
     staged already is returned without training. `objective` replaces the proxy (tests)."""
-    _, inputs, writer = _prepare(cfg)
-    return execute(cfg, job, writer.path(f"runs/{job['run_id']}.json"), inputs["climblab"], objective)
+    return execute(ctx.cfg, job, ctx.writer.path(f"runs/{job['run_id']}.json"), ctx.inputs["climblab"], objective)
 
 
 # ------------------------------------------------------------------------------------ finish
-def finalize(cfg: Config, inputs: dict, writer: "DatasetWriter") -> "StageOutput":
-    """Fit on every run, choose the mixture, write iterations.json and mixture.json (staged)."""
-    from mixture.contract import StageOutput
-    from mixture.search import plots
-
-    lab = _lab(inputs)
-    names, prior = names_and_prior(lab)
+def finish(ctx: StageContext) -> StageOutput:
+    """Fit the predictors on every run, choose the final mixture, stage iterations.json,
+    mixture.json and the plots, log to MLflow; the caller commits (`pipeline.commit`)."""
+    cfg, writer = ctx.cfg, ctx.writer
+    names, prior = names_and_prior(_lab(ctx.inputs))
     n_iter = len(cfg.search.iterations)
     runs = finished_runs(writer, n_iter)
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
     result = bootstrap.final(cfg.search, prior, obs, cfg.seed)
-    named = lambda w: dict(zip(names, [float(x) for x in w]))  # noqa: E731
 
-    iterations = []
+    iterations = iteration_records(writer, runs, n_iter)
+    final_entry = {"predictor": result.get("predictor"), "method": result["method"],
+                   "reason": result.get("reason"), "observed": len(obs), "excluded": obs.excluded}
+    storage.write_json(writer.path("iterations.json"), {"iterations": iterations, "final": final_entry})
+    mixture = mixture_record(cfg, names, prior, result, runs, len(obs))
+    storage.write_json(writer.path("mixture.json"), mixture)
+    files = _final_plots(names, prior, result, iterations)
+    for name, data in files.items():
+        storage.write_bytes(writer.path(f"plots/{name}"), data)
+    _track_final(cfg, writer, runs, result, files)
+
+    best = result["best_observed"]
+    counts = {"runs": len(runs), "iterations": n_iter}
+    extra = {"mixture": mixture["weights"], "method": result["method"], "predictor": mixture["predictor"],
+             "cv_spearman": mixture["cv_spearman"], "best_observed_score": best["score"]}
+    return StageOutput(counts, extra, _summary(cfg, result, mixture, iterations, len(runs)))
+
+
+def iteration_records(writer: "DatasetWriter", runs: list[dict], n_iter: int) -> list[dict]:
+    """Per iteration: how it proposed, its predictor's CV, its runs and how they scored."""
+    out = []
     for i in range(n_iter):
-        prop = read_proposals(writer, i)
-        rep = prop["report"]
+        rep = read_proposals(writer, i)["report"]
         mine = [r for r in runs if r["iteration"] == i]
-        iterations.append({
+        out.append({
             "iteration": i, "method": rep["method"], "reason": rep.get("reason"),
             "observed_before": rep.get("observed", 0),
             "predictor": rep.get("predictor"), "candidates": rep.get("candidates"),
@@ -293,28 +303,36 @@ def finalize(cfg: Config, inputs: dict, writer: "DatasetWriter") -> "StageOutput
                      for r in sorted(mine, key=lambda r: r["run_id"])],
             "best_score": max((r["score"] for r in mine if r["score"] is not None), default=None),
             "prospective_spearman": prospective_spearman(mine)})
-    final_entry = {"predictor": result.get("predictor"), "method": result["method"],
-                   "reason": result.get("reason"), "observed": len(obs), "excluded": obs.excluded}
-    storage.write_json(writer.path("iterations.json"), {"iterations": iterations, "final": final_entry})
+    return out
 
-    best = result["best_observed"]
-    mixture = {
+
+def mixture_record(cfg: Config, names: list[str], prior: np.ndarray, result: dict, runs: list[dict],
+                   mixtures: int) -> dict:
+    """mixture.json: the chosen weights, how and why they were chosen, and what they were made of."""
+    def named(w) -> dict[str, float]:
+        return dict(zip(names, [float(x) for x in w]))
+
+    best, pr = result["best_observed"], result.get("predictor")
+    return {
         "weights": named(result["weights"]), "method": result["method"], "reason": result.get("reason"),
         "predicted": result.get("predicted"),
         "best_observed": {**best, "weights": named(best["weights"])},
         "predicted_mixture": named(result["predicted_mixture"]) if "predicted_mixture" in result else None,
-        "predictor": result["predictor"]["chosen"] if result.get("predictor") else None,
-        "cv_spearman": (result["predictor"]["cv"][result["predictor"]["chosen"]]["spearman"]
-                        if result.get("predictor") else None),
-        "prior": named(prior), "runs": len(runs), "mixtures": len(obs),
+        "predictor": pr["chosen"] if pr else None,
+        "cv_spearman": pr["cv"][pr["chosen"]]["spearman"] if pr else None,
+        "prior": named(prior), "runs": len(runs), "mixtures": mixtures,
         "score": "higher is better; " + _score_doc(cfg),
         "target": cfg.search.target.model_dump(mode="json"),
-        # what `climb baselines` checks to reuse this search when only the transfer settings changed
+        # what the baselines stage checks to reuse this search when only the transfer settings changed
         "config": {"seed": cfg.seed, "search": cfg.search.model_dump(mode="json")},
     }
-    storage.write_json(writer.path("mixture.json"), mixture)
 
-    files: dict[str, bytes | str] = {
+
+def _final_plots(names: list[str], prior: np.ndarray, result: dict, iterations: list[dict]) -> dict[str, bytes]:
+    from mixture.search import plots
+
+    best = result["best_observed"]
+    files = {
         "weights.png": plots.weights(names, {"prior": prior.tolist(), "final": result["weights"],
                                              "best observed": best["weights"]}, "final mixture"),
         "progress.png": plots.progress([[r["score"] for r in it["runs"] if r["score"] is not None]
@@ -324,29 +342,31 @@ def finalize(cfg: Config, inputs: dict, writer: "DatasetWriter") -> "StageOutput
         files["scatter.png"] = plots.scatter(
             result["y"], result["oof"][chosen],
             f"final: {chosen}, CV Spearman {result['predictor']['cv'][chosen]['spearman']:.2f}")
-    for name, data in files.items():
-        storage.write_bytes(writer.path(f"plots/{name}"), data)
+    return files
 
+
+def _track_final(cfg: Config, writer: "DatasetWriter", runs: list[dict], result: dict, files: dict) -> None:
     t = tracker(cfg, writer)
     logged = t.logged_proxies()
     for r in runs:
         t.log_proxy(r, logged)
     t.log_final({**result, "runs": len(runs)}, {**files, "mixture.json": storage.read_text(writer.path("mixture.json"))})
 
-    counts = {"runs": len(runs), "iterations": n_iter}
-    extra = {"mixture": mixture["weights"], "method": result["method"], "predictor": mixture["predictor"],
-             "cv_spearman": mixture["cv_spearman"], "best_observed_score": best["score"]}
+
+def _summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_runs: int) -> list[tuple[str, str]]:
+    best = result["best_observed"]
     top = sorted(mixture["weights"].items(), key=lambda kv: -kv[1])[:5]
-    summary = [("runs", f"{len(runs)} proxy runs in {n_iter} iterations ({cfg.search.iterations})"),
-               ("final mixture", f"{result['method']}: " + ", ".join(f"{c} {w:.3f}" for c, w in top)),
-               ("why", result.get("reason")),
-               ("predictor CV Spearman by iteration",
-                "; ".join(f"it{it['iteration']}: " + (", ".join(f"{n} {v['spearman']:.2f}" for n, v in
-                                                                it["predictor"]["cv"].items())
-                                                      if it["predictor"] else "none (random)")
-                          for it in iterations)),
-               ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})")]
-    return StageOutput(counts, extra, summary)
+
+    def cv(it: dict) -> str:
+        if not it["predictor"]:
+            return "none (random)"
+        return ", ".join(f"{n} {v['spearman']:.2f}" for n, v in it["predictor"]["cv"].items())
+
+    return [("runs", f"{n_runs} proxy runs in {len(iterations)} iterations ({cfg.search.iterations})"),
+            ("final mixture", f"{result['method']}: " + ", ".join(f"{c} {w:.3f}" for c, w in top)),
+            ("why", result.get("reason")),
+            ("predictor CV Spearman by iteration", "; ".join(f"it{it['iteration']}: {cv(it)}" for it in iterations)),
+            ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})")]
 
 
 def prospective_spearman(runs: list[dict]) -> float | None:
@@ -370,11 +390,3 @@ def _score_doc(cfg: Config) -> str:
     if t.tasks:
         parts.append(f"tasks: {t.task_metric}")
     return "weighted mean of " + ", ".join(parts) if parts else "no target configured"
-
-
-def finish(cfg: Config) -> "Dataset":
-    """Fit the predictors on all runs, choose the final mixture, write mixture.json and
-    iterations.json, commit the search dataset and return it."""
-    _, inputs, writer = _prepare(cfg)
-    out = finalize(cfg, inputs, writer)
-    return writer.commit(out.counts, out.extra)

@@ -155,3 +155,24 @@ class SearchTracker:
                                   "final.predictor": pr["chosen"] if pr else "none"}, metrics=metrics)
         self._artifacts(run_id, files)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def log_baselines(self, results: dict, files: dict[str, bytes | str]) -> None:
+        """One parent run for the baselines and a nested run per method (params `w.<cluster>`,
+        mean and std of every metric at proxy and transfer scale); idempotent on resume."""
+        found = self._find(kind="baselines")
+        parent = found[0].info.run_id if found else self._create("baselines", None, kind="baselines")
+        for m, r in results["methods"].items():
+            if self._find(kind="baseline", method=m):
+                continue
+            run_id = self._create(m, parent, kind="baseline", method=m)
+            params = {f"w.{c}": w for c, w in sorted(r["weights"].items())}
+            params.update(method=m, transfer_seeds=results["transfer_seeds"])
+            metrics = {f"{scale}.{k}.{stat}": s[stat] for scale in ("proxy", "transfer")
+                       for k, s in r[scale].items() if isinstance(s, dict) and s.get("mean") is not None
+                       for stat in ("mean", "std")}
+            self._log(run_id, params=params, metrics=metrics)
+            self.client.set_terminated(run_id, "FINISHED")
+        self._log(parent, metrics={"climb_beats_every_baseline": float(results["climb_beats_every_baseline"]),
+                                   "regmix.cv_spearman": results["regmix"]["cv_spearman"]})
+        self._artifacts(parent, files)
+        self.client.set_terminated(parent, "FINISHED")

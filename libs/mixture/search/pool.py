@@ -1,13 +1,8 @@
-"""The `search` stage: CLIMB's iterative mixture search over the ClimbLab clusters.
+"""A pool of proxy-training processes: the search stage and the baselines stage run their jobs here.
 
-Runs the steps of steps.py in one process, the way an Airflow DAG runs them as tasks: for each
-iteration `propose` the jobs, train the proxies that are not finished yet (`search.workers`
-processes, each with `search.proxy.threads` torch threads), then `finalize` (fit the predictors,
-choose the mixture, write mixture.json and iterations.json) and let the pipeline commit.
-
-Resumable: a killed search keeps its staged proposals and finished runs (the pipeline registers the
-stage as resumable); the next `climb search` reuses them and trains only what is missing.
-Paper budget (Diao et al., 2025): iterations 64/32/16; `configs/demo.yaml` scales it to 2 cores.
+Jobs run in this process (workers = 1) or in spawned processes (`search.workers`, each with
+`search.proxy.threads` torch threads); the pool is kept across iterations so workers import torch
+once. Under Airflow the same jobs are mapped tasks instead (`dags/climb_mixture_search.py`).
 """
 from __future__ import annotations
 
@@ -80,29 +75,3 @@ class ProxyRunner:
             return results
         finally:
             bar.close()
-
-
-def run(ctx, objective: steps.Objective | None = None):
-    """The stage function (`mixture.search.stage:run`). `objective` replaces proxy training (tests)."""
-    cfg: Config = ctx.cfg
-    writer, dataset = ctx.writer, ctx.inputs["climblab"]
-    t = steps.tracker(cfg, writer)
-    logged = t.logged_proxies()
-    reused = 0
-    with ProxyRunner(cfg, cfg.search.workers, cfg.search.proxy.threads) as runner:
-        for i in range(len(cfg.search.iterations)):
-            jobs = steps.propose(cfg, i)
-            todo = [j for j in jobs if steps.read_run(writer, j["run_id"]) is None]
-            reused += len(jobs) - len(todo)
-            for j in jobs:                       # finished before a kill: log what was not logged
-                if j not in todo:
-                    t.log_proxy(steps.read_run(writer, j["run_id"]), logged)
-            runner.run([(j, writer.path(f"runs/{j['run_id']}.json")) for j in todo], dataset, objective,
-                       on_done=lambda r: t.log_proxy(r, logged), desc=f"search iteration {i}")
-            if todo:
-                log.info("search: iteration %d: %d proxy runs trained, %d reused", i, len(todo),
-                         len(jobs) - len(todo))
-    out = steps.finalize(cfg, ctx.inputs, writer)
-    out.extra["reused_runs"] = reused
-    out.summary.insert(1, ("resumed", f"{reused} finished runs reused") if reused else ("resumed", "no"))
-    return out
