@@ -33,7 +33,7 @@ def test_mixing_law_recovers_data_from_the_law():
     X = _mixtures(50, k=5, seed=2)
     t = np.array([2.0, -1.0, 0.5, -2.0, 1.0])
     y = -(1.0 + 0.5 * np.exp(X @ t))
-    m = P.MixingLawPredictor().fit(X, y)
+    m = P.make("mixing_law", CFG).fit(X, y)
     assert P.spearman(m.predict(X), y) > 0.95
     assert P.cross_validate("mixing_law", X, y, CFG).spearman > 0.8
 
@@ -41,12 +41,12 @@ def test_mixing_law_recovers_data_from_the_law():
 def test_lightgbm_uses_the_configured_paper_settings_and_early_stopping():
     X = _mixtures(40)
     y = np.random.default_rng(3).normal(size=40)          # nothing to learn: stops early
-    m = P.LightGBMPredictor(PredictorConfig()).fit(X, y)
+    m = P.make("lightgbm", PredictorConfig()).fit(X, y)
     params = m.model.get_params()
     assert (params["max_depth"], params["learning_rate"], params["reg_alpha"], params["reg_lambda"],
             params["min_child_samples"]) == (4, 0.01, 1.0, 1.0, 5)
     assert m.rounds < 1000
-    few = P.LightGBMPredictor(PredictorConfig()).fit(X[:8], y[:8])   # too few rows to hold out
+    few = P.make("lightgbm", PredictorConfig()).fit(X[:8], y[:8])   # too few rows to hold out
     assert few.rounds == 1000
 
 

@@ -297,8 +297,8 @@ class TargetConfig(Section):
 
 
 class PredictorConfig(Section):
-    candidates: list[Literal["lightgbm", "ridge", "ridge_sqrt", "mixing_law"]] = [
-        "lightgbm", "ridge", "ridge_sqrt", "mixing_law"]
+    candidates: list[str] = Field(["lightgbm", "ridge", "ridge_sqrt", "mixing_law"], min_length=1,
+                                  description="registered predictors (mixture.registry.PREDICTORS)")
     max_depth: int = Field(4, ge=1)
     learning_rate: float = Field(0.01, gt=0)
     n_estimators: int = Field(1000, ge=1)
@@ -310,6 +310,13 @@ class PredictorConfig(Section):
     cv_folds: int = Field(5, ge=2)
     min_spearman: float = Field(0.3, ge=-1, le=1, description="below this CV Spearman the final "
                                 "mixture is the best observed one, not a predicted one")
+
+    @field_validator("candidates")
+    @classmethod
+    def _registered(cls, v: list[str]) -> list[str]:
+        from mixture.registry import PREDICTORS
+
+        return PREDICTORS.check(v)
 
 
 class SearchConfig(Section):

@@ -20,20 +20,21 @@ Ties are broken explicitly: the higher Spearman rounded to 3 decimals wins, then
 then the simpler model (ridge, ridge_sqrt, mixing_law, lightgbm). A constant prediction has no
 ranking and counts as Spearman 0.
 
+The candidates are registered in `mixture.registry.PREDICTORS`, one module each in
+`mixture.search.predictors` (a class taking `(cfg, seed)` with `fit`, `predict`, `name` and a
+`simplicity` rank for ties); `search.predictor.candidates` names them.
+
 Scores are "higher is better" throughout (see evaluate.py: the score of a bpb target is -bpb).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from mixture.config import PredictorConfig
-
-SIMPLICITY = {"ridge": 0, "ridge_sqrt": 1, "mixing_law": 2, "lightgbm": 3}
-RIDGE_ALPHAS = np.logspace(-4, 3, 15)
+from mixture.registry import PREDICTORS
 
 
 class Predictor(Protocol):
@@ -44,117 +45,14 @@ class Predictor(Protocol):
     def predict(self, X: np.ndarray) -> np.ndarray: ...
 
 
-class LightGBMPredictor:
-    name = "lightgbm"
-
-    def __init__(self, cfg: PredictorConfig, seed: int = 0):
-        self.cfg = cfg
-        self.seed = seed
-        self.rounds: int | None = None
-
-    def _params(self, rounds: int) -> dict:
-        c = self.cfg
-        return dict(objective="regression", max_depth=c.max_depth, learning_rate=c.learning_rate,
-                    n_estimators=rounds, reg_alpha=c.reg_alpha, reg_lambda=c.reg_lambda,
-                    min_child_samples=c.min_child_samples, min_data_in_bin=c.min_data_in_bin,
-                    num_leaves=2 ** c.max_depth, random_state=self.seed, n_jobs=1, deterministic=True,
-                    force_row_wise=True, verbose=-1)
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "LightGBMPredictor":
-        import lightgbm as lgb
-
-        rounds = self.cfg.n_estimators
-        n = len(y)
-        # Early stopping needs rows the trees do not see; with fewer than 10 rows there are too
-        # few to spare, and the configured rounds run in full.
-        if self.cfg.early_stopping_rounds and n >= 10:
-            perm = np.random.default_rng(self.seed).permutation(n)
-            n_val = max(2, n // 5)
-            va, tr = perm[:n_val], perm[n_val:]
-            probe = lgb.LGBMRegressor(**self._params(rounds))
-            probe.fit(X[tr], y[tr], eval_X=(X[va],), eval_y=(y[va],),
-                      callbacks=[lgb.early_stopping(self.cfg.early_stopping_rounds, verbose=False)])
-            rounds = max(1, int(probe.best_iteration_ or rounds))
-        self.rounds = rounds
-        self.model = lgb.LGBMRegressor(**self._params(rounds)).fit(X, y)
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(X), dtype=np.float64)
-
-
-class RidgePredictor:
-    def __init__(self, sqrt: bool = False):
-        self.sqrt = sqrt
-        self.name = "ridge_sqrt" if sqrt else "ridge"
-
-    def _features(self, X: np.ndarray) -> np.ndarray:
-        return np.sqrt(np.clip(X, 0, None)) if self.sqrt else X
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "RidgePredictor":
-        from sklearn.linear_model import RidgeCV
-
-        self.model = RidgeCV(alphas=RIDGE_ALPHAS).fit(self._features(X), y)
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(self._features(X)), dtype=np.float64)
-
-
-class MixingLawPredictor:
-    """score = c + k * exp(t . w) (Ye et al., 2024, "Data Mixing Laws"), on standardised scores.
-    k's sign is not known in advance (a loss falls, a score rises): both are fitted and the
-    better fit kept. An L2 penalty on t and on log|k| keeps the fit sane with fewer runs than
-    parameters (penalising t alone lets a huge k with a tiny t interpolate the runs linearly); the
-    Jacobian is analytic (finite differences over ~20 weights cost 100x more)."""
-    name = "mixing_law"
-
-    def __init__(self, l2: float = 1.0):
-        self.l2 = l2
-
-    @staticmethod
-    def _exp(p: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return np.exp(np.clip(p[1] + X @ p[2:], -50, 50))
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "MixingLawPredictor":
-        from scipy.optimize import least_squares
-
-        self.mu, self.sd = float(np.mean(y)), float(np.std(y)) or 1.0
-        z = (y - self.mu) / self.sd
-        n, k = X.shape
-        reg = math.sqrt(self.l2)
-        best = None
-        for sign in (1.0, -1.0):
-            def residuals(p, sign=sign):
-                return np.concatenate([p[0] + sign * self._exp(p, X) - z, reg * p[1:]])
-
-            def jacobian(p, sign=sign):
-                e = sign * self._exp(p, X)
-                top = np.column_stack([np.ones(n), e, e[:, None] * X])
-                bottom = np.column_stack([np.zeros((k + 1, 1)), reg * np.eye(k + 1)])
-                return np.vstack([top, bottom])
-
-            p0 = np.concatenate([[z.mean() - sign, 0.0], np.zeros(k)])
-            res = least_squares(residuals, p0, jac=jacobian, method="trf", max_nfev=500)
-            if best is None or res.cost < best[0]:
-                best = (res.cost, sign, res.x)
-        _, self.sign, self.p = best
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return (self.p[0] + self.sign * self._exp(self.p, X)) * self.sd + self.mu
-
-
 def make(name: str, cfg: PredictorConfig, seed: int = 0) -> Predictor:
-    if name == "lightgbm":
-        return LightGBMPredictor(cfg, seed)
-    if name == "ridge":
-        return RidgePredictor(sqrt=False)
-    if name == "ridge_sqrt":
-        return RidgePredictor(sqrt=True)
-    if name == "mixing_law":
-        return MixingLawPredictor()
-    raise ValueError(f"unknown predictor {name!r}; known: {sorted(SIMPLICITY)}")
+    """A new, unfitted predictor of the registered kind `name` (`mixture.search.predictors`)."""
+    return PREDICTORS.get(name)(cfg, seed)
+
+
+def simplicity(name: str) -> int:
+    """Tie-break rank among predictors with equal CV scores: lower is simpler."""
+    return int(getattr(PREDICTORS.get(name), "simplicity", 100))
 
 
 # ------------------------------------------------------------------------- cross-validation
@@ -203,7 +101,7 @@ def cross_validate(name: str, X: np.ndarray, y: np.ndarray, cfg: PredictorConfig
 
 def selection_key(r: CVResult) -> tuple:
     """Sort key, best first: higher Spearman (3 decimals), lower MAE, simpler model."""
-    return (-round(r.spearman, 3), round(r.mae, 9), SIMPLICITY[r.name])
+    return (-round(r.spearman, 3), round(r.mae, 9), simplicity(r.name))
 
 
 def choose(results: dict[str, CVResult]) -> list[str]:

@@ -1,0 +1,1 @@
+"""The built-in predictors, one module each, registered in `mixture.registry.PREDICTORS`."""
