@@ -26,9 +26,8 @@ import logging
 
 import numpy as np
 
-from mixture import storage
 from mixture.config import Config
-from mixture.search import bootstrap, plots, steps
+from mixture.search import bootstrap, steps
 from mixture.search import predictor as pred
 from mixture.search.sampler import quantize, sample_mixtures
 

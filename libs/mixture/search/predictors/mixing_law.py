@@ -53,15 +53,3 @@ class MixingLawPredictor:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return (self.p[0] + self.sign * self._exp(self.p, X)) * self.sd + self.mu
-
-
-def make(name: str, cfg: PredictorConfig, seed: int = 0) -> Predictor:
-    if name == "lightgbm":
-        return LightGBMPredictor(cfg, seed)
-    if name == "ridge":
-        return RidgePredictor(sqrt=False)
-    if name == "ridge_sqrt":
-        return RidgePredictor(sqrt=True)
-    if name == "mixing_law":
-        return MixingLawPredictor()
-    raise ValueError(f"unknown predictor {name!r}; known: {sorted(SIMPLICITY)}")
