@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 # Fields that say where or how fast a stage runs, not what it produces (the output is the same
 # for any value): they are left out of the config hash, so moving a run to another Spark master
 # or more threads does not redo it.
-NOT_HASHED = {"hashed": False}
+NOT_HASHED: dict[str, Any] = {"hashed": False}
 
 
 def _hashed_dump(model: BaseModel) -> dict[str, Any]:
@@ -409,7 +409,7 @@ class Config(Section):
     def section_hash(self, *names: str, exclude: tuple[str, ...] = ()) -> str:
         """sha256 of the canonical JSON of the named sections (and the seed), less the
         `section.key` fields in `exclude`."""
-        payload = {n: _hashed_dump(getattr(self, n)) for n in names}
+        payload: dict[str, Any] = {n: _hashed_dump(getattr(self, n)) for n in names}
         for dotted in exclude:
             section, key = dotted.split(".", 1)
             payload.get(section, {}).pop(key, None)

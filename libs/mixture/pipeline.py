@@ -82,10 +82,10 @@ def config_hash(cfg: Config, st: Stage) -> str:
     mixture file or a target set in place makes the stage run again."""
     parts = [cfg.section_hash(*st.sections, exclude=st.unhashed)]
     for key in st.files:
-        value = cfg
+        value: Any = cfg
         for k in key.split("."):
             value = getattr(value, k)
-        uris = [value] if isinstance(value, str) else list(value or [])
+        uris: list[str] = [value] if isinstance(value, str) else list(value or [])
         if key == "input.uris":
             parts.append(json.dumps(files_fingerprint(uris)))
         else:

@@ -53,6 +53,7 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
+        assert self.package is not None
         pkg = importlib.import_module(self.package)
         for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
             if not info.name.rsplit(".", 1)[-1].startswith("_"):

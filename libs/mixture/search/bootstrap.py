@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 
 from mixture.config import SearchConfig
@@ -80,8 +82,8 @@ def candidates(scfg: SearchConfig, prior: np.ndarray, rng: np.random.Generator, 
     """`search.candidates` mixtures: most around the prior (the paper), `local_frac` of them
     around the best observed mixtures."""
     n_local = int(round(scfg.candidates * scfg.local_frac)) if len(obs) else 0
-    kw = dict(temperature=scfg.temperature, concentration=scfg.concentration,
-              epoch_cap=scfg.epoch_cap, floor=scfg.weight_floor)
+    kw: dict[str, Any] = dict(temperature=scfg.temperature, concentration=scfg.concentration,
+                              epoch_cap=scfg.epoch_cap, floor=scfg.weight_floor)
     C = sample_mixtures(rng, prior, scfg.candidates - n_local, exclude=exclude, **kw)
     if n_local:
         top = np.argsort(-obs.y, kind="stable")[:max(1, min(len(obs), scfg.local_top))]

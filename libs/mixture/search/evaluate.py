@@ -209,8 +209,8 @@ def val_windows(val_ids: list[np.ndarray], seq_len: int) -> list[tuple[list[int]
 def mc_scores(loglik: list[list[float]], choices: list[list[str]], gold: list[int]) -> dict[str, float]:
     """acc, acc_norm and logprob over items from each choice's summed log-likelihood."""
     acc, acc_norm, logprob = [], [], []
-    for ll, ch, g in zip(loglik, choices, gold):
-        ll = np.asarray(ll, dtype=np.float64)
+    for ll_list, ch, g in zip(loglik, choices, gold):
+        ll = np.asarray(ll_list, dtype=np.float64)
         norm = ll / np.array([len(c.encode("utf-8")) for c in ch], dtype=np.float64)
         acc.append(float(np.argmax(ll) == g))
         acc_norm.append(float(np.argmax(norm) == g))

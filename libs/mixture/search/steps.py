@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -292,7 +292,10 @@ def iteration_records(writer: "DatasetWriter", runs: list[dict], n_iter: int) ->
     """Per iteration: how it proposed, its predictor's CV, its runs and how they scored."""
     out = []
     for i in range(n_iter):
-        rep = read_proposals(writer, i)["report"]
+        proposals = read_proposals(writer, i)
+        if proposals is None:
+            raise SearchError(f"iteration {i} was never proposed")
+        rep = proposals["report"]
         mine = [r for r in runs if r["iteration"] == i]
         out.append({
             "iteration": i, "method": rep["method"], "reason": rep.get("reason"),
@@ -353,7 +356,7 @@ def _track_final(cfg: Config, writer: "DatasetWriter", runs: list[dict], result:
     t.log_final({**result, "runs": len(runs)}, {**files, "mixture.json": storage.read_text(writer.path("mixture.json"))})
 
 
-def _summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_runs: int) -> list[tuple[str, str]]:
+def _summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_runs: int) -> list[tuple[str, Any]]:
     best = result["best_observed"]
     top = sorted(mixture["weights"].items(), key=lambda kv: -kv[1])[:5]
 

@@ -81,7 +81,7 @@ class SearchTracker:
 
     # ---------------------------------------------------------------------------- writing
     def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None,
-             steps: list[tuple[str, int, float]] = ()) -> None:
+             steps: list[tuple[str, int, float]] | tuple[()] = ()) -> None:
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)

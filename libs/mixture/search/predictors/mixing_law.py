@@ -48,6 +48,7 @@ class MixingLawPredictor:
             res = least_squares(residuals, p0, jac=jacobian, method="trf", max_nfev=500)
             if best is None or res.cost < best[0]:
                 best = (res.cost, sign, res.x)
+        assert best is not None
         _, self.sign, self.p = best
         return self
 
