@@ -85,9 +85,9 @@ def publish(config: str) -> str:
     cfg = load_config(config)
     if not cfg.publish.uri:
         raise AirflowSkipException("publish.uri is not set: nothing to publish")
-    from mixture import publish as publishing
+    from mixture import pipeline
 
-    return str(publishing.publish(cfg))
+    return str(pipeline.publish(cfg))
 
 
 with DAG(

@@ -13,7 +13,7 @@ import sys
 
 from mixture.cli import guarded
 from mixture.config import load_config, parse_overrides
-from mixture.publish import publish
+from mixture.pipeline import publish
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ from mixture import storage
 from mixture.build import content_hash
 from mixture.dataset import MANIFEST, DatasetWriter
 from mixture.pipeline import run_stage
-from mixture.publish import PublishError, publish, publish_dataset
+from mixture.pipeline import publish
+from mixture.publish import PublishError, publish_dataset
 from mixture.reader import ClimbMix
 from test_build import WEIGHTS, make_climblab, make_config, make_search
 
@@ -433,7 +434,8 @@ def test_publisher_killed_mid_upload_leaves_nothing_visible(built, s3_endpoint, 
     conf.write_text(yaml.safe_dump({
         "output_root": cfg.output_root, "seed": cfg.seed, "input": {"uris": cfg.input.uris},
         "build": cfg.build.model_dump(), "tracking": {"experiment": "test"},
-        "publish": {"uri": cfg.publish.uri, "track": False, "concurrency": 1}}))
+        "publish": {"uri": cfg.publish.uri, "track": False, "concurrency": 1},
+        "concurrency": {"lease_ttl_s": 5}}))
     job = Path(__file__).resolve().parents[1] / "jobs" / "publish.py"
     n_files = len(ds.manifest.files)
     with FaultProxy(s3_endpoint, hang_after_writes=n_files // 2) as proxy:
@@ -447,11 +449,18 @@ def test_publisher_killed_mid_upload_leaves_nothing_visible(built, s3_endpoint, 
     version = content_hash(ds.manifest.files)[:16]
     keys = _keys(s3_endpoint, s3_bucket)
     assert f"climbmix/{version}/{MANIFEST}" not in keys and "climbmix/latest" not in keys
-    assert len([k for k in keys if k.startswith(f"climbmix/{version}/")]) == n_files // 2
+    # the first write was the version's lease, which the killed publisher still holds
+    lease_key = f"climbmix/_leases/version-{version}.json"
+    assert lease_key in keys
+    assert len([k for k in keys if k.startswith(f"climbmix/{version}/")]) == n_files // 2 - 1
     with pytest.raises(Exception, match="no ClimbMix dataset"):
         ClimbMix(f"s3://{s3_bucket}/climbmix")
-    rep = publish_dataset(ds, cfg)
-    assert rep.skipped == n_files // 2 and rep.uploaded == n_files - n_files // 2
+    cfg.publish.track = False
+    cfg.concurrency.lease_ttl_s = 5
+    t0 = time.time()
+    publish(cfg)                                   # waits for the dead lease to expire, takes it over
+    assert time.time() - t0 < 60
+    assert lease_key not in _keys(s3_endpoint, s3_bucket)
     assert ClimbMix(f"s3://{s3_bucket}/climbmix").read_table().equals(ClimbMix(ds.uri).read_table())
 
 

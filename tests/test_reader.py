@@ -11,7 +11,7 @@ import pytest
 
 from mixture.dataset import DatasetError
 from mixture.pipeline import run_stage
-from mixture.publish import publish
+from mixture.pipeline import publish
 from mixture.reader import ChecksumError, ClimbMix
 from test_build import WEIGHTS, make_climblab, make_config, make_search
 

@@ -59,8 +59,7 @@ def cmd_run(cfg: Config, args) -> int:
     t0 = time.time()
     results = pipeline.run_all(cfg, force=args.force, until=args.until)
     if cfg.publish.uri and not args.until:
-        from mixture import publish
-        out = publish.publish(cfg)
+        out = pipeline.publish(cfg)
         print(f"published: {out}")
     print_summary(cfg, results, time.time() - t0)
     return 0
@@ -93,9 +92,9 @@ def cmd_status(cfg: Config, args) -> int:
 
 
 def cmd_publish(cfg: Config, args) -> int:
-    from mixture import publish
+    from mixture import pipeline
 
-    print(publish.publish(cfg, version=args.version))
+    print(pipeline.publish(cfg, version=args.version))
     return 0
 
 

@@ -35,6 +35,14 @@ class LeaseBusy(RuntimeError):
     """Another run holds the lease and the caller asked not to wait (or waited too long)."""
 
 
+class LeaseError(RuntimeError):
+    """The lease object cannot be read or written (permissions, a missing bucket, the endpoint)."""
+
+
+def _code(err: Exception) -> str:
+    return str(getattr(err, "response", {}).get("Error", {}).get("Code", type(err).__name__))
+
+
 def _owner() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -135,16 +143,17 @@ class S3Lease:
         return json.dumps({**self.owner, "expires": time.time() + self.ttl}).encode()
 
     def _put(self, **cond) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.etag = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), **cond)["ETag"]
             return True
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
-                                                            "NoSuchKey", "412", "409"):
+            if _code(err) in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409"):
                 return False
-            raise
+            raise LeaseError(f"cannot write the lease s3://{self.bucket}/{self.key}: {_code(err)}") from None
+        except BotoCoreError as err:
+            raise LeaseError(f"cannot write the lease s3://{self.bucket}/{self.key}: {type(err).__name__}") from None
 
     def _current(self) -> tuple[dict | None, str | None]:
         from botocore.exceptions import ClientError
@@ -153,9 +162,9 @@ class S3Lease:
             obj = self.client.get_object(Bucket=self.bucket, Key=self.key)
             return json.loads(obj["Body"].read()), obj["ETag"]
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if _code(err) in ("NoSuchKey", "404"):
                 return None, None
-            raise
+            raise LeaseError(f"cannot read the lease s3://{self.bucket}/{self.key}: {_code(err)}") from None
 
     def _try_once(self) -> dict | None:
         """Take the lease if free or expired; else return the holder."""
@@ -189,9 +198,14 @@ class S3Lease:
                 return
 
     def release(self) -> None:
+        """Delete the lease object if it is still ours; best effort: if the endpoint fails now,
+        the lease expires `ttl` seconds after its last heartbeat, and the run's own error stands."""
         self._stop.set()
         if self._thread:
             self._thread.join()
-        holder, etag = self._current()
-        if holder and holder.get("token") == self.owner["token"] and etag == self.etag:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        try:
+            holder, etag = self._current()
+            if holder and holder.get("token") == self.owner["token"] and etag == self.etag:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not release the lease %s (%s); it expires in %.0f s", self.key, _code(err), self.ttl)

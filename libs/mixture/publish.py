@@ -421,24 +421,29 @@ class PublishReport:
     latest_updated: bool
 
 
-def committed_build(cfg: Config) -> Dataset:
-    """The committed climbmix dataset, which must be up to date with the config."""
-    from mixture import pipeline
-    from mixture.dataset import open_dataset
+def resolve_version(ds: Dataset, cfg: Config, version: str | None = None) -> str:
+    """The version to publish: `version`, else publish.version, else the build's content hash."""
+    return check_version(version or cfg.publish.version or content_hash(ds.manifest.files)[:16])
 
-    uri = pipeline.dataset_uri(cfg, "climbmix")
-    ds = open_dataset(uri)
-    if pipeline.current(cfg, "climbmix") is None:
-        raise PublishError(f"the ClimbMix dataset at {uri} was built from another config or other inputs: "
-                           "run `climb build` first")
-    return ds
+
+def check_target(cfg: Config) -> Target:
+    """publish.uri parsed, and its bucket reachable with the environment's credentials."""
+    target = parse_target(cfg.publish.uri)
+    client = storage.s3_client(cfg.publish.max_retries, cfg.publish.concurrency)
+    try:
+        client.head_bucket(Bucket=target.bucket)
+    except Exception as err:  # noqa: BLE001
+        raise PublishError(f"bucket {target.bucket} is not reachable: {_safe_error(err)}") from None
+    return target
 
 
 def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> PublishReport:
+    """Upload, verify and commit one version. The caller holds the version's lease (the runner's
+    `pipeline.publish`), so no other publisher writes or cleans up under it meanwhile."""
     t0 = time.time()
-    target = parse_target(cfg.publish.uri)
+    target = check_target(cfg)
     content_sha = content_hash(ds.manifest.files)
-    version = check_version(version or cfg.publish.version or content_sha[:16])
+    version = resolve_version(ds, cfg, version)
     manifest_raw = storage.read_bytes(ds.path(MANIFEST))
     manifest_sha = hashlib.sha256(manifest_raw).hexdigest()
     files = ds.manifest.files
@@ -447,10 +452,6 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
     uri = target.uri(version)
     log.info("publishing %d files (%s bytes) to %s%s", len(files), f"{sum(f['bytes'] for f in files):,}",
              uri, f" via {endpoint}" if endpoint else "")
-    try:
-        client.head_bucket(Bucket=target.bucket)
-    except Exception as err:  # noqa: BLE001
-        raise PublishError(f"bucket {target.bucket} is not reachable: {_safe_error(err)}") from None
 
     existing = _get_json(client, target.bucket, target.key(version, MANIFEST))
     if existing is not None:
@@ -510,7 +511,8 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
     return PublishReport(uri, version, len(files), total, uploaded, skipped, uploader.retried, secs, False, moved)
 
 
-def _track(cfg: Config, rep: PublishReport) -> None:
+def track(cfg: Config, rep: PublishReport) -> None:
+    """Record the publication as an MLflow run (target, version, sizes, speed; no credentials)."""
     from mixture import tracking
     import mlflow
 
@@ -523,11 +525,3 @@ def _track(cfg: Config, rep: PublishReport) -> None:
         mlflow.log_metrics({"files": rep.files, "bytes": rep.bytes, "uploaded_files": rep.uploaded,
                             "skipped_files": rep.skipped, "retried_files": rep.retried, "seconds": rep.seconds,
                             "mb_per_s": rep.bytes / 1e6 / max(rep.seconds, 1e-9)})
-
-
-def publish(cfg: Config, version: str | None = None) -> str:
-    """Publish the committed ClimbMix dataset to `publish.uri`; returns the version's URI."""
-    rep = publish_dataset(committed_build(cfg), cfg, version)
-    if cfg.publish.track:
-        _track(cfg, rep)
-    return rep.uri

@@ -1,0 +1,70 @@
+"""The shape of the code, as a user of the code base notices it: no import cycles in `mixture`,
+layers pointing one way (also checked by import-linter in `make test`), and short functions."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import grimp
+
+LIBS = Path(__file__).resolve().parents[1] / "libs" / "mixture"
+MAX_LINES = 60
+
+
+def _cycles(graph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.find_modules_directly_imported_by(v):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for m in sorted(graph.modules):
+        if m not in index:
+            visit(m)
+    return out
+
+
+def test_the_import_graph_of_mixture_has_no_cycle():
+    graph = grimp.build_graph("mixture", include_external_packages=False)
+    assert _cycles(graph) == []
+
+
+def test_no_library_or_stage_imports_the_runner_or_an_entry_point():
+    graph = grimp.build_graph("mixture", include_external_packages=False)
+    upper = {"mixture.pipeline", "mixture.cli"}
+    offenders = sorted(m for m in graph.modules if m not in upper
+                       for u in upper if graph.direct_import_exists(importer=m, imported=u))
+    assert offenders == []
+
+
+def test_functions_in_libs_are_short():
+    """Under 60 lines each; numpy/numba kernels may be exempted with a `# kernel` comment on
+    their `def` line (none is today)."""
+    long = []
+    for path in sorted(LIBS.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n >= MAX_LINES and "# kernel" not in lines[node.lineno - 1]:
+                    long.append(f"{path.relative_to(LIBS)}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []
