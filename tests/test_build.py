@@ -43,7 +43,7 @@ def make_climblab(root: Path, records: list[dict], docs_per_cluster=(12, 10, 14,
                   with_upstream: bool = True):
     """A committed climblab (4 clusters of real sample documents, a BPE tokenizer trained on
     them), plus small committed curated and clusters datasets it names as inputs."""
-    from mixture.shards import EOS, train_tokenizer
+    from mixture.tokens import EOS, train_tokenizer
 
     inputs = {}
     if with_upstream:

@@ -151,7 +151,8 @@ def _write_parquet(uri: str, table: pa.Table, compression: str) -> None:
 def run(ctx):
     from mixture.card import render_card
     from mixture.contract import StageOutput
-    from mixture.shards import ClimbLab, write_token_shard
+    from mixture.climblab import ClimbLab
+    from mixture.tokens import write_token_shard
 
     cfg = ctx.cfg.build
     lab = ClimbLab(ctx.input("climblab"))

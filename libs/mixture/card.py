@@ -56,7 +56,7 @@ def topic_terms(report: Any, limit: int = 8) -> dict[str, list[str]]:
     """Top terms per cluster name (`cNN`) from a cluster report.json. Accepts a list of cluster
     entries or a mapping keyed by cluster id, under an optional "clusters" key; terms as strings
     or as [term, score] pairs."""
-    from mixture.shards import cluster_name
+    from mixture.climblab import cluster_name
 
     entries = report.get("clusters", report) if isinstance(report, dict) else report
     if isinstance(entries, dict):

@@ -25,6 +25,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mixture.versions import VERSION_PATTERN
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run. The message names the offending key."""
@@ -360,7 +362,7 @@ class BuildConfig(Section):
 
 class PublishConfig(Section):
     uri: str | None = Field(None, description="s3://bucket/prefix; None skips publishing")
-    version: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    version: str | None = Field(None, pattern=VERSION_PATTERN,
                                 description="default: the build's content hash")
     multipart_chunk_mb: int = Field(64, ge=5, description="S3 allows parts of 5 MiB and more")
     max_retries: int = Field(8, ge=0, description="retries per request on throttling, 5xx, timeouts")

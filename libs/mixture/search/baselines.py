@@ -152,7 +152,7 @@ def run(cfg: Config, objective: steps.Objective | None = None) -> str:
     replaces proxy training (tests)."""
     from mixture import pipeline
     from mixture.search.stage import ProxyRunner
-    from mixture.shards import ClimbLab
+    from mixture.climblab import ClimbLab
 
     climblab = open_dataset(pipeline.dataset_uri(cfg, "climblab"))
     search_ds = (pipeline.current(cfg, "search") or reusable_search(cfg, climblab)

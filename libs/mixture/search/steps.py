@@ -56,7 +56,7 @@ def _prepare(cfg: Config):
 
 
 def _lab(inputs: dict):
-    from mixture.shards import ClimbLab
+    from mixture.climblab import ClimbLab
 
     return ClimbLab(inputs["climblab"])
 
