@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from mixture.cli import _overrides
     from mixture.config import ConfigError, load_config
     from mixture.dataset import DatasetError
-    from mixture.embed import EmbedError
+    from mixture.encoder import EmbedError
 
     try:
         cfg = load_config(args.config, _overrides(args.set))

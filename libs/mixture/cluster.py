@@ -282,7 +282,7 @@ def compute_scores(cfg: ClusterConfig, seed: int, x: np.ndarray, meta: "pa.Table
             notes["heuristic"] = {"signals_used": h.used, "signals_ignored": h.ignored,
                                   "documents_without_signals": h.no_signal}
     if qcfg.reference_uris:
-        from mixture.embed import Embedder
+        from mixture.encoder import Embedder
 
         texts = Q.read_reference_texts(qcfg.reference_uris)
         extra = embeddings.manifest.extra

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 STAGES: tuple[Stage, ...] = (
     Stage("curate", "curated", (), ("input", "curate"), files=("input.uris",),
           target="mixture.curate.stage:run"),
-    Stage("embed", "embeddings", ("curated",), ("embed",), resumable=True, target="mixture.embed:run"),
+    Stage("embed", "embeddings", ("curated",), ("embed",), resumable=True),
     Stage("cluster", "clusters", ("curated", "embeddings"), ("cluster",),
           files=("cluster.quality.reference_uris", "cluster.quality.fasttext_model"),
           target="mixture.cluster:run"),

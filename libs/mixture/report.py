@@ -86,7 +86,7 @@ def token_counter(model: str | None):
     try:
         from transformers import AutoTokenizer
 
-        from mixture.embed import read_model_spec, resolve_model
+        from mixture.encoder import read_model_spec, resolve_model
         tok = AutoTokenizer.from_pretrained(str(read_model_spec(resolve_model(model)).path), local_files_only=True)
     except Exception as err:        # the estimate is informative only: say so and go on
         log.warning("token estimate skipped: %s", err)
