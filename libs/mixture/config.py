@@ -358,6 +358,17 @@ class BuildConfig(Section):
     mixture: str | None = Field(None, description="mixture JSON; default: the search's result")
     licence: str = "see the input corpus"
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    formats: list[str] = Field(default_factory=lambda: ["parquet", "tokens"], min_length=1,
+                               description="output formats (mixture.formats), one file set each per shard")
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        from mixture.registry import OUTPUT_FORMATS
+
+        if len(set(v)) != len(v):
+            raise ValueError(f"build.formats names a format twice: {v}")
+        return OUTPUT_FORMATS.check(v)
 
 
 class PublishConfig(Section):

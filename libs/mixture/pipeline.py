@@ -31,8 +31,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("shards", "climblab", ("curated", "clusters"), ("shards",), files=("shards.tokenizer",)),
     Stage("search", "search", ("climblab",), ("search",), resumable=True,
           files=("search.target.val_uris", "search.target.tasks"), target="mixture.search.stage:run"),
-    Stage("build", "climbmix", ("climblab", "search"), ("build",), files=("build.mixture",),
-          target="mixture.build:run"),
+    Stage("build", "climbmix", ("climblab", "search", "curated", "clusters"), ("build",),
+          files=("build.mixture",)),
 )
 BY_NAME = {s.name: s for s in STAGES}
 BY_DATASET = {s.dataset: s for s in STAGES}

@@ -48,7 +48,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from mixture import storage
-from mixture.build import content_hash
+from mixture.climbmix import content_hash
 from mixture.config import Config
 from mixture.dataset import MANIFEST, Dataset, DatasetError
 from mixture.versions import LATEST, VERSION_RE as _VERSION_RE
