@@ -268,3 +268,44 @@ def test_card_without_upstream_says_so(tmp_path, sample_records):
     assert "license: CC-BY-4.0" in card
     assert "Curation counts: not available" in card and "Topic terms: not available" in card
     assert config_hash(make_config(root, licence="CC-BY-4.0"), stage("climbmix")) == ds.manifest.config_hash
+
+
+def test_formats_select_what_is_written_and_the_card_follows(lab_inputs):
+    root, _ = lab_inputs
+    both = run_stage(make_config(root), "climbmix").dataset
+    parquet_both = {Path(p).name: Path(p).read_bytes() for p in both.files("parquet/")}
+    only = run_stage(make_config(root, formats=["parquet"]), "climbmix").dataset
+    assert only.files("parquet/") and not only.files("tokens/")
+    # the same rows whatever else is written
+    assert {Path(p).name: Path(p).read_bytes() for p in only.files("parquet/")} == parquet_both
+    card = Path(only.path("README.md")).read_text()
+    assert "load_dataset(\"parquet\"" in card and "np.memmap" not in card
+    assert only.manifest.extra["formats"] == ["parquet"]
+    tokens = run_stage(make_config(root, formats=["tokens"]), "climbmix").dataset
+    assert tokens.files("tokens/") and not tokens.files("parquet/")
+    card = Path(tokens.path("README.md")).read_text()
+    assert "np.memmap" in card and "data_files" not in card
+
+
+def test_unknown_or_repeated_format_is_a_config_error(tmp_path):
+    from mixture.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown output format 'csv'.*parquet, tokens"):
+        make_config(tmp_path, formats=["parquet", "csv"])
+    with pytest.raises(ConfigError, match="twice"):
+        make_config(tmp_path, formats=["tokens", "tokens"])
+    with pytest.raises(ConfigError):
+        make_config(tmp_path, formats=[])
+
+
+def test_card_title_comes_from_the_data_not_the_run_name(lab_inputs):
+    root, _ = lab_inputs
+    a = run_stage(make_config(root), "climbmix").dataset
+    cfg = make_config(root)
+    cfg.run_name = "another-name"
+    b = run_stage(cfg, "climbmix")
+    assert b.skipped                                   # run_name is outside the build's hash...
+    title = next(line for line in Path(a.path("README.md")).read_text().splitlines() if line.startswith("# "))
+    # ...so the title is made of what the build's hash covers: its size and the mixture's content
+    assert title == (f"# ClimbMix-style dataset: {a.manifest.counts['tokens']:,} tokens from 4 clusters, "
+                     f"mixture {a.manifest.extra['mixture_sha256'][:12]}")
