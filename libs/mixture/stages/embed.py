@@ -23,7 +23,7 @@ from mixture.config import EmbedConfig
 from mixture.contract import StageContext, StageOutput
 from mixture.dataset import Dataset
 from mixture.embeddings import npy_shape, read_ids, shard_names, write_shard
-from mixture.encoder import EmbedError, Embedder, read_model_spec, resolve_model
+from mixture.encoder import Embedder, EmbedError, read_model_spec, resolve_model
 
 log = logging.getLogger(__name__)
 
