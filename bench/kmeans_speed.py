@@ -57,7 +57,7 @@ def main() -> int:
     import faiss
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    from mixture.cluster import spherical_kmeans
+    from mixture.kmeans import spherical_kmeans
 
     x = make_data(args.n, args.dim)
     k, niter = args.k, args.niter

@@ -5,7 +5,7 @@
 Input: a synthetic committed climblab (`--clusters` clusters of `--docs` documents each, 50-400
 tokens and matching random text per document). Both methods sample each cluster to its share of
 `--tokens` with upsampling, shuffle globally and write Parquet shards of 50,000 documents:
-  build        mixture.build via the pipeline: Parquet (text, cluster, id) AND token shards,
+  build        mixture.stages.build via the pipeline: Parquet (text, cluster, id) AND token shards,
                manifest with checksums, dataset card
   pandas       per cluster DataFrame.sample(weights by share, replace when upsampling) on the
                text only, concat, sample(frac=1), to_parquet per shard; no tokens, no manifest

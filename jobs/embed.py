@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from mixture import pipeline
     from mixture.config import ConfigError, load_config, parse_overrides
     from mixture.dataset import DatasetError
-    from mixture.embed import EmbedError
+    from mixture.encoder import EmbedError
 
     try:
         cfg = load_config(args.config, parse_overrides(args.set))

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mixture import storage
-from mixture.build import (BuildError, content_hash, normalise_mixture, plan_clusters, select_documents)
+from mixture.climbmix import BuildError, content_hash, normalise_mixture, plan_clusters, select_documents
 from mixture.config import Config, parse_config
 from mixture.dataset import DatasetWriter, open_dataset
 from mixture.pipeline import config_hash, run_stage, stage
@@ -42,21 +42,20 @@ def _commit(root: Path, name: str, stage: str, inputs: dict, counts: dict, extra
 def make_climblab(root: Path, records: list[dict], docs_per_cluster=(12, 10, 14, 6),
                   with_upstream: bool = True):
     """A committed climblab (4 clusters of real sample documents, a BPE tokenizer trained on
-    them), plus small committed curated and clusters datasets it names as inputs."""
-    from mixture.shards import EOS, train_tokenizer
+    them), plus small committed curated and clusters datasets (the build reads them for its card);
+    the climblab names them as its inputs only `with_upstream`."""
+    from mixture.tokens import EOS, train_tokenizer
 
-    inputs = {}
-    if with_upstream:
-        cur = _commit(root, "curated", "curate", {}, {}, {}, {"docs/part-0.parquet": b"placeholder"})
-        curated = cur.commit({"documents_in": 120, "documents_out": 100, "exact_duplicates": 3,
-                              "near_duplicates": 2, "filtered": {"gopher_quality": 10, "c4": 5},
-                              "quarantined": {"invalid_json": 0}})
-        report = {"clusters": [{"cluster": i, "top_terms": [[f"term{i}a", 0.9], [f"term{i}b", 0.5]]}
-                               for i in range(4)]}
-        cl = _commit(root, "clusters", "cluster", {"curated": curated.manifest_sha256}, {}, {},
-                     {"report.json": report})
-        clusters = cl.commit({"clusters": 4, "pruned_clusters": 1, "pruned_documents": 9})
-        inputs = {"curated": curated.manifest_sha256, "clusters": clusters.manifest_sha256}
+    cur = _commit(root, "curated", "curate", {}, {}, {}, {"docs/part-0.parquet": b"placeholder"})
+    curated = cur.commit({"documents_in": 120, "documents_out": 100, "exact_duplicates": 3,
+                          "near_duplicates": 2, "filtered": {"gopher_quality": 10, "c4": 5},
+                          "quarantined": {"invalid_json": 0}})
+    report = {"clusters": [{"cluster": i, "top_terms": [[f"term{i}a", 0.9], [f"term{i}b", 0.5]]}
+                           for i in range(4)]}
+    cl = _commit(root, "clusters", "cluster", {"curated": curated.manifest_sha256}, {}, {},
+                 {"report.json": report})
+    clusters = cl.commit({"clusters": 4, "pruned_clusters": 1, "pruned_documents": 9})
+    inputs = {"curated": curated.manifest_sha256, "clusters": clusters.manifest_sha256} if with_upstream else {}
     by_cluster = {}
     for (name, source), n in zip(SOURCES.items(), docs_per_cluster):
         # the first ~600 characters keep documents short, so a small budget spans many of them
@@ -236,7 +235,7 @@ def test_epoch_cap_warns_and_names_cluster(lab_inputs, caplog, tmp_path):
     mix = tmp_path / "mix.json"
     mix.write_text(json.dumps({"weights": {"c00": 0.1, "c01": 0.1, "c02": 0.1, "c03": 0.7}}))
     cfg = make_config(root, mixture=str(mix), max_epochs=2.0)
-    with caplog.at_level(logging.WARNING, logger="mixture.build"):
+    with caplog.at_level(logging.WARNING, logger="mixture.climbmix"):
         ds = run_stage(cfg, "climbmix").dataset
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("cluster c03" in w and "max_epochs=2" in w for w in warned), warned
@@ -269,3 +268,44 @@ def test_card_without_upstream_says_so(tmp_path, sample_records):
     assert "license: CC-BY-4.0" in card
     assert "Curation counts: not available" in card and "Topic terms: not available" in card
     assert config_hash(make_config(root, licence="CC-BY-4.0"), stage("climbmix")) == ds.manifest.config_hash
+
+
+def test_formats_select_what_is_written_and_the_card_follows(lab_inputs):
+    root, _ = lab_inputs
+    both = run_stage(make_config(root), "climbmix").dataset
+    parquet_both = {Path(p).name: Path(p).read_bytes() for p in both.files("parquet/")}
+    only = run_stage(make_config(root, formats=["parquet"]), "climbmix").dataset
+    assert only.files("parquet/") and not only.files("tokens/")
+    # the same rows whatever else is written
+    assert {Path(p).name: Path(p).read_bytes() for p in only.files("parquet/")} == parquet_both
+    card = Path(only.path("README.md")).read_text()
+    assert "load_dataset(\"parquet\"" in card and "np.memmap" not in card
+    assert only.manifest.extra["formats"] == ["parquet"]
+    tokens = run_stage(make_config(root, formats=["tokens"]), "climbmix").dataset
+    assert tokens.files("tokens/") and not tokens.files("parquet/")
+    card = Path(tokens.path("README.md")).read_text()
+    assert "np.memmap" in card and "data_files" not in card
+
+
+def test_unknown_or_repeated_format_is_a_config_error(tmp_path):
+    from mixture.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown output format 'csv'.*parquet, tokens"):
+        make_config(tmp_path, formats=["parquet", "csv"])
+    with pytest.raises(ConfigError, match="twice"):
+        make_config(tmp_path, formats=["tokens", "tokens"])
+    with pytest.raises(ConfigError):
+        make_config(tmp_path, formats=[])
+
+
+def test_card_title_comes_from_the_data_not_the_run_name(lab_inputs):
+    root, _ = lab_inputs
+    a = run_stage(make_config(root), "climbmix").dataset
+    cfg = make_config(root)
+    cfg.run_name = "another-name"
+    b = run_stage(cfg, "climbmix")
+    assert b.skipped                                   # run_name is outside the build's hash...
+    title = next(line for line in Path(a.path("README.md")).read_text().splitlines() if line.startswith("# "))
+    # ...so the title is made of what the build's hash covers: its size and the mixture's content
+    assert title == (f"# ClimbMix-style dataset: {a.manifest.counts['tokens']:,} tokens from 4 clusters, "
+                     f"mixture {a.manifest.extra['mixture_sha256'][:12]}")

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mixture import pipeline
-from mixture.cluster import (ClusterError, effective_k, final_ids, prune_reasons, spherical_kmeans,
-                             ward_merge)
+from mixture.kmeans import (ClusterError, effective_k, final_ids, prune_reasons, spherical_kmeans,
+                            ward_merge)
 from mixture.config import parse_config
 from mixture.quality import QualityError, fasttext_available
 from mixture.report import nmi, purity
@@ -42,11 +42,11 @@ def test_kmeans_is_deterministic_for_a_seed_and_finds_separated_groups():
 
 
 def test_k_init_is_capped_on_small_corpora_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="mixture.cluster"):
+    with caplog.at_level(logging.WARNING, logger="mixture.kmeans"):
         assert effective_k(1000, 2531, 10) == 253
     assert "too many for 2531 documents" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="mixture.cluster"):
+    with caplog.at_level(logging.WARNING, logger="mixture.kmeans"):
         assert effective_k(253, 2531, 10) == 253
         assert effective_k(5, 3, 10) == 1
     assert "253" not in caplog.text

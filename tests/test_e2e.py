@@ -9,7 +9,7 @@ from conftest import tiny_config_dict
 from mixture import cli, pipeline
 from mixture.config import load_config
 from mixture.dataset import open_dataset
-from mixture.shards import ClimbLab
+from mixture.climblab import ClimbLab
 
 pytestmark = pytest.mark.slow
 

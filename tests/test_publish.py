@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mixture import storage
-from mixture.build import content_hash
+from mixture.climbmix import content_hash
 from mixture.dataset import MANIFEST, DatasetWriter
 from mixture.pipeline import run_stage
 from mixture.pipeline import publish

@@ -3,18 +3,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mixture import storage, shards
+from mixture import climblab, storage, tokens
 from mixture.dataset import DatasetWriter
 from mixture.contract import StageContext
 from mixture.pipeline import stage
+from mixture.stages import shards
 
 
 def test_shard_roundtrip_exact_tokens(tmp_path):
     rng = np.random.default_rng(0)
     docs = [np.append(rng.integers(0, 70000, size=n), 3) for n in [0, 1, 5, 1000]]
     prefix = str(tmp_path / "s" / "tokens")
-    assert shards.write_token_shard(prefix, docs, shards.token_dtype(70000)) == (4, sum(len(d) for d in docs))
-    shard = shards.TokenShard(prefix, np.uint32)
+    assert tokens.write_token_shard(prefix, docs, tokens.token_dtype(70000)) == (4, sum(len(d) for d in docs))
+    shard = tokens.TokenShard(prefix, np.uint32)
     assert len(shard) == 4
     for i, d in enumerate(docs):
         assert np.array_equal(shard.document(i), d)
@@ -25,8 +26,8 @@ def test_shard_roundtrip_exact_tokens(tmp_path):
 
 
 def test_dtype_follows_vocab():
-    assert shards.token_dtype(65535) == np.uint16
-    assert shards.token_dtype(65536) == np.uint32
+    assert tokens.token_dtype(65535) == np.uint16
+    assert tokens.token_dtype(65536) == np.uint32
 
 
 def _committed(tmp_path, name, stage, files: dict[str, pa.Table], counts=None, extra=None):
@@ -50,7 +51,7 @@ def test_stage_tokenizes_every_kept_document(tmp_path, sample_records):
     w = DatasetWriter(str(tmp_path / "climblab"), "climblab", "h", {})
     out = shards.run(StageContext(cfg, stage("climblab"), {"curated": curated, "clusters": assign}, w))
     ds = w.commit(out.counts, out.extra)
-    lab = shards.ClimbLab(ds)
+    lab = climblab.ClimbLab(ds)
     assert lab.clusters == ["c00", "c01", "c02"]
     assert out.counts["documents_out"] == sum(c >= 0 for c in clusters)
     assert out.counts["pruned_documents"] == clusters.count(-1)

@@ -62,3 +62,20 @@ def test_s3_gz_keys_are_stored_as_given(s3_bucket):
     blob = gzip.compress(b"payload")
     storage.write_bytes(f"s3://{s3_bucket}/a.jsonl.gz", blob)
     assert storage.read_bytes(f"s3://{s3_bucket}/a.jsonl.gz") == blob
+
+
+def test_sha256_stream_hashes_files_and_block_iterables_and_copies(tmp_path):
+    import hashlib
+    import io
+
+    data = bytes(range(256)) * 40_000          # ~10 MB: more than one 8 MiB block
+    expect = hashlib.sha256(data).hexdigest()
+    assert storage.sha256_stream(io.BytesIO(data)) == expect
+    assert storage.sha256_stream([data[:5], data[5:]]) == expect
+    assert storage.sha256_stream([]) == hashlib.sha256(b"").hexdigest()
+    copy = io.BytesIO()
+    src = io.BytesIO(data)
+    assert storage.sha256_stream(src, sink=copy.write) == expect
+    assert copy.getvalue() == data and src.tell() == len(data)
+    (tmp_path / "f.bin").write_bytes(data)
+    assert storage.sha256(str(tmp_path / "f.bin")) == expect

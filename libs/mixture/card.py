@@ -7,10 +7,12 @@ their thresholds, deduplication, what each cluster is about (top TF-IDF terms fr
 report), the tokenizer, the licence, the file format and how to load it with pyarrow, Hugging
 Face `datasets`, numpy (nanoGPT-style) and `mixture.reader`.
 
-Upstream facts come from the datasets this build was made from: the ClimbLab manifest names the
-manifest hashes of its `curated` and `clusters` inputs, and a figure from those datasets is shown
-only when the committed one still has that hash. The card holds no timestamps, so the same data
-gives the same card (and the same content hash).
+Upstream facts come from the build's declared inputs `curated` and `clusters`: the ClimbLab
+manifest names the manifest hashes of the `curated` and `clusters` it was made from, and a figure
+from those datasets is shown only when the input still has that hash. The "Files" and "Loading"
+sections list the output formats the build wrote (`mixture.formats`). The title is made of the
+dataset's own content (its size, clusters and the mixture's sha256), and the card holds no
+timestamps, so the same data gives the same card (and the same content hash).
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mixture import storage
+from mixture.climblab import cluster_name
 from mixture.config import Config
-from mixture.dataset import Dataset, try_open
+from mixture.dataset import Dataset
+from mixture.registry import OUTPUT_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +45,14 @@ class CardContext:
     cluster_counts: dict[str, Any] | None
     topics: dict[str, list[str]] = field(default_factory=dict)
     climblab_counts: dict[str, Any] = field(default_factory=dict)
+    formats: list[str] = field(default_factory=lambda: ["parquet", "tokens"])   # build.formats, in order
 
 
 # ----------------------------------------------------------------------------- gathering
-def _upstream(cfg: Config, name: str, expected_sha: str | None) -> Dataset | None:
-    """The committed upstream dataset when it is the one the ClimbLab shards were made from."""
-    ds = try_open(storage.join(cfg.output_root, name))
-    if ds is None or expected_sha is None or ds.manifest_sha256 != expected_sha:
-        return None
-    return ds
-
-
 def topic_terms(report: Any, limit: int = 8) -> dict[str, list[str]]:
     """Top terms per cluster name (`cNN`) from a cluster report.json. Accepts a list of cluster
     entries or a mapping keyed by cluster id, under an optional "clusters" key; terms as strings
     or as [term, score] pairs."""
-    from mixture.shards import cluster_name
-
     entries = report.get("clusters", report) if isinstance(report, dict) else report
     if isinstance(entries, dict):
         items = list(entries.items())
@@ -80,18 +75,38 @@ def topic_terms(report: Any, limit: int = 8) -> dict[str, list[str]]:
     return out
 
 
-def gather(cfg: Config, counts: dict[str, Any], build: dict[str, Any], climblab: Dataset) -> CardContext:
+def _same(upstream: Dataset | None, expected_sha: str | None) -> Dataset | None:
+    """The upstream input when it is the one the ClimbLab shards were made from, else None."""
+    if upstream is None or expected_sha is None or upstream.manifest_sha256 != expected_sha:
+        return None
+    return upstream
+
+
+def _topics(clusters: Dataset | None) -> dict[str, list[str]]:
+    if clusters is None or not clusters.files("report.json"):
+        return {}
+    try:
+        return topic_terms(storage.read_json(clusters.path("report.json")))
+    except (OSError, ValueError) as err:
+        log.warning("cluster report unreadable, the card lists no topics: %s", err)
+        return {}
+
+
+def title(counts: dict[str, Any], build: dict[str, Any]) -> str:
+    """What the dataset is, from its own content: the mixture (its sha256) and its size."""
+    return (f"{_n(counts['tokens'])} tokens from {len(build['clusters'])} clusters, "
+            f"mixture {build['mixture_sha256'][:12]}")
+
+
+def gather(cfg: Config, counts: dict[str, Any], build: dict[str, Any], climblab: Dataset,
+           curated: Dataset | None = None, clusters: Dataset | None = None) -> CardContext:
+    """The card's facts. `curated` and `clusters` are the build's declared inputs; their figures
+    are shown only when they are the datasets the ClimbLab shards were made from."""
     inputs = climblab.manifest.inputs
-    curated = _upstream(cfg, "curated", inputs.get("curated"))
-    clusters = _upstream(cfg, "clusters", inputs.get("clusters"))
-    topics: dict[str, list[str]] = {}
-    if clusters is not None and clusters.files("report.json"):
-        try:
-            topics = topic_terms(storage.read_json(clusters.path("report.json")))
-        except (OSError, ValueError) as err:
-            log.warning("cluster report unreadable, the card lists no topics: %s", err)
+    curated = _same(curated, inputs.get("curated"))
+    clusters = _same(clusters, inputs.get("clusters"))
     return CardContext(
-        title=cfg.run_name, counts=counts, build=build, licence=cfg.build.licence,
+        title=title(counts, build), counts=counts, build=build, licence=cfg.build.licence,
         sources=list(cfg.input.uris), input_format=cfg.input.format,
         curate=cfg.curate.model_dump(mode="json"),
         curate_config_matches=None if curated is None else
@@ -99,7 +114,8 @@ def gather(cfg: Config, counts: dict[str, Any], build: dict[str, Any], climblab:
         curated_counts=None if curated is None else curated.manifest.counts,
         cluster_config=cfg.cluster.model_dump(mode="json"),
         cluster_counts=None if clusters is None else clusters.manifest.counts,
-        topics=topics, climblab_counts=climblab.manifest.counts)
+        topics=_topics(clusters), climblab_counts=climblab.manifest.counts,
+        formats=list(build.get("formats", ["parquet", "tokens"])))
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -112,39 +128,41 @@ def _params(section: dict[str, Any]) -> str:
     return ", ".join(shown) if shown else "defaults"
 
 
-def render(ctx: CardContext) -> str:
+def _formats(ctx: CardContext) -> list[Any]:
+    return [OUTPUT_FORMATS.get(name)() for name in ctx.formats]
+
+
+def header(ctx: CardContext) -> list[str]:
+    """The Hugging Face YAML header: licence and the files `datasets` loads by default."""
+    lines = ["---", f"license: {ctx.licence if ' ' not in ctx.licence else 'other'}"]
+    data_files = [f.hf_data_files for f in _formats(ctx) if f.hf_data_files]
+    if data_files:
+        lines += ["configs:", "- config_name: default", "  data_files:", "  - split: train",
+                  f"    path: {data_files[0]}"]
+    return lines + ["task_categories:", "- text-generation", "---", ""]
+
+
+def intro(ctx: CardContext) -> list[str]:
     b, c = ctx.build, ctx.counts
-    dtype = b["dtype"]
-    clusters = b["clusters"]
-    total_tokens = max(1, c["tokens"])
-    lines = [
-        "---",
-        f"license: {ctx.licence if ' ' not in ctx.licence else 'other'}",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: parquet/part-*.parquet",
-        "task_categories:",
-        "- text-generation",
-        "---",
-        "",
-        f"# ClimbMix-style dataset: {ctx.title}",
-        "",
-        f"{_n(c['documents'])} documents and {_n(c['tokens'])} tokens (budget {_n(b['token_budget'])}), "
-        f"sampled from {len(clusters)} ClimbLab clusters with the mixture below, shuffled globally "
-        f"with seed {b['seed']} and written in {b['shards']} shard(s) of up to {_n(b['shard_docs'])} "
-        "documents, following CLIMB (Diao et al., NVIDIA 2025).",
-        "",
-        "## Mixture",
-        "",
-        f"Source of the weights: {'the configured mixture file (build.mixture)' if b['mixture_source'] != 'search' else 'the mixture search (search/mixture.json)'}. "
-        f"Epochs are passes over a cluster's documents; upsampling is capped at {b['max_epochs']:g}.",
-        "",
-        "| cluster | topic (top terms) | weight | tokens | share of tokens | documents | epochs | capped |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, v in clusters.items():
+    return [f"# ClimbMix-style dataset: {ctx.title}", "",
+            f"{_n(c['documents'])} documents and {_n(c['tokens'])} tokens (budget {_n(b['token_budget'])}), "
+            f"sampled from {len(b['clusters'])} ClimbLab clusters with the mixture below, shuffled globally "
+            f"with seed {b['seed']} and written in {b['shards']} shard(s) of up to {_n(b['shard_docs'])} "
+            "documents, following CLIMB (Diao et al., NVIDIA 2025).", ""]
+
+
+def mixture_section(ctx: CardContext) -> list[str]:
+    b = ctx.build
+    source = ("the configured mixture file (build.mixture)" if b["mixture_source"] != "search"
+              else "the mixture search (search/mixture.json)")
+    lines = ["## Mixture", "",
+             f"Source of the weights: {source}. "
+             f"Epochs are passes over a cluster's documents; upsampling is capped at {b['max_epochs']:g}.",
+             "",
+             "| cluster | topic (top terms) | weight | tokens | share of tokens | documents | epochs | capped |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    total_tokens = max(1, ctx.counts["tokens"])
+    for name, v in b["clusters"].items():
         topic = ", ".join(ctx.topics.get(name, [])) or "-"
         lines.append(f"| {name} | {topic} | {v['weight']:.4f} | {_n(v['tokens'])} | "
                      f"{v['tokens'] / total_tokens:.2%} | {_n(v['documents'])} | {v['epochs']:.2f} | "
@@ -152,12 +170,15 @@ def render(ctx: CardContext) -> str:
     if b["capped_clusters"]:
         lines += ["", f"The epoch cap bound for {', '.join(b['capped_clusters'])}: these clusters have "
                   "fewer tokens than their share of the budget, and the dataset is smaller than the budget."]
+    return lines
 
-    lines += ["", "## Sources", ""]
-    lines += [f"- `{s}`" for s in ctx.sources]
-    lines += ["", f"Input format: {ctx.input_format}."]
 
-    lines += ["", "## Curation: filters and thresholds", ""]
+def sources_section(ctx: CardContext) -> list[str]:
+    return ["", "## Sources", ""] + [f"- `{s}`" for s in ctx.sources] + ["", f"Input format: {ctx.input_format}."]
+
+
+def curation_section(ctx: CardContext) -> list[str]:
+    lines = ["", "## Curation: filters and thresholds", ""]
     if ctx.curate_config_matches is False:
         lines += ["Note: the curation settings below are the current configuration's; the curated "
                   "dataset these shards come from was made with different ones.", ""]
@@ -165,72 +186,80 @@ def render(ctx: CardContext) -> str:
         state = "on" if fcfg.get("enabled", True) else "off"
         lines.append(f"- {fname} ({state}): {_params(fcfg)}")
     lines.append(f"- documents over {_n(ctx.curate['max_doc_bytes'])} bytes are quarantined")
-    if ctx.curated_counts:
-        cc = ctx.curated_counts
-        lines += ["", f"Documents in: {_n(cc.get('documents_in', '?'))}; kept: {_n(cc.get('documents_out', '?'))}."]
-        if cc.get("filtered"):
-            lines.append("Removed by filter: " + ", ".join(f"{k} {_n(v)}" for k, v in sorted(cc["filtered"].items())) + ".")
-        if cc.get("quarantined"):
-            lines.append("Quarantined (unreadable or malformed): " +
-                         ", ".join(f"{k} {_n(v)}" for k, v in sorted(cc["quarantined"].items())) + ".")
-    else:
-        lines += ["", "Curation counts: not available (the curated dataset is not reachable from this build)."]
+    cc = ctx.curated_counts
+    if not cc:
+        return lines + ["", "Curation counts: not available (the curated dataset is not reachable from this build)."]
+    lines += ["", f"Documents in: {_n(cc.get('documents_in', '?'))}; kept: {_n(cc.get('documents_out', '?'))}."]
+    if cc.get("filtered"):
+        lines.append("Removed by filter: " + ", ".join(f"{k} {_n(v)}" for k, v in sorted(cc["filtered"].items())) + ".")
+    if cc.get("quarantined"):
+        lines.append("Quarantined (unreadable or malformed): " +
+                     ", ".join(f"{k} {_n(v)}" for k, v in sorted(cc["quarantined"].items())) + ".")
+    return lines
 
+
+def dedup_section(ctx: CardContext) -> list[str]:
     fz = ctx.curate["fuzzy_dedup"]
     unset = [k for k, v in fz.items() if v is None]
-    lines += ["", "## Deduplication", "",
-              f"- exact duplicates: {'on' if ctx.curate['exact_dedup'] else 'off'}",
-              f"- near duplicates, MinHash LSH on word n-grams ({'on' if fz['enabled'] else 'off'}): {_params(fz)}"
-              + (f"; {', '.join(unset)} derived from the threshold" if unset else "")]
+    lines = ["", "## Deduplication", "",
+             f"- exact duplicates: {'on' if ctx.curate['exact_dedup'] else 'off'}",
+             f"- near duplicates, MinHash LSH on word n-grams ({'on' if fz['enabled'] else 'off'}): {_params(fz)}"
+             + (f"; {', '.join(unset)} derived from the threshold" if unset else "")]
     if ctx.curated_counts:
         lines.append(f"- removed: {_n(ctx.curated_counts.get('exact_duplicates', 0))} exact and "
                      f"{_n(ctx.curated_counts.get('near_duplicates', 0))} near duplicates")
+    return lines
 
+
+def clusters_section(ctx: CardContext) -> list[str]:
     cl = ctx.cluster_config
-    lines += ["", "## Clusters", "",
-              f"k-means with K_init = {cl['k_init']}, clusters with mean quality below "
-              f"{cl['quality']['min_cluster_quality']} ({cl['quality']['scorer']} scorer) pruned, "
-              f"centroids merged (distance {cl['merge_distance']}, target {cl['target_clusters']} clusters)."]
+    lines = ["", "## Clusters", "",
+             f"k-means with K_init = {cl['k_init']}, clusters with mean quality below "
+             f"{cl['quality']['min_cluster_quality']} ({cl['quality']['scorer']} scorer) pruned, "
+             f"centroids merged (distance {cl['merge_distance']}, target {cl['target_clusters']} clusters)."]
     if ctx.cluster_counts:
         k = ctx.cluster_counts
         lines.append(f"Result: {k.get('clusters', '?')} clusters; {k.get('pruned_clusters', 0)} pruned "
                      f"clusters holding {_n(k.get('pruned_documents', 0))} documents.")
     if not ctx.topics:
         lines.append("Topic terms: not available (no cluster report reachable from this build).")
+    return lines
 
-    lines += ["", "## Tokenizer", "",
-              f"`tokenizer/tokenizer.json` (Hugging Face `tokenizers`), vocabulary {_n(b['vocab_size'])}, "
-              f"end-of-document id {b['eos_id']}, token ids stored as little-endian `{dtype}`."]
 
-    lines += ["", "## Files", "",
-              "- `parquet/part-NNNNN.parquet`: columns `text`, `cluster`, `id` (the ClimbLab document id; "
-              "an upsampled document appears more than once), in the shuffled order.",
-              "- `tokens/part-NNNNN.bin` / `.idx`: the same documents in the same order; `.bin` holds every "
-              "document's token ids followed by the end-of-document id, `.idx` is a `.npy` of int64 offsets "
-              "(n + 1): document i is `bin[idx[i]:idx[i+1]]`.",
-              "- `_manifest.json`: counts, the mixture, per-cluster tokens/documents/epochs, and every "
+def tokenizer_section(ctx: CardContext) -> list[str]:
+    b = ctx.build
+    return ["", "## Tokenizer", "",
+            f"`tokenizer/tokenizer.json` (Hugging Face `tokenizers`), vocabulary {_n(b['vocab_size'])}, "
+            f"end-of-document id {b['eos_id']}, token ids stored as little-endian `{b['dtype']}`."]
+
+
+def files_section(ctx: CardContext) -> list[str]:
+    """What each output format wrote and how to load it, then the verified reader."""
+    dtype, formats = ctx.build["dtype"], _formats(ctx)
+    lines = ["", "## Files", ""]
+    for f in formats:
+        lines += f.card_files(dtype)
+    lines += ["- `_manifest.json`: counts, the mixture, per-cluster tokens/documents/epochs, and every "
               "file's size and sha256. A dataset without it is incomplete: do not read it.",
-              "", "## Loading", "",
-              "pyarrow:", "```python", "import pyarrow.dataset as ds",
-              'table = ds.dataset("parquet/", format="parquet").to_table()   # or an s3://… URI',
-              "```",
-              "Hugging Face datasets:", "```python", "from datasets import load_dataset",
-              'data = load_dataset("parquet", data_files="parquet/part-*.parquet", split="train")',
-              "```",
-              "numpy memmap (nanoGPT-style):", "```python", "import numpy as np",
-              f'tokens = np.memmap("tokens/part-00000.bin", dtype=np.{dtype}, mode="r")',
-              'offsets = np.load("tokens/part-00000.idx")',
-              "doc0 = tokens[offsets[0]:offsets[1]]",
-              "```",
-              "With checksums verified (local folder or S3):", "```python",
-              "from mixture.reader import ClimbMix",
-              'mix = ClimbMix("s3://bucket/prefix")        # the latest version, or …/<version>',
-              "for row in mix.iter_texts(): ...",
-              "for ids in mix.iter_tokens(): ...",
-              "```",
-              "", "## Licence", "", ctx.licence, ""]
-    return "\n".join(lines)
+              "", "## Loading", ""]
+    for f in formats:
+        lines += f.card_loading(dtype)
+    return lines + ["With checksums verified (local folder or S3):", "```python",
+                    "from mixture.reader import ClimbMix",
+                    'mix = ClimbMix("s3://bucket/prefix")        # the latest version, or …/<version>',
+                    "for row in mix.iter_texts(): ...",
+                    "for ids in mix.iter_tokens(): ...",
+                    "```"]
 
 
-def render_card(cfg: Config, counts: dict[str, Any], build: dict[str, Any], climblab: Dataset) -> str:
-    return render(gather(cfg, counts, build, climblab))
+def render(ctx: CardContext) -> str:
+    """The card, section by section (a pure function of the context)."""
+    sections = (header, intro, mixture_section, sources_section, curation_section, dedup_section,
+                clusters_section, tokenizer_section, files_section)
+    lines = [line for section in sections for line in section(ctx)]
+    return "\n".join(lines + ["", "## Licence", "", ctx.licence, ""])
+
+
+def render_card(cfg: Config, counts: dict[str, Any], build: dict[str, Any], climblab: Dataset,
+                curated: Dataset | None = None, clusters: Dataset | None = None) -> str:
+    return render(gather(cfg, counts, build, climblab, curated, clusters))

@@ -25,6 +25,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mixture.versions import VERSION_PATTERN
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run. The message names the offending key."""
@@ -363,11 +365,22 @@ class BuildConfig(Section):
     mixture: str | None = Field(None, description="mixture JSON; default: the search's result")
     licence: str = "see the input corpus"
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    formats: list[str] = Field(default_factory=lambda: ["parquet", "tokens"], min_length=1,
+                               description="output formats (mixture.formats), one file set each per shard")
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        from mixture.registry import OUTPUT_FORMATS
+
+        if len(set(v)) != len(v):
+            raise ValueError(f"build.formats names a format twice: {v}")
+        return OUTPUT_FORMATS.check(v)
 
 
 class PublishConfig(Section):
     uri: str | None = Field(None, description="s3://bucket/prefix; None skips publishing")
-    version: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    version: str | None = Field(None, pattern=VERSION_PATTERN,
                                 description="default: the build's content hash")
     multipart_chunk_mb: int = Field(64, ge=5, description="S3 allows parts of 5 MiB and more")
     max_retries: int = Field(8, ge=0, description="retries per request on throttling, 5xx, timeouts")

@@ -26,17 +26,15 @@ log = logging.getLogger(__name__)
 STAGES: tuple[Stage, ...] = (
     Stage("curate", "curated", (), ("input", "curate"), files=("input.uris",),
           target="mixture.curate.stage:run"),
-    Stage("embed", "embeddings", ("curated",), ("embed",), resumable=True, target="mixture.embed:run"),
+    Stage("embed", "embeddings", ("curated",), ("embed",), resumable=True),
     Stage("cluster", "clusters", ("curated", "embeddings"), ("cluster",),
-          files=("cluster.quality.reference_uris", "cluster.quality.fasttext_model"),
-          target="mixture.cluster:run"),
-    Stage("shards", "climblab", ("curated", "clusters"), ("shards",), files=("shards.tokenizer",),
-          target="mixture.shards:run"),
+          files=("cluster.quality.reference_uris", "cluster.quality.fasttext_model")),
+    Stage("shards", "climblab", ("curated", "clusters"), ("shards",), files=("shards.tokenizer",)),
     Stage("search", "search", ("climblab",), ("search",), resumable=True,
           files=("search.target.val_uris", "search.target.tasks"),
           unhashed=("search.transfer_proxy", "search.transfer_seeds")),   # only the baselines use them
-    Stage("build", "climbmix", ("climblab", "search"), ("build",), files=("build.mixture",),
-          target="mixture.build:run"),
+    Stage("build", "climbmix", ("climblab", "search", "curated", "clusters"), ("build",),
+          files=("build.mixture",)),
 )
 # Stages that `climb run` does not run: each has its own command.
 ON_REQUEST: tuple[Stage, ...] = (

@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -49,13 +48,13 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from mixture import storage
-from mixture.build import content_hash
+from mixture.climbmix import content_hash
 from mixture.config import Config
 from mixture.dataset import MANIFEST, Dataset, DatasetError
+from mixture.versions import LATEST, VERSION_RE as _VERSION_RE
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
 # Re-uploads of one file after botocore's own per-request retries are exhausted or the uploaded
 # object fails verification. Small: each one already follows max_retries request retries.
 FILE_ATTEMPTS = 3
@@ -63,7 +62,6 @@ _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTime
                    "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503"}
 # the body arrived damaged (S3 checked the SHA-256 we sent): sending it again can succeed
 _TRANSIENT_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch", "IncompleteBody"}
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class PublishError(DatasetError):

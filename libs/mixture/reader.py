@@ -27,8 +27,7 @@ import pyarrow.parquet as pq
 
 from mixture import storage
 from mixture.dataset import MANIFEST, DatasetError, Manifest
-
-LATEST = "latest"
+from mixture.versions import LATEST
 
 
 class ChecksumError(DatasetError):
@@ -133,34 +132,41 @@ class ClimbMix:
         local = storage.local_path(src)
         if local is not None:
             if self.verify_reads and rel not in self._verified:
-                self._check(rel, os.path.getsize(local), _sha256_file(local))
+                self._check(rel, os.path.getsize(local), storage.sha256(local))
             return local
         dst = os.path.join(self.cache_dir, rel)
-        if os.path.exists(dst) and os.path.getsize(dst) == self._files[rel]["bytes"]:
-            if not self.verify_reads or rel in self._verified:
-                return dst
-            try:
-                self._check(rel, os.path.getsize(dst), _sha256_file(dst))
-                return dst
-            except ChecksumError:
-                os.remove(dst)         # a damaged cache copy: fetch it again
+        if self._cached(rel, dst):
+            return dst
+        self._download(rel, src, dst)
+        return dst
+
+    def _cached(self, rel: str, dst: str) -> bool:
+        """Whether the cache holds a good copy (a damaged one is removed, to be fetched again)."""
+        if not os.path.exists(dst) or os.path.getsize(dst) != self._files[rel]["bytes"]:
+            return False
+        if not self.verify_reads or rel in self._verified:
+            return True
+        try:
+            self._check(rel, os.path.getsize(dst), storage.sha256(dst))
+            return True
+        except ChecksumError:
+            os.remove(dst)
+            return False
+
+    def _download(self, rel: str, src: str, dst: str) -> None:
+        """Copy `src` to `dst` through a temporary file, hashing while copying."""
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         tmp = f"{dst}.part-{os.getpid()}"
-        h = hashlib.sha256()
-        n = 0
         with storage.open_read(src) as fin, open(tmp, "wb") as fout:
-            while block := fin.read(8 << 20):
-                h.update(block)
-                n += len(block)
-                fout.write(block)
+            digest = storage.sha256_stream(fin, sink=fout.write)
+            n = fin.tell()
         try:
             if self.verify_reads:
-                self._check(rel, n, h.hexdigest())
+                self._check(rel, n, digest)
         except ChecksumError:
             os.remove(tmp)
             raise
         os.replace(tmp, dst)
-        return dst
 
     def verify(self) -> None:
         """Check every file of the manifest (sizes and sha256); raises ChecksumError."""
@@ -168,13 +174,10 @@ class ClimbMix:
             src = storage.join(self.uri, rel)
             if not storage.exists(src):
                 raise ChecksumError(f"{src} is listed in the manifest but missing")
-            h = hashlib.sha256()
-            n = 0
             with storage.open_read(src) as fin:
-                while block := fin.read(8 << 20):
-                    h.update(block)
-                    n += len(block)
-            self._check(rel, n, h.hexdigest())
+                digest = storage.sha256_stream(fin)
+                n = fin.tell()
+            self._check(rel, n, digest)
 
     # --------------------------------------------------------------------------- texts
     def read_shard(self, i: int, columns: list[str] | None = None) -> pa.Table:
@@ -217,11 +220,3 @@ class ClimbMix:
         from tokenizers import Tokenizer
 
         return Tokenizer.from_str(self.read_bytes("tokenizer/tokenizer.json").decode())
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()

@@ -17,10 +17,20 @@ import json
 import logging
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+
+from mixture.config import ClusterConfig
+from mixture.dataset import Dataset
+from mixture.documents import texts_by_id
+from mixture.kmeans import KMeansResult, MergeResult
+
+if TYPE_CHECKING:
+    from mixture.quality_scores import Scores
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +96,7 @@ def token_counter(model: str | None):
     try:
         from transformers import AutoTokenizer
 
-        from mixture.embed import read_model_spec, resolve_model
+        from mixture.encoder import read_model_spec, resolve_model
         tok = AutoTokenizer.from_pretrained(str(read_model_spec(resolve_model(model)).path), local_files_only=True)
     except Exception as err:        # the estimate is informative only: say so and go on
         log.warning("token estimate skipped: %s", err)
@@ -101,98 +111,161 @@ def token_counter(model: str | None):
 
 
 # ------------------------------------------------------------------------------------ build
-def build_report(*, cfg, seed, ids, x, meta, km, k_requested, reasons, mean_quality_init, mapping, cluster,
-                 centroids, quality, scores, merged, curated, model) -> dict[str, Any]:
-    from mixture.cluster import read_texts
+@dataclass
+class ReportInputs:
+    """What the cluster stage knows once it has clustered: the report is a function of it."""
+    cfg: ClusterConfig
+    seed: int
+    ids: list[str]                  # document ids, in the embeddings' order
+    x: np.ndarray                   # unit-norm embeddings [n, d]
+    meta: pa.Table                  # curated id, source, n_words, q_* in the same order
+    km: KMeansResult
+    reasons: list[str | None]       # per k-means cluster: None (kept) or why it was pruned
+    mean_quality_init: np.ndarray   # per k-means cluster
+    mapping: np.ndarray             # k-means cluster -> final cluster (-1: pruned)
+    cluster: np.ndarray             # final cluster per document
+    centroids: np.ndarray           # final centroids
+    quality: np.ndarray             # the pruning scorer's score per document
+    scores: Scores
+    merged: MergeResult
+    curated: Dataset                # where the snippets' and terms' texts are read from
+    model: str | None               # the embedding model (its tokenizer estimates tokens)
 
-    rng = np.random.default_rng(seed)
-    n = len(ids)
-    n_final = len(centroids)
+
+@dataclass
+class Members:
+    """Per final cluster: its documents, a sample for the terms, the most central ones."""
+    rows: dict[int, np.ndarray]
+    sample: dict[int, np.ndarray]
+    central: dict[int, np.ndarray]
+
+
+def _labels(meta: pa.Table, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(source label per document, "" when absent; word count per document or None)."""
     sources = (np.array([s if s is not None else "" for s in meta.column("source").to_pylist()], dtype=object)
                if "source" in meta.column_names else np.full(n, "", dtype=object))
     words = (meta.column("n_words").to_numpy(zero_copy_only=False).astype(np.int64)
              if "n_words" in meta.column_names else None)
+    return sources, words
 
-    members = {c: np.flatnonzero(cluster == c) for c in range(n_final)}
+
+def _members(inp: ReportInputs) -> Members:
+    rng = np.random.default_rng(inp.seed)
+    rows = {c: np.flatnonzero(inp.cluster == c) for c in range(len(inp.centroids))}
     sample = {c: np.sort(rng.choice(m, min(len(m), TFIDF_DOCS_PER_CLUSTER), replace=False))
-              for c, m in members.items()}
-    central = {c: m[np.argsort(-(x[m] @ centroids[c]), kind="stable")[:SNIPPETS]] for c, m in members.items()}
-    wanted = {ids[i] for c in range(n_final) for i in np.r_[sample[c], central[c]]}
-    texts = read_texts(curated, wanted)
-    terms = top_terms({c: [texts[ids[i]] for i in sample[c]] for c in range(n_final)})
-    # tokens per word of each cluster's sample (code has more tokens per word than prose)
+              for c, m in rows.items()}
+    central = {c: m[np.argsort(-(inp.x[m] @ inp.centroids[c]), kind="stable")[:SNIPPETS]]
+               for c, m in rows.items()}
+    return Members(rows, sample, central)
+
+
+def _tokens_per_word(model: str | None, sampled: dict[int, list[str]]) -> dict[int, float]:
+    """Tokens per word of each cluster's sample (code has more tokens per word than prose)."""
     count = token_counter(model)
-    tpw_all = {}
-    if count is not None:
-        for c in range(n_final):
-            sampled = [texts[ids[i]] for i in sample[c]]
-            tpw_all[c] = count(sampled) / max(sum(len(t.split()) for t in sampled), 1)
+    if count is None:
+        return {}
+    return {c: count(t) / max(sum(len(x.split()) for x in t), 1) for c, t in sampled.items()}
 
-    clusters = []
-    for c in range(n_final):
-        m = members[c]
-        entry: dict[str, Any] = {
-            "cluster": c,
-            "documents": int(len(m)),
-            "words": int(words[m].sum()) if words is not None else None,
-            "tokens_est": None,
-            "mean_quality": round(float(quality[m].mean()), 4),
-            "mean_scores": {k: round(float(v[m].mean()), 4) for k, v in sorted(scores.by_name.items())},
-            "kmeans_clusters": [int(k) for k in np.flatnonzero(mapping == c)],
-            "top_terms": [[t, s] for t, s in terms.get(c, [])],
-            "snippets": [{"id": ids[i], "text": _snippet(texts[ids[i]])} for i in central[c]],
-        }
-        if words is not None and tpw_all.get(c):
-            entry["tokens_est"] = int(round(entry["words"] * tpw_all[c]))
-        labelled = sources[m][sources[m] != ""]
-        if len(labelled):
-            mix = Counter(labelled.tolist()).most_common()
-            entry["source_mix"] = {s: round(k / len(labelled), 4) for s, k in mix}
-            entry["purity"] = round(mix[0][1] / len(labelled), 4)
-        clusters.append(entry)
 
-    # evaluation against the source labels (documents that carry one)
-    evaluation: dict[str, Any] = {}
+def _cluster_entry(inp: ReportInputs, c: int, mem: Members, texts: dict[str, str], terms: dict,
+                   tpw: dict[int, float], sources: np.ndarray, words: np.ndarray | None) -> dict[str, Any]:
+    m = mem.rows[c]
+    entry: dict[str, Any] = {
+        "cluster": c,
+        "documents": int(len(m)),
+        "words": int(words[m].sum()) if words is not None else None,
+        "tokens_est": None,
+        "mean_quality": round(float(inp.quality[m].mean()), 4),
+        "mean_scores": {k: round(float(v[m].mean()), 4) for k, v in sorted(inp.scores.by_name.items())},
+        "kmeans_clusters": [int(k) for k in np.flatnonzero(inp.mapping == c)],
+        "top_terms": [[t, s] for t, s in terms.get(c, [])],
+        "snippets": [{"id": inp.ids[i], "text": _snippet(texts[inp.ids[i]])} for i in mem.central[c]],
+    }
+    if words is not None and tpw.get(c):
+        entry["tokens_est"] = int(round(entry["words"] * tpw[c]))
+    labelled = sources[m][sources[m] != ""]
+    if len(labelled):
+        mix = Counter(labelled.tolist()).most_common()
+        entry["source_mix"] = {s: round(k / len(labelled), 4) for s, k in mix}
+        entry["purity"] = round(mix[0][1] / len(labelled), 4)
+    return entry
+
+
+def cluster_entries(inp: ReportInputs, sources: np.ndarray, words: np.ndarray | None) -> list[dict[str, Any]]:
+    """One entry per final cluster: size, quality, top terms, snippets, source mix."""
+    mem = _members(inp)
+    n_final = len(inp.centroids)
+    wanted = {inp.ids[i] for c in range(n_final) for i in np.r_[mem.sample[c], mem.central[c]]}
+    texts = texts_by_id(inp.curated, wanted)
+    sampled = {c: [texts[inp.ids[i]] for i in mem.sample[c]] for c in range(n_final)}
+    terms = top_terms(sampled)
+    tpw = _tokens_per_word(inp.model, sampled)
+    return [_cluster_entry(inp, c, mem, texts, terms, tpw, sources, words) for c in range(n_final)]
+
+
+def evaluation(assign: np.ndarray, cluster: np.ndarray, sources: np.ndarray) -> dict[str, Any]:
+    """Purity and NMI of the k-means and final clusters against the source labels (documents that
+    carry one); evaluation only."""
+    out: dict[str, Any] = {}
     has = sources != ""
-    if has.any():
-        evaluation["init"] = {"purity": round(purity(km.assign[has], sources[has]), 4),
-                              "nmi": round(nmi(km.assign[has], sources[has]), 4), "documents": int(has.sum())}
-        kept_has = has & (cluster >= 0)
-        if kept_has.any():
-            evaluation["final"] = {"purity": round(purity(cluster[kept_has], sources[kept_has]), 4),
-                                   "nmi": round(nmi(cluster[kept_has], sources[kept_has]), 4),
-                                   "documents": int(kept_has.sum())}
-        evaluation["sources"] = dict(Counter(sources[has].tolist()).most_common())
+    if not has.any():
+        return out
+    out["init"] = {"purity": round(purity(assign[has], sources[has]), 4),
+                   "nmi": round(nmi(assign[has], sources[has]), 4), "documents": int(has.sum())}
+    kept_has = has & (cluster >= 0)
+    if kept_has.any():
+        out["final"] = {"purity": round(purity(cluster[kept_has], sources[kept_has]), 4),
+                        "nmi": round(nmi(cluster[kept_has], sources[kept_has]), 4),
+                        "documents": int(kept_has.sum())}
+    out["sources"] = dict(Counter(sources[has].tolist()).most_common())
+    return out
 
+
+def pruning(inp: ReportInputs) -> dict[str, Any]:
+    """What was pruned and why, with the thresholds."""
+    assign, reasons = inp.km.assign, inp.reasons
     pruned: dict[str, Any] = {}
     for reason in ("empty", "size", "quality"):
         ks = [k for k, r in enumerate(reasons) if r == reason]
         if ks:
-            pruned[reason] = {"clusters": len(ks), "documents": int(np.isin(km.assign, ks).sum()),
+            pruned[reason] = {"clusters": len(ks), "documents": int(np.isin(assign, ks).sum()),
                               "kmeans_clusters": ks}
-    pruned_q = [{"kmeans_cluster": k, "documents": int((km.assign == k).sum()),
-                 "mean_quality": round(float(mean_quality_init[k]), 4)}
+    pruned_q = [{"kmeans_cluster": k, "documents": int((assign == k).sum()),
+                 "mean_quality": round(float(inp.mean_quality_init[k]), 4)}
                 for k, r in enumerate(reasons) if r == "quality"]
+    return {"min_cluster_quality": inp.cfg.quality.min_cluster_quality,
+            "min_cluster_size": inp.cfg.min_cluster_size, "pruned": pruned, "pruned_for_quality": pruned_q}
 
+
+def kmeans_section(inp: ReportInputs) -> dict[str, Any]:
+    km, cfg = inp.km, inp.cfg
+    return {"k_requested": int(cfg.k_init), "k": int(len(km.centroids)), "train_points": km.train_points,
+            "documents": len(inp.ids), "mean_cosine": round(km.objective, 5), "seconds": round(km.seconds, 2),
+            "gpu": km.gpu, "niter": cfg.niter, "nredo": cfg.nredo, "seed": inp.seed}
+
+
+def merge_section(inp: ReportInputs) -> dict[str, Any]:
+    mg = inp.merged
+    return {"kept_kmeans_clusters": int(len(mg.labels)), "merge_distance": inp.cfg.merge_distance,
+            "target_clusters": inp.cfg.target_clusters, "groups_at_distance": mg.n_at_distance,
+            "merges_applied": mg.applied, "final_clusters": len(inp.centroids),
+            "last_applied_height": round(float(mg.heights[mg.applied - 1]), 4) if mg.applied else None,
+            "next_height": round(float(mg.heights[mg.applied]), 4) if mg.applied < len(mg.heights) else None}
+
+
+def build_report(inp: ReportInputs) -> dict[str, Any]:
+    """The report as a JSON-ready dict (report.json; report.md renders it)."""
+    sources, words = _labels(inp.meta, len(inp.ids))
+    by_name = inp.scores.by_name
     return {
-        "clusters": clusters,
-        "kmeans": {"k_requested": int(k_requested), "k": int(len(km.centroids)), "train_points": km.train_points,
-                   "documents": n, "mean_cosine": round(km.objective, 5), "seconds": round(km.seconds, 2),
-                   "gpu": km.gpu, "niter": cfg.niter, "nredo": cfg.nredo, "seed": seed},
-        "pruning": {"min_cluster_quality": cfg.quality.min_cluster_quality,
-                    "min_cluster_size": cfg.min_cluster_size, "pruned": pruned,
-                    "pruned_for_quality": pruned_q},
-        "merge": {"kept_kmeans_clusters": int(len(merged.labels)), "merge_distance": cfg.merge_distance,
-                  "target_clusters": cfg.target_clusters, "groups_at_distance": merged.n_at_distance,
-                  "merges_applied": merged.applied, "final_clusters": n_final,
-                  "last_applied_height": (round(float(merged.heights[merged.applied - 1]), 4)
-                                          if merged.applied else None),
-                  "next_height": (round(float(merged.heights[merged.applied]), 4)
-                                  if merged.applied < len(merged.heights) else None)},
-        "quality": {"scorer": cfg.quality.scorer, "scale": "1-5", "notes": scores.notes,
-                    "mean": {k: round(float(v.mean()), 4) for k, v in sorted(scores.by_name.items())}},
-        "evaluation": evaluation,
-        "embedding_model": model,
+        "clusters": cluster_entries(inp, sources, words),
+        "kmeans": kmeans_section(inp),
+        "pruning": pruning(inp),
+        "merge": merge_section(inp),
+        "quality": {"scorer": inp.cfg.quality.scorer, "scale": "1-5", "notes": inp.scores.notes,
+                    "mean": {k: round(float(v.mean()), 4) for k, v in sorted(by_name.items())}},
+        "evaluation": evaluation(inp.km.assign, inp.cluster, sources),
+        "embedding_model": inp.model,
     }
 
 

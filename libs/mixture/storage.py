@@ -20,7 +20,7 @@ import uuid
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -240,12 +240,32 @@ def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def sha256(uri: str, chunk: int = 8 << 20) -> str:
+HASH_BLOCK = 8 << 20     # bytes read at a time when hashing or copying
+
+
+def iter_blocks(f: IO[bytes], chunk: int = HASH_BLOCK) -> Iterator[bytes]:
+    """The file's bytes in blocks of at most `chunk`, to the end."""
+    while block := f.read(chunk):
+        yield block
+
+
+def sha256_stream(source: IO[bytes] | Iterable[bytes], sink: Callable[[bytes], Any] | None = None) -> str:
+    """Hex SHA-256 of a readable binary file (read in blocks to its end) or of an iterable of
+    byte blocks. `sink`, when given, receives every block too (copy while hashing). The one
+    streaming hash of the project: the manifests, the reader's checks and the publisher use it."""
+    blocks = iter_blocks(source) if hasattr(source, "read") else source
     h = hashlib.sha256()
-    with open_read(uri) as f:
-        while block := f.read(chunk):
-            h.update(block)
+    for block in blocks:
+        h.update(block)
+        if sink is not None:
+            sink(block)
     return h.hexdigest()
+
+
+def sha256(uri: str) -> str:
+    """Hex SHA-256 of a file, local or on S3, streamed."""
+    with open_read(uri) as f:
+        return sha256_stream(f)
 
 
 def local_path(uri: str) -> str | None:

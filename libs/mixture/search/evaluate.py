@@ -158,7 +158,7 @@ def load_target(tcfg: TargetConfig, tokenizer, eos_id: int) -> Target:
 
 @lru_cache(maxsize=4)
 def _cached_target(key: str, tokenizer_uri: str, eos_id: int) -> Target:
-    from mixture.shards import load_tokenizer
+    from mixture.tokens import load_tokenizer
 
     return load_target(TargetConfig.model_validate_json(key), load_tokenizer(tokenizer_uri), eos_id)
 

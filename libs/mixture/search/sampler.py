@@ -75,10 +75,6 @@ def mixture_keys(w: np.ndarray, floor: float) -> list[bytes]:
     return [row.tobytes() for row in units]
 
 
-def mixture_key(w: np.ndarray, floor: float) -> bytes:
-    return mixture_keys(w, floor)[0]
-
-
 def sample_mixtures(rng: np.random.Generator, prior: np.ndarray, n: int, *, temperature: float = 0.5,
                     concentration: tuple[float, float] = (0.1, 5.0), epoch_cap: float = 15.0,
                     floor: float = 2e-4, exclude: set[bytes] | None = None,
@@ -87,7 +83,7 @@ def sample_mixtures(rng: np.random.Generator, prior: np.ndarray, n: int, *, temp
 
     `center` (optional, `[m, k]`) draws around given mixtures instead of the sharpened prior:
     each draw picks one row as the Dirichlet mean (used to refine around the best mixtures).
-    Mixtures in `exclude` (keys from `mixture_key`) are not returned. Raises when the caps leave
+    Mixtures in `exclude` (keys from `mixture_keys`) are not returned. Raises when the caps leave
     too few distinct mixtures to reach `n`."""
     prior = np.asarray(prior, dtype=np.float64)
     prior = prior / prior.sum()

@@ -51,7 +51,7 @@ class SearchError(RuntimeError):
 
 # ------------------------------------------------------------------------------------ state
 def _lab(inputs: dict):
-    from mixture.shards import ClimbLab
+    from mixture.climblab import ClimbLab
 
     return ClimbLab(inputs["climblab"])
 

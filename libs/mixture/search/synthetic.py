@@ -63,7 +63,7 @@ def make_climblab(uri: str, clusters: dict[str, list[str]], vocab_size: int = 51
     name, with a byte-level BPE trained on them: for tests and benchmarks that need real token
     shards without running the stages before the search."""
     from mixture.dataset import DatasetWriter
-    from mixture.shards import encode, eos_id, token_dtype, train_tokenizer, write_token_shard
+    from mixture.tokens import encode, eos_id, token_dtype, train_tokenizer, write_token_shard
 
     import pyarrow as pa
     import pyarrow.parquet as pq

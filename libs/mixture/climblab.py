@@ -1,0 +1,89 @@
+"""Reader of a committed ClimbLab dataset: the token shards of the final clusters.
+
+CLIMB (Diao et al., NVIDIA 2025) publishes ClimbLab as one folder per cluster (20 clusters,
+1.2T tokens). Here a committed `climblab` dataset (written by `mixture.stages.shards`) holds per
+final cluster `cNN/tokens.bin` + `cNN/tokens.idx` (the format of `mixture.tokens`) and
+`cNN/text.parquet` (id, text in the same order), the tokenizer, and in its manifest's extra the
+tokens and documents per cluster (the search's prior: CLIMB samples mixtures around the
+clusters' token shares), the vocabulary size, the end-of-document id and the token dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixture import storage
+from mixture.dataset import Dataset
+from mixture.tokens import TokenShard, load_tokenizer
+
+TOKENIZER = "tokenizer/tokenizer.json"
+
+
+def cluster_name(i: int) -> str:
+    """The folder name of final cluster `i`: c00, c01, ..."""
+    return f"c{i:02d}"
+
+
+def shard_prefix(name: str) -> str:
+    """The relative prefix of a cluster's token shard (`cNN/tokens`: .bin and .idx)."""
+    return f"{name}/tokens"
+
+
+def text_file(name: str) -> str:
+    """The relative path of a cluster's texts (`cNN/text.parquet`)."""
+    return f"{name}/text.parquet"
+
+
+@dataclass
+class ClimbLab:
+    """Reader of a committed climblab dataset."""
+    dataset: Dataset
+
+    @property
+    def info(self) -> dict:
+        return self.dataset.manifest.extra
+
+    @property
+    def clusters(self) -> list[str]:
+        return sorted(self.info["clusters"])
+
+    @property
+    def tokens_per_cluster(self) -> dict[str, int]:
+        return {c: int(v["tokens"]) for c, v in sorted(self.info["clusters"].items())}
+
+    @property
+    def prior(self) -> dict[str, float]:
+        tpc = self.tokens_per_cluster
+        total = sum(tpc.values())
+        return {c: t / total for c, t in tpc.items()}
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.info["dtype"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.info["vocab_size"])
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.info["eos_id"])
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.dataset.path(TOKENIZER)
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.tokenizer_path)
+
+    def shard(self, name: str) -> TokenShard:
+        return TokenShard(self.dataset.path(shard_prefix(name)), self.dtype)
+
+    def texts(self, name: str) -> pa.Table:
+        fs, path = storage.filesystem(self.dataset.path(text_file(name)))
+        return pq.read_table(path, filesystem=fs)

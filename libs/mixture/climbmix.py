@@ -1,0 +1,243 @@
+"""ClimbMix: a training dataset sampled from the ClimbLab clusters with a mixture.
+
+CLIMB (Diao et al., NVIDIA 2025) ends by sampling the cluster shards with the mixture weights
+the search found, to a token budget (ClimbMix: 400B tokens from ClimbLab's 20 clusters, 1.2T
+tokens). This library holds the rules, on arrays, at any budget (the stage is
+`mixture.stages.build`, the file formats `mixture.formats`):
+
+1. the mixture: weights over the ClimbLab clusters (`load_mixture`), normalised to sum to 1
+   (`normalise_mixture`);
+2. each cluster's target is `weight * budget` (`plan_clusters`). A cluster smaller than its
+   target is upsampled (whole passes, then a random part of one more pass) up to `max_epochs`
+   passes (default 15, the paper's per-cluster epoch cap in the search); when the cap binds the
+   cluster gets fewer tokens than its share (`warn_capped` names it). The shortfall is not moved
+   to other clusters: they keep exactly their share, and the dataset is that much smaller;
+3. documents are whole: a cluster's last pass takes documents of a seeded random order until its
+   target is reached (`select_documents`; it overshoots by less than one document), one random
+   stream per cluster (`cluster_rng`);
+4. every selected document is shuffled globally with the run's seed (`global_order`) and cut
+   into fixed-size shards (`shard_slices`); `gather_shard` assembles one shard's rows (text,
+   cluster, id) and token arrays, row i of one equal to document i of the other.
+
+The same ClimbLab, mixture, budget and seed give the same documents in the same order, so the
+files are byte-identical and `content_hash` (the default published version) is stable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from mixture import storage
+from mixture.climblab import ClimbLab
+from mixture.formats import Shard
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """The mixture or the cluster shards cannot make a ClimbMix dataset."""
+
+
+# ------------------------------------------------------------------------------ the mixture
+def load_mixture(uri: str) -> dict[str, float]:
+    """Weights from a mixture JSON: `{"weights": {cluster: w}, ...}` (the search's mixture.json)
+    or a plain `{cluster: w}` mapping."""
+    try:
+        data = storage.read_json(uri)
+    except FileNotFoundError:
+        raise BuildError(f"mixture file not found: {uri}") from None
+    except json.JSONDecodeError as err:
+        raise BuildError(f"mixture file {uri} is not valid JSON: {err}") from None
+    weights = data.get("weights", data) if isinstance(data, dict) else None
+    if not isinstance(weights, dict) or not weights:
+        raise BuildError(f"mixture file {uri} has no weights (expected {{\"weights\": {{cluster: w}}}})")
+    return weights
+
+
+def normalise_mixture(weights: dict, clusters: list[str]) -> dict[str, float]:
+    """Validated weights over exactly `clusters` (absent ones get 0), summing to 1."""
+    unknown = sorted(set(weights) - set(clusters))
+    if unknown:
+        raise BuildError(f"the mixture names clusters that the ClimbLab shards do not have: {unknown}; "
+                         f"known clusters: {clusters}")
+    out: dict[str, float] = {}
+    for c in clusters:
+        w = weights.get(c, 0.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise BuildError(f"mixture weight of cluster {c} must be a finite number >= 0, got {w!r}")
+        out[c] = float(w)
+    total = sum(out.values())
+    if total <= 0:
+        raise BuildError("every mixture weight is 0: nothing to sample")
+    if abs(total - 1.0) > 1e-6:
+        log.info("mixture weights sum to %.6f; normalised to 1", total)
+    return {c: w / total for c, w in out.items()}
+
+
+# ---------------------------------------------------------------------------- the sampling
+@dataclass
+class ClusterPlan:
+    cluster: str
+    weight: float
+    available_tokens: int
+    available_documents: int
+    target_tokens: int          # after the epoch cap
+    wanted_epochs: float        # weight * budget / available tokens, before the cap
+    capped: bool
+
+
+def plan_clusters(weights: dict[str, float], available_tokens: dict[str, int],
+                  available_documents: dict[str, int], budget: int, max_epochs: float) -> list[ClusterPlan]:
+    """Each cluster's token target: its share of the budget, at most `max_epochs` passes."""
+    plans = []
+    for c, w in weights.items():
+        have = int(available_tokens[c])
+        want = w * budget
+        if w > 0 and have == 0:
+            raise BuildError(f"cluster {c} has weight {w:.4g} but no tokens in the ClimbLab shards")
+        epochs = want / have if have else 0.0
+        capped = epochs > max_epochs
+        target = int(math.floor(max_epochs * have)) if capped else int(round(want))
+        plans.append(ClusterPlan(c, w, have, int(available_documents[c]), target, epochs, capped))
+    return plans
+
+
+def select_documents(lengths: np.ndarray, target_tokens: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the documents (with repeats when upsampling) whose tokens reach `target_tokens`:
+    as many whole passes as fit, then documents in a random order until the target is reached.
+    Overshoots by less than one document; 0 tokens gives no documents."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if target_tokens <= 0 or total == 0:
+        return np.zeros(0, dtype=np.int64)
+    full_passes, remainder = divmod(int(target_tokens), total)
+    parts = [np.arange(len(lengths), dtype=np.int64)] * full_passes
+    if remainder:
+        order = rng.permutation(len(lengths))
+        cumulative = np.cumsum(lengths[order])
+        take = int(np.searchsorted(cumulative, remainder, side="left")) + 1
+        parts.append(order[:take].astype(np.int64))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def cluster_rng(seed: int, cluster: str) -> np.random.Generator:
+    """One stream per cluster, so a cluster's sample does not change when another is added."""
+    return np.random.default_rng([seed, zlib.crc32(cluster.encode())])
+
+
+def content_hash(manifest_files: list[dict]) -> str:
+    """sha256 of the files' paths, sizes and checksums: the same data gives the same hash whatever
+    the manifest's timestamps (the default published version)."""
+    rows = sorted((f["path"], int(f["bytes"]), f["sha256"]) for f in manifest_files)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+def warn_capped(plans: list[ClusterPlan], budget: int, max_epochs: float) -> None:
+    """A warning per cluster whose share of the budget needs more than `max_epochs` passes."""
+    for p in plans:
+        if p.capped:
+            want = f"{round(p.weight * budget):,}"
+            log.warning("cluster %s: its mixture share needs %.1f epochs (%s of its %s tokens); capped "
+                        "at build.max_epochs=%g, so it contributes %s tokens instead of %s",
+                        p.cluster, p.wanted_epochs, want, f"{p.available_tokens:,}", max_epochs,
+                        f"{p.target_tokens:,}", want)
+
+
+def global_order(selected: dict[str, np.ndarray], clusters: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster position, document index) of every selected document, in one seeded global
+    shuffle of the (cluster, document) pairs."""
+    cluster_index = np.concatenate([np.full(len(selected[c]), i, dtype=np.int32) for i, c in enumerate(clusters)])
+    doc_index = np.concatenate([selected[c] for c in clusters])
+    order = np.random.default_rng(seed).permutation(len(doc_index))
+    return cluster_index[order], doc_index[order]
+
+
+def shard_slices(n_docs: int, shard_docs: int) -> Iterator[tuple[int, slice]]:
+    """(shard index, rows) of fixed-size shards; the last one may be shorter."""
+    for s in range((n_docs + shard_docs - 1) // shard_docs):
+        yield s, slice(s * shard_docs, min((s + 1) * shard_docs, n_docs))
+
+
+# ------------------------------------------------------------------------------ the sources
+@dataclass
+class Sources:
+    """What the shards are gathered from: per cluster (in ClimbLab order) its texts and tokens."""
+    names: np.ndarray               # cluster names, by position
+    texts: dict[str, pa.Table]      # id, text of the clusters that are sampled
+    flat: list[np.ndarray]          # each cluster's token array
+    offsets: list[np.ndarray]       # each cluster's document offsets (n + 1)
+    dtype: np.dtype
+
+
+def cluster_lengths(lab: ClimbLab) -> dict[str, np.ndarray]:
+    """Tokens per document of each cluster, checked against the manifest (counts add up or the
+    build fails)."""
+    declared = lab.info["clusters"]
+    lengths = {}
+    for c in lab.clusters:
+        n = np.diff(lab.shard(c).offsets)
+        if int(n.sum()) != int(declared[c]["tokens"]) or len(n) != int(declared[c]["documents"]):
+            raise BuildError(f"cluster {c}: its token shard holds {len(n)} documents and "
+                             f"{int(n.sum())} tokens, its manifest says {declared[c]}")
+        lengths[c] = n
+    return lengths
+
+
+def open_sources(lab: ClimbLab, selected: dict[str, np.ndarray]) -> Sources:
+    """The texts of the clusters with selected documents (checked against their token shards)
+    and every cluster's memory-mapped tokens."""
+    clusters = lab.clusters
+    shards = {c: lab.shard(c) for c in clusters}
+    texts: dict[str, pa.Table] = {}
+    for c in clusters:
+        if len(selected[c]):
+            t = lab.texts(c).select(["id", "text"])
+            if t.num_rows != len(shards[c]):
+                raise BuildError(f"cluster {c}: text.parquet has {t.num_rows} rows, its token shard "
+                                 f"{len(shards[c])} documents")
+            texts[c] = t
+    # plain ndarray views of the memory maps: slicing a np.memmap per document costs ~5 us more
+    return Sources(np.array(clusters), texts, [np.asarray(shards[c].tokens) for c in clusters],
+                   [shards[c].offsets for c in clusters], lab.dtype)
+
+
+def gather_shard(src: Sources, index: int, sc: np.ndarray, sd: np.ndarray) -> Shard:
+    """Shard `index` of the documents (cluster position `sc`, document `sd`), in that order."""
+    pieces, positions = [], []
+    starts, ends = np.empty(len(sd), dtype=np.int64), np.empty(len(sd), dtype=np.int64)
+    for ci in np.unique(sc):        # per cluster present: its rows' positions, texts and token spans
+        pos = np.nonzero(sc == ci)[0]
+        pieces.append(src.texts[src.names[ci]].take(pa.array(sd[pos])))
+        positions.append(pos)
+        starts[pos] = src.offsets[ci][sd[pos]]
+        ends[pos] = src.offsets[ci][sd[pos] + 1]
+    back = np.argsort(np.concatenate(positions), kind="stable")   # restore the shuffled order
+    gathered = pa.concat_tables(pieces).take(pa.array(back))
+    table = pa.table({"text": gathered.column("text"),
+                      "cluster": pa.array(src.names[sc].tolist(), type=pa.string()),
+                      "id": gathered.column("id")})
+    docs = [src.flat[c][a:b] for c, a, b in zip(sc.tolist(), starts.tolist(), ends.tolist())]
+    return Shard(index, table, docs, src.dtype)
+
+
+def per_cluster(plans: list[ClusterPlan], lengths: dict[str, np.ndarray],
+                selected: dict[str, np.ndarray]) -> dict[str, dict]:
+    """What the build took from each cluster: documents, tokens, epochs, and the plan."""
+    out: dict[str, dict] = {}
+    for p in plans:
+        tok = int(lengths[p.cluster][selected[p.cluster]].sum())
+        out[p.cluster] = {
+            "weight": p.weight, "documents": int(len(selected[p.cluster])), "tokens": tok,
+            "target_tokens": p.target_tokens, "available_tokens": p.available_tokens,
+            "available_documents": p.available_documents,
+            "epochs": tok / p.available_tokens if p.available_tokens else 0.0,
+            "wanted_epochs": p.wanted_epochs, "capped": p.capped}
+    return out

@@ -1,0 +1,62 @@
+"""The embeddings dataset's files: one vector per curated document, in resumable shards.
+
+Format (docs/DATASETS.md, "embeddings"): `emb-XXXXX.npy` (float32 [n, dim]) and
+`ids-XXXXX.parquet` (column `id`) per shard of `embed.shard_docs` documents, in the curated
+order. The stage `mixture.stages.embed` writes them; the clustering reads them back here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixture import storage
+from mixture.dataset import Dataset, DatasetError
+
+
+def shard_names(i: int) -> tuple[str, str]:
+    """(vectors, ids) file names of shard i."""
+    return f"emb-{i:05d}.npy", f"ids-{i:05d}.parquet"
+
+
+def write_shard(writer, index: int, ids: list[str], emb: np.ndarray) -> None:
+    """Shard `index` into the writer's staging folder: the vectors first, the ids last, so a
+    shard counts as done only when both exist (each file is written atomically)."""
+    emb_rel, ids_rel = shard_names(index)
+    with storage.open_write(writer.path(emb_rel)) as f:
+        np.save(f, emb.astype(np.float32, copy=False), allow_pickle=False)
+    with storage.open_write(writer.path(ids_rel)) as f:
+        pq.write_table(pa.table({"id": pa.array(ids, pa.string())}), f)
+
+
+def read_ids(uri: str) -> list[str]:
+    with storage.open_read(uri) as f:
+        return pq.read_table(f, columns=["id"]).column("id").to_pylist()
+
+
+def npy_shape(uri: str) -> tuple[int, ...]:
+    """The shape in a .npy file's header, without reading the array."""
+    with storage.open_read(uri) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        return read_header(f)[0]
+
+
+def load_embeddings(ds: Dataset) -> tuple[list[str], np.ndarray]:
+    """Every document id and its vector (float32 [n, dim]), in shard order."""
+    emb_files, id_files = ds.files("emb-"), ds.files("ids-")
+    if not emb_files or len(emb_files) != len(id_files):
+        raise DatasetError(f"{ds.uri}: expected pairs of emb-*.npy and ids-*.parquet, "
+                           f"found {len(emb_files)} and {len(id_files)}")
+    ids: list[str] = []
+    parts = []
+    for e_uri, i_uri in zip(emb_files, id_files):
+        with storage.open_read(e_uri) as f:
+            arr = np.load(f, allow_pickle=False)
+        shard_ids = read_ids(i_uri)
+        if len(shard_ids) != len(arr):
+            raise DatasetError(f"{e_uri}: {len(arr)} vectors but {len(shard_ids)} ids")
+        ids += shard_ids
+        parts.append(arr.astype(np.float32, copy=False))
+    return ids, np.vstack(parts)

@@ -1,0 +1,45 @@
+"""Output formats of a ClimbMix build: one module per format, each registered in `OUTPUT_FORMATS`.
+
+`build.formats` in the config names the formats a build writes (default `["parquet", "tokens"]`;
+the names are checked against the registry when the config loads). A format is a class with:
+
+- `name`: its registry name; `files`: the relative path pattern(s) it writes (for the card);
+- `write_shard(writer, shard, cfg)`: write one output shard (`Shard`: its index, the rows `text`,
+  `cluster`, `id` as an Arrow table, and the same documents' token arrays, EOS last) into the
+  build's staging folder; `cfg` is the `build` config section;
+- `card_files(dtype)` and `card_loading(dtype)`: lines for the dataset card's "Files" and
+  "Loading" sections; `hf_data_files`: the glob Hugging Face `datasets` loads, or None.
+
+Adding a format is one new module here:
+
+    from mixture.registry import OUTPUT_FORMATS
+
+    @OUTPUT_FORMATS.register("jsonl")
+    class JsonlFormat: ...
+
+Every format writes the same documents in the same (shuffled) order, one file set per shard
+`part-NNNNN`, so row i of one is document i of another.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+
+@dataclass
+class Shard:
+    """One output shard: the same documents as rows and as token arrays, in the shuffled order."""
+    index: int
+    table: pa.Table             # columns text, cluster, id
+    tokens: list[np.ndarray]    # token ids per document, its end-of-document id last
+    dtype: np.dtype             # the token dtype (uint16 or uint32)
+
+    @property
+    def part(self) -> str:
+        return part_name(self.index)
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
