@@ -114,14 +114,6 @@ def _utf8_buffers(arr) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets
 
 
-def _word_hashes(words) -> np.ndarray:
-    """64-bit hashes of an Arrow string array of words (stable across processes and runs)."""
-    if len(words) == 0:
-        return np.empty(0, dtype=np.uint64)
-    data, offsets = _utf8_buffers(words)
-    return _string_hashes(data, offsets[:-1], offsets[1:])
-
-
 def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Shingles of many documents at once: (hashes, offsets) where document d's sorted unique
     32-bit n-gram hashes are hashes[offsets[d]:offsets[d+1]] (none when it has no words).
