@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from mixture.config import FiltersConfig
 from mixture.curate.filters import FilterChain, TextStats
 from mixture.curate.filters.c4 import C4Config

@@ -25,7 +25,7 @@ from mixture.registry import FILTERS
 if TYPE_CHECKING:
     from mixture.config import FilterConfig, FiltersConfig
 
-__all__ = ["Filter", "FilterChain", "TextStats", "Verdict", "compute_signals", "filter_config", "registered",
+__all__ = ["Filter", "FilterChain", "Signal", "TextStats", "Verdict", "compute_signals", "filter_config", "registered",
            "signal_functions", "signal_names", "signal_params", "stats", "stored_signal_names"]
 
 
@@ -63,8 +63,11 @@ def signal_names(cfg: "FiltersConfig") -> list[str]:
 def signal_params(cfg: "FiltersConfig") -> dict[str, Any]:
     """What the stored signals depend on (part of the `curate` stage's hash): per filter, its
     signal names and the config fields that change what they measure. Thresholds are absent."""
-    return {name: {"signals": list(flt.signals(filter_config(cfg, name))), **flt.signal_params(filter_config(cfg, name))}
-            for name, flt in registered()}
+    out = {}
+    for name, flt in registered():
+        sub = filter_config(cfg, name)
+        out[name] = {"signals": list(flt.signals(sub)), **flt.signal_params(sub)}
+    return out
 
 
 def compute_signals(s: TextStats, functions: dict[str, Signal]) -> dict[str, float]:

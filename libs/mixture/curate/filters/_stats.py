@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from itertools import repeat
 from functools import cached_property
+from itertools import repeat
 
 import numpy as np
 

@@ -1,0 +1,1 @@
+"""Stage modules: thin orchestration of the libraries, one per stage."""
