@@ -206,11 +206,19 @@ class EmbedConfig(Section):
 class QualityConfig(Section):
     reference_uris: list[str] = Field([], description="high-quality reference docs for the classifier")
     min_cluster_quality: float = Field(3.0, description="paper: mean score >= 3.0 on a 1-5 scale")
-    scorer: Literal["heuristic", "classifier", "fasttext"] = "heuristic"
+    scorer: str = Field("heuristic", description="a registered quality scorer (mixture.scorers): "
+                                                   "heuristic, classifier, fasttext, or a plugin's")
     fasttext_model: str | None = None
     heuristic_signals: dict[str, tuple[float, float, float]] = Field(
         {}, description="q_* column -> (bad, threshold, good); adds to or replaces the built-in table")
     classifier_negatives: int = Field(10_000, ge=1, description="random corpus documents as negatives")
+
+    @field_validator("scorer")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from mixture.registry import QUALITY_SCORERS
+
+        return QUALITY_SCORERS.check(v)
 
     @model_validator(mode="after")
     def _scorer_inputs(self) -> "QualityConfig":
