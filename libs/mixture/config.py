@@ -47,7 +47,8 @@ def _hashed_dump(model: Any) -> Any:
         out[name] = _hashed_dump(value) if isinstance(value, BaseModel) else value
     for name, value in sorted((model.model_extra or {}).items()):     # FiltersConfig's entries
         out[name] = _hashed_dump(value) if isinstance(value, BaseModel) else value
-    return json.loads(json.dumps(out, default=lambda o: o.model_dump(mode="json") if isinstance(o, BaseModel) else str(o)))
+    return json.loads(json.dumps(out, default=lambda o: o.model_dump(mode="json") if isinstance(o, BaseModel)
+                                 else str(o)))
 
 
 class Section(BaseModel):
