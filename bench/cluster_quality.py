@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def q_signals(texts: list[str]) -> dict[str, list[float]]:
     from mixture.config import FiltersConfig
-    from mixture.curate.filters import TextStats, signals
+    from mixture.curate.filters import FilterChain
 
-    cfg = FiltersConfig()
-    rows = [signals(TextStats(t), cfg) for t in texts]
+    chain = FilterChain(FiltersConfig())
+    rows = [chain(t).signals for t in texts]
     return {k: [r[k] for r in rows] for k in rows[0]}
 
 

@@ -1,10 +1,12 @@
-"""Corpus refresh: curate -> embed -> cluster -> shards, then announce the new ClimbLab dataset.
+"""Corpus refresh: curate -> select -> embed -> cluster -> shards, then announce the new ClimbLab
+dataset.
 
 Runs on the schedule in the Airflow Variable `climb_refresh_schedule` (default weekly, no
-catch-up), or by hand with the `config` param. Curation is a Spark job (`spark-submit
+catch-up), or by hand with the `config` param. Annotation is a Spark job (`spark-submit
 jobs/curate.py`, master from the Variable `climb_spark_master`, else the config's
-`curate.spark_master`); embedding runs in the `gpu` pool; every other step is the stage function
-the CLI runs. When the shards differ from the last announced ones, `announce` updates the asset
+`curate.spark_master`); the selection that applies the filter thresholds to its signals needs no
+Spark; embedding runs in the `gpu` pool; every step but the Spark job is the stage function the
+CLI runs. When the shards differ from the last announced ones, `announce` updates the asset
 `climb://datasets/climblab`, which triggers the mixture search DAG.
 """
 from __future__ import annotations
@@ -33,28 +35,24 @@ def resolve_config(**context: Any) -> str:
 
 @task
 def curate(config: str) -> dict[str, Any]:
-    """Filters and dedup on Spark: spark-submit jobs/curate.py (the job commits `curated`)."""
+    """Signals and dedup groups on Spark: spark-submit jobs/curate.py (commits `annotated`)."""
     import os
     import shutil
     import subprocess
     import sys
 
     from mixture import pipeline
+    from mixture import spark as spark_env
 
     cfg = load_config(config)
-    if done := pipeline.current(cfg, "curated"):      # skip the JVM start when nothing changed
+    if done := pipeline.current(cfg, "curate"):       # skip the JVM start when nothing changed
         return describe(done, skipped=True)
     master = variable("climb_spark_master") or cfg.curate.spark_master
     submit = (shutil.which("spark-submit", path=os.path.dirname(sys.executable))
               or shutil.which("spark-submit"))
     if submit is None:
         raise RuntimeError("spark-submit is not on PATH: install pyspark in the worker's environment")
-    env = dict(os.environ)
-    # Spark's Python workers must run this interpreter (it has the `mixture` package).
-    env.setdefault("PYSPARK_PYTHON", sys.executable)
-    env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if master.startswith("local"):
-        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    env = spark_env.environment(master, dict(os.environ))
     cmd = [submit, "--master", master, "--name", f"climb-curate-{cfg.run_name}",
            str(PROJECT_ROOT / "jobs" / "curate.py"), "--config", config]
     log.info("running %s", " ".join(cmd))
@@ -64,10 +62,16 @@ def curate(config: str) -> dict[str, Any]:
                                    "above); retrying cannot fix it")
     if returncode:
         raise RuntimeError(f"jobs/curate.py failed with exit status {returncode}")
-    done = pipeline.current(cfg, "curated")
+    done = pipeline.current(cfg, "curate")
     if done is None:
-        raise RuntimeError("jobs/curate.py exited 0 but no up-to-date curated dataset is committed")
+        raise RuntimeError("jobs/curate.py exited 0 but no up-to-date annotated dataset is committed")
     return describe(done, skipped=False)
+
+
+@task
+def select(config: str) -> dict[str, Any]:
+    """Filter thresholds and dedup decisions on the annotated documents (no Spark)."""
+    return run_stage(config, "select")
 
 
 @task(pool=GPU_POOL, queue=GPU_QUEUE)
@@ -111,9 +115,10 @@ with DAG(
     tags=["climb"],
 ) as dag:
     cfg_path = resolve_config()
-    curated = curate(cfg_path)
+    annotated = curate(cfg_path)
+    curated = select(cfg_path)
     embedded = embed(cfg_path)
     clustered = cluster(cfg_path)
     climblab = shards(cfg_path)
-    curated >> embedded >> clustered >> climblab
+    annotated >> curated >> embedded >> clustered >> climblab
     announce(cfg_path, climblab)

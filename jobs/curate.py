@@ -1,8 +1,9 @@
-"""`spark-submit jobs/curate.py --config FILE`: the curation stage as a Spark application.
+"""`spark-submit jobs/curate.py --config FILE`: the `curate` stage as a Spark application.
 
 The same stage function as `climb curate` (through `pipeline.run_stage`), so both commit the same
-dataset. The Spark session is created first from spark-submit's own settings (`--master`,
-`--conf`), and the stage uses it; without spark-submit it falls back to `curate.spark_master`.
+`annotated` dataset (the `select` stage, which needs no Spark, runs after it as `climb select`).
+The Spark session is created first from spark-submit's own settings (`--master`, `--conf`), and
+the stage uses it; without spark-submit it falls back to `curate.spark_master`.
 Exit status: 0 when the dataset is committed or up to date, 2 for a configuration or dataset
 error, 1 for any other failure.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 
@@ -32,12 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2
-    from pyspark.sql import SparkSession
+    from mixture import spark as spark_env
 
-    # Python workers run this driver's interpreter (and so see the same installed packages).
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = SparkSession.builder.appName("climb-curate").getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark = spark_env.session(None, "climb-curate")     # master and settings from spark-submit
     try:
         result = pipeline.run_stage(cfg, "curate", force=args.force)
     except (ConfigError, DatasetError) as err:
@@ -45,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         spark.stop()
-    print(f"curated: {'up to date' if result.skipped else 'committed'} {result.dataset.uri}")
+    print(f"annotated: {'up to date' if result.skipped else 'committed'} {result.dataset.uri}")
     for key, value in result.summary:
         print(f"  {key}: {value}")
     return 0

@@ -15,7 +15,8 @@ from mixture import pipeline
 from mixture.kmeans import (ClusterError, effective_k, final_ids, prune_reasons, spherical_kmeans,
                             ward_merge)
 from mixture.config import parse_config
-from mixture.quality import QualityError, fasttext_available
+from mixture.scorers import QualityError
+from mixture.scorers.fasttext import fasttext_available
 from mixture.report import nmi, purity
 from test_embed import base_config, make_curated, pick
 

@@ -1,7 +1,7 @@
-"""The curate stage end to end on Spark (local[2], one shared session): an input with every kind
-of defect, filtered documents, exact and near duplicates in three formats; the accounting
-equation per file; the same committed files for 1, 4 and 16 partitions; `climb curate` and
-`spark-submit jobs/curate.py` commit the same dataset."""
+"""Curation end to end (`curate` on Spark, local[2], one shared session, then `select`): an input
+with every kind of defect, filtered documents, exact and near duplicates in three formats; the
+accounting equation per file; the same committed files for 1, 4 and 16 partitions; `climb curate`
+and `spark-submit jobs/curate.py` commit the same annotated dataset."""
 from __future__ import annotations
 
 import gzip
@@ -102,7 +102,9 @@ def runs(spark, crafted_input, tmp_path_factory):
     for partitions in (1, 4, 16):
         root = tmp_path_factory.mktemp(f"curate-out-{partitions}")
         cfg = parse_config(_config(root, inputs, partitions, store))
-        out[partitions] = (cfg, pipeline.run_stage(cfg, "curated"))
+        annotated = pipeline.run_stage(cfg, "curate")
+        out[partitions] = (cfg, pipeline.run_stage(cfg, "select"))
+        out[partitions][1].seconds += annotated.seconds
         print(f"curate with {partitions} partitions: {out[partitions][1].seconds:.1f} s")
     return out
 
@@ -125,6 +127,14 @@ def test_every_record_is_accounted_for(runs, crafted_input):
     assert sum(counts["filtered"].values()) == expected["filtered"]
     assert counts["exact_duplicates"] == 2 and counts["near_duplicates"] == 2
     assert len(counts["per_file"]) == 3
+    # The annotation stage's own equation: read = annotated + quarantined, per file.
+    from mixture.dataset import open_dataset
+
+    annotated = open_dataset(pipeline.dataset_uri(runs[1][0], "annotated")).manifest.counts
+    assert annotated["documents_in"] == counts["documents_in"]
+    for f, c in annotated["per_file"].items():
+        assert c["documents_in"] == c["documents_out"] + sum(c["quarantined"].values()), f
+        assert c["quarantined"] == counts["per_file"][f]["quarantined"], f
 
 
 def test_quarantine_rejected_and_docs_contents(runs, crafted_input):
@@ -163,8 +173,14 @@ def test_quarantine_rejected_and_docs_contents(runs, crafted_input):
 
 
 def test_same_committed_files_for_1_4_16_partitions(runs):
+    from mixture.dataset import open_dataset
+
     files = {p: {f["path"]: f["sha256"] for f in res.dataset.manifest.files} for p, (_, res) in runs.items()}
     assert files[1] == files[4] == files[16]
+    annotated = {p: {f["path"]: f["sha256"]
+                     for f in open_dataset(pipeline.dataset_uri(cfg, "annotated")).manifest.files}
+                 for p, (cfg, _) in runs.items()}
+    assert annotated[1] == annotated[4] == annotated[16]
     counts = {p: res.dataset.manifest.counts for p, (_, res) in runs.items()}
     strip = lambda c: json.dumps(c, sort_keys=True)  # noqa: E731
     assert strip(counts[1]) == strip(counts[4]) == strip(counts[16])
@@ -177,13 +193,17 @@ def test_statistics_in_manifest_and_mlflow(runs):
 
     cfg, result = runs[4]
     extra = result.dataset.manifest.extra
-    assert extra["filters"]["rejects_alone"]            # filters alone, before first-failure attribution
+    assert extra["filter_stats"]["rejects_alone"]       # filters alone, before first-failure attribution
+    assert extra["filters"]["gopher_quality"]["min_words"] == cfg.curate.filters.gopher_quality.min_words
     assert extra["fuzzy_dedup"]["near_duplicates"] == 2 and extra["fuzzy_dedup"]["groups"] == 1
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
     found = mlflow.search_runs(experiment_names=["test-curate"], filter_string="attributes.run_name = 'curate'")
     assert len(found) >= 1
     assert found["metrics.documents_in"].iloc[0] == result.dataset.manifest.counts["documents_in"]
+    found = mlflow.search_runs(experiment_names=["test-curate"], filter_string="attributes.run_name = 'select'")
+    assert found["metrics.documents_out"].iloc[0] == result.dataset.manifest.counts["documents_out"]
     # The same config again is up to date: nothing runs.
+    assert pipeline.run_stage(cfg, "curate").skipped
     again = pipeline.run_stage(cfg, "curated")
     assert again.skipped
 
@@ -199,7 +219,7 @@ def test_accounting_fails_loudly_when_counts_do_not_add_up():
 def test_missing_input_is_a_clear_error(spark, tmp_path):
     cfg = parse_config(_config(tmp_path / "out", tmp_path / "nothing-here", 2))
     with pytest.raises(FileNotFoundError, match="no input files"):
-        pipeline.run_stage(cfg, "curated")
+        pipeline.run_stage(cfg, "curate")
 
 
 @pytest.mark.slow
@@ -219,7 +239,7 @@ def test_climb_cli_and_spark_submit_commit_the_same_dataset(tmp_path, tiny_corpu
                    str(REPO / "jobs" / "curate.py"), "--config", str(path)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        manifest = json.loads((tmp_path / name / "curated" / "_manifest.json").read_text())
+        manifest = json.loads((tmp_path / name / "annotated" / "_manifest.json").read_text())
         outputs[name] = manifest
     assert outputs["cli"]["files"] == outputs["submit"]["files"]
     assert outputs["cli"]["counts"] == outputs["submit"]["counts"]
@@ -240,7 +260,8 @@ def test_reads_and_commits_on_s3(spark, crafted_input, tmp_path, s3_endpoint, s3
     cfg_dict["output_root"] = f"s3://{s3_bucket}/out"
     cfg_dict["input"]["uris"] = [f"s3://{s3_bucket}/raw/"]
     cfg = parse_config(cfg_dict)
-    result = pipeline.run_stage(cfg, "curated")
+    pipeline.run_stage(cfg, "curate")
+    result = pipeline.run_stage(cfg, "select")
     counts = result.dataset.manifest.counts
     assert counts["documents_in"] == expected["documents_in"]
     assert counts["exact_duplicates"] == 2 and counts["near_duplicates"] == 2

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
 DAG_FILES = sorted(DAGS.glob("climb_*.py"))
 REFRESH, SEARCH = "climb_corpus_refresh", "climb_mixture_search"
-REFRESH_DATASETS = ("curated", "embeddings", "clusters", "climblab")
+REFRESH_DATASETS = ("annotated", "curated", "embeddings", "clusters", "climblab")
 SEARCH_DATASETS = ("search", "climbmix")
 # Modules a DAG file must not import when it is parsed (the dag-processor parses every file
 # every 30 s by default; these take seconds to import and belong inside tasks).
@@ -108,7 +108,8 @@ def _downstream(dag, task_id):
 
 def test_refresh_dag_runs_the_stages_in_order_on_a_schedule(dagbag):
     dag = dagbag.get_dag(REFRESH)
-    assert _downstream(dag, "curate") == {"embed"}
+    assert _downstream(dag, "curate") == {"select"}
+    assert _downstream(dag, "select") == {"embed"}
     assert _downstream(dag, "embed") == {"cluster"}
     assert _downstream(dag, "cluster") == {"shards"}
     assert _downstream(dag, "shards") == {"announce"}
@@ -341,7 +342,8 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(
     clean = clean_run["cfg"]
     root = tmp_path / "out"
     # Curation is checked by the clean run; start from its committed output (same config, so up to date).
-    shutil.copytree(pipeline.dataset_uri(clean, "curated"), root / "curated")
+    for name in ("annotated", "curated"):
+        shutil.copytree(pipeline.dataset_uri(clean, name), root / name)
     config = _write_config(tmp_path, clean_run["corpus"], output_root=root)
     cfg = load_config(config)
 
@@ -378,5 +380,5 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(
     assert len(retried) == 1
     assert (tmp_path / "failed-embeddings").exists() and (tmp_path / "failed-proxy").exists()
     assert len(_mlflow_runs(cfg, "proxy")) == sum(cfg.search.iterations)     # the retry logged no duplicate
-    for name in REFRESH_DATASETS[1:] + SEARCH_DATASETS:
+    for name in REFRESH_DATASETS[2:] + SEARCH_DATASETS:
         assert _files(cfg, name) == _files(clean, name), f"{name} differs from the clean run"

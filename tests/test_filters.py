@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import pytest
-
-from mixture.config import C4Config, FiltersConfig, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
-from mixture.curate.filters import FilterChain, TextStats, c4, fineweb, gopher_quality, gopher_repetition
+from mixture.config import FiltersConfig
+from mixture.curate.filters import FilterChain, TextStats
+from mixture.curate.filters.c4 import C4Config
+from mixture.curate.filters.c4 import check as c4
+from mixture.curate.filters.fineweb import FineWebConfig
+from mixture.curate.filters.fineweb import check as fineweb
+from mixture.curate.filters.gopher_quality import GopherQualityConfig
+from mixture.curate.filters.gopher_quality import check as gopher_quality
+from mixture.curate.filters.gopher_repetition import GopherRepetitionConfig
+from mixture.curate.filters.gopher_repetition import check as gopher_repetition
 
 # Twelve distinct prose sentences (about 130 words): passes every filter with the defaults.
 PROSE = [

@@ -22,9 +22,9 @@ def test_new_input_files_make_curation_run_again(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text('{"text": "x"}\n')
     cfg = _cfg(tmp_path)
-    before = pipeline.config_hash(cfg, pipeline.stage("curated"))
+    before = pipeline.config_hash(cfg, pipeline.stage("annotated"))
     (tmp_path / "in" / "b.jsonl").write_text('{"text": "y"}\n')
-    assert pipeline.config_hash(cfg, pipeline.stage("curated")) != before
+    assert pipeline.config_hash(cfg, pipeline.stage("annotated")) != before
 
 
 def test_editing_a_named_file_in_place_changes_the_hash(tmp_path):
@@ -50,6 +50,7 @@ def test_where_it_runs_does_not_change_the_hash(tmp_path):
     c = _cfg(tmp_path, curate={"exact_dedup": False})
     h = lambda cfg, n: pipeline.config_hash(cfg, pipeline.stage(n))  # noqa: E731
     assert h(a, "curated") == h(b, "curated") and h(a, "search") == h(b, "search")
+    assert h(a, "annotated") == h(b, "annotated")
     assert h(a, "curated") != h(c, "curated")
 
 
@@ -59,3 +60,21 @@ def test_each_config_logs_to_its_own_store(tmp_path, monkeypatch):
     a, b = _cfg(tmp_path / "a"), _cfg(tmp_path / "b")
     tracking.setup(a)
     assert tracking.tracking_uri(b) == f"sqlite:///{tmp_path / 'b' / 'out' / 'mlflow.db'}"
+
+
+def test_a_threshold_changes_only_the_selection_and_a_signal_parameter_the_annotation(tmp_path):
+    (tmp_path / "in").mkdir()
+    h = lambda cfg, n: pipeline.config_hash(cfg, pipeline.stage(n))  # noqa: E731
+    base = _cfg(tmp_path)
+    for curate in ({"filters": {"gopher_quality": {"min_words": 60}}},          # a threshold
+                   {"filters": {"c4": {"enabled": False}}},                      # a switch
+                   {"filters": {"fineweb": {"exempt_if": "^def "}}},             # an exemption
+                   {"fuzzy_dedup": {"enabled": False}}, {"keep_rejected": False}):
+        changed = _cfg(tmp_path, curate=curate)
+        assert h(changed, "annotated") == h(base, "annotated"), curate
+        assert h(changed, "curated") != h(base, "curated"), curate
+    for curate in ({"filters": {"gopher_quality": {"stop_words": ["the", "a"]}}},   # what a signal measures
+                   {"filters": {"gopher_repetition": {"top_ngram_char_frac": {2: 0.2}}}},
+                   {"fuzzy_dedup": {"threshold": 0.7}}, {"max_doc_bytes": 10_000}):
+        assert h(_cfg(tmp_path, curate=curate), "annotated") != h(base, "annotated"), curate
+    assert pipeline.stage("select").inputs == ("annotated",)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from mixture.config import ConfigError, parse_config
-from mixture.quality import (HEURISTIC_SIGNALS, FastTextScorer, QualityError, Ramp, ReferenceClassifier,
-                             fasttext_available, fasttext_label_scores, heuristic_scores,
-                             read_reference_texts, to_scale)
+from mixture.scorers import QualityError, to_scale
+from mixture.scorers.classifier import ReferenceClassifier, read_reference_texts
+from mixture.scorers.fasttext import FastTextScorer, fasttext_available, fasttext_label_scores
+from mixture.scorers.heuristic import HEURISTIC_SIGNALS, Ramp, heuristic_scores
 
 
 def test_ramp_passes_through_bad_threshold_good_in_both_directions():
@@ -74,6 +75,47 @@ def test_quality_config_checks_scorer_inputs():
         parse_config({**base, "cluster": {"quality": {"scorer": "fasttext"}}})
     with pytest.raises(ConfigError, match="heuristic_signals"):
         parse_config({**base, "cluster": {"quality": {"heuristic_signals": {"q_x": [0.0, 2.0, 1.0]}}}})
+
+
+def test_heuristic_thresholds_follow_the_curation_filters():
+    # The ramp's midpoint is the filter's limit: Gopher's minimum mean word length 3 -> 4.5 makes
+    # a mean word length of 4.5 borderline (3.0) instead of good (5.0).
+    sig = {"q_mean_word_length": np.array([4.5, 6.0])}
+    assert heuristic_scores(sig).scores.tolist() == [5.0, 5.0]
+    moved = heuristic_scores(sig, filters={"gopher_quality": {"min_mean_word_length": 4.5}})
+    assert moved.scores.tolist() == pytest.approx([3.0, 5.0])
+    # A filter left out keeps its default limits; a count limit maps onto its share signal.
+    stop = {"q_stop_words": np.array([0.02, 0.04])}
+    assert heuristic_scores(stop).scores.tolist() == pytest.approx([3.0, 1 + 4 * 0.6])
+    assert heuristic_scores(stop, filters={"gopher_quality": {"min_stop_words": 4}}).scores.tolist() == \
+        pytest.approx([1 + 4 * 0.25, 3.0])
+
+
+def test_compute_scores_reads_the_filter_limits_from_the_curated_manifest(tmp_path):
+    import pyarrow as pa
+
+    from mixture.dataset import Dataset, Manifest
+    from mixture.scorers import compute_scores
+
+    cfg = parse_config({"output_root": str(tmp_path), "input": {"uris": ["a"]}})
+    meta = pa.table({"q_mean_word_length": [4.5, 6.0]})
+
+    def curated(extra):
+        return Dataset(str(tmp_path), Manifest("select", "h", {}, {}, [], extra), "0" * 64)
+
+    limits = cfg.curate.filters.gopher_quality.model_copy(update={"min_mean_word_length": 4.5})
+    default = compute_scores(cfg.cluster, 0, np.zeros((2, 4)), meta, ["a", "b"], curated({}), curated({}))
+    moved = compute_scores(cfg.cluster, 0, np.zeros((2, 4)), meta, ["a", "b"],
+                           curated({"filters": {"gopher_quality": limits.model_dump(mode="json")}}), curated({}))
+    assert default.by_name["heuristic"].tolist() == [5.0, 5.0]
+    assert moved.by_name["heuristic"].tolist() == pytest.approx([3.0, 5.0])
+    assert moved.notes["heuristic"]["signals_used"] == ["q_mean_word_length"]
+
+
+def test_scorer_names_come_from_the_registry():
+    base = {"output_root": "/tmp/x", "input": {"uris": ["a"]}}
+    with pytest.raises(ConfigError, match="known: classifier, fasttext, heuristic"):
+        parse_config({**base, "cluster": {"quality": {"scorer": "perplexity"}}})
 
 
 def _sphere(rng, center, n, noise):

@@ -38,14 +38,19 @@ class ConfigError(ValueError):
 NOT_HASHED: dict[str, Any] = {"hashed": False}
 
 
-def _hashed_dump(model: BaseModel) -> dict[str, Any]:
+def _hashed_dump(model: Any) -> Any:
+    if not isinstance(model, BaseModel):
+        return json.loads(json.dumps(model, default=str))
     out: dict[str, Any] = {}
     for name, info in type(model).model_fields.items():
         if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("hashed") is False:
             continue
         value = getattr(model, name)
         out[name] = _hashed_dump(value) if isinstance(value, BaseModel) else value
-    return json.loads(json.dumps(out, default=lambda o: o.model_dump(mode="json") if isinstance(o, BaseModel) else str(o)))
+    for name, value in sorted((model.model_extra or {}).items()):     # FiltersConfig's entries
+        out[name] = _hashed_dump(value) if isinstance(value, BaseModel) else value
+    return json.loads(json.dumps(out, default=lambda o: o.model_dump(mode="json") if isinstance(o, BaseModel)
+                                 else str(o)))
 
 
 class Section(BaseModel):
@@ -62,18 +67,10 @@ class InputConfig(Section):
 
 
 # ------------------------------------------------------------------------------------- curate
-class GopherQualityConfig(Section):
+class FilterConfig(Section):
+    """What every filter's config has: a switch and an exemption pattern. A filter's own config
+    model (in its module under `mixture.curate.filters`) subclasses this and adds thresholds."""
     enabled: bool = True
-    min_words: int = Field(50, ge=0)
-    max_words: int = Field(100_000, gt=0)
-    min_mean_word_length: float = Field(3.0, ge=0)
-    max_mean_word_length: float = Field(10.0, gt=0)
-    max_symbol_word_ratio: float = Field(0.1, ge=0)
-    max_bullet_lines_ratio: float = Field(0.9, ge=0, le=1)
-    max_ellipsis_lines_ratio: float = Field(0.3, ge=0, le=1)
-    min_alpha_words_ratio: float = Field(0.8, ge=0, le=1)
-    min_stop_words: int = Field(2, ge=0)
-    stop_words: list[str] = ["the", "be", "to", "of", "and", "that", "have", "with"]
     exempt_if: str | None = Field(None, description="regex; documents whose text matches skip this filter")
 
     @field_validator("exempt_if")
@@ -87,90 +84,53 @@ class GopherQualityConfig(Section):
                 raise ValueError(f"not a valid regular expression: {err}") from None
         return v
 
-    @model_validator(mode="after")
-    def _ranges(self) -> "GopherQualityConfig":
-        if self.min_words > self.max_words:
-            raise ValueError("min_words must not exceed max_words")
-        if self.min_mean_word_length > self.max_mean_word_length:
-            raise ValueError("min_mean_word_length must not exceed max_mean_word_length")
-        return self
 
+class NestedConfigError(ValueError):
+    """A validation error inside a mapping whose keys are not fields (`curate.filters.<name>`):
+    `key` is the dotted path below the mapping, so the message names the whole key."""
 
-class GopherRepetitionConfig(Section):
-    enabled: bool = True
-    dup_line_frac: float = Field(0.3, ge=0, le=1)
-    dup_para_frac: float = Field(0.3, ge=0, le=1)
-    dup_line_char_frac: float = Field(0.2, ge=0, le=1)
-    dup_para_char_frac: float = Field(0.2, ge=0, le=1)
-    top_ngram_char_frac: dict[int, float] = {2: 0.20, 3: 0.18, 4: 0.16}
-    dup_ngram_char_frac: dict[int, float] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
-    exempt_if: str | None = None
-
-    @field_validator("exempt_if")
-    @classmethod
-    def _exempt_regex(cls, v: str | None) -> str | None:
-        import re
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as err:
-                raise ValueError(f"not a valid regular expression: {err}") from None
-        return v
-
-    @field_validator("top_ngram_char_frac", "dup_ngram_char_frac")
-    @classmethod
-    def _ngram_fracs(cls, v: dict[int, float]) -> dict[int, float]:
-        for n, frac in v.items():
-            if n < 1 or not 0 <= frac <= 1:
-                raise ValueError(f"n-gram sizes must be >= 1 and fractions in [0, 1], got {n}: {frac}")
-        return dict(sorted(v.items()))
-
-
-class C4Config(Section):
-    enabled: bool = True
-    min_sentences: int = Field(3, ge=0)
-    reject_lorem_ipsum: bool = True
-    reject_curly_brace: bool = True
-    exempt_if: str | None = None
-
-    @field_validator("exempt_if")
-    @classmethod
-    def _exempt_regex(cls, v: str | None) -> str | None:
-        import re
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as err:
-                raise ValueError(f"not a valid regular expression: {err}") from None
-        return v
-
-
-class FineWebConfig(Section):
-    enabled: bool = True
-    min_punct_line_ratio: float = Field(0.12, ge=0, le=1)
-    short_line_chars: int = Field(30, ge=0)
-    max_short_line_ratio: float = Field(0.67, ge=0, le=1)
-    max_dup_line_char_frac: float = Field(0.01, ge=0, le=1)
-    max_newlines_per_word: float = Field(0.3, ge=0)
-    exempt_if: str | None = None
-
-    @field_validator("exempt_if")
-    @classmethod
-    def _exempt_regex(cls, v: str | None) -> str | None:
-        import re
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as err:
-                raise ValueError(f"not a valid regular expression: {err}") from None
-        return v
+    def __init__(self, key: str, msg: str):
+        super().__init__(f"{key}: {msg}")
+        self.key, self.msg = key, msg
 
 
 class FiltersConfig(Section):
-    gopher_quality: GopherQualityConfig = GopherQualityConfig()
-    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
-    c4: C4Config = C4Config()
-    fineweb: FineWebConfig = FineWebConfig()
+    """`curate.filters`: one entry per registered filter (`mixture.registry.FILTERS`), each
+    validated by that filter's config model; a filter left out gets its defaults, an unknown name
+    is an error that lists the known ones. Adding a filter module adds its key here."""
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_registry(cls, data: Any) -> Any:
+        from mixture.registry import FILTERS
+
+        if isinstance(data, BaseModel):
+            data = {k: getattr(data, k) for k in (data.model_extra or {})}
+        if not isinstance(data, dict):
+            raise ValueError("must be a mapping of filter name -> settings")
+        unknown = [k for k in data if k not in FILTERS]
+        if unknown:
+            raise ValueError(f"unknown filter {unknown[0]!r}; known: {', '.join(FILTERS.names())}")
+        out = {}
+        for name in sorted(FILTERS.names(), key=lambda n: (FILTERS.get(n).order, n)):   # chain order
+            model = FILTERS.get(name).config_model
+            value = data.get(name, {})
+            if isinstance(value, model):
+                out[name] = value
+                continue
+            try:
+                out[name] = model.model_validate(value if not isinstance(value, BaseModel) else value.model_dump())
+            except ValidationError as err:
+                first = err.errors()[0]
+                sub = ".".join(str(p) for p in first["loc"])
+                msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+                raise NestedConfigError(f"{name}.{sub}" if sub else name, msg) from None
+        return out
+
+    def items(self) -> list[tuple[str, FilterConfig]]:
+        """(name, config) of every registered filter, in chain order."""
+        return list((self.model_extra or {}).items())
 
 
 class FuzzyDedupConfig(Section):
@@ -205,10 +165,31 @@ class CurateConfig(Section):
     split_bytes: int = Field(128 << 20, ge=1 << 10,
                              description="uncompressed JSONL / Parquet files larger than this are read in pieces")
     docs_per_file: int = Field(100_000, ge=1, description="rows per output Parquet part file (about)")
-    filters: FiltersConfig = FiltersConfig()
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
     exact_dedup: bool = True
     fuzzy_dedup: FuzzyDedupConfig = FuzzyDedupConfig()
     keep_rejected: bool = True
+
+    # The two stages of curation hash different parts of this section ("score once, decide many
+    # times"): `curate` annotates (what is read, the signals' own parameters, the dedup groups'
+    # parameters), `select` decides (thresholds, switches, exemptions, what is written). A
+    # threshold change therefore reruns only `select`.
+    @property
+    def annotation(self) -> dict[str, Any]:
+        """What the `annotated` dataset depends on (the `curate` stage's hash)."""
+        from mixture.curate.filters import signal_params
+
+        return {"max_doc_bytes": self.max_doc_bytes, "split_bytes": self.split_bytes,
+                "docs_per_file": self.docs_per_file,
+                "fuzzy_dedup": {k: v for k, v in _hashed_dump(self.fuzzy_dedup).items() if k != "enabled"},
+                "signals": signal_params(self.filters)}
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """What the `curated` dataset depends on beyond `annotated` (the `select` stage's hash)."""
+        return {"filters": _hashed_dump(self.filters), "exact_dedup": self.exact_dedup,
+                "fuzzy_dedup_enabled": self.fuzzy_dedup.enabled, "keep_rejected": self.keep_rejected,
+                "docs_per_file": self.docs_per_file}
 
 
 # -------------------------------------------------------------------------------------- embed
@@ -228,11 +209,19 @@ class EmbedConfig(Section):
 class QualityConfig(Section):
     reference_uris: list[str] = Field([], description="high-quality reference docs for the classifier")
     min_cluster_quality: float = Field(3.0, description="paper: mean score >= 3.0 on a 1-5 scale")
-    scorer: Literal["heuristic", "classifier", "fasttext"] = "heuristic"
+    scorer: str = Field("heuristic", description="a registered quality scorer (mixture.scorers): "
+                                                   "heuristic, classifier, fasttext, or a plugin's")
     fasttext_model: str | None = None
     heuristic_signals: dict[str, tuple[float, float, float]] = Field(
         {}, description="q_* column -> (bad, threshold, good); adds to or replaces the built-in table")
     classifier_negatives: int = Field(10_000, ge=1, description="random corpus documents as negatives")
+
+    @field_validator("scorer")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from mixture.registry import QUALITY_SCORERS
+
+        return QUALITY_SCORERS.check(v)
 
     @model_validator(mode="after")
     def _scorer_inputs(self) -> "QualityConfig":
@@ -421,8 +410,9 @@ class Config(Section):
 
     def section_hash(self, *names: str, exclude: tuple[str, ...] = ()) -> str:
         """sha256 of the canonical JSON of the named sections (and the seed), less the
-        `section.key` fields in `exclude`."""
-        payload: dict[str, Any] = {n: _hashed_dump(getattr(self, n)) for n in names}
+        `section.key` fields in `exclude`. A dotted name (`curate.selection`) is a part of a
+        section: a field, a subsection or a property."""
+        payload: dict[str, Any] = {n: _hashed_dump(self._part(n)) for n in names}
         for dotted in exclude:
             section, key = dotted.split(".", 1)
             payload.get(section, {}).pop(key, None)
@@ -430,12 +420,21 @@ class Config(Section):
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def _part(self, dotted: str) -> Any:
+        value: Any = self
+        for key in dotted.split("."):
+            value = getattr(value, key)
+        return value
+
 
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
+        nested = (e.get("ctx") or {}).get("error")
+        if isinstance(nested, NestedConfigError):
+            key, msg = f"{key}.{nested.key}", nested.msg
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"  {key}: {msg}")

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("curate", "curated", (), ("input", "curate"), files=("input.uris",),
-          target="mixture.curate.stage:run"),
+    Stage("curate", "annotated", (), ("input", "curate.annotation"), files=("input.uris",)),
+    Stage("select", "curated", ("annotated",), ("curate.selection",)),
     Stage("embed", "embeddings", ("curated",), ("embed",), resumable=True),
     Stage("cluster", "clusters", ("curated", "embeddings"), ("cluster",),
           files=("cluster.quality.reference_uris", "cluster.quality.fasttext_model")),

@@ -30,7 +30,7 @@ from mixture.documents import texts_by_id
 from mixture.kmeans import KMeansResult, MergeResult
 
 if TYPE_CHECKING:
-    from mixture.quality_scores import Scores
+    from mixture.scorers import Scores
 
 log = logging.getLogger(__name__)
 

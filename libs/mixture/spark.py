@@ -1,22 +1,36 @@
-"""The Spark session the curation stage runs on: `local[*]` by default, any master URL works."""
+"""The Spark session the `curate` stage runs on (`local[*]` by default, any master URL works),
+and the one place that says which environment Spark's Python processes need: the CLI, the
+spark-submit job and the Airflow task all take it from `environment`."""
 from __future__ import annotations
 
 import os
 import sys
+from typing import MutableMapping
 
 
-def session(master: str, app: str = "climb", partitions: int = 8):
-    # Python workers must import the same interpreter (and its packages) as the driver.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+def environment(master: str = "local[*]", env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+    """Set (unless already set) what Spark's processes need in `env` (default: this process's
+    environment): Python workers run this interpreter, so they import the same `mixture` and
+    packages as the driver; a local master binds to the loopback address."""
+    env = os.environ if env is None else env
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return env
+
+
+def session(master: str | None, app: str = "climb", partitions: int = 8):
+    """A session for `master` (None: whatever spark-submit configured)."""
+    environment(master or "")
     from pyspark.sql import SparkSession
 
-    spark = (SparkSession.builder.master(master).appName(app)
-             .config("spark.sql.shuffle.partitions", str(partitions))
-             .config("spark.default.parallelism", str(partitions))
-             .config("spark.ui.showConsoleProgress", "false")
+    builder = SparkSession.builder.appName(app)
+    if master:
+        builder = (builder.master(master)
+                   .config("spark.sql.shuffle.partitions", str(partitions))
+                   .config("spark.default.parallelism", str(partitions)))
+    spark = (builder.config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .getOrCreate())
     spark.sparkContext.setLogLevel("WARN")

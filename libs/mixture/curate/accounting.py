@@ -2,6 +2,11 @@
 
     read = kept + quarantined (per reason) + filtered (per filter) + exact dups + near dups
 
+Curation is two stages, and the equation holds across both: `curate` (the `annotated` dataset)
+checks read = annotated + quarantined per file (`documents_out` counts the annotated ones); `select`
+(the `curated` dataset) takes read and quarantined from the annotated manifest and checks the
+whole equation with its own outcomes of the annotated documents.
+
 `read` is counted independently of the outcomes (right after ingest, before any join), so a
 record lost or duplicated by a join, a bad filter or a bug in deduplication makes the equation
 fail, and the stage fails with it instead of committing a dataset whose counts do not add up.
@@ -12,6 +17,7 @@ from collections import defaultdict
 from typing import Any, Iterable
 
 KEPT = "kept"
+ANNOTATED = "annotated"          # a readable document that enters selection (the `curate` stage)
 EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
 QUARANTINE_PREFIX = "quarantine:"
@@ -28,7 +34,7 @@ def _empty() -> dict[str, Any]:
 
 
 def _add(bucket: dict[str, Any], outcome: str, n: int) -> None:
-    if outcome == KEPT:
+    if outcome in (KEPT, ANNOTATED):
         bucket["documents_out"] += n
     elif outcome == EXACT:
         bucket["exact_duplicates"] += n

@@ -114,27 +114,34 @@ def _utf8_buffers(arr) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets
 
 
-def _word_hashes(words) -> np.ndarray:
-    """64-bit hashes of an Arrow string array of words (stable across processes and runs)."""
-    if len(words) == 0:
-        return np.empty(0, dtype=np.uint64)
-    data, offsets = _utf8_buffers(words)
-    return _string_hashes(data, offsets[:-1], offsets[1:])
-
-
 def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Shingles of many documents at once: (hashes, offsets) where document d's sorted unique
     32-bit n-gram hashes are hashes[offsets[d]:offsets[d+1]] (none when it has no words).
 
     Normalisation runs in Arrow's C++ kernels, word splitting and hashing in numpy over the
-    UTF-8 bytes; n-grams never cross document boundaries."""
+    UTF-8 bytes (words -> n-gram hashes -> unique per document); n-grams never cross document
+    boundaries."""
+    words = _word_spans(texts)
+    if words is None:
+        n_docs = len(texts)
+        return _EMPTY, np.zeros(n_docs + 1, dtype=np.int64)
+    data, offsets, word_starts, word_ends = words
+    n_docs = len(offsets) - 1
+    w = _string_hashes(data, word_starts, word_ends)
+    counts = np.bincount(np.searchsorted(offsets, word_starts, side="right") - 1, minlength=n_docs).astype(np.int64)
+    doc_of_start, h = _ngram_hashes(w, counts, ngram)
+    return _unique_per_doc(doc_of_start, _splitmix64(h) >> _SHIFT32, n_docs)
+
+
+def _word_spans(texts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(UTF-8 bytes, document offsets, word starts, word ends) of the normalised texts; None
+    when no document has a word."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.large_string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    n_docs = len(arr)
     # Words are the runs of letters, digits and underscores (Python's \w+) of the lowercased
     # text: every other run of characters becomes one space, so in the UTF-8 bytes a word is a
     # maximal run of non-space bytes inside one document (0x20 never occurs inside a multi-byte
@@ -145,7 +152,7 @@ def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
     data = data[int(offsets[0]):int(offsets[-1])]
     offsets = offsets - offsets[0]
     if len(data) == 0:
-        return _EMPTY, np.zeros(n_docs + 1, dtype=np.int64)
+        return None
     word_byte = data != 0x20
     doc_first = np.zeros(len(data) + 1, dtype=bool)
     doc_first[offsets[:-1]] = True
@@ -155,8 +162,13 @@ def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
     next_space = np.r_[~word_byte[1:], True]
     word_starts = np.flatnonzero(word_byte & (prev_space | doc_first[:-1]))
     word_ends = np.flatnonzero(word_byte & (next_space | doc_last[:len(data)])) + 1
-    w = _string_hashes(data, word_starts, word_ends)
-    counts = np.bincount(np.searchsorted(offsets, word_starts, side="right") - 1, minlength=n_docs).astype(np.int64)
+    return data, offsets, word_starts, word_ends
+
+
+def _ngram_hashes(w: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(document of each shingle, its 64-bit hash) from the word hashes `w` of documents with
+    `counts` words each."""
+    n_docs = len(counts)
     word_off = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(counts, out=word_off[1:])
     # n-gram start positions: every position with n words left in its document, or the first
@@ -184,7 +196,11 @@ def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
             for k in range(int(d_count)):
                 acc = acc * _NGRAM_MULT + w[d_start + k]
             h[i] = acc
-    hashed = _splitmix64(h) >> _SHIFT32
+    return doc_of_start, h
+
+
+def _unique_per_doc(doc_of_start: np.ndarray, hashed: np.ndarray, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique 32-bit hashes per document, offsets)."""
     keyed = np.sort((doc_of_start.astype(np.uint64) << _SHIFT32) | hashed)
     keyed = keyed[np.r_[True, keyed[1:] != keyed[:-1]]]     # sort + mask: faster than np.unique
     docs = (keyed >> _SHIFT32).astype(np.int64)
@@ -336,7 +352,8 @@ def format_tradeoff(threshold: float, chosen: LSHParams, table: list[LSHParams],
              "  num_perm  bands x rows  FP area  FN area  weighted  P(detect at t)  steepest at"]
     for p in table:
         mark = " <- chosen" if p == chosen else ""
+        cost = fp_weight * p.false_positive_area + fn_weight * p.false_negative_area
         lines.append(f"  {p.num_perm:8d}  {p.bands:5d} x {p.rows:<4d}  {p.false_positive_area:7.4f}  "
-                     f"{p.false_negative_area:7.4f}  {fp_weight * p.false_positive_area + fn_weight * p.false_negative_area:8.4f}"
+                     f"{p.false_negative_area:7.4f}  {cost:8.4f}"
                      f"  {p.probability(threshold):14.3f}  {p.effective_threshold:11.3f}{mark}")
     return "\n".join(lines)

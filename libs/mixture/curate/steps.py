@@ -1,4 +1,4 @@
-"""The per-batch functions the curation stage runs inside Spark executors (`mapInArrow`).
+"""The per-batch functions the `curate` stage runs inside Spark executors (`mapInArrow`).
 
 Each is built by a factory that takes plain picklable settings and returns a function from an
 iterator of Arrow record batches to an iterator of record batches, so the same code runs in
@@ -13,7 +13,7 @@ import numpy as np
 
 from mixture import storage
 from mixture.config import FiltersConfig
-from mixture.curate.filters import FilterChain, signal_names
+from mixture.curate.filters import TextStats, compute_signals, signal_functions, stored_signal_names
 from mixture.curate.ingest import ReadOptions, Split, read_split
 
 INGEST_COLUMNS = ["file", "line", "id", "text", "source", "reason", "raw"]
@@ -53,28 +53,28 @@ def normalized_hash(text: str) -> str:
     return hashlib.sha1(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
 
 
-def score_columns(filters: FiltersConfig) -> list[tuple[str, str]]:
-    return ([("n_words", "int")] + [(n, "float") for n in signal_names(filters)]
-            + [("filter_reason", "string"), ("filter_failed", "string"), ("exempt", "string"),
-               ("text_hash", "string")])
+def signal_columns(filters: FiltersConfig) -> list[tuple[str, str]]:
+    """The columns `signal_batches` adds: n_words, every registered filter's signals (float64,
+    so a stored value replays a rule exactly) and the exact-dedup key."""
+    return ([("n_words", "int")] + [(n, "double") for n in stored_signal_names(filters)]
+            + [("text_hash", "string")])
 
 
-def score_schema(input_schema: str, filters: FiltersConfig) -> str:
-    return input_schema + ", " + ", ".join(f"{n} {t}" for n, t in score_columns(filters))
+def signal_schema(input_schema: str, filters: FiltersConfig) -> str:
+    return input_schema + ", " + ", ".join(f"{n} {t}" for n, t in signal_columns(filters))
 
 
-def score_batches(filters: dict[str, Any]):
-    """Batches with `text` and `reason` -> the same batches plus n_words, the q_* signals, the
-    first failing filter (`filter_reason`), every failing filter (`filter_failed`, for
-    statistics), the exempted filters and the exact-dedup hash. Rows already quarantined
-    (`reason` set) get nulls."""
+def signal_batches(filters: dict[str, Any]):
+    """Batches with `text` and `reason` -> the same batches plus n_words, every signal and the
+    exact-dedup hash. Rows already quarantined (`reason` set) get nulls. No decision is taken
+    here: that is the `select` stage's (`mixture.curate.select`)."""
 
     def run(batches: Iterator) -> Iterator:
         import pyarrow as pa
 
         cfg = FiltersConfig.model_validate(filters)
-        chain = FilterChain(cfg)
-        names = signal_names(cfg)
+        functions = signal_functions(cfg)
+        names = list(functions)
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -82,30 +82,22 @@ def score_batches(filters: dict[str, Any]):
             reasons = batch.column("reason").to_pylist()
             n = len(texts)
             n_words = np.zeros(n, dtype=np.int32)
-            sig = np.zeros((n, len(names)), dtype=np.float32)
+            sig = np.zeros((n, len(names)), dtype=np.float64)
             valid = np.zeros(n, dtype=bool)
-            first: list[str | None] = [None] * n
-            failed: list[str | None] = [None] * n
-            exempt: list[str | None] = [None] * n
             hashes: list[str | None] = [None] * n
             for i, (text, reason) in enumerate(zip(texts, reasons)):
                 if reason is not None or text is None:
                     continue
-                v = chain(text)
+                values = compute_signals(TextStats(text), functions)
                 valid[i] = True
-                n_words[i] = v.n_words
-                sig[i] = [v.signals[k] for k in names]
-                first[i] = v.reason
-                failed[i] = ";".join(f"{k}:{r}" for k, r in v.failed.items()) or None
-                exempt[i] = ";".join(v.exempt) or None
+                n_words[i] = int(values["n_words"])
+                sig[i] = [values[k] for k in names]
                 hashes[i] = normalized_hash(text)
             mask = ~valid
             arrays = list(batch.columns) + [pa.array(n_words, pa.int32(), mask=mask)]
-            arrays += [pa.array(sig[:, j], pa.float32(), mask=mask) for j in range(len(names))]
-            arrays += [pa.array(first, pa.string()), pa.array(failed, pa.string()),
-                       pa.array(exempt, pa.string()), pa.array(hashes, pa.string())]
-            out_names = list(batch.schema.names) + ["n_words"] + names + [
-                "filter_reason", "filter_failed", "exempt", "text_hash"]
+            arrays += [pa.array(sig[:, j], pa.float64(), mask=mask) for j in range(len(names))]
+            arrays += [pa.array(hashes, pa.string())]
+            out_names = list(batch.schema.names) + ["n_words"] + names + ["text_hash"]
             yield pa.RecordBatch.from_arrays(arrays, names=out_names)
 
     return run

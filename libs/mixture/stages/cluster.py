@@ -30,7 +30,7 @@ from mixture.contract import StageContext, StageOutput
 from mixture.embeddings import load_embeddings
 from mixture.kmeans import (ClusterError, KMeansResult, MergeResult, effective_k, final_ids, normalize_rows,
                             prune_reasons, spherical_kmeans, ward_merge)
-from mixture.quality_scores import Scores, compute_scores
+from mixture.scorers import Scores, compute_scores
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,380 @@
+"""Selection: the `annotated` dataset -> the `curated` dataset, without Spark.
+
+The mixer half of Dolma's tagger/mixer split ("score once, decide many times"): the signals and
+dedup groups were computed once by `annotate.py`; this applies the configured filters (enabled
+flags, thresholds, `exempt_if`) to the stored signals and the dedup switches to the stored groups,
+streaming the annotated part files in record batches (memory: one batch, one small integer per
+document, the minima of the dedup groups, and one output part at a time).
+
+1. filters: each document's first failing rule, `filter:<name>:<rule>` (`FilterChain.decide`),
+   every rule that would reject it alone, and the filters it is exempt from;
+2. dedup, as the single-stage curation did: only documents that pass the filters take part; an
+   exact group's survivor is its smallest passing id (the others are `exact_duplicate`s of the
+   survivor of its near group), a near group's survivor is its smallest passing id (the other
+   representatives are `near_duplicate`s of it);
+3. accounting: per input file, read (from the annotated manifest) = kept + quarantined +
+   filtered + exact + near, or the stage fails;
+4. write: `docs/` and `rejected/` in the format and part layout the Spark stage wrote (a row's
+   part is xxhash64(id) mod parts, stored as `id_hash` by `annotate.py`; rows sorted by id), and
+   `quarantine/` copied from the annotated dataset.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixture import storage
+from mixture.config import Config
+from mixture.curate import accounting, steps
+from mixture.curate.filters import (
+    FilterChain,
+    Signal,
+    TextStats,
+    filter_config,
+    registered,
+    signal_functions,
+    signal_names,
+)
+from mixture.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+REJECTED_FIELDS = [("id", "string"), ("text", "string"), ("source", "string"), ("reason", "string"),
+                   ("duplicate_of", "string")]
+GROUP_COLUMNS = ["id", "file", "exact_group", "near_group"]
+PASS = 0                       # reason code of a document that passes every filter
+MAX_OPEN_PARTS = 256           # spill files open at once while routing rows to output parts
+QUANTILE_SAMPLE = 100_000      # kept documents the signal quantiles are computed from (at most)
+
+
+def docs_fields(cfg: Config) -> list[tuple[str, str]]:
+    """Columns of `curated/docs/`: the document, n_words and the q_* signals (float32)."""
+    return ([("id", "string"), ("text", "string"), ("source", "string"), ("n_words", "int")]
+            + [(n, "float") for n in signal_names(cfg.curate.filters)])
+
+
+@dataclass
+class Decisions:
+    """What pass 1 found: a reason code per document (per part file), the dedup groups' minima
+    over passing documents, and the filter statistics."""
+    reasons: list[str] = field(default_factory=lambda: [""])          # code -> "filter:<name>:<rule>"
+    codes: list[np.ndarray] = field(default_factory=list)             # per part file
+    exact_min: dict[str, str] = field(default_factory=dict)
+    near_min: dict[str, str] = field(default_factory=dict)
+    alone: Counter = field(default_factory=Counter)                   # "<filter>:<rule>" -> n
+    exempted: Counter = field(default_factory=Counter)
+
+    def code(self, reason: str | None) -> int:
+        if reason is None:
+            return PASS
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return self.reasons.index(reason)
+
+
+# ------------------------------------------------------------------------------ reading
+def _iter_batches(uri: str, columns: list[str], batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+    with storage.open_read(uri) as f:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def needed_signals(chain: FilterChain) -> dict[str, Signal]:
+    """The signals the enabled filters' decisions read."""
+    out: dict[str, Signal] = {}
+    for _, flt, sub, _ in chain.filters:
+        for name, fn in flt.signals(sub).items():
+            out.setdefault(name, fn)
+    return out
+
+
+def _signals(batch: pa.RecordBatch, functions: dict[str, Signal], stored: set[str]) -> dict[str, list[float]]:
+    """Signal values per column: stored ones as read; one a filter registered after the
+    annotation needs is computed here from the text (slow; re-annotating stores it)."""
+    out = {n: batch.column(n).to_pylist() for n in ["n_words", *functions] if n in stored}
+    missing = {n: fn for n, fn in functions.items() if n not in stored}
+    if missing:
+        rows = [TextStats(t) for t in batch.column("text").to_pylist()]
+        out.update({n: [float(fn(s)) for s in rows] for n, fn in missing.items()})
+    return out
+
+
+def _with_missing(batch: pa.RecordBatch, functions: dict[str, Signal], stored: set[str]) -> pa.RecordBatch:
+    """The batch with any q_* signal the annotation lacks computed from the text."""
+    missing = {n: fn for n, fn in functions.items() if n.startswith("q_") and n not in stored}
+    if not missing:
+        return batch
+    values = _signals(batch, missing, stored)
+    arrays = list(batch.columns) + [pa.array(values[n], pa.float64()) for n in missing]
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names + list(missing))
+
+
+# ------------------------------------------------------------------------ 1. filters
+def decide_filters(parts: list[str], chain: FilterChain, stored: set[str]) -> Decisions:
+    """Pass 1: every document's first failing rule, and the dedup minima over passing ones."""
+    dec = Decisions()
+    functions = needed_signals(chain)
+    columns = ["text", "n_words", *[n for n in functions if n in stored], *GROUP_COLUMNS]
+    for uri in parts:
+        codes: list[int] = []
+        for batch in _iter_batches(uri, columns):
+            sig = _signals(batch, functions, stored)
+            names = list(sig)
+            texts = batch.column("text").to_pylist()
+            ids, exact, near = (batch.column(c).to_pylist() for c in ("id", "exact_group", "near_group"))
+            for i, values in enumerate(zip(*sig.values())):
+                verdict = chain.decide(dict(zip(names, values)), texts[i])
+                dec.alone.update(f"{k}:{r}" for k, r in verdict.failed.items())
+                dec.exempted.update(verdict.exempt)
+                codes.append(dec.code(verdict.reason))
+                if verdict.reason is None:
+                    _take_min(dec.exact_min, exact[i], ids[i])
+                    _take_min(dec.near_min, near[i], ids[i])
+        dec.codes.append(np.asarray(codes, dtype=np.int32))
+    return dec
+
+
+def _take_min(minima: dict[str, str], group: str | None, doc_id: str) -> None:
+    if group is not None and (group not in minima or doc_id < minima[group]):
+        minima[group] = doc_id
+
+
+# -------------------------------------------------------------------------- 2. dedup
+def outcomes(batch: pa.RecordBatch, codes: np.ndarray, dec: Decisions, exact_on: bool,
+             fuzzy_on: bool) -> tuple[list[str], list[str | None]]:
+    """(outcome, duplicate_of) of every row of a batch, from its filter code and its groups."""
+    ids, exact, near = (batch.column(c).to_pylist() for c in ("id", "exact_group", "near_group"))
+    out: list[str] = []
+    dup_of: list[str | None] = []
+    for i, code in enumerate(codes.tolist()):
+        survivor = dec.near_min.get(near[i]) if fuzzy_on and near[i] is not None else None
+        rep = dec.exact_min.get(exact[i]) if exact_on and exact[i] is not None else None
+        if code != PASS:
+            out.append(dec.reasons[code])
+            dup_of.append(None)
+        elif rep is not None and rep != ids[i]:
+            out.append(accounting.EXACT)
+            dup_of.append(survivor or rep)
+        elif survivor is not None and survivor != ids[i]:
+            out.append(accounting.NEAR)
+            dup_of.append(survivor)
+        else:
+            out.append(accounting.KEPT)
+            dup_of.append(None)
+    return out, dup_of
+
+
+def count_outcomes(parts: list[str], dec: Decisions, exact_on: bool, fuzzy_on: bool
+                   ) -> tuple[list[tuple[str, str, int]], int]:
+    """Pass 2 (ids and groups only): (file, outcome, n) rows and the number of near groups
+    that lost a member."""
+    counts: Counter = Counter()
+    groups: set[str] = set()
+    for uri, codes in zip(parts, dec.codes):
+        offset = 0
+        for batch in _iter_batches(uri, GROUP_COLUMNS):
+            outs, dup_of = outcomes(batch, codes[offset:offset + batch.num_rows], dec, exact_on, fuzzy_on)
+            offset += batch.num_rows
+            counts.update(zip(batch.column("file").to_pylist(), outs))
+            groups.update(d for o, d in zip(outs, dup_of) if o == accounting.NEAR)
+    return [(f, o, n) for (f, o), n in sorted(counts.items())], len(groups)
+
+
+# -------------------------------------------------------------------------- 3. accounting
+def build_counts(annotated: Dataset, select_outcomes: list[tuple[str, str, int]]) -> dict[str, Any]:
+    """The curated counts: read and quarantined per file from the annotated manifest, the rest
+    from this stage's outcomes; raises AccountingError when a file's equation fails."""
+    per_file = annotated.manifest.counts["per_file"]
+    read = {f: c["documents_in"] for f, c in per_file.items()}
+    quarantined = [(f, accounting.QUARANTINE_PREFIX + reason, n)
+                   for f, c in per_file.items() for reason, n in c["quarantined"].items()]
+    counts = accounting.build_counts(list(per_file), read, quarantined + select_outcomes)
+    seen = Counter()
+    for f, _, n in select_outcomes:
+        seen[f] += n
+    lost = {f: (c["documents_out"], seen[f]) for f, c in per_file.items() if c["documents_out"] != seen[f]}
+    if lost:
+        raise accounting.AccountingError(f"annotated documents and selected outcomes differ per file: {lost}")
+    return counts
+
+
+# ------------------------------------------------------------------------------- 4. write
+class PartWriter:
+    """Rows routed to output parts by `id_hash mod parts`, spilled to local Arrow files, then
+    each part sorted by id and written like the Spark stage's parts (`steps.write_table`)."""
+
+    def __init__(self, staging: str, prefix: str, fields: list[tuple[str, str]], n_rows: int,
+                 docs_per_file: int, spill_dir: str):
+        self.staging, self.prefix = staging, prefix
+        self.schema = steps.arrow_schema(fields)
+        self.parts = max(1, math.ceil(n_rows / docs_per_file))
+        self.spill_dir = spill_dir
+        self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        self.written = 0
+
+    def add(self, table: pa.Table, id_hash: np.ndarray, lo: int, hi: int) -> None:
+        """Spill the rows whose part is in [lo, hi)."""
+        part = np.mod(id_hash, self.parts)
+        for b in np.unique(part[(part >= lo) & (part < hi)]).tolist():
+            rows = table.filter(pa.array(part == b)).select(self.schema.names).cast(self.schema)
+            if b not in self.writers:
+                self.writers[b] = pa.ipc.new_file(f"{self.spill_dir}/{self.prefix}-{b}.arrow", self.schema)
+            self.writers[b].write_table(rows)
+
+    def flush(self, lo: int, hi: int) -> None:
+        """Write parts [lo, hi) (empty ones too) and drop their spill files."""
+        for b in range(lo, min(hi, self.parts)):
+            table = self.schema.empty_table()
+            if b in self.writers:
+                self.writers.pop(b).close()
+                path = f"{self.spill_dir}/{self.prefix}-{b}.arrow"
+                with pa.memory_map(path) as src:
+                    table = pa.ipc.open_file(src).read_all()
+                storage.delete(path)
+            self.written += steps.write_table(table, self.schema, ["id"], steps.part_uri(self.staging, self.prefix, b))
+
+
+def write_outputs(parts: list[str], dec: Decisions, cfg: Config, staging: str, n_kept: int, n_rejected: int,
+                  sample_every: int, stored: set[str]) -> tuple[dict[str, int], dict[str, list[np.ndarray]]]:
+    """Pass 3: kept rows to `docs/`, the others to `rejected/` (when kept), in rounds of at
+    most MAX_OPEN_PARTS parts per output. Returns rows written and a sample of kept signals."""
+    cur = cfg.curate
+    q_names = ["n_words"] + signal_names(cur.filters)
+    functions = signal_functions(cur.filters)
+    sample: dict[str, list[np.ndarray]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="climb-select-") as spill:
+        docs = PartWriter(staging, "docs", docs_fields(cfg), n_kept, cur.docs_per_file, spill)
+        rejected = PartWriter(staging, "rejected", REJECTED_FIELDS, n_rejected, cur.docs_per_file, spill)
+        outputs = [docs] + ([rejected] if cur.keep_rejected else [])
+        for lo in range(0, max(w.parts for w in outputs), MAX_OPEN_PARTS):
+            hi = lo + MAX_OPEN_PARTS
+            for uri, codes in zip(parts, dec.codes):
+                offset = 0
+                for batch in _iter_batches(uri, None):
+                    batch = _with_missing(batch, functions, stored)
+                    outs, dup_of = outcomes(batch, codes[offset:offset + batch.num_rows], dec,
+                                            cur.exact_dedup, cur.fuzzy_dedup.enabled)
+                    offset += batch.num_rows
+                    _route(batch, outs, dup_of, docs, rejected if cur.keep_rejected else None, lo, hi,
+                           sample if lo == 0 else None, q_names, sample_every)
+            for w in outputs:
+                w.flush(lo, hi)
+    return {w.prefix: w.written for w in outputs}, sample
+
+
+def _route(batch: pa.RecordBatch, outs: list[str], dup_of: list[str | None], docs: PartWriter,
+           rejected: PartWriter | None, lo: int, hi: int, sample: dict | None, q_names: list[str],
+           sample_every: int) -> None:
+    kept = np.array([o == accounting.KEPT for o in outs], dtype=bool)
+    id_hash = batch.column("id_hash").to_numpy(zero_copy_only=False)
+    table = pa.Table.from_batches([batch])
+    docs.add(table.filter(pa.array(kept)), id_hash[kept], lo, hi)
+    if rejected is not None and (~kept).any():
+        rej = (table.filter(pa.array(~kept))
+               .append_column("reason", pa.array([o for o, k in zip(outs, kept) if not k], pa.string()))
+               .append_column("duplicate_of", pa.array([d for d, k in zip(dup_of, kept) if not k], pa.string())))
+        rejected.add(rej, id_hash[~kept], lo, hi)
+    if sample is not None:
+        pick = kept & (np.mod(id_hash, sample_every) == 0)
+        for n in q_names:
+            sample[n].append(batch.column(n).to_numpy(zero_copy_only=False)[pick].astype(np.float32))
+
+
+def copy_quarantine(annotated: Dataset, staging: str) -> int:
+    """The quarantine side set is the annotation's, byte for byte."""
+    rows = 0
+    for uri in annotated.files("quarantine/"):
+        rel = uri[len(annotated.uri.rstrip("/")) + 1:]
+        with storage.open_read(uri) as src, storage.open_write(storage.join(staging, rel)) as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+        rows += pq.read_metadata(storage.local_path(uri) or pa.BufferReader(storage.read_bytes(uri))).num_rows
+    return rows
+
+
+# -------------------------------------------------------------------------- the selection
+def select(annotated: Dataset, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str, Any], list]:
+    """Every step in order; returns (counts, extra, summary) of the `curated` dataset."""
+    cur = cfg.curate
+    t0 = time.time()
+    chain = FilterChain(cur.filters)
+    parts = annotated.files("docs/")
+    stored = set(pq.read_schema(storage.local_path(parts[0]) or pa.BufferReader(storage.read_bytes(parts[0]))).names)
+    dec = decide_filters(parts, chain, stored)
+    select_outcomes, near_groups = count_outcomes(parts, dec, cur.exact_dedup, cur.fuzzy_dedup.enabled)
+    counts = build_counts(annotated, select_outcomes)
+    n_kept = counts["documents_out"]
+    n_quarantined = sum(counts["quarantined"].values())
+    n_rejected = counts["documents_in"] - n_kept - n_quarantined
+    written, sample = write_outputs(parts, dec, cfg, staging, n_kept, n_rejected,
+                                    max(1, math.ceil(n_kept / QUANTILE_SAMPLE)), stored)
+    written["quarantine"] = copy_quarantine(annotated, staging)
+    expected = {"docs": n_kept, "quarantine": n_quarantined}
+    if cur.keep_rejected:
+        expected["rejected"] = n_rejected
+    accounting.check_written(expected, written)
+    seconds = time.time() - t0
+    extra = statistics(annotated, cfg, dec, select_outcomes, near_groups, sample, seconds)
+    return counts, extra, summary(counts, extra, cfg, seconds)
+
+
+def statistics(annotated: Dataset, cfg: Config, dec: Decisions, select_outcomes: list, near_groups: int,
+               sample: dict[str, list[np.ndarray]], seconds: float) -> dict[str, Any]:
+    """The manifest's extra: every enabled filter's settings (`filters`, read by the heuristic
+    quality scorer), per-rule statistics, dedup statistics, kept-signal quantiles."""
+    cur = cfg.curate
+    enabled = {name: filter_config(cur.filters, name) for name, _ in registered()}
+    per_filter = Counter()
+    for rule, n in dec.alone.items():
+        per_filter[rule.split(":", 1)[0]] += n
+    near = sum(n for _, o, n in select_outcomes if o == accounting.NEAR)
+    fz = annotated.manifest.extra.get("fuzzy_dedup", {})
+    return {
+        "filters": {name: c.model_dump(mode="json") for name, c in enabled.items() if c.enabled},
+        "filter_stats": {"first_failure_rules": accounting.rule_counts(select_outcomes),
+                         "rejects_alone": dict(sorted(per_filter.items())),
+                         "rejects_alone_rules": dict(sorted(dec.alone.items())),
+                         "exempted": dict(sorted(dec.exempted.items()))},
+        "fuzzy_dedup": ({"lsh": fz.get("lsh", {}), "annotation": {k: v for k, v in fz.items() if k != "lsh"},
+                         "near_duplicates": near, "groups": near_groups}
+                        if cur.fuzzy_dedup.enabled else {"enabled": False}),
+        "exact_dedup": cur.exact_dedup,
+        "signals_kept": _quantiles(sample),
+        "input_files": annotated.manifest.extra.get("input_files"),
+        "splits": annotated.manifest.extra.get("splits"),
+        "seconds": {"select": round(seconds, 2)},
+    }
+
+
+def _quantiles(sample: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, chunks in sample.items():
+        values = np.concatenate(chunks) if chunks else np.empty(0)
+        values = values[np.isfinite(values)]
+        if len(values):
+            p10, p50, p90 = np.quantile(values.astype(np.float64), [0.1, 0.5, 0.9])
+            out[name] = {"p10": float(p10), "p50": float(p50), "p90": float(p90)}
+    return out
+
+
+def summary(counts: dict[str, Any], extra: dict[str, Any], cfg: Config, seconds: float) -> list[tuple[str, Any]]:
+    fz = extra["fuzzy_dedup"]
+    lsh = fz.get("lsh", {})
+    return [
+        ("documents", f"{counts['documents_in']:,} read, {counts['documents_out']:,} kept in {seconds:.1f} s"),
+        ("quarantined", counts["quarantined"] or 0),
+        ("filtered", counts["filtered"] or 0),
+        ("exact duplicates", counts["exact_duplicates"] if cfg.curate.exact_dedup else "off"),
+        ("near duplicates", f"{counts['near_duplicates']} (MinHash {lsh.get('num_perm')} perms, "
+                            f"{lsh.get('bands')} bands x {lsh.get('rows')} rows, "
+                            f"Jaccard >= {cfg.curate.fuzzy_dedup.threshold})" if cfg.curate.fuzzy_dedup.enabled
+         else "off"),
+    ]

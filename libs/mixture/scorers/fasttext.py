@@ -1,0 +1,107 @@
+"""fastText quality scorer: CLIMB's own (Diao et al. 2025 score every document with fastText
+quality classifiers on a 1-5 scale), from a model file (`cluster.quality.fasttext_model`) when
+the `fasttext` package imports. Numeric labels (e.g. __label__0..__label__5) give the expected
+label, mapped linearly onto 1-5; a binary model gives 1 + 4 * P(positive label)."""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from mixture import storage
+from mixture.registry import QUALITY_SCORERS
+from mixture.scorers._base import QualityError, Scorer, ScoreInputs, log, to_scale
+
+POSITIVE_LABELS = ("hq", "high", "high_quality", "pos", "positive", "good", "1", "true", "yes")
+
+
+def fasttext_label_scores(labels: list[tuple[str, ...]], probs: list[np.ndarray]) -> np.ndarray:
+    """Per-document 1-5 score from fastText's (labels, probabilities) with all labels per doc.
+    Numeric labels: the expected label, mapped linearly from the smallest..largest label onto
+    1-5. Otherwise a binary model: 1 + 4 * P(positive label) (a label in POSITIVE_LABELS)."""
+    names = sorted({lab.removeprefix("__label__") for doc in labels for lab in doc})
+    numeric = all(re.fullmatch(r"-?\d+(\.\d+)?", n) for n in names) and len(names) > 2
+    out = np.empty(len(labels), dtype=np.float64)
+    if numeric:
+        lo, hi = min(map(float, names)), max(map(float, names))
+        for i, (labs, ps) in enumerate(zip(labels, probs)):
+            ev = sum(float(lab.removeprefix("__label__")) * p for lab, p in zip(labs, ps)) / max(sum(ps), 1e-12)
+            out[i] = (ev - lo) / (hi - lo)
+        return to_scale(out)
+    positive = [n for n in names if n.lower() in POSITIVE_LABELS]
+    if len(positive) != 1:
+        raise QualityError(f"fastText labels {names}: cannot tell which label means high quality "
+                           f"(expected exactly one of {POSITIVE_LABELS}, or numeric labels)")
+    pos = "__label__" + positive[0]
+    for i, (labs, ps) in enumerate(zip(labels, probs)):
+        out[i] = dict(zip(labs, ps)).get(pos, 0.0)
+    return to_scale(out)
+
+
+def fasttext_available() -> bool:
+    try:
+        import fasttext  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class FastTextScorer:
+    def __init__(self, model_uri: str):
+        try:
+            import fasttext
+        except ImportError:
+            raise QualityError("cluster.quality asks for a fastText model but the `fasttext` package is not "
+                               "installed (pip install fasttext-wheel), or use scorer heuristic/classifier") from None
+        import tempfile
+        local = storage.local_path(model_uri)
+        if local is None:       # fastText loads from a local file only
+            self._tmp = tempfile.NamedTemporaryFile(suffix=".bin")
+            self._tmp.write(storage.read_bytes(model_uri))
+            self._tmp.flush()
+            local = self._tmp.name
+        if not storage.exists(local):
+            raise QualityError(f"fastText model {model_uri} not found")
+        self.model = fasttext.load_model(local)
+
+    def scores(self, texts: Iterable[str]) -> np.ndarray:
+        labels, probs = [], []
+        for text in texts:
+            # fastText predicts one line: newlines become spaces. The binding's own predict() is
+            # avoided: with numpy 2 its single-line path fails (np.array(copy=False)) and its
+            # list path (multilinePredict) repeats the first probability for every label
+            # (fasttext-wheel 0.9.2); the per-line binding call returns correct pairs.
+            pairs = self.model.f.predict(" ".join(text.split()) + "\n", -1, 0.0, "strict")
+            labels.append(tuple(lab for _, lab in pairs))
+            probs.append(np.array([p for p, _ in pairs], dtype=np.float64))
+        return fasttext_label_scores(labels, probs)
+
+
+def iter_texts(ds: Any, batch_size: int = 8192) -> Iterator[tuple[list[str], list[str]]]:
+    """(ids, texts) batches of the curated docs, in file and row order."""
+    import pyarrow.parquet as pq
+
+    for uri in ds.files("docs/"):
+        with storage.open_read(uri) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["id", "text"]):
+                yield batch.column("id").to_pylist(), batch.column("text").to_pylist()
+
+
+@QUALITY_SCORERS.register("fasttext")
+class FastTextQualityScorer(Scorer):
+    order = 30
+
+    @staticmethod
+    def run(inp: ScoreInputs) -> tuple[np.ndarray | None, Any]:
+        qcfg = inp.cfg
+        if not qcfg.fasttext_model:
+            return None, None
+        if not fasttext_available() and not inp.chosen:
+            log.warning("fastText scorer skipped: the fasttext package is not installed")
+            return None, "skipped: fasttext not installed"
+        scorer = FastTextScorer(qcfg.fasttext_model)
+        score_of: dict[str, float] = {}
+        for batch_ids, batch_texts in iter_texts(inp.curated):      # streamed: texts never all in memory
+            score_of.update(zip(batch_ids, scorer.scores(batch_texts).tolist()))
+        return np.array([score_of[i] for i in inp.ids], dtype=np.float32), {"model": qcfg.fasttext_model}
