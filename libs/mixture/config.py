@@ -177,12 +177,10 @@ class CurateConfig(Section):
     @property
     def annotation(self) -> dict[str, Any]:
         """What the `annotated` dataset depends on (the `curate` stage's hash)."""
-        from mixture.curate.filters import signal_params
-
         return {"max_doc_bytes": self.max_doc_bytes, "split_bytes": self.split_bytes,
                 "docs_per_file": self.docs_per_file,
                 "fuzzy_dedup": {k: v for k, v in _hashed_dump(self.fuzzy_dedup).items() if k != "enabled"},
-                "signals": signal_params(self.filters)}
+                "signals": _signal_params(self.filters)}
 
     @property
     def selection(self) -> dict[str, Any]:
@@ -190,6 +188,19 @@ class CurateConfig(Section):
         return {"filters": _hashed_dump(self.filters), "exact_dedup": self.exact_dedup,
                 "fuzzy_dedup_enabled": self.fuzzy_dedup.enabled, "keep_rejected": self.keep_rejected,
                 "docs_per_file": self.docs_per_file}
+
+
+def _signal_params(filters: FiltersConfig) -> dict[str, Any]:
+    """Per registered filter: its signal names and the config fields that change what they
+    measure (thresholds are absent), through the registry, so config imports no filter module."""
+    from mixture.registry import FILTERS
+
+    out = {}
+    for name in FILTERS.names():
+        flt = FILTERS.get(name)
+        sub = (filters.model_extra or {}).get(name) or flt.config_model()
+        out[name] = {"signals": list(flt.signals(sub)), **flt.signal_params(sub)}
+    return out
 
 
 # -------------------------------------------------------------------------------------- embed

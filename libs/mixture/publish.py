@@ -453,16 +453,8 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
 
     existing = _get_json(client, target.bucket, target.key(version, MANIFEST))
     if existing is not None:
-        if _files_key(existing[0].get("files", [])) != _files_key(files):
-            theirs = {f["path"]: f["sha256"] for f in existing[0].get("files", [])}
-            ours = {f["path"]: f["sha256"] for f in files}
-            differ = sorted(p for p in set(theirs) | set(ours) if theirs.get(p) != ours.get(p))
-            raise PublishError(
-                f"version {version} already exists at {uri} with different content ({len(differ)} files "
-                f"differ, e.g. {differ[:3]}); published versions are immutable: choose a new version or "
-                "leave publish.version unset to use the content hash")
-        existing_sha = hashlib.sha256(existing[1]).hexdigest()
-        moved = update_latest(client, target, version, existing_sha, content_sha)
+        _check_same_content(existing[0], files, version, uri)
+        moved = update_latest(client, target, version, hashlib.sha256(existing[1]).hexdigest(), content_sha)
         log.info("version %s is already published with the same content: nothing to upload", version)
         return PublishReport(uri, version, len(files), sum(f["bytes"] for f in files), 0, len(files), 0,
                              time.time() - t0, True, moved)
@@ -472,27 +464,8 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
     if aborted:
         log.info("aborted %d incomplete multipart upload(s) of an earlier attempt", aborted)
     uploader = Uploader(client, target, version, cfg)
-
-    def one(f: dict) -> bool:
-        # hashing in the worker overlaps reading one file with uploading others
-        return uploader.put(describe_local(ds.path(f["path"]), f["path"], int(f["bytes"]), f["sha256"],
-                                           uploader.chunk))
-
-    uploaded = skipped = 0
+    uploaded, skipped = _upload_all(ds, files, uploader, version, cfg.publish.concurrency)
     total = sum(int(f["bytes"]) for f in files)
-    with tqdm(total=total, desc=f"publish {version}", unit="B", unit_scale=True) as bar, \
-            ThreadPoolExecutor(max_workers=cfg.publish.concurrency) as pool:
-        futures = {pool.submit(one, f): f for f in files}
-        for fut in as_completed(futures):
-            try:
-                did_upload = fut.result()
-            except Exception:
-                for other in futures:
-                    other.cancel()
-                raise
-            uploaded += did_upload
-            skipped += not did_upload
-            bar.update(int(futures[fut]["bytes"]))
 
     wanted = {uploader.key(f["path"]) for f in files}
     strays = [k for k in _list_keys(client, target.bucket, target.key(version) + "/") if k not in wanted]
@@ -507,6 +480,44 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
     log.info("published %s: %d uploaded, %d already there, %d retried, %.1f MB/s", uri, uploaded, skipped,
              uploader.retried, total / 1e6 / max(secs, 1e-9))
     return PublishReport(uri, version, len(files), total, uploaded, skipped, uploader.retried, secs, False, moved)
+
+
+def _check_same_content(existing: dict, files: list[dict], version: str, uri: str) -> None:
+    if _files_key(existing.get("files", [])) == _files_key(files):
+        return
+    theirs = {f["path"]: f["sha256"] for f in existing.get("files", [])}
+    ours = {f["path"]: f["sha256"] for f in files}
+    differ = sorted(p for p in set(theirs) | set(ours) if theirs.get(p) != ours.get(p))
+    raise PublishError(
+        f"version {version} already exists at {uri} with different content ({len(differ)} files "
+        f"differ, e.g. {differ[:3]}); published versions are immutable: choose a new version or "
+        "leave publish.version unset to use the content hash")
+
+
+def _upload_all(ds: Dataset, files: list[dict], uploader: "Uploader", version: str,
+                concurrency: int) -> tuple[int, int]:
+    """Upload (or keep, when verified already) every file; (uploaded, skipped)."""
+    def one(f: dict) -> bool:
+        # hashing in the worker overlaps reading one file with uploading others
+        return uploader.put(describe_local(ds.path(f["path"]), f["path"], int(f["bytes"]), f["sha256"],
+                                           uploader.chunk))
+
+    uploaded = skipped = 0
+    total = sum(int(f["bytes"]) for f in files)
+    with tqdm(total=total, desc=f"publish {version}", unit="B", unit_scale=True) as bar, \
+            ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = {pool.submit(one, f): f for f in files}
+        for fut in as_completed(futures):
+            try:
+                did_upload = fut.result()
+            except Exception:
+                for other in futures:
+                    other.cancel()
+                raise
+            uploaded += did_upload
+            skipped += not did_upload
+            bar.update(int(futures[fut]["bytes"]))
+    return uploaded, skipped
 
 
 def track(cfg: Config, rep: PublishReport) -> None:

@@ -109,7 +109,7 @@ class ClassifierScorer(Scorer):
         qcfg = inp.cfg
         if not qcfg.reference_uris:
             return None, None
-        from mixture.embed import Embedder
+        from mixture.encoder import Embedder
 
         texts = read_reference_texts(qcfg.reference_uris)
         extra = inp.embeddings.manifest.extra
