@@ -34,7 +34,7 @@ def tiny_run(tmp_path_factory, sample_records):
 
 def test_every_stage_committed_and_counts_add_up(tiny_run):
     cfg, _, n_lines = tiny_run
-    ds = {s.name: open_dataset(pipeline.dataset_uri(cfg, s.name)) for s in pipeline.STAGES}
+    ds = {s.dataset: open_dataset(pipeline.dataset_uri(cfg, s.dataset)) for s in pipeline.STAGES}
     for d in ds.values():
         d.verify()
     cur = ds["curated"].manifest.counts
@@ -75,11 +75,11 @@ def test_token_counts_in_shards_equal_the_manifest(tiny_run):
 
 def test_rerun_is_up_to_date(tiny_run, capsys):
     cfg, cfg_path, _ = tiny_run
-    before = {s.name: open_dataset(pipeline.dataset_uri(cfg, s.name)).manifest_sha256 for s in pipeline.STAGES}
+    before = {s.dataset: open_dataset(pipeline.dataset_uri(cfg, s.dataset)).manifest_sha256 for s in pipeline.STAGES}
     assert cli.main(["run", "--config", str(cfg_path)]) == 0
     out = capsys.readouterr().out
     assert out.count("up to date") >= len(pipeline.STAGES)
-    after = {s.name: open_dataset(pipeline.dataset_uri(cfg, s.name)).manifest_sha256 for s in pipeline.STAGES}
+    after = {s.dataset: open_dataset(pipeline.dataset_uri(cfg, s.dataset)).manifest_sha256 for s in pipeline.STAGES}
     assert before == after
 
 
