@@ -7,7 +7,7 @@ is up to date, only `select` runs. Prints both wall times, the documents kept, a
 fails unless the rerun ran `select` alone.
 
     .venv/bin/python bench/select_rerun.py [--config configs/demo.yaml] [--set KEY=VALUE]
-        [--change curate.filters.gopher_quality.min_words=60]
+        [--change curate.filters.gopher_quality.min_words=400]
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs/demo.yaml"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--change", default="curate.filters.gopher_quality.min_words=60",
+    p.add_argument("--change", default="curate.filters.gopher_quality.min_words=400",
                    help="the threshold to move (KEY=VALUE)")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -256,3 +256,29 @@ def test_exempt_if_skips_only_that_filter():
 def test_invalid_exempt_regex_is_a_config_error():
     with pytest.raises(ValueError, match="exempt_if"):
         FiltersConfig.model_validate({"c4": {"exempt_if": "("}})
+
+
+def test_unknown_filter_name_is_a_config_error_listing_the_known_ones():
+    from mixture.config import ConfigError, parse_config
+
+    base = {"output_root": "/tmp/x", "input": {"uris": ["a"]}}
+    with pytest.raises(ConfigError, match="unknown filter 'gopher'; known: c4, fineweb, gopher_quality"):
+        parse_config({**base, "curate": {"filters": {"gopher": {"min_words": 10}}}})
+    with pytest.raises(ConfigError, match="curate.filters.c4.min_sentence: unknown key"):
+        parse_config({**base, "curate": {"filters": {"c4": {"min_sentence": 2}}}})
+    # the existing keys keep their meaning and defaults
+    cfg = parse_config({**base, "curate": {"filters": {"gopher_quality": {"min_words": 10}}}})
+    assert cfg.curate.filters.gopher_quality.min_words == 10
+    assert cfg.curate.filters.gopher_quality.max_words == 100_000 and cfg.curate.filters.c4.min_sentences == 3
+
+
+def test_stored_signals_replay_the_live_decision():
+    # every rule reads only its stored signals: a count where the rule counts (stop words)
+    chain = FilterChain(FiltersConfig())
+    for text in (GOOD, " ".join(WORDS[:49]), GOOD + "\nint main() { return 0; }", "\n".join(PROSE[:3] * 4)):
+        live = chain(text)
+        replay = chain.decide(dict(live.stored), text)
+        assert (replay.reason, replay.failed) == (live.reason, live.failed)
+    stored = chain(GOOD).stored
+    assert stored["stop_words"] == TextStats(GOOD).stop_word_count(frozenset(GopherQualityConfig().stop_words))
+    assert stored["q_stop_words"] == stored["stop_words"] / stored["n_words"]

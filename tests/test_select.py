@@ -133,11 +133,15 @@ def test_a_filter_registered_by_a_test_module_is_applied_by_select(sample, digit
 
 
 def test_a_threshold_change_reruns_only_select(sample):
-    root, base_cfg, _ = sample
-    stricter = _config(root, **{"curate.filters.gopher_quality.min_words": 120})
+    root, _, rows = sample
+    stricter = _config(root, **{"curate.filters.gopher_quality.min_words": 400})    # the sample: 202+ words
     results = pipeline.run_all(stricter, until="curated")
     assert [(r.stage, r.skipped) for r in results] == [("curate", True), ("select", False)]
     assert results[0].summary == [("up to date", results[0].dataset.uri)]
     counts = results[1].dataset.manifest.counts
     assert counts["filtered"]["gopher_quality"] > 73                      # 73 at min_words 50
+    chain = FilterChain(stricter.curate.filters)
+    live = {row["id"]: chain(row["text"]).reason for row in rows}
+    rejected = {r["id"]: r["reason"] for r in _read(results[1].dataset, "rejected/")}
+    assert {i: r for i, r in rejected.items() if r.startswith("filter:")} == {i: r for i, r in live.items() if r}
     assert [r.skipped for r in pipeline.run_all(stricter, until="curated")] == [True, True]
