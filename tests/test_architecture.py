@@ -68,3 +68,16 @@ def test_functions_in_libs_are_short():
                 if n >= MAX_LINES and "# kernel" not in lines[node.lineno - 1]:
                     long.append(f"{path.relative_to(LIBS)}:{node.lineno} {node.name} ({n} lines)")
     assert long == []
+
+
+def test_every_module_is_in_the_layers_contract():
+    """A new top-level module must be placed in a layer (pyproject.toml, import-linter), or the
+    layers check would not see it."""
+    import tomllib
+
+    conf = tomllib.loads((LIBS.parents[1] / "pyproject.toml").read_text())
+    layers = conf["tool"]["importlinter"]["contracts"][0]["layers"]
+    named = {m.strip() for layer in layers for m in layer.replace("|", ":").split(":")}
+    top = {f"mixture.{p.stem if p.is_file() else p.name}" for p in LIBS.iterdir()
+           if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())}
+    assert sorted(top - named) == []

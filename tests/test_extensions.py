@@ -55,3 +55,56 @@ def test_unknown_predictor_is_a_config_error_listing_the_known_ones():
     with pytest.raises(ConfigError, match="unknown predictor 'nearest_run'; known: lightgbm, mixing_law, ridge"):
         _config(["ridge", "nearest_run"])
     assert PredictorConfig().candidates == ["lightgbm", "ridge", "ridge_sqrt", "mixing_law"]
+
+
+# ------------------------------------------------------------------------- an output format
+class JsonlFormat:
+    """One JSON line per document: its text, cluster and token ids (a toy, for this test)."""
+    name = "jsonl_test"
+    files = ("jsonl/part-NNNNN.jsonl",)
+    hf_data_files = "jsonl/part-*.jsonl"
+
+    def write_shard(self, writer, shard, cfg) -> None:
+        import json
+
+        rows = shard.table.to_pylist()
+        lines = [json.dumps({"text": r["text"], "cluster": r["cluster"], "tokens": t.tolist()})
+                 for r, t in zip(rows, shard.tokens, strict=True)]
+        from mixture import storage
+
+        storage.write_text(writer.path(f"jsonl/{shard.part}.jsonl"), "\n".join(lines) + "\n")
+
+    def card_files(self, dtype) -> list[str]:
+        return ["- `jsonl/part-NNNNN.jsonl`: text, cluster and token ids per line"]
+
+    def card_loading(self, dtype) -> list[str]:
+        return ['`datasets.load_dataset("json", data_files="jsonl/part-*.jsonl")`']
+
+
+def test_an_output_format_from_a_test_module_is_written_beside_the_others(tmp_path, sample_records):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from mixture.pipeline import run_stage
+    from mixture.registry import OUTPUT_FORMATS
+    from test_build import make_climblab, make_config, make_search
+
+    OUTPUT_FORMATS.register("jsonl_test")(JsonlFormat)
+    try:
+        root = tmp_path / "out"
+        lab = make_climblab(root, sample_records)
+        make_search(root, lab, {"c00": 0.4, "c01": 0.3, "c02": 0.2, "c03": 0.1})
+        ds = run_stage(make_config(root, formats=["parquet", "jsonl_test"]), "build").dataset
+    finally:
+        OUTPUT_FORMATS.unregister("jsonl_test")
+    jsonl = sorted(ds.files("jsonl/"))
+    parquet = sorted(ds.files("parquet/"))
+    assert len(jsonl) == len(parquet) > 0 and not ds.files("tokens/")
+    for j, p in zip(jsonl, parquet, strict=True):
+        rows = [json.loads(line) for line in open(j)]
+        table = pq.read_table(p)
+        assert [r["text"] for r in rows] == table.column("text").to_pylist()      # same documents, same order
+        assert all(r["tokens"] for r in rows)
+    card = open(ds.path("README.md")).read()
+    assert "jsonl/part-NNNNN.jsonl" in card
