@@ -6,7 +6,7 @@ TF-IDF terms (mean TF-IDF weight over a sample of its documents, English stop wo
 three snippets (the documents closest to the cluster centroid) and, for evaluation only, the
 mix of `source` labels with the cluster's purity. Overall: purity and normalised mutual
 information (NMI, arithmetic normalisation) of the k-means and of the final clusters against the
-source labels. The labels never influence any clustering decision (ARCHITECTURE.md, contract 6).
+source labels. The labels never influence any clustering decision (the project contract: a label never drives a decision unless the config names it).
 
 Written as report.md, report.json and map.png (a PCA projection of a sample of the embeddings,
 coloured by final cluster, pruned documents in grey; matplotlib's Agg backend).

@@ -84,7 +84,7 @@ def parse_items(uri: str) -> list[MCItem]:
 
 
 @dataclass
-class Target:
+class EvalTarget:
     """The target, tokenized once per process: validation documents and multiple-choice tasks."""
     val_ids: list[np.ndarray] = field(default_factory=list)      # each [eos] + the document's ids
     val_bytes: int = 0
@@ -114,12 +114,12 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, whole[len(ctx):]
 
 
-def load_target(tcfg: TargetConfig, tokenizer, eos_id: int) -> Target:
+def load_target(tcfg: TargetConfig, tokenizer, eos_id: int) -> EvalTarget:
     """Read and tokenize the validation texts (the first `val_docs` documents, whole documents up to
     `val_tokens` tokens) and the task files."""
     if not tcfg.val_uris and not tcfg.tasks:
         raise TargetError("search.target needs val_uris (held-out text) or tasks (multiple choice)")
-    t = Target(metric=tcfg.metric, task_metric=tcfg.task_metric, eos_id=int(eos_id))
+    t = EvalTarget(metric=tcfg.metric, task_metric=tcfg.task_metric, eos_id=int(eos_id))
     if tcfg.val_uris:
         texts = []
         for uri in storage.expand(tcfg.val_uris):
@@ -157,13 +157,13 @@ def load_target(tcfg: TargetConfig, tokenizer, eos_id: int) -> Target:
 
 
 @lru_cache(maxsize=4)
-def _cached_target(key: str, tokenizer_uri: str, eos_id: int) -> Target:
+def _cached_target(key: str, tokenizer_uri: str, eos_id: int) -> EvalTarget:
     from mixture.tokens import load_tokenizer
 
     return load_target(TargetConfig.model_validate_json(key), load_tokenizer(tokenizer_uri), eos_id)
 
 
-def target_for(tcfg: TargetConfig, tokenizer_uri: str, eos_id: int) -> Target:
+def target_for(tcfg: TargetConfig, tokenizer_uri: str, eos_id: int) -> EvalTarget:
     """`load_target`, cached per process (a pool worker tokenizes the target once)."""
     return _cached_target(tcfg.model_dump_json(), tokenizer_uri, eos_id)
 
@@ -218,7 +218,7 @@ def mc_scores(loglik: list[list[float]], choices: list[list[str]], gold: list[in
     return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "logprob": float(np.mean(logprob))}
 
 
-def evaluate(model, target: Target, seq_len: int, device="cpu", batch_size: int = 16,
+def evaluate(model, target: EvalTarget, seq_len: int, device="cpu", batch_size: int = 16,
              autocast=None) -> dict:
     """{"metrics": {...}, "score": higher-is-better combination, "components": {...}}."""
     import contextlib
