@@ -22,7 +22,11 @@ Steps (DataFrame transformations; per-batch work in `steps.py` via `mapInArrow`)
 7. accounting: per input file, read = annotated + quarantined, or the stage fails.
 
 Groups are computed over every readable document; `select` picks each group's survivor among
-the members that pass the filters (the smallest id), as the single-stage curation did.
+the members that pass the filters (the smallest id), as the single-stage curation did. One
+documented difference: the single stage fingerprinted filter survivors only, so a chain of near
+duplicates A~F~B through a document F that fails a filter now links A and B (one survives where
+both did), and LSH candidate pairs (each bucket member with the bucket's first and previous id)
+are drawn from all documents. On the demo corpus the curated files are identical, byte for byte.
 """
 from __future__ import annotations
 
