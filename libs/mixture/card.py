@@ -23,6 +23,7 @@ from typing import Any
 from mixture import storage
 from mixture.climblab import cluster_name
 from mixture.config import Config
+from mixture.curate.filters import enabled_settings
 from mixture.dataset import Dataset
 from mixture.registry import OUTPUT_FORMATS
 
@@ -110,7 +111,7 @@ def gather(cfg: Config, counts: dict[str, Any], build: dict[str, Any], climblab:
         sources=list(cfg.input.uris), input_format=cfg.input.format,
         curate=cfg.curate.model_dump(mode="json"),
         curate_config_matches=None if curated is None else
-        curated.manifest.config_hash == cfg.section_hash("input", "curate"),
+        curated.manifest.extra.get("filters") == enabled_settings(cfg.curate.filters),
         curated_counts=None if curated is None else curated.manifest.counts,
         cluster_config=cfg.cluster.model_dump(mode="json"),
         cluster_counts=None if clusters is None else clusters.manifest.counts,

@@ -1,7 +1,7 @@
 """`climb`: the command line.
 
     climb run --config FILE              every stage in order (publish too when publish.uri is set)
-    climb STAGE --config FILE            one stage: curate, embed, cluster, shards, search, build
+    climb STAGE --config FILE            one stage: curate, select, embed, cluster, shards, search, build
     climb baselines --config FILE        the search's baselines under the same proxy budget
     climb publish --config FILE          publish the ClimbMix dataset to publish.uri
     climb status --config FILE           which datasets are committed

@@ -40,8 +40,7 @@ from mixture.curate.filters import (
     FilterChain,
     Signal,
     TextStats,
-    filter_config,
-    registered,
+    enabled_settings,
     signal_functions,
     signal_names,
 )
@@ -331,14 +330,13 @@ def statistics(annotated: Dataset, cfg: Config, dec: Decisions, select_outcomes:
     """The manifest's extra: every enabled filter's settings (`filters`, read by the heuristic
     quality scorer), per-rule statistics, dedup statistics, kept-signal quantiles."""
     cur = cfg.curate
-    settings = {name: filter_config(cur.filters, name) for name, _ in registered()}
     per_filter = Counter()
     for rule, n in dec.alone.items():
         per_filter[rule.split(":", 1)[0]] += n
     near = sum(n for _, o, n in select_outcomes if o == accounting.NEAR)
     fz = annotated.manifest.extra.get("fuzzy_dedup", {})
     return {
-        "filters": {name: c.model_dump(mode="json") for name, c in settings.items() if c.enabled},
+        "filters": enabled_settings(cur.filters),
         "filter_stats": {"first_failure_rules": accounting.rule_counts(select_outcomes),
                          "rejects_alone": dict(sorted(per_filter.items())),
                          "rejects_alone_rules": dict(sorted(dec.alone.items())),

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mixture import storage
+from mixture.kmeans import normalize_rows
 from mixture.registry import QUALITY_SCORERS
 from mixture.scorers._base import QualityError, Scorer, ScoreInputs, to_scale
 
@@ -93,11 +94,6 @@ class ReferenceClassifier:
         """P(reference-like) of documents the classifier was not trained on."""
         x = np.asarray(emb, dtype=np.float32)
         return np.mean([m.predict_proba(x)[:, 1] for m in self.models], axis=0)
-
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @QUALITY_SCORERS.register("classifier")

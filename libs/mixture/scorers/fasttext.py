@@ -5,11 +5,11 @@ label, mapped linearly onto 1-5; a binary model gives 1 + 4 * P(positive label).
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
-from mixture import storage
+from mixture import documents, storage
 from mixture.registry import QUALITY_SCORERS
 from mixture.scorers._base import QualityError, Scorer, ScoreInputs, log, to_scale
 
@@ -78,16 +78,6 @@ class FastTextScorer:
         return fasttext_label_scores(labels, probs)
 
 
-def iter_texts(ds: Any, batch_size: int = 8192) -> Iterator[tuple[list[str], list[str]]]:
-    """(ids, texts) batches of the curated docs, in file and row order."""
-    import pyarrow.parquet as pq
-
-    for uri in ds.files("docs/"):
-        with storage.open_read(uri) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["id", "text"]):
-                yield batch.column("id").to_pylist(), batch.column("text").to_pylist()
-
-
 @QUALITY_SCORERS.register("fasttext")
 class FastTextQualityScorer(Scorer):
     order = 30
@@ -102,6 +92,6 @@ class FastTextQualityScorer(Scorer):
             return None, "skipped: fasttext not installed"
         scorer = FastTextScorer(qcfg.fasttext_model)
         score_of: dict[str, float] = {}
-        for batch_ids, batch_texts in iter_texts(inp.curated):      # streamed: texts never all in memory
+        for batch_ids, batch_texts in documents.iter_texts(inp.curated):      # streamed: texts never all in memory
             score_of.update(zip(batch_ids, scorer.scores(batch_texts).tolist()))
         return np.array([score_of[i] for i in inp.ids], dtype=np.float32), {"model": qcfg.fasttext_model}

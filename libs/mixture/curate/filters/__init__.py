@@ -41,6 +41,12 @@ def filter_config(cfg: "FiltersConfig", name: str) -> "FilterConfig":
     return value if value is not None else FILTERS.get(name).config_model()
 
 
+def enabled_settings(cfg: "FiltersConfig") -> dict[str, dict[str, Any]]:
+    """Every enabled filter's settings as JSON (what the curated manifest records as `filters`)."""
+    settings = {name: filter_config(cfg, name) for name, _ in registered()}
+    return {name: c.model_dump(mode="json") for name, c in settings.items() if c.enabled}
+
+
 def signal_functions(cfg: "FiltersConfig") -> dict[str, Signal]:
     """Every registered filter's signals, in chain order (a shared name is computed once)."""
     out: dict[str, Signal] = {}
