@@ -151,7 +151,8 @@ class FuzzyDedupConfig(Section):
     def _bands_rows(self) -> "FuzzyDedupConfig":
         if (self.bands is None) != (self.rows is None):
             raise ValueError("set both bands and rows, or neither")
-        if self.bands is not None and self.num_perm is not None and self.bands * self.rows > self.num_perm:
+        if self.bands is not None and self.rows is not None and self.num_perm is not None \
+                and self.bands * self.rows > self.num_perm:
             raise ValueError("bands * rows must not exceed num_perm")
         if self.false_positive_weight + self.false_negative_weight <= 0:
             raise ValueError("false_positive_weight + false_negative_weight must be positive")

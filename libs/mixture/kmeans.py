@@ -31,6 +31,8 @@ import math
 import time
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 from tqdm import tqdm
 
@@ -80,7 +82,7 @@ def assign_nearest(x: np.ndarray, centroids: np.ndarray, use_gpu: bool = False,
     """(cosine, index) of each row's nearest centroid by inner product."""
     import faiss
 
-    index = faiss.IndexFlatIP(centroids.shape[1])
+    index: Any = faiss.IndexFlatIP(centroids.shape[1])
     if use_gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
@@ -111,6 +113,7 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 20, nredo: int = 1, see
                       verbose=False, max_points_per_centroid=math.ceil(len(train) / k) + 1,
                       min_points_per_centroid=1)
     km.train(train)
+    assert km.centroids is not None
     centroids = normalize_rows(km.centroids)
     sims, assign = assign_nearest(x, centroids, bool(use_gpu))
     return KMeansResult(centroids, assign, sims, float(sims.mean()), len(train),

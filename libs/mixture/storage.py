@@ -253,7 +253,7 @@ def sha256_stream(source: IO[bytes] | Iterable[bytes], sink: Callable[[bytes], A
     """Hex SHA-256 of a readable binary file (read in blocks to its end) or of an iterable of
     byte blocks. `sink`, when given, receives every block too (copy while hashing). The one
     streaming hash of the project: the manifests, the reader's checks and the publisher use it."""
-    blocks = iter_blocks(source) if hasattr(source, "read") else source
+    blocks = iter_blocks(source) if hasattr(source, "read") else source  # type: ignore[arg-type]
     h = hashlib.sha256()
     for block in blocks:
         h.update(block)

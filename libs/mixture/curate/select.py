@@ -82,7 +82,7 @@ class Decisions:
 
 
 # ------------------------------------------------------------------------------ reading
-def _iter_batches(uri: str, columns: list[str], batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+def _iter_batches(uri: str, columns: list[str] | None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
     with storage.open_read(uri) as f:
         yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
 
@@ -177,7 +177,7 @@ def count_outcomes(parts: list[str], dec: Decisions, exact_on: bool, fuzzy_on: b
     """Pass 2 (ids and groups only): (file, outcome, n) rows and the number of near groups
     that lost a member."""
     counts: Counter = Counter()
-    groups: set[str] = set()
+    groups: set[str | None] = set()
     for uri, codes in zip(parts, dec.codes):
         offset = 0
         for batch in _iter_batches(uri, GROUP_COLUMNS):
@@ -197,7 +197,7 @@ def build_counts(annotated: Dataset, select_outcomes: list[tuple[str, str, int]]
     quarantined = [(f, accounting.QUARANTINE_PREFIX + reason, n)
                    for f, c in per_file.items() for reason, n in c["quarantined"].items()]
     counts = accounting.build_counts(list(per_file), read, quarantined + select_outcomes)
-    seen = Counter()
+    seen: Counter[str] = Counter()
     for f, _, n in select_outcomes:
         seen[f] += n
     lost = {f: (c["documents_out"], seen[f]) for f, c in per_file.items() if c["documents_out"] != seen[f]}
@@ -330,7 +330,7 @@ def statistics(annotated: Dataset, cfg: Config, dec: Decisions, select_outcomes:
     """The manifest's extra: every enabled filter's settings (`filters`, read by the heuristic
     quality scorer), per-rule statistics, dedup statistics, kept-signal quantiles."""
     cur = cfg.curate
-    per_filter = Counter()
+    per_filter: Counter[str] = Counter()
     for rule, n in dec.alone.items():
         per_filter[rule.split(":", 1)[0]] += n
     near = sum(n for _, o, n in select_outcomes if o == accounting.NEAR)

@@ -24,7 +24,7 @@ def run(ctx: StageContext) -> StageOutput:
     try:
         counts, extra, summary = annotate.annotate(spark, cfg, ctx.writer.staging)
     finally:
-        if owned:
+        if owned and spark is not None:
             spark.stop()
     if run_id := track.log_run(cfg, "curate", counts, extra):
         summary.append(("MLflow run", run_id))

@@ -109,7 +109,7 @@ def output(n_in: int, p: Progress) -> StageOutput:
     cfg, e = p.cfg, p.embedder
     spec = e.spec if e else read_model_spec(resolve_model(cfg.model))
     rate = ""
-    if p.computed and p.seconds > 0:
+    if e is not None and p.computed and p.seconds > 0:
         rate = f", {p.computed_docs / p.seconds:.1f} docs/s on {e.device} ({e.dtype})"
     counts = {"documents_in": n_in, "documents_out": p.documents, "dim": int(p.dim)}
     extra = {"model": cfg.model, "pooling": "+".join(spec.pooling), "normalize": spec.normalize,
