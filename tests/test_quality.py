@@ -162,7 +162,7 @@ def test_reference_files_plain_and_gzip_and_bad_lines(tmp_path):
     with pytest.raises(QualityError, match="c.jsonl:2"):
         read_reference_texts([str(tmp_path / "c.jsonl")])
     (tmp_path / "d.jsonl").write_text("not json\n")
-    with pytest.raises(QualityError, match="d.jsonl:1: not JSON"):
+    with pytest.raises(QualityError, match="d.jsonl:1: not valid JSON"):
         read_reference_texts([str(tmp_path / "d.jsonl")])
     with pytest.raises(QualityError, match="name no files"):
         read_reference_texts([str(tmp_path / "missing*.jsonl")])

@@ -262,6 +262,25 @@ def sha256_stream(source: IO[bytes] | Iterable[bytes], sink: Callable[[bytes], A
     return h.hexdigest()
 
 
+def read_jsonl(uri: str) -> list[tuple[int, Any]]:
+    """(line number, record) of every non-blank line of a JSON-lines file (`.gz` decompressed);
+    ValueError naming the file and line for a line that is not JSON. For small side files
+    (targets, reference documents); the corpus itself is read by `mixture.curate.ingest`."""
+    import gzip
+
+    raw = read_bytes(uri)
+    if uri.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    out = []
+    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{uri}:{n}: not valid JSON ({err.msg})") from None
+    return out
+
+
 def sha256(uri: str) -> str:
     """Hex SHA-256 of a file, local or on S3, streamed."""
     with open_read(uri) as f:

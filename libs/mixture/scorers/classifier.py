@@ -8,8 +8,6 @@ reference as random corpus", CLIMB's pruning line (Diao et al. 2025).
 """
 from __future__ import annotations
 
-import gzip
-import json
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,16 +26,11 @@ def read_reference_texts(uris: Sequence[str], text_field: str = "text") -> list[
     if not files:
         raise QualityError(f"cluster.quality.reference_uris {list(uris)} name no files")
     for uri in files:
-        raw = storage.read_bytes(uri)
-        if uri.endswith(".gz"):
-            raw = gzip.decompress(raw)
-        for line_no, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise QualityError(f"{uri}:{line_no}: not JSON ({err})") from None
+        try:
+            records = storage.read_jsonl(uri)
+        except ValueError as err:
+            raise QualityError(str(err)) from None
+        for line_no, rec in records:
             text = rec.get(text_field) if isinstance(rec, dict) else None
             if not isinstance(text, str) or not text.strip():
                 raise QualityError(f"{uri}:{line_no}: no non-empty {text_field!r} field")

@@ -20,11 +20,10 @@ Task files are JSONL (optionally gzip'd), one item per line: {"context": str, "c
 """
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -37,19 +36,11 @@ class TargetError(ValueError):
 
 
 # ----------------------------------------------------------------------------------- loading
-def read_jsonl(uri: str) -> list[dict]:
-    raw = storage.read_bytes(uri)
-    if uri.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    out = []
-    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise TargetError(f"{uri}:{n}: not valid JSON ({err.msg})") from None
-    return out
+def read_jsonl(uri: str) -> list[Any]:
+    try:
+        return [rec for _, rec in storage.read_jsonl(uri)]
+    except ValueError as err:
+        raise TargetError(str(err)) from None
 
 
 def task_name(uri: str) -> str:
