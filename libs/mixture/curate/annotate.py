@@ -5,7 +5,7 @@ signals and dedup groups, plus the quarantine side set). No document is dropped 
 computes everything that needs the raw text at scale, once; `select.py` takes the decisions
 from the stored values without Spark, so tuning a threshold never reruns this.
 
-Steps (DataFrame transformations; per-batch work in `steps.py` via `mapInArrow`):
+Steps (DataFrame transformations; per-batch work in `batches.py` via `mapInArrow`):
 1. ingest: the input files are listed on the driver and cut into splits (`ingest.py`); each
    executor reads its splits through mixture.storage (local or S3) and quarantines bad records;
 2. duplicate ids: a record whose id an earlier record (by file, line) already has is quarantined;
@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from mixture.config import Config
-from mixture.curate import accounting, dedup, ingest, minhash, steps
+from mixture.curate import accounting, batches, dedup, ingest, minhash
 from mixture.curate.filters import stored_signal_names
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def read_records(spark, cfg: Config, splits: list[ingest.Split]):
     rows = [(s.to_json(),) for s in splits]
     slices = max(1, min(len(rows), cfg.curate.partitions))
     split_df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "split string")
-    return split_df.mapInArrow(steps.ingest_batches(opts), steps.INGEST_SCHEMA)
+    return split_df.mapInArrow(batches.ingest_batches(opts), batches.INGEST_SCHEMA)
 
 
 def mark_duplicate_ids(records):
@@ -103,8 +103,8 @@ def mark_duplicate_ids(records):
 def add_signals(records, cfg: Config):
     """Step 3: n_words, every signal and the exact-dedup key beside each good record."""
     filters = cfg.curate.filters
-    return records.mapInArrow(steps.signal_batches(filters.model_dump(mode="json")),
-                              steps.signal_schema(steps.INGEST_SCHEMA, filters))
+    return records.mapInArrow(batches.signal_batches(filters.model_dump(mode="json")),
+                              batches.signal_schema(batches.INGEST_SCHEMA, filters))
 
 
 def lsh_params(cfg: Config) -> tuple[minhash.LSHParams, str]:
@@ -152,18 +152,18 @@ def write_dataset(df, staging: str, prefix: str, fields: list[tuple[str, str]], 
     bucketed = (df.select(*[n for n, _ in fields], *[c for c in key_cols if c not in dict(fields)])
                 .withColumn("_bucket", F.pmod(F.xxhash64(*key_cols), F.lit(parts)).cast("int"))
                 .repartition(parts, "_bucket"))
-    written = bucketed.mapInArrow(steps.write_buckets(staging, prefix, fields, sort_keys),
+    written = bucketed.mapInArrow(batches.write_buckets(staging, prefix, fields, sort_keys),
                                   "bucket int, rows bigint").collect()
     by_bucket: dict[int, int] = {}
     for row in written:
         if row["bucket"] in by_bucket:
             raise RuntimeError(f"{prefix}: part {row['bucket']} was written twice")
         by_bucket[row["bucket"]] = row["rows"]
-    schema = steps.arrow_schema(fields)
+    schema = batches.arrow_schema(fields)
     for b in range(parts):
         if b not in by_bucket:
-            by_bucket[b] = steps.write_table(schema.empty_table(), schema, sort_keys,
-                                             steps.part_uri(staging, prefix, b))
+            by_bucket[b] = batches.write_table(schema.empty_table(), schema, sort_keys,
+                                             batches.part_uri(staging, prefix, b))
     return sum(by_bucket.values())
 
 

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from mixture import storage
 from mixture.config import Config
-from mixture.curate import accounting, steps
+from mixture.curate import accounting, batches
 from mixture.curate.filters import (
     FilterChain,
     Signal,
@@ -209,12 +209,12 @@ def build_counts(annotated: Dataset, select_outcomes: list[tuple[str, str, int]]
 # ------------------------------------------------------------------------------- 4. write
 class PartWriter:
     """Rows routed to output parts by `id_hash mod parts`, spilled to local Arrow files, then
-    each part sorted by id and written like the Spark stage's parts (`steps.write_table`)."""
+    each part sorted by id and written like the Spark stage's parts (`batches.write_table`)."""
 
     def __init__(self, staging: str, prefix: str, fields: list[tuple[str, str]], n_rows: int,
                  docs_per_file: int, spill_dir: str):
         self.staging, self.prefix = staging, prefix
-        self.schema = steps.arrow_schema(fields)
+        self.schema = batches.arrow_schema(fields)
         self.parts = max(1, math.ceil(n_rows / docs_per_file))
         self.spill_dir = spill_dir
         self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
@@ -239,7 +239,7 @@ class PartWriter:
                 with pa.memory_map(path) as src:
                     table = pa.ipc.open_file(src).read_all()
                 storage.delete(path)
-            self.written += steps.write_table(table, self.schema, ["id"], steps.part_uri(self.staging, self.prefix, b))
+            self.written += batches.write_table(table, self.schema, ["id"], batches.part_uri(self.staging, self.prefix, b))
 
 
 def write_outputs(parts: list[str], dec: Decisions, cfg: Config, staging: str, n_kept: int, n_rejected: int,
