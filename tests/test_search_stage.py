@@ -16,6 +16,7 @@ from mixture.dataset import open_dataset
 from mixture.search import steps
 from mixture.stages import search as stage
 from mixture.search.synthetic import SyntheticObjective, make_climblab
+from mixture.climblab import ClimbLab
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "data" / "sample" / "target_val.jsonl.gz"
@@ -224,3 +225,18 @@ def test_baselines_reuse_the_search_when_only_transfer_settings_change(tmp_path,
         pipeline.config_hash(cfg, pipeline.stage("baselines"))          # the baselines do rerun
     other_search = cfg.model_copy(update={"search": cfg.search.model_copy(update={"top_n": 5})})
     assert pipeline.current(other_search, "search") is None
+
+
+def test_a_wrong_token_count_in_the_climblab_manifest_is_one_clear_error(tmp_path, climblab_texts, tracking_uri):
+    """The prior comes from the manifest's per-cluster token counts; the search checks them
+    against the shards before it samples anything."""
+    from mixture.dataset import DatasetError
+
+    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="prior")
+    path = tmp_path / "out" / "climblab" / "_manifest.json"
+    manifest = json.loads(path.read_text())
+    assert steps.names_and_prior(ClimbLab(open_dataset(str(path.parent))))[0] == NAMES   # intact: fine
+    manifest["extra"]["clusters"][NAMES[1]]["tokens"] += 17
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match=f"cluster {NAMES[1]}'s manifest says .* tokens but its shard holds"):
+        steps.propose(_ctx(cfg), 0)

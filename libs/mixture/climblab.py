@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixture import storage
-from mixture.dataset import Dataset
+from mixture.dataset import Dataset, DatasetError
 from mixture.tokens import TokenShard, load_tokenizer
 
 TOKENIZER = "tokenizer/tokenizer.json"
@@ -54,6 +54,22 @@ class ClimbLab:
     @property
     def tokens_per_cluster(self) -> dict[str, int]:
         return {c: int(v["tokens"]) for c, v in sorted(self.info["clusters"].items())}
+
+    def checked_tokens_per_cluster(self) -> dict[str, int]:
+        """`tokens_per_cluster`, each count checked against its shard: the `.bin` file the
+        manifest lists must hold exactly that many tokens of the dataset's dtype. The search's
+        prior, its baselines and the epoch cap rest on these counts, so a wrong one is an error
+        naming the cluster, not a silently different sampler."""
+        sizes = {f["path"]: int(f["bytes"]) for f in self.dataset.manifest.files}
+        itemsize = self.dtype.itemsize
+        for c, n in self.tokens_per_cluster.items():
+            have = sizes.get(shard_prefix(c) + ".bin")
+            if have is None:
+                raise DatasetError(f"{self.dataset.uri}: cluster {c} has no token shard {shard_prefix(c)}.bin")
+            if have != n * itemsize:
+                raise DatasetError(f"{self.dataset.uri}: cluster {c}'s manifest says {n:,} tokens but its shard "
+                                   f"holds {have // itemsize:,}; rebuild it with `climb shards --force`")
+        return self.tokens_per_cluster
 
     @property
     def prior(self) -> dict[str, float]:

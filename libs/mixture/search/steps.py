@@ -57,7 +57,7 @@ def _lab(inputs: dict):
 
 
 def names_and_prior(lab) -> tuple[list[str], np.ndarray]:
-    tpc = lab.tokens_per_cluster
+    tpc = lab.checked_tokens_per_cluster()
     names = sorted(tpc)
     prior = np.array([tpc[c] for c in names], dtype=np.float64)
     if prior.sum() <= 0:
