@@ -130,5 +130,24 @@ def test_target_configuration_errors(tok, tmp_path):
 def test_validation_token_cap_keeps_whole_documents(tok, tmp_path):
     val = _write(tmp_path / "val.jsonl.gz", [{"text": t} for t in TEXTS])
     first = len(tok.encode(TEXTS[0]).ids)
-    target = E.load_target(TargetConfig(val_uris=[val], val_tokens=first + 1), tok, eos_id(tok))
+    target = E.load_target(TargetConfig(val_uris=[val], val_tokens=first + 1, sampling="first"), tok, eos_id(tok))
     assert len(target.val_ids) == 1 and target.val_bytes == len(TEXTS[0].encode())
+
+
+def test_spread_sampling_covers_a_target_sorted_by_topic(tok, tmp_path):
+    """A target file sorted by topic: the first documents are all one topic; spread windows come
+    from the whole file, seeded, within the token budget."""
+    docs = [{"text": f"alpha topic document {i} " + "the quick brown fox " * 20} for i in range(30)]
+    docs += [{"text": f"omega topic document {i} " + "jumps over the lazy dog " * 20} for i in range(30)]
+    val = _write(tmp_path / "sorted.jsonl.gz", docs)
+    first = E.load_target(TargetConfig(val_uris=[val], val_docs=6, val_tokens=600, sampling="first"), tok, eos_id(tok))
+    assert all("alpha" in tok.decode(ids[1:].tolist()) for ids in first.val_ids)     # the bias this fixes
+    spread = E.load_target(TargetConfig(val_uris=[val], val_docs=6, val_tokens=600), tok, eos_id(tok), seed=3)
+    picked = spread.val_info["document_indices"]
+    assert len(picked) == 6 and sum(i < 30 for i in picked) == 3 and sum(i >= 30 for i in picked) == 3
+    assert spread.val_info["tokens"] <= 600 and spread.val_info["of_documents"] == 60
+    assert sum(len(ids) - 1 for ids in spread.val_ids) == spread.val_info["tokens"]
+    again = E.load_target(TargetConfig(val_uris=[val], val_docs=6, val_tokens=600), tok, eos_id(tok), seed=3)
+    assert [a.tolist() for a in again.val_ids] == [b.tolist() for b in spread.val_ids]     # seeded
+    other = E.load_target(TargetConfig(val_uris=[val], val_docs=6, val_tokens=600), tok, eos_id(tok), seed=4)
+    assert other.val_info["document_indices"] != picked

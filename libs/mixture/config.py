@@ -291,8 +291,12 @@ class ProxyConfig(Section):
 
 class TargetConfig(Section):
     val_uris: list[str] = []
-    val_docs: int = Field(200, ge=1)
-    val_tokens: int = Field(100_000, ge=1, description="whole documents up to this many tokens")
+    val_docs: int = Field(200, ge=1, description="documents the validation text is taken from, at most")
+    val_tokens: int = Field(100_000, ge=1, description="validation tokens, at most")
+    sampling: Literal["spread", "first"] = Field(
+        "spread", description="spread: val_docs documents evenly spaced over the whole target (seeded "
+        "phase), each giving a window of val_tokens / val_docs tokens at a seeded offset; first: the "
+        "first documents of the files, whole, up to val_tokens (biased when a file is sorted)")
     metric: Literal["loss", "bpb"] = "bpb"
     tasks: list[str] = Field([], description="multiple-choice JSONL files (context, choices, gold)")
     task_metric: Literal["acc", "acc_norm", "logprob"] = "logprob"

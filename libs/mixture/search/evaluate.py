@@ -86,6 +86,7 @@ class EvalTarget:
     task_metric: str = "logprob"
     weights: dict[str, float] = field(default_factory=dict)
     eos_id: int = 0      # context of a document's first token, and of a choice with no context
+    val_info: dict = field(default_factory=dict)   # how the validation text was sampled (recorded)
 
     @property
     def components(self) -> list[str]:
@@ -105,30 +106,18 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, whole[len(ctx):]
 
 
-def load_target(tcfg: TargetConfig, tokenizer, eos_id: int) -> EvalTarget:
-    """Read and tokenize the validation texts (the first `val_docs` documents, whole documents up to
-    `val_tokens` tokens) and the task files."""
+def load_target(tcfg: TargetConfig, tokenizer, eos_id: int, seed: int = 0) -> EvalTarget:
+    """Read and tokenize the validation text (`tcfg.sampling`: windows spread over every target
+    document, or the first documents) and the task files."""
     if not tcfg.val_uris and not tcfg.tasks:
         raise TargetError("search.target needs val_uris (held-out text) or tasks (multiple choice)")
     t = EvalTarget(metric=tcfg.metric, task_metric=tcfg.task_metric, eos_id=int(eos_id))
     if tcfg.val_uris:
-        texts = []
-        for uri in storage.expand(tcfg.val_uris):
-            for n, rec in enumerate(read_jsonl(uri), 1):
-                if not isinstance(rec.get("text"), str):
-                    raise TargetError(f"{uri}: record {n} has no string 'text' field")
-                if rec["text"].strip():
-                    texts.append(rec["text"])
-        if not texts:
-            raise TargetError(f"no validation text in {tcfg.val_uris}")
-        tokens = 0
-        for text, enc in zip(texts[:tcfg.val_docs],
-                             tokenizer.encode_batch(texts[:tcfg.val_docs], add_special_tokens=False)):
-            if t.val_ids and tokens + len(enc.ids) > tcfg.val_tokens:
-                break
-            t.val_ids.append(np.array([eos_id] + enc.ids, dtype=np.int64))
-            t.val_bytes += len(text.encode("utf-8"))
-            tokens += len(enc.ids)
+        texts = read_val_texts(tcfg.val_uris)
+        if tcfg.sampling == "first":
+            first_documents(t, texts, tcfg, tokenizer, eos_id)
+        else:
+            spread_windows(t, texts, tcfg, tokenizer, eos_id, seed)
     for uri in tcfg.tasks:
         name = task_name(uri)
         if name == "val" or name in t.tasks:
@@ -147,16 +136,67 @@ def load_target(tcfg: TargetConfig, tokenizer, eos_id: int) -> EvalTarget:
     return t
 
 
+def read_val_texts(uris: list[str]) -> list[str]:
+    """The non-blank `text` of every record of the validation files, in file order."""
+    texts = []
+    for uri in storage.expand(uris):
+        for n, rec in enumerate(read_jsonl(uri), 1):
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise TargetError(f"{uri}: record {n} has no string 'text' field")
+            if rec["text"].strip():
+                texts.append(rec["text"])
+    if not texts:
+        raise TargetError(f"no validation text in {uris}")
+    return texts
+
+
+def first_documents(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokenizer, eos_id: int) -> None:
+    """The first `val_docs` documents, whole, up to `val_tokens` tokens."""
+    tokens = 0
+    for text, enc in zip(texts[:tcfg.val_docs], tokenizer.encode_batch(texts[:tcfg.val_docs], add_special_tokens=False)):
+        if t.val_ids and tokens + len(enc.ids) > tcfg.val_tokens:
+            break
+        t.val_ids.append(np.array([eos_id] + enc.ids, dtype=np.int64))
+        t.val_bytes += len(text.encode("utf-8"))
+        tokens += len(enc.ids)
+    t.val_info = {"sampling": "first", "documents": len(t.val_ids), "of_documents": len(texts), "tokens": tokens}
+
+
+def spread_windows(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokenizer, eos_id: int,
+                   seed: int) -> None:
+    """`val_docs` documents evenly spaced over all of them (a seeded phase), each giving one window
+    of `val_tokens / val_docs` tokens at a seeded offset (the whole document when shorter). A target
+    file sorted by topic or time is then sampled over its whole range, not at its start. A
+    window's bytes are those of the characters its tokens cover (for bits per byte)."""
+    rng = np.random.default_rng([seed, 0x7A56E7])
+    k = min(tcfg.val_docs, len(texts))
+    picked = np.floor((np.arange(k) + rng.random()) * len(texts) / k).astype(np.int64)
+    budget = max(1, tcfg.val_tokens // k)
+    chosen = [texts[i] for i in picked]
+    tokens = 0
+    for text, enc in zip(chosen, tokenizer.encode_batch(chosen, add_special_tokens=False)):
+        n = len(enc.ids)
+        if n == 0:
+            continue
+        start = int(rng.integers(0, n - budget + 1)) if n > budget else 0
+        end = min(n, start + budget)
+        t.val_ids.append(np.array([eos_id] + enc.ids[start:end], dtype=np.int64))
+        t.val_bytes += len(text[enc.offsets[start][0]:enc.offsets[end - 1][1]].encode("utf-8"))
+        tokens += end - start
+    t.val_info = {"sampling": "spread", "documents": len(t.val_ids), "of_documents": len(texts), "tokens": tokens,
+                  "document_indices": picked.tolist()}
+
+
 @lru_cache(maxsize=4)
-def _cached_target(key: str, tokenizer_uri: str, eos_id: int) -> EvalTarget:
+def _cached_target(key: str, tokenizer_uri: str, eos_id: int, seed: int) -> EvalTarget:
     from mixture.tokens import load_tokenizer
 
-    return load_target(TargetConfig.model_validate_json(key), load_tokenizer(tokenizer_uri), eos_id)
+    return load_target(TargetConfig.model_validate_json(key), load_tokenizer(tokenizer_uri), eos_id, seed)
 
 
-def target_for(tcfg: TargetConfig, tokenizer_uri: str, eos_id: int) -> EvalTarget:
+def target_for(tcfg: TargetConfig, tokenizer_uri: str, eos_id: int, seed: int = 0) -> EvalTarget:
     """`load_target`, cached per process (a pool worker tokenizes the target once)."""
-    return _cached_target(tcfg.model_dump_json(), tokenizer_uri, eos_id)
+    return _cached_target(tcfg.model_dump_json(), tokenizer_uri, eos_id, seed)
 
 
 # ----------------------------------------------------------------------------------- scoring

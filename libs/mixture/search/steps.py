@@ -191,7 +191,7 @@ def evaluate_mixture(cfg: Config, dataset: "Dataset", mixture: dict[str, float],
     torch.set_num_threads(pcfg.threads)
     try:
         res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, seed, device=device or pcfg.device)
-        target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id)
+        target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed)
         t0 = time.perf_counter()
         ev = evaluate.evaluate(res.model, target, pcfg.seq_len, res.device,
                                autocast=proxy.autocast_for(res.device))
@@ -280,12 +280,28 @@ def finish(ctx: StageContext) -> StageOutput:
     for name, data in files.items():
         storage.write_bytes(writer.path(f"plots/{name}"), data)
     _track_final(cfg, writer, runs, result, files)
+    target = target_record(cfg, _lab(ctx.inputs))
+    storage.write_json(writer.path("target.json"), target)
 
     best = result["best_observed"]
     counts = {"runs": len(runs), "iterations": n_iter}
     extra = {"mixture": mixture["weights"], "method": result["method"], "predictor": mixture["predictor"],
              "cv_spearman": mixture["cv_spearman"], "best_observed_score": best["score"]}
-    return StageOutput(counts, extra, _summary(cfg, result, mixture, iterations, len(runs)))
+    summary = _summary(cfg, result, mixture, iterations, len(runs))
+    if val := target.get("val"):
+        summary.insert(1, ("target", f"{val['tokens']:,} validation tokens from {val['documents']} of "
+                                     f"{val['of_documents']} documents ({val['sampling']})"))
+    return StageOutput(counts, extra, summary)
+
+
+def target_record(cfg: Config, lab) -> dict:
+    """target.json: how the validation text was sampled (which documents, how many tokens) and the
+    number of items per task, as every proxy was scored on them."""
+    from mixture.search import evaluate
+
+    t = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed)
+    log.info("search: target %s", {k: v for k, v in t.val_info.items() if k != "document_indices"})
+    return {"val": t.val_info or None, "tasks": {name: len(items) for name, items in t.tasks.items()}}
 
 
 def iteration_records(writer: "DatasetWriter", runs: list[dict], n_iter: int) -> list[dict]:
