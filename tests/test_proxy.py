@@ -77,3 +77,17 @@ def test_presets_grow_and_unknown_presets_are_refused():
     assert sizes[0] < 200_000 < sizes[1] < 2_000_000 < sizes[2] < 8_000_000
     with pytest.raises(ValueError, match="unknown proxy preset"):
         P.preset("7b")
+
+
+def test_auto_dtype_picks_bf16_on_a_cpu_only_with_native_bf16(tmp_path):
+    from mixture.search.proxy import cpu_has_native_bf16, dtype_for
+
+    with_amx = tmp_path / "amx"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n")
+    without = tmp_path / "plain"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert cpu_has_native_bf16(str(with_amx)) and not cpu_has_native_bf16(str(without))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+    assert dtype_for("auto", "cuda") == "bfloat16"
+    assert dtype_for("float32", "cuda") == "float32" and dtype_for("bfloat16", "cpu") == "bfloat16"
+    assert dtype_for("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else "float32")

@@ -104,3 +104,14 @@ def test_synthetic_objective_noise_is_seeded():
     w = np.array([0.2, 0.8])
     assert obj(w, 1) == obj(w, 1) and obj(w, 1) != obj(w, 2)
     assert obj.value(np.array([0.5, 0.5])) == 0.0 > obj.value(w)
+
+
+def test_projection_of_the_search_wall_time():
+    from mixture.search.pool import Projection
+
+    p = Projection(total_runs=10, workers=2)
+    assert p.done({"seconds": 30.0}) is None                      # one run is too few to project
+    line = p.done({"seconds": 50.0})
+    assert line and "40 s per proxy run" in line and "8 runs left" in line and "2.7 more minutes" in line
+    assert p.done({"seconds": 40.0}) is None                      # the estimate did not move much
+    assert p.done({"seconds": 400.0}) is not None                 # it did: said again

@@ -287,6 +287,9 @@ class ProxyConfig(Section):
     threads: int = Field(1, ge=1, json_schema_extra=NOT_HASHED)
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, and on a CPU only with native bf16 (AVX-512 BF16 "
+        "or AMX; emulated bf16 is several times slower than fp32), else fp32")
 
 
 class TargetConfig(Section):

@@ -75,3 +75,31 @@ class ProxyRunner:
             return results
         finally:
             bar.close()
+
+
+class Projection:
+    """The search's projected wall time, measured on this machine: after the first finished runs,
+    the mean seconds per proxy run times the runs left, divided by the workers. Printed once, then
+    again if the estimate moves by more than half."""
+
+    def __init__(self, total_runs: int, workers: int, after: int = 2):
+        self.left = total_runs
+        self.workers = max(1, workers)
+        self.after = after
+        self.seconds: list[float] = []
+        self.said: float | None = None
+
+    def done(self, run: dict) -> str | None:
+        """Record one finished run (its `seconds`); the line to print, when there is one."""
+        self.left -= 1
+        if run.get("seconds"):
+            self.seconds.append(float(run["seconds"]))
+        if len(self.seconds) < self.after or self.left <= 0:
+            return None
+        per_run = sum(self.seconds) / len(self.seconds)
+        eta = per_run * self.left / self.workers
+        if self.said is not None and abs(eta - self.said) < 0.5 * self.said:
+            return None
+        self.said = eta
+        return (f"search: {per_run:.0f} s per proxy run on this machine; {self.left} runs left on "
+                f"{self.workers} worker(s): about {eta / 60:.1f} more minutes")

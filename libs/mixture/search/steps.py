@@ -194,14 +194,14 @@ def evaluate_mixture(cfg: Config, dataset: "Dataset", mixture: dict[str, float],
         target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed)
         t0 = time.perf_counter()
         ev = evaluate.evaluate(res.model, target, pcfg.seq_len, res.device,
-                               autocast=proxy.autocast_for(res.device))
+                               autocast=proxy.autocast_for(res.device, res.dtype))
         eval_seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
     return {**ev, "loss_curve": [list(p) for p in res.loss_curve],
             "train": {"steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 3),
                       "tokens_per_s": round(res.tokens_per_s, 1), "params": res.params,
-                      "device": res.device, "threads": pcfg.threads},
+                      "device": res.device, "dtype": res.dtype, "threads": pcfg.threads},
             "eval_seconds": round(eval_seconds, 3)}
 
 

@@ -15,7 +15,7 @@ import logging
 
 from mixture.contract import StageContext, StageOutput
 from mixture.search import steps
-from mixture.search.pool import ProxyRunner
+from mixture.search.pool import Projection, ProxyRunner
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,24 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
     t = steps.tracker(cfg, writer)
     logged = t.logged_proxies()
     reused = 0
+    eta = Projection(sum(cfg.search.iterations) * cfg.search.seeds, cfg.search.workers)
+
+    def on_done(r: dict) -> None:
+        t.log_proxy(r, logged)
+        if line := eta.done(r):
+            log.info("%s", line)
+
     with ProxyRunner(cfg, cfg.search.workers, cfg.search.proxy.threads) as runner:
         for i in range(len(cfg.search.iterations)):
             jobs = steps.propose(ctx, i)
             todo = [j for j in jobs if steps.read_run(writer, j["run_id"]) is None]
             reused += len(jobs) - len(todo)
+            eta.left -= len(jobs) - len(todo)
             for j in jobs:                       # finished before a kill: log what was not logged
                 if j not in todo:
                     t.log_proxy(steps.read_run(writer, j["run_id"]), logged)
             runner.run([(j, writer.path(f"runs/{j['run_id']}.json")) for j in todo], ctx.inputs["climblab"],
-                       objective, on_done=lambda r: t.log_proxy(r, logged), desc=f"search iteration {i}")
+                       objective, on_done=on_done, desc=f"search iteration {i}")
             if todo:
                 log.info("search: iteration %d: %d proxy runs trained, %d reused", i, len(todo),
                          len(jobs) - len(todo))
