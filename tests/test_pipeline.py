@@ -78,3 +78,20 @@ def test_a_threshold_changes_only_the_selection_and_a_signal_parameter_the_annot
                    {"fuzzy_dedup": {"threshold": 0.7}}, {"max_doc_bytes": 10_000}):
         assert h(_cfg(tmp_path, curate=curate), "annotated") != h(base, "annotated"), curate
     assert pipeline.stage("select").inputs == ("annotated",)
+
+
+def test_a_stage_run_alone_asks_only_for_the_config_it_reads(tmp_path, capsys):
+    """`climb search` / `climb build` never read input.uris; `climb curate` needs it."""
+    from mixture import cli
+    from mixture.config import parse_config
+
+    cfg = parse_config({"output_root": str(tmp_path)})           # no input section at all
+    assert cfg.input.uris == []
+    path = tmp_path / "c.yaml"
+    path.write_text(f"output_root: {tmp_path}\n")
+    assert cli.main(["curate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["climb: input.uris: required by the curate stage (climb curate) and not set"]
+    assert cli.main(["search", "--config", str(path)]) == 2       # its input is missing, not its config
+    err = capsys.readouterr().err
+    assert "input.uris" not in err and "climblab" in err

@@ -59,7 +59,8 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------------------- input
 class InputConfig(Section):
-    uris: list[str] = Field(min_length=1, description="files, folders or globs; local or s3://")
+    uris: list[str] = Field([], description="files, folders or globs; local or s3://. Only `curate` reads "
+                            "them: a run of later stages alone does not need them")
     format: Literal["auto", "jsonl", "parquet"] = "auto"
     text_field: str = "text"
     id_field: str | None = "id"  # None or absent in a record: a stable id is derived from file+line
@@ -416,7 +417,7 @@ class Config(Section):
     run_name: str = "climb"
     output_root: str
     seed: int = 0
-    input: InputConfig
+    input: InputConfig = InputConfig()
     curate: CurateConfig = CurateConfig()
     embed: EmbedConfig = EmbedConfig()
     cluster: ClusterConfig = ClusterConfig()

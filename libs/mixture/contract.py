@@ -32,6 +32,7 @@ class Stage:
     resumable: bool = False         # keep staged pieces of a killed run
     files: tuple[str, ...] = ()     # config keys naming files whose content changes the output
     unhashed: tuple[str, ...] = ()  # "section.key" fields of `sections` that do not change it
+    requires: tuple[str, ...] = ()  # "section.key" fields that must be set for the stage to run
     target: str = ""                # "module:function"; default mixture.stages.<name>:run
 
     def func(self) -> Callable[["StageContext"], "StageOutput"]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from mixture import lease, storage
-from mixture.config import Config
+from mixture.config import Config, ConfigError
 from mixture.contract import Stage, StageContext, StageOutput
 from mixture.dataset import Dataset, DatasetError, DatasetWriter, open_dataset, recover, up_to_date
 
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("curate", "annotated", (), ("input", "curate.annotation"), files=("input.uris",)),
+    Stage("curate", "annotated", (), ("input", "curate.annotation"), files=("input.uris",),
+          requires=("input.uris",)),
     Stage("select", "curated", ("annotated",), ("curate.selection",)),
     Stage("embed", "embeddings", ("curated",), ("embed",), resumable=True),
     Stage("cluster", "clusters", ("curated", "embeddings"), ("cluster",),
@@ -141,6 +142,7 @@ def run_stage(cfg: Config, name: str | Stage, force: bool = False) -> StageResul
     t0 = time.time()
     if not force and (done := current(cfg, st)):
         return _skipped(st, done)
+    check_requires(cfg, st)
     with exclusive(cfg, st):
         if not force and (done := current(cfg, st)):
             return _skipped(st, done)
@@ -152,6 +154,16 @@ def run_stage(cfg: Config, name: str | Stage, force: bool = False) -> StageResul
     secs = time.time() - t0
     log.info("%s: committed %s in %.1f s", st.name, ds.uri, secs)
     return StageResult(st.name, ds, False, secs, out.summary)
+
+
+def check_requires(cfg: Config, st: Stage) -> None:
+    """A stage asks only for the config it reads: ConfigError naming a required key left empty."""
+    for dotted in st.requires:
+        value: Any = cfg
+        for k in dotted.split("."):
+            value = getattr(value, k)
+        if value in (None, "", [], {}):
+            raise ConfigError(f"{dotted}: required by the {st.name} stage (climb {st.name}) and not set")
 
 
 def _skipped(st: Stage, done: Dataset) -> StageResult:
