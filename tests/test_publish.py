@@ -412,9 +412,12 @@ def test_credentials_never_logged_stored_or_tracked(built, s3_endpoint, s3_bucke
 
 def test_bad_targets_are_refused_without_echoing_secrets(built):
     cfg, _ = built
-    cfg.publish.uri = f"s3://{KEY_ID}:{SECRET_KEY}@bucket/prefix"
-    with pytest.raises(PublishError) as err:
-        publish(cfg)
+    from mixture.publish import parse_target
+
+    with pytest.raises(ValueError, match="must not contain credentials"):          # the config refuses it
+        cfg.publish.uri = f"s3://{KEY_ID}:{SECRET_KEY}@bucket/prefix"
+    with pytest.raises(PublishError) as err:                                        # and so does the publisher
+        parse_target(f"s3://{KEY_ID}:{SECRET_KEY}@bucket/prefix")
     assert SECRET_KEY not in str(err.value)
     cfg.publish.uri = "/local/folder"
     with pytest.raises(PublishError, match="s3://bucket/prefix"):
