@@ -1,6 +1,6 @@
 """Chaos rounds: overlapping runs and publishers, killed at random, never lose or corrupt data.
 
-    PYTHONPATH=. .venv/bin/python bench/chaos.py [--stage-rounds 50] [--publish-rounds 20] [--seed 0]
+    .venv/bin/python bench/chaos.py [--stage-rounds 50] [--publish-rounds 20] [--seed 0]
 
 Not a test (the suite runs a few rounds of each in tests/test_concurrency.py and
 tests/test_publish.py); this runs many, seeded, and prints the counts issue 14 asks for:
