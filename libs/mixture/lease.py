@@ -145,8 +145,10 @@ class S3Lease:
     def _put(self, **cond) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        body = self._body()
         try:
-            self.etag = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), **cond)["ETag"]
+            self.etag = storage.retry(lambda: self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body,
+                                                                     **cond), f"write the lease {self.key}")["ETag"]
             return True
         except ClientError as err:
             if _code(err) in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409"):
@@ -156,15 +158,30 @@ class S3Lease:
             raise LeaseError(f"cannot write the lease s3://{self.bucket}/{self.key}: {type(err).__name__}") from None
 
     def _current(self) -> tuple[dict | None, str | None]:
-        from botocore.exceptions import ClientError
+        """The lease object and its ETag, the whole read retried (a body dropped mid-read too)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        def once() -> tuple[dict | None, str | None]:
+            try:
+                obj = self.client.get_object(Bucket=self.bucket, Key=self.key)
+                return json.loads(obj["Body"].read()), obj["ETag"]
+            except ClientError as err:
+                if _code(err) in ("NoSuchKey", "404"):
+                    return None, None
+                raise
 
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self.key)
-            return json.loads(obj["Body"].read()), obj["ETag"]
-        except ClientError as err:
-            if _code(err) in ("NoSuchKey", "404"):
-                return None, None
+            return storage.retry(once, f"read the lease {self.key}")
+        except (ClientError, BotoCoreError) as err:
             raise LeaseError(f"cannot read the lease s3://{self.bucket}/{self.key}: {_code(err)}") from None
+
+    def _ours(self, holder: dict | None, etag: str | None) -> bool:
+        """Whether the lease object is this run's own: a conditional PUT whose first try landed
+        but whose answer was lost fails its condition when retried. Adopts its ETag."""
+        if holder and holder.get("token") == self.owner["token"]:
+            self.etag = etag
+            return True
+        return False
 
     def _try_once(self) -> dict | None:
         """Take the lease if free or expired; else return the holder."""
@@ -173,6 +190,8 @@ class S3Lease:
         holder, etag = self._current()
         if holder is None:
             return {}                          # released between the two calls: try again
+        if self._ours(holder, etag):
+            return None
         if holder.get("expires", 0) < time.time() and etag and self._put(IfMatch=etag):
             log.warning("took over the expired lease of %s", _describe(holder))
             return None
@@ -193,7 +212,7 @@ class S3Lease:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
-            if not self._put(IfMatch=self.etag):
+            if not self._put(IfMatch=self.etag) and not self._ours(*self._current()):
                 log.error("lost the lease %s: another run took it over", self.key)
                 return
 

@@ -13,16 +13,26 @@ The published layout is the dataset's own (parquet/, tokens/, tokenizer/, README
    5 MiB) with several parts and files in flight (`publish.concurrency`).
 3. Requests that fail with throttling (SlowDown, 503), a 5xx or a dropped connection are retried
    by botocore's standard retry mode (exponential backoff with jitter, `publish.max_retries`
-   retries per request); on top of that a file whose upload or verification still fails is
-   uploaded again, with backoff, a few times.
+   retries per request); on top of that every S3 operation here (reads of JSON objects and their
+   bodies, listings, deletes, the manifest and its read-back, the pointer) goes through the one
+   retry policy `storage.retry`, which also retries a response body dropped mid-read, and a file
+   whose upload or verification still fails is verified and uploaded again, with backoff.
 4. Each object is verified against the manifest's sha256 after upload. Uploads carry SHA-256
-   checksums, which S3 checks on receipt of every part; afterwards the object's stored checksum
-   is compared with one computed from the local file (for a multipart object S3 stores the
-   sha256 of the parts' sha256 digests, not the file's, so that is what is computed; the ETag is
-   an MD5 and is not used). An endpoint that keeps no checksum, or `publish.verify: download`,
-   makes it re-read the object and hash it.
-5. `_manifest.json` is written last (with `If-None-Match: *`, so two publishers cannot both
-   commit one version), then the `latest` pointer.
+   checksums; an endpoint that validates them on receipt (probed once per endpoint and process:
+   a small PUT with a deliberately wrong checksum must be refused) lets the object's stored
+   checksum be compared with one computed from the local file (for a multipart object S3 stores
+   the sha256 of the parts' sha256 digests, so that is what is computed; the ETag is an MD5 and
+   is not used). An endpoint that does not validate checksums (moto, some S3-compatible servers:
+   its stored checksum is only what the client sent), that keeps none, or `publish.verify:
+   download` makes it read the object back and hash it; the log says which mode ran. An object
+   that fails verification (a byte flipped in flight, an object damaged in S3 by an earlier
+   attempt) is uploaded again: nothing of an uncommitted version is trusted unverified.
+5. Just before the commit every object is checked to be still the one verified (same ETag and
+   size), so objects written by anyone else meanwhile (a publisher that lost its lease) are
+   never committed. Then `_manifest.json` is written (with `If-None-Match: *`, so two
+   publishers cannot both commit one version) and read back, then the `latest` pointer. Two
+   publishers of one version take turns on the version's lease (`pipeline.publish`); no
+   publisher deletes objects of a version without holding its lease.
 6. Versions are immutable. The version is `publish.version` (or `--version`), else the first 16
    hex digits of the build's content hash (paths, sizes and sha256 of its files). Publishing a
    version that exists with the same content does nothing; with different content it is refused.
@@ -36,9 +46,9 @@ import base64
 import hashlib
 import json
 import logging
-import random
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -55,13 +65,9 @@ from mixture.versions import LATEST, VERSION_RE as _VERSION_RE
 
 log = logging.getLogger(__name__)
 
-# Re-uploads of one file after botocore's own per-request retries are exhausted or the uploaded
-# object fails verification. Small: each one already follows max_retries request retries.
-FILE_ATTEMPTS = 3
-_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
-                   "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503"}
-# the body arrived damaged (S3 checked the SHA-256 we sent): sending it again can succeed
-_TRANSIENT_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch", "IncompleteBody"}
+# Tries of one file (verify, upload, verify) through `storage.retry`, after botocore's own
+# per-request retries: a body dropped mid-read or an object that fails verification costs one.
+FILE_ATTEMPTS = 5
 
 
 class PublishError(DatasetError):
@@ -111,52 +117,11 @@ def redact_url(url: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- boto3
-def _code(err: Exception) -> str:
-    from botocore.exceptions import ClientError
-
-    if isinstance(err, ClientError):
-        return str(err.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _status(err: Exception) -> int:
-    from botocore.exceptions import ClientError
-
-    if isinstance(err, ClientError):
-        return int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return 0
-
-
-def _unwrap(err: Exception) -> Exception:
-    """boto3's upload_file re-raises a ClientError as S3UploadFailedError (keeping it as the
-    context): classify by the S3 error underneath."""
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import ClientError
-
-    if isinstance(err, S3UploadFailedError) and isinstance(err.__context__, ClientError):
-        return err.__context__
-    return err
-
-
-def _retryable(err: Exception) -> bool:
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
-
-    err = _unwrap(err)
-    if isinstance(err, (ConnectionError, ReadTimeoutError, S3UploadFailedError)):
-        return True
-    if isinstance(err, ClientError):
-        return _status(err) >= 500 or _code(err) in _THROTTLE_CODES | _TRANSIENT_CODES
-    return False
-
-
 def _not_found(err: Exception) -> bool:
-    return _code(err) in ("404", "NoSuchKey", "NotFound") or _status(err) == 404
+    return storage.s3_error_code(err) in ("404", "NoSuchKey", "NotFound") or storage.s3_status(err) == 404
 
 
-def _backoff(attempt: int, base: float = 0.5, cap: float = 20.0) -> float:
-    """Full-jitter exponential backoff (AWS architecture blog), in seconds."""
-    return random.uniform(0, min(cap, base * 2 ** attempt))
+_safe_error = storage.describe_error
 
 
 # ----------------------------------------------------------------------------- checksums
@@ -198,21 +163,65 @@ def describe_local(uri: str, rel: str, size: int, sha256_hex: str, chunk_bytes: 
 
 
 # ------------------------------------------------------------------------------ one file
-class Uploader:
-    """Uploads and verifies files of one version; safe to call from several threads."""
+_PROBED: dict[str, bool] = {}     # endpoint -> whether it validates checksums (probed once per process)
+_PROBE_LOCK = threading.Lock()
 
-    def __init__(self, client, target: Target, version: str, cfg: Config):
+
+def validates_checksums(client, target: Target) -> bool:
+    """Whether the endpoint refuses a PUT whose SHA-256 checksum header does not match the body
+    (S3 does; moto and some S3-compatible servers store the header as sent, so their stored
+    checksum proves nothing about the bytes). Probed once per endpoint per process."""
+    endpoint = storage.s3_settings()[0] or "aws"
+    with _PROBE_LOCK:
+        if endpoint not in _PROBED:
+            _PROBED[endpoint] = _probe_checksum_validation(client, target)
+        return _PROBED[endpoint]
+
+
+def _probe_checksum_validation(client, target: Target) -> bool:
+    """PUT a small object under `<prefix>/_probe/` with a deliberately wrong checksum."""
+    from botocore.exceptions import ClientError
+
+    body = b"checksum validation probe\n"
+    wrong = base64.b64encode(hashlib.sha256(b"not the " + body).digest()).decode()
+    key = target.key("_probe", f"checksum-{uuid.uuid4().hex}")
+
+    def once() -> bool:
+        try:
+            client.put_object(Bucket=target.bucket, Key=key, Body=body, ChecksumSHA256=wrong)
+        except ClientError as err:
+            if storage.s3_error_code(err) in storage.DAMAGED_CODES | {"InvalidDigest"}:
+                return True
+            if storage.s3_status(err) < 500:
+                log.info("checksum probe answered %s: not trusting stored checksums", _safe_error(err))
+                return False
+            raise
+        return False
+
+    validates = storage.retry(once, "checksum validation probe")
+    if not validates:
+        storage.retry(lambda: client.delete_object(Bucket=target.bucket, Key=key), "remove the checksum probe")
+    return validates
+
+
+class Uploader:
+    """Uploads and verifies files of one version; safe to call from several threads. `etags`
+    holds the ETag of every object as it was verified, for the check just before the commit."""
+
+    def __init__(self, client, target: Target, version: str, cfg: Config, mode: str = "download"):
         from boto3.s3.transfer import TransferConfig
 
         self.client = client
         self.target = target
         self.version = version
         self.pcfg = cfg.publish
+        self.mode = mode                  # "checksum": trust the stored checksum; "download": re-read
         self.chunk = cfg.publish.multipart_chunk_mb * 1024 * 1024
         self.transfer = TransferConfig(multipart_threshold=self.chunk, multipart_chunksize=self.chunk,
                                        max_concurrency=cfg.publish.concurrency, use_threads=True)
         self.lock = threading.Lock()
         self.retried = 0
+        self.etags: dict[str, str] = {}
 
     def key(self, rel: str) -> str:
         return self.target.key(self.version, rel)
@@ -232,16 +241,29 @@ class Uploader:
         if head.get("Metadata", {}).get("sha256") != lf.sha256:
             return "sha256 metadata differs"
         stored = (head.get("ChecksumSHA256") or "").split("-")[0]
-        if self.pcfg.verify == "checksum" and stored:
-            if stored in (lf.full_b64, lf.composite_b64):
-                return "ok"
-            return "stored SHA-256 checksum differs"
-        # no stored checksum (or asked to): read the object back and hash it
-        body = self.client.get_object(Bucket=self.target.bucket, Key=self.key(lf.rel))["Body"]
-        h = hashlib.sha256()
-        for block in iter(lambda: body.read(8 << 20), b""):
-            h.update(block)
-        return "ok" if h.hexdigest() == lf.sha256 else "downloaded sha256 differs"
+        if self.mode == "checksum" and stored:
+            if stored not in (lf.full_b64, lf.composite_b64):
+                return "stored SHA-256 checksum differs"
+            self.etags[lf.rel] = head["ETag"]
+            return "ok"
+        return self._verify_download(lf)
+
+    def _verify_download(self, lf: LocalFile) -> str:
+        """Read the object back and hash it (no stored checksum, an endpoint that does not
+        validate checksums, or `publish.verify: download`)."""
+        from botocore.exceptions import FlexibleChecksumError
+
+        obj = self.client.get_object(Bucket=self.target.bucket, Key=self.key(lf.rel))
+        try:
+            digest = storage.sha256_stream(obj["Body"].iter_chunks(storage.HASH_BLOCK))
+        except FlexibleChecksumError:
+            # botocore checked the bytes against the checksum stored with them: damaged in S3
+            # (an endpoint that stored a checksum it did not check) or in flight; upload again
+            return "the stored bytes do not match their stored checksum"
+        if digest != lf.sha256:
+            return "downloaded sha256 differs"
+        self.etags[lf.rel] = obj["ETag"]
+        return "ok"
 
     def upload(self, lf: LocalFile) -> None:
         extra = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": lf.sha256},
@@ -253,46 +275,34 @@ class Uploader:
             with storage.open_read(lf.uri) as f:
                 self.client.upload_fileobj(f, self.target.bucket, self.key(lf.rel), ExtraArgs=extra, Config=self.transfer)
 
+    def _put_once(self, lf: LocalFile, uploaded: list[bool]) -> None:
+        state = self.verify(lf)
+        if state == "ok":
+            return
+        if state != "missing":
+            log.info("%s: replacing the object of an earlier attempt (%s)", lf.rel, state)
+        uploaded[0] = True
+        self.upload(lf)
+        state = self.verify(lf)
+        if state != "ok":
+            raise storage.Transient(f"verification failed after upload: {state}")
+
+    def _count_retry(self, err: BaseException) -> None:
+        with self.lock:
+            self.retried += 1
+
     def put(self, lf: LocalFile) -> bool:
         """Make the object match the local file. True when it was uploaded, False when it was
         already there (a resumed publish)."""
         attempts = 1 + min(FILE_ATTEMPTS - 1, self.pcfg.max_retries)
-        last = ""
-        for attempt in range(attempts):
-            try:
-                state = self.verify(lf)
-                if state == "ok":
-                    return attempt > 0
-                if state != "missing":
-                    log.info("%s: replacing the object of an earlier attempt (%s)", lf.rel, state)
-                self.upload(lf)
-                state = self.verify(lf)
-                if state == "ok":
-                    return True
-                last = f"verification failed after upload: {state}"
-            except Exception as err:  # noqa: BLE001 - classified just below
-                if not _retryable(err):
-                    raise PublishError(f"{lf.rel}: upload failed: {_safe_error(err)}") from None
-                last = _safe_error(err)
-            with self.lock:
-                self.retried += 1
-            if attempt + 1 < attempts:
-                delay = _backoff(attempt)
-                log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", lf.rel, last, delay,
-                            attempt + 2, attempts)
-                time.sleep(delay)
-        raise PublishError(f"{lf.rel}: gave up after {attempts} attempts: {last}")
-
-
-def _safe_error(err: Exception) -> str:
-    """An error message without request details (botocore messages hold no credentials, but
-    keep it to the code and message)."""
-    err = _unwrap(err)
-    code = _code(err)
-    if code:
-        msg = err.response.get("Error", {}).get("Message", "")  # type: ignore[attr-defined]
-        return f"{code} ({_status(err)}): {msg}".strip()
-    return f"{type(err).__name__}: {err}"
+        uploaded = [False]
+        try:
+            storage.retry(lambda: self._put_once(lf, uploaded), lf.rel, attempts, on_retry=self._count_retry)
+        except Exception as err:  # noqa: BLE001 - classified just below
+            if storage.transient(err):
+                raise PublishError(f"{lf.rel}: gave up after {attempts} attempts: {_safe_error(err)}") from None
+            raise PublishError(f"{lf.rel}: upload failed: {_safe_error(err)}") from None
+        return uploaded[0]
 
 
 def content_type(rel: str) -> str:
@@ -311,28 +321,42 @@ def _files_key(files: list[dict]) -> set[tuple[str, int, str]]:
 
 
 def _get_json(client, bucket: str, key: str) -> tuple[Any, bytes] | None:
+    """An object's JSON and bytes (None when absent), the whole read retried."""
     from botocore.exceptions import ClientError
 
-    try:
-        raw = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as err:
-        if _not_found(err):
-            return None
-        raise
-    return json.loads(raw), raw
+    def once() -> tuple[Any, bytes] | None:
+        try:
+            raw = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as err:
+            if _not_found(err):
+                return None
+            raise
+        return json.loads(raw), raw
+
+    return storage.retry(once, f"read s3://{bucket}/{key}")
+
+
+def _head(client, bucket: str, key: str) -> dict | None:
+    """An object's HEAD (None when absent), retried."""
+    from botocore.exceptions import ClientError
+
+    def once() -> dict | None:
+        try:
+            return client.head_object(Bucket=bucket, Key=key)
+        except ClientError as err:
+            if _not_found(err):
+                return None
+            raise
+
+    return storage.retry(once, f"head s3://{bucket}/{key}")
 
 
 def _committed_at(client, bucket: str, key: str) -> float | None:
     """When a version's manifest was written: the microsecond time the publisher stored with it
     (S3's LastModified has only whole seconds), else LastModified."""
-    from botocore.exceptions import ClientError
-
-    try:
-        head = client.head_object(Bucket=bucket, Key=key)
-    except ClientError as err:
-        if _not_found(err):
-            return None
-        raise
+    head = _head(client, bucket, key)
+    if head is None:
+        return None
     try:
         return float(head.get("Metadata", {})["committed-at"])
     except (KeyError, ValueError):
@@ -340,19 +364,25 @@ def _committed_at(client, bucket: str, key: str) -> float | None:
 
 
 def _list_keys(client, bucket: str, prefix: str) -> list[str]:
-    keys = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
-    return keys
+    def once() -> list[str]:
+        keys = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        return keys
+
+    return storage.retry(once, f"list s3://{bucket}/{prefix}")
 
 
 def _abort_incomplete_uploads(client, bucket: str, prefix: str) -> int:
-    n = 0
-    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
-        for u in page.get("Uploads", []):
-            client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
-            n += 1
-    return n
+    def once() -> list[dict]:
+        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+        return [u for page in pages for u in page.get("Uploads", [])]
+
+    uploads = storage.retry(once, f"list the multipart uploads under s3://{bucket}/{prefix}")
+    for u in uploads:
+        storage.retry(lambda u=u: client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]),
+                      f"abort the multipart upload of {u['Key']}")
+    return len(uploads)
 
 
 def update_latest(client, target: Target, version: str, manifest_sha256: str, content_sha256: str) -> bool:
@@ -374,33 +404,51 @@ def update_latest(client, target: Target, version: str, manifest_sha256: str, co
                        "content_sha256": content_sha256,
                        "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                       indent=2, sort_keys=True).encode()
-    client.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType="application/json",
-                      ChecksumAlgorithm="SHA256")
+    storage.retry(lambda: client.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType="application/json",
+                                            ChecksumAlgorithm="SHA256"), f"write {target.uri(LATEST)}")
     return True
 
 
+def _check_unchanged(client, uploader: Uploader, files: list[dict]) -> None:
+    """Just before the commit, every object must still be the one that was verified (same ETag
+    and size). Under the version's lease nothing else writes there; this catches a publisher
+    that lost its lease (paused past its expiry) and anything else that wrote meanwhile, so a
+    version whose objects do not match its manifest is never committed."""
+    changed = []
+    for f in files:
+        head = _head(client, uploader.target.bucket, uploader.key(f["path"]))
+        if head is None or head["ETag"] != uploader.etags.get(f["path"]) or head["ContentLength"] != int(f["bytes"]):
+            changed.append(f["path"])
+    if changed:
+        raise PublishError(f"version {uploader.version}: {len(changed)} object(s) changed after they were verified "
+                           f"(e.g. {changed[:3]}; another publisher wrote them?); nothing was committed: run again")
+
+
 def _put_manifest(client, target: Target, version: str, raw: bytes, files: list[dict]) -> None:
-    """Commit the version: the manifest, only if no other publisher committed it meanwhile."""
+    """Commit the version: the manifest, only if no other publisher committed it meanwhile. A
+    retried PUT whose first try did land meets its own manifest, with the same files."""
     from botocore.exceptions import ClientError
 
     key = target.key(version, MANIFEST)
     args = dict(Bucket=target.bucket, Key=key, Body=raw, ContentType="application/json",
                 ChecksumAlgorithm="SHA256",
                 Metadata={"sha256": hashlib.sha256(raw).hexdigest(), "committed-at": f"{time.time():.6f}"})
+    what = f"commit {target.uri(version, MANIFEST)}"
     try:
-        client.put_object(IfNoneMatch="*", **args)
+        storage.retry(lambda: client.put_object(IfNoneMatch="*", **args), what)
     except ClientError as err:
-        if _code(err) in ("NotImplemented", "InvalidArgument"):     # endpoints without conditional writes
-            client.put_object(**args)
-        elif _code(err) in ("PreconditionFailed", "ConditionalRequestConflict") or _status(err) == 412:
+        code = storage.s3_error_code(err)
+        if code in ("NotImplemented", "InvalidArgument"):     # endpoints without conditional writes
+            storage.retry(lambda: client.put_object(**args), what)
+        elif code in ("PreconditionFailed", "ConditionalRequestConflict") or storage.s3_status(err) == 412:
             existing = _get_json(client, target.bucket, key)
             if existing is None or _files_key(existing[0].get("files", [])) != _files_key(files):
                 raise PublishError(f"version {version} was committed by another publisher with different "
                                    "content while this one was uploading") from None
         else:
             raise
-    head = client.get_object(Bucket=target.bucket, Key=key)["Body"].read()
-    if _files_key(json.loads(head).get("files", [])) != _files_key(files):
+    back = _get_json(client, target.bucket, key)
+    if back is None or _files_key(back[0].get("files", [])) != _files_key(files):
         raise PublishError(f"the manifest of version {version} does not read back as written")
 
 
@@ -435,6 +483,21 @@ def check_target(cfg: Config) -> Target:
     return target
 
 
+def verification_mode(client, target: Target, cfg: Config) -> str:
+    """How uploaded objects are verified, logged: by their stored checksum only when the endpoint
+    is known to validate checksums on upload (else the checksum is what the client sent, and a
+    byte flipped in flight would pass), otherwise by reading them back."""
+    if cfg.publish.verify == "download":
+        log.info("verification: download (publish.verify: download)")
+        return "download"
+    if validates_checksums(client, target):
+        log.info("verification: stored SHA-256 checksums (the endpoint validates them on upload)")
+        return "checksum"
+    log.info("verification: download (the endpoint does not validate checksums on upload, so a stored "
+             "checksum proves nothing)")
+    return "download"
+
+
 def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> PublishReport:
     """Upload, verify and commit one version. The caller holds the version's lease (the runner's
     `pipeline.publish`), so no other publisher writes or cleans up under it meanwhile."""
@@ -442,44 +505,49 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
     target = check_target(cfg)
     content_sha = content_hash(ds.manifest.files)
     version = resolve_version(ds, cfg, version)
-    manifest_raw = storage.read_bytes(ds.path(MANIFEST))
-    manifest_sha = hashlib.sha256(manifest_raw).hexdigest()
+    manifest_raw = storage.retry(lambda: storage.read_bytes(ds.path(MANIFEST)), f"read {ds.path(MANIFEST)}")
     files = ds.manifest.files
+    total = sum(int(f["bytes"]) for f in files)
     client = storage.s3_client(cfg.publish.max_retries, cfg.publish.concurrency)
     endpoint = redact_url(storage.s3_settings()[0])
     uri = target.uri(version)
-    log.info("publishing %d files (%s bytes) to %s%s", len(files), f"{sum(f['bytes'] for f in files):,}",
-             uri, f" via {endpoint}" if endpoint else "")
+    log.info("publishing %d files (%s bytes) to %s%s", len(files), f"{total:,}", uri,
+             f" via {endpoint}" if endpoint else "")
 
     existing = _get_json(client, target.bucket, target.key(version, MANIFEST))
     if existing is not None:
         _check_same_content(existing[0], files, version, uri)
         moved = update_latest(client, target, version, hashlib.sha256(existing[1]).hexdigest(), content_sha)
         log.info("version %s is already published with the same content: nothing to upload", version)
-        return PublishReport(uri, version, len(files), sum(f["bytes"] for f in files), 0, len(files), 0,
-                             time.time() - t0, True, moved)
+        return PublishReport(uri, version, len(files), total, 0, len(files), 0, time.time() - t0, True, moved)
 
-    # not committed: clear what a killed attempt left half-done, keep its finished objects
-    aborted = _abort_incomplete_uploads(client, target.bucket, target.key(version) + "/")
-    if aborted:
-        log.info("aborted %d incomplete multipart upload(s) of an earlier attempt", aborted)
-    uploader = Uploader(client, target, version, cfg)
-    uploaded, skipped = _upload_all(ds, files, uploader, version, cfg.publish.concurrency)
-    total = sum(int(f["bytes"]) for f in files)
-
-    wanted = {uploader.key(f["path"]) for f in files}
-    strays = [k for k in _list_keys(client, target.bucket, target.key(version) + "/") if k not in wanted]
-    for k in strays:
-        client.delete_object(Bucket=target.bucket, Key=k)
-    if strays:
-        log.info("removed %d object(s) of an earlier attempt that are not in this build", len(strays))
-
+    uploader = Uploader(client, target, version, cfg, verification_mode(client, target, cfg))
+    uploaded, skipped = _upload_version(ds, files, uploader, cfg.publish.concurrency)
+    _check_unchanged(client, uploader, files)
     _put_manifest(client, target, version, manifest_raw, files)
-    moved = update_latest(client, target, version, manifest_sha, content_sha)
+    moved = update_latest(client, target, version, hashlib.sha256(manifest_raw).hexdigest(), content_sha)
     secs = time.time() - t0
     log.info("published %s: %d uploaded, %d already there, %d retried, %.1f MB/s", uri, uploaded, skipped,
              uploader.retried, total / 1e6 / max(secs, 1e-9))
     return PublishReport(uri, version, len(files), total, uploaded, skipped, uploader.retried, secs, False, moved)
+
+
+def _upload_version(ds: Dataset, files: list[dict], uploader: Uploader, concurrency: int) -> tuple[int, int]:
+    """Everything before the commit of a version that is not committed: clear what a killed
+    attempt left half-done (keeping its finished objects), upload and verify every file, remove
+    objects that are not in this build. (uploaded, skipped)."""
+    client, bucket, prefix = uploader.client, uploader.target.bucket, uploader.target.key(uploader.version) + "/"
+    aborted = _abort_incomplete_uploads(client, bucket, prefix)
+    if aborted:
+        log.info("aborted %d incomplete multipart upload(s) of an earlier attempt", aborted)
+    uploaded, skipped = _upload_all(ds, files, uploader, uploader.version, concurrency)
+    wanted = {uploader.key(f["path"]) for f in files}
+    strays = [k for k in _list_keys(client, bucket, prefix) if k not in wanted]
+    for k in strays:
+        storage.retry(lambda k=k: client.delete_object(Bucket=bucket, Key=k), f"remove s3://{bucket}/{k}")
+    if strays:
+        log.info("removed %d object(s) of an earlier attempt that are not in this build", len(strays))
+    return uploaded, skipped
 
 
 def _check_same_content(existing: dict, files: list[dict], version: str, uri: str) -> None:
@@ -499,8 +567,9 @@ def _upload_all(ds: Dataset, files: list[dict], uploader: "Uploader", version: s
     """Upload (or keep, when verified already) every file; (uploaded, skipped)."""
     def one(f: dict) -> bool:
         # hashing in the worker overlaps reading one file with uploading others
-        return uploader.put(describe_local(ds.path(f["path"]), f["path"], int(f["bytes"]), f["sha256"],
-                                           uploader.chunk))
+        lf = storage.retry(lambda: describe_local(ds.path(f["path"]), f["path"], int(f["bytes"]), f["sha256"],
+                                                  uploader.chunk), f"read {f['path']}")
+        return uploader.put(lf)
 
     uploaded = skipped = 0
     total = sum(int(f["bytes"]) for f in files)

@@ -12,10 +12,15 @@ write it last). Each file is hashed and compared with the manifest's size and sh
 of it is returned; a mismatch raises `ChecksumError` naming the file. Through the `latest`
 pointer the manifest itself is checked against the sha256 the pointer records. Token shards on
 S3 are downloaded once into a cache folder (verified) and memory-mapped from there.
+
+Every read (a manifest, the pointer, a whole file, a download to the cache, a verification pass)
+goes through `storage.retry`, the publisher's retry policy: a 5xx, a dropped connection or a body
+dropped mid-read is tried again, so a flaky endpoint does not turn into a wrong verdict.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from functools import cached_property
@@ -32,6 +37,28 @@ from mixture.versions import LATEST
 
 class ChecksumError(DatasetError):
     """A file of the dataset does not match its manifest (corrupted, truncated or replaced)."""
+
+
+def _exists(uri: str) -> bool:
+    return storage.retry(lambda: storage.exists(uri), f"look up {uri}")
+
+
+def _read(uri: str) -> bytes:
+    return storage.retry(lambda: storage.read_bytes(uri), f"read {uri}")
+
+
+def _hash(uri: str) -> tuple[int, str]:
+    """(bytes, sha256) of a file, streamed."""
+    with storage.open_read(uri) as fin:
+        digest = storage.sha256_stream(fin)
+        return fin.tell(), digest
+
+
+def _copy(src: str, dst: str) -> tuple[int, str]:
+    """Copy a file to a local path while hashing it: (bytes, sha256)."""
+    with storage.open_read(src) as fin, open(dst, "wb") as fout:
+        digest = storage.sha256_stream(fin, sink=fout.write)
+        return fin.tell(), digest
 
 
 class ClimbMix:
@@ -51,16 +78,16 @@ class ClimbMix:
     @staticmethod
     def _resolve(uri: str) -> tuple[str, str | None, bytes, str | None]:
         """(dataset URI, version, manifest bytes, the manifest sha256 a pointer expects)."""
-        if storage.exists(storage.join(uri, MANIFEST)):
+        if _exists(storage.join(uri, MANIFEST)):
             version = storage.basename(uri) if storage.is_s3(uri) else None
-            return uri, version, storage.read_bytes(storage.join(uri, MANIFEST)), None
-        if storage.exists(storage.join(uri, LATEST)):
-            pointer = storage.read_json(storage.join(uri, LATEST))
+            return uri, version, _read(storage.join(uri, MANIFEST)), None
+        if _exists(storage.join(uri, LATEST)):
+            pointer = json.loads(_read(storage.join(uri, LATEST)))
             version = pointer["version"]
             vuri = storage.join(uri, version)
-            if not storage.exists(storage.join(vuri, MANIFEST)):
+            if not _exists(storage.join(vuri, MANIFEST)):
                 raise DatasetError(f"{uri}: `{LATEST}` points at version {version}, which has no {MANIFEST}")
-            return vuri, version, storage.read_bytes(storage.join(vuri, MANIFEST)), pointer.get("manifest_sha256")
+            return vuri, version, _read(storage.join(vuri, MANIFEST)), pointer.get("manifest_sha256")
         raise DatasetError(f"no ClimbMix dataset at {uri}: no {MANIFEST} (an incomplete or absent "
                            f"dataset) and no `{LATEST}` pointer")
 
@@ -114,7 +141,7 @@ class ClimbMix:
     def read_bytes(self, rel: str) -> bytes:
         """One file's bytes, verified."""
         self._entry(rel)
-        raw = storage.read_bytes(storage.join(self.uri, rel))
+        raw = _read(storage.join(self.uri, rel))
         if self.verify_reads:
             self._check(rel, len(raw), hashlib.sha256(raw).hexdigest())
         return raw
@@ -157,9 +184,7 @@ class ClimbMix:
         """Copy `src` to `dst` through a temporary file, hashing while copying."""
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         tmp = f"{dst}.part-{os.getpid()}"
-        with storage.open_read(src) as fin, open(tmp, "wb") as fout:
-            digest = storage.sha256_stream(fin, sink=fout.write)
-            n = fin.tell()
+        n, digest = storage.retry(lambda: _copy(src, tmp), f"download {src}")
         try:
             if self.verify_reads:
                 self._check(rel, n, digest)
@@ -170,14 +195,11 @@ class ClimbMix:
 
     def verify(self) -> None:
         """Check every file of the manifest (sizes and sha256); raises ChecksumError."""
-        for rel, f in self._files.items():
+        for rel in self._files:
             src = storage.join(self.uri, rel)
-            if not storage.exists(src):
+            if not _exists(src):
                 raise ChecksumError(f"{src} is listed in the manifest but missing")
-            with storage.open_read(src) as fin:
-                digest = storage.sha256_stream(fin)
-                n = fin.tell()
-            self._check(rel, n, digest)
+            self._check(rel, *storage.retry(lambda src=src: _hash(src), f"read {src}"))
 
     # --------------------------------------------------------------------------- texts
     def read_shard(self, i: int, columns: list[str] | None = None) -> pa.Table:

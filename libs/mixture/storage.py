@@ -8,6 +8,12 @@ region from `AWS_REGION` / `AWS_DEFAULT_REGION`. Nothing here logs a credential.
 
 Writes of whole files are atomic for readers: locally a temporary file is renamed over the target;
 on S3 a PUT becomes visible only when complete.
+
+`retry(call, what)` is the one retry policy of the S3 reads and writes done here and in the
+publisher and the reader: a request that fails with throttling, a 5xx, a dropped connection or a
+response body dropped mid-read is tried again with full-jitter exponential backoff. botocore and
+Arrow retry a failed request themselves, but not a body that breaks off after the response
+started, nor a multi-step operation (upload then verify) whose last step fails.
 """
 from __future__ import annotations
 
@@ -15,15 +21,21 @@ import fnmatch
 import hashlib
 import json
 import os
+import logging
 import posixpath
+import random
+import time
 import uuid
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def is_s3(uri: str) -> bool:
@@ -292,3 +304,99 @@ def local_path(uri: str) -> str | None:
     if is_s3(uri):
         return None
     return filesystem(uri)[1]
+
+
+# ------------------------------------------------------------------------------------ retries
+RETRY_ATTEMPTS = 5       # tries of one operation by `retry` (each request inside has its own retries)
+_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                   "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503"}
+# the body arrived damaged (S3 checked the SHA-256 we sent): sending it again can succeed
+DAMAGED_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch", "IncompleteBody"}
+# what Arrow's S3 errors say when the network, not the request, failed
+_ARROW_TRANSIENT = ("NETWORK_CONNECTION", "curlCode", "HTTP status 5", "SLOW_DOWN", "THROTTLING",
+                    "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "REQUEST_TIMEOUT", "Connection reset")
+
+
+class Transient(RuntimeError):
+    """A failure that trying again can fix, raised by the caller's own checks (an object that
+    does not verify right after its upload)."""
+
+
+def s3_error_code(err: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ('' for anything else)."""
+    response = getattr(err, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+def s3_status(err: BaseException) -> int:
+    response = getattr(err, "response", None)
+    if not isinstance(response, dict):
+        return 0
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def unwrap(err: BaseException) -> BaseException:
+    """boto3's upload_file re-raises a ClientError as S3UploadFailedError (keeping it as the
+    context): the S3 error underneath."""
+    from boto3.exceptions import S3UploadFailedError
+
+    if isinstance(err, S3UploadFailedError) and s3_error_code(err.__context__ or err):
+        return err.__context__  # type: ignore[return-value]
+    return err
+
+
+def transient(err: BaseException) -> bool:
+    """Whether trying the same operation again can succeed."""
+    import http.client
+
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, IncompleteReadError, NoCredentialsError
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    err = unwrap(err)
+    if isinstance(err, NoCredentialsError):
+        return False
+    if isinstance(err, (Transient, BotoConnectionError, HTTPClientError, IncompleteReadError, S3UploadFailedError,
+                        Urllib3Error, http.client.HTTPException, ConnectionError, TimeoutError)):
+        return True
+    if s3_error_code(err) or s3_status(err):
+        return s3_status(err) >= 500 or s3_error_code(err) in _THROTTLE_CODES | DAMAGED_CODES
+    if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return any(s in str(err) for s in _ARROW_TRANSIENT)
+    return False
+
+
+def backoff(attempt: int, base: float = 0.5, cap: float = 20.0) -> float:
+    """Full-jitter exponential backoff (AWS architecture blog), in seconds."""
+    return random.uniform(0, min(cap, base * 2 ** attempt))
+
+
+def describe_error(err: BaseException) -> str:
+    """An error as one short line: the S3 code and message, or the exception's type and text
+    (botocore messages hold no credentials; this keeps them to the code and message)."""
+    err = unwrap(err)
+    if code := s3_error_code(err):
+        msg = err.response.get("Error", {}).get("Message", "")  # type: ignore[attr-defined]
+        return f"{code} ({s3_status(err)}): {msg}".strip()
+    return f"{type(err).__name__}: {err}"
+
+
+def retry(call: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS,
+          on_retry: Callable[[BaseException], Any] | None = None) -> T:
+    """`call()`, tried up to `attempts` times while it fails with a transient error (`transient`);
+    the last error, or the first permanent one, is raised as it is."""
+    attempts = max(1, attempts)
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as err:
+            if attempt + 1 >= attempts or not transient(err):
+                raise
+            if on_retry is not None:
+                on_retry(err)
+            delay = backoff(attempt)
+            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, describe_error(err), delay,
+                        attempt + 2, attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,133 @@
+"""Checks that run before any Spark or model start-up, so a bad input is one line in seconds.
+
+A curation that starts Spark (about 25 s) before it finds that its input path is missing, or a
+run that waits for 49 s of connection retries on an endpoint that is down, wastes the user's time
+and prints a traceback. The entry points (`climb`, `jobs/curate.py`, `jobs/publish.py`) call
+`check(cfg, file_keys)` (the config keys that name the files their stages read) right after the
+config is loaded; it raises `PreflightError` (a `ConfigError`: one line naming the key and URI,
+exit status 2) for:
+
+- S3 credentials absent when a URI the run needs is on S3 (`AWS_ACCESS_KEY_ID`/profile/role);
+- an S3 endpoint that does not answer within `CONNECT_TIMEOUT_S`, or a bucket that is missing
+  or denied (one HEAD per bucket, no retries);
+- an input path that does not exist, an input folder with no files, a glob that matches nothing,
+  a missing S3 key (inputs are listed through `mixture.storage`, as the curation lists them);
+- a file named by a stage's config (target sets, tasks, a mixture file, a tokenizer) that does
+  not exist.
+
+URIs in these messages are the config's own, which `mixture.config` has already checked to hold
+no credentials; endpoints are printed without user-info.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from mixture import storage
+from mixture.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 2.0       # an endpoint that does not accept a connection by then is down
+
+
+class PreflightError(ConfigError):
+    """A configured input, output or endpoint that cannot work; the message names the key."""
+
+
+def check(cfg: Config, file_keys: Iterable[str] = (), publish: bool = False) -> None:
+    """Every check that applies to a run whose stages read the files named by `file_keys`
+    (dotted config keys, the stages' `files`) and, with `publish`, to publishing; raises
+    PreflightError on the first problem."""
+    keys: dict[str, list[str]] = {key: _uris(cfg, key) for key in file_keys}
+    if publish and cfg.publish.uri:
+        keys["publish.uri"] = [cfg.publish.uri]
+    if any(keys.values()) or storage.is_s3(cfg.output_root):
+        keys.setdefault("output_root", [cfg.output_root])
+    s3 = {key: [u for u in uris if storage.is_s3(u)] for key, uris in keys.items()}
+    if any(s3.values()):
+        check_credentials(next(k for k, v in s3.items() if v))
+        check_buckets(s3)
+    for key, uris in keys.items():
+        if key not in ("output_root", "publish.uri"):
+            check_files(key, uris)
+
+
+def _uris(cfg: Config, dotted: str) -> list[str]:
+    value: Any = cfg
+    for k in dotted.split("."):
+        value = getattr(value, k)
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def check_credentials(key: str) -> None:
+    """S3 credentials are present in the standard AWS provider chain (not checked for validity:
+    the bucket check does that)."""
+    import boto3
+
+    if boto3.session.Session().get_credentials() is None:
+        raise PreflightError(f"{key}: S3 credentials are not set; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                             "AWS_PROFILE, or run with an instance role")
+
+
+def _probe_client():
+    """A boto3 client that gives up fast: a short connect timeout and no retries."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    endpoint, region = storage.s3_settings()
+    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": 5,
+                              "retries": {"total_max_attempts": 1}}
+    if endpoint:
+        kwargs["s3"] = {"addressing_style": "path"}
+    return boto3.session.Session().client("s3", region_name=region, config=BotoConfig(**kwargs))
+
+
+def check_buckets(s3: dict[str, list[str]]) -> None:
+    """One HEAD per bucket named under each key: the endpoint answers, the bucket exists and the
+    credentials may use it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from mixture.publish import redact_url
+
+    client = _probe_client()
+    endpoint = redact_url(storage.s3_settings()[0]) or "AWS S3"
+    seen: set[str] = set()
+    for key, uris in s3.items():
+        for uri in uris:
+            bucket = storage.split_s3(uri)[0]
+            if bucket in seen:
+                continue
+            seen.add(bucket)
+            try:
+                client.head_bucket(Bucket=bucket)
+            except ClientError as err:
+                status = storage.s3_status(err)
+                what = {404: "does not exist", 403: "is not accessible with these credentials"}.get(
+                    status, f"cannot be used ({storage.describe_error(err)})")
+                raise PreflightError(f"{key}: bucket {bucket} {what} (endpoint {endpoint})") from None
+            except BotoCoreError as err:
+                raise PreflightError(f"{key}: the S3 endpoint {endpoint} is not reachable "
+                                     f"({type(err).__name__}, {CONNECT_TIMEOUT_S:g} s connect timeout)") from None
+
+
+def check_files(key: str, uris: list[str]) -> None:
+    """Each URI names at least one file: a file, a folder with files, or a glob that matches."""
+    for uri in uris:
+        try:
+            found = storage.expand([uri])
+            present = found or (not _is_glob(uri) and storage.exists(uri))
+        except OSError as err:
+            raise PreflightError(f"{key}: {uri} cannot be listed ({type(err).__name__})") from None
+        if found:
+            continue
+        if _is_glob(uri):
+            raise PreflightError(f"{key}: {uri} matches no files")
+        if not present:
+            raise PreflightError(f"{key}: {uri} does not exist")
+        raise PreflightError(f"{key}: {uri} is a folder with no files")
+
+
+def _is_glob(uri: str) -> bool:
+    return any(c in uri for c in "*?[")
