@@ -470,7 +470,8 @@ class Config(Section):
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+    """One line: `invalid configuration in FILE: key: problem; key: problem`."""
+    lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
@@ -479,8 +480,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             key, msg = f"{key}.{nested.key}", nested.msg
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{key}: {msg}")
+    return f"invalid configuration in {source}: " + "; ".join(lines)
 
 
 def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> Config:
