@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, SAMPLE, TARGET
+from conftest import REPO, SAMPLE, TARGET, read_jsonl_gz, write_jsonl
 from mixture import cli, documents, pipeline
 from mixture.config import ConfigError, parse_config
 from mixture.dataset import open_dataset
@@ -164,11 +164,18 @@ def test_a_bad_assignments_file_is_one_line_from_the_cli(curated, tracking_uri, 
 
 
 # ------------------------------------------------------------------------------------ end to end
-def _demo_config(tmp_path: Path, tracking_uri: str, **cluster) -> Path:
-    """configs/demo.yaml on the whole sample corpus, grouped by `source`, with a tiny search."""
+@pytest.fixture
+def sample_subset(tmp_path, sample_records) -> Path:
+    """The first 40 documents of every source of the sample corpus (data/sample/corpus.jsonl.gz):
+    all its sources at a size that keeps the test near a minute."""
+    return write_jsonl(tmp_path / "input" / "sample.jsonl", pick(sample_records, 40))
+
+
+def _demo_config(tmp_path: Path, tracking_uri: str, corpus: Path, **cluster) -> Path:
+    """configs/demo.yaml on the sample corpus, grouped by `source`, with a tiny search."""
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     cfg.update(output_root=str(tmp_path / "out"), tracking={"experiment": "test", "uri": tracking_uri})
-    cfg["input"]["uris"] = [str(SAMPLE)]
+    cfg["input"]["uris"] = [str(corpus)]
     cfg["curate"].update(spark_master="local[2]", partitions=2)
     cfg["cluster"] = {"method": "field", "field": "source", **cluster}
     cfg["shards"] = {"vocab_size": 512, "tokenizer_train_docs": 300}
@@ -191,8 +198,8 @@ def _searched_groups(out: Path) -> tuple[dict[str, str], set[str]]:
 
 
 @pytest.mark.slow
-def test_a_search_over_source_groups_runs_with_the_cli_and_a_config_only(tmp_path, tracking_uri):
-    config = _demo_config(tmp_path, tracking_uri)
+def test_a_search_over_source_groups_runs_with_the_cli_and_a_config_only(tmp_path, tracking_uri, sample_subset):
+    config = _demo_config(tmp_path, tracking_uri, sample_subset)
     assert cli.main(["run", "--config", str(config), "--until", "search"]) == 0
     out = tmp_path / "out"
     emb = open_dataset(str(out / "embeddings"))
@@ -202,10 +209,11 @@ def test_a_search_over_source_groups_runs_with_the_cli_and_a_config_only(tmp_pat
     assert "debian-reference" not in curated_sources                        # the held-out target
     final, searched = _searched_groups(out)
     assert set(final.values()) == searched == curated_sources and len(final) == 9
+    assert curated_sources == {r["source"] for r in read_jsonl_gz(SAMPLE)}                 # every source
 
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(yaml.safe_dump({"python-docs": "python", "python-code": "python"}))
-    config = _demo_config(tmp_path, tracking_uri, mapping=str(mapping))
+    config = _demo_config(tmp_path, tracking_uri, sample_subset, mapping=str(mapping))
     assert cli.main(["run", "--config", str(config), "--until", "search"]) == 0
     final, searched = _searched_groups(out)
     assert searched == set(final.values()) == curated_sources - {"python-docs", "python-code"} | {"python"}
