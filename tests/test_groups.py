@@ -15,6 +15,7 @@ from mixture import cli, documents, pipeline
 from mixture.config import ConfigError, parse_config
 from mixture.dataset import open_dataset
 from mixture.groups import GroupError, by_field, number_groups, read_assignments
+from mixture.kmeans import ClusterError
 from test_embed import base_config, make_curated, pick
 
 SOURCES = ["fortunes", "python-code", "dictionary", "manpages"]
@@ -125,11 +126,16 @@ def test_field_groups_skip_embedding_and_account_for_dropped_documents(curated, 
     assert rep["clusters"][0]["values"] == ["manpages", "python-code"]
     assert rep["groups"]["ungrouped"] == {"unmapped": 10}
     for c in rep["clusters"]:
-        assert c["top_terms"] and len(c["snippets"]) == 3 and c["words"] > 0
+        assert c["top_terms"] and len(c["snippets"]) == 3 and c["tokens_est"] > c["words"] * 0.8 > 0
     assert "map.png" not in Path(ds.path("report.md")).read_text()
     # a changed mapping file reruns the cluster stage (the file is in its hash), not embed
     mapping.write_text(json.dumps({"python-code": "code"}))
     assert not pipeline.run_stage(cfg, "cluster").skipped and pipeline.run_stage(cfg, "embed").skipped
+    # back to k-means: embed must run again (its hash covers whether embeddings are needed)
+    kmeans = _cfg(root, tracking_uri)
+    assert pipeline.current(kmeans, "embed") is None
+    with pytest.raises(ClusterError, match="holds no embeddings"):
+        pipeline.run_stage(kmeans, "cluster")
 
 
 def test_assignments_count_missing_and_unknown_ids_and_feed_the_shards(curated, tracking_uri, tmp_path):

@@ -71,6 +71,9 @@ def load_inputs(ctx: StageContext) -> tuple[list[str], np.ndarray, pa.Table]:
     """(ids, unit-norm embeddings, curated metadata in the embeddings' order); the two datasets
     must hold the same documents."""
     embeddings = ctx.input("embeddings")
+    if "skipped" in embeddings.manifest.extra:     # committed for cluster.method field / assignments
+        raise ClusterError(f"{embeddings.uri} holds no embeddings ({embeddings.manifest.extra['skipped']}): "
+                           "run `embed` with cluster.method kmeans")
     ids, emb = load_embeddings(embeddings)
     if len(set(ids)) != len(ids):
         raise ClusterError(f"{embeddings.uri}: document ids are not unique")
