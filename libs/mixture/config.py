@@ -576,6 +576,9 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     data["cluster"]["quality"]["reference_uris"] = [_abs(u, base) for u in cfg.cluster.quality.reference_uris]
     if cfg.build.mixture:
         data["build"]["mixture"] = _abs(cfg.build.mixture, base)
+    for key in ("mapping", "assignments"):
+        if getattr(cfg.cluster, key):
+            data["cluster"][key] = _abs(getattr(cfg.cluster, key), base)
     if cfg.embed.model and ("/" in cfg.embed.model or cfg.embed.model.startswith(".")):
         data["embed"]["model"] = _abs(cfg.embed.model, base)
     if cfg.shards.tokenizer:
