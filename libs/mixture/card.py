@@ -214,10 +214,16 @@ def dedup_section(ctx: CardContext) -> list[str]:
 
 def clusters_section(ctx: CardContext) -> list[str]:
     cl = ctx.cluster_config
-    lines = ["", "## Clusters", "",
-             f"k-means with K_init = {cl['k_init']}, clusters with mean quality below "
-             f"{cl['quality']['min_cluster_quality']} ({cl['quality']['scorer']} scorer) pruned, "
-             f"centroids merged (distance {cl['merge_distance']}, target {cl['target_clusters']} clusters)."]
+    method = cl.get("method", "kmeans")
+    if method == "kmeans":
+        how = (f"k-means with K_init = {cl['k_init']}, clusters with mean quality below "
+               f"{cl['quality']['min_cluster_quality']} ({cl['quality']['scorer']} scorer) pruned, "
+               f"centroids merged (distance {cl['merge_distance']}, target {cl['target_clusters']} clusters).")
+    else:
+        source = f"the document field `{cl.get('field')}`" if method == "field" else "a user-supplied assignments file"
+        how = (f"groups given by the user ({source}, RegMix-style domain mixing), groups with mean quality "
+               f"below {cl['quality']['min_cluster_quality']} ({cl['quality']['scorer']} scorer) pruned.")
+    lines = ["", "## Clusters", "", how]
     if ctx.cluster_counts:
         k = ctx.cluster_counts
         lines.append(f"Result: {k.get('clusters', '?')} clusters; {k.get('pruned_clusters', 0)} pruned "

@@ -271,6 +271,20 @@ class QualityConfig(Section):
 
 
 class ClusterConfig(Section):
+    """`cluster`: how documents become the groups the search mixes. `kmeans` (CLIMB) clusters the
+    embeddings; `field` and `assignments` take groups the user already has (RegMix-style domain
+    mixing, Liu et al. 2024): a curated document field, or an `id -> group` file. The k-means keys
+    apply to `kmeans` only; pruning (`min_cluster_size`, `quality`) applies to every method."""
+    method: Literal["kmeans", "field", "assignments"] = Field(
+        "kmeans", description="kmeans: cluster the embeddings; field: group by a curated document field; "
+        "assignments: groups from an id -> group file")
+    field: str | None = Field(None, description="method field: the curated column to group by (e.g. source)")
+    mapping: Uri | None = Field(None, description="method field: YAML or JSON file {value: group name} "
+                                "that merges values into groups")
+    unmapped: Literal["keep", "drop"] = Field(
+        "keep", description="method field with a mapping: a value without an entry keeps its own group (keep) "
+        "or its documents get cluster -1, counted (drop)")
+    assignments: Uri | None = Field(None, description="method assignments: Parquet or CSV with columns id, group")
     k_init: int = Field(1000, ge=2)
     niter: int = Field(20, ge=1)
     nredo: int = Field(1, ge=1)
@@ -282,10 +296,38 @@ class ClusterConfig(Section):
     target_clusters: int | None = Field(20, ge=1)
 
     @model_validator(mode="after")
-    def _merge(self) -> "ClusterConfig":
+    def _merge(self) -> ClusterConfig:
         if self.merge_distance is None and self.target_clusters is None:
             raise ValueError("set merge_distance, target_clusters or both")
         return self
+
+    @model_validator(mode="after")
+    def _method_keys(self) -> ClusterConfig:
+        """Each method's keys are set with it and only with it; the classifier scorer needs embeddings."""
+        m = self.method
+        if m == "field" and not self.field:
+            raise ValueError("method field needs field (the curated column to group by, e.g. source)")
+        if m == "assignments" and not self.assignments:
+            raise ValueError("method assignments needs assignments (a Parquet or CSV file of id, group)")
+        for key in ("field", "mapping") if m != "field" else ():
+            if getattr(self, key) is not None:
+                raise ValueError(f"{key} is a key of method field (method is {m})")
+        if m != "assignments" and self.assignments is not None:
+            raise ValueError(f"assignments is a key of method assignments (method is {m})")
+        if self.unmapped == "drop" and not self.mapping:
+            raise ValueError("unmapped: drop needs a mapping (method field): it drops the values the mapping lacks")
+        if self.field in ("id", "text"):
+            raise ValueError(f"field {self.field!r} cannot group documents: name a label column such as source")
+        if m != "kmeans" and (self.quality.scorer == "classifier" or self.quality.reference_uris):
+            raise ValueError(f"method {m} computes no embeddings, which the classifier scorer needs: use "
+                             "quality.scorer heuristic (or fasttext) and no quality.reference_uris")
+        return self
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Whether this method reads the embeddings (the `embed` stage's hash covers it: with
+        user groups it commits an empty dataset instead of embedding the corpus)."""
+        return self.method == "kmeans"
 
 
 # ------------------------------------------------------------------------------------ shards
@@ -568,6 +610,9 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     data["cluster"]["quality"]["reference_uris"] = [_abs(u, base) for u in cfg.cluster.quality.reference_uris]
     if cfg.build.mixture:
         data["build"]["mixture"] = _abs(cfg.build.mixture, base)
+    for key in ("mapping", "assignments"):
+        if getattr(cfg.cluster, key):
+            data["cluster"][key] = _abs(getattr(cfg.cluster, key), base)
     if cfg.embed.model and ("/" in cfg.embed.model or cfg.embed.model.startswith(".")):
         data["embed"]["model"] = _abs(cfg.embed.model, base)
     if cfg.shards.tokenizer:

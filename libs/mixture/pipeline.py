@@ -27,9 +27,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("curate", "annotated", (), ("input", "curate.annotation"), files=("input.uris",),
           requires=("input.uris",)),
     Stage("select", "curated", ("annotated",), ("curate.selection",)),
-    Stage("embed", "embeddings", ("curated",), ("embed",), resumable=True),
-    Stage("cluster", "clusters", ("curated", "embeddings"), ("cluster",),
-          files=("cluster.quality.reference_uris", "cluster.quality.fasttext_model")),
+    # with the user's own groups (cluster.method field / assignments) embed commits an empty dataset
+    Stage("embed", "embeddings", ("curated",), ("embed", "cluster.needs_embeddings"), resumable=True),
+    # embed.model: its tokenizer estimates the report's tokens when no embeddings manifest names it
+    Stage("cluster", "clusters", ("curated", "embeddings"), ("cluster", "embed.model"),
+          files=("cluster.quality.reference_uris", "cluster.quality.fasttext_model", "cluster.mapping",
+                 "cluster.assignments")),
     Stage("shards", "climblab", ("curated", "clusters"), ("shards",), files=("shards.tokenizer",)),
     Stage("search", "search", ("climblab",), ("search",), resumable=True,
           files=("search.target.val_uris", "search.target.tasks"),

@@ -6,10 +6,16 @@ TF-IDF terms (mean TF-IDF weight over a sample of its documents, English stop wo
 three snippets (the documents closest to the cluster centroid) and, for evaluation only, the
 mix of `source` labels with the cluster's purity. Overall: purity and normalised mutual
 information (NMI, arithmetic normalisation) of the k-means and of the final clusters against the
-source labels. The labels never influence any clustering decision (the project contract: a label never drives a decision unless the config names it).
+source labels. The labels never influence any clustering decision (the project contract: a label
+never drives a decision unless the config names it as the grouping field).
 
 Written as report.md, report.json and map.png (a PCA projection of a sample of the embeddings,
 coloured by final cluster, pruned documents in grey; matplotlib's Agg backend).
+
+With the user's own groups (`cluster.method` field or assignments, `mixture.groups`; RegMix-style
+domain mixing, Liu et al. 2024) the report has the same per-cluster entries plus the user group
+each final cluster is; there are no embeddings, so the snippets are the sampled documents nearest
+their cluster's mean TF-IDF vector and there is no map.
 """
 from __future__ import annotations
 
@@ -24,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from mixture.climblab import cluster_name
 from mixture.config import ClusterConfig
 from mixture.dataset import Dataset
 from mixture.documents import texts_by_id
+from mixture.groups import Grouping, NumberedGroups
 from mixture.kmeans import KMeansResult, MergeResult
 
 if TYPE_CHECKING:
@@ -59,29 +67,49 @@ def nmi(labels: np.ndarray, classes: np.ndarray) -> float:
     return float(normalized_mutual_info_score(classes, labels))
 
 
-def top_terms(texts_by_cluster: dict[int, list[str]], n_terms: int = TOP_TERMS) -> dict[int, list[tuple[str, float]]]:
-    """Highest mean TF-IDF terms per cluster (IDF over all the sampled documents)."""
+def _tfidf(texts_by_cluster: dict[int, list[str]]) -> tuple[Any, np.ndarray, np.ndarray] | None:
+    """(TF-IDF matrix, owning cluster per row, vocabulary) of the sampled documents (IDF over all
+    of them), or None when there is nothing to weigh."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     order = sorted(texts_by_cluster)
     docs = [t for c in order for t in texts_by_cluster[c]]
     owner = np.array([c for c in order for _ in texts_by_cluster[c]])
     if not docs:
-        return {c: [] for c in order}
+        return None
     vec = TfidfVectorizer(stop_words="english", sublinear_tf=True, max_features=50_000,
                           token_pattern=r"(?u)\b[^\W\d_][^\W\d_]{2,}\b", max_df=0.5 if len(docs) > 20 else 1.0,
                           min_df=2 if len(docs) > 50 else 1)
     try:
         m = vec.fit_transform(docs)
     except ValueError:          # no term survives (e.g. only stop words)
-        return {c: [] for c in order}
-    vocab = np.array(vec.get_feature_names_out())
-    out = {}
+        return None
+    return m, owner, np.array(vec.get_feature_names_out())
+
+
+def top_terms(texts_by_cluster: dict[int, list[str]], n_terms: int = TOP_TERMS) -> dict[int, list[tuple[str, float]]]:
+    """Highest mean TF-IDF terms per cluster (IDF over all the sampled documents)."""
+    return terms_and_typical(texts_by_cluster, n_terms)[0]
+
+
+def terms_and_typical(texts_by_cluster: dict[int, list[str]], n_terms: int = TOP_TERMS,
+                      n_typical: int = SNIPPETS) -> tuple[dict[int, list[tuple[str, float]]], dict[int, list[int]]]:
+    """Per cluster its top TF-IDF terms, and the positions in its list of its most typical
+    documents (highest cosine to the cluster's mean TF-IDF vector: the snippets when there are no
+    embeddings to find the documents nearest a centroid)."""
+    order = sorted(texts_by_cluster)
+    fitted = _tfidf(texts_by_cluster)
+    if fitted is None:
+        return {c: [] for c in order}, {c: list(range(min(n_typical, len(texts_by_cluster[c])))) for c in order}
+    m, owner, vocab = fitted
+    terms, typical = {}, {}
     for c in order:
-        mean = np.asarray(m[owner == c].mean(axis=0)).ravel()
+        rows = m[owner == c]
+        mean = np.asarray(rows.mean(axis=0)).ravel()
         best = np.argsort(-mean, kind="stable")[:n_terms]
-        out[c] = [(str(vocab[j]), round(float(mean[j]), 4)) for j in best if mean[j] > 0]
-    return out
+        terms[c] = [(str(vocab[j]), round(float(mean[j]), 4)) for j in best if mean[j] > 0]
+        typical[c] = np.argsort(-np.asarray(rows @ mean).ravel(), kind="stable")[:n_typical].tolist()
+    return terms, typical
 
 
 def _snippet(text: str) -> str:
@@ -181,6 +209,12 @@ def _cluster_entry(inp: ReportInputs, c: int, mem: Members, texts: dict[str, str
         "top_terms": [[t, s] for t, s in terms.get(c, [])],
         "snippets": [{"id": inp.ids[i], "text": _snippet(texts[inp.ids[i]])} for i in mem.central[c]],
     }
+    return _finish_entry(entry, c, m, tpw, sources, words)
+
+
+def _finish_entry(entry: dict[str, Any], c: int, m: np.ndarray, tpw: dict[int, float], sources: np.ndarray,
+                  words: np.ndarray | None) -> dict[str, Any]:
+    """The token estimate and (evaluation only) the source mix of cluster `c`, rows `m`."""
     if words is not None and tpw.get(c):
         entry["tokens_est"] = int(round(entry["words"] * tpw[c]))
     labelled = sources[m][sources[m] != ""]
@@ -256,16 +290,89 @@ def merge_section(inp: ReportInputs) -> dict[str, Any]:
 def build_report(inp: ReportInputs) -> dict[str, Any]:
     """The report as a JSON-ready dict (report.json; report.md renders it)."""
     sources, words = _labels(inp.meta, len(inp.ids))
-    by_name = inp.scores.by_name
     return {
         "clusters": cluster_entries(inp, sources, words),
         "kmeans": kmeans_section(inp),
         "pruning": pruning(inp),
         "merge": merge_section(inp),
-        "quality": {"scorer": inp.cfg.quality.scorer, "scale": "1-5", "notes": inp.scores.notes,
-                    "mean": {k: round(float(v.mean()), 4) for k, v in sorted(by_name.items())}},
+        "quality": quality_section(inp.cfg, inp.scores),
         "evaluation": evaluation(inp.km.assign, inp.cluster, sources),
         "embedding_model": inp.model,
+    }
+
+
+def quality_section(cfg: ClusterConfig, scores: Scores) -> dict[str, Any]:
+    return {"scorer": cfg.quality.scorer, "scale": "1-5", "notes": scores.notes,
+            "mean": {k: round(float(v.mean()), 4) for k, v in sorted(scores.by_name.items())}}
+
+
+# ------------------------------------------------------------------------- the user's groups
+@dataclass
+class GroupReportInputs:
+    """What the cluster stage knows with the user's groups (`cluster.method` field or
+    assignments): no embeddings, so snippets are the most typical documents by TF-IDF."""
+    cfg: ClusterConfig
+    seed: int
+    ids: list[str]                  # document ids, in the curated order
+    meta: pa.Table                  # curated id, source, n_words, q_* in the same order
+    groups: NumberedGroups
+    grouping: Grouping
+    quality: np.ndarray
+    scores: Scores
+    curated: Dataset
+    model: str | None               # the tokenizer of this embedding model estimates tokens
+
+
+def group_entries(inp: GroupReportInputs, sources: np.ndarray, words: np.ndarray | None) -> list[dict[str, Any]]:
+    """One entry per final cluster: its user group, size, quality, top terms, snippets, source mix."""
+    rng = np.random.default_rng(inp.seed)
+    names, ng = inp.groups.final_names(), inp.groups
+    rows = {c: np.flatnonzero(ng.cluster == c) for c in range(len(names))}
+    sample = {c: np.sort(rng.choice(m, min(len(m), TFIDF_DOCS_PER_CLUSTER), replace=False)) for c, m in rows.items()}
+    texts = texts_by_id(inp.curated, {inp.ids[i] for m in sample.values() for i in m})
+    sampled = {c: [texts[inp.ids[i]] for i in m] for c, m in sample.items()}
+    terms, typical = terms_and_typical(sampled)
+    tpw = _tokens_per_word(inp.model, sampled)
+    out = []
+    for c, m in rows.items():
+        entry: dict[str, Any] = {
+            "cluster": c, "name": cluster_name(c), "group": names[c], "documents": int(len(m)),
+            "words": int(words[m].sum()) if words is not None else None, "tokens_est": None,
+            "mean_quality": round(float(inp.quality[m].mean()), 4),
+            "mean_scores": {k: round(float(v[m].mean()), 4) for k, v in sorted(inp.scores.by_name.items())},
+            "values": inp.grouping.values.get(names[c]),
+            "top_terms": [[t, s] for t, s in terms.get(c, [])],
+            "snippets": [{"id": inp.ids[sample[c][j]], "text": _snippet(texts[inp.ids[sample[c][j]]])}
+                         for j in typical[c]]}
+        out.append(_finish_entry(entry, c, m, tpw, sources, words))
+    return out
+
+
+def groups_section(inp: GroupReportInputs) -> dict[str, Any]:
+    """Every user group (kept: its final cluster; pruned: why), and the documents without a group."""
+    cfg, ng, gr = inp.cfg, inp.groups, inp.grouping
+    per = [{"group": g, "documents": int(ng.sizes[i]), "mean_quality": round(float(ng.mean_quality[i]), 4),
+            "cluster": int(ng.mapping[i]) if ng.mapping[i] >= 0 else None,
+            "name": cluster_name(int(ng.mapping[i])) if ng.mapping[i] >= 0 else None, "pruned": ng.reasons[i]}
+           for i, g in enumerate(ng.names)]
+    return {"method": cfg.method, "field": cfg.field, "mapping": cfg.mapping,
+            "unmapped": cfg.unmapped if cfg.mapping else None, "assignments": cfg.assignments,
+            "documents": len(inp.ids), "groups": per, "ungrouped": dict(gr.ungrouped),
+            "unknown_ids": gr.unknown_ids, "unknown_id_examples": list(gr.unknown_examples),
+            "min_cluster_quality": cfg.quality.min_cluster_quality, "min_cluster_size": cfg.min_cluster_size}
+
+
+def build_group_report(inp: GroupReportInputs) -> dict[str, Any]:
+    """The report of the user's groups as a JSON-ready dict (report.json; report.md renders it)."""
+    sources, words = _labels(inp.meta, len(inp.ids))
+    has = inp.groups.init >= 0
+    return {
+        "method": inp.cfg.method,
+        "clusters": group_entries(inp, sources, words),
+        "groups": groups_section(inp),
+        "quality": quality_section(inp.cfg, inp.scores),
+        "evaluation": evaluation(inp.groups.init[has], inp.groups.cluster[has], sources[has]),
+        "token_estimate_model": inp.model,
     }
 
 
@@ -275,6 +382,14 @@ def _num(v: int | None) -> str:
 
 
 def render_markdown(rep: dict[str, Any]) -> str:
+    if rep.get("method", "kmeans") == "kmeans":
+        lines = _kmeans_header(rep) + ["", "![map](map.png)", ""]
+    else:
+        lines = _groups_header(rep) + [""]
+    return "\n".join(lines + _cluster_tables(rep) + _quality_lines(rep["quality"]))
+
+
+def _kmeans_header(rep: dict[str, Any]) -> list[str]:
     km, pr, mg, q, ev = rep["kmeans"], rep["pruning"], rep["merge"], rep["quality"], rep["evaluation"]
     lines = ["# Cluster report", ""]
     lines.append(f"{km['documents']:,} documents, embedded with `{rep.get('embedding_model')}`. "
@@ -294,17 +409,51 @@ def render_markdown(rep: dict[str, Any]) -> str:
     if ev.get("final"):
         lines.append(f"Against the `source` labels (evaluation only): k-means purity {ev['init']['purity']}, "
                      f"NMI {ev['init']['nmi']}; final purity {ev['final']['purity']}, NMI {ev['final']['nmi']}.")
-    lines += ["", "![map](map.png)", "", "| cluster | documents | words | tokens (est.) | quality | "
-              "top terms | top source (share) |", "|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _groups_header(rep: dict[str, Any]) -> list[str]:
+    g, q = rep["groups"], rep["quality"]
+    how = (f"the curated field `{g['field']}`" + (f" through the mapping `{g['mapping']}` (values without an "
+                                                  f"entry: {g['unmapped']})" if g["mapping"] else "")
+           if g["method"] == "field" else f"the assignments file `{g['assignments']}`")
+    pruned = [x for x in g["groups"] if x["pruned"]]
+    lines = ["# Cluster report: the user's groups", "",
+             f"{g['documents']:,} documents grouped by {how} (cluster.method {g['method']}; no embeddings, "
+             f"no k-means): {len(g['groups'])} groups, **{len(rep['clusters'])} final clusters** numbered by size.",
+             "Documents without a group (cluster -1): " + (", ".join(
+                 f"{k} {v:,}" for k, v in g["ungrouped"].items()) or "none") + ".",
+             f"Pruned {len(pruned)} groups ({sum(x['documents'] for x in pruned):,} documents): "
+             + (", ".join(f"{x['group']} ({x['pruned']})" for x in pruned) or "none")
+             + f" (quality scorer `{q['scorer']}` below {g['min_cluster_quality']} on 1-5, or fewer than "
+             f"{g['min_cluster_size']} documents)."]
+    if g["method"] == "assignments":
+        lines.append(f"Ids in the assignments file that are not curated documents: {g['unknown_ids']:,}"
+                     + (f" (e.g. {', '.join(g['unknown_id_examples'])})" if g["unknown_ids"] else "") + ".")
+    return lines
+
+
+def _origin(c: dict[str, Any]) -> str:
+    if "kmeans_clusters" in c:
+        return f"from k-means clusters {c['kmeans_clusters']}"
+    values = c.get("values")
+    merged = f" (values {', '.join(values)})" if values and values != [c["group"]] else ""
+    return f"of the user group `{c['group']}`{merged}"
+
+
+def _cluster_tables(rep: dict[str, Any]) -> list[str]:
+    lines = ["| cluster | documents | words | tokens (est.) | quality | top terms | top source (share) |",
+             "|---|---|---|---|---|---|---|"]
     for c in rep["clusters"]:
         top_src = next(iter(c.get("source_mix", {}).items()), None)
-        lines.append(f"| {c['cluster']} | {c['documents']:,} | {_num(c['words'])} | "
+        label = f"{c['cluster']} ({c['name']}: {c['group']})" if "group" in c else f"{c['cluster']}"
+        lines.append(f"| {label} | {c['documents']:,} | {_num(c['words'])} | "
                      f"{_num(c['tokens_est'])} | {c['mean_quality']:.2f} | "
                      f"{', '.join(t for t, _ in c['top_terms'][:6])} | "
                      f"{f'{top_src[0]} ({top_src[1]:.0%})' if top_src else '-'} |")
     for c in rep["clusters"]:
         lines += ["", f"## Cluster {c['cluster']}", "",
-                  f"{c['documents']:,} documents from k-means clusters {c['kmeans_clusters']}; mean scores "
+                  f"{c['documents']:,} documents {_origin(c)}; mean scores "
                   + ", ".join(f"{k} {v:.2f}" for k, v in c["mean_scores"].items()) + ".",
                   "", "Top terms: " + ", ".join(f"{t} ({s:.3f})" for t, s in c["top_terms"]), ""]
         if c.get("source_mix"):
@@ -316,11 +465,14 @@ def render_markdown(rep: dict[str, Any]) -> str:
             lines.append(">")
         if c["snippets"]:
             lines.pop()
-    lines += ["", "## Quality scores", "",
-              f"Scorer driving pruning: `{q['scorer']}`. Mean per scorer: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in q["mean"].items()) + ".", "",
-              "```json", json.dumps(q["notes"], indent=1, default=str), "```", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _quality_lines(q: dict[str, Any]) -> list[str]:
+    return ["", "## Quality scores", "",
+            f"Scorer driving pruning: `{q['scorer']}`. Mean per scorer: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in q["mean"].items()) + ".", "",
+            "```json", json.dumps(q["notes"], indent=1, default=str), "```", ""]
 
 
 def plot_map(x: np.ndarray, cluster: np.ndarray, centroids: np.ndarray, seed: int, path: Path) -> None:
@@ -375,11 +527,14 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_report(rep: dict[str, Any], folder: Path, *, x: np.ndarray, cluster: np.ndarray,
-                 centroids: np.ndarray, seed: int) -> list[Path]:
+def write_report(rep: dict[str, Any], folder: Path, *, x: np.ndarray | None, cluster: np.ndarray,
+                 centroids: np.ndarray | None, seed: int) -> list[Path]:
+    """report.json, report.md and, when there are embeddings to project, map.png."""
     folder.mkdir(parents=True, exist_ok=True)
     md, js, png = folder / "report.md", folder / "report.json", folder / "map.png"
     js.write_text(json.dumps(_jsonable(rep), indent=1, sort_keys=False) + "\n")
     md.write_text(render_markdown(rep))
+    if x is None or centroids is None:
+        return [md, js]
     plot_map(x, cluster, centroids, seed, png)
     return [md, js, png]

@@ -8,6 +8,10 @@ batching). This stage streams the curated documents (`mixture.documents`) in gro
 stage is registered resumable, so the staging folder of a killed run keeps its finished shards
 and a rerun computes only the missing ones; a staged shard whose ids differ from the input now is
 recomputed. The model is loaded only when some shard must be computed.
+
+With the user's own groups (`cluster.method` field or assignments: RegMix-style domain mixing,
+Liu et al. 2024) nothing reads the embeddings, so the stage commits an empty dataset that says
+why (its hash covers `cluster.needs_embeddings`, so switching back to k-means embeds the corpus).
 """
 from __future__ import annotations
 
@@ -120,5 +124,16 @@ def output(n_in: int, p: Progress) -> StageOutput:
     return StageOutput(counts=counts, extra=extra, summary=summary)
 
 
+def skipped(ctx: StageContext) -> StageOutput:
+    """The empty embeddings dataset of a run whose clusters need none (no model is loaded)."""
+    n_in = documents.count(ctx.input("curated"))
+    why = f"cluster.method={ctx.cfg.cluster.method}: no embedding needed"
+    log.info("embed: skipped (%s)", why)
+    return StageOutput(counts={"documents_in": n_in, "documents_out": 0}, extra={"skipped": why},
+                       summary=[("skipped", f"{why} ({n_in:,} curated documents)")])
+
+
 def run(ctx: StageContext) -> StageOutput:
+    if not ctx.cfg.cluster.needs_embeddings:
+        return skipped(ctx)
     return embed_corpus(ctx)
