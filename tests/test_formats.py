@@ -95,3 +95,52 @@ def test_the_validation_split_has_a_document_even_when_the_share_rounds_to_none(
     assert len(val_documents(1, 0.5, 1)) == 0 and len(val_documents(40, 0.0, 1)) == 0   # nothing to hold out
     assert not np.array_equal(val_documents(1000, 0.05, 1), val_documents(1000, 0.05, 2))
     assert np.array_equal(val_documents(1000, 0.05, 1), val_documents(1000, 0.05, 1))
+
+
+class _Tokenizer:
+    """What Megatron's GPTDataset asks of a tokenizer: the end-of-document and padding ids."""
+    def __init__(self, eod: int, vocab_size: int):
+        self.eod, self.pad, self.vocab_size = eod, vocab_size, vocab_size   # padding: no token id
+        self.unique_identifiers = {"class": "climbmix-test", "eod": eod}
+
+
+def test_megatron_gpt_dataset_samples_from_the_blend_as_data_path_does(built, tmp_path, monkeypatch):
+    """`--data-path $(cat megatron/blend.txt)` in Megatron-LM: GPTDataset over the weighted shards
+    (BlendedMegatronDatasetBuilder, as pretrain_gpt.py builds it), every sample a run of a shard."""
+    import torch
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    monkeypatch.chdir(built.uri)                                 # the prefixes are relative to the dataset
+    extra = built.manifest.extra
+    cfg = GPTDatasetConfig(random_seed=1, sequence_length=64, split="100,0,0",
+                           blend=get_blend_from_list(open("megatron/blend.txt").read().split()),
+                           tokenizer=_Tokenizer(extra["eos_id"], extra["vocab_size"]), reset_position_ids=False,
+                           reset_attention_mask=False, eod_mask_loss=False, path_to_cache=str(tmp_path / "cache"))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [60, 0, 0], lambda: True, cfg).build()
+        samples = [train[i] for i in range(len(train))]
+    finally:
+        torch.distributed.destroy_process_group()
+    every, per = [d.tolist() for d in ClimbMix(built.uri).iter_tokens()], extra["shard_docs"]
+    docs = {i: every[i * per:(i + 1) * per] for i in range(extra["shards"])}
+    assert len(samples) >= 60 and {int(s["dataset_id"]) for s in samples} == set(range(extra["shards"]))
+    for s in samples:
+        window = np.append(s["tokens"].numpy(), s["labels"].numpy()[-1]).tolist()
+        assert is_packed_from(window, docs[int(s["dataset_id"])], extra["eos_id"])
+
+
+def is_packed_from(window: list[int], docs: list[list[int]], eos: int) -> bool:
+    """Whether `window` is documents of `docs` packed end to end (GPTDataset shuffles their order):
+    a document's tail, whole documents, a document's head, cut at the end-of-document ids."""
+    cuts = [i + 1 for i, t in enumerate(window) if t == eos]
+    pieces = [window[a:b] for a, b in zip([0] + cuts, cuts + [len(window)], strict=True) if b > a]
+    if len(pieces) == 1:
+        return any(f" {str(pieces[0])[1:-1]}," in f" {str(d)[1:-1]}," for d in docs)   # a run inside one
+    head_ok = any(d[-len(pieces[0]):] == pieces[0] for d in docs)
+    whole_ok = all(p in docs for p in pieces[1:-1])
+    last = pieces[-1]
+    tail_ok = any(d[:len(last)] == last for d in docs) if last[-1] != eos else last in docs
+    return head_ok and whole_ok and tail_ok
