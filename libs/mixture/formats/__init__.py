@@ -21,7 +21,8 @@ Adding a format is one new module here:
     class JsonlFormat: ...
 
 Every format writes the same documents in the same (shuffled) order, one file set per shard
-`part-NNNNN`, so row i of one is document i of another.
+`part-NNNNN` (or, with `finish`, one file set for the build: `nanogpt`), so row i of one is
+document i of another.
 """
 from __future__ import annotations
 
