@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mixture.pipeline import publish, run_stage
@@ -151,3 +152,42 @@ def test_a_published_version_streams_the_same_windows_from_s3(built, s3_endpoint
     assert windows(DataLoader(stream, batch_size=4, num_workers=2)) == expected
     cached = sorted(p.name for p in Path(stream.mix.cache_dir).rglob("*.bin"))
     assert cached == [Path(p).name + ".bin" for p in stream.mix.token_shards]   # each shard downloaded once
+
+
+@pytest.mark.slow
+def test_the_cpu_proxy_trains_from_a_published_version_through_the_stream(built, s3_endpoint, s3_bucket, tmp_path):
+    """A real consumer: the search's CPU proxy (cpu-tiny) trained for 300 steps on windows streamed
+    from S3 by a DataLoader with 2 workers; its loss falls from the uniform guess to about the unigram entropy."""
+    import math
+
+    import torch.nn.functional as F
+    from mixture.config import ProxyConfig
+    from mixture.search.proxy import build_model
+
+    cfg, ds = built
+    cfg.publish.uri = f"s3://{s3_bucket}/train"
+    publish(cfg, version="v1")
+    stream = ClimbMixStream(cfg.publish.uri, SEQ, batch_size=8, cache_dir=str(tmp_path / "cache"))
+    vocab, eos = stream.mix.info["vocab_size"], stream.mix.eos_id
+    torch.manual_seed(0)
+    model = build_model(ProxyConfig(preset="cpu-tiny", seq_len=SEQ), vocab, eos)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses: list[float] = []
+    loader = DataLoader(stream, batch_size=8, num_workers=2, persistent_workers=True)
+    while len(losses) < 300:                                       # epochs: a fresh pass each time
+        for inputs, targets in loader:
+            logits = model(inputs).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if len(losses) == 300:
+                break
+    tokens = np.concatenate(list(ClimbMix(ds.uri).iter_tokens()))
+    p = np.bincount(tokens, minlength=vocab) / len(tokens)
+    unigram = float(-(p[p > 0] * np.log(p[p > 0])).sum())      # the loss of knowing only token frequencies
+    last = float(np.mean(losses[-20:]))
+    assert abs(losses[0] - math.log(vocab)) < 0.1 * math.log(vocab) and last < 0.8 * math.log(vocab)
+    assert last < unigram + 0.2                                  # about what token frequencies give, or better
+    print(f"loss {losses[0]:.2f} -> {last:.2f}; uniform {math.log(vocab):.2f}, unigram {unigram:.2f}")
