@@ -3,6 +3,7 @@ ClimbMix version from S3 (moto's server on 127.0.0.1, started here) against the 
 from the local folder, through a DataLoader as a training loop would.
 
     .venv/bin/python bench/streaming.py [--mb 64] [--files 4] [--seq-len 1024] [--batch 16] [--workers 2] [--repeats 3]
+                                        [--train-steps 200]
 
 The dataset is shaped like a build's token output (`files` uint16 token shards of mb/files MB,
 a manifest with every file's sha256), published with `mixture.publish.publish_dataset`. Each
@@ -15,10 +16,17 @@ repeat reads every window once:
 Prints tokens/s (targets per second: windows x seq_len) medians and the ratio to `local`. The
 endpoint is an in-memory Python server on the same 2 cores, so S3 figures are a floor, not what a
 real object store gives.
+
+Then a real consumer (`--train-steps`, 0 skips it): the search's CPU proxy (`cpu-2m`, its default
+seq_len 256 and batch 4) trained for that many AdamW steps on windows streamed from S3 by a
+DataLoader with `--workers` workers, against the same steps on windows already in memory: training
+tokens/s of both (one torch thread, the proxy's default; the streamed figure includes the cold
+download of the shards the steps read), so the loader's cost inside a training loop shows.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import socket
@@ -86,6 +94,45 @@ def read_all(uri: str, args: argparse.Namespace, **kw) -> tuple[float, int]:
     return time.perf_counter() - t, n
 
 
+def train_rate(batches, steps: int, vocab: int) -> tuple[float, float]:
+    """(training tokens/s, last loss) of the cpu-2m proxy for `steps` steps on `batches`."""
+    import torch
+    import torch.nn.functional as F
+    from mixture.config import ProxyConfig
+    from mixture.search.proxy import build_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)                 # the proxy's default (search.proxy.threads), one core for the loader
+    model = build_model(ProxyConfig(preset="cpu-2m"), vocab, 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-3)
+    it, n, t = iter(batches), 0, time.perf_counter()
+    for _ in range(steps):
+        inputs, targets = next(it)
+        logits = model(inputs).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += targets.numel()
+    return n / (time.perf_counter() - t), loss.item()
+
+
+def train_bench(args: argparse.Namespace, tmp: Path) -> None:
+    """The proxy trained from the stream (S3, cold cache) and from batches already in memory."""
+    from mixture.streaming import ClimbMixStream
+    from torch.utils.data import DataLoader
+
+    seq, batch = 256, 4
+    stream = ClimbMixStream("s3://bench/climbmix", seq, batch_size=batch, cache_dir=str(tmp / "cache-train"))
+    loader = DataLoader(stream, batch_size=batch, num_workers=args.workers)
+    streamed, loss_s = train_rate(loader, args.train_steps, 8192)
+    local = DataLoader(ClimbMixStream(str(tmp / "climbmix"), seq, batch_size=batch), batch_size=batch)
+    in_memory, loss_m = train_rate(list(itertools.islice(local, args.train_steps)), args.train_steps, 8192)
+    print(f"train cpu-2m, seq_len {seq}, batch {batch}, {args.train_steps} steps: from S3 through the stream "
+          f"{streamed:,.0f} tokens/s (loss {loss_s:.2f}), from memory {in_memory:,.0f} tokens/s "
+          f"(loss {loss_m:.2f}); ratio {streamed / in_memory:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=64)
@@ -94,6 +141,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-steps", type=int, default=200)
     args = ap.parse_args()
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     proc, url = start_moto()
@@ -127,6 +175,8 @@ def main() -> None:
             secs = statistics.median(s for s, _ in rs)
             tps = statistics.median(n / s for s, n in rs)
             print(f"{name:<16}{secs:>10.2f}{tps:>14,.0f}{tps / base:>9.2f}x")
+        if args.train_steps:
+            train_bench(args, tmp)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -116,6 +116,18 @@ def test_kill_and_resume_continues_at_the_next_window(built, tmp_path):
     assert windows([next(iter(again))]) == [expected[7]]
 
 
+def test_a_resumed_pass_ends_and_the_next_pass_starts_at_the_first_window(built):
+    _, ds = built
+    expected = expected_windows(ds.uri)
+    stream = ClimbMixStream(ds.uri, SEQ, batch_size=4)
+    stream.load_state_dict({**stream.state_dict(0), "position": 7})
+    assert windows(stream) == expected[7:]
+    assert stream.state_dict()["position"] == 0 and windows(stream) == expected
+    stream.load_state_dict({**stream.state_dict(0), "position": 7})
+    stream.reset()                                 # what a loop with non-persistent workers calls after the pass
+    assert windows(DataLoader(stream, batch_size=4, num_workers=2)) == expected
+
+
 def test_a_state_from_another_stream_is_refused(built):
     _, ds = built
     state = ClimbMixStream(ds.uri, SEQ).state_dict(3)

@@ -33,7 +33,9 @@ the one that waited finds a verified copy). A mismatch raises `mixture.reader.Ch
 Resume: `state_dict(consumed)` records the version's manifest sha256, seq_len, world size and the
 rank's position; `load_state_dict` checks that they match and continues at the next window. With
 `num_workers=0` the stream counts what it yielded itself; with workers the copies live in other
-processes, so pass the number of samples the loop consumed.
+processes, so pass the number of samples the loop consumed. The position applies to the pass it
+was saved in: a pass that ends starts the next one at the first window (in-process, and in
+`persistent_workers`); with workers that are not persistent, call `reset()` after the resumed pass.
 
 torch is imported at module level (the class derives from `IterableDataset`); nothing in the CLI
 or the stages imports this module.
@@ -134,6 +136,7 @@ class ClimbMixStream(IterableDataset):
             w = torch.from_numpy(self.window(g, tokens))
             self._yielded += 1
             yield w[:-1], w[1:]
+        self.reset()                                # a pass ended: the next one starts at the first window
 
     # ------------------------------------------------------------------------------- resume
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
@@ -142,6 +145,11 @@ class ClimbMixStream(IterableDataset):
         done = self._yielded if consumed is None else consumed
         return {"manifest_sha256": self.mix.manifest_sha256, "seq_len": self.seq_len,
                 "world_size": self.world_size, "rank": self.rank, "position": self.position + done}
+
+    def reset(self) -> None:
+        """Start the next pass at the rank's first window (after a resumed pass, with DataLoader
+        workers that are not persistent: their copies reset themselves, this one cannot know)."""
+        self.position, self._yielded = 0, 0
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue at the window after the last one consumed in `state`'s run."""
