@@ -5,7 +5,8 @@ files as the default configuration, then prose) and says what a user of the shar
 know: the mixture and how many passes over each cluster it took, the sources, the filters and
 their thresholds, deduplication, what each cluster is about (top TF-IDF terms from the cluster
 report), the tokenizer, the licence, the file format and how to load it with pyarrow, Hugging
-Face `datasets`, numpy (nanoGPT-style) and `mixture.reader`.
+Face `datasets`, numpy (nanoGPT-style), Megatron-Core, `mixture.reader` and `mixture.streaming`;
+every Python snippet runs as printed from the dataset folder (`tests/test_loading.py`).
 
 Upstream facts come from the build's declared inputs `curated` and `clusters`: the ClimbLab
 manifest names the manifest hashes of the `curated` and `clusters` it was made from, and a figure
@@ -251,12 +252,23 @@ def files_section(ctx: CardContext) -> list[str]:
               "", "## Loading", ""]
     for f in formats:
         lines += f.card_loading(dtype)
-    return lines + ["With checksums verified (local folder or S3):", "```python",
-                    "from mixture.reader import ClimbMix",
-                    'mix = ClimbMix("s3://bucket/prefix")        # the latest version, or …/<version>',
-                    "for row in mix.iter_texts(): ...",
-                    "for ids in mix.iter_tokens(): ...",
-                    "```"]
+    lines += ["With checksums verified (this folder, or a published version on S3):", "```python",
+              "from mixture.reader import ClimbMix",
+              'mix = ClimbMix(".")     # or "s3://bucket/prefix" (the latest version), or "s3://bucket/prefix/<version>"',
+              "for row in mix.iter_texts(): ...",
+              "for ids in mix.iter_tokens(): ...",
+              "```"]
+    return lines + (streaming_loader() if "tokens" in ctx.formats else [])
+
+
+def streaming_loader() -> list[str]:
+    """The PyTorch streaming loader over the `tokens/` shards (`mixture.streaming`)."""
+    return ["Streaming fixed-length windows into PyTorch (`mixture.streaming`: ranks and DataLoader workers read "
+            "without overlap, each shard's sha256 checked before use, `state_dict()` for an exact resume):",
+            "```python", "from torch.utils.data import DataLoader", "from mixture.streaming import ClimbMixStream",
+            'stream = ClimbMixStream(".", seq_len=256, batch_size=8)   # or "s3://bucket/prefix"',
+            "for inputs, targets in DataLoader(stream, batch_size=8, num_workers=2): ...",
+            "```"]
 
 
 def render(ctx: CardContext) -> str:

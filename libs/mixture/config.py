@@ -440,6 +440,9 @@ class BuildConfig(Section):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     formats: list[str] = Field(default_factory=lambda: ["parquet", "tokens"], min_length=1,
                                description="output formats (mixture.formats), one file set each per shard")
+    # nanoGPT's own openwebtext split holds out 0.05% of documents; a ClimbMix build is smaller, so
+    # 0.5% by default, and at least one document whenever the build has two (mixture.formats.nanogpt)
+    val_fraction: float = Field(0.005, ge=0, lt=1, description="share of documents held out as nanogpt/val.bin")
 
     @field_validator("formats")
     @classmethod

@@ -8,7 +8,10 @@ the names are checked against the registry when the config loads). A format is a
   `cluster`, `id` as an Arrow table, and the same documents' token arrays, EOS last) into the
   build's staging folder; `cfg` is the `build` config section;
 - `card_files(dtype)` and `card_loading(dtype)`: lines for the dataset card's "Files" and
-  "Loading" sections; `hf_data_files`: the glob Hugging Face `datasets` loads, or None.
+  "Loading" sections; `hf_data_files`: the glob Hugging Face `datasets` loads, or None;
+- optionally `finish(writer, cfg, facts)`: called once after the last shard, on the same
+  instance, for files that span the shards (nanoGPT's `train.bin` / `val.bin`, Megatron's blend);
+  `facts` holds the run's `seed` and the tokenizer's `vocab_size`, `eos_id` and token `dtype`.
 
 Adding a format is one new module here:
 
@@ -18,7 +21,8 @@ Adding a format is one new module here:
     class JsonlFormat: ...
 
 Every format writes the same documents in the same (shuffled) order, one file set per shard
-`part-NNNNN`, so row i of one is document i of another.
+`part-NNNNN` (or, with `finish`, one file set for the build: `nanogpt`), so row i of one is
+document i of another.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ a file, and `curated` / `clusters` for the dataset card), then:
 1. normalises the mixture and plans each cluster's tokens (`build.tokens`, `build.max_epochs`);
 2. samples whole documents per cluster and shuffles all of them with the run's seed;
 3. writes fixed-size shards of `build.shard_docs` documents in every format of `build.formats`
-   (`mixture.formats`: `parquet`, `tokens` by default), row i of one being document i of another;
+   (`mixture.formats`: `parquet`, `tokens` by default), row i of one being document i of another,
+   then lets a format finish the files that span the shards (`megatron/blend.txt`, `nanogpt/`);
 4. copies the tokenizer and writes the dataset card `README.md` (`mixture.card`).
 
 Memory: the token shards are memory-mapped; the text of the clusters that are sampled is held as
@@ -46,8 +47,9 @@ def sample(ctx: StageContext, plans: list[ClusterPlan],
 
 
 def write_shards(ctx: StageContext, src: Sources, cluster_index: np.ndarray,
-                 doc_index: np.ndarray) -> tuple[int, int, int]:
-    """Every shard in every configured format; (shards, documents, tokens) written."""
+                 doc_index: np.ndarray, facts: dict) -> tuple[int, int, int]:
+    """Every shard in every configured format, then each format's optional `finish` (for files
+    that span the shards); (shards, documents, tokens) written."""
     cfg: BuildConfig = ctx.cfg.build
     formats = [OUTPUT_FORMATS.get(name)() for name in cfg.formats]
     n_shards = docs = tokens = 0
@@ -59,6 +61,9 @@ def write_shards(ctx: StageContext, src: Sources, cluster_index: np.ndarray,
         n_shards += 1
         docs += shard.table.num_rows
         tokens += sum(len(d) for d in shard.tokens)
+    for fmt in formats:
+        if hasattr(fmt, "finish"):
+            fmt.finish(ctx.writer, cfg, facts)
     return n_shards, docs, tokens
 
 
@@ -84,7 +89,8 @@ def run(ctx: StageContext) -> StageOutput:
     cluster_index, doc_index = global_order(selected, lab.clusters, ctx.cfg.seed)
     if len(doc_index) == 0:
         raise BuildError("the mixture and budget select no documents")
-    n_shards, docs, tokens = write_shards(ctx, open_sources(lab, selected), cluster_index, doc_index)
+    facts = {"seed": ctx.cfg.seed, "vocab_size": lab.vocab_size, "eos_id": lab.eos_id, "dtype": lab.dtype.name}
+    n_shards, docs, tokens = write_shards(ctx, open_sources(lab, selected), cluster_index, doc_index, facts)
     clusters = per_cluster(plans, lengths, selected)
     check_written(docs, tokens, len(doc_index), clusters)
     storage.write_bytes(ctx.writer.path(TOKENIZER), storage.read_bytes(lab.tokenizer_path))
