@@ -43,6 +43,7 @@ The published layout is the dataset's own (parquet/, tokens/, tokenizer/, README
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -380,8 +381,8 @@ def _abort_incomplete_uploads(client, bucket: str, prefix: str) -> int:
 
     uploads = storage.retry(once, f"list the multipart uploads under s3://{bucket}/{prefix}")
     for u in uploads:
-        storage.retry(lambda u=u: client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]),
-                      f"abort the multipart upload of {u['Key']}")
+        storage.retry(functools.partial(client.abort_multipart_upload, Bucket=bucket, Key=u["Key"],
+                                        UploadId=u["UploadId"]), f"abort the multipart upload of {u['Key']}")
     return len(uploads)
 
 
@@ -544,7 +545,7 @@ def _upload_version(ds: Dataset, files: list[dict], uploader: Uploader, concurre
     wanted = {uploader.key(f["path"]) for f in files}
     strays = [k for k in _list_keys(client, bucket, prefix) if k not in wanted]
     for k in strays:
-        storage.retry(lambda k=k: client.delete_object(Bucket=bucket, Key=k), f"remove s3://{bucket}/{k}")
+        storage.retry(functools.partial(client.delete_object, Bucket=bucket, Key=k), f"remove s3://{bucket}/{k}")
     if strays:
         log.info("removed %d object(s) of an earlier attempt that are not in this build", len(strays))
     return uploaded, skipped

@@ -19,6 +19,7 @@ dropped mid-read is tried again, so a flaky endpoint does not turn into a wrong 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -199,7 +200,7 @@ class ClimbMix:
             src = storage.join(self.uri, rel)
             if not _exists(src):
                 raise ChecksumError(f"{src} is listed in the manifest but missing")
-            self._check(rel, *storage.retry(lambda src=src: _hash(src), f"read {src}"))
+            self._check(rel, *storage.retry(functools.partial(_hash, src), f"read {src}"))
 
     # --------------------------------------------------------------------------- texts
     def read_shard(self, i: int, columns: list[str] | None = None) -> pa.Table:
