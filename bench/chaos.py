@@ -16,6 +16,7 @@ tests/test_publish.py); this runs many, seeded, and prints the counts issue 14 a
    verify. Exit statuses other than 0, or 2 with the one-line "different content" refusal, count
    as unexpected.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,14 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 # --------------------------------------------------------------------------------- stages
 def _toy(root: Path, force: bool) -> subprocess.Popen:
     args = [sys.executable, "-m", "tests.helpers.toy_stage", str(root), "wait", "0.6"] + (["force"] if force else [])
-    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def _toy_state(root: Path) -> str:
@@ -82,8 +89,9 @@ def start_moto() -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(150):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -91,8 +99,9 @@ def start_moto() -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.2)
     url = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="chaos", AWS_SECRET_ACCESS_KEY="chaos",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="chaos", AWS_SECRET_ACCESS_KEY="chaos", AWS_DEFAULT_REGION="us-east-1"
+    )
     return proc, url
 
 
@@ -112,18 +121,30 @@ def make_builds(work: Path, bucket: str) -> list[tuple[Path, object]]:
         cfg = make_config(root, tokens=tokens)
         ds = run_stage(cfg, "climbmix").dataset
         conf = work / f"{name}.yaml"
-        conf.write_text(yaml.safe_dump({
-            "output_root": cfg.output_root, "seed": cfg.seed, "input": {"uris": cfg.input.uris},
-            "build": cfg.build.model_dump(), "tracking": {"experiment": "chaos"},
-            "publish": {"uri": f"s3://{bucket}/climbmix", "track": False, "concurrency": 2},
-            "concurrency": {"lease_ttl_s": 5}}))
+        conf.write_text(
+            yaml.safe_dump(
+                {
+                    "output_root": cfg.output_root,
+                    "seed": cfg.seed,
+                    "input": {"uris": cfg.input.uris},
+                    "build": cfg.build.model_dump(),
+                    "tracking": {"experiment": "chaos"},
+                    "publish": {"uri": f"s3://{bucket}/climbmix", "track": False, "concurrency": 2},
+                    "concurrency": {"lease_ttl_s": 5},
+                }
+            )
+        )
         out.append((conf, ds))
     return out
 
 
 def _publisher(conf: Path, version: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "jobs" / "publish.py"), "--config", str(conf),
-                             "--version", version], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "publish.py"), "--config", str(conf), "--version", version],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _expected_exit(proc: subprocess.Popen, err: str) -> bool:
@@ -170,7 +191,7 @@ def publish_round(i: int, rng: random.Random, builds: list, bucket: str, counts:
         time.sleep(rng.uniform(0.2, 2.5))
         procs[victim].send_signal(signal.SIGKILL)
         procs[victim].wait(timeout=60)
-        procs[victim] = _publisher(confs[victim], version)            # and run again
+        procs[victim] = _publisher(confs[victim], version)  # and run again
     for p in procs:
         _, err = p.communicate(timeout=300)
         counts["unexpected_exit"] += not _expected_exit(p, err)
@@ -191,8 +212,19 @@ def publish_rounds(m: int, rng: random.Random, work: Path) -> dict[str, int]:
         bucket = "chaos"
         boto3.client("s3", endpoint_url=url).create_bucket(Bucket=bucket)
         builds = make_builds(work, bucket)
-        counts = dict.fromkeys(("rounds", "different_content", "identical_content", "killed", "unexpected_exit",
-                                "missing", "inconsistent", "bad_latest"), 0)
+        counts = dict.fromkeys(
+            (
+                "rounds",
+                "different_content",
+                "identical_content",
+                "killed",
+                "unexpected_exit",
+                "missing",
+                "inconsistent",
+                "bad_latest",
+            ),
+            0,
+        )
         for i in range(m):
             publish_round(i, rng, builds, bucket, counts)
         return counts
@@ -216,10 +248,17 @@ def main() -> int:
         t2 = time.time()
     print(f"stage rounds:   {json.dumps(stages)}  ({t1 - t0:.0f} s)")
     print(f"publish rounds: {json.dumps(publishes)}  ({t2 - t1:.0f} s)")
-    bad = stages["missing"] + stages["inconsistent"] + publishes["missing"] + publishes["inconsistent"] \
+    bad = (
+        stages["missing"]
+        + stages["inconsistent"]
+        + publishes["missing"]
+        + publishes["inconsistent"]
         + publishes["bad_latest"]
-    print(f"missing or inconsistent datasets/versions: {bad - publishes['bad_latest']}; bad latest: "
-          f"{publishes['bad_latest']}")
+    )
+    print(
+        f"missing or inconsistent datasets/versions: {bad - publishes['bad_latest']}; bad latest: "
+        f"{publishes['bad_latest']}"
+    )
     return 1 if bad or stages["survivor_failed"] or publishes["unexpected_exit"] else 0
 
 

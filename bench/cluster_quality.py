@@ -13,6 +13,7 @@ q_* signals (mixture.curate.filters when importable). Embeddings are committed o
 and reused by later runs (the stage is up to date). Purity: share of documents in their
 cluster's majority source; NMI: normalised mutual information (arithmetic).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,17 +50,29 @@ def commit_curated(cfg, records: list[dict]) -> None:
     if try_open(uri):
         return
     texts = [r["text"] for r in records]
-    cols = {"id": pa.array([r["id"] for r in records], pa.string()), "text": pa.array(texts, pa.string()),
-            "source": pa.array([r["source"] for r in records], pa.string()),
-            "n_words": pa.array([len(t.split()) for t in texts], pa.int32())}
+    cols = {
+        "id": pa.array([r["id"] for r in records], pa.string()),
+        "text": pa.array(texts, pa.string()),
+        "source": pa.array([r["source"] for r in records], pa.string()),
+        "n_words": pa.array([len(t.split()) for t in texts], pa.int32()),
+    }
     for name, values in q_signals(texts).items():
         cols[name] = pa.array(values, pa.float32())
     w = DatasetWriter(uri, "curated", pipeline.config_hash(cfg, pipeline.stage("curated")), {})
     with open(w.path("docs/part-00000.parquet"), "wb") as f:
         pq.write_table(pa.table(cols), f)
     n = len(records)
-    w.commit({"documents_in": n, "documents_out": n, "quarantined": {}, "filtered": {},
-              "exact_duplicates": 0, "near_duplicates": 0, "per_file": {}})
+    w.commit(
+        {
+            "documents_in": n,
+            "documents_out": n,
+            "quarantined": {},
+            "filtered": {},
+            "exact_duplicates": 0,
+            "near_duplicates": 0,
+            "per_file": {},
+        }
+    )
 
 
 def main() -> int:
@@ -72,32 +85,42 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from sklearn.cluster import KMeans
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     from mixture import pipeline
+    from mixture.config import parse_config
     from mixture.embeddings import load_embeddings
     from mixture.kmeans import normalize_rows, ward_merge
-    from mixture.config import parse_config
     from mixture.report import nmi, purity
+    from sklearn.cluster import KMeans
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
     with gzip.open(REPO / "data" / "sample" / "corpus.jsonl.gz", "rt") as f:
         records = [json.loads(line) for line in f]
     source_of = {r["id"]: r["source"] for r in records}
 
     def config(target: int | None, min_quality: float):
-        return parse_config({"output_root": args.out, "input": {"uris": ["unused"]},
-                             "embed": {"max_tokens": args.max_tokens, "shard_docs": 1000},
-                             "cluster": {"k_init": args.k_init, "target_clusters": target, "merge_distance": None,
-                                         "quality": {"min_cluster_quality": min_quality}},
-                             "tracking": {"experiment": "bench"}})
+        return parse_config(
+            {
+                "output_root": args.out,
+                "input": {"uris": ["unused"]},
+                "embed": {"max_tokens": args.max_tokens, "shard_docs": 1000},
+                "cluster": {
+                    "k_init": args.k_init,
+                    "target_clusters": target,
+                    "merge_distance": None,
+                    "quality": {"min_cluster_quality": min_quality},
+                },
+                "tracking": {"experiment": "bench"},
+            }
+        )
 
     cfg = config(args.targets[0], args.min_quality)
     commit_curated(cfg, records)
     t0 = time.perf_counter()
     res = pipeline.run_stage(cfg, "embeddings")
-    print(f"embeddings: {'reused' if res.skipped else f'computed in {time.perf_counter() - t0:.0f} s'} "
-          f"({len(records)} documents, max_tokens {args.max_tokens})")
+    print(
+        f"embeddings: {'reused' if res.skipped else f'computed in {time.perf_counter() - t0:.0f} s'} "
+        f"({len(records)} documents, max_tokens {args.max_tokens})"
+    )
     ids, emb = load_embeddings(res.dataset)
     x = normalize_rows(emb)
     labels = np.array([source_of[i] for i in ids])
@@ -113,24 +136,45 @@ def main() -> int:
             src = a["id"].map(source_of).to_numpy()
             kept = a["cluster"].to_numpy() >= 0
             c = ds.manifest.counts
-            rows.append((f"CLIMB pipeline, target {target}, min quality {min_q:g}", c["clusters"],
-                         purity(a["cluster"][kept], src[kept]), nmi(a["cluster"][kept], src[kept]),
-                         f"{c['pruned_documents']} pruned docs, {secs:.0f} s"))
+            rows.append(
+                (
+                    f"CLIMB pipeline, target {target}, min quality {min_q:g}",
+                    c["clusters"],
+                    purity(a["cluster"][kept], src[kept]),
+                    nmi(a["cluster"][kept], src[kept]),
+                    f"{c['pruned_documents']} pruned docs, {secs:.0f} s",
+                )
+            )
         if target == args.targets[0]:
             init = a["cluster_init"].to_numpy()
             rows.insert(0, (f"k-means alone, K_init={c['k_init']}", c["k_init"], purity(init, src), nmi(init, src), ""))
         t0 = time.perf_counter()
         direct = KMeans(target, n_init=1, random_state=0).fit_predict(x)
-        rows.append((f"embeddings + sklearn KMeans K={target}", target, purity(direct, labels), nmi(direct, labels),
-                     f"{time.perf_counter() - t0:.1f} s"))
+        rows.append(
+            (
+                f"embeddings + sklearn KMeans K={target}",
+                target,
+                purity(direct, labels),
+                nmi(direct, labels),
+                f"{time.perf_counter() - t0:.1f} s",
+            )
+        )
         t0 = time.perf_counter()
         texts = [r["text"] for r in records]
         order = {r["id"]: i for i, r in enumerate(records)}
-        tf = TfidfVectorizer(stop_words="english", sublinear_tf=True, max_features=50_000, min_df=2,
-                             max_df=0.5).fit_transform([texts[order[i]] for i in ids])
+        tf = TfidfVectorizer(
+            stop_words="english", sublinear_tf=True, max_features=50_000, min_df=2, max_df=0.5
+        ).fit_transform([texts[order[i]] for i in ids])
         tfk = KMeans(target, n_init=1, random_state=0).fit_predict(tf)
-        rows.append((f"TF-IDF + sklearn KMeans K={target}", target, purity(tfk, labels), nmi(tfk, labels),
-                     f"{time.perf_counter() - t0:.1f} s"))
+        rows.append(
+            (
+                f"TF-IDF + sklearn KMeans K={target}",
+                target,
+                purity(tfk, labels),
+                nmi(tfk, labels),
+                f"{time.perf_counter() - t0:.1f} s",
+            )
+        )
 
     print(f"{'method':52s} {'clusters':>8s} {'purity':>7s} {'NMI':>6s}  notes")
     for name, k, p, m, note in rows:
@@ -141,16 +185,21 @@ def main() -> int:
     sizes = np.bincount(a["cluster_init"], minlength=len(cents))
     m = ward_merge(cents[sizes > 0], None, None)
     h = np.sort(m.heights)
-    print(f"\nWard heights of {len(h) + 1} unit-norm k-means centroids: min {h.min():.3f}, median "
-          f"{np.median(h):.3f}, max {h.max():.3f}")
+    print(
+        f"\nWard heights of {len(h) + 1} unit-norm k-means centroids: min {h.min():.3f}, median "
+        f"{np.median(h):.3f}, max {h.max():.3f}"
+    )
     for groups in (100, 50, 20, 10, 5):
         if groups <= len(h):
-            print(f"  {groups:4d} clusters <-> merge_distance in [{h[len(h) - groups]:.3f}, "
-                  f"{h[len(h) - groups + 1]:.3f})")
+            print(
+                f"  {groups:4d} clusters <-> merge_distance in [{h[len(h) - groups]:.3f}, {h[len(h) - groups + 1]:.3f})"
+            )
     print(f"  merge_distance 1.5 (paper) -> {len(h) + 1 - int((h <= 1.5).sum())} clusters")
     cos = x @ x.T
-    print(f"  pairwise document cosine: median {np.median(cos):.3f}; centroid pairwise cosine median "
-          f"{np.median((cents @ cents.T)[np.triu_indices(len(cents), 1)]):.3f}")
+    print(
+        f"  pairwise document cosine: median {np.median(cos):.3f}; centroid pairwise cosine median "
+        f"{np.median((cents @ cents.T)[np.triu_indices(len(cents), 1)]):.3f}"
+    )
     return 0
 
 

@@ -26,6 +26,7 @@ median of --repeats runs, all methods in the same process and run.
 
     .venv/bin/python bench/curate_dedup.py [--bases 600] [--repeats 3] [--threshold 0.8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,15 +89,18 @@ def build_corpus(n_bases: int, seed: int = 0, copies: int = 1) -> tuple[list[dic
         new_id = f"{base['id']}-near{j:04d}"
         injected.append({"id": new_id, "text": text})
         how[new_id] = f"{kind}@{rate}"
-        if j % 5 == 0:       # a second variant of the variant: chains and groups of three
+        if j % 5 == 0:  # a second variant of the variant: chains and groups of three
             chained = _mutate(text, "edit", rng.choice(LEVELS[:3]), rng)
             injected.append({"id": new_id + "-b", "text": chained})
             how[new_id + "-b"] = f"{kind}@{rate}+edit"
     corpus = [{"id": d["id"], "text": d["text"]} for d in docs] + injected
     # More volume for throughput: heavily edited copies (a quarter of the words replaced, so
     # J ~ 0.1 to the original: new documents of the same size and style, not duplicates).
-    extra = [{"id": f"{d['id']}-v{k}", "text": _mutate(d["text"], "edit", 0.25, rng)}
-             for k in range(1, copies) for d in corpus]
+    extra = [
+        {"id": f"{d['id']}-v{k}", "text": _mutate(d["text"], "edit", 0.25, rng)}
+        for k in range(1, copies)
+        for d in corpus
+    ]
     return corpus + extra, how
 
 
@@ -104,7 +108,9 @@ def ngram_sets(texts: list[str], n: int) -> list[set[str]]:
     out = []
     for t in texts:
         w = WORD.findall(t.lower())
-        out.append({" ".join(w[i:i + n]) for i in range(len(w) - n + 1)} if len(w) >= n else ({" ".join(w)} if w else set()))
+        out.append(
+            {" ".join(w[i : i + n]) for i in range(len(w) - n + 1)} if len(w) >= n else ({" ".join(w)} if w else set())
+        )
     return out
 
 
@@ -125,12 +131,17 @@ def ground_truth(sets: list[set[str]], threshold: float) -> tuple[set[tuple[int,
     r, c, v = inter.row[keep], inter.col[keep], inter.data[keep]
     jac = v / (sizes[r] + sizes[c] - v)
     true_pairs = {(int(a), int(b)) for a, b, j in zip(r, c, jac) if j >= threshold}
-    bins = {"candidate pairs (share a 5-gram)": int(len(jac)),
-            "J >= 0.95": int((jac >= 0.95).sum()),
-            "0.9 <= J < 0.95": int(((jac >= 0.9) & (jac < 0.95)).sum()),
-            f"{threshold} <= J < 0.9": int(((jac >= threshold) & (jac < 0.9)).sum()),
-            f"0.6 <= J < {threshold}": int(((jac >= 0.6) & (jac < threshold)).sum())}
-    return true_pairs, {"pairs_by_similarity": bins, "jaccard": {(int(a), int(b)): float(j) for a, b, j in zip(r, c, jac) if j >= 0.6}}
+    bins = {
+        "candidate pairs (share a 5-gram)": int(len(jac)),
+        "J >= 0.95": int((jac >= 0.95).sum()),
+        "0.9 <= J < 0.95": int(((jac >= 0.9) & (jac < 0.95)).sum()),
+        f"{threshold} <= J < 0.9": int(((jac >= threshold) & (jac < 0.9)).sum()),
+        f"0.6 <= J < {threshold}": int(((jac >= 0.6) & (jac < threshold)).sum()),
+    }
+    return true_pairs, {
+        "pairs_by_similarity": bins,
+        "jaccard": {(int(a), int(b)): float(j) for a, b, j in zip(r, c, jac) if j >= 0.6},
+    }
 
 
 # --------------------------------------------------------------------------- scoring
@@ -147,8 +158,16 @@ def score(groups: list[set[int]], true_pairs: set[tuple[int, int]]) -> dict:
 
     dp, dr, df = prf(pred_docs, true_docs)
     pp, pr, pf = prf(pred_pairs, true_pairs)
-    return {"doc_precision": dp, "doc_recall": dr, "doc_f1": df, "pair_precision": pp, "pair_recall": pr,
-            "pair_f1": pf, "flagged_docs": len(pred_docs), "groups": sum(len(g) > 1 for g in groups)}
+    return {
+        "doc_precision": dp,
+        "doc_recall": dr,
+        "doc_f1": df,
+        "pair_precision": pp,
+        "pair_recall": pr,
+        "pair_f1": pf,
+        "flagged_docs": len(pred_docs),
+        "groups": sum(len(g) > 1 for g in groups),
+    }
 
 
 def groups_from_pairs(n: int, pairs) -> list[set[int]]:
@@ -176,8 +195,9 @@ def run_ours(spark, corpus: list[dict], threshold: float, verify: bool = True):
     from mixture.curate import dedup, minhash
 
     fz = FuzzyDedupConfig(threshold=threshold)
-    params, _ = minhash.lsh_params(threshold, fz.num_perm, fz.bands, fz.rows, fz.false_positive_weight,
-                                   fz.false_negative_weight)
+    params, _ = minhash.lsh_params(
+        threshold, fz.num_perm, fz.bands, fz.rows, fz.false_positive_weight, fz.false_negative_weight
+    )
     index = {d["id"]: i for i, d in enumerate(corpus)}
     df = spark.createDataFrame([(d["id"], d["text"]) for d in corpus], "id string, text string").repartition(4).cache()
     df.count()
@@ -212,8 +232,12 @@ def run_datasketch(corpus: list[dict], sets: list[set[str]], threshold: float, n
 
 def run_datatrove(corpus: list[dict], bands: int, rows: int, workers: int = 2):
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import JsonlReader
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-datatrove-"))
@@ -231,16 +255,36 @@ def run_datatrove(corpus: list[dict], bands: int, rows: int, workers: int = 2):
 
     def once():
         work = Path(tempfile.mkdtemp(dir=tmp))
-        LocalPipelineExecutor(pipeline=[JsonlReader(str(inp), glob_pattern="*.jsonl"),
-                                        MinhashDedupSignature(output_folder=str(work / "sigs"), config=config)],
-                              tasks=workers, workers=workers, logging_dir=str(work / "logs-1")).run()
-        LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=str(work / "sigs"),
-                                                            output_folder=str(work / "buckets"), config=config)],
-                              tasks=bands, workers=workers, logging_dir=str(work / "logs-2")).run()
-        LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=str(work / "buckets"),
-                                                            output_folder=str(work / "remove"), config=config,
-                                                            save_cluster_id=True)],
-                              tasks=1, workers=1, logging_dir=str(work / "logs-3")).run()
+        LocalPipelineExecutor(
+            pipeline=[
+                JsonlReader(str(inp), glob_pattern="*.jsonl"),
+                MinhashDedupSignature(output_folder=str(work / "sigs"), config=config),
+            ],
+            tasks=workers,
+            workers=workers,
+            logging_dir=str(work / "logs-1"),
+        ).run()
+        LocalPipelineExecutor(
+            pipeline=[
+                MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config)
+            ],
+            tasks=bands,
+            workers=workers,
+            logging_dir=str(work / "logs-2"),
+        ).run()
+        LocalPipelineExecutor(
+            pipeline=[
+                MinhashDedupCluster(
+                    input_folder=str(work / "buckets"),
+                    output_folder=str(work / "remove"),
+                    config=config,
+                    save_cluster_id=True,
+                )
+            ],
+            tasks=1,
+            workers=1,
+            logging_dir=str(work / "logs-3"),
+        ).run()
         clusters: dict[int, set[int]] = {}
         for k in range(workers):
             path = work / "remove" / f"{k:06d}.clusters"
@@ -270,71 +314,101 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--copies", type=int, default=1, help="add heavily edited copies of the corpus (volume)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["datatrove", "datasketch", "unverified"],
-                    help="methods to leave out (datatrove takes minutes on large corpora)")
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["datatrove", "datasketch", "unverified"],
+        help="methods to leave out (datatrove takes minutes on large corpora)",
+    )
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args(argv)
     import logging
+
     logging.getLogger("py4j").setLevel(logging.WARNING)
     from loguru import logger as loguru_logger
-    loguru_logger.remove()                   # datatrove logs every step through loguru
+
+    loguru_logger.remove()  # datatrove logs every step through loguru
 
     corpus, _ = build_corpus(args.bases, args.seed, args.copies)
     texts = [d["text"] for d in corpus]
     t0 = time.time()
     sets = ngram_sets(texts, 5)
     true_pairs, gt = ground_truth(sets, args.threshold)
-    print(f"corpus: {len(corpus)} documents ({len(corpus) - 2531} injected or copied), ground truth in {time.time() - t0:.1f} s: "
-          f"{len(true_pairs)} pairs with J >= {args.threshold}, {len({d for p in true_pairs for d in p})} documents")
+    print(
+        f"corpus: {len(corpus)} documents ({len(corpus) - 2531} injected or copied), "
+        f"ground truth in {time.time() - t0:.1f} s: "
+        f"{len(true_pairs)} pairs with J >= {args.threshold}, {len({d for p in true_pairs for d in p})} documents"
+    )
     for k, v in gt["pairs_by_similarity"].items():
         print(f"  {k}: {v}")
 
     from mixture import spark as spark_helper
+
     spark = spark_helper.session("local[2]", "bench-dedup", 4)
     results = {}
     ours, params = run_ours(spark, corpus, args.threshold)
-    ours()                                         # warm the JVM and the Python workers
+    ours()  # warm the JVM and the Python workers
     (groups, stats), times = timed(ours, args.repeats)
-    results["ours (Spark local[2], verified)"] = (score(groups, true_pairs), times,
-                                                 f"{params.num_perm} perms, {params.bands}x{params.rows}")
+    results["ours (Spark local[2], verified)"] = (
+        score(groups, true_pairs),
+        times,
+        f"{params.num_perm} perms, {params.bands}x{params.rows}",
+    )
     if "unverified" not in args.skip:
         ours_nv, _ = run_ours(spark, corpus, args.threshold, verify=False)
         (groups, _), times = timed(ours_nv, args.repeats)
-        results["ours, no verification"] = (score(groups, true_pairs), times,
-                                            f"{params.num_perm} perms, {params.bands}x{params.rows}")
+        results["ours, no verification"] = (
+            score(groups, true_pairs),
+            times,
+            f"{params.num_perm} perms, {params.bands}x{params.rows}",
+        )
     if "datatrove" not in args.skip:
         dt, tmp = run_datatrove(corpus, params.bands, params.rows)
         (groups, _), times = timed(dt, args.repeats)
-        results["datatrove 0.10 (2 workers)"] = (score(groups, true_pairs), times,
-                                                 f"{params.bands * params.rows} perms, {params.bands}x{params.rows}")
+        results["datatrove 0.10 (2 workers)"] = (
+            score(groups, true_pairs),
+            times,
+            f"{params.bands * params.rows} perms, {params.bands}x{params.rows}",
+        )
         shutil.rmtree(tmp, ignore_errors=True)
     if "datasketch" not in args.skip:
         ds = run_datasketch(corpus, sets, args.threshold, params.num_perm)
         (groups, info), times = timed(ds, args.repeats)
-        results["datasketch 2.0 MinHashLSH"] = (score(groups, true_pairs), times,
-                                                f"{params.num_perm} perms, {info['bands']}x{info['rows']}")
+        results["datasketch 2.0 MinHashLSH"] = (
+            score(groups, true_pairs),
+            times,
+            f"{params.num_perm} perms, {info['bands']}x{info['rows']}",
+        )
 
     n = len(corpus)
-    print(f"\nnear-duplicate search, {n} documents, Jaccard >= {args.threshold} on word 5-grams, "
-          f"median of {args.repeats} (seconds)")
-    header = (f"{'method':34s} {'LSH':>20s} {'doc P':>6s} {'doc R':>6s} {'doc F1':>6s} "
-              f"{'pair P':>6s} {'pair R':>6s} {'pair F1':>7s} {'seconds':>8s} {'docs/s':>7s}")
+    print(
+        f"\nnear-duplicate search, {n} documents, Jaccard >= {args.threshold} on word 5-grams, "
+        f"median of {args.repeats} (seconds)"
+    )
+    header = (
+        f"{'method':34s} {'LSH':>20s} {'doc P':>6s} {'doc R':>6s} {'doc F1':>6s} "
+        f"{'pair P':>6s} {'pair R':>6s} {'pair F1':>7s} {'seconds':>8s} {'docs/s':>7s}"
+    )
     print(header)
     print("-" * len(header))
     figures = {}
     for name, (s, times, lsh) in results.items():
         med = statistics.median(times)
         figures[name] = {**s, "seconds": med, "docs_per_s": n / med, "lsh": lsh, "times": times}
-        print(f"{name:34s} {lsh:>20s} {s['doc_precision']:6.3f} {s['doc_recall']:6.3f} {s['doc_f1']:6.3f} "
-              f"{s['pair_precision']:6.3f} {s['pair_recall']:6.3f} {s['pair_f1']:7.3f} {med:8.2f} {n / med:7.0f}")
+        print(
+            f"{name:34s} {lsh:>20s} {s['doc_precision']:6.3f} {s['doc_recall']:6.3f} {s['doc_f1']:6.3f} "
+            f"{s['pair_precision']:6.3f} {s['pair_recall']:6.3f} {s['pair_f1']:7.3f} {med:8.2f} {n / med:7.0f}"
+        )
     ours_s = statistics.median(results["ours (Spark local[2], verified)"][1])
     for name in ("datatrove 0.10 (2 workers)", "datasketch 2.0 MinHashLSH"):
         if name in results:
             print(f"throughput ours / {name}: {statistics.median(results[name][1]) / ours_s:.2f}x")
     print(f"ours fuzzy stats: {stats.as_dict()}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"documents": n, "true_pairs": len(true_pairs), "methods": figures},
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps({"documents": n, "true_pairs": len(true_pairs), "methods": figures}, indent=2)
+        )
     return 0
 
 

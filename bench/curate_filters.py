@@ -14,6 +14,7 @@ assume prose, and relax two FineWeb limits; Gopher repetition and quality still 
 
     .venv/bin/python bench/curate_filters.py [--corpus data/sample/corpus.jsonl.gz]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,22 +26,22 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import yaml
-
 from mixture.config import FiltersConfig
 from mixture.curate.filters import FilterChain
 
 REPO = Path(__file__).resolve().parents[1]
 
 # Code: a line that opens a Python def/class/import or a Perl sub/my/our declaration.
-CODE = (r"^\s*(?:(?:def|class) \w+.*:\s*$|import [\w.]+\s*$|from [\w.]+ import |sub \w+ *\{"
-        r"|(?:my|our) [$@%]\w+)")
+CODE = (
+    r"^\s*(?:(?:def|class) \w+.*:\s*$|import [\w.]+\s*$|from [\w.]+ import |sub \w+ *\{"
+    r"|(?:my|our) [$@%]\w+)"
+)
 # Glossary: five consecutive "term: definition" lines.
 GLOSSARY = r"(?:^[^\n:]{1,60}: [^\n]+\n){5}"
 RECOMMENDED = {
     "gopher_quality": {"exempt_if": f"(?m){CODE}"},
     "c4": {"reject_curly_brace": False, "exempt_if": f"(?m){CODE}|{GLOSSARY}"},
-    "fineweb": {"max_dup_line_char_frac": 0.2, "max_short_line_ratio": 0.8,
-                "exempt_if": f"(?m){CODE}|{GLOSSARY}"},
+    "fineweb": {"max_dup_line_char_frac": 0.2, "max_short_line_ratio": 0.8, "exempt_if": f"(?m){CODE}|{GLOSSARY}"},
 }
 
 
@@ -64,8 +65,14 @@ def evaluate(records: list[dict], cfg: FiltersConfig) -> dict:
         for name in v.exempt:
             exempt[name] += 1
     seconds = time.perf_counter() - t0
-    return {"per_source": per_source, "first": first, "alone": alone, "exempt": exempt,
-            "kept": sum(c["kept"] for c in per_source.values()), "docs_per_s": len(records) / seconds}
+    return {
+        "per_source": per_source,
+        "first": first,
+        "alone": alone,
+        "exempt": exempt,
+        "kept": sum(c["kept"] for c in per_source.values()),
+        "docs_per_s": len(records) / seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,21 +93,29 @@ def main(argv: list[str] | None = None) -> int:
             c = results[p]["per_source"][src]
             cells.append(f"{c['kept']:5d}/{c['documents']:<5d} {100 * c['kept'] / c['documents']:5.1f}%")
         print(f"{src:16s} " + "  ".join(f"{c:>18s}" for c in cells))
-    print(f"{'all':16s} " + "  ".join(f"{results[p]['kept']:5d}/{n:<5d} {100 * results[p]['kept'] / n:5.1f}%"
-                                         .rjust(18) for p in profiles))
+    print(
+        f"{'all':16s} "
+        + "  ".join(f"{results[p]['kept']:5d}/{n:<5d} {100 * results[p]['kept'] / n:5.1f}%".rjust(18) for p in profiles)
+    )
 
     print("\nrejections per filter: first failure (what the stage counts) / on its own (independent)")
     names = ["gopher_quality", "gopher_repetition", "c4", "fineweb"]
     print(f"{'filter':20s} " + "  ".join(f"{p:>22s}" for p in profiles))
     for name in names:
-        print(f"{name:20s} " + "  ".join(f"{results[p]['first'][name]:>10d} / {results[p]['alone'][name]:<9d}"
-                                         for p in profiles))
+        print(
+            f"{name:20s} "
+            + "  ".join(f"{results[p]['first'][name]:>10d} / {results[p]['alone'][name]:<9d}" for p in profiles)
+        )
     rules = sorted({k for p in profiles for k in results[p]["alone"] if ":" in k})
     print("\nper rule (first failure / on its own)")
     for rule in rules:
-        print(f"  {rule:42s} " + "  ".join(f"{results[p]['first'][rule]:>6d} / {results[p]['alone'][rule]:<6d}"
-                                           for p in profiles))
-    print("\nexempted by exempt_if: " + ", ".join(f"{k} {v}" for k, v in sorted(results["recommended"]["exempt"].items())))
+        print(
+            f"  {rule:42s} "
+            + "  ".join(f"{results[p]['first'][rule]:>6d} / {results[p]['alone'][rule]:<6d}" for p in profiles)
+        )
+    print(
+        "\nexempted by exempt_if: " + ", ".join(f"{k} {v}" for k, v in sorted(results["recommended"]["exempt"].items()))
+    )
     print("filter throughput (1 core): " + ", ".join(f"{p} {results[p]['docs_per_s']:.0f} docs/s" for p in profiles))
     print("\nrecommended curate.filters for configs/demo.yaml:")
     print(yaml.safe_dump({"curate": {"filters": RECOMMENDED}}, sort_keys=False, width=200))

@@ -5,6 +5,7 @@
 Removes the config's output_root first (unless --keep), runs `climb run`, then reads each
 committed manifest: files, bytes, counts, and the stage's own wall time.
 """
+
 from __future__ import annotations
 
 import argparse

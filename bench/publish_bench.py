@@ -19,6 +19,7 @@ Prints MB/s medians of the repeats and ratios. The endpoint is an in-memory Pyth
 the same 2 cores, so absolute numbers are far below a real object store's; the ratios say what
 the guarantees cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def free_port() -> int:
 def start_moto() -> tuple[subprocess.Popen, str]:
     port = free_port()
     exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(150):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -74,11 +76,21 @@ def make_dataset(root: Path, mb: float, files: int):
         with storage.open_write(w.path(f"tokens/part-{i:05d}.idx")) as f:
             np.save(f, np.arange(0, len(tokens) + 1, 512, dtype=np.int64))
         words = rng.integers(0, 50_000, (2000, 60)).astype(str)
-        pq.write_table(pa.table({"text": [" ".join(r) for r in words], "cluster": ["c00"] * 2000,
-                                 "id": [f"d{i}-{j}" for j in range(2000)]}), w.path(f"parquet/part-{i:05d}.parquet"))
+        pq.write_table(
+            pa.table(
+                {
+                    "text": [" ".join(r) for r in words],
+                    "cluster": ["c00"] * 2000,
+                    "id": [f"d{i}-{j}" for j in range(2000)],
+                }
+            ),
+            w.path(f"parquet/part-{i:05d}.parquet"),
+        )
     storage.write_text(w.path("tokenizer/tokenizer.json"), "{}")
     storage.write_text(w.path("README.md"), "# bench\n")
-    return w.commit({"documents": files * 2000, "tokens": files * per // 2}, {"dtype": "uint16", "eos_id": 0, "mixture": {}})
+    return w.commit(
+        {"documents": files * 2000, "tokens": files * per // 2}, {"dtype": "uint16", "eos_id": 0, "mixture": {}}
+    )
 
 
 def timed(fn) -> float:
@@ -102,7 +114,6 @@ def main() -> None:
     try:
         import boto3
         import pyarrow.fs as pafs
-
         from mixture import storage
         from mixture.config import parse_config
         from mixture.publish import publish_dataset
@@ -112,8 +123,13 @@ def main() -> None:
         s3.create_bucket(Bucket="bench")
         ds = make_dataset(tmp, args.mb, args.files)
         total = sum(f["bytes"] for f in ds.manifest.files)
-        cfg = parse_config({"output_root": str(tmp), "input": {"uris": ["x"]},
-                            "publish": {"uri": "s3://bench/climbmix", "multipart_chunk_mb": 8, "track": False}})
+        cfg = parse_config(
+            {
+                "output_root": str(tmp),
+                "input": {"uris": ["x"]},
+                "publish": {"uri": "s3://bench/climbmix", "multipart_chunk_mb": 8, "track": False},
+            }
+        )
         fs, _ = storage.filesystem("s3://bench/x")
 
         def publish(verify: str, tag: str):
@@ -121,8 +137,13 @@ def main() -> None:
             return lambda: publish_dataset(ds, cfg, version=tag)
 
         def pyarrow_copy(tag: str):
-            return lambda: pafs.copy_files(ds.uri, f"bench/pyarrow/{tag}", source_filesystem=pafs.LocalFileSystem(),
-                                           destination_filesystem=fs, use_threads=True)
+            return lambda: pafs.copy_files(
+                ds.uri,
+                f"bench/pyarrow/{tag}",
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=fs,
+                use_threads=True,
+            )
 
         def naive(tag: str):
             def run():
@@ -132,16 +153,19 @@ def main() -> None:
                         s3.put_object(Bucket="bench", Key=key, Body=fh)
                     body = s3.get_object(Bucket="bench", Key=key)["Body"].read()
                     assert hashlib.sha256(body).hexdigest() == f["sha256"]
+
             return run
 
-        methods = {"publish": lambda r: publish("checksum", f"c{r}"),
-                   "publish-download": lambda r: publish("download", f"d{r}"),
-                   "boto3-naive": naive}
-        for name, make in methods.items():              # warm-up: imports, connections
+        methods = {
+            "publish": lambda r: publish("checksum", f"c{r}"),
+            "publish-download": lambda r: publish("download", f"d{r}"),
+            "boto3-naive": naive,
+        }
+        for make in methods.values():  # warm-up: imports, connections
             make("warm")()
         upload: dict[str, list[float]] = {m: [] for m in methods}
         for r in range(args.repeats):
-            for name, make in methods.items():          # interleaved: the machine's noise hits all alike
+            for name, make in methods.items():  # interleaved: the machine's noise hits all alike
                 upload[name].append(timed(make(str(r))))
         if args.pyarrow:
             upload["pyarrow-copy"] = [timed(pyarrow_copy("0"))]
@@ -172,8 +196,10 @@ def main() -> None:
             read["pyarrow-raw"].append(timed(read_raw))
 
         mbytes = total / 1e6
-        print(f"dataset: {len(ds.manifest.files)} files, {mbytes:.1f} MB; endpoint: moto_server (local, HTTP); "
-              f"{args.repeats} repeats, medians")
+        print(
+            f"dataset: {len(ds.manifest.files)} files, {mbytes:.1f} MB; endpoint: moto_server (local, HTTP); "
+            f"{args.repeats} repeats, medians"
+        )
         base = statistics.median(upload["publish"])
         print(f"{'upload':<18}{'median s':>10}{'MB/s':>8}{'vs publish':>12}")
         for name, secs in upload.items():

@@ -11,6 +11,7 @@ tokens and matching random text per document). Both methods sample each cluster 
                text only, concat, sample(frac=1), to_parquet per shard; no tokens, no manifest
 Prints medians of the repeats, documents/s and the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,25 @@ def make_climblab(root: Path, n_clusters: int, docs: int, seed: int = 0) -> dict
         lengths = rng.integers(50, 400, docs)
         tokens = rng.integers(1, 8192, int(lengths.sum()), dtype=np.uint16)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        tokens[offsets[1:] - 1] = 0                               # end-of-document id
+        tokens[offsets[1:] - 1] = 0  # end-of-document id
         Path(w.path(f"{name}/tokens.bin")).write_bytes(tokens.tobytes())
         with open(w.path(f"{name}/tokens.idx"), "wb") as f:
             np.save(f, offsets)
         texts = [" ".join(words[rng.integers(0, 5000, n // 2)]) for n in lengths]
-        pq.write_table(pa.table({"id": [f"{name}-{i}" for i in range(docs)], "text": texts}),
-                       w.path(f"{name}/text.parquet"))
+        pq.write_table(
+            pa.table({"id": [f"{name}-{i}" for i in range(docs)], "text": texts}), w.path(f"{name}/text.parquet")
+        )
         info[name] = {"documents": docs, "tokens": int(offsets[-1])}
     total = sum(v["tokens"] for v in info.values())
-    lab = w.commit({"documents_in": docs * n_clusters, "documents_out": docs * n_clusters, "tokens": total,
-                    "clusters": n_clusters}, {"clusters": info, "vocab_size": 8192, "eos_id": 0, "dtype": "uint16"})
+    lab = w.commit(
+        {
+            "documents_in": docs * n_clusters,
+            "documents_out": docs * n_clusters,
+            "tokens": total,
+            "clusters": n_clusters,
+        },
+        {"clusters": info, "vocab_size": 8192, "eos_id": 0, "dtype": "uint16"},
+    )
     rng = np.random.default_rng(1)
     weights = rng.dirichlet(np.full(n_clusters, 0.5))
     mix = {f"c{c:02d}": float(x) for c, x in enumerate(weights)}
@@ -72,7 +81,9 @@ def pandas_build(root: Path, out: Path, tokens: int, shard_docs: int, seed: int)
     allrows = pd.concat(frames).sample(frac=1.0, random_state=seed).reset_index(drop=True)
     out.mkdir(parents=True, exist_ok=True)
     for s in range(0, len(allrows), shard_docs):
-        allrows.iloc[s:s + shard_docs][["text", "cluster", "id"]].to_parquet(out / f"part-{s // shard_docs:05d}.parquet")
+        allrows.iloc[s : s + shard_docs][["text", "cluster", "id"]].to_parquet(
+            out / f"part-{s // shard_docs:05d}.parquet"
+        )
     return len(allrows)
 
 
@@ -91,8 +102,9 @@ def main() -> None:
         t = time.perf_counter()
         make_climblab(tmp, args.clusters, args.docs)
         print(f"synthetic climblab: {args.clusters} x {args.docs:,} documents in {time.perf_counter() - t:.1f} s")
-        cfg = parse_config({"output_root": str(tmp), "input": {"uris": ["x"]},
-                            "build": {"tokens": args.tokens, "shard_docs": 50_000}})
+        cfg = parse_config(
+            {"output_root": str(tmp), "input": {"uris": ["x"]}, "build": {"tokens": args.tokens, "shard_docs": 50_000}}
+        )
         times: dict[str, list[float]] = {"build": [], "pandas": []}
         n_build = n_pandas = 0
         for r in range(args.repeats):
@@ -103,8 +115,10 @@ def main() -> None:
             t = time.perf_counter()
             n_pandas = pandas_build(tmp, tmp / f"pandas-{r}", args.tokens, 50_000, r)
             times["pandas"].append(time.perf_counter() - t)
-        print(f"budget {args.tokens:,} tokens; build wrote {n_build:,} documents "
-              f"({ds.manifest.counts['tokens']:,} tokens), pandas {n_pandas:,} documents; medians of {args.repeats}")
+        print(
+            f"budget {args.tokens:,} tokens; build wrote {n_build:,} documents "
+            f"({ds.manifest.counts['tokens']:,} tokens), pandas {n_pandas:,} documents; medians of {args.repeats}"
+        )
         base = statistics.median(times["build"])
         for name, secs in times.items():
             m = statistics.median(secs)

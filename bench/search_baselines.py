@@ -7,14 +7,14 @@ baselines as the search had, every final mixture trained with search.transfer_pr
 search.proxy, search.transfer_seeds seeds each, the same seeds for every method) and prints its
 table with the wall time. The search runs first when it is not committed for this config.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-from mixture import storage, pipeline
+from mixture import pipeline, storage
 from mixture.config import load_config, parse_overrides
-
 
 
 def main() -> None:
@@ -28,8 +28,10 @@ def main() -> None:
     text = storage.read_text(pipeline.run_stage(cfg, "baselines").dataset.path("table.md"))
     print(text)
     results = storage.read_json(storage.join(pipeline.dataset_uri(cfg, "baselines"), "results.json"))
-    print(f"\nclimb beats every baseline at transfer scale: {results['climb_beats_every_baseline']}; "
-          f"wall {time.time() - t0:.0f} s")
+    print(
+        f"\nclimb beats every baseline at transfer scale: {results['climb_beats_every_baseline']}; "
+        f"wall {time.time() - t0:.0f} s"
+    )
 
 
 if __name__ == "__main__":

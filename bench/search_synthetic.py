@@ -13,6 +13,7 @@ and each final mixture is judged by the noiseless objective (regret = distance t
 score, lower is better). Prints medians over problems, wins against random, and the predictor
 choice and CV Spearman the search reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import time
 import warnings
 
 import numpy as np
-
 from mixture.config import SearchConfig
 from mixture.search import bootstrap
 from mixture.search import predictor as pred
@@ -53,8 +53,13 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=20000)
     args = p.parse_args()
     iterations = [int(x) for x in args.budget.split(",")]
-    common = dict(iterations=iterations, candidates=args.candidates, top_n=32, top_k=32,
-                  predictor=dict(min_child_samples=3, min_data_in_bin=1))
+    common = dict(
+        iterations=iterations,
+        candidates=args.candidates,
+        top_n=32,
+        top_k=32,
+        predictor=dict(min_child_samples=3, min_data_in_bin=1),
+    )
     variants = {"climb": SearchConfig(**common), "climb-local": SearchConfig(**common, local_frac=0.5)}
     regret: dict[str, list[float]] = {k: [] for k in [*variants, "regmix", "random"]}
     chosen, spearman, methods = [], [], []
@@ -73,16 +78,20 @@ def main() -> None:
                     spearman.append(result["predictor"]["cv"][result["predictor"]["chosen"]]["spearman"])
         regret["regmix"].append(-obj.value(regmix(variants["climb"], prior, obj, seed)))
         regret["random"].append(-obj.value(random_best(variants["climb"], prior, obj, seed)))
-    print(f"{args.problems} problems, {args.clusters} clusters, budget {iterations} = {sum(iterations)} runs, "
-          f"{args.candidates} candidates, {time.time() - t0:.0f} s")
+    print(
+        f"{args.problems} problems, {args.clusters} clusters, budget {iterations} = {sum(iterations)} runs, "
+        f"{args.candidates} candidates, {time.time() - t0:.0f} s"
+    )
     print("| method | median regret | mean regret | wins vs random |")
     print("|---|---:|---:|---:|")
     for name, r in regret.items():
         wins = np.mean(np.array(r) < np.array(regret["random"]))
         print(f"| {name} | {np.median(r):.4f} | {np.mean(r):.4f} | {wins:.0%} |")
-    print(f"climb final: {dict(zip(*np.unique(methods, return_counts=True)))}; predictor chosen: "
-          f"{dict(zip(*np.unique(chosen, return_counts=True)))}; final CV Spearman median "
-          f"{np.median(spearman):.2f} (min {np.min(spearman):.2f}, max {np.max(spearman):.2f})")
+    print(
+        f"climb final: {dict(zip(*np.unique(methods, return_counts=True)))}; predictor chosen: "
+        f"{dict(zip(*np.unique(chosen, return_counts=True)))}; final CV Spearman median "
+        f"{np.median(spearman):.2f} (min {np.min(spearman):.2f}, max {np.max(spearman):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ fails unless the rerun ran `select` alone.
     .venv/bin/python bench/select_rerun.py [--config configs/demo.yaml] [--set KEY=VALUE]
         [--change curate.filters.gopher_quality.min_words=400]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ def run(config: str, overrides: dict, output_root: str) -> tuple[float, list]:
     from mixture import pipeline
     from mixture.config import load_config
 
-    cfg = load_config(config, {**overrides, "output_root": output_root,
-                               "tracking.uri": f"sqlite:///{output_root}/mlflow.db"})
+    cfg = load_config(
+        config, {**overrides, "output_root": output_root, "tracking.uri": f"sqlite:///{output_root}/mlflow.db"}
+    )
     t0 = time.perf_counter()
     results = pipeline.run_all(cfg, until="curated")
     return time.perf_counter() - t0, results
@@ -38,8 +40,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs/demo.yaml"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--change", default="curate.filters.gopher_quality.min_words=400",
-                   help="the threshold to move (KEY=VALUE)")
+    p.add_argument(
+        "--change", default="curate.filters.gopher_quality.min_words=400", help="the threshold to move (KEY=VALUE)"
+    )
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     base = _overrides(args.set)
@@ -53,8 +56,7 @@ def main() -> None:
     for label, seconds, results in (("full curation", full_s, full), ("threshold rerun", rerun_s, rerun)):
         stages = ", ".join(f"{r.stage} {'up to date' if r.skipped else f'{r.seconds:.1f} s'}" for r in results)
         out = results[-1].dataset.manifest.counts
-        print(f"{label:16s} {seconds:7.1f} s   ({stages}; kept {out['documents_out']:,} of "
-              f"{out['documents_in']:,})")
+        print(f"{label:16s} {seconds:7.1f} s   ({stages}; kept {out['documents_out']:,} of {out['documents_in']:,})")
     assert [r.skipped for r in rerun] == [True, False], "the rerun must run select only"
     print(f"change: {args.change}; rerun / full = {rerun_s / full_s:.3f} ({full_s / rerun_s:.0f}x faster)")
 

@@ -23,6 +23,7 @@ DataLoader with `--workers` workers, against the same steps on windows already i
 tokens/s of both (one torch thread, the proxy's default; the streamed figure includes the cold
 download of the shards the steps read), so the loader's cost inside a training loop shows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     exe = str(Path(sys.executable).parent / "moto_server")
     if not Path(exe).exists():
         exe = shutil.which("moto_server") or exe
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(150):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -77,8 +79,9 @@ def make_dataset(root: Path, mb: float, files: int):
         storage.write_bytes(w.path(f"tokens/part-{i:05d}.bin"), rng.integers(0, 8192, per, dtype=np.uint16).tobytes())
         with storage.open_write(w.path(f"tokens/part-{i:05d}.idx")) as f:
             np.save(f, np.append(np.arange(0, per, 512, dtype=np.int64), per))
-    return w.commit({"documents": files * (per // 512), "tokens": files * per},
-                    {"dtype": "uint16", "eos_id": 0, "mixture": {}})
+    return w.commit(
+        {"documents": files * (per // 512), "tokens": files * per}, {"dtype": "uint16", "eos_id": 0, "mixture": {}}
+    )
 
 
 def read_all(uri: str, args: argparse.Namespace, **kw) -> tuple[float, int]:
@@ -102,7 +105,7 @@ def train_rate(batches, steps: int, vocab: int) -> tuple[float, float]:
     from mixture.search.proxy import build_model
 
     torch.manual_seed(0)
-    torch.set_num_threads(1)                 # the proxy's default (search.proxy.threads), one core for the loader
+    torch.set_num_threads(1)  # the proxy's default (search.proxy.threads), one core for the loader
     model = build_model(ProxyConfig(preset="cpu-2m"), vocab, 0)
     opt = torch.optim.AdamW(model.parameters(), lr=4e-3)
     it, n, t = iter(batches), 0, time.perf_counter()
@@ -128,9 +131,11 @@ def train_bench(args: argparse.Namespace, tmp: Path) -> None:
     streamed, loss_s = train_rate(loader, args.train_steps, 8192)
     local = DataLoader(ClimbMixStream(str(tmp / "climbmix"), seq, batch_size=batch), batch_size=batch)
     in_memory, loss_m = train_rate(list(itertools.islice(local, args.train_steps)), args.train_steps, 8192)
-    print(f"train cpu-2m, seq_len {seq}, batch {batch}, {args.train_steps} steps: from S3 through the stream "
-          f"{streamed:,.0f} tokens/s (loss {loss_s:.2f}), from memory {in_memory:,.0f} tokens/s "
-          f"(loss {loss_m:.2f}); ratio {streamed / in_memory:.2f}x")
+    print(
+        f"train cpu-2m, seq_len {seq}, batch {batch}, {args.train_steps} steps: from S3 through the stream "
+        f"{streamed:,.0f} tokens/s (loss {loss_s:.2f}), from memory {in_memory:,.0f} tokens/s "
+        f"(loss {loss_m:.2f}); ratio {streamed / in_memory:.2f}x"
+    )
 
 
 def main() -> None:
@@ -154,21 +159,28 @@ def main() -> None:
 
         boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
         ds = make_dataset(tmp, args.mb, args.files)
-        cfg = parse_config({"output_root": str(tmp), "input": {"uris": ["x"]},
-                            "publish": {"uri": "s3://bench/climbmix", "multipart_chunk_mb": 8, "track": False}})
+        cfg = parse_config(
+            {
+                "output_root": str(tmp),
+                "input": {"uris": ["x"]},
+                "publish": {"uri": "s3://bench/climbmix", "multipart_chunk_mb": 8, "track": False},
+            }
+        )
         publish_dataset(ds, cfg, version="v1")
         runs: dict[str, list[tuple[float, int]]] = {k: [] for k in ("local", "local-noverify", "s3-cold", "s3-warm")}
-        read_all(ds.uri, args)                                     # warm-up: imports, page cache
-        for r in range(args.repeats):                              # interleaved: the machine's noise hits all alike
+        read_all(ds.uri, args)  # warm-up: imports, page cache
+        for r in range(args.repeats):  # interleaved: the machine's noise hits all alike
             cache = str(tmp / f"cache-{r}")
             runs["local"].append(read_all(ds.uri, args))
             runs["local-noverify"].append(read_all(ds.uri, args, verify=False))
             runs["s3-cold"].append(read_all("s3://bench/climbmix", args, cache_dir=cache))
             runs["s3-warm"].append(read_all("s3://bench/climbmix", args, cache_dir=cache))
         mb = sum(f["bytes"] for f in ds.manifest.files if f["path"].endswith(".bin")) / 1e6
-        print(f"dataset: {args.files} token shards, {mb:.1f} MB; seq_len {args.seq_len}, batch {args.batch}, "
-              f"{args.workers} DataLoader workers; endpoint: moto_server (local, HTTP); {args.repeats} repeats, "
-              "medians")
+        print(
+            f"dataset: {args.files} token shards, {mb:.1f} MB; seq_len {args.seq_len}, batch {args.batch}, "
+            f"{args.workers} DataLoader workers; endpoint: moto_server (local, HTTP); {args.repeats} repeats, "
+            "medians"
+        )
         base = statistics.median(n / s for s, n in runs["local"])
         print(f"{'read':<16}{'median s':>10}{'tokens/s':>14}{'vs local':>10}")
         for name, rs in runs.items():

@@ -7,6 +7,7 @@ dataset is not rebuilt, a killed one was never committed), which is what makes r
 Everything heavy (`mixture`, torch, Spark) is imported inside task functions: this module and the
 DAG files must parse in well under a second.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,14 +30,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # through `variable()`; docker-compose.yml sets each one (AIRFLOW_VAR_<NAME>), and
 # tests/test_compose.py checks that it does.
 VARIABLES: dict[str, str] = {
-    "climb_config": "configs/demo.yaml",        # run configuration when the run's `config` param is empty
-    "climb_spark_master": "",                   # spark-submit --master; empty: the config's curate.spark_master
-    "climb_refresh_schedule": "@weekly",        # corpus refresh schedule; empty: manual runs only
-    "climb_search_max_iterations": "3",         # search iterations unrolled in the DAG (the paper: 3)
+    "climb_config": "configs/demo.yaml",  # run configuration when the run's `config` param is empty
+    "climb_spark_master": "",  # spark-submit --master; empty: the config's curate.spark_master
+    "climb_refresh_schedule": "@weekly",  # corpus refresh schedule; empty: manual runs only
+    "climb_search_max_iterations": "3",  # search iterations unrolled in the DAG (the paper: 3)
 }
 
-GPU_POOL = "gpu"    # embedding and proxy training: slots = GPUs (created by the deployment's init job)
-GPU_QUEUE = "gpu"   # Celery queue the GPU workers listen on; LocalExecutor ignores queues
+GPU_POOL = "gpu"  # embedding and proxy training: slots = GPUs (created by the deployment's init job)
+GPU_QUEUE = "gpu"  # Celery queue the GPU workers listen on; LocalExecutor ignores queues
 
 # One asset per dataset that another DAG or team consumes. The asset is fixed at parse time; each
 # event's extra names the committed dataset (uri, manifest hash) and the config that made it.
@@ -56,10 +57,14 @@ def variable(name: str) -> str:
 
 
 def config_param() -> Param:
-    return Param("", type="string", title="Run configuration",
-                 description="YAML config path (relative: to the project root). Empty: the config "
-                             "of the triggering asset event, else the Airflow Variable climb_config, "
-                             f"else {VARIABLES['climb_config']}.")
+    return Param(
+        "",
+        type="string",
+        title="Run configuration",
+        description="YAML config path (relative: to the project root). Empty: the config "
+        "of the triggering asset event, else the Airflow Variable climb_config, "
+        f"else {VARIABLES['climb_config']}.",
+    )
 
 
 def config_path(context: Any) -> str:
@@ -96,8 +101,7 @@ def check_config(path: str):
 def describe(dataset: Any, skipped: bool) -> dict[str, Any]:
     """The small, JSON-safe record of a committed dataset that a task returns (its XCom)."""
     counts = {k: v for k, v in dataset.manifest.counts.items() if isinstance(v, (int, float, str))}
-    return {"dataset": dataset.uri, "manifest_sha256": dataset.manifest_sha256,
-            "skipped": skipped, "counts": counts}
+    return {"dataset": dataset.uri, "manifest_sha256": dataset.manifest_sha256, "skipped": skipped, "counts": counts}
 
 
 def run_stage(config: str, name: str) -> dict[str, Any]:
@@ -111,5 +115,4 @@ def run_stage(config: str, name: str) -> dict[str, Any]:
 
 
 def asset_extra(config: str, described: dict[str, Any]) -> dict[str, Any]:
-    return {"config": config, "uri": described["dataset"],
-            "manifest_sha256": described["manifest_sha256"]}
+    return {"config": config, "uri": described["dataset"], "manifest_sha256": described["manifest_sha256"]}

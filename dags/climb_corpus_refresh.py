@@ -9,18 +9,30 @@ Spark; embedding runs in the `gpu` pool; every step but the Spark job is the sta
 CLI runs. When the shards differ from the last announced ones, `announce` updates the asset
 `climb://datasets/climblab`, which triggers the mixture search DAG.
 """
+
 from __future__ import annotations
 
 import logging
 from typing import Any
 
 import pendulum
+from _common import (
+    CLIMBLAB,
+    DEFAULT_ARGS,
+    GPU_POOL,
+    GPU_QUEUE,
+    PROJECT_ROOT,
+    asset_extra,
+    check_config,
+    config_param,
+    config_path,
+    describe,
+    load_config,
+    run_stage,
+    variable,
+)
 from airflow.sdk import DAG, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-from _common import (CLIMBLAB, DEFAULT_ARGS, GPU_POOL, GPU_QUEUE, PROJECT_ROOT, asset_extra,
-                     check_config, config_param, config_path, describe, load_config, run_stage,
-                     variable)
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +57,29 @@ def curate(config: str) -> dict[str, Any]:
     from mixture import spark as spark_env
 
     cfg = load_config(config)
-    if done := pipeline.current(cfg, "curate"):       # skip the JVM start when nothing changed
+    if done := pipeline.current(cfg, "curate"):  # skip the JVM start when nothing changed
         return describe(done, skipped=True)
     master = variable("climb_spark_master") or cfg.curate.spark_master
-    submit = (shutil.which("spark-submit", path=os.path.dirname(sys.executable))
-              or shutil.which("spark-submit"))
+    submit = shutil.which("spark-submit", path=os.path.dirname(sys.executable)) or shutil.which("spark-submit")
     if submit is None:
         raise RuntimeError("spark-submit is not on PATH: install pyspark in the worker's environment")
     env = spark_env.environment(master, dict(os.environ))
-    cmd = [submit, "--master", master, "--name", f"climb-curate-{cfg.run_name}",
-           str(PROJECT_ROOT / "jobs" / "curate.py"), "--config", config]
+    cmd = [
+        submit,
+        "--master",
+        master,
+        "--name",
+        f"climb-curate-{cfg.run_name}",
+        str(PROJECT_ROOT / "jobs" / "curate.py"),
+        "--config",
+        config,
+    ]
     log.info("running %s", " ".join(cmd))
     returncode = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env).returncode
-    if returncode == 2:         # the job's exit status for a configuration or dataset error
-        raise AirflowFailException("jobs/curate.py: configuration or dataset error (see the log "
-                                   "above); retrying cannot fix it")
+    if returncode == 2:  # the job's exit status for a configuration or dataset error
+        raise AirflowFailException(
+            "jobs/curate.py: configuration or dataset error (see the log above); retrying cannot fix it"
+        )
     if returncode:
         raise RuntimeError(f"jobs/curate.py failed with exit status {returncode}")
     done = pipeline.current(cfg, "curate")
@@ -109,7 +129,7 @@ with DAG(
     schedule=variable("climb_refresh_schedule") or None,
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,          # runs of one config share staging folders
+    max_active_runs=1,  # runs of one config share staging folders
     default_args=DEFAULT_ARGS,
     params={"config": config_param()},
     tags=["climb"],

@@ -11,17 +11,29 @@ iterations (64, 32, 16 proxy runs); a DAG's shape is fixed when it is parsed, so
 the search dataset, `build` writes ClimbMix (and updates the `climb://datasets/climbmix` asset),
 and `publish` copies it to `publish.uri`, skipped when that is unset.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import pendulum
+from _common import (
+    CLIMBLAB,
+    CLIMBMIX,
+    DEFAULT_ARGS,
+    GPU_POOL,
+    GPU_QUEUE,
+    asset_extra,
+    check_config,
+    config_param,
+    config_path,
+    describe,
+    load_config,
+    run_stage,
+    variable,
+)
 from airflow.sdk import DAG, TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-from _common import (CLIMBLAB, CLIMBMIX, DEFAULT_ARGS, GPU_POOL, GPU_QUEUE, asset_extra,
-                     check_config, config_param, config_path, describe, load_config, run_stage,
-                     variable)
 
 MAX_ITERATIONS = int(variable("climb_search_max_iterations"))
 
@@ -33,8 +45,10 @@ def resolve_config(**context: Any) -> str:
     path = config_path(context)
     n = len(check_config(path).search.iterations)
     if n > MAX_ITERATIONS:
-        raise AirflowFailException(f"{path} has {n} search iterations but this DAG unrolls {MAX_ITERATIONS}: "
-                         f"set the Airflow Variable climb_search_max_iterations to {n} or more")
+        raise AirflowFailException(
+            f"{path} has {n} search iterations but this DAG unrolls {MAX_ITERATIONS}: "
+            f"set the Airflow Variable climb_search_max_iterations to {n} or more"
+        )
     return path
 
 
@@ -45,7 +59,7 @@ def propose(config: str, iteration: int) -> list[dict[str, Any]]:
 
     cfg = load_config(config)
     if iteration >= len(cfg.search.iterations) or pipeline.current(cfg, "search"):
-        return []       # a slot this config does not use, or the search is already committed
+        return []  # a slot this config does not use, or the search is already committed
     return steps.propose(pipeline.open_stage(cfg, "search"), iteration)
 
 
@@ -56,12 +70,12 @@ def run_proxy(config: str, job: dict[str, Any]) -> dict[str, Any]:
     from mixture import pipeline
     from mixture.search import steps
 
-    get_current_context()["proxy_run"] = job["run_id"]      # names the mapped task in the UI
+    get_current_context()["proxy_run"] = job["run_id"]  # names the mapped task in the UI
     result = steps.run_proxy(pipeline.open_stage(load_config(config), "search"), job)
     return {k: result.get(k) for k in ("run_id", "iteration", "score", "seconds")}
 
 
-@task(trigger_rule=TriggerRule.NONE_FAILED)     # the last slots' mapped tasks may be skipped
+@task(trigger_rule=TriggerRule.NONE_FAILED)  # the last slots' mapped tasks may be skipped
 def finish(config: str) -> dict[str, Any]:
     from mixture import pipeline
     from mixture.search import steps
@@ -97,7 +111,7 @@ with DAG(
     schedule=[CLIMBLAB],
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,          # proxy runs of one config share the search's staging folder
+    max_active_runs=1,  # proxy runs of one config share the search's staging folder
     default_args=DEFAULT_ARGS,
     params={"config": config_param()},
     tags=["climb"],
@@ -107,8 +121,7 @@ with DAG(
     for i in range(MAX_ITERATIONS):
         # Iteration i > 0 fits its predictor on every earlier run, so it waits for them; a slot
         # after an empty one still runs (NONE_FAILED) and proposes nothing.
-        jobs = propose.override(task_id=f"propose_{i}",
-                                trigger_rule=TriggerRule.NONE_FAILED)(cfg_path, i)
+        jobs = propose.override(task_id=f"propose_{i}", trigger_rule=TriggerRule.NONE_FAILED)(cfg_path, i)
         runs = run_proxy.override(task_id=f"proxy_runs_{i}").partial(config=cfg_path).expand(job=jobs)
         if previous is not None:
             previous >> jobs

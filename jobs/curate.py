@@ -7,6 +7,7 @@ the stage uses it; without spark-submit it falls back to `curate.spark_master`.
 Exit status: 0 when the dataset is committed or up to date, 2 for a configuration or dataset
 error, 1 for any other failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mixture import spark as spark_env
 
-    spark = spark_env.session(None, "climb-curate")     # master and settings from spark-submit
+    spark = spark_env.session(None, "climb-curate")  # master and settings from spark-submit
     try:
         result = pipeline.run_stage(cfg, "curate", force=args.force)
     except (ConfigError, DatasetError) as err:

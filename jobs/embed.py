@@ -4,6 +4,7 @@ The same stage function as `climb embed` (through `pipeline.run_stage`), so both
 dataset; a killed run resumes from its finished shards. Exit status: 0 when the dataset is
 committed or up to date, 2 for a configuration, dataset or model error, 1 for any other failure.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@ folder; a run that is already there is returned without training (retries repeat
 Prints the run's score and metrics as one JSON line. Exit status: 0 on success, 2 for a
 configuration, dataset or job error, 1 for any other failure (a diverged proxy, say).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@
 Prints the published version's URI; exits non-zero on any failure. S3 credentials and the
 endpoint come from the standard AWS environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
     def run() -> int:
         cfg = load_config(args.config, parse_overrides(args.set))
-        preflight.check(cfg, publish=True)        # credentials, endpoint, bucket: one line, fast
+        preflight.check(cfg, publish=True)  # credentials, endpoint, bucket: one line, fast
         print(publish(cfg, version=args.version))
         return 0
 

@@ -1,5 +1,6 @@
 """Shared fixtures: the committed sample corpus, tiny configs, and a real S3 endpoint over HTTP
 (moto's standalone server on a free loopback port)."""
+
 from __future__ import annotations
 
 import gzip
@@ -41,8 +42,9 @@ def s3_endpoint():
     exe = str(Path(sys.executable).parent / "moto_server")
     if not Path(exe).exists():
         exe = shutil.which("moto_server")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -54,10 +56,16 @@ def s3_endpoint():
     else:
         proc.kill()
         pytest.fail("moto_server did not start")
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                           "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing-key-id",
-                      AWS_SECRET_ACCESS_KEY="testing-secret-key", AWS_DEFAULT_REGION="us-east-1")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID="testing-key-id",
+        AWS_SECRET_ACCESS_KEY="testing-secret-key",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -104,14 +112,24 @@ def tiny_config_dict(tmp_path: Path, input_uris: list[str]) -> dict:
         "input": {"uris": input_uris},
         "curate": {"spark_master": "local[2]", "partitions": 2},
         "embed": {"batch_size": 32, "max_tokens": 128, "shard_docs": 100},
-        "cluster": {"k_init": 12, "niter": 10, "target_clusters": 4, "merge_distance": None,
-                    "quality": {"min_cluster_quality": 0.0}},
+        "cluster": {
+            "k_init": 12,
+            "niter": 10,
+            "target_clusters": 4,
+            "merge_distance": None,
+            "quality": {"min_cluster_quality": 0.0},
+        },
         "shards": {"vocab_size": 512, "tokenizer_train_docs": 300},
-        "search": {"iterations": [4, 2], "candidates": 2000, "top_n": 8, "top_k": 4,
-                   "proxy": {"preset": "cpu-tiny", "tokens": 8192, "batch_size": 4, "seq_len": 64},
-                   "transfer_proxy": {"preset": "cpu-tiny", "tokens": 8192, "batch_size": 4, "seq_len": 64},
-                   "target": {"val_uris": [str(TARGET)], "val_docs": 8},
-                   "predictor": {"cv_folds": 3}},
+        "search": {
+            "iterations": [4, 2],
+            "candidates": 2000,
+            "top_n": 8,
+            "top_k": 4,
+            "proxy": {"preset": "cpu-tiny", "tokens": 8192, "batch_size": 4, "seq_len": 64},
+            "transfer_proxy": {"preset": "cpu-tiny", "tokens": 8192, "batch_size": 4, "seq_len": 64},
+            "target": {"val_uris": [str(TARGET)], "val_docs": 8},
+            "predictor": {"cv_folds": 3},
+        },
         "build": {"tokens": 20_000, "shard_docs": 50},
         "tracking": {"experiment": "test"},
     }

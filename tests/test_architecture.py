@@ -1,5 +1,6 @@
 """The shape of the code, as a user of the code base notices it: no import cycles in `mixture`,
 layers pointing one way (also checked by import-linter in `make test`), and short functions."""
+
 from __future__ import annotations
 
 import ast
@@ -51,8 +52,9 @@ def test_the_import_graph_of_mixture_has_no_cycle():
 def test_no_library_or_stage_imports_the_runner_or_an_entry_point():
     graph = grimp.build_graph("mixture", include_external_packages=False)
     upper = {"mixture.pipeline", "mixture.cli"}
-    offenders = sorted(m for m in graph.modules if m not in upper
-                       for u in upper if graph.direct_import_exists(importer=m, imported=u))
+    offenders = sorted(
+        m for m in graph.modules if m not in upper for u in upper if graph.direct_import_exists(importer=m, imported=u)
+    )
     assert offenders == []
 
 
@@ -78,6 +80,9 @@ def test_every_module_is_in_the_layers_contract():
     conf = tomllib.loads((LIBS.parents[1] / "pyproject.toml").read_text())
     layers = conf["tool"]["importlinter"]["contracts"][0]["layers"]
     named = {m.strip() for layer in layers for m in layer.replace("|", ":").split(":")}
-    top = {f"mixture.{p.stem if p.is_file() else p.name}" for p in LIBS.iterdir()
-           if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())}
+    top = {
+        f"mixture.{p.stem if p.is_file() else p.name}"
+        for p in LIBS.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
+    }
     assert sorted(top - named) == []

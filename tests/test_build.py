@@ -4,6 +4,7 @@ The tiny climblab/search inputs are written here in the documented format (docs/
 with numpy and pyarrow directly, not with the shards stage, so the build is tested against the
 format itself. The helpers are imported by test_publish.py and test_reader.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from mixture import storage
 from mixture.climbmix import BuildError, content_hash, normalise_mixture, plan_clusters, select_documents
 from mixture.config import Config, parse_config
@@ -26,9 +26,13 @@ SOURCES = {"c00": "manpages", "c01": "python-docs", "c02": "dictionary", "c03": 
 
 # ------------------------------------------------------------------------------ fixtures
 def make_config(root: Path, **build) -> Config:
-    data = {"output_root": str(root), "input": {"uris": [str(root / "input.jsonl")]}, "seed": 7,
-            "build": {"tokens": 12_000, "shard_docs": 16, **build},
-            "tracking": {"experiment": "test"}}
+    data = {
+        "output_root": str(root),
+        "input": {"uris": [str(root / "input.jsonl")]},
+        "seed": 7,
+        "build": {"tokens": 12_000, "shard_docs": 16, **build},
+        "tracking": {"experiment": "test"},
+    }
     return parse_config(data)
 
 
@@ -39,21 +43,25 @@ def _commit(root: Path, name: str, stage: str, inputs: dict, counts: dict, extra
     return w
 
 
-def make_climblab(root: Path, records: list[dict], docs_per_cluster=(12, 10, 14, 6),
-                  with_upstream: bool = True):
+def make_climblab(root: Path, records: list[dict], docs_per_cluster=(12, 10, 14, 6), with_upstream: bool = True):
     """A committed climblab (4 clusters of real sample documents, a BPE tokenizer trained on
     them), plus small committed curated and clusters datasets (the build reads them for its card);
     the climblab names them as its inputs only `with_upstream`."""
     from mixture.tokens import EOS, train_tokenizer
 
     cur = _commit(root, "curated", "curate", {}, {}, {}, {"docs/part-0.parquet": b"placeholder"})
-    curated = cur.commit({"documents_in": 120, "documents_out": 100, "exact_duplicates": 3,
-                          "near_duplicates": 2, "filtered": {"gopher_quality": 10, "c4": 5},
-                          "quarantined": {"invalid_json": 0}})
-    report = {"clusters": [{"cluster": i, "top_terms": [[f"term{i}a", 0.9], [f"term{i}b", 0.5]]}
-                           for i in range(4)]}
-    cl = _commit(root, "clusters", "cluster", {"curated": curated.manifest_sha256}, {}, {},
-                 {"report.json": report})
+    curated = cur.commit(
+        {
+            "documents_in": 120,
+            "documents_out": 100,
+            "exact_duplicates": 3,
+            "near_duplicates": 2,
+            "filtered": {"gopher_quality": 10, "c4": 5},
+            "quarantined": {"invalid_json": 0},
+        }
+    )
+    report = {"clusters": [{"cluster": i, "top_terms": [[f"term{i}a", 0.9], [f"term{i}b", 0.5]]} for i in range(4)]}
+    cl = _commit(root, "clusters", "cluster", {"curated": curated.manifest_sha256}, {}, {}, {"report.json": report})
     clusters = cl.commit({"clusters": 4, "pruned_clusters": 1, "pruned_documents": 9})
     inputs = {"curated": curated.manifest_sha256, "clusters": clusters.manifest_sha256} if with_upstream else {}
     by_cluster = {}
@@ -73,18 +81,22 @@ def make_climblab(root: Path, records: list[dict], docs_per_cluster=(12, 10, 14,
         Path(w.path(f"{name}/tokens.bin")).write_bytes(np.concatenate(docs).astype("<u2").tobytes())
         with open(w.path(f"{name}/tokens.idx"), "wb") as f:
             np.save(f, offsets)
-        pq.write_table(pa.table({"id": [r["id"] for r in recs], "text": [r["text"] for r in recs]}),
-                       w.path(f"{name}/text.parquet"))
+        pq.write_table(
+            pa.table({"id": [r["id"] for r in recs], "text": [r["text"] for r in recs]}), w.path(f"{name}/text.parquet")
+        )
         info[name] = {"documents": len(docs), "tokens": int(offsets[-1])}
     total = sum(v["tokens"] for v in info.values())
     n = sum(v["documents"] for v in info.values())
-    return w.commit({"documents_in": n, "documents_out": n, "tokens": total, "clusters": len(info)},
-                    {"clusters": info, "vocab_size": tok.get_vocab_size(), "eos_id": eos, "dtype": "uint16"})
+    return w.commit(
+        {"documents_in": n, "documents_out": n, "tokens": total, "clusters": len(info)},
+        {"clusters": info, "vocab_size": tok.get_vocab_size(), "eos_id": eos, "dtype": "uint16"},
+    )
 
 
 def make_search(root: Path, climblab, weights: dict[str, float]):
-    w = DatasetWriter(storage.join(str(root), "search"), "search", "search-config",
-                      {"climblab": climblab.manifest_sha256})
+    w = DatasetWriter(
+        storage.join(str(root), "search"), "search", "search-config", {"climblab": climblab.manifest_sha256}
+    )
     storage.write_json(w.path("mixture.json"), {"weights": weights, "method": "test"})
     return w.commit({"runs": 0, "iterations": 0}, {"mixture": weights})
 
@@ -111,7 +123,7 @@ def test_select_documents_reaches_target_with_whole_documents():
         assert target <= got < target + lengths.max(), (target, got)
     idx = select_documents(lengths, 2 * total + 10, rng)
     counts = np.bincount(idx, minlength=len(lengths))
-    assert counts.min() >= 2 and counts.max() <= 3               # two full passes and a part of a third
+    assert counts.min() >= 2 and counts.max() <= 3  # two full passes and a part of a third
     assert len(select_documents(lengths, 0, rng)) == 0
 
 
@@ -124,9 +136,16 @@ def test_select_documents_is_seeded():
 
 
 def test_plan_caps_epochs_only_where_needed():
-    plans = {p.cluster: p for p in plan_clusters(
-        {"a": 0.5, "b": 0.5, "c": 0.0}, {"a": 1000, "b": 100, "c": 50}, {"a": 10, "b": 2, "c": 1},
-        budget=2000, max_epochs=4.0)}
+    plans = {
+        p.cluster: p
+        for p in plan_clusters(
+            {"a": 0.5, "b": 0.5, "c": 0.0},
+            {"a": 1000, "b": 100, "c": 50},
+            {"a": 10, "b": 2, "c": 1},
+            budget=2000,
+            max_epochs=4.0,
+        )
+    }
     assert not plans["a"].capped and plans["a"].target_tokens == 1000 and plans["a"].wanted_epochs == 1.0
     assert plans["b"].capped and plans["b"].target_tokens == 400 and plans["b"].wanted_epochs == 10.0
     assert plans["c"].target_tokens == 0 and not plans["c"].capped
@@ -189,6 +208,7 @@ def test_build_writes_mixture_shards(lab_inputs, caplog):
     # row i of the Parquet is document i of the token shards, in its cluster
     tok = open_dataset(str(root / "climblab"))
     from tokenizers import Tokenizer
+
     tokenizer = Tokenizer.from_file(str(Path(ds.path("tokenizer/tokenizer.json"))))
     eos = m.extra["eos_id"]
     cluster_of = {}
@@ -208,10 +228,13 @@ def test_build_writes_mixture_shards(lab_inputs, caplog):
     # card and tokenizer
     card = Path(ds.path("README.md")).read_text()
     assert "| c00 | term0a, term0b | 0.4000 |" in card
-    assert "np.memmap" in card and "load_dataset(\"parquet\"" in card and "pyarrow" in card
+    assert "np.memmap" in card and 'load_dataset("parquet"' in card and "pyarrow" in card
     assert "3 exact and 2 near duplicates" in card
     assert "gopher_quality 10" in card and "min_words=50" in card
-    assert Path(ds.path("tokenizer/tokenizer.json")).read_bytes() == Path(tok.path("tokenizer/tokenizer.json")).read_bytes()
+    assert (
+        Path(ds.path("tokenizer/tokenizer.json")).read_bytes()
+        == Path(tok.path("tokenizer/tokenizer.json")).read_bytes()
+    )
     ds.verify()
 
 
@@ -220,11 +243,11 @@ def test_build_is_reproducible_and_seeded(lab_inputs):
     a = run_stage(make_config(root), "climbmix").dataset
     hash_a = content_hash(a.manifest.files)
     b = run_stage(make_config(root), "climbmix", force=True).dataset
-    assert content_hash(b.manifest.files) == hash_a               # byte-identical rebuild
+    assert content_hash(b.manifest.files) == hash_a  # byte-identical rebuild
     ids_b = pq.read_table(b.files("parquet/")[0]).column("id").to_pylist()
     cfg = make_config(root)
     cfg.seed = 8
-    c = run_stage(cfg, "climbmix").dataset                        # replaces the dataset
+    c = run_stage(cfg, "climbmix").dataset  # replaces the dataset
     assert content_hash(c.manifest.files) != hash_a
     ids_c = pq.read_table(c.files("parquet/")[0]).column("id").to_pylist()
     assert ids_b != ids_c
@@ -279,7 +302,7 @@ def test_formats_select_what_is_written_and_the_card_follows(lab_inputs):
     # the same rows whatever else is written
     assert {Path(p).name: Path(p).read_bytes() for p in only.files("parquet/")} == parquet_both
     card = Path(only.path("README.md")).read_text()
-    assert "load_dataset(\"parquet\"" in card and "np.memmap" not in card
+    assert 'load_dataset("parquet"' in card and "np.memmap" not in card
     assert only.manifest.extra["formats"] == ["parquet"]
     tokens = run_stage(make_config(root, formats=["tokens"]), "climbmix").dataset
     assert tokens.files("tokens/") and not tokens.files("parquet/")
@@ -304,8 +327,10 @@ def test_card_title_comes_from_the_data_not_the_run_name(lab_inputs):
     cfg = make_config(root)
     cfg.run_name = "another-name"
     b = run_stage(cfg, "climbmix")
-    assert b.skipped                                   # run_name is outside the build's hash...
+    assert b.skipped  # run_name is outside the build's hash...
     title = next(line for line in Path(a.path("README.md")).read_text().splitlines() if line.startswith("# "))
     # ...so the title is made of what the build's hash covers: its size and the mixture's content
-    assert title == (f"# ClimbMix-style dataset: {a.manifest.counts['tokens']:,} tokens from 4 clusters, "
-                     f"mixture {a.manifest.extra['mixture_sha256'][:12]}")
+    assert title == (
+        f"# ClimbMix-style dataset: {a.manifest.counts['tokens']:,} tokens from 4 clusters, "
+        f"mixture {a.manifest.extra['mixture_sha256'][:12]}"
+    )

@@ -1,5 +1,6 @@
 """Stage `cluster`: deterministic spherical k-means, pruning and Ward merging with known
 answers, and the committed dataset with its report (docs/DATASETS.md, "clusters")."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from mixture import pipeline
-from mixture.kmeans import (ClusterError, effective_k, final_ids, prune_reasons, spherical_kmeans,
-                            ward_merge)
 from mixture.config import parse_config
+from mixture.kmeans import ClusterError, effective_k, final_ids, prune_reasons, spherical_kmeans, ward_merge
+from mixture.report import nmi, purity
 from mixture.scorers import QualityError
 from mixture.scorers.fasttext import fasttext_available
-from mixture.report import nmi, purity
 from test_embed import base_config, make_curated, pick
 
 SOURCES = ["fortunes", "python-code", "dictionary", "debian-policy", "manpages", "wordnet"]
@@ -25,7 +24,7 @@ SOURCES = ["fortunes", "python-code", "dictionary", "debian-policy", "manpages",
 
 def blobs(seed: int, centers: int = 5, per: int = 200, dim: int = 32, noise: float = 0.15):
     rng = np.random.default_rng(seed)
-    dirs = np.linalg.qr(rng.standard_normal((dim, centers)))[0].T     # orthonormal directions
+    dirs = np.linalg.qr(rng.standard_normal((dim, centers)))[0].T  # orthonormal directions
     x = np.vstack([d + noise * rng.standard_normal((per, dim)) for d in dirs]).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True), np.repeat(np.arange(centers), per)
 
@@ -36,7 +35,7 @@ def test_kmeans_is_deterministic_for_a_seed_and_finds_separated_groups():
     a = spherical_kmeans(x, 5, niter=20, nredo=2, seed=7, max_train_points=600, use_gpu=False)
     b = spherical_kmeans(x, 5, niter=20, nredo=2, seed=7, max_train_points=600, use_gpu=False)
     assert np.array_equal(a.assign, b.assign) and np.array_equal(a.centroids, b.centroids)
-    assert a.train_points == 600 and len(a.assign) == len(x)          # sample trains, all assigned
+    assert a.train_points == 600 and len(a.assign) == len(x)  # sample trains, all assigned
     assert purity(a.assign, truth) == 1.0 and nmi(a.assign, truth) == pytest.approx(1.0)
     assert np.allclose(np.linalg.norm(a.centroids, axis=1), 1.0, atol=1e-5)
     assert a.objective == pytest.approx(float((x * a.centroids[a.assign]).sum(1).mean()), abs=1e-5)
@@ -58,7 +57,14 @@ def test_pruning_reasons_on_both_sides_of_each_threshold():
     sizes = np.array([0, 2, 3, 10, 10, 10, 4])
     quality = np.array([np.nan, 4.0, 4.0, 2.99, 3.0, 4.5, np.nan])
     assert prune_reasons(sizes, quality, min_cluster_size=3, min_cluster_quality=3.0) == [
-        "empty", "size", None, "quality", None, None, "quality"]
+        "empty",
+        "size",
+        None,
+        "quality",
+        None,
+        None,
+        "quality",
+    ]
 
 
 # ------------------------------------------------------------------------------------ merging
@@ -95,14 +101,14 @@ def test_ward_merge_height_exactly_at_the_distance_merges():
 def test_unit_vectors_ward_height_is_the_chord_length():
     # on unit vectors, two singletons at cosine c merge at height sqrt(2 (1 - c)): 1.5 <-> c = -0.125
     cos = -0.125
-    u, v = np.array([1.0, 0.0]), np.array([cos, np.sqrt(1 - cos ** 2)])
+    u, v = np.array([1.0, 0.0]), np.array([cos, np.sqrt(1 - cos**2)])
     assert ward_merge(np.vstack([u, v]), 1.5 + 1e-9, None).applied == 1
     assert ward_merge(np.vstack([u, v]), 1.5 - 1e-6, None).applied == 0
 
 
 def test_final_ids_are_ordered_by_size_then_smallest_kmeans_id():
     kept = np.array([0, 2, 3, 5, 6])
-    groups = np.array([0, 1, 0, 2, 3])      # kmeans 0+3 together, 2, 5, 6
+    groups = np.array([0, 1, 0, 2, 3])  # kmeans 0+3 together, 2, 5, 6
     sizes = np.zeros(7, dtype=int)
     sizes[[0, 2, 3, 5, 6]] = [5, 10, 5, 4, 10]
     # group sizes: {0: 10 (kmeans 0,3), 1: 10 (kmeans 2), 2: 4, 3: 10 (kmeans 6)}; ties by smallest kmeans id
@@ -137,8 +143,14 @@ def test_cluster_stage_writes_the_dataset_and_report(embedded, tmp_path):
     result = pipeline.run_stage(cfg, "clusters")
     ds = result.dataset
     counts = ds.manifest.counts
-    assert counts == {"documents_in": 90, "documents_out": 90, "k_init": 9, "clusters": 4,
-                      "pruned_clusters": counts["pruned_clusters"], "pruned_documents": 0}   # 90 / 10 = 9
+    assert counts == {
+        "documents_in": 90,
+        "documents_out": 90,
+        "k_init": 9,
+        "clusters": 4,
+        "pruned_clusters": counts["pruned_clusters"],
+        "pruned_documents": 0,
+    }  # 90 / 10 = 9
     a = _assignments(ds)
     assert list(a.columns) == ["id", "cluster_init", "cluster", "quality", "score_heuristic"]
     assert a["id"].tolist() == [r["id"] for r in embedded[1]]
@@ -178,12 +190,13 @@ def test_clusters_below_the_quality_threshold_are_pruned(embedded, tmp_path):
     cfg = parse_config(base_config(root, cluster={"k_init": 9, "target_clusters": 3}))
     a = _assignments(pipeline.run_stage(cfg, "clusters").dataset)
     means = a.groupby("cluster_init")["quality"].mean().sort_values()
-    threshold = float((means.iloc[1] + means.iloc[2]) / 2)           # two clusters below, the rest above
-    cfg = parse_config(base_config(root, cluster={"k_init": 9, "target_clusters": 3,
-                                                  "quality": {"min_cluster_quality": threshold}}))
+    threshold = float((means.iloc[1] + means.iloc[2]) / 2)  # two clusters below, the rest above
+    cfg = parse_config(
+        base_config(root, cluster={"k_init": 9, "target_clusters": 3, "quality": {"min_cluster_quality": threshold}})
+    )
     ds = pipeline.run_stage(cfg, "clusters").dataset
     b = _assignments(ds)
-    assert b["cluster_init"].equals(a["cluster_init"])               # pruning does not move k-means
+    assert b["cluster_init"].equals(a["cluster_init"])  # pruning does not move k-means
     low = set(means.index[:2])
     assert set(b.loc[b["cluster"] == -1, "cluster_init"]) == low
     assert (b.loc[~b["cluster_init"].isin(low), "cluster"] >= 0).all()
@@ -206,10 +219,21 @@ def test_classifier_scorer_prefers_documents_like_the_reference(embedded, tmp_pa
     ref = [r for r in sample_records if r["source"] == "python-code" and r["id"] not in used][:12]
     ref_file = tmp_path / "reference.jsonl"
     ref_file.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in ref))
-    cfg = parse_config(base_config(root, cluster={
-        "k_init": 9, "target_clusters": 3,
-        "quality": {"scorer": "classifier", "reference_uris": [str(ref_file)], "min_cluster_quality": 0.0,
-                    "classifier_negatives": 60}}))
+    cfg = parse_config(
+        base_config(
+            root,
+            cluster={
+                "k_init": 9,
+                "target_clusters": 3,
+                "quality": {
+                    "scorer": "classifier",
+                    "reference_uris": [str(ref_file)],
+                    "min_cluster_quality": 0.0,
+                    "classifier_negatives": 60,
+                },
+            },
+        )
+    )
     ds = pipeline.run_stage(cfg, "clusters").dataset
     a = _assignments(ds)
     assert {"score_heuristic", "score_classifier"} <= set(a.columns)
@@ -226,13 +250,15 @@ def test_fasttext_without_the_package(embedded, tmp_path):
     root = _copy(embedded, tmp_path)
     model = tmp_path / "quality.bin"
     model.write_bytes(b"not a model")
-    cfg = parse_config(base_config(root, cluster={"k_init": 9, "quality": {"scorer": "fasttext",
-                                                                           "fasttext_model": str(model)}}))
+    cfg = parse_config(
+        base_config(root, cluster={"k_init": 9, "quality": {"scorer": "fasttext", "fasttext_model": str(model)}})
+    )
     with pytest.raises(QualityError, match="fasttext. package is not installed"):
         pipeline.run_stage(cfg, "clusters")
     # asked for as an extra score only: skipped, said so in the report, the heuristic drives pruning
-    cfg = parse_config(base_config(root, cluster={"k_init": 9, "target_clusters": 3,
-                                                  "quality": {"fasttext_model": str(model)}}))
+    cfg = parse_config(
+        base_config(root, cluster={"k_init": 9, "target_clusters": 3, "quality": {"fasttext_model": str(model)}})
+    )
     ds = pipeline.run_stage(cfg, "clusters").dataset
     rep = json.loads(Path(ds.path("report.json")).read_text())
     assert rep["quality"]["notes"]["fasttext"] == "skipped: fasttext not installed"
@@ -243,6 +269,6 @@ def test_curated_documents_without_embeddings_are_a_clear_error(embedded, tmp_pa
     root = _copy(embedded, tmp_path)
     cfg = parse_config(base_config(root, cluster={"k_init": 9}))
     extra = [r for r in sample_records if r["id"] not in {x["id"] for x in embedded[1]}][:1]
-    make_curated(cfg, embedded[1] + extra)          # re-committed curated, embeddings not rerun
+    make_curated(cfg, embedded[1] + extra)  # re-committed curated, embeddings not rerun
     with pytest.raises(ClusterError, match="1 curated documents without an embedding"):
         pipeline.run_stage(cfg, "clusters")

@@ -3,6 +3,7 @@ connections, the `gpu` pool, workers for every queue), keeps credentials in the 
 `.env`, validates with `docker-compose config -q`, and its service files work (the bucket
 initialiser against a real S3 endpoint, the shell scripts parse, the images copy what exists).
 No Docker engine is needed."""
+
 from __future__ import annotations
 
 import ast
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DAG_SOURCES = sorted((REPO / "dags").glob("*.py"))
-IMAGE_ROOT = "/opt/climb"          # where the images put the repository (infra/Dockerfile.*)
+IMAGE_ROOT = "/opt/climb"  # where the images put the repository (infra/Dockerfile.*)
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|FERNET|JWT|ACCESS_KEY|ROOT_USER")
 SUBST = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 
@@ -55,8 +56,7 @@ def _module_constants(trees: dict[Path, ast.Module]) -> dict[str, object]:
     consts = {}
     for tree in trees.values():
         for node in tree.body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                    and isinstance(node.targets[0], ast.Name):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 try:
                     consts[node.targets[0].id] = ast.literal_eval(node.value)
                 except ValueError:
@@ -93,21 +93,30 @@ def _dag_reads() -> dict[str, set[str]]:
             f = node.func
             name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
             owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
-            kind = ("variables" if name == "variable" or (owner == "Variable" and name == "get")
-                    else "connections" if name == "get_connection" or (owner == "Connection" and name == "get")
-                    else None)
+            kind = (
+                "variables"
+                if name == "variable" or (owner == "Variable" and name == "get")
+                else "connections"
+                if name == "get_connection" or (owner == "Connection" and name == "get")
+                else None
+            )
             if kind:
-                arg = node.args[0] if node.args else next(
-                    (k.value for k in node.keywords if k.arg in ("key", "conn_id")), None)
+                arg = (
+                    node.args[0]
+                    if node.args
+                    else next((k.value for k in node.keywords if k.arg in ("key", "conn_id")), None)
+                )
                 value = literal(arg)
                 if value is None:
-                    assert id(node) in inside_helper, f"{path.name}:{node.lineno}: a {kind[:-1]} read by a non-literal name"
+                    assert id(node) in inside_helper, (
+                        f"{path.name}:{node.lineno}: a {kind[:-1]} read by a non-literal name"
+                    )
                 else:
                     reads[kind].add(value)
             for kw in node.keywords:
                 if kw.arg in ("pool", "queue") and (value := literal(kw.value)):
                     reads[kw.arg + "s"].add(value)
-        text = path.read_text()      # Jinja templates: {{ var.value.x }}, {{ conn.x }}
+        text = path.read_text()  # Jinja templates: {{ var.value.x }}, {{ conn.x }}
         reads["variables"] |= set(re.findall(r"var\.(?:value|json)\.(\w+)", text))
         reads["connections"] |= set(re.findall(r"\{\{\s*conn\.(\w+)", text))
     reads["declared_variables"] = set(consts.get("VARIABLES", {}))
@@ -120,8 +129,14 @@ def test_every_variable_and_connection_the_dags_read_is_set_for_every_airflow_se
     # Every Variable read is declared with its default in dags/_common.py.
     assert reads["variables"] <= reads["declared_variables"]
     services = _airflow_services(_compose())
-    assert {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-            "airflow-worker", "airflow-worker-gpu"} <= set(services)
+    assert {
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "airflow-worker-gpu",
+    } <= set(services)
     for name, service in services.items():
         env = _env(service)
         for var in reads["declared_variables"]:
@@ -139,7 +154,7 @@ def test_compose_creates_every_pool_and_runs_a_worker_for_every_queue():
     compose = _compose()
     assert _command(compose["services"]["airflow-init"]) == ["bash", "infra/airflow/init.sh"]
     default_queues, with_gpu_profile = set(), set()
-    for name, service in _airflow_services(compose).items():
+    for service in _airflow_services(compose).values():
         cmd = _command(service)
         if cmd[1:3] == ["celery", "worker"]:
             queues = set(_defaults(cmd[cmd.index("--queues") + 1]).split(","))
@@ -153,16 +168,17 @@ def test_compose_creates_every_pool_and_runs_a_worker_for_every_queue():
 
 def test_credentials_come_from_the_uncommitted_env_file():
     compose = _compose()
-    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")
+    )
     required = set()
     for name, service in compose["services"].items():
         for key, value in _env(service).items():
             refs = SUBST.findall(value)
-            if SECRET_KEY.search(key) and not key.endswith("_FILE"):     # a path is no secret
+            if SECRET_KEY.search(key) and not key.endswith("_FILE"):  # a path is no secret
                 # a ${VAR:?message} reference: no default a deployment could silently keep
                 assert refs and all(op == "?" for _, op, _ in refs), f"{name}: {key} must be ${{VAR:?...}}"
-            if "://" in value and "@" in value:     # a URL with credentials in it
+            if "://" in value and "@" in value:  # a URL with credentials in it
                 assert all(op == "?" for _, op, _ in refs) and refs, f"{name}: {key} embeds a credential"
             required |= {var for var, op, _ in refs if op == "?"}
     assert required and required <= set(example), f"missing from .env.example: {required - set(example)}"
@@ -178,8 +194,18 @@ def _compose_env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
 @pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
 def test_docker_compose_config_validates(profile, tmp_path):
-    cmd = ["docker-compose", "--project-directory", str(REPO), "-f", str(COMPOSE),
-           "--env-file", str(ENV_EXAMPLE), *profile, "config", "-q"]
+    cmd = [
+        "docker-compose",
+        "--project-directory",
+        str(REPO),
+        "-f",
+        str(COMPOSE),
+        "--env-file",
+        str(ENV_EXAMPLE),
+        *profile,
+        "config",
+        "-q",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_compose_env(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -188,8 +214,17 @@ def test_docker_compose_config_validates(profile, tmp_path):
 def test_docker_compose_refuses_to_start_without_the_secrets(tmp_path):
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    cmd = ["docker-compose", "--project-directory", str(REPO), "-f", str(COMPOSE),
-           "--env-file", str(empty), "config", "-q"]
+    cmd = [
+        "docker-compose",
+        "--project-directory",
+        str(REPO),
+        "-f",
+        str(COMPOSE),
+        "--env-file",
+        str(empty),
+        "config",
+        "-q",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_compose_env(tmp_path), timeout=120)
     assert proc.returncode != 0 and "in .env" in proc.stderr
 
@@ -202,9 +237,9 @@ def test_deployment_run_config_is_valid_and_lands_on_shared_volumes():
     worker = _env(compose["services"]["airflow-worker"])
     path = _defaults(worker["AIRFLOW_VAR_CLIMB_CONFIG"])
     assert path.startswith(IMAGE_ROOT + "/")
-    local = REPO / path[len(IMAGE_ROOT) + 1:]
+    local = REPO / path[len(IMAGE_ROOT) + 1 :]
     cwd = os.getcwd()
-    os.chdir(REPO)                  # relative paths resolve against the project root, as in the DAGs
+    os.chdir(REPO)  # relative paths resolve against the project root, as in the DAGs
     try:
         cfg = load_config(local)
     finally:
@@ -212,8 +247,10 @@ def test_deployment_run_config_is_valid_and_lands_on_shared_volumes():
     for uri in cfg.input.uris + cfg.search.target.val_uris:
         assert Path(uri).exists(), f"{uri} is not in the repository (the image copies it)"
     # Outputs are written by Airflow workers and Spark executors: the same volume on both.
-    mounts = {name: {v.split(":")[1] for v in compose["services"][name].get("volumes", [])}
-              for name in ("airflow-worker", "spark-worker")}
+    mounts = {
+        name: {v.split(":")[1] for v in compose["services"][name].get("volumes", [])}
+        for name in ("airflow-worker", "spark-worker")
+    }
     for name, targets in mounts.items():
         assert any(cfg.output_root.startswith(t + "/") for t in targets), f"{name} cannot see {cfg.output_root}"
     master = _defaults(worker["AIRFLOW_VAR_CLIMB_SPARK_MASTER"])
@@ -225,12 +262,14 @@ def test_create_buckets_against_a_real_s3_endpoint(s3_endpoint):
     import boto3
 
     script = REPO / "infra" / "minio" / "create_buckets.py"
-    first = subprocess.run([sys.executable, str(script), "climb-x", "mlflow-x"],
-                           capture_output=True, text=True, timeout=120)
+    first = subprocess.run(
+        [sys.executable, str(script), "climb-x", "mlflow-x"], capture_output=True, text=True, timeout=120
+    )
     assert first.returncode == 0, first.stderr
     assert "created: climb-x, mlflow-x" in first.stdout
-    again = subprocess.run([sys.executable, str(script), "climb-x", "mlflow-x"],
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, str(script), "climb-x", "mlflow-x"], capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0 and "created: none" in again.stdout
     names = {b["Name"] for b in boto3.client("s3", endpoint_url=s3_endpoint).list_buckets()["Buckets"]}
     assert {"climb-x", "mlflow-x"} <= names
@@ -245,8 +284,9 @@ def test_service_scripts_parse():
         assert proc.returncode == 0, f"{script}: {proc.stderr}"
 
 
-@pytest.mark.parametrize("dockerfile,requirements", [("Dockerfile.cpu", "requirements.txt"),
-                                                     ("Dockerfile.cuda", "requirements-gpu.txt")])
+@pytest.mark.parametrize(
+    "dockerfile,requirements", [("Dockerfile.cpu", "requirements.txt"), ("Dockerfile.cuda", "requirements-gpu.txt")]
+)
 def test_images_copy_paths_that_exist_and_install_their_requirements(dockerfile, requirements):
     text = (REPO / "infra" / dockerfile).read_text()
     for line in re.findall(r"^COPY\s+(.+)$", text, re.M):

@@ -3,6 +3,7 @@
 Processes, not threads: each run is `python -m tests.helpers.toy_stage`, a stage that stages its
 files slowly through the real runner (lease, writer, commit).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mixture.dataset import open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,8 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _start(root: Path, on_busy: str = "wait", seconds: float = 1.0, force: bool = False) -> subprocess.Popen:
     args = [sys.executable, "-m", "tests.helpers.toy_stage", str(root), on_busy, str(seconds)]
-    return subprocess.Popen(args + (["force"] if force else []), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        args + (["force"] if force else []),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def _consistent(root: Path) -> dict:
@@ -39,7 +45,7 @@ def _consistent(root: Path) -> dict:
 
 def test_second_run_waits_then_finds_the_dataset_up_to_date(tmp_path):
     first = _start(tmp_path, seconds=2.0)
-    time.sleep(0.8)                                   # the first one holds the lease by now
+    time.sleep(0.8)  # the first one holds the lease by now
     second = _start(tmp_path)
     out1, err1 = first.communicate(timeout=60)
     out2, err2 = second.communicate(timeout=60)

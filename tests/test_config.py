@@ -1,7 +1,7 @@
 """The one configuration: validated at load, one clear error naming the key."""
+
 import pytest
 import yaml
-
 from mixture.config import ConfigError, load_config, parse_config
 
 BASE = {"output_root": "/tmp/out", "input": {"uris": ["/data/in.jsonl"]}}
@@ -27,21 +27,26 @@ def test_defaults_follow_the_paper():
     assert cfg.curate.fuzzy_dedup.threshold == 0.8 and cfg.curate.fuzzy_dedup.ngram == 5
 
 
-@pytest.mark.parametrize("sections, key", [
-    ({"curate": {"spark_mastr": "local[2]"}}, "curate.spark_mastr"),                 # unknown key
-    ({"embed": {"batch_size": "big"}}, "embed.batch_size"),                            # wrong type
-    ({"search": {"iterations": [8, -1]}}, "search.iterations"),                        # negative budget
-    ({"build": {"tokens": 0}}, "build.tokens"),                                        # empty budget
-    ({"search": {"concentration": [5.0, 0.1]}}, "search.concentration"),               # impossible range
-    ({"search": {"weight_floor": 1.5}}, "search.weight_floor"),                        # weights can't sum to 1
-    ({"curate": {"fuzzy_dedup": {"threshold": 1.2}}}, "curate.fuzzy_dedup.threshold"),
-    ({"curate": {"filters": {"gopher_quality": {"min_words": 500, "max_words": 100}}}},
-     "curate.filters.gopher_quality"),
-])
+@pytest.mark.parametrize(
+    "sections, key",
+    [
+        ({"curate": {"spark_mastr": "local[2]"}}, "curate.spark_mastr"),  # unknown key
+        ({"embed": {"batch_size": "big"}}, "embed.batch_size"),  # wrong type
+        ({"search": {"iterations": [8, -1]}}, "search.iterations"),  # negative budget
+        ({"build": {"tokens": 0}}, "build.tokens"),  # empty budget
+        ({"search": {"concentration": [5.0, 0.1]}}, "search.concentration"),  # impossible range
+        ({"search": {"weight_floor": 1.5}}, "search.weight_floor"),  # weights can't sum to 1
+        ({"curate": {"fuzzy_dedup": {"threshold": 1.2}}}, "curate.fuzzy_dedup.threshold"),
+        (
+            {"curate": {"filters": {"gopher_quality": {"min_words": 500, "max_words": 100}}}},
+            "curate.filters.gopher_quality",
+        ),
+    ],
+)
 def test_bad_values_name_the_key(sections, key):
     with pytest.raises(ConfigError) as err:
         _cfg(**sections)
-    assert key in str(err.value) and "\n" not in str(err.value)          # one line
+    assert key in str(err.value) and "\n" not in str(err.value)  # one line
 
 
 def test_missing_required_keys_are_named():
@@ -51,8 +56,7 @@ def test_missing_required_keys_are_named():
 
 
 def test_values_inside_limits_are_accepted():
-    cfg = _cfg(search={"iterations": [1], "weight_floor": 0.0, "concentration": [1.0, 1.0]},
-               build={"tokens": 1})
+    cfg = _cfg(search={"iterations": [1], "weight_floor": 0.0, "concentration": [1.0, 1.0]}, build={"tokens": 1})
     assert cfg.search.iterations == [1] and cfg.build.tokens == 1
 
 
@@ -83,18 +87,22 @@ def test_section_hash_changes_only_with_its_section():
 
 def test_demo_config_is_valid():
     from pathlib import Path
+
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     assert len(cfg.search.iterations) == 3
 
 
-@pytest.mark.parametrize("sections, key", [
-    ({"input": {"uris": ["/ok.jsonl", "s3://USER:SECRET@bucket/x"]}}, "input.uris.1"),
-    ({"output_root": "s3://USER:SECRET@bucket/out"}, "output_root"),
-    ({"search": {"target": {"val_uris": ["https://USER:SECRET@host/val.jsonl"]}}}, "search.target.val_uris.0"),
-    ({"publish": {"uri": "s3://USER:SECRET@bucket/p"}}, "publish.uri"),
-    ({"tracking": {"uri": "http://USER:SECRET@mlflow:5000"}}, "tracking.uri"),
-    ({"build": {"mixture": "s3://USER:SECRET@bucket/m.json"}}, "build.mixture"),
-])
+@pytest.mark.parametrize(
+    "sections, key",
+    [
+        ({"input": {"uris": ["/ok.jsonl", "s3://USER:SECRET@bucket/x"]}}, "input.uris.1"),
+        ({"output_root": "s3://USER:SECRET@bucket/out"}, "output_root"),
+        ({"search": {"target": {"val_uris": ["https://USER:SECRET@host/val.jsonl"]}}}, "search.target.val_uris.0"),
+        ({"publish": {"uri": "s3://USER:SECRET@bucket/p"}}, "publish.uri"),
+        ({"tracking": {"uri": "http://USER:SECRET@mlflow:5000"}}, "tracking.uri"),
+        ({"build": {"mixture": "s3://USER:SECRET@bucket/m.json"}}, "build.mixture"),
+    ],
+)
 def test_credentials_in_any_uri_are_refused_without_echoing_them(sections, key):
     with pytest.raises(ConfigError) as err:
         _cfg(**sections)

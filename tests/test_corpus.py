@@ -1,11 +1,12 @@
 """Pieces of the sample-corpus builder that need no Debian packages."""
+
 import random
 
 from mixture.corpus import chunk, html_to_text, paragraphs, roff_to_text
 
 
 def test_roff_to_text_drops_requests_and_font_escapes():
-    src = '.TH LS 1\n.SH NAME\nls \\- list directory contents\n.PP\n\\fB\\-a\\fR, \\fB\\-\\-all\\fR\ndo not ignore\n'
+    src = ".TH LS 1\n.SH NAME\nls \\- list directory contents\n.PP\n\\fB\\-a\\fR, \\fB\\-\\-all\\fR\ndo not ignore\n"
     text = roff_to_text(src)
     assert "NAME" in text and "ls - list directory contents" in text and "-a, --all" in text
     assert ".TH" not in text and "\\f" not in text
@@ -21,5 +22,5 @@ def test_chunks_stay_within_word_limits():
     assert docs
     for d in docs:
         assert 200 <= len(d.split()) <= 5000
-    assert all("word " * 5999 not in d for d in docs)       # a paragraph over the limit is left out
+    assert all("word " * 5999 not in d for d in docs)  # a paragraph over the limit is left out
     assert paragraphs("a\n\n\nb\n \nc") == ["a", "b", "c"]

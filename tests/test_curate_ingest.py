@@ -1,5 +1,6 @@
 """Ingest: every format, every defect quarantined with its file and line, splits that read the
 same records as a whole-file read, stable ids, S3 over a real HTTP endpoint."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-
 from mixture.curate import ingest
 from mixture.curate.ingest import ReadOptions, Split, list_inputs, plan_splits, read_split
 
@@ -48,8 +48,9 @@ def write_defects(path: Path) -> Path:
 def read_all(uri: str, opts: ReadOptions = OPTS, fmt: str = "auto", split_bytes: int = 1 << 30):
     files = list_inputs([uri])
     splits = plan_splits(files, fmt, split_bytes)
-    counts = {i: ingest.count_newlines(s) for i, s in enumerate(splits)
-              if s.kind == "jsonl" and (s.start > 0 or s.end >= 0)}
+    counts = {
+        i: ingest.count_newlines(s) for i, s in enumerate(splits) if s.kind == "jsonl" and (s.start > 0 or s.end >= 0)
+    }
     splits = ingest.resolve_line_numbers(splits, counts)
     return [r for s in splits for r in read_split(s, opts)], splits
 
@@ -69,14 +70,17 @@ def test_every_defect_is_quarantined_with_file_and_line(tmp_path):
     assert good[1].id == "a" and good[1].text.startswith("first line")
     assert good[2].source == "s1"
     assert good[16].id == "7"
-    assert good[17].id == "docs.jsonl:17"          # relative path + line: stable
+    assert good[17].id == "docs.jsonl:17"  # relative path + line: stable
 
 
-@pytest.mark.parametrize("suffix,compress", [
-    (".jsonl.gz", gzip.compress),
-    (".jsonl.zst", lambda b: zstandard.ZstdCompressor().compress(b)),
-    (".data", gzip.compress),                    # compression is sniffed, not taken from the name
-])
+@pytest.mark.parametrize(
+    "suffix,compress",
+    [
+        (".jsonl.gz", gzip.compress),
+        (".jsonl.zst", lambda b: zstandard.ZstdCompressor().compress(b)),
+        (".data", gzip.compress),  # compression is sniffed, not taken from the name
+    ],
+)
 def test_compressed_jsonl_reads_like_plain(tmp_path, suffix, compress):
     plain = write_defects(tmp_path / "docs.jsonl")
     packed = tmp_path / f"docs{suffix}"
@@ -89,13 +93,21 @@ def test_compressed_jsonl_reads_like_plain(tmp_path, suffix, compress):
 
 def test_parquet_rows_and_defects(tmp_path):
     path = tmp_path / "docs.parquet"
-    table = pa.table({"id": ["p1", None, "p3", "p4"],
-                      "text": ["a parquet document", "derived id", None, "   "],
-                      "source": ["x", "y", "z", "w"]})
+    table = pa.table(
+        {
+            "id": ["p1", None, "p3", "p4"],
+            "text": ["a parquet document", "derived id", None, "   "],
+            "source": ["x", "y", "z", "w"],
+        }
+    )
     pq.write_table(table, path, row_group_size=2)
     records, _ = read_all(str(path))
     assert [(r.line, r.id, r.reason) for r in records] == [
-        (1, "p1", None), (2, "docs.parquet:2", None), (3, None, "missing_text"), (4, None, "empty_text")]
+        (1, "p1", None),
+        (2, "docs.parquet:2", None),
+        (3, None, "missing_text"),
+        (4, None, "empty_text"),
+    ]
     # Split at row-group boundaries: same records, same row numbers.
     split_records, splits = read_all(str(path), split_bytes=16)
     assert len(splits) == 2 and [s.first_row for s in splits] == [1, 3]
@@ -114,9 +126,11 @@ def test_parquet_binary_and_missing_text_column(tmp_path):
 
 
 def test_truncated_and_unreadable_files(tmp_path):
-    rng = random.Random(0)       # random words compress poorly: the file spans many gzip blocks
-    lines = [json.dumps({"id": f"d{i}", "text": " ".join(f"{rng.getrandbits(40):x}" for _ in range(60))}).encode()
-             for i in range(2000)]
+    rng = random.Random(0)  # random words compress poorly: the file spans many gzip blocks
+    lines = [
+        json.dumps({"id": f"d{i}", "text": " ".join(f"{rng.getrandbits(40):x}" for _ in range(60))}).encode()
+        for i in range(2000)
+    ]
     blob = gzip.compress(b"\n".join(lines) + b"\n")
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(blob[: len(blob) // 2])

@@ -2,6 +2,7 @@
 with every kind of defect, filtered documents, exact and near duplicates in three formats; the
 accounting equation per file; the same committed files for 1, 4 and 16 partitions; `climb curate`
 and `spark-submit jobs/curate.py` commit the same annotated dataset."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,7 +15,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from mixture import pipeline
 from mixture.config import FiltersConfig, parse_config
 from mixture.curate import accounting
@@ -55,8 +55,11 @@ def crafted_input(tmp_path_factory, sample_records) -> tuple[Path, dict]:
     """Three files: JSONL with defects, gzip'd JSONL with duplicates, Parquet; and what to expect."""
     root = tmp_path_factory.mktemp("curate-in")
     chain = FilterChain(FiltersConfig())
-    passing = [r for r in sample_records if len(r["text"].split()) >= 300 and chain(r["text"]).reason is None
-               and not r["id"].endswith("-copy")][:14]
+    passing = [
+        r
+        for r in sample_records
+        if len(r["text"].split()) >= 300 and chain(r["text"]).reason is None and not r["id"].endswith("-copy")
+    ][:14]
     failing = [r for r in sample_records if chain(r["text"]).reason is not None][:6]
     base = passing[0]
     # A chain: b is a 4-word edit of a, c a 4-word edit of b (c is further from a).
@@ -64,22 +67,28 @@ def crafted_input(tmp_path_factory, sample_records) -> tuple[Path, dict]:
     step = n // 10
     b_text = _substitute(base["text"], [step, 3 * step, 5 * step, 7 * step], "zb")
     c_text = _substitute(b_text, [2 * step, 4 * step, 6 * step, 8 * step], "zc")
-    docs = ([{"id": r["id"], "text": r["text"], "source": r["source"]} for r in passing[1:9]]
-            + [{"id": "chain-a", "text": base["text"], "source": "chain"},
-               {"id": "chain-b", "text": b_text, "source": "chain"},
-               {"id": "chain-c", "text": c_text, "source": "chain"},
-               {"id": "zz-exact-1", "text": passing[1]["text"].upper(), "source": "copy"},   # same after normalising
-               {"id": "zz-exact-2", "text": "  " + passing[2]["text"] + "\n", "source": "copy"}]
-            + [{"id": r["id"], "text": r["text"], "source": r["source"]} for r in failing])
-    lines = [l for l, _ in DEFECT_LINES] + [json.dumps({"id": "chain-a", "text": "same id again"}).encode()]
+    docs = (
+        [{"id": r["id"], "text": r["text"], "source": r["source"]} for r in passing[1:9]]
+        + [
+            {"id": "chain-a", "text": base["text"], "source": "chain"},
+            {"id": "chain-b", "text": b_text, "source": "chain"},
+            {"id": "chain-c", "text": c_text, "source": "chain"},
+            {"id": "zz-exact-1", "text": passing[1]["text"].upper(), "source": "copy"},  # same after normalising
+            {"id": "zz-exact-2", "text": "  " + passing[2]["text"] + "\n", "source": "copy"},
+        ]
+        + [{"id": r["id"], "text": r["text"], "source": r["source"]} for r in failing]
+    )
+    lines = [line for line, _ in DEFECT_LINES] + [json.dumps({"id": "chain-a", "text": "same id again"}).encode()]
     (root / "z-defects.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     (root / "b-docs.jsonl.gz").write_bytes(gzip.compress("\n".join(json.dumps(d) for d in docs).encode() + b"\n"))
     # Parquet without ids: ids are derived from file and row.
-    pq.write_table(pa.table({"text": [r["text"] for r in passing[9:14]],
-                             "source": [r["source"] for r in passing[9:14]]}), root / "c-docs.parquet")
+    pq.write_table(
+        pa.table({"text": [r["text"] for r in passing[9:14]], "source": [r["source"] for r in passing[9:14]]}),
+        root / "c-docs.parquet",
+    )
     expected = {
         "defects": [(i, reason) for i, (_, reason) in enumerate(DEFECT_LINES, start=1)]
-                   + [(len(DEFECT_LINES) + 1, "duplicate_id")],
+        + [(len(DEFECT_LINES) + 1, "duplicate_id")],
         "documents_in": len(lines) + len(docs) + 5,
         "filtered": len(failing),
     }
@@ -87,10 +96,13 @@ def crafted_input(tmp_path_factory, sample_records) -> tuple[Path, dict]:
 
 
 def _config(tmp: Path, inputs: Path, partitions: int, tracking_uri: str | None = None) -> dict:
-    return {"run_name": "test", "output_root": str(tmp), "input": {"uris": [str(inputs)]},
-            "curate": {"spark_master": "local[2]", "partitions": partitions, "max_doc_bytes": 200_000,
-                       "docs_per_file": 6},
-            "tracking": {"experiment": "test-curate", "uri": tracking_uri}}
+    return {
+        "run_name": "test",
+        "output_root": str(tmp),
+        "input": {"uris": [str(inputs)]},
+        "curate": {"spark_master": "local[2]", "partitions": partitions, "max_doc_bytes": 200_000, "docs_per_file": 6},
+        "tracking": {"experiment": "test-curate", "uri": tracking_uri},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +165,7 @@ def test_quarantine_rejected_and_docs_contents(runs, crafted_input):
     for f in ds.files("docs/"):
         part_ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
         assert part_ids == sorted(part_ids)
-    assert len(ds.files("docs/")) >= 2                    # docs_per_file = 6
+    assert len(ds.files("docs/")) >= 2  # docs_per_file = 6
     assert {"chain-a", "c-docs.parquet:1"} <= set(ids) and "chain-b" not in ids
     schema = pq.read_schema(ds.files("docs/")[0])
     assert schema.field("n_words").type == pa.int32()
@@ -163,7 +175,7 @@ def test_quarantine_rejected_and_docs_contents(runs, crafted_input):
 
     rejected = {r["id"]: r for r in _read(ds, "rejected/")}
     assert rejected["chain-b"]["reason"] == "near_duplicate" and rejected["chain-b"]["duplicate_of"] == "chain-a"
-    assert rejected["chain-c"]["duplicate_of"] == "chain-a"      # via b: c is not similar to a
+    assert rejected["chain-c"]["duplicate_of"] == "chain-a"  # via b: c is not similar to a
     assert rejected["zz-exact-1"]["reason"] == "exact_duplicate"
     assert rejected["zz-exact-1"]["duplicate_of"] in ids
     filtered = [r for r in rejected.values() if r["reason"].startswith("filter:")]
@@ -177,9 +189,10 @@ def test_same_committed_files_for_1_4_16_partitions(runs):
 
     files = {p: {f["path"]: f["sha256"] for f in res.dataset.manifest.files} for p, (_, res) in runs.items()}
     assert files[1] == files[4] == files[16]
-    annotated = {p: {f["path"]: f["sha256"]
-                     for f in open_dataset(pipeline.dataset_uri(cfg, "annotated")).manifest.files}
-                 for p, (cfg, _) in runs.items()}
+    annotated = {
+        p: {f["path"]: f["sha256"] for f in open_dataset(pipeline.dataset_uri(cfg, "annotated")).manifest.files}
+        for p, (cfg, _) in runs.items()
+    }
     assert annotated[1] == annotated[4] == annotated[16]
     counts = {p: res.dataset.manifest.counts for p, (_, res) in runs.items()}
     strip = lambda c: json.dumps(c, sort_keys=True)  # noqa: E731
@@ -188,12 +201,11 @@ def test_same_committed_files_for_1_4_16_partitions(runs):
 
 def test_statistics_in_manifest_and_mlflow(runs):
     import mlflow
-
     from mixture import tracking
 
     cfg, result = runs[4]
     extra = result.dataset.manifest.extra
-    assert extra["filter_stats"]["rejects_alone"]       # filters alone, before first-failure attribution
+    assert extra["filter_stats"]["rejects_alone"]  # filters alone, before first-failure attribution
     assert extra["filters"]["gopher_quality"]["min_words"] == cfg.curate.filters.gopher_quality.min_words
     assert extra["fuzzy_dedup"]["near_duplicates"] == 2 and extra["fuzzy_dedup"]["groups"] == 1
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
@@ -211,8 +223,9 @@ def test_statistics_in_manifest_and_mlflow(runs):
 def test_accounting_fails_loudly_when_counts_do_not_add_up():
     with pytest.raises(accounting.AccountingError, match="read 3, accounted for 2"):
         accounting.build_counts(["f"], {"f": 3}, [("f", "kept", 1), ("f", "quarantine:blank_line", 1)])
-    counts = accounting.build_counts(["f", "g"], {"f": 3}, [("f", "kept", 1), ("f", "filter:c4:curly_brace", 1),
-                                                            ("f", "near_duplicate", 1)])
+    counts = accounting.build_counts(
+        ["f", "g"], {"f": 3}, [("f", "kept", 1), ("f", "filter:c4:curly_brace", 1), ("f", "near_duplicate", 1)]
+    )
     assert counts["per_file"]["g"]["documents_in"] == 0 and counts["filtered"] == {"c4": 1}
 
 
@@ -235,8 +248,14 @@ def test_climb_cli_and_spark_submit_commit_the_same_dataset(tmp_path, tiny_corpu
         if name == "cli":
             cmd = [str(Path(sys.executable).parent / "climb"), "curate", "--config", str(path)]
         else:
-            cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
-                   str(REPO / "jobs" / "curate.py"), "--config", str(path)]
+            cmd = [
+                str(Path(sys.executable).parent / "spark-submit"),
+                "--master",
+                "local[2]",
+                str(REPO / "jobs" / "curate.py"),
+                "--config",
+                str(path),
+            ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         manifest = json.loads((tmp_path / name / "annotated" / "_manifest.json").read_text())
@@ -249,7 +268,6 @@ def test_climb_cli_and_spark_submit_commit_the_same_dataset(tmp_path, tiny_corpu
 @pytest.mark.slow
 def test_reads_and_commits_on_s3(spark, crafted_input, tmp_path, s3_endpoint, s3_bucket):
     import boto3
-
     from mixture import storage
 
     inputs, expected = crafted_input
@@ -266,7 +284,10 @@ def test_reads_and_commits_on_s3(spark, crafted_input, tmp_path, s3_endpoint, s3
     assert counts["documents_in"] == expected["documents_in"]
     assert counts["exact_duplicates"] == 2 and counts["near_duplicates"] == 2
     assert set(counts["per_file"]) == {f"s3://{s3_bucket}/raw/{f.name}" for f in inputs.iterdir()}
-    quarantine = [row for f in result.dataset.files("quarantine/") for row in
-                  pq.read_table(pa.BufferReader(storage.read_bytes(f))).to_pylist()]
+    quarantine = [
+        row
+        for f in result.dataset.files("quarantine/")
+        for row in pq.read_table(pa.BufferReader(storage.read_bytes(f))).to_pylist()
+    ]
     assert sorted((q["line"], q["reason"]) for q in quarantine) == expected["defects"]
     result.dataset.verify()

@@ -7,6 +7,7 @@ retried leaving the same files as a clean run.
 Airflow reads its configuration when it is first imported, so the Airflow parts are imported
 inside fixtures and tests, after `airflow_home` has pointed it at a private SQLite metadata DB.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import tiny_config_dict, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,24 +32,39 @@ REFRESH_DATASETS = ("annotated", "curated", "embeddings", "clusters", "climblab"
 SEARCH_DATASETS = ("search", "climbmix")
 # Modules a DAG file must not import when it is parsed (the dag-processor parses every file
 # every 30 s by default; these take seconds to import and belong inside tasks).
-HEAVY = {"mixture", "torch", "pyspark", "mlflow", "pandas", "numpy", "pyarrow", "transformers",
-         "sentence_transformers", "lightgbm", "faiss", "sklearn", "tokenizers"}
+HEAVY = {
+    "mixture",
+    "torch",
+    "pyspark",
+    "mlflow",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "transformers",
+    "sentence_transformers",
+    "lightgbm",
+    "faiss",
+    "sklearn",
+    "tokenizers",
+}
 
 
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory):
     """A private AIRFLOW_HOME with a migrated SQLite metadata DB, DAGs from dags/."""
     if "airflow" in sys.modules:
-        pytest.fail("airflow was imported before its test home was set up: import it only "
-                    "inside tests that use the airflow_home fixture")
+        pytest.fail(
+            "airflow was imported before its test home was set up: import it only "
+            "inside tests that use the airflow_home fixture"
+        )
     home = tmp_path_factory.mktemp("airflow-home")
     patch = pytest.MonkeyPatch()
     patch.setenv("AIRFLOW_HOME", str(home))
     patch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
     patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     for name in [k for k in os.environ if k.startswith(("AIRFLOW_VAR_", "AIRFLOW_CONN_"))]:
-        patch.delenv(name)         # the DAGs' defaults, not whatever the shell has
-    patch.delenv("MLFLOW_TRACKING_URI", raising=False)     # each config's own SQLite store
+        patch.delenv(name)  # the DAGs' defaults, not whatever the shell has
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # each config's own SQLite store
     airflow = Path(sys.executable).parent / "airflow"
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, timeout=300)
     yield home
@@ -71,7 +86,7 @@ def test_dagbag_loads_without_import_errors_or_cycles(dagbag):
     assert dagbag.import_errors == {}
     assert set(dagbag.dag_ids) == {REFRESH, SEARCH}
     for dag_id in dagbag.dag_ids:
-        check_cycle(dagbag.get_dag(dag_id))      # raises on a cycle
+        check_cycle(dagbag.get_dag(dag_id))  # raises on a cycle
 
 
 def test_dag_files_parse_fast_without_heavy_imports(airflow_home):
@@ -92,8 +107,7 @@ for path in {[str(p) for p in DAG_FILES]!r}:
                   "new_modules": sorted({{m.split(".")[0] for m in set(sys.modules) - before}})}}
 print(json.dumps(out))
 """
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) == {str(p) for p in DAG_FILES} and len(result) == 2
@@ -116,7 +130,7 @@ def test_refresh_dag_runs_the_stages_in_order_on_a_schedule(dagbag):
     assert dag.get_task("embed").pool == "gpu"
     assert [a.uri for a in dag.get_task("announce").outlets] == ["climb://datasets/climblab"]
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert dag.timetable.expression == "0 0 * * 0"     # @weekly by default
+    assert dag.timetable.expression == "0 0 * * 0"  # @weekly by default
     assert dag.params["config"] == ""
 
 
@@ -125,7 +139,7 @@ def test_search_dag_unrolls_iterations_with_mapped_proxy_runs(dagbag):
     assets = [a.uri for a in dag.timetable.asset_condition.objects]
     assert assets == ["climb://datasets/climblab"]
     slots = sorted(t.task_id for t in dag.tasks if t.task_id.startswith("propose_"))
-    assert slots == ["propose_0", "propose_1", "propose_2"]         # the paper's 3 iterations
+    assert slots == ["propose_0", "propose_1", "propose_2"]  # the paper's 3 iterations
     for i in range(3):
         runs = dag.get_task(f"proxy_runs_{i}")
         assert runs.is_mapped and runs.pool == "gpu"
@@ -157,8 +171,7 @@ def _run(dagbag, dag_id: str, config: Path):
 
 
 def _task_states(dag_run) -> dict[tuple[str, int], tuple[str, int]]:
-    return {(ti.task_id, ti.map_index): (str(ti.state), ti.try_number)
-            for ti in dag_run.get_task_instances()}
+    return {(ti.task_id, ti.map_index): (str(ti.state), ti.try_number) for ti in dag_run.get_task_instances()}
 
 
 def _asset_events(dag_run) -> list[tuple[str, dict]]:
@@ -209,14 +222,16 @@ def _files(cfg, name: str) -> dict[str, str]:
 def _mlflow_runs(cfg, kind: str) -> list:
     """The search's MLflow runs of one kind (search, iteration, proxy) in the config's store."""
     import mlflow
-
     from mixture import tracking
     from mixture.search import track
 
     _forget_mlflow_uri()
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
-    return mlflow.search_runs(experiment_names=[track.experiment_name(cfg)],
-                              filter_string=f"tags.`climb.kind` = '{kind}'", output_format="list")
+    return mlflow.search_runs(
+        experiment_names=[track.experiment_name(cfg)],
+        filter_string=f"tags.`climb.kind` = '{kind}'",
+        output_format="list",
+    )
 
 
 def _write_config(tmp: Path, corpus: Path, output_root: Path | None = None) -> Path:
@@ -255,14 +270,20 @@ def clean_run(dagbag, tmp_path_factory, sample_records):
     by_source: dict[str, list] = {}
     for r in sample_records:
         by_source.setdefault(r["source"], []).append(r)
-    corpus = write_jsonl(tmp / "input" / "tiny.jsonl",
-                         [r for recs in by_source.values() for r in recs[:30]])
+    corpus = write_jsonl(tmp / "input" / "tiny.jsonl", [r for recs in by_source.values() for r in recs[:30]])
     config = _write_config(tmp, corpus)
     refresh = _run(dagbag, REFRESH, config)
     events = _asset_events(refresh)
     search = _run(dagbag, SEARCH, config)
-    return {"tmp": tmp, "corpus": corpus, "config": config, "cfg": load_config(config),
-            "refresh": refresh, "search": search, "events": events}
+    return {
+        "tmp": tmp,
+        "corpus": corpus,
+        "config": config,
+        "cfg": load_config(config),
+        "refresh": refresh,
+        "search": search,
+        "events": events,
+    }
 
 
 @pytest.mark.slow
@@ -277,9 +298,12 @@ def test_refresh_dag_commits_every_dataset_and_announces_climblab(clean_run):
     for name in REFRESH_DATASETS:
         open_dataset(pipeline.dataset_uri(cfg, name)).verify()
     climblab = open_dataset(pipeline.dataset_uri(cfg, "climblab"))
-    assert clean_run["events"] == [("climb://datasets/climblab", {
-        "config": str(clean_run["config"]), "uri": climblab.uri,
-        "manifest_sha256": climblab.manifest_sha256})]
+    assert clean_run["events"] == [
+        (
+            "climb://datasets/climblab",
+            {"config": str(clean_run["config"]), "uri": climblab.uri, "manifest_sha256": climblab.manifest_sha256},
+        )
+    ]
 
 
 @pytest.mark.slow
@@ -290,12 +314,12 @@ def test_search_dag_commits_the_mixture_and_records_mlflow_runs(clean_run):
     cfg = clean_run["cfg"]
     states = _task_states(clean_run["search"])
     assert str(clean_run["search"].state) == "success", states
-    n_runs = cfg.search.iterations                                  # [4, 2] in the tiny config
+    n_runs = cfg.search.iterations  # [4, 2] in the tiny config
     for i, n in enumerate(n_runs):
         mapped = {k: v for k, v in states.items() if k[0] == f"proxy_runs_{i}"}
         assert len(mapped) == n and {s for s, _ in mapped.values()} == {"success"}
-    assert states[("proxy_runs_2", -1)][0] == "skipped"             # the slot this config leaves unused
-    assert states[("publish", -1)][0] == "skipped"                  # publish.uri unset
+    assert states[("proxy_runs_2", -1)][0] == "skipped"  # the slot this config leaves unused
+    assert states[("publish", -1)][0] == "skipped"  # publish.uri unset
     for name in ("finish", "build"):
         assert states[(name, -1)][0] == "success"
     for name in SEARCH_DATASETS:
@@ -303,7 +327,7 @@ def test_search_dag_commits_the_mixture_and_records_mlflow_runs(clean_run):
     mixture = json.loads(open(open_dataset(pipeline.dataset_uri(cfg, "search")).path("mixture.json")).read())
     assert abs(sum(mixture["weights"].values()) - 1) < 1e-6
     proxies = _mlflow_runs(cfg, "proxy")
-    assert len(proxies) == sum(n_runs)                              # one per proxy run
+    assert len(proxies) == sum(n_runs)  # one per proxy run
     assert len({r.data.tags["climb.run_id"] for r in proxies}) == sum(n_runs)
     assert all("score" in r.data.metrics and r.info.status == "FINISHED" for r in proxies)
     assert len(_mlflow_runs(cfg, "iteration")) == len(n_runs)
@@ -323,12 +347,11 @@ def test_a_second_refresh_does_no_work_and_does_not_retrigger_the_search(clean_r
     assert states[("announce", -1)][0] == "skipped"
     assert _asset_events(again) == []
     after = {n: open_dataset(pipeline.dataset_uri(cfg, n)).manifest_sha256 for n in REFRESH_DATASETS}
-    assert after == before                                          # nothing recommitted
+    assert after == before  # nothing recommitted
 
 
 @pytest.mark.slow
-def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(
-        clean_run, dagbag, tmp_path, monkeypatch):
+def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clean_run, dagbag, tmp_path, monkeypatch):
     """Two injected one-shot failures: the embedding stage dies after staging every shard, just
     before its commit (the retry resumes from the staged shards), and one proxy run dies after
     finishing its training (the retry must reuse the finished run). Both DAGs still succeed, and
@@ -375,10 +398,10 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(
     refresh_states, search_states = _task_states(refresh), _task_states(search)
     assert str(refresh.state) == "success", refresh_states
     assert str(search.state) == "success", search_states
-    assert refresh_states[("embed", -1)] == ("success", 2)                   # failed once, retried
+    assert refresh_states[("embed", -1)] == ("success", 2)  # failed once, retried
     retried = [k for k, (s, tries) in search_states.items() if k[0] == "proxy_runs_0" and tries == 2]
     assert len(retried) == 1
     assert (tmp_path / "failed-embeddings").exists() and (tmp_path / "failed-proxy").exists()
-    assert len(_mlflow_runs(cfg, "proxy")) == sum(cfg.search.iterations)     # the retry logged no duplicate
+    assert len(_mlflow_runs(cfg, "proxy")) == sum(cfg.search.iterations)  # the retry logged no duplicate
     for name in REFRESH_DATASETS[2:] + SEARCH_DATASETS:
         assert _files(cfg, name) == _files(clean, name), f"{name} differs from the clean run"

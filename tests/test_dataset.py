@@ -1,13 +1,12 @@
 """The stage contract: staged writes, manifest last, nothing committed by a killed run."""
+
 import json
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
-
 from mixture import storage
 from mixture.dataset import MANIFEST, DatasetError, DatasetWriter, open_dataset, try_open, up_to_date
 
@@ -27,7 +26,7 @@ def test_commit_writes_manifest_with_checksums(tmp_path):
     assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["files"])
     assert m["started_at"] <= m["finished_at"] and m["package_version"] and m["code_version"]
     ds.verify()
-    assert not list((tmp_path / "_staging").iterdir())       # staging folder consumed
+    assert not list((tmp_path / "_staging").iterdir())  # staging folder consumed
 
 
 def test_up_to_date_only_for_same_config_and_inputs(tmp_path):

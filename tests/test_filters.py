@@ -1,4 +1,5 @@
 """Every heuristic filter rule with hand-written documents on both sides of its threshold."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,7 +34,7 @@ WORDS = GOOD.split()
 
 
 def words_text(words: list[str], per_line: int = 10) -> str:
-    return "\n".join(" ".join(words[i:i + per_line]) + "." for i in range(0, len(words), per_line))
+    return "\n".join(" ".join(words[i : i + per_line]) + "." for i in range(0, len(words), per_line))
 
 
 def test_good_document_passes_everything():
@@ -57,8 +58,9 @@ def test_word_count_bounds():
     assert gopher_quality(" ".join(WORDS[:61]), small) == "max_words"
 
 
-@pytest.mark.parametrize("length,rule", [(2, "min_mean_word_length"), (3, None), (10, None),
-                                         (11, "max_mean_word_length")])
+@pytest.mark.parametrize(
+    "length,rule", [(2, "min_mean_word_length"), (3, None), (10, None), (11, "max_mean_word_length")]
+)
 def test_mean_word_length(length, rule):
     # 57 words of `length` letters plus "the and the" (3 letters each, stop words).
     words = ["x" * length] * 57 + ["the", "and", "the"]
@@ -84,13 +86,13 @@ def test_ellipsis_symbol_ratio(ellipses, rule):
 
 @pytest.mark.parametrize("bullets,rule", [(9, None), (10, "bullet_lines")])
 def test_bullet_lines(bullets, rule):
-    lines = [("- " if i < bullets else "") + " ".join(WORDS[i * 8:(i + 1) * 8]) for i in range(10)]
+    lines = [("- " if i < bullets else "") + " ".join(WORDS[i * 8 : (i + 1) * 8]) for i in range(10)]
     assert gopher_quality("\n".join(lines), GQ) == rule
 
 
 @pytest.mark.parametrize("ellipsis_lines,rule", [(3, None), (4, "ellipsis_lines")])
 def test_ellipsis_lines(ellipsis_lines, rule):
-    lines = [" ".join(WORDS[i * 8:(i + 1) * 8]) + ("..." if i < ellipsis_lines else ".") for i in range(10)]
+    lines = [" ".join(WORDS[i * 8 : (i + 1) * 8]) + ("..." if i < ellipsis_lines else ".") for i in range(10)]
     assert gopher_quality("\n".join(lines), GQ) == rule
 
 
@@ -102,8 +104,7 @@ def test_alpha_words(numbers, rule):
 
 @pytest.mark.parametrize("stops,rule", [(1, "stop_words"), (2, None)])
 def test_stop_words(stops, rule):
-    words = ["river", "valley", "barley", "chapter", "bridge", "honey", "winter", "museum", "violin",
-             "comet"] * 6
+    words = ["river", "valley", "barley", "chapter", "bridge", "honey", "winter", "museum", "violin", "comet"] * 6
     words[:stops] = ["The"] * stops
     assert gopher_quality(" ".join(words), GQ) == rule
 
@@ -111,16 +112,22 @@ def test_stop_words(stops, rule):
 # --------------------------------------------------------------------- Gopher repetition
 def only(**kwargs) -> GopherRepetitionConfig:
     """A repetition config where every rule but the named ones is off (limits at 1)."""
-    base = dict(dup_line_frac=1.0, dup_para_frac=1.0, dup_line_char_frac=1.0, dup_para_char_frac=1.0,
-                top_ngram_char_frac={}, dup_ngram_char_frac={})
+    base = dict(
+        dup_line_frac=1.0,
+        dup_para_frac=1.0,
+        dup_line_char_frac=1.0,
+        dup_para_char_frac=1.0,
+        top_ngram_char_frac={},
+        dup_ngram_char_frac={},
+    )
     base.update(kwargs)
     return GopherRepetitionConfig(**base)
 
 
 @pytest.mark.parametrize("dups,rule", [(3, None), (4, "dup_line_frac")])
 def test_dup_line_fraction(dups, rule):
-    lines = PROSE[:10 - dups] + ["Same line again."] * dups
-    lines[0] = "Same line again."       # the first occurrence is not a duplicate
+    lines = PROSE[: 10 - dups] + ["Same line again."] * dups
+    lines[0] = "Same line again."  # the first occurrence is not a duplicate
     text = "\n".join(lines)
     assert TextStats(text).dup_line_frac == pytest.approx(dups / 10)
     assert gopher_repetition(text, only(dup_line_frac=0.3)) == rule
@@ -128,7 +135,7 @@ def test_dup_line_fraction(dups, rule):
 
 @pytest.mark.parametrize("dups,rule", [(3, None), (4, "dup_para_frac")])
 def test_dup_paragraph_fraction(dups, rule):
-    paras = ["Repeated paragraph."] + PROSE[:9 - dups] + ["Repeated paragraph."] * dups
+    paras = ["Repeated paragraph."] + PROSE[: 9 - dups] + ["Repeated paragraph."] * dups
     text = "\n\n".join(paras)
     assert TextStats(text).dup_para_frac == pytest.approx(dups / 10)
     assert gopher_repetition(text, only(dup_para_frac=0.3)) == rule
@@ -159,7 +166,7 @@ def test_dup_paragraph_chars(dup_len, rule):
 @pytest.mark.parametrize("repeats,rule", [(5, None), (6, "top_2gram_char_frac")])
 def test_top_bigram_share(repeats, rule):
     # "enormous blueberries" `repeats` times after distinct words: 17% vs 20.2% of the characters.
-    words = WORDS[:100 - 2 * repeats] + ["enormous", "blueberries"] * repeats
+    words = WORDS[: 100 - 2 * repeats] + ["enormous", "blueberries"] * repeats
     text = " ".join(words)
     share = TextStats(text).top_ngram_char_frac(2)
     assert (share <= 0.2) == (rule is None)
@@ -200,14 +207,14 @@ FW = FineWebConfig()
 @pytest.mark.parametrize("punct,rule", [(1, "punct_lines"), (2, None)])
 def test_fineweb_punctuated_lines(punct, rule):
     # 10 long lines, `punct` of them end with a full stop: 0.1 < 0.12 <= 0.2.
-    lines = [" ".join(WORDS[i * 10:(i + 1) * 10]).rstrip(".,") + ("." if i < punct else "") for i in range(10)]
+    lines = [" ".join(WORDS[i * 10 : (i + 1) * 10]).rstrip(".,") + ("." if i < punct else "") for i in range(10)]
     assert fineweb("\n".join(lines), FW) == rule
 
 
 @pytest.mark.parametrize("short,rule", [(6, None), (7, "short_lines")])
 def test_fineweb_short_lines(short, rule):
     # 9 lines, `short` of them at most 30 characters: 6/9 = 0.667 <= 0.67 < 7/9.
-    long_lines = PROSE[:9 - short]
+    long_lines = PROSE[: 9 - short]
     short_lines = [f"Short line {i} ends here." for i in range(short)]
     text = "\n".join(long_lines + short_lines)
     assert fineweb(text, FineWebConfig(max_newlines_per_word=1.0)) == rule
@@ -223,7 +230,7 @@ def test_fineweb_duplicate_line_chars(dup, rule):
 def test_fineweb_newlines_per_word(per_line, rule):
     # One line per `per_line` words: newlines/words = 1/4 <= 0.3 < 1/3.
     words = WORDS[:60]
-    lines = [" ".join(words[i:i + per_line]) + "." for i in range(0, len(words), per_line)]
+    lines = [" ".join(words[i : i + per_line]) + "." for i in range(0, len(words), per_line)]
     cfg = FineWebConfig(max_short_line_ratio=1.0)
     assert fineweb("\n".join(lines), cfg) == rule
 

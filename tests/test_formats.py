@@ -1,6 +1,7 @@
 """Output formats `megatron` and `nanogpt`: what Megatron-LM / NeMo and nanoGPT read is exactly the
 build's documents. Megatron's files are read with Megatron-Core's own `IndexedDataset` (the
 `megatron-core` test dependency), nanoGPT's with numpy.memmap as its `get_batch` does."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def test_megatron_core_reads_every_document_of_every_shard(built):
     for prefix in mix.token_shards:
         ds = indexed_dataset(built.path(prefix.replace("tokens/", "megatron/")))
         assert len(ds) == ds.document_indices[-1] == len(ds.document_indices) - 1
-        got += [np.array(ds[i]) for i in range(len(ds))]     # a copy: the reader unmaps on close
+        got += [np.array(ds[i]) for i in range(len(ds))]  # a copy: the reader unmaps on close
     assert len(got) == len(expected) == built.manifest.counts["documents"]
     for a, b in zip(got, expected, strict=True):
         assert a.dtype == np.uint16 and np.array_equal(a, b)
@@ -57,14 +58,17 @@ def test_the_blend_file_is_what_data_path_takes(built):
     words = open(built.path("megatron/blend.txt")).read().split()
     prefixes, weights = get_blend_from_list(words)
     assert prefixes == [f"megatron/part-{i:05d}" for i in range(built.manifest.extra["shards"])]
-    readers = [indexed_dataset(built.path(p)) for p in prefixes]         # kept open while read
+    readers = [indexed_dataset(built.path(p)) for p in prefixes]  # kept open while read
     sizes = [int(r.sequence_lengths.sum()) for r in readers]
     assert [int(w) for w in weights] == sizes and sum(sizes) == built.manifest.counts["tokens"]
 
 
 def test_a_vocabulary_over_uint16_is_stored_as_megatron_int32(tmp_path):
-    docs = [np.array([70_000, 5, 1], dtype=np.uint32), np.array([65_536, 1], dtype=np.uint32),
-            np.array([1], dtype=np.uint32)]
+    docs = [
+        np.array([70_000, 5, 1], dtype=np.uint32),
+        np.array([65_536, 1], dtype=np.uint32),
+        np.array([1], dtype=np.uint32),
+    ]
     assert write_indexed(str(tmp_path / "big"), docs, np.dtype(np.uint32)) == 6
     ds = indexed_dataset(str(tmp_path / "big"))
     assert ds.index.dtype == np.int32
@@ -76,7 +80,7 @@ def test_nanogpt_splits_whole_documents_seeded(built):
     docs = list(mix.iter_tokens())
     meta = json.load(open(built.path("nanogpt/meta.json")))
     val = np.load(built.path("nanogpt/val_index.npy"))
-    assert np.array_equal(val, val_documents(len(docs), 0.05, 7))        # the run's seed
+    assert np.array_equal(val, val_documents(len(docs), 0.05, 7))  # the run's seed
     assert meta["val"]["documents"] == len(val) == round(0.05 * len(docs)) >= 1
     train = np.memmap(built.path("nanogpt/train.bin"), dtype=meta["dtype"], mode="r")
     held = np.memmap(built.path("nanogpt/val.bin"), dtype=meta["dtype"], mode="r")
@@ -86,21 +90,22 @@ def test_nanogpt_splits_whole_documents_seeded(built):
     assert meta["train"] == {"documents": len(docs) - len(val), "tokens": len(train)}
     assert meta["val"]["tokens"] == len(held) and meta["eos_id"] == mix.eos_id
     assert meta["vocab_size"] == mix.info["vocab_size"] and meta["dtype"] == "uint16"
-    assert not built.files("nanogpt/part-")                               # the staged pieces are gone
+    assert not built.files("nanogpt/part-")  # the staged pieces are gone
 
 
 def test_the_validation_split_has_a_document_even_when_the_share_rounds_to_none():
-    assert len(val_documents(40, 0.005, 1)) == 1                           # 0.2 documents -> 1
+    assert len(val_documents(40, 0.005, 1)) == 1  # 0.2 documents -> 1
     assert len(val_documents(1000, 0.005, 1)) == 5
-    assert len(val_documents(1, 0.5, 1)) == 0 and len(val_documents(40, 0.0, 1)) == 0   # nothing to hold out
+    assert len(val_documents(1, 0.5, 1)) == 0 and len(val_documents(40, 0.0, 1)) == 0  # nothing to hold out
     assert not np.array_equal(val_documents(1000, 0.05, 1), val_documents(1000, 0.05, 2))
     assert np.array_equal(val_documents(1000, 0.05, 1), val_documents(1000, 0.05, 1))
 
 
 class _Tokenizer:
     """What Megatron's GPTDataset asks of a tokenizer: the end-of-document and padding ids."""
+
     def __init__(self, eod: int, vocab_size: int):
-        self.eod, self.pad, self.vocab_size = eod, vocab_size, vocab_size   # padding: no token id
+        self.eod, self.pad, self.vocab_size = eod, vocab_size, vocab_size  # padding: no token id
         self.unique_identifiers = {"class": "climbmix-test", "eod": eod}
 
 
@@ -112,12 +117,19 @@ def test_megatron_gpt_dataset_samples_from_the_blend_as_data_path_does(built, tm
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
     from megatron.core.datasets.utils import get_blend_from_list
 
-    monkeypatch.chdir(built.uri)                                 # the prefixes are relative to the dataset
+    monkeypatch.chdir(built.uri)  # the prefixes are relative to the dataset
     extra = built.manifest.extra
-    cfg = GPTDatasetConfig(random_seed=1, sequence_length=64, split="100,0,0",
-                           blend=get_blend_from_list(open("megatron/blend.txt").read().split()),
-                           tokenizer=_Tokenizer(extra["eos_id"], extra["vocab_size"]), reset_position_ids=False,
-                           reset_attention_mask=False, eod_mask_loss=False, path_to_cache=str(tmp_path / "cache"))
+    cfg = GPTDatasetConfig(
+        random_seed=1,
+        sequence_length=64,
+        split="100,0,0",
+        blend=get_blend_from_list(open("megatron/blend.txt").read().split()),
+        tokenizer=_Tokenizer(extra["eos_id"], extra["vocab_size"]),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        path_to_cache=str(tmp_path / "cache"),
+    )
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
         train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [60, 0, 0], lambda: True, cfg).build()
@@ -125,7 +137,7 @@ def test_megatron_gpt_dataset_samples_from_the_blend_as_data_path_does(built, tm
     finally:
         torch.distributed.destroy_process_group()
     every, per = [d.tolist() for d in ClimbMix(built.uri).iter_tokens()], extra["shard_docs"]
-    docs = {i: every[i * per:(i + 1) * per] for i in range(extra["shards"])}
+    docs = {i: every[i * per : (i + 1) * per] for i in range(extra["shards"])}
     assert len(samples) >= 60 and {int(s["dataset_id"]) for s in samples} == set(range(extra["shards"]))
     for s in samples:
         window = np.append(s["tokens"].numpy(), s["labels"].numpy()[-1]).tolist()
@@ -138,9 +150,9 @@ def is_packed_from(window: list[int], docs: list[list[int]], eos: int) -> bool:
     cuts = [i + 1 for i, t in enumerate(window) if t == eos]
     pieces = [window[a:b] for a, b in zip([0] + cuts, cuts + [len(window)], strict=True) if b > a]
     if len(pieces) == 1:
-        return any(f" {str(pieces[0])[1:-1]}," in f" {str(d)[1:-1]}," for d in docs)   # a run inside one
-    head_ok = any(d[-len(pieces[0]):] == pieces[0] for d in docs)
+        return any(f" {str(pieces[0])[1:-1]}," in f" {str(d)[1:-1]}," for d in docs)  # a run inside one
+    head_ok = any(d[-len(pieces[0]) :] == pieces[0] for d in docs)
     whole_ok = all(p in docs for p in pieces[1:-1])
     last = pieces[-1]
-    tail_ok = any(d[:len(last)] == last for d in docs) if last[-1] != eos else last in docs
+    tail_ok = any(d[: len(last)] == last for d in docs) if last[-1] != eos else last in docs
     return head_ok and whole_ok and tail_ok

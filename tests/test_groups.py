@@ -1,6 +1,7 @@
 """The user's own groups as the clusters the search mixes (`cluster.method` field / assignments,
 RegMix-style): no embedding, the same `clusters` dataset, every document accounted, and a search
 over the sample corpus's `source` groups run end to end with the CLI and a config only."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,14 @@ def curated(tmp_path, sample_records):
 
 
 def _cfg(root: Path, tracking_uri: str, **cluster):
-    return parse_config(base_config(root, cluster=cluster, shards={"vocab_size": 300, "tokenizer_train_docs": 40},
-                                    tracking={"uri": tracking_uri}))
+    return parse_config(
+        base_config(
+            root,
+            cluster=cluster,
+            shards={"vocab_size": 300, "tokenizer_train_docs": 40},
+            tracking={"uri": tracking_uri},
+        )
+    )
 
 
 def _assignments(ds) -> dict[str, dict]:
@@ -50,12 +57,16 @@ def _assignments(ds) -> dict[str, dict]:
 def test_each_method_asks_for_its_keys_and_the_classifier_needs_embeddings(tmp_path):
     ok = parse_config(base_config(tmp_path, cluster={"method": "field", "field": "source"}))
     assert not ok.cluster.needs_embeddings and parse_config(base_config(tmp_path)).cluster.needs_embeddings
-    for bad, says in [({"method": "field"}, "needs field"), ({"method": "assignments"}, "needs assignments"),
-                      ({"mapping": "m.yaml"}, "mapping is a key of method field"),
-                      ({"method": "field", "field": "source", "unmapped": "drop"}, "needs a mapping"),
-                      ({"method": "field", "field": "source", "quality": {"scorer": "classifier",
-                                                                          "reference_uris": ["r.jsonl"]}},
-                       "classifier scorer needs")]:
+    for bad, says in [
+        ({"method": "field"}, "needs field"),
+        ({"method": "assignments"}, "needs assignments"),
+        ({"mapping": "m.yaml"}, "mapping is a key of method field"),
+        ({"method": "field", "field": "source", "unmapped": "drop"}, "needs a mapping"),
+        (
+            {"method": "field", "field": "source", "quality": {"scorer": "classifier", "reference_uris": ["r.jsonl"]}},
+            "classifier scorer needs",
+        ),
+    ]:
         with pytest.raises(ConfigError, match=says):
             parse_config(base_config(tmp_path, cluster=bad))
 
@@ -76,7 +87,7 @@ def test_groups_are_numbered_by_size_and_pruned_on_both_sides_of_the_thresholds(
     group = ["x", "y", "y", "z", "z", "z", None]
     quality = np.array([5.0, 2.99, 3.0, 4.0, 4.0, 4.0, 1.0])
     ng = number_groups(group, quality, min_cluster_size=1, min_cluster_quality=3.0)
-    assert ng.names == ["x", "y", "z"] and ng.reasons == [None, "quality", None]   # y's mean is 2.995
+    assert ng.names == ["x", "y", "z"] and ng.reasons == [None, "quality", None]  # y's mean is 2.995
     assert ng.final_names() == ["z", "x"] and ng.cluster.tolist() == [1, -1, -1, 0, 0, 0, -1]
     ng = number_groups(group, quality, min_cluster_size=2, min_cluster_quality=2.0)
     assert ng.reasons == ["size", None, None] and ng.final_names() == ["z", "y"]
@@ -91,10 +102,15 @@ def test_a_malformed_assignments_file_is_one_error_naming_it(tmp_path):
     (tmp_path / "garbage.parquet").write_bytes(b"not a parquet file at all")
     (tmp_path / "groups.txt").write_text("a g\n")
     pq.write_table(pa.table({"id": ["a", "b"], "group": ["g", None]}), tmp_path / "null.parquet")
-    for name, says in [("no_group.csv", "no column 'group'"), ("empty_group.csv", "row 2 has an empty id or group"),
-                       ("twice.csv", "id 'a' appears twice"), ("garbage.parquet", "not a readable file"),
-                       ("groups.txt", "must be a .parquet or .csv file"), ("null.parquet", "row 2"),
-                       ("missing.csv", "no such file")]:
+    for name, says in [
+        ("no_group.csv", "no column 'group'"),
+        ("empty_group.csv", "row 2 has an empty id or group"),
+        ("twice.csv", "id 'a' appears twice"),
+        ("garbage.parquet", "not a readable file"),
+        ("groups.txt", "must be a .parquet or .csv file"),
+        ("null.parquet", "row 2"),
+        ("missing.csv", "no such file"),
+    ]:
         with pytest.raises(GroupError, match=says) as err:
             read_assignments(str(tmp_path / name))
         assert name in str(err.value)
@@ -112,17 +128,26 @@ def test_field_groups_skip_embedding_and_account_for_dropped_documents(curated, 
     assert emb.manifest.counts == {"documents_in": 40, "documents_out": 0}
     assert emb.manifest.extra == {"skipped": "cluster.method=field: no embedding needed"} and not emb.files()
     ds = pipeline.run_stage(cfg, "cluster").dataset
-    assert ds.manifest.counts == {"documents_in": 40, "documents_out": 30, "groups": 2, "clusters": 2,
-                                  "pruned_clusters": 0, "pruned_documents": 0, "ungrouped_documents": 10,
-                                  "unknown_ids": 0}
+    assert ds.manifest.counts == {
+        "documents_in": 40,
+        "documents_out": 30,
+        "groups": 2,
+        "clusters": 2,
+        "pruned_clusters": 0,
+        "pruned_documents": 0,
+        "ungrouped_documents": 10,
+        "unknown_ids": 0,
+    }
     rows = _assignments(ds)
     assert all((r["cluster"] == -1) == (r["group"] is None) for r in rows.values())
     assert {rows[r["id"]]["group"] for r in records if r["source"] == "dictionary"} == {None}
-    assert json.loads(Path(ds.path("mapping.json")).read_text()) == {"code": 0, "fun": 1}   # code is larger
+    assert json.loads(Path(ds.path("mapping.json")).read_text()) == {"code": 0, "fun": 1}  # code is larger
     assert not any(Path(ds.path(f)).exists() for f in ("centroids.npy", "centroids_init.npy", "map.png"))
     rep = json.loads(Path(ds.path("report.json")).read_text())
-    assert [(c["name"], c["group"], c["documents"]) for c in rep["clusters"]] == [("c00", "code", 20),
-                                                                                 ("c01", "fun", 10)]
+    assert [(c["name"], c["group"], c["documents"]) for c in rep["clusters"]] == [
+        ("c00", "code", 20),
+        ("c01", "fun", 10),
+    ]
     assert rep["clusters"][0]["values"] == ["manpages", "python-code"]
     assert rep["groups"]["ungrouped"] == {"unmapped": 10}
     for c in rep["clusters"]:
@@ -141,7 +166,7 @@ def test_field_groups_skip_embedding_and_account_for_dropped_documents(curated, 
 def test_assignments_count_missing_and_unknown_ids_and_feed_the_shards(curated, tracking_uri, tmp_path):
     root, records = curated
     lines = ["id,group"] + [f"{r['id']},{'even' if i % 2 else 'odd'}" for i, r in enumerate(records[1:], 1)]
-    lines.append("not-a-curated-id,odd")                   # e.g. a document the curation filtered
+    lines.append("not-a-curated-id,odd")  # e.g. a document the curation filtered
     (tmp_path / "groups.csv").write_text("\n".join(lines) + "\n")
     cfg = _cfg(root, tracking_uri, method="assignments", assignments=str(tmp_path / "groups.csv"))
     pipeline.run_stage(cfg, "embed")
@@ -151,7 +176,7 @@ def test_assignments_count_missing_and_unknown_ids_and_feed_the_shards(curated, 
     assert res.dataset.manifest.extra["unknown_id_examples"] == ["not-a-curated-id"]
     assert _assignments(res.dataset)[records[0]["id"]]["cluster"] == -1
     assert "assignment ids not in curated" in dict(res.summary)
-    lab = pipeline.run_stage(cfg, "shards").dataset           # reads the clusters; no centroids needed
+    lab = pipeline.run_stage(cfg, "shards").dataset  # reads the clusters; no centroids needed
     assert lab.manifest.counts["documents_out"] == 39 and lab.manifest.counts["pruned_documents"] == 1
     assert sorted(lab.manifest.extra["clusters"]) == ["c00", "c01"]
 
@@ -159,8 +184,11 @@ def test_assignments_count_missing_and_unknown_ids_and_feed_the_shards(curated, 
 def test_a_bad_assignments_file_is_one_line_from_the_cli(curated, tracking_uri, tmp_path, capsys):
     root, _ = curated
     (tmp_path / "bad.csv").write_text("id;group\na;b\n")
-    cfg = base_config(root, cluster={"method": "assignments", "assignments": str(tmp_path / "bad.csv")},
-                      tracking={"uri": tracking_uri})
+    cfg = base_config(
+        root,
+        cluster={"method": "assignments", "assignments": str(tmp_path / "bad.csv")},
+        tracking={"uri": tracking_uri},
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert cli.main(["embed", "--config", str(tmp_path / "c.yaml")]) == 0
     capsys.readouterr()
@@ -185,10 +213,15 @@ def _demo_config(tmp_path: Path, tracking_uri: str, corpus: Path, **cluster) -> 
     cfg["curate"].update(spark_master="local[2]", partitions=2)
     cfg["cluster"] = {"method": "field", "field": "source", **cluster}
     cfg["shards"] = {"vocab_size": 512, "tokenizer_train_docs": 300}
-    cfg["search"] = {"iterations": [4, 2], "candidates": 2000, "top_n": 6, "top_k": 4,
-                     "proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
-                     "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
-                     "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1}}
+    cfg["search"] = {
+        "iterations": [4, 2],
+        "candidates": 2000,
+        "top_n": 6,
+        "top_k": 4,
+        "proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
+        "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
+        "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1},
+    }
     path = tmp_path / f"groups-{len(cluster)}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -210,12 +243,13 @@ def test_a_search_over_source_groups_runs_with_the_cli_and_a_config_only(tmp_pat
     out = tmp_path / "out"
     emb = open_dataset(str(out / "embeddings"))
     assert emb.manifest.counts["documents_out"] == 0 and "skipped" in emb.manifest.extra and not emb.files()
-    curated_sources = set(documents.read_table(open_dataset(str(out / "curated")), ["source"])
-                          .column("source").to_pylist())
-    assert "debian-reference" not in curated_sources                        # the held-out target
+    curated_sources = set(
+        documents.read_table(open_dataset(str(out / "curated")), ["source"]).column("source").to_pylist()
+    )
+    assert "debian-reference" not in curated_sources  # the held-out target
     final, searched = _searched_groups(out)
     assert set(final.values()) == searched == curated_sources and len(final) == 9
-    assert curated_sources == {r["source"] for r in read_jsonl_gz(SAMPLE)}                 # every source
+    assert curated_sources == {r["source"] for r in read_jsonl_gz(SAMPLE)}  # every source
 
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(yaml.safe_dump({"python-docs": "python", "python-code": "python"}))

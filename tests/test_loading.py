@@ -3,6 +3,7 @@ dataset card runs as printed in the dataset folder, and Megatron-Core's `Indexed
 Face `datasets` (text, tokenized with the dataset's tokenizer), numpy (nanoGPT's train.bin /
 val.bin and the token shards) and the streaming loader return the same token ids for the same
 documents."""
+
 from __future__ import annotations
 
 import json
@@ -43,19 +44,27 @@ def python_blocks(card: str) -> list[str]:
 def test_every_python_snippet_of_the_card_runs_in_the_dataset_folder(built, monkeypatch, hf_offline):
     card = open(built.path("README.md")).read()
     blocks = python_blocks(card)
-    for marker in ("pyarrow.dataset", "load_dataset", "np.memmap(\"tokens/", "IndexedDataset", "nanogpt/train.bin",
-                   "ClimbMix(\".\")", "ClimbMixStream", "num_workers=2"):
+    for marker in (
+        "pyarrow.dataset",
+        "load_dataset",
+        'np.memmap("tokens/',
+        "IndexedDataset",
+        "nanogpt/train.bin",
+        'ClimbMix(".")',
+        "ClimbMixStream",
+        "num_workers=2",
+    ):
         assert any(marker in b for b in blocks), marker
     assert "--data-path $(cat megatron/blend.txt)" in card
     monkeypatch.chdir(built.uri)
     docs = list(ClimbMix(".").iter_tokens())
     names: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), names)            # noqa: S102 - the card's own code
+        exec(compile(block, "README.md", "exec"), names)  # noqa: S102 - the card's own code
     n = built.manifest.counts["documents"]
-    assert names["table"].num_rows == len(names["data"]) == n                       # pyarrow, datasets
-    assert np.array_equal(names["doc0"], docs[0])                                    # megatron-core
-    assert np.array_equal(names["tokens"][names["offsets"][0]:names["offsets"][1]], docs[0])   # token shards
+    assert names["table"].num_rows == len(names["data"]) == n  # pyarrow, datasets
+    assert np.array_equal(names["doc0"], docs[0])  # megatron-core
+    assert np.array_equal(names["tokens"][names["offsets"][0] : names["offsets"][1]], docs[0])  # token shards
     assert len(names["train"]) + len(names["val"]) == built.manifest.counts["tokens"]  # nanoGPT
     assert len(names["stream"]) > 0
 
@@ -78,7 +87,7 @@ def from_megatron(built) -> list[np.ndarray]:
     out = []
     for i in range(built.manifest.extra["shards"]):
         ds = IndexedDataset(built.path(f"megatron/part-{i:05d}"))
-        out += [np.array(ds[j]) for j in range(len(ds))]                   # copies: the reader unmaps on close
+        out += [np.array(ds[j]) for j in range(len(ds))]  # copies: the reader unmaps on close
     return out
 
 
@@ -99,11 +108,14 @@ def from_nanogpt(built) -> list[np.ndarray]:
 def from_stream(built, seq_len: int = 8) -> list[np.ndarray]:
     """Each shard's token run from the streaming loader's windows (2 workers), stitched back."""
     stream = ClimbMixStream(built.uri, seq_len, batch_size=4)
-    windows = [w for x, y in DataLoader(stream, batch_size=4, num_workers=2)
-               for w in np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)]
+    windows = [
+        w
+        for x, y in DataLoader(stream, batch_size=4, num_workers=2)
+        for w in np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)
+    ]
     runs = []
     for s in range(len(stream.shards)):
-        ws = windows[stream.first_window[s]:stream.first_window[s + 1]]
+        ws = windows[stream.first_window[s] : stream.first_window[s + 1]]
         runs.append(np.concatenate([ws[0]] + [w[1:] for w in ws[1:]]))
     return runs
 
@@ -112,15 +124,18 @@ def test_megatron_datasets_numpy_and_the_stream_return_the_same_token_ids(built,
     eos = built.manifest.extra["eos_id"]
     docs = from_datasets(built)
     assert len(docs) == built.manifest.counts["documents"] and all(d[-1] == eos for d in docs)
-    for name, got in (("megatron-core", from_megatron(built)), ("numpy nanoGPT", from_nanogpt(built)),
-                      ("numpy tokens", list(ClimbMix(built.uri).iter_tokens()))):
+    for name, got in (
+        ("megatron-core", from_megatron(built)),
+        ("numpy nanoGPT", from_nanogpt(built)),
+        ("numpy tokens", list(ClimbMix(built.uri).iter_tokens())),
+    ):
         assert len(got) == len(docs), name
         assert all(np.array_equal(a, b) for a, b in zip(got, docs, strict=True)), name
     shard_docs = built.manifest.extra["shard_docs"]
-    for s, run in enumerate(from_stream(built)):                         # windows cross documents: per shard
-        flat = np.concatenate(docs[s * shard_docs:(s + 1) * shard_docs])
-        assert len(flat) - 8 < len(run) <= len(flat)                      # the tail under one window is unused
-        assert np.array_equal(run, flat[:len(run)]), s
+    for s, run in enumerate(from_stream(built)):  # windows cross documents: per shard
+        flat = np.concatenate(docs[s * shard_docs : (s + 1) * shard_docs])
+        assert len(flat) - 8 < len(run) <= len(flat)  # the tail under one window is unused
+        assert np.array_equal(run, flat[: len(run)]), s
 
 
 def test_the_readme_snippets_run_against_a_published_version(built, s3_endpoint, s3_bucket, monkeypatch, tmp_path):
@@ -134,8 +149,8 @@ def test_the_readme_snippets_run_against_a_published_version(built, s3_endpoint,
     cfg.publish.uri, cfg.publish.track = f"s3://{s3_bucket}/climbmix", False
     publish(cfg, version="v1")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Build and publish"):]
-    section = section[:section.index("\n## ")]
+    section = readme[readme.index("## Build and publish") :]
+    section = section[: section.index("\n## ")]
     blocks = python_blocks(section)
     assert len(blocks) >= 2 and any("ClimbMixStream" in b for b in blocks)
     monkeypatch.chdir(tmp_path)

@@ -1,11 +1,11 @@
 """What makes a stage run again: its config sections, its inputs, the files its config names."""
+
 from mixture import pipeline
 from mixture.config import parse_config
 
 
 def _cfg(tmp_path, **extra):
-    return parse_config({"output_root": str(tmp_path / "out"), "input": {"uris": [str(tmp_path / "in")]},
-                         **extra})
+    return parse_config({"output_root": str(tmp_path / "out"), "input": {"uris": [str(tmp_path / "in")]}, **extra})
 
 
 def test_hash_follows_own_sections_only(tmp_path):
@@ -45,8 +45,11 @@ def test_editing_a_named_file_in_place_changes_the_hash(tmp_path):
 def test_where_it_runs_does_not_change_the_hash(tmp_path):
     (tmp_path / "in").mkdir()
     a = _cfg(tmp_path)
-    b = _cfg(tmp_path, curate={"spark_master": "spark://spark-master:7077", "partitions": 64},
-             search={"workers": 8, "proxy": {"threads": 4}})
+    b = _cfg(
+        tmp_path,
+        curate={"spark_master": "spark://spark-master:7077", "partitions": 64},
+        search={"workers": 8, "proxy": {"threads": 4}},
+    )
     c = _cfg(tmp_path, curate={"exact_dedup": False})
     h = lambda cfg, n: pipeline.config_hash(cfg, pipeline.stage(n))  # noqa: E731
     assert h(a, "curated") == h(b, "curated") and h(a, "search") == h(b, "search")
@@ -56,6 +59,7 @@ def test_where_it_runs_does_not_change_the_hash(tmp_path):
 
 def test_each_config_logs_to_its_own_store(tmp_path, monkeypatch):
     from mixture import tracking
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     a, b = _cfg(tmp_path / "a"), _cfg(tmp_path / "b")
     tracking.setup(a)
@@ -66,16 +70,22 @@ def test_a_threshold_changes_only_the_selection_and_a_signal_parameter_the_annot
     (tmp_path / "in").mkdir()
     h = lambda cfg, n: pipeline.config_hash(cfg, pipeline.stage(n))  # noqa: E731
     base = _cfg(tmp_path)
-    for curate in ({"filters": {"gopher_quality": {"min_words": 60}}},          # a threshold
-                   {"filters": {"c4": {"enabled": False}}},                      # a switch
-                   {"filters": {"fineweb": {"exempt_if": "^def "}}},             # an exemption
-                   {"fuzzy_dedup": {"enabled": False}}, {"keep_rejected": False}):
+    for curate in (
+        {"filters": {"gopher_quality": {"min_words": 60}}},  # a threshold
+        {"filters": {"c4": {"enabled": False}}},  # a switch
+        {"filters": {"fineweb": {"exempt_if": "^def "}}},  # an exemption
+        {"fuzzy_dedup": {"enabled": False}},
+        {"keep_rejected": False},
+    ):
         changed = _cfg(tmp_path, curate=curate)
         assert h(changed, "annotated") == h(base, "annotated"), curate
         assert h(changed, "curated") != h(base, "curated"), curate
-    for curate in ({"filters": {"gopher_quality": {"stop_words": ["the", "a"]}}},   # what a signal measures
-                   {"filters": {"gopher_repetition": {"top_ngram_char_frac": {2: 0.2}}}},
-                   {"fuzzy_dedup": {"threshold": 0.7}}, {"max_doc_bytes": 10_000}):
+    for curate in (
+        {"filters": {"gopher_quality": {"stop_words": ["the", "a"]}}},  # what a signal measures
+        {"filters": {"gopher_repetition": {"top_ngram_char_frac": {2: 0.2}}}},
+        {"fuzzy_dedup": {"threshold": 0.7}},
+        {"max_doc_bytes": 10_000},
+    ):
         assert h(_cfg(tmp_path, curate=curate), "annotated") != h(base, "annotated"), curate
     assert pipeline.stage("select").inputs == ("annotated",)
 
@@ -85,13 +95,13 @@ def test_a_stage_run_alone_asks_only_for_the_config_it_reads(tmp_path, capsys):
     from mixture import cli
     from mixture.config import parse_config
 
-    cfg = parse_config({"output_root": str(tmp_path)})           # no input section at all
+    cfg = parse_config({"output_root": str(tmp_path)})  # no input section at all
     assert cfg.input.uris == []
     path = tmp_path / "c.yaml"
     path.write_text(f"output_root: {tmp_path}\n")
     assert cli.main(["curate", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["climb: input.uris: required by the curate stage (climb curate) and not set"]
-    assert cli.main(["search", "--config", str(path)]) == 2       # its input is missing, not its config
+    assert cli.main(["search", "--config", str(path)]) == 2  # its input is missing, not its config
     err = capsys.readouterr().err
     assert "input.uris" not in err and "climblab" in err

@@ -1,7 +1,7 @@
 """Predictors of the score from mixture weights: fits, CV Spearman/MAE, explicit tie-breaking."""
+
 import numpy as np
 import pytest
-
 from mixture.config import PredictorConfig
 from mixture.search import predictor as P
 
@@ -40,13 +40,18 @@ def test_mixing_law_recovers_data_from_the_law():
 
 def test_lightgbm_uses_the_configured_paper_settings_and_early_stopping():
     X = _mixtures(40)
-    y = np.random.default_rng(3).normal(size=40)          # nothing to learn: stops early
+    y = np.random.default_rng(3).normal(size=40)  # nothing to learn: stops early
     m = P.make("lightgbm", PredictorConfig()).fit(X, y)
     params = m.model.get_params()
-    assert (params["max_depth"], params["learning_rate"], params["reg_alpha"], params["reg_lambda"],
-            params["min_child_samples"]) == (4, 0.01, 1.0, 1.0, 5)
+    assert (
+        params["max_depth"],
+        params["learning_rate"],
+        params["reg_alpha"],
+        params["reg_lambda"],
+        params["min_child_samples"],
+    ) == (4, 0.01, 1.0, 1.0, 5)
     assert m.rounds < 1000
-    few = P.make("lightgbm", PredictorConfig()).fit(X[:8], y[:8])   # too few rows to hold out
+    few = P.make("lightgbm", PredictorConfig()).fit(X[:8], y[:8])  # too few rows to hold out
     assert few.rounds == 1000
 
 
@@ -59,11 +64,15 @@ def test_selection_prefers_spearman_then_mae_then_the_simpler_model():
     r = lambda name, s, mae: P.CVResult(name, s, mae, 5, [])  # noqa: E731
     assert P.choose({"lightgbm": r("lightgbm", 0.9, 1.0), "ridge": r("ridge", 0.8, 0.1)})[0] == "lightgbm"
     # equal Spearman at 3 decimals: the lower MAE wins
-    assert P.choose({"lightgbm": r("lightgbm", 0.8001, 0.2), "ridge_sqrt": r("ridge_sqrt", 0.8004, 0.3)})[0] \
-        == "lightgbm"
+    assert (
+        P.choose({"lightgbm": r("lightgbm", 0.8001, 0.2), "ridge_sqrt": r("ridge_sqrt", 0.8004, 0.3)})[0] == "lightgbm"
+    )
     # equal on both: the simpler model wins, whatever the order they were given in
-    tie = {"lightgbm": r("lightgbm", 0.7, 0.2), "mixing_law": r("mixing_law", 0.7, 0.2),
-           "ridge_sqrt": r("ridge_sqrt", 0.7, 0.2)}
+    tie = {
+        "lightgbm": r("lightgbm", 0.7, 0.2),
+        "mixing_law": r("mixing_law", 0.7, 0.2),
+        "ridge_sqrt": r("ridge_sqrt", 0.7, 0.2),
+    }
     assert P.choose(tie) == ["ridge_sqrt", "mixing_law", "lightgbm"]
 
 
@@ -87,7 +96,7 @@ def test_ranking_breaks_ties_of_the_chosen_predictor_with_the_runner_up():
     order = fitted.rank(X)
     np.testing.assert_array_equal(order, np.argsort(-X[:, 0], kind="stable"))
     alone = P.Fitted("const", _Const(), None, {}, ["const"])
-    np.testing.assert_array_equal(alone.rank(X), np.arange(30))      # then by row, deterministic
+    np.testing.assert_array_equal(alone.rank(X), np.arange(30))  # then by row, deterministic
 
 
 def test_fit_select_is_deterministic_and_reports_every_candidate():

@@ -1,6 +1,7 @@
 """Errors users read: a bad input, endpoint or credential is one line on stderr, exit status 2,
 no traceback, within 5 s of start (before any Spark start-up), and a secret planted in a URI
 appears nowhere: not in the output, the logs, the output folder or MLflow."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,11 @@ SECRET = "s3cr3t-PLANTED-f00"
 
 def _config(tmp_path: Path, uris: list[str], **extra) -> Path:
     conf = tmp_path / "run.yaml"
-    conf.write_text(yaml.safe_dump({"output_root": str(tmp_path / "out"), "input": {"uris": uris},
-                                    "tracking": {"experiment": "test"}, **extra}))
+    conf.write_text(
+        yaml.safe_dump(
+            {"output_root": str(tmp_path / "out"), "input": {"uris": uris}, "tracking": {"experiment": "test"}, **extra}
+        )
+    )
     return conf
 
 
@@ -44,8 +48,9 @@ def _one_line(proc: subprocess.CompletedProcess, secs: float, *needles: str) -> 
 
 def test_missing_input_path(tmp_path):
     missing = str(tmp_path / "no-such.jsonl")
-    line = _one_line(*_run([CLIMB, "curate", "--config", str(_config(tmp_path, [missing]))]),
-                     "input.uris", missing, "does not exist")
+    line = _one_line(
+        *_run([CLIMB, "curate", "--config", str(_config(tmp_path, [missing]))]), "input.uris", missing, "does not exist"
+    )
     assert line.startswith("climb: ")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("_manifest.json"))
 
@@ -53,9 +58,13 @@ def test_missing_input_path(tmp_path):
 def test_input_folder_without_files_and_glob_without_match(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "_SUCCESS").write_text("")                       # markers are not inputs
-    _one_line(*_run([CLIMB, "curate", "--config", str(_config(tmp_path, [str(empty)]))]),
-              "input.uris", str(empty), "folder with no files")
+    (empty / "_SUCCESS").write_text("")  # markers are not inputs
+    _one_line(
+        *_run([CLIMB, "curate", "--config", str(_config(tmp_path, [str(empty)]))]),
+        "input.uris",
+        str(empty),
+        "folder with no files",
+    )
     glob = str(tmp_path / "*.jsonl")
     _one_line(*_run([CLIMB, "curate", "--config", str(_config(tmp_path, [glob]))]), "input.uris", "matches no files")
 
@@ -70,18 +79,20 @@ def test_missing_s3_key_and_bucket(tmp_path, s3_bucket):
     uri = f"s3://{s3_bucket}/corpus/missing.jsonl"
     _one_line(*_run([CLIMB, "curate", "--config", str(_config(tmp_path, [uri]))]), "input.uris", uri, "does not exist")
     uri = "s3://no-such-bucket-anywhere/x.jsonl"
-    _one_line(*_run([CLIMB, "curate", "--config", str(_config(tmp_path, [uri]))]),
-              "input.uris", "bucket no-such-bucket-anywhere does not exist")
+    _one_line(
+        *_run([CLIMB, "curate", "--config", str(_config(tmp_path, [uri]))]),
+        "input.uris",
+        "bucket no-such-bucket-anywhere does not exist",
+    )
 
 
 def test_unreachable_endpoint(tmp_path, s3_endpoint):
-    with socket.socket() as s:                       # a port nobody listens on
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     conf = _config(tmp_path, ["s3://bucket/corpus/"])
-    _one_line(*_run([CLIMB, "curate", "--config", str(conf)], env), "input.uris", "not reachable",
-              f"127.0.0.1:{port}")
+    _one_line(*_run([CLIMB, "curate", "--config", str(conf)], env), "input.uris", "not reachable", f"127.0.0.1:{port}")
     # a publish against it fails as fast, through the job entry point too
     conf = _config(tmp_path, [str(tmp_path)], publish={"uri": "s3://bucket/mix"})
     job = str(REPO / "jobs" / "publish.py")
@@ -92,16 +103,18 @@ def test_unreachable_endpoint(tmp_path, s3_endpoint):
 
 def test_absent_s3_credentials(tmp_path, s3_endpoint, s3_bucket):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_ENDPOINT_URL"}
-    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
-               AWS_EC2_METADATA_DISABLED="true")
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     conf = _config(tmp_path, [f"s3://{s3_bucket}/corpus/"])
     _one_line(*_run([CLIMB, "curate", "--config", str(conf)], env), "input.uris", "credentials are not set")
 
 
 def test_spark_job_checks_before_spark_starts(tmp_path):
     missing = str(tmp_path / "nope")
-    proc, secs = _run([sys.executable, str(REPO / "jobs" / "curate.py"), "--config",
-                       str(_config(tmp_path, [missing]))])
+    proc, secs = _run([sys.executable, str(REPO / "jobs" / "curate.py"), "--config", str(_config(tmp_path, [missing]))])
     assert proc.returncode == 2 and secs < 5, (proc.stderr, secs)
     assert f"curate: input.uris: {missing} does not exist" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -1,8 +1,8 @@
 """Proxy trainer: mixture-proportional packed batches, schedules, determinism, learning."""
+
 import numpy as np
 import pytest
 import torch
-
 from mixture.config import ProxyConfig
 from mixture.search import proxy as P
 
@@ -29,7 +29,7 @@ def test_batches_draw_each_cluster_in_proportion_to_the_mixture():
     rows = np.concatenate([data.batch(s) for s in range(10)])
     from_a = (rows < 10).all(axis=1)
     from_b = (rows >= 20).all(axis=1)
-    assert from_a.sum() == 30 and from_b.sum() == 10          # exactly 75% / 25% of 40 sequences
+    assert from_a.sum() == 30 and from_b.sum() == 10  # exactly 75% / 25% of 40 sequences
     assert rows.shape == (40, 17)
     only_a = P.MixtureBatches(_shards(), {"a": 1.0, "b": 0.0}, 16, 4, 5, seed=0)
     assert (np.concatenate([only_a.batch(s) for s in range(5)]) < 10).all()
@@ -46,11 +46,11 @@ def test_batches_refuse_clusters_without_tokens():
 def test_schedules_warm_up_peak_and_end_at_the_floor(schedule):
     cfg = ProxyConfig(schedule=schedule, warmup_frac=0.1, min_lr_frac=0.1)
     f = [P.lr_factor(s, 100, cfg) for s in range(100)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)   # linear warm-up over 10 steps
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # linear warm-up over 10 steps
     assert all(a <= b + 1e-12 for a, b in zip(f[:10], f[1:10]))
     assert f[-1] == pytest.approx(0.1)
     if schedule == "wsd":
-        assert f[10:80] == [1.0] * 70                                    # stable until the last 20%
+        assert f[10:80] == [1.0] * 70  # stable until the last 20%
     else:
         assert 0.1 < f[55] < 1.0
 
@@ -67,13 +67,15 @@ def test_training_is_deterministic_for_a_seed_and_learns():
     assert r1.loss_curve != r3.loss_curve
     assert r1.steps == 12 and r1.tokens == 12 * 4 * 64
     first, last = r1.loss_curve[0][1], r1.loss_curve[-1][1]
-    assert first > np.log(64) - 0.5            # starts near uniform over the vocabulary
-    assert last < first - 1.0                  # and learns the repeating pattern
+    assert first > np.log(64) - 0.5  # starts near uniform over the vocabulary
+    assert last < first - 1.0  # and learns the repeating pattern
 
 
 def test_presets_grow_and_unknown_presets_are_refused():
-    sizes = [P.count_params(P.build_model(ProxyConfig(preset=p, seq_len=64), 4096, 0))
-             for p in ("cpu-tiny", "cpu-2m", "cpu-6m")]
+    sizes = [
+        P.count_params(P.build_model(ProxyConfig(preset=p, seq_len=64), 4096, 0))
+        for p in ("cpu-tiny", "cpu-2m", "cpu-6m")
+    ]
     assert sizes[0] < 200_000 < sizes[1] < 2_000_000 < sizes[2] < 8_000_000
     with pytest.raises(ValueError, match="unknown proxy preset"):
         P.preset("7b")

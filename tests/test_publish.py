@@ -1,5 +1,6 @@
 """Publishing to a real S3 endpoint (moto's server over HTTP), through a fault-injecting HTTP
 proxy where the test needs throttling, 5xx answers or an outage halfway."""
+
 from __future__ import annotations
 
 import base64
@@ -17,12 +18,10 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-
 from mixture import storage
 from mixture.climbmix import content_hash
 from mixture.dataset import MANIFEST, DatasetWriter
-from mixture.pipeline import run_stage
-from mixture.pipeline import publish
+from mixture.pipeline import publish, run_stage
 from mixture.publish import PublishError, publish_dataset
 from mixture.reader import ChecksumError, ClimbMix
 from test_build import WEIGHTS, make_climblab, make_config, make_search
@@ -48,11 +47,21 @@ class FaultProxy:
 
     KINDS = ("503", "500", "reset", "drop_body")
 
-    def __init__(self, upstream: str, status: int = 503, code: str = "SlowDown",
-                 fail_first_per_request: int = 0, fail_after_writes: int | None = None,
-                 hang_after_writes: int | None = None, methods: tuple[str, ...] | None = None,
-                 rate: float = 0.0, kinds: tuple[str, ...] = KINDS, seed: int = 0, spare: tuple[str, ...] = (),
-                 corrupt_puts: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        upstream: str,
+        status: int = 503,
+        code: str = "SlowDown",
+        fail_first_per_request: int = 0,
+        fail_after_writes: int | None = None,
+        hang_after_writes: int | None = None,
+        methods: tuple[str, ...] | None = None,
+        rate: float = 0.0,
+        kinds: tuple[str, ...] = KINDS,
+        seed: int = 0,
+        spare: tuple[str, ...] = (),
+        corrupt_puts: tuple[str, ...] = (),
+    ):
         import random
 
         self.rate, self.kinds, self.spare = rate, kinds, spare
@@ -65,7 +74,7 @@ class FaultProxy:
         self.fail_first_per_request = fail_first_per_request
         self.fail_after_writes = fail_after_writes
         self.hang_after_writes = hang_after_writes
-        self.methods = methods          # fail only these HTTP methods (None: all)
+        self.methods = methods  # fail only these HTTP methods (None: all)
         self.stopping = threading.Event()
         self.hanging = threading.Event()
         self.lock = threading.Lock()
@@ -108,17 +117,25 @@ class FaultProxy:
                     n = proxy.seen.get(key, 0)
                     proxy.seen[key] = n + 1
                     fail = n < proxy.fail_first_per_request or (
-                        proxy.fail_after_writes is not None and proxy.writes >= proxy.fail_after_writes)
+                        proxy.fail_after_writes is not None and proxy.writes >= proxy.fail_after_writes
+                    )
                     fail = fail and (proxy.methods is None or self.command in proxy.methods)
                     if fail:
                         proxy.failed += 1
                 if kind in ("503", "500"):
                     fail = True
                 if fail:
-                    status, code = (503, "SlowDown") if kind == "503" else (500, "InternalError") if kind \
+                    status, code = (
+                        (503, "SlowDown")
+                        if kind == "503"
+                        else (500, "InternalError")
+                        if kind
                         else (proxy.status, proxy.code)
-                    err = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-                           f'<Message>injected by the test proxy</Message><RequestId>t</RequestId></Error>').encode()
+                    )
+                    err = (
+                        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                        f"<Message>injected by the test proxy</Message><RequestId>t</RequestId></Error>"
+                    ).encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(err)))
@@ -126,8 +143,11 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(err)
                     return
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("transfer-encoding", "content-length", "connection")}
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("transfer-encoding", "content-length", "connection")
+                }
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
@@ -139,7 +159,7 @@ class FaultProxy:
                     with proxy.lock:
                         proxy.writes += 1
                 if kind == "reset" or (kind == "drop_body" and (self.command == "HEAD" or len(data) < 2)):
-                    self.close_connection = True              # the request took effect; no answer
+                    self.close_connection = True  # the request took effect; no answer
                     return
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
@@ -150,7 +170,7 @@ class FaultProxy:
                 self.send_header("Content-Length", length or "0")
                 self.end_headers()
                 if kind == "drop_body":
-                    self.wfile.write(data[:len(data) // 2])     # Content-Length promised it all
+                    self.wfile.write(data[: len(data) // 2])  # Content-Length promised it all
                     self.close_connection = True
                 elif self.command != "HEAD":
                     self.wfile.write(data)
@@ -176,7 +196,7 @@ class FaultProxy:
         self.corrupt_puts.remove(hit)
         self.corrupted.append(path)
         mid = len(body) // 2
-        return body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1:]
+        return body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
 
     def __enter__(self):
         self.thread.start()
@@ -201,6 +221,7 @@ def via(monkeypatch, s3_endpoint):
                 yield proxy
             finally:
                 monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+
     return route
 
 
@@ -233,7 +254,9 @@ def big_dataset(tmp_path, mb: float = 11, name="big"):
     """A committed dataset with one file over the multipart threshold and a few small ones."""
     w = DatasetWriter(str(tmp_path / name), "build", "h", {})
     rng = np.random.default_rng(0)
-    storage.write_bytes(w.path("tokens/part-00000.bin"), rng.integers(0, 255, int(mb * 2**20), dtype=np.uint8).tobytes())
+    storage.write_bytes(
+        w.path("tokens/part-00000.bin"), rng.integers(0, 255, int(mb * 2**20), dtype=np.uint8).tobytes()
+    )
     for i in range(3):
         storage.write_text(w.path(f"small/{i}.txt"), f"small file {i}\n" * (i + 1))
     return w.commit({"documents": 0, "tokens": 0})
@@ -247,21 +270,26 @@ def test_round_trip_reader_and_pyarrow_load_back_identically(built, s3_endpoint,
     assert uri == f"s3://{s3_bucket}/climbmix/{version}"
     keys = _keys(s3_endpoint, s3_bucket)
     assert f"climbmix/{version}/{MANIFEST}" in keys and "climbmix/latest" in keys
-    assert {k.split(f"{version}/", 1)[1] for k in keys if f"/{version}/" in k} == \
-        {f["path"] for f in ds.manifest.files} | {MANIFEST}
+    assert {k.split(f"{version}/", 1)[1] for k in keys if f"/{version}/" in k} == {
+        f["path"] for f in ds.manifest.files
+    } | {MANIFEST}
     latest = json.loads(_s3(s3_endpoint).get_object(Bucket=s3_bucket, Key="climbmix/latest")["Body"].read())
     assert latest["version"] == version and latest["uri"] == uri
 
     local = pq.read_table([p for p in ds.files("parquet/")][0]).schema
     expected = ClimbMix(ds.uri).read_table()
-    mix = ClimbMix(f"s3://{s3_bucket}/climbmix")           # through `latest`
+    mix = ClimbMix(f"s3://{s3_bucket}/climbmix")  # through `latest`
     assert mix.version == version and mix.manifest_sha256 == latest["manifest_sha256"]
     assert mix.read_table().equals(expected) and mix.read_table().schema == local
     # plain pyarrow on the S3 endpoint, no project code
-    fs = pafs.S3FileSystem(endpoint_override=urlparse(s3_endpoint).netloc, scheme="http",
-                           access_key=KEY_ID, secret_key=SECRET_KEY, region="us-east-1")
-    files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(f"{s3_bucket}/climbmix/{version}/parquet"))
-                   )
+    fs = pafs.S3FileSystem(
+        endpoint_override=urlparse(s3_endpoint).netloc,
+        scheme="http",
+        access_key=KEY_ID,
+        secret_key=SECRET_KEY,
+        region="us-east-1",
+    )
+    files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(f"{s3_bucket}/climbmix/{version}/parquet")))
     assert pq.read_table(files, filesystem=fs).equals(expected)
     # token sequences identical to the local memmaps
     local_docs = list(ClimbMix(ds.uri).iter_tokens())
@@ -302,9 +330,10 @@ def test_multipart_upload_is_verified_against_the_manifest(tmp_path, s3_endpoint
     cfg.publish.multipart_chunk_mb = 5
     rep = publish_dataset(ds, cfg, version="mp")
     assert rep.uploaded == 4
-    head = _s3(s3_endpoint).head_object(Bucket=s3_bucket, Key="climbmix/mp/tokens/part-00000.bin",
-                                       ChecksumMode="ENABLED")
-    assert head["ETag"].strip('"').endswith("-3")                 # 11 MiB in 5 MiB parts
+    head = _s3(s3_endpoint).head_object(
+        Bucket=s3_bucket, Key="climbmix/mp/tokens/part-00000.bin", ChecksumMode="ENABLED"
+    )
+    assert head["ETag"].strip('"').endswith("-3")  # 11 MiB in 5 MiB parts
     sha = next(f["sha256"] for f in ds.manifest.files if f["path"] == "tokens/part-00000.bin")
     assert head["Metadata"]["sha256"] == sha
     body = _s3(s3_endpoint).get_object(Bucket=s3_bucket, Key="climbmix/mp/tokens/part-00000.bin")["Body"].read()
@@ -320,7 +349,7 @@ def test_throttling_and_5xx_are_retried(built, s3_endpoint, s3_bucket, via):
     cfg.publish.max_retries = 3
     with via(FaultProxy(s3_endpoint, status=503, code="SlowDown", fail_first_per_request=1)) as proxy:
         uri = publish(cfg)
-    assert proxy.failed >= len(ds.manifest.files) + 2          # every upload, the manifest, the pointer
+    assert proxy.failed >= len(ds.manifest.files) + 2  # every upload, the manifest, the pointer
     assert ClimbMix(uri).read_table().equals(ClimbMix(ds.uri).read_table())
     with via(FaultProxy(s3_endpoint, status=500, code="InternalError", fail_first_per_request=2)) as proxy:
         rep = publish_dataset(ds, cfg, version="after-500s")
@@ -336,19 +365,20 @@ def test_multipart_parts_are_retried(tmp_path, s3_endpoint, s3_bucket, via, buil
     with via(FaultProxy(s3_endpoint, fail_first_per_request=1)) as proxy:
         rep = publish_dataset(ds, cfg, version="mp-retry")
     parts = [r for r in proxy.requests if "partNumber=" in r]
-    assert len(parts) == 6                                      # 3 parts, each failed once
+    assert len(parts) == 6  # 3 parts, each failed once
     ClimbMix(rep.uri).verify()
 
 
 def test_permanent_errors_are_not_retried(built, s3_endpoint, s3_bucket, via):
     cfg, ds = built
     cfg.publish.concurrency = 1
-    with via(FaultProxy(s3_endpoint, status=403, code="AccessDenied", fail_first_per_request=100,
-                        methods=("PUT",))) as proxy:
+    with via(
+        FaultProxy(s3_endpoint, status=403, code="AccessDenied", fail_first_per_request=100, methods=("PUT",))
+    ) as proxy:
         with pytest.raises(PublishError, match="AccessDenied"):
             publish(cfg)
     puts = [r for r in proxy.requests if r.startswith("PUT")]
-    assert len(puts) == len(set(puts)), puts                           # no retry of a 403
+    assert len(puts) == len(set(puts)), puts  # no retry of a 403
     assert not [k for k in _keys(s3_endpoint, s3_bucket) if k.endswith(MANIFEST)]
 
 
@@ -392,7 +422,7 @@ def test_credentials_never_logged_stored_or_tracked(built, s3_endpoint, s3_bucke
     caplog.set_level(logging.DEBUG, logger="mixture")
     caplog.set_level(logging.INFO)
     uri = publish(cfg)
-    assert "publishing" in caplog.text and "published" in caplog.text      # the log was captured
+    assert "publishing" in caplog.text and "published" in caplog.text  # the log was captured
     for secret in (SECRET_KEY, KEY_ID):
         assert secret not in caplog.text
     s3 = _s3(s3_endpoint)
@@ -401,6 +431,7 @@ def test_credentials_never_logged_stored_or_tracked(built, s3_endpoint, s3_bucke
             body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read().decode()
             assert SECRET_KEY not in body and KEY_ID not in body, key
     from mixture import tracking
+
     tracking.setup(cfg)
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")
     assert runs, "the publication was not tracked"
@@ -414,9 +445,9 @@ def test_bad_targets_are_refused_without_echoing_secrets(built):
     cfg, _ = built
     from mixture.publish import parse_target
 
-    with pytest.raises(ValueError, match="must not contain credentials"):          # the config refuses it
+    with pytest.raises(ValueError, match="must not contain credentials"):  # the config refuses it
         cfg.publish.uri = f"s3://{KEY_ID}:{SECRET_KEY}@bucket/prefix"
-    with pytest.raises(PublishError) as err:                                        # and so does the publisher
+    with pytest.raises(PublishError) as err:  # and so does the publisher
         parse_target(f"s3://{KEY_ID}:{SECRET_KEY}@bucket/prefix")
     assert SECRET_KEY not in str(err.value)
     cfg.publish.uri = "/local/folder"
@@ -446,10 +477,18 @@ def test_cli_build_and_publish(tmp_path, sample_records, s3_bucket, capsys):
     lab = make_climblab(root, sample_records)
     make_search(root, lab, WEIGHTS)
     conf = tmp_path / "run.yaml"
-    conf.write_text(yaml.safe_dump({
-        "output_root": str(root), "seed": 7, "input": {"uris": [str(root / "input.jsonl")]},
-        "build": {"tokens": 12_000, "shard_docs": 16}, "tracking": {"experiment": "test"},
-        "publish": {"uri": f"s3://{s3_bucket}/mix", "track": False}}))
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "output_root": str(root),
+                "seed": 7,
+                "input": {"uris": [str(root / "input.jsonl")]},
+                "build": {"tokens": 12_000, "shard_docs": 16},
+                "tracking": {"experiment": "test"},
+                "publish": {"uri": f"s3://{s3_bucket}/mix", "track": False},
+            }
+        )
+    )
     assert main(["build", "--config", str(conf)]) == 0
     assert main(["publish", "--config", str(conf), "--version", "2025-01"]) == 0
     out = capsys.readouterr().out
@@ -460,12 +499,21 @@ def test_cli_build_and_publish(tmp_path, sample_records, s3_bucket, capsys):
     # the job entry point: same version again is a no-op, exit 0; a bad version exits non-zero
     import subprocess
     import sys
+
     job = Path(__file__).resolve().parents[1] / "jobs" / "publish.py"
-    ok = subprocess.run([sys.executable, str(job), "--config", str(conf), "--version", "2025-01"],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, str(job), "--config", str(conf), "--version", "2025-01"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0 and "2025-01" in ok.stdout, ok.stderr
-    bad = subprocess.run([sys.executable, str(job), "--config", str(conf), "--version", "latest"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, str(job), "--config", str(conf), "--version", "latest"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "invalid version" in bad.stderr
 
 
@@ -481,17 +529,26 @@ def test_publisher_killed_mid_upload_leaves_nothing_visible(built, s3_endpoint, 
 
     cfg, ds = built
     conf = tmp_path / "run.yaml"
-    conf.write_text(yaml.safe_dump({
-        "output_root": cfg.output_root, "seed": cfg.seed, "input": {"uris": cfg.input.uris},
-        "build": cfg.build.model_dump(), "tracking": {"experiment": "test"},
-        "publish": {"uri": cfg.publish.uri, "track": False, "concurrency": 1},
-        "concurrency": {"lease_ttl_s": 5}}))
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "output_root": cfg.output_root,
+                "seed": cfg.seed,
+                "input": {"uris": cfg.input.uris},
+                "build": cfg.build.model_dump(),
+                "tracking": {"experiment": "test"},
+                "publish": {"uri": cfg.publish.uri, "track": False, "concurrency": 1},
+                "concurrency": {"lease_ttl_s": 5},
+            }
+        )
+    )
     job = Path(__file__).resolve().parents[1] / "jobs" / "publish.py"
     n_files = len(ds.manifest.files)
     with FaultProxy(s3_endpoint, hang_after_writes=n_files // 2) as proxy:
         env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url}
-        proc = subprocess.Popen([sys.executable, str(job), "--config", str(conf)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(job), "--config", str(conf)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         assert proxy.hanging.wait(60), "the publisher never reached the middle of its uploads"
         time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
@@ -509,7 +566,7 @@ def test_publisher_killed_mid_upload_leaves_nothing_visible(built, s3_endpoint, 
     cfg.publish.track = False
     cfg.concurrency.lease_ttl_s = 5
     t0 = time.time()
-    publish(cfg)                                   # waits for the dead lease to expire, takes it over
+    publish(cfg)  # waits for the dead lease to expire, takes it over
     assert time.time() - t0 < 60
     assert lease_key not in _keys(s3_endpoint, s3_bucket)
     assert ClimbMix(f"s3://{s3_bucket}/climbmix").read_table().equals(ClimbMix(ds.uri).read_table())
@@ -546,8 +603,7 @@ def test_faults_of_every_kind_at_20_percent(built, s3_endpoint, s3_bucket, via, 
         good = _s3(s3_endpoint).get_object(Bucket=s3_bucket, Key="climbmix/faulty/parquet/part-00000.parquet")
         raw = bytearray(good["Body"].read())
         raw[len(raw) // 2] ^= 0xFF
-        _s3(s3_endpoint).put_object(Bucket=s3_bucket, Key="climbmix/faulty/parquet/part-00000.parquet",
-                                    Body=bytes(raw))
+        _s3(s3_endpoint).put_object(Bucket=s3_bucket, Key="climbmix/faulty/parquet/part-00000.parquet", Body=bytes(raw))
         with pytest.raises(ChecksumError, match="part-00000.parquet"):
             ClimbMix(uri).verify()
     assert set(proxy.faults) == set(FaultProxy.KINDS), proxy.faults
@@ -564,7 +620,7 @@ def test_byte_flipped_in_flight_is_caught_and_uploaded_again(built, s3_endpoint,
     assert proxy.corrupted and "flipped/parquet/part-00001" in proxy.corrupted[0]
     assert "verification: download (the endpoint does not validate checksums" in caplog.text
     assert "verification failed after upload" in caplog.text and rep.retried >= 1
-    assert not [k for k in _keys(s3_endpoint, s3_bucket) if "/_probe/" in k]        # the probe cleans up
+    assert not [k for k in _keys(s3_endpoint, s3_bucket) if "/_probe/" in k]  # the probe cleans up
     ClimbMix(rep.uri).verify()
 
 
@@ -577,8 +633,13 @@ def test_damaged_object_of_an_uncommitted_version_is_uploaded_again(built, s3_en
     raw = bytearray(Path(ds.path(f["path"])).read_bytes())
     checksum = base64.b64encode(hashlib.sha256(bytes(raw)).digest()).decode()
     raw[len(raw) // 2] ^= 0xFF
-    _s3(s3_endpoint).put_object(Bucket=s3_bucket, Key=f"climbmix/dmg/{f['path']}", Body=bytes(raw),
-                                ChecksumSHA256=checksum, Metadata={"sha256": f["sha256"]})
+    _s3(s3_endpoint).put_object(
+        Bucket=s3_bucket,
+        Key=f"climbmix/dmg/{f['path']}",
+        Body=bytes(raw),
+        ChecksumSHA256=checksum,
+        Metadata={"sha256": f["sha256"]},
+    )
     rep = publish_dataset(ds, cfg, version="dmg")
     assert rep.uploaded == len(ds.manifest.files)
     ClimbMix(rep.uri).verify()
@@ -614,11 +675,19 @@ def two_builds(tmp_path, sample_records, s3_bucket):
         cfg = make_config(root, tokens=tokens)
         ds = run_stage(cfg, "climbmix").dataset
         conf = tmp_path / f"{name}.yaml"
-        conf.write_text(yaml.safe_dump({
-            "output_root": cfg.output_root, "seed": cfg.seed, "input": {"uris": cfg.input.uris},
-            "build": cfg.build.model_dump(), "tracking": {"experiment": "test"},
-            "publish": {"uri": f"s3://{s3_bucket}/climbmix", "track": False, "concurrency": 2},
-            "concurrency": {"lease_ttl_s": 5}}))
+        conf.write_text(
+            yaml.safe_dump(
+                {
+                    "output_root": cfg.output_root,
+                    "seed": cfg.seed,
+                    "input": {"uris": cfg.input.uris},
+                    "build": cfg.build.model_dump(),
+                    "tracking": {"experiment": "test"},
+                    "publish": {"uri": f"s3://{s3_bucket}/climbmix", "track": False, "concurrency": 2},
+                    "concurrency": {"lease_ttl_s": 5},
+                }
+            )
+        )
         out.append((conf, ds))
     return out
 
@@ -629,8 +698,13 @@ def _publisher(conf: Path, version: str):
     import sys
 
     job = Path(__file__).resolve().parents[1] / "jobs" / "publish.py"
-    return subprocess.Popen([sys.executable, str(job), "--config", str(conf), "--version", version],
-                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(job), "--config", str(conf), "--version", version],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _errors(stderr: str) -> list[str]:
@@ -690,6 +764,6 @@ def test_publishers_killed_at_random_points_never_commit_a_bad_version(two_build
         assert rerun.returncode in (0, 2) and "Traceback" not in err, err
         if rerun.returncode == 2:
             assert "different content" in _errors(err)[0]
-        _good(s3_bucket, version, two_builds)                       # committed by one, and good
+        _good(s3_bucket, version, two_builds)  # committed by one, and good
         latest = ClimbMix(f"s3://{s3_bucket}/climbmix")
         latest.verify()

@@ -1,5 +1,6 @@
 """Quality scorers on the paper's 1-5 scale: heuristic (from q_* signals), classifier
 (logistic regression on embeddings against a reference set), fastText label mapping."""
+
 from __future__ import annotations
 
 import gzip
@@ -7,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from mixture.config import ConfigError, parse_config
 from mixture.scorers import QualityError, to_scale
 from mixture.scorers.classifier import ReferenceClassifier, read_reference_texts
@@ -16,10 +16,9 @@ from mixture.scorers.heuristic import HEURISTIC_SIGNALS, Ramp, heuristic_scores
 
 
 def test_ramp_passes_through_bad_threshold_good_in_both_directions():
-    up = Ramp(0.4, 0.8, 0.95)                      # higher is better (alpha words ratio)
-    assert up(np.array([0.0, 0.4, 0.6, 0.8, 0.875, 0.95, 1.0])).tolist() == pytest.approx(
-        [0, 0, 0.25, 0.5, 0.75, 1, 1])
-    down = Ramp(0.4, 0.2, 0.0)                     # lower is better (duplicate-line characters)
+    up = Ramp(0.4, 0.8, 0.95)  # higher is better (alpha words ratio)
+    assert up(np.array([0.0, 0.4, 0.6, 0.8, 0.875, 0.95, 1.0])).tolist() == pytest.approx([0, 0, 0.25, 0.5, 0.75, 1, 1])
+    down = Ramp(0.4, 0.2, 0.0)  # lower is better (duplicate-line characters)
     assert down(np.array([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])).tolist() == pytest.approx([0, 0, 0.25, 0.5, 0.75, 1])
     with pytest.raises(ValueError):
         Ramp(0.0, 1.0, 0.5)
@@ -30,7 +29,7 @@ def test_documents_on_the_filter_thresholds_score_three():
     at = {name: np.array([ramps[0].threshold]) for name, ramps in HEURISTIC_SIGNALS.items()}
     assert heuristic_scores(at).scores.tolist() == [3.0]
     good = {name: np.array([ramps[0].good]) for name, ramps in HEURISTIC_SIGNALS.items()}
-    good["q_mean_word_length"] = np.array([5.0])   # inside both sides' good range
+    good["q_mean_word_length"] = np.array([5.0])  # inside both sides' good range
     assert heuristic_scores(good).scores.tolist() == [5.0]
     bad = {name: np.array([ramps[0].bad]) for name, ramps in HEURISTIC_SIGNALS.items()}
     assert heuristic_scores(bad).scores.tolist() == [1.0]
@@ -42,9 +41,11 @@ def test_mean_word_length_is_two_sided():
 
 
 def test_heuristic_uses_the_columns_present_and_reports_the_rest():
-    sig = {"q_alpha_words_ratio": np.array([0.95, 0.6]),       # d 1.0, 0.25
-           "q_dup_line_char_frac": np.array([0.0, 0.2]),        # d 1.0, 0.5
-           "q_made_up_signal": np.array([1.0, 2.0])}
+    sig = {
+        "q_alpha_words_ratio": np.array([0.95, 0.6]),  # d 1.0, 0.25
+        "q_dup_line_char_frac": np.array([0.0, 0.2]),  # d 1.0, 0.5
+        "q_made_up_signal": np.array([1.0, 2.0]),
+    }
     r = heuristic_scores(sig)
     assert r.used == ["q_alpha_words_ratio", "q_dup_line_char_frac"]
     assert r.ignored == ["q_made_up_signal"]
@@ -53,8 +54,10 @@ def test_heuristic_uses_the_columns_present_and_reports_the_rest():
 
 
 def test_missing_values_are_skipped_and_all_missing_is_neutral_and_counted():
-    sig = {"q_alpha_words_ratio": np.array([0.95, np.nan, np.nan]),
-           "q_dup_line_char_frac": np.array([np.nan, 0.0, np.nan])}
+    sig = {
+        "q_alpha_words_ratio": np.array([0.95, np.nan, np.nan]),
+        "q_dup_line_char_frac": np.array([np.nan, 0.0, np.nan]),
+    }
     r = heuristic_scores(sig)
     assert r.scores.tolist() == pytest.approx([5.0, 5.0, 3.0])
     assert r.no_signal == 1
@@ -87,13 +90,13 @@ def test_heuristic_thresholds_follow_the_curation_filters():
     # A filter left out keeps its default limits; a count limit maps onto its share signal.
     stop = {"q_stop_words": np.array([0.02, 0.04])}
     assert heuristic_scores(stop).scores.tolist() == pytest.approx([3.0, 1 + 4 * 0.6])
-    assert heuristic_scores(stop, filters={"gopher_quality": {"min_stop_words": 4}}).scores.tolist() == \
-        pytest.approx([1 + 4 * 0.25, 3.0])
+    assert heuristic_scores(stop, filters={"gopher_quality": {"min_stop_words": 4}}).scores.tolist() == pytest.approx(
+        [1 + 4 * 0.25, 3.0]
+    )
 
 
 def test_compute_scores_reads_the_filter_limits_from_the_curated_manifest(tmp_path):
     import pyarrow as pa
-
     from mixture.dataset import Dataset, Manifest
     from mixture.scorers import compute_scores
 
@@ -105,8 +108,15 @@ def test_compute_scores_reads_the_filter_limits_from_the_curated_manifest(tmp_pa
 
     limits = cfg.curate.filters.gopher_quality.model_copy(update={"min_mean_word_length": 4.5})
     default = compute_scores(cfg.cluster, 0, np.zeros((2, 4)), meta, ["a", "b"], curated({}), curated({}))
-    moved = compute_scores(cfg.cluster, 0, np.zeros((2, 4)), meta, ["a", "b"],
-                           curated({"filters": {"gopher_quality": limits.model_dump(mode="json")}}), curated({}))
+    moved = compute_scores(
+        cfg.cluster,
+        0,
+        np.zeros((2, 4)),
+        meta,
+        ["a", "b"],
+        curated({"filters": {"gopher_quality": limits.model_dump(mode="json")}}),
+        curated({}),
+    )
     assert default.by_name["heuristic"].tolist() == [5.0, 5.0]
     assert moved.by_name["heuristic"].tolist() == pytest.approx([3.0, 5.0])
     assert moved.notes["heuristic"]["signals_used"] == ["q_mean_word_length"]
@@ -193,10 +203,15 @@ def test_fasttext_scorer_with_a_trained_model(tmp_path, sample_records):
     import fasttext
 
     train = tmp_path / "train.txt"
-    lines = [("__label__hq " if r["source"] in ("python-docs", "debian-policy") else "__label__cc ")
-             + " ".join(r["text"].split()[:200]) for r in sample_records[:600]]
+    lines = [
+        ("__label__hq " if r["source"] in ("python-docs", "debian-policy") else "__label__cc ")
+        + " ".join(r["text"].split()[:200])
+        for r in sample_records[:600]
+    ]
     train.write_text("\n".join(lines) + "\n")
-    fasttext.train_supervised(str(train), epoch=25, lr=1.0, verbose=0, seed=0, thread=1).save_model(str(tmp_path / "q.bin"))
+    fasttext.train_supervised(str(train), epoch=25, lr=1.0, verbose=0, seed=0, thread=1).save_model(
+        str(tmp_path / "q.bin")
+    )
     texts = [r["text"] for r in sample_records[600:800]]
     hq = np.array([r["source"] in ("python-docs", "debian-policy") for r in sample_records[600:800]])
     s = FastTextScorer(str(tmp_path / "q.bin")).scores(texts)

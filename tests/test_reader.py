@@ -1,4 +1,5 @@
 """Reading ClimbMix datasets (a local build, a published version on S3) with checksums."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,8 @@ import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from mixture.dataset import DatasetError
-from mixture.pipeline import run_stage
-from mixture.pipeline import publish
+from mixture.pipeline import publish, run_stage
 from mixture.reader import ChecksumError, ClimbMix
 from test_build import WEIGHTS, make_climblab, make_config, make_search
 
@@ -49,10 +48,10 @@ def test_local_corruption_is_detected(build):
     _, ds = build
     bin_path = Path(ds.path("tokens/part-00000.bin"))
     raw = bytearray(bin_path.read_bytes())
-    raw[10] ^= 0xFF                                                   # same size, one byte flipped
+    raw[10] ^= 0xFF  # same size, one byte flipped
     bin_path.write_bytes(bytes(raw))
     mix = ClimbMix(ds.uri)
-    assert len(mix.read_table()) == len(mix)                          # the Parquet is intact
+    assert len(mix.read_table()) == len(mix)  # the Parquet is intact
     with pytest.raises(ChecksumError, match="tokens/part-00000.bin"):
         list(mix.iter_tokens())
     with pytest.raises(ChecksumError):
@@ -70,7 +69,7 @@ def test_published_corruption_is_detected(build, s3_endpoint, s3_bucket, tmp_pat
     good = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     s3.put_object(Bucket=s3_bucket, Key=key, Body=good[:-8] + b"\0" * 8)
     mix = ClimbMix(uri, cache_dir=str(tmp_path / "cache"))
-    mix.read_shard(0)                                                  # other shards still read
+    mix.read_shard(0)  # other shards still read
     with pytest.raises(ChecksumError, match="part-00001.parquet"):
         mix.read_table()
     # tokens come through a verified cache; a damaged cache copy is fetched again

@@ -1,7 +1,7 @@
 """Mixture sampling: Dirichlet around the sharpened prior, caps, floors, dedup, reproducibility."""
+
 import numpy as np
 import pytest
-
 from mixture.search.sampler import mixture_keys, quantize, sample_mixtures, sharpen
 
 PRIOR = np.array([0.40, 0.25, 0.15, 0.10, 0.05, 0.03, 0.015, 0.005])
@@ -12,15 +12,15 @@ def test_rows_are_mixtures_on_the_floor_grid():
     assert W.shape == (2000, len(PRIOR))
     np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-9)
     units = W / 2e-4
-    np.testing.assert_allclose(units, np.rint(units), atol=1e-6)     # multiples of 2e-4
-    assert W[W > 0].min() >= 2e-4 - 1e-12                             # nothing between 0 and the floor
+    np.testing.assert_allclose(units, np.rint(units), atol=1e-6)  # multiples of 2e-4
+    assert W[W > 0].min() >= 2e-4 - 1e-12  # nothing between 0 and the floor
 
 
 def test_quantize_zeroes_weights_below_the_floor_and_keeps_the_sum():
     w = np.array([[0.00019, 0.00021, 0.3, 0.69960]])
     q = quantize(w, 2e-4)[0]
-    assert q[0] == 0.0                       # below the floor: zeroed
-    assert q[1] == pytest.approx(2e-4)       # just above: kept, one unit
+    assert q[0] == 0.0  # below the floor: zeroed
+    assert q[1] == pytest.approx(2e-4)  # just above: kept, one unit
     assert q.sum() == pytest.approx(1.0, abs=1e-12)
     # many tiny kept weights force the largest to give units back
     q = quantize(np.array([[0.00021] * 10 + [0.9979]]), 2e-4)[0]
@@ -41,11 +41,11 @@ def test_mean_follows_the_prior_sharpened_with_temperature():
 def test_epoch_cap_rejects_mixtures_that_repeat_a_cluster_too_often():
     rng = np.random.default_rng(2)
     uncapped = sample_mixtures(rng, PRIOR, 3000, epoch_cap=1e9)
-    assert (uncapped / PRIOR).max() > 15          # without the cap the small clusters exceed 15x
+    assert (uncapped / PRIOR).max() > 15  # without the cap the small clusters exceed 15x
     capped = sample_mixtures(np.random.default_rng(2), PRIOR, 3000, epoch_cap=15)
     ratio = capped / PRIOR
     assert ratio.max() <= 15 + 1e-9
-    assert ratio.max() > 10                        # the cap binds, it does not empty the clusters
+    assert ratio.max() > 10  # the cap binds, it does not empty the clusters
 
 
 def test_same_seed_same_mixtures_other_seed_other_mixtures():
@@ -72,8 +72,8 @@ def test_duplicates_and_excluded_mixtures_are_never_returned():
 def test_concentration_range_spans_peaked_and_flat_mixtures():
     W = sample_mixtures(np.random.default_rng(5), PRIOR, 4000, epoch_cap=1e9)
     top = W.max(axis=1)
-    assert (top > 0.9).mean() > 0.05     # concentration near 0.1: almost one cluster
-    assert (top < 0.5).mean() > 0.2      # concentration near 5: spread like the prior
+    assert (top > 0.9).mean() > 0.05  # concentration near 0.1: almost one cluster
+    assert (top < 0.5).mean() > 0.2  # concentration near 5: spread like the prior
 
 
 def test_centered_draws_stay_near_their_centre():

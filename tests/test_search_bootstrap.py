@@ -1,7 +1,7 @@
 """The iterative search on a synthetic objective with a known optimum (no proxies trained)."""
+
 import numpy as np
 import pytest
-
 from mixture.config import SearchConfig
 from mixture.search import bootstrap
 from mixture.search.sampler import sample_mixtures
@@ -11,8 +11,13 @@ K = 12
 
 
 def _scfg(**kw):
-    base = dict(iterations=[12, 6, 4], candidates=5000, top_n=12, top_k=16,
-                predictor=dict(min_child_samples=3, min_data_in_bin=1, cv_folds=4))
+    base = dict(
+        iterations=[12, 6, 4],
+        candidates=5000,
+        top_n=12,
+        top_k=16,
+        predictor=dict(min_child_samples=3, min_data_in_bin=1, cv_folds=4),
+    )
     return SearchConfig(**{**base, **kw})
 
 
@@ -37,8 +42,8 @@ def test_search_converges_towards_the_optimum_better_than_random_search():
         random_best.append(obj.value(R[int(np.argmax(observed))]))
         # later iterations sample where the predictor expects better scores: their runs beat the
         # first (random) iteration's on average
-        first = obs.y[:scfg.iterations[0]].mean()
-        later = obs.y[scfg.iterations[0]:].mean()
+        first = obs.y[: scfg.iterations[0]].mean()
+        later = obs.y[scfg.iterations[0] :].mean()
         assert later > first
     assert np.mean(climb) > np.mean(random_best)
     assert sum(c > r for c, r in zip(climb, random_best)) >= 2
@@ -67,9 +72,10 @@ def test_final_falls_back_to_the_best_observed_when_the_predictor_cannot_rank():
     prior, _ = _problem(1)
     names = [f"c{i:02d}" for i in range(K)]
     W = sample_mixtures(np.random.default_rng(0), prior, 20)
-    noise = np.random.default_rng(1).normal(size=20)                 # scores unrelated to weights
-    runs = [{"run_id": f"r{j:02d}", "mixture": dict(zip(names, w)), "score": s}
-            for j, (w, s) in enumerate(zip(W, noise))]
+    noise = np.random.default_rng(1).normal(size=20)  # scores unrelated to weights
+    runs = [
+        {"run_id": f"r{j:02d}", "mixture": dict(zip(names, w)), "score": s} for j, (w, s) in enumerate(zip(W, noise))
+    ]
     out = bootstrap.final(_scfg(), prior, bootstrap.observe(runs, names, 2e-4), seed=0)
     assert out["method"] == "best_observed"
     np.testing.assert_allclose(out["weights"], W[int(np.argmax(noise))])
@@ -85,15 +91,17 @@ def test_final_uses_the_predictor_when_it_ranks_well():
     out = bootstrap.final(_scfg(), prior, obs, seed=0)
     assert out["method"] == "top_mean"
     assert out["predicted"] > out["best_observed"]["predicted"]
-    assert obj.value(np.array(out["weights"])) > obs.y.max()        # beats every observed mixture
+    assert obj.value(np.array(out["weights"])) > obs.y.max()  # beats every observed mixture
     assert sum(out["weights"]) == pytest.approx(1.0)
 
 
 def test_seeds_of_one_mixture_are_averaged_and_failed_runs_are_excluded_with_a_reason():
     names = ["a", "b"]
-    runs = [{"run_id": "x-s0", "mixture": {"a": 0.5, "b": 0.5}, "score": 1.0},
-            {"run_id": "x-s1", "mixture": {"a": 0.5, "b": 0.5}, "score": 3.0},
-            {"run_id": "y-s0", "mixture": {"a": 1.0, "b": 0.0}, "score": None, "error": "diverged"}]
+    runs = [
+        {"run_id": "x-s0", "mixture": {"a": 0.5, "b": 0.5}, "score": 1.0},
+        {"run_id": "x-s1", "mixture": {"a": 0.5, "b": 0.5}, "score": 3.0},
+        {"run_id": "y-s0", "mixture": {"a": 1.0, "b": 0.0}, "score": None, "error": "diverged"},
+    ]
     obs = bootstrap.observe(runs, names, 2e-4)
     assert len(obs) == 1 and obs.y[0] == 2.0 and obs.run_ids[0] == ["x-s0", "x-s1"]
     assert obs.excluded == [{"run_id": "y-s0", "reason": "diverged"}]
@@ -110,8 +118,8 @@ def test_projection_of_the_search_wall_time():
     from mixture.search.pool import Projection
 
     p = Projection(total_runs=10, workers=2)
-    assert p.done({"seconds": 30.0}) is None                      # one run is too few to project
+    assert p.done({"seconds": 30.0}) is None  # one run is too few to project
     line = p.done({"seconds": 50.0})
     assert line and "40 s per proxy run" in line and "8 runs left" in line and "2.7 more minutes" in line
-    assert p.done({"seconds": 40.0}) is None                      # the estimate did not move much
-    assert p.done({"seconds": 400.0}) is not None                 # it did: said again
+    assert p.done({"seconds": 40.0}) is None  # the estimate did not move much
+    assert p.done({"seconds": 400.0}) is not None  # it did: said again

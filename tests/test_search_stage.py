@@ -1,4 +1,5 @@
 """The search stage and its steps: propose / run_proxy / finish, resume, MLflow, the job entry point."""
+
 import json
 import subprocess
 import sys
@@ -9,14 +10,13 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-
-from mixture import storage, pipeline
+from mixture import pipeline, storage
+from mixture.climblab import ClimbLab
 from mixture.config import parse_config
 from mixture.dataset import open_dataset
 from mixture.search import steps
-from mixture.stages import search as stage
 from mixture.search.synthetic import SyntheticObjective, make_climblab
-from mixture.climblab import ClimbLab
+from mixture.stages import search as stage
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "data" / "sample" / "target_val.jsonl.gz"
@@ -42,14 +42,26 @@ def _config(tmp_path, climblab_texts, tracking_uri, run_name="t", **search):
     root = tmp_path / "out"
     if not (root / "climblab" / "_manifest.json").exists():
         make_climblab(str(root / "climblab"), climblab_texts, vocab_size=400)
-    base = {"iterations": [6, 3], "candidates": 2000, "top_n": 6, "top_k": 4,
-            "proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
-            "transfer_proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
-            "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
-            "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1}}
+    base = {
+        "iterations": [6, 3],
+        "candidates": 2000,
+        "top_n": 6,
+        "top_k": 4,
+        "proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
+        "transfer_proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
+        "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
+        "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1},
+    }
     base.update(search)
-    return parse_config({"run_name": run_name, "output_root": str(root), "input": {"uris": ["unused"]},
-                         "search": base, "tracking": {"experiment": "test", "uri": tracking_uri}})
+    return parse_config(
+        {
+            "run_name": run_name,
+            "output_root": str(root),
+            "input": {"uris": ["unused"]},
+            "search": base,
+            "tracking": {"experiment": "test", "uri": tracking_uri},
+        }
+    )
 
 
 class CountingObjective:
@@ -79,14 +91,14 @@ def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts,
     obj = CountingObjective()
     jobs = steps.propose(_ctx(cfg), 0)
     assert len(jobs) == 6 and {j["iteration"] for j in jobs} == {0}
-    for job in jobs[:2]:                        # two proxies finish, then the search is "killed"
+    for job in jobs[:2]:  # two proxies finish, then the search is "killed"
         steps.run_proxy(_ctx(cfg), job, objective=obj)
     with pytest.raises(steps.SearchError, match="not finished"):
         steps.propose(_ctx(cfg), 1)
 
     ctx = _ctx(cfg)
     out = stage.run(ctx, objective=obj)
-    assert len(obj.calls) == 2 + 4 + 3          # the two finished runs were not trained again
+    assert len(obj.calls) == 2 + 4 + 3  # the two finished runs were not trained again
     assert out.extra["reused_runs"] == 2
     ds = ctx.writer.commit(out.counts, out.extra)
 
@@ -103,9 +115,9 @@ def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts,
     assert all(r["predicted"] is not None for r in its["iterations"][1]["runs"])
 
     df, kinds = _runs_by_kind(cfg)
-    assert kinds == {"search": 1, "iteration": 2, "proxy": 9}     # each proxy logged once
+    assert kinds == {"search": 1, "iteration": 2, "proxy": 9}  # each proxy logged once
     proxies = df[df["tags.climb.kind"] == "proxy"]
-    for c in NAMES:                                                # same param names on every run
+    for c in NAMES:  # same param names on every run
         assert proxies[f"params.w.{c}"].notna().all()
     assert proxies["metrics.score"].notna().all()
     it1 = df[(df["tags.climb.kind"] == "iteration") & (df["tags.climb.iteration"] == "1")]
@@ -122,7 +134,7 @@ def test_steps_are_deterministic_and_idempotent(tmp_path, climblab_texts, tracki
     first = steps.run_proxy(_ctx(a), jobs_a[0], objective=obj)
     again = steps.run_proxy(_ctx(a), jobs_a[0], objective=obj)
     assert first == again and len(obj.calls) == 1
-    forged = {**jobs_a[1], "run_id": jobs_a[0]["run_id"]}        # a different mixture, same id
+    forged = {**jobs_a[1], "run_id": jobs_a[0]["run_id"]}  # a different mixture, same id
     with pytest.raises(steps.SearchError, match="different run"):
         steps.run_proxy(_ctx(a), forged, objective=obj)
     with pytest.raises(steps.SearchError, match="out of range"):
@@ -138,11 +150,11 @@ def test_search_stage_trains_real_proxies_and_commits(tmp_path, climblab_texts, 
     ds = res.dataset
     assert ds.manifest.counts["runs"] == 6
     run = storage.read_json(ds.files("runs/")[0])
-    assert run["score"] == pytest.approx(-run["metrics"]["val.bpb"])     # higher is better
+    assert run["score"] == pytest.approx(-run["metrics"]["val.bpb"])  # higher is better
     assert 0 < run["metrics"]["val.bpb"] < 20
     assert len(run["loss_curve"]) == run["train"]["steps"] == 4096 // (4 * 64)
     assert run["proxy"]["preset"] == "cpu-tiny" and set(run["mixture"]) == set(NAMES)
-    assert pipeline.run_stage(cfg, "search").skipped                      # up to date: no work
+    assert pipeline.run_stage(cfg, "search").skipped  # up to date: no work
     assert ds.manifest.extra["mixture"] == storage.read_json(ds.path("mixture.json"))["weights"]
     for png in ("weights.png", "progress.png"):
         assert storage.read_bytes(ds.path(f"plots/{png}"))[:4] == b"\x89PNG"
@@ -156,8 +168,12 @@ def test_process_pool_and_the_job_entry_point(tmp_path, climblab_texts, tracking
     job = steps.propose(_ctx(cfg), 0)[0]
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(job))
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "proxy.py"), "--config", str(config_file),
-                           "--job", str(job_file)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "proxy.py"), "--config", str(config_file), "--job", str(job_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert printed["run_id"] == job["run_id"] and printed["score"] < 0
@@ -166,8 +182,12 @@ def test_process_pool_and_the_job_entry_point(tmp_path, climblab_texts, tracking
     assert res.dataset.manifest.counts["runs"] == 6 and res.dataset.manifest.extra["reused_runs"] == 1
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "proxy.py"), "--config", str(config_file),
-                           "--job", str(bad)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "proxy.py"), "--config", str(config_file), "--job", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "one job object" in proc.stderr
 
 
@@ -184,8 +204,7 @@ def _baselines(cfg, obj):
 def test_baselines_compare_every_method_under_the_same_budget(tmp_path, climblab_texts, tracking_uri):
     from mixture.search import baselines
 
-    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="baselines", iterations=[6, 3],
-                  transfer_seeds=2)
+    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="baselines", iterations=[6, 3], transfer_seeds=2)
     obj = CountingObjective()
     ctx = _ctx(cfg)
     out = stage.run(ctx, objective=obj)
@@ -202,15 +221,18 @@ def test_baselines_compare_every_method_under_the_same_budget(tmp_path, climblab
     assert results["pool_runs"] == 9
     tokens = open_dataset(str(tmp_path / "out" / "climblab")).manifest.extra["clusters"]
     total = sum(v["tokens"] for v in tokens.values())
-    assert results["methods"]["natural"]["weights"] == pytest.approx({c: v["tokens"] / total for c, v in tokens.items()})
+    assert results["methods"]["natural"]["weights"] == pytest.approx(
+        {c: v["tokens"] / total for c, v in tokens.items()}
+    )
     assert results["methods"]["uniform"]["weights"] == pytest.approx({c: 0.25 for c in NAMES})
     for m in baselines.METHODS:
         assert results["methods"][m]["transfer"]["score"]["n"] == 2
     climb = results["methods"]["climb"]["transfer"]["score"]["mean"]
     assert results["climb_beats_every_baseline"] == all(
-        climb > results["methods"][m]["transfer"]["score"]["mean"] for m in baselines.METHODS if m != "climb")
+        climb > results["methods"][m]["transfer"]["score"]["mean"] for m in baselines.METHODS if m != "climb"
+    )
     calls = len(obj.calls)
-    assert _baselines(cfg, obj) == text and len(obj.calls) == calls    # up to date: no work
+    assert _baselines(cfg, obj) == text and len(obj.calls) == calls  # up to date: no work
 
 
 def test_baselines_reuse_the_search_when_only_transfer_settings_change(tmp_path, climblab_texts, tracking_uri):
@@ -221,8 +243,9 @@ def test_baselines_reuse_the_search_when_only_transfer_settings_change(tmp_path,
     searched = ctx.writer.commit(out.counts, out.extra)
     other_transfer = cfg.model_copy(update={"search": cfg.search.model_copy(update={"transfer_seeds": 3})})
     assert pipeline.current(other_transfer, "search").manifest_sha256 == searched.manifest_sha256
-    assert pipeline.config_hash(other_transfer, pipeline.stage("baselines")) != \
-        pipeline.config_hash(cfg, pipeline.stage("baselines"))          # the baselines do rerun
+    assert pipeline.config_hash(other_transfer, pipeline.stage("baselines")) != pipeline.config_hash(
+        cfg, pipeline.stage("baselines")
+    )  # the baselines do rerun
     other_search = cfg.model_copy(update={"search": cfg.search.model_copy(update={"top_n": 5})})
     assert pipeline.current(other_search, "search") is None
 
@@ -235,7 +258,7 @@ def test_a_wrong_token_count_in_the_climblab_manifest_is_one_clear_error(tmp_pat
     cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="prior")
     path = tmp_path / "out" / "climblab" / "_manifest.json"
     manifest = json.loads(path.read_text())
-    assert steps.names_and_prior(ClimbLab(open_dataset(str(path.parent))))[0] == NAMES   # intact: fine
+    assert steps.names_and_prior(ClimbLab(open_dataset(str(path.parent))))[0] == NAMES  # intact: fine
     manifest["extra"]["clusters"][NAMES[1]]["tokens"] += 17
     path.write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match=f"cluster {NAMES[1]}'s manifest says .* tokens but its shard holds"):

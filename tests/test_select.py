@@ -3,19 +3,19 @@ local[2], once for the module) holds every signal the rules read, exactly; `sele
 it without Spark: the stored signals replay every rule like the live filters, a filter registered
 from outside the package is applied by `select` alone, and a threshold change reruns only
 `select`."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from pydantic import Field
-
 from mixture import pipeline
 from mixture.config import FilterConfig, load_config
 from mixture.curate.filters import Filter, FilterChain, compute_signals, filter_config, registered, stats
 from mixture.dataset import open_dataset
 from mixture.registry import FILTERS
+from pydantic import Field
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -30,9 +30,14 @@ def spark():
 
 def _config(root: Path, **overrides):
     """The demo's curation settings (its exemptions and relaxed limits) on the sample corpus."""
-    sets = {"output_root": str(root), "input.uris": [str(REPO / "data/sample/corpus.jsonl.gz")],
-            "curate.spark_master": "local[2]", "curate.partitions": 2,
-            "tracking.uri": f"sqlite:///{root / 'mlflow.db'}", **overrides}
+    sets = {
+        "output_root": str(root),
+        "input.uris": [str(REPO / "data/sample/corpus.jsonl.gz")],
+        "curate.spark_master": "local[2]",
+        "curate.partitions": 2,
+        "tracking.uri": f"sqlite:///{root / 'mlflow.db'}",
+        **overrides,
+    }
     return load_config(REPO / "configs/demo.yaml", sets)
 
 
@@ -60,7 +65,7 @@ def test_stored_signals_replay_every_rule_exactly(sample):
         s = stats(row["text"])
         live = compute_signals(s, configured.functions)
         stored = {"n_words": float(row["n_words"]), **{n: row[n] for n in names}}
-        assert stored == live, row["id"]                    # float64 round trip: every bit
+        assert stored == live, row["id"]  # float64 round trip: every bit
         replay, direct = configured.decide(stored, row["text"]), configured(row["text"])
         assert (replay.reason, replay.failed, replay.exempt) == (direct.reason, direct.failed, direct.exempt)
         # every rule of every filter, enabled or not, at the default and the configured limits
@@ -80,7 +85,7 @@ def test_selection_matches_the_live_filters(sample):
     assert all(rejected[i] == r for i, r in live.items() if r)
     assert kept | set(rejected) == set(live) and not kept & set(rejected)
     counts = curated.manifest.counts
-    assert counts["documents_out"] == len(kept) == 2027           # as the single-stage curation kept
+    assert counts["documents_out"] == len(kept) == 2027  # as the single-stage curation kept
     assert (counts["exact_duplicates"], counts["near_duplicates"]) == (32, 35)
     assert curated.manifest.extra["filters"]["fineweb"]["max_short_line_ratio"] == 0.8
 
@@ -93,8 +98,9 @@ class DigitsConfig(FilterConfig):
 
 class Digits(Filter):
     """Rejects documents whose characters are more than `max_digit_ratio` digits."""
+
     config_model = DigitsConfig
-    order = 5                                   # before the built-ins: its reason is the first
+    order = 5  # before the built-ins: its reason is the first
 
     @staticmethod
     def signals(cfg: DigitsConfig):
@@ -117,7 +123,7 @@ def test_a_filter_registered_by_a_test_module_is_applied_by_select(sample, digit
     before = open_dataset(pipeline.dataset_uri(base_cfg, "curated"))
     kept_before = {r["id"] for r in _read(before, "docs/")}
     ratios = {row["id"]: sum(c.isdigit() for c in row["text"]) / max(len(row["text"]), 1) for row in rows}
-    limit = sorted(ratios[i] for i in kept_before)[len(kept_before) * 3 // 4]     # a quarter of the kept above
+    limit = sorted(ratios[i] for i in kept_before)[len(kept_before) * 3 // 4]  # a quarter of the kept above
     cfg = _config(root, **{"curate.filters.digits": {"enabled": True, "max_digit_ratio": limit}})
     result = pipeline.run_stage(cfg, "select")
     assert not result.skipped
@@ -126,20 +132,20 @@ def test_a_filter_registered_by_a_test_module_is_applied_by_select(sample, digit
     rejected = {r["id"]: r["reason"] for r in _read(curated, "rejected/")}
     kept = {r["id"] for r in _read(curated, "docs/")}
     assert {i for i, r in rejected.items() if r == "filter:digits:too_many_digits"} == above
-    assert not kept & above and kept_before - above <= kept                      # the rest as before
-    assert any(0 < ratios[i] <= limit for i in kept) and kept_before & above     # both sides of the limit
+    assert not kept & above and kept_before - above <= kept  # the rest as before
+    assert any(0 < ratios[i] <= limit for i in kept) and kept_before & above  # both sides of the limit
     assert curated.manifest.counts["filtered"]["digits"] == len(above)
     assert curated.manifest.extra["filters"]["digits"]["max_digit_ratio"] == limit
 
 
 def test_a_threshold_change_reruns_only_select(sample):
     root, _, rows = sample
-    stricter = _config(root, **{"curate.filters.gopher_quality.min_words": 400})    # the sample: 202+ words
+    stricter = _config(root, **{"curate.filters.gopher_quality.min_words": 400})  # the sample: 202+ words
     results = pipeline.run_all(stricter, until="curated")
     assert [(r.stage, r.skipped) for r in results] == [("curate", True), ("select", False)]
     assert results[0].summary == [("up to date", results[0].dataset.uri)]
     counts = results[1].dataset.manifest.counts
-    assert counts["filtered"]["gopher_quality"] > 73                      # 73 at min_words 50
+    assert counts["filtered"]["gopher_quality"] > 73  # 73 at min_words 50
     chain = FilterChain(stricter.curate.filters)
     live = {row["id"]: chain(row["text"]).reason for row in rows}
     rejected = {r["id"]: r["reason"] for r in _read(results[1].dataset, "rejected/")}

@@ -1,11 +1,11 @@
 """ClimbLab token shards: the reader returns exactly each document's tokens."""
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from mixture import climblab, storage, tokens
-from mixture.dataset import DatasetWriter
 from mixture.contract import StageContext
+from mixture.dataset import DatasetWriter
 from mixture.pipeline import stage
 from mixture.stages import shards
 
@@ -22,7 +22,7 @@ def test_shard_roundtrip_exact_tokens(tmp_path):
     # the documented numpy recipe reads the same thing
     raw = np.memmap(prefix + ".bin", dtype=np.uint32, mode="r")
     off = np.load(prefix + ".idx")
-    assert np.array_equal(raw[off[3]:off[4]], docs[3])
+    assert np.array_equal(raw[off[3] : off[4]], docs[3])
 
 
 def test_dtype_follows_vocab():
@@ -40,14 +40,28 @@ def _committed(tmp_path, name, stage, files: dict[str, pa.Table], counts=None, e
 
 def test_stage_tokenizes_every_kept_document(tmp_path, sample_records):
     recs = sample_records[:120]
-    curated = _committed(tmp_path, "curated", "curated", {"docs/part-0.parquet": pa.table({
-        "id": [r["id"] for r in recs], "text": [r["text"] for r in recs]})})
+    curated = _committed(
+        tmp_path,
+        "curated",
+        "curated",
+        {"docs/part-0.parquet": pa.table({"id": [r["id"] for r in recs], "text": [r["text"] for r in recs]})},
+    )
     clusters = [(-1 if i % 10 == 0 else i % 3) for i in range(len(recs))]
-    assign = _committed(tmp_path, "clusters", "clusters", {"assignments.parquet": pa.table({
-        "id": [r["id"] for r in recs], "cluster": clusters})})
+    assign = _committed(
+        tmp_path,
+        "clusters",
+        "clusters",
+        {"assignments.parquet": pa.table({"id": [r["id"] for r in recs], "cluster": clusters})},
+    )
     from mixture.config import parse_config
-    cfg = parse_config({"output_root": str(tmp_path), "input": {"uris": ["x"]},
-                        "shards": {"vocab_size": 400, "tokenizer_train_docs": 50}})
+
+    cfg = parse_config(
+        {
+            "output_root": str(tmp_path),
+            "input": {"uris": ["x"]},
+            "shards": {"vocab_size": 400, "tokenizer_train_docs": 50},
+        }
+    )
     w = DatasetWriter(str(tmp_path / "climblab"), "climblab", "h", {})
     out = shards.run(StageContext(cfg, stage("climblab"), {"curated": curated, "clusters": assign}, w))
     ds = w.commit(out.counts, out.extra)
@@ -62,7 +76,7 @@ def test_stage_tokenizes_every_kept_document(tmp_path, sample_records):
         for i, text in enumerate(texts.column("text").to_pylist()):
             doc = shard.document(i)
             assert doc[-1] == lab.eos_id
-            assert lab.tokenizer.decode(doc[:-1].tolist()) == text     # byte-level BPE is lossless
+            assert lab.tokenizer.decode(doc[:-1].tolist()) == text  # byte-level BPE is lossless
         assert shard.n_tokens == lab.tokens_per_cluster[name]
         total += shard.n_tokens
     assert total == out.counts["tokens"]

@@ -1,8 +1,8 @@
 """The IO layer on local paths and on a real S3 endpoint over HTTP (moto's server)."""
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from mixture import storage
 
 
@@ -18,14 +18,18 @@ def _roundtrip(base: str):
     assert [storage.basename(f) for f in files] == ["b.txt", "c.json", "_hidden.bin"]
     assert [storage.basename(f) for f in storage.expand([base])] == ["b.txt", "c.json"]
     assert [storage.basename(f) for f in storage.expand([storage.join(base, "a/*.json")])] == ["c.json"]
-    assert storage.sha256(storage.join(base, "a/b.txt")) == \
-        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert (
+        storage.sha256(storage.join(base, "a/b.txt"))
+        == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    )
     # parquet through the same filesystem
     fs, path = storage.filesystem(storage.join(base, "t.parquet"))
     pq.write_table(pa.table({"a": [1, 2]}), path, filesystem=fs)
     assert pq.read_table(path, filesystem=fs).column("a").to_pylist() == [1, 2]
     storage.move(storage.join(base, "a"), storage.join(base, "moved"))
-    assert storage.read_text(storage.join(base, "moved/b.txt")) == "hello" and not storage.exists(storage.join(base, "a/b.txt"))
+    assert storage.read_text(storage.join(base, "moved/b.txt")) == "hello" and not storage.exists(
+        storage.join(base, "a/b.txt")
+    )
     storage.delete(storage.join(base, "moved"))
     assert not storage.exists(storage.join(base, "moved/b.txt"))
 
@@ -51,6 +55,7 @@ def test_local_write_is_atomic(tmp_path):
 
 def test_s3_settings_never_expose_credentials(s3_bucket, caplog):
     import logging
+
     caplog.set_level(logging.DEBUG)
     storage.write_text(f"s3://{s3_bucket}/x.txt", "x")
     assert "testing-secret-key" not in caplog.text
@@ -59,6 +64,7 @@ def test_s3_settings_never_expose_credentials(s3_bucket, caplog):
 
 def test_s3_gz_keys_are_stored_as_given(s3_bucket):
     import gzip
+
     blob = gzip.compress(b"payload")
     storage.write_bytes(f"s3://{s3_bucket}/a.jsonl.gz", blob)
     assert storage.read_bytes(f"s3://{s3_bucket}/a.jsonl.gz") == blob
@@ -68,7 +74,7 @@ def test_sha256_stream_hashes_files_and_block_iterables_and_copies(tmp_path):
     import hashlib
     import io
 
-    data = bytes(range(256)) * 40_000          # ~10 MB: more than one 8 MiB block
+    data = bytes(range(256)) * 40_000  # ~10 MB: more than one 8 MiB block
     expect = hashlib.sha256(data).hexdigest()
     assert storage.sha256_stream(io.BytesIO(data)) == expect
     assert storage.sha256_stream([data[:5], data[5:]]) == expect

@@ -1,6 +1,7 @@
 """The streaming loader (`mixture.streaming.ClimbMixStream`): every window once across DataLoader
 workers and ranks, checksums checked before tokens are used, exact resume after a kill, and the
 same windows from a published S3 version as from the local build."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ def expected_windows(uri: str, seq_len: int = SEQ) -> list[list[int]]:
     mix, out = ClimbMix(uri), []
     for i in range(len(mix.token_shards)):
         tokens, _ = mix.tokens(i)
-        out += [tokens[j * seq_len:j * seq_len + seq_len + 1].tolist() for j in range((len(tokens) - 1) // seq_len)]
+        out += [tokens[j * seq_len : j * seq_len + seq_len + 1].tolist() for j in range((len(tokens) - 1) // seq_len)]
     return out
 
 
@@ -64,16 +65,20 @@ def test_two_workers_yield_every_window_exactly_once_in_order(built):
     expected = expected_windows(ds.uri)
     stream = ClimbMixStream(ds.uri, SEQ, batch_size=4)
     got = windows(DataLoader(stream, batch_size=4, num_workers=2))
-    assert got == expected                     # each once, and in the rank's order (the position is one number)
+    assert got == expected  # each once, and in the rank's order (the position is one number)
 
 
 def test_two_ranks_do_not_overlap_and_together_cover_the_windows(built):
     _, ds = built
     expected = expected_windows(ds.uri)
-    per_rank = [windows(DataLoader(ClimbMixStream(ds.uri, SEQ, rank=r, world_size=2, batch_size=3),
-                                   batch_size=3, num_workers=2)) for r in (0, 1)]
+    per_rank = [
+        windows(
+            DataLoader(ClimbMixStream(ds.uri, SEQ, rank=r, world_size=2, batch_size=3), batch_size=3, num_workers=2)
+        )
+        for r in (0, 1)
+    ]
     assert len(per_rank[0]) == len(per_rank[1]) == len(expected) // 2
-    assert per_rank[0] + per_rank[1] == expected[:2 * (len(expected) // 2)]
+    assert per_rank[0] + per_rank[1] == expected[: 2 * (len(expected) // 2)]
     with pytest.raises(ValueError, match="rank 2"):
         ClimbMixStream(ds.uri, SEQ, rank=2, world_size=2)
 
@@ -102,11 +107,11 @@ def test_kill_and_resume_continues_at_the_next_window(built, tmp_path):
     proc = subprocess.run([sys.executable, str(script), ds.uri, str(state_file), str(k)], timeout=300)
     assert proc.returncode == -9
     saved = json.loads(state_file.read_text())
-    assert saved["first_tokens"] == [w[0] for w in expected[:4 * k]]
+    assert saved["first_tokens"] == [w[0] for w in expected[: 4 * k]]
     resumed = ClimbMixStream(ds.uri, SEQ, batch_size=4)
     resumed.load_state_dict(saved["state"])
     assert len(resumed) == len(expected) - 4 * k
-    assert windows(DataLoader(resumed, batch_size=4, num_workers=2)) == expected[4 * k:]
+    assert windows(DataLoader(resumed, batch_size=4, num_workers=2)) == expected[4 * k :]
     # in one process the stream counts what it yielded itself
     solo = ClimbMixStream(ds.uri, SEQ)
     it = iter(solo)
@@ -124,7 +129,7 @@ def test_a_resumed_pass_ends_and_the_next_pass_starts_at_the_first_window(built)
     assert windows(stream) == expected[7:]
     assert stream.state_dict()["position"] == 0 and windows(stream) == expected
     stream.load_state_dict({**stream.state_dict(0), "position": 7})
-    stream.reset()                                 # what a loop with non-persistent workers calls after the pass
+    stream.reset()  # what a loop with non-persistent workers calls after the pass
     assert windows(DataLoader(stream, batch_size=4, num_workers=2)) == expected
 
 
@@ -151,7 +156,7 @@ def test_a_corrupted_shard_is_refused_before_its_tokens_are_used(built, tmp_path
     with pytest.raises(ChecksumError, match="part-00001.bin"):
         for x, _ in stream:
             got.append(x)
-    assert len(got) == first_shard             # all of shard 0, nothing of shard 1
+    assert len(got) == first_shard  # all of shard 0, nothing of shard 1
 
 
 def test_a_published_version_streams_the_same_windows_from_s3(built, s3_endpoint, s3_bucket, tmp_path):
@@ -160,10 +165,10 @@ def test_a_published_version_streams_the_same_windows_from_s3(built, s3_endpoint
     publish(cfg, version="v1")
     expected = expected_windows(ds.uri)
     stream = ClimbMixStream(f"s3://{s3_bucket}/cm", SEQ, batch_size=4, cache_dir=str(tmp_path / "cache"))
-    assert stream.mix.version == "v1"                   # through the `latest` pointer
+    assert stream.mix.version == "v1"  # through the `latest` pointer
     assert windows(DataLoader(stream, batch_size=4, num_workers=2)) == expected
     cached = sorted(p.name for p in Path(stream.mix.cache_dir).rglob("*.bin"))
-    assert cached == [Path(p).name + ".bin" for p in stream.mix.token_shards]   # each shard downloaded once
+    assert cached == [Path(p).name + ".bin" for p in stream.mix.token_shards]  # each shard downloaded once
 
 
 @pytest.mark.slow
@@ -186,7 +191,7 @@ def test_the_cpu_proxy_trains_from_a_published_version_through_the_stream(built,
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses: list[float] = []
     loader = DataLoader(stream, batch_size=8, num_workers=2, persistent_workers=True)
-    while len(losses) < 300:                                       # epochs: a fresh pass each time
+    while len(losses) < 300:  # epochs: a fresh pass each time
         for inputs, targets in loader:
             logits = model(inputs).logits
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
@@ -198,8 +203,8 @@ def test_the_cpu_proxy_trains_from_a_published_version_through_the_stream(built,
                 break
     tokens = np.concatenate(list(ClimbMix(ds.uri).iter_tokens()))
     p = np.bincount(tokens, minlength=vocab) / len(tokens)
-    unigram = float(-(p[p > 0] * np.log(p[p > 0])).sum())      # the loss of knowing only token frequencies
+    unigram = float(-(p[p > 0] * np.log(p[p > 0])).sum())  # the loss of knowing only token frequencies
     last = float(np.mean(losses[-20:]))
     assert abs(losses[0] - math.log(vocab)) < 0.1 * math.log(vocab) and last < 0.8 * math.log(vocab)
-    assert last < unigram + 0.2                                  # about what token frequencies give, or better
+    assert last < unigram + 0.2  # about what token frequencies give, or better
     print(f"loss {losses[0]:.2f} -> {last:.2f}; uniform {math.log(vocab):.2f}, unigram {unigram:.2f}")

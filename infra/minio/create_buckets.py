@@ -6,6 +6,7 @@ Endpoint and credentials come from the standard AWS environment (AWS_ENDPOINT_UR
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), which compose fills from .env. Retries while the
 object store starts; exits non-zero if a bucket cannot be created.
 """
+
 from __future__ import annotations
 
 import sys

@@ -12,6 +12,7 @@ any stage, its inputs, S3 credentials and endpoints are checked (`mixture.prefli
 is non-zero on any failure, with one clear line on stderr and status 2 for configuration, input,
 endpoint and dataset errors (`-v` shows their traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,8 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mixture.config import Config, ConfigError, load_config, parse_overrides
 from mixture.dataset import DatasetError
@@ -34,15 +36,24 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _fmt_counts(counts: dict[str, Any], keys=("documents_in", "documents_out", "clusters", "tokens", "runs")) -> str:
-    return ", ".join(f"{k}={counts[k]:,}" if isinstance(counts[k], int) else f"{k}={counts[k]}"
-                     for k in keys if k in counts)
+    return ", ".join(
+        f"{k}={counts[k]:,}" if isinstance(counts[k], int) else f"{k}={counts[k]}" for k in keys if k in counts
+    )
 
 
 def print_summary(cfg: Config, results: list, total: float) -> None:
     from mixture import tracking
 
-    rows = [[r.stage, "up to date" if r.skipped else "ran", f"{r.seconds:.1f}",
-             _fmt_counts(r.dataset.manifest.counts), r.dataset.uri] for r in results]
+    rows = [
+        [
+            r.stage,
+            "up to date" if r.skipped else "ran",
+            f"{r.seconds:.1f}",
+            _fmt_counts(r.dataset.manifest.counts),
+            r.dataset.uri,
+        ]
+        for r in results
+    ]
     print("\n" + _table(rows, ["stage", "status", "seconds", "counts", "dataset"]))
     for r in results:
         for key, value in r.summary:
@@ -87,8 +98,14 @@ def cmd_status(cfg: Config, args) -> int:
             rows.append([s.dataset, "missing", "", ""])
             continue
         fresh = ds.manifest.config_hash == pipeline.config_hash(cfg, s)
-        rows.append([s.dataset, "committed" if fresh else "committed (config changed)",
-                     ds.manifest.finished_at, _fmt_counts(ds.manifest.counts)])
+        rows.append(
+            [
+                s.dataset,
+                "committed" if fresh else "committed (config changed)",
+                ds.manifest.finished_at,
+                _fmt_counts(ds.manifest.counts),
+            ]
+        )
     print(_table(rows, ["dataset", "state", "finished", "counts"]))
     return 0
 
@@ -113,8 +130,13 @@ def cmd_baselines(cfg: Config, args) -> int:
 def cmd_corpus(args) -> int:
     from mixture import corpus
 
-    counts = corpus.build_sample(args.out, docs_per_source=args.docs_per_source, seed=args.seed,
-                                 target_source=args.target_source or None, dup_frac=args.dup_frac)
+    counts = corpus.build_sample(
+        args.out,
+        docs_per_source=args.docs_per_source,
+        seed=args.seed,
+        target_source=args.target_source or None,
+        dup_frac=args.dup_frac,
+    )
     print(json.dumps(counts, indent=2))
     return 0
 
@@ -128,14 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(sp):
         sp.add_argument("--config", required=True, help="YAML run configuration")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set search.iterations=[8,4]")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set search.iterations=[8,4]",
+        )
         return sp
 
     r = with_config(sub.add_parser("run", help="run every stage in order"))
     r.add_argument("--force", action="store_true", help="redo stages that are up to date")
-    r.add_argument("--until", choices=[s.name for s in STAGES] + [s.dataset for s in STAGES],
-                   help="stop after this stage (by name or by dataset)")
+    r.add_argument(
+        "--until",
+        choices=[s.name for s in STAGES] + [s.dataset for s in STAGES],
+        help="stop after this stage (by name or by dataset)",
+    )
     for st in STAGES:
         s = with_config(sub.add_parser(st.name, help=f"run the {st.name} stage (dataset '{st.dataset}')"))
         s.add_argument("--force", action="store_true")
@@ -150,25 +180,33 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--out", required=True)
     cs.add_argument("--docs-per-source", type=int, default=300)
     cs.add_argument("--seed", type=int, default=0)
-    cs.add_argument("--target-source", default="debian-reference",
-                    help="source held out as the search's target validation set ('' for none)")
+    cs.add_argument(
+        "--target-source",
+        default="debian-reference",
+        help="source held out as the search's target validation set ('' for none)",
+    )
     cs.add_argument("--dup-frac", type=float, default=0.03)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("py4j", "urllib3", "botocore", "alembic", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
     def dispatch() -> int:
         if args.command == "corpus":
             return cmd_corpus(args)
         cfg = load_config(args.config, parse_overrides(args.set))
         preflight(cfg, args)
-        handler = {"run": cmd_run, "status": cmd_status, "publish": cmd_publish,
-                   "baselines": cmd_baselines}.get(args.command, cmd_stage)
+        handler = {"run": cmd_run, "status": cmd_status, "publish": cmd_publish, "baselines": cmd_baselines}.get(
+            args.command, cmd_stage
+        )
         return handler(cfg, args)
 
     return guarded(dispatch, verbose=args.verbose)
@@ -183,7 +221,7 @@ def preflight(cfg: Config, args) -> None:
     if args.command == "run":
         last = pipeline.stage(args.until).name if args.until else None
         names = [s.name for s in pipeline.STAGES]
-        stages = pipeline.STAGES[:names.index(last) + 1] if last else pipeline.STAGES
+        stages = pipeline.STAGES[: names.index(last) + 1] if last else pipeline.STAGES
         checks.check(cfg, [k for s in stages for k in s.files], publish=bool(cfg.publish.uri) and not args.until)
     elif args.command == "publish":
         checks.check(cfg, publish=True)

@@ -7,6 +7,7 @@ final cluster `cNN/tokens.bin` + `cNN/tokens.idx` (the format of `mixture.tokens
 tokens and documents per cluster (the search's prior: CLIMB samples mixtures around the
 clusters' token shares), the vocabulary size, the end-of-document id and the token dtype.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ def text_file(name: str) -> str:
 @dataclass
 class ClimbLab:
     """Reader of a committed climblab dataset."""
+
     dataset: Dataset
 
     @property
@@ -67,8 +69,10 @@ class ClimbLab:
             if have is None:
                 raise DatasetError(f"{self.dataset.uri}: cluster {c} has no token shard {shard_prefix(c)}.bin")
             if have != n * itemsize:
-                raise DatasetError(f"{self.dataset.uri}: cluster {c}'s manifest says {n:,} tokens but its shard "
-                                   f"holds {have // itemsize:,}; rebuild it with `climb shards --force`")
+                raise DatasetError(
+                    f"{self.dataset.uri}: cluster {c}'s manifest says {n:,} tokens but its shard "
+                    f"holds {have // itemsize:,}; rebuild it with `climb shards --force`"
+                )
         return self.tokens_per_cluster
 
     @property

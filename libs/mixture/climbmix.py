@@ -22,6 +22,7 @@ tokens). This library holds the rules, on arrays, at any budget (the stage is
 The same ClimbLab, mixture, budget and seed give the same documents in the same order, so the
 files are byte-identical and `content_hash` (the default published version) is stable.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,8 @@ import json
 import logging
 import math
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +59,7 @@ def load_mixture(uri: str) -> dict[str, float]:
         raise BuildError(f"mixture file {uri} is not valid JSON: {err}") from None
     weights = data.get("weights", data) if isinstance(data, dict) else None
     if not isinstance(weights, dict) or not weights:
-        raise BuildError(f"mixture file {uri} has no weights (expected {{\"weights\": {{cluster: w}}}})")
+        raise BuildError(f'mixture file {uri} has no weights (expected {{"weights": {{cluster: w}}}})')
     return weights
 
 
@@ -66,8 +67,9 @@ def normalise_mixture(weights: dict, clusters: list[str]) -> dict[str, float]:
     """Validated weights over exactly `clusters` (absent ones get 0), summing to 1."""
     unknown = sorted(set(weights) - set(clusters))
     if unknown:
-        raise BuildError(f"the mixture names clusters that the ClimbLab shards do not have: {unknown}; "
-                         f"known clusters: {clusters}")
+        raise BuildError(
+            f"the mixture names clusters that the ClimbLab shards do not have: {unknown}; known clusters: {clusters}"
+        )
     out: dict[str, float] = {}
     for c in clusters:
         w = weights.get(c, 0.0)
@@ -89,13 +91,18 @@ class ClusterPlan:
     weight: float
     available_tokens: int
     available_documents: int
-    target_tokens: int          # after the epoch cap
-    wanted_epochs: float        # weight * budget / available tokens, before the cap
+    target_tokens: int  # after the epoch cap
+    wanted_epochs: float  # weight * budget / available tokens, before the cap
     capped: bool
 
 
-def plan_clusters(weights: dict[str, float], available_tokens: dict[str, int],
-                  available_documents: dict[str, int], budget: int, max_epochs: float) -> list[ClusterPlan]:
+def plan_clusters(
+    weights: dict[str, float],
+    available_tokens: dict[str, int],
+    available_documents: dict[str, int],
+    budget: int,
+    max_epochs: float,
+) -> list[ClusterPlan]:
     """Each cluster's token target: its share of the budget, at most `max_epochs` passes."""
     plans = []
     for c, w in weights.items():
@@ -145,10 +152,17 @@ def warn_capped(plans: list[ClusterPlan], budget: int, max_epochs: float) -> Non
     for p in plans:
         if p.capped:
             want = f"{round(p.weight * budget):,}"
-            log.warning("cluster %s: its mixture share needs %.1f epochs (%s of its %s tokens); capped "
-                        "at build.max_epochs=%g, so it contributes %s tokens instead of %s",
-                        p.cluster, p.wanted_epochs, want, f"{p.available_tokens:,}", max_epochs,
-                        f"{p.target_tokens:,}", want)
+            log.warning(
+                "cluster %s: its mixture share needs %.1f epochs (%s of its %s tokens); capped "
+                "at build.max_epochs=%g, so it contributes %s tokens instead of %s",
+                p.cluster,
+                p.wanted_epochs,
+                want,
+                f"{p.available_tokens:,}",
+                max_epochs,
+                f"{p.target_tokens:,}",
+                want,
+            )
 
 
 def global_order(selected: dict[str, np.ndarray], clusters: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,10 +184,11 @@ def shard_slices(n_docs: int, shard_docs: int) -> Iterator[tuple[int, slice]]:
 @dataclass
 class Sources:
     """What the shards are gathered from: per cluster (in ClimbLab order) its texts and tokens."""
-    names: np.ndarray               # cluster names, by position
-    texts: dict[str, pa.Table]      # id, text of the clusters that are sampled
-    flat: list[np.ndarray]          # each cluster's token array
-    offsets: list[np.ndarray]       # each cluster's document offsets (n + 1)
+
+    names: np.ndarray  # cluster names, by position
+    texts: dict[str, pa.Table]  # id, text of the clusters that are sampled
+    flat: list[np.ndarray]  # each cluster's token array
+    offsets: list[np.ndarray]  # each cluster's document offsets (n + 1)
     dtype: np.dtype
 
 
@@ -185,8 +200,10 @@ def cluster_lengths(lab: ClimbLab) -> dict[str, np.ndarray]:
     for c in lab.clusters:
         n = np.diff(lab.shard(c).offsets)
         if int(n.sum()) != int(declared[c]["tokens"]) or len(n) != int(declared[c]["documents"]):
-            raise BuildError(f"cluster {c}: its token shard holds {len(n)} documents and "
-                             f"{int(n.sum())} tokens, its manifest says {declared[c]}")
+            raise BuildError(
+                f"cluster {c}: its token shard holds {len(n)} documents and "
+                f"{int(n.sum())} tokens, its manifest says {declared[c]}"
+            )
         lengths[c] = n
     return lengths
 
@@ -201,43 +218,59 @@ def open_sources(lab: ClimbLab, selected: dict[str, np.ndarray]) -> Sources:
         if len(selected[c]):
             t = lab.texts(c).select(["id", "text"])
             if t.num_rows != len(shards[c]):
-                raise BuildError(f"cluster {c}: text.parquet has {t.num_rows} rows, its token shard "
-                                 f"{len(shards[c])} documents")
+                raise BuildError(
+                    f"cluster {c}: text.parquet has {t.num_rows} rows, its token shard {len(shards[c])} documents"
+                )
             texts[c] = t
     # plain ndarray views of the memory maps: slicing a np.memmap per document costs ~5 us more
-    return Sources(np.array(clusters), texts, [np.asarray(shards[c].tokens) for c in clusters],
-                   [shards[c].offsets for c in clusters], lab.dtype)
+    return Sources(
+        np.array(clusters),
+        texts,
+        [np.asarray(shards[c].tokens) for c in clusters],
+        [shards[c].offsets for c in clusters],
+        lab.dtype,
+    )
 
 
 def gather_shard(src: Sources, index: int, sc: np.ndarray, sd: np.ndarray) -> Shard:
     """Shard `index` of the documents (cluster position `sc`, document `sd`), in that order."""
     pieces, positions = [], []
     starts, ends = np.empty(len(sd), dtype=np.int64), np.empty(len(sd), dtype=np.int64)
-    for ci in np.unique(sc):        # per cluster present: its rows' positions, texts and token spans
+    for ci in np.unique(sc):  # per cluster present: its rows' positions, texts and token spans
         pos = np.nonzero(sc == ci)[0]
         pieces.append(src.texts[src.names[ci]].take(pa.array(sd[pos])))
         positions.append(pos)
         starts[pos] = src.offsets[ci][sd[pos]]
         ends[pos] = src.offsets[ci][sd[pos] + 1]
-    back = np.argsort(np.concatenate(positions), kind="stable")   # restore the shuffled order
+    back = np.argsort(np.concatenate(positions), kind="stable")  # restore the shuffled order
     gathered = pa.concat_tables(pieces).take(pa.array(back))
-    table = pa.table({"text": gathered.column("text"),
-                      "cluster": pa.array(src.names[sc].tolist(), type=pa.string()),
-                      "id": gathered.column("id")})
+    table = pa.table(
+        {
+            "text": gathered.column("text"),
+            "cluster": pa.array(src.names[sc].tolist(), type=pa.string()),
+            "id": gathered.column("id"),
+        }
+    )
     docs = [src.flat[c][a:b] for c, a, b in zip(sc.tolist(), starts.tolist(), ends.tolist())]
     return Shard(index, table, docs, src.dtype)
 
 
-def per_cluster(plans: list[ClusterPlan], lengths: dict[str, np.ndarray],
-                selected: dict[str, np.ndarray]) -> dict[str, dict]:
+def per_cluster(
+    plans: list[ClusterPlan], lengths: dict[str, np.ndarray], selected: dict[str, np.ndarray]
+) -> dict[str, dict]:
     """What the build took from each cluster: documents, tokens, epochs, and the plan."""
     out: dict[str, dict] = {}
     for p in plans:
         tok = int(lengths[p.cluster][selected[p.cluster]].sum())
         out[p.cluster] = {
-            "weight": p.weight, "documents": int(len(selected[p.cluster])), "tokens": tok,
-            "target_tokens": p.target_tokens, "available_tokens": p.available_tokens,
+            "weight": p.weight,
+            "documents": int(len(selected[p.cluster])),
+            "tokens": tok,
+            "target_tokens": p.target_tokens,
+            "available_tokens": p.available_tokens,
             "available_documents": p.available_documents,
             "epochs": tok / p.available_tokens if p.available_tokens else 0.0,
-            "wanted_epochs": p.wanted_epochs, "capped": p.capped}
+            "wanted_epochs": p.wanted_epochs,
+            "capped": p.capped,
+        }
     return out

@@ -15,6 +15,7 @@ Each stage reads only its own section (plus `seed`); the section's canonical JSO
 stage's config hash covers, so changing one stage's parameters re-runs that stage and the ones
 downstream of it, not the ones upstream.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,10 +49,11 @@ def _hashed_dump(model: Any) -> Any:
             continue
         value = getattr(model, name)
         out[name] = _hashed_dump(value) if isinstance(value, BaseModel) else value
-    for name, value in sorted((model.model_extra or {}).items()):     # FiltersConfig's entries
+    for name, value in sorted((model.model_extra or {}).items()):  # FiltersConfig's entries
         out[name] = _hashed_dump(value) if isinstance(value, BaseModel) else value
-    return json.loads(json.dumps(out, default=lambda o: o.model_dump(mode="json") if isinstance(o, BaseModel)
-                                 else str(o)))
+    return json.loads(
+        json.dumps(out, default=lambda o: o.model_dump(mode="json") if isinstance(o, BaseModel) else str(o))
+    )
 
 
 # The user-info part of a URI (`s3://USER:SECRET@bucket/...`) is where people paste credentials;
@@ -81,8 +83,11 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------------------- input
 class InputConfig(Section):
-    uris: list[Uri] = Field([], description="files, folders or globs; local or s3://. Only `curate` reads "
-                            "them: a run of later stages alone does not need them")
+    uris: list[Uri] = Field(
+        [],
+        description="files, folders or globs; local or s3://. Only `curate` reads "
+        "them: a run of later stages alone does not need them",
+    )
     format: Literal["auto", "jsonl", "parquet"] = "auto"
     text_field: str = "text"
     id_field: str | None = "id"  # None or absent in a record: a stable id is derived from file+line
@@ -93,6 +98,7 @@ class InputConfig(Section):
 class FilterConfig(Section):
     """What every filter's config has: a switch and an exemption pattern. A filter's own config
     model (in its module under `mixture.curate.filters`) subclasses this and adds thresholds."""
+
     enabled: bool = True
     exempt_if: str | None = Field(None, description="regex; documents whose text matches skip this filter")
 
@@ -100,6 +106,7 @@ class FilterConfig(Section):
     @classmethod
     def _exempt_regex(cls, v: str | None) -> str | None:
         import re
+
         if v is not None:
             try:
                 re.compile(v)
@@ -121,6 +128,7 @@ class FiltersConfig(Section):
     """`curate.filters`: one entry per registered filter (`mixture.registry.FILTERS`), each
     validated by that filter's config model; a filter left out gets its defaults, an unknown name
     is an error that lists the known ones. Adding a filter module adds its key here."""
+
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     @model_validator(mode="before")
@@ -136,7 +144,7 @@ class FiltersConfig(Section):
         if unknown:
             raise ValueError(f"unknown filter {unknown[0]!r}; known: {', '.join(FILTERS.names())}")
         out = {}
-        for name in sorted(FILTERS.names(), key=lambda n: (FILTERS.get(n).order, n)):   # chain order
+        for name in sorted(FILTERS.names(), key=lambda n: (FILTERS.get(n).order, n)):  # chain order
             model = FILTERS.get(name).config_model
             value = data.get(name, {})
             if isinstance(value, model):
@@ -171,11 +179,15 @@ class FuzzyDedupConfig(Section):
     max_cc_iterations: int = Field(30, ge=1)
 
     @model_validator(mode="after")
-    def _bands_rows(self) -> "FuzzyDedupConfig":
+    def _bands_rows(self) -> FuzzyDedupConfig:
         if (self.bands is None) != (self.rows is None):
             raise ValueError("set both bands and rows, or neither")
-        if self.bands is not None and self.rows is not None and self.num_perm is not None \
-                and self.bands * self.rows > self.num_perm:
+        if (
+            self.bands is not None
+            and self.rows is not None
+            and self.num_perm is not None
+            and self.bands * self.rows > self.num_perm
+        ):
             raise ValueError("bands * rows must not exceed num_perm")
         if self.false_positive_weight + self.false_negative_weight <= 0:
             raise ValueError("false_positive_weight + false_negative_weight must be positive")
@@ -186,8 +198,9 @@ class CurateConfig(Section):
     spark_master: str = Field("local[*]", json_schema_extra=NOT_HASHED)
     partitions: int = Field(8, ge=1, json_schema_extra=NOT_HASHED)
     max_doc_bytes: int = Field(1_000_000, gt=0, description="larger documents are quarantined")
-    split_bytes: int = Field(128 << 20, ge=1 << 10,
-                             description="uncompressed JSONL / Parquet files larger than this are read in pieces")
+    split_bytes: int = Field(
+        128 << 20, ge=1 << 10, description="uncompressed JSONL / Parquet files larger than this are read in pieces"
+    )
     docs_per_file: int = Field(100_000, ge=1, description="rows per output Parquet part file (about)")
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     exact_dedup: bool = True
@@ -201,17 +214,24 @@ class CurateConfig(Section):
     @property
     def annotation(self) -> dict[str, Any]:
         """What the `annotated` dataset depends on (the `curate` stage's hash)."""
-        return {"max_doc_bytes": self.max_doc_bytes, "split_bytes": self.split_bytes,
-                "docs_per_file": self.docs_per_file,
-                "fuzzy_dedup": {k: v for k, v in _hashed_dump(self.fuzzy_dedup).items() if k != "enabled"},
-                "signals": _signal_params(self.filters)}
+        return {
+            "max_doc_bytes": self.max_doc_bytes,
+            "split_bytes": self.split_bytes,
+            "docs_per_file": self.docs_per_file,
+            "fuzzy_dedup": {k: v for k, v in _hashed_dump(self.fuzzy_dedup).items() if k != "enabled"},
+            "signals": _signal_params(self.filters),
+        }
 
     @property
     def selection(self) -> dict[str, Any]:
         """What the `curated` dataset depends on beyond `annotated` (the `select` stage's hash)."""
-        return {"filters": _hashed_dump(self.filters), "exact_dedup": self.exact_dedup,
-                "fuzzy_dedup_enabled": self.fuzzy_dedup.enabled, "keep_rejected": self.keep_rejected,
-                "docs_per_file": self.docs_per_file}
+        return {
+            "filters": _hashed_dump(self.filters),
+            "exact_dedup": self.exact_dedup,
+            "fuzzy_dedup_enabled": self.fuzzy_dedup.enabled,
+            "keep_rejected": self.keep_rejected,
+            "docs_per_file": self.docs_per_file,
+        }
 
 
 def _signal_params(filters: FiltersConfig) -> dict[str, Any]:
@@ -237,18 +257,22 @@ class EmbedConfig(Section):
     shard_docs: int = Field(10_000, ge=1, description="documents per output shard (resume unit)")
     threads: int | None = Field(None, ge=1, json_schema_extra=NOT_HASHED)
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU")
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU"
+    )
 
 
 # ------------------------------------------------------------------------------------ cluster
 class QualityConfig(Section):
     reference_uris: list[Uri] = Field([], description="high-quality reference docs for the classifier")
     min_cluster_quality: float = Field(3.0, description="paper: mean score >= 3.0 on a 1-5 scale")
-    scorer: str = Field("heuristic", description="a registered quality scorer (mixture.scorers): "
-                                                   "heuristic, classifier, fasttext, or a plugin's")
+    scorer: str = Field(
+        "heuristic",
+        description="a registered quality scorer (mixture.scorers): heuristic, classifier, fasttext, or a plugin's",
+    )
     fasttext_model: Uri | None = None
     heuristic_signals: dict[str, tuple[float, float, float]] = Field(
-        {}, description="q_* column -> (bad, threshold, good); adds to or replaces the built-in table")
+        {}, description="q_* column -> (bad, threshold, good); adds to or replaces the built-in table"
+    )
     classifier_negatives: int = Field(10_000, ge=1, description="random corpus documents as negatives")
 
     @field_validator("scorer")
@@ -259,7 +283,7 @@ class QualityConfig(Section):
         return QUALITY_SCORERS.check(v)
 
     @model_validator(mode="after")
-    def _scorer_inputs(self) -> "QualityConfig":
+    def _scorer_inputs(self) -> QualityConfig:
         if self.scorer == "classifier" and not self.reference_uris:
             raise ValueError("scorer classifier needs reference_uris (high-quality JSONL documents)")
         if self.scorer == "fasttext" and not self.fasttext_model:
@@ -275,15 +299,21 @@ class ClusterConfig(Section):
     embeddings; `field` and `assignments` take groups the user already has (RegMix-style domain
     mixing, Liu et al. 2024): a curated document field, or an `id -> group` file. The k-means keys
     apply to `kmeans` only; pruning (`min_cluster_size`, `quality`) applies to every method."""
+
     method: Literal["kmeans", "field", "assignments"] = Field(
-        "kmeans", description="kmeans: cluster the embeddings; field: group by a curated document field; "
-        "assignments: groups from an id -> group file")
+        "kmeans",
+        description="kmeans: cluster the embeddings; field: group by a curated document field; "
+        "assignments: groups from an id -> group file",
+    )
     field: str | None = Field(None, description="method field: the curated column to group by (e.g. source)")
-    mapping: Uri | None = Field(None, description="method field: YAML or JSON file {value: group name} "
-                                "that merges values into groups")
+    mapping: Uri | None = Field(
+        None, description="method field: YAML or JSON file {value: group name} that merges values into groups"
+    )
     unmapped: Literal["keep", "drop"] = Field(
-        "keep", description="method field with a mapping: a value without an entry keeps its own group (keep) "
-        "or its documents get cluster -1, counted (drop)")
+        "keep",
+        description="method field with a mapping: a value without an entry keeps its own group (keep) "
+        "or its documents get cluster -1, counted (drop)",
+    )
     assignments: Uri | None = Field(None, description="method assignments: Parquet or CSV with columns id, group")
     k_init: int = Field(1000, ge=2)
     niter: int = Field(20, ge=1)
@@ -319,8 +349,10 @@ class ClusterConfig(Section):
         if self.field in ("id", "text"):
             raise ValueError(f"field {self.field!r} cannot group documents: name a label column such as source")
         if m != "kmeans" and (self.quality.scorer == "classifier" or self.quality.reference_uris):
-            raise ValueError(f"method {m} computes no embeddings, which the classifier scorer needs: use "
-                             "quality.scorer heuristic (or fasttext) and no quality.reference_uris")
+            raise ValueError(
+                f"method {m} computes no embeddings, which the classifier scorer needs: use "
+                "quality.scorer heuristic (or fasttext) and no quality.reference_uris"
+            )
         return self
 
     @property
@@ -353,8 +385,10 @@ class ProxyConfig(Section):
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, and on a CPU only with native bf16 (AVX-512 BF16 "
-        "or AMX; emulated bf16 is several times slower than fp32), else fp32")
+        "auto",
+        description="auto: bf16 autocast on CUDA, and on a CPU only with native bf16 (AVX-512 BF16 "
+        "or AMX; emulated bf16 is several times slower than fp32), else fp32",
+    )
 
 
 class TargetConfig(Section):
@@ -362,9 +396,11 @@ class TargetConfig(Section):
     val_docs: int = Field(200, ge=1, description="documents the validation text is taken from, at most")
     val_tokens: int = Field(100_000, ge=1, description="validation tokens, at most")
     sampling: Literal["spread", "first"] = Field(
-        "spread", description="spread: val_docs documents evenly spaced over the whole target (seeded "
+        "spread",
+        description="spread: val_docs documents evenly spaced over the whole target (seeded "
         "phase), each giving a window of val_tokens / val_docs tokens at a seeded offset; first: the "
-        "first documents of the files, whole, up to val_tokens (biased when a file is sorted)")
+        "first documents of the files, whole, up to val_tokens (biased when a file is sorted)",
+    )
     metric: Literal["loss", "bpb"] = "bpb"
     tasks: list[Uri] = Field([], description="multiple-choice JSONL files (context, choices, gold)")
     task_metric: Literal["acc", "acc_norm", "logprob"] = "logprob"
@@ -372,8 +408,11 @@ class TargetConfig(Section):
 
 
 class PredictorConfig(Section):
-    candidates: list[str] = Field(["lightgbm", "ridge", "ridge_sqrt", "mixing_law"], min_length=1,
-                                  description="registered predictors (mixture.registry.PREDICTORS)")
+    candidates: list[str] = Field(
+        ["lightgbm", "ridge", "ridge_sqrt", "mixing_law"],
+        min_length=1,
+        description="registered predictors (mixture.registry.PREDICTORS)",
+    )
     max_depth: int = Field(4, ge=1)
     learning_rate: float = Field(0.01, gt=0)
     n_estimators: int = Field(1000, ge=1)
@@ -383,8 +422,12 @@ class PredictorConfig(Section):
     min_child_samples: int = Field(5, ge=1)
     min_data_in_bin: int = Field(3, ge=1, description="LightGBM's default 3; 1 lets 16-30 runs split")
     cv_folds: int = Field(5, ge=2)
-    min_spearman: float = Field(0.3, ge=-1, le=1, description="below this CV Spearman the final "
-                                "mixture is the best observed one, not a predicted one")
+    min_spearman: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        description="below this CV Spearman the final mixture is the best observed one, not a predicted one",
+    )
 
     @field_validator("candidates")
     @classmethod
@@ -404,8 +447,13 @@ class SearchConfig(Section):
     top_n: int = Field(64, ge=1)
     final: Literal["best", "top_mean"] = "top_mean"
     top_k: int = Field(128, ge=1)
-    local_frac: float = Field(0.0, ge=0, le=1, description="share of candidates drawn around the "
-                              "best observed mixtures (0: all around the prior, as in the paper)")
+    local_frac: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of candidates drawn around the "
+        "best observed mixtures (0: all around the prior, as in the paper)",
+    )
     local_top: int = Field(4, ge=1, description="how many best observed mixtures local candidates centre on")
     workers: int = Field(1, ge=1, json_schema_extra=NOT_HASHED)
     seeds: int = Field(1, ge=1, description="proxy runs per mixture (seeds seed+0..); iterations count mixtures")
@@ -438,8 +486,11 @@ class BuildConfig(Section):
     mixture: Uri | None = Field(None, description="mixture JSON; default: the search's result")
     licence: str = "see the input corpus"
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
-    formats: list[str] = Field(default_factory=lambda: ["parquet", "tokens"], min_length=1,
-                               description="output formats (mixture.formats), one file set each per shard")
+    formats: list[str] = Field(
+        default_factory=lambda: ["parquet", "tokens"],
+        min_length=1,
+        description="output formats (mixture.formats), one file set each per shard",
+    )
     # nanoGPT's own openwebtext split holds out 0.05% of documents; a ClimbMix build is smaller, so
     # 0.5% by default, and at least one document whenever the build has two (mixture.formats.nanogpt)
     val_fraction: float = Field(0.005, ge=0, lt=1, description="share of documents held out as nanogpt/val.bin")
@@ -456,19 +507,21 @@ class BuildConfig(Section):
 
 class PublishConfig(Section):
     uri: Uri | None = Field(None, description="s3://bucket/prefix; None skips publishing")
-    version: str | None = Field(None, pattern=VERSION_PATTERN,
-                                description="default: the build's content hash")
+    version: str | None = Field(None, pattern=VERSION_PATTERN, description="default: the build's content hash")
     multipart_chunk_mb: int = Field(64, ge=5, description="S3 allows parts of 5 MiB and more")
     max_retries: int = Field(8, ge=0, description="retries per request on throttling, 5xx, timeouts")
     concurrency: int = Field(4, ge=1, description="files uploaded at once (and parts per file)")
     verify: Literal["checksum", "download"] = Field(
-        "checksum", description="checksum: compare the object's stored SHA-256 checksum (falls back "
-                                "to download when the endpoint keeps none); download: re-read and hash")
+        "checksum",
+        description="checksum: compare the object's stored SHA-256 checksum (falls back "
+        "to download when the endpoint keeps none); download: re-read and hash",
+    )
     track: bool = Field(True, description="record the publication as an MLflow run")
 
 
 class ConcurrencyConfig(Section):
     """What a run does when another run is writing the same dataset (no stage's hash covers it)."""
+
     on_busy: Literal["wait", "fail"] = Field("wait", description="wait for the other run, or fail at once")
     wait_timeout_s: float = Field(6 * 3600, gt=0, description="give up waiting after this long")
     lease_ttl_s: float = Field(120, ge=5, description="S3 leases expire this long after the last heartbeat")

@@ -14,6 +14,7 @@ documentation (perl-doc; Artistic/GPL), GCIDE dictionary (dict-gcide; GPL), Word
 (fortunes; public domain / BSD), Debian Policy (debian-policy; GPL), Debian Reference
 (debian-reference-en; GPL/MIT).
 """
+
 from __future__ import annotations
 
 import glob
@@ -24,12 +25,22 @@ import json
 import random
 import re
 import sysconfig
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
-APT_PACKAGES = ["manpages", "manpages-dev", "python3.11-doc", "perl-doc", "dict-gcide", "wordnet-base",
-                "jargon-text", "fortunes", "debian-policy", "debian-reference-en"]
+APT_PACKAGES = [
+    "manpages",
+    "manpages-dev",
+    "python3.11-doc",
+    "perl-doc",
+    "dict-gcide",
+    "wordnet-base",
+    "jargon-text",
+    "fortunes",
+    "debian-policy",
+    "debian-reference-en",
+]
 
 
 def _read(path: str) -> str:
@@ -102,7 +113,7 @@ class Source:
     name: str
     files: Callable[[], list[str]]
     to_text: Callable[[str], str]
-    per_file: bool = True     # chunk each file on its own (else: one stream of all files' paragraphs)
+    per_file: bool = True  # chunk each file on its own (else: one stream of all files' paragraphs)
 
 
 def _man_files() -> list[str]:
@@ -114,8 +125,11 @@ def _man_files() -> list[str]:
 
 def _stdlib_files() -> list[str]:
     root = sysconfig.get_paths()["stdlib"]
-    return sorted(f for f in glob.glob(f"{root}/**/*.py", recursive=True)
-                  if "site-packages" not in f and "/test" not in f and "idle_test" not in f)
+    return sorted(
+        f
+        for f in glob.glob(f"{root}/**/*.py", recursive=True)
+        if "site-packages" not in f and "/test" not in f and "idle_test" not in f
+    )
 
 
 def _fortunes_text(path: str) -> str:
@@ -136,20 +150,33 @@ def _wordnet_text(path: str) -> str:
         words = [parts[i].replace("_", " ") for i in range(4, 4 + 2 * int(parts[3], 16), 2)]
         out.append(f"{', '.join(words)}: {gloss.strip()}")
     # one paragraph per ~12 glosses so the chunker sees paragraph-sized units
-    return "\n\n".join("\n".join(out[i:i + 12]) for i in range(0, len(out), 12))
+    return "\n\n".join("\n".join(out[i : i + 12]) for i in range(0, len(out), 12))
 
 
 SOURCES: list[Source] = [
     Source("manpages", _man_files, lambda p: roff_to_text(_read(p))),
-    Source("python-docs", lambda: sorted(glob.glob("/usr/share/doc/python3.11/html/_sources/**/*.rst.txt", recursive=True)), _read),
+    Source(
+        "python-docs",
+        lambda: sorted(glob.glob("/usr/share/doc/python3.11/html/_sources/**/*.rst.txt", recursive=True)),
+        _read,
+    ),
     Source("python-code", _stdlib_files, _read),
     Source("perl-docs", lambda: sorted(glob.glob("/usr/share/perl/5.*/pod/*.pod")), _read),
     Source("dictionary", lambda: sorted(glob.glob("/usr/share/dictd/gcide.dict*")), _gcide_text, per_file=False),
     Source("wordnet", lambda: sorted(glob.glob("/usr/share/wordnet/data.*")), _wordnet_text, per_file=False),
     Source("jargon", lambda: sorted(glob.glob("/usr/share/doc/jargon-text/jargon.txt.gz")), _read, per_file=False),
-    Source("fortunes", lambda: sorted(f for f in glob.glob("/usr/share/games/fortunes/*") if "." not in Path(f).name), _fortunes_text, per_file=False),
+    Source(
+        "fortunes",
+        lambda: sorted(f for f in glob.glob("/usr/share/games/fortunes/*") if "." not in Path(f).name),
+        _fortunes_text,
+        per_file=False,
+    ),
     Source("debian-policy", lambda: sorted(glob.glob("/usr/share/doc/debian-policy/*.txt.gz")), _read),
-    Source("debian-reference", lambda: sorted(glob.glob("/usr/share/doc/debian-reference-common/docs/*.en.html")), lambda p: html_to_text(_read(p))),
+    Source(
+        "debian-reference",
+        lambda: sorted(glob.glob("/usr/share/doc/debian-reference-common/docs/*.en.html")),
+        lambda p: html_to_text(_read(p)),
+    ),
 ]
 
 
@@ -185,9 +212,15 @@ def _near_copy(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def build_sample(out_dir: str | Path, docs_per_source: int = 400, seed: int = 0,
-                 target_source: str | None = "debian-reference", target_docs: int = 120,
-                 dup_frac: float = 0.03, sources: list[str] | None = None) -> dict[str, int]:
+def build_sample(
+    out_dir: str | Path,
+    docs_per_source: int = 400,
+    seed: int = 0,
+    target_source: str | None = "debian-reference",
+    target_docs: int = 120,
+    dup_frac: float = 0.03,
+    sources: list[str] | None = None,
+) -> dict[str, int]:
     """Write `corpus.jsonl.gz` (and `target_val.jsonl.gz` for the held-out source) into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ writer (`recover()`, under the lease) puts the previous dataset back before it l
 kill never deletes a committed dataset either. The staging folder is keyed by the stage's config
 hash and inputs, so a stage that can resume (embedding, proxy runs) finds its finished pieces there.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,7 @@ import json
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ class DatasetError(RuntimeError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def code_version() -> str:
@@ -45,10 +46,19 @@ def code_version() -> str:
     when the code does not run from a checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return __version__
@@ -58,9 +68,9 @@ def code_version() -> str:
 class Manifest:
     stage: str
     config_hash: str
-    inputs: dict[str, str]                      # input dataset name -> its manifest's sha256
+    inputs: dict[str, str]  # input dataset name -> its manifest's sha256
     counts: dict[str, Any]
-    files: list[dict[str, Any]]                 # {"path": relative, "bytes": n, "sha256": hex}
+    files: list[dict[str, Any]]  # {"path": relative, "bytes": n, "sha256": hex}
     extra: dict[str, Any] = field(default_factory=dict)
     package_version: str = __version__
     code_version: str = ""
@@ -71,13 +81,14 @@ class Manifest:
         return json.dumps(self.__dict__, indent=2, sort_keys=True, default=str) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         return cls(**json.loads(text))
 
 
 @dataclass(frozen=True)
 class Dataset:
     """A committed dataset: its URI, its manifest and the manifest's own hash."""
+
     uri: str
     manifest: Manifest
     manifest_sha256: str
@@ -118,8 +129,15 @@ def try_open(uri: str) -> Dataset | None:
 class DatasetWriter:
     """Stages files for one dataset and commits them with the manifest written last."""
 
-    def __init__(self, uri: str, stage: str, config_hash: str, inputs: dict[str, str],
-                 staging_root: str | None = None, resume: bool = False):
+    def __init__(
+        self,
+        uri: str,
+        stage: str,
+        config_hash: str,
+        inputs: dict[str, str],
+        staging_root: str | None = None,
+        resume: bool = False,
+    ):
         self.uri = uri.rstrip("/")
         self.stage = stage
         self.config_hash = config_hash
@@ -152,24 +170,31 @@ class DatasetWriter:
     def commit(self, counts: dict[str, Any], extra: dict[str, Any] | None = None) -> Dataset:
         """Swap the staged files in and write the manifest last. Call it holding the lease."""
         manifest = Manifest(
-            stage=self.stage, config_hash=self.config_hash, inputs=self.inputs, counts=counts,
-            files=self._staged_files(), extra=extra or {}, code_version=code_version(),
-            started_at=self.started_at, finished_at=_now())
+            stage=self.stage,
+            config_hash=self.config_hash,
+            inputs=self.inputs,
+            counts=counts,
+            files=self._staged_files(),
+            extra=extra or {},
+            code_version=code_version(),
+            started_at=self.started_at,
+            finished_at=_now(),
+        )
         previous = previous_uri(self.uri)
         recover(self.uri)
         storage.delete(previous)
         if storage.exists(self.uri):
-            storage.move(self.uri, previous)                          # 1. out of sight
-        storage.move(self.staging, self.uri)                          # 2. in place
-        storage.write_text(storage.join(self.uri, MANIFEST), manifest.to_json())   # 3. commit
-        storage.delete(previous)                                      # 4. clean up
+            storage.move(self.uri, previous)  # 1. out of sight
+        storage.move(self.staging, self.uri)  # 2. in place
+        storage.write_text(storage.join(self.uri, MANIFEST), manifest.to_json())  # 3. commit
+        storage.delete(previous)  # 4. clean up
         return open_dataset(self.uri)
 
     def _staged_files(self) -> list[dict[str, Any]]:
         files = []
         prefix = self.staging.rstrip("/") + "/"
         for f in storage.list_files(self.staging):
-            rel = f[len(prefix):]
+            rel = f[len(prefix) :]
             if storage.basename(rel).startswith(".") or ".tmp-" in rel or rel == MANIFEST:
                 continue
             files.append({"path": rel, "bytes": storage.size(f), "sha256": storage.sha256(f)})

@@ -6,9 +6,10 @@ so that no reader holds the corpus unless its caller collects it. The curated fo
 kept document: `id`, `text`, `source`, `n_words`, `q_*` signals...; docs/DATASETS.md) is owned by
 the curation stage; this module only reads it, in file and row order.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq

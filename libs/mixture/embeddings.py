@@ -4,6 +4,7 @@ Format (docs/DATASETS.md, "embeddings"): `emb-XXXXX.npy` (float32 [n, dim]) and
 `ids-XXXXX.parquet` (column `id`) per shard of `embed.shard_docs` documents, in the curated
 order. The stage `mixture.stages.embed` writes them; the clustering reads them back here.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,7 @@ def npy_shape(uri: str) -> tuple[int, ...]:
     """The shape in a .npy file's header, without reading the array."""
     with storage.open_read(uri) as f:
         version = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         return read_header(f)[0]
 
 
@@ -47,8 +47,9 @@ def load_embeddings(ds: Dataset) -> tuple[list[str], np.ndarray]:
     """Every document id and its vector (float32 [n, dim]), in shard order."""
     emb_files, id_files = ds.files("emb-"), ds.files("ids-")
     if not emb_files or len(emb_files) != len(id_files):
-        raise DatasetError(f"{ds.uri}: expected pairs of emb-*.npy and ids-*.parquet, "
-                           f"found {len(emb_files)} and {len(id_files)}")
+        raise DatasetError(
+            f"{ds.uri}: expected pairs of emb-*.npy and ids-*.parquet, found {len(emb_files)} and {len(id_files)}"
+        )
     ids: list[str] = []
     parts = []
     for e_uri, i_uri in zip(emb_files, id_files):

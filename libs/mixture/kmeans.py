@@ -24,13 +24,13 @@ other (heights ~0.45-1.25 for singletons), and heights of merged groups grow wit
 so 1.5 on unit vectors merges aggressively. The paper's 1.5 was for its own (1024-d) embedding
 space; `target_clusters` is the knob that transfers between models, which is why both exist.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
 from dataclasses import dataclass
-
 from typing import Any
 
 import numpy as np
@@ -55,18 +55,23 @@ def effective_k(k_init: int, n_docs: int, min_points_per_centroid: int) -> int:
         raise ClusterError("no documents to cluster")
     cap = max(1, n_docs // min_points_per_centroid)
     if k_init > cap:
-        log.warning("cluster.k_init=%d is too many for %d documents (at least %d per centroid): using K=%d",
-                    k_init, n_docs, min_points_per_centroid, cap)
+        log.warning(
+            "cluster.k_init=%d is too many for %d documents (at least %d per centroid): using K=%d",
+            k_init,
+            n_docs,
+            min_points_per_centroid,
+            cap,
+        )
         return cap
     return k_init
 
 
 @dataclass
 class KMeansResult:
-    centroids: np.ndarray      # float32 [k, d], unit norm
-    assign: np.ndarray         # int64 [n]
-    similarity: np.ndarray     # float32 [n], cosine to the assigned centroid
-    objective: float           # mean cosine to the assigned centroid (higher is better)
+    centroids: np.ndarray  # float32 [k, d], unit norm
+    assign: np.ndarray  # int64 [n]
+    similarity: np.ndarray  # float32 [n], cosine to the assigned centroid
+    objective: float  # mean cosine to the assigned centroid (higher is better)
     train_points: int
     seconds: float
     gpu: bool
@@ -74,11 +79,13 @@ class KMeansResult:
 
 def _gpu_count() -> int:
     import faiss
+
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def assign_nearest(x: np.ndarray, centroids: np.ndarray, use_gpu: bool = False,
-                   chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+def assign_nearest(
+    x: np.ndarray, centroids: np.ndarray, use_gpu: bool = False, chunk: int = 1 << 16
+) -> tuple[np.ndarray, np.ndarray]:
     """(cosine, index) of each row's nearest centroid by inner product."""
     import faiss
 
@@ -89,13 +96,20 @@ def assign_nearest(x: np.ndarray, centroids: np.ndarray, use_gpu: bool = False,
     sims = np.empty(len(x), dtype=np.float32)
     idx = np.empty(len(x), dtype=np.int64)
     for start in tqdm(range(0, len(x), chunk), desc="assign", unit="chunk", disable=len(x) <= chunk):
-        d, i = index.search(np.ascontiguousarray(x[start:start + chunk]), 1)
-        sims[start:start + chunk], idx[start:start + chunk] = d[:, 0], i[:, 0]
+        d, i = index.search(np.ascontiguousarray(x[start : start + chunk]), 1)
+        sims[start : start + chunk], idx[start : start + chunk] = d[:, 0], i[:, 0]
     return sims, idx
 
 
-def spherical_kmeans(x: np.ndarray, k: int, niter: int = 20, nredo: int = 1, seed: int = 0,
-                     max_train_points: int = 256_000, use_gpu: bool | None = None) -> KMeansResult:
+def spherical_kmeans(
+    x: np.ndarray,
+    k: int,
+    niter: int = 20,
+    nredo: int = 1,
+    seed: int = 0,
+    max_train_points: int = 256_000,
+    use_gpu: bool | None = None,
+) -> KMeansResult:
     """faiss spherical k-means on a seeded sample of at most `max_train_points` rows, then an
     assignment of every row. `x` must be L2-normalised."""
     import faiss
@@ -109,20 +123,31 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 20, nredo: int = 1, see
     train = np.ascontiguousarray(train, dtype=np.float32)
     # faiss would subsample to max_points_per_centroid * k itself: the sample above is the one
     # the config asks for, so let faiss use all of it (and not warn about small clusters).
-    km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=seed, spherical=True, gpu=bool(use_gpu),
-                      verbose=False, max_points_per_centroid=math.ceil(len(train) / k) + 1,
-                      min_points_per_centroid=1)
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        nredo=nredo,
+        seed=seed,
+        spherical=True,
+        gpu=bool(use_gpu),
+        verbose=False,
+        max_points_per_centroid=math.ceil(len(train) / k) + 1,
+        min_points_per_centroid=1,
+    )
     km.train(train)
     assert km.centroids is not None
     centroids = normalize_rows(km.centroids)
     sims, assign = assign_nearest(x, centroids, bool(use_gpu))
-    return KMeansResult(centroids, assign, sims, float(sims.mean()), len(train),
-                        time.perf_counter() - t0, bool(use_gpu))
+    return KMeansResult(
+        centroids, assign, sims, float(sims.mean()), len(train), time.perf_counter() - t0, bool(use_gpu)
+    )
 
 
 # ----------------------------------------------------------------------------------- pruning
-def prune_reasons(sizes: np.ndarray, mean_quality: np.ndarray, min_cluster_size: int,
-                  min_cluster_quality: float) -> list[str | None]:
+def prune_reasons(
+    sizes: np.ndarray, mean_quality: np.ndarray, min_cluster_size: int, min_cluster_quality: float
+) -> list[str | None]:
     """Per k-means cluster: None (kept), "empty", "size" or "quality". A cluster exactly at a
     threshold is kept (the paper drops clusters *below* 3.0)."""
     reasons: list[str | None] = []
@@ -131,7 +156,7 @@ def prune_reasons(sizes: np.ndarray, mean_quality: np.ndarray, min_cluster_size:
             reasons.append("empty")
         elif size < min_cluster_size:
             reasons.append("size")
-        elif not q >= min_cluster_quality:       # NaN counts as failing
+        elif not q >= min_cluster_quality:  # NaN counts as failing
             reasons.append("quality")
         else:
             reasons.append(None)
@@ -141,14 +166,13 @@ def prune_reasons(sizes: np.ndarray, mean_quality: np.ndarray, min_cluster_size:
 # ----------------------------------------------------------------------------------- merging
 @dataclass
 class MergeResult:
-    labels: np.ndarray          # [m] group of each input centroid, 0..g-1 (first appearance order)
-    heights: np.ndarray         # all m-1 Ward merge heights, ascending
-    applied: int                # how many of those merges were applied
-    n_at_distance: int          # groups after the distance cut alone
+    labels: np.ndarray  # [m] group of each input centroid, 0..g-1 (first appearance order)
+    heights: np.ndarray  # all m-1 Ward merge heights, ascending
+    applied: int  # how many of those merges were applied
+    n_at_distance: int  # groups after the distance cut alone
 
 
-def ward_merge(centroids: np.ndarray, merge_distance: float | None,
-               target_clusters: int | None) -> MergeResult:
+def ward_merge(centroids: np.ndarray, merge_distance: float | None, target_clusters: int | None) -> MergeResult:
     """Ward-linkage merge of centroids: every merge of height <= merge_distance, then more
     merges (lowest first) until at most target_clusters groups remain."""
     from scipy.cluster.hierarchy import linkage

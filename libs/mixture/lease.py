@@ -13,6 +13,7 @@ it (then finds the dataset up to date) or fails fast with one line, as the confi
   seconds without one. An expired lease is taken over with `If-Match` on the ETag that was read,
   so of two runs taking over the same stale lease exactly one wins.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import UTC, datetime
 
 from mixture import storage
 
@@ -44,8 +45,12 @@ def _code(err: Exception) -> str:
 
 
 def _owner() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": uuid.uuid4().hex,
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _describe(owner: dict | None) -> str:
@@ -55,8 +60,9 @@ def _describe(owner: dict | None) -> str:
 
 
 @contextmanager
-def hold(root: str, name: str, wait: bool = True, timeout: float = 6 * 3600.0,
-         ttl: float = 120.0, poll: float = 1.0) -> Iterator[dict]:
+def hold(
+    root: str, name: str, wait: bool = True, timeout: float = 6 * 3600.0, ttl: float = 120.0, poll: float = 1.0
+) -> Iterator[dict]:
     """Hold the lease `name` under the output root `root` for the duration of the block."""
     uri = storage.join(root, "_leases", name)
     impl = _s3_lease if storage.is_s3(uri) else _local_lease
@@ -147,8 +153,10 @@ class S3Lease:
 
         body = self._body()
         try:
-            self.etag = storage.retry(lambda: self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body,
-                                                                     **cond), f"write the lease {self.key}")["ETag"]
+            self.etag = storage.retry(
+                lambda: self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **cond),
+                f"write the lease {self.key}",
+            )["ETag"]
             return True
         except ClientError as err:
             if _code(err) in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409"):
@@ -189,7 +197,7 @@ class S3Lease:
             return None
         holder, etag = self._current()
         if holder is None:
-            return {}                          # released between the two calls: try again
+            return {}  # released between the two calls: try again
         if self._ours(holder, etag):
             return None
         if holder.get("expires", 0) < time.time() and etag and self._put(IfMatch=etag):

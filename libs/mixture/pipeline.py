@@ -5,15 +5,17 @@ validated config, its committed inputs and a `DatasetWriter`; it skips the stage
 committed output was made from the same config and inputs ("up to date"), and commits the output
 with its manifest afterwards. The same function runs from the CLI and from an Airflow task.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from mixture import lease, storage
 from mixture.config import Config, ConfigError
@@ -24,26 +26,45 @@ log = logging.getLogger(__name__)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("curate", "annotated", (), ("input", "curate.annotation"), files=("input.uris",),
-          requires=("input.uris",)),
+    Stage("curate", "annotated", (), ("input", "curate.annotation"), files=("input.uris",), requires=("input.uris",)),
     Stage("select", "curated", ("annotated",), ("curate.selection",)),
     # with the user's own groups (cluster.method field / assignments) embed commits an empty dataset
     Stage("embed", "embeddings", ("curated",), ("embed", "cluster.needs_embeddings"), resumable=True),
     # embed.model: its tokenizer estimates the report's tokens when no embeddings manifest names it
-    Stage("cluster", "clusters", ("curated", "embeddings"), ("cluster", "embed.model"),
-          files=("cluster.quality.reference_uris", "cluster.quality.fasttext_model", "cluster.mapping",
-                 "cluster.assignments")),
+    Stage(
+        "cluster",
+        "clusters",
+        ("curated", "embeddings"),
+        ("cluster", "embed.model"),
+        files=(
+            "cluster.quality.reference_uris",
+            "cluster.quality.fasttext_model",
+            "cluster.mapping",
+            "cluster.assignments",
+        ),
+    ),
     Stage("shards", "climblab", ("curated", "clusters"), ("shards",), files=("shards.tokenizer",)),
-    Stage("search", "search", ("climblab",), ("search",), resumable=True,
-          files=("search.target.val_uris", "search.target.tasks"),
-          unhashed=("search.transfer_proxy", "search.transfer_seeds")),   # only the baselines use them
-    Stage("build", "climbmix", ("climblab", "search", "curated", "clusters"), ("build",),
-          files=("build.mixture",)),
+    Stage(
+        "search",
+        "search",
+        ("climblab",),
+        ("search",),
+        resumable=True,
+        files=("search.target.val_uris", "search.target.tasks"),
+        unhashed=("search.transfer_proxy", "search.transfer_seeds"),
+    ),  # only the baselines use them
+    Stage("build", "climbmix", ("climblab", "search", "curated", "clusters"), ("build",), files=("build.mixture",)),
 )
 # Stages that `climb run` does not run: each has its own command.
 ON_REQUEST: tuple[Stage, ...] = (
-    Stage("baselines", "baselines", ("climblab", "search"), ("search", "tracking"), resumable=True,
-          files=("search.target.val_uris", "search.target.tasks")),
+    Stage(
+        "baselines",
+        "baselines",
+        ("climblab", "search"),
+        ("search", "tracking"),
+        resumable=True,
+        files=("search.target.val_uris", "search.target.tasks"),
+    ),
 )
 BY_NAME = {s.name: s for s in STAGES + ON_REQUEST}
 BY_DATASET = {s.dataset: s for s in STAGES + ON_REQUEST}
@@ -102,9 +123,14 @@ def open_stage(cfg: Config, name: str | Stage) -> StageContext:
     Entry points (CLI, jobs, DAG tasks) open a stage; stages receive the context."""
     st = stage(name)
     inputs = {n: open_dataset(dataset_uri(cfg, n)) for n in st.inputs}
-    writer = DatasetWriter(dataset_uri(cfg, st.dataset), st.name, config_hash(cfg, st),
-                           {n: d.manifest_sha256 for n, d in inputs.items()},
-                           staging_root=storage.join(cfg.output_root, "_staging"), resume=True)
+    writer = DatasetWriter(
+        dataset_uri(cfg, st.dataset),
+        st.name,
+        config_hash(cfg, st),
+        {n: d.manifest_sha256 for n, d in inputs.items()},
+        staging_root=storage.join(cfg.output_root, "_staging"),
+        resume=True,
+    )
     return StageContext(cfg, st, inputs, writer)
 
 
@@ -114,8 +140,7 @@ def exclusive(cfg: Config, name: str | Stage) -> Iterator[None]:
     commit of an earlier writer is undone first, so its previous dataset is visible again."""
     st = stage(name)
     c = cfg.concurrency
-    with lease.hold(cfg.output_root, st.dataset, wait=c.on_busy == "wait", timeout=c.wait_timeout_s,
-                    ttl=c.lease_ttl_s):
+    with lease.hold(cfg.output_root, st.dataset, wait=c.on_busy == "wait", timeout=c.wait_timeout_s, ttl=c.lease_ttl_s):
         recover(dataset_uri(cfg, st.dataset))
         yield
 
@@ -133,8 +158,9 @@ def current(cfg: Config, name: str | Stage) -> Dataset | None:
         inputs = {n: open_dataset(dataset_uri(cfg, n)) for n in st.inputs}
     except DatasetError:
         return None
-    return up_to_date(dataset_uri(cfg, st.dataset), config_hash(cfg, st),
-                      {n: d.manifest_sha256 for n, d in inputs.items()})
+    return up_to_date(
+        dataset_uri(cfg, st.dataset), config_hash(cfg, st), {n: d.manifest_sha256 for n, d in inputs.items()}
+    )
 
 
 def run_stage(cfg: Config, name: str | Stage, force: bool = False) -> StageResult:
@@ -194,13 +220,16 @@ def publish(cfg: Config, version: str | None = None) -> str:
     target = publishing.check_target(cfg)
     ds = current(cfg, "build")
     if ds is None:
-        raise publishing.PublishError(f"the ClimbMix dataset at {dataset_uri(cfg, stage('build').dataset)} is "
-                                      "missing or was built from another config or other inputs: run `climb build` first")
+        raise publishing.PublishError(
+            f"the ClimbMix dataset at {dataset_uri(cfg, stage('build').dataset)} is "
+            "missing or was built from another config or other inputs: run `climb build` first"
+        )
     version = publishing.resolve_version(ds, cfg, version)
     c = cfg.concurrency
     try:
-        with lease.hold(target.uri(), f"version-{version}", wait=c.on_busy == "wait", timeout=c.wait_timeout_s,
-                        ttl=c.lease_ttl_s):
+        with lease.hold(
+            target.uri(), f"version-{version}", wait=c.on_busy == "wait", timeout=c.wait_timeout_s, ttl=c.lease_ttl_s
+        ):
             rep = publishing.publish_dataset(ds, cfg, version)
     except lease.LeaseError as err:
         raise publishing.PublishError(str(err)) from None

@@ -18,6 +18,7 @@ exit status 2) for:
 URIs in these messages are the config's own, which `mixture.config` has already checked to hold
 no credentials; endpoints are printed without user-info.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,7 @@ from mixture.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 2.0       # an endpoint that does not accept a connection by then is down
+CONNECT_TIMEOUT_S = 2.0  # an endpoint that does not accept a connection by then is down
 
 
 class PreflightError(ConfigError):
@@ -67,8 +68,10 @@ def check_credentials(key: str) -> None:
     import boto3
 
     if boto3.session.Session().get_credentials() is None:
-        raise PreflightError(f"{key}: S3 credentials are not set; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                             "AWS_PROFILE, or run with an instance role")
+        raise PreflightError(
+            f"{key}: S3 credentials are not set; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE, or run with an instance role"
+        )
 
 
 def _probe_client():
@@ -77,8 +80,11 @@ def _probe_client():
     from botocore.config import Config as BotoConfig
 
     endpoint, region = storage.s3_settings()
-    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": 5,
-                              "retries": {"total_max_attempts": 1}}
+    kwargs: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "read_timeout": 5,
+        "retries": {"total_max_attempts": 1},
+    }
     if endpoint:
         kwargs["s3"] = {"addressing_style": "path"}
     return boto3.session.Session().client("s3", region_name=region, config=BotoConfig(**kwargs))
@@ -105,11 +111,14 @@ def check_buckets(s3: dict[str, list[str]]) -> None:
             except ClientError as err:
                 status = storage.s3_status(err)
                 what = {404: "does not exist", 403: "is not accessible with these credentials"}.get(
-                    status, f"cannot be used ({storage.describe_error(err)})")
+                    status, f"cannot be used ({storage.describe_error(err)})"
+                )
                 raise PreflightError(f"{key}: bucket {bucket} {what} (endpoint {endpoint})") from None
             except BotoCoreError as err:
-                raise PreflightError(f"{key}: the S3 endpoint {endpoint} is not reachable "
-                                     f"({type(err).__name__}, {CONNECT_TIMEOUT_S:g} s connect timeout)") from None
+                raise PreflightError(
+                    f"{key}: the S3 endpoint {endpoint} is not reachable "
+                    f"({type(err).__name__}, {CONNECT_TIMEOUT_S:g} s connect timeout)"
+                ) from None
 
 
 def check_files(key: str, uris: list[str]) -> None:

@@ -40,6 +40,7 @@ The published layout is the dataset's own (parquet/, tokens/, tokenizer/, README
    instance roles), which boto3 reads itself; nothing here logs, stores or tracks them, and the
    endpoint URL is logged without any user-info part.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,7 +53,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -62,7 +63,8 @@ from mixture import storage
 from mixture.climbmix import content_hash
 from mixture.config import Config
 from mixture.dataset import MANIFEST, Dataset, DatasetError
-from mixture.versions import LATEST, VERSION_RE as _VERSION_RE
+from mixture.versions import LATEST
+from mixture.versions import VERSION_RE as _VERSION_RE
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class PublishError(DatasetError):
 @dataclass(frozen=True)
 class Target:
     bucket: str
-    prefix: str             # without leading/trailing slashes; may be empty
+    prefix: str  # without leading/trailing slashes; may be empty
 
     def key(self, *parts: str) -> str:
         return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
@@ -96,15 +98,18 @@ def parse_target(uri: str | None) -> Target:
         raise PublishError("publish.uri must look like s3://bucket/prefix")
     if "@" in parsed.netloc or ":" in parsed.netloc:
         # never echo it: the user-info part of a URI is where people paste credentials
-        raise PublishError("publish.uri must not contain credentials or a port (s3://bucket/prefix); "
-                           "credentials come from the AWS environment")
+        raise PublishError(
+            "publish.uri must not contain credentials or a port (s3://bucket/prefix); "
+            "credentials come from the AWS environment"
+        )
     return Target(parsed.netloc, parsed.path.strip("/"))
 
 
 def check_version(version: str) -> str:
     if not _VERSION_RE.match(version) or version == LATEST:
-        raise PublishError(f"invalid version {version!r}: use letters, digits, '.', '_' or '-' "
-                           f"(at most 128, not '{LATEST}')")
+        raise PublishError(
+            f"invalid version {version!r}: use letters, digits, '.', '_' or '-' (at most 128, not '{LATEST}')"
+        )
     return version
 
 
@@ -131,9 +136,9 @@ class LocalFile:
     uri: str
     rel: str
     size: int
-    sha256: str                  # hex, from the manifest
-    full_b64: str                # base64 sha256 of the file
-    composite_b64: str | None    # base64 sha256 of the parts' sha256 digests (multipart only)
+    sha256: str  # hex, from the manifest
+    full_b64: str  # base64 sha256 of the file
+    composite_b64: str | None  # base64 sha256 of the parts' sha256 digests (multipart only)
 
 
 def part_size(chunk_bytes: int, size: int) -> int:
@@ -157,14 +162,15 @@ def describe_local(uri: str, rel: str, size: int, sha256_hex: str, chunk_bytes: 
             parts.append(hashlib.sha256(block).digest())
             seen += len(block)
     if full.hexdigest() != sha256_hex or seen != size:
-        raise PublishError(f"{rel}: the local file does not match its manifest checksum; rebuild with "
-                           "`climb build --force`")
+        raise PublishError(
+            f"{rel}: the local file does not match its manifest checksum; rebuild with `climb build --force`"
+        )
     composite = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode() if multipart else None
     return LocalFile(uri, rel, size, sha256_hex, base64.b64encode(full.digest()).decode(), composite)
 
 
 # ------------------------------------------------------------------------------ one file
-_PROBED: dict[str, bool] = {}     # endpoint -> whether it validates checksums (probed once per process)
+_PROBED: dict[str, bool] = {}  # endpoint -> whether it validates checksums (probed once per process)
 _PROBE_LOCK = threading.Lock()
 
 
@@ -216,10 +222,14 @@ class Uploader:
         self.target = target
         self.version = version
         self.pcfg = cfg.publish
-        self.mode = mode                  # "checksum": trust the stored checksum; "download": re-read
+        self.mode = mode  # "checksum": trust the stored checksum; "download": re-read
         self.chunk = cfg.publish.multipart_chunk_mb * 1024 * 1024
-        self.transfer = TransferConfig(multipart_threshold=self.chunk, multipart_chunksize=self.chunk,
-                                       max_concurrency=cfg.publish.concurrency, use_threads=True)
+        self.transfer = TransferConfig(
+            multipart_threshold=self.chunk,
+            multipart_chunksize=self.chunk,
+            max_concurrency=cfg.publish.concurrency,
+            use_threads=True,
+        )
         self.lock = threading.Lock()
         self.retried = 0
         self.etags: dict[str, str] = {}
@@ -267,14 +277,15 @@ class Uploader:
         return "ok"
 
     def upload(self, lf: LocalFile) -> None:
-        extra = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": lf.sha256},
-                 "ContentType": content_type(lf.rel)}
+        extra = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": lf.sha256}, "ContentType": content_type(lf.rel)}
         local = storage.local_path(lf.uri)
         if local is not None:
             self.client.upload_file(local, self.target.bucket, self.key(lf.rel), ExtraArgs=extra, Config=self.transfer)
         else:
             with storage.open_read(lf.uri) as f:
-                self.client.upload_fileobj(f, self.target.bucket, self.key(lf.rel), ExtraArgs=extra, Config=self.transfer)
+                self.client.upload_fileobj(
+                    f, self.target.bucket, self.key(lf.rel), ExtraArgs=extra, Config=self.transfer
+                )
 
     def _put_once(self, lf: LocalFile, uploaded: list[bool]) -> None:
         state = self.verify(lf)
@@ -381,8 +392,10 @@ def _abort_incomplete_uploads(client, bucket: str, prefix: str) -> int:
 
     uploads = storage.retry(once, f"list the multipart uploads under s3://{bucket}/{prefix}")
     for u in uploads:
-        storage.retry(functools.partial(client.abort_multipart_upload, Bucket=bucket, Key=u["Key"],
-                                        UploadId=u["UploadId"]), f"abort the multipart upload of {u['Key']}")
+        storage.retry(
+            functools.partial(client.abort_multipart_upload, Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]),
+            f"abort the multipart upload of {u['Key']}",
+        )
     return len(uploads)
 
 
@@ -401,12 +414,23 @@ def update_latest(client, target: Target, version: str, manifest_sha256: str, co
         if theirs is not None and ours is not None and theirs > ours:
             log.info("latest stays at %s, committed after %s", pointed, version)
             return False
-    body = json.dumps({"version": version, "uri": target.uri(version), "manifest_sha256": manifest_sha256,
-                       "content_sha256": content_sha256,
-                       "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-                      indent=2, sort_keys=True).encode()
-    storage.retry(lambda: client.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType="application/json",
-                                            ChecksumAlgorithm="SHA256"), f"write {target.uri(LATEST)}")
+    body = json.dumps(
+        {
+            "version": version,
+            "uri": target.uri(version),
+            "manifest_sha256": manifest_sha256,
+            "content_sha256": content_sha256,
+            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        indent=2,
+        sort_keys=True,
+    ).encode()
+    storage.retry(
+        lambda: client.put_object(
+            Bucket=target.bucket, Key=key, Body=body, ContentType="application/json", ChecksumAlgorithm="SHA256"
+        ),
+        f"write {target.uri(LATEST)}",
+    )
     return True
 
 
@@ -421,8 +445,10 @@ def _check_unchanged(client, uploader: Uploader, files: list[dict]) -> None:
         if head is None or head["ETag"] != uploader.etags.get(f["path"]) or head["ContentLength"] != int(f["bytes"]):
             changed.append(f["path"])
     if changed:
-        raise PublishError(f"version {uploader.version}: {len(changed)} object(s) changed after they were verified "
-                           f"(e.g. {changed[:3]}; another publisher wrote them?); nothing was committed: run again")
+        raise PublishError(
+            f"version {uploader.version}: {len(changed)} object(s) changed after they were verified "
+            f"(e.g. {changed[:3]}; another publisher wrote them?); nothing was committed: run again"
+        )
 
 
 def _put_manifest(client, target: Target, version: str, raw: bytes, files: list[dict]) -> None:
@@ -431,21 +457,28 @@ def _put_manifest(client, target: Target, version: str, raw: bytes, files: list[
     from botocore.exceptions import ClientError
 
     key = target.key(version, MANIFEST)
-    args = dict(Bucket=target.bucket, Key=key, Body=raw, ContentType="application/json",
-                ChecksumAlgorithm="SHA256",
-                Metadata={"sha256": hashlib.sha256(raw).hexdigest(), "committed-at": f"{time.time():.6f}"})
+    args = dict(
+        Bucket=target.bucket,
+        Key=key,
+        Body=raw,
+        ContentType="application/json",
+        ChecksumAlgorithm="SHA256",
+        Metadata={"sha256": hashlib.sha256(raw).hexdigest(), "committed-at": f"{time.time():.6f}"},
+    )
     what = f"commit {target.uri(version, MANIFEST)}"
     try:
         storage.retry(lambda: client.put_object(IfNoneMatch="*", **args), what)
     except ClientError as err:
         code = storage.s3_error_code(err)
-        if code in ("NotImplemented", "InvalidArgument"):     # endpoints without conditional writes
+        if code in ("NotImplemented", "InvalidArgument"):  # endpoints without conditional writes
             storage.retry(lambda: client.put_object(**args), what)
         elif code in ("PreconditionFailed", "ConditionalRequestConflict") or storage.s3_status(err) == 412:
             existing = _get_json(client, target.bucket, key)
             if existing is None or _files_key(existing[0].get("files", [])) != _files_key(files):
-                raise PublishError(f"version {version} was committed by another publisher with different "
-                                   "content while this one was uploading") from None
+                raise PublishError(
+                    f"version {version} was committed by another publisher with different "
+                    "content while this one was uploading"
+                ) from None
         else:
             raise
     back = _get_json(client, target.bucket, key)
@@ -494,8 +527,10 @@ def verification_mode(client, target: Target, cfg: Config) -> str:
     if validates_checksums(client, target):
         log.info("verification: stored SHA-256 checksums (the endpoint validates them on upload)")
         return "checksum"
-    log.info("verification: download (the endpoint does not validate checksums on upload, so a stored "
-             "checksum proves nothing)")
+    log.info(
+        "verification: download (the endpoint does not validate checksums on upload, so a stored "
+        "checksum proves nothing)"
+    )
     return "download"
 
 
@@ -512,8 +547,9 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
     client = storage.s3_client(cfg.publish.max_retries, cfg.publish.concurrency)
     endpoint = redact_url(storage.s3_settings()[0])
     uri = target.uri(version)
-    log.info("publishing %d files (%s bytes) to %s%s", len(files), f"{total:,}", uri,
-             f" via {endpoint}" if endpoint else "")
+    log.info(
+        "publishing %d files (%s bytes) to %s%s", len(files), f"{total:,}", uri, f" via {endpoint}" if endpoint else ""
+    )
 
     existing = _get_json(client, target.bucket, target.key(version, MANIFEST))
     if existing is not None:
@@ -528,8 +564,14 @@ def publish_dataset(ds: Dataset, cfg: Config, version: str | None = None) -> Pub
     _put_manifest(client, target, version, manifest_raw, files)
     moved = update_latest(client, target, version, hashlib.sha256(manifest_raw).hexdigest(), content_sha)
     secs = time.time() - t0
-    log.info("published %s: %d uploaded, %d already there, %d retried, %.1f MB/s", uri, uploaded, skipped,
-             uploader.retried, total / 1e6 / max(secs, 1e-9))
+    log.info(
+        "published %s: %d uploaded, %d already there, %d retried, %.1f MB/s",
+        uri,
+        uploaded,
+        skipped,
+        uploader.retried,
+        total / 1e6 / max(secs, 1e-9),
+    )
     return PublishReport(uri, version, len(files), total, uploaded, skipped, uploader.retried, secs, False, moved)
 
 
@@ -560,22 +602,27 @@ def _check_same_content(existing: dict, files: list[dict], version: str, uri: st
     raise PublishError(
         f"version {version} already exists at {uri} with different content ({len(differ)} files "
         f"differ, e.g. {differ[:3]}); published versions are immutable: choose a new version or "
-        "leave publish.version unset to use the content hash")
+        "leave publish.version unset to use the content hash"
+    )
 
 
-def _upload_all(ds: Dataset, files: list[dict], uploader: "Uploader", version: str,
-                concurrency: int) -> tuple[int, int]:
+def _upload_all(ds: Dataset, files: list[dict], uploader: Uploader, version: str, concurrency: int) -> tuple[int, int]:
     """Upload (or keep, when verified already) every file; (uploaded, skipped)."""
+
     def one(f: dict) -> bool:
         # hashing in the worker overlaps reading one file with uploading others
-        lf = storage.retry(lambda: describe_local(ds.path(f["path"]), f["path"], int(f["bytes"]), f["sha256"],
-                                                  uploader.chunk), f"read {f['path']}")
+        lf = storage.retry(
+            lambda: describe_local(ds.path(f["path"]), f["path"], int(f["bytes"]), f["sha256"], uploader.chunk),
+            f"read {f['path']}",
+        )
         return uploader.put(lf)
 
     uploaded = skipped = 0
     total = sum(int(f["bytes"]) for f in files)
-    with tqdm(total=total, desc=f"publish {version}", unit="B", unit_scale=True) as bar, \
-            ThreadPoolExecutor(max_workers=concurrency) as pool:
+    with (
+        tqdm(total=total, desc=f"publish {version}", unit="B", unit_scale=True) as bar,
+        ThreadPoolExecutor(max_workers=concurrency) as pool,
+    ):
         futures = {pool.submit(one, f): f for f in files}
         for fut in as_completed(futures):
             try:
@@ -592,15 +639,30 @@ def _upload_all(ds: Dataset, files: list[dict], uploader: "Uploader", version: s
 
 def track(cfg: Config, rep: PublishReport) -> None:
     """Record the publication as an MLflow run (target, version, sizes, speed; no credentials)."""
-    from mixture import tracking
     import mlflow
 
+    from mixture import tracking
+
     with tracking.run(cfg, "publish", tags={"stage": "publish", "noop": str(rep.noop).lower()}):
-        mlflow.log_params({"publish.uri": rep.uri, "publish.version": rep.version,
-                           "publish.multipart_chunk_mb": cfg.publish.multipart_chunk_mb,
-                           "publish.max_retries": cfg.publish.max_retries,
-                           "publish.concurrency": cfg.publish.concurrency, "publish.verify": cfg.publish.verify,
-                           "publish.endpoint": redact_url(storage.s3_settings()[0]) or "aws"})
-        mlflow.log_metrics({"files": rep.files, "bytes": rep.bytes, "uploaded_files": rep.uploaded,
-                            "skipped_files": rep.skipped, "retried_files": rep.retried, "seconds": rep.seconds,
-                            "mb_per_s": rep.bytes / 1e6 / max(rep.seconds, 1e-9)})
+        mlflow.log_params(
+            {
+                "publish.uri": rep.uri,
+                "publish.version": rep.version,
+                "publish.multipart_chunk_mb": cfg.publish.multipart_chunk_mb,
+                "publish.max_retries": cfg.publish.max_retries,
+                "publish.concurrency": cfg.publish.concurrency,
+                "publish.verify": cfg.publish.verify,
+                "publish.endpoint": redact_url(storage.s3_settings()[0]) or "aws",
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "files": rep.files,
+                "bytes": rep.bytes,
+                "uploaded_files": rep.uploaded,
+                "skipped_files": rep.skipped,
+                "retried_files": rep.retried,
+                "seconds": rep.seconds,
+                "mb_per_s": rep.bytes / 1e6 / max(rep.seconds, 1e-9),
+            }
+        )

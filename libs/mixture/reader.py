@@ -17,6 +17,7 @@ Every read (a manifest, the pointer, a whole file, a download to the cache, a ve
 goes through `storage.retry`, the publisher's retry policy: a 5xx, a dropped connection or a body
 dropped mid-read is tried again, so a flaky endpoint does not turn into a wrong verdict.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from functools import cached_property
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -71,8 +73,9 @@ class ClimbMix:
         self.uri, self.version, raw, expected_sha = self._resolve(self.requested)
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
         if expected_sha is not None and expected_sha != self.manifest_sha256:
-            raise ChecksumError(f"{storage.join(self.uri, MANIFEST)} does not match the sha256 that the "
-                                f"`{LATEST}` pointer records")
+            raise ChecksumError(
+                f"{storage.join(self.uri, MANIFEST)} does not match the sha256 that the `{LATEST}` pointer records"
+            )
         self.manifest = Manifest.from_json(raw.decode())
         self._files = {f["path"]: f for f in self.manifest.files}
 
@@ -89,8 +92,9 @@ class ClimbMix:
             if not _exists(storage.join(vuri, MANIFEST)):
                 raise DatasetError(f"{uri}: `{LATEST}` points at version {version}, which has no {MANIFEST}")
             return vuri, version, _read(storage.join(vuri, MANIFEST)), pointer.get("manifest_sha256")
-        raise DatasetError(f"no ClimbMix dataset at {uri}: no {MANIFEST} (an incomplete or absent "
-                           f"dataset) and no `{LATEST}` pointer")
+        raise DatasetError(
+            f"no ClimbMix dataset at {uri}: no {MANIFEST} (an incomplete or absent dataset) and no `{LATEST}` pointer"
+        )
 
     # ------------------------------------------------------------------------- metadata
     @property
@@ -134,9 +138,11 @@ class ClimbMix:
     def _check(self, rel: str, size: int, digest: str) -> None:
         f = self._entry(rel)
         if size != f["bytes"] or digest != f["sha256"]:
-            raise ChecksumError(f"{storage.join(self.uri, rel)} does not match its manifest checksum "
-                                f"({size} bytes, sha256 {digest[:12]}…; manifest: {f['bytes']} bytes, "
-                                f"sha256 {f['sha256'][:12]}…)")
+            raise ChecksumError(
+                f"{storage.join(self.uri, rel)} does not match its manifest checksum "
+                f"({size} bytes, sha256 {digest[:12]}…; manifest: {f['bytes']} bytes, "
+                f"sha256 {f['sha256'][:12]}…)"
+            )
         self._verified.add(rel)
 
     def read_bytes(self, rel: str) -> bytes:
@@ -211,8 +217,9 @@ class ClimbMix:
         tables = [self.read_shard(i, columns) for i in range(len(self.parquet_files))]
         table = pa.concat_tables(tables)
         if table.num_rows != len(self):
-            raise DatasetError(f"{self.uri}: the Parquet shards hold {table.num_rows} rows, the manifest "
-                               f"counts {len(self)} documents")
+            raise DatasetError(
+                f"{self.uri}: the Parquet shards hold {table.num_rows} rows, the manifest counts {len(self)} documents"
+            )
         return table
 
     def iter_texts(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -227,8 +234,10 @@ class ClimbMix:
         offsets = np.load(self.local_path(prefix + ".idx"), allow_pickle=False)
         tokens = np.memmap(self.local_path(prefix + ".bin"), dtype=self.dtype, mode="r")
         if len(offsets) == 0 or offsets[-1] != len(tokens):
-            raise DatasetError(f"{prefix}: offsets end at {offsets[-1] if len(offsets) else '?'}, "
-                               f"the token file holds {len(tokens)} tokens")
+            raise DatasetError(
+                f"{prefix}: offsets end at {offsets[-1] if len(offsets) else '?'}, "
+                f"the token file holds {len(tokens)} tokens"
+            )
         return tokens, offsets
 
     def iter_tokens(self) -> Iterator[np.ndarray]:

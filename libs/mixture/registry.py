@@ -13,11 +13,13 @@ known, and an extension from anywhere else (a plugin, a test module) is known on
 imported. The config checks names against the registry, so an unknown name is a config error
 that lists the known ones.
 """
+
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -25,7 +27,7 @@ T = TypeVar("T")
 class RegistryError(KeyError):
     """An unknown or doubly registered name."""
 
-    def __str__(self) -> str:          # KeyError would quote the message
+    def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
@@ -38,12 +40,14 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: register `obj` under `name` (re-registering the same object is a no-op)."""
+
         def deco(obj: T) -> T:
             old = self._items.get(name)
             if old is not None and old is not obj and _qualname(old) != _qualname(obj):
                 raise RegistryError(f"{self.kind} {name!r} is already registered ({_qualname(old)})")
             self._items[name] = obj
             return obj
+
         return deco
 
     def unregister(self, name: str) -> None:

@@ -17,6 +17,7 @@ domain mixing, Liu et al. 2024) the report has the same per-cluster entries plus
 each final cluster is; there are no embeddings, so the snippets are the sampled documents nearest
 their cluster's mean TF-IDF vector and there is no map.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,12 +78,17 @@ def _tfidf(texts_by_cluster: dict[int, list[str]]) -> tuple[Any, np.ndarray, np.
     owner = np.array([c for c in order for _ in texts_by_cluster[c]])
     if not docs:
         return None
-    vec = TfidfVectorizer(stop_words="english", sublinear_tf=True, max_features=50_000,
-                          token_pattern=r"(?u)\b[^\W\d_][^\W\d_]{2,}\b", max_df=0.5 if len(docs) > 20 else 1.0,
-                          min_df=2 if len(docs) > 50 else 1)
+    vec = TfidfVectorizer(
+        stop_words="english",
+        sublinear_tf=True,
+        max_features=50_000,
+        token_pattern=r"(?u)\b[^\W\d_][^\W\d_]{2,}\b",
+        max_df=0.5 if len(docs) > 20 else 1.0,
+        min_df=2 if len(docs) > 50 else 1,
+    )
     try:
         m = vec.fit_transform(docs)
-    except ValueError:          # no term survives (e.g. only stop words)
+    except ValueError:  # no term survives (e.g. only stop words)
         return None
     return m, owner, np.array(vec.get_feature_names_out())
 
@@ -92,8 +98,9 @@ def top_terms(texts_by_cluster: dict[int, list[str]], n_terms: int = TOP_TERMS) 
     return terms_and_typical(texts_by_cluster, n_terms)[0]
 
 
-def terms_and_typical(texts_by_cluster: dict[int, list[str]], n_terms: int = TOP_TERMS,
-                      n_typical: int = SNIPPETS) -> tuple[dict[int, list[tuple[str, float]]], dict[int, list[int]]]:
+def terms_and_typical(
+    texts_by_cluster: dict[int, list[str]], n_terms: int = TOP_TERMS, n_typical: int = SNIPPETS
+) -> tuple[dict[int, list[tuple[str, float]]], dict[int, list[int]]]:
     """Per cluster its top TF-IDF terms, and the positions in its list of its most typical
     documents (highest cosine to the cluster's mean TF-IDF vector: the snippets when there are no
     embeddings to find the documents nearest a centroid)."""
@@ -125,8 +132,9 @@ def token_counter(model: str | None):
         from transformers import AutoTokenizer
 
         from mixture.encoder import read_model_spec, resolve_model
+
         tok = AutoTokenizer.from_pretrained(str(read_model_spec(resolve_model(model)).path), local_files_only=True)
-    except Exception as err:        # the estimate is informative only: say so and go on
+    except Exception as err:  # the estimate is informative only: say so and go on
         log.warning("token estimate skipped: %s", err)
         return None
 
@@ -135,6 +143,7 @@ def token_counter(model: str | None):
             return 0
         enc = tok(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         return sum(len(x) for x in enc)
+
     return count
 
 
@@ -142,27 +151,29 @@ def token_counter(model: str | None):
 @dataclass
 class ReportInputs:
     """What the cluster stage knows once it has clustered: the report is a function of it."""
+
     cfg: ClusterConfig
     seed: int
-    ids: list[str]                  # document ids, in the embeddings' order
-    x: np.ndarray                   # unit-norm embeddings [n, d]
-    meta: pa.Table                  # curated id, source, n_words, q_* in the same order
+    ids: list[str]  # document ids, in the embeddings' order
+    x: np.ndarray  # unit-norm embeddings [n, d]
+    meta: pa.Table  # curated id, source, n_words, q_* in the same order
     km: KMeansResult
-    reasons: list[str | None]       # per k-means cluster: None (kept) or why it was pruned
-    mean_quality_init: np.ndarray   # per k-means cluster
-    mapping: np.ndarray             # k-means cluster -> final cluster (-1: pruned)
-    cluster: np.ndarray             # final cluster per document
-    centroids: np.ndarray           # final centroids
-    quality: np.ndarray             # the pruning scorer's score per document
+    reasons: list[str | None]  # per k-means cluster: None (kept) or why it was pruned
+    mean_quality_init: np.ndarray  # per k-means cluster
+    mapping: np.ndarray  # k-means cluster -> final cluster (-1: pruned)
+    cluster: np.ndarray  # final cluster per document
+    centroids: np.ndarray  # final centroids
+    quality: np.ndarray  # the pruning scorer's score per document
     scores: Scores
     merged: MergeResult
-    curated: Dataset                # where the snippets' and terms' texts are read from
-    model: str | None               # the embedding model (its tokenizer estimates tokens)
+    curated: Dataset  # where the snippets' and terms' texts are read from
+    model: str | None  # the embedding model (its tokenizer estimates tokens)
 
 
 @dataclass
 class Members:
     """Per final cluster: its documents, a sample for the terms, the most central ones."""
+
     rows: dict[int, np.ndarray]
     sample: dict[int, np.ndarray]
     central: dict[int, np.ndarray]
@@ -170,20 +181,24 @@ class Members:
 
 def _labels(meta: pa.Table, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(source label per document, "" when absent; word count per document or None)."""
-    sources = (np.array([s if s is not None else "" for s in meta.column("source").to_pylist()], dtype=object)
-               if "source" in meta.column_names else np.full(n, "", dtype=object))
-    words = (meta.column("n_words").to_numpy(zero_copy_only=False).astype(np.int64)
-             if "n_words" in meta.column_names else None)
+    sources = (
+        np.array([s if s is not None else "" for s in meta.column("source").to_pylist()], dtype=object)
+        if "source" in meta.column_names
+        else np.full(n, "", dtype=object)
+    )
+    words = (
+        meta.column("n_words").to_numpy(zero_copy_only=False).astype(np.int64)
+        if "n_words" in meta.column_names
+        else None
+    )
     return sources, words
 
 
 def _members(inp: ReportInputs) -> Members:
     rng = np.random.default_rng(inp.seed)
     rows = {c: np.flatnonzero(inp.cluster == c) for c in range(len(inp.centroids))}
-    sample = {c: np.sort(rng.choice(m, min(len(m), TFIDF_DOCS_PER_CLUSTER), replace=False))
-              for c, m in rows.items()}
-    central = {c: m[np.argsort(-(inp.x[m] @ inp.centroids[c]), kind="stable")[:SNIPPETS]]
-               for c, m in rows.items()}
+    sample = {c: np.sort(rng.choice(m, min(len(m), TFIDF_DOCS_PER_CLUSTER), replace=False)) for c, m in rows.items()}
+    central = {c: m[np.argsort(-(inp.x[m] @ inp.centroids[c]), kind="stable")[:SNIPPETS]] for c, m in rows.items()}
     return Members(rows, sample, central)
 
 
@@ -195,8 +210,16 @@ def _tokens_per_word(model: str | None, sampled: dict[int, list[str]]) -> dict[i
     return {c: count(t) / max(sum(len(x.split()) for x in t), 1) for c, t in sampled.items()}
 
 
-def _cluster_entry(inp: ReportInputs, c: int, mem: Members, texts: dict[str, str], terms: dict,
-                   tpw: dict[int, float], sources: np.ndarray, words: np.ndarray | None) -> dict[str, Any]:
+def _cluster_entry(
+    inp: ReportInputs,
+    c: int,
+    mem: Members,
+    texts: dict[str, str],
+    terms: dict,
+    tpw: dict[int, float],
+    sources: np.ndarray,
+    words: np.ndarray | None,
+) -> dict[str, Any]:
     m = mem.rows[c]
     entry: dict[str, Any] = {
         "cluster": c,
@@ -212,8 +235,9 @@ def _cluster_entry(inp: ReportInputs, c: int, mem: Members, texts: dict[str, str
     return _finish_entry(entry, c, m, tpw, sources, words)
 
 
-def _finish_entry(entry: dict[str, Any], c: int, m: np.ndarray, tpw: dict[int, float], sources: np.ndarray,
-                  words: np.ndarray | None) -> dict[str, Any]:
+def _finish_entry(
+    entry: dict[str, Any], c: int, m: np.ndarray, tpw: dict[int, float], sources: np.ndarray, words: np.ndarray | None
+) -> dict[str, Any]:
     """The token estimate and (evaluation only) the source mix of cluster `c`, rows `m`."""
     if words is not None and tpw.get(c):
         entry["tokens_est"] = int(round(entry["words"] * tpw[c]))
@@ -244,13 +268,18 @@ def evaluation(assign: np.ndarray, cluster: np.ndarray, sources: np.ndarray) -> 
     has = sources != ""
     if not has.any():
         return out
-    out["init"] = {"purity": round(purity(assign[has], sources[has]), 4),
-                   "nmi": round(nmi(assign[has], sources[has]), 4), "documents": int(has.sum())}
+    out["init"] = {
+        "purity": round(purity(assign[has], sources[has]), 4),
+        "nmi": round(nmi(assign[has], sources[has]), 4),
+        "documents": int(has.sum()),
+    }
     kept_has = has & (cluster >= 0)
     if kept_has.any():
-        out["final"] = {"purity": round(purity(cluster[kept_has], sources[kept_has]), 4),
-                        "nmi": round(nmi(cluster[kept_has], sources[kept_has]), 4),
-                        "documents": int(kept_has.sum())}
+        out["final"] = {
+            "purity": round(purity(cluster[kept_has], sources[kept_has]), 4),
+            "nmi": round(nmi(cluster[kept_has], sources[kept_has]), 4),
+            "documents": int(kept_has.sum()),
+        }
     out["sources"] = dict(Counter(sources[has].tolist()).most_common())
     return out
 
@@ -262,29 +291,52 @@ def pruning(inp: ReportInputs) -> dict[str, Any]:
     for reason in ("empty", "size", "quality"):
         ks = [k for k, r in enumerate(reasons) if r == reason]
         if ks:
-            pruned[reason] = {"clusters": len(ks), "documents": int(np.isin(assign, ks).sum()),
-                              "kmeans_clusters": ks}
-    pruned_q = [{"kmeans_cluster": k, "documents": int((assign == k).sum()),
-                 "mean_quality": round(float(inp.mean_quality_init[k]), 4)}
-                for k, r in enumerate(reasons) if r == "quality"]
-    return {"min_cluster_quality": inp.cfg.quality.min_cluster_quality,
-            "min_cluster_size": inp.cfg.min_cluster_size, "pruned": pruned, "pruned_for_quality": pruned_q}
+            pruned[reason] = {"clusters": len(ks), "documents": int(np.isin(assign, ks).sum()), "kmeans_clusters": ks}
+    pruned_q = [
+        {
+            "kmeans_cluster": k,
+            "documents": int((assign == k).sum()),
+            "mean_quality": round(float(inp.mean_quality_init[k]), 4),
+        }
+        for k, r in enumerate(reasons)
+        if r == "quality"
+    ]
+    return {
+        "min_cluster_quality": inp.cfg.quality.min_cluster_quality,
+        "min_cluster_size": inp.cfg.min_cluster_size,
+        "pruned": pruned,
+        "pruned_for_quality": pruned_q,
+    }
 
 
 def kmeans_section(inp: ReportInputs) -> dict[str, Any]:
     km, cfg = inp.km, inp.cfg
-    return {"k_requested": int(cfg.k_init), "k": int(len(km.centroids)), "train_points": km.train_points,
-            "documents": len(inp.ids), "mean_cosine": round(km.objective, 5), "seconds": round(km.seconds, 2),
-            "gpu": km.gpu, "niter": cfg.niter, "nredo": cfg.nredo, "seed": inp.seed}
+    return {
+        "k_requested": int(cfg.k_init),
+        "k": int(len(km.centroids)),
+        "train_points": km.train_points,
+        "documents": len(inp.ids),
+        "mean_cosine": round(km.objective, 5),
+        "seconds": round(km.seconds, 2),
+        "gpu": km.gpu,
+        "niter": cfg.niter,
+        "nredo": cfg.nredo,
+        "seed": inp.seed,
+    }
 
 
 def merge_section(inp: ReportInputs) -> dict[str, Any]:
     mg = inp.merged
-    return {"kept_kmeans_clusters": int(len(mg.labels)), "merge_distance": inp.cfg.merge_distance,
-            "target_clusters": inp.cfg.target_clusters, "groups_at_distance": mg.n_at_distance,
-            "merges_applied": mg.applied, "final_clusters": len(inp.centroids),
-            "last_applied_height": round(float(mg.heights[mg.applied - 1]), 4) if mg.applied else None,
-            "next_height": round(float(mg.heights[mg.applied]), 4) if mg.applied < len(mg.heights) else None}
+    return {
+        "kept_kmeans_clusters": int(len(mg.labels)),
+        "merge_distance": inp.cfg.merge_distance,
+        "target_clusters": inp.cfg.target_clusters,
+        "groups_at_distance": mg.n_at_distance,
+        "merges_applied": mg.applied,
+        "final_clusters": len(inp.centroids),
+        "last_applied_height": round(float(mg.heights[mg.applied - 1]), 4) if mg.applied else None,
+        "next_height": round(float(mg.heights[mg.applied]), 4) if mg.applied < len(mg.heights) else None,
+    }
 
 
 def build_report(inp: ReportInputs) -> dict[str, Any]:
@@ -302,8 +354,12 @@ def build_report(inp: ReportInputs) -> dict[str, Any]:
 
 
 def quality_section(cfg: ClusterConfig, scores: Scores) -> dict[str, Any]:
-    return {"scorer": cfg.quality.scorer, "scale": "1-5", "notes": scores.notes,
-            "mean": {k: round(float(v.mean()), 4) for k, v in sorted(scores.by_name.items())}}
+    return {
+        "scorer": cfg.quality.scorer,
+        "scale": "1-5",
+        "notes": scores.notes,
+        "mean": {k: round(float(v.mean()), 4) for k, v in sorted(scores.by_name.items())},
+    }
 
 
 # ------------------------------------------------------------------------- the user's groups
@@ -311,16 +367,17 @@ def quality_section(cfg: ClusterConfig, scores: Scores) -> dict[str, Any]:
 class GroupReportInputs:
     """What the cluster stage knows with the user's groups (`cluster.method` field or
     assignments): no embeddings, so snippets are the most typical documents by TF-IDF."""
+
     cfg: ClusterConfig
     seed: int
-    ids: list[str]                  # document ids, in the curated order
-    meta: pa.Table                  # curated id, source, n_words, q_* in the same order
+    ids: list[str]  # document ids, in the curated order
+    meta: pa.Table  # curated id, source, n_words, q_* in the same order
     groups: NumberedGroups
     grouping: Grouping
     quality: np.ndarray
     scores: Scores
     curated: Dataset
-    model: str | None               # the tokenizer of this embedding model estimates tokens
+    model: str | None  # the tokenizer of this embedding model estimates tokens
 
 
 def group_entries(inp: GroupReportInputs, sources: np.ndarray, words: np.ndarray | None) -> list[dict[str, Any]]:
@@ -336,14 +393,20 @@ def group_entries(inp: GroupReportInputs, sources: np.ndarray, words: np.ndarray
     out = []
     for c, m in rows.items():
         entry: dict[str, Any] = {
-            "cluster": c, "name": cluster_name(c), "group": names[c], "documents": int(len(m)),
-            "words": int(words[m].sum()) if words is not None else None, "tokens_est": None,
+            "cluster": c,
+            "name": cluster_name(c),
+            "group": names[c],
+            "documents": int(len(m)),
+            "words": int(words[m].sum()) if words is not None else None,
+            "tokens_est": None,
             "mean_quality": round(float(inp.quality[m].mean()), 4),
             "mean_scores": {k: round(float(v[m].mean()), 4) for k, v in sorted(inp.scores.by_name.items())},
             "values": inp.grouping.values.get(names[c]),
             "top_terms": [[t, s] for t, s in terms.get(c, [])],
-            "snippets": [{"id": inp.ids[sample[c][j]], "text": _snippet(texts[inp.ids[sample[c][j]]])}
-                         for j in typical[c]]}
+            "snippets": [
+                {"id": inp.ids[sample[c][j]], "text": _snippet(texts[inp.ids[sample[c][j]]])} for j in typical[c]
+            ],
+        }
         out.append(_finish_entry(entry, c, m, tpw, sources, words))
     return out
 
@@ -351,15 +414,31 @@ def group_entries(inp: GroupReportInputs, sources: np.ndarray, words: np.ndarray
 def groups_section(inp: GroupReportInputs) -> dict[str, Any]:
     """Every user group (kept: its final cluster; pruned: why), and the documents without a group."""
     cfg, ng, gr = inp.cfg, inp.groups, inp.grouping
-    per = [{"group": g, "documents": int(ng.sizes[i]), "mean_quality": round(float(ng.mean_quality[i]), 4),
+    per = [
+        {
+            "group": g,
+            "documents": int(ng.sizes[i]),
+            "mean_quality": round(float(ng.mean_quality[i]), 4),
             "cluster": int(ng.mapping[i]) if ng.mapping[i] >= 0 else None,
-            "name": cluster_name(int(ng.mapping[i])) if ng.mapping[i] >= 0 else None, "pruned": ng.reasons[i]}
-           for i, g in enumerate(ng.names)]
-    return {"method": cfg.method, "field": cfg.field, "mapping": cfg.mapping,
-            "unmapped": cfg.unmapped if cfg.mapping else None, "assignments": cfg.assignments,
-            "documents": len(inp.ids), "groups": per, "ungrouped": dict(gr.ungrouped),
-            "unknown_ids": gr.unknown_ids, "unknown_id_examples": list(gr.unknown_examples),
-            "min_cluster_quality": cfg.quality.min_cluster_quality, "min_cluster_size": cfg.min_cluster_size}
+            "name": cluster_name(int(ng.mapping[i])) if ng.mapping[i] >= 0 else None,
+            "pruned": ng.reasons[i],
+        }
+        for i, g in enumerate(ng.names)
+    ]
+    return {
+        "method": cfg.method,
+        "field": cfg.field,
+        "mapping": cfg.mapping,
+        "unmapped": cfg.unmapped if cfg.mapping else None,
+        "assignments": cfg.assignments,
+        "documents": len(inp.ids),
+        "groups": per,
+        "ungrouped": dict(gr.ungrouped),
+        "unknown_ids": gr.unknown_ids,
+        "unknown_id_examples": list(gr.unknown_examples),
+        "min_cluster_quality": cfg.quality.min_cluster_quality,
+        "min_cluster_size": cfg.min_cluster_size,
+    }
 
 
 def build_group_report(inp: GroupReportInputs) -> dict[str, Any]:
@@ -392,44 +471,62 @@ def render_markdown(rep: dict[str, Any]) -> str:
 def _kmeans_header(rep: dict[str, Any]) -> list[str]:
     km, pr, mg, q, ev = rep["kmeans"], rep["pruning"], rep["merge"], rep["quality"], rep["evaluation"]
     lines = ["# Cluster report", ""]
-    lines.append(f"{km['documents']:,} documents, embedded with `{rep.get('embedding_model')}`. "
-                 f"k-means K={km['k']} (asked {km['k_requested']}; trained on {km['train_points']:,} "
-                 f"documents, {km['niter']} iterations, nredo {km['nredo']}, seed {km['seed']}, "
-                 f"{'GPU' if km['gpu'] else 'CPU'}, {km['seconds']} s; mean cosine to centroid {km['mean_cosine']}).")
+    lines.append(
+        f"{km['documents']:,} documents, embedded with `{rep.get('embedding_model')}`. "
+        f"k-means K={km['k']} (asked {km['k_requested']}; trained on {km['train_points']:,} "
+        f"documents, {km['niter']} iterations, nredo {km['nredo']}, seed {km['seed']}, "
+        f"{'GPU' if km['gpu'] else 'CPU'}, {km['seconds']} s; mean cosine to centroid {km['mean_cosine']})."
+    )
     pruned_total = sum(v["clusters"] for v in pr["pruned"].values())
     pruned_docs = sum(v["documents"] for v in pr["pruned"].values())
-    lines.append(f"Pruned {pruned_total} k-means clusters ({pruned_docs:,} documents): "
-                 + (", ".join(f"{k} {v['clusters']}" for k, v in pr["pruned"].items()) or "none")
-                 + f" (quality scorer `{q['scorer']}` below {pr['min_cluster_quality']} on 1-5, "
-                 f"or fewer than {pr['min_cluster_size']} documents).")
-    lines.append(f"Ward merge of {mg['kept_kmeans_clusters']} centroids: {mg['groups_at_distance']} groups at "
-                 f"distance {mg['merge_distance']}, target {mg['target_clusters']} -> "
-                 f"**{mg['final_clusters']} final clusters** (last merge height {mg['last_applied_height']}, "
-                 f"next {mg['next_height']}).")
+    lines.append(
+        f"Pruned {pruned_total} k-means clusters ({pruned_docs:,} documents): "
+        + (", ".join(f"{k} {v['clusters']}" for k, v in pr["pruned"].items()) or "none")
+        + f" (quality scorer `{q['scorer']}` below {pr['min_cluster_quality']} on 1-5, "
+        f"or fewer than {pr['min_cluster_size']} documents)."
+    )
+    lines.append(
+        f"Ward merge of {mg['kept_kmeans_clusters']} centroids: {mg['groups_at_distance']} groups at "
+        f"distance {mg['merge_distance']}, target {mg['target_clusters']} -> "
+        f"**{mg['final_clusters']} final clusters** (last merge height {mg['last_applied_height']}, "
+        f"next {mg['next_height']})."
+    )
     if ev.get("final"):
-        lines.append(f"Against the `source` labels (evaluation only): k-means purity {ev['init']['purity']}, "
-                     f"NMI {ev['init']['nmi']}; final purity {ev['final']['purity']}, NMI {ev['final']['nmi']}.")
+        lines.append(
+            f"Against the `source` labels (evaluation only): k-means purity {ev['init']['purity']}, "
+            f"NMI {ev['init']['nmi']}; final purity {ev['final']['purity']}, NMI {ev['final']['nmi']}."
+        )
     return lines
 
 
 def _groups_header(rep: dict[str, Any]) -> list[str]:
     g, q = rep["groups"], rep["quality"]
-    how = (f"the curated field `{g['field']}`" + (f" through the mapping `{g['mapping']}` (values without an "
-                                                  f"entry: {g['unmapped']})" if g["mapping"] else "")
-           if g["method"] == "field" else f"the assignments file `{g['assignments']}`")
+    how = (
+        f"the curated field `{g['field']}`"
+        + (f" through the mapping `{g['mapping']}` (values without an entry: {g['unmapped']})" if g["mapping"] else "")
+        if g["method"] == "field"
+        else f"the assignments file `{g['assignments']}`"
+    )
     pruned = [x for x in g["groups"] if x["pruned"]]
-    lines = ["# Cluster report: the user's groups", "",
-             f"{g['documents']:,} documents grouped by {how} (cluster.method {g['method']}; no embeddings, "
-             f"no k-means): {len(g['groups'])} groups, **{len(rep['clusters'])} final clusters** numbered by size.",
-             "Documents without a group (cluster -1): " + (", ".join(
-                 f"{k} {v:,}" for k, v in g["ungrouped"].items()) or "none") + ".",
-             f"Pruned {len(pruned)} groups ({sum(x['documents'] for x in pruned):,} documents): "
-             + (", ".join(f"{x['group']} ({x['pruned']})" for x in pruned) or "none")
-             + f" (quality scorer `{q['scorer']}` below {g['min_cluster_quality']} on 1-5, or fewer than "
-             f"{g['min_cluster_size']} documents)."]
+    lines = [
+        "# Cluster report: the user's groups",
+        "",
+        f"{g['documents']:,} documents grouped by {how} (cluster.method {g['method']}; no embeddings, "
+        f"no k-means): {len(g['groups'])} groups, **{len(rep['clusters'])} final clusters** numbered by size.",
+        "Documents without a group (cluster -1): "
+        + (", ".join(f"{k} {v:,}" for k, v in g["ungrouped"].items()) or "none")
+        + ".",
+        f"Pruned {len(pruned)} groups ({sum(x['documents'] for x in pruned):,} documents): "
+        + (", ".join(f"{x['group']} ({x['pruned']})" for x in pruned) or "none")
+        + f" (quality scorer `{q['scorer']}` below {g['min_cluster_quality']} on 1-5, or fewer than "
+        f"{g['min_cluster_size']} documents).",
+    ]
     if g["method"] == "assignments":
-        lines.append(f"Ids in the assignments file that are not curated documents: {g['unknown_ids']:,}"
-                     + (f" (e.g. {', '.join(g['unknown_id_examples'])})" if g["unknown_ids"] else "") + ".")
+        lines.append(
+            f"Ids in the assignments file that are not curated documents: {g['unknown_ids']:,}"
+            + (f" (e.g. {', '.join(g['unknown_id_examples'])})" if g["unknown_ids"] else "")
+            + "."
+        )
     return lines
 
 
@@ -442,23 +539,37 @@ def _origin(c: dict[str, Any]) -> str:
 
 
 def _cluster_tables(rep: dict[str, Any]) -> list[str]:
-    lines = ["| cluster | documents | words | tokens (est.) | quality | top terms | top source (share) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| cluster | documents | words | tokens (est.) | quality | top terms | top source (share) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in rep["clusters"]:
         top_src = next(iter(c.get("source_mix", {}).items()), None)
         label = f"{c['cluster']} ({c['name']}: {c['group']})" if "group" in c else f"{c['cluster']}"
-        lines.append(f"| {label} | {c['documents']:,} | {_num(c['words'])} | "
-                     f"{_num(c['tokens_est'])} | {c['mean_quality']:.2f} | "
-                     f"{', '.join(t for t, _ in c['top_terms'][:6])} | "
-                     f"{f'{top_src[0]} ({top_src[1]:.0%})' if top_src else '-'} |")
+        lines.append(
+            f"| {label} | {c['documents']:,} | {_num(c['words'])} | "
+            f"{_num(c['tokens_est'])} | {c['mean_quality']:.2f} | "
+            f"{', '.join(t for t, _ in c['top_terms'][:6])} | "
+            f"{f'{top_src[0]} ({top_src[1]:.0%})' if top_src else '-'} |"
+        )
     for c in rep["clusters"]:
-        lines += ["", f"## Cluster {c['cluster']}", "",
-                  f"{c['documents']:,} documents {_origin(c)}; mean scores "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in c["mean_scores"].items()) + ".",
-                  "", "Top terms: " + ", ".join(f"{t} ({s:.3f})" for t, s in c["top_terms"]), ""]
+        lines += [
+            "",
+            f"## Cluster {c['cluster']}",
+            "",
+            f"{c['documents']:,} documents {_origin(c)}; mean scores "
+            + ", ".join(f"{k} {v:.2f}" for k, v in c["mean_scores"].items())
+            + ".",
+            "",
+            "Top terms: " + ", ".join(f"{t} ({s:.3f})" for t, s in c["top_terms"]),
+            "",
+        ]
         if c.get("source_mix"):
-            lines.append("Source mix (evaluation only): " + ", ".join(
-                f"{s} {v:.0%}" for s, v in list(c["source_mix"].items())[:6]) + f"; purity {c['purity']:.2f}")
+            lines.append(
+                "Source mix (evaluation only): "
+                + ", ".join(f"{s} {v:.0%}" for s, v in list(c["source_mix"].items())[:6])
+                + f"; purity {c['purity']:.2f}"
+            )
             lines.append("")
         for s in c["snippets"]:
             lines.append(f"> `{s['id']}`: {s['text']}")
@@ -469,10 +580,19 @@ def _cluster_tables(rep: dict[str, Any]) -> list[str]:
 
 
 def _quality_lines(q: dict[str, Any]) -> list[str]:
-    return ["", "## Quality scores", "",
-            f"Scorer driving pruning: `{q['scorer']}`. Mean per scorer: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in q["mean"].items()) + ".", "",
-            "```json", json.dumps(q["notes"], indent=1, default=str), "```", ""]
+    return [
+        "",
+        "## Quality scores",
+        "",
+        f"Scorer driving pruning: `{q['scorer']}`. Mean per scorer: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in q["mean"].items())
+        + ".",
+        "",
+        "```json",
+        json.dumps(q["notes"], indent=1, default=str),
+        "```",
+        "",
+    ]
 
 
 def plot_map(x: np.ndarray, cluster: np.ndarray, centroids: np.ndarray, seed: int, path: Path) -> None:
@@ -503,10 +623,24 @@ def plot_map(x: np.ndarray, cluster: np.ndarray, centroids: np.ndarray, seed: in
             ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=colors[c], linewidths=0, label=f"{c}")
             # label at the middle of the cluster's points as drawn (inside the axes)
             cx, cy = np.median(xy[sel], axis=0)
-            ax.annotate(str(c), (cx, cy), fontsize=10, weight="bold", ha="center", va="center",
-                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8, "lw": 0})
-        ax.legend(loc="best", fontsize=7, markerscale=1.5, ncol=2 if k > 10 else 1, title="cluster",
-                  title_fontsize=8, framealpha=0.8)
+            ax.annotate(
+                str(c),
+                (cx, cy),
+                fontsize=10,
+                weight="bold",
+                ha="center",
+                va="center",
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8, "lw": 0},
+            )
+        ax.legend(
+            loc="best",
+            fontsize=7,
+            markerscale=1.5,
+            ncol=2 if k > 10 else 1,
+            title="cluster",
+            title_fontsize=8,
+            framealpha=0.8,
+        )
     ax.set_title(f"{len(centroids)} clusters, PCA of {len(pick):,} documents (grey: pruned)")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -527,8 +661,15 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_report(rep: dict[str, Any], folder: Path, *, x: np.ndarray | None, cluster: np.ndarray,
-                 centroids: np.ndarray | None, seed: int) -> list[Path]:
+def write_report(
+    rep: dict[str, Any],
+    folder: Path,
+    *,
+    x: np.ndarray | None,
+    cluster: np.ndarray,
+    centroids: np.ndarray | None,
+    seed: int,
+) -> list[Path]:
     """report.json, report.md and, when there are embeddings to project, map.png."""
     folder.mkdir(parents=True, exist_ok=True)
     md, js, png = folder / "report.md", folder / "report.json", folder / "map.png"

@@ -1,11 +1,12 @@
 """The Spark session the `curate` stage runs on (`local[*]` by default, any master URL works),
 and the one place that says which environment Spark's Python processes need: the CLI, the
 spark-submit job and the Airflow task all take it from `environment`."""
+
 from __future__ import annotations
 
 import os
 import sys
-from typing import MutableMapping
+from collections.abc import MutableMapping
 
 
 def environment(master: str = "local[*]", env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
@@ -27,11 +28,15 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
 
     builder = SparkSession.builder.appName(app)
     if master:
-        builder = (builder.master(master)
-                   .config("spark.sql.shuffle.partitions", str(partitions))
-                   .config("spark.default.parallelism", str(partitions)))
-    spark = (builder.config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .getOrCreate())
+        builder = (
+            builder.master(master)
+            .config("spark.sql.shuffle.partitions", str(partitions))
+            .config("spark.default.parallelism", str(partitions))
+        )
+    spark = (
+        builder.config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("WARN")
     return spark

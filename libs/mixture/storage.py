@@ -15,21 +15,23 @@ response body dropped mid-read is tried again with full-jitter exponential backo
 Arrow retry a failed request themselves, but not a body that breaks off after the response
 started, nor a multi-step operation (upload then verify) whose last step fails.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import json
-import os
 import logging
+import os
 import posixpath
 import random
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -77,9 +79,12 @@ def s3_client(max_retries: int, concurrency: int = 4):
     from botocore.config import Config as BotoConfig
 
     endpoint, region = s3_settings()
-    kwargs: dict[str, Any] = {"retries": {"max_attempts": max_retries + 1, "mode": "standard"},
-                              "max_pool_connections": max(10, 2 * concurrency * concurrency),
-                              "connect_timeout": 10, "read_timeout": 120}
+    kwargs: dict[str, Any] = {
+        "retries": {"max_attempts": max_retries + 1, "mode": "standard"},
+        "max_pool_connections": max(10, 2 * concurrency * concurrency),
+        "connect_timeout": 10,
+        "read_timeout": 120,
+    }
     if endpoint:
         # S3-compatible endpoints (MinIO, local servers) expect path-style addressing
         kwargs["s3"] = {"addressing_style": "path"}
@@ -92,7 +97,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         parsed = urlparse(uri)
         return _s3(*s3_settings()), f"{parsed.netloc}{parsed.path}".rstrip("/")
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     return pafs.LocalFileSystem(), str(Path(uri).absolute())
 
 
@@ -192,7 +197,7 @@ def move(src: str, dst: str) -> None:
         fs.delete_file(s)
         return
     for f in list_files(src):
-        rel = f[len(src.rstrip("/")) + 1:]
+        rel = f[len(src.rstrip("/")) + 1 :]
         fs.copy_file(filesystem(f)[1], posixpath.join(d, rel))
     fs.delete_dir(s)
 
@@ -252,7 +257,7 @@ def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-HASH_BLOCK = 8 << 20     # bytes read at a time when hashing or copying
+HASH_BLOCK = 8 << 20  # bytes read at a time when hashing or copying
 
 
 def iter_blocks(f: IO[bytes], chunk: int = HASH_BLOCK) -> Iterator[bytes]:
@@ -307,14 +312,31 @@ def local_path(uri: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------ retries
-RETRY_ATTEMPTS = 5       # tries of one operation by `retry` (each request inside has its own retries)
-_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
-                   "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503"}
+RETRY_ATTEMPTS = 5  # tries of one operation by `retry` (each request inside has its own retries)
+_THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+}
 # the body arrived damaged (S3 checked the SHA-256 we sent): sending it again can succeed
 DAMAGED_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch", "IncompleteBody"}
 # what Arrow's S3 errors say when the network, not the request, failed
-_ARROW_TRANSIENT = ("NETWORK_CONNECTION", "curlCode", "HTTP status 5", "SLOW_DOWN", "THROTTLING",
-                    "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "REQUEST_TIMEOUT", "Connection reset")
+_ARROW_TRANSIENT = (
+    "NETWORK_CONNECTION",
+    "curlCode",
+    "HTTP status 5",
+    "SLOW_DOWN",
+    "THROTTLING",
+    "SERVICE_UNAVAILABLE",
+    "INTERNAL_FAILURE",
+    "REQUEST_TIMEOUT",
+    "Connection reset",
+)
 
 
 class Transient(RuntimeError):
@@ -357,8 +379,20 @@ def transient(err: BaseException) -> bool:
     err = unwrap(err)
     if isinstance(err, NoCredentialsError):
         return False
-    if isinstance(err, (Transient, BotoConnectionError, HTTPClientError, IncompleteReadError, S3UploadFailedError,
-                        Urllib3Error, http.client.HTTPException, ConnectionError, TimeoutError)):
+    if isinstance(
+        err,
+        (
+            Transient,
+            BotoConnectionError,
+            HTTPClientError,
+            IncompleteReadError,
+            S3UploadFailedError,
+            Urllib3Error,
+            http.client.HTTPException,
+            ConnectionError,
+            TimeoutError,
+        ),
+    ):
         return True
     if s3_error_code(err) or s3_status(err):
         return s3_status(err) >= 500 or s3_error_code(err) in _THROTTLE_CODES | DAMAGED_CODES
@@ -369,7 +403,7 @@ def transient(err: BaseException) -> bool:
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 20.0) -> float:
     """Full-jitter exponential backoff (AWS architecture blog), in seconds."""
-    return random.uniform(0, min(cap, base * 2 ** attempt))
+    return random.uniform(0, min(cap, base * 2**attempt))
 
 
 def describe_error(err: BaseException) -> str:
@@ -382,8 +416,12 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def retry(call: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS,
-          on_retry: Callable[[BaseException], Any] | None = None) -> T:
+def retry(
+    call: Callable[[], T],
+    what: str,
+    attempts: int = RETRY_ATTEMPTS,
+    on_retry: Callable[[BaseException], Any] | None = None,
+) -> T:
     """`call()`, tried up to `attempts` times while it fails with a transient error (`transient`);
     the last error, or the first permanent one, is raised as it is."""
     attempts = max(1, attempts)
@@ -396,7 +434,8 @@ def retry(call: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS,
             if on_retry is not None:
                 on_retry(err)
             delay = backoff(attempt)
-            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, describe_error(err), delay,
-                        attempt + 2, attempts)
+            log.warning(
+                "%s: %s; retrying in %.1f s (attempt %d of %d)", what, describe_error(err), delay, attempt + 2, attempts
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")

@@ -40,6 +40,7 @@ was saved in: a pass that ends starts the next one at the first window (in-proce
 torch is imported at module level (the class derives from `IterableDataset`); nothing in the CLI
 or the stages imports this module.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -81,24 +82,33 @@ def worker_windows(lo: int, hi: int, block: int, worker: int, workers: int) -> I
 class ClimbMixStream(IterableDataset):
     """(inputs, targets) int64 tensors of seq_len tokens each, from a ClimbMix version's token shards."""
 
-    def __init__(self, uri: str, seq_len: int, rank: int | None = None, world_size: int | None = None,
-                 batch_size: int = 1, verify: bool = True, cache_dir: str | None = None):
+    def __init__(
+        self,
+        uri: str,
+        seq_len: int,
+        rank: int | None = None,
+        world_size: int | None = None,
+        batch_size: int = 1,
+        verify: bool = True,
+        cache_dir: str | None = None,
+    ):
         if seq_len < 1 or batch_size < 1:
             raise ValueError("seq_len and batch_size must be at least 1")
         self.mix = ClimbMix(uri, verify=verify, cache_dir=cache_dir)
-        _ = self.mix.cache_dir                       # decided here, so that every worker shares it
+        _ = self.mix.cache_dir  # decided here, so that every worker shares it
         self.seq_len, self.batch_size = seq_len, batch_size
         self.rank, self.world_size = distributed_rank(rank, world_size)
         self.shards = [p + ".bin" for p in self.mix.token_shards]
         if not self.shards:
-            raise DatasetError(f"{self.mix.uri} has no token shards (tokens/part-NNNNN.bin): build with the "
-                               "`tokens` format")
+            raise DatasetError(
+                f"{self.mix.uri} has no token shards (tokens/part-NNNNN.bin): build with the `tokens` format"
+            )
         sizes = {f["path"]: int(f["bytes"]) for f in self.mix.manifest.files}
         counts = window_counts([sizes[s] // self.mix.dtype.itemsize for s in self.shards], seq_len)
-        self.first_window = np.concatenate([[0], np.cumsum(counts)])      # global index of each shard's first
+        self.first_window = np.concatenate([[0], np.cumsum(counts)])  # global index of each shard's first
         per_rank = int(self.first_window[-1]) // self.world_size
         self.lo, self.hi = self.rank * per_rank, (self.rank + 1) * per_rank
-        self.position = 0                            # windows of this rank consumed before this iteration
+        self.position = 0  # windows of this rank consumed before this iteration
         self._yielded = 0
 
     def __len__(self) -> int:
@@ -122,10 +132,10 @@ class ClimbMixStream(IterableDataset):
         """Global window g (seq_len + 1 token ids); `tokens` caches the open shards."""
         s = int(np.searchsorted(self.first_window, g, side="right")) - 1
         if s not in tokens:
-            tokens.clear()                          # one shard open at a time
+            tokens.clear()  # one shard open at a time
             tokens[s] = np.memmap(self._shard_path(self.shards[s]), dtype=self.mix.dtype, mode="r")
         start = (g - int(self.first_window[s])) * self.seq_len
-        return np.asarray(tokens[s][start:start + self.seq_len + 1], dtype=np.int64)
+        return np.asarray(tokens[s][start : start + self.seq_len + 1], dtype=np.int64)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -136,15 +146,20 @@ class ClimbMixStream(IterableDataset):
             w = torch.from_numpy(self.window(g, tokens))
             self._yielded += 1
             yield w[:-1], w[1:]
-        self.reset()                                # a pass ended: the next one starts at the first window
+        self.reset()  # a pass ended: the next one starts at the first window
 
     # ------------------------------------------------------------------------------- resume
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
         """Where this rank is: `consumed` samples after the position it started from (default:
         what this object yielded itself, right only with num_workers=0)."""
         done = self._yielded if consumed is None else consumed
-        return {"manifest_sha256": self.mix.manifest_sha256, "seq_len": self.seq_len,
-                "world_size": self.world_size, "rank": self.rank, "position": self.position + done}
+        return {
+            "manifest_sha256": self.mix.manifest_sha256,
+            "seq_len": self.seq_len,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "position": self.position + done,
+        }
 
     def reset(self) -> None:
         """Start the next pass at the rank's first window (after a resumed pass, with DataLoader

@@ -8,6 +8,7 @@ ids followed by its end-of-document id, concatenated as little-endian uint16 (vo
 `tokenizer.json`. No dataset or manifest knowledge here: the ClimbLab reader is
 `mixture.climblab`, the stage `mixture.stages.shards`.
 """
+
 from __future__ import annotations
 
 from functools import cached_property
@@ -61,7 +62,7 @@ class TokenShard:
         return len(self.offsets) - 1
 
     def document(self, i: int) -> np.ndarray:
-        return np.asarray(self.tokens[self.offsets[i]:self.offsets[i + 1]])
+        return np.asarray(self.tokens[self.offsets[i] : self.offsets[i + 1]])
 
     @property
     def n_tokens(self) -> int:
@@ -76,8 +77,12 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
 
@@ -102,6 +107,6 @@ def eos_id(tok) -> int:
 def encode(tok, texts: list[str], eos: int, batch: int = 256) -> list[np.ndarray]:
     out = []
     for i in range(0, len(texts), batch):
-        for enc in tok.encode_batch(texts[i:i + batch], add_special_tokens=False):
+        for enc in tok.encode_batch(texts[i : i + batch], add_special_tokens=False):
             out.append(np.append(np.asarray(enc.ids, dtype=np.int64), eos))
     return out

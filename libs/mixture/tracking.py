@@ -5,11 +5,13 @@ root), so `mlflow ui --backend-store-uri sqlite:///<root>/mlflow.db` shows every
 server. Any tracking URI works (`tracking.uri`, or MLFLOW_TRACKING_URI when the config leaves it
 unset). Params never carry secrets: only config values, and the config holds no credentials.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from mixture import storage
 from mixture.config import Config
@@ -59,8 +61,9 @@ def setup(cfg: Config, experiment: str | None = None) -> str:
 
 
 @contextmanager
-def run(cfg: Config, name: str, experiment: str | None = None, nested: bool = False,
-        tags: dict[str, str] | None = None) -> Iterator[Any]:
+def run(
+    cfg: Config, name: str, experiment: str | None = None, nested: bool = False, tags: dict[str, str] | None = None
+) -> Iterator[Any]:
     import mlflow
 
     exp_id = setup(cfg, experiment)

@@ -6,6 +6,7 @@ pointer to the newest version. A version is 1-128 characters of letters, digits,
 `latest`, the pointer's own name. Defined once here so the config, the publisher and the reader
 agree.
 """
+
 from __future__ import annotations
 
 import re

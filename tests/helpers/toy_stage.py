@@ -3,6 +3,7 @@ run of it overlaps the first, and a kill can land at any point of its run or its
 
     python -m tests.helpers.toy_stage OUTPUT_ROOT [wait|fail] [SECONDS] [FORCE]
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def run(ctx: StageContext) -> StageOutput:
 
 
 def config(root: str, on_busy: str = "wait"):
-    return parse_config({"output_root": root, "input": {"uris": [root]},
-                         "concurrency": {"on_busy": on_busy, "wait_timeout_s": 60}})
+    return parse_config(
+        {"output_root": root, "input": {"uris": [root]}, "concurrency": {"on_busy": on_busy, "wait_timeout_s": 60}}
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -36,8 +38,9 @@ def main(argv: list[str]) -> int:
     root, on_busy = argv[0], (argv[1] if len(argv) > 1 else "wait")
     os.environ["TOY_SECONDS"] = argv[2] if len(argv) > 2 else "0.5"
     force = len(argv) > 3 and argv[3] == "force"
-    return cli.guarded(lambda: print("ran" if not pipeline.run_stage(config(root, on_busy), TOY, force).skipped
-                                     else "up to date") or 0)
+    return cli.guarded(
+        lambda: print("ran" if not pipeline.run_stage(config(root, on_busy), TOY, force).skipped else "up to date") or 0
+    )
 
 
 if __name__ == "__main__":

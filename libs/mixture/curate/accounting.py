@@ -11,13 +11,15 @@ whole equation with its own outcomes of the annotated documents.
 record lost or duplicated by a join, a bad filter or a bug in deduplication makes the equation
 fail, and the stage fails with it instead of committing a dataset whose counts do not add up.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 KEPT = "kept"
-ANNOTATED = "annotated"          # a readable document that enters selection (the `curate` stage)
+ANNOTATED = "annotated"  # a readable document that enters selection (the `curate` stage)
 EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
 QUARANTINE_PREFIX = "quarantine:"
@@ -29,8 +31,14 @@ class AccountingError(RuntimeError):
 
 
 def _empty() -> dict[str, Any]:
-    return {"documents_in": 0, "documents_out": 0, "quarantined": {}, "filtered": {},
-            "exact_duplicates": 0, "near_duplicates": 0}
+    return {
+        "documents_in": 0,
+        "documents_out": 0,
+        "quarantined": {},
+        "filtered": {},
+        "exact_duplicates": 0,
+        "near_duplicates": 0,
+    }
 
 
 def _add(bucket: dict[str, Any], outcome: str, n: int) -> None:
@@ -41,22 +49,28 @@ def _add(bucket: dict[str, Any], outcome: str, n: int) -> None:
     elif outcome == NEAR:
         bucket["near_duplicates"] += n
     elif outcome.startswith(QUARANTINE_PREFIX):
-        reason = outcome[len(QUARANTINE_PREFIX):]
+        reason = outcome[len(QUARANTINE_PREFIX) :]
         bucket["quarantined"][reason] = bucket["quarantined"].get(reason, 0) + n
     elif outcome.startswith(FILTER_PREFIX):
-        name = outcome[len(FILTER_PREFIX):].split(":", 1)[0]
+        name = outcome[len(FILTER_PREFIX) :].split(":", 1)[0]
         bucket["filtered"][name] = bucket["filtered"].get(name, 0) + n
     else:
         raise AccountingError(f"unknown outcome {outcome!r}")
 
 
 def accounted(c: dict[str, Any]) -> int:
-    return (c["documents_out"] + sum(c["quarantined"].values()) + sum(c["filtered"].values())
-            + c["exact_duplicates"] + c["near_duplicates"])
+    return (
+        c["documents_out"]
+        + sum(c["quarantined"].values())
+        + sum(c["filtered"].values())
+        + c["exact_duplicates"]
+        + c["near_duplicates"]
+    )
 
 
-def build_counts(files: Iterable[str], read: dict[str, int],
-                 outcomes: Iterable[tuple[str, str, int]]) -> dict[str, Any]:
+def build_counts(
+    files: Iterable[str], read: dict[str, int], outcomes: Iterable[tuple[str, str, int]]
+) -> dict[str, Any]:
     """The stage's counts (DATASETS.md, `curated`) from the records read per file and the
     (file, outcome, n) rows; raises AccountingError when any file's equation fails."""
     per_file: dict[str, dict[str, Any]] = {f: _empty() for f in files}
@@ -93,7 +107,7 @@ def rule_counts(outcomes: Iterable[tuple[str, str, int]]) -> dict[str, dict[str,
     out: dict[str, dict[str, int]] = defaultdict(dict)
     for _, outcome, n in outcomes:
         if outcome.startswith(FILTER_PREFIX):
-            name, rule = outcome[len(FILTER_PREFIX):].split(":", 1)
+            name, rule = outcome[len(FILTER_PREFIX) :].split(":", 1)
             out[name][rule] = out[name].get(rule, 0) + n
     return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
@@ -102,5 +116,7 @@ def check_written(expected: dict[str, int], written: dict[str, int]) -> None:
     """Rows written per output (docs, quarantine, rejected) equal the counted outcomes."""
     bad = {k: (expected[k], written.get(k, 0)) for k in expected if expected[k] != written.get(k, 0)}
     if bad:
-        raise AccountingError("rows written differ from the counts: "
-                              + ", ".join(f"{k}: counted {e}, written {w}" for k, (e, w) in bad.items()))
+        raise AccountingError(
+            "rows written differ from the counts: "
+            + ", ".join(f"{k}: counted {e}, written {w}" for k, (e, w) in bad.items())
+        )

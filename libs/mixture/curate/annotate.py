@@ -28,6 +28,7 @@ duplicates A~F~B through a document F that fails a filter now links A and B (one
 both did), and LSH candidate pairs (each bucket member with the bucket's first and previous id)
 are drawn from all documents. On the demo corpus the curated files are identical, byte for byte.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,9 +48,11 @@ QUARANTINE_FIELDS = [("file", "string"), ("line", "bigint"), ("reason", "string"
 def annotated_fields(cfg: Config) -> list[tuple[str, str]]:
     """Columns of `annotated/docs/`: the document, where it came from, its signals and groups.
     `id_hash` (Spark's xxhash64 of the id) lets `select` place rows in the same parts."""
-    return ([("id", "string"), ("text", "string"), ("source", "string"), ("file", "string"), ("n_words", "int")]
-            + [(n, "double") for n in stored_signal_names(cfg.curate.filters)]
-            + [("exact_group", "string"), ("near_group", "string"), ("id_hash", "bigint")])
+    return (
+        [("id", "string"), ("text", "string"), ("source", "string"), ("file", "string"), ("n_words", "int")]
+        + [(n, "double") for n in stored_signal_names(cfg.curate.filters)]
+        + [("exact_group", "string"), ("near_group", "string"), ("id_hash", "bigint")]
+    )
 
 
 def plan(spark, cfg: Config) -> tuple[list[ingest.InputFile], list[ingest.Split]]:
@@ -61,9 +64,11 @@ def plan(spark, cfg: Config) -> tuple[list[ingest.InputFile], list[ingest.Split]
     splits = ingest.plan_splits(files, cfg.input.format, cfg.curate.split_bytes)
     todo = [(i, s.to_json()) for i, s in enumerate(splits) if s.kind == "jsonl" and (s.start > 0 or s.end >= 0)]
     if todo:
-        counted = (spark.sparkContext.parallelize(todo, min(len(todo), cfg.curate.partitions))
-                   .map(lambda item: (item[0], ingest.count_newlines(ingest.Split.from_json(item[1]))))
-                   .collectAsMap())
+        counted = (
+            spark.sparkContext.parallelize(todo, min(len(todo), cfg.curate.partitions))
+            .map(lambda item: (item[0], ingest.count_newlines(ingest.Split.from_json(item[1]))))
+            .collectAsMap()
+        )
         splits = ingest.resolve_line_numbers(splits, counted)
     return files, splits
 
@@ -89,30 +94,35 @@ def mark_duplicate_ids(records):
     w = Window.partitionBy(good, key1, key2).orderBy("file", "line")
     ranked = records.withColumn("_rank", F.row_number().over(w))
     dup = good & (F.col("_rank") > 1)
-    raw = F.substring(F.to_json(F.struct("id", F.substring("text", 1, ingest.RAW_CHARS).alias("text"), "source")),
-                      1, ingest.RAW_CHARS)
-    return (ranked
-            .withColumn("raw", F.when(dup, raw).otherwise(F.col("raw")))
-            .withColumn("reason", F.when(dup, F.lit("duplicate_id")).otherwise(F.col("reason")))
-            .withColumn("id", F.when(dup, F.lit(None)).otherwise(F.col("id")))
-            .withColumn("text", F.when(dup, F.lit(None)).otherwise(F.col("text")))
-            .withColumn("source", F.when(dup, F.lit(None)).otherwise(F.col("source")))
-            .drop("_rank"))
+    raw = F.substring(
+        F.to_json(F.struct("id", F.substring("text", 1, ingest.RAW_CHARS).alias("text"), "source")), 1, ingest.RAW_CHARS
+    )
+    return (
+        ranked.withColumn("raw", F.when(dup, raw).otherwise(F.col("raw")))
+        .withColumn("reason", F.when(dup, F.lit("duplicate_id")).otherwise(F.col("reason")))
+        .withColumn("id", F.when(dup, F.lit(None)).otherwise(F.col("id")))
+        .withColumn("text", F.when(dup, F.lit(None)).otherwise(F.col("text")))
+        .withColumn("source", F.when(dup, F.lit(None)).otherwise(F.col("source")))
+        .drop("_rank")
+    )
 
 
 def add_signals(records, cfg: Config):
     """Step 3: n_words, every signal and the exact-dedup key beside each good record."""
     filters = cfg.curate.filters
-    return records.mapInArrow(batches.signal_batches(filters.model_dump(mode="json")),
-                              batches.signal_schema(batches.INGEST_SCHEMA, filters))
+    return records.mapInArrow(
+        batches.signal_batches(filters.model_dump(mode="json")), batches.signal_schema(batches.INGEST_SCHEMA, filters)
+    )
 
 
 def lsh_params(cfg: Config) -> tuple[minhash.LSHParams, str]:
     fz = cfg.curate.fuzzy_dedup
-    params, table = minhash.lsh_params(fz.threshold, fz.num_perm, fz.bands, fz.rows,
-                                       fz.false_positive_weight, fz.false_negative_weight)
-    return params, minhash.format_tradeoff(fz.threshold, params, table, fz.false_positive_weight,
-                                           fz.false_negative_weight)
+    params, table = minhash.lsh_params(
+        fz.threshold, fz.num_perm, fz.bands, fz.rows, fz.false_positive_weight, fz.false_negative_weight
+    )
+    return params, minhash.format_tradeoff(
+        fz.threshold, params, table, fz.false_positive_weight, fz.false_negative_weight
+    )
 
 
 def dedup_groups(docs, cfg: Config, params: minhash.LSHParams):
@@ -126,22 +136,34 @@ def dedup_groups(docs, cfg: Config, params: minhash.LSHParams):
     exact = docs.groupBy("text_hash").agg(F.min("id").alias("exact_rep"), F.count("*").alias("copies"))
     members = docs.select("id", "text_hash").join(exact, "text_hash").localCheckpoint(eager=True)
     reps = docs.join(exact.select(F.col("exact_rep").alias("id")), "id", "left_semi").select("id", "text")
-    near, stats = dedup.near_duplicates(reps, fz.threshold, fz.ngram, params, cfg.seed,
-                                        verify=fz.verify, max_iterations=fz.max_cc_iterations)
+    near, stats = dedup.near_duplicates(
+        reps, fz.threshold, fz.ngram, params, cfg.seed, verify=fz.verify, max_iterations=fz.max_cc_iterations
+    )
     roots = near.select(F.col("near_of").alias("exact_rep")).distinct().withColumn("is_root", F.lit(True))
-    rep_group = (near.select(F.col("id").alias("exact_rep"), F.col("near_of"))
-                 .join(roots, "exact_rep", "full_outer")
-                 .select("exact_rep", F.coalesce("near_of", F.when(F.col("is_root"), F.col("exact_rep")))
-                         .alias("rep_near_group")))
+    rep_group = (
+        near.select(F.col("id").alias("exact_rep"), F.col("near_of"))
+        .join(roots, "exact_rep", "full_outer")
+        .select(
+            "exact_rep", F.coalesce("near_of", F.when(F.col("is_root"), F.col("exact_rep"))).alias("rep_near_group")
+        )
+    )
     exact_group = F.when(F.col("copies") > 1, F.col("exact_rep"))
-    groups = (members.join(rep_group, "exact_rep", "left")
-              .select("id", exact_group.alias("exact_group"),
-                      F.coalesce("rep_near_group", exact_group).alias("near_group")))
+    groups = members.join(rep_group, "exact_rep", "left").select(
+        "id", exact_group.alias("exact_group"), F.coalesce("rep_near_group", exact_group).alias("near_group")
+    )
     return groups, stats
 
 
-def write_dataset(df, staging: str, prefix: str, fields: list[tuple[str, str]], key_cols: list[str],
-                  sort_keys: list[str], n_rows: int, docs_per_file: int) -> int:
+def write_dataset(
+    df,
+    staging: str,
+    prefix: str,
+    fields: list[tuple[str, str]],
+    key_cols: list[str],
+    sort_keys: list[str],
+    n_rows: int,
+    docs_per_file: int,
+) -> int:
     """Write `df` as part files under `<staging>/<prefix>/`; returns the rows written. The part
     of a row is xxhash64(key) mod parts, parts = ceil(rows / docs_per_file): independent of how
     Spark partitions the data. Parts that got no row are written empty, so the files are always
@@ -149,11 +171,14 @@ def write_dataset(df, staging: str, prefix: str, fields: list[tuple[str, str]], 
     from pyspark.sql import functions as F
 
     parts = max(1, math.ceil(n_rows / docs_per_file))
-    bucketed = (df.select(*[n for n, _ in fields], *[c for c in key_cols if c not in dict(fields)])
-                .withColumn("_bucket", F.pmod(F.xxhash64(*key_cols), F.lit(parts)).cast("int"))
-                .repartition(parts, "_bucket"))
-    written = bucketed.mapInArrow(batches.write_buckets(staging, prefix, fields, sort_keys),
-                                  "bucket int, rows bigint").collect()
+    bucketed = (
+        df.select(*[n for n, _ in fields], *[c for c in key_cols if c not in dict(fields)])
+        .withColumn("_bucket", F.pmod(F.xxhash64(*key_cols), F.lit(parts)).cast("int"))
+        .repartition(parts, "_bucket")
+    )
+    written = bucketed.mapInArrow(
+        batches.write_buckets(staging, prefix, fields, sort_keys), "bucket int, rows bigint"
+    ).collect()
     by_bucket: dict[int, int] = {}
     for row in written:
         if row["bucket"] in by_bucket:
@@ -162,8 +187,9 @@ def write_dataset(df, staging: str, prefix: str, fields: list[tuple[str, str]], 
     schema = batches.arrow_schema(fields)
     for b in range(parts):
         if b not in by_bucket:
-            by_bucket[b] = batches.write_table(schema.empty_table(), schema, sort_keys,
-                                             batches.part_uri(staging, prefix, b))
+            by_bucket[b] = batches.write_table(
+                schema.empty_table(), schema, sort_keys, batches.part_uri(staging, prefix, b)
+            )
     return sum(by_bucket.values())
 
 
@@ -173,25 +199,37 @@ def count_outcomes(scored, files: list[ingest.InputFile]) -> dict[str, Any]:
 
     read_per_file = {r["file"]: r["count"] for r in scored.groupBy("file").count().collect()}
     outcome = F.when(F.col("reason").isNull(), F.lit(accounting.ANNOTATED)).otherwise(
-        F.concat(F.lit(accounting.QUARANTINE_PREFIX), "reason"))
+        F.concat(F.lit(accounting.QUARANTINE_PREFIX), "reason")
+    )
     rows = scored.groupBy("file", outcome.alias("outcome")).count().collect()
-    return accounting.build_counts([f.uri for f in files], read_per_file,
-                                   [(r["file"], r["outcome"], r["count"]) for r in rows])
+    return accounting.build_counts(
+        [f.uri for f in files], read_per_file, [(r["file"], r["outcome"], r["count"]) for r in rows]
+    )
 
 
 def write_outputs(scored, groups, cfg: Config, staging: str, counts: dict[str, Any]) -> None:
     """Step 6: `docs/` (every annotated document) and `quarantine/`, checked against the counts."""
     from pyspark.sql import functions as F
 
-    docs = (scored.where(F.col("reason").isNull()).join(groups, "id", "left")
-            .withColumn("id_hash", F.xxhash64("id")))
+    docs = scored.where(F.col("reason").isNull()).join(groups, "id", "left").withColumn("id_hash", F.xxhash64("id"))
     bad = scored.where(F.col("reason").isNotNull())
     n_quarantined = sum(counts["quarantined"].values())
     dpf = cfg.curate.docs_per_file
-    written = {"docs": write_dataset(docs, staging, "docs", annotated_fields(cfg), ["id"], ["id"],
-                                     counts["documents_out"], dpf),
-               "quarantine": write_dataset(bad, staging, "quarantine", QUARANTINE_FIELDS, ["file", "line"],
-                                           ["file", "line", "reason"], n_quarantined, dpf)}
+    written = {
+        "docs": write_dataset(
+            docs, staging, "docs", annotated_fields(cfg), ["id"], ["id"], counts["documents_out"], dpf
+        ),
+        "quarantine": write_dataset(
+            bad,
+            staging,
+            "quarantine",
+            QUARANTINE_FIELDS,
+            ["file", "line"],
+            ["file", "line", "reason"],
+            n_quarantined,
+            dpf,
+        ),
+    }
     accounting.check_written({"docs": counts["documents_out"], "quarantine": n_quarantined}, written)
 
 
@@ -210,29 +248,44 @@ def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str
 
     params, tradeoff = lsh_params(cfg)
     log.info("%s", tradeoff)
-    groups, stats = dedup_groups(scored.where(F.col("reason").isNull()).select("id", "text", "text_hash"),
-                                 cfg, params)
+    groups, stats = dedup_groups(scored.where(F.col("reason").isNull()).select("id", "text", "text_hash"), cfg, params)
     groups = groups.localCheckpoint(eager=True)
     timer.done("dedup_groups")
 
     write_outputs(scored, groups, cfg, staging, counts)
     scored.unpersist()
     timer.done("write")
-    extra = {"signals": stored_signal_names(cfg.curate.filters),
-             "fuzzy_dedup": {"lsh": _lsh_dict(params), **stats.as_dict()},
-             "input_files": len(files), "splits": len(splits), "seconds": timer.seconds()}
-    summary = [("documents", f"{counts['documents_in']:,} read, {counts['documents_out']:,} annotated "
-                             f"from {len(files)} file(s) in {timer.total():.1f} s"),
-               ("quarantined", counts["quarantined"] or 0),
-               ("dedup groups", f"{stats.groups} near-duplicate groups among exact-group representatives "
-                                f"(MinHash {params.num_perm} perms, {params.bands} bands x {params.rows} rows)")]
+    extra = {
+        "signals": stored_signal_names(cfg.curate.filters),
+        "fuzzy_dedup": {"lsh": _lsh_dict(params), **stats.as_dict()},
+        "input_files": len(files),
+        "splits": len(splits),
+        "seconds": timer.seconds(),
+    }
+    summary = [
+        (
+            "documents",
+            f"{counts['documents_in']:,} read, {counts['documents_out']:,} annotated "
+            f"from {len(files)} file(s) in {timer.total():.1f} s",
+        ),
+        ("quarantined", counts["quarantined"] or 0),
+        (
+            "dedup groups",
+            f"{stats.groups} near-duplicate groups among exact-group representatives "
+            f"(MinHash {params.num_perm} perms, {params.bands} bands x {params.rows} rows)",
+        ),
+    ]
     return counts, extra, summary
 
 
 def _lsh_dict(params: minhash.LSHParams) -> dict[str, Any]:
-    return {"num_perm": params.num_perm, "bands": params.bands, "rows": params.rows,
-            "false_positive_area": round(params.false_positive_area, 5),
-            "false_negative_area": round(params.false_negative_area, 5)}
+    return {
+        "num_perm": params.num_perm,
+        "bands": params.bands,
+        "rows": params.rows,
+        "false_positive_area": round(params.false_positive_area, 5),
+        "false_negative_area": round(params.false_negative_area, 5),
+    }
 
 
 class _Timer:

@@ -4,10 +4,12 @@ Each is built by a factory that takes plain picklable settings and returns a fun
 iterator of Arrow record batches to an iterator of record batches, so the same code runs in
 `local[*]` and on a cluster, and can be called on plain lists of batches in tests.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -17,8 +19,7 @@ from mixture.curate.filters import TextStats, compute_signals, signal_functions,
 from mixture.curate.ingest import ReadOptions, Split, read_split
 
 INGEST_COLUMNS = ["file", "line", "id", "text", "source", "reason", "raw"]
-INGEST_SCHEMA = ("file string, line bigint, id string, text string, source string, "
-                 "reason string, raw string")
+INGEST_SCHEMA = "file string, line bigint, id string, text string, source string, reason string, raw string"
 
 
 def ingest_batches(opts: ReadOptions, batch_rows: int = 2000, batch_bytes: int = 32 << 20):
@@ -27,9 +28,17 @@ def ingest_batches(opts: ReadOptions, batch_rows: int = 2000, batch_bytes: int =
     def run(batches: Iterator) -> Iterator:
         import pyarrow as pa
 
-        schema = pa.schema([("file", pa.string()), ("line", pa.int64()), ("id", pa.string()),
-                            ("text", pa.string()), ("source", pa.string()), ("reason", pa.string()),
-                            ("raw", pa.string())])
+        schema = pa.schema(
+            [
+                ("file", pa.string()),
+                ("line", pa.int64()),
+                ("id", pa.string()),
+                ("text", pa.string()),
+                ("source", pa.string()),
+                ("reason", pa.string()),
+                ("raw", pa.string()),
+            ]
+        )
         cols: dict[str, list] = {c: [] for c in INGEST_COLUMNS}
         size = 0
         for batch in batches:
@@ -56,8 +65,7 @@ def normalized_hash(text: str) -> str:
 def signal_columns(filters: FiltersConfig) -> list[tuple[str, str]]:
     """The columns `signal_batches` adds: n_words, every registered filter's signals (float64,
     so a stored value replays a rule exactly) and the exact-dedup key."""
-    return ([("n_words", "int")] + [(n, "double") for n in stored_signal_names(filters)]
-            + [("text_hash", "string")])
+    return [("n_words", "int")] + [(n, "double") for n in stored_signal_names(filters)] + [("text_hash", "string")]
 
 
 def signal_schema(input_schema: str, filters: FiltersConfig) -> str:
@@ -103,8 +111,9 @@ def signal_batches(filters: dict[str, Any]):
     return run
 
 
-def write_buckets(base_uri: str, prefix: str, fields: list[tuple[str, str]], sort_keys: list[str],
-                  row_group_size: int = 20_000):
+def write_buckets(
+    base_uri: str, prefix: str, fields: list[tuple[str, str]], sort_keys: list[str], row_group_size: int = 20_000
+):
     """Batches with a `_bucket` column -> one Parquet file `<prefix>/part-<bucket>.parquet` per
     bucket, rows sorted by `sort_keys`, written through mixture.storage from the executor that holds
     the bucket (every bucket lives in exactly one partition: the caller partitions by it).
@@ -124,8 +133,9 @@ def write_buckets(base_uri: str, prefix: str, fields: list[tuple[str, str]], sor
         for b, batches_of_b in sorted(parts.items()):
             table = pa.Table.from_batches(batches_of_b).select([n for n, _ in fields])
             rows = write_table(table, schema, sort_keys, part_uri(base_uri, prefix, b), row_group_size)
-            yield pa.RecordBatch.from_pydict({"bucket": [b], "rows": [rows]},
-                                             schema=pa.schema([("bucket", pa.int32()), ("rows", pa.int64())]))
+            yield pa.RecordBatch.from_pydict(
+                {"bucket": [b], "rows": [rows]}, schema=pa.schema([("bucket", pa.int32()), ("rows", pa.int64())])
+            )
 
     return run
 

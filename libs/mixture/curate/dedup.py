@@ -18,11 +18,12 @@ Fuzzy (read top to bottom: fingerprint -> candidates -> verify -> cluster -> ass
    A~B, B~C puts A, B, C in one group even when A and C are not similar;
 5. assign: every member but the smallest id is a near duplicate of it.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -38,9 +39,7 @@ def exact_duplicates(df):
     from pyspark.sql import functions as F
 
     reps = df.groupBy("text_hash").agg(F.min("id").alias("exact_of"))
-    return (df.join(reps, "text_hash")
-            .where(F.col("id") != F.col("exact_of"))
-            .select("id", "exact_of"))
+    return df.join(reps, "text_hash").where(F.col("id") != F.col("exact_of")).select("id", "exact_of")
 
 
 # ------------------------------------------------------------------------------- fuzzy
@@ -83,11 +82,14 @@ def fingerprint_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: 
             key_off = np.zeros(batch.num_rows + 1, dtype=np.int32)
             np.cumsum(key_counts, out=key_off[1:])
             shingle_bytes = pa.Array.from_buffers(
-                pa.binary(), batch.num_rows,
-                [None, pa.py_buffer((offsets * 4).astype(np.int32)), pa.py_buffer(hashes.astype("<u4").tobytes())])
+                pa.binary(),
+                batch.num_rows,
+                [None, pa.py_buffer((offsets * 4).astype(np.int32)), pa.py_buffer(hashes.astype("<u4").tobytes())],
+            )
             key_list = pa.ListArray.from_arrays(pa.array(key_off, pa.int32()), pa.array(keys[has].ravel(), pa.int64()))
-            yield pa.RecordBatch.from_arrays([batch.column("id"), shingle_bytes, key_list],
-                                             names=["id", "shingles", "keys"])
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id"), shingle_bytes, key_list], names=["id", "shingles", "keys"]
+            )
 
     return run
 
@@ -104,11 +106,17 @@ def verify_batches(threshold: float):
                 continue
             a_list = batch.column("sh_u").to_pylist()
             b_list = batch.column("sh_v").to_pylist()
-            sims = np.array([minhash.jaccard(np.frombuffer(a, dtype="<u4"), np.frombuffer(b, dtype="<u4"))
-                             for a, b in zip(a_list, b_list)], dtype=np.float64)
+            sims = np.array(
+                [
+                    minhash.jaccard(np.frombuffer(a, dtype="<u4"), np.frombuffer(b, dtype="<u4"))
+                    for a, b in zip(a_list, b_list)
+                ],
+                dtype=np.float64,
+            )
             yield pa.RecordBatch.from_arrays(
                 [batch.column("u"), batch.column("v"), pa.array(sims), pa.array(sims >= threshold)],
-                names=["u", "v", "jaccard", "similar"])
+                names=["u", "v", "jaccard", "similar"],
+            )
 
     return run
 
@@ -123,12 +131,17 @@ def _is_star_forest(e) -> bool:
     (edges point from larger to smaller ids): each component is a star around its minimum."""
     from pyspark.sql import functions as F
 
-    roles = (e.select("u", F.lit(1).alias("as_child"), F.lit(0).alias("as_parent"))
-             .union(e.select(F.col("v").alias("u"), F.lit(0).alias("as_child"), F.lit(1).alias("as_parent")))
-             .groupBy("u").agg(F.sum("as_child").alias("parents"), F.max("as_parent").alias("is_parent"))
-             .agg(F.max("parents").alias("max_parents"),
-                  F.max(F.when(F.col("parents") > 0, F.col("is_parent")).otherwise(0)).alias("inner"))
-             .first())
+    roles = (
+        e.select("u", F.lit(1).alias("as_child"), F.lit(0).alias("as_parent"))
+        .union(e.select(F.col("v").alias("u"), F.lit(0).alias("as_child"), F.lit(1).alias("as_parent")))
+        .groupBy("u")
+        .agg(F.sum("as_child").alias("parents"), F.max("as_parent").alias("is_parent"))
+        .agg(
+            F.max("parents").alias("max_parents"),
+            F.max(F.when(F.col("parents") > 0, F.col("is_parent")).otherwise(0)).alias("inner"),
+        )
+        .first()
+    )
     return roles is None or roles["max_parents"] is None or (roles["max_parents"] <= 1 and roles["inner"] == 0)
 
 
@@ -138,8 +151,11 @@ def connected_components(edges, max_iterations: int = 30):
     alternation until every edge points from a node to its component's minimum."""
     from pyspark.sql import functions as F
 
-    e = _checkpoint(edges.select(F.greatest("u", "v").alias("u"), F.least("u", "v").alias("v"))
-                    .where(F.col("u") != F.col("v")).distinct())
+    e = _checkpoint(
+        edges.select(F.greatest("u", "v").alias("u"), F.least("u", "v").alias("v"))
+        .where(F.col("u") != F.col("v"))
+        .distinct()
+    )
     # Near duplicates are mostly pairs and small stars already: then there is nothing to iterate.
     if _is_star_forest(e):
         return e.select(F.col("u").alias("id"), F.col("v").alias("root")), 0
@@ -147,22 +163,39 @@ def connected_components(edges, max_iterations: int = 30):
         # Large-star: every neighbour larger than u links to the minimum of u's neighbourhood.
         both = e.select("u", "v").union(e.select(F.col("v").alias("u"), F.col("u").alias("v")))
         m = both.groupBy("u").agg(F.min("v").alias("m")).withColumn("m", F.least("m", "u"))
-        large = (both.join(m, "u").where(F.col("v") > F.col("u"))
-                 .select(F.col("v").alias("u"), F.col("m").alias("v")).distinct())
+        large = (
+            both.join(m, "u")
+            .where(F.col("v") > F.col("u"))
+            .select(F.col("v").alias("u"), F.col("m").alias("v"))
+            .distinct()
+        )
         # Small-star: u and its smaller neighbours all link to the smallest of them.
         m2 = large.groupBy("u").agg(F.min("v").alias("m"))
-        small = (large.join(m2, "u").select(F.col("v").alias("u"), F.col("m").alias("v"))
-                 .where(F.col("u") != F.col("v"))
-                 .union(m2.select("u", F.col("m").alias("v"))).distinct())
+        small = (
+            large.join(m2, "u")
+            .select(F.col("v").alias("u"), F.col("m").alias("v"))
+            .where(F.col("u") != F.col("v"))
+            .union(m2.select("u", F.col("m").alias("v")))
+            .distinct()
+        )
         e = _checkpoint(small)
         if _is_star_forest(e):
             return e.select(F.col("u").alias("id"), F.col("v").alias("root")), iteration
-    raise RuntimeError(f"connected components did not converge in {max_iterations} iterations "
-                       "(raise curate.fuzzy_dedup.max_cc_iterations)")
+    raise RuntimeError(
+        f"connected components did not converge in {max_iterations} iterations "
+        "(raise curate.fuzzy_dedup.max_cc_iterations)"
+    )
 
 
-def near_duplicates(docs, threshold: float, ngram: int, params: minhash.LSHParams, seed: int,
-                    verify: bool = True, max_iterations: int = 30):
+def near_duplicates(
+    docs,
+    threshold: float,
+    ngram: int,
+    params: minhash.LSHParams,
+    seed: int,
+    verify: bool = True,
+    max_iterations: int = 30,
+):
     """(id, near_of) for every near duplicate among `docs` (id, text), and FuzzyStats."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
@@ -170,25 +203,33 @@ def near_duplicates(docs, threshold: float, ngram: int, params: minhash.LSHParam
 
     stats = FuzzyStats(params.num_perm, params.bands, params.rows)
     prints = docs.select("id", "text").mapInArrow(
-        fingerprint_batches(ngram, params.num_perm, params.bands, params.rows, seed), FINGERPRINT_SCHEMA)
+        fingerprint_batches(ngram, params.num_perm, params.bands, params.rows, seed), FINGERPRINT_SCHEMA
+    )
     prints = prints.persist(StorageLevel.MEMORY_AND_DISK)
     totals = prints.agg(F.count("*").alias("n"), F.sum((F.size("keys") == 0).cast("int")).alias("empty")).first()
     stats.documents, stats.without_shingles = totals["n"], totals["empty"] or 0
 
     buckets = prints.select("id", F.posexplode("keys").alias("band", "key"))
     bucket = Window.partitionBy("band", "key").orderBy("id")
-    members = (buckets.withColumn("first", F.first("id").over(bucket))
-               .withColumn("prev", F.lag("id").over(bucket)))
-    pairs = (members.where(F.col("id") != F.col("first")).select(F.col("id").alias("u"), F.col("first").alias("v"))
-             .union(members.where(F.col("prev").isNotNull() & (F.col("prev") != F.col("first")))
-                    .select(F.col("id").alias("u"), F.col("prev").alias("v")))
-             .distinct())
+    members = buckets.withColumn("first", F.first("id").over(bucket)).withColumn("prev", F.lag("id").over(bucket))
+    pairs = (
+        members.where(F.col("id") != F.col("first"))
+        .select(F.col("id").alias("u"), F.col("first").alias("v"))
+        .union(
+            members.where(F.col("prev").isNotNull() & (F.col("prev") != F.col("first"))).select(
+                F.col("id").alias("u"), F.col("prev").alias("v")
+            )
+        )
+        .distinct()
+    )
     if verify:
         sh = prints.select("id", "shingles")
-        joined = (pairs.join(sh.select(F.col("id").alias("u"), F.col("shingles").alias("sh_u")), "u")
-                  .join(sh.select(F.col("id").alias("v"), F.col("shingles").alias("sh_v")), "v"))
+        joined = pairs.join(sh.select(F.col("id").alias("u"), F.col("shingles").alias("sh_u")), "u").join(
+            sh.select(F.col("id").alias("v"), F.col("shingles").alias("sh_v")), "v"
+        )
         checked = joined.select("u", "v", "sh_u", "sh_v").mapInArrow(
-            verify_batches(threshold), "u string, v string, jaccard double, similar boolean")
+            verify_batches(threshold), "u string, v string, jaccard double, similar boolean"
+        )
     else:
         checked = pairs.withColumn("similar", F.lit(True))
     checked = _checkpoint(checked)

@@ -25,14 +25,16 @@ and one `unreadable_file` record at the failing line (line 0 when it fails befor
 Ids: the configured id field (a string or an integer) when a record has it; otherwise
 `<file path relative to its input root>:<line>`, so the same input gives the same ids.
 """
+
 from __future__ import annotations
 
 import gzip
 import io as pyio
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from mixture import storage
 from mixture.config import InputConfig
@@ -66,14 +68,14 @@ class Record(NamedTuple):
     id: str | None
     text: str | None
     source: str | None
-    reason: str | None          # quarantine reason, None for a good record
-    raw: str | None             # first RAW_CHARS characters of a bad record
+    reason: str | None  # quarantine reason, None for a good record
+    raw: str | None  # first RAW_CHARS characters of a bad record
 
 
 @dataclass(frozen=True)
 class InputFile:
     uri: str
-    rel: str                    # path relative to its input root: the stable part of derived ids
+    rel: str  # path relative to its input root: the stable part of derived ids
 
 
 @dataclass(frozen=True)
@@ -84,27 +86,28 @@ class ReadOptions:
     max_doc_bytes: int = 1_000_000
 
     @classmethod
-    def from_config(cls, cfg: InputConfig, max_doc_bytes: int) -> "ReadOptions":
+    def from_config(cls, cfg: InputConfig, max_doc_bytes: int) -> ReadOptions:
         return cls(cfg.text_field, cfg.id_field, cfg.source_field, max_doc_bytes)
 
 
 @dataclass(frozen=True)
 class Split:
     """A piece of one input file that one task reads."""
+
     file: str
     rel: str
-    kind: str                                   # "jsonl", "parquet" or "unknown"
-    start: int = 0                              # jsonl: byte range [start, end); end -1 = to EOF
+    kind: str  # "jsonl", "parquet" or "unknown"
+    start: int = 0  # jsonl: byte range [start, end); end -1 = to EOF
     end: int = -1
-    lines_before: int | None = 0                # jsonl: newlines before `start` (None: not yet counted)
-    row_groups: tuple[int, ...] = field(default=())   # parquet: () = all
-    first_row: int = 1                          # parquet: 1-based number of the first row
+    lines_before: int | None = 0  # jsonl: newlines before `start` (None: not yet counted)
+    row_groups: tuple[int, ...] = field(default=())  # parquet: () = all
+    first_row: int = 1  # parquet: 1-based number of the first row
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Split":
+    def from_json(cls, text: str) -> Split:
         d = json.loads(text)
         d["row_groups"] = tuple(d["row_groups"])
         return cls(**d)
@@ -132,7 +135,7 @@ def list_inputs(uris: list[str]) -> list[InputFile]:
             if f == uri.rstrip("/") or not f.startswith(root.rstrip("/") + "/"):
                 rel = storage.basename(f)
             else:
-                rel = f[len(root.rstrip("/")) + 1:]
+                rel = f[len(root.rstrip("/")) + 1 :]
             found[f] = rel.replace("\\", "/")
     by_rel: dict[str, list[str]] = {}
     for f, rel in found.items():
@@ -173,7 +176,7 @@ def plan_splits(files: list[InputFile], fmt: str, split_bytes: int) -> list[Spli
         try:
             size = storage.size(f.uri) if kind != "unknown" else 0
         except OSError:
-            size = 0                             # the reader reports it as unreadable_file
+            size = 0  # the reader reports it as unreadable_file
         if kind == "jsonl" and size > split_bytes:
             try:
                 compressed = _magic(f.uri).startswith((GZIP_MAGIC, ZSTD_MAGIC))
@@ -189,8 +192,10 @@ def plan_splits(files: list[InputFile], fmt: str, split_bytes: int) -> list[Spli
             try:
                 with storage.open_read(f.uri) as fh:
                     meta = pq.ParquetFile(fh).metadata
-                groups = [(g, meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
-                          for g in range(meta.num_row_groups)]
+                groups = [
+                    (g, meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
+                    for g in range(meta.num_row_groups)
+                ]
             except (OSError, ValueError):
                 groups = []
             if len(groups) > 1:
@@ -244,7 +249,7 @@ def resolve_line_numbers(splits: list[Split], counts: dict[int, int]) -> list[Sp
 # -------------------------------------------------------------------------------- reading
 def _raw(data: bytes | str) -> str:
     if isinstance(data, bytes):
-        data = data[:RAW_CHARS * 4].decode("utf-8", errors="replace")
+        data = data[: RAW_CHARS * 4].decode("utf-8", errors="replace")
     return data[:RAW_CHARS].encode("utf-8", errors="replace").decode("utf-8")
 
 
@@ -319,7 +324,7 @@ def _lines(stream, limit: int) -> Iterator[tuple[bytes, int, bool]]:
         if not chunk:
             return
         if len(chunk) > limit and not chunk.endswith(b"\n"):
-            yield chunk[:RAW_CHARS * 4], len(chunk) + _skip_line(stream), True
+            yield chunk[: RAW_CHARS * 4], len(chunk) + _skip_line(stream), True
         else:
             yield chunk, len(chunk), False
 
@@ -398,8 +403,7 @@ def _read_parquet(split: Split, opts: ReadOptions) -> Iterator[Record]:
                     yield _bad(split.file, row, "missing_text", json.dumps({"columns": names})[:RAW_CHARS])
                     row += 1
             return
-        columns = [c for c in dict.fromkeys([opts.text_field, opts.id_field, opts.source_field])
-                   if c and c in names]
+        columns = [c for c in dict.fromkeys([opts.text_field, opts.id_field, opts.source_field]) if c and c in names]
         for batch in pf.iter_batches(batch_size=1024, row_groups=groups, columns=columns):
             for obj in batch.to_pylist():
                 shown = {k: (v[:RAW_CHARS] if isinstance(v, (str, bytes)) else v) for k, v in obj.items()}

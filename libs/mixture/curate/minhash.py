@@ -15,6 +15,7 @@ finaliser mixes them to 32 bits. Permutations are the multiply-add-shift family 
 h(x) = ((a*x + b) mod 2^64) >> 32 for 32-bit x, a odd, which is strongly universal and needs
 only uint64 numpy arithmetic.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,8 +73,7 @@ def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     return cached
 
 
-def _string_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                   chunk_bytes: int = 1 << 20) -> np.ndarray:
+def _string_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, chunk_bytes: int = 1 << 20) -> np.ndarray:
     """64-bit hashes of the byte strings data[starts[i]:ends[i]] (in increasing position), all
     at once.
 
@@ -88,13 +88,13 @@ def _string_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
         hi = int(np.searchsorted(ends, starts[lo] + chunk_bytes, side="right"))
         hi = min(max(hi, lo + 1), n)
         base = int(starts[lo])
-        seg = data[base:int(ends[hi - 1])].astype(np.uint64)
+        seg = data[base : int(ends[hi - 1])].astype(np.uint64)
         pw, ipw = _power_tables(len(seg) + 1)
         s = starts[lo:hi] - base
         e = ends[lo:hi] - base
         with np.errstate(over="ignore"):
             g = np.zeros(len(seg) + 1, dtype=np.uint64)
-            np.cumsum(seg * pw[:len(seg)], out=g[1:])
+            np.cumsum(seg * pw[: len(seg)], out=g[1:])
             h = (g[e] - g[s]) * ipw[s]
             h ^= (e - s).astype(np.uint64) * _LEN_MIX
         out[lo:hi] = _splitmix64(h)
@@ -109,7 +109,7 @@ def _utf8_buffers(arr) -> tuple[np.ndarray, np.ndarray]:
     if arr.type != pa.large_string():
         arr = arr.cast(pa.large_string())
     buffers = arr.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
     return data, offsets
 
@@ -146,10 +146,11 @@ def _word_spans(texts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] 
     # text: every other run of characters becomes one space, so in the UTF-8 bytes a word is a
     # maximal run of non-space bytes inside one document (0x20 never occurs inside a multi-byte
     # character). Words are found and hashed on those bytes with numpy: no per-word objects.
-    cleaned = pc.utf8_trim(pc.replace_substring_regex(pc.utf8_lower(arr.fill_null("")), r"[^\p{L}\p{N}_]+", " "),
-                           characters=" ")
+    cleaned = pc.utf8_trim(
+        pc.replace_substring_regex(pc.utf8_lower(arr.fill_null("")), r"[^\p{L}\p{N}_]+", " "), characters=" "
+    )
     data, offsets = _utf8_buffers(cleaned)
-    data = data[int(offsets[0]):int(offsets[-1])]
+    data = data[int(offsets[0]) : int(offsets[-1])]
     offsets = offsets - offsets[0]
     if len(data) == 0:
         return None
@@ -161,7 +162,7 @@ def _word_spans(texts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] 
     prev_space = np.r_[True, ~word_byte[:-1]]
     next_space = np.r_[~word_byte[1:], True]
     word_starts = np.flatnonzero(word_byte & (prev_space | doc_first[:-1]))
-    word_ends = np.flatnonzero(word_byte & (next_space | doc_last[:len(data)])) + 1
+    word_ends = np.flatnonzero(word_byte & (next_space | doc_last[: len(data)])) + 1
     return data, offsets, word_starts, word_ends
 
 
@@ -188,7 +189,7 @@ def _ngram_hashes(w: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.nda
             full = np.zeros(n_full, dtype=np.uint64)
             for k in range(ngram):
                 full *= _NGRAM_MULT
-                full += w[k:k + n_full]
+                full += w[k : k + n_full]
             h[~short] = full[starts[~short]]
         # Documents shorter than n words: one shingle of all their words.
         for d_start, d_count, i in zip(starts[short], counts[doc_of_start[short]], np.flatnonzero(short)):
@@ -202,7 +203,7 @@ def _ngram_hashes(w: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.nda
 def _unique_per_doc(doc_of_start: np.ndarray, hashed: np.ndarray, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique 32-bit hashes per document, offsets)."""
     keyed = np.sort((doc_of_start.astype(np.uint64) << _SHIFT32) | hashed)
-    keyed = keyed[np.r_[True, keyed[1:] != keyed[:-1]]]     # sort + mask: faster than np.unique
+    keyed = keyed[np.r_[True, keyed[1:] != keyed[:-1]]]  # sort + mask: faster than np.unique
     docs = (keyed >> _SHIFT32).astype(np.int64)
     offsets = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(np.bincount(docs, minlength=n_docs), out=offsets[1:])
@@ -212,7 +213,7 @@ def _unique_per_doc(doc_of_start: np.ndarray, hashed: np.ndarray, n_docs: int) -
 def shingles(text: str, ngram: int = 5) -> np.ndarray:
     """Sorted unique 32-bit hashes of the word n-grams of one text (empty when it has no words)."""
     hashes, offsets = shingle_batch([text], ngram)
-    return hashes[offsets[0]:offsets[1]]
+    return hashes[offsets[0] : offsets[1]]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -253,15 +254,15 @@ class MinHasher:
         doc_of = np.repeat(np.arange(n_docs), np.diff(offsets))
         a, b = self.a[:, None], self.b[:, None]
         for lo in range(0, len(flat), self.chunk):
-            x = flat[None, lo:lo + self.chunk]
-            docs = doc_of[lo:lo + self.chunk]
+            x = flat[None, lo : lo + self.chunk]
+            docs = doc_of[lo : lo + self.chunk]
             with np.errstate(over="ignore"):
-                hv = a * x                                                    # [num_perm, m]
+                hv = a * x  # [num_perm, m]
                 hv += b
             # min of the 64-bit values, shifted afterwards: the shift is monotone, so this is
             # the min of the 32-bit hashes at a third of the memory traffic.
             starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
-            mins = np.minimum.reduceat(hv, starts, axis=1)                    # [num_perm, segments]
+            mins = np.minimum.reduceat(hv, starts, axis=1)  # [num_perm, segments]
             seg_docs = docs[starts]
             sig64[seg_docs] = np.minimum(sig64[seg_docs], mins.T)
         sig = (sig64 >> _SHIFT32).astype(np.uint32)
@@ -297,20 +298,19 @@ class LSHParams:
         return (1.0 / self.bands) ** (1.0 / self.rows)
 
     def probability(self, s: float) -> float:
-        return 1.0 - (1.0 - s ** self.rows) ** self.bands
+        return 1.0 - (1.0 - s**self.rows) ** self.bands
 
 
 _GRID = np.linspace(0.0, 1.0, 2001)
 
 
 def _areas(threshold: float, bands: int, rows: int) -> tuple[float, float]:
-    p = 1.0 - (1.0 - _GRID ** rows) ** bands
+    p = 1.0 - (1.0 - _GRID**rows) ** bands
     lo, hi = _GRID <= threshold, _GRID >= threshold
     return float(np.trapezoid(p[lo], _GRID[lo])), float(np.trapezoid(1.0 - p[hi], _GRID[hi]))
 
 
-def best_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5,
-                    fn_weight: float = 0.5) -> LSHParams:
+def best_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> LSHParams:
     best: tuple[float, LSHParams] | None = None
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
@@ -325,9 +325,15 @@ def best_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5,
 NUM_PERM_CANDIDATES = (64, 128, 192, 256)
 
 
-def lsh_params(threshold: float, num_perm: int | None = None, bands: int | None = None,
-               rows: int | None = None, fp_weight: float = 0.5, fn_weight: float = 0.5,
-               tolerance: float = 0.10) -> tuple[LSHParams, list[LSHParams]]:
+def lsh_params(
+    threshold: float,
+    num_perm: int | None = None,
+    bands: int | None = None,
+    rows: int | None = None,
+    fp_weight: float = 0.5,
+    fn_weight: float = 0.5,
+    tolerance: float = 0.10,
+) -> tuple[LSHParams, list[LSHParams]]:
     """The LSH parameters to use and the trade-off table they were chosen from.
 
     Given bands and rows, they are used as they are. Otherwise (b, r) minimise the weighted
@@ -346,14 +352,19 @@ def lsh_params(threshold: float, num_perm: int | None = None, bands: int | None 
     return chosen, table
 
 
-def format_tradeoff(threshold: float, chosen: LSHParams, table: list[LSHParams],
-                    fp_weight: float, fn_weight: float) -> str:
-    lines = [f"MinHash LSH for Jaccard >= {threshold}: weights FP {fp_weight}, FN {fn_weight}",
-             "  num_perm  bands x rows  FP area  FN area  weighted  P(detect at t)  steepest at"]
+def format_tradeoff(
+    threshold: float, chosen: LSHParams, table: list[LSHParams], fp_weight: float, fn_weight: float
+) -> str:
+    lines = [
+        f"MinHash LSH for Jaccard >= {threshold}: weights FP {fp_weight}, FN {fn_weight}",
+        "  num_perm  bands x rows  FP area  FN area  weighted  P(detect at t)  steepest at",
+    ]
     for p in table:
         mark = " <- chosen" if p == chosen else ""
         cost = fp_weight * p.false_positive_area + fn_weight * p.false_negative_area
-        lines.append(f"  {p.num_perm:8d}  {p.bands:5d} x {p.rows:<4d}  {p.false_positive_area:7.4f}  "
-                     f"{p.false_negative_area:7.4f}  {cost:8.4f}"
-                     f"  {p.probability(threshold):14.3f}  {p.effective_threshold:11.3f}{mark}")
+        lines.append(
+            f"  {p.num_perm:8d}  {p.bands:5d} x {p.rows:<4d}  {p.false_positive_area:7.4f}  "
+            f"{p.false_negative_area:7.4f}  {cost:8.4f}"
+            f"  {p.probability(threshold):14.3f}  {p.effective_threshold:11.3f}{mark}"
+        )
     return "\n".join(lines)

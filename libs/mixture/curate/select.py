@@ -18,6 +18,7 @@ document, the minima of the dedup groups, and one output part at a time).
    part is xxhash64(id) mod parts, stored as `id_hash` by `annotate.py`; rows sorted by id), and
    `quarantine/` copied from the annotated dataset.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,9 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -48,29 +50,36 @@ from mixture.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
-REJECTED_FIELDS = [("id", "string"), ("text", "string"), ("source", "string"), ("reason", "string"),
-                   ("duplicate_of", "string")]
+REJECTED_FIELDS = [
+    ("id", "string"),
+    ("text", "string"),
+    ("source", "string"),
+    ("reason", "string"),
+    ("duplicate_of", "string"),
+]
 GROUP_COLUMNS = ["id", "file", "exact_group", "near_group"]
-PASS = 0                       # reason code of a document that passes every filter
-MAX_OPEN_PARTS = 256           # spill files open at once while routing rows to output parts
-QUANTILE_SAMPLE = 100_000      # kept documents the signal quantiles are computed from (at most)
+PASS = 0  # reason code of a document that passes every filter
+MAX_OPEN_PARTS = 256  # spill files open at once while routing rows to output parts
+QUANTILE_SAMPLE = 100_000  # kept documents the signal quantiles are computed from (at most)
 
 
 def docs_fields(cfg: Config) -> list[tuple[str, str]]:
     """Columns of `curated/docs/`: the document, n_words and the q_* signals (float32)."""
-    return ([("id", "string"), ("text", "string"), ("source", "string"), ("n_words", "int")]
-            + [(n, "float") for n in signal_names(cfg.curate.filters)])
+    return [("id", "string"), ("text", "string"), ("source", "string"), ("n_words", "int")] + [
+        (n, "float") for n in signal_names(cfg.curate.filters)
+    ]
 
 
 @dataclass
 class Decisions:
     """What pass 1 found: a reason code per document (per part file), the dedup groups' minima
     over passing documents, and the filter statistics."""
-    reasons: list[str] = field(default_factory=lambda: [""])          # code -> "filter:<name>:<rule>"
-    codes: list[np.ndarray] = field(default_factory=list)             # per part file
+
+    reasons: list[str] = field(default_factory=lambda: [""])  # code -> "filter:<name>:<rule>"
+    codes: list[np.ndarray] = field(default_factory=list)  # per part file
     exact_min: dict[str, str] = field(default_factory=dict)
     near_min: dict[str, str] = field(default_factory=dict)
-    alone: Counter = field(default_factory=Counter)                   # "<filter>:<rule>" -> n
+    alone: Counter = field(default_factory=Counter)  # "<filter>:<rule>" -> n
     exempted: Counter = field(default_factory=Counter)
 
     def code(self, reason: str | None) -> int:
@@ -148,8 +157,9 @@ def _take_min(minima: dict[str, str], group: str | None, doc_id: str) -> None:
 
 
 # -------------------------------------------------------------------------- 2. dedup
-def outcomes(batch: pa.RecordBatch, codes: np.ndarray, dec: Decisions, exact_on: bool,
-             fuzzy_on: bool) -> tuple[list[str], list[str | None]]:
+def outcomes(
+    batch: pa.RecordBatch, codes: np.ndarray, dec: Decisions, exact_on: bool, fuzzy_on: bool
+) -> tuple[list[str], list[str | None]]:
     """(outcome, duplicate_of) of every row of a batch, from its filter code and its groups."""
     ids, exact, near = (batch.column(c).to_pylist() for c in ("id", "exact_group", "near_group"))
     out: list[str] = []
@@ -172,8 +182,9 @@ def outcomes(batch: pa.RecordBatch, codes: np.ndarray, dec: Decisions, exact_on:
     return out, dup_of
 
 
-def count_outcomes(parts: list[str], dec: Decisions, exact_on: bool, fuzzy_on: bool
-                   ) -> tuple[list[tuple[str, str, int]], int]:
+def count_outcomes(
+    parts: list[str], dec: Decisions, exact_on: bool, fuzzy_on: bool
+) -> tuple[list[tuple[str, str, int]], int]:
     """Pass 2 (ids and groups only): (file, outcome, n) rows and the number of near groups
     that lost a member."""
     counts: Counter = Counter()
@@ -181,7 +192,7 @@ def count_outcomes(parts: list[str], dec: Decisions, exact_on: bool, fuzzy_on: b
     for uri, codes in zip(parts, dec.codes):
         offset = 0
         for batch in _iter_batches(uri, GROUP_COLUMNS):
-            outs, dup_of = outcomes(batch, codes[offset:offset + batch.num_rows], dec, exact_on, fuzzy_on)
+            outs, dup_of = outcomes(batch, codes[offset : offset + batch.num_rows], dec, exact_on, fuzzy_on)
             offset += batch.num_rows
             counts.update(zip(batch.column("file").to_pylist(), outs))
             groups.update(d for o, d in zip(outs, dup_of) if o == accounting.NEAR)
@@ -194,8 +205,11 @@ def build_counts(annotated: Dataset, select_outcomes: list[tuple[str, str, int]]
     from this stage's outcomes; raises AccountingError when a file's equation fails."""
     per_file = annotated.manifest.counts["per_file"]
     read = {f: c["documents_in"] for f, c in per_file.items()}
-    quarantined = [(f, accounting.QUARANTINE_PREFIX + reason, n)
-                   for f, c in per_file.items() for reason, n in c["quarantined"].items()]
+    quarantined = [
+        (f, accounting.QUARANTINE_PREFIX + reason, n)
+        for f, c in per_file.items()
+        for reason, n in c["quarantined"].items()
+    ]
     counts = accounting.build_counts(list(per_file), read, quarantined + select_outcomes)
     seen: Counter[str] = Counter()
     for f, _, n in select_outcomes:
@@ -211,8 +225,9 @@ class PartWriter:
     """Rows routed to output parts by `id_hash mod parts`, spilled to local Arrow files, then
     each part sorted by id and written like the Spark stage's parts (`batches.write_table`)."""
 
-    def __init__(self, staging: str, prefix: str, fields: list[tuple[str, str]], n_rows: int,
-                 docs_per_file: int, spill_dir: str):
+    def __init__(
+        self, staging: str, prefix: str, fields: list[tuple[str, str]], n_rows: int, docs_per_file: int, spill_dir: str
+    ):
         self.staging, self.prefix = staging, prefix
         self.schema = batches.arrow_schema(fields)
         self.parts = max(1, math.ceil(n_rows / docs_per_file))
@@ -239,11 +254,21 @@ class PartWriter:
                 with pa.memory_map(path) as src:
                     table = pa.ipc.open_file(src).read_all()
                 storage.delete(path)
-            self.written += batches.write_table(table, self.schema, ["id"], batches.part_uri(self.staging, self.prefix, b))
+            self.written += batches.write_table(
+                table, self.schema, ["id"], batches.part_uri(self.staging, self.prefix, b)
+            )
 
 
-def write_outputs(parts: list[str], dec: Decisions, cfg: Config, staging: str, n_kept: int, n_rejected: int,
-                  sample_every: int, stored: set[str]) -> tuple[dict[str, int], dict[str, list[np.ndarray]]]:
+def write_outputs(
+    parts: list[str],
+    dec: Decisions,
+    cfg: Config,
+    staging: str,
+    n_kept: int,
+    n_rejected: int,
+    sample_every: int,
+    stored: set[str],
+) -> tuple[dict[str, int], dict[str, list[np.ndarray]]]:
     """Pass 3: kept rows to `docs/`, the others to `rejected/` (when kept), in rounds of at
     most MAX_OPEN_PARTS parts per output. Returns rows written and a sample of kept signals."""
     cur = cfg.curate
@@ -260,27 +285,49 @@ def write_outputs(parts: list[str], dec: Decisions, cfg: Config, staging: str, n
                 offset = 0
                 for batch in _iter_batches(uri, None):
                     batch = _with_missing(batch, functions, stored)
-                    outs, dup_of = outcomes(batch, codes[offset:offset + batch.num_rows], dec,
-                                            cur.exact_dedup, cur.fuzzy_dedup.enabled)
+                    outs, dup_of = outcomes(
+                        batch, codes[offset : offset + batch.num_rows], dec, cur.exact_dedup, cur.fuzzy_dedup.enabled
+                    )
                     offset += batch.num_rows
-                    _route(batch, outs, dup_of, docs, rejected if cur.keep_rejected else None, lo, hi,
-                           sample if lo == 0 else None, q_names, sample_every)
+                    _route(
+                        batch,
+                        outs,
+                        dup_of,
+                        docs,
+                        rejected if cur.keep_rejected else None,
+                        lo,
+                        hi,
+                        sample if lo == 0 else None,
+                        q_names,
+                        sample_every,
+                    )
             for w in outputs:
                 w.flush(lo, hi)
     return {w.prefix: w.written for w in outputs}, sample
 
 
-def _route(batch: pa.RecordBatch, outs: list[str], dup_of: list[str | None], docs: PartWriter,
-           rejected: PartWriter | None, lo: int, hi: int, sample: dict | None, q_names: list[str],
-           sample_every: int) -> None:
+def _route(
+    batch: pa.RecordBatch,
+    outs: list[str],
+    dup_of: list[str | None],
+    docs: PartWriter,
+    rejected: PartWriter | None,
+    lo: int,
+    hi: int,
+    sample: dict | None,
+    q_names: list[str],
+    sample_every: int,
+) -> None:
     kept = np.array([o == accounting.KEPT for o in outs], dtype=bool)
     id_hash = batch.column("id_hash").to_numpy(zero_copy_only=False)
     table = pa.Table.from_batches([batch])
     docs.add(table.filter(pa.array(kept)), id_hash[kept], lo, hi)
     if rejected is not None and (~kept).any():
-        rej = (table.filter(pa.array(~kept))
-               .append_column("reason", pa.array([o for o, k in zip(outs, kept) if not k], pa.string()))
-               .append_column("duplicate_of", pa.array([d for d, k in zip(dup_of, kept) if not k], pa.string())))
+        rej = (
+            table.filter(pa.array(~kept))
+            .append_column("reason", pa.array([o for o, k in zip(outs, kept) if not k], pa.string()))
+            .append_column("duplicate_of", pa.array([d for d, k in zip(dup_of, kept) if not k], pa.string()))
+        )
         rejected.add(rej, id_hash[~kept], lo, hi)
     if sample is not None:
         pick = kept & (np.mod(id_hash, sample_every) == 0)
@@ -292,7 +339,7 @@ def copy_quarantine(annotated: Dataset, staging: str) -> int:
     """The quarantine side set is the annotation's, byte for byte."""
     rows = 0
     for uri in annotated.files("quarantine/"):
-        rel = uri[len(annotated.uri.rstrip("/")) + 1:]
+        rel = uri[len(annotated.uri.rstrip("/")) + 1 :]
         with storage.open_read(uri) as src, storage.open_write(storage.join(staging, rel)) as dst:
             shutil.copyfileobj(src, dst, 8 << 20)
         rows += pq.read_metadata(storage.local_path(uri) or pa.BufferReader(storage.read_bytes(uri))).num_rows
@@ -313,8 +360,9 @@ def select(annotated: Dataset, cfg: Config, staging: str) -> tuple[dict[str, Any
     n_kept = counts["documents_out"]
     n_quarantined = sum(counts["quarantined"].values())
     n_rejected = counts["documents_in"] - n_kept - n_quarantined
-    written, sample = write_outputs(parts, dec, cfg, staging, n_kept, n_rejected,
-                                    max(1, math.ceil(n_kept / QUANTILE_SAMPLE)), stored)
+    written, sample = write_outputs(
+        parts, dec, cfg, staging, n_kept, n_rejected, max(1, math.ceil(n_kept / QUANTILE_SAMPLE)), stored
+    )
     written["quarantine"] = copy_quarantine(annotated, staging)
     expected = {"docs": n_kept, "quarantine": n_quarantined}
     if cur.keep_rejected:
@@ -325,8 +373,15 @@ def select(annotated: Dataset, cfg: Config, staging: str) -> tuple[dict[str, Any
     return counts, extra, summary(counts, extra, cfg, seconds)
 
 
-def statistics(annotated: Dataset, cfg: Config, dec: Decisions, select_outcomes: list, near_groups: int,
-               sample: dict[str, list[np.ndarray]], seconds: float) -> dict[str, Any]:
+def statistics(
+    annotated: Dataset,
+    cfg: Config,
+    dec: Decisions,
+    select_outcomes: list,
+    near_groups: int,
+    sample: dict[str, list[np.ndarray]],
+    seconds: float,
+) -> dict[str, Any]:
     """The manifest's extra: every enabled filter's settings (`filters`, read by the heuristic
     quality scorer), per-rule statistics, dedup statistics, kept-signal quantiles."""
     cur = cfg.curate
@@ -337,13 +392,22 @@ def statistics(annotated: Dataset, cfg: Config, dec: Decisions, select_outcomes:
     fz = annotated.manifest.extra.get("fuzzy_dedup", {})
     return {
         "filters": enabled_settings(cur.filters),
-        "filter_stats": {"first_failure_rules": accounting.rule_counts(select_outcomes),
-                         "rejects_alone": dict(sorted(per_filter.items())),
-                         "rejects_alone_rules": dict(sorted(dec.alone.items())),
-                         "exempted": dict(sorted(dec.exempted.items()))},
-        "fuzzy_dedup": ({"lsh": fz.get("lsh", {}), "annotation": {k: v for k, v in fz.items() if k != "lsh"},
-                         "near_duplicates": near, "groups": near_groups}
-                        if cur.fuzzy_dedup.enabled else {"enabled": False}),
+        "filter_stats": {
+            "first_failure_rules": accounting.rule_counts(select_outcomes),
+            "rejects_alone": dict(sorted(per_filter.items())),
+            "rejects_alone_rules": dict(sorted(dec.alone.items())),
+            "exempted": dict(sorted(dec.exempted.items())),
+        },
+        "fuzzy_dedup": (
+            {
+                "lsh": fz.get("lsh", {}),
+                "annotation": {k: v for k, v in fz.items() if k != "lsh"},
+                "near_duplicates": near,
+                "groups": near_groups,
+            }
+            if cur.fuzzy_dedup.enabled
+            else {"enabled": False}
+        ),
         "exact_dedup": cur.exact_dedup,
         "signals_kept": _quantiles(sample),
         "input_files": annotated.manifest.extra.get("input_files"),
@@ -371,8 +435,12 @@ def summary(counts: dict[str, Any], extra: dict[str, Any], cfg: Config, seconds:
         ("quarantined", counts["quarantined"] or 0),
         ("filtered", counts["filtered"] or 0),
         ("exact duplicates", counts["exact_duplicates"] if cfg.curate.exact_dedup else "off"),
-        ("near duplicates", f"{counts['near_duplicates']} (MinHash {lsh.get('num_perm')} perms, "
-                            f"{lsh.get('bands')} bands x {lsh.get('rows')} rows, "
-                            f"Jaccard >= {cfg.curate.fuzzy_dedup.threshold})" if cfg.curate.fuzzy_dedup.enabled
-         else "off"),
+        (
+            "near duplicates",
+            f"{counts['near_duplicates']} (MinHash {lsh.get('num_perm')} perms, "
+            f"{lsh.get('bands')} bands x {lsh.get('rows')} rows, "
+            f"Jaccard >= {cfg.curate.fuzzy_dedup.threshold})"
+            if cfg.curate.fuzzy_dedup.enabled
+            else "off",
+        ),
     ]

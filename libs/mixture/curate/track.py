@@ -1,6 +1,7 @@
 """MLflow records of the two curation stages: one run each (`curate`, `select`) with the config
 as params and the counts and statistics of the manifest as metrics, plus the manifest's counts
 and extra as a JSON artifact."""
+
 from __future__ import annotations
 
 import logging

@@ -24,6 +24,7 @@ Every format writes the same documents in the same (shuffled) order, one file se
 `part-NNNNN` (or, with `finish`, one file set for the build: `nanogpt`), so row i of one is
 document i of another.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,10 +36,11 @@ import pyarrow as pa
 @dataclass
 class Shard:
     """One output shard: the same documents as rows and as token arrays, in the shuffled order."""
+
     index: int
-    table: pa.Table             # columns text, cluster, id
-    tokens: list[np.ndarray]    # token ids per document, its end-of-document id last
-    dtype: np.dtype             # the token dtype (uint16 or uint32)
+    table: pa.Table  # columns text, cluster, id
+    tokens: list[np.ndarray]  # token ids per document, its end-of-document id last
+    dtype: np.dtype  # the token dtype (uint16 or uint32)
 
     @property
     def part(self) -> str:

@@ -20,6 +20,7 @@ After the last shard, `megatron/blend.txt` lists `weight prefix` pairs (the weig
 token count), the value Megatron-LM's `--data-path` takes (or `--data-args-path` reads): a blend
 of all shards in proportion to their size.
 """
+
 from __future__ import annotations
 
 import struct
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
-DTYPE_CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4}   # Megatron-Core's DType enum
+DTYPE_CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4}  # Megatron-Core's DType enum
 BLEND = "megatron/blend.txt"
 
 
@@ -51,8 +52,14 @@ def index_bytes(lengths: np.ndarray, dtype: np.dtype) -> bytes:
     pointers = np.zeros(n, dtype=np.int64)
     np.cumsum(lengths[:-1] * dtype.itemsize, out=pointers[1:])
     head = MAGIC + struct.pack("<Q", VERSION) + struct.pack("<B", DTYPE_CODES[dtype]) + struct.pack("<QQ", n, n + 1)
-    return b"".join([head, lengths.astype("<i4").tobytes(), pointers.astype("<i8").tobytes(),
-                     np.arange(n + 1, dtype="<i8").tobytes()])
+    return b"".join(
+        [
+            head,
+            lengths.astype("<i4").tobytes(),
+            pointers.astype("<i8").tobytes(),
+            np.arange(n + 1, dtype="<i8").tobytes(),
+        ]
+    )
 
 
 def write_indexed(prefix: str, docs: list[np.ndarray], dtype: np.dtype) -> int:
@@ -75,7 +82,7 @@ class MegatronFormat:
     hf_data_files = None
 
     def __init__(self) -> None:
-        self.blend: list[tuple[int, str]] = []     # (tokens, prefix) per shard written
+        self.blend: list[tuple[int, str]] = []  # (tokens, prefix) per shard written
 
     def write_shard(self, writer, shard: Shard, cfg: BuildConfig) -> None:
         prefix = f"megatron/{shard.part}"
@@ -85,17 +92,23 @@ class MegatronFormat:
         storage.write_text(writer.path(BLEND), " ".join(f"{n} {p}" for n, p in self.blend) + "\n")
 
     def card_files(self, dtype: np.dtype) -> list[str]:
-        return [f"- `megatron/part-NNNNN.bin` / `.idx`: the same documents in the same order as Megatron-Core "
-                f"indexed datasets (`MMIDIDX`, one sequence per document, end-of-document id last, tokens as "
-                f"`{megatron_dtype(dtype)}`); `{BLEND}`: `tokens prefix` per shard, for `--data-path`."]
+        return [
+            f"- `megatron/part-NNNNN.bin` / `.idx`: the same documents in the same order as Megatron-Core "
+            f"indexed datasets (`MMIDIDX`, one sequence per document, end-of-document id last, tokens as "
+            f"`{megatron_dtype(dtype)}`); `{BLEND}`: `tokens prefix` per shard, for `--data-path`."
+        ]
 
     def card_loading(self, dtype: np.dtype) -> list[str]:
-        return ["Megatron-LM / NeMo (`megatron-core`): pass the shard prefixes with their weights, from the "
-                "dataset folder (the prefixes are relative to it):", "```bash",
-                "python pretrain_gpt.py ... --data-path $(cat megatron/blend.txt) --split 99,1,0",
-                "```",
-                "Megatron-Core's reader:", "```python",
-                "from megatron.core.datasets.indexed_dataset import IndexedDataset",
-                'docs = IndexedDataset("megatron/part-00000")   # the prefix of the .bin / .idx pair',
-                "doc0 = docs[0]                                 # token ids of document 0, end-of-document id last",
-                "```"]
+        return [
+            "Megatron-LM / NeMo (`megatron-core`): pass the shard prefixes with their weights, from the "
+            "dataset folder (the prefixes are relative to it):",
+            "```bash",
+            "python pretrain_gpt.py ... --data-path $(cat megatron/blend.txt) --split 99,1,0",
+            "```",
+            "Megatron-Core's reader:",
+            "```python",
+            "from megatron.core.datasets.indexed_dataset import IndexedDataset",
+            'docs = IndexedDataset("megatron/part-00000")   # the prefix of the .bin / .idx pair',
+            "doc0 = docs[0]                                 # token ids of document 0, end-of-document id last",
+            "```",
+        ]

@@ -18,6 +18,7 @@ The files are not per shard: `write_shard` stages each shard's tokens as a tempo
 (excluded from the manifest) and `finish` (after the last shard) draws the split and writes the
 two files, one piece at a time, so memory does not grow with the build.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -51,12 +52,12 @@ class NanoGPTFormat:
     hf_data_files = None
 
     def __init__(self) -> None:
-        self.pieces: list[tuple[str, np.ndarray]] = []    # (staged piece, document lengths) per shard
+        self.pieces: list[tuple[str, np.ndarray]] = []  # (staged piece, document lengths) per shard
         self.dtype = np.dtype(np.uint16)
 
     def write_shard(self, writer, shard: Shard, cfg: BuildConfig) -> None:
         self.dtype = np.dtype(shard.dtype).newbyteorder("<")
-        piece = writer.path(f"nanogpt/{shard.part}.tmp-piece")    # `.tmp-`: never in the manifest
+        piece = writer.path(f"nanogpt/{shard.part}.tmp-piece")  # `.tmp-`: never in the manifest
         with storage.open_write(piece) as f:
             for d in shard.tokens:
                 f.write(np.asarray(d).astype(self.dtype).tobytes())
@@ -69,11 +70,13 @@ class NanoGPTFormat:
         is_val[val] = True
         counts = {"train": {"documents": int(n - len(val)), "tokens": 0}, "val": {"documents": len(val), "tokens": 0}}
         start = 0
-        with storage.open_write(writer.path("nanogpt/train.bin")) as ftrain, \
-                storage.open_write(writer.path("nanogpt/val.bin")) as fval:
+        with (
+            storage.open_write(writer.path("nanogpt/train.bin")) as ftrain,
+            storage.open_write(writer.path("nanogpt/val.bin")) as fval,
+        ):
             for piece, lengths in self.pieces:
                 tokens = np.frombuffer(storage.read_bytes(piece), dtype=self.dtype)
-                train, held = split_piece(tokens, lengths, is_val[start:start + len(lengths)])
+                train, held = split_piece(tokens, lengths, is_val[start : start + len(lengths)])
                 ftrain.write(train.tobytes())
                 fval.write(held.tobytes())
                 counts["train"]["tokens"] += len(train)
@@ -82,20 +85,34 @@ class NanoGPTFormat:
                 storage.delete(piece)
         with storage.open_write(writer.path("nanogpt/val_index.npy")) as f:
             np.save(f, val, allow_pickle=False)
-        storage.write_json(writer.path("nanogpt/meta.json"), {
-            "vocab_size": int(facts["vocab_size"]), "dtype": self.dtype.name, "eos_id": int(facts["eos_id"]),
-            "seed": int(facts["seed"]), "val_fraction": cfg.val_fraction, **counts})
+        storage.write_json(
+            writer.path("nanogpt/meta.json"),
+            {
+                "vocab_size": int(facts["vocab_size"]),
+                "dtype": self.dtype.name,
+                "eos_id": int(facts["eos_id"]),
+                "seed": int(facts["seed"]),
+                "val_fraction": cfg.val_fraction,
+                **counts,
+            },
+        )
 
     def card_files(self, dtype: np.dtype) -> list[str]:
-        return [f"- `nanogpt/train.bin` / `val.bin`: nanoGPT's layout, every document's token ids then the "
-                f"end-of-document id, as `{dtype}`; `val.bin` holds a seeded share of the documents "
-                "(`build.val_fraction`), `val_index.npy` their positions in the build, `meta.json` the vocabulary "
-                "size, dtype, end-of-document id and documents / tokens per split."]
+        return [
+            f"- `nanogpt/train.bin` / `val.bin`: nanoGPT's layout, every document's token ids then the "
+            f"end-of-document id, as `{dtype}`; `val.bin` holds a seeded share of the documents "
+            "(`build.val_fraction`), `val_index.npy` their positions in the build, `meta.json` the vocabulary "
+            "size, dtype, end-of-document id and documents / tokens per split."
+        ]
 
     def card_loading(self, dtype: np.dtype) -> list[str]:
-        return ["nanoGPT (numpy memmap; its `get_batch` reads these two files, with `dtype` from meta.json):",
-                "```python", "import json", "import numpy as np",
-                'meta = json.load(open("nanogpt/meta.json"))',
-                'train = np.memmap("nanogpt/train.bin", dtype=meta["dtype"], mode="r")',
-                'val = np.memmap("nanogpt/val.bin", dtype=meta["dtype"], mode="r")',
-                "```"]
+        return [
+            "nanoGPT (numpy memmap; its `get_batch` reads these two files, with `dtype` from meta.json):",
+            "```python",
+            "import json",
+            "import numpy as np",
+            'meta = json.load(open("nanogpt/meta.json"))',
+            'train = np.memmap("nanogpt/train.bin", dtype=meta["dtype"], mode="r")',
+            'val = np.memmap("nanogpt/val.bin", dtype=meta["dtype"], mode="r")',
+            "```",
+        ]

@@ -3,6 +3,7 @@
 The format Hugging Face `datasets` and pyarrow read directly; compression `build.compression`
 (zstd by default). The same rows give the same bytes (no timestamps in the file).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -24,19 +25,27 @@ class ParquetFormat:
     files = ("parquet/part-NNNNN.parquet",)
     hf_data_files = "parquet/part-*.parquet"
 
-    def write_shard(self, writer, shard: Shard, cfg: "BuildConfig") -> None:
+    def write_shard(self, writer, shard: Shard, cfg: BuildConfig) -> None:
         compression = None if cfg.compression == "none" else cfg.compression
         with storage.open_write(writer.path(f"parquet/{shard.part}.parquet")) as f:
             pq.write_table(shard.table, f, compression=compression)
 
     def card_files(self, dtype: np.dtype) -> list[str]:
-        return ["- `parquet/part-NNNNN.parquet`: columns `text`, `cluster`, `id` (the ClimbLab document id; "
-                "an upsampled document appears more than once), in the shuffled order."]
+        return [
+            "- `parquet/part-NNNNN.parquet`: columns `text`, `cluster`, `id` (the ClimbLab document id; "
+            "an upsampled document appears more than once), in the shuffled order."
+        ]
 
     def card_loading(self, dtype: np.dtype) -> list[str]:
-        return ["pyarrow:", "```python", "import pyarrow.dataset as ds",
-                'table = ds.dataset("parquet/", format="parquet").to_table()   # or an s3://… URI',
-                "```",
-                "Hugging Face datasets:", "```python", "from datasets import load_dataset",
-                'data = load_dataset("parquet", data_files="parquet/part-*.parquet", split="train")',
-                "```"]
+        return [
+            "pyarrow:",
+            "```python",
+            "import pyarrow.dataset as ds",
+            'table = ds.dataset("parquet/", format="parquet").to_table()   # or an s3://… URI',
+            "```",
+            "Hugging Face datasets:",
+            "```python",
+            "from datasets import load_dataset",
+            'data = load_dataset("parquet", data_files="parquet/part-*.parquet", split="train")',
+            "```",
+        ]

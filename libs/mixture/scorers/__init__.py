@@ -9,6 +9,7 @@ model file). Every scorer that applies runs and is stored per document (`score_*
 `assignments.parquet`); `cluster.quality.scorer` names the one that drives pruning. Adding a
 scorer is one new module with a `Scorer` subclass registered under its name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mixture.registry import QUALITY_SCORERS
-from mixture.scorers._base import SCALE_MAX, SCALE_MIN, QualityError, Scorer, ScoreInputs, to_scale
+from mixture.scorers._base import SCALE_MAX, SCALE_MIN, QualityError, ScoreInputs, Scorer, to_scale
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -25,18 +26,18 @@ if TYPE_CHECKING:
     from mixture.config import ClusterConfig
     from mixture.dataset import Dataset
 
-__all__ = ["SCALE_MAX", "SCALE_MIN", "QualityError", "ScoreInputs", "Scorer", "Scores", "compute_scores",
-           "to_scale"]
+__all__ = ["SCALE_MAX", "SCALE_MIN", "QualityError", "ScoreInputs", "Scorer", "Scores", "compute_scores", "to_scale"]
 
 
 @dataclass
 class Scores:
-    by_name: dict[str, np.ndarray]      # scorer -> float32 [n]
-    notes: dict[str, object]            # what each scorer used, for the report
+    by_name: dict[str, np.ndarray]  # scorer -> float32 [n]
+    notes: dict[str, object]  # what each scorer used, for the report
 
 
-def compute_scores(cfg: "ClusterConfig", seed: int, x: np.ndarray, meta: "pa.Table", ids: list[str],
-                   curated: "Dataset", embeddings: "Dataset") -> Scores:
+def compute_scores(
+    cfg: ClusterConfig, seed: int, x: np.ndarray, meta: pa.Table, ids: list[str], curated: Dataset, embeddings: Dataset
+) -> Scores:
     """Every registered scorer that applies, in their `order`: the 1-5 scores of the documents
     `ids` (rows of the unit-norm embeddings `x`, curated columns `meta`), and notes. Raises
     QualityError when the configured `cluster.quality.scorer` produced no scores."""

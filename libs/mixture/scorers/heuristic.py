@@ -16,6 +16,7 @@ good ends are given for the default limit and scale with the configured one, so 
 Columns without a ramp are ignored (and listed in the report); `cluster.quality.heuristic_signals`
 adds or replaces ramps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,25 +25,27 @@ from typing import Any
 import numpy as np
 
 from mixture.registry import FILTERS, QUALITY_SCORERS
-from mixture.scorers._base import QualityError, Scorer, ScoreInputs, log, to_scale
+from mixture.scorers._base import QualityError, ScoreInputs, Scorer, log, to_scale
 
 
 @dataclass(frozen=True)
 class Ramp:
     """d = 0 at `bad`, 0.5 at `threshold`, 1 at `good`, linear in between, clipped outside.
     Works in either direction (bad < good: higher is better; bad > good: lower is better)."""
+
     bad: float
     threshold: float
     good: float
 
     def __post_init__(self):
         if not (self.bad < self.threshold < self.good or self.bad > self.threshold > self.good):
-            raise ValueError(f"threshold {self.threshold} must lie strictly between bad {self.bad} "
-                             f"and good {self.good}")
+            raise ValueError(
+                f"threshold {self.threshold} must lie strictly between bad {self.bad} and good {self.good}"
+            )
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         x = np.asarray(values, dtype=np.float64)
-        if self.bad > self.good:    # lower is better: mirror onto an increasing ramp
+        if self.bad > self.good:  # lower is better: mirror onto an increasing ramp
             return Ramp(-self.bad, -self.threshold, -self.good)(-x)
         return np.interp(x, [self.bad, self.threshold, self.good], [0.0, 0.5, 1.0])
 
@@ -81,8 +84,9 @@ def filter_ramps(filters: dict[str, Any] | None = None) -> dict[str, tuple[Ramp,
 HEURISTIC_SIGNALS: dict[str, tuple[Ramp, ...]] = filter_ramps()
 
 
-def heuristic_table(overrides: dict[str, tuple[float, float, float]] | None = None,
-                    filters: dict[str, Any] | None = None) -> dict[str, tuple[Ramp, ...]]:
+def heuristic_table(
+    overrides: dict[str, tuple[float, float, float]] | None = None, filters: dict[str, Any] | None = None
+) -> dict[str, tuple[Ramp, ...]]:
     table = filter_ramps(filters)
     for name, (bad, threshold, good) in (overrides or {}).items():
         table[name] = (Ramp(bad, threshold, good),)
@@ -91,23 +95,27 @@ def heuristic_table(overrides: dict[str, tuple[float, float, float]] | None = No
 
 @dataclass
 class HeuristicResult:
-    scores: np.ndarray            # float32 [n], 1-5
-    used: list[str]               # q_* columns that contributed
-    ignored: list[str]            # q_* columns present but not in the table
-    no_signal: int                # documents without any finite signal (scored 3.0, neutral)
+    scores: np.ndarray  # float32 [n], 1-5
+    used: list[str]  # q_* columns that contributed
+    ignored: list[str]  # q_* columns present but not in the table
+    no_signal: int  # documents without any finite signal (scored 3.0, neutral)
 
 
-def heuristic_scores(signals: dict[str, np.ndarray],
-                     overrides: dict[str, tuple[float, float, float]] | None = None,
-                     filters: dict[str, Any] | None = None) -> HeuristicResult:
+def heuristic_scores(
+    signals: dict[str, np.ndarray],
+    overrides: dict[str, tuple[float, float, float]] | None = None,
+    filters: dict[str, Any] | None = None,
+) -> HeuristicResult:
     """Score documents from whichever q_* columns are present (name -> values, one per doc);
     `filters`: the limits the corpus was curated with ({filter: config dict})."""
     table = heuristic_table(overrides, filters)
     used = sorted(c for c in signals if c in table)
     ignored = sorted(c for c in signals if c.startswith("q_") and c not in table)
     if not used:
-        raise QualityError("the heuristic scorer needs q_* quality signals; the curated data has "
-                           f"{sorted(signals) or 'none'} and it knows {sorted(table)}")
+        raise QualityError(
+            "the heuristic scorer needs q_* quality signals; the curated data has "
+            f"{sorted(signals) or 'none'} and it knows {sorted(table)}"
+        )
     n = len(next(iter(signals.values())))
     total = np.zeros(n)
     present = np.zeros(n)
@@ -136,8 +144,11 @@ class HeuristicScorer(Scorer):
     @staticmethod
     def run(inp: ScoreInputs) -> tuple[np.ndarray | None, Any]:
         meta = inp.meta
-        signals = {c: meta.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-                   for c in meta.column_names if c.startswith("q_")}
+        signals = {
+            c: meta.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+            for c in meta.column_names
+            if c.startswith("q_")
+        }
         if not signals and not inp.chosen:
             return None, None
         filters = curated_filters(inp.curated)
@@ -148,5 +159,8 @@ class HeuristicScorer(Scorer):
                 raise
             log.warning("heuristic scorer skipped: no known q_* signals in the curated data")
             return None, None
-        return h.scores, {"signals_used": h.used, "signals_ignored": h.ignored,
-                          "documents_without_signals": h.no_signal}
+        return h.scores, {
+            "signals_used": h.used,
+            "signals_ignored": h.ignored,
+            "documents_without_signals": h.no_signal,
+        }

@@ -20,6 +20,7 @@ method's difference to CLIMB. The `baselines` stage (`mixture.stages.baselines`)
 dataset `<output_root>/baselines` (runs/, results.json, table.md, weights.png) and logs an MLflow
 run in the search's experiment.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,14 +35,20 @@ from mixture.search.sampler import quantize, sample_mixtures
 log = logging.getLogger(__name__)
 
 METHODS = ("natural", "uniform", "best_of_random", "regmix", "climb")
-REGMIX_TOP_K = 128            # RegMix: the mean of the top-128 simulated mixtures
+REGMIX_TOP_K = 128  # RegMix: the mean of the top-128 simulated mixtures
 STREAM_POOL = 2_000_003
 
 
 def _job(kind: str, index: int, mixture: dict[str, float], seed: int, section: str, iteration: int = -1) -> dict:
     rid = steps.run_id(0, index, mixture, seed).replace("it0-", f"{kind}-", 1)
-    return {"run_id": rid, "iteration": iteration, "index": index, "mixture": mixture, "seed": seed,
-            "proxy_section": section}
+    return {
+        "run_id": rid,
+        "iteration": iteration,
+        "index": index,
+        "mixture": mixture,
+        "seed": seed,
+        "proxy_section": section,
+    }
 
 
 def random_pool_jobs(cfg: Config, names: list[str], prior: np.ndarray, search_runs: list[dict]) -> list[dict]:
@@ -56,9 +63,16 @@ def random_pool_jobs(cfg: Config, names: list[str], prior: np.ndarray, search_ru
         from mixture.search.sampler import mixture_keys
 
         exclude = set(mixture_keys(np.array(sorted(have)), cfg.search.weight_floor)) if have else set()
-        W = sample_mixtures(bootstrap.rng_for(cfg.seed, STREAM_POOL), prior, extra,
-                            temperature=cfg.search.temperature, concentration=cfg.search.concentration,
-                            epoch_cap=cfg.search.epoch_cap, floor=cfg.search.weight_floor, exclude=exclude)
+        W = sample_mixtures(
+            bootstrap.rng_for(cfg.seed, STREAM_POOL),
+            prior,
+            extra,
+            temperature=cfg.search.temperature,
+            concentration=cfg.search.concentration,
+            epoch_cap=cfg.search.epoch_cap,
+            floor=cfg.search.weight_floor,
+            exclude=exclude,
+        )
         for j, w in enumerate(W):
             mixture = dict(zip(names, [float(x) for x in w]))
             for s in range(cfg.search.seeds):
@@ -69,9 +83,15 @@ def random_pool_jobs(cfg: Config, names: list[str], prior: np.ndarray, search_ru
 def regmix_mixture(cfg: Config, prior: np.ndarray, obs: bootstrap.Observations) -> tuple[np.ndarray, dict]:
     model = pred.make("lightgbm", cfg.search.predictor, cfg.seed).fit(obs.X, obs.y)
     cv = pred.cross_validate("lightgbm", obs.X, obs.y, cfg.search.predictor, cfg.seed)
-    C = sample_mixtures(bootstrap.rng_for(cfg.seed, STREAM_POOL + 1), prior, cfg.search.candidates,
-                        temperature=cfg.search.temperature, concentration=cfg.search.concentration,
-                        epoch_cap=cfg.search.epoch_cap, floor=cfg.search.weight_floor)
+    C = sample_mixtures(
+        bootstrap.rng_for(cfg.seed, STREAM_POOL + 1),
+        prior,
+        cfg.search.candidates,
+        temperature=cfg.search.temperature,
+        concentration=cfg.search.concentration,
+        epoch_cap=cfg.search.epoch_cap,
+        floor=cfg.search.weight_floor,
+    )
     p = model.predict(C)
     top = np.lexsort((np.arange(len(C)), -p))[:REGMIX_TOP_K]
     w = quantize(C[top].mean(axis=0), cfg.search.weight_floor)[0]
@@ -94,29 +114,35 @@ def _fmt(s: dict, digits: int = 4) -> str:
 def table(results: dict) -> str:
     metric = results["metric"]
     climb = results["methods"]["climb"]["transfer"]["score"]["mean"]
-    lines = [f"| method | transfer score | transfer {metric} | proxy score | Δ score vs climb | largest weights |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        f"| method | transfer score | transfer {metric} | proxy score | Δ score vs climb | largest weights |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for m in METHODS:
         r = results["methods"][m]
         t = r["transfer"]
         delta = "-" if m == "climb" or t["score"]["mean"] is None else f"{t['score']['mean'] - climb:+.4f}"
         top = sorted(r["weights"].items(), key=lambda kv: -kv[1])[:3]
-        lines.append(f"| {m} | {_fmt(t['score'])} | {_fmt(t.get(metric, {'mean': None}))} | "
-                     f"{_fmt(r['proxy']['score'])} | {delta} | "
-                     + ", ".join(f"{c} {w:.2f}" for c, w in top) + " |")
+        lines.append(
+            f"| {m} | {_fmt(t['score'])} | {_fmt(t.get(metric, {'mean': None}))} | "
+            f"{_fmt(r['proxy']['score'])} | {delta} | " + ", ".join(f"{c} {w:.2f}" for c, w in top) + " |"
+        )
     ranked = sorted(METHODS, key=lambda m: -(results["methods"][m]["transfer"]["score"]["mean"] or -np.inf))
     lines.append("")
-    lines.append(f"transfer proxy {results['transfer_proxy']['preset']} ({results['transfer_proxy']['tokens']:,} "
-                 f"tokens), proxy {results['proxy']['preset']} ({results['proxy']['tokens']:,} tokens), "
-                 f"{results['transfer_seeds']} seeds each; random pool {results['pool_runs']} proxy runs; "
-                 f"RegMix LightGBM CV Spearman {results['regmix']['cv_spearman']:.2f}; "
-                 f"search: {results['search']['method']} via {results['search']['predictor']}.")
+    lines.append(
+        f"transfer proxy {results['transfer_proxy']['preset']} ({results['transfer_proxy']['tokens']:,} "
+        f"tokens), proxy {results['proxy']['preset']} ({results['proxy']['tokens']:,} tokens), "
+        f"{results['transfer_seeds']} seeds each; random pool {results['pool_runs']} proxy runs; "
+        f"RegMix LightGBM CV Spearman {results['regmix']['cv_spearman']:.2f}; "
+        f"search: {results['search']['method']} via {results['search']['predictor']}."
+    )
     lines.append(f"ranking at transfer scale (score, higher is better): {' > '.join(ranked)}")
     return "\n".join(lines)
 
 
-def pool_jobs_and_mixtures(cfg: Config, names: list[str], prior: np.ndarray, search_runs: list[dict],
-                           search_mixture: dict, run_jobs) -> tuple[list[dict], dict, dict, bootstrap.Observations]:
+def pool_jobs_and_mixtures(
+    cfg: Config, names: list[str], prior: np.ndarray, search_runs: list[dict], search_mixture: dict, run_jobs
+) -> tuple[list[dict], dict, dict, bootstrap.Observations]:
     """The random pool (the search's first iteration plus new random runs, trained with
     `run_jobs(jobs, desc)`) and every method's mixture."""
     pool = [r for r in search_runs if r["iteration"] == 0]
@@ -140,8 +166,18 @@ def transfer_jobs(cfg: Config, names: list[str], mixtures: dict[str, np.ndarray]
         mixture = dict(zip(names, [float(x) for x in mixtures[m] / mixtures[m].sum()]))
         for s in range(cfg.search.transfer_seeds):
             for section in ("proxy", "transfer_proxy"):
-                jobs.append({**_job(f"{m}-{'transfer' if section == 'transfer_proxy' else 'proxy'}", 0,
-                                    mixture, cfg.seed + s, section), "method": m})
+                jobs.append(
+                    {
+                        **_job(
+                            f"{m}-{'transfer' if section == 'transfer_proxy' else 'proxy'}",
+                            0,
+                            mixture,
+                            cfg.seed + s,
+                            section,
+                        ),
+                        "method": m,
+                    }
+                )
     return jobs
 
 
@@ -152,28 +188,44 @@ def method_entry(runs: list[dict], method: str) -> dict:
     for scale, section in (("proxy", "proxy"), ("transfer", "transfer_proxy")):
         rs = [r for r in mine if r["proxy_section"] == section]
         keys = sorted({k for r in rs for k in r.get("metrics", {})})
-        entry[scale] = {"score": _stats([r["score"] for r in rs]),
-                        **{k: _stats([r["metrics"].get(k) for r in rs]) for k in keys},
-                        "run_ids": [r["run_id"] for r in rs]}
+        entry[scale] = {
+            "score": _stats([r["score"] for r in rs]),
+            **{k: _stats([r["metrics"].get(k) for r in rs]) for k in keys},
+            "run_ids": [r["run_id"] for r in rs],
+        }
     return entry
 
 
-def results_record(cfg: Config, finished: list[dict], pool: list[dict], obs: bootstrap.Observations,
-                   regmix_info: dict, search_mixture: dict) -> dict:
+def results_record(
+    cfg: Config,
+    finished: list[dict],
+    pool: list[dict],
+    obs: bootstrap.Observations,
+    regmix_info: dict,
+    search_mixture: dict,
+) -> dict:
     """results.json: every method's statistics and whether CLIMB beat each baseline."""
     best = obs.best()
-    results: dict = {"metric": f"val.{cfg.search.target.metric}" if cfg.search.target.val_uris else "score",
-                     "pool_runs": len(pool), "transfer_seeds": cfg.search.transfer_seeds,
-                     "proxy": cfg.search.proxy.model_dump(mode="json"),
-                     "transfer_proxy": cfg.search.transfer_proxy.model_dump(mode="json"),
-                     "regmix": regmix_info,
-                     "best_of_random": {"score": float(obs.y[best]), "run_ids": obs.run_ids[best]},
-                     "search": {"method": search_mixture["method"], "predictor": search_mixture.get("predictor"),
-                                "cv_spearman": search_mixture.get("cv_spearman")},
-                     "methods": {m: method_entry(finished, m) for m in METHODS}}
+    results: dict = {
+        "metric": f"val.{cfg.search.target.metric}" if cfg.search.target.val_uris else "score",
+        "pool_runs": len(pool),
+        "transfer_seeds": cfg.search.transfer_seeds,
+        "proxy": cfg.search.proxy.model_dump(mode="json"),
+        "transfer_proxy": cfg.search.transfer_proxy.model_dump(mode="json"),
+        "regmix": regmix_info,
+        "best_of_random": {"score": float(obs.y[best]), "run_ids": obs.run_ids[best]},
+        "search": {
+            "method": search_mixture["method"],
+            "predictor": search_mixture.get("predictor"),
+            "cv_spearman": search_mixture.get("cv_spearman"),
+        },
+        "methods": {m: method_entry(finished, m) for m in METHODS},
+    }
     transfer = {m: results["methods"][m]["transfer"]["score"]["mean"] for m in METHODS}
     results["transfer_score"] = transfer
     results["climb_beats_every_baseline"] = all(
         transfer["climb"] is not None and (transfer[m] is None or transfer["climb"] > transfer[m])
-        for m in METHODS if m != "climb")
+        for m in METHODS
+        if m != "climb"
+    )
     return results

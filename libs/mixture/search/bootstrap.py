@@ -20,11 +20,11 @@ Scores are higher-is-better (evaluate.py). Nothing here reads files or trains mo
 objective is whatever produced the observations, which is what lets tests run the whole search on
 a cheap synthetic function with a known optimum.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
 from typing import Any
 
 import numpy as np
@@ -44,10 +44,11 @@ def rng_for(seed: int, iteration: int) -> np.random.Generator:
 @dataclass
 class Observations:
     """Unique mixtures with their mean score over seeds (the predictor's training rows)."""
-    X: np.ndarray                 # [m, k] weights
-    y: np.ndarray                 # [m] mean score, higher is better
-    run_ids: list[list[str]]      # the runs behind each row
-    excluded: list[dict]          # runs left out, with the reason
+
+    X: np.ndarray  # [m, k] weights
+    y: np.ndarray  # [m] mean score, higher is better
+    run_ids: list[list[str]]  # the runs behind each row
+    excluded: list[dict]  # runs left out, with the reason
 
     def __len__(self) -> int:
         return len(self.y)
@@ -77,48 +78,72 @@ def observe(runs: list[dict], names: list[str], floor: float) -> Observations:
     return Observations(X, y, [v["ids"] for v in rows.values()], excluded)
 
 
-def candidates(scfg: SearchConfig, prior: np.ndarray, rng: np.random.Generator, obs: Observations,
-               exclude: set[bytes]) -> np.ndarray:
+def candidates(
+    scfg: SearchConfig, prior: np.ndarray, rng: np.random.Generator, obs: Observations, exclude: set[bytes]
+) -> np.ndarray:
     """`search.candidates` mixtures: most around the prior (the paper), `local_frac` of them
     around the best observed mixtures."""
     n_local = int(round(scfg.candidates * scfg.local_frac)) if len(obs) else 0
-    kw: dict[str, Any] = dict(temperature=scfg.temperature, concentration=scfg.concentration,
-                              epoch_cap=scfg.epoch_cap, floor=scfg.weight_floor)
+    kw: dict[str, Any] = dict(
+        temperature=scfg.temperature,
+        concentration=scfg.concentration,
+        epoch_cap=scfg.epoch_cap,
+        floor=scfg.weight_floor,
+    )
     C = sample_mixtures(rng, prior, scfg.candidates - n_local, exclude=exclude, **kw)
     if n_local:
-        top = np.argsort(-obs.y, kind="stable")[:max(1, min(len(obs), scfg.local_top))]
+        top = np.argsort(-obs.y, kind="stable")[: max(1, min(len(obs), scfg.local_top))]
         seen = exclude | set(mixture_keys(C, scfg.weight_floor))
         C = np.concatenate([C, sample_mixtures(rng, prior, n_local, exclude=seen, center=obs.X[top], **kw)])
     return C
 
 
-def propose(scfg: SearchConfig, prior: np.ndarray, iteration: int, obs: Observations,
-            seed: int) -> tuple[np.ndarray, dict]:
+def propose(
+    scfg: SearchConfig, prior: np.ndarray, iteration: int, obs: Observations, seed: int
+) -> tuple[np.ndarray, dict]:
     """The mixtures to train in `iteration` (0-based) and a report of how they were chosen."""
     n = scfg.iterations[iteration]
     rng = rng_for(seed, iteration)
     exclude = set(mixture_keys(obs.X, scfg.weight_floor)) if len(obs) else set()
     if iteration == 0 or len(obs) < 3:
-        W = sample_mixtures(rng, prior, n, temperature=scfg.temperature, concentration=scfg.concentration,
-                            epoch_cap=scfg.epoch_cap, floor=scfg.weight_floor, exclude=exclude)
-        why = "the first iteration samples the prior" if iteration == 0 else \
-            f"only {len(obs)} observed mixtures: too few to fit a predictor"
+        W = sample_mixtures(
+            rng,
+            prior,
+            n,
+            temperature=scfg.temperature,
+            concentration=scfg.concentration,
+            epoch_cap=scfg.epoch_cap,
+            floor=scfg.weight_floor,
+            exclude=exclude,
+        )
+        why = (
+            "the first iteration samples the prior"
+            if iteration == 0
+            else f"only {len(obs)} observed mixtures: too few to fit a predictor"
+        )
         return W, {"iteration": iteration, "method": "random", "reason": why, "observed": len(obs)}
     fitted = pred.fit_select(obs.X, obs.y, scfg.predictor, seed)
     C = candidates(scfg, prior, rng, obs, exclude)
     C_pred = fitted.predict(C)
     order = fitted.rank(C, C_pred)
-    top = order[:max(scfg.top_n, n)]
+    top = order[: max(scfg.top_n, n)]
     chosen = rng.choice(top, size=n, replace=False) if len(top) > n else top
-    picked = top[np.isin(top, chosen)]          # the random subset, in rank order
+    picked = top[np.isin(top, chosen)]  # the random subset, in rank order
     report = {
-        "iteration": iteration, "method": "predicted", "observed": len(obs),
-        "predictor": fitted.report(), "candidates": int(len(C)), "top_n": int(len(top)),
-        "oof": {name: r.oof for name, r in fitted.cv.items()}, "y": obs.y.tolist(),
-        "top": [{"rank": i, "predicted": float(C_pred[r]), "weights": C[r].tolist()}
-                for i, r in enumerate(top[:min(len(top), 20)])],
+        "iteration": iteration,
+        "method": "predicted",
+        "observed": len(obs),
+        "predictor": fitted.report(),
+        "candidates": int(len(C)),
+        "top_n": int(len(top)),
+        "oof": {name: r.oof for name, r in fitted.cv.items()},
+        "y": obs.y.tolist(),
+        "top": [
+            {"rank": i, "predicted": float(C_pred[r]), "weights": C[r].tolist()}
+            for i, r in enumerate(top[: min(len(top), 20)])
+        ],
         "picked_predicted": [float(C_pred[r]) for r in picked],
-        "top_n_threshold": float(C_pred[top[-1]]),       # the N-th best candidate's prediction
+        "top_n_threshold": float(C_pred[top[-1]]),  # the N-th best candidate's prediction
         "best_observed_predicted": float(fitted.predict(obs.X[[obs.best()]])[0]),
         "best_observed_score": float(obs.y[obs.best()]),
     }
@@ -133,9 +158,14 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int) -
     b = obs.best()
     best_observed = {"weights": obs.X[b].tolist(), "score": float(obs.y[b]), "run_ids": obs.run_ids[b]}
     if len(obs) < 3:
-        return {"weights": obs.X[b].tolist(), "method": "best_observed", "predicted": None,
-                "reason": f"only {len(obs)} observed mixtures: too few to fit a predictor",
-                "best_observed": best_observed, "predictor": None}
+        return {
+            "weights": obs.X[b].tolist(),
+            "method": "best_observed",
+            "predicted": None,
+            "reason": f"only {len(obs)} observed mixtures: too few to fit a predictor",
+            "best_observed": best_observed,
+            "predictor": None,
+        }
     fitted = pred.fit_select(obs.X, obs.y, scfg.predictor, seed)
     rng = rng_for(seed, STREAM_FINAL)
     C = candidates(scfg, prior, rng, obs, exclude=set())
@@ -143,33 +173,57 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int) -
     if scfg.final == "best":
         w = C[order[0]]
     else:
-        w = C[order[:scfg.top_k]].mean(axis=0)
+        w = C[order[: scfg.top_k]].mean(axis=0)
         q = quantize(w, scfg.weight_floor)[0]
         # the mean of capped mixtures is capped; rounding may cross a cap by one unit: keep it exact then
         w = q if (q <= scfg.epoch_cap * prior / prior.sum() + 1e-12).all() else w / w.sum()
     predicted = float(fitted.predict(w[None])[0])
     predicted_best_observed = float(fitted.predict(obs.X[[b]])[0])
     cv_spearman = fitted.cv[fitted.chosen].spearman
-    out = {"predicted": predicted, "best_observed": {**best_observed, "predicted": predicted_best_observed},
-           "predictor": fitted.report(), "candidates": int(len(C)),
-           "top_k": scfg.top_k if scfg.final == "top_mean" else 1,
-           "oof": {name: r.oof for name, r in fitted.cv.items()}, "y": obs.y.tolist()}
+    out = {
+        "predicted": predicted,
+        "best_observed": {**best_observed, "predicted": predicted_best_observed},
+        "predictor": fitted.report(),
+        "candidates": int(len(C)),
+        "top_k": scfg.top_k if scfg.final == "top_mean" else 1,
+        "oof": {name: r.oof for name, r in fitted.cv.items()},
+        "y": obs.y.tolist(),
+    }
     if cv_spearman < scfg.predictor.min_spearman:
-        reason = (f"the chosen predictor ({fitted.chosen}) has CV Spearman {cv_spearman:.2f} "
-                  f"< predictor.min_spearman {scfg.predictor.min_spearman}")
-        return {**out, "weights": obs.X[b].tolist(), "method": "best_observed", "reason": reason,
-                "predicted_mixture": w.tolist()}
+        reason = (
+            f"the chosen predictor ({fitted.chosen}) has CV Spearman {cv_spearman:.2f} "
+            f"< predictor.min_spearman {scfg.predictor.min_spearman}"
+        )
+        return {
+            **out,
+            "weights": obs.X[b].tolist(),
+            "method": "best_observed",
+            "reason": reason,
+            "predicted_mixture": w.tolist(),
+        }
     if predicted <= predicted_best_observed:
-        reason = (f"{fitted.chosen} predicts {predicted:.4f} for its {scfg.final} mixture, not above "
-                  f"{predicted_best_observed:.4f} for the best observed one")
-        return {**out, "weights": obs.X[b].tolist(), "method": "best_observed", "reason": reason,
-                "predicted_mixture": w.tolist()}
-    return {**out, "weights": w.tolist(), "method": scfg.final,
-            "reason": f"{fitted.chosen} (CV Spearman {cv_spearman:.2f}) ranks it above the best observed"}
+        reason = (
+            f"{fitted.chosen} predicts {predicted:.4f} for its {scfg.final} mixture, not above "
+            f"{predicted_best_observed:.4f} for the best observed one"
+        )
+        return {
+            **out,
+            "weights": obs.X[b].tolist(),
+            "method": "best_observed",
+            "reason": reason,
+            "predicted_mixture": w.tolist(),
+        }
+    return {
+        **out,
+        "weights": w.tolist(),
+        "method": scfg.final,
+        "reason": f"{fitted.chosen} (CV Spearman {cv_spearman:.2f}) ranks it above the best observed",
+    }
 
 
-def run_search(scfg: SearchConfig, prior: np.ndarray, objective: Callable[[np.ndarray, int], float],
-               seed: int = 0) -> tuple[dict, Observations, list[dict]]:
+def run_search(
+    scfg: SearchConfig, prior: np.ndarray, objective: Callable[[np.ndarray, int], float], seed: int = 0
+) -> tuple[dict, Observations, list[dict]]:
     """The whole search in one process against `objective(weights, seed) -> score` (tests and
     benchmarks; the pipeline runs the same propose/final through steps.py with real proxies)."""
     names = [f"c{i:02d}" for i in range(len(prior))]
@@ -181,7 +235,12 @@ def run_search(scfg: SearchConfig, prior: np.ndarray, objective: Callable[[np.nd
         reports.append(report)
         for j, w in enumerate(W):
             for s in range(scfg.seeds):
-                runs.append({"run_id": f"it{it}-{j:03d}-s{s}", "mixture": dict(zip(names, w.tolist())),
-                             "score": float(objective(w, seed + s))})
+                runs.append(
+                    {
+                        "run_id": f"it{it}-{j:03d}-s{s}",
+                        "mixture": dict(zip(names, w.tolist())),
+                        "score": float(objective(w, seed + s)),
+                    }
+                )
     obs = observe(runs, names, scfg.weight_floor)
     return final(scfg, prior, obs, seed), obs, reports

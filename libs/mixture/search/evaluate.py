@@ -18,6 +18,7 @@ file's stem; weight 1 when not given).
 Task files are JSONL (optionally gzip'd), one item per line: {"context": str, "choices": [str],
 "gold": int}; optional "delimiter" (default " ") goes between context and choice.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,10 +63,13 @@ def parse_items(uri: str) -> list[MCItem]:
     items = []
     for n, rec in enumerate(read_jsonl(uri), 1):
         ctx, choices, gold = rec.get("context"), rec.get("choices"), rec.get("gold")
-        if not isinstance(ctx, str) or not isinstance(choices, list) or len(choices) < 2 \
-                or not all(isinstance(c, str) and c for c in choices):
-            raise TargetError(f"{uri}: item {n} needs a string 'context' and at least two non-empty "
-                              f"string 'choices'")
+        if (
+            not isinstance(ctx, str)
+            or not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) and c for c in choices)
+        ):
+            raise TargetError(f"{uri}: item {n} needs a string 'context' and at least two non-empty string 'choices'")
         if not isinstance(gold, int) or not 0 <= gold < len(choices):
             raise TargetError(f"{uri}: item {n}: 'gold' must be an index into its {len(choices)} choices")
         items.append(MCItem(ctx, choices, gold, rec.get("delimiter", " ")))
@@ -77,7 +81,8 @@ def parse_items(uri: str) -> list[MCItem]:
 @dataclass
 class EvalTarget:
     """The target, tokenized once per process: validation documents and multiple-choice tasks."""
-    val_ids: list[np.ndarray] = field(default_factory=list)      # each [eos] + the document's ids
+
+    val_ids: list[np.ndarray] = field(default_factory=list)  # each [eos] + the document's ids
     val_bytes: int = 0
     tasks: dict[str, list[MCItem]] = field(default_factory=dict)
     # per task, per item, per choice: (context ids, continuation ids)
@@ -85,8 +90,8 @@ class EvalTarget:
     metric: str = "bpb"
     task_metric: str = "logprob"
     weights: dict[str, float] = field(default_factory=dict)
-    eos_id: int = 0      # context of a document's first token, and of a choice with no context
-    val_info: dict = field(default_factory=dict)   # how the validation text was sampled (recorded)
+    eos_id: int = 0  # context of a document's first token, and of a choice with no context
+    val_info: dict = field(default_factory=dict)  # how the validation text was sampled (recorded)
 
     @property
     def components(self) -> list[str]:
@@ -98,12 +103,12 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     context move to the continuation, the pair is encoded whole, and the continuation is what the
     whole adds to the context's own encoding (so BPE merges across the seam stay as in training)."""
     stripped = context.rstrip(" ")
-    continuation = context[len(stripped):] + continuation
+    continuation = context[len(stripped) :] + continuation
     whole = tokenizer.encode(stripped + continuation, add_special_tokens=False).ids
     ctx = tokenizer.encode(stripped, add_special_tokens=False).ids if stripped else []
-    if whole[:len(ctx)] != ctx:      # a merge crossed the seam: fall back to separate encodings
+    if whole[: len(ctx)] != ctx:  # a merge crossed the seam: fall back to separate encodings
         return ctx, tokenizer.encode(continuation, add_special_tokens=False).ids
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def load_target(tcfg: TargetConfig, tokenizer, eos_id: int, seed: int = 0) -> EvalTarget:
@@ -124,12 +129,10 @@ def load_target(tcfg: TargetConfig, tokenizer, eos_id: int, seed: int = 0) -> Ev
             raise TargetError(f"task file {uri}: the name {name!r} is taken; rename the file")
         items = parse_items(uri)
         t.tasks[name] = items
-        t.task_ids[name] = [[encode_pair(tokenizer, it.context, it.delimiter + c) for c in it.choices]
-                            for it in items]
+        t.task_ids[name] = [[encode_pair(tokenizer, it.context, it.delimiter + c) for c in it.choices] for it in items]
     unknown = set(tcfg.weights) - set(t.components)
     if unknown:
-        raise TargetError(f"search.target.weights names {sorted(unknown)}; the components are "
-                          f"{t.components}")
+        raise TargetError(f"search.target.weights names {sorted(unknown)}; the components are {t.components}")
     t.weights = {c: float(tcfg.weights.get(c, 1.0)) for c in t.components}
     if sum(t.weights.values()) <= 0:
         raise TargetError("search.target.weights must have a positive sum")
@@ -153,7 +156,9 @@ def read_val_texts(uris: list[str]) -> list[str]:
 def first_documents(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokenizer, eos_id: int) -> None:
     """The first `val_docs` documents, whole, up to `val_tokens` tokens."""
     tokens = 0
-    for text, enc in zip(texts[:tcfg.val_docs], tokenizer.encode_batch(texts[:tcfg.val_docs], add_special_tokens=False)):
+    for text, enc in zip(
+        texts[: tcfg.val_docs], tokenizer.encode_batch(texts[: tcfg.val_docs], add_special_tokens=False)
+    ):
         if t.val_ids and tokens + len(enc.ids) > tcfg.val_tokens:
             break
         t.val_ids.append(np.array([eos_id] + enc.ids, dtype=np.int64))
@@ -162,8 +167,7 @@ def first_documents(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokeniz
     t.val_info = {"sampling": "first", "documents": len(t.val_ids), "of_documents": len(texts), "tokens": tokens}
 
 
-def spread_windows(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokenizer, eos_id: int,
-                   seed: int) -> None:
+def spread_windows(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokenizer, eos_id: int, seed: int) -> None:
     """`val_docs` documents evenly spaced over all of them (a seeded phase), each giving one window
     of `val_tokens / val_docs` tokens at a seeded offset (the whole document when shorter). A target
     file sorted by topic or time is then sampled over its whole range, not at its start. A
@@ -181,10 +185,15 @@ def spread_windows(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokenize
         start = int(rng.integers(0, n - budget + 1)) if n > budget else 0
         end = min(n, start + budget)
         t.val_ids.append(np.array([eos_id] + enc.ids[start:end], dtype=np.int64))
-        t.val_bytes += len(text[enc.offsets[start][0]:enc.offsets[end - 1][1]].encode("utf-8"))
+        t.val_bytes += len(text[enc.offsets[start][0] : enc.offsets[end - 1][1]].encode("utf-8"))
         tokens += end - start
-    t.val_info = {"sampling": "spread", "documents": len(t.val_ids), "of_documents": len(texts), "tokens": tokens,
-                  "document_indices": picked.tolist()}
+    t.val_info = {
+        "sampling": "spread",
+        "documents": len(t.val_ids),
+        "of_documents": len(texts),
+        "tokens": tokens,
+        "document_indices": picked.tolist(),
+    }
 
 
 @lru_cache(maxsize=4)
@@ -200,30 +209,31 @@ def target_for(tcfg: TargetConfig, tokenizer_uri: str, eos_id: int, seed: int = 
 
 
 # ----------------------------------------------------------------------------------- scoring
-def _token_logprobs(model, rows: list[tuple[list[int], int]], seq_len: int, device, batch_size: int,
-                    autocast) -> list[np.ndarray]:
+def _token_logprobs(
+    model, rows: list[tuple[list[int], int]], seq_len: int, device, batch_size: int, autocast
+) -> list[np.ndarray]:
     """For each (ids, n_scored): the log-probabilities of the last n_scored tokens of ids, each given
     the tokens before it (at most seq_len of them: longer rows keep their right end)."""
     import torch
 
     out: list[np.ndarray | None] = [None] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))   # similar lengths batch well
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths batch well
     for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        seqs = [rows[i][0][-(seq_len + 1):] for i in idx]
+        idx = order[b : b + batch_size]
+        seqs = [rows[i][0][-(seq_len + 1) :] for i in idx]
         width = max(len(s) for s in seqs) - 1
         inp = torch.zeros((len(idx), width), dtype=torch.long)
         for r, s in enumerate(seqs):
-            inp[r, :len(s) - 1] = torch.as_tensor(s[:-1])
+            inp[r, : len(s) - 1] = torch.as_tensor(s[:-1])
         with torch.no_grad(), autocast():
             logits = model(inp.to(device)).logits.float()
         logp = torch.log_softmax(logits, dim=-1).cpu()
         for r, (i, s) in enumerate(zip(idx, seqs)):
             n = min(rows[i][1], len(s) - 1)
-            targets = torch.as_tensor(s[len(s) - n:])
+            targets = torch.as_tensor(s[len(s) - n :])
             pos = torch.arange(len(s) - 1 - n, len(s) - 1)
             out[i] = logp[r, pos, targets].numpy().astype(np.float64)
-    return out   # type: ignore[return-value]
+    return out  # type: ignore[return-value]
 
 
 def val_windows(val_ids: list[np.ndarray], seq_len: int) -> list[tuple[list[int], int]]:
@@ -232,7 +242,7 @@ def val_windows(val_ids: list[np.ndarray], seq_len: int) -> list[tuple[list[int]
     rows = []
     for ids in val_ids:
         for s in range(0, len(ids) - 1, seq_len):
-            w = ids[s:s + seq_len + 1].tolist()
+            w = ids[s : s + seq_len + 1].tolist()
             rows.append((w, len(w) - 1))
     return rows
 
@@ -249,8 +259,7 @@ def mc_scores(loglik: list[list[float]], choices: list[list[str]], gold: list[in
     return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "logprob": float(np.mean(logprob))}
 
 
-def evaluate(model, target: EvalTarget, seq_len: int, device="cpu", batch_size: int = 16,
-             autocast=None) -> dict:
+def evaluate(model, target: EvalTarget, seq_len: int, device="cpu", batch_size: int = 16, autocast=None) -> dict:
     """{"metrics": {...}, "score": higher-is-better combination, "components": {...}}."""
     import contextlib
 
@@ -261,8 +270,7 @@ def evaluate(model, target: EvalTarget, seq_len: int, device="cpu", batch_size: 
     components: dict[str, float] = {}
     try:
         if target.val_ids:
-            lps = _token_logprobs(model, val_windows(target.val_ids, seq_len), seq_len, device,
-                                  batch_size, autocast)
+            lps = _token_logprobs(model, val_windows(target.val_ids, seq_len), seq_len, device, batch_size, autocast)
             nll = -float(sum(lp.sum() for lp in lps))
             n_tok = sum(len(lp) for lp in lps)
             metrics["val.loss"] = nll / n_tok

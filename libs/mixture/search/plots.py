@@ -5,6 +5,7 @@
 - `weights`: mixtures side by side per cluster (the prior, the final mixture, the best observed);
 - `progress`: every run's score by iteration with the best so far.
 """
+
 from __future__ import annotations
 
 import io as _io

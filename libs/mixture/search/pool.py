@@ -4,6 +4,7 @@ Jobs run in this process (workers = 1) or in spawned processes (`search.workers`
 `search.proxy.threads` torch threads); the pool is kept across iterations so workers import torch
 once. Under Airflow the same jobs are mapped tasks instead (`dags/climb_mixture_search.py`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,18 +39,20 @@ class ProxyRunner:
         self.threads = threads
         self.pool: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "ProxyRunner":
+    def __enter__(self) -> ProxyRunner:
         if self.workers > 1:
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(self.threads,))
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(self.threads,)
+            )
         return self
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def run(self, items: list[tuple[dict, str]], dataset, objective=None, on_done=None,
-            desc: str = "proxies") -> list[dict]:
+    def run(
+        self, items: list[tuple[dict, str]], dataset, objective=None, on_done=None, desc: str = "proxies"
+    ) -> list[dict]:
         """Run (job, output uri) pairs; `on_done(result)` in this process as each finishes."""
         results: list[dict] = []
         bar = tqdm(total=len(items), desc=desc, unit="run")
@@ -62,12 +65,13 @@ class ProxyRunner:
                         on_done(r)
                     bar.update()
                 return results
-            pending: set[Future] = {self.pool.submit(_execute, self.cfg, job, uri, dataset, objective)
-                                    for job, uri in items}
+            pending: set[Future] = {
+                self.pool.submit(_execute, self.cfg, job, uri, dataset, objective) for job, uri in items
+            }
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
-                    r = f.result()          # a failed proxy fails the stage; finished runs stay staged
+                    r = f.result()  # a failed proxy fails the stage; finished runs stay staged
                     results.append(r)
                     if on_done:
                         on_done(r)
@@ -101,5 +105,7 @@ class Projection:
         if self.said is not None and abs(eta - self.said) < 0.5 * self.said:
             return None
         self.said = eta
-        return (f"search: {per_run:.0f} s per proxy run on this machine; {self.left} runs left on "
-                f"{self.workers} worker(s): about {eta / 60:.1f} more minutes")
+        return (
+            f"search: {per_run:.0f} s per proxy run on this machine; {self.left} runs left on "
+            f"{self.workers} worker(s): about {eta / 60:.1f} more minutes"
+        )

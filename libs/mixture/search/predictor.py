@@ -26,6 +26,7 @@ The candidates are registered in `mixture.registry.PREDICTORS`, one module each 
 
 Scores are "higher is better" throughout (see evaluate.py: the score of a bpb target is -bpb).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,7 @@ from mixture.registry import PREDICTORS
 class Predictor(Protocol):
     name: str
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "Predictor": ...
+    def fit(self, X: np.ndarray, y: np.ndarray) -> Predictor: ...
 
     def predict(self, X: np.ndarray) -> np.ndarray: ...
 
@@ -88,8 +89,7 @@ def folds(n: int, k: int, seed: int) -> list[np.ndarray]:
     return [perm[i::k] for i in range(k)]
 
 
-def cross_validate(name: str, X: np.ndarray, y: np.ndarray, cfg: PredictorConfig,
-                   seed: int = 0) -> CVResult:
+def cross_validate(name: str, X: np.ndarray, y: np.ndarray, cfg: PredictorConfig, seed: int = 0) -> CVResult:
     """Pooled out-of-fold predictions of one predictor: their Spearman with y and their MAE."""
     oof = np.empty(len(y), dtype=np.float64)
     parts = folds(len(y), cfg.cv_folds, seed)
@@ -112,6 +112,7 @@ def choose(results: dict[str, CVResult]) -> list[str]:
 @dataclass
 class Fitted:
     """The chosen predictor fitted on all rows, the runner-up (its tie-breaker) and the CV report."""
+
     chosen: str
     model: Predictor
     runner_up: Predictor | None
@@ -130,8 +131,7 @@ class Fitted:
         return np.lexsort((np.arange(len(X)), -secondary, -primary))
 
     def report(self) -> dict:
-        return {"chosen": self.chosen, "order": self.order,
-                "cv": {n: r.summary() for n, r in self.cv.items()}}
+        return {"chosen": self.chosen, "order": self.order, "cv": {n: r.summary() for n, r in self.cv.items()}}
 
 
 def fit_select(X: np.ndarray, y: np.ndarray, cfg: PredictorConfig, seed: int = 0) -> Fitted:

@@ -25,6 +25,7 @@ or < 250k tokens leaves every mixture at the same unigram loss. Those are ProxyC
 A run is deterministic for its seed on CPU (same thread count); the seed fixes the initial weights
 and the data order. On CUDA: bf16 autocast, fused AdamW, optional torch.compile.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,7 +47,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "62m": {"n_layer": 12, "n_embd": 512, "n_head": 8},
     "350m": {"n_layer": 24, "n_embd": 1024, "n_head": 16},
 }
-WSD_DECAY_FRAC = 0.2      # MiniCPM's WSD decays over the last 10-20% of steps
+WSD_DECAY_FRAC = 0.2  # MiniCPM's WSD decays over the last 10-20% of steps
 
 
 def preset(name: str) -> dict[str, int]:
@@ -59,10 +60,21 @@ def build_model(pcfg: ProxyConfig, vocab_size: int, eos_id: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     p = preset(pcfg.preset)
-    conf = GPT2Config(vocab_size=vocab_size, n_positions=pcfg.seq_len, n_embd=p["n_embd"],
-                      n_layer=p["n_layer"], n_head=p["n_head"], resid_pdrop=0.0, embd_pdrop=0.0,
-                      attn_pdrop=0.0, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=None,
-                      tie_word_embeddings=True, use_cache=False)
+    conf = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=pcfg.seq_len,
+        n_embd=p["n_embd"],
+        n_layer=p["n_layer"],
+        n_head=p["n_head"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=None,
+        tie_word_embeddings=True,
+        use_cache=False,
+    )
     return GPT2LMHeadModel(conf)
 
 
@@ -101,8 +113,15 @@ def allocate(weights: np.ndarray, n: int) -> np.ndarray:
 class MixtureBatches:
     """Batches of packed token windows drawn from cluster shards in proportion to a mixture."""
 
-    def __init__(self, shards: dict[str, np.ndarray], mixture: dict[str, float], seq_len: int,
-                 batch_size: int, steps: int, seed: int):
+    def __init__(
+        self,
+        shards: dict[str, np.ndarray],
+        mixture: dict[str, float],
+        seq_len: int,
+        batch_size: int,
+        steps: int,
+        seed: int,
+    ):
         names = [c for c, w in mixture.items() if w > 0]
         missing = [c for c in names if c not in shards]
         if missing:
@@ -133,7 +152,7 @@ class MixtureBatches:
 @dataclass
 class TrainResult:
     model: object
-    loss_curve: list[tuple[int, float]]     # (step, mean training loss since the previous point)
+    loss_curve: list[tuple[int, float]]  # (step, mean training loss since the previous point)
     steps: int
     tokens: int
     seconds: float
@@ -182,9 +201,17 @@ def autocast_for(device: str, dtype: str = "auto"):
     return contextlib.nullcontext
 
 
-def train(pcfg: ProxyConfig, shards: dict[str, np.ndarray], mixture: dict[str, float], vocab_size: int,
-          eos_id: int, seed: int, device: str = "auto", max_curve_points: int = 500,
-          progress: bool = False) -> TrainResult:
+def train(
+    pcfg: ProxyConfig,
+    shards: dict[str, np.ndarray],
+    mixture: dict[str, float],
+    vocab_size: int,
+    eos_id: int,
+    seed: int,
+    device: str = "auto",
+    max_curve_points: int = 500,
+    progress: bool = False,
+) -> TrainResult:
     """Train one proxy on `mixture` for `pcfg.tokens` tokens."""
     import torch
     import torch.nn.functional as F
@@ -196,8 +223,13 @@ def train(pcfg: ProxyConfig, shards: dict[str, np.ndarray], mixture: dict[str, f
     model = build_model(pcfg, vocab_size, eos_id).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=pcfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=(device == "cuda"))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=pcfg.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=(device == "cuda"),
+    )
     forward = torch.compile(model) if (pcfg.compile and device == "cuda") else model
     dtype = dtype_for(pcfg.dtype, device)
     log.info("proxy %s: %s on %s (proxy.dtype=%s)", pcfg.preset, dtype, device, pcfg.dtype)
@@ -210,6 +242,7 @@ def train(pcfg: ProxyConfig, shards: dict[str, np.ndarray], mixture: dict[str, f
     it = range(steps)
     if progress:
         from tqdm import tqdm
+
         it = tqdm(it, desc=f"proxy {pcfg.preset}", unit="step", leave=False)
     for step in it:
         for g in opt.param_groups:
@@ -233,5 +266,6 @@ def train(pcfg: ProxyConfig, shards: dict[str, np.ndarray], mixture: dict[str, f
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return TrainResult(model, curve, steps, steps * pcfg.batch_size * pcfg.seq_len, seconds,
-                       count_params(model), device, dtype)
+    return TrainResult(
+        model, curve, steps, steps * pcfg.batch_size * pcfg.seq_len, seconds, count_params(model), device, dtype
+    )

@@ -10,6 +10,7 @@ below 2e-4 are zeroed and the rest rounded to multiples of 2e-4, and duplicates 
 
 Everything here is a pure function of its arguments and a `numpy.random.Generator`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -75,10 +76,19 @@ def mixture_keys(w: np.ndarray, floor: float) -> list[bytes]:
     return [row.tobytes() for row in units]
 
 
-def sample_mixtures(rng: np.random.Generator, prior: np.ndarray, n: int, *, temperature: float = 0.5,
-                    concentration: tuple[float, float] = (0.1, 5.0), epoch_cap: float = 15.0,
-                    floor: float = 2e-4, exclude: set[bytes] | None = None,
-                    center: np.ndarray | None = None, max_tries: int = 200) -> np.ndarray:
+def sample_mixtures(
+    rng: np.random.Generator,
+    prior: np.ndarray,
+    n: int,
+    *,
+    temperature: float = 0.5,
+    concentration: tuple[float, float] = (0.1, 5.0),
+    epoch_cap: float = 15.0,
+    floor: float = 2e-4,
+    exclude: set[bytes] | None = None,
+    center: np.ndarray | None = None,
+    max_tries: int = 200,
+) -> np.ndarray:
     """`n` distinct quantised mixtures `[n, k]` (rows sum to 1).
 
     `center` (optional, `[m, k]`) draws around given mixtures instead of the sharpened prior:
@@ -103,7 +113,7 @@ def sample_mixtures(rng: np.random.Generator, prior: np.ndarray, n: int, *, temp
             means = c[rng.integers(0, len(c), size=batch)]
             # a centre's zero weights stay reachable: a little of the prior keeps every alpha > 0
             means = 0.9 * means + 0.1 * mean
-            conc = conc * k   # around a known mixture: concentrate more than around the prior
+            conc = conc * k  # around a known mixture: concentrate more than around the prior
         w = quantize(_log_dirichlet(rng, conc * means), floor)
         ok = (w <= cap + 1e-12).all(axis=1)
         w = w[ok]
@@ -114,5 +124,7 @@ def sample_mixtures(rng: np.random.Generator, prior: np.ndarray, n: int, *, temp
             out.append(row)
             if len(out) == n:
                 return np.stack(out)
-    raise ValueError(f"could only sample {len(out)} of {n} distinct mixtures within the caps "
-                     f"(epoch_cap={epoch_cap}, {k} clusters); raise epoch_cap or lower the count")
+    raise ValueError(
+        f"could only sample {len(out)} of {n} distinct mixtures within the caps "
+        f"(epoch_cap={epoch_cap}, {k} clusters); raise epoch_cap or lower the count"
+    )

@@ -19,22 +19,22 @@ Run ids are `it<i>-<j>-<mixture hash>-s<seed>`: the hash ties a finished run fil
 Proxy seeds are `cfg.seed + s` for the s-th repeat of every mixture (common random numbers: the
 same initial weights for all mixtures, so differences between runs come from the data).
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mixture import storage
 from mixture.config import Config, ProxyConfig
-from mixture.search import bootstrap
-
 from mixture.contract import StageContext, StageOutput
+from mixture.search import bootstrap
 
 if TYPE_CHECKING:
     from mixture.dataset import Dataset, DatasetWriter
@@ -70,7 +70,7 @@ def run_id(iteration: int, index: int, mixture: dict[str, float], seed_index: in
     return f"it{iteration}-{index:03d}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}-s{seed_index}"
 
 
-def search_key(writer: "DatasetWriter") -> str:
+def search_key(writer: DatasetWriter) -> str:
     """The staging folder's name: one per config + inputs, shared by every step."""
     return storage.basename(writer.staging)
 
@@ -79,17 +79,17 @@ def proposals_rel(iteration: int) -> str:
     return f"proposals/iter-{iteration}.json"
 
 
-def read_proposals(writer: "DatasetWriter", iteration: int) -> dict | None:
+def read_proposals(writer: DatasetWriter, iteration: int) -> dict | None:
     rel = proposals_rel(iteration)
     return storage.read_json(writer.path(rel)) if writer.has(rel) else None
 
 
-def read_run(writer: "DatasetWriter", rid: str) -> dict | None:
+def read_run(writer: DatasetWriter, rid: str) -> dict | None:
     rel = f"runs/{rid}.json"
     return storage.read_json(writer.path(rel)) if writer.has(rel) else None
 
 
-def finished_runs(writer: "DatasetWriter", upto: int) -> list[dict]:
+def finished_runs(writer: DatasetWriter, upto: int) -> list[dict]:
     """Every run of iterations < upto; SearchError naming what is missing when one is not done."""
     runs, missing = [], []
     for i in range(upto):
@@ -103,12 +103,14 @@ def finished_runs(writer: "DatasetWriter", upto: int) -> list[dict]:
             else:
                 runs.append(r)
     if missing:
-        raise SearchError(f"{len(missing)} proxy runs of earlier iterations are not finished "
-                          f"(e.g. {missing[:3]}): run them with run_proxy first")
+        raise SearchError(
+            f"{len(missing)} proxy runs of earlier iterations are not finished "
+            f"(e.g. {missing[:3]}): run them with run_proxy first"
+        )
     return runs
 
 
-def tracker(cfg: Config, writer: "DatasetWriter"):
+def tracker(cfg: Config, writer: DatasetWriter):
     from mixture.search.track import SearchTracker
 
     return SearchTracker(cfg, search_key(writer))
@@ -135,9 +137,17 @@ def propose(ctx: StageContext, iteration: int) -> list[dict]:
     for j, (w, p) in enumerate(zip(W, predicted)):
         mixture = dict(zip(names, [float(x) for x in w]))
         for s in range(cfg.search.seeds):
-            jobs.append({"run_id": run_id(iteration, j, mixture, s), "iteration": iteration, "index": j,
-                         "mixture": mixture, "seed": cfg.seed + s, "proxy_section": "proxy",
-                         "predicted": p})
+            jobs.append(
+                {
+                    "run_id": run_id(iteration, j, mixture, s),
+                    "iteration": iteration,
+                    "index": j,
+                    "mixture": mixture,
+                    "seed": cfg.seed + s,
+                    "proxy_section": "proxy",
+                    "predicted": p,
+                }
+            )
     report["excluded"] = obs.excluded
     _track_iteration(cfg, writer, iteration, report, jobs, names, prior, runs)
     storage.write_json(writer.path(proposals_rel(iteration)), {"iteration": iteration, "jobs": jobs, "report": report})
@@ -150,8 +160,11 @@ def _top_table(report: dict, names: list[str], rows: int = 20) -> str:
     for t in report.get("top", [])[:rows]:
         w = np.asarray(t["weights"])
         top = np.argsort(-w)[:5]
-        lines.append(f"| {t['rank']} | {t['predicted']:.4f} | "
-                     + ", ".join(f"{names[k]} {w[k]:.3f}" for k in top if w[k] > 0) + " |")
+        lines.append(
+            f"| {t['rank']} | {t['predicted']:.4f} | "
+            + ", ".join(f"{names[k]} {w[k]:.3f}" for k in top if w[k] > 0)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -160,26 +173,32 @@ def _track_iteration(cfg, writer, iteration, report, jobs, names, prior, runs) -
 
     t = tracker(cfg, writer)
     logged = t.logged_proxies()
-    for r in runs:                     # runs that another process finished (Airflow workers)
+    for r in runs:  # runs that another process finished (Airflow workers)
         t.log_proxy(r, logged)
     proposed = np.array([[j["mixture"][c] for c in names] for j in jobs])
     files: dict[str, bytes | str] = {
         f"iter-{iteration}-weights.png": plots.weights(
-            names, {"prior": prior.tolist(), "proposed (mean)": proposed.mean(axis=0).tolist()},
-            f"iteration {iteration}: proposed mixtures")}
+            names,
+            {"prior": prior.tolist(), "proposed (mean)": proposed.mean(axis=0).tolist()},
+            f"iteration {iteration}: proposed mixtures",
+        )
+    }
     pr = report.get("predictor")
     if pr:
         chosen = pr["chosen"]
         files[f"iter-{iteration}-scatter.png"] = plots.scatter(
-            report["y"], report["oof"][chosen],
-            f"iteration {iteration}: {chosen}, CV Spearman {pr['cv'][chosen]['spearman']:.2f}")
+            report["y"],
+            report["oof"][chosen],
+            f"iteration {iteration}: {chosen}, CV Spearman {pr['cv'][chosen]['spearman']:.2f}",
+        )
         files[f"iter-{iteration}-top.md"] = _top_table(report, names)
     t.log_iteration(iteration, report, jobs, files)
 
 
 # --------------------------------------------------------------------------------- run_proxy
-def evaluate_mixture(cfg: Config, dataset: "Dataset", mixture: dict[str, float], seed: int,
-                     pcfg: ProxyConfig, device: str | None = None) -> dict:
+def evaluate_mixture(
+    cfg: Config, dataset: Dataset, mixture: dict[str, float], seed: int, pcfg: ProxyConfig, device: str | None = None
+) -> dict:
     """Train one proxy on `mixture` and evaluate it on the target: the run's record minus ids."""
     import torch
 
@@ -193,16 +212,27 @@ def evaluate_mixture(cfg: Config, dataset: "Dataset", mixture: dict[str, float],
         res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, seed, device=device or pcfg.device)
         target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed)
         t0 = time.perf_counter()
-        ev = evaluate.evaluate(res.model, target, pcfg.seq_len, res.device,
-                               autocast=proxy.autocast_for(res.device, res.dtype))
+        ev = evaluate.evaluate(
+            res.model, target, pcfg.seq_len, res.device, autocast=proxy.autocast_for(res.device, res.dtype)
+        )
         eval_seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
-    return {**ev, "loss_curve": [list(p) for p in res.loss_curve],
-            "train": {"steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 3),
-                      "tokens_per_s": round(res.tokens_per_s, 1), "params": res.params,
-                      "device": res.device, "dtype": res.dtype, "threads": pcfg.threads},
-            "eval_seconds": round(eval_seconds, 3)}
+    return {
+        **ev,
+        "loss_curve": [list(p) for p in res.loss_curve],
+        "train": {
+            "steps": res.steps,
+            "tokens": res.tokens,
+            "seconds": round(res.seconds, 3),
+            "tokens_per_s": round(res.tokens_per_s, 1),
+            "params": res.params,
+            "device": res.device,
+            "dtype": res.dtype,
+            "threads": pcfg.threads,
+        },
+        "eval_seconds": round(eval_seconds, 3),
+    }
 
 
 def check_job(job: dict, names: list[str]) -> None:
@@ -217,8 +247,7 @@ def check_job(job: dict, names: list[str]) -> None:
         raise SearchError(f"job {job['run_id']}: weights must be non-negative and sum to 1 (sum {total})")
 
 
-def execute(cfg: Config, job: dict, out_uri: str, dataset: "Dataset",
-            objective: Objective | None = None) -> dict:
+def execute(cfg: Config, job: dict, out_uri: str, dataset: Dataset, objective: Objective | None = None) -> dict:
     """Run one job unless `out_uri` already holds its result; write the result atomically."""
     section = job.get("proxy_section", "proxy")
     if section not in ("proxy", "transfer_proxy"):
@@ -226,10 +255,15 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: "Dataset",
     pcfg: ProxyConfig = getattr(cfg.search, section)
     if storage.exists(out_uri):
         done = storage.read_json(out_uri)
-        if done.get("mixture") != job["mixture"] or done.get("seed") != job["seed"] \
-                or done.get("proxy") != pcfg.model_dump(mode="json"):
-            raise SearchError(f"{out_uri} holds a different run than job {job['run_id']} "
-                              f"(another mixture, seed or proxy configuration)")
+        if (
+            done.get("mixture") != job["mixture"]
+            or done.get("seed") != job["seed"]
+            or done.get("proxy") != pcfg.model_dump(mode="json")
+        ):
+            raise SearchError(
+                f"{out_uri} holds a different run than job {job['run_id']} "
+                f"(another mixture, seed or proxy configuration)"
+            )
         return done
     names = sorted(_lab({"climblab": dataset}).tokens_per_cluster)
     check_job(job, names)
@@ -245,10 +279,14 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: "Dataset",
             log.warning("search: proxy %s diverged: %s", job["run_id"], err)
             result = {"metrics": {}, "score": None, "error": f"diverged: {err}"}
     score = result.get("score")
-    out = {**job, **result, "proxy": pcfg.model_dump(mode="json"),
-           "score": float(score) if score is not None and np.isfinite(score) else None,
-           "seconds": round(time.time() - t0, 3),
-           "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    out = {
+        **job,
+        **result,
+        "proxy": pcfg.model_dump(mode="json"),
+        "score": float(score) if score is not None and np.isfinite(score) else None,
+        "seconds": round(time.time() - t0, 3),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     storage.write_json(out_uri, out)
     return out
 
@@ -271,8 +309,13 @@ def finish(ctx: StageContext) -> StageOutput:
     result = bootstrap.final(cfg.search, prior, obs, cfg.seed)
 
     iterations = iteration_records(writer, runs, n_iter)
-    final_entry = {"predictor": result.get("predictor"), "method": result["method"],
-                   "reason": result.get("reason"), "observed": len(obs), "excluded": obs.excluded}
+    final_entry = {
+        "predictor": result.get("predictor"),
+        "method": result["method"],
+        "reason": result.get("reason"),
+        "observed": len(obs),
+        "excluded": obs.excluded,
+    }
     storage.write_json(writer.path("iterations.json"), {"iterations": iterations, "final": final_entry})
     mixture = mixture_record(cfg, names, prior, result, runs, len(obs))
     storage.write_json(writer.path("mixture.json"), mixture)
@@ -285,12 +328,23 @@ def finish(ctx: StageContext) -> StageOutput:
 
     best = result["best_observed"]
     counts = {"runs": len(runs), "iterations": n_iter}
-    extra = {"mixture": mixture["weights"], "method": result["method"], "predictor": mixture["predictor"],
-             "cv_spearman": mixture["cv_spearman"], "best_observed_score": best["score"]}
+    extra = {
+        "mixture": mixture["weights"],
+        "method": result["method"],
+        "predictor": mixture["predictor"],
+        "cv_spearman": mixture["cv_spearman"],
+        "best_observed_score": best["score"],
+    }
     summary = _summary(cfg, result, mixture, iterations, len(runs))
     if val := target.get("val"):
-        summary.insert(1, ("target", f"{val['tokens']:,} validation tokens from {val['documents']} of "
-                                     f"{val['of_documents']} documents ({val['sampling']})"))
+        summary.insert(
+            1,
+            (
+                "target",
+                f"{val['tokens']:,} validation tokens from {val['documents']} of "
+                f"{val['of_documents']} documents ({val['sampling']})",
+            ),
+        )
     return StageOutput(counts, extra, summary)
 
 
@@ -304,7 +358,7 @@ def target_record(cfg: Config, lab) -> dict:
     return {"val": t.val_info or None, "tasks": {name: len(items) for name, items in t.tasks.items()}}
 
 
-def iteration_records(writer: "DatasetWriter", runs: list[dict], n_iter: int) -> list[dict]:
+def iteration_records(writer: DatasetWriter, runs: list[dict], n_iter: int) -> list[dict]:
     """Per iteration: how it proposed, its predictor's CV, its runs and how they scored."""
     out = []
     for i in range(n_iter):
@@ -313,33 +367,52 @@ def iteration_records(writer: "DatasetWriter", runs: list[dict], n_iter: int) ->
             raise SearchError(f"iteration {i} was never proposed")
         rep = proposals["report"]
         mine = [r for r in runs if r["iteration"] == i]
-        out.append({
-            "iteration": i, "method": rep["method"], "reason": rep.get("reason"),
-            "observed_before": rep.get("observed", 0),
-            "predictor": rep.get("predictor"), "candidates": rep.get("candidates"),
-            "runs": [{"run_id": r["run_id"], "score": r["score"], "metrics": r.get("metrics", {}),
-                      "mixture": r["mixture"], "predicted": r.get("predicted")}
-                     for r in sorted(mine, key=lambda r: r["run_id"])],
-            "best_score": max((r["score"] for r in mine if r["score"] is not None), default=None),
-            "prospective_spearman": prospective_spearman(mine)})
+        out.append(
+            {
+                "iteration": i,
+                "method": rep["method"],
+                "reason": rep.get("reason"),
+                "observed_before": rep.get("observed", 0),
+                "predictor": rep.get("predictor"),
+                "candidates": rep.get("candidates"),
+                "runs": [
+                    {
+                        "run_id": r["run_id"],
+                        "score": r["score"],
+                        "metrics": r.get("metrics", {}),
+                        "mixture": r["mixture"],
+                        "predicted": r.get("predicted"),
+                    }
+                    for r in sorted(mine, key=lambda r: r["run_id"])
+                ],
+                "best_score": max((r["score"] for r in mine if r["score"] is not None), default=None),
+                "prospective_spearman": prospective_spearman(mine),
+            }
+        )
     return out
 
 
-def mixture_record(cfg: Config, names: list[str], prior: np.ndarray, result: dict, runs: list[dict],
-                   mixtures: int) -> dict:
+def mixture_record(
+    cfg: Config, names: list[str], prior: np.ndarray, result: dict, runs: list[dict], mixtures: int
+) -> dict:
     """mixture.json: the chosen weights, how and why they were chosen, and what they were made of."""
+
     def named(w) -> dict[str, float]:
         return dict(zip(names, [float(x) for x in w]))
 
     best, pr = result["best_observed"], result.get("predictor")
     return {
-        "weights": named(result["weights"]), "method": result["method"], "reason": result.get("reason"),
+        "weights": named(result["weights"]),
+        "method": result["method"],
+        "reason": result.get("reason"),
         "predicted": result.get("predicted"),
         "best_observed": {**best, "weights": named(best["weights"])},
         "predicted_mixture": named(result["predicted_mixture"]) if "predicted_mixture" in result else None,
         "predictor": pr["chosen"] if pr else None,
         "cv_spearman": pr["cv"][pr["chosen"]]["spearman"] if pr else None,
-        "prior": named(prior), "runs": len(runs), "mixtures": mixtures,
+        "prior": named(prior),
+        "runs": len(runs),
+        "mixtures": mixtures,
         "score": "higher is better; " + _score_doc(cfg),
         "target": cfg.search.target.model_dump(mode="json"),
         # what the baselines stage checks to reuse this search when only the transfer settings changed
@@ -352,24 +425,33 @@ def _final_plots(names: list[str], prior: np.ndarray, result: dict, iterations: 
 
     best = result["best_observed"]
     files = {
-        "weights.png": plots.weights(names, {"prior": prior.tolist(), "final": result["weights"],
-                                             "best observed": best["weights"]}, "final mixture"),
-        "progress.png": plots.progress([[r["score"] for r in it["runs"] if r["score"] is not None]
-                                        for it in iterations])}
+        "weights.png": plots.weights(
+            names,
+            {"prior": prior.tolist(), "final": result["weights"], "best observed": best["weights"]},
+            "final mixture",
+        ),
+        "progress.png": plots.progress(
+            [[r["score"] for r in it["runs"] if r["score"] is not None] for it in iterations]
+        ),
+    }
     if result.get("predictor"):
         chosen = result["predictor"]["chosen"]
         files["scatter.png"] = plots.scatter(
-            result["y"], result["oof"][chosen],
-            f"final: {chosen}, CV Spearman {result['predictor']['cv'][chosen]['spearman']:.2f}")
+            result["y"],
+            result["oof"][chosen],
+            f"final: {chosen}, CV Spearman {result['predictor']['cv'][chosen]['spearman']:.2f}",
+        )
     return files
 
 
-def _track_final(cfg: Config, writer: "DatasetWriter", runs: list[dict], result: dict, files: dict) -> None:
+def _track_final(cfg: Config, writer: DatasetWriter, runs: list[dict], result: dict, files: dict) -> None:
     t = tracker(cfg, writer)
     logged = t.logged_proxies()
     for r in runs:
         t.log_proxy(r, logged)
-    t.log_final({**result, "runs": len(runs)}, {**files, "mixture.json": storage.read_text(writer.path("mixture.json"))})
+    t.log_final(
+        {**result, "runs": len(runs)}, {**files, "mixture.json": storage.read_text(writer.path("mixture.json"))}
+    )
 
 
 def _summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_runs: int) -> list[tuple[str, Any]]:
@@ -381,11 +463,13 @@ def _summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n
             return "none (random)"
         return ", ".join(f"{n} {v['spearman']:.2f}" for n, v in it["predictor"]["cv"].items())
 
-    return [("runs", f"{n_runs} proxy runs in {len(iterations)} iterations ({cfg.search.iterations})"),
-            ("final mixture", f"{result['method']}: " + ", ".join(f"{c} {w:.3f}" for c, w in top)),
-            ("why", result.get("reason")),
-            ("predictor CV Spearman by iteration", "; ".join(f"it{it['iteration']}: {cv(it)}" for it in iterations)),
-            ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})")]
+    return [
+        ("runs", f"{n_runs} proxy runs in {len(iterations)} iterations ({cfg.search.iterations})"),
+        ("final mixture", f"{result['method']}: " + ", ".join(f"{c} {w:.3f}" for c, w in top)),
+        ("why", result.get("reason")),
+        ("predictor CV Spearman by iteration", "; ".join(f"it{it['iteration']}: {cv(it)}" for it in iterations)),
+        ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})"),
+    ]
 
 
 def prospective_spearman(runs: list[dict]) -> float | None:
@@ -393,8 +477,9 @@ def prospective_spearman(runs: list[dict]) -> float | None:
     trained and what they scored: an out-of-sample check that no cross-validation can give."""
     from mixture.search.predictor import spearman
 
-    pairs = [(r["predicted"], r["score"]) for r in runs
-             if r.get("predicted") is not None and r.get("score") is not None]
+    pairs = [
+        (r["predicted"], r["score"]) for r in runs if r.get("predicted") is not None and r.get("score") is not None
+    ]
     if len(pairs) < 3:
         return None
     p, y = zip(*pairs)

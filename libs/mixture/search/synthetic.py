@@ -9,6 +9,7 @@ noise: diminishing returns in each cluster's weight like a real data-mixing resp
 scale and noise mimic what was measured with CPU proxies here: a spread (std) of about 0.33 over
 random mixtures, about 0.08 between seeds of one mixture.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,7 @@ import numpy as np
 
 
 class SyntheticObjective:
-    def __init__(self, optimum: np.ndarray, scale: float = 1.0, noise: float = 0.0,
-                 names: list[str] | None = None):
+    def __init__(self, optimum: np.ndarray, scale: float = 1.0, noise: float = 0.0, names: list[str] | None = None):
         self.optimum = np.asarray(optimum, dtype=np.float64) / np.sum(optimum)
         self.scale = scale
         self.noise = noise
@@ -46,8 +46,15 @@ class SyntheticObjective:
         return {"metrics": {"synthetic.distance": -score}, "score": score}
 
 
-def calibrated(prior: np.ndarray, optimum: np.ndarray, spread: float = 0.33, noise_ratio: float = 0.25,
-               samples: int = 2000, seed: int = 0, **sampler_kw) -> SyntheticObjective:
+def calibrated(
+    prior: np.ndarray,
+    optimum: np.ndarray,
+    spread: float = 0.33,
+    noise_ratio: float = 0.25,
+    samples: int = 2000,
+    seed: int = 0,
+    **sampler_kw,
+) -> SyntheticObjective:
     """An objective whose scores over random prior mixtures have std `spread`, with seed noise
     `noise_ratio * spread` (measured on CPU proxies: 0.33 and 0.07-0.11)."""
     from mixture.search.sampler import sample_mixtures
@@ -62,13 +69,12 @@ def make_climblab(uri: str, clusters: dict[str, list[str]], vocab_size: int = 51
     """Commit a small climblab dataset (docs/DATASETS.md "climblab") from texts grouped by cluster
     name, with a byte-level BPE trained on them: for tests and benchmarks that need real token
     shards without running the stages before the search."""
-    from mixture.dataset import DatasetWriter
-    from mixture.tokens import encode, eos_id, token_dtype, train_tokenizer, write_token_shard
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from mixture import storage
+    from mixture.dataset import DatasetWriter
+    from mixture.tokens import encode, eos_id, token_dtype, train_tokenizer, write_token_shard
 
     texts = [t for docs in clusters.values() for t in docs]
     tok = train_tokenizer(texts, vocab_size)
@@ -82,6 +88,10 @@ def make_climblab(uri: str, clusters: dict[str, list[str]], vocab_size: int = 51
         with storage.open_write(writer.path(f"{name}/text.parquet")) as f:
             pq.write_table(pa.table({"id": [f"{name}-{i}" for i in range(len(docs))], "text": docs}), f)
         info[name] = {"documents": n_docs, "tokens": n_tok}
-    counts = {"documents_in": len(texts), "documents_out": len(texts),
-              "tokens": sum(v["tokens"] for v in info.values()), "clusters": len(info)}
+    counts = {
+        "documents_in": len(texts),
+        "documents_out": len(texts),
+        "tokens": sum(v["tokens"] for v in info.values()),
+        "clusters": len(info),
+    }
     return writer.commit(counts, {"clusters": info, "vocab_size": vocab, "eos_id": eos, "dtype": dtype.name})

@@ -15,6 +15,7 @@ Every write is idempotent: runs are found again by their tags (`climb.search`, `
 proxy twice. The client API is used rather than MLflow's "active run" so that several runs can be
 written from one process in any order.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ from mixture import tracking
 from mixture.config import Config
 
 KIND_SEARCH, KIND_ITERATION, KIND_PROXY = "search", "iteration", "proxy"
-MAX_BATCH = 900       # MLflow accepts 1000 metrics per log_batch
+MAX_BATCH = 900  # MLflow accepts 1000 metrics per log_batch
 
 
 def experiment_name(cfg: Config) -> str:
@@ -47,8 +48,9 @@ class SearchTracker:
         clauses += [f"tags.`climb.{k}` = '{v}'" for k, v in tags.items()]
         runs, token = [], None
         while True:
-            page = self.client.search_runs([self.experiment_id], " and ".join(clauses),
-                                           max_results=1000, page_token=token)
+            page = self.client.search_runs(
+                [self.experiment_id], " and ".join(clauses), max_results=1000, page_token=token
+            )
             runs += list(page)
             token = page.token
             if not token:
@@ -80,19 +82,24 @@ class SearchTracker:
         return {r.data.tags.get("climb.run_id") for r in self._find(kind=KIND_PROXY)}
 
     # ---------------------------------------------------------------------------- writing
-    def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None,
-             steps: list[tuple[str, int, float]] | tuple[()] = ()) -> None:
+    def _log(
+        self,
+        run_id: str,
+        params: dict | None = None,
+        metrics: dict | None = None,
+        steps: list[tuple[str, int, float]] | tuple[()] = (),
+    ) -> None:
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
         ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
         ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
         ms += [Metric(k, float(v), now, int(s)) for k, s, v in steps]
-        for i in range(0, max(len(ps), 1), 100):        # MLflow: at most 100 params per batch
-            if ps[i:i + 100]:
-                self.client.log_batch(run_id, params=ps[i:i + 100])
+        for i in range(0, max(len(ps), 1), 100):  # MLflow: at most 100 params per batch
+            if ps[i : i + 100]:
+                self.client.log_batch(run_id, params=ps[i : i + 100])
         for i in range(0, len(ms), MAX_BATCH):
-            self.client.log_batch(run_id, metrics=ms[i:i + MAX_BATCH])
+            self.client.log_batch(run_id, metrics=ms[i : i + MAX_BATCH])
 
     def _artifacts(self, run_id: str, files: dict[str, bytes | str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -125,8 +132,13 @@ class SearchTracker:
         logged = self.logged_proxies() if logged is None else logged
         if run["run_id"] in logged:
             return False
-        run_id = self._create(run["run_id"], self.iteration(run["iteration"]), kind=KIND_PROXY,
-                              iteration=str(run["iteration"]), run_id=run["run_id"])
+        run_id = self._create(
+            run["run_id"],
+            self.iteration(run["iteration"]),
+            kind=KIND_PROXY,
+            iteration=str(run["iteration"]),
+            run_id=run["run_id"],
+        )
         params = {f"w.{c}": w for c, w in sorted(run["mixture"].items())}
         params.update(tracking.flat_params("proxy", run.get("proxy", {})))
         params.update(seed=run["seed"], iteration=run["iteration"], run_id=run["run_id"])
@@ -144,15 +156,21 @@ class SearchTracker:
 
     def log_final(self, result: dict, files: dict[str, bytes | str]) -> None:
         run_id = self.parent()
-        metrics = {"final.predicted": result.get("predicted"),
-                   "best_observed.score": result["best_observed"]["score"], "runs": result.get("runs")}
+        metrics = {
+            "final.predicted": result.get("predicted"),
+            "best_observed.score": result["best_observed"]["score"],
+            "runs": result.get("runs"),
+        }
         pr = result.get("predictor")
         if pr:
             for name, cv in pr["cv"].items():
                 metrics[f"cv.{name}.spearman"] = cv["spearman"]
                 metrics[f"cv.{name}.mae"] = cv["mae"]
-        self._log(run_id, params={"final.method": result["method"],
-                                  "final.predictor": pr["chosen"] if pr else "none"}, metrics=metrics)
+        self._log(
+            run_id,
+            params={"final.method": result["method"], "final.predictor": pr["chosen"] if pr else "none"},
+            metrics=metrics,
+        )
         self._artifacts(run_id, files)
         self.client.set_terminated(run_id, "FINISHED")
 
@@ -167,12 +185,21 @@ class SearchTracker:
             run_id = self._create(m, parent, kind="baseline", method=m)
             params = {f"w.{c}": w for c, w in sorted(r["weights"].items())}
             params.update(method=m, transfer_seeds=results["transfer_seeds"])
-            metrics = {f"{scale}.{k}.{stat}": s[stat] for scale in ("proxy", "transfer")
-                       for k, s in r[scale].items() if isinstance(s, dict) and s.get("mean") is not None
-                       for stat in ("mean", "std")}
+            metrics = {
+                f"{scale}.{k}.{stat}": s[stat]
+                for scale in ("proxy", "transfer")
+                for k, s in r[scale].items()
+                if isinstance(s, dict) and s.get("mean") is not None
+                for stat in ("mean", "std")
+            }
             self._log(run_id, params=params, metrics=metrics)
             self.client.set_terminated(run_id, "FINISHED")
-        self._log(parent, metrics={"climb_beats_every_baseline": float(results["climb_beats_every_baseline"]),
-                                   "regmix.cv_spearman": results["regmix"]["cv_spearman"]})
+        self._log(
+            parent,
+            metrics={
+                "climb_beats_every_baseline": float(results["climb_beats_every_baseline"]),
+                "regmix.cv_spearman": results["regmix"]["cv_spearman"],
+            },
+        )
         self._artifacts(parent, files)
         self.client.set_terminated(parent, "FINISHED")

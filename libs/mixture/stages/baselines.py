@@ -6,6 +6,7 @@ methods and the paper's numbers). Reads the committed `climblab` and `search` da
 `baselines` (runs/, results.json, table.md, weights.png), logs an MLflow run beside the search's.
 Resumable: finished proxy runs are kept in the staging folder and reused.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,12 +29,15 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
     search_mixture = storage.read_json(search.path("mixture.json"))
 
     with ProxyRunner(cfg, cfg.search.workers, cfg.search.proxy.threads) as runner:
-        def run_jobs(jobs: list[dict], desc: str) -> list[dict]:
-            return runner.run([(j, writer.path(f"runs/{j['run_id']}.json")) for j in jobs], climblab,
-                              objective, desc=desc)
 
-        pool, mixtures, regmix_info, obs = B.pool_jobs_and_mixtures(cfg, names, prior, search_runs,
-                                                                    search_mixture, run_jobs)
+        def run_jobs(jobs: list[dict], desc: str) -> list[dict]:
+            return runner.run(
+                [(j, writer.path(f"runs/{j['run_id']}.json")) for j in jobs], climblab, objective, desc=desc
+            )
+
+        pool, mixtures, regmix_info, obs = B.pool_jobs_and_mixtures(
+            cfg, names, prior, search_runs, search_mixture, run_jobs
+        )
         finished = run_jobs(B.transfer_jobs(cfg, names, mixtures), "baselines: transfer")
 
     results = B.results_record(cfg, finished, pool, obs, regmix_info, search_mixture)
@@ -43,7 +47,11 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
     storage.write_text(writer.path("table.md"), text + "\n")
     storage.write_bytes(writer.path("weights.png"), weights_png)
     SearchTracker(cfg, steps.search_key(writer)).log_baselines(results, {"table.md": text, "weights.png": weights_png})
-    return StageOutput({"methods": len(B.METHODS), "runs": len(finished) + len(pool)},
-                       {"transfer_score": results["transfer_score"],
-                        "climb_beats_every_baseline": results["climb_beats_every_baseline"]},
-                       [("climb beats every baseline", results["climb_beats_every_baseline"])])
+    return StageOutput(
+        {"methods": len(B.METHODS), "runs": len(finished) + len(pool)},
+        {
+            "transfer_score": results["transfer_score"],
+            "climb_beats_every_baseline": results["climb_beats_every_baseline"],
+        },
+        [("climb beats every baseline", results["climb_beats_every_baseline"])],
+    )

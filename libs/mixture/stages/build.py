@@ -17,6 +17,7 @@ Arrow tables (about the size of the ClimbLab text), one output shard at a time b
 inputs, config and seed give byte-identical files, so the content hash that `climb publish` uses
 as the default version is stable across rebuilds.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,9 +26,23 @@ from tqdm import tqdm
 from mixture import storage
 from mixture.card import render_card
 from mixture.climblab import TOKENIZER, ClimbLab
-from mixture.climbmix import (BuildError, ClusterPlan, Sources, cluster_lengths, cluster_rng, gather_shard,
-                              global_order, load_mixture, normalise_mixture, open_sources, per_cluster,
-                              plan_clusters, select_documents, shard_slices, warn_capped)
+from mixture.climbmix import (
+    BuildError,
+    ClusterPlan,
+    Sources,
+    cluster_lengths,
+    cluster_rng,
+    gather_shard,
+    global_order,
+    load_mixture,
+    normalise_mixture,
+    open_sources,
+    per_cluster,
+    plan_clusters,
+    select_documents,
+    shard_slices,
+    warn_capped,
+)
 from mixture.config import BuildConfig
 from mixture.contract import StageContext, StageOutput
 from mixture.registry import OUTPUT_FORMATS
@@ -39,15 +54,17 @@ def read_mixture(ctx: StageContext, clusters: list[str]) -> tuple[str, dict[str,
     return uri, normalise_mixture(load_mixture(uri), clusters)
 
 
-def sample(ctx: StageContext, plans: list[ClusterPlan],
-           lengths: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def sample(ctx: StageContext, plans: list[ClusterPlan], lengths: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The documents each cluster contributes (with repeats when upsampling), seeded per cluster."""
-    return {p.cluster: select_documents(lengths[p.cluster], p.target_tokens, cluster_rng(ctx.cfg.seed, p.cluster))
-            for p in plans}
+    return {
+        p.cluster: select_documents(lengths[p.cluster], p.target_tokens, cluster_rng(ctx.cfg.seed, p.cluster))
+        for p in plans
+    }
 
 
-def write_shards(ctx: StageContext, src: Sources, cluster_index: np.ndarray,
-                 doc_index: np.ndarray, facts: dict) -> tuple[int, int, int]:
+def write_shards(
+    ctx: StageContext, src: Sources, cluster_index: np.ndarray, doc_index: np.ndarray, facts: dict
+) -> tuple[int, int, int]:
     """Every shard in every configured format, then each format's optional `finish` (for files
     that span the shards); (shards, documents, tokens) written."""
     cfg: BuildConfig = ctx.cfg.build
@@ -71,8 +88,10 @@ def check_written(docs: int, tokens: int, n_planned: int, clusters: dict[str, di
     """What was written is what the plan selected, or the build fails."""
     planned_tokens = sum(v["tokens"] for v in clusters.values())
     if docs != n_planned or docs != sum(v["documents"] for v in clusters.values()) or tokens != planned_tokens:
-        raise BuildError(f"build: wrote {docs} documents / {tokens} tokens, the plan "
-                         f"had {n_planned} documents / {planned_tokens} tokens")
+        raise BuildError(
+            f"build: wrote {docs} documents / {tokens} tokens, the plan "
+            f"had {n_planned} documents / {planned_tokens} tokens"
+        )
 
 
 def run(ctx: StageContext) -> StageOutput:
@@ -82,8 +101,13 @@ def run(ctx: StageContext) -> StageOutput:
         raise BuildError("the ClimbLab dataset has no clusters")
     mixture_uri, weights = read_mixture(ctx, lab.clusters)
     lengths = cluster_lengths(lab)
-    plans = plan_clusters(weights, {c: int(n.sum()) for c, n in lengths.items()},
-                          {c: len(n) for c, n in lengths.items()}, cfg.tokens, cfg.max_epochs)
+    plans = plan_clusters(
+        weights,
+        {c: int(n.sum()) for c, n in lengths.items()},
+        {c: len(n) for c, n in lengths.items()},
+        cfg.tokens,
+        cfg.max_epochs,
+    )
     warn_capped(plans, cfg.tokens, cfg.max_epochs)
     selected = sample(ctx, plans, lengths)
     cluster_index, doc_index = global_order(selected, lab.clusters, ctx.cfg.seed)
@@ -96,30 +120,48 @@ def run(ctx: StageContext) -> StageOutput:
     storage.write_bytes(ctx.writer.path(TOKENIZER), storage.read_bytes(lab.tokenizer_path))
     extra = manifest_extra(ctx, lab, weights, mixture_uri, clusters, n_shards)
     counts = {"documents": docs, "tokens": tokens}
-    storage.write_text(ctx.writer.path("README.md"),
-                       render_card(ctx.cfg, counts, extra, ctx.input("climblab"), ctx.input("curated"),
-                                   ctx.input("clusters")))
+    storage.write_text(
+        ctx.writer.path("README.md"),
+        render_card(ctx.cfg, counts, extra, ctx.input("climblab"), ctx.input("curated"), ctx.input("clusters")),
+    )
     return StageOutput(counts, extra, summary(cfg, counts, clusters, n_shards))
 
 
-def manifest_extra(ctx: StageContext, lab: ClimbLab, weights: dict[str, float], mixture_uri: str,
-                   clusters: dict[str, dict], n_shards: int) -> dict:
+def manifest_extra(
+    ctx: StageContext,
+    lab: ClimbLab,
+    weights: dict[str, float],
+    mixture_uri: str,
+    clusters: dict[str, dict],
+    n_shards: int,
+) -> dict:
     cfg: BuildConfig = ctx.cfg.build
     return {
-        "mixture": weights, "mixture_source": "build.mixture" if cfg.mixture else "search",
+        "mixture": weights,
+        "mixture_source": "build.mixture" if cfg.mixture else "search",
         # the config hash covers the mixture file's path, not its content: record what was read
         "mixture_sha256": storage.sha256(mixture_uri),
-        "clusters": clusters, "token_budget": cfg.tokens, "max_epochs": cfg.max_epochs,
-        "capped_clusters": [c for c, v in clusters.items() if v["capped"]], "seed": ctx.cfg.seed,
-        "shard_docs": cfg.shard_docs, "shards": n_shards, "formats": list(cfg.formats),
-        "dtype": lab.dtype.name, "eos_id": lab.eos_id, "vocab_size": lab.vocab_size,
+        "clusters": clusters,
+        "token_budget": cfg.tokens,
+        "max_epochs": cfg.max_epochs,
+        "capped_clusters": [c for c, v in clusters.items() if v["capped"]],
+        "seed": ctx.cfg.seed,
+        "shard_docs": cfg.shard_docs,
+        "shards": n_shards,
+        "formats": list(cfg.formats),
+        "dtype": lab.dtype.name,
+        "eos_id": lab.eos_id,
+        "vocab_size": lab.vocab_size,
     }
 
 
 def summary(cfg: BuildConfig, counts: dict, clusters: dict[str, dict], n_shards: int) -> list[tuple[str, str]]:
     lines = [
-        ("tokens", f"{counts['tokens']:,} of a {cfg.tokens:,} budget in {counts['documents']:,} documents, "
-                   f"{n_shards} shard(s)"),
+        (
+            "tokens",
+            f"{counts['tokens']:,} of a {cfg.tokens:,} budget in {counts['documents']:,} documents, "
+            f"{n_shards} shard(s)",
+        ),
         ("epochs per cluster", ", ".join(f"{c}={v['epochs']:.2f}" for c, v in clusters.items() if v["tokens"])),
     ]
     capped = [c for c, v in clusters.items() if v["capped"]]

@@ -19,6 +19,7 @@ Outputs (docs/DATASETS.md, "clusters"): assignments.parquet, mapping.json, repor
 report.json (`mixture.report`), and with k-means centroids_init.npy, centroids.npy and map.png;
 logged to MLflow.
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,9 +72,11 @@ def load_inputs(ctx: StageContext) -> tuple[list[str], np.ndarray, pa.Table]:
     """(ids, unit-norm embeddings, curated metadata in the embeddings' order); the two datasets
     must hold the same documents."""
     embeddings = ctx.input("embeddings")
-    if "skipped" in embeddings.manifest.extra:     # committed for cluster.method field / assignments
-        raise ClusterError(f"{embeddings.uri} holds no embeddings ({embeddings.manifest.extra['skipped']}): "
-                           "run `embed` with cluster.method kmeans")
+    if "skipped" in embeddings.manifest.extra:  # committed for cluster.method field / assignments
+        raise ClusterError(
+            f"{embeddings.uri} holds no embeddings ({embeddings.manifest.extra['skipped']}): "
+            "run `embed` with cluster.method kmeans"
+        )
     ids, emb = load_embeddings(embeddings)
     if len(set(ids)) != len(ids):
         raise ClusterError(f"{embeddings.uri}: document ids are not unique")
@@ -81,9 +84,11 @@ def load_inputs(ctx: StageContext) -> tuple[list[str], np.ndarray, pa.Table]:
     meta_ids = meta.column("id").to_pylist()
     if len(meta_ids) != len(ids) or set(meta_ids) != set(ids):
         missing, unknown = len(set(meta_ids) - set(ids)), len(set(ids) - set(meta_ids))
-        raise ClusterError(f"curated has {len(meta_ids)} documents, embeddings {len(ids)} "
-                           f"({missing} curated documents without an embedding, {unknown} embeddings of "
-                           "documents not in curated): rerun `embed`")
+        raise ClusterError(
+            f"curated has {len(meta_ids)} documents, embeddings {len(ids)} "
+            f"({missing} curated documents without an embedding, {unknown} embeddings of "
+            "documents not in curated): rerun `embed`"
+        )
     row_of = {doc_id: r for r, doc_id in enumerate(meta_ids)}
     return ids, normalize_rows(emb), meta.take(pa.array([row_of[i] for i in ids], pa.int64()))
 
@@ -91,13 +96,14 @@ def load_inputs(ctx: StageContext) -> tuple[list[str], np.ndarray, pa.Table]:
 @dataclass
 class Clustering:
     """The k-means clusters, what pruning kept, and the final clusters after the merge."""
+
     km: KMeansResult
-    reasons: list[str | None]      # per k-means cluster: None (kept) or why it was pruned
-    mean_quality: np.ndarray       # per k-means cluster
+    reasons: list[str | None]  # per k-means cluster: None (kept) or why it was pruned
+    mean_quality: np.ndarray  # per k-means cluster
     merged: MergeResult
-    mapping: np.ndarray            # k-means cluster -> final cluster, -1 when pruned
-    cluster: np.ndarray            # final cluster per document
-    centroids: np.ndarray          # final centroids (unit norm)
+    mapping: np.ndarray  # k-means cluster -> final cluster, -1 when pruned
+    cluster: np.ndarray  # final cluster per document
+    centroids: np.ndarray  # final centroids (unit norm)
 
 
 def prune(cfg: ClusterConfig, km: KMeansResult, quality: np.ndarray) -> tuple[list[str | None], np.ndarray]:
@@ -111,7 +117,8 @@ def prune(cfg: ClusterConfig, km: KMeansResult, quality: np.ndarray) -> tuple[li
         raise ClusterError(
             f"all {k} k-means clusters were pruned (cluster mean quality {np.nanmin(mean_q):.2f}.."
             f"{np.nanmax(mean_q):.2f} vs min_cluster_quality {cfg.quality.min_cluster_quality}, "
-            f"min_cluster_size {cfg.min_cluster_size}): lower the thresholds")
+            f"min_cluster_size {cfg.min_cluster_size}): lower the thresholds"
+        )
     return reasons, mean_q
 
 
@@ -119,8 +126,15 @@ def cluster_documents(cfg: ClusterConfig, seed: int, x: np.ndarray, quality: np.
     """k-means, prune, merge, number the final clusters, and their centroids."""
     k = effective_k(cfg.k_init, len(x), cfg.min_points_per_centroid)
     km = spherical_kmeans(x, k, cfg.niter, cfg.nredo, seed, cfg.max_train_points)
-    log.info("k-means: K=%d on %d of %d documents in %.1f s (%s), mean cosine %.4f",
-             k, km.train_points, len(x), km.seconds, "GPU" if km.gpu else "CPU", km.objective)
+    log.info(
+        "k-means: K=%d on %d of %d documents in %.1f s (%s), mean cosine %.4f",
+        k,
+        km.train_points,
+        len(x),
+        km.seconds,
+        "GPU" if km.gpu else "CPU",
+        km.objective,
+    )
     reasons, mean_q = prune(cfg, km, quality)
     kept = np.array([c for c in range(k) if reasons[c] is None], dtype=np.int64)
     merged = ward_merge(km.centroids[kept], cfg.merge_distance, cfg.target_clusters)
@@ -140,10 +154,12 @@ def _write_npy(uri: str, arr: np.ndarray) -> None:
 
 def write_data(w, ids: list[str], cl: Clustering, quality: np.ndarray, scores: Scores) -> None:
     """assignments.parquet, the centroids and the k-means -> final mapping."""
-    cols = {"id": pa.array(ids, pa.string()),
-            "cluster_init": pa.array(cl.km.assign.astype(np.int32)),
-            "cluster": pa.array(cl.cluster.astype(np.int32)),
-            "quality": pa.array(quality.astype(np.float32))}
+    cols = {
+        "id": pa.array(ids, pa.string()),
+        "cluster_init": pa.array(cl.km.assign.astype(np.int32)),
+        "cluster": pa.array(cl.cluster.astype(np.int32)),
+        "quality": pa.array(quality.astype(np.float32)),
+    }
     for name, values in sorted(scores.by_name.items()):
         cols[f"score_{name}"] = pa.array(values.astype(np.float32))
     with storage.open_write(w.path("assignments.parquet")) as f:
@@ -157,9 +173,14 @@ def count_documents(cl: Clustering) -> dict[str, int]:
     """Documents in = kept + pruned, or the stage fails."""
     n = len(cl.cluster)
     kept = int((cl.cluster >= 0).sum())
-    counts = {"documents_in": n, "documents_out": kept, "k_init": len(cl.km.centroids),
-              "clusters": len(cl.centroids), "pruned_clusters": int(sum(r is not None for r in cl.reasons)),
-              "pruned_documents": n - kept}
+    counts = {
+        "documents_in": n,
+        "documents_out": kept,
+        "k_init": len(cl.km.centroids),
+        "clusters": len(cl.centroids),
+        "pruned_clusters": int(sum(r is not None for r in cl.reasons)),
+        "pruned_documents": n - kept,
+    }
     if counts["documents_out"] + counts["pruned_documents"] != n:
         raise ClusterError("document counts do not add up")
     return counts
@@ -170,12 +191,16 @@ def write_report(ctx: StageContext, inp: R.ReportInputs, counts: dict, seconds: 
     rep = R.build_report(inp)
     rep["counts"] = counts
     with tempfile.TemporaryDirectory() as tmp:
-        files = R.write_report(rep, Path(tmp), x=inp.x, cluster=inp.cluster, centroids=inp.centroids,
-                               seed=inp.seed)
+        files = R.write_report(rep, Path(tmp), x=inp.x, cluster=inp.cluster, centroids=inp.centroids, seed=inp.seed)
         for path in files:
             storage.write_bytes(ctx.writer.path(path.name), path.read_bytes())
-        _log_mlflow(ctx.cfg, rep, counts, Path(tmp),
-                    {"kmeans_objective": inp.km.objective, "kmeans_seconds": inp.km.seconds, "stage_seconds": seconds})
+        _log_mlflow(
+            ctx.cfg,
+            rep,
+            counts,
+            Path(tmp),
+            {"kmeans_objective": inp.km.objective, "kmeans_seconds": inp.km.seconds, "stage_seconds": seconds},
+        )
     return rep
 
 
@@ -190,10 +215,24 @@ def run(ctx: StageContext) -> StageOutput:
     cl = cluster_documents(cfg, ctx.cfg.seed, x, quality)
     write_data(ctx.writer, ids, cl, quality, scores)
     counts = count_documents(cl)
-    inp = R.ReportInputs(cfg=cfg, seed=ctx.cfg.seed, ids=ids, x=x, meta=meta, km=cl.km, reasons=cl.reasons,
-                         mean_quality_init=cl.mean_quality, mapping=cl.mapping, cluster=cl.cluster,
-                         centroids=cl.centroids, quality=quality, scores=scores, merged=cl.merged,
-                         curated=ctx.input("curated"), model=ctx.input("embeddings").manifest.extra.get("model"))
+    inp = R.ReportInputs(
+        cfg=cfg,
+        seed=ctx.cfg.seed,
+        ids=ids,
+        x=x,
+        meta=meta,
+        km=cl.km,
+        reasons=cl.reasons,
+        mean_quality_init=cl.mean_quality,
+        mapping=cl.mapping,
+        cluster=cl.cluster,
+        centroids=cl.centroids,
+        quality=quality,
+        scores=scores,
+        merged=cl.merged,
+        curated=ctx.input("curated"),
+        model=ctx.input("embeddings").manifest.extra.get("model"),
+    )
     rep = write_report(ctx, inp, counts, time.perf_counter() - t_start)
     return output(cfg, counts, rep, cl, scores)
 
@@ -201,17 +240,31 @@ def run(ctx: StageContext) -> StageOutput:
 def output(cfg: ClusterConfig, counts: dict, rep: dict, cl: Clustering, scores: Scores) -> StageOutput:
     ev = rep["evaluation"]
     sizes_line = ", ".join(f"{c['cluster']}={c['documents']}" for c in rep["clusters"])
-    summary = [("clusters", f"K_init {counts['k_init']} -> {counts['clusters']} final "
-                            f"({counts['pruned_clusters']} pruned, {counts['pruned_documents']:,} documents), "
-                            f"scorer {cfg.quality.scorer}"),
-               ("cluster sizes", sizes_line)]
+    summary = [
+        (
+            "clusters",
+            f"K_init {counts['k_init']} -> {counts['clusters']} final "
+            f"({counts['pruned_clusters']} pruned, {counts['pruned_documents']:,} documents), "
+            f"scorer {cfg.quality.scorer}",
+        ),
+        ("cluster sizes", sizes_line),
+    ]
     if ev.get("final"):
-        summary.append(("purity/NMI vs source (evaluation only)",
-                        f"final {ev['final']['purity']:.3f} / {ev['final']['nmi']:.3f}, "
-                        f"k-means {ev['init']['purity']:.3f} / {ev['init']['nmi']:.3f}"))
-    extra = {"k_init_requested": cfg.k_init, "scorer": cfg.quality.scorer, "scorers": sorted(scores.by_name),
-             "kmeans_objective": cl.km.objective, "merge_heights_applied": cl.merged.applied,
-             "evaluation": ev}
+        summary.append(
+            (
+                "purity/NMI vs source (evaluation only)",
+                f"final {ev['final']['purity']:.3f} / {ev['final']['nmi']:.3f}, "
+                f"k-means {ev['init']['purity']:.3f} / {ev['init']['nmi']:.3f}",
+            )
+        )
+    extra = {
+        "k_init_requested": cfg.k_init,
+        "scorer": cfg.quality.scorer,
+        "scorers": sorted(scores.by_name),
+        "kmeans_objective": cl.km.objective,
+        "merge_heights_applied": cl.merged.applied,
+        "evaluation": ev,
+    }
     return StageOutput(counts=counts, extra=extra, summary=summary)
 
 
@@ -243,9 +296,11 @@ def group_of(ctx: StageContext, meta: pa.Table) -> Grouping:
         return by_assignments(meta.column("id").to_pylist(), read_assignments(cfg.assignments))
     assert cfg.field is not None
     if cfg.field not in meta.column_names:
-        raise GroupError(f"cluster.field {cfg.field!r}: the curated documents have no such column (they have "
-                         f"{', '.join(c for c in meta.column_names if not c.startswith('q_'))} and q_* signals; "
-                         "the input's label field, input.source_field, is carried as `source`)")
+        raise GroupError(
+            f"cluster.field {cfg.field!r}: the curated documents have no such column (they have "
+            f"{', '.join(c for c in meta.column_names if not c.startswith('q_'))} and q_* signals; "
+            "the input's label field, input.source_field, is carried as `source`)"
+        )
     mapping = read_mapping(cfg.mapping) if cfg.mapping else None
     return by_field(meta.column(cfg.field).to_pylist(), mapping, cfg.unmapped)
 
@@ -253,8 +308,13 @@ def group_of(ctx: StageContext, meta: pa.Table) -> Grouping:
 def read_group_meta(ctx: StageContext) -> tuple[list[str], pa.Table]:
     """(ids, curated metadata with the grouping field) in the curated order; ids must be unique."""
     field = ctx.cfg.cluster.field
-    meta = documents.read_table(ctx.input("curated"), lambda names: curated_meta_columns(names) + (
-        [field] if field and field in names and field not in curated_meta_columns(names) else []))
+    meta = documents.read_table(
+        ctx.input("curated"),
+        lambda names: (
+            curated_meta_columns(names)
+            + ([field] if field and field in names and field not in curated_meta_columns(names) else [])
+        ),
+    )
     ids = meta.column("id").to_pylist()
     if len(set(ids)) != len(ids):
         raise ClusterError(f"{ctx.input('curated').uri}: document ids are not unique")
@@ -264,10 +324,12 @@ def read_group_meta(ctx: StageContext) -> tuple[list[str], pa.Table]:
 def write_group_data(w, ids: list[str], ng: NumberedGroups, quality: np.ndarray, scores: Scores) -> None:
     """assignments.parquet (the columns of k-means's, `cluster_init` being the user group's index,
     plus `group`) and mapping.json (`{user group: final id or -1}`)."""
-    cols = {"id": pa.array(ids, pa.string()),
-            "cluster_init": pa.array(ng.init.astype(np.int32)),
-            "cluster": pa.array(ng.cluster.astype(np.int32)),
-            "quality": pa.array(quality.astype(np.float32))}
+    cols = {
+        "id": pa.array(ids, pa.string()),
+        "cluster_init": pa.array(ng.init.astype(np.int32)),
+        "cluster": pa.array(ng.cluster.astype(np.int32)),
+        "quality": pa.array(quality.astype(np.float32)),
+    }
     for name, values in sorted(scores.by_name.items()):
         cols[f"score_{name}"] = pa.array(values.astype(np.float32))
     cols["group"] = pa.array([ng.names[g] if g >= 0 else None for g in ng.init], pa.string())
@@ -281,10 +343,16 @@ def count_groups(ng: NumberedGroups, gr: Grouping) -> dict[str, int]:
     n = len(ng.cluster)
     kept = int((ng.cluster >= 0).sum())
     ungrouped = int((ng.init < 0).sum())
-    counts = {"documents_in": n, "documents_out": kept, "groups": len(ng.names),
-              "clusters": int((ng.mapping >= 0).sum()), "pruned_clusters": int(sum(r is not None for r in ng.reasons)),
-              "pruned_documents": n - kept - ungrouped, "ungrouped_documents": ungrouped,
-              "unknown_ids": gr.unknown_ids}
+    counts = {
+        "documents_in": n,
+        "documents_out": kept,
+        "groups": len(ng.names),
+        "clusters": int((ng.mapping >= 0).sum()),
+        "pruned_clusters": int(sum(r is not None for r in ng.reasons)),
+        "pruned_documents": n - kept - ungrouped,
+        "ungrouped_documents": ungrouped,
+        "unknown_ids": gr.unknown_ids,
+    }
     if kept + counts["pruned_documents"] + ungrouped != n or ungrouped != sum(gr.ungrouped.values()):
         raise ClusterError("document counts do not add up")
     return counts
@@ -302,8 +370,18 @@ def run_groups(ctx: StageContext) -> StageOutput:
     ng = number_groups(grouping.group, quality, cfg.min_cluster_size, cfg.quality.min_cluster_quality)
     write_group_data(ctx.writer, ids, ng, quality, scores)
     counts = count_groups(ng, grouping)
-    inp = R.GroupReportInputs(cfg=cfg, seed=ctx.cfg.seed, ids=ids, meta=meta, groups=ng, grouping=grouping,
-                              quality=quality, scores=scores, curated=ctx.input("curated"), model=ctx.cfg.embed.model)
+    inp = R.GroupReportInputs(
+        cfg=cfg,
+        seed=ctx.cfg.seed,
+        ids=ids,
+        meta=meta,
+        groups=ng,
+        grouping=grouping,
+        quality=quality,
+        scores=scores,
+        curated=ctx.input("curated"),
+        model=ctx.cfg.embed.model,
+    )
     rep = R.build_group_report(inp)
     rep["counts"] = counts
     with tempfile.TemporaryDirectory() as tmp:
@@ -315,16 +393,28 @@ def run_groups(ctx: StageContext) -> StageOutput:
 
 def group_output(cfg: ClusterConfig, counts: dict, rep: dict, gr: Grouping, scores: Scores) -> StageOutput:
     names = {c["name"]: c["group"] for c in rep["clusters"]}
-    summary = [("clusters", f"{counts['groups']} user groups (cluster.method {cfg.method}) -> {counts['clusters']} "
-                            f"final ({counts['pruned_clusters']} pruned, {counts['pruned_documents']:,} documents), "
-                            f"scorer {cfg.quality.scorer}"),
-               ("cluster sizes", ", ".join(f"{c['name']}={c['group']}:{c['documents']}" for c in rep["clusters"]))]
+    summary = [
+        (
+            "clusters",
+            f"{counts['groups']} user groups (cluster.method {cfg.method}) -> {counts['clusters']} "
+            f"final ({counts['pruned_clusters']} pruned, {counts['pruned_documents']:,} documents), "
+            f"scorer {cfg.quality.scorer}",
+        ),
+        ("cluster sizes", ", ".join(f"{c['name']}={c['group']}:{c['documents']}" for c in rep["clusters"])),
+    ]
     if gr.ungrouped:
-        summary.append(("documents without a group (cluster -1)",
-                        ", ".join(f"{k} {v:,}" for k, v in gr.ungrouped.items())))
+        summary.append(
+            ("documents without a group (cluster -1)", ", ".join(f"{k} {v:,}" for k, v in gr.ungrouped.items()))
+        )
     if gr.unknown_ids:
         summary.append(("assignment ids not in curated", f"{gr.unknown_ids:,} (e.g. {', '.join(gr.unknown_examples)})"))
-    extra = {"method": cfg.method, "groups": names, "scorer": cfg.quality.scorer, "scorers": sorted(scores.by_name),
-             "ungrouped": dict(gr.ungrouped), "unknown_id_examples": list(gr.unknown_examples),
-             "evaluation": rep["evaluation"]}
+    extra = {
+        "method": cfg.method,
+        "groups": names,
+        "scorer": cfg.quality.scorer,
+        "scorers": sorted(scores.by_name),
+        "ungrouped": dict(gr.ungrouped),
+        "unknown_id_examples": list(gr.unknown_examples),
+        "evaluation": rep["evaluation"],
+    }
     return StageOutput(counts=counts, extra=extra, summary=summary)

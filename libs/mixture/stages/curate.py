@@ -5,6 +5,7 @@ duplicate groups, plus the quarantine side set; nothing is filtered here (the `s
 decides). Runs on the active Spark session (spark-submit, tests) or on a new one for
 `curate.spark_master`, which it then stops.
 """
+
 from __future__ import annotations
 
 from mixture.contract import StageContext, StageOutput

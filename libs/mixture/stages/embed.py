@@ -13,12 +13,13 @@ With the user's own groups (`cluster.method` field or assignments: RegMix-style 
 Liu et al. 2024) nothing reads the embeddings, so the stage commits an empty dataset that says
 why (its hash covers `cluster.needs_embeddings`, so switching back to k-means embeds the corpus).
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -52,6 +53,7 @@ def iter_shards(curated: Dataset, shard_docs: int) -> Iterator[tuple[list[str], 
 @dataclass
 class Progress:
     """What the run did so far, and the encoder once it is loaded."""
+
     cfg: EmbedConfig
     embedder: Embedder | None = None
     computed: int = 0
@@ -116,11 +118,17 @@ def output(n_in: int, p: Progress) -> StageOutput:
     if e is not None and p.computed and p.seconds > 0:
         rate = f", {p.computed_docs / p.seconds:.1f} docs/s on {e.device} ({e.dtype})"
     counts = {"documents_in": n_in, "documents_out": p.documents, "dim": int(p.dim)}
-    extra = {"model": cfg.model, "pooling": "+".join(spec.pooling), "normalize": spec.normalize,
-             "max_tokens": e.max_tokens if e else cfg.max_tokens,
-             "long_documents": cfg.long_documents, "shards": p.computed + p.reused}
-    summary = [("embedded", f"{p.documents:,} documents, dim {p.dim}, {p.computed} shards computed, "
-                            f"{p.reused} reused{rate}")]
+    extra = {
+        "model": cfg.model,
+        "pooling": "+".join(spec.pooling),
+        "normalize": spec.normalize,
+        "max_tokens": e.max_tokens if e else cfg.max_tokens,
+        "long_documents": cfg.long_documents,
+        "shards": p.computed + p.reused,
+    }
+    summary = [
+        ("embedded", f"{p.documents:,} documents, dim {p.dim}, {p.computed} shards computed, {p.reused} reused{rate}")
+    ]
     return StageOutput(counts=counts, extra=extra, summary=summary)
 
 
@@ -129,8 +137,11 @@ def skipped(ctx: StageContext) -> StageOutput:
     n_in = documents.count(ctx.input("curated"))
     why = f"cluster.method={ctx.cfg.cluster.method}: no embedding needed"
     log.info("embed: skipped (%s)", why)
-    return StageOutput(counts={"documents_in": n_in, "documents_out": 0}, extra={"skipped": why},
-                       summary=[("skipped", f"{why} ({n_in:,} curated documents)")])
+    return StageOutput(
+        counts={"documents_in": n_in, "documents_out": 0},
+        extra={"skipped": why},
+        summary=[("skipped", f"{why} ({n_in:,} curated documents)")],
+    )
 
 
 def run(ctx: StageContext) -> StageOutput:

@@ -9,6 +9,7 @@ Resumable: a killed search keeps its staged proposals and finished runs (the sta
 as resumable); the next `climb search` reuses them and trains only what is missing.
 Paper budget (Diao et al., 2025): iterations 64/32/16; `configs/demo.yaml` scales it to 2 cores.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,14 +40,18 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
             todo = [j for j in jobs if steps.read_run(writer, j["run_id"]) is None]
             reused += len(jobs) - len(todo)
             eta.left -= len(jobs) - len(todo)
-            for j in jobs:                       # finished before a kill: log what was not logged
+            for j in jobs:  # finished before a kill: log what was not logged
                 if j not in todo:
                     t.log_proxy(steps.read_run(writer, j["run_id"]), logged)
-            runner.run([(j, writer.path(f"runs/{j['run_id']}.json")) for j in todo], ctx.inputs["climblab"],
-                       objective, on_done=on_done, desc=f"search iteration {i}")
+            runner.run(
+                [(j, writer.path(f"runs/{j['run_id']}.json")) for j in todo],
+                ctx.inputs["climblab"],
+                objective,
+                on_done=on_done,
+                desc=f"search iteration {i}",
+            )
             if todo:
-                log.info("search: iteration %d: %d proxy runs trained, %d reused", i, len(todo),
-                         len(jobs) - len(todo))
+                log.info("search: iteration %d: %d proxy runs trained, %d reused", i, len(todo), len(jobs) - len(todo))
     out = steps.finish(ctx)
     out.extra["reused_runs"] = reused
     out.summary.insert(1, ("resumed", f"{reused} finished runs reused") if reused else ("resumed", "no"))

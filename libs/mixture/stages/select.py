@@ -5,6 +5,7 @@ Applies the configured filters (thresholds, switches, `exempt_if`) to the stored
 the dedup switches to the stored groups, and writes the curated documents and the rejected and
 quarantine side sets: a threshold change reruns only this stage.
 """
+
 from __future__ import annotations
 
 from mixture.contract import StageContext, StageOutput

@@ -7,6 +7,7 @@ documents), tokenizes every document of every kept cluster and writes per cluste
 with the tokens per cluster in the manifest (`mixture.climblab` reads it). Documents of pruned
 clusters (cluster -1) are counted, not written: documents in = written + pruned, or the stage fails.
 """
+
 from __future__ import annotations
 
 import random
@@ -54,8 +55,9 @@ def rows_by_cluster(ids: list[str], cluster_of: dict[str, int]) -> dict[int, lis
     return {c: sorted(rows, key=lambda r: ids[r]) for c, rows in by_cluster.items()}
 
 
-def write_cluster(ctx: StageContext, name: str, c_ids: list[str], c_texts: list[str], tok, eos: int,
-                  dtype) -> dict[str, int]:
+def write_cluster(
+    ctx: StageContext, name: str, c_ids: list[str], c_texts: list[str], tok, eos: int, dtype
+) -> dict[str, int]:
     """One cluster's token shard and texts; its documents and tokens."""
     n_docs, n_tok = write_token_shard(ctx.writer.path(shard_prefix(name)), encode(tok, c_texts, eos), dtype)
     with storage.open_write(ctx.writer.path(text_file(name))) as f:
@@ -74,10 +76,12 @@ def run(ctx: StageContext) -> StageOutput:
     info: dict[str, dict] = {}
     for c in tqdm(sorted(k for k in by_cluster if k >= 0), desc="shards", unit="cluster"):
         rows = by_cluster[c]
-        info[cluster_name(c)] = write_cluster(ctx, cluster_name(c), [ids[r] for r in rows],
-                                              [texts[r] for r in rows], tok, eos, dtype)
-    return summarise(len(ids), len(by_cluster.get(-1, [])), info,
-                     {"vocab_size": vocab, "eos_id": eos, "dtype": dtype.name})
+        info[cluster_name(c)] = write_cluster(
+            ctx, cluster_name(c), [ids[r] for r in rows], [texts[r] for r in rows], tok, eos, dtype
+        )
+    return summarise(
+        len(ids), len(by_cluster.get(-1, [])), info, {"vocab_size": vocab, "eos_id": eos, "dtype": dtype.name}
+    )
 
 
 def summarise(n_in: int, pruned: int, info: dict[str, dict], token_info: dict) -> StageOutput:
@@ -85,8 +89,13 @@ def summarise(n_in: int, pruned: int, info: dict[str, dict], token_info: dict) -
     n_out = sum(v["documents"] for v in info.values())
     if n_in != n_out + pruned:
         raise RuntimeError(f"shards: {n_in} documents in != {n_out} written + {pruned} in pruned clusters")
-    counts = {"documents_in": n_in, "documents_out": n_out, "pruned_documents": pruned,
-              "tokens": sum(v["tokens"] for v in info.values()), "clusters": len(info)}
+    counts = {
+        "documents_in": n_in,
+        "documents_out": n_out,
+        "pruned_documents": pruned,
+        "tokens": sum(v["tokens"] for v in info.values()),
+        "clusters": len(info),
+    }
     extra = {"clusters": info, **token_info}
     summary = [("tokens per cluster", ", ".join(f"{k}={v['tokens']:,}" for k, v in info.items()))]
     return StageOutput(counts, extra, summary)

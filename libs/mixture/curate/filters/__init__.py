@@ -12,6 +12,7 @@ filter's first failing rule, `filter:<name>:<rule>`. Every filter's signals are 
 every document, enabled or not ("compute a score once, decide cheaply many times"), so switching
 a filter on or moving a threshold only re-runs the selection.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,21 @@ from mixture.registry import FILTERS
 if TYPE_CHECKING:
     from mixture.config import FilterConfig, FiltersConfig
 
-__all__ = ["Filter", "FilterChain", "Signal", "TextStats", "Verdict", "compute_signals", "filter_config", "registered",
-           "signal_functions", "signal_names", "signal_params", "stats", "stored_signal_names"]
+__all__ = [
+    "Filter",
+    "FilterChain",
+    "Signal",
+    "TextStats",
+    "Verdict",
+    "compute_signals",
+    "filter_config",
+    "registered",
+    "signal_functions",
+    "signal_names",
+    "signal_params",
+    "stats",
+    "stored_signal_names",
+]
 
 
 def registered() -> list[tuple[str, type[Filter]]]:
@@ -35,19 +49,19 @@ def registered() -> list[tuple[str, type[Filter]]]:
     return sorted(items, key=lambda item: (item[1].order, item[0]))
 
 
-def filter_config(cfg: "FiltersConfig", name: str) -> "FilterConfig":
+def filter_config(cfg: FiltersConfig, name: str) -> FilterConfig:
     """The configured settings of filter `name`; its defaults when the config predates it."""
     value = (cfg.model_extra or {}).get(name)
     return value if value is not None else FILTERS.get(name).config_model()
 
 
-def enabled_settings(cfg: "FiltersConfig") -> dict[str, dict[str, Any]]:
+def enabled_settings(cfg: FiltersConfig) -> dict[str, dict[str, Any]]:
     """Every enabled filter's settings as JSON (what the curated manifest records as `filters`)."""
     settings = {name: filter_config(cfg, name) for name, _ in registered()}
     return {name: c.model_dump(mode="json") for name, c in settings.items() if c.enabled}
 
 
-def signal_functions(cfg: "FiltersConfig") -> dict[str, Signal]:
+def signal_functions(cfg: FiltersConfig) -> dict[str, Signal]:
     """Every registered filter's signals, in chain order (a shared name is computed once)."""
     out: dict[str, Signal] = {}
     for name, flt in registered():
@@ -56,17 +70,17 @@ def signal_functions(cfg: "FiltersConfig") -> dict[str, Signal]:
     return out
 
 
-def stored_signal_names(cfg: "FiltersConfig") -> list[str]:
+def stored_signal_names(cfg: FiltersConfig) -> list[str]:
     """The signal columns of the `annotated` dataset (float64, exact), besides `n_words`."""
     return list(signal_functions(cfg))
 
 
-def signal_names(cfg: "FiltersConfig") -> list[str]:
+def signal_names(cfg: FiltersConfig) -> list[str]:
     """The `q_*` columns written beside each curated document, in output order."""
     return [n for n in signal_functions(cfg) if n.startswith("q_")]
 
 
-def signal_params(cfg: "FiltersConfig") -> dict[str, Any]:
+def signal_params(cfg: FiltersConfig) -> dict[str, Any]:
     """What the stored signals depend on (part of the `curate` stage's hash): per filter, its
     signal names and the config fields that change what they measure. Thresholds are absent."""
     out = {}
@@ -85,12 +99,12 @@ def compute_signals(s: TextStats, functions: dict[str, Signal]) -> dict[str, flo
 
 @dataclass
 class Verdict:
-    reason: str | None                       # "filter:<name>:<rule>" of the first failure, or None
-    failed: dict[str, str] = field(default_factory=dict)   # every enabled, non-exempt filter that fails
-    exempt: list[str] = field(default_factory=list)        # filters skipped by exempt_if
-    signals: dict[str, float] = field(default_factory=dict)   # the q_* signals
+    reason: str | None  # "filter:<name>:<rule>" of the first failure, or None
+    failed: dict[str, str] = field(default_factory=dict)  # every enabled, non-exempt filter that fails
+    exempt: list[str] = field(default_factory=list)  # filters skipped by exempt_if
+    signals: dict[str, float] = field(default_factory=dict)  # the q_* signals
     n_words: int = 0
-    stored: dict[str, float] = field(default_factory=dict)    # every signal the decisions read
+    stored: dict[str, float] = field(default_factory=dict)  # every signal the decisions read
 
 
 class FilterChain:
@@ -99,7 +113,7 @@ class FilterChain:
     `decide(signals, text)` is the selection (stored signals, the text only for `exempt_if`);
     calling the chain on a text computes the signals live and then decides the same way."""
 
-    def __init__(self, cfg: "FiltersConfig"):
+    def __init__(self, cfg: FiltersConfig):
         self.cfg = cfg
         self.filters = []
         for name, flt in registered():

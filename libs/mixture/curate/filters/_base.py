@@ -27,9 +27,11 @@ start with `q_` are also written beside each curated document (float32) for the 
 list, a line length, a set of n-gram sizes) goes in `signal_params`, which is part of the
 `curate` stage's hash; thresholds are not.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mixture.config import FilterConfig
 from mixture.curate.filters._stats import TextStats, stats
@@ -39,6 +41,7 @@ Signal = Callable[[TextStats], float]
 
 class Filter:
     """Base of the registered filter classes (used as classes, never instantiated)."""
+
     config_model: type[FilterConfig] = FilterConfig
     order: int = 100
     # The heuristic quality scorer's ramps for this filter's signals: signal -> one (bad,

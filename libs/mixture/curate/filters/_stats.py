@@ -9,6 +9,7 @@ its characters count toward the duplicate-character fractions; a duplicated n-gr
 words of every occurrence after the first; character shares of n-grams are over the characters of
 all words.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,7 +29,7 @@ _BLANK_SPLIT = re.compile(r"\n[ \t\r\f\v]*\n")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")
 _ALNUM = re.compile(r"\w")
 _ALPHA = re.compile(r"[^\W\d_]")
-_NGRAM_MULT = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit constant for polynomial n-gram hashes
+_NGRAM_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for polynomial n-gram hashes
 
 
 def _dup_stats(items: list[str]) -> tuple[int, int]:
@@ -162,7 +163,7 @@ class TextStats:
                 h = np.zeros(count, dtype=np.uint64)
                 with np.errstate(over="ignore"):
                     for k in range(n):
-                        h = h * _NGRAM_MULT + ids[k:k + count] + np.uint64(1)
+                        h = h * _NGRAM_MULT + ids[k : k + count] + np.uint64(1)
                 self._ngram_hashes[n] = h
         return self._ngram_hashes[n]
 
@@ -188,7 +189,7 @@ class TextStats:
             return 0.0
         lengths = self._word_arrays[1]
         start = int(first[top])
-        chars = int(lengths[start:start + n].sum())
+        chars = int(lengths[start : start + n].sum())
         return min(1.0, chars * int(counts[top]) / self.word_chars)
 
     def dup_ngram_char_frac(self, n: int) -> float:
@@ -219,7 +220,7 @@ class TextStats:
     @cached_property
     def sentences(self) -> int:
         ends = list(_SENTENCE_END.finditer(self.text))
-        tail = self.text[ends[-1].end():] if ends else self.text
+        tail = self.text[ends[-1].end() :] if ends else self.text
         return len(ends) + (1 if _ALNUM.search(tail) else 0)
 
     @cached_property
@@ -243,7 +244,7 @@ class TextStats:
         return self.text.count("\n") / max(self.n_words, 1)
 
 
-def stats(doc: "str | TextStats") -> TextStats:
+def stats(doc: str | TextStats) -> TextStats:
     """The statistics of a text (or the given statistics unchanged)."""
     return doc if isinstance(doc, TextStats) else TextStats(doc)
 

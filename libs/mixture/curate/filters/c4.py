@@ -1,5 +1,6 @@
 """C4 filter (Raffel et al. 2020, "Exploring the Limits of Transfer Learning", section 2.2),
 document level: reject "lorem ipsum", a curly brace, fewer than 3 sentences."""
+
 from __future__ import annotations
 
 from operator import attrgetter
@@ -25,9 +26,11 @@ class C4(Filter):
 
     @staticmethod
     def signals(cfg: C4Config) -> dict[str, Signal]:
-        return {"has_lorem_ipsum": lambda s: float(s.has_lorem_ipsum),
-                "has_curly_brace": lambda s: float(s.has_curly_brace),
-                "q_sentences": lambda s: float(s.sentences)}
+        return {
+            "has_lorem_ipsum": lambda s: float(s.has_lorem_ipsum),
+            "has_curly_brace": lambda s: float(s.has_curly_brace),
+            "q_sentences": lambda s: float(s.sentences),
+        }
 
     @staticmethod
     def decide(sig: dict[str, float], cfg: C4Config) -> str | None:

@@ -1,6 +1,7 @@
 """FineWeb filter (Penedo et al. 2024, "The FineWeb Datasets"): lines ending in punctuation
 >= 0.12, lines of <= 30 characters <= 0.67, characters in duplicated lines <= 0.01, newlines per
 word <= 0.3. The short-line length is a signal parameter (changing it re-annotates)."""
+
 from __future__ import annotations
 
 from operator import attrgetter
@@ -34,10 +35,12 @@ class FineWeb(Filter):
     @staticmethod
     def signals(cfg: FineWebConfig) -> dict[str, Signal]:
         chars = cfg.short_line_chars
-        return {"q_punct_line_ratio": lambda s: s.punct_line_ratio,
-                "q_short_line_ratio": lambda s: s.short_line_ratio(chars),
-                "q_dup_line_char_frac": lambda s: s.dup_line_char_frac,
-                "q_newlines_per_word": lambda s: s.newlines_per_word}
+        return {
+            "q_punct_line_ratio": lambda s: s.punct_line_ratio,
+            "q_short_line_ratio": lambda s: s.short_line_ratio(chars),
+            "q_dup_line_char_frac": lambda s: s.dup_line_char_frac,
+            "q_newlines_per_word": lambda s: s.newlines_per_word,
+        }
 
     @staticmethod
     def signal_params(cfg: FineWebConfig) -> dict[str, Any]:

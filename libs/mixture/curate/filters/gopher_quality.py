@@ -7,6 +7,7 @@ with an alphabetic character, >= 2 occurrences of the stop words the/be/to/of/an
 The stop-word rule counts occurrences, so the stored signal is the count (`stop_words`); the
 share of words (`q_stop_words`) is stored too, for the quality scorers.
 """
+
 from __future__ import annotations
 
 from operator import attrgetter
@@ -33,7 +34,7 @@ class GopherQualityConfig(FilterConfig):
     stop_words: list[str] = ["the", "be", "to", "of", "and", "that", "have", "with"]
 
     @model_validator(mode="after")
-    def _ranges(self) -> "GopherQualityConfig":
+    def _ranges(self) -> GopherQualityConfig:
         if self.min_words > self.max_words:
             raise ValueError("min_words must not exceed max_words")
         if self.min_mean_word_length > self.max_mean_word_length:
@@ -49,13 +50,15 @@ class GopherQuality(Filter):
     # mean word length 3-10 passes Gopher, 4-7 is prose. Stop words: the rule asks for 2
     # occurrences, about 2% of a short document; English prose has about 15%.
     quality_ramps = {
-        "q_mean_word_length": ((1.5, attrgetter("min_mean_word_length"), 4.0),
-                               (15.0, attrgetter("max_mean_word_length"), 7.0)),
+        "q_mean_word_length": (
+            (1.5, attrgetter("min_mean_word_length"), 4.0),
+            (15.0, attrgetter("max_mean_word_length"), 7.0),
+        ),
         "q_symbol_word_ratio": ((0.3, attrgetter("max_symbol_word_ratio"), 0.0),),
         "q_bullet_lines_ratio": ((1.0, attrgetter("max_bullet_lines_ratio"), 0.1),),
         "q_ellipsis_lines_ratio": ((0.6, attrgetter("max_ellipsis_lines_ratio"), 0.0),),
         "q_alpha_words_ratio": ((0.4, attrgetter("min_alpha_words_ratio"), 0.95),),
-        "q_stop_words": ((0.0, lambda cfg: cfg.min_stop_words / 100, 0.12),),    # share of 100 words
+        "q_stop_words": ((0.0, lambda cfg: cfg.min_stop_words / 100, 0.12),),  # share of 100 words
     }
 
     @staticmethod

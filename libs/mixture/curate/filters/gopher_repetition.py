@@ -5,6 +5,7 @@ lines 0.2 and paragraphs 0.2, character share of the most frequent 2/3/4-gram 0.
 character share of duplicated 5..10-grams 0.15..0.10. The n-gram sizes are signal parameters
 (adding a size re-annotates); the limits are thresholds (changing one only re-selects).
 """
+
 from __future__ import annotations
 
 from operator import attrgetter
@@ -47,8 +48,10 @@ def _dup(n: int) -> Signal:
 
 def _ngram_ramps(kind: str, defaults: dict[int, float], good: float) -> dict[str, tuple]:
     """Ramps of the n-gram shares: bad at twice the default limit, good at `good`."""
+
     def limit(n: int):
         return lambda cfg: getattr(cfg, f"{kind}_ngram_char_frac").get(n)
+
     return {f"q_{kind}_{n}gram_char_frac": ((2 * t, limit(n), good),) for n, t in defaults.items()}
 
 

@@ -1,4 +1,5 @@
 """`mixing_law`: the data-mixing law of Ye et al. (2024), score = c + k * exp(sum_j t_j w_j)."""
+
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ class MixingLawPredictor:
     better fit kept. An L2 penalty on t and on log|k| keeps the fit sane with fewer runs than
     parameters (penalising t alone lets a huge k with a tiny t interpolate the runs linearly); the
     Jacobian is analytic (finite differences over ~20 weights cost 100x more)."""
+
     name = "mixing_law"
     simplicity = 2
 
@@ -26,7 +28,7 @@ class MixingLawPredictor:
     def _exp(p: np.ndarray, X: np.ndarray) -> np.ndarray:
         return np.exp(np.clip(p[1] + X @ p[2:], -50, 50))
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "MixingLawPredictor":
+    def fit(self, X: np.ndarray, y: np.ndarray) -> MixingLawPredictor:
         from scipy.optimize import least_squares
 
         self.mu, self.sd = float(np.mean(y)), float(np.std(y)) or 1.0
@@ -35,6 +37,7 @@ class MixingLawPredictor:
         reg = math.sqrt(self.l2)
         best = None
         for sign in (1.0, -1.0):
+
             def residuals(p, sign=sign):
                 return np.concatenate([p[0] + sign * self._exp(p, X) - z, reg * p[1:]])
 

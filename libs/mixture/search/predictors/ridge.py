@@ -3,6 +3,7 @@
 `ridge_sqrt` fits on sqrt(weights), which bends the response like diminishing returns. Both are
 the simplest candidates, so they win ties.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,6 +17,7 @@ RIDGE_ALPHAS = np.logspace(-4, 3, 15)
 @PREDICTORS.register("ridge")
 class RidgePredictor:
     """Ridge on the weights; alpha by efficient leave-one-out over RIDGE_ALPHAS."""
+
     name = "ridge"
     simplicity = 0
     sqrt = False
@@ -26,7 +28,7 @@ class RidgePredictor:
     def _features(self, X: np.ndarray) -> np.ndarray:
         return np.sqrt(np.clip(X, 0, None)) if self.sqrt else X
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "RidgePredictor":
+    def fit(self, X: np.ndarray, y: np.ndarray) -> RidgePredictor:
         from sklearn.linear_model import RidgeCV
 
         self.model = RidgeCV(alphas=RIDGE_ALPHAS).fit(self._features(X), y)
@@ -39,6 +41,7 @@ class RidgePredictor:
 @PREDICTORS.register("ridge_sqrt")
 class RidgeSqrtPredictor(RidgePredictor):
     """Ridge on sqrt(weights)."""
+
     name = "ridge_sqrt"
     simplicity = 1
     sqrt = True
