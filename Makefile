@@ -16,7 +16,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN))/python
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo check test test-fast bench clean
 
 venv: $(STAMP)
 
@@ -32,7 +32,15 @@ $(STAMP): requirements.txt requirements-common.txt requirements-dev.txt pyprojec
 demo: venv
 	$(BIN)/climb run --config $(CONFIG)
 
-test: venv
+# The code's standing checks: lint and format (ruff), the layers contract (import-linter), types
+# of libs/mixture (mypy). Configured in pyproject.toml.
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: venv check
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
