@@ -234,17 +234,7 @@ class Embedder:
         if not getattr(self.tokenizer, "is_fast", False):
             raise EmbedError(f"{self.spec.path}: a fast (Rust) tokenizer is required (tokenizer.json)")
         self.model = AutoModel.from_pretrained(str(self.spec.path), local_files_only=True).to(device).eval()
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit and max_tokens > limit:
-            log.warning("embed.max_tokens=%d exceeds the model's %d positions; using %d", max_tokens, limit, limit)
-            max_tokens = limit
-        if self.spec.max_seq_length and max_tokens > self.spec.max_seq_length:
-            log.warning(
-                "embed.max_tokens=%d exceeds the %d tokens the model was configured for",
-                max_tokens,
-                self.spec.max_seq_length,
-            )
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens = self._token_limit(max_tokens)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         hidden = self.model.config.hidden_size
         self.dim = hidden * len(self.spec.pooling)
@@ -259,6 +249,21 @@ class Embedder:
             dtype,
             device,
         )
+
+    def _token_limit(self, max_tokens: int) -> int:
+        """`max_tokens`, capped at the model's positions (with a warning, as when it exceeds the
+        length the model was configured for)."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and max_tokens > limit:
+            log.warning("embed.max_tokens=%d exceeds the model's %d positions; using %d", max_tokens, limit, limit)
+            max_tokens = limit
+        if self.spec.max_seq_length and max_tokens > self.spec.max_seq_length:
+            log.warning(
+                "embed.max_tokens=%d exceeds the %d tokens the model was configured for",
+                max_tokens,
+                self.spec.max_seq_length,
+            )
+        return max_tokens
 
     @classmethod
     def from_config(cls, cfg: EmbedConfig) -> Embedder:

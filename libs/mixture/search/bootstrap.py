@@ -167,19 +167,10 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int) -
             "predictor": None,
         }
     fitted = pred.fit_select(obs.X, obs.y, scfg.predictor, seed)
-    rng = rng_for(seed, STREAM_FINAL)
-    C = candidates(scfg, prior, rng, obs, exclude=set())
-    order = fitted.rank(C)
-    if scfg.final == "best":
-        w = C[order[0]]
-    else:
-        w = C[order[: scfg.top_k]].mean(axis=0)
-        q = quantize(w, scfg.weight_floor)[0]
-        # the mean of capped mixtures is capped; rounding may cross a cap by one unit: keep it exact then
-        w = q if (q <= scfg.epoch_cap * prior / prior.sum() + 1e-12).all() else w / w.sum()
+    C = candidates(scfg, prior, rng_for(seed, STREAM_FINAL), obs, exclude=set())
+    w = _pick(scfg, prior, C, fitted.rank(C))
     predicted = float(fitted.predict(w[None])[0])
     predicted_best_observed = float(fitted.predict(obs.X[[b]])[0])
-    cv_spearman = fitted.cv[fitted.chosen].spearman
     out = {
         "predicted": predicted,
         "best_observed": {**best_observed, "predicted": predicted_best_observed},
@@ -189,11 +180,8 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int) -
         "oof": {name: r.oof for name, r in fitted.cv.items()},
         "y": obs.y.tolist(),
     }
-    if cv_spearman < scfg.predictor.min_spearman:
-        reason = (
-            f"the chosen predictor ({fitted.chosen}) has CV Spearman {cv_spearman:.2f} "
-            f"< predictor.min_spearman {scfg.predictor.min_spearman}"
-        )
+    reason = _distrust(scfg, fitted, predicted, predicted_best_observed)
+    if reason:
         return {
             **out,
             "weights": obs.X[b].tolist(),
@@ -201,24 +189,39 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int) -
             "reason": reason,
             "predicted_mixture": w.tolist(),
         }
-    if predicted <= predicted_best_observed:
-        reason = (
-            f"{fitted.chosen} predicts {predicted:.4f} for its {scfg.final} mixture, not above "
-            f"{predicted_best_observed:.4f} for the best observed one"
-        )
-        return {
-            **out,
-            "weights": obs.X[b].tolist(),
-            "method": "best_observed",
-            "reason": reason,
-            "predicted_mixture": w.tolist(),
-        }
+    cv_spearman = fitted.cv[fitted.chosen].spearman
     return {
         **out,
         "weights": w.tolist(),
         "method": scfg.final,
         "reason": f"{fitted.chosen} (CV Spearman {cv_spearman:.2f}) ranks it above the best observed",
     }
+
+
+def _pick(scfg: SearchConfig, prior: np.ndarray, C: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The best candidate, or the mean of the top k (quantised when that keeps it within the cap)."""
+    if scfg.final == "best":
+        return C[order[0]]
+    w = C[order[: scfg.top_k]].mean(axis=0)
+    q = quantize(w, scfg.weight_floor)[0]
+    # the mean of capped mixtures is capped; rounding may cross a cap by one unit: keep it exact then
+    return q if (q <= scfg.epoch_cap * prior / prior.sum() + 1e-12).all() else w / w.sum()
+
+
+def _distrust(scfg: SearchConfig, fitted, predicted: float, predicted_best_observed: float) -> str | None:
+    """Why the predicted mixture is not taken over the best observed one, or None."""
+    cv_spearman = fitted.cv[fitted.chosen].spearman
+    if cv_spearman < scfg.predictor.min_spearman:
+        return (
+            f"the chosen predictor ({fitted.chosen}) has CV Spearman {cv_spearman:.2f} "
+            f"< predictor.min_spearman {scfg.predictor.min_spearman}"
+        )
+    if predicted <= predicted_best_observed:
+        return (
+            f"{fitted.chosen} predicts {predicted:.4f} for its {scfg.final} mixture, not above "
+            f"{predicted_best_observed:.4f} for the best observed one"
+        )
+    return None
 
 
 def run_search(

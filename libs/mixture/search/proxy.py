@@ -201,6 +201,29 @@ def autocast_for(device: str, dtype: str = "auto"):
     return contextlib.nullcontext
 
 
+def optimizer(model, lr: float, device: str):
+    """AdamW (betas 0.9/0.95, weight decay 0.1 on matrices only), fused on CUDA."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=(device == "cuda"),
+    )
+
+
+def _step_range(steps: int, preset: str, progress: bool):
+    if not progress:
+        return range(steps)
+    from tqdm import tqdm
+
+    return tqdm(range(steps), desc=f"proxy {preset}", unit="step", leave=False)
+
+
 def train(
     pcfg: ProxyConfig,
     shards: dict[str, np.ndarray],
@@ -221,15 +244,7 @@ def train(
     data = MixtureBatches(shards, mixture, pcfg.seq_len, pcfg.batch_size, steps, seed)
     torch.manual_seed(seed)
     model = build_model(pcfg, vocab_size, eos_id).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=pcfg.lr,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-        fused=(device == "cuda"),
-    )
+    opt = optimizer(model, pcfg.lr, device)
     forward = torch.compile(model) if (pcfg.compile and device == "cuda") else model
     dtype = dtype_for(pcfg.dtype, device)
     log.info("proxy %s: %s on %s (proxy.dtype=%s)", pcfg.preset, dtype, device, pcfg.dtype)
@@ -239,12 +254,7 @@ def train(
     window: list[torch.Tensor] = []
     model.train()
     t0 = time.perf_counter()
-    it = range(steps)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc=f"proxy {pcfg.preset}", unit="step", leave=False)
-    for step in it:
+    for step in _step_range(steps, pcfg.preset, progress):
         for g in opt.param_groups:
             g["lr"] = pcfg.lr * lr_factor(step, steps, pcfg)
         xy = torch.from_numpy(data.batch(step)).to(device, non_blocking=True)
