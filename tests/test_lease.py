@@ -12,7 +12,6 @@ import time
 
 import boto3
 import pytest
-
 from mixture import lease
 
 HOLDER = """
