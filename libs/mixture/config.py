@@ -552,7 +552,7 @@ class Config(Section):
         """sha256 of the canonical JSON of the named sections (and the seed), less the
         `section.key` fields in `exclude`. A dotted name (`curate.selection`) is a part of a
         section: a field, a subsection or a property."""
-        payload: dict[str, Any] = {n: _hashed_dump(self._part(n)) for n in names}
+        payload: dict[str, Any] = {n: _hashed_dump(self.value(n)) for n in names}
         for dotted in exclude:
             section, key = dotted.split(".", 1)
             payload.get(section, {}).pop(key, None)
@@ -560,7 +560,13 @@ class Config(Section):
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _part(self, dotted: str) -> Any:
+    def uris(self, dotted: str) -> list[str]:
+        """The URIs at a dotted key that names one URI, a list of them, or nothing."""
+        value = self.value(dotted)
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def value(self, dotted: str) -> Any:
+        """The value at a dotted key (`search.target.val_uris`): a field, a subsection or a property."""
         value: Any = self
         for key in dotted.split("."):
             value = getattr(value, key)

@@ -105,10 +105,7 @@ def config_hash(cfg: Config, st: Stage) -> str:
     mixture file or a target set in place makes the stage run again."""
     parts = [cfg.section_hash(*st.sections, exclude=st.unhashed)]
     for key in st.files:
-        value: Any = cfg
-        for k in key.split("."):
-            value = getattr(value, k)
-        uris: list[str] = [value] if isinstance(value, str) else list(value or [])
+        uris = cfg.uris(key)
         if key == "input.uris":
             parts.append(json.dumps(files_fingerprint(uris)))
         else:
@@ -188,10 +185,7 @@ def run_stage(cfg: Config, name: str | Stage, force: bool = False) -> StageResul
 def check_requires(cfg: Config, st: Stage) -> None:
     """A stage asks only for the config it reads: ConfigError naming a required key left empty."""
     for dotted in st.requires:
-        value: Any = cfg
-        for k in dotted.split("."):
-            value = getattr(value, k)
-        if value in (None, "", [], {}):
+        if cfg.value(dotted) in (None, "", [], {}):
             raise ConfigError(f"{dotted}: required by the {st.name} stage (climb {st.name}) and not set")
 
 

@@ -41,7 +41,7 @@ def check(cfg: Config, file_keys: Iterable[str] = (), publish: bool = False) -> 
     """Every check that applies to a run whose stages read the files named by `file_keys`
     (dotted config keys, the stages' `files`) and, with `publish`, to publishing; raises
     PreflightError on the first problem."""
-    keys: dict[str, list[str]] = {key: _uris(cfg, key) for key in file_keys}
+    keys: dict[str, list[str]] = {key: cfg.uris(key) for key in file_keys}
     if publish and cfg.publish.uri:
         keys["publish.uri"] = [cfg.publish.uri]
     if any(keys.values()) or storage.is_s3(cfg.output_root):
@@ -53,13 +53,6 @@ def check(cfg: Config, file_keys: Iterable[str] = (), publish: bool = False) -> 
     for key, uris in keys.items():
         if key not in ("output_root", "publish.uri"):
             check_files(key, uris)
-
-
-def _uris(cfg: Config, dotted: str) -> list[str]:
-    value: Any = cfg
-    for k in dotted.split("."):
-        value = getattr(value, k)
-    return [value] if isinstance(value, str) else list(value or [])
 
 
 def check_credentials(key: str) -> None:
