@@ -114,3 +114,17 @@ def test_static_model_is_distilled_once_cached_and_recorded(tmp_path, sample_rec
     a, b = model.encode([long, head])
     assert len(long.split()) > 1000 and float(a @ b) < 0.95
     assert np.allclose(model.encode([records[0]["text"]])[0], emb[0], atol=1e-6)
+
+
+def test_static_with_the_classifier_scorer_is_refused_before_any_distillation(tmp_path, sample_records):
+    cfg = parse_config(
+        base_config(
+            tmp_path / "out",
+            embed={"model_type": "static"},
+            cluster={"quality": {"scorer": "classifier", "reference_uris": [str(tmp_path / "ref.jsonl")]}},
+        )
+    )
+    make_curated(cfg, pick(sample_records, 1)[:5])
+    with pytest.raises(EmbedError, match="cluster.quality.scorer=classifier"):
+        pipeline.run_stage(cfg, "embeddings")
+    assert not (tmp_path / "out" / "_models").exists()

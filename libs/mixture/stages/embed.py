@@ -251,6 +251,9 @@ def static_model(ctx: StageContext) -> dict | None:
     """The static model's provenance (distilled once, before any worker starts), or None."""
     if ctx.cfg.embed.model_type != "static":
         return None
+    if ctx.cfg.cluster.quality.scorer == "classifier":
+        # that scorer embeds its reference documents with the transformer encoder
+        raise EmbedError("embed.model_type=static does not work with cluster.quality.scorer=classifier yet")
     from mixture.static_encoder import ensure_model
 
     return ensure_model(ctx.cfg.output_root, ctx.cfg.embed)
