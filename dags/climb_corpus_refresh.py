@@ -5,9 +5,11 @@ Runs on the schedule in the Airflow Variable `climb_refresh_schedule` (default w
 catch-up), or by hand with the `config` param. Annotation is a Spark job (`spark-submit
 jobs/curate.py`, master from the Variable `climb_spark_master`, else the config's
 `curate.spark_master`); the selection that applies the filter thresholds to its signals needs no
-Spark; embedding runs in the `gpu` pool; every step but the Spark job is the stage function the
-CLI runs. When the shards differ from the last announced ones, `announce` updates the asset
-`climb://datasets/climblab`, which triggers the mixture search DAG.
+Spark; embedding fans out over ranges of shards (`embed_ranges` -> one mapped `embed_range`
+task per range in the `gpu` pool, retried and resumed -> `embed_commit`); every other step but
+the Spark job is the stage function the CLI runs. When the shards differ from the last announced
+ones, `announce` updates the asset `climb://datasets/climblab`, which triggers the mixture search
+DAG.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from _common import (
     run_stage,
     variable,
 )
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 log = logging.getLogger(__name__)
@@ -94,9 +96,46 @@ def select(config: str) -> dict[str, Any]:
     return run_stage(config, "select")
 
 
-@task(pool=GPU_POOL, queue=GPU_QUEUE)
-def embed(config: str) -> dict[str, Any]:
-    return run_stage(config, "embeddings")
+@task
+def embed_ranges(config: str) -> list[dict[str, int]]:
+    """The embedding work split into ranges of shards (none when the embeddings are up to date
+    or not needed); a static model is distilled here, once, before the ranges fan out."""
+    from mixture import pipeline
+    from mixture.stages import embed
+
+    cfg = load_config(config)
+    if not cfg.cluster.needs_embeddings or pipeline.current(cfg, "embeddings"):
+        return []
+    ctx = pipeline.open_stage(cfg, "embeddings")
+    embed.static_model(ctx)
+    return [r.to_dict() for r in embed.ranges(ctx.input("curated"), cfg.embed)]
+
+
+@task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ embed_range_name }}")
+def embed_range(config: str, rng: dict[str, int]) -> dict[str, Any]:
+    """One range of shards into the stage's staging folder; a retry resumes its finished shards."""
+    from mixture import pipeline
+    from mixture.stages import embed
+
+    get_current_context()["embed_range_name"] = f"shards {rng['first_shard']}-{rng['first_shard'] + rng['shards'] - 1}"
+    ctx = pipeline.open_stage(load_config(config), "embeddings")
+    p = embed.Progress(ctx.cfg.embed, embed.static_model(ctx))
+    embed.embed_range(ctx.input("curated"), ctx.writer, embed.Range(**rng), p)
+    return {"range": rng["index"], "computed": p.computed, "reused": p.reused, "seconds": round(p.seconds, 1)}
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)  # no ranges (up to date, not needed): mapped task skipped
+def embed_commit(config: str) -> dict[str, Any]:
+    """Commit the staged shards through the runner (lease, manifest written last)."""
+    from mixture import pipeline
+    from mixture.stages import embed
+
+    cfg = load_config(config)
+    if done := pipeline.current(cfg, "embeddings"):
+        return describe(done, skipped=True)
+    ctx = pipeline.open_stage(cfg, "embeddings")
+    out = embed.finish(ctx) if cfg.cluster.needs_embeddings else embed.skipped(ctx)
+    return describe(pipeline.commit(ctx, out), skipped=False)
 
 
 @task
@@ -137,8 +176,11 @@ with DAG(
     cfg_path = resolve_config()
     annotated = curate(cfg_path)
     curated = select(cfg_path)
-    embedded = embed(cfg_path)
+    planned = embed_ranges(cfg_path)
+    staged = embed_range.partial(config=cfg_path).expand(rng=planned)
+    embedded = embed_commit(cfg_path)
     clustered = cluster(cfg_path)
     climblab = shards(cfg_path)
-    annotated >> curated >> embedded >> clustered >> climblab
+    annotated >> curated >> planned
+    staged >> embedded >> clustered >> climblab
     announce(cfg_path, climblab)

@@ -1,7 +1,9 @@
 """`python jobs/embed.py --config FILE`: the embedding stage on a GPU (or CPU) worker.
 
 The same stage function as `climb embed` (through `pipeline.run_stage`), so both commit the same
-dataset; a killed run resumes from its finished shards. Exit status: 0 when the dataset is
+dataset; it runs the ranges of shards in `embed.workers` processes (on a CPU machine each with
+`embed.threads` torch threads, default cores / workers), and a killed run resumes from its
+finished shards. Exit status: 0 when the dataset is
 committed or up to date, 2 for a configuration, dataset or model error, 1 for any other failure.
 """
 

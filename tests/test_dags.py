@@ -123,11 +123,14 @@ def _downstream(dag, task_id):
 def test_refresh_dag_runs_the_stages_in_order_on_a_schedule(dagbag):
     dag = dagbag.get_dag(REFRESH)
     assert _downstream(dag, "curate") == {"select"}
-    assert _downstream(dag, "select") == {"embed"}
-    assert _downstream(dag, "embed") == {"cluster"}
+    assert _downstream(dag, "select") == {"embed_ranges"}
+    assert _downstream(dag, "embed_ranges") == {"embed_range"}
+    assert _downstream(dag, "embed_range") == {"embed_commit"}
+    assert _downstream(dag, "embed_commit") == {"cluster"}
     assert _downstream(dag, "cluster") == {"shards"}
     assert _downstream(dag, "shards") == {"announce"}
-    assert dag.get_task("embed").pool == "gpu"
+    assert dag.get_task("embed_range").pool == "gpu"  # mapped: one GPU slot per range
+    assert dag.get_task("embed_range").retries == 2 and dag.get_task("embed_ranges").pool != "gpu"
     assert [a.uri for a in dag.get_task("announce").outlets] == ["climb://datasets/climblab"]
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.timetable.expression == "0 0 * * 0"  # @weekly by default
@@ -238,6 +241,8 @@ def _write_config(tmp: Path, corpus: Path, output_root: Path | None = None) -> P
     data = tiny_config_dict(tmp, [str(corpus)])
     if output_root is not None:
         data["output_root"] = str(output_root)
+    # one mapped embed task per shard of 20 documents: 3 on the tiny corpus (57 curated documents)
+    data["embed"].update(shard_docs=20, range_shards=1)
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -297,6 +302,14 @@ def test_refresh_dag_commits_every_dataset_and_announces_climblab(clean_run):
     assert {s for s, _ in states.values()} == {"success"}
     for name in REFRESH_DATASETS:
         open_dataset(pipeline.dataset_uri(cfg, name)).verify()
+    from mixture.stages import embed
+
+    embeddings = open_dataset(pipeline.dataset_uri(cfg, "embeddings"))
+    ranges = embed.ranges(open_dataset(pipeline.dataset_uri(cfg, "curated")), cfg.embed)
+    mapped = sorted(k[1] for k in states if k[0] == "embed_range")
+    assert len(ranges) > 1 and mapped == list(range(len(ranges)))  # one mapped task per range
+    assert len(embeddings.files("emb-")) == sum(r.shards for r in ranges)
+    assert embeddings.manifest.counts["documents_out"] == sum(r.docs for r in ranges)
     climblab = open_dataset(pipeline.dataset_uri(cfg, "climblab"))
     assert clean_run["events"] == [
         (
@@ -345,6 +358,7 @@ def test_a_second_refresh_does_no_work_and_does_not_retrigger_the_search(clean_r
     states = _task_states(again)
     assert str(again.state) == "success"
     assert states[("announce", -1)][0] == "skipped"
+    assert states[("embed_range", -1)][0] == "skipped"  # up to date: no range to embed
     assert _asset_events(again) == []
     after = {n: open_dataset(pipeline.dataset_uri(cfg, n)).manifest_sha256 for n in REFRESH_DATASETS}
     assert after == before  # nothing recommitted
@@ -352,8 +366,9 @@ def test_a_second_refresh_does_no_work_and_does_not_retrigger_the_search(clean_r
 
 @pytest.mark.slow
 def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clean_run, dagbag, tmp_path, monkeypatch):
-    """Two injected one-shot failures: the embedding stage dies after staging every shard, just
-    before its commit (the retry resumes from the staged shards), and one proxy run dies after
+    """Three injected one-shot failures: one embedding range dies after staging its shard (the
+    retry finds it staged), the embedding stage dies after staging every shard, just before its
+    commit (the retry resumes from the staged shards), and one proxy run dies after
     finishing its training (the retry must reuse the finished run). Both DAGs still succeed, and
     every dataset has the same files as the clean run's: byte for byte, except the wall-clock
     timings in reports and run records."""
@@ -378,7 +393,15 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
         marker.touch()
         return True
 
-    real_commit, real_run_proxy = DatasetWriter.commit, steps.run_proxy
+    from mixture.stages import embed
+
+    real_commit, real_run_proxy, real_embed_range = DatasetWriter.commit, steps.run_proxy, embed.embed_range
+
+    def embed_range(curated, writer, r, p, *args, **kwargs):
+        out = real_embed_range(curated, writer, r, p, *args, **kwargs)
+        if r.index == 1 and once("embed-range"):
+            raise RuntimeError("injected failure after a range was staged")
+        return out
 
     def commit(self, *args, **kwargs):
         if self.stage == "embed" and once("embeddings"):
@@ -393,14 +416,18 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
 
     monkeypatch.setattr(DatasetWriter, "commit", commit)
     monkeypatch.setattr(steps, "run_proxy", run_proxy)
+    monkeypatch.setattr(embed, "embed_range", embed_range)
     refresh = _run(dagbag, REFRESH, config)
     search = _run(dagbag, SEARCH, config)
     refresh_states, search_states = _task_states(refresh), _task_states(search)
     assert str(refresh.state) == "success", refresh_states
     assert str(search.state) == "success", search_states
-    assert refresh_states[("embed", -1)] == ("success", 2)  # failed once, retried
+    assert refresh_states[("embed_commit", -1)] == ("success", 2)  # failed once, retried
+    assert refresh_states[("embed_range", 1)] == ("success", 2)  # the retry reused its staged shard
+    assert {s for k, (s, _) in refresh_states.items() if k[0] == "embed_range"} == {"success"}
     retried = [k for k, (s, tries) in search_states.items() if k[0] == "proxy_runs_0" and tries == 2]
     assert len(retried) == 1
+    assert (tmp_path / "failed-embed-range").exists()
     assert (tmp_path / "failed-embeddings").exists() and (tmp_path / "failed-proxy").exists()
     assert len(_mlflow_runs(cfg, "proxy")) == sum(cfg.search.iterations)  # the retry logged no duplicate
     for name in REFRESH_DATASETS[2:] + SEARCH_DATASETS:

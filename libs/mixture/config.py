@@ -259,6 +259,15 @@ class EmbedConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU"
     )
+    workers: int = Field(1, ge=1, json_schema_extra=NOT_HASHED, description="local embedding processes")
+    range_shards: int = Field(
+        4, ge=1, json_schema_extra=NOT_HASHED, description="shards per range (one worker or Airflow task each)"
+    )
+    model_type: Literal["transformer", "static"] = Field(
+        "transformer",
+        description="static: a model2vec model distilled locally from `model` (fast on CPUs, whole documents)",
+    )
+    static_pca_dims: int | None = Field(256, ge=2, description="static: PCA dimensions of the distilled model")
 
 
 # ------------------------------------------------------------------------------------ cluster
