@@ -107,13 +107,12 @@ def test_compute_scores_reads_the_filter_limits_from_the_curated_manifest(tmp_pa
         return Dataset(str(tmp_path), Manifest("select", "h", {}, {}, [], extra), "0" * 64)
 
     limits = cfg.curate.filters.gopher_quality.model_copy(update={"min_mean_word_length": 4.5})
-    default = compute_scores(cfg.cluster, 0, np.zeros((2, 4)), meta, ["a", "b"], curated({}), curated({}))
+    default = compute_scores(cfg.cluster, 0, np.zeros((2, 4)), meta, curated({}), curated({}))
     moved = compute_scores(
         cfg.cluster,
         0,
         np.zeros((2, 4)),
         meta,
-        ["a", "b"],
         curated({"filters": {"gopher_quality": limits.model_dump(mode="json")}}),
         curated({}),
     )

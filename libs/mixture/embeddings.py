@@ -7,6 +7,8 @@ order. The stage `mixture.stages.embed` writes them; the clustering reads them b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -61,3 +63,66 @@ def load_embeddings(ds: Dataset) -> tuple[list[str], np.ndarray]:
         ids += shard_ids
         parts.append(arr.astype(np.float32, copy=False))
     return ids, np.vstack(parts)
+
+
+# ------------------------------------------------------------------- streaming readers (bounded)
+def shard_files(ds: Dataset) -> list[tuple[str, str, int]]:
+    """(vectors uri, ids uri, rows) of every shard in order, rows from the .npy headers."""
+    emb_files, id_files = ds.files("emb-"), ds.files("ids-")
+    if not emb_files or len(emb_files) != len(id_files):
+        raise DatasetError(
+            f"{ds.uri}: expected pairs of emb-*.npy and ids-*.parquet, found {len(emb_files)} and {len(id_files)}"
+        )
+    return [(e, i, int(npy_shape(e)[0])) for e, i in zip(emb_files, id_files)]
+
+
+def dimension(ds: Dataset) -> int:
+    """The vectors' dimension, from the first shard's header."""
+    return int(npy_shape(shard_files(ds)[0][0])[1])
+
+
+def iter_shards(ds: Dataset) -> Iterator[tuple[pa.Array, np.ndarray]]:
+    """(ids as an Arrow string array, float32 vectors) per shard, in shard order: one shard in
+    memory at a time."""
+    for e_uri, i_uri, _ in shard_files(ds):
+        with storage.open_read(e_uri) as f:
+            arr = np.load(f, allow_pickle=False).astype(np.float32, copy=False)
+        with storage.open_read(i_uri) as f:
+            ids = pq.read_table(f, columns=["id"]).column("id").combine_chunks().cast(pa.string())
+        if len(ids) != len(arr):
+            raise DatasetError(f"{e_uri}: {len(arr)} vectors but {len(ids)} ids")
+        yield ids, arr
+
+
+def iter_blocks(ds: Dataset, rows: int) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
+    """(first row, ids, float32 vectors) in blocks of `rows` documents across shard boundaries
+    (the last block shorter): the same blocks whatever the shard size."""
+    ids: list[pa.Array] = []
+    vecs: list[np.ndarray] = []
+    held = start = 0
+    for s_ids, s_vecs in iter_shards(ds):
+        ids.append(s_ids)
+        vecs.append(s_vecs)
+        held += len(s_vecs)
+        while held >= rows:
+            all_ids, all_vecs = pa.concat_arrays(ids), np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
+            yield start, all_ids.slice(0, rows), all_vecs[:rows]
+            start, held = start + rows, held - rows
+            ids, vecs = [all_ids.slice(rows)], [all_vecs[rows:]]
+    if held:
+        yield start, pa.concat_arrays(ids), np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
+
+
+def read_rows(ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """The vectors of the given row numbers (sorted ascending), read shard by shard."""
+    rows = np.asarray(rows, dtype=np.int64)
+    files = shard_files(ds)
+    out = np.empty((len(rows), int(npy_shape(files[0][0])[1])), dtype=np.float32)
+    start = 0
+    for e_uri, _, n in files:
+        lo, hi = np.searchsorted(rows, [start, start + n])
+        if hi > lo:
+            with storage.open_read(e_uri) as f:
+                out[lo:hi] = np.load(f, allow_pickle=False)[rows[lo:hi] - start]
+        start += n
+    return out
