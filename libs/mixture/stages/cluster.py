@@ -263,7 +263,7 @@ def train(cfg: ClusterConfig, seed: int, corpus: Corpus) -> tuple[np.ndarray, in
     """(centroids, training points, GPU) of k-means on the seeded sample, read shard by shard."""
     k = effective_k(cfg.k_init, corpus.n, cfg.min_points_per_centroid)
     gpu = gpu_count() > 0
-    rows = train_rows(corpus.n, cfg.max_train_points, seed)
+    rows = train_rows(corpus.n, cfg.train_points(k), seed)
     return train_centroids(corpus.rows(rows), k, cfg.niter, cfg.nredo, seed, gpu), len(rows), gpu
 
 
