@@ -329,3 +329,23 @@ def test_nmi_and_purity_from_counts_match_the_per_document_ones():
     np.add.at(table, (clusters, [names.index(c) for c in classes]), 1)
     assert counts_purity(table) == purity(clusters, classes)
     assert counts_nmi(table, names) == pytest.approx(nmi(clusters, classes), abs=1e-12)
+
+
+def test_embedding_blocks_and_rows_across_shards(tmp_path):
+    from mixture import embeddings
+    from mixture.dataset import DatasetWriter
+
+    rng = np.random.default_rng(0)
+    w = DatasetWriter(str(tmp_path / "embeddings"), "embeddings", "h", {})
+    x = rng.standard_normal((23, 4)).astype(np.float32)
+    ids = [f"d{i}" for i in range(23)]
+    for s, (lo, hi) in enumerate([(0, 10), (10, 13), (13, 23)]):
+        embeddings.write_shard(w, s, ids[lo:hi], x[lo:hi])
+    ds = w.commit({}, {})
+    blocks = [(start, b_ids.to_pylist(), vecs.copy()) for start, b_ids, vecs in embeddings.iter_blocks(ds, 7)]
+    assert [(start, len(v)) for start, _, v in blocks] == [(0, 7), (7, 7), (14, 7), (21, 2)]
+    assert [i for _, b, _ in blocks for i in b] == ids
+    assert np.array_equal(np.concatenate([v for _, _, v in blocks]), x)
+    rows = np.array([0, 9, 10, 12, 22])
+    assert np.array_equal(embeddings.read_rows(ds, rows), x[rows])
+    assert embeddings.dimension(ds) == 4 and sum(r for _, _, r in embeddings.shard_files(ds)) == 23

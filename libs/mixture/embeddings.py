@@ -81,12 +81,20 @@ def dimension(ds: Dataset) -> int:
     return int(npy_shape(shard_files(ds)[0][0])[1])
 
 
+def _load(uri: str) -> np.ndarray:
+    """A shard's vectors: memory-mapped when the file is local (the page cache, not the heap)."""
+    local = storage.local_path(uri)
+    if local is not None:
+        return np.load(local, mmap_mode="r", allow_pickle=False)
+    with storage.open_read(uri) as f:
+        return np.load(f, allow_pickle=False)
+
+
 def iter_shards(ds: Dataset) -> Iterator[tuple[pa.Array, np.ndarray]]:
-    """(ids as an Arrow string array, float32 vectors) per shard, in shard order: one shard in
-    memory at a time."""
+    """(ids as an Arrow string array, float32 vectors) per shard, in shard order: one shard at a
+    time (memory-mapped when local)."""
     for e_uri, i_uri, _ in shard_files(ds):
-        with storage.open_read(e_uri) as f:
-            arr = np.load(f, allow_pickle=False).astype(np.float32, copy=False)
+        arr = _load(e_uri)
         with storage.open_read(i_uri) as f:
             ids = pq.read_table(f, columns=["id"]).column("id").combine_chunks().cast(pa.string())
         if len(ids) != len(arr):
@@ -96,21 +104,25 @@ def iter_shards(ds: Dataset) -> Iterator[tuple[pa.Array, np.ndarray]]:
 
 def iter_blocks(ds: Dataset, rows: int) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
     """(first row, ids, float32 vectors) in blocks of `rows` documents across shard boundaries
-    (the last block shorter): the same blocks whatever the shard size."""
+    (the last block shorter): the same blocks whatever the shard size. The vectors are one buffer
+    reused for every block: copy what must outlive the next block."""
+    buf: np.ndarray | None = None
     ids: list[pa.Array] = []
-    vecs: list[np.ndarray] = []
-    held = start = 0
+    filled = start = 0
     for s_ids, s_vecs in iter_shards(ds):
-        ids.append(s_ids)
-        vecs.append(s_vecs)
-        held += len(s_vecs)
-        while held >= rows:
-            all_ids, all_vecs = pa.concat_arrays(ids), np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
-            yield start, all_ids.slice(0, rows), all_vecs[:rows]
-            start, held = start + rows, held - rows
-            ids, vecs = [all_ids.slice(rows)], [all_vecs[rows:]]
-    if held:
-        yield start, pa.concat_arrays(ids), np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
+        if buf is None:
+            buf = np.empty((rows, s_vecs.shape[1]), dtype=np.float32)
+        pos = 0
+        while pos < len(s_vecs):
+            take = min(rows - filled, len(s_vecs) - pos)
+            buf[filled : filled + take] = s_vecs[pos : pos + take]
+            ids.append(s_ids.slice(pos, take))
+            filled, pos = filled + take, pos + take
+            if filled == rows:
+                yield start, pa.concat_arrays(ids), buf
+                start, filled, ids = start + rows, 0, []
+    if filled and buf is not None:
+        yield start, pa.concat_arrays(ids), buf[:filled]
 
 
 def read_rows(ds: Dataset, rows: np.ndarray) -> np.ndarray:
@@ -122,7 +134,6 @@ def read_rows(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     for e_uri, _, n in files:
         lo, hi = np.searchsorted(rows, [start, start + n])
         if hi > lo:
-            with storage.open_read(e_uri) as f:
-                out[lo:hi] = np.load(f, allow_pickle=False)[rows[lo:hi] - start]
+            out[lo:hi] = _load(e_uri)[rows[lo:hi] - start]
         start += n
     return out

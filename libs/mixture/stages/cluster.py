@@ -78,6 +78,11 @@ def curated_meta_columns(names: list[str]) -> list[str]:
 BLOCK_ROWS = 1 << 16
 
 
+def _unit(vecs: np.ndarray) -> np.ndarray:
+    """normalize_rows in place (the same values): the block buffer becomes the unit vectors."""
+    return np.divide(vecs, np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12), out=vecs)
+
+
 def _id_hashes(ids: pa.Array) -> np.ndarray:
     """64-bit hashes of document ids (blake2b): 8 bytes per document for the uniqueness check."""
     digest = hashlib.blake2b
@@ -106,12 +111,12 @@ class Corpus:
         for (start, ids, vecs), meta in zip(embeddings.iter_blocks(self.embeddings, BLOCK_ROWS), curated):
             if not ids.equals(meta.column("id").combine_chunks().cast(pa.string())):
                 raise mismatch(self.embeddings, self.curated, self.n, self.n)
-            yield start, ids, normalize_rows(vecs), meta
+            yield start, ids, _unit(vecs), meta
 
     def vectors(self) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
         """(first row, ids, unit-norm vectors) per block, from the embeddings alone."""
         for start, ids, vecs in embeddings.iter_blocks(self.embeddings, BLOCK_ROWS):
-            yield start, ids, normalize_rows(vecs)
+            yield start, ids, _unit(vecs)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Unit-norm vectors of the given rows (ascending), read shard by shard."""
@@ -166,6 +171,7 @@ class Pass1:
     quality_sum: np.ndarray  # float64, the pruning scorer's sum per k-means cluster
     sim_sum: float
     sources: dict[str, int]  # source label -> code, in first-seen order
+    assign_seconds: float = 0.0  # in faiss's search only (k-means seconds = training + this)
 
 
 class Spill:
@@ -200,7 +206,9 @@ def assign_and_score(corpus: Corpus, centroids: np.ndarray, scoring: Scoring, gp
     agg = Pass1(np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.float64), 0.0, {})
     hashes = []
     for start, ids, x, meta in tqdm(corpus.blocks(scoring.needs_text), desc="assign", unit="block"):
+        t0 = time.perf_counter()
         sims, assign = assign_nearest(x, centroids, gpu)
+        agg.assign_seconds += time.perf_counter() - t0
         scores = scoring.score(ScoreBatch(start, x, meta))
         quality = scores[scoring.chosen].astype(np.float64)
         np.add.at(agg.sizes, assign, 1)
@@ -259,10 +267,9 @@ def merge_clusters(cfg: ClusterConfig, km: KMeansModel, p1: Pass1) -> Clustering
     return Clustering(km, p1.sizes, reasons, mean_q, merged, mapping, final_sizes.astype(np.int64))
 
 
-def train(cfg: ClusterConfig, seed: int, corpus: Corpus) -> tuple[np.ndarray, int, bool]:
+def train(cfg: ClusterConfig, seed: int, corpus: Corpus, gpu: bool) -> tuple[np.ndarray, int, bool]:
     """(centroids, training points, GPU) of k-means on the seeded sample, read shard by shard."""
     k = effective_k(cfg.k_init, corpus.n, cfg.min_points_per_centroid)
-    gpu = gpu_count() > 0
     rows = train_rows(corpus.n, cfg.train_points(k), seed)
     return train_centroids(corpus.rows(rows), k, cfg.niter, cfg.nredo, seed, gpu), len(rows), gpu
 
@@ -347,10 +354,12 @@ def cluster_stream(ctx: StageContext, corpus: Corpus, scoring: Scoring, spill: S
     """Train on the sample, assign and score (pass 1), prune and merge, write the assignments
     (pass 2) and find the snippets (pass 3); the stage's data files."""
     cfg: ClusterConfig = ctx.cfg.cluster
+    gpu = gpu_count() > 0  # imports faiss: not part of the k-means seconds
     t0 = time.perf_counter()
-    centroids, train_points, gpu = train(cfg, ctx.cfg.seed, corpus)
+    centroids, train_points, gpu = train(cfg, ctx.cfg.seed, corpus, gpu)
+    trained = time.perf_counter() - t0
     p1 = assign_and_score(corpus, centroids, scoring, gpu, spill)
-    km = KMeansModel(centroids, p1.sim_sum / corpus.n, train_points, time.perf_counter() - t0, gpu)
+    km = KMeansModel(centroids, p1.sim_sum / corpus.n, train_points, trained + p1.assign_seconds, gpu)
     log.info(
         "k-means: K=%d on %d of %d documents in %.1f s (%s), mean cosine %.4f",
         len(centroids),
