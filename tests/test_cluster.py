@@ -349,3 +349,11 @@ def test_embedding_blocks_and_rows_across_shards(tmp_path):
     rows = np.array([0, 9, 10, 12, 22])
     assert np.array_equal(embeddings.read_rows(ds, rows), x[rows])
     assert embeddings.dimension(ds) == 4 and sum(r for _, _, r in embeddings.shard_files(ds)) == 23
+
+
+def test_embeddings_in_another_order_than_curated_are_a_clear_error(embedded, tmp_path):
+    root = _copy(embedded, tmp_path)
+    cfg = parse_config(base_config(root, cluster={"k_init": 9}))
+    make_curated(cfg, embedded[1][::-1])  # the same documents, re-committed in reverse order
+    with pytest.raises(ClusterError, match="not in the curated documents' order: rerun `embed`"):
+        pipeline.run_stage(cfg, "clusters")
