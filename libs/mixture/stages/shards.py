@@ -60,7 +60,7 @@ def missing_error(curated: Dataset, clusters: Dataset) -> RuntimeError:
     missing: list[str] = []
     n_missing = 0
     for ids, _ in documents.iter_texts(curated):
-        lost = [i for i, h in zip(ids, _hashes(ids)) if not np.isin(h, have)]
+        lost = [i for i, ok in zip(ids, np.isin(_hashes(ids), have)) if not ok]
         n_missing += len(lost)
         missing += lost[: 3 - len(missing)]
     if n_missing:
