@@ -15,6 +15,15 @@ empty dataset); pruning by size and quality (scorers that need only the curated 
 applies per group, documents without a group get `cluster = -1` and are counted by reason, and
 final ids are ordered by size as with k-means.
 
+Bounded memory (k-means): nothing holds the corpus. k-means trains on a seeded sample of at most
+`max_train_points` embeddings (default 256 x K, faiss's points per centroid), read shard by shard
+by row number; then pass 1 streams the embeddings with the curated q_* columns in blocks of
+`BLOCK_ROWS` (assignment by faiss search against the centroids, every scorer batch-wise,
+per-cluster sizes and quality sums, per-document results spilled to local disk), pruning and the
+merge work on those aggregates, pass 2 writes assignments.parquet block by block and sums the
+final centroids, pass 3 finds the report's snippets. Same inputs, same bytes as the in-memory code
+(bench/RESULTS.md, "Clustering in bounded memory").
+
 Outputs (docs/DATASETS.md, "clusters"): assignments.parquet, mapping.json, report.md /
 report.json (`mixture.report`), and with k-means centroids_init.npy, centroids.npy and map.png;
 logged to MLflow.
