@@ -272,3 +272,88 @@ def test_curated_documents_without_embeddings_are_a_clear_error(embedded, tmp_pa
     make_curated(cfg, embedded[1] + extra)  # re-committed curated, embeddings not rerun
     with pytest.raises(ClusterError, match="1 curated documents without an embedding"):
         pipeline.run_stage(cfg, "clusters")
+
+
+# ------------------------------------------------------------------------------- streaming
+def test_streamed_stage_matches_kmeans_in_memory_on_a_sample(embedded, tmp_path):
+    # a training sample smaller than the corpus: the stage reads the same seeded rows shard by
+    # shard and assigns in blocks, so it finds what spherical_kmeans finds on the whole array
+    from mixture.dataset import open_dataset
+    from mixture.embeddings import load_embeddings
+    from mixture.kmeans import normalize_rows
+
+    root = _copy(embedded, tmp_path)
+    cfg = parse_config(base_config(root, cluster={"k_init": 9, "target_clusters": 3, "max_train_points": 50}))
+    ds = pipeline.run_stage(cfg, "clusters").dataset
+    a = _assignments(ds)
+    ids, x = load_embeddings(open_dataset(str(root / "embeddings")))
+    km = spherical_kmeans(normalize_rows(x), 9, cfg.cluster.niter, cfg.cluster.nredo, 0, 50, use_gpu=False)
+    assert a["id"].tolist() == ids and km.train_points == 50
+    assert np.array_equal(a["cluster_init"].to_numpy(), km.assign)
+    assert np.array_equal(np.load(ds.path("centroids_init.npy")), km.centroids)
+    rep = json.loads(Path(ds.path("report.json")).read_text())
+    assert rep["kmeans"]["train_points"] == 50 and rep["kmeans"]["mean_cosine"] == pytest.approx(km.objective, abs=1e-5)
+
+
+def test_block_size_changes_nothing_but_row_groups(embedded, tmp_path, monkeypatch):
+    # blocks of 16 documents (shards of 50): the same assignments, centroids, mapping and report
+    # (samples, snippets, counts) as one block; the report's TF-IDF sample is drawn per cluster
+    # from positions, not from rows held in memory
+    from mixture.stages import cluster
+
+    root = _copy(embedded, tmp_path)
+    cfg = parse_config(base_config(root, cluster={"k_init": 9, "target_clusters": 3}))
+    one = pipeline.run_stage(cfg, "clusters").dataset
+    first = {n: Path(one.path(n)).read_bytes() for n in ("centroids.npy", "centroids_init.npy", "mapping.json")}
+    rep1 = json.loads(Path(one.path("report.json")).read_text())
+    a1 = _assignments(one)
+    monkeypatch.setattr(cluster, "BLOCK_ROWS", 16)
+    many = pipeline.run_stage(cfg, "clusters", force=True).dataset
+    assert pq.ParquetFile(many.path("assignments.parquet")).metadata.num_row_groups == 6
+    assert _assignments(many).equals(a1)
+    assert {n: Path(many.path(n)).read_bytes() for n in first} == first
+    rep2 = json.loads(Path(many.path("report.json")).read_text())
+    for rep in (rep1, rep2):
+        rep["kmeans"].pop("seconds")
+        rep["kmeans"].pop("mean_cosine")  # summed in float64 per block
+    assert rep1 == rep2
+
+
+def test_nmi_and_purity_from_counts_match_the_per_document_ones():
+    from mixture.report import counts_nmi, counts_purity
+
+    rng = np.random.default_rng(3)
+    clusters, classes = rng.integers(0, 7, 500), rng.choice(["b", "a", "d", "c"], 500, p=[0.5, 0.2, 0.2, 0.1])
+    names = ["b", "a", "d", "c"]  # first-seen order, not sorted
+    table = np.zeros((7, 4), dtype=np.int64)
+    np.add.at(table, (clusters, [names.index(c) for c in classes]), 1)
+    assert counts_purity(table) == purity(clusters, classes)
+    assert counts_nmi(table, names) == pytest.approx(nmi(clusters, classes), abs=1e-12)
+
+
+def test_embedding_blocks_and_rows_across_shards(tmp_path):
+    from mixture import embeddings
+    from mixture.dataset import DatasetWriter
+
+    rng = np.random.default_rng(0)
+    w = DatasetWriter(str(tmp_path / "embeddings"), "embeddings", "h", {})
+    x = rng.standard_normal((23, 4)).astype(np.float32)
+    ids = [f"d{i}" for i in range(23)]
+    for s, (lo, hi) in enumerate([(0, 10), (10, 13), (13, 23)]):
+        embeddings.write_shard(w, s, ids[lo:hi], x[lo:hi])
+    ds = w.commit({}, {})
+    blocks = [(start, b_ids.to_pylist(), vecs.copy()) for start, b_ids, vecs in embeddings.iter_blocks(ds, 7)]
+    assert [(start, len(v)) for start, _, v in blocks] == [(0, 7), (7, 7), (14, 7), (21, 2)]
+    assert [i for _, b, _ in blocks for i in b] == ids
+    assert np.array_equal(np.concatenate([v for _, _, v in blocks]), x)
+    rows = np.array([0, 9, 10, 12, 22])
+    assert np.array_equal(embeddings.read_rows(ds, rows), x[rows])
+    assert embeddings.dimension(ds) == 4 and sum(r for _, _, r in embeddings.shard_files(ds)) == 23
+
+
+def test_embeddings_in_another_order_than_curated_are_a_clear_error(embedded, tmp_path):
+    root = _copy(embedded, tmp_path)
+    cfg = parse_config(base_config(root, cluster={"k_init": 9}))
+    make_curated(cfg, embedded[1][::-1])  # the same documents, re-committed in reverse order
+    with pytest.raises(ClusterError, match="not in the curated documents' order: rerun `embed`"):
+        pipeline.run_stage(cfg, "clusters")

@@ -107,13 +107,12 @@ def test_compute_scores_reads_the_filter_limits_from_the_curated_manifest(tmp_pa
         return Dataset(str(tmp_path), Manifest("select", "h", {}, {}, [], extra), "0" * 64)
 
     limits = cfg.curate.filters.gopher_quality.model_copy(update={"min_mean_word_length": 4.5})
-    default = compute_scores(cfg.cluster, 0, np.zeros((2, 4)), meta, ["a", "b"], curated({}), curated({}))
+    default = compute_scores(cfg.cluster, 0, np.zeros((2, 4)), meta, curated({}), curated({}))
     moved = compute_scores(
         cfg.cluster,
         0,
         np.zeros((2, 4)),
         meta,
-        ["a", "b"],
         curated({"filters": {"gopher_quality": limits.model_dump(mode="json")}}),
         curated({}),
     )
@@ -217,3 +216,40 @@ def test_fasttext_scorer_with_a_trained_model(tmp_path, sample_records):
     s = FastTextScorer(str(tmp_path / "q.bin")).scores(texts)
     assert s.min() >= 1.0 and s.max() <= 5.0
     assert s[hq].mean() > s[~hq].mean() + 1.0
+
+
+def test_classifier_scores_batch_by_batch_as_on_the_whole_corpus():
+    rng = np.random.default_rng(2)
+    hq, other = np.eye(16)[0], np.eye(16)[1]
+    reference = _sphere(rng, hq, 40, 0.3)
+    corpus = np.vstack([_sphere(rng, hq, 80, 0.3), _sphere(rng, other, 170, 0.3)])
+    whole = ReferenceClassifier(seed=5).fit_score(reference, corpus, negatives=100)
+    clf = ReferenceClassifier(seed=5)
+    read: list[np.ndarray] = []
+    clf.fit(reference, len(corpus), 100, lambda rows: read.append(rows) or corpus[rows])
+    assert len(read) == 1 and len(read[0]) == 100  # only the negatives' rows are read
+    batches = np.concatenate([clf.score(corpus[s : s + 64], s) for s in range(0, len(corpus), 64)])
+    assert np.allclose(batches, whole, atol=1e-6)
+
+
+def test_heuristic_scores_batch_by_batch_and_sums_its_notes(tmp_path):
+    import pyarrow as pa
+    from mixture.dataset import Dataset, Manifest
+    from mixture.scorers import ScoreBatch, ScoreSetup, open_scorers
+
+    cfg = parse_config({"output_root": str(tmp_path), "input": {"uris": ["a"]}})
+    curated = Dataset(str(tmp_path), Manifest("select", "h", {}, {}, [], {}), "0" * 64)
+    values = np.array([4.5, np.nan, 6.0, 2.0, np.nan])
+    meta = pa.table({"q_mean_word_length": values, "q_other": np.ones(5)})
+    setup = ScoreSetup(cfg.cluster.quality, 0, 5, meta.column_names, curated, None, None)
+    scoring = open_scorers(cfg.cluster, setup)
+    parts = [scoring.score(ScoreBatch(s, np.zeros((2, 0)), meta.slice(s, 2)))["heuristic"] for s in (0, 2, 4)]
+    whole = heuristic_scores({"q_mean_word_length": values, "q_other": np.ones(5)})
+    assert np.array_equal(np.concatenate(parts), whole.scores)
+    assert scoring.notes()["heuristic"] == {
+        "signals_used": ["q_mean_word_length"],
+        "signals_ignored": ["q_other"],
+        "documents_without_signals": 2,
+    }
+    # a batch from a file without the column: its documents have no signal (neutral 3.0)
+    assert scoring.score(ScoreBatch(5, np.zeros((1, 0)), pa.table({"q_other": [1.0]})))["heuristic"].tolist() == [3.0]

@@ -81,3 +81,68 @@ def test_stage_tokenizes_every_kept_document(tmp_path, sample_records):
         total += shard.n_tokens
     assert total == out.counts["tokens"]
     assert abs(sum(lab.prior.values()) - 1) < 1e-9
+
+
+def test_appending_writer_writes_what_the_whole_shard_writer_writes(tmp_path):
+    rng = np.random.default_rng(1)
+    docs = [np.append(rng.integers(0, 4000, size=n), 3) for n in [3, 0, 17, 250, 1]]
+    whole = str(tmp_path / "whole" / "tokens")
+    tokens.write_token_shard(whole, docs, np.uint16)
+    parts = str(tmp_path / "parts" / "tokens")
+    with tokens.TokenShardWriter(parts, np.uint16) as w:
+        w.append(docs[:2])
+        w.append([])
+        w.append(docs[2:])
+        assert w.close() == (5, sum(len(d) for d in docs))
+    for ext in (".bin", ".idx"):
+        assert open(whole + ext, "rb").read() == open(parts + ext, "rb").read()
+
+
+def _shards_stage(tmp_path, recs, clusters, name):
+    curated = _committed(
+        tmp_path / name,
+        "curated",
+        "curated",
+        {
+            f"docs/part-{p}.parquet": pa.table({"id": [r["id"] for r in part], "text": [r["text"] for r in part]})
+            for p, part in enumerate((recs[:50], recs[50:]))
+        },
+    )
+    assign = _committed(
+        tmp_path / name,
+        "clusters",
+        "clusters",
+        {"assignments.parquet": pa.table({"id": [r["id"] for r in recs[: len(clusters)]], "cluster": clusters})},
+    )
+    from mixture.config import parse_config
+
+    cfg = parse_config(
+        {
+            "output_root": str(tmp_path),
+            "input": {"uris": ["x"]},
+            "shards": {"vocab_size": 400, "tokenizer_train_docs": 50},
+        }
+    )
+    w = DatasetWriter(str(tmp_path / name / "climblab"), "climblab", "h", {})
+    out = shards.run(StageContext(cfg, stage("climblab"), {"curated": curated, "clusters": assign}, w))
+    return w.commit(out.counts, out.extra)
+
+
+def test_small_batches_merge_to_the_same_bytes_in_id_order(tmp_path, sample_records, monkeypatch):
+    # ids in reverse order of the curated rows: every cluster's runs must be merged by id
+    recs = [dict(r, id=f"d{999 - i:04d}") for i, r in enumerate(sample_records[:120])]
+    clusters = [(-1 if i % 10 == 0 else i % 3) for i in range(len(recs))]
+    one = _shards_stage(tmp_path, recs, clusters, "one")
+    monkeypatch.setattr(shards, "BATCH_ROWS", 16)  # 8 runs per cluster instead of 1
+    many = _shards_stage(tmp_path, recs, clusters, "many")
+    assert {f["path"]: f["sha256"] for f in one.manifest.files} == {f["path"]: f["sha256"] for f in many.manifest.files}
+    texts = climblab.ClimbLab(many).texts("c01").column("id").to_pylist()
+    assert texts == sorted(r["id"] for r, c in zip(recs, clusters) if c == 1)
+
+
+def test_curated_documents_without_an_assignment_are_a_clear_error(tmp_path, sample_records):
+    import pytest
+
+    recs = sample_records[:60]
+    with pytest.raises(RuntimeError, match="1 curated documents have no cluster assignment"):
+        _shards_stage(tmp_path, recs, [0] * 59, "short")  # the assignments lack the last document

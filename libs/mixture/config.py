@@ -327,7 +327,15 @@ class ClusterConfig(Section):
     k_init: int = Field(1000, ge=2)
     niter: int = Field(20, ge=1)
     nredo: int = Field(1, ge=1)
-    max_train_points: int = Field(256 * 1000, ge=1)
+    max_train_points: int | None = Field(
+        None,
+        ge=1,
+        description="k-means trains on a seeded sample of at most this many embeddings, read shard by "
+        "shard; every document is then assigned by streaming. Default 256 x K (faiss's "
+        "max_points_per_centroid: faiss itself subsamples to 256 points per centroid, more does not "
+        "improve the centroids measurably), 256,000 at the paper's K_init 1000; the sample bounds the "
+        "stage's memory (256,000 x 384 float32 = 393 MB)",
+    )
     min_points_per_centroid: int = Field(10, ge=1, description="K_init is capped at n_docs / this")
     min_cluster_size: int = Field(1, ge=1)
     quality: QualityConfig = QualityConfig()
@@ -363,6 +371,10 @@ class ClusterConfig(Section):
                 "quality.scorer heuristic (or fasttext) and no quality.reference_uris"
             )
         return self
+
+    def train_points(self, k: int) -> int:
+        """The k-means training sample's size cap for K = k centroids."""
+        return self.max_train_points if self.max_train_points is not None else 256 * k
 
     @property
     def needs_embeddings(self) -> bool:

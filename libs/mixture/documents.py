@@ -72,3 +72,28 @@ def texts_by_id(curated: Dataset, wanted: Iterable[str]) -> dict[str, str]:
     for ids, texts in iter_texts(curated):
         out.update((i, t) for i, t in zip(ids, texts) if i in wanted)
     return out
+
+
+def column_names(curated: Dataset) -> list[str]:
+    """Every column name of the document files (their union, first-seen order), from the footers."""
+    names: dict[str, None] = {}
+    for uri in doc_files(curated):
+        with storage.open_read(uri) as f:
+            names.update(dict.fromkeys(pq.ParquetFile(f).schema_arrow.names))
+    return list(names)
+
+
+def iter_blocks(curated: Dataset, columns: Columns, rows: int) -> Iterator[pa.Table]:
+    """Tables of exactly `rows` documents (the last shorter) across file boundaries, in file and
+    row order; files whose optional columns differ are merged, missing values null."""
+    held: list[pa.Table] = []
+    n = 0
+    for batch in iter_batches(curated, columns, min(rows, BATCH_ROWS)):
+        held.append(pa.Table.from_batches([batch]))
+        n += batch.num_rows
+        while n >= rows:
+            table = pa.concat_tables(held, promote_options="default")
+            yield table.slice(0, rows).combine_chunks()
+            held, n = [table.slice(rows)], n - rows
+    if n:
+        yield pa.concat_tables(held, promote_options="default").combine_chunks()

@@ -7,6 +7,8 @@ order. The stage `mixture.stages.embed` writes them; the clustering reads them b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -61,3 +63,77 @@ def load_embeddings(ds: Dataset) -> tuple[list[str], np.ndarray]:
         ids += shard_ids
         parts.append(arr.astype(np.float32, copy=False))
     return ids, np.vstack(parts)
+
+
+# ------------------------------------------------------------------- streaming readers (bounded)
+def shard_files(ds: Dataset) -> list[tuple[str, str, int]]:
+    """(vectors uri, ids uri, rows) of every shard in order, rows from the .npy headers."""
+    emb_files, id_files = ds.files("emb-"), ds.files("ids-")
+    if not emb_files or len(emb_files) != len(id_files):
+        raise DatasetError(
+            f"{ds.uri}: expected pairs of emb-*.npy and ids-*.parquet, found {len(emb_files)} and {len(id_files)}"
+        )
+    return [(e, i, int(npy_shape(e)[0])) for e, i in zip(emb_files, id_files)]
+
+
+def dimension(ds: Dataset) -> int:
+    """The vectors' dimension, from the first shard's header."""
+    return int(npy_shape(shard_files(ds)[0][0])[1])
+
+
+def _load(uri: str) -> np.ndarray:
+    """A shard's vectors: memory-mapped when the file is local (the page cache, not the heap)."""
+    local = storage.local_path(uri)
+    if local is not None:
+        return np.load(local, mmap_mode="r", allow_pickle=False)
+    with storage.open_read(uri) as f:
+        return np.load(f, allow_pickle=False)
+
+
+def iter_shards(ds: Dataset) -> Iterator[tuple[pa.Array, np.ndarray]]:
+    """(ids as an Arrow string array, float32 vectors) per shard, in shard order: one shard at a
+    time (memory-mapped when local)."""
+    for e_uri, i_uri, _ in shard_files(ds):
+        arr = _load(e_uri)
+        with storage.open_read(i_uri) as f:
+            ids = pq.read_table(f, columns=["id"]).column("id").combine_chunks().cast(pa.string())
+        if len(ids) != len(arr):
+            raise DatasetError(f"{e_uri}: {len(arr)} vectors but {len(ids)} ids")
+        yield ids, arr
+
+
+def iter_blocks(ds: Dataset, rows: int) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
+    """(first row, ids, float32 vectors) in blocks of `rows` documents across shard boundaries
+    (the last block shorter): the same blocks whatever the shard size. The vectors are one buffer
+    reused for every block: copy what must outlive the next block."""
+    buf: np.ndarray | None = None
+    ids: list[pa.Array] = []
+    filled = start = 0
+    for s_ids, s_vecs in iter_shards(ds):
+        if buf is None:
+            buf = np.empty((rows, s_vecs.shape[1]), dtype=np.float32)
+        pos = 0
+        while pos < len(s_vecs):
+            take = min(rows - filled, len(s_vecs) - pos)
+            buf[filled : filled + take] = s_vecs[pos : pos + take]
+            ids.append(s_ids.slice(pos, take))
+            filled, pos = filled + take, pos + take
+            if filled == rows:
+                yield start, pa.concat_arrays(ids), buf
+                start, filled, ids = start + rows, 0, []
+    if filled and buf is not None:
+        yield start, pa.concat_arrays(ids), buf[:filled]
+
+
+def read_rows(ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """The vectors of the given row numbers (sorted ascending), read shard by shard."""
+    rows = np.asarray(rows, dtype=np.int64)
+    files = shard_files(ds)
+    out = np.empty((len(rows), int(npy_shape(files[0][0])[1])), dtype=np.float32)
+    start = 0
+    for e_uri, _, n in files:
+        lo, hi = np.searchsorted(rows, [start, start + n])
+        if hi > lo:
+            out[lo:hi] = _load(e_uri)[rows[lo:hi] - start]
+        start += n
+    return out

@@ -77,7 +77,7 @@ class KMeansResult:
     gpu: bool
 
 
-def _gpu_count() -> int:
+def gpu_count() -> int:
     import faiss
 
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -101,30 +101,24 @@ def assign_nearest(
     return sims, idx
 
 
-def spherical_kmeans(
-    x: np.ndarray,
-    k: int,
-    niter: int = 20,
-    nredo: int = 1,
-    seed: int = 0,
-    max_train_points: int = 256_000,
-    use_gpu: bool | None = None,
-) -> KMeansResult:
-    """faiss spherical k-means on a seeded sample of at most `max_train_points` rows, then an
-    assignment of every row. `x` must be L2-normalised."""
+def train_rows(n: int, max_train_points: int, seed: int) -> np.ndarray:
+    """Row numbers (ascending) of the seeded k-means training sample: every row when n <=
+    max_train_points, else a uniform sample without replacement (the same rows whether the
+    vectors are in memory or read shard by shard)."""
+    if n <= max_train_points:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, max_train_points, replace=False))
+
+
+def train_centroids(train: np.ndarray, k: int, niter: int, nredo: int, seed: int, use_gpu: bool) -> np.ndarray:
+    """faiss spherical k-means on the (unit-norm) training rows; unit-norm centroids [k, d]."""
     import faiss
 
-    t0 = time.perf_counter()
-    n, d = x.shape
-    if use_gpu is None:
-        use_gpu = _gpu_count() > 0
-    rng = np.random.default_rng(seed)
-    train = x if n <= max_train_points else x[np.sort(rng.choice(n, max_train_points, replace=False))]
     train = np.ascontiguousarray(train, dtype=np.float32)
-    # faiss would subsample to max_points_per_centroid * k itself: the sample above is the one
-    # the config asks for, so let faiss use all of it (and not warn about small clusters).
+    # faiss would subsample to max_points_per_centroid * k itself: the sample is the one the
+    # config asks for, so let faiss use all of it (and not warn about small clusters).
     km = faiss.Kmeans(
-        d,
+        train.shape[1],
         k,
         niter=niter,
         nredo=nredo,
@@ -137,7 +131,26 @@ def spherical_kmeans(
     )
     km.train(train)
     assert km.centroids is not None
-    centroids = normalize_rows(km.centroids)
+    return normalize_rows(km.centroids)
+
+
+def spherical_kmeans(
+    x: np.ndarray,
+    k: int,
+    niter: int = 20,
+    nredo: int = 1,
+    seed: int = 0,
+    max_train_points: int = 256_000,
+    use_gpu: bool | None = None,
+) -> KMeansResult:
+    """faiss spherical k-means on a seeded sample of at most `max_train_points` rows, then an
+    assignment of every row, all in memory (the stage streams the same steps over the shards).
+    `x` must be L2-normalised."""
+    t0 = time.perf_counter()
+    if use_gpu is None:
+        use_gpu = gpu_count() > 0
+    train = x[train_rows(len(x), max_train_points, seed)]
+    centroids = train_centroids(train, k, niter, nredo, seed, bool(use_gpu))
     sims, assign = assign_nearest(x, centroids, bool(use_gpu))
     return KMeansResult(
         centroids, assign, sims, float(sims.mean()), len(train), time.perf_counter() - t0, bool(use_gpu)

@@ -36,7 +36,7 @@ from mixture.config import ClusterConfig
 from mixture.dataset import Dataset
 from mixture.documents import texts_by_id
 from mixture.groups import Grouping, NumberedGroups
-from mixture.kmeans import KMeansResult, MergeResult
+from mixture.kmeans import MergeResult
 
 if TYPE_CHECKING:
     from mixture.scorers import Scores
@@ -149,34 +149,138 @@ def token_counter(model: str | None):
 
 # ------------------------------------------------------------------------------------ build
 @dataclass
+class Central:
+    """A final cluster's documents nearest its centroid so far (most central first)."""
+
+    sims: np.ndarray
+    rows: np.ndarray
+    ids: list[str]
+
+
+class Collector:
+    """What the k-means report needs, gathered while the stage streams the corpus block by block
+    (bounded: per final cluster counts and sums, a sample of ids, the snippet candidates).
+
+    The TF-IDF sample takes the same seeded positions in each cluster's member list (in document
+    order) as a draw from the whole list would, the map the same seeded rows; the source counts
+    keep the row where each label was first seen in each cluster, so ties order as Counter's."""
+
+    def __init__(self, seed: int, n: int, mapping: np.ndarray, sizes: np.ndarray, sources: list[str], names: list[str]):
+        self.mapping, self.sizes, self.sources = mapping, sizes, sources
+        f, k, s = len(sizes), len(mapping), len(sources)
+        rng = np.random.default_rng(seed)
+        self.sample_pos = [
+            np.sort(rng.choice(int(m), min(int(m), TFIDF_DOCS_PER_CLUSTER), replace=False)) for m in sizes
+        ]
+        self.seen = np.zeros(f, dtype=np.int64)
+        self.sample_ids: list[list[str]] = [[] for _ in range(f)]
+        self.map_rows = map_rows(n, seed)
+        self.map_x: list[np.ndarray] = []
+        self.map_labels: list[np.ndarray] = []
+        self.words: np.ndarray | None = None
+        self.score_sums = {name: np.zeros(f) for name in names}
+        self.score_totals = dict.fromkeys(names, 0.0)
+        self.init_counts = np.zeros((k, s), dtype=np.int64)
+        self.final_counts = np.zeros((f, s), dtype=np.int64)
+        self.first = np.full((f, s), np.iinfo(np.int64).max, dtype=np.int64)
+        self.central = [Central(np.zeros(0, np.float32), np.zeros(0, np.int64), []) for _ in range(f)]
+
+    def add(self, start: int, ids: pa.Array, x: np.ndarray, part: dict[str, np.ndarray], cluster: np.ndarray) -> None:
+        """One block: its documents' k-means (`part["assign"]`) and final clusters, scores,
+        words and source codes."""
+        rows = start + np.arange(len(cluster), dtype=np.int64)
+        lo, hi = np.searchsorted(self.map_rows, [start, start + len(cluster)])
+        self.map_x.append(x[self.map_rows[lo:hi] - start])
+        self.map_labels.append(cluster[self.map_rows[lo:hi] - start])
+        kept = cluster >= 0
+        if "words" in part:
+            self.words = np.zeros(len(self.sizes), dtype=np.int64) if self.words is None else self.words
+            np.add.at(self.words, cluster[kept], part["words"][kept])
+        for name in self.score_sums:
+            values = part[f"score_{name}"].astype(np.float64)
+            np.add.at(self.score_sums[name], cluster[kept], values[kept])
+            self.score_totals[name] += float(values.sum())
+        src = part["source"]
+        lab = src >= 0
+        np.add.at(self.init_counts, (part["assign"][lab], src[lab]), 1)
+        kl = kept & lab
+        np.add.at(self.final_counts, (cluster[kl], src[kl]), 1)
+        np.minimum.at(self.first, (cluster[kl], src[kl]), rows[kl])
+        for c in np.unique(cluster[kept]):
+            members = np.flatnonzero(cluster == c)
+            ranks = self.seen[c] + np.arange(len(members))
+            self.sample_ids[c] += ids.take(pa.array(members[np.isin(ranks, self.sample_pos[c])])).to_pylist()
+            self.seen[c] += len(members)
+
+    def add_central(self, start: int, ids: pa.Array, x: np.ndarray, cluster: np.ndarray, centroids: np.ndarray) -> None:
+        """One block's candidates for each cluster's snippets: highest cosine to the final
+        centroid, ties to the earlier document."""
+        for c in np.unique(cluster[cluster >= 0]):
+            members = np.flatnonzero(cluster == c)
+            sims = x[members] @ centroids[c]
+            best = np.lexsort((members, -sims))[:SNIPPETS]
+            old = self.central[c]
+            all_sims, all_rows = np.r_[old.sims, sims[best]], np.r_[old.rows, start + members[best]]
+            all_ids = old.ids + ids.take(pa.array(members[best])).to_pylist()
+            keep = np.lexsort((all_rows, -all_sims))[:SNIPPETS]
+            self.central[c] = Central(all_sims[keep], all_rows[keep], [all_ids[i] for i in keep])
+
+    def map_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, final cluster) of the map's sampled documents."""
+        return np.concatenate(self.map_x), np.concatenate(self.map_labels)
+
+    def source_mix(self, c: int) -> list[tuple[str, int]]:
+        """(label, documents) of final cluster c, most common first, ties by first seen."""
+        has = np.flatnonzero(self.final_counts[c])
+        order = has[np.lexsort((self.first[c, has], -self.final_counts[c, has]))]
+        return [(self.sources[s], int(self.final_counts[c, s])) for s in order]
+
+
+@dataclass
 class ReportInputs:
-    """What the cluster stage knows once it has clustered: the report is a function of it."""
+    """What the cluster stage knows once it has clustered and streamed: the report is a function of it."""
 
     cfg: ClusterConfig
     seed: int
-    ids: list[str]  # document ids, in the embeddings' order
-    x: np.ndarray  # unit-norm embeddings [n, d]
-    meta: pa.Table  # curated id, source, n_words, q_* in the same order
-    km: KMeansResult
+    n: int  # documents
+    km: Any  # the k-means model: centroids, objective, train_points, seconds, gpu
     reasons: list[str | None]  # per k-means cluster: None (kept) or why it was pruned
+    sizes_init: np.ndarray  # documents per k-means cluster
     mean_quality_init: np.ndarray  # per k-means cluster
     mapping: np.ndarray  # k-means cluster -> final cluster (-1: pruned)
-    cluster: np.ndarray  # final cluster per document
-    centroids: np.ndarray  # final centroids
-    quality: np.ndarray  # the pruning scorer's score per document
-    scores: Scores
     merged: MergeResult
+    stats: Collector
+    notes: dict[str, object]  # what each scorer used
+    scorer: str  # the scorer that drives pruning
     curated: Dataset  # where the snippets' and terms' texts are read from
     model: str | None  # the embedding model (its tokenizer estimates tokens)
 
 
-@dataclass
-class Members:
-    """Per final cluster: its documents, a sample for the terms, the most central ones."""
+def _tokens_per_word(model: str | None, sampled: dict[int, list[str]]) -> dict[int, float]:
+    """Tokens per word of each cluster's sample (code has more tokens per word than prose)."""
+    count = token_counter(model)
+    if count is None:
+        return {}
+    return {c: count(t) / max(sum(len(x.split()) for x in t), 1) for c, t in sampled.items()}
 
-    rows: dict[int, np.ndarray]
-    sample: dict[int, np.ndarray]
-    central: dict[int, np.ndarray]
+
+def _mix_entry(entry: dict[str, Any], mix: list[tuple[str, int]]) -> dict[str, Any]:
+    """The source mix (evaluation only) and purity of a cluster from its (label, count) list."""
+    total = sum(k for _, k in mix)
+    if total:
+        entry["source_mix"] = {s: round(k / total, 4) for s, k in mix}
+        entry["purity"] = round(mix[0][1] / total, 4)
+    return entry
+
+
+def _finish_entry(
+    entry: dict[str, Any], c: int, m: np.ndarray, tpw: dict[int, float], sources: np.ndarray, words: np.ndarray | None
+) -> dict[str, Any]:
+    """The token estimate and (evaluation only) the source mix of cluster `c`, rows `m`."""
+    if words is not None and tpw.get(c):
+        entry["tokens_est"] = int(round(entry["words"] * tpw[c]))
+    labelled = sources[m][sources[m] != ""]
+    return _mix_entry(entry, Counter(labelled.tolist()).most_common())
 
 
 def _labels(meta: pa.Table, n: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -194,71 +298,86 @@ def _labels(meta: pa.Table, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     return sources, words
 
 
-def _members(inp: ReportInputs) -> Members:
-    rng = np.random.default_rng(inp.seed)
-    rows = {c: np.flatnonzero(inp.cluster == c) for c in range(len(inp.centroids))}
-    sample = {c: np.sort(rng.choice(m, min(len(m), TFIDF_DOCS_PER_CLUSTER), replace=False)) for c, m in rows.items()}
-    central = {c: m[np.argsort(-(inp.x[m] @ inp.centroids[c]), kind="stable")[:SNIPPETS]] for c, m in rows.items()}
-    return Members(rows, sample, central)
-
-
-def _tokens_per_word(model: str | None, sampled: dict[int, list[str]]) -> dict[int, float]:
-    """Tokens per word of each cluster's sample (code has more tokens per word than prose)."""
-    count = token_counter(model)
-    if count is None:
-        return {}
-    return {c: count(t) / max(sum(len(x.split()) for x in t), 1) for c, t in sampled.items()}
-
-
-def _cluster_entry(
-    inp: ReportInputs,
-    c: int,
-    mem: Members,
-    texts: dict[str, str],
-    terms: dict,
-    tpw: dict[int, float],
-    sources: np.ndarray,
-    words: np.ndarray | None,
-) -> dict[str, Any]:
-    m = mem.rows[c]
+def _kmeans_entry(inp: ReportInputs, c: int, texts: dict[str, str], terms: dict, tpw: dict[int, float]) -> dict:
+    st = inp.stats
+    size = int(st.sizes[c])
     entry: dict[str, Any] = {
         "cluster": c,
-        "documents": int(len(m)),
-        "words": int(words[m].sum()) if words is not None else None,
+        "documents": size,
+        "words": int(st.words[c]) if st.words is not None else None,
         "tokens_est": None,
-        "mean_quality": round(float(inp.quality[m].mean()), 4),
-        "mean_scores": {k: round(float(v[m].mean()), 4) for k, v in sorted(inp.scores.by_name.items())},
+        "mean_quality": round(float(st.score_sums[inp.scorer][c] / size), 4),
+        "mean_scores": {k: round(float(v[c] / size), 4) for k, v in sorted(st.score_sums.items())},
         "kmeans_clusters": [int(k) for k in np.flatnonzero(inp.mapping == c)],
         "top_terms": [[t, s] for t, s in terms.get(c, [])],
-        "snippets": [{"id": inp.ids[i], "text": _snippet(texts[inp.ids[i]])} for i in mem.central[c]],
+        "snippets": [{"id": i, "text": _snippet(texts[i])} for i in st.central[c].ids],
     }
-    return _finish_entry(entry, c, m, tpw, sources, words)
-
-
-def _finish_entry(
-    entry: dict[str, Any], c: int, m: np.ndarray, tpw: dict[int, float], sources: np.ndarray, words: np.ndarray | None
-) -> dict[str, Any]:
-    """The token estimate and (evaluation only) the source mix of cluster `c`, rows `m`."""
-    if words is not None and tpw.get(c):
+    if st.words is not None and tpw.get(c):
         entry["tokens_est"] = int(round(entry["words"] * tpw[c]))
-    labelled = sources[m][sources[m] != ""]
-    if len(labelled):
-        mix = Counter(labelled.tolist()).most_common()
-        entry["source_mix"] = {s: round(k / len(labelled), 4) for s, k in mix}
-        entry["purity"] = round(mix[0][1] / len(labelled), 4)
-    return entry
+    return _mix_entry(entry, st.source_mix(c))
 
 
-def cluster_entries(inp: ReportInputs, sources: np.ndarray, words: np.ndarray | None) -> list[dict[str, Any]]:
-    """One entry per final cluster: size, quality, top terms, snippets, source mix."""
-    mem = _members(inp)
-    n_final = len(inp.centroids)
-    wanted = {inp.ids[i] for c in range(n_final) for i in np.r_[mem.sample[c], mem.central[c]]}
-    texts = texts_by_id(inp.curated, wanted)
-    sampled = {c: [texts[inp.ids[i]] for i in mem.sample[c]] for c in range(n_final)}
+def cluster_entries(inp: ReportInputs) -> list[dict[str, Any]]:
+    """One entry per final cluster: size, quality, top terms, snippets, source mix; only the
+    sampled and central documents' texts are read."""
+    st = inp.stats
+    n_final = len(st.sizes)
+    texts = texts_by_id(inp.curated, {i for c in range(n_final) for i in st.sample_ids[c] + st.central[c].ids})
+    sampled = {c: [texts[i] for i in st.sample_ids[c]] for c in range(n_final)}
     terms = top_terms(sampled)
     tpw = _tokens_per_word(inp.model, sampled)
-    return [_cluster_entry(inp, c, mem, texts, terms, tpw, sources, words) for c in range(n_final)]
+    return [_kmeans_entry(inp, c, texts, terms, tpw) for c in range(n_final)]
+
+
+def counts_purity(table: np.ndarray) -> float:
+    """purity() from a (cluster x class) count table."""
+    return int(table.max(axis=1).sum()) / int(table.sum()) if table.sum() else float("nan")
+
+
+def _entropy(counts: np.ndarray) -> float:
+    pi = counts[counts > 0].astype(np.float64)
+    pi_sum = np.sum(pi)
+    return float(-np.sum((pi / pi_sum) * (np.log(pi) - np.log(pi_sum))))
+
+
+def counts_nmi(table: np.ndarray, classes: list[str]) -> float:
+    """nmi() from a (cluster x class) count table: scikit-learn's arithmetic NMI, computed the
+    way it computes it (classes in sorted order, the same contingency matrix)."""
+    import scipy.sparse as sp
+    from sklearn.metrics import mutual_info_score
+
+    rows, cols = table.sum(axis=1) > 0, table.sum(axis=0) > 0
+    names = [classes[j] for j in np.flatnonzero(cols)]
+    t = table[rows][:, cols][:, np.argsort(np.array(names, dtype=object), kind="stable")]
+    if t.shape[0] == t.shape[1] == 1 or t.shape[0] == t.shape[1] == 0:
+        return 1.0
+    contingency = sp.csr_matrix(t.T.astype(np.int64)).astype(np.float64)
+    mi = mutual_info_score(None, None, contingency=contingency)
+    if mi == 0:
+        return 0.0
+    return float(mi / np.mean([_entropy(t.sum(axis=0)), _entropy(t.sum(axis=1))]))
+
+
+def evaluation_from_counts(init: np.ndarray, final: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """evaluation() from the k-means and final clusters' (cluster x source) counts."""
+    out: dict[str, Any] = {}
+    if not init.sum():
+        return out
+    out["init"] = {
+        "purity": round(counts_purity(init), 4),
+        "nmi": round(counts_nmi(init, classes), 4),
+        "documents": int(init.sum()),
+    }
+    if final.sum():
+        out["final"] = {
+            "purity": round(counts_purity(final), 4),
+            "nmi": round(counts_nmi(final, classes), 4),
+            "documents": int(final.sum()),
+        }
+    totals = init.sum(axis=0)
+    order = np.lexsort((np.arange(len(classes)), -totals))  # codes are in first-seen order
+    out["sources"] = {classes[s]: int(totals[s]) for s in order if totals[s]}
+    return out
 
 
 def evaluation(assign: np.ndarray, cluster: np.ndarray, sources: np.ndarray) -> dict[str, Any]:
@@ -286,16 +405,16 @@ def evaluation(assign: np.ndarray, cluster: np.ndarray, sources: np.ndarray) -> 
 
 def pruning(inp: ReportInputs) -> dict[str, Any]:
     """What was pruned and why, with the thresholds."""
-    assign, reasons = inp.km.assign, inp.reasons
+    sizes, reasons = inp.sizes_init, inp.reasons
     pruned: dict[str, Any] = {}
     for reason in ("empty", "size", "quality"):
         ks = [k for k, r in enumerate(reasons) if r == reason]
         if ks:
-            pruned[reason] = {"clusters": len(ks), "documents": int(np.isin(assign, ks).sum()), "kmeans_clusters": ks}
+            pruned[reason] = {"clusters": len(ks), "documents": int(sizes[ks].sum()), "kmeans_clusters": ks}
     pruned_q = [
         {
             "kmeans_cluster": k,
-            "documents": int((assign == k).sum()),
+            "documents": int(sizes[k]),
             "mean_quality": round(float(inp.mean_quality_init[k]), 4),
         }
         for k, r in enumerate(reasons)
@@ -315,7 +434,7 @@ def kmeans_section(inp: ReportInputs) -> dict[str, Any]:
         "k_requested": int(cfg.k_init),
         "k": int(len(km.centroids)),
         "train_points": km.train_points,
-        "documents": len(inp.ids),
+        "documents": inp.n,
         "mean_cosine": round(km.objective, 5),
         "seconds": round(km.seconds, 2),
         "gpu": km.gpu,
@@ -333,7 +452,7 @@ def merge_section(inp: ReportInputs) -> dict[str, Any]:
         "target_clusters": inp.cfg.target_clusters,
         "groups_at_distance": mg.n_at_distance,
         "merges_applied": mg.applied,
-        "final_clusters": len(inp.centroids),
+        "final_clusters": len(inp.stats.sizes),
         "last_applied_height": round(float(mg.heights[mg.applied - 1]), 4) if mg.applied else None,
         "next_height": round(float(mg.heights[mg.applied]), 4) if mg.applied < len(mg.heights) else None,
     }
@@ -341,25 +460,30 @@ def merge_section(inp: ReportInputs) -> dict[str, Any]:
 
 def build_report(inp: ReportInputs) -> dict[str, Any]:
     """The report as a JSON-ready dict (report.json; report.md renders it)."""
-    sources, words = _labels(inp.meta, len(inp.ids))
+    st = inp.stats
+    means = {k: v / inp.n for k, v in st.score_totals.items()}
     return {
-        "clusters": cluster_entries(inp, sources, words),
+        "clusters": cluster_entries(inp),
         "kmeans": kmeans_section(inp),
         "pruning": pruning(inp),
         "merge": merge_section(inp),
-        "quality": quality_section(inp.cfg, inp.scores),
-        "evaluation": evaluation(inp.km.assign, inp.cluster, sources),
+        "quality": quality_means(inp.scorer, inp.notes, means),
+        "evaluation": evaluation_from_counts(st.init_counts, st.final_counts, st.sources),
         "embedding_model": inp.model,
     }
 
 
-def quality_section(cfg: ClusterConfig, scores: Scores) -> dict[str, Any]:
+def quality_means(scorer: str, notes: dict[str, object], means: dict[str, float]) -> dict[str, Any]:
     return {
-        "scorer": cfg.quality.scorer,
+        "scorer": scorer,
         "scale": "1-5",
-        "notes": scores.notes,
-        "mean": {k: round(float(v.mean()), 4) for k, v in sorted(scores.by_name.items())},
+        "notes": notes,
+        "mean": {k: round(float(v), 4) for k, v in sorted(means.items())},
     }
+
+
+def quality_section(cfg: ClusterConfig, scores: Scores) -> dict[str, Any]:
+    return quality_means(cfg.quality.scorer, scores.notes, {k: float(v.mean()) for k, v in scores.by_name.items()})
 
 
 # ------------------------------------------------------------------------- the user's groups
@@ -595,25 +719,29 @@ def _quality_lines(q: dict[str, Any]) -> list[str]:
     ]
 
 
-def plot_map(x: np.ndarray, cluster: np.ndarray, centroids: np.ndarray, seed: int, path: Path) -> None:
+def map_rows(n: int, seed: int) -> np.ndarray:
+    """The seeded rows (ascending) of the documents drawn on the map."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(n, MAP_POINTS), replace=False))
+
+
+def plot_map(points: np.ndarray, labels: np.ndarray, k: int, seed: int, path: Path) -> None:
+    """PCA of the sampled documents' embeddings `points`, coloured by final cluster `labels`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
 
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(x), min(len(x), MAP_POINTS), replace=False))
-    pca = PCA(n_components=2, random_state=seed).fit(x[pick]) if len(pick) >= 2 else None
+    pick = np.arange(len(points))
+    pca = PCA(n_components=2, random_state=seed).fit(points) if len(pick) >= 2 else None
     fig, ax = plt.subplots(figsize=(9, 7), dpi=110)
     if pca is not None:
-        xy = pca.transform(x[pick])
-        lab = cluster[pick]
+        xy = pca.transform(points)
+        lab = labels
         size = 24 if len(pick) < 1000 else 6
         pruned = lab < 0
         if pruned.any():
             ax.scatter(xy[pruned, 0], xy[pruned, 1], s=size / 2, c="#c8c8c8", linewidths=0, label="pruned")
-        k = len(centroids)
         cmap = plt.get_cmap("tab10" if k <= 10 else "tab20" if k <= 20 else "gist_ncar")
         colors = [cmap(i) for i in range(k)] if k <= 20 else list(cmap(np.linspace(0.02, 0.95, k)))
         for c in range(k):
@@ -641,7 +769,7 @@ def plot_map(x: np.ndarray, cluster: np.ndarray, centroids: np.ndarray, seed: in
             title_fontsize=8,
             framealpha=0.8,
         )
-    ax.set_title(f"{len(centroids)} clusters, PCA of {len(pick):,} documents (grey: pruned)")
+    ax.set_title(f"{k} clusters, PCA of {len(pick):,} documents (grey: pruned)")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
@@ -665,17 +793,17 @@ def write_report(
     rep: dict[str, Any],
     folder: Path,
     *,
-    x: np.ndarray | None,
-    cluster: np.ndarray,
-    centroids: np.ndarray | None,
+    points: tuple[np.ndarray, np.ndarray] | None,
+    n_clusters: int,
     seed: int,
 ) -> list[Path]:
-    """report.json, report.md and, when there are embeddings to project, map.png."""
+    """report.json, report.md and, when there are embeddings to project (`points`: the map's
+    sampled documents and their final clusters), map.png."""
     folder.mkdir(parents=True, exist_ok=True)
     md, js, png = folder / "report.md", folder / "report.json", folder / "map.png"
     js.write_text(json.dumps(_jsonable(rep), indent=1, sort_keys=False) + "\n")
     md.write_text(render_markdown(rep))
-    if x is None or centroids is None:
+    if points is None:
         return [md, js]
-    plot_map(x, cluster, centroids, seed, png)
+    plot_map(points[0], points[1], n_clusters, seed, png)
     return [md, js, png]

@@ -11,6 +11,7 @@ ids followed by its end-of-document id, concatenated as little-endian uint16 (vo
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from functools import cached_property
 
 import numpy as np
@@ -25,18 +26,47 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
 
 
+class TokenShardWriter:
+    """Appends documents to PREFIX.bin as they come; `close()` writes PREFIX.idx. Only the
+    offsets (8 bytes a document) are held; each file is written atomically (`storage.open_write`).
+    Use as a context manager: on an error neither file is left behind."""
+
+    def __init__(self, prefix: str, dtype: np.dtype):
+        self.prefix, self.dtype = prefix, np.dtype(dtype)
+        self._stack = ExitStack()
+        self._bin = self._stack.enter_context(storage.open_write(prefix + ".bin"))
+        self._lengths: list[np.ndarray] = []
+
+    def append(self, docs: list[np.ndarray]) -> None:
+        """Documents (each ending with its end-of-document id, as given) after those already written."""
+        self._lengths.append(np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs)))
+        for d in docs:
+            self._bin.write(np.asarray(d, dtype=self.dtype).tobytes())
+
+    def close(self) -> tuple[int, int]:
+        """Finish both files; (documents, tokens)."""
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        self._stack.close()
+        with storage.open_write(self.prefix + ".idx") as f:
+            np.save(f, offsets, allow_pickle=False)
+        return len(lengths), int(offsets[-1])
+
+    def __enter__(self) -> TokenShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:
+            self._stack.__exit__(*exc)
+
+
 def write_token_shard(prefix: str, docs: list[np.ndarray], dtype: np.dtype) -> tuple[int, int]:
     """Write PREFIX.bin (documents concatenated, each ending with its end-of-document id, as
     given) and PREFIX.idx (int64 offsets, n+1). Returns (documents, tokens)."""
-    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    with storage.open_write(prefix + ".bin") as f:
-        for d in docs:
-            f.write(np.asarray(d, dtype=dtype).tobytes())
-    with storage.open_write(prefix + ".idx") as f:
-        np.save(f, offsets, allow_pickle=False)
-    return len(docs), int(offsets[-1])
+    with TokenShardWriter(prefix, dtype) as w:
+        w.append(docs)
+        return w.close()
 
 
 class TokenShard:

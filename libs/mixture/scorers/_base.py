@@ -4,8 +4,9 @@ scorer is given and the class every registered scorer derives from."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,28 +31,52 @@ def to_scale(p: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class ScoreInputs:
-    """Everything a scorer may read: the quality config, the seed, the unit-norm embeddings `x`
-    of the documents `ids` (in that order), their curated columns `meta` (q_* signals), and the
-    committed `curated` and `embeddings` datasets. `chosen`: this scorer drives the pruning."""
+class ScoreSetup:
+    """What a scorer may read once, before the batches: the quality config, the seed, the number
+    of documents `n`, the curated column names, the committed `curated` and `embeddings`
+    datasets, and `sample(rows)`: the unit-norm embeddings of the given row numbers (ascending),
+    read shard by shard (None without embeddings). `chosen`: this scorer drives the pruning."""
 
     cfg: QualityConfig
     seed: int
-    x: np.ndarray
-    meta: pa.Table
-    ids: list[str]
+    n: int
+    columns: list[str]
     curated: Dataset
-    embeddings: Dataset
+    embeddings: Dataset | None
+    sample: Callable[[np.ndarray], np.ndarray] | None
     chosen: bool = False
 
 
+@dataclass
+class ScoreBatch:
+    """Consecutive documents: the row number of the first, their unit-norm embeddings `x`
+    ([b, d]; d = 0 without embeddings) and their curated columns `meta` (q_* signals; `text`
+    when a scorer asks for it)."""
+
+    start: int
+    x: np.ndarray
+    meta: pa.Table
+
+
+class BatchScorer(Protocol):
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        """float32 1-5 scores of the batch's documents, in order."""
+        ...
+
+    def note(self) -> Any:
+        """What the scorer used, for the report (after the last batch)."""
+        ...
+
+
 class Scorer:
-    """A registered quality scorer (used as a class, never instantiated). `run` returns the 1-5
-    scores of every document (float32, in `ids` order) and a note for the report, or (None, note)
-    when the scorer does not apply; it raises QualityError when it is `chosen` but cannot run."""
+    """A registered quality scorer (used as a class, never instantiated). `open` returns a
+    `BatchScorer` that scores the corpus batch by batch (whatever it fits, e.g. a classifier on a
+    sample, happens in `open`), or (None, note) when the scorer does not apply; it raises
+    QualityError when it is `chosen` but cannot run. `needs_text`: its batches carry `text`."""
 
     order: int = 100
+    needs_text: bool = False
 
     @staticmethod
-    def run(inp: ScoreInputs) -> tuple[np.ndarray | None, Any]:
+    def open(setup: ScoreSetup) -> tuple[BatchScorer | None, Any]:
         raise NotImplementedError

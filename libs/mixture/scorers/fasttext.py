@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from mixture import documents, storage
+from mixture import storage
 from mixture.registry import QUALITY_SCORERS
-from mixture.scorers._base import QualityError, ScoreInputs, Scorer, log, to_scale
+from mixture.scorers._base import QualityError, ScoreBatch, Scorer, ScoreSetup, log, to_scale
 
 POSITIVE_LABELS = ("hq", "high", "high_quality", "pos", "positive", "good", "1", "true", "yes")
 
@@ -85,20 +85,28 @@ class FastTextScorer:
         return fasttext_label_scores(labels, probs)
 
 
+class FastTextBatches:
+    def __init__(self, scorer: FastTextScorer, model: str):
+        self.scorer, self.model = scorer, model
+
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        return self.scorer.scores(batch.meta.column("text").to_pylist())
+
+    def note(self) -> Any:
+        return {"model": self.model}
+
+
 @QUALITY_SCORERS.register("fasttext")
 class FastTextQualityScorer(Scorer):
     order = 30
+    needs_text = True  # its batches carry the texts: never all of them at once
 
     @staticmethod
-    def run(inp: ScoreInputs) -> tuple[np.ndarray | None, Any]:
-        qcfg = inp.cfg
+    def open(setup: ScoreSetup) -> tuple[FastTextBatches | None, Any]:
+        qcfg = setup.cfg
         if not qcfg.fasttext_model:
             return None, None
-        if not fasttext_available() and not inp.chosen:
+        if not fasttext_available() and not setup.chosen:
             log.warning("fastText scorer skipped: the fasttext package is not installed")
             return None, "skipped: fasttext not installed"
-        scorer = FastTextScorer(qcfg.fasttext_model)
-        score_of: dict[str, float] = {}
-        for batch_ids, batch_texts in documents.iter_texts(inp.curated):  # streamed: texts never all in memory
-            score_of.update(zip(batch_ids, scorer.scores(batch_texts).tolist()))
-        return np.array([score_of[i] for i in inp.ids], dtype=np.float32), {"model": qcfg.fasttext_model}
+        return FastTextBatches(FastTextScorer(qcfg.fasttext_model), qcfg.fasttext_model), None

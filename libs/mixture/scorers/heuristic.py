@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mixture.registry import FILTERS, QUALITY_SCORERS
-from mixture.scorers._base import QualityError, ScoreInputs, Scorer, log, to_scale
+from mixture.scorers._base import QualityError, ScoreBatch, Scorer, ScoreSetup, log, to_scale
 
 
 @dataclass(frozen=True)
@@ -137,30 +137,53 @@ def curated_filters(curated: Any) -> dict[str, Any]:
     return {k: v for k, v in recorded.items() if k in FILTERS and isinstance(v, dict)}
 
 
+class HeuristicBatches:
+    """The heuristic scores batch by batch: each needs only its own q_* signals."""
+
+    def __init__(self, signals: list[str], overrides, filters: dict[str, Any]):
+        self.signals, self.overrides, self.filters = signals, overrides, filters
+        self.used: set[str] = set()
+        self.ignored: set[str] = set()
+        self.no_signal = 0
+
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        meta, n = batch.meta, batch.meta.num_rows
+        # a file without an optional column: its documents have no value there (NaN)
+        signals = {
+            c: meta.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+            if c in meta.column_names
+            else np.full(n, np.nan)
+            for c in self.signals
+        }
+        h = heuristic_scores(signals, self.overrides, self.filters)
+        self.used.update(h.used)
+        self.ignored.update(h.ignored)
+        self.no_signal += h.no_signal
+        return h.scores
+
+    def note(self) -> Any:
+        return {
+            "signals_used": sorted(self.used),
+            "signals_ignored": sorted(self.ignored),
+            "documents_without_signals": self.no_signal,
+        }
+
+
 @QUALITY_SCORERS.register("heuristic")
 class HeuristicScorer(Scorer):
     order = 10
 
     @staticmethod
-    def run(inp: ScoreInputs) -> tuple[np.ndarray | None, Any]:
-        meta = inp.meta
-        signals = {
-            c: meta.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-            for c in meta.column_names
-            if c.startswith("q_")
-        }
-        if not signals and not inp.chosen:
+    def open(setup: ScoreSetup) -> tuple[HeuristicBatches | None, Any]:
+        signals = [c for c in setup.columns if c.startswith("q_")]
+        if not signals and not setup.chosen:
             return None, None
-        filters = curated_filters(inp.curated)
-        try:
-            h = heuristic_scores(signals, inp.cfg.heuristic_signals, filters)
+        filters = curated_filters(setup.curated)
+        try:  # the columns alone say whether any signal is known
+            heuristic_scores({c: np.zeros(0) for c in signals}, setup.cfg.heuristic_signals, filters)
         except QualityError:
-            if inp.chosen:
+            if setup.chosen:
                 raise
             log.warning("heuristic scorer skipped: no known q_* signals in the curated data")
             return None, None
-        return h.scores, {
-            "signals_used": h.used,
-            "signals_ignored": h.ignored,
-            "documents_without_signals": h.no_signal,
-        }
+        return HeuristicBatches(signals, setup.cfg.heuristic_signals, filters), None

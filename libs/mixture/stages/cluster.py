@@ -15,6 +15,15 @@ empty dataset); pruning by size and quality (scorers that need only the curated 
 applies per group, documents without a group get `cluster = -1` and are counted by reason, and
 final ids are ordered by size as with k-means.
 
+Bounded memory (k-means): nothing holds the corpus. k-means trains on a seeded sample of at most
+`max_train_points` embeddings (default 256 x K, faiss's points per centroid), read shard by shard
+by row number; then pass 1 streams the embeddings with the curated q_* columns in blocks of
+`BLOCK_ROWS` (assignment by faiss search against the centroids, every scorer batch-wise,
+per-cluster sizes and quality sums, per-document results spilled to local disk), pruning and the
+merge work on those aggregates, pass 2 writes assignments.parquet block by block and sums the
+final centroids, pass 3 finds the report's snippets. Same inputs, same bytes as the in-memory code
+(bench/RESULTS.md, "Clustering in bounded memory").
+
 Outputs (docs/DATASETS.md, "clusters"): assignments.parquet, mapping.json, report.md /
 report.json (`mixture.report`), and with k-means centroids_init.npy, centroids.npy and map.png;
 logged to MLflow.
@@ -22,21 +31,24 @@ logged to MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
-from mixture import documents, storage
+from mixture import documents, embeddings, storage
 from mixture import report as R
 from mixture.config import ClusterConfig
 from mixture.contract import StageContext, StageOutput
-from mixture.embeddings import load_embeddings
+from mixture.dataset import Dataset
 from mixture.groups import (
     GroupError,
     Grouping,
@@ -49,16 +61,18 @@ from mixture.groups import (
 )
 from mixture.kmeans import (
     ClusterError,
-    KMeansResult,
     MergeResult,
+    assign_nearest,
     effective_k,
     final_ids,
+    gpu_count,
     normalize_rows,
     prune_reasons,
-    spherical_kmeans,
+    train_centroids,
+    train_rows,
     ward_merge,
 )
-from mixture.scorers import Scores, compute_scores
+from mixture.scorers import ScoreBatch, Scores, ScoreSetup, Scoring, compute_scores, open_scorers
 
 log = logging.getLogger(__name__)
 
@@ -68,50 +82,177 @@ def curated_meta_columns(names: list[str]) -> list[str]:
     return [c for c in ("id", "source", "n_words") if c in names] + [c for c in names if c.startswith("q_")]
 
 
-def load_inputs(ctx: StageContext) -> tuple[list[str], np.ndarray, pa.Table]:
-    """(ids, unit-norm embeddings, curated metadata in the embeddings' order); the two datasets
-    must hold the same documents."""
-    embeddings = ctx.input("embeddings")
-    if "skipped" in embeddings.manifest.extra:  # committed for cluster.method field / assignments
+# Rows per streamed block: assign_nearest's chunk, so faiss is asked the same queries as it would
+# be on the whole array (the same results bit for bit); 64k x 384 float32 is 100 MB.
+BLOCK_ROWS = 1 << 16
+
+
+def _unit(vecs: np.ndarray) -> np.ndarray:
+    """normalize_rows in place (the same values): the block buffer becomes the unit vectors."""
+    return np.divide(vecs, np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12), out=vecs)
+
+
+def _id_hashes(ids: pa.Array) -> np.ndarray:
+    """64-bit hashes of document ids (blake2b): 8 bytes per document for the uniqueness check."""
+    digest = hashlib.blake2b
+    return np.fromiter(
+        (int.from_bytes(digest(i.encode(), digest_size=8).digest(), "little") for i in ids.to_pylist()),
+        dtype=np.uint64,
+        count=len(ids),
+    )
+
+
+@dataclass
+class Corpus:
+    """The curated documents and their embeddings, streamed together in blocks (the embed stage
+    writes the vectors in the curated order; any other order is an error)."""
+
+    embeddings: Dataset
+    curated: Dataset
+    n: int
+    d: int
+    columns: list[str]  # the curated columns the scorers and the report read
+
+    def blocks(self, text: bool = False) -> Iterator[tuple[int, pa.Array, np.ndarray, pa.Table]]:
+        """(first row, ids, unit-norm vectors, curated columns) per block."""
+        cols = self.columns + (["text"] if text else [])
+        curated = documents.iter_blocks(self.curated, cols, BLOCK_ROWS)
+        for (start, ids, vecs), meta in zip(embeddings.iter_blocks(self.embeddings, BLOCK_ROWS), curated):
+            if not ids.equals(meta.column("id").combine_chunks().cast(pa.string())):
+                raise mismatch(self.embeddings, self.curated, self.n, self.n)
+            yield start, ids, _unit(vecs), meta
+
+    def vectors(self) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
+        """(first row, ids, unit-norm vectors) per block, from the embeddings alone."""
+        for start, ids, vecs in embeddings.iter_blocks(self.embeddings, BLOCK_ROWS):
+            yield start, ids, _unit(vecs)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """Unit-norm vectors of the given rows (ascending), read shard by shard."""
+        return normalize_rows(embeddings.read_rows(self.embeddings, rows))
+
+
+def mismatch(emb: Dataset, curated: Dataset, n_emb: int, n_cur: int) -> ClusterError:
+    """Why the embeddings do not match the curated documents (hashed ids: 8 bytes a document)."""
+    a = np.concatenate([_id_hashes(b.column("id")) for b in documents.iter_batches(curated, ["id"])])
+    b = np.concatenate([_id_hashes(ids) for ids, _ in embeddings.iter_shards(emb)])
+    missing, unknown = len(np.setdiff1d(a, b)), len(np.setdiff1d(b, a))
+    if n_emb == n_cur and not missing and not unknown:
+        return ClusterError(f"{emb.uri}: the embeddings are not in the curated documents' order: rerun `embed`")
+    return ClusterError(
+        f"curated has {n_cur} documents, embeddings {n_emb} ({missing} curated documents without an "
+        f"embedding, {unknown} embeddings of documents not in curated): rerun `embed`"
+    )
+
+
+def open_corpus(ctx: StageContext) -> Corpus:
+    """The two inputs, checked to hold the same number of documents (their ids are compared
+    block by block while streaming)."""
+    emb = ctx.input("embeddings")
+    if "skipped" in emb.manifest.extra:  # committed for cluster.method field / assignments
         raise ClusterError(
-            f"{embeddings.uri} holds no embeddings ({embeddings.manifest.extra['skipped']}): "
-            "run `embed` with cluster.method kmeans"
+            f"{emb.uri} holds no embeddings ({emb.manifest.extra['skipped']}): run `embed` with cluster.method kmeans"
         )
-    ids, emb = load_embeddings(embeddings)
-    if len(set(ids)) != len(ids):
-        raise ClusterError(f"{embeddings.uri}: document ids are not unique")
-    meta = documents.read_table(ctx.input("curated"), curated_meta_columns)
-    meta_ids = meta.column("id").to_pylist()
-    if len(meta_ids) != len(ids) or set(meta_ids) != set(ids):
-        missing, unknown = len(set(meta_ids) - set(ids)), len(set(ids) - set(meta_ids))
-        raise ClusterError(
-            f"curated has {len(meta_ids)} documents, embeddings {len(ids)} "
-            f"({missing} curated documents without an embedding, {unknown} embeddings of "
-            "documents not in curated): rerun `embed`"
-        )
-    row_of = {doc_id: r for r, doc_id in enumerate(meta_ids)}
-    return ids, normalize_rows(emb), meta.take(pa.array([row_of[i] for i in ids], pa.int64()))
+    curated = ctx.input("curated")
+    files = embeddings.shard_files(emb)
+    n_emb, n_cur = sum(r for _, _, r in files), documents.count(curated)
+    if n_emb != n_cur:
+        raise mismatch(emb, curated, n_emb, n_cur)
+    return Corpus(emb, curated, n_emb, embeddings.dimension(emb), curated_meta_columns(documents.column_names(curated)))
+
+
+@dataclass
+class KMeansModel:
+    """The trained centroids and how they were trained (the assignments are streamed)."""
+
+    centroids: np.ndarray  # float32 [k, d], unit norm
+    objective: float  # mean cosine of every document to its centroid
+    train_points: int
+    seconds: float
+    gpu: bool
+
+
+@dataclass
+class Pass1:
+    """Per k-means cluster aggregates of the first streamed pass, and its spilled parts."""
+
+    sizes: np.ndarray  # documents per k-means cluster
+    quality_sum: np.ndarray  # float64, the pruning scorer's sum per k-means cluster
+    sim_sum: float
+    sources: dict[str, int]  # source label -> code, in first-seen order
+    assign_seconds: float = 0.0  # in faiss's search only (k-means seconds = training + this)
+
+
+class Spill:
+    """Per block arrays of the first pass kept on local disk until the second (np.save each)."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def put(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        with open(self.folder / f"{start:012d}.npz", "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+
+    def get(self, start: int) -> dict[str, np.ndarray]:
+        with np.load(self.folder / f"{start:012d}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+
+def source_codes(meta: pa.Table, codes: dict[str, int]) -> np.ndarray:
+    """int32 code of each document's source label (-1: none or empty), new labels added to `codes`."""
+    if "source" not in meta.column_names:
+        return np.full(meta.num_rows, -1, dtype=np.int32)
+    enc = meta.column("source").combine_chunks().cast(pa.string()).dictionary_encode()
+    lookup = np.array([codes.setdefault(v, len(codes)) if v else -1 for v in enc.dictionary.to_pylist()] + [-1])
+    idx = enc.indices.fill_null(len(enc.dictionary)).to_numpy(zero_copy_only=False)
+    return lookup[idx].astype(np.int32)
+
+
+def assign_and_score(corpus: Corpus, centroids: np.ndarray, scoring: Scoring, gpu: bool, spill: Spill) -> Pass1:
+    """Pass 1: every block assigned to its nearest centroid and scored; per k-means cluster sizes
+    and quality sums; per document arrays spilled; ids checked unique."""
+    k = len(centroids)
+    agg = Pass1(np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.float64), 0.0, {})
+    hashes = []
+    for start, ids, x, meta in tqdm(corpus.blocks(scoring.needs_text), desc="assign", unit="block"):
+        t0 = time.perf_counter()
+        sims, assign = assign_nearest(x, centroids, gpu)
+        agg.assign_seconds += time.perf_counter() - t0
+        scores = scoring.score(ScoreBatch(start, x, meta))
+        quality = scores[scoring.chosen].astype(np.float64)
+        np.add.at(agg.sizes, assign, 1)
+        np.add.at(agg.quality_sum, assign, quality)  # in document order, as np.bincount sums
+        agg.sim_sum += float(sims.sum(dtype=np.float64))
+        words = meta.column("n_words").to_numpy(zero_copy_only=False) if "n_words" in meta.column_names else None
+        arrays = {"assign": assign, "source": source_codes(meta, agg.sources)}
+        arrays.update({f"score_{n}": v.astype(np.float32) for n, v in scores.items()})
+        if words is not None:
+            arrays["words"] = np.nan_to_num(words.astype(np.float64)).astype(np.int64)
+        spill.put(start, arrays)
+        hashes.append(_id_hashes(ids))
+    if len(np.unique(np.concatenate(hashes))) != corpus.n:
+        raise ClusterError(f"{corpus.embeddings.uri}: document ids are not unique")
+    return agg
 
 
 @dataclass
 class Clustering:
     """The k-means clusters, what pruning kept, and the final clusters after the merge."""
 
-    km: KMeansResult
+    km: KMeansModel
+    sizes: np.ndarray  # documents per k-means cluster
     reasons: list[str | None]  # per k-means cluster: None (kept) or why it was pruned
     mean_quality: np.ndarray  # per k-means cluster
     merged: MergeResult
     mapping: np.ndarray  # k-means cluster -> final cluster, -1 when pruned
-    cluster: np.ndarray  # final cluster per document
-    centroids: np.ndarray  # final centroids (unit norm)
+    final_sizes: np.ndarray  # documents per final cluster
 
 
-def prune(cfg: ClusterConfig, km: KMeansResult, quality: np.ndarray) -> tuple[list[str | None], np.ndarray]:
+def prune(cfg: ClusterConfig, sizes: np.ndarray, quality_sum: np.ndarray) -> tuple[list[str | None], np.ndarray]:
     """(reason per k-means cluster, mean quality per k-means cluster); fails when none is kept."""
-    k = len(km.centroids)
-    sizes = np.bincount(km.assign, minlength=k)
+    k = len(sizes)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_q = np.bincount(km.assign, weights=quality, minlength=k) / sizes
+        mean_q = quality_sum / sizes
     reasons = prune_reasons(sizes, mean_q, cfg.min_cluster_size, cfg.quality.min_cluster_quality)
     if all(r is not None for r in reasons):
         raise ClusterError(
@@ -122,29 +263,58 @@ def prune(cfg: ClusterConfig, km: KMeansResult, quality: np.ndarray) -> tuple[li
     return reasons, mean_q
 
 
-def cluster_documents(cfg: ClusterConfig, seed: int, x: np.ndarray, quality: np.ndarray) -> Clustering:
-    """k-means, prune, merge, number the final clusters, and their centroids."""
-    k = effective_k(cfg.k_init, len(x), cfg.min_points_per_centroid)
-    km = spherical_kmeans(x, k, cfg.niter, cfg.nredo, seed, cfg.max_train_points)
-    log.info(
-        "k-means: K=%d on %d of %d documents in %.1f s (%s), mean cosine %.4f",
-        k,
-        km.train_points,
-        len(x),
-        km.seconds,
-        "GPU" if km.gpu else "CPU",
-        km.objective,
-    )
-    reasons, mean_q = prune(cfg, km, quality)
+def merge_clusters(cfg: ClusterConfig, km: KMeansModel, p1: Pass1) -> Clustering:
+    """Prune the k-means clusters on their aggregates, Ward-merge the survivors' centroids and
+    number the final clusters by size."""
+    k = len(km.centroids)
+    reasons, mean_q = prune(cfg, p1.sizes, p1.quality_sum)
     kept = np.array([c for c in range(k) if reasons[c] is None], dtype=np.int64)
     merged = ward_merge(km.centroids[kept], cfg.merge_distance, cfg.target_clusters)
     mapping = np.full(k, -1, dtype=np.int64)
-    mapping[kept] = final_ids(merged.labels, kept, np.bincount(km.assign, minlength=k))
-    cluster = mapping[km.assign]
-    in_kept = cluster >= 0
-    sums = np.zeros((int(mapping.max()) + 1, x.shape[1]), dtype=np.float64)
-    np.add.at(sums, cluster[in_kept], x[in_kept])
-    return Clustering(km, reasons, mean_q, merged, mapping, cluster, normalize_rows(sums))
+    mapping[kept] = final_ids(merged.labels, kept, p1.sizes)
+    final_sizes = np.bincount(mapping[kept], weights=p1.sizes[kept], minlength=int(mapping.max()) + 1)
+    return Clustering(km, p1.sizes, reasons, mean_q, merged, mapping, final_sizes.astype(np.int64))
+
+
+def train(cfg: ClusterConfig, seed: int, corpus: Corpus, gpu: bool) -> tuple[np.ndarray, int, bool]:
+    """(centroids, training points, GPU) of k-means on the seeded sample, read shard by shard."""
+    k = effective_k(cfg.k_init, corpus.n, cfg.min_points_per_centroid)
+    rows = train_rows(corpus.n, cfg.train_points(k), seed)
+    return train_centroids(corpus.rows(rows), k, cfg.niter, cfg.nredo, seed, gpu), len(rows), gpu
+
+
+def _assignment_schema(names: list[str]) -> pa.Schema:
+    fields = [("id", pa.string()), ("cluster_init", pa.int32()), ("cluster", pa.int32()), ("quality", pa.float32())]
+    return pa.schema(fields + [(f"score_{n}", pa.float32()) for n in names])
+
+
+def write_assignments(w, corpus: Corpus, cl: Clustering, spill: Spill, scoring: Scoring, stats: R.Collector):
+    """Pass 2: assignments.parquet written block by block (one record batch each) and the final
+    centroids summed in document order (as the in-memory sum did); the report's statistics."""
+    names = scoring.names
+    sums = np.zeros((len(cl.final_sizes), corpus.d), dtype=np.float64)
+    schema = _assignment_schema(names)
+    with storage.open_write(w.path("assignments.parquet")) as f, pq.ParquetWriter(f, schema) as out:
+        for start, ids, x in corpus.vectors():
+            part = spill.get(start)
+            cluster = cl.mapping[part["assign"]]
+            cols = [
+                ids,
+                pa.array(part["assign"].astype(np.int32)),
+                pa.array(cluster.astype(np.int32)),
+                pa.array(part[f"score_{scoring.chosen}"]),
+            ]
+            out.write_table(pa.Table.from_arrays(cols + [pa.array(part[f"score_{n}"]) for n in names], schema=schema))
+            kept = cluster >= 0
+            np.add.at(sums, cluster[kept], x[kept])
+            stats.add(start, ids, x, part, cluster)
+    return normalize_rows(sums)
+
+
+def central_documents(corpus: Corpus, cl: Clustering, spill: Spill, centroids: np.ndarray, stats: R.Collector):
+    """Pass 3: each final cluster's documents nearest its centroid (the report's snippets)."""
+    for start, ids, x in corpus.vectors():
+        stats.add_central(start, ids, x, cl.mapping[spill.get(start)["assign"]], centroids)
 
 
 def _write_npy(uri: str, arr: np.ndarray) -> None:
@@ -152,34 +322,17 @@ def _write_npy(uri: str, arr: np.ndarray) -> None:
         np.save(f, arr, allow_pickle=False)
 
 
-def write_data(w, ids: list[str], cl: Clustering, quality: np.ndarray, scores: Scores) -> None:
-    """assignments.parquet, the centroids and the k-means -> final mapping."""
-    cols = {
-        "id": pa.array(ids, pa.string()),
-        "cluster_init": pa.array(cl.km.assign.astype(np.int32)),
-        "cluster": pa.array(cl.cluster.astype(np.int32)),
-        "quality": pa.array(quality.astype(np.float32)),
-    }
-    for name, values in sorted(scores.by_name.items()):
-        cols[f"score_{name}"] = pa.array(values.astype(np.float32))
-    with storage.open_write(w.path("assignments.parquet")) as f:
-        pq.write_table(pa.table(cols), f)
-    _write_npy(w.path("centroids_init.npy"), cl.km.centroids.astype(np.float32))
-    _write_npy(w.path("centroids.npy"), cl.centroids.astype(np.float32))
-    storage.write_json(w.path("mapping.json"), {str(c): int(m) for c, m in enumerate(cl.mapping)})
-
-
 def count_documents(cl: Clustering) -> dict[str, int]:
     """Documents in = kept + pruned, or the stage fails."""
-    n = len(cl.cluster)
-    kept = int((cl.cluster >= 0).sum())
+    n = int(cl.sizes.sum())
+    kept = int(cl.final_sizes.sum())
     counts = {
         "documents_in": n,
         "documents_out": kept,
         "k_init": len(cl.km.centroids),
-        "clusters": len(cl.centroids),
+        "clusters": len(cl.final_sizes),
         "pruned_clusters": int(sum(r is not None for r in cl.reasons)),
-        "pruned_documents": n - kept,
+        "pruned_documents": int(cl.sizes[cl.mapping < 0].sum()),
     }
     if counts["documents_out"] + counts["pruned_documents"] != n:
         raise ClusterError("document counts do not add up")
@@ -191,7 +344,9 @@ def write_report(ctx: StageContext, inp: R.ReportInputs, counts: dict, seconds: 
     rep = R.build_report(inp)
     rep["counts"] = counts
     with tempfile.TemporaryDirectory() as tmp:
-        files = R.write_report(rep, Path(tmp), x=inp.x, cluster=inp.cluster, centroids=inp.centroids, seed=inp.seed)
+        files = R.write_report(
+            rep, Path(tmp), points=inp.stats.map_points(), n_clusters=len(inp.stats.sizes), seed=inp.seed
+        )
         for path in files:
             storage.write_bytes(ctx.writer.path(path.name), path.read_bytes())
         _log_mlflow(
@@ -204,40 +359,75 @@ def write_report(ctx: StageContext, inp: R.ReportInputs, counts: dict, seconds: 
     return rep
 
 
+def cluster_stream(ctx: StageContext, corpus: Corpus, scoring: Scoring, spill: Spill) -> tuple[Clustering, R.Collector]:
+    """Train on the sample, assign and score (pass 1), prune and merge, write the assignments
+    (pass 2) and find the snippets (pass 3); the stage's data files."""
+    cfg: ClusterConfig = ctx.cfg.cluster
+    gpu = gpu_count() > 0  # imports faiss: not part of the k-means seconds
+    t0 = time.perf_counter()
+    centroids, train_points, gpu = train(cfg, ctx.cfg.seed, corpus, gpu)
+    trained = time.perf_counter() - t0
+    p1 = assign_and_score(corpus, centroids, scoring, gpu, spill)
+    km = KMeansModel(centroids, p1.sim_sum / corpus.n, train_points, trained + p1.assign_seconds, gpu)
+    log.info(
+        "k-means: K=%d on %d of %d documents in %.1f s (%s), mean cosine %.4f",
+        len(centroids),
+        train_points,
+        corpus.n,
+        km.seconds,
+        "GPU" if gpu else "CPU",
+        km.objective,
+    )
+    cl = merge_clusters(cfg, km, p1)
+    stats = R.Collector(ctx.cfg.seed, corpus.n, cl.mapping, cl.final_sizes, list(p1.sources), scoring.names)
+    final = write_assignments(ctx.writer, corpus, cl, spill, scoring, stats)
+    central_documents(corpus, cl, spill, final, stats)
+    _write_npy(ctx.writer.path("centroids_init.npy"), centroids.astype(np.float32))
+    _write_npy(ctx.writer.path("centroids.npy"), final.astype(np.float32))
+    storage.write_json(ctx.writer.path("mapping.json"), {str(c): int(m) for c, m in enumerate(cl.mapping)})
+    return cl, stats
+
+
 def run(ctx: StageContext) -> StageOutput:
     if ctx.cfg.cluster.method != "kmeans":
         return run_groups(ctx)
     t_start = time.perf_counter()
     cfg: ClusterConfig = ctx.cfg.cluster
-    ids, x, meta = load_inputs(ctx)
-    scores = compute_scores(cfg, ctx.cfg.seed, x, meta, ids, ctx.input("curated"), ctx.input("embeddings"))
-    quality = scores.by_name[cfg.quality.scorer]
-    cl = cluster_documents(cfg, ctx.cfg.seed, x, quality)
-    write_data(ctx.writer, ids, cl, quality, scores)
+    corpus = open_corpus(ctx)
+    setup = ScoreSetup(
+        cfg.quality,
+        ctx.cfg.seed,
+        corpus.n,
+        documents.column_names(corpus.curated),
+        corpus.curated,
+        corpus.embeddings,
+        corpus.rows,
+    )
+    scoring = open_scorers(cfg, setup)
+    with tempfile.TemporaryDirectory(prefix="climb-cluster-") as tmp:
+        cl, stats = cluster_stream(ctx, corpus, scoring, Spill(tmp))
     counts = count_documents(cl)
     inp = R.ReportInputs(
         cfg=cfg,
         seed=ctx.cfg.seed,
-        ids=ids,
-        x=x,
-        meta=meta,
+        n=corpus.n,
         km=cl.km,
         reasons=cl.reasons,
+        sizes_init=cl.sizes,
         mean_quality_init=cl.mean_quality,
         mapping=cl.mapping,
-        cluster=cl.cluster,
-        centroids=cl.centroids,
-        quality=quality,
-        scores=scores,
         merged=cl.merged,
-        curated=ctx.input("curated"),
-        model=ctx.input("embeddings").manifest.extra.get("model"),
+        stats=stats,
+        notes=scoring.notes(),
+        scorer=cfg.quality.scorer,
+        curated=corpus.curated,
+        model=corpus.embeddings.manifest.extra.get("model"),
     )
     rep = write_report(ctx, inp, counts, time.perf_counter() - t_start)
-    return output(cfg, counts, rep, cl, scores)
+    return output(cfg, counts, rep, cl, scoring.names)
 
 
-def output(cfg: ClusterConfig, counts: dict, rep: dict, cl: Clustering, scores: Scores) -> StageOutput:
+def output(cfg: ClusterConfig, counts: dict, rep: dict, cl: Clustering, scorers: list[str]) -> StageOutput:
     ev = rep["evaluation"]
     sizes_line = ", ".join(f"{c['cluster']}={c['documents']}" for c in rep["clusters"])
     summary = [
@@ -260,7 +450,7 @@ def output(cfg: ClusterConfig, counts: dict, rep: dict, cl: Clustering, scores: 
     extra = {
         "k_init_requested": cfg.k_init,
         "scorer": cfg.quality.scorer,
-        "scorers": sorted(scores.by_name),
+        "scorers": scorers,
         "kmeans_objective": cl.km.objective,
         "merge_heights_applied": cl.merged.applied,
         "evaluation": ev,
@@ -365,7 +555,7 @@ def run_groups(ctx: StageContext) -> StageOutput:
     ids, meta = read_group_meta(ctx)
     grouping = group_of(ctx, meta)
     no_embeddings = np.zeros((len(ids), 0), dtype=np.float32)
-    scores = compute_scores(cfg, ctx.cfg.seed, no_embeddings, meta, ids, ctx.input("curated"), None)  # type: ignore[arg-type]
+    scores = compute_scores(cfg, ctx.cfg.seed, no_embeddings, meta, ctx.input("curated"), None)
     quality = scores.by_name[cfg.quality.scorer]
     ng = number_groups(grouping.group, quality, cfg.min_cluster_size, cfg.quality.min_cluster_quality)
     write_group_data(ctx.writer, ids, ng, quality, scores)
@@ -385,7 +575,9 @@ def run_groups(ctx: StageContext) -> StageOutput:
     rep = R.build_group_report(inp)
     rep["counts"] = counts
     with tempfile.TemporaryDirectory() as tmp:
-        for path in R.write_report(rep, Path(tmp), x=None, cluster=ng.cluster, centroids=None, seed=ctx.cfg.seed):
+        for path in R.write_report(
+            rep, Path(tmp), points=None, n_clusters=int(ng.mapping.max()) + 1, seed=ctx.cfg.seed
+        ):
             storage.write_bytes(ctx.writer.path(path.name), path.read_bytes())
         _log_mlflow(ctx.cfg, rep, counts, Path(tmp), {"stage_seconds": time.perf_counter() - t_start})
     return group_output(cfg, counts, rep, grouping, scores)
