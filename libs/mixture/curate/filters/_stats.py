@@ -93,11 +93,11 @@ class TextStats:
 
     @cached_property
     def bullet_lines_ratio(self) -> float:
-        return sum(ln.startswith(BULLETS) for ln in self.lines) / max(len(self.lines), 1)
+        return sum(map(str.startswith, self.lines, repeat(BULLETS))) / max(len(self.lines), 1)
 
     @cached_property
     def ellipsis_lines_ratio(self) -> float:
-        return sum(ln.endswith(ELLIPSES) for ln in self.lines) / max(len(self.lines), 1)
+        return sum(map(str.endswith, self.lines, repeat(ELLIPSES))) / max(len(self.lines), 1)
 
     @cached_property
     def alpha_words_ratio(self) -> float:
@@ -167,6 +167,54 @@ class TextStats:
                 self._ngram_hashes[n] = h
         return self._ngram_hashes[n]
 
+    def _repeated(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(start of every n-gram occurrence whose n-gram occurs more than once, whether it is
+        an occurrence after the first), in position order.
+
+        An (n+1)-gram that repeats starts with an n-gram that repeats, so size n+1 only looks at
+        the positions that size n found (exact: the other positions can neither repeat nor be
+        the first occurrence of a repeat). Most prose has few repeated 5-grams, so sizes 6-10
+        cost almost nothing."""
+        cache = self._repeat_cache
+        if n not in cache:
+            prev = cache.get(n - 1)
+            if prev is None:
+                pos = np.arange(max(self.n_words - n + 1, 0))
+                h = self._ngrams(n)
+            else:
+                pos = prev[0][prev[0] <= self.n_words - n]
+                h = self._ngram_at(pos, n)
+            order = np.argsort(h, kind="stable")
+            sh = h[order]
+            new_run = np.r_[True, sh[1:] != sh[:-1]]
+            run_id = np.cumsum(new_run) - 1
+            sizes = np.bincount(run_id)
+            multi = sizes[run_id] > 1
+            later = np.zeros(len(h), dtype=bool)
+            later[order] = ~new_run
+            in_multi = np.zeros(len(h), dtype=bool)
+            in_multi[order] = multi
+            cache[n] = (pos[in_multi], later[in_multi])
+        return cache[n]
+
+    @cached_property
+    def _repeat_cache(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return {}
+
+    def _ngram_at(self, pos: np.ndarray, n: int) -> np.ndarray:
+        """The hashes `_ngrams(n)` would give at positions `pos` (same polynomial)."""
+        ids, _ = self._word_arrays
+        h = np.zeros(len(pos), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(n):
+                h = h * _NGRAM_MULT + ids[pos + k] + np.uint64(1)
+        return h
+
+    def _repeat_starts(self, n: int) -> np.ndarray:
+        """Start positions of the n-gram occurrences after the first of the same n-gram."""
+        pos, later = self._repeated(n)
+        return pos[later]
+
     @cached_property
     def word_chars(self) -> int:
         return int(self._word_arrays[1].sum())
@@ -183,12 +231,16 @@ class TextStats:
         h = self._ngrams(n)
         if len(h) == 0 or self.word_chars == 0:
             return 0.0
-        _, first, counts = np.unique(h, return_index=True, return_counts=True)
+        # The most frequent hash (ties: the smallest hash, as np.unique + argmax would pick),
+        # from a plain sort: no argsort, the first occurrence is looked up once.
+        sh = np.sort(h)
+        run_starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])
+        counts = np.diff(np.r_[run_starts, len(sh)])
         top = int(np.argmax(counts))
         if counts[top] < 2:
             return 0.0
         lengths = self._word_arrays[1]
-        start = int(first[top])
+        start = int(np.flatnonzero(h == sh[run_starts[top]])[0])
         chars = int(lengths[start : start + n].sum())
         return min(1.0, chars * int(counts[top]) / self.word_chars)
 
@@ -201,15 +253,11 @@ class TextStats:
         return self._ngram_cache[key]
 
     def _dup_ngram_char_frac(self, n: int) -> float:
-        h = self._ngrams(n)
-        if len(h) == 0 or self.word_chars == 0:
+        if self.word_chars == 0:
             return 0.0
-        _, first = np.unique(h, return_index=True)
-        repeat = np.ones(len(h), dtype=bool)
-        repeat[first] = False
-        if not repeat.any():
+        starts = self._repeat_starts(n)
+        if len(starts) == 0:
             return 0.0
-        starts = np.flatnonzero(repeat)
         cover = np.zeros(self.n_words + 1, dtype=np.int64)
         np.add.at(cover, starts, 1)
         np.add.at(cover, starts + n, -1)
@@ -234,10 +282,15 @@ class TextStats:
     # ---------------------------------------------------------------------- FineWeb
     @cached_property
     def punct_line_ratio(self) -> float:
-        return sum(ln.endswith(END_PUNCTUATION) for ln in self.lines) / max(len(self.lines), 1)
+        return sum(map(str.endswith, self.lines, repeat(END_PUNCTUATION))) / max(len(self.lines), 1)
 
     def short_line_ratio(self, max_chars: int) -> float:
-        return sum(len(ln) <= max_chars for ln in self.lines) / max(len(self.lines), 1)
+        lengths = self._line_lengths
+        return int(np.count_nonzero(lengths <= max_chars)) / max(len(lengths), 1)
+
+    @cached_property
+    def _line_lengths(self) -> np.ndarray:
+        return np.fromiter(map(len, self.lines), dtype=np.int64, count=len(self.lines))
 
     @cached_property
     def newlines_per_word(self) -> float:

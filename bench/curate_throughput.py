@@ -1,0 +1,318 @@
+"""Whole curation throughput: `climb curate` + `climb select` vs a DataTrove pipeline doing the
+same work, on the same documents, in one process run.
+
+Corpus: `curate_dedup.build_corpus` (the committed sample corpus, injected near duplicates with
+ground truth, and heavily edited copies of everything for volume: documents of a few hundred to
+~1,500 words), written as 2 JSONL files (DataTrove parallelises by file).
+
+- ours: `pipeline.run_stage(cfg, "curate")` then `run_stage(cfg, "select")` with the default
+  filters (Gopher quality + repetition, C4, FineWeb: every signal stored), exact and MinHash
+  dedup, on a local[2] Spark session (started before the clock, as a cluster's would be; its
+  start-up time is printed too);
+- DataTrove 0.10 (LocalPipelineExecutor, 2 workers): JsonlReader -> GopherQualityFilter ->
+  GopherRepetitionFilter -> C4QualityFilter (document-level rules only, as ours; its default
+  line filters would rewrite the texts) -> FineWebQualityFilter -> JsonlWriter (the survivors)
+  -> MinhashDedupSignature; MinhashDedupBuckets; MinhashDedupCluster; JsonlReader (survivors)
+  -> MinhashDedupFilter -> JsonlWriter. Its default settings otherwise (English: spaCy word
+  tokenizer for the filters and the shingles, xxhash), the same bands x rows as ours.
+
+Near-duplicate F1 (document and pair level, as in curate_dedup.py) against the exact Jaccard of
+word 5-grams: "common" on the documents that both pipelines' quality filters keep (each
+pipeline's groups and the true pairs restricted to them), "own" on the documents that the
+pipeline's own filters keep (each deduplicates only its own survivors; ours groups all).
+docs/s = input documents / wall seconds of the whole pipeline, reading and writing included.
+
+    .venv/bin/python bench/curate_throughput.py [--bases 600] [--copies 3] [--skip datatrove]
+        [--datatrove-tokenizer spacy whitespace]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import curate_dedup as cd  # noqa: E402
+
+WORKERS = 2
+
+
+def write_inputs(corpus: list[dict], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    for k in range(WORKERS):
+        path = folder / f"part-{k}.jsonl"
+        with open(path, "w") as f:
+            for d in corpus[k::WORKERS]:
+                f.write(json.dumps({"id": d["id"], "text": d["text"], "source": "bench"}) + "\n")
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- ours
+def run_ours(spark, inputs: Path, out: Path) -> tuple[float, dict]:
+    import pyarrow.parquet as pq
+    from mixture import pipeline
+    from mixture.config import parse_config
+
+    out.mkdir(parents=True)
+    cfg = parse_config(
+        {
+            "run_name": "bench",
+            "output_root": str(out),
+            "input": {"uris": [str(inputs / "*.jsonl")]},
+            "curate": {"spark_master": "local[2]", "partitions": WORKERS * 2},
+            "tracking": {"uri": f"sqlite:///{out / 'mlflow.db'}"},
+        }
+    )
+    import mlflow
+
+    mlflow.MlflowClient(cfg.tracking.uri).search_experiments()  # create the store before the clock
+    t0 = time.perf_counter()
+    curate = pipeline.run_stage(cfg, "curate", force=True)
+    select = pipeline.run_stage(cfg, "select", force=True)
+    wall = time.perf_counter() - t0
+    annotated = pq.read_table(out / "annotated" / "docs", columns=["id", "near_group"]).to_pydict()
+    passed = set(pq.read_table(out / "curated" / "docs", columns=["id"]).column("id").to_pylist())
+    rej = pq.read_table(out / "curated" / "rejected", columns=["id", "reason"]).to_pydict()
+    passed |= {i for i, r in zip(rej["id"], rej["reason"]) if not r.startswith("filter:")}
+    groups: dict[str, set[str]] = {}
+    for i, g in zip(annotated["id"], annotated["near_group"]):
+        if g is not None:
+            groups.setdefault(g, set()).add(i)
+    return wall, {
+        "passed_filters": passed,
+        "groups": list(groups.values()),
+        "kept": len(pq.read_table(out / "curated" / "docs", columns=["id"])),
+        "stage_seconds": {"curate": curate.seconds, "select": select.seconds},
+    }
+
+
+# --------------------------------------------------------------------------- DataTrove
+def whitespace_tokenizer():
+    """A DataTrove WordTokenizer that splits on whitespace (words) and after sentence-ending
+    punctuation (sentences): DataTrove at its fastest, without spaCy."""
+    import re
+
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    class Whitespace(WordTokenizer):
+        def word_tokenize(self, text: str) -> list[str]:
+            return text.split()
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [m.span() for m in re.finditer(r"\S+", text)]
+
+    return Whitespace("en")
+
+
+def run_datatrove(inputs: Path, work: Path, bands: int, rows: int, tokenizer: str = "spacy") -> tuple[float, dict]:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    config = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows)
+    lang = whitespace_tokenizer() if tokenizer == "whitespace" else "en"
+
+    def execute(steps, tasks, workers, name):
+        LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=str(work / name)).run()
+
+    t0 = time.perf_counter()
+    execute(
+        [
+            JsonlReader(str(inputs), glob_pattern="*.jsonl"),
+            GopherQualityFilter(language=lang),
+            GopherRepetitionFilter(language=lang),
+            # Document level, as ours (lorem ipsum, curly brace, >= 3 sentences): its line
+            # filters (and the citation, javascript and policy rules) would rewrite the texts.
+            C4QualityFilter(
+                remove_citations=False,
+                filter_no_terminal_punct=False,
+                min_num_sentences=3,
+                min_words_per_line=-1,
+                max_word_length=-1,
+                filter_javascript=False,
+                filter_policy=False,
+                language=lang,
+            ),
+            FineWebQualityFilter(language=lang),
+            JsonlWriter(str(work / "filtered"), compression=None),
+            MinhashDedupSignature(output_folder=str(work / "sigs"), config=config, language=lang),
+        ],
+        WORKERS,
+        WORKERS,
+        "logs-1",
+    )
+    execute(
+        [MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config)],
+        bands,
+        WORKERS,
+        "logs-2",
+    )
+    execute(
+        [
+            MinhashDedupCluster(
+                input_folder=str(work / "buckets"),
+                output_folder=str(work / "remove"),
+                config=config,
+                save_cluster_id=True,
+            )
+        ],
+        1,
+        1,
+        "logs-3",
+    )
+    execute(
+        [
+            JsonlReader(str(work / "filtered"), glob_pattern="*.jsonl"),
+            MinhashDedupFilter(input_folder=str(work / "remove")),
+            JsonlWriter(str(work / "deduped"), compression=None),
+        ],
+        WORKERS,
+        WORKERS,
+        "logs-4",
+    )
+    wall = time.perf_counter() - t0
+    passed: set[str] = set()
+    clusters: dict[int, set[str]] = {}
+    for rank in range(WORKERS):
+        path = work / "filtered" / f"{rank:05d}.jsonl"
+        ids = [json.loads(line)["id"] for line in open(path)] if path.exists() else []
+        passed |= set(ids)
+        cpath = work / "remove" / f"{rank:06d}.clusters"
+        if cpath.exists():
+            for doc, cid in np.frombuffer(cpath.read_bytes(), dtype="<u4").reshape(-1, 2):
+                clusters.setdefault(int(cid), set()).add(ids[int(doc)])
+    kept = sum(sum(1 for _ in open(p)) for p in (work / "deduped").glob("*.jsonl"))
+    return wall, {"passed_filters": passed, "groups": list(clusters.values()), "kept": kept}
+
+
+# --------------------------------------------------------------------------- scoring
+def near_dup_scores(result: dict, universe: set[str], index: dict[str, int], true_pairs) -> dict:
+    groups = [{index[i] for i in g if i in universe} for g in result["groups"]]
+    return cd.score([g for g in groups if len(g) > 1], true_pairs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bases", type=int, default=600, help="documents that get injected near copies")
+    ap.add_argument("--copies", type=int, default=3, help="the corpus this many times (edited copies)")
+    ap.add_argument("--threshold", type=float, default=0.8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["datatrove", "ours"])
+    ap.add_argument(
+        "--datatrove-tokenizer",
+        nargs="+",
+        default=["spacy"],
+        choices=["spacy", "whitespace"],
+        help="DataTrove's word tokenizer: its English default (spaCy) and/or whitespace splitting",
+    )
+    ap.add_argument("--json", help="write the figures here too")
+    args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("mixture.curate").setLevel(logging.INFO)  # the curate stage's step timings
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    from loguru import logger as loguru_logger
+
+    loguru_logger.remove()
+
+    corpus, _ = cd.build_corpus(args.bases, args.seed, args.copies)
+    n = len(corpus)
+    words = np.array([len(d["text"].split()) for d in corpus])
+    index = {d["id"]: i for i, d in enumerate(corpus)}
+    t0 = time.time()
+    true_pairs, _ = cd.ground_truth(cd.ngram_sets([d["text"] for d in corpus], 5), args.threshold)
+    print(
+        f"corpus: {n} documents, words per document median {int(np.median(words))}, "
+        f"p10 {int(np.percentile(words, 10))}, p90 {int(np.percentile(words, 90))}; "
+        f"ground truth in {time.time() - t0:.1f} s: {len(true_pairs)} pairs with J >= {args.threshold}"
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    results: dict[str, tuple[float, dict]] = {}
+    try:
+        inputs = tmp / "input"
+        write_inputs(corpus, inputs)
+        from mixture import spark as spark_helper
+        from mixture.config import FuzzyDedupConfig
+        from mixture.curate import minhash
+
+        fz = FuzzyDedupConfig(threshold=args.threshold)
+        params, _ = minhash.lsh_params(
+            args.threshold, fz.num_perm, fz.bands, fz.rows, fz.false_positive_weight, fz.false_negative_weight
+        )
+        if "ours" not in args.skip:
+            t0 = time.perf_counter()
+            spark = spark_helper.session("local[2]", "bench-throughput", WORKERS * 2)
+            print(f"Spark session started in {time.perf_counter() - t0:.1f} s (not counted)")
+            results["ours: curate + select (Spark local[2])"] = run_ours(spark, inputs, tmp / "ours")
+            spark.stop()
+        if "datatrove" not in args.skip:
+            for tok in args.datatrove_tokenizer:
+                results[f"datatrove 0.10 (2 workers, {tok} words)"] = run_datatrove(
+                    inputs, tmp / f"datatrove-{tok}", params.bands, params.rows, tok
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    universe = set.intersection(*(r["passed_filters"] for _, r in results.values())) if results else set()
+    uni_idx = {index[i] for i in universe}
+    true_in = {p for p in true_pairs if p[0] in uni_idx and p[1] in uni_idx}
+    print(
+        f"\n{n} documents; near duplicates scored on the {len(universe)} that every pipeline's filters keep "
+        f"({len(true_in)} true pairs among them); LSH {params.bands} bands x {params.rows} rows"
+    )
+    header = (
+        f"{'pipeline':40s} {'seconds':>7s} {'docs/s':>6s} {'filtered':>8s} {'kept':>5s} "
+        f"{'common: doc F1':>14s} {'pair F1':>7s}   {'own: pairs':>10s} {'doc F1':>6s} {'pair F1':>7s}"
+    )
+    print(header)
+    print("-" * len(header))
+    figures = {}
+    for name, (wall, r) in results.items():
+        s = near_dup_scores(r, universe, index, true_in)
+        own_idx = {index[i] for i in r["passed_filters"]}
+        true_own = {p for p in true_pairs if p[0] in own_idx and p[1] in own_idx}
+        o = near_dup_scores(r, r["passed_filters"], index, true_own)
+        figures[name] = {"seconds": wall, "docs_per_s": n / wall, "kept": r["kept"], "common": s, "own": o}
+        print(
+            f"{name:40s} {wall:7.1f} {n / wall:6.0f} {n - len(r['passed_filters']):8d} {r['kept']:5d} "
+            f"{s['doc_f1']:14.3f} {s['pair_f1']:7.3f}   {len(true_own):10d} {o['doc_f1']:6.3f} {o['pair_f1']:7.3f}"
+        )
+        if "stage_seconds" in r:
+            print(f"  stages: {r['stage_seconds']}")
+    ours = [w for name, (w, _) in results.items() if name.startswith("ours")]
+    for name, (wall, _) in results.items():
+        if ours and name.startswith("datatrove"):
+            print(f"throughput ours / {name}: {wall / ours[0]:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"documents": n, "pipelines": figures}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
