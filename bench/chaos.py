@@ -24,7 +24,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -85,20 +84,10 @@ def stage_rounds(n: int, rng: random.Random, work: Path) -> dict[str, int]:
 
 # -------------------------------------------------------------------------------- publish
 def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(150):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    url = f"http://127.0.0.1:{port}"
+    """The shared moto server, with this run's (test) credentials in the environment."""
+    from helpers.s3 import start_moto as start
+
+    proc, url = start()
     os.environ.update(
         AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="chaos", AWS_SECRET_ACCESS_KEY="chaos", AWS_DEFAULT_REGION="us-east-1"
     )
@@ -108,34 +97,10 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 def make_builds(work: Path, bucket: str) -> list[tuple[Path, object]]:
     """Two committed ClimbMix builds of the sample corpus with different content, and a config
     file for each that publishes to s3://bucket/climbmix."""
-    import yaml
     from conftest import SAMPLE, read_jsonl_gz
-    from mixture.pipeline import run_stage
-    from test_build import WEIGHTS, make_climblab, make_config, make_search
+    from helpers.s3 import publishable_builds
 
-    records = read_jsonl_gz(SAMPLE)
-    out = []
-    for name, tokens in (("a", 12_000), ("b", 9_000)):
-        root = work / name
-        make_search(root, make_climblab(root, records), WEIGHTS)
-        cfg = make_config(root, tokens=tokens)
-        ds = run_stage(cfg, "climbmix").dataset
-        conf = work / f"{name}.yaml"
-        conf.write_text(
-            yaml.safe_dump(
-                {
-                    "output_root": cfg.output_root,
-                    "seed": cfg.seed,
-                    "input": {"uris": cfg.input.uris},
-                    "build": cfg.build.model_dump(),
-                    "tracking": {"experiment": "chaos"},
-                    "publish": {"uri": f"s3://{bucket}/climbmix", "track": False, "concurrency": 2},
-                    "concurrency": {"lease_ttl_s": 5},
-                }
-            )
-        )
-        out.append((conf, ds))
-    return out
+    return publishable_builds(work, read_jsonl_gz(SAMPLE), bucket, "chaos")
 
 
 def _publisher(conf: Path, version: str) -> subprocess.Popen:

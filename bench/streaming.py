@@ -30,7 +30,6 @@ import argparse
 import itertools
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,30 +40,11 @@ from pathlib import Path
 import numpy as np
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_moto() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    exe = str(Path(sys.executable).parent / "moto_server")
-    if not Path(exe).exists():
-        exe = shutil.which("moto_server") or exe
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(150):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise SystemExit("moto_server did not start")
-    return proc, f"http://127.0.0.1:{port}"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers.s3 import start_moto as start
+
+    return start()
 
 
 def make_dataset(root: Path, mb: float, files: int):

@@ -665,31 +665,9 @@ def test_objects_changed_after_verification_are_never_committed(built, s3_endpoi
 @pytest.fixture
 def two_builds(tmp_path, sample_records, s3_bucket):
     """Two committed builds with different content, each with a config file for jobs/publish.py."""
-    import yaml
+    from helpers.s3 import publishable_builds
 
-    out = []
-    for name, tokens in (("a", 12_000), ("b", 9_000)):
-        root = tmp_path / name
-        lab = make_climblab(root, sample_records)
-        make_search(root, lab, WEIGHTS)
-        cfg = make_config(root, tokens=tokens)
-        ds = run_stage(cfg, "climbmix").dataset
-        conf = tmp_path / f"{name}.yaml"
-        conf.write_text(
-            yaml.safe_dump(
-                {
-                    "output_root": cfg.output_root,
-                    "seed": cfg.seed,
-                    "input": {"uris": cfg.input.uris},
-                    "build": cfg.build.model_dump(),
-                    "tracking": {"experiment": "test"},
-                    "publish": {"uri": f"s3://{s3_bucket}/climbmix", "track": False, "concurrency": 2},
-                    "concurrency": {"lease_ttl_s": 5},
-                }
-            )
-        )
-        out.append((conf, ds))
-    return out
+    return publishable_builds(tmp_path, sample_records, s3_bucket, "test")
 
 
 def _publisher(conf: Path, version: str):
