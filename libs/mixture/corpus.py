@@ -13,6 +13,11 @@ documentation (perl-doc; Artistic/GPL), GCIDE dictionary (dict-gcide; GPL), Word
 (wordnet-base; WordNet licence), the Jargon File (jargon-text; public domain), fortunes
 (fortunes; public domain / BSD), Debian Policy (debian-policy; GPL), Debian Reference
 (debian-reference-en; GPL/MIT).
+
+Larger corpora for `bench/scale.py`: `scale_pool` cuts shorter documents (150-500 words by
+default) from these sources plus three larger ones (`SCALE_SOURCES`: the kernel's documentation,
+site-packages Python code, the kernel's C files), none twice; `write_scale` writes the first N of
+a pool with copies. `climb corpus sample` does not use them: its output is unchanged.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import glob
 import gzip
 import hashlib
 import html
+import itertools
 import json
 import random
 import re
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +92,17 @@ def paragraphs(text: str) -> list[str]:
     return [p.strip("\n") for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def chunk(paras: list[str], rng: random.Random, min_words: int = 200, max_words: int = 5000) -> Iterator[str]:
-    """Group paragraphs into documents of min_words..max_words (target drawn per document)."""
-    target = rng.randint(min_words + 100, min(1500, max_words))
+def chunk(
+    paras: list[str],
+    rng: random.Random,
+    min_words: int = 200,
+    max_words: int = 5000,
+    target_words: tuple[int, int] | None = None,
+) -> Iterator[str]:
+    """Group paragraphs into documents of min_words..max_words (target drawn per document from
+    `target_words`, default min_words + 100 .. min(1500, max_words))."""
+    lo, hi = target_words or (min_words + 100, min(1500, max_words))
+    target = rng.randint(lo, hi)
     buf: list[str] = []
     n = 0
     for p in paras:
@@ -103,7 +117,7 @@ def chunk(paras: list[str], rng: random.Random, min_words: int = 200, max_words:
         if n >= target:
             yield "\n\n".join(buf)
             buf, n = [], 0
-            target = rng.randint(min_words + 100, min(1500, max_words))
+            target = rng.randint(lo, hi)
     if n >= min_words:
         yield "\n\n".join(buf)
 
@@ -253,10 +267,10 @@ def build_sample(
     return counts
 
 
-def _write_jsonl_gz(path: Path, records: list[dict]) -> None:
+def _write_jsonl_gz(path: Path, records: list[dict], level: int = 9) -> None:
     tmp = path.with_suffix(".tmp")
     # mtime=0: the same records give byte-identical files
-    with gzip.GzipFile(tmp, "wb", compresslevel=9, mtime=0) as f:
+    with gzip.GzipFile(tmp, "wb", compresslevel=level, mtime=0) as f:
         for r in records:
             f.write((json.dumps(r, ensure_ascii=False) + "\n").encode())
     tmp.replace(path)
@@ -264,3 +278,219 @@ def _write_jsonl_gz(path: Path, records: list[dict]) -> None:
 
 def fingerprint(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------- larger corpora
+# `build_scale` (bench/scale.py): many more, shorter documents than the sample, from the sample's
+# sources plus three larger ones. Each is real text installed on the machine:
+#   linux-docs   the kernel's documentation (linux-doc; GPL-2), reStructuredText and ABI files
+#   python-libs  the Python code of the running interpreter's site-packages (each package's own
+#                licence; which packages depends on the environment, so pin it to compare runs)
+#   linux-code   the kernel's C files, read from the linux-source tarball (linux-source; GPL-2)
+def _linux_doc_files() -> list[str]:
+    out = []
+    for f in glob.glob("/usr/share/doc/linux-doc-*/Documentation/**/*.gz", recursive=True):
+        name = Path(f).name[: -len(".gz")]
+        if "." not in name or name.endswith((".rst", ".txt", ".yaml")):
+            out.append(f)
+    return sorted(out)
+
+
+def _site_packages_files() -> list[str]:
+    roots = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+    return sorted(
+        f
+        for root in roots
+        for f in glob.glob(f"{root}/**/*.py", recursive=True)
+        if "/test" not in f[len(root) :] and "/_vendor/" not in f and "/vendored/" not in f
+    )
+
+
+def _linux_tarballs() -> list[str]:
+    return sorted(glob.glob("/usr/src/linux-source-*.tar.xz"))
+
+
+def _tar_members(path: str, suffix: str, keep: Callable[[str], bool]) -> Iterator[str]:
+    """Texts of the tarball's files named *suffix that `keep` accepts, in the tarball's order."""
+    import tarfile
+
+    with tarfile.open(path, "r|xz") as tar:
+        for m in tar:
+            if m.isfile() and m.name.endswith(suffix) and keep(m.name):
+                f = tar.extractfile(m)
+                if f is not None:
+                    yield f.read().decode("utf-8", errors="replace")
+
+
+def _tar_bytes(path: str, suffix: str) -> int:
+    import tarfile
+
+    with tarfile.open(path, "r|xz") as tar:
+        return sum(m.size for m in tar if m.isfile() and m.name.endswith(suffix))
+
+
+SCALE_SOURCES: list[Source] = [
+    Source("linux-docs", _linux_doc_files, _read),
+    Source("python-libs", _site_packages_files, _read),
+    Source("linux-code", _linux_tarballs, _read),  # read member by member (`_source_texts`)
+]
+SCALE_PACKAGES = ["linux-doc", "linux-source"]
+_C_BYTES_PER_WORD = 7.0  # the kernel's .c files: ~7 bytes per whitespace-separated word
+
+
+def _source_texts(src: Source, rng: random.Random, words_wanted: int) -> Iterator[str]:
+    """The texts of a source's files in a seeded order (linux-code: a seeded subset of the
+    tarball's C files, in the tarball's order, with about 3x the words wanted: long functions and
+    short files give no document)."""
+    files = src.files()
+    if src.name == "linux-code":
+        for tarball in files:
+            frac = min(1.0, 3.0 * words_wanted * _C_BYTES_PER_WORD / max(_tar_bytes(tarball, ".c"), 1))
+            salt = str(rng.random())
+
+            def keep(name: str, salt: str = salt, frac: float = frac) -> bool:
+                h = int(hashlib.sha256(f"{salt}:{name}".encode()).hexdigest()[:12], 16)
+                return h < frac * 16**12
+
+            yield from _tar_members(tarball, ".c", keep)
+        return
+    rng.shuffle(files)
+    for f in files:
+        try:
+            yield src.to_text(f)
+        except (OSError, UnicodeError, ValueError, IndexError):
+            continue
+
+
+def _doc_key(text: str) -> bytes:
+    return hashlib.sha1(" ".join(text.split()).encode()).digest()
+
+
+def scale_documents(
+    src: Source,
+    rng: random.Random,
+    limit: int,
+    seen: set[bytes],
+    min_words: int,
+    max_words: int,
+    target_words: tuple[int, int],
+) -> list[str]:
+    """Up to `limit` documents of one source, none equal (whitespace aside) to a document or a
+    whole file seen before (`seen`, updated): vendored copies of one file give no documents twice."""
+    words_wanted = int(limit * (sum(target_words) / 2 + 30))
+    docs: list[str] = []
+    stream: list[str] = []
+    for text in _source_texts(src, rng, words_wanted):
+        key = _doc_key(text)
+        if key in seen:
+            continue
+        seen.add(key)
+        if src.per_file:
+            for d in chunk(paragraphs(text), rng, min_words, max_words, target_words):
+                k = _doc_key(d)
+                if k not in seen:
+                    seen.add(k)
+                    docs.append(d)
+            if src.name != "linux-code" and len(docs) >= limit:
+                break
+        else:
+            stream += paragraphs(text)
+    if not src.per_file:
+        for d in chunk(stream, rng, min_words, max_words, target_words):
+            k = _doc_key(d)
+            if k not in seen:
+                seen.add(k)
+                docs.append(d)
+    rng.shuffle(docs)
+    return docs[:limit]
+
+
+def scale_pool(
+    n_docs: int,
+    seed: int = 0,
+    min_words: int = 150,
+    max_words: int = 500,
+    target_words: tuple[int, int] = (150, 400),
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[dict], dict[str, int]]:
+    """`n_docs` distinct records `{"id", "text", "source"}` of min_words..max_words words from every
+    source of `SOURCES` and `SCALE_SOURCES`, in a seeded order, and the count per source. The
+    documents are shared out evenly over the sources, smallest first: a source that has fewer than
+    its share gives all it has and the rest goes to the sources after it. RuntimeError when the
+    installed sources hold too little text (the packages to install are in its message)."""
+    remaining = n_docs
+    seen: set[bytes] = set()
+    records: list[dict] = []
+    counts: dict[str, int] = {}
+    sources = SOURCES + SCALE_SOURCES
+    for i, src in enumerate(sources):
+        share = -(-remaining // (len(sources) - i))
+        docs = scale_documents(
+            src, random.Random(f"{seed}-{src.name}"), share, seen, min_words, max_words, target_words
+        )
+        counts[src.name] = len(docs)
+        remaining -= len(docs)
+        records += ({"id": f"{src.name}-{j:07d}", "text": t, "source": src.name} for j, t in enumerate(docs))
+        if log:
+            log(f"{src.name}: {len(docs):,} documents (share {share:,})")
+    if remaining > 0:
+        packages = " ".join(APT_PACKAGES + SCALE_PACKAGES)
+        raise RuntimeError(
+            f"the installed sources give {n_docs - remaining:,} distinct documents of "
+            f"{min_words}-{max_words} words, {remaining:,} short of {n_docs:,}; "
+            f"install: apt-get install -y {packages}"
+        )
+    random.Random(f"{seed}-pool").shuffle(records)
+    return records, counts
+
+
+def write_scale(
+    out_dir: str | Path,
+    pool: Iterable[dict],
+    n_docs: int,
+    seed: int = 0,
+    dup_frac: float = 0.03,
+    docs_per_file: int = 10_000,
+) -> dict[str, int]:
+    """A corpus of `n_docs` records: the first distinct ones of `pool` (a `scale_pool`, so the
+    corpora of one pool are nested and have the same mix of sources) and `dup_frac` of exact or
+    lightly edited copies of them (ids ending in `-copy`), as in the sample, in a seeded order,
+    written as `part-NNNNN.jsonl.gz` files of `docs_per_file` records."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    n_copies = int(round(n_docs * dup_frac / (1 + dup_frac)))
+    records = list(itertools.islice(pool, n_docs - n_copies))
+    if len(records) < n_docs - n_copies:
+        raise ValueError(f"the pool has {len(records):,} documents, fewer than {n_docs - n_copies:,}")
+    for j, rec in enumerate(rng.sample(records, n_copies)):
+        text = rec["text"] if j % 2 == 0 else _near_copy(rec["text"], rng)
+        records.append({"id": f"{rec['id']}-copy", "text": text, "source": rec["source"]})
+    rng.shuffle(records)
+    for part, lo in enumerate(range(0, len(records), docs_per_file)):
+        _write_jsonl_gz(out / f"part-{part:05d}.jsonl.gz", records[lo : lo + docs_per_file], level=6)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["source"]] = counts.get(r["source"], 0) + 1
+    return {
+        **counts,
+        "copies": n_copies,
+        "documents": len(records),
+        "words": sum(len(r["text"].split()) for r in records),
+    }
+
+
+def read_jsonl_gz(paths: Iterable[str | Path]) -> Iterator[dict]:
+    """The records of JSONL.gz files, in order."""
+    for path in paths:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+def write_pool(out_dir: str | Path, records: list[dict], docs_per_file: int = 50_000) -> None:
+    """A `scale_pool` as `part-NNNNN.jsonl.gz` files, in order (`read_jsonl_gz` reads it back)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for part, lo in enumerate(range(0, len(records), docs_per_file)):
+        _write_jsonl_gz(out / f"part-{part:05d}.jsonl.gz", records[lo : lo + docs_per_file], level=6)
