@@ -281,7 +281,7 @@ def fingerprint(path: str | Path) -> str:
 
 
 # ------------------------------------------------------------------------- larger corpora
-# `build_scale` (bench/scale.py): many more, shorter documents than the sample, from the sample's
+# `scale_pool` (bench/scale.py): many more, shorter documents than the sample, from the sample's
 # sources plus three larger ones. Each is real text installed on the machine:
 #   linux-docs   the kernel's documentation (linux-doc; GPL-2), reStructuredText and ABI files
 #   python-libs  the Python code of the running interpreter's site-packages (each package's own
