@@ -42,6 +42,12 @@ sizes and fitted over all sizes) and the ratios of the two largest sizes' time a
 against the issue's thresholds (100k -> 300k: peak RSS growth < 25%, time < 3.6x; PASS/FAIL).
 Writes `<out>.json` and the plots `<out>_time.png`, `<out>_rss.png` (log-log, one line per stage),
 `--out bench/scale` by default. Each stage's log is `<work>/run-<N>/_bench/<stage>.log`.
+
+Run time: validated with `--sizes 2000 6000 20000` (2 shared cores, load 4-6: 111 s, 146 s and
+269 s of stages). Extrapolated linearly from 6,000 -> 20,000 with that load, the default sizes take
+about 6, 16 and 46 minutes of stages (curate ~60% of it: ~5.4 ms of wall and 2.4 CPU-ms per
+document), plus ~8 minutes for the pool and ~1.5 for the static model the first time: ~80 minutes,
+less on a quiet machine. Run it in the background (`nohup ... > scale.log &`).
 """
 
 from __future__ import annotations
@@ -396,20 +402,21 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
     sizes = [r["documents"] for r in runs]
     paths = []
     for key, label, suffix in (("wall_s", "wall seconds", "time"), ("peak_rss_mb", "peak RSS (MB)", "rss")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8.5, 4.5))
         for name in [*STAGES, "total"]:
             ys = [_value(r, name, key) for r in runs]
-            ax.plot(sizes, ys, marker="o", label=name, linestyle="--" if name == "total" else "-")
+            line = name if name != "total" else ("all stages" if key == "wall_s" else "largest stage")
+            ax.plot(sizes, ys, marker="o", label=line, linestyle="--" if name == "total" else "-")
         if key == "wall_s" and len(sizes) >= 2:  # a linear reference through the first total
             t0 = _value(runs[0], "total", "wall_s")
-            ax.plot(sizes, [t0 * n / sizes[0] for n in sizes], color="grey", linewidth=0.8, label="linear")
+            ax.plot(sizes, [t0 * n / sizes[0] for n in sizes], color="grey", linewidth=0.8, label="linear in N")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("documents")
         ax.set_ylabel(label)
         ax.set_title(f"CLIMB pipeline per stage: {label} vs corpus size (2 cores)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
         fig.tight_layout()
         path = out.with_name(f"{out.name}_{suffix}.png")
         fig.savefig(path, dpi=110)
