@@ -6,10 +6,12 @@ catch-up), or by hand with the `config` param. Annotation is a Spark job (`spark
 jobs/curate.py`, master from the Variable `climb_spark_master`, else the config's
 `curate.spark_master`); the selection that applies the filter thresholds to its signals needs no
 Spark; embedding fans out over ranges of shards (`embed_ranges` -> one mapped `embed_range`
-task per range in the `gpu` pool, retried and resumed -> `embed_commit`); every other step but
-the Spark job is the stage function the CLI runs. When the shards differ from the last announced
-ones, `announce` updates the asset `climb://datasets/climblab`, which triggers the mixture search
-DAG.
+task per range in the `gpu` pool, retried and resumed -> `embed_commit`), and so does the
+tokenization into ClimbLab shards (`shards_parts` -> one mapped `shards_part` task per part of
+`shards.part_docs` documents -> `shards_clusters` -> one mapped `shards_merge` per cluster ->
+`shards_commit`); every other step but the Spark job is the stage function the CLI runs. When the
+shards differ from the last announced ones, `announce` updates the asset
+`climb://datasets/climblab`, which triggers the mixture search DAG.
 """
 
 from __future__ import annotations
@@ -144,8 +146,66 @@ def cluster(config: str) -> dict[str, Any]:
 
 
 @task
-def shards(config: str) -> dict[str, Any]:
-    return run_stage(config, "climblab")
+def shards_parts(config: str) -> list[dict[str, int]]:
+    """The tokenization split into parts of curated documents (none when the shards are up to
+    date); the tokenizer is trained and staged here, once, before the parts fan out."""
+    from mixture import pipeline
+    from mixture.stages import shards
+
+    cfg = load_config(config)
+    if pipeline.current(cfg, "climblab"):
+        return []
+    return [p.to_dict() for p in shards.parts(pipeline.open_stage(cfg, "climblab"))]
+
+
+@task(map_index_template="{{ shards_part_name }}")
+def shards_part(config: str, part: dict[str, int]) -> dict[str, Any]:
+    """One part's documents tokenized into sorted runs per cluster; a retry keeps a finished part."""
+    from mixture import pipeline
+    from mixture.climblab_parts import Part
+    from mixture.stages import shards
+
+    p = Part(**part)
+    get_current_context()["shards_part_name"] = f"documents {p.first_doc}-{p.first_doc + p.docs - 1}"
+    rec = shards.tokenize_part(pipeline.open_stage(load_config(config), "climblab"), p)
+    return {"part": p.index, "computed": rec["computed"], "pruned": rec["pruned"]}
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)  # no parts (up to date): the mapped task was skipped
+def shards_clusters(config: str) -> list[int]:
+    """The final clusters to merge (none when the shards are up to date)."""
+    from mixture import pipeline
+    from mixture.stages import shards
+
+    cfg = load_config(config)
+    if pipeline.current(cfg, "climblab"):
+        return []
+    return shards.clusters(pipeline.open_stage(cfg, "climblab"))
+
+
+@task(map_index_template="{{ shards_merge_name }}")
+def shards_merge(config: str, cluster: int) -> dict[str, Any]:
+    """One cluster's runs of every part merged by id into its token shard and text file."""
+    from mixture import pipeline
+    from mixture.climblab import cluster_name
+    from mixture.stages import shards
+
+    get_current_context()["shards_merge_name"] = cluster_name(cluster)
+    rec = shards.merge_cluster(pipeline.open_stage(load_config(config), "climblab"), cluster)
+    return {"cluster": cluster_name(cluster), **rec}
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)  # no clusters (up to date): the mapped task was skipped
+def shards_commit(config: str) -> dict[str, Any]:
+    """Commit the merged clusters through the runner (lease, manifest written last)."""
+    from mixture import pipeline
+    from mixture.stages import shards
+
+    cfg = load_config(config)
+    if done := pipeline.current(cfg, "climblab"):
+        return describe(done, skipped=True)
+    ctx = pipeline.open_stage(cfg, "climblab")
+    return describe(pipeline.commit(ctx, shards.finish(ctx)), skipped=False)
 
 
 @task(inlets=[CLIMBLAB], outlets=[CLIMBLAB])
@@ -180,7 +240,13 @@ with DAG(
     staged = embed_range.partial(config=cfg_path).expand(rng=planned)
     embedded = embed_commit(cfg_path)
     clustered = cluster(cfg_path)
-    climblab = shards(cfg_path)
+    parts = shards_parts(cfg_path)
+    tokenized = shards_part.partial(config=cfg_path).expand(part=parts)
+    to_merge = shards_clusters(cfg_path)
+    merged = shards_merge.partial(config=cfg_path).expand(cluster=to_merge)
+    climblab = shards_commit(cfg_path)
     annotated >> curated >> planned
-    staged >> embedded >> clustered >> climblab
+    staged >> embedded >> clustered >> parts
+    tokenized >> to_merge
+    merged >> climblab
     announce(cfg_path, climblab)

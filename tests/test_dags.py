@@ -127,8 +127,12 @@ def test_refresh_dag_runs_the_stages_in_order_on_a_schedule(dagbag):
     assert _downstream(dag, "embed_ranges") == {"embed_range"}
     assert _downstream(dag, "embed_range") == {"embed_commit"}
     assert _downstream(dag, "embed_commit") == {"cluster"}
-    assert _downstream(dag, "cluster") == {"shards"}
-    assert _downstream(dag, "shards") == {"announce"}
+    assert _downstream(dag, "cluster") == {"shards_parts"}
+    assert _downstream(dag, "shards_parts") == {"shards_part"}
+    assert _downstream(dag, "shards_part") == {"shards_clusters"}
+    assert _downstream(dag, "shards_clusters") == {"shards_merge"}
+    assert _downstream(dag, "shards_merge") == {"shards_commit"}
+    assert _downstream(dag, "shards_commit") == {"announce"}
     assert dag.get_task("embed_range").pool == "gpu"  # mapped: one GPU slot per range
     assert dag.get_task("embed_range").retries == 2 and dag.get_task("embed_ranges").pool != "gpu"
     assert [a.uri for a in dag.get_task("announce").outlets] == ["climb://datasets/climblab"]
@@ -243,6 +247,7 @@ def _write_config(tmp: Path, corpus: Path, output_root: Path | None = None) -> P
         data["output_root"] = str(output_root)
     # one mapped embed task per shard of 20 documents: 3 on the tiny corpus (57 curated documents)
     data["embed"].update(shard_docs=20, range_shards=1)
+    data["shards"]["part_docs"] = 20  # one mapped tokenization task per part of 20 documents: 3
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -311,6 +316,11 @@ def test_refresh_dag_commits_every_dataset_and_announces_climblab(clean_run):
     assert len(embeddings.files("emb-")) == sum(r.shards for r in ranges)
     assert embeddings.manifest.counts["documents_out"] == sum(r.docs for r in ranges)
     climblab = open_dataset(pipeline.dataset_uri(cfg, "climblab"))
+    n_parts = -(-climblab.manifest.counts["documents_in"] // cfg.shards.part_docs)
+    assert n_parts > 1 and sorted(k[1] for k in states if k[0] == "shards_part") == list(range(n_parts))
+    merges = sorted(k[1] for k in states if k[0] == "shards_merge")
+    assert merges == list(range(climblab.manifest.counts["clusters"]))  # one mapped merge per cluster
+    assert not climblab.files("_parts")  # the runs stay out of the dataset
     assert clean_run["events"] == [
         (
             "climb://datasets/climblab",
@@ -359,6 +369,7 @@ def test_a_second_refresh_does_no_work_and_does_not_retrigger_the_search(clean_r
     assert str(again.state) == "success"
     assert states[("announce", -1)][0] == "skipped"
     assert states[("embed_range", -1)][0] == "skipped"  # up to date: no range to embed
+    assert states[("shards_part", -1)][0] == "skipped" and states[("shards_merge", -1)][0] == "skipped"
     assert _asset_events(again) == []
     after = {n: open_dataset(pipeline.dataset_uri(cfg, n)).manifest_sha256 for n in REFRESH_DATASETS}
     assert after == before  # nothing recommitted
@@ -366,10 +377,11 @@ def test_a_second_refresh_does_no_work_and_does_not_retrigger_the_search(clean_r
 
 @pytest.mark.slow
 def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clean_run, dagbag, tmp_path, monkeypatch):
-    """Three injected one-shot failures: one embedding range dies after staging its shard (the
-    retry finds it staged), the embedding stage dies after staging every shard, just before its
-    commit (the retry resumes from the staged shards), and one proxy run dies after
-    finishing its training (the retry must reuse the finished run). Both DAGs still succeed, and
+    """Four injected one-shot failures: one embedding range dies after staging its shard (the
+    retry finds it staged), so does one tokenization part of the shards, the embedding stage dies
+    after staging every shard, just before its commit (the retry resumes from the staged shards),
+    and one proxy run dies after finishing its training (the retry must reuse the finished run).
+    Both DAGs still succeed, and
     every dataset has the same files as the clean run's: byte for byte, except the wall-clock
     timings in reports and run records."""
     from mixture import pipeline
@@ -417,6 +429,17 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
     monkeypatch.setattr(DatasetWriter, "commit", commit)
     monkeypatch.setattr(steps, "run_proxy", run_proxy)
     monkeypatch.setattr(embed, "embed_range", embed_range)
+    from mixture import climblab_parts
+
+    real_tokenize_part = climblab_parts.tokenize_part
+
+    def tokenize_part(inp, writer, part, tok):
+        out = real_tokenize_part(inp, writer, part, tok)
+        if part.index == 1 and once("shards-part"):
+            raise RuntimeError("injected failure after a part was staged")
+        return out
+
+    monkeypatch.setattr(climblab_parts, "tokenize_part", tokenize_part)
     refresh = _run(dagbag, REFRESH, config)
     search = _run(dagbag, SEARCH, config)
     refresh_states, search_states = _task_states(refresh), _task_states(search)
@@ -425,6 +448,7 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
     assert refresh_states[("embed_commit", -1)] == ("success", 2)  # failed once, retried
     assert refresh_states[("embed_range", 1)] == ("success", 2)  # the retry reused its staged shard
     assert {s for k, (s, _) in refresh_states.items() if k[0] == "embed_range"} == {"success"}
+    assert refresh_states[("shards_part", 1)] == ("success", 2)  # the retry kept its staged runs
     retried = [k for k, (s, tries) in search_states.items() if k[0] == "proxy_runs_0" and tries == 2]
     assert len(retried) == 1
     assert (tmp_path / "failed-embed-range").exists()

@@ -84,7 +84,7 @@ def test_field_groups_merge_by_mapping_and_drop_or_keep_the_rest():
 def test_groups_are_numbered_by_size_and_pruned_on_both_sides_of_the_thresholds():
     import numpy as np
 
-    group = ["x", "y", "y", "z", "z", "z", None]
+    group = by_field(["x", "y", "y", "z", "z", "z", None])
     quality = np.array([5.0, 2.99, 3.0, 4.0, 4.0, 4.0, 1.0])
     ng = number_groups(group, quality, min_cluster_size=1, min_cluster_quality=3.0)
     assert ng.names == ["x", "y", "z"] and ng.reasons == [None, "quality", None]  # y's mean is 2.995
@@ -115,7 +115,27 @@ def test_a_malformed_assignments_file_is_one_error_naming_it(tmp_path):
             read_assignments(str(tmp_path / name))
         assert name in str(err.value)
     pq.write_table(pa.table({"id": [1, 2], "group": ["g", "h"]}), tmp_path / "ok.parquet")
-    assert read_assignments(str(tmp_path / "ok.parquet")) == {"1": "g", "2": "h"}
+    assert read_assignments(str(tmp_path / "ok.parquet")).to_pylist() == [
+        {"id": "1", "group": "g"},
+        {"id": "2", "group": "h"},
+    ]
+    # an id twice across the files of a folder names the file where it comes back
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.csv").write_text("id,group\nx,g\ny,g\n")
+    (tmp_path / "folder" / "b.csv").write_text("id,group\nz,h\ny,h\n")
+    with pytest.raises(GroupError, match=r"b.csv: id 'y' appears twice"):
+        read_assignments(str(tmp_path / "folder"))
+
+
+def test_id_uniqueness_is_exact_even_when_hashes_collide(monkeypatch):
+    import numpy as np
+    from mixture import groups
+
+    ids = pa.array(["a", "b", "c", "d", "b"])
+    assert groups.first_duplicate(ids) == 4 and groups.first_duplicate(ids.slice(0, 4)) is None
+    # every id hashing to the same value: only the exact comparison decides
+    monkeypatch.setattr(groups, "id_hashes", lambda ids, chunk=0: np.zeros(len(ids), np.uint64))
+    assert groups.first_duplicate(ids.slice(0, 4)) is None and groups.first_duplicate(ids) == 4
 
 
 # -------------------------------------------------------------------------------------- stages
@@ -257,3 +277,22 @@ def test_a_search_over_source_groups_runs_with_the_cli_and_a_config_only(tmp_pat
     assert cli.main(["run", "--config", str(config), "--until", "search"]) == 0
     final, searched = _searched_groups(out)
     assert searched == set(final.values()) == curated_sources - {"python-docs", "python-code"} | {"python"}
+
+
+def test_streamed_groups_match_a_dictionary_of_every_id(curated, tracking_uri, tmp_path):
+    """The Arrow / hashed-id path gives each document the group a plain {id: group} lookup gives
+    (the previous implementation), with `cluster_init` the group's index in the sorted names."""
+    root, records = curated
+    picked = {r["id"]: ("even" if i % 3 else "odd") for i, r in enumerate(records) if i % 7}
+    pq.write_table(pa.table({"id": list(picked), "group": list(picked.values())}), tmp_path / "groups.parquet")
+    cfg = _cfg(root, tracking_uri, method="assignments", assignments=str(tmp_path / "groups.parquet"))
+    pipeline.run_stage(cfg, "embed")
+    rows = pq.read_table(pipeline.run_stage(cfg, "cluster").dataset.path("assignments.parquet")).to_pylist()
+    names = sorted(set(picked.values()))
+    assert [r["id"] for r in rows] == documents.read_table(
+        open_dataset(pipeline.dataset_uri(cfg, "curated")), ["id"]
+    ).column("id").to_pylist()
+    assert [r["group"] for r in rows] == [picked.get(r["id"]) for r in rows]
+    assert [r["cluster_init"] for r in rows] == [
+        names.index(picked[r["id"]]) if r["id"] in picked else -1 for r in rows
+    ]

@@ -98,7 +98,8 @@ def test_appending_writer_writes_what_the_whole_shard_writer_writes(tmp_path):
         assert open(whole + ext, "rb").read() == open(parts + ext, "rb").read()
 
 
-def _shards_stage(tmp_path, recs, clusters, name):
+def _shards_ctx(tmp_path, recs, clusters, name, **shards_cfg):
+    """The shards stage's context on curated documents in two files and their assignments."""
     curated = _committed(
         tmp_path / name,
         "curated",
@@ -120,22 +121,36 @@ def _shards_stage(tmp_path, recs, clusters, name):
         {
             "output_root": str(tmp_path),
             "input": {"uris": ["x"]},
-            "shards": {"vocab_size": 400, "tokenizer_train_docs": 50},
+            "shards": {"vocab_size": 400, "tokenizer_train_docs": 50, **shards_cfg},
         }
     )
-    w = DatasetWriter(str(tmp_path / name / "climblab"), "climblab", "h", {})
-    out = shards.run(StageContext(cfg, stage("climblab"), {"curated": curated, "clusters": assign}, w))
-    return w.commit(out.counts, out.extra)
+    w = DatasetWriter(
+        str(tmp_path / name / "climblab"),
+        "climblab",
+        "h",
+        {},
+        staging_root=str(tmp_path / name / "_staging"),
+        resume=True,
+    )
+    return StageContext(cfg, stage("climblab"), {"curated": curated, "clusters": assign}, w)
+
+
+def _shards_stage(tmp_path, recs, clusters, name, **shards_cfg):
+    ctx = _shards_ctx(tmp_path, recs, clusters, name, **shards_cfg)
+    out = shards.run(ctx)
+    return ctx.writer.commit(out.counts, out.extra)
+
+
+def _files(ds) -> dict[str, str]:
+    return {f["path"]: f["sha256"] for f in ds.manifest.files}
 
 
 def test_small_batches_merge_to_the_same_bytes_in_id_order(tmp_path, sample_records, monkeypatch):
-    # ids in reverse order of the curated rows: every cluster's runs must be merged by id
-    recs = [dict(r, id=f"d{999 - i:04d}") for i, r in enumerate(sample_records[:120])]
-    clusters = [(-1 if i % 10 == 0 else i % 3) for i in range(len(recs))]
+    recs, clusters = _reverse_ids(sample_records)
     one = _shards_stage(tmp_path, recs, clusters, "one")
     monkeypatch.setattr(shards, "BATCH_ROWS", 16)  # 8 runs per cluster instead of 1
     many = _shards_stage(tmp_path, recs, clusters, "many")
-    assert {f["path"]: f["sha256"] for f in one.manifest.files} == {f["path"]: f["sha256"] for f in many.manifest.files}
+    assert _files(one) == _files(many)
     texts = climblab.ClimbLab(many).texts("c01").column("id").to_pylist()
     assert texts == sorted(r["id"] for r, c in zip(recs, clusters) if c == 1)
 
@@ -146,3 +161,52 @@ def test_curated_documents_without_an_assignment_are_a_clear_error(tmp_path, sam
     recs = sample_records[:60]
     with pytest.raises(RuntimeError, match="1 curated documents have no cluster assignment"):
         _shards_stage(tmp_path, recs, [0] * 59, "short")  # the assignments lack the last document
+
+
+def _reverse_ids(sample_records, n=120):
+    # ids in reverse order of the curated rows: every cluster's runs must be merged by id
+    recs = [dict(r, id=f"d{999 - i:04d}") for i, r in enumerate(sample_records[:n])]
+    return recs, [(-1 if i % 10 == 0 else i % 3) for i in range(len(recs))]
+
+
+def test_parts_and_workers_give_the_same_committed_files(tmp_path, sample_records):
+    recs, clusters = _reverse_ids(sample_records)
+    one = _shards_stage(tmp_path, recs, clusters, "one")  # one part, here
+    parts = _shards_stage(tmp_path, recs, clusters, "parts", part_docs=35)  # 4 parts, here
+    two = _shards_stage(tmp_path, recs, clusters, "two", part_docs=35, workers=2)  # 4 parts, 2 processes
+    assert _files(one) == _files(parts) == _files(two)
+    assert "c00/tokens.bin" in _files(two)
+    assert not [p for p in _files(two) if p.startswith("_parts")]  # the runs are not part of the dataset
+    assert not (tmp_path / "two" / "climblab" / "_parts").exists()
+
+
+def test_a_staging_folder_with_some_parts_done_resumes_with_the_missing_ones(tmp_path, sample_records):
+    recs, clusters = _reverse_ids(sample_records)
+    clean = _shards_stage(tmp_path, recs, clusters, "clean")
+    ctx = _shards_ctx(tmp_path, recs, clusters, "killed", part_docs=35)
+    planned = shards.parts(ctx)  # stages the tokenizer
+    assert [(p.first_doc, p.docs) for p in planned] == [(0, 35), (35, 35), (70, 35), (105, 15)]
+    shards.tokenize_part(ctx, planned[0])
+    shards.tokenize_part(ctx, planned[2])
+    # a part killed half-way: its runs written, its done.json not yet
+    shards.tokenize_part(ctx, planned[3])
+    done = next((tmp_path / "killed" / "_staging").glob(f"climblab-*/{planned[3].folder}/done.json"))
+    done.unlink()
+    resumed = _shards_ctx(tmp_path, recs, clusters, "killed", part_docs=35)
+    out = shards.run(resumed)
+    assert ("parts", "2 tokenized, 2 reused; 3 clusters merged, 0 reused") in out.summary
+    assert _files(resumed.writer.commit(out.counts, out.extra)) == _files(clean)
+
+
+def test_merging_before_every_part_is_tokenized_is_a_clear_error(tmp_path, sample_records):
+    import pytest
+    from mixture.climblab_parts import ShardsError
+
+    recs, clusters = _reverse_ids(sample_records)
+    ctx = _shards_ctx(tmp_path, recs, clusters, "early", part_docs=60)
+    planned = shards.parts(ctx)
+    shards.tokenize_part(ctx, planned[0])
+    with pytest.raises(ShardsError, match=r"part 1 \(documents 60-119\) is not tokenized: run it before merging c00"):
+        shards.merge_cluster(ctx, 0)
+    with pytest.raises(ShardsError, match="cluster c00 is not merged"):
+        shards.finish(ctx)

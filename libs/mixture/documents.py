@@ -97,3 +97,41 @@ def iter_blocks(curated: Dataset, columns: Columns, rows: int) -> Iterator[pa.Ta
             held, n = [table.slice(rows)], n - rows
     if n:
         yield pa.concat_tables(held, promote_options="default").combine_chunks()
+
+
+def iter_file_rows(
+    uris: list[str], columns: Sequence[str], start: int, stop: int, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of rows `start` to `stop` of Parquet files read one after the other (file
+    and row order); files and row groups before `start` are skipped by their footers."""
+    offset = 0
+    for uri in uris:
+        if offset >= stop:
+            return
+        with storage.open_read(uri) as f:
+            pf = pq.ParquetFile(f)
+            meta = pf.metadata
+            spans, pos = [], offset  # (row group, its first row) of the groups overlapping the range
+            for g in range(meta.num_row_groups):
+                n = meta.row_group(g).num_rows
+                if pos + n > start and pos < stop:
+                    spans.append((g, pos))
+                pos += n
+            if spans:
+                at = spans[0][1]
+                groups = [g for g, _ in spans]
+                for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns), row_groups=groups):
+                    lo, hi = max(start - at, 0), min(stop - at, batch.num_rows)
+                    at += batch.num_rows
+                    if hi > lo:
+                        yield batch.slice(lo, hi - lo)
+                    if at >= stop:
+                        break
+            offset += meta.num_rows
+
+
+def iter_range(
+    curated: Dataset, columns: Sequence[str], start: int, stop: int, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of documents `start` to `stop` (file and row order) of the curated dataset."""
+    yield from iter_file_rows(doc_files(curated), columns, start, stop, batch_rows)

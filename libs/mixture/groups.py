@@ -14,18 +14,21 @@ groups as it does to k-means clusters (`mixture.kmeans.prune_reasons`), and the 
 ordered by size like CLIMB's (`mixture.kmeans.final_ids`: c00 is the largest group).
 
 This is the only place where a label such as `source` decides anything, and only because the
-config names it as the grouping field. Pure functions on lists and arrays, plus the two readers.
+config names it as the grouping field. Pure functions on Arrow and numpy arrays (ids stay Arrow
+arrays, groups are integer codes, uniqueness is checked on 64-bit hashes with an exact check of
+the colliding ones: no Python object per document), plus the two readers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from mixture import storage
@@ -44,13 +47,59 @@ class GroupError(RuntimeError):
 
 @dataclass
 class Grouping:
-    """Per curated document its user group (None: none), and what the grouping counted."""
+    """Per curated document its user group as a code (`codes[i]` indexes `names`, -1: none), and
+    what the grouping counted. Codes in a numpy array: no Python object per document."""
 
-    group: list[str | None]
+    names: list[str]  # the user groups with at least one curated document, sorted
+    codes: np.ndarray  # int64 [n]
     ungrouped: dict[str, int] = field(default_factory=dict)  # reason -> documents
     unknown_ids: int = 0  # assignment rows whose id is not a curated document
     unknown_examples: list[str] = field(default_factory=list)
     values: dict[str, list[str]] = field(default_factory=dict)  # method field: group -> its values
+
+    @property
+    def group(self) -> list[str | None]:
+        """Each document's group name (None: none); for small inputs (tests, examples)."""
+        return [self.names[c] if c >= 0 else None for c in self.codes.tolist()]
+
+
+def compact(names: list[str], codes: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Only the groups that some document has (sorted names stay sorted), codes renumbered."""
+    present = np.unique(codes[codes >= 0])
+    lookup = np.full(len(names) + 1, -1, dtype=np.int64)
+    lookup[present] = np.arange(len(present))
+    return [names[i] for i in present.tolist()], lookup[codes]
+
+
+# --------------------------------------------------------------------------------- id hashes
+def id_hashes(ids: pa.Array | pa.ChunkedArray, chunk: int = 1 << 16) -> np.ndarray:
+    """64-bit blake2b hashes of ids as strings (8 bytes a document), `chunk` ids at a time."""
+    out = np.empty(len(ids), dtype=np.uint64)
+    for start in range(0, len(ids), chunk):
+        part = ids.slice(start, chunk).to_pylist()
+        out[start : start + len(part)] = np.fromiter(
+            (int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") for i in part),
+            dtype=np.uint64,
+            count=len(part),
+        )
+    return out
+
+
+def first_duplicate(ids: pa.Array | pa.ChunkedArray) -> int | None:
+    """The position of the first id that appeared before, or None when all are unique: hashes
+    sorted, and only the ids whose hashes collide compared exactly."""
+    h = id_hashes(ids)
+    order = np.argsort(h, kind="stable")
+    same = np.flatnonzero(h[order][1:] == h[order][:-1])
+    if not len(same):
+        return None
+    candidates = np.unique(np.concatenate([order[same], order[same + 1]]))
+    seen: set[str] = set()
+    for pos, i in zip(candidates.tolist(), ids.take(pa.array(candidates)).to_pylist()):
+        if i in seen:
+            return pos
+        seen.add(i)
+    return None
 
 
 # ------------------------------------------------------------------------------------ readers
@@ -96,64 +145,97 @@ def _files(uri: str) -> list[str]:
     return files
 
 
-def read_assignments(uri: str) -> dict[str, str]:
-    """{id: group} from a Parquet or CSV file (or a folder / glob of them) with columns id, group;
-    any other shape (unreadable, a column missing, a null or empty value, an id twice) is one
-    GroupError naming the file."""
-    out: dict[str, str] = {}
-    for f in _files(uri):
+def _checked(f: str, t: pa.Table) -> pa.Table:
+    """The file's id and group columns as trimmed strings; GroupError on a missing column or an
+    empty value."""
+    missing = [c for c in ("id", "group") if c not in t.column_names]
+    if missing:
+        raise GroupError(
+            f"cluster.assignments {f}: no column {missing[0]!r} (columns: "
+            f"{', '.join(t.column_names) or 'none'}); it needs id and group"
+        )
+    ids = t.column("id").cast(pa.string())
+    groups = pc.utf8_trim_whitespace(t.column("group").cast(pa.string()))
+    bad = pc.or_(pc.or_(pc.is_null(ids), pc.equal(ids, "")), pc.or_(pc.is_null(groups), pc.equal(groups, "")))
+    rows = np.flatnonzero(bad.fill_null(True).to_numpy(zero_copy_only=False))
+    if len(rows):
+        raise GroupError(f"cluster.assignments {f}: row {rows[0] + 1} has an empty id or group")
+    return pa.table({"id": ids, "group": groups})
+
+
+def read_assignments(uri: str) -> pa.Table:
+    """Columns id, group (strings, in file and row order) from a Parquet or CSV file (or a folder /
+    glob of them); any other shape (unreadable, a column missing, a null or empty value, an id
+    twice) is one GroupError naming the file. Ids are checked unique by their hashes."""
+    tables, files = [], _files(uri)
+    for f in files:
         try:
-            t = _read_table(f)
+            tables.append(_checked(f, _read_table(f)))
         except pa.ArrowException as err:
             raise GroupError(f"cluster.assignments {f}: not a readable file ({str(err).splitlines()[0]})") from None
-        missing = [c for c in ("id", "group") if c not in t.column_names]
-        if missing:
-            raise GroupError(
-                f"cluster.assignments {f}: no column {missing[0]!r} (columns: "
-                f"{', '.join(t.column_names) or 'none'}); it needs id and group"
-            )
-        ids = [None if v is None else str(v) for v in t.column("id").to_pylist()]
-        groups = [None if v is None else str(v).strip() for v in t.column("group").to_pylist()]
-        for row, (i, g) in enumerate(zip(ids, groups)):
-            if not i or not g:
-                raise GroupError(f"cluster.assignments {f}: row {row + 1} has an empty id or group")
-            if i in out:
-                raise GroupError(f"cluster.assignments {f}: id {i!r} appears twice")
-            out[i] = g
-    return out
+    table = pa.concat_tables(tables).combine_chunks()
+    dup = first_duplicate(table.column("id"))
+    if dup is not None:
+        ends = np.cumsum([t.num_rows for t in tables])
+        f = files[int(np.searchsorted(ends, dup, side="right"))]
+        raise GroupError(f"cluster.assignments {f}: id {table.column('id')[dup].as_py()!r} appears twice")
+    return table
 
 
 # ----------------------------------------------------------------------------------- grouping
-def by_field(values: list[Any], mapping: dict[str, str] | None = None, unmapped: str = "keep") -> Grouping:
+def by_field(
+    values: pa.Array | pa.ChunkedArray | list, mapping: dict[str, str] | None = None, unmapped: str = "keep"
+) -> Grouping:
     """Group per document: its field value (as a string), through `mapping` when given; a value
-    the mapping lacks keeps its own group (`unmapped: keep`) or has none (`drop`)."""
-    group: list[str | None] = []
-    ungrouped: Counter[str] = Counter()
-    members: dict[str, set[str]] = {}
-    for v in values:
-        value = None if v is None else str(v)
+    the mapping lacks keeps its own group (`unmapped: keep`) or has none (`drop`). Works on the
+    distinct values (Arrow dictionary encoding): one Python object per value, not per document."""
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+    enc = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).dictionary_encode()
+    distinct = [None if v is None else str(v) for v in enc.dictionary.to_pylist()]
+    group_of: list[str | None] = []
+    reason_of: list[str | None] = []
+    for value in distinct:
         if not value:
             g, reason = None, NO_VALUE
         elif mapping is not None and value in mapping:
             g, reason = mapping[value], None
         else:
             g, reason = (value, None) if unmapped == "keep" else (None, UNMAPPED)
-        group.append(g)
-        if g is None:
-            ungrouped[str(reason)] += 1
-        else:
+        group_of.append(g)
+        reason_of.append(reason)
+    idx = enc.indices.fill_null(len(distinct)).to_numpy(zero_copy_only=False)
+    counts = np.bincount(idx, minlength=len(distinct) + 1)
+    names = sorted({g for g, n in zip(group_of, counts) if g is not None and n})
+    pos = {g: i for i, g in enumerate(names)}
+    lookup = np.array([pos[g] if g is not None and g in pos else -1 for g in group_of] + [-1], dtype=np.int64)
+    ungrouped: Counter[str] = Counter({NO_VALUE: int(counts[-1])} if counts[-1] else {})
+    members: dict[str, set[str]] = {}
+    for value, g, reason, n in zip(distinct, group_of, reason_of, counts[:-1].tolist()):
+        if n and g is None:
+            ungrouped[str(reason)] += n
+        elif n and g is not None:
             members.setdefault(g, set()).add(value or "")
-    return Grouping(group, dict(ungrouped), values={g: sorted(v) for g, v in sorted(members.items())})
+    values_of = {g: sorted(v) for g, v in sorted(members.items())}
+    return Grouping(names, lookup[idx], dict(ungrouped), values=values_of)
 
 
-def by_assignments(ids: list[str], assigned: dict[str, str]) -> Grouping:
-    """Group per document from the assignments; curated ids the file lacks have none, ids of the
-    file that are not curated documents are counted."""
-    group = [assigned.get(i) for i in ids]
-    missing = sum(g is None for g in group)
-    curated = set(ids)
-    unknown = sorted(i for i in assigned if i not in curated)
-    return Grouping(group, {NOT_IN_ASSIGNMENTS: missing} if missing else {}, len(unknown), unknown[:EXAMPLES])
+def by_assignments(ids: pa.Array | pa.ChunkedArray, assigned: pa.Table) -> Grouping:
+    """Group per document from the assignments (columns id, group); curated ids the file lacks
+    have none, ids of the file that are not curated documents are counted. Arrow hash lookups:
+    no Python object per document."""
+    ids = ids.cast(pa.string())
+    all_names = sorted(pc.unique(assigned.column("group")).to_pylist())
+    group_code = pc.index_in(assigned.column("group"), value_set=pa.array(all_names, pa.string()))
+    row = pc.index_in(ids, value_set=assigned.column("id"))
+    has = pc.is_valid(row).to_numpy(zero_copy_only=False)
+    codes = np.full(len(ids), -1, dtype=np.int64)
+    rows = row.to_numpy(zero_copy_only=False)[has] if has.any() else np.zeros(0, np.int64)
+    codes[has] = group_code.to_numpy(zero_copy_only=False)[rows.astype(np.int64)]
+    names, codes = compact(all_names, codes)
+    missing = int((~has).sum())
+    unknown = assigned.column("id").filter(pc.invert(pc.is_in(assigned.column("id"), value_set=ids)))
+    examples = pc.take(unknown, pc.array_sort_indices(unknown)[:EXAMPLES]).to_pylist()
+    return Grouping(names, codes, {NOT_IN_ASSIGNMENTS: missing} if missing else {}, len(unknown), examples)
 
 
 # ----------------------------------------------------------------------------------- numbering
@@ -177,18 +259,16 @@ class NumberedGroups:
 
 
 def number_groups(
-    group: list[str | None], quality: np.ndarray, min_cluster_size: int, min_cluster_quality: float
+    grouping: Grouping, quality: np.ndarray, min_cluster_size: int, min_cluster_quality: float
 ) -> NumberedGroups:
     """Prune groups (size, mean quality) and number the kept ones by size, largest first (ties:
     by name). Fails when no document has a group or every group is pruned."""
-    names = sorted({g for g in group if g is not None})
+    names, init = grouping.names, grouping.codes.astype(np.int64)
     if not names:
         raise GroupError(
             "no curated document has a group: check cluster.field / cluster.mapping / "
             "cluster.assignments against the curated documents"
         )
-    pos = {g: i for i, g in enumerate(names)}
-    init = np.array([pos[g] if g is not None else -1 for g in group], dtype=np.int64)
     has = init >= 0
     sizes = np.bincount(init[has], minlength=len(names))
     mean_q = np.bincount(init[has], weights=quality[has], minlength=len(names)) / np.maximum(sizes, 1)
@@ -203,4 +283,4 @@ def number_groups(
     mapping = np.full(len(names), -1, dtype=np.int64)
     mapping[kept] = final_ids(np.arange(len(kept)), kept, sizes)
     cluster = np.where(has, mapping[np.maximum(init, 0)], -1)
-    return NumberedGroups(names, init, sizes, reasons, mean_q, mapping, cluster)
+    return NumberedGroups(list(names), init, sizes, reasons, mean_q, mapping, cluster)

@@ -43,7 +43,7 @@ STAGES: tuple[Stage, ...] = (
             "cluster.assignments",
         ),
     ),
-    Stage("shards", "climblab", ("curated", "clusters"), ("shards",), files=("shards.tokenizer",)),
+    Stage("shards", "climblab", ("curated", "clusters"), ("shards",), files=("shards.tokenizer",), resumable=True),
     Stage(
         "search",
         "search",

@@ -494,7 +494,7 @@ class GroupReportInputs:
 
     cfg: ClusterConfig
     seed: int
-    ids: list[str]  # document ids, in the curated order
+    ids: pa.Array  # document ids (strings), in the curated order
     meta: pa.Table  # curated id, source, n_words, q_* in the same order
     groups: NumberedGroups
     grouping: Grouping
@@ -510,8 +510,9 @@ def group_entries(inp: GroupReportInputs, sources: np.ndarray, words: np.ndarray
     names, ng = inp.groups.final_names(), inp.groups
     rows = {c: np.flatnonzero(ng.cluster == c) for c in range(len(names))}
     sample = {c: np.sort(rng.choice(m, min(len(m), TFIDF_DOCS_PER_CLUSTER), replace=False)) for c, m in rows.items()}
-    texts = texts_by_id(inp.curated, {inp.ids[i] for m in sample.values() for i in m})
-    sampled = {c: [texts[inp.ids[i]] for i in m] for c, m in sample.items()}
+    sample_ids = {c: inp.ids.take(pa.array(m, pa.int64())).to_pylist() for c, m in sample.items()}
+    texts = texts_by_id(inp.curated, {i for ids in sample_ids.values() for i in ids})
+    sampled = {c: [texts[i] for i in ids] for c, ids in sample_ids.items()}
     terms, typical = terms_and_typical(sampled)
     tpw = _tokens_per_word(inp.model, sampled)
     out = []
@@ -527,9 +528,7 @@ def group_entries(inp: GroupReportInputs, sources: np.ndarray, words: np.ndarray
             "mean_scores": {k: round(float(v[m].mean()), 4) for k, v in sorted(inp.scores.by_name.items())},
             "values": inp.grouping.values.get(names[c]),
             "top_terms": [[t, s] for t, s in terms.get(c, [])],
-            "snippets": [
-                {"id": inp.ids[sample[c][j]], "text": _snippet(texts[inp.ids[sample[c][j]]])} for j in typical[c]
-            ],
+            "snippets": [{"id": sample_ids[c][j], "text": _snippet(texts[sample_ids[c][j]])} for j in typical[c]],
         }
         out.append(_finish_entry(entry, c, m, tpw, sources, words))
     return out

@@ -24,6 +24,12 @@ merge work on those aggregates, pass 2 writes assignments.parquet block by block
 final centroids, pass 3 finds the report's snippets. Same inputs, same bytes as the in-memory code
 (bench/RESULTS.md, "Clustering in bounded memory").
 
+With the user's groups the curated metadata (no text) is read in record batches into Arrow
+columns: ids stay one Arrow array (unique by their 64-bit hashes, the colliding ones compared
+exactly), each document's group is an integer code (`mixture.groups`: Arrow dictionary encoding of
+the field, or Arrow hash lookups of the assignments file), and assignments.parquet is written one
+row group per `BLOCK_ROWS` documents: no Python object per document.
+
 Outputs (docs/DATASETS.md, "clusters"): assignments.parquet, mapping.json, report.md /
 report.json (`mixture.report`), and with k-means centroids_init.npy, centroids.npy and map.png;
 logged to MLflow.
@@ -55,6 +61,7 @@ from mixture.groups import (
     NumberedGroups,
     by_assignments,
     by_field,
+    first_duplicate,
     number_groups,
     read_assignments,
     read_mapping,
@@ -483,7 +490,7 @@ def group_of(ctx: StageContext, meta: pa.Table) -> Grouping:
     cfg: ClusterConfig = ctx.cfg.cluster
     if cfg.method == "assignments":
         assert cfg.assignments is not None
-        return by_assignments(meta.column("id").to_pylist(), read_assignments(cfg.assignments))
+        return by_assignments(meta.column("id"), read_assignments(cfg.assignments))
     assert cfg.field is not None
     if cfg.field not in meta.column_names:
         raise GroupError(
@@ -492,11 +499,13 @@ def group_of(ctx: StageContext, meta: pa.Table) -> Grouping:
             "the input's label field, input.source_field, is carried as `source`)"
         )
     mapping = read_mapping(cfg.mapping) if cfg.mapping else None
-    return by_field(meta.column(cfg.field).to_pylist(), mapping, cfg.unmapped)
+    return by_field(meta.column(cfg.field), mapping, cfg.unmapped)
 
 
-def read_group_meta(ctx: StageContext) -> tuple[list[str], pa.Table]:
-    """(ids, curated metadata with the grouping field) in the curated order; ids must be unique."""
+def read_group_meta(ctx: StageContext) -> tuple[pa.Array, pa.Table]:
+    """(ids, curated metadata with the grouping field) in the curated order, streamed in record
+    batches into Arrow columns (no Python object per document); ids must be unique (checked on
+    their hashes, `mixture.groups.first_duplicate`)."""
     field = ctx.cfg.cluster.field
     meta = documents.read_table(
         ctx.input("curated"),
@@ -505,26 +514,34 @@ def read_group_meta(ctx: StageContext) -> tuple[list[str], pa.Table]:
             + ([field] if field and field in names and field not in curated_meta_columns(names) else [])
         ),
     )
-    ids = meta.column("id").to_pylist()
-    if len(set(ids)) != len(ids):
-        raise ClusterError(f"{ctx.input('curated').uri}: document ids are not unique")
+    ids = meta.column("id").combine_chunks().cast(pa.string())
+    dup = first_duplicate(ids)
+    if dup is not None:
+        raise ClusterError(f"{ctx.input('curated').uri}: document ids are not unique (e.g. {ids[dup].as_py()!r})")
     return ids, meta
 
 
-def write_group_data(w, ids: list[str], ng: NumberedGroups, quality: np.ndarray, scores: Scores) -> None:
+def write_group_data(w, ids: pa.Array, ng: NumberedGroups, quality: np.ndarray, scores: Scores) -> None:
     """assignments.parquet (the columns of k-means's, `cluster_init` being the user group's index,
-    plus `group`) and mapping.json (`{user group: final id or -1}`)."""
-    cols = {
-        "id": pa.array(ids, pa.string()),
-        "cluster_init": pa.array(ng.init.astype(np.int32)),
-        "cluster": pa.array(ng.cluster.astype(np.int32)),
-        "quality": pa.array(quality.astype(np.float32)),
-    }
-    for name, values in sorted(scores.by_name.items()):
-        cols[f"score_{name}"] = pa.array(values.astype(np.float32))
-    cols["group"] = pa.array([ng.names[g] if g >= 0 else None for g in ng.init], pa.string())
-    with storage.open_write(w.path("assignments.parquet")) as f:
-        pq.write_table(pa.table(cols), f)
+    plus `group`), written one row group per `BLOCK_ROWS` documents, and mapping.json
+    (`{user group: final id or -1}`)."""
+    names = pa.array(ng.names, pa.string())
+    by_name = sorted(scores.by_name.items())
+    fields = [("id", pa.string()), ("cluster_init", pa.int32()), ("cluster", pa.int32()), ("quality", pa.float32())]
+    schema = pa.schema(fields + [(f"score_{n}", pa.float32()) for n, _ in by_name] + [("group", pa.string())])
+    with storage.open_write(w.path("assignments.parquet")) as f, pq.ParquetWriter(f, schema) as out:
+        for start in range(0, max(len(ids), 1), BLOCK_ROWS):
+            rows = slice(start, start + BLOCK_ROWS)
+            init = ng.init[rows]
+            cols = [
+                ids.slice(start, BLOCK_ROWS),
+                pa.array(init.astype(np.int32)),
+                pa.array(ng.cluster[rows].astype(np.int32)),
+                pa.array(quality[rows].astype(np.float32)),
+            ]
+            cols += [pa.array(values[rows].astype(np.float32)) for _, values in by_name]
+            cols.append(names.take(pa.array(init, mask=init < 0)))
+            out.write_table(pa.Table.from_arrays(cols, schema=schema))
     storage.write_json(w.path("mapping.json"), {g: int(m) for g, m in zip(ng.names, ng.mapping)})
 
 
@@ -557,7 +574,7 @@ def run_groups(ctx: StageContext) -> StageOutput:
     no_embeddings = np.zeros((len(ids), 0), dtype=np.float32)
     scores = compute_scores(cfg, ctx.cfg.seed, no_embeddings, meta, ctx.input("curated"), None)
     quality = scores.by_name[cfg.quality.scorer]
-    ng = number_groups(grouping.group, quality, cfg.min_cluster_size, cfg.quality.min_cluster_quality)
+    ng = number_groups(grouping, quality, cfg.min_cluster_size, cfg.quality.min_cluster_quality)
     write_group_data(ctx.writer, ids, ng, quality, scores)
     counts = count_groups(ng, grouping)
     inp = R.GroupReportInputs(
