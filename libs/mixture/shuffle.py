@@ -14,7 +14,7 @@ pure function of the plan, so they can run in any order within a step, in parall
    in the config hash) clears what was scattered and gathered under the old one.
 2. **scatter**, per *part* (consecutive row groups of one cluster's `text.parquet`, at most
    `build.part_docs` documents, at least one row group): reads its slice of the cluster's route,
-   streams the part one row group at a time and routes each selected document, once per time it
+   streams the part in record batches of CHUNK_ROWS documents and routes each selected document, once per time it
    was selected (upsampling repeats), as a row (position, cluster, doc, id, text) into one Arrow
    IPC file per part (`parts/pNNNNN.arrow`), in record batches that never straddle a bucket;
    the sidecar `pNNNNN.json` (written last: the part is done) lists each bucket's batches. One
@@ -27,7 +27,7 @@ pure function of the plan, so they can run in any order within a step, in parall
    shards through the output formats (`mixture.formats`); `buckets/bNNNNN.json` (written last:
    the bucket is done) records its documents and tokens.
 
-Memory: the plan's arrays (driver only), then one row group and one batch of routed rows per
+Memory: the plan's arrays (driver only), then one record batch (and its routed rows) per
 scatter process, one bucket's rows per gather process. Everything lives under `.tmp-shuffle/`
 in the staging folder (`.tmp-`: never in a manifest) and is deleted before the commit. The
 output depends only on the plan, so the committed files are the same for any number of workers,
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 SCRATCH = ".tmp-shuffle"  # under the staging folder; `.tmp-` keeps it out of every manifest
 PLAN = f"{SCRATCH}/plan.json"
-CHUNK_ROWS = 1 << 15  # routed rows copied at once by the scatter
+CHUNK_ROWS = 1 << 13  # documents of text.parquet read at once by the scatter
 ROW_SCHEMA = pa.schema(
     [
         ("position", pa.int64()),
@@ -217,29 +217,27 @@ def part_route(writer, name: str, part: Part) -> tuple[np.ndarray, np.ndarray]:
 
 
 def iter_routed(lab: ClimbLab, name: str, part: Part, docs: np.ndarray, where: np.ndarray) -> Iterator[pa.Table]:
-    """The part's routed rows, one row group at a time, in chunks of at most CHUNK_ROWS."""
+    """The part's routed rows, its row groups read in record batches of CHUNK_ROWS documents
+    (a document selected k times gives k rows)."""
     with storage.open_read(lab.dataset.path(text_file(name))) as f:
         pf = pq.ParquetFile(f)
+        groups = list(range(part.first_group, part.first_group + part.groups))
         row = part.first_row
-        for g in range(part.first_group, part.first_group + part.groups):
-            n = pf.metadata.row_group(g).num_rows
-            a, b = np.searchsorted(docs, [row, row + n])
+        for batch in pf.iter_batches(batch_size=CHUNK_ROWS, row_groups=groups, columns=["id", "text"]):
+            a, b = np.searchsorted(docs, [row, row + batch.num_rows])
             if b > a:
-                group = pf.read_row_group(g, columns=["id", "text"])
-                for lo in range(a, b, CHUNK_ROWS):
-                    hi = min(lo + CHUNK_ROWS, b)
-                    take = pa.array(docs[lo:hi] - row)
-                    yield pa.table(
-                        [
-                            pa.array(where[lo:hi]),
-                            pa.array(np.full(hi - lo, part.cluster, dtype=np.int32)),
-                            pa.array(docs[lo:hi]),
-                            group.column("id").take(take).combine_chunks().cast(pa.string()),
-                            group.column("text").take(take).combine_chunks().cast(pa.string()),
-                        ],
-                        schema=ROW_SCHEMA,
-                    )
-            row += n
+                take = pa.array(docs[a:b] - row)
+                yield pa.table(
+                    [
+                        pa.array(where[a:b]),
+                        pa.array(np.full(b - a, part.cluster, dtype=np.int32)),
+                        pa.array(docs[a:b]),
+                        batch.column("id").take(take).cast(pa.string()),
+                        batch.column("text").take(take).cast(pa.string()),
+                    ],
+                    schema=ROW_SCHEMA,
+                )
+            row += batch.num_rows
 
 
 def scatter_part(lab: ClimbLab, writer, part: Part) -> int:
