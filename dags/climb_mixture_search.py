@@ -13,7 +13,10 @@ the documents and stages the shuffle's plan, `build_scatter` (one mapped task pe
 clusters' texts) routes the documents to buckets, `build_buckets` lists the buckets,
 `build_gather` (one mapped task per bucket of output shards) writes the shards, and `build`
 checks and commits the dataset (and updates the `climb://datasets/climbmix` asset); each mapped
-task is idempotent, so a retry redoes nothing finished. `publish` copies it to `publish.uri`,
+task is idempotent, so a retry redoes nothing finished. Airflow maps at most
+`core.max_map_length` tasks (default 1,024): size `build.part_docs` and `build.bucket_docs` so
+that parts and buckets stay below it (a 400B-token build of ~1,000-token documents needs
+`bucket_docs` of 400,000 or more, or a larger limit). `publish` copies it to `publish.uri`,
 skipped when that is unset.
 """
 
