@@ -248,8 +248,8 @@ def _write_config(tmp: Path, corpus: Path, output_root: Path | None = None) -> P
         data["output_root"] = str(output_root)
     # one mapped embed task per shard of 20 documents: 3 on the tiny corpus (57 curated documents)
     data["embed"].update(shard_docs=20, range_shards=1)
-    # several mapped build tasks: one scatter per cluster's texts, one gather per 2 shards of 10
-    data["build"].update(shard_docs=10, bucket_docs=20)
+    # several mapped build tasks: one scatter per cluster's texts, one gather per 2 shards of 2
+    data["build"].update(shard_docs=2, bucket_docs=4)
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
