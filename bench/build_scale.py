@@ -13,8 +13,10 @@ token budget equal to the synthetic ClimbLab's tokens (some clusters are upsampl
 subsampled). Then `climb build` (formats parquet and tokens, `--shard-docs` documents a shard)
 runs in a child process, once with this checkout's `libs/` and once with `libs/` of `--old-ref`
 (default: the commit before the external shuffle; `git archive` into a temporary folder),
-while the parent samples the RSS of the child and its workers with psutil every 20 ms. Prints
-wall seconds, peak RSS, and whether the two builds committed the same files (content hash).
+while the parent samples the RSS of the child and its workers with psutil every 20 ms (all of
+it, and the anonymous part: RSS less file-backed pages such as the memory-mapped token shards
+and Arrow files, which the kernel can drop). Prints wall seconds, both peaks, and whether the
+two builds committed the same files (content hash).
 """
 
 from __future__ import annotations
@@ -130,14 +132,15 @@ def measure(libs: Path, root: Path, build: dict) -> dict:
     payload = json.dumps({"root": str(root), "build": build})
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", payload], env=env, stdout=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = [0, 0]
     parent = psutil.Process(proc.pid)
 
     def sample() -> None:
         while proc.poll() is None:
             try:
-                tree = [parent, *parent.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
+                mem = [p.memory_info() for p in [parent, *parent.children(recursive=True)]]
+                peak[0] = max(peak[0], sum(m.rss for m in mem))
+                peak[1] = max(peak[1], sum(m.rss - m.shared for m in mem))  # anonymous: not file pages
             except psutil.Error:
                 pass
             time.sleep(0.02)
@@ -149,7 +152,8 @@ def measure(libs: Path, root: Path, build: dict) -> dict:
     thread.join()
     if proc.returncode:
         raise SystemExit(f"the build failed (libs {libs})")
-    return {"seconds": wall, "peak_rss_mb": peak[0] / 2**20, **json.loads(out.strip().splitlines()[-1])}
+    mb = {"peak_rss_mb": peak[0] / 2**20, "peak_anon_mb": peak[1] / 2**20}
+    return {"seconds": wall, **mb, **json.loads(out.strip().splitlines()[-1])}
 
 
 def old_libs(ref: str, into: Path) -> Path:
@@ -202,19 +206,26 @@ def report(rows: list[dict], args) -> None:
         f"\nshards of {args.shard_docs:,} documents, formats parquet + tokens; after: "
         f"build.bucket_docs {args.bucket_docs:,}, build.workers {args.workers}"
     )
-    print("| ClimbLab copies | documents built | tokens built | code | wall s | peak RSS MB | content hash |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| ClimbLab copies | documents built | tokens built | code | wall s | peak RSS MB | peak anon MB "
+        "| content hash |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['copies']} | {r['documents']:,} | {r['tokens']:,} | {r['code']} | {r['seconds']:.1f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['content_hash'][:12]} |"
+            f"{r['peak_rss_mb']:.0f} | {r['peak_anon_mb']:.0f} | {r['content_hash'][:12]} |"
         )
     for code in ("before", "after"):
         mine = [r for r in rows if r["code"] == code]
         if len(mine) >= 2:
             a, b = mine[0], mine[-1]
-            rss, secs = b["peak_rss_mb"] / a["peak_rss_mb"], b["seconds"] / a["seconds"]
-            print(f"{code}: {a['documents']:,} -> {b['documents']:,} documents: peak RSS x{rss:.2f}, time x{secs:.2f}")
+            rss, anon = b["peak_rss_mb"] / a["peak_rss_mb"], b["peak_anon_mb"] / a["peak_anon_mb"]
+            secs = b["seconds"] / a["seconds"]
+            print(
+                f"{code}: {a['documents']:,} -> {b['documents']:,} documents: peak RSS x{rss:.2f}, "
+                f"peak anonymous x{anon:.2f}, time x{secs:.2f}"
+            )
     same = {r["copies"]: len({x["content_hash"] for x in rows if x["copies"] == r["copies"]}) == 1 for r in rows}
     print("same committed files before and after:", same)
 

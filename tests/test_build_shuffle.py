@@ -129,9 +129,9 @@ def test_no_cluster_text_is_read_whole_and_a_bucket_holds_at_most_bucket_docs(la
     sizes = []
 
     def recording(writer, plan, bucket):
-        rows = real(writer, plan, bucket)
-        sizes.append(rows.num_rows)
-        return rows
+        batches = real(writer, plan, bucket)
+        sizes.append(sum(b.num_rows for b in batches))
+        return batches
 
     monkeypatch.setattr(shuffle, "bucket_rows", recording)
     ds = build(lab_root, bucket_docs=8, part_docs=4)

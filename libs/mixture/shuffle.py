@@ -14,15 +14,18 @@ pure function of the plan, so they can run in any order within a step, in parall
    in the config hash) clears what was scattered and gathered under the old one.
 2. **scatter**, per *part* (consecutive row groups of one cluster's `text.parquet`, at most
    `build.part_docs` documents, at least one row group): reads its slice of the cluster's route,
-   streams the part in record batches of CHUNK_ROWS documents and routes each selected document, once per time it
+   streams the part in record batches of CHUNK_ROWS documents (a buffered stream: never a whole
+   column chunk) and routes each selected document, once per time it
    was selected (upsampling repeats), as a row (position, cluster, doc, id, text) into one Arrow
-   IPC file per part (`parts/pNNNNN.arrow`), in record batches that never straddle a bucket;
+   IPC file per part (`parts/pNNNNN.arrow`), in record batches by position that never straddle
+   a bucket;
    the sidecar `pNNNNN.json` (written last: the part is done) lists each bucket's batches. One
    file per part, not per (bucket, part): at ClimbMix scale that would be millions of files;
    batches of an IPC file are read one by one, so a bucket reads only its own.
 3. **gather**, per *bucket* (a contiguous range of output shards, `build.bucket_docs`
    documents rounded down to whole shards, at least one shard): reads its batches from every
-   part, sorts them by position, checks they are exactly the bucket's positions, takes each
+   part (each by position), checks they are exactly the bucket's positions, and per shard
+   takes its rows from them in position order (a copy of one shard at a time), takes each
    document's tokens from the memory-mapped ClimbLab token shards and writes the bucket's
    shards through the output formats (`mixture.formats`); `buckets/bNNNNN.json` (written last:
    the bucket is done) records its documents and tokens.
@@ -54,7 +57,8 @@ log = logging.getLogger(__name__)
 
 SCRATCH = ".tmp-shuffle"  # under the staging folder; `.tmp-` keeps it out of every manifest
 PLAN = f"{SCRATCH}/plan.json"
-CHUNK_ROWS = 1 << 13  # documents of text.parquet read at once by the scatter
+CHUNK_ROWS = 1 << 12  # documents of text.parquet read at once by the scatter, and rows routed at once
+READ_BUFFER = 1 << 22  # bytes of a column chunk the scatter reads at once
 ROW_SCHEMA = pa.schema(
     [
         ("position", pa.int64()),
@@ -217,21 +221,23 @@ def part_route(writer, name: str, part: Part) -> tuple[np.ndarray, np.ndarray]:
 
 
 def iter_routed(lab: ClimbLab, name: str, part: Part, docs: np.ndarray, where: np.ndarray) -> Iterator[pa.Table]:
-    """The part's routed rows, its row groups read in record batches of CHUNK_ROWS documents
-    (a document selected k times gives k rows)."""
+    """The part's routed rows (a document selected k times gives k rows), at most CHUNK_ROWS at
+    a time; its row groups are read in record batches of CHUNK_ROWS documents, through a
+    buffered stream (never a whole column chunk at once)."""
     with storage.open_read(lab.dataset.path(text_file(name))) as f:
-        pf = pq.ParquetFile(f)
+        pf = pq.ParquetFile(f, buffer_size=READ_BUFFER)
         groups = list(range(part.first_group, part.first_group + part.groups))
         row = part.first_row
         for batch in pf.iter_batches(batch_size=CHUNK_ROWS, row_groups=groups, columns=["id", "text"]):
             a, b = np.searchsorted(docs, [row, row + batch.num_rows])
-            if b > a:
-                take = pa.array(docs[a:b] - row)
+            for lo in range(int(a), int(b), CHUNK_ROWS):
+                hi = min(lo + CHUNK_ROWS, int(b))
+                take = pa.array(docs[lo:hi] - row)
                 yield pa.table(
                     [
-                        pa.array(where[a:b]),
-                        pa.array(np.full(b - a, part.cluster, dtype=np.int32)),
-                        pa.array(docs[a:b]),
+                        pa.array(where[lo:hi]),
+                        pa.array(np.full(hi - lo, part.cluster, dtype=np.int32)),
+                        pa.array(docs[lo:hi]),
                         batch.column("id").take(take).cast(pa.string()),
                         batch.column("text").take(take).cast(pa.string()),
                     ],
@@ -253,10 +259,9 @@ def scatter_part(lab: ClimbLab, writer, part: Part) -> int:
     count = rows = 0
     with storage.open_write(writer.path(arrow_rel)) as f, pa.ipc.new_file(f, ROW_SCHEMA) as out:
         for chunk in iter_routed(lab, name, part, docs, where):
-            bucket = chunk.column("position").to_numpy() // plan["bucket_docs"]
-            order = np.argsort(bucket, kind="stable")  # the chunk is by document, not position
-            bucket = bucket[order]
+            order = np.argsort(chunk.column("position").to_numpy())  # the chunk is by document
             chunk = chunk.take(pa.array(order))
+            bucket = chunk.column("position").to_numpy() // plan["bucket_docs"]
             cuts = np.flatnonzero(np.diff(bucket)) + 1
             for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist()):
                 batches.setdefault(str(int(bucket[lo])), []).append(count)
@@ -274,8 +279,21 @@ def bucket_name(index: int) -> str:
     return f"{SCRATCH}/buckets/b{index:05d}.json"
 
 
-def bucket_rows(writer, plan: dict[str, Any], bucket: Bucket) -> pa.Table:
-    """The bucket's routed rows from every part, by position; they must be exactly its positions."""
+def read_batches(uri: str, wanted: list[int]) -> list[pa.RecordBatch]:
+    """Batches of an IPC file: memory-mapped locally (the bucket's text stays in the page cache,
+    not in the process's own memory), read one by one from S3."""
+    local = storage.local_path(uri)
+    if local is not None:
+        reader = pa.ipc.open_file(pa.memory_map(local))
+        return [reader.get_batch(i) for i in wanted]
+    with storage.open_read(uri) as f:
+        reader = pa.ipc.open_file(f)
+        return [reader.get_batch(i) for i in wanted]
+
+
+def bucket_rows(writer, plan: dict[str, Any], bucket: Bucket) -> list[pa.RecordBatch]:
+    """The bucket's routed rows from every part: batches, each by position; together they must
+    be exactly the bucket's positions."""
     batches: list[pa.RecordBatch] = []
     for p in range(plan["parts"]):
         arrow_rel, index_rel = part_names(p)
@@ -283,18 +301,25 @@ def bucket_rows(writer, plan: dict[str, Any], bucket: Bucket) -> pa.Table:
             raise BuildError(f"build: part {p} is not scattered yet: run it before gathering bucket {bucket.index}")
         wanted = storage.read_json(writer.path(index_rel))["batches"].get(str(bucket.index), [])
         if wanted:
-            with storage.open_read(writer.path(arrow_rel)) as f:
-                reader = pa.ipc.open_file(f)
-                batches += [reader.get_batch(i) for i in wanted]
-    table = pa.Table.from_batches(batches, schema=ROW_SCHEMA)
-    where = table.column("position").to_numpy()
-    order = np.argsort(where, kind="stable")
-    if not np.array_equal(where[order], np.arange(bucket.first_doc, bucket.first_doc + bucket.docs)):
+            batches += read_batches(writer.path(arrow_rel), wanted)
+    where = np.sort(np.concatenate([b.column("position").to_numpy() for b in batches] or [np.zeros(0, np.int64)]))
+    if not np.array_equal(where, np.arange(bucket.first_doc, bucket.first_doc + bucket.docs)):
         raise BuildError(
             f"build: bucket {bucket.index} gathered {len(where)} documents, not exactly its positions "
             f"{bucket.first_doc}..{bucket.first_doc + bucket.docs - 1}: the scattered parts are incomplete"
         )
-    return table.take(pa.array(order))
+    return batches
+
+
+def shard_rows(batches: list[pa.RecordBatch], lo: int, hi: int) -> pa.Table:
+    """The rows of positions lo .. hi - 1, by position (a copy of these rows only)."""
+    pieces = []
+    for b in batches:
+        a, z = np.searchsorted(b.column("position").to_numpy(), [lo, hi])
+        if z > a:
+            pieces.append(b.slice(int(a), int(z - a)))
+    table = pa.Table.from_batches(pieces, schema=ROW_SCHEMA).combine_chunks()
+    return table.take(pa.array(np.argsort(table.column("position").to_numpy())))
 
 
 class TokenSource:
@@ -339,19 +364,21 @@ def gather_bucket(lab: ClimbLab, writer, bucket: Bucket, formats: list, cfg) -> 
     if writer.has(done):
         return storage.read_json(writer.path(done))
     plan = read_plan(writer)
-    rows = bucket_rows(writer, plan, bucket)
+    batches = bucket_rows(writer, plan, bucket)
     names = np.array(plan["clusters"])
     src = TokenSource(lab)
     writers = [cls() for cls in formats]
     record: dict[str, Any] = {"documents": 0, "tokens": 0, "shards": 0, "clusters": {}}
+    counts = np.zeros(len(names), dtype=np.int64)
     for s, span in shard_slices(bucket.docs, plan["shard_docs"]):
-        shard = make_shard(rows.slice(span.start, span.stop - span.start), bucket.first_shard + s, names, src)
+        rows = shard_rows(batches, bucket.first_doc + span.start, bucket.first_doc + span.stop)
+        counts += np.bincount(rows.column("cluster").to_numpy(), minlength=len(names))
+        shard = make_shard(rows, bucket.first_shard + s, names, src)
         for fmt in writers:
             fmt.write_shard(writer, shard, cfg)
         record["shards"] += 1
         record["documents"] += shard.table.num_rows
         record["tokens"] += sum(len(d) for d in shard.tokens)
-    counts = np.bincount(rows.column("cluster").to_numpy(), minlength=len(names))
     record["clusters"] = {str(names[i]): int(n) for i, n in enumerate(counts) if n}
     storage.write_json(writer.path(done), record)
     return record
