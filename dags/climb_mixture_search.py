@@ -8,8 +8,16 @@ reuses a finished run, so a retry or a re-run repeats no training). The paper's 
 iterations (64, 32, 16 proxy runs); a DAG's shape is fixed when it is parsed, so the DAG unrolls
 `climb_search_max_iterations` (Variable, default 3) slots, and the slots beyond the config's
 `search.iterations` propose nothing and are skipped. Then `finish` fits the predictors and commits
-the search dataset, `build` writes ClimbMix (and updates the `climb://datasets/climbmix` asset),
-and `publish` copies it to `publish.uri`, skipped when that is unset.
+the search dataset; the ClimbMix build fans out (`mixture.stages.build`): `build_plan` selects
+the documents and stages the shuffle's plan, `build_scatter` (one mapped task per part of the
+clusters' texts) routes the documents to buckets, `build_buckets` lists the buckets,
+`build_gather` (one mapped task per bucket of output shards) writes the shards, and `build`
+checks and commits the dataset (and updates the `climb://datasets/climbmix` asset); each mapped
+task is idempotent, so a retry redoes nothing finished. Airflow maps at most
+`core.max_map_length` tasks (default 1,024): size `build.part_docs` and `build.bucket_docs` so
+that parts and buckets stay below it (a 400B-token build of ~1,000-token documents needs
+`bucket_docs` of 400,000 or more, or a larger limit). `publish` copies it to `publish.uri`,
+skipped when that is unset.
 """
 
 from __future__ import annotations
@@ -29,7 +37,6 @@ from _common import (
     config_path,
     describe,
     load_config,
-    run_stage,
     variable,
 )
 from airflow.sdk import DAG, TriggerRule, get_current_context, task
@@ -87,9 +94,67 @@ def finish(config: str) -> dict[str, Any]:
     return describe(pipeline.commit(ctx, steps.finish(ctx)), skipped=False)
 
 
-@task(outlets=[CLIMBMIX])
+@task
+def build_plan(config: str) -> list[dict[str, int]]:
+    """Select the documents, draw the global order and stage the shuffle's plan; the parts to
+    scatter (none when the build is up to date)."""
+    from mixture import pipeline
+    from mixture.stages import build
+
+    cfg = load_config(config)
+    if pipeline.current(cfg, "climbmix"):
+        return []
+    return build.plan(pipeline.open_stage(cfg, "climbmix"))["part_list"]
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)  # up to date: no parts, the mapped scatter skipped
+def build_buckets(config: str) -> list[dict[str, int]]:
+    """The buckets of output shards to gather, from the staged plan (none when up to date)."""
+    from mixture import pipeline
+    from mixture.shuffle import read_plan
+
+    cfg = load_config(config)
+    if pipeline.current(cfg, "climbmix"):
+        return []
+    return read_plan(pipeline.open_stage(cfg, "climbmix").writer)["buckets"]
+
+
+@task(map_index_template="{{ build_part_name }}")
+def build_scatter(config: str, part: dict[str, int]) -> dict[str, int]:
+    """Route one part's selected documents to their buckets; a retry keeps a scattered part."""
+    from mixture import pipeline
+    from mixture.stages import build
+
+    get_current_context()["build_part_name"] = f"part {part['index']}"
+    ctx = pipeline.open_stage(load_config(config), "climbmix")
+    return {"part": part["index"], "rows": build.scatter(ctx, build.Part(**part))}
+
+
+@task(map_index_template="{{ build_bucket_name }}")
+def build_gather(config: str, bucket: dict[str, int]) -> dict[str, int]:
+    """Write one bucket's shards in every format; a retry keeps a written bucket."""
+    from mixture import pipeline
+    from mixture.stages import build
+
+    last = bucket["first_shard"] + bucket["shards"] - 1
+    get_current_context()["build_bucket_name"] = f"shards {bucket['first_shard']}-{last}"
+    ctx = pipeline.open_stage(load_config(config), "climbmix")
+    record = build.gather(ctx, build.Bucket(**bucket))
+    return {"bucket": bucket["index"], **{k: record[k] for k in ("documents", "tokens", "shards")}}
+
+
+@task(outlets=[CLIMBMIX], trigger_rule=TriggerRule.NONE_FAILED)  # up to date: the mapped tasks skipped
 def build(config: str, **context: Any) -> dict[str, Any]:
-    built = run_stage(config, "climbmix")
+    """Check what the buckets wrote, finish the formats and commit through the runner."""
+    from mixture import pipeline
+    from mixture.stages import build as stage
+
+    cfg = load_config(config)
+    if done := pipeline.current(cfg, "climbmix"):
+        built = describe(done, skipped=True)
+    else:
+        ctx = pipeline.open_stage(cfg, "climbmix")
+        built = describe(pipeline.commit(ctx, stage.finish(ctx)), skipped=False)
     context["outlet_events"][CLIMBMIX].extra = asset_extra(config, built)
     return built
 
@@ -128,5 +193,11 @@ with DAG(
         previous = runs
     chosen = finish(cfg_path)
     previous >> chosen
+    parts = build_plan(cfg_path)
+    chosen >> parts
+    scattered = build_scatter.partial(config=cfg_path).expand(part=parts)
+    buckets = build_buckets(cfg_path)
+    scattered >> buckets
+    gathered = build_gather.partial(config=cfg_path).expand(bucket=buckets)
     built = build(cfg_path)
-    chosen >> built >> publish(cfg_path)
+    gathered >> built >> publish(cfg_path)

@@ -43,10 +43,17 @@ def _commit(root: Path, name: str, stage: str, inputs: dict, counts: dict, extra
     return w
 
 
-def make_climblab(root: Path, records: list[dict], docs_per_cluster=(12, 10, 14, 6), with_upstream: bool = True):
+def make_climblab(
+    root: Path,
+    records: list[dict],
+    docs_per_cluster=(12, 10, 14, 6),
+    with_upstream: bool = True,
+    row_group_size: int | None = None,
+):
     """A committed climblab (4 clusters of real sample documents, a BPE tokenizer trained on
     them), plus small committed curated and clusters datasets (the build reads them for its card);
-    the climblab names them as its inputs only `with_upstream`."""
+    the climblab names them as its inputs only `with_upstream`. `row_group_size`: rows per row
+    group of the text.parquet files (default: one row group)."""
     from mixture.tokens import EOS, train_tokenizer
 
     cur = _commit(root, "curated", "curate", {}, {}, {}, {"docs/part-0.parquet": b"placeholder"})
@@ -82,7 +89,9 @@ def make_climblab(root: Path, records: list[dict], docs_per_cluster=(12, 10, 14,
         with open(w.path(f"{name}/tokens.idx"), "wb") as f:
             np.save(f, offsets)
         pq.write_table(
-            pa.table({"id": [r["id"] for r in recs], "text": [r["text"] for r in recs]}), w.path(f"{name}/text.parquet")
+            pa.table({"id": [r["id"] for r in recs], "text": [r["text"] for r in recs]}),
+            w.path(f"{name}/text.parquet"),
+            row_group_size=row_group_size,
         )
         info[name] = {"documents": len(docs), "tokens": int(offsets[-1])}
     total = sum(v["tokens"] for v in info.values())

@@ -152,7 +152,12 @@ def test_search_dag_unrolls_iterations_with_mapped_proxy_runs(dagbag):
         assert runs.is_mapped and runs.pool == "gpu"
         assert _downstream(dag, f"propose_{i}") == {f"proxy_runs_{i}"}
         assert _downstream(dag, f"proxy_runs_{i}") == ({f"propose_{i + 1}"} if i < 2 else {"finish"})
-    assert _downstream(dag, "finish") == {"build"}
+    assert _downstream(dag, "finish") == {"build_plan"}
+    assert _downstream(dag, "build_plan") == {"build_scatter"}
+    assert _downstream(dag, "build_scatter") == {"build_buckets"}
+    assert _downstream(dag, "build_buckets") == {"build_gather"}
+    assert _downstream(dag, "build_gather") == {"build"}
+    assert dag.get_task("build_scatter").is_mapped and dag.get_task("build_gather").is_mapped
     assert _downstream(dag, "build") == {"publish"}
     assert [a.uri for a in dag.get_task("build").outlets] == ["climb://datasets/climbmix"]
     assert dag.max_active_runs == 1
@@ -248,6 +253,8 @@ def _write_config(tmp: Path, corpus: Path, output_root: Path | None = None) -> P
     # one mapped embed task per shard of 20 documents: 3 on the tiny corpus (57 curated documents)
     data["embed"].update(shard_docs=20, range_shards=1)
     data["shards"]["part_docs"] = 20  # one mapped tokenization task per part of 20 documents: 3
+    # several mapped build tasks: one scatter per cluster's texts, one gather per 2 shards of 2
+    data["build"].update(shard_docs=2, bucket_docs=4)
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -343,8 +350,14 @@ def test_search_dag_commits_the_mixture_and_records_mlflow_runs(clean_run):
         assert len(mapped) == n and {s for s, _ in mapped.values()} == {"success"}
     assert states[("proxy_runs_2", -1)][0] == "skipped"  # the slot this config leaves unused
     assert states[("publish", -1)][0] == "skipped"  # publish.uri unset
-    for name in ("finish", "build"):
+    for name in ("finish", "build_plan", "build_buckets", "build"):
         assert states[(name, -1)][0] == "success"
+    climbmix = open_dataset(pipeline.dataset_uri(cfg, "climbmix"))
+    shards = climbmix.manifest.extra["shards"]
+    gathers = sorted(k[1] for k, (s, _) in states.items() if k[0] == "build_gather" and s == "success")
+    assert shards > 2 and gathers == list(range(-(-shards // 2)))  # one mapped task per bucket of 2 shards
+    scatters = [k for k, (s, _) in states.items() if k[0] == "build_scatter" and s == "success"]
+    assert len(scatters) == sum(1 for v in climbmix.manifest.extra["clusters"].values() if v["documents"])
     for name in SEARCH_DATASETS:
         open_dataset(pipeline.dataset_uri(cfg, name)).verify()
     mixture = json.loads(open(open_dataset(pipeline.dataset_uri(cfg, "search")).path("mixture.json")).read())
@@ -380,8 +393,9 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
     """Four injected one-shot failures: one embedding range dies after staging its shard (the
     retry finds it staged), so does one tokenization part of the shards, the embedding stage dies
     after staging every shard, just before its commit (the retry resumes from the staged shards),
-    and one proxy run dies after finishing its training (the retry must reuse the finished run).
-    Both DAGs still succeed, and
+    one proxy run dies after finishing its training (the retry must reuse the finished run), and
+    one build bucket dies after writing its shards (the retry keeps them). Both DAGs still
+    succeed, and
     every dataset has the same files as the clean run's: byte for byte, except the wall-clock
     timings in reports and run records."""
     from mixture import pipeline
@@ -426,8 +440,19 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
             raise RuntimeError("injected failure after a proxy run finished")
         return result
 
+    from mixture import shuffle
+
+    real_gather = shuffle.gather_bucket
+
+    def gather_bucket(lab, writer, bucket, *args):
+        out = real_gather(lab, writer, bucket, *args)
+        if bucket.index == 1 and once("build-bucket"):
+            raise RuntimeError("injected failure after a bucket was written")
+        return out
+
     monkeypatch.setattr(DatasetWriter, "commit", commit)
     monkeypatch.setattr(steps, "run_proxy", run_proxy)
+    monkeypatch.setattr(shuffle, "gather_bucket", gather_bucket)
     monkeypatch.setattr(embed, "embed_range", embed_range)
     from mixture import climblab_parts
 
@@ -451,6 +476,7 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
     assert refresh_states[("shards_part", 1)] == ("success", 2)  # the retry kept its staged runs
     retried = [k for k, (s, tries) in search_states.items() if k[0] == "proxy_runs_0" and tries == 2]
     assert len(retried) == 1
+    assert search_states[("build_gather", 1)] == ("success", 2)  # the retry kept the written bucket
     assert (tmp_path / "failed-embed-range").exists()
     assert (tmp_path / "failed-embeddings").exists() and (tmp_path / "failed-proxy").exists()
     assert len(_mlflow_runs(cfg, "proxy")) == sum(cfg.search.iterations)  # the retry logged no duplicate

@@ -16,8 +16,9 @@ tokens). This library holds the rules, on arrays, at any budget (the stage is
    target is reached (`select_documents`; it overshoots by less than one document), one random
    stream per cluster (`cluster_rng`);
 4. every selected document is shuffled globally with the run's seed (`global_order`) and cut
-   into fixed-size shards (`shard_slices`); `gather_shard` assembles one shard's rows (text,
-   cluster, id) and token arrays, row i of one equal to document i of the other.
+   into fixed-size shards (`shard_slices`). The shuffle itself runs outside memory
+   (`mixture.shuffle`: the same permutation, routed through the staging folder), so the text of
+   the clusters is never held whole.
 
 The same ClimbLab, mixture, budget and seed give the same documents in the same order, so the
 files are byte-identical and `content_hash` (the default published version) is stable.
@@ -34,11 +35,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from mixture import storage
 from mixture.climblab import ClimbLab
-from mixture.formats import Shard
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +180,6 @@ def shard_slices(n_docs: int, shard_docs: int) -> Iterator[tuple[int, slice]]:
 
 
 # ------------------------------------------------------------------------------ the sources
-@dataclass
-class Sources:
-    """What the shards are gathered from: per cluster (in ClimbLab order) its texts and tokens."""
-
-    names: np.ndarray  # cluster names, by position
-    texts: dict[str, pa.Table]  # id, text of the clusters that are sampled
-    flat: list[np.ndarray]  # each cluster's token array
-    offsets: list[np.ndarray]  # each cluster's document offsets (n + 1)
-    dtype: np.dtype
-
-
 def cluster_lengths(lab: ClimbLab) -> dict[str, np.ndarray]:
     """Tokens per document of each cluster, checked against the manifest (counts add up or the
     build fails)."""
@@ -206,53 +194,6 @@ def cluster_lengths(lab: ClimbLab) -> dict[str, np.ndarray]:
             )
         lengths[c] = n
     return lengths
-
-
-def open_sources(lab: ClimbLab, selected: dict[str, np.ndarray]) -> Sources:
-    """The texts of the clusters with selected documents (checked against their token shards)
-    and every cluster's memory-mapped tokens."""
-    clusters = lab.clusters
-    shards = {c: lab.shard(c) for c in clusters}
-    texts: dict[str, pa.Table] = {}
-    for c in clusters:
-        if len(selected[c]):
-            t = lab.texts(c).select(["id", "text"])
-            if t.num_rows != len(shards[c]):
-                raise BuildError(
-                    f"cluster {c}: text.parquet has {t.num_rows} rows, its token shard {len(shards[c])} documents"
-                )
-            texts[c] = t
-    # plain ndarray views of the memory maps: slicing a np.memmap per document costs ~5 us more
-    return Sources(
-        np.array(clusters),
-        texts,
-        [np.asarray(shards[c].tokens) for c in clusters],
-        [shards[c].offsets for c in clusters],
-        lab.dtype,
-    )
-
-
-def gather_shard(src: Sources, index: int, sc: np.ndarray, sd: np.ndarray) -> Shard:
-    """Shard `index` of the documents (cluster position `sc`, document `sd`), in that order."""
-    pieces, positions = [], []
-    starts, ends = np.empty(len(sd), dtype=np.int64), np.empty(len(sd), dtype=np.int64)
-    for ci in np.unique(sc):  # per cluster present: its rows' positions, texts and token spans
-        pos = np.nonzero(sc == ci)[0]
-        pieces.append(src.texts[src.names[ci]].take(pa.array(sd[pos])))
-        positions.append(pos)
-        starts[pos] = src.offsets[ci][sd[pos]]
-        ends[pos] = src.offsets[ci][sd[pos] + 1]
-    back = np.argsort(np.concatenate(positions), kind="stable")  # restore the shuffled order
-    gathered = pa.concat_tables(pieces).take(pa.array(back))
-    table = pa.table(
-        {
-            "text": gathered.column("text"),
-            "cluster": pa.array(src.names[sc].tolist(), type=pa.string()),
-            "id": gathered.column("id"),
-        }
-    )
-    docs = [src.flat[c][a:b] for c, a, b in zip(sc.tolist(), starts.tolist(), ends.tolist())]
-    return Shard(index, table, docs, src.dtype)
 
 
 def per_cluster(

@@ -522,6 +522,20 @@ class BuildConfig(Section):
     # nanoGPT's own openwebtext split holds out 0.05% of documents; a ClimbMix build is smaller, so
     # 0.5% by default, and at least one document whenever the build has two (mixture.formats.nanogpt)
     val_fraction: float = Field(0.005, ge=0, lt=1, description="share of documents held out as nanogpt/val.bin")
+    # where and in what pieces the shuffle runs (mixture.shuffle); the files are the same for any values
+    workers: int = Field(1, ge=1, json_schema_extra=NOT_HASHED, description="local build processes")
+    bucket_docs: int = Field(
+        200_000,
+        ge=1,
+        json_schema_extra=NOT_HASHED,
+        description="documents gathered in memory at once (whole shards, at least one), by one worker or task",
+    )
+    part_docs: int = Field(
+        2_097_152,
+        ge=1,
+        json_schema_extra=NOT_HASHED,
+        description="documents of a cluster's text.parquet scattered by one worker or Airflow task (whole row groups)",
+    )
 
     @field_validator("formats")
     @classmethod

@@ -53,7 +53,15 @@ STAGES: tuple[Stage, ...] = (
         files=("search.target.val_uris", "search.target.tasks"),
         unhashed=("search.transfer_proxy", "search.transfer_seeds"),
     ),  # only the baselines use them
-    Stage("build", "climbmix", ("climblab", "search", "curated", "clusters"), ("build",), files=("build.mixture",)),
+    # resumable: a killed build keeps the parts it scattered and the buckets it wrote (mixture.shuffle)
+    Stage(
+        "build",
+        "climbmix",
+        ("climblab", "search", "curated", "clusters"),
+        ("build",),
+        resumable=True,
+        files=("build.mixture",),
+    ),
 )
 # Stages that `climb run` does not run: each has its own command.
 ON_REQUEST: tuple[Stage, ...] = (

@@ -9,9 +9,17 @@ the names are checked against the registry when the config loads). A format is a
   build's staging folder; `cfg` is the `build` config section;
 - `card_files(dtype)` and `card_loading(dtype)`: lines for the dataset card's "Files" and
   "Loading" sections; `hf_data_files`: the glob Hugging Face `datasets` loads, or None;
-- optionally `finish(writer, cfg, facts)`: called once after the last shard, on the same
-  instance, for files that span the shards (nanoGPT's `train.bin` / `val.bin`, Megatron's blend);
-  `facts` holds the run's `seed` and the tokenizer's `vocab_size`, `eos_id` and token `dtype`.
+- optionally `finish(writer, cfg, facts)`: called once after the last shard, for files that span
+  the shards (nanoGPT's `train.bin` / `val.bin`, Megatron's blend); `facts` holds the run's
+  `seed`, the number of `shards` written and the tokenizer's `vocab_size`, `eos_id` and token
+  `dtype` (its name).
+
+Shards are written by several processes (or Airflow tasks), each bucket of shards with instances
+of its own, and `finish` runs on yet another instance in the build's own process: a format keeps
+no state between calls, and `finish` reads what it needs from the staged files (a piece staged
+for it is named with `.tmp-`, which keeps it out of the manifest, and deleted by it). A shard may
+be written again (a resumed build): `write_shard` overwrites its files. With `build.workers` > 1 a
+format's class is sent to the workers by reference, so it must live in an importable module.
 
 Adding a format is one new module here:
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mixture import storage
-from mixture.formats import Shard
+from mixture.formats import Shard, part_name
 from mixture.registry import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
@@ -81,15 +81,18 @@ class MegatronFormat:
     files = ("megatron/part-NNNNN.bin", "megatron/part-NNNNN.idx", BLEND)
     hf_data_files = None
 
-    def __init__(self) -> None:
-        self.blend: list[tuple[int, str]] = []  # (tokens, prefix) per shard written
-
     def write_shard(self, writer, shard: Shard, cfg: BuildConfig) -> None:
-        prefix = f"megatron/{shard.part}"
-        self.blend.append((write_indexed(writer.path(prefix), shard.tokens, shard.dtype), prefix))
+        write_indexed(writer.path(f"megatron/{shard.part}"), shard.tokens, shard.dtype)
 
     def finish(self, writer, cfg: BuildConfig, facts: dict) -> None:
-        storage.write_text(writer.path(BLEND), " ".join(f"{n} {p}" for n, p in self.blend) + "\n")
+        """The blend from the staged shards (their `.bin` sizes: shards may have been written
+        by other processes)."""
+        itemsize = megatron_dtype(np.dtype(facts["dtype"])).itemsize
+        blend = []
+        for s in range(int(facts["shards"])):
+            prefix = f"megatron/{part_name(s)}"
+            blend.append(f"{storage.size(writer.path(prefix + '.bin')) // itemsize} {prefix}")
+        storage.write_text(writer.path(BLEND), " ".join(blend) + "\n")
 
     def card_files(self, dtype: np.dtype) -> list[str]:
         return [

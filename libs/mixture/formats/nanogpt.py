@@ -14,9 +14,10 @@ flat files of token ids, each document followed by its end-of-document id, memor
   `val.bin` is Parquet row `val_index[i]`; `train.bin` holds the others in order;
 - `meta.json`: vocab_size, dtype, eos_id, seed, val_fraction and documents / tokens per split.
 
-The files are not per shard: `write_shard` stages each shard's tokens as a temporary piece
-(excluded from the manifest) and `finish` (after the last shard) draws the split and writes the
-two files, one piece at a time, so memory does not grow with the build.
+The files are not per shard: `write_shard` stages each shard's tokens and document lengths as
+temporary pieces (excluded from the manifest; shards may be written by several processes) and
+`finish` (after the last shard) draws the split and writes the two files from the pieces, one
+piece at a time, so memory does not grow with the build.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mixture import storage
-from mixture.formats import Shard
+from mixture.formats import Shard, part_name
 from mixture.registry import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
@@ -45,26 +46,42 @@ def split_piece(tokens: np.ndarray, lengths: np.ndarray, is_val: np.ndarray) -> 
     return tokens[~mask], tokens[mask]
 
 
+def piece_name(part: str) -> str:
+    """A shard's staged tokens (`.tmp-`: never in the manifest), until `finish` splits them."""
+    return f"nanogpt/{part}.tmp-piece"
+
+
+def lengths_name(part: str) -> str:
+    """A shard's staged document lengths (int64 .npy), until `finish`."""
+    return f"nanogpt/{part}.tmp-lengths.npy"
+
+
+def load_lengths(uri: str) -> np.ndarray:
+    with storage.open_read(uri) as f:
+        return np.load(f, allow_pickle=False)
+
+
 @OUTPUT_FORMATS.register("nanogpt")
 class NanoGPTFormat:
     name = "nanogpt"
     files = ("nanogpt/train.bin", "nanogpt/val.bin", "nanogpt/val_index.npy", "nanogpt/meta.json")
     hf_data_files = None
 
-    def __init__(self) -> None:
-        self.pieces: list[tuple[str, np.ndarray]] = []  # (staged piece, document lengths) per shard
-        self.dtype = np.dtype(np.uint16)
-
     def write_shard(self, writer, shard: Shard, cfg: BuildConfig) -> None:
-        self.dtype = np.dtype(shard.dtype).newbyteorder("<")
-        piece = writer.path(f"nanogpt/{shard.part}.tmp-piece")  # `.tmp-`: never in the manifest
-        with storage.open_write(piece) as f:
+        dtype = np.dtype(shard.dtype).newbyteorder("<")
+        with storage.open_write(writer.path(piece_name(shard.part))) as f:
             for d in shard.tokens:
-                f.write(np.asarray(d).astype(self.dtype).tobytes())
-        self.pieces.append((piece, np.array([len(d) for d in shard.tokens], dtype=np.int64)))
+                f.write(np.asarray(d).astype(dtype).tobytes())
+        with storage.open_write(writer.path(lengths_name(shard.part))) as f:
+            np.save(f, np.array([len(d) for d in shard.tokens], dtype=np.int64), allow_pickle=False)
 
     def finish(self, writer, cfg: BuildConfig, facts: dict) -> None:
-        n = sum(len(lengths) for _, lengths in self.pieces)
+        """The split and the two files from the staged pieces of shards 0 .. facts["shards"] - 1
+        (written by any process), one piece at a time; the pieces are deleted."""
+        dtype = np.dtype(facts["dtype"]).newbyteorder("<")
+        parts = [part_name(s) for s in range(int(facts["shards"]))]
+        lengths = [load_lengths(writer.path(lengths_name(p))) for p in parts]
+        n = sum(len(x) for x in lengths)
         val = val_documents(n, cfg.val_fraction, int(facts["seed"]))
         is_val = np.zeros(n, dtype=bool)
         is_val[val] = True
@@ -74,22 +91,24 @@ class NanoGPTFormat:
             storage.open_write(writer.path("nanogpt/train.bin")) as ftrain,
             storage.open_write(writer.path("nanogpt/val.bin")) as fval,
         ):
-            for piece, lengths in self.pieces:
-                tokens = np.frombuffer(storage.read_bytes(piece), dtype=self.dtype)
-                train, held = split_piece(tokens, lengths, is_val[start : start + len(lengths)])
+            for part, piece_lengths in zip(parts, lengths):
+                tokens = np.frombuffer(storage.read_bytes(writer.path(piece_name(part))), dtype=dtype)
+                train, held = split_piece(tokens, piece_lengths, is_val[start : start + len(piece_lengths)])
                 ftrain.write(train.tobytes())
                 fval.write(held.tobytes())
                 counts["train"]["tokens"] += len(train)
                 counts["val"]["tokens"] += len(held)
-                start += len(lengths)
-                storage.delete(piece)
+                start += len(piece_lengths)
+        for part in parts:
+            storage.delete(writer.path(piece_name(part)))
+            storage.delete(writer.path(lengths_name(part)))
         with storage.open_write(writer.path("nanogpt/val_index.npy")) as f:
             np.save(f, val, allow_pickle=False)
         storage.write_json(
             writer.path("nanogpt/meta.json"),
             {
                 "vocab_size": int(facts["vocab_size"]),
-                "dtype": self.dtype.name,
+                "dtype": dtype.name,
                 "eos_id": int(facts["eos_id"]),
                 "seed": int(facts["seed"]),
                 "val_fraction": cfg.val_fraction,

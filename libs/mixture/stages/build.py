@@ -1,51 +1,64 @@
 """Stage `build`: ClimbMix-style training shards from the ClimbLab clusters and a mixture.
 
 CLIMB (Diao et al., NVIDIA 2025) ends by sampling the cluster shards with the mixture the search
-found, to a token budget (ClimbMix: 400B tokens). The rules are in `mixture.climbmix`; this stage
-reads its declared inputs (`climblab`, `search` for its mixture.json unless `build.mixture` names
-a file, and `curated` / `clusters` for the dataset card), then:
+found, to a token budget (ClimbMix: 400B tokens). The rules are in `mixture.climbmix`, the
+shuffle in `mixture.shuffle`; this stage reads its declared inputs (`climblab`, `search` for its
+mixture.json unless `build.mixture` names a file, and `curated` / `clusters` for the dataset
+card), then:
 
-1. normalises the mixture and plans each cluster's tokens (`build.tokens`, `build.max_epochs`);
-2. samples whole documents per cluster and shuffles all of them with the run's seed;
-3. writes fixed-size shards of `build.shard_docs` documents in every format of `build.formats`
-   (`mixture.formats`: `parquet`, `tokens` by default), row i of one being document i of another,
-   then lets a format finish the files that span the shards (`megatron/blend.txt`, `nanogpt/`);
-4. copies the tokenizer and writes the dataset card `README.md` (`mixture.card`).
+1. `plan`: normalises the mixture, plans each cluster's tokens (`build.tokens`,
+   `build.max_epochs`), samples whole documents per cluster and draws the global order with the
+   run's seed; stages the routes and the layout: *parts* (row groups of the clusters'
+   `text.parquet`, `build.part_docs` documents each) and *buckets* (contiguous ranges of output
+   shards, `build.bucket_docs` documents each);
+2. `scatter` per part: routes each selected document (repeats included) to its bucket;
+3. `gather` per bucket: writes its shards of `build.shard_docs` documents in every format of
+   `build.formats` (`mixture.formats`), row i of one being document i of another;
+4. `finish`: checks that every bucket was written and that what was written is the plan, lets
+   a format finish the files that span the shards (`megatron/blend.txt`, `nanogpt/`), clears the
+   shuffle's scratch files, copies the tokenizer and writes the dataset card (`mixture.card`).
 
-Memory: the token shards are memory-mapped; the text of the clusters that are sampled is held as
-Arrow tables (about the size of the ClimbLab text), one output shard at a time besides. The same
-inputs, config and seed give byte-identical files, so the content hash that `climb publish` uses
-as the default version is stable across rebuilds.
+Steps 2 and 3 are idempotent per part and per bucket (the stage is resumable: a killed build
+keeps what it scattered and gathered), so they run in any order within a step: here in
+`build.workers` spawned processes (`run`), under Airflow as mapped tasks
+(`dags/climb_mixture_search.py`: `build_plan` -> `build_scatter` -> `build_gather` -> `build`,
+which runs `finish` and commits). Memory: the plan's per-document arrays in one process, then
+one row group per scatter and one bucket per gather; the token shards are memory-mapped. The
+same inputs, config and seed give byte-identical files whatever the workers, parts or buckets,
+so the content hash that `climb publish` uses as the default version is stable across rebuilds.
 """
 
 from __future__ import annotations
 
+import json
+import multiprocessing as mp
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
 import numpy as np
 from tqdm import tqdm
 
-from mixture import storage
+from mixture import shuffle, storage
 from mixture.card import render_card
 from mixture.climblab import TOKENIZER, ClimbLab
 from mixture.climbmix import (
     BuildError,
     ClusterPlan,
-    Sources,
     cluster_lengths,
     cluster_rng,
-    gather_shard,
-    global_order,
     load_mixture,
     normalise_mixture,
-    open_sources,
     per_cluster,
     plan_clusters,
     select_documents,
-    shard_slices,
     warn_capped,
 )
 from mixture.config import BuildConfig
 from mixture.contract import StageContext, StageOutput
+from mixture.dataset import Dataset
 from mixture.registry import OUTPUT_FORMATS
+from mixture.shuffle import Bucket, Part
 
 
 def read_mixture(ctx: StageContext, clusters: list[str]) -> tuple[str, dict[str, float]]:
@@ -62,39 +75,10 @@ def sample(ctx: StageContext, plans: list[ClusterPlan], lengths: dict[str, np.nd
     }
 
 
-def write_shards(
-    ctx: StageContext, src: Sources, cluster_index: np.ndarray, doc_index: np.ndarray, facts: dict
-) -> tuple[int, int, int]:
-    """Every shard in every configured format, then each format's optional `finish` (for files
-    that span the shards); (shards, documents, tokens) written."""
-    cfg: BuildConfig = ctx.cfg.build
-    formats = [OUTPUT_FORMATS.get(name)() for name in cfg.formats]
-    n_shards = docs = tokens = 0
-    slices = list(shard_slices(len(doc_index), cfg.shard_docs))
-    for s, rows in tqdm(slices, desc="climbmix shards", unit="shard"):
-        shard = gather_shard(src, s, cluster_index[rows], doc_index[rows])
-        for fmt in formats:
-            fmt.write_shard(ctx.writer, shard, cfg)
-        n_shards += 1
-        docs += shard.table.num_rows
-        tokens += sum(len(d) for d in shard.tokens)
-    for fmt in formats:
-        if hasattr(fmt, "finish"):
-            fmt.finish(ctx.writer, cfg, facts)
-    return n_shards, docs, tokens
-
-
-def check_written(docs: int, tokens: int, n_planned: int, clusters: dict[str, dict]) -> None:
-    """What was written is what the plan selected, or the build fails."""
-    planned_tokens = sum(v["tokens"] for v in clusters.values())
-    if docs != n_planned or docs != sum(v["documents"] for v in clusters.values()) or tokens != planned_tokens:
-        raise BuildError(
-            f"build: wrote {docs} documents / {tokens} tokens, the plan "
-            f"had {n_planned} documents / {planned_tokens} tokens"
-        )
-
-
-def run(ctx: StageContext) -> StageOutput:
+# ---------------------------------------------------------------------------------- steps
+def plan(ctx: StageContext) -> dict[str, Any]:
+    """Select the documents, draw the global order and stage the shuffle's plan (kept when the
+    same plan is staged already); returns the layout (`parts`, `buckets`: `to_dict()` rows)."""
     cfg: BuildConfig = ctx.cfg.build
     lab = ClimbLab(ctx.input("climblab"))
     if not lab.clusters:
@@ -110,21 +94,151 @@ def run(ctx: StageContext) -> StageOutput:
     )
     warn_capped(plans, cfg.tokens, cfg.max_epochs)
     selected = sample(ctx, plans, lengths)
-    cluster_index, doc_index = global_order(selected, lab.clusters, ctx.cfg.seed)
-    if len(doc_index) == 0:
+    n_docs = sum(len(v) for v in selected.values())
+    if n_docs == 0:
         raise BuildError("the mixture and budget select no documents")
-    facts = {"seed": ctx.cfg.seed, "vocab_size": lab.vocab_size, "eos_id": lab.eos_id, "dtype": lab.dtype.name}
-    n_shards, docs, tokens = write_shards(ctx, open_sources(lab, selected), cluster_index, doc_index, facts)
-    clusters = per_cluster(plans, lengths, selected)
-    check_written(docs, tokens, len(doc_index), clusters)
+    parts = shuffle.plan_parts(lab, selected, cfg.part_docs)
+    buckets = shuffle.plan_buckets(n_docs, cfg.shard_docs, cfg.bucket_docs)
+    layout = {
+        "clusters": lab.clusters,
+        "documents": n_docs,
+        "shard_docs": cfg.shard_docs,
+        "bucket_docs": max(1, cfg.bucket_docs // cfg.shard_docs) * cfg.shard_docs,
+        "parts": len(parts),
+        "part_list": [p.to_dict() for p in parts],
+        "buckets": [b.to_dict() for b in buckets],
+        "per_cluster": per_cluster(plans, lengths, selected),
+        "mixture": {"uri": mixture_uri, "weights": weights},
+    }
+    shuffle.prepare(ctx.writer, json_safe(layout), selected, lab.clusters, ctx.cfg.seed)
+    return shuffle.read_plan(ctx.writer)
+
+
+def json_safe(obj: Any) -> Any:
+    """The layout as it reads back from plan.json (tuples as lists), so staged plans compare."""
+    return json.loads(json.dumps(obj))
+
+
+def parts(layout: dict[str, Any]) -> list[Part]:
+    return [Part(**p) for p in layout["part_list"]]
+
+
+def buckets(layout: dict[str, Any]) -> list[Bucket]:
+    return [Bucket(**b) for b in layout["buckets"]]
+
+
+def format_classes(cfg: BuildConfig) -> list[type]:
+    """The configured formats' classes (sent to worker processes by reference: a format
+    registered by a module of its own is registered there when its module is imported)."""
+    return [OUTPUT_FORMATS.get(name) for name in cfg.formats]
+
+
+def scatter(ctx: StageContext, part: Part) -> int:
+    """Scatter one part (idempotent); the rows it routed."""
+    return shuffle.scatter_part(ClimbLab(ctx.input("climblab")), ctx.writer, part)
+
+
+def gather(ctx: StageContext, bucket: Bucket) -> dict[str, Any]:
+    """Write one bucket's shards (idempotent); its record (documents, tokens, shards)."""
+    cfg: BuildConfig = ctx.cfg.build
+    return shuffle.gather_bucket(ClimbLab(ctx.input("climblab")), ctx.writer, bucket, format_classes(cfg), cfg)
+
+
+# ----------------------------------------------------------------------- worker processes
+def _scatter_worker(climblab: Dataset, writer, part: Part) -> int:
+    return shuffle.scatter_part(ClimbLab(climblab), writer, part)
+
+
+def _gather_worker(climblab: Dataset, writer, bucket: Bucket, formats: list[type], cfg: BuildConfig) -> dict:
+    return shuffle.gather_bucket(ClimbLab(climblab), writer, bucket, formats, cfg)
+
+
+def fan_out(fn: Callable, jobs: list[tuple], workers: int, desc: str) -> list[Any]:
+    """fn(*job) for every job, here (workers = 1) or in `workers` spawned processes; the first
+    failure fails the step (what finished stays staged)."""
+    bar = tqdm(total=len(jobs), desc=desc, unit=desc.split()[-1])
+    results = []
+    if min(workers, len(jobs)) <= 1:
+        for job in jobs:
+            results.append(fn(*job))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+            for future in [pool.submit(fn, *job) for job in jobs]:
+                results.append(future.result())
+                bar.update()
+    bar.close()
+    return results
+
+
+def run_steps(ctx: StageContext, layout: dict[str, Any]) -> None:
+    """Every part scattered, then every bucket gathered, in `build.workers` processes."""
+    cfg: BuildConfig = ctx.cfg.build
+    lab = ctx.input("climblab")
+    fan_out(_scatter_worker, [(lab, ctx.writer, p) for p in parts(layout)], cfg.workers, "climbmix scatter parts")
+    formats = format_classes(cfg)
+    jobs = [(lab, ctx.writer, b, formats, cfg) for b in buckets(layout)]
+    fan_out(_gather_worker, jobs, cfg.workers, "climbmix gather buckets")
+
+
+# ------------------------------------------------------------------------------ finishing
+def check_written(written: dict[str, Any], layout: dict[str, Any]) -> None:
+    """What was written is what the plan selected (documents per cluster, tokens), or the build fails."""
+    clusters = layout["per_cluster"]
+    planned_docs = {c: v["documents"] for c, v in clusters.items() if v["documents"]}
+    planned_tokens = sum(v["tokens"] for v in clusters.values())
+    if (
+        written["documents"] != layout["documents"]
+        or written["clusters"] != planned_docs
+        or written["tokens"] != planned_tokens
+    ):
+        raise BuildError(
+            f"build: wrote {written['documents']} documents / {written['tokens']} tokens, the plan "
+            f"had {layout['documents']} documents / {planned_tokens} tokens"
+        )
+
+
+def finish_formats(ctx: StageContext, lab: ClimbLab, shards: int) -> None:
+    """Each format's optional `finish`, after every shard, for the files that span the shards."""
+    cfg: BuildConfig = ctx.cfg.build
+    facts = {
+        "seed": ctx.cfg.seed,
+        "vocab_size": lab.vocab_size,
+        "eos_id": lab.eos_id,
+        "dtype": lab.dtype.name,
+        "shards": shards,
+    }
+    for cls in format_classes(cfg):
+        fmt = cls()
+        if hasattr(fmt, "finish"):
+            fmt.finish(ctx.writer, cfg, facts)
+
+
+def finish(ctx: StageContext) -> StageOutput:
+    """The stage's output once every bucket is written (by `run`, or by separate tasks): checks,
+    the formats' finish hooks, tokenizer and card; the shuffle's scratch files are deleted."""
+    cfg: BuildConfig = ctx.cfg.build
+    lab = ClimbLab(ctx.input("climblab"))
+    layout = shuffle.read_plan(ctx.writer)
+    written = shuffle.gathered(ctx.writer, buckets(layout))
+    check_written(written, layout)
+    finish_formats(ctx, lab, written["shards"])
+    shuffle.clear(ctx.writer)
     storage.write_bytes(ctx.writer.path(TOKENIZER), storage.read_bytes(lab.tokenizer_path))
-    extra = manifest_extra(ctx, lab, weights, mixture_uri, clusters, n_shards)
-    counts = {"documents": docs, "tokens": tokens}
+    mix = layout["mixture"]
+    extra = manifest_extra(ctx, lab, mix["weights"], mix["uri"], layout["per_cluster"], written["shards"])
+    counts = {"documents": written["documents"], "tokens": written["tokens"]}
     storage.write_text(
         ctx.writer.path("README.md"),
         render_card(ctx.cfg, counts, extra, ctx.input("climblab"), ctx.input("curated"), ctx.input("clusters")),
     )
-    return StageOutput(counts, extra, summary(cfg, counts, clusters, n_shards))
+    return StageOutput(counts, extra, summary(cfg, counts, layout["per_cluster"], written["shards"]))
+
+
+def run(ctx: StageContext) -> StageOutput:
+    layout = plan(ctx)
+    run_steps(ctx, layout)
+    return finish(ctx)
 
 
 def manifest_extra(

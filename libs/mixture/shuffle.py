@@ -1,0 +1,403 @@
+"""The global shuffle of a ClimbMix build, external and bounded in memory: plan, scatter, gather.
+
+A ClimbMix build (`mixture.climbmix` has the rules, `mixture.stages.build` the stage) writes
+every selected document at a seeded random position. ClimbMix is 400B tokens: its text does not
+fit in memory, so the shuffle goes through the build's staging folder in three steps, each a
+pure function of the plan, so they can run in any order within a step, in parallel and again:
+
+1. **plan** (one process): the selection and the global order as numpy arrays (the per-document
+   arrays that must be whole: about 24 bytes a selected document at the peak, the same
+   permutation `climbmix.global_order` draws). It writes per cluster a *route*: the selected
+   documents' indices, ascending, and their output positions (`routes/cNN.doc.npy`,
+   `cNN.pos.npy`), then `plan.json` last (the layout: shards, buckets, parts, per-cluster counts).
+   A plan with another layout (`build.bucket_docs` or `build.part_docs` changed: they are not
+   in the config hash) clears what was scattered and gathered under the old one.
+2. **scatter**, per *part* (consecutive row groups of one cluster's `text.parquet`, at most
+   `build.part_docs` documents, at least one row group): reads its slice of the cluster's route,
+   streams the part in record batches of CHUNK_ROWS documents (a buffered stream: never a whole
+   column chunk) and routes each selected document, once per time it
+   was selected (upsampling repeats), as a row (position, cluster, doc, id, text) into one Arrow
+   IPC file per part (`parts/pNNNNN.arrow`), in record batches by position that never straddle
+   a bucket;
+   the sidecar `pNNNNN.json` (written last: the part is done) lists each bucket's batches. One
+   file per part, not per (bucket, part): at ClimbMix scale that would be millions of files;
+   batches of an IPC file are read one by one, so a bucket reads only its own.
+3. **gather**, per *bucket* (a contiguous range of output shards, `build.bucket_docs`
+   documents rounded down to whole shards, at least one shard): reads its batches from every
+   part (each by position), checks they are exactly the bucket's positions, and per shard
+   takes its rows from them in position order (a copy of one shard at a time), takes each
+   document's tokens from the memory-mapped ClimbLab token shards and writes the bucket's
+   shards through the output formats (`mixture.formats`); `buckets/bNNNNN.json` (written last:
+   the bucket is done) records its documents and tokens.
+
+Memory: the plan's arrays (driver only), then one record batch (and its routed rows) per
+scatter process, one bucket's rows per gather process. Everything lives under `.tmp-shuffle/`
+in the staging folder (`.tmp-`: never in a manifest) and is deleted before the commit. The
+output depends only on the plan, so the committed files are the same for any number of workers,
+parts or buckets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixture import storage
+from mixture.climblab import ClimbLab, text_file
+from mixture.climbmix import BuildError, shard_slices
+from mixture.formats import Shard
+
+log = logging.getLogger(__name__)
+
+SCRATCH = ".tmp-shuffle"  # under the staging folder; `.tmp-` keeps it out of every manifest
+PLAN = f"{SCRATCH}/plan.json"
+CHUNK_ROWS = 1 << 12  # documents of text.parquet read at once by the scatter, and rows routed at once
+READ_BUFFER = 1 << 22  # bytes of a column chunk the scatter reads at once
+ROW_SCHEMA = pa.schema(
+    [
+        ("position", pa.int64()),
+        ("cluster", pa.int32()),
+        ("doc", pa.int64()),
+        ("id", pa.string()),
+        ("text", pa.string()),
+    ]
+)
+
+
+# ------------------------------------------------------------------------------- the layout
+@dataclass(frozen=True)
+class Part:
+    """Row groups `first_group ..` (`groups` of them) of cluster `cluster` (its position in
+    ClimbLab order): its documents `first_row ..` (`rows` of them)."""
+
+    index: int
+    cluster: int
+    first_group: int
+    groups: int
+    first_row: int
+    rows: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Output shards `first_shard ..` (`shards` of them): positions `first_doc ..` (`docs`)."""
+
+    index: int
+    first_shard: int
+    shards: int
+    first_doc: int
+    docs: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def plan_buckets(n_docs: int, shard_docs: int, bucket_docs: int) -> list[Bucket]:
+    """Contiguous ranges of whole shards of at most `bucket_docs` documents (at least one shard)."""
+    per = max(1, bucket_docs // shard_docs)
+    n_shards = -(-n_docs // shard_docs)
+    out = []
+    for index, first in enumerate(range(0, n_shards, per)):
+        shards = min(per, n_shards - first)
+        first_doc = first * shard_docs
+        out.append(Bucket(index, first, shards, first_doc, min(shards * shard_docs, n_docs - first_doc)))
+    return out
+
+
+def group_rows(lab: ClimbLab, name: str) -> list[int]:
+    """Rows per row group of a cluster's text.parquet (its footer), checked against its tokens."""
+    with storage.open_read(lab.dataset.path(text_file(name))) as f:
+        meta = pq.ParquetFile(f).metadata
+    rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    if sum(rows) != len(lab.shard(name)):
+        raise BuildError(
+            f"cluster {name}: text.parquet has {sum(rows)} rows, its token shard {len(lab.shard(name))} documents"
+        )
+    return rows
+
+
+def plan_parts(lab: ClimbLab, selected: dict[str, np.ndarray], part_docs: int) -> list[Part]:
+    """The row groups of the clusters with selected documents, in runs of at most `part_docs`
+    documents (a larger row group is a part of its own)."""
+    parts: list[Part] = []
+    for ci, name in enumerate(lab.clusters):
+        if not len(selected[name]):
+            continue
+        first_group = first_row = rows = groups = 0
+        for g, n in enumerate(group_rows(lab, name)):
+            if groups and rows + n > part_docs:
+                parts.append(Part(len(parts), ci, first_group, groups, first_row, rows))
+                first_group, first_row, rows, groups = g, first_row + rows, 0, 0
+            rows, groups = rows + n, groups + 1
+        if groups:
+            parts.append(Part(len(parts), ci, first_group, groups, first_row, rows))
+    return parts
+
+
+# -------------------------------------------------------------------------------- the plan
+def positions(selected: dict[str, np.ndarray], clusters: list[str], seed: int) -> np.ndarray:
+    """The output position of every selected document, in cluster order then selection order:
+    the inverse of `climbmix.global_order`'s permutation (so the order is the same)."""
+    n = sum(len(selected[c]) for c in clusters)
+    order = np.random.default_rng(seed).permutation(n)
+    inverse = np.empty(n, dtype=np.int64)
+    step = 1 << 24
+    for a in range(0, n, step):  # no n-long arange besides the two arrays
+        inverse[order[a : a + step]] = np.arange(a, min(a + step, n), dtype=np.int64)
+    return inverse
+
+
+def route_names(name: str) -> tuple[str, str]:
+    return f"{SCRATCH}/routes/{name}.doc.npy", f"{SCRATCH}/routes/{name}.pos.npy"
+
+
+def save_npy(uri: str, array: np.ndarray) -> None:
+    with storage.open_write(uri) as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def load_npy(uri: str) -> np.ndarray:
+    local = storage.local_path(uri)
+    if local is not None:
+        return np.load(local, mmap_mode="r", allow_pickle=False)
+    with storage.open_read(uri) as f:
+        return np.load(f, allow_pickle=False)
+
+
+def write_routes(writer, selected: dict[str, np.ndarray], clusters: list[str], where: np.ndarray) -> None:
+    """Per cluster with selected documents: their indices ascending and their positions."""
+    start = 0
+    for name in clusters:
+        sel = selected[name]
+        if len(sel):
+            order = np.argsort(sel, kind="stable")
+            doc_rel, pos_rel = route_names(name)
+            save_npy(writer.path(doc_rel), sel[order].astype(np.int64))
+            save_npy(writer.path(pos_rel), where[start : start + len(sel)][order])
+        start += len(sel)
+
+
+def prepare(writer, layout: dict[str, Any], selected: dict[str, np.ndarray], clusters: list[str], seed: int) -> bool:
+    """Stage the plan (routes, then `plan.json`) unless the same plan is staged already; a
+    staged plan with another layout is cleared with everything made from it. True when written."""
+    uri = writer.path(PLAN)
+    if storage.exists(uri):
+        if storage.read_json(uri) == layout:
+            return False
+        log.info("build: the staged shuffle was planned with another layout; starting it again")
+        storage.delete(writer.path(SCRATCH))
+    write_routes(writer, selected, clusters, positions(selected, clusters, seed))
+    storage.write_json(writer.path(PLAN), layout)
+    return True
+
+
+def read_plan(writer) -> dict[str, Any]:
+    uri = writer.path(PLAN)
+    if not storage.exists(uri):
+        raise BuildError("the build's shuffle is not planned: run its plan step first")
+    return storage.read_json(uri)
+
+
+# ----------------------------------------------------------------------------- the scatter
+def part_names(index: int) -> tuple[str, str]:
+    return f"{SCRATCH}/parts/p{index:05d}.arrow", f"{SCRATCH}/parts/p{index:05d}.json"
+
+
+def part_route(writer, name: str, part: Part) -> tuple[np.ndarray, np.ndarray]:
+    """(document, position) of the part's selected documents, by document (repeats adjacent)."""
+    doc_rel, pos_rel = route_names(name)
+    docs, where = load_npy(writer.path(doc_rel)), load_npy(writer.path(pos_rel))
+    a, b = np.searchsorted(docs, [part.first_row, part.first_row + part.rows])
+    return np.asarray(docs[a:b]), np.asarray(where[a:b])
+
+
+def iter_routed(lab: ClimbLab, name: str, part: Part, docs: np.ndarray, where: np.ndarray) -> Iterator[pa.Table]:
+    """The part's routed rows (a document selected k times gives k rows), at most CHUNK_ROWS at
+    a time; its row groups are read in record batches of CHUNK_ROWS documents, through a
+    buffered stream (never a whole column chunk at once)."""
+    with storage.open_read(lab.dataset.path(text_file(name))) as f:
+        pf = pq.ParquetFile(f, buffer_size=READ_BUFFER)
+        groups = list(range(part.first_group, part.first_group + part.groups))
+        row = part.first_row
+        for batch in pf.iter_batches(batch_size=CHUNK_ROWS, row_groups=groups, columns=["id", "text"]):
+            a, b = np.searchsorted(docs, [row, row + batch.num_rows])
+            for lo in range(int(a), int(b), CHUNK_ROWS):
+                hi = min(lo + CHUNK_ROWS, int(b))
+                take = pa.array(docs[lo:hi] - row)
+                yield pa.table(
+                    [
+                        pa.array(where[lo:hi]),
+                        pa.array(np.full(hi - lo, part.cluster, dtype=np.int32)),
+                        pa.array(docs[lo:hi]),
+                        batch.column("id").take(take).cast(pa.string()),
+                        batch.column("text").take(take).cast(pa.string()),
+                    ],
+                    schema=ROW_SCHEMA,
+                )
+            row += batch.num_rows
+
+
+def scatter_part(lab: ClimbLab, writer, part: Part) -> int:
+    """Route the part's selected documents into its IPC file, one batch per (chunk, bucket);
+    the sidecar index is written last. Idempotent: a scattered part is kept. Rows routed."""
+    arrow_rel, index_rel = part_names(part.index)
+    if writer.has(index_rel):
+        return int(storage.read_json(writer.path(index_rel))["rows"])
+    plan = read_plan(writer)
+    name = plan["clusters"][part.cluster]
+    docs, where = part_route(writer, name, part)
+    batches: dict[str, list[int]] = {}
+    count = rows = 0
+    with storage.open_write(writer.path(arrow_rel)) as f, pa.ipc.new_file(f, ROW_SCHEMA) as out:
+        for chunk in iter_routed(lab, name, part, docs, where):
+            order = np.argsort(chunk.column("position").to_numpy())  # the chunk is by document
+            chunk = chunk.take(pa.array(order))
+            bucket = chunk.column("position").to_numpy() // plan["bucket_docs"]
+            cuts = np.flatnonzero(np.diff(bucket)) + 1
+            for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist()):
+                batches.setdefault(str(int(bucket[lo])), []).append(count)
+                out.write_batch(chunk.slice(lo, hi - lo).combine_chunks().to_batches()[0])
+                count += 1
+            rows += chunk.num_rows
+    if rows != len(docs):
+        raise BuildError(f"part {part.index}: {rows} rows routed, its route has {len(docs)} documents")
+    storage.write_json(writer.path(index_rel), {"rows": rows, "batches": batches})
+    return rows
+
+
+# ------------------------------------------------------------------------------ the gather
+def bucket_name(index: int) -> str:
+    return f"{SCRATCH}/buckets/b{index:05d}.json"
+
+
+def read_batches(uri: str, wanted: list[int]) -> list[pa.RecordBatch]:
+    """Batches of an IPC file: memory-mapped locally (the bucket's text stays in the page cache,
+    not in the process's own memory), read one by one from S3."""
+    local = storage.local_path(uri)
+    if local is not None:
+        reader = pa.ipc.open_file(pa.memory_map(local))
+        return [reader.get_batch(i) for i in wanted]
+    with storage.open_read(uri) as f:
+        reader = pa.ipc.open_file(f)
+        return [reader.get_batch(i) for i in wanted]
+
+
+def bucket_rows(writer, plan: dict[str, Any], bucket: Bucket) -> list[pa.RecordBatch]:
+    """The bucket's routed rows from every part: batches, each by position; together they must
+    be exactly the bucket's positions."""
+    batches: list[pa.RecordBatch] = []
+    for p in range(plan["parts"]):
+        arrow_rel, index_rel = part_names(p)
+        if not writer.has(index_rel):
+            raise BuildError(f"build: part {p} is not scattered yet: run it before gathering bucket {bucket.index}")
+        wanted = storage.read_json(writer.path(index_rel))["batches"].get(str(bucket.index), [])
+        if wanted:
+            batches += read_batches(writer.path(arrow_rel), wanted)
+    where = np.sort(np.concatenate([b.column("position").to_numpy() for b in batches] or [np.zeros(0, np.int64)]))
+    if not np.array_equal(where, np.arange(bucket.first_doc, bucket.first_doc + bucket.docs)):
+        raise BuildError(
+            f"build: bucket {bucket.index} gathered {len(where)} documents, not exactly its positions "
+            f"{bucket.first_doc}..{bucket.first_doc + bucket.docs - 1}: the scattered parts are incomplete"
+        )
+    return batches
+
+
+def shard_rows(batches: list[pa.RecordBatch], lo: int, hi: int) -> pa.Table:
+    """The rows of positions lo .. hi - 1, by position (a copy of these rows only)."""
+    pieces = []
+    for b in batches:
+        a, z = np.searchsorted(b.column("position").to_numpy(), [lo, hi])
+        if z > a:
+            pieces.append(b.slice(int(a), int(z - a)))
+    table = pa.Table.from_batches(pieces, schema=ROW_SCHEMA).combine_chunks()
+    return table.take(pa.array(np.argsort(table.column("position").to_numpy())))
+
+
+class TokenSource:
+    """Each cluster's tokens and offsets, memory-mapped (read whole from S3), opened on first use."""
+
+    def __init__(self, lab: ClimbLab):
+        self.lab = lab
+        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def cluster(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
+        if ci not in self._open:
+            shard = self.lab.shard(self.lab.clusters[ci])
+            # plain ndarray views of the memory maps: slicing a np.memmap per document costs ~5 us more
+            self._open[ci] = (np.asarray(shard.tokens), load_npy(shard.prefix + ".idx"))
+        return self._open[ci]
+
+    def documents(self, clusters: np.ndarray, docs: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for ci, d in zip(clusters.tolist(), docs.tolist()):
+            flat, offsets = self.cluster(ci)
+            out.append(flat[int(offsets[d]) : int(offsets[d + 1])])
+        return out
+
+
+def make_shard(rows: pa.Table, index: int, names: np.ndarray, src: TokenSource) -> Shard:
+    """Output shard `index` of these rows (position order): text, cluster, id and the tokens."""
+    clusters = rows.column("cluster").to_numpy()
+    table = pa.table(
+        {
+            "text": rows.column("text"),
+            "cluster": pa.array(names[clusters].tolist(), type=pa.string()),
+            "id": rows.column("id"),
+        }
+    )
+    return Shard(index, table, src.documents(clusters, rows.column("doc").to_numpy()), src.lab.dtype)
+
+
+def gather_bucket(lab: ClimbLab, writer, bucket: Bucket, formats: list, cfg) -> dict[str, Any]:
+    """Write the bucket's shards in every format (`formats`: the format classes; `cfg` the build
+    section); its record is written last. Idempotent: a gathered bucket is kept."""
+    done = bucket_name(bucket.index)
+    if writer.has(done):
+        return storage.read_json(writer.path(done))
+    plan = read_plan(writer)
+    batches = bucket_rows(writer, plan, bucket)
+    names = np.array(plan["clusters"])
+    src = TokenSource(lab)
+    writers = [cls() for cls in formats]
+    record: dict[str, Any] = {"documents": 0, "tokens": 0, "shards": 0, "clusters": {}}
+    counts = np.zeros(len(names), dtype=np.int64)
+    for s, span in shard_slices(bucket.docs, plan["shard_docs"]):
+        rows = shard_rows(batches, bucket.first_doc + span.start, bucket.first_doc + span.stop)
+        counts += np.bincount(rows.column("cluster").to_numpy(), minlength=len(names))
+        shard = make_shard(rows, bucket.first_shard + s, names, src)
+        for fmt in writers:
+            fmt.write_shard(writer, shard, cfg)
+        record["shards"] += 1
+        record["documents"] += shard.table.num_rows
+        record["tokens"] += sum(len(d) for d in shard.tokens)
+    record["clusters"] = {str(names[i]): int(n) for i, n in enumerate(counts) if n}
+    storage.write_json(writer.path(done), record)
+    return record
+
+
+def gathered(writer, buckets: list[Bucket]) -> dict[str, Any]:
+    """The records of every bucket summed; a bucket not gathered yet is an error naming it."""
+    total: dict[str, Any] = {"documents": 0, "tokens": 0, "shards": 0, "clusters": {}}
+    for b in buckets:
+        if not writer.has(bucket_name(b.index)):
+            raise BuildError(f"build: bucket {b.index} (shards {b.first_shard}..) is not written yet: run it first")
+        record = storage.read_json(writer.path(bucket_name(b.index)))
+        for key in ("documents", "tokens", "shards"):
+            total[key] += record[key]
+        for c, n in record["clusters"].items():
+            total["clusters"][c] = total["clusters"].get(c, 0) + n
+    return total
+
+
+def clear(writer) -> None:
+    """Delete the shuffle's scratch files (before the commit)."""
+    storage.delete(writer.path(SCRATCH))

@@ -1,0 +1,167 @@
+"""The build's external shuffle (`mixture.shuffle`): the committed files do not depend on how the
+work is cut (workers, parts, buckets), a killed build resumes what it staged, the text of a
+cluster is never read whole and a bucket holds at most `build.bucket_docs` documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mixture import shuffle
+from mixture.climblab import ClimbLab
+from mixture.climbmix import global_order
+from mixture.dataset import open_dataset
+from mixture.pipeline import run_stage
+from test_build import WEIGHTS, make_climblab, make_config, make_search
+
+FORMATS = ["parquet", "tokens", "megatron", "nanogpt"]
+
+
+@pytest.fixture
+def lab_root(tmp_path, sample_records):
+    """A ClimbLab whose text.parquet files have row groups of 4 documents."""
+    root = tmp_path / "out"
+    lab = make_climblab(root, sample_records, row_group_size=4)
+    make_search(root, lab, WEIGHTS)
+    return root
+
+
+def committed(ds) -> dict[str, str]:
+    """path -> sha256 of every file of a committed dataset, the card aside (it names no layout)."""
+    return {f["path"]: f["sha256"] for f in ds.manifest.files}
+
+
+def config(root: Path, **settings):
+    """Shards of 4 documents (about 8 of them), every format."""
+    return make_config(root, formats=FORMATS, val_fraction=0.05, shard_docs=4, **settings)
+
+
+def build(root: Path, **settings):
+    return run_stage(config(root, **settings), "build", force=True).dataset
+
+
+def test_positions_invert_the_documented_global_order():
+    rng = np.random.default_rng(3)
+    selected = {"a": rng.integers(0, 9, 20), "b": np.zeros(0, dtype=np.int64), "c": rng.integers(0, 5, 13)}
+    clusters = ["a", "b", "c"]
+    cluster_index, doc_index = global_order(selected, clusters, seed=11)
+    where = shuffle.positions(selected, clusters, seed=11)
+    items_cluster = np.concatenate([np.full(len(selected[c]), i) for i, c in enumerate(clusters)])
+    items_doc = np.concatenate([selected[c] for c in clusters])
+    assert sorted(where.tolist()) == list(range(len(items_doc)))
+    assert np.array_equal(cluster_index[where], items_cluster) and np.array_equal(doc_index[where], items_doc)
+
+
+def test_buckets_are_whole_shards_and_parts_whole_row_groups():
+    assert [b.to_dict() for b in shuffle.plan_buckets(70, 16, 40)] == [
+        {"index": 0, "first_shard": 0, "shards": 2, "first_doc": 0, "docs": 32},
+        {"index": 1, "first_shard": 2, "shards": 2, "first_doc": 32, "docs": 32},
+        {"index": 2, "first_shard": 4, "shards": 1, "first_doc": 64, "docs": 6},
+    ]
+    assert len(shuffle.plan_buckets(70, 16, 1)) == 5  # at least one shard per bucket
+
+
+def test_same_files_whatever_the_workers_parts_and_buckets(lab_root):
+    one = build(lab_root)  # one bucket (200,000 documents), one part per cluster
+    assert one.manifest.extra["shards"] >= 6
+    reference = committed(one)
+    assert any(p.startswith("nanogpt/") for p in reference) and "megatron/blend.txt" in reference
+    small = build(lab_root, bucket_docs=4, part_docs=4)  # a bucket per shard, a part per row group
+    assert committed(small) == reference
+    two = build(lab_root, bucket_docs=10, part_docs=8, workers=2)  # 2 shards a bucket
+    assert committed(two) == reference
+    assert not list(Path(two.uri).rglob("*.tmp-*"))  # no scratch in the committed folder
+    assert not (Path(two.uri) / shuffle.SCRATCH).exists()
+    two.verify()
+
+
+def test_a_killed_build_resumes_what_it_staged(lab_root, monkeypatch):
+    clean = committed(build(lab_root, bucket_docs=4, part_docs=4))
+    real_gather, real_iter = shuffle.gather_bucket, shuffle.iter_routed
+    calls = {"scatter": 0, "gather": 0}
+
+    def failing_gather(lab, writer, bucket, *args):
+        if bucket.index == 2:
+            raise RuntimeError("injected: killed while gathering bucket 2")
+        calls["gather"] += 1
+        return real_gather(lab, writer, bucket, *args)
+
+    monkeypatch.setattr(shuffle, "gather_bucket", failing_gather)
+    with pytest.raises(RuntimeError, match="bucket 2"):
+        build(lab_root, bucket_docs=4, part_docs=4)
+    assert committed(open_dataset(str(lab_root / "climbmix"))) == clean  # the killed build committed nothing
+    assert calls["gather"] == 2
+
+    def counting_iter(*args):
+        calls["scatter"] += 1
+        return real_iter(*args)
+
+    monkeypatch.setattr(shuffle, "gather_bucket", real_gather)
+    monkeypatch.setattr(shuffle, "iter_routed", counting_iter)
+    resumed = build(lab_root, bucket_docs=4, part_docs=4)
+    assert calls["scatter"] == 0  # every part was scattered before the kill
+    assert committed(resumed) == clean
+
+
+def test_a_resume_with_another_bucket_size_starts_the_shuffle_again(lab_root, monkeypatch):
+    clean = committed(build(lab_root))
+    real = shuffle.gather_bucket
+
+    def failing(lab, writer, bucket, *args):
+        if bucket.index == 1:
+            raise RuntimeError("injected")
+        return real(lab, writer, bucket, *args)
+
+    monkeypatch.setattr(shuffle, "gather_bucket", failing)
+    with pytest.raises(RuntimeError):
+        build(lab_root, bucket_docs=4)
+    monkeypatch.setattr(shuffle, "gather_bucket", real)
+    assert committed(build(lab_root, bucket_docs=10)) == clean
+
+
+def test_no_cluster_text_is_read_whole_and_a_bucket_holds_at_most_bucket_docs(lab_root, monkeypatch):
+    def whole(self, name):
+        raise AssertionError(f"the build read all of {name}/text.parquet")
+
+    monkeypatch.setattr(ClimbLab, "texts", whole)
+    real = shuffle.bucket_rows
+    sizes = []
+
+    def recording(writer, plan, bucket):
+        batches = real(writer, plan, bucket)
+        sizes.append(sum(b.num_rows for b in batches))
+        return batches
+
+    monkeypatch.setattr(shuffle, "bucket_rows", recording)
+    ds = build(lab_root, bucket_docs=8, part_docs=4)
+    assert sum(sizes) == ds.manifest.counts["documents"] and max(sizes) <= 8 and len(sizes) >= 3
+
+
+def test_steps_run_in_any_order_and_each_missing_piece_is_a_clear_error(lab_root):
+    """The Airflow way: plan, scatter the parts and gather the buckets as separate calls, then
+    finish and commit; the files are those of one `climb build`."""
+    from mixture import pipeline
+    from mixture.climbmix import BuildError
+    from mixture.stages import build as stage
+
+    clean = committed(build(lab_root))
+    ctx = pipeline.open_stage(config(lab_root, bucket_docs=4, part_docs=4), "build")
+    with pytest.raises(BuildError, match="not planned"):
+        stage.scatter(ctx, shuffle.Part(0, 0, 0, 1, 0, 4))
+    layout = stage.plan(ctx)
+    parts, buckets = stage.parts(layout), stage.buckets(layout)
+    assert len(parts) > 4 and len(buckets) > 1
+    for p in parts[:0:-1]:  # in any order, and again
+        stage.scatter(ctx, p)
+    stage.scatter(ctx, parts[-1])
+    with pytest.raises(BuildError, match="part 0 is not scattered yet"):
+        stage.gather(ctx, buckets[0])
+    stage.scatter(ctx, parts[0])
+    for b in buckets[:0:-1]:
+        stage.gather(ctx, b)
+    with pytest.raises(BuildError, match="bucket 0 .* not written yet"):
+        stage.finish(ctx)
+    stage.gather(ctx, buckets[0])
+    ds = pipeline.commit(ctx, stage.finish(ctx))
+    assert committed(ds) == clean
