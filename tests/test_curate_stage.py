@@ -99,7 +99,9 @@ def _config(tmp: Path, inputs: Path, partitions: int, tracking_uri: str | None =
     return {
         "run_name": "test",
         "output_root": str(tmp),
-        "input": {"uris": [str(inputs)]},
+        # ids unique across files: the defects file repeats an id of the gzip'd file
+        # (tests/test_curate_ids.py covers the default, ids per file)
+        "input": {"uris": [str(inputs)], "unique_ids": True},
         "curate": {"spark_master": "local[2]", "partitions": partitions, "max_doc_bytes": 200_000, "docs_per_file": 6},
         "tracking": {"experiment": "test-curate", "uri": tracking_uri},
     }

@@ -5,21 +5,30 @@ signals and dedup groups, plus the quarantine side set). No document is dropped 
 computes everything that needs the raw text at scale, once; `select.py` takes the decisions
 from the stored values without Spark, so tuning a threshold never reruns this.
 
-Steps (DataFrame transformations; per-batch work in `batches.py` via `mapInArrow`):
-1. ingest: the input files are listed on the driver and cut into splits (`ingest.py`); each
-   executor reads its splits through mixture.storage (local or S3) and quarantines bad records;
-2. duplicate ids: a record whose id an earlier record (by file, line) already has is quarantined;
-3. signals: every registered filter's signals (`filters/`), stored as float64 so a rule replays
-   exactly, plus the exact-dedup key (SHA-1 of the lower-cased, whitespace-collapsed text);
-4. exact groups: documents with the same key; `exact_group` is the group's smallest id;
-5. near groups: MinHash LSH on word 5-grams over one representative per exact group (the
-   members' shingles are identical), candidates verified by exact Jaccard, connected
-   components (`dedup.py`, `minhash.py`); `near_group` is the component's smallest id (members
-   of an exact group share it);
-6. write: `docs/` and `quarantine/` Parquet parts, written by the executors; a row's part is
+Steps (DataFrame transformations; per-batch work in `batches.py` via `mapInArrow`). The text
+crosses from Python to the JVM once (the scan), is cached there, and is shuffled once (the
+write); every other shuffle moves small columns (file, line, id, hashes, band keys):
+1. scan: the input files are listed on the driver and cut into splits (`ingest.py`); one Python
+   pass per split reads its records through mixture.storage (local or S3), quarantines bad ones,
+   and computes for the good ones every registered filter's signals (`filters/`, float64 so a
+   rule replays exactly), the exact-dedup key (SHA-1 of the lower-cased, whitespace-collapsed
+   text) and the MinHash LSH band keys (word 5-gram shingles, `minhash.py`);
+2. identity: the curated id of every good record (its id; `<path>:<id>` when ids are not
+   declared unique and another file has the same id, `input.unique_ids`), and `duplicate_id`
+   for a record whose curated id an earlier one (by file, line) has: a window on small columns;
+3. exact groups: documents with the same key; `exact_group` is the group's smallest id;
+4. near groups: LSH candidates among one representative per exact group (the members' shingles
+   are identical), verified by exact Jaccard of the shingles (recomputed for the candidates
+   only), connected components (`dedup.py`): on the driver when there are at most
+   `curate.driver_rows` candidate pairs, on Spark otherwise; `near_group` is the component's
+   smallest id (members of an exact group share it);
+5. write: the records' corrections (curated id, duplicate id, groups; only the records that
+   have one) are joined by (file, line), broadcast when they are at most `curate.driver_rows`;
+   `docs/` and `quarantine/` Parquet parts are written by the executors; a row's part is
    xxhash64 of its id (quarantine: file and line) modulo the number of parts, rows sorted by id
    inside a part, so the output is the same bytes for any number of partitions or executors;
-7. accounting: per input file, read = annotated + quarantined, or the stage fails.
+6. accounting: per input file, read (counted on the scan) = annotated + quarantined, or the
+   stage fails.
 
 Groups are computed over every readable document; `select` picks each group's survivor among
 the members that pass the filters (the smallest id), as the single-stage curation did. One
@@ -73,46 +82,45 @@ def plan(spark, cfg: Config) -> tuple[list[ingest.InputFile], list[ingest.Split]
     return files, splits
 
 
-def read_records(spark, cfg: Config, splits: list[ingest.Split]):
-    """Every record of every split as a DataFrame (INGEST_SCHEMA)."""
+def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHParams):
+    """Steps 1 and 3 in one Python pass per split: every record read (INGEST_SCHEMA), with the
+    signals, the exact-dedup hash and the LSH band keys of the good ones (`batches.scan_batches`)."""
     opts = ingest.ReadOptions.from_config(cfg.input, cfg.curate.max_doc_bytes)
+    fz = cfg.curate.fuzzy_dedup
+    lsh = (fz.ngram, params.num_perm, params.bands, params.rows, cfg.seed)
     rows = [(s.to_json(),) for s in splits]
     slices = max(1, min(len(rows), cfg.curate.partitions))
     split_df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "split string")
-    return split_df.mapInArrow(batches.ingest_batches(opts), batches.INGEST_SCHEMA)
+    filters = cfg.curate.filters
+    return split_df.mapInArrow(
+        batches.scan_batches(opts, filters.model_dump(mode="json"), lsh), batches.scan_schema(filters)
+    )
 
 
-def mark_duplicate_ids(records):
-    """Quarantine (`duplicate_id`) every good record whose id an earlier one (by file, line)
-    has. Quarantined records are keyed by their own (file, line) so they spread evenly."""
+def identify(scored, files: list[ingest.InputFile], unique_ids: bool):
+    """Step 2 on small columns: (file, line, id, doc_id, dup, text_hash, keys) of every good
+    record. `doc_id` is the curated id: the input id, prefixed with the file's relative path
+    (`<path>:<id>`) when ids are not declared unique and another file has the same id; `dup`:
+    an earlier record (by file, line) has the same `doc_id` (quarantined as `duplicate_id`)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    good = F.col("reason").isNull()
-    key1 = F.when(good, F.col("id")).otherwise(F.col("file"))
-    key2 = F.when(good, F.lit(None).cast("bigint")).otherwise(F.col("line"))
-    w = Window.partitionBy(good, key1, key2).orderBy("file", "line")
-    ranked = records.withColumn("_rank", F.row_number().over(w))
-    dup = good & (F.col("_rank") > 1)
-    raw = F.substring(
-        F.to_json(F.struct("id", F.substring("text", 1, ingest.RAW_CHARS).alias("text"), "source")), 1, ingest.RAW_CHARS
-    )
-    return (
-        ranked.withColumn("raw", F.when(dup, raw).otherwise(F.col("raw")))
-        .withColumn("reason", F.when(dup, F.lit("duplicate_id")).otherwise(F.col("reason")))
-        .withColumn("id", F.when(dup, F.lit(None)).otherwise(F.col("id")))
-        .withColumn("text", F.when(dup, F.lit(None)).otherwise(F.col("text")))
-        .withColumn("source", F.when(dup, F.lit(None)).otherwise(F.col("source")))
-        .drop("_rank")
-    )
-
-
-def add_signals(records, cfg: Config):
-    """Step 3: n_words, every signal and the exact-dedup key beside each good record."""
-    filters = cfg.curate.filters
-    return records.mapInArrow(
-        batches.signal_batches(filters.model_dump(mode="json")), batches.signal_schema(batches.INGEST_SCHEMA, filters)
-    )
+    good = scored.where(F.col("reason").isNull()).select("file", "line", "id", "text_hash", "keys")
+    if unique_ids:
+        good = good.withColumn("doc_id", F.col("id"))
+    else:
+        spark = scored.sparkSession
+        tags = spark.createDataFrame([(f.uri, f.rel) for f in files], "file string, tag string")
+        by_id = Window.partitionBy("id")
+        clash = F.min("file").over(by_id) != F.max("file").over(by_id)
+        tagged = F.concat(F.col("tag"), F.lit(":"), F.col("id"))
+        good = (
+            good.join(F.broadcast(tags), "file")
+            .withColumn("doc_id", F.when(clash, tagged).otherwise(F.col("id")))
+            .drop("tag")
+        )
+    first = Window.partitionBy("doc_id").orderBy("file", "line")
+    return good.withColumn("dup", F.row_number().over(first) > 1)
 
 
 def lsh_params(cfg: Config) -> tuple[minhash.LSHParams, str]:
@@ -125,19 +133,40 @@ def lsh_params(cfg: Config) -> tuple[minhash.LSHParams, str]:
     )
 
 
-def dedup_groups(docs, cfg: Config, params: minhash.LSHParams):
-    """Steps 4-5: (id, exact_group, near_group) for every document of `docs` (id, text,
-    text_hash), and the fuzzy-dedup statistics. `exact_group` is null for a document whose
-    text no other has; `near_group` is null for one with no near duplicate (an exact copy is
-    one: its group is then its exact group)."""
+def _texts_of(scored, locations):
+    """`texts_of` for `dedup.near_groups`: (id, text) of the curated ids in a DataFrame `ids`,
+    read from the persisted scan by (file, line); a broadcast when the ids are few."""
+    from pyspark.sql import functions as F
+
+    def texts(ids, small: bool = False):
+        located = locations.join(ids, "id", "left_semi")
+        located = F.broadcast(located) if small else located
+        return scored.select("file", "line", "text").join(located, ["file", "line"]).select("id", "text")
+
+    return texts
+
+
+def dedup_groups(ident, scored, cfg: Config, params: minhash.LSHParams):
+    """Steps 4-5: (file, line, exact_group, near_group) for every document of `ident` that is
+    not a duplicate id, and the fuzzy-dedup statistics. `exact_group` is null for a document
+    whose text no other has; `near_group` is null for one with no near duplicate (an exact
+    copy is one: its group is then its exact group). Only small columns are shuffled."""
     from pyspark.sql import functions as F
 
     fz = cfg.curate.fuzzy_dedup
+    docs = ident.where(~F.col("dup")).select(F.col("doc_id").alias("id"), "file", "line", "text_hash", "keys")
     exact = docs.groupBy("text_hash").agg(F.min("id").alias("exact_rep"), F.count("*").alias("copies"))
-    members = docs.select("id", "text_hash").join(exact, "text_hash").localCheckpoint(eager=True)
-    reps = docs.join(exact.select(F.col("exact_rep").alias("id")), "id", "left_semi").select("id", "text")
-    near, stats = dedup.near_duplicates(
-        reps, fz.threshold, fz.ngram, params, cfg.seed, verify=fz.verify, max_iterations=fz.max_cc_iterations
+    members = docs.join(exact, "text_hash").localCheckpoint(eager=True)
+    reps = members.where(F.col("id") == F.col("exact_rep")).select("id", "keys")
+    near, stats = dedup.near_groups(
+        reps,
+        _texts_of(scored, members.select("id", "file", "line")),
+        fz.threshold,
+        fz.ngram,
+        params,
+        verify=fz.verify,
+        max_iterations=fz.max_cc_iterations,
+        driver_max_pairs=cfg.curate.driver_rows,
     )
     roots = near.select(F.col("near_of").alias("exact_rep")).distinct().withColumn("is_root", F.lit(True))
     rep_group = (
@@ -149,9 +178,24 @@ def dedup_groups(docs, cfg: Config, params: minhash.LSHParams):
     )
     exact_group = F.when(F.col("copies") > 1, F.col("exact_rep"))
     groups = members.join(rep_group, "exact_rep", "left").select(
-        "id", exact_group.alias("exact_group"), F.coalesce("rep_near_group", exact_group).alias("near_group")
+        "file", "line", exact_group.alias("exact_group"), F.coalesce("rep_near_group", exact_group).alias("near_group")
     )
     return groups, stats
+
+
+def corrections(ident, groups):
+    """What the write changes in a good record, keyed by (file, line): its curated id, whether
+    it is a duplicate id, its groups; only records with something to change (few, usually)."""
+    from pyspark.sql import functions as F
+
+    meta = ident.select("file", "line", "id", "doc_id", "dup").join(groups, ["file", "line"], "left")
+    changed = (
+        F.col("dup")
+        | (F.col("doc_id") != F.col("id"))
+        | F.col("exact_group").isNotNull()
+        | F.col("near_group").isNotNull()
+    )
+    return meta.where(changed).drop("id")
 
 
 def write_dataset(
@@ -193,26 +237,42 @@ def write_dataset(
     return sum(by_bucket.values())
 
 
-def count_outcomes(scored, files: list[ingest.InputFile]) -> dict[str, Any]:
-    """Step 7: read per file (counted before any join) against annotated + quarantined."""
+def count_outcomes(scored, ident, files: list[ingest.InputFile]) -> dict[str, Any]:
+    """Step 7: read per file (counted on the scan, before any join) against annotated +
+    quarantined (the duplicate ids from `identify`)."""
+    read = scored.groupBy("file", "reason").count().collect()
+    read_per_file: dict[str, int] = {}
+    outcomes = []
+    for r in read:
+        read_per_file[r["file"]] = read_per_file.get(r["file"], 0) + r["count"]
+        if r["reason"] is not None:
+            outcomes.append((r["file"], accounting.QUARANTINE_PREFIX + r["reason"], r["count"]))
+    for r in ident.groupBy("file", "dup").count().collect():
+        outcome = accounting.QUARANTINE_PREFIX + "duplicate_id" if r["dup"] else accounting.ANNOTATED
+        outcomes.append((r["file"], outcome, r["count"]))
+    return accounting.build_counts([f.uri for f in files], read_per_file, outcomes)
+
+
+def split_outputs(scored, meta, broadcast: bool):
+    """(docs, quarantine) to write: good records with their corrections joined by (file, line),
+    a broadcast when `meta` is small (the texts are then never shuffled before the write)."""
     from pyspark.sql import functions as F
 
-    read_per_file = {r["file"]: r["count"] for r in scored.groupBy("file").count().collect()}
-    outcome = F.when(F.col("reason").isNull(), F.lit(accounting.ANNOTATED)).otherwise(
-        F.concat(F.lit(accounting.QUARANTINE_PREFIX), "reason")
+    good = scored.where(F.col("reason").isNull()).join(
+        F.broadcast(meta) if broadcast else meta, ["file", "line"], "left"
     )
-    rows = scored.groupBy("file", outcome.alias("outcome")).count().collect()
-    return accounting.build_counts(
-        [f.uri for f in files], read_per_file, [(r["file"], r["outcome"], r["count"]) for r in rows]
+    dup = F.coalesce(F.col("dup"), F.lit(False))
+    docs = good.where(~dup).withColumn("id", F.coalesce("doc_id", "id")).withColumn("id_hash", F.xxhash64("id"))
+    raw = F.substring(
+        F.to_json(F.struct("id", F.substring("text", 1, ingest.RAW_CHARS).alias("text"), "source")), 1, ingest.RAW_CHARS
     )
+    dups = good.where(dup).select("file", "line", F.lit("duplicate_id").alias("reason"), raw.alias("raw"))
+    bad = scored.where(F.col("reason").isNotNull()).select("file", "line", "reason", "raw").unionByName(dups)
+    return docs, bad
 
 
-def write_outputs(scored, groups, cfg: Config, staging: str, counts: dict[str, Any]) -> None:
+def write_outputs(docs, bad, cfg: Config, staging: str, counts: dict[str, Any]) -> None:
     """Step 6: `docs/` (every annotated document) and `quarantine/`, checked against the counts."""
-    from pyspark.sql import functions as F
-
-    docs = scored.where(F.col("reason").isNull()).join(groups, "id", "left").withColumn("id_hash", F.xxhash64("id"))
-    bad = scored.where(F.col("reason").isNotNull())
     n_quarantined = sum(counts["quarantined"].values())
     dpf = cfg.curate.docs_per_file
     written = {
@@ -236,33 +296,41 @@ def write_outputs(scored, groups, cfg: Config, staging: str, counts: dict[str, A
 def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, Any]]]:
     """Every step in order; returns (counts, extra, summary) of the `annotated` dataset."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     spark.conf.set("spark.sql.shuffle.partitions", str(cfg.curate.partitions))
     timer = _Timer()
     files, splits = plan(spark, cfg)
-    scored = add_signals(mark_duplicate_ids(read_records(spark, cfg, splits)), cfg)
-    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-    counts = count_outcomes(scored, files)
-    timer.done("read_and_signals")
-
     params, tradeoff = lsh_params(cfg)
     log.info("%s", tradeoff)
-    groups, stats = dedup_groups(scored.where(F.col("reason").isNull()).select("id", "text", "text_hash"), cfg, params)
-    groups = groups.localCheckpoint(eager=True)
+    scored = scan(spark, cfg, splits, params).persist(StorageLevel.MEMORY_AND_DISK)
+    ident = identify(scored, files, cfg.input.unique_ids).localCheckpoint(eager=True)
+    counts = count_outcomes(scored, ident, files)
+    timer.done("read_and_signals")
+
+    groups, stats = dedup_groups(ident, scored, cfg, params)
+    meta = corrections(ident, groups).localCheckpoint(eager=True)
+    n_meta = meta.count()
     timer.done("dedup_groups")
 
-    write_outputs(scored, groups, cfg, staging, counts)
+    docs, bad = split_outputs(scored, meta, n_meta <= cfg.curate.driver_rows)
+    write_outputs(docs, bad, cfg, staging, counts)
     scored.unpersist()
     timer.done("write")
-    extra = {
+    return counts, _extra(cfg, files, splits, params, stats, timer), _summary(counts, files, params, stats, timer)
+
+
+def _extra(cfg, files, splits, params, stats, timer) -> dict[str, Any]:
+    return {
         "signals": stored_signal_names(cfg.curate.filters),
         "fuzzy_dedup": {"lsh": _lsh_dict(params), **stats.as_dict()},
         "input_files": len(files),
         "splits": len(splits),
         "seconds": timer.seconds(),
     }
-    summary = [
+
+
+def _summary(counts, files, params, stats, timer) -> list[tuple[str, Any]]:
+    return [
         (
             "documents",
             f"{counts['documents_in']:,} read, {counts['documents_out']:,} annotated "
@@ -275,7 +343,6 @@ def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str
             f"(MinHash {params.num_perm} perms, {params.bands} bands x {params.rows} rows)",
         ),
     ]
-    return counts, extra, summary
 
 
 def _lsh_dict(params: minhash.LSHParams) -> dict[str, Any]:
