@@ -83,6 +83,19 @@ def test_lsh_parameters_from_threshold():
 
 
 # ------------------------------------------------------------------------------ Spark
+def test_candidate_pairs_on_the_driver_equal_spark(spark):
+    from mixture.curate.dedup import candidate_pairs, candidate_pairs_local
+
+    rng = random.Random(3)
+    # 60 documents, 4 bands over a few key values: buckets of 1 to many members; one without keys.
+    ids = [f"d{rng.getrandbits(20):06x}" for _ in range(60)]
+    keys = [[rng.randrange(5) for _ in range(4)] for _ in ids]
+    keys[7] = []
+    prints = spark.createDataFrame(list(zip(ids, keys)), "id string, keys array<bigint>").repartition(3)
+    expected = sorted(tuple(r) for r in candidate_pairs(prints).collect())
+    assert candidate_pairs_local(ids, keys) == expected and len(expected) > 60
+
+
 def test_exact_duplicates_keep_smallest_id(spark):
     from mixture.curate.dedup import exact_duplicates
 

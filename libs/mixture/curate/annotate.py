@@ -183,6 +183,52 @@ def dedup_groups(ident, scored, cfg: Config, params: minhash.LSHParams):
     return groups, stats
 
 
+CORRECTIONS_SCHEMA = "file string, line bigint, doc_id string, dup boolean, exact_group string, near_group string"
+
+
+def groups_on_driver(table, scored, cfg: Config, params: minhash.LSHParams):
+    """Steps 3-4 and the corrections for a few documents (at most `curate.driver_rows`): the
+    same as `dedup_groups` + `corrections`, from `identify`'s rows as one Arrow table on the
+    driver; only the candidates' texts are read again on Spark. Returns (corrections, stats)."""
+    fz = cfg.curate.fuzzy_dedup
+    rows = table.to_pydict()
+    keep = [i for i, d in enumerate(rows["dup"]) if not d]
+    exact: dict[str, list[int]] = {}
+    for i in keep:
+        exact.setdefault(rows["text_hash"][i], []).append(i)
+    rep_of = {h: min(members, key=lambda i: rows["doc_id"][i]) for h, members in exact.items()}
+    reps = sorted(rep_of.values(), key=lambda i: rows["doc_id"][i])
+    stats = dedup.FuzzyStats(params.num_perm, params.bands, params.rows, documents=len(reps))
+    stats.without_shingles = sum(1 for i in reps if not rows["keys"][i])
+    pairs = dedup.candidate_pairs_local([rows["doc_id"][i] for i in reps], [rows["keys"][i] or [] for i in reps])
+    spark = scored.sparkSession
+    if len(pairs) > cfg.curate.driver_rows:
+        raise _TooMany()
+    locations = spark.createDataFrame(
+        [(rows["doc_id"][i], rows["file"][i], rows["line"][i]) for i in reps], "id string, file string, line bigint"
+    )
+    near = dict(
+        dedup.near_on_driver(pairs, _texts_of(scored, locations), spark, fz.threshold, fz.ngram, fz.verify, stats)
+    )
+    roots = set(near.values())
+    out = []
+    for i in range(len(rows["doc_id"])):
+        doc_id, dup = rows["doc_id"][i], rows["dup"][i]
+        exact_group = near_group = None
+        if not dup:
+            members = exact[rows["text_hash"][i]]
+            rep = rows["doc_id"][rep_of[rows["text_hash"][i]]]
+            exact_group = rep if len(members) > 1 else None
+            near_group = near.get(rep, rep if rep in roots else exact_group)
+        if dup or doc_id != rows["id"][i] or exact_group is not None or near_group is not None:
+            out.append((rows["file"][i], rows["line"][i], doc_id, dup, exact_group, near_group))
+    return spark.createDataFrame(out, CORRECTIONS_SCHEMA), stats
+
+
+class _TooMany(Exception):
+    """More candidate pairs than the driver takes: the distributed path runs instead."""
+
+
 def corrections(ident, groups):
     """What the write changes in a good record, keyed by (file, line): its curated id, whether
     it is a duplicate id, its groups; only records with something to change (few, usually)."""
@@ -237,19 +283,20 @@ def write_dataset(
     return sum(by_bucket.values())
 
 
-def count_outcomes(scored, ident, files: list[ingest.InputFile]) -> dict[str, Any]:
-    """Step 7: read per file (counted on the scan, before any join) against annotated +
-    quarantined (the duplicate ids from `identify`)."""
-    read = scored.groupBy("file", "reason").count().collect()
+def count_outcomes(
+    read: list[tuple[str, str | None, int]], good: list[tuple[str, bool, int]], files: list[ingest.InputFile]
+) -> dict[str, Any]:
+    """Step 6: read per file, (file, reason, n) counted on the scan before any join, against
+    annotated + quarantined, where the good records' (file, is a duplicate id, n) come from
+    `identify`."""
     read_per_file: dict[str, int] = {}
     outcomes = []
-    for r in read:
-        read_per_file[r["file"]] = read_per_file.get(r["file"], 0) + r["count"]
-        if r["reason"] is not None:
-            outcomes.append((r["file"], accounting.QUARANTINE_PREFIX + r["reason"], r["count"]))
-    for r in ident.groupBy("file", "dup").count().collect():
-        outcome = accounting.QUARANTINE_PREFIX + "duplicate_id" if r["dup"] else accounting.ANNOTATED
-        outcomes.append((r["file"], outcome, r["count"]))
+    for file, reason, n in read:
+        read_per_file[file] = read_per_file.get(file, 0) + n
+        if reason is not None:
+            outcomes.append((file, accounting.QUARANTINE_PREFIX + reason, n))
+    for file, dup, n in good:
+        outcomes.append((file, accounting.QUARANTINE_PREFIX + "duplicate_id" if dup else accounting.ANNOTATED, n))
     return accounting.build_counts([f.uri for f in files], read_per_file, outcomes)
 
 
@@ -294,7 +341,9 @@ def write_outputs(docs, bad, cfg: Config, staging: str, counts: dict[str, Any]) 
 
 
 def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, Any]]]:
-    """Every step in order; returns (counts, extra, summary) of the `annotated` dataset."""
+    """Every step in order; returns (counts, extra, summary) of the `annotated` dataset. With at
+    most `curate.driver_rows` good records, the groups are computed on the driver from the
+    small columns (`groups_on_driver`); otherwise on Spark (`dedup_groups`). Same dataset."""
     from pyspark import StorageLevel
 
     spark.conf.set("spark.sql.shuffle.partitions", str(cfg.curate.partitions))
@@ -303,20 +352,41 @@ def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str
     params, tradeoff = lsh_params(cfg)
     log.info("%s", tradeoff)
     scored = scan(spark, cfg, splits, params).persist(StorageLevel.MEMORY_AND_DISK)
-    ident = identify(scored, files, cfg.input.unique_ids).localCheckpoint(eager=True)
-    counts = count_outcomes(scored, ident, files)
+    ident = identify(scored, files, cfg.input.unique_ids)
+    read = [(r["file"], r["reason"], r["count"]) for r in scored.groupBy("file", "reason").count().collect()]
+    table = None
+    if sum(n for _, reason, n in read if reason is None) <= cfg.curate.driver_rows:
+        table = ident.toArrow()
+        good = table.group_by(["file", "dup"]).aggregate([("line", "count")]).to_pylist()
+        dups = [(g["file"], g["dup"], g["line_count"]) for g in good]
+    else:
+        ident = ident.localCheckpoint(eager=True)
+        dups = [(r["file"], r["dup"], r["count"]) for r in ident.groupBy("file", "dup").count().collect()]
+    counts = count_outcomes(read, dups, files)
     timer.done("read_and_signals")
 
-    groups, stats = dedup_groups(ident, scored, cfg, params)
-    meta = corrections(ident, groups).localCheckpoint(eager=True)
-    n_meta = meta.count()
+    meta, stats = _groups(table, ident, scored, cfg, params)
+    meta = meta.localCheckpoint(eager=True)
+    broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
     timer.done("dedup_groups")
 
-    docs, bad = split_outputs(scored, meta, n_meta <= cfg.curate.driver_rows)
+    docs, bad = split_outputs(scored, meta, broadcast)
     write_outputs(docs, bad, cfg, staging, counts)
     scored.unpersist()
     timer.done("write")
     return counts, _extra(cfg, files, splits, params, stats, timer), _summary(counts, files, params, stats, timer)
+
+
+def _groups(table, ident, scored, cfg: Config, params: minhash.LSHParams):
+    """(corrections, stats): on the driver when `table` (identify's rows) was collected and the
+    candidate pairs are few, else on Spark."""
+    if table is not None:
+        try:
+            return groups_on_driver(table, scored, cfg, params)
+        except _TooMany:
+            log.info("curate: more than %d candidate pairs: groups on Spark", cfg.curate.driver_rows)
+    groups, stats = dedup_groups(ident, scored, cfg, params)
+    return corrections(ident, groups), stats
 
 
 def _extra(cfg, files, splits, params, stats, timer) -> dict[str, Any]:

@@ -252,6 +252,31 @@ def candidate_pairs(prints):
     )
 
 
+def candidate_pairs_local(ids: list[str], keys: list[list[int]]) -> list[tuple[str, str]]:
+    """`candidate_pairs` on the driver, for the fingerprints of a few documents (numpy): the same
+    pairs, sorted."""
+    if not ids:
+        return []
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[order] = np.arange(len(ids))
+    counts = np.fromiter((len(k) for k in keys), dtype=np.int64, count=len(keys))
+    if counts.sum() == 0:
+        return []
+    doc = np.repeat(rank, counts)
+    band = np.concatenate([np.arange(c) for c in counts])
+    key = np.fromiter((v for k in keys for v in k), dtype=np.int64, count=int(counts.sum()))
+    srt = np.lexsort((doc, key, band))
+    doc, band, key = doc[srt], band[srt], key[srt]
+    start = np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1])]
+    first = doc[np.maximum.accumulate(np.where(start, np.arange(len(doc)), 0))]
+    prev = np.r_[-1, doc[:-1]]
+    pairs = {(int(d), int(f)) for d, f in zip(doc, first) if d != f}
+    pairs |= {(int(d), int(p)) for d, p, s, f in zip(doc, prev, start, first) if not s and p != f}
+    names = [ids[i] for i in order]
+    return sorted((names[u], names[v]) for u, v in pairs)
+
+
 def near_groups(
     prints,
     texts_of,
@@ -273,15 +298,17 @@ def near_groups(
     totals = prints.agg(F.count("*").alias("n"), F.sum((F.size("keys") == 0).cast("int")).alias("empty")).first()
     stats.documents, stats.without_shingles = totals["n"], totals["empty"] or 0
     pairs = candidate_pairs(prints)
+    log.debug("fuzzy dedup: %d fingerprints", stats.documents)
     few = pairs.limit(driver_max_pairs + 1).collect()
+    log.debug("fuzzy dedup: %d candidate pairs (driver bound %d)", len(few), driver_max_pairs)
     spark = prints.sparkSession
     if len(few) <= driver_max_pairs:
-        near = _near_on_driver([(r["u"], r["v"]) for r in few], texts_of, spark, threshold, ngram, verify, stats)
+        near = near_on_driver([(r["u"], r["v"]) for r in few], texts_of, spark, threshold, ngram, verify, stats)
         return spark.createDataFrame(near, "id string, near_of string"), stats
     return _near_on_spark(pairs, texts_of, threshold, ngram, verify, max_iterations, stats)
 
 
-def _near_on_driver(pairs, texts_of, spark, threshold, ngram, verify, stats) -> list[tuple[str, str]]:
+def near_on_driver(pairs, texts_of, spark, threshold, ngram, verify, stats) -> list[tuple[str, str]]:
     from pyspark.sql import functions as F
 
     stats.candidate_pairs = len(pairs)
