@@ -266,9 +266,14 @@ def write_dataset(
         .withColumn("_bucket", F.pmod(F.xxhash64(*key_cols), F.lit(parts)).cast("int"))
         .repartition(parts, "_bucket")
     )
-    written = bucketed.mapInArrow(
-        batches.write_buckets(staging, prefix, fields, sort_keys), "bucket int, rows bigint"
-    ).collect()
+    # Nothing counted, nothing to shuffle: the empty part is written without a Spark job.
+    written = (
+        bucketed.mapInArrow(
+            batches.write_buckets(staging, prefix, fields, sort_keys), "bucket int, rows bigint"
+        ).collect()
+        if n_rows
+        else []
+    )
     by_bucket: dict[int, int] = {}
     for row in written:
         if row["bucket"] in by_bucket:
