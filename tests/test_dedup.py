@@ -83,6 +83,19 @@ def test_lsh_parameters_from_threshold():
 
 
 # ------------------------------------------------------------------------------ Spark
+def test_candidate_pairs_on_the_driver_equal_spark(spark):
+    from mixture.curate.dedup import candidate_pairs, candidate_pairs_local
+
+    rng = random.Random(3)
+    # 60 documents, 4 bands over a few key values: buckets of 1 to many members; one without keys.
+    ids = [f"d{rng.getrandbits(20):06x}" for _ in range(60)]
+    keys = [[rng.randrange(5) for _ in range(4)] for _ in ids]
+    keys[7] = []
+    prints = spark.createDataFrame(list(zip(ids, keys)), "id string, keys array<bigint>").repartition(3)
+    expected = sorted(tuple(r) for r in candidate_pairs(prints).collect())
+    assert candidate_pairs_local(ids, keys) == expected and len(expected) > 60
+
+
 def test_exact_duplicates_keep_smallest_id(spark):
     from mixture.curate.dedup import exact_duplicates
 
@@ -106,6 +119,11 @@ def test_connected_components_converge_to_smallest_id(spark):
     got = dict(tuple(r) for r in comps.collect())
     assert got == {**{f"n{i:02d}": "n00" for i in range(1, 13)}, **{f"s{i}": "s0" for i in range(1, 6)}, "z2": "z1"}
     assert 1 <= iterations < 10
+    # The driver's numpy version gives the same roots.
+    from mixture.curate.dedup import components_on_driver
+
+    on_driver, rounds = components_on_driver(chain + star + [("z2", "z1"), ("z1", "z2")])
+    assert on_driver == got and rounds >= 1
 
 
 def test_near_duplicates_chain_is_one_group_with_one_survivor(spark):
@@ -127,8 +145,14 @@ def test_near_duplicates_chain_is_one_group_with_one_survivor(spark):
     )
     # Many short bands: every pair above ~0.5 becomes a candidate, the exact-Jaccard check decides.
     params, _ = lsh_params(0.8, num_perm=128, bands=32, rows=4)
-    near, stats = near_duplicates(docs.repartition(3), 0.8, 5, params, seed=0, verify=True)
-    got = dict(tuple(r) for r in near.collect())
-    assert got == {"doc-b": "doc-a", "doc-c": "doc-a"}
-    # The far copy was a candidate (32 bands of 4 rows catch J ~ 0.6) that verification dropped.
-    assert stats.candidate_pairs > stats.verified_pairs >= 2 and stats.groups == 1
+    # Few candidate pairs are verified and clustered on the driver; with a bound of 0 (or more
+    # pairs than the bound) on Spark. Both give the same groups and statistics.
+    for driver_max_pairs in (1000, 0):
+        near, stats = near_duplicates(
+            docs.repartition(3), 0.8, 5, params, seed=0, verify=True, driver_max_pairs=driver_max_pairs
+        )
+        got = dict(tuple(r) for r in near.collect())
+        assert got == {"doc-b": "doc-a", "doc-c": "doc-a"}, driver_max_pairs
+        # The far copy was a candidate (32 bands of 4 rows catch J ~ 0.6) that verification dropped.
+        assert stats.candidate_pairs > stats.verified_pairs >= 2 and stats.groups == 1
+        assert (stats.documents, stats.near_duplicates) == (5, 2)

@@ -91,6 +91,13 @@ class InputConfig(Section):
     format: Literal["auto", "jsonl", "parquet"] = "auto"
     text_field: str = "text"
     id_field: str | None = "id"  # None or absent in a record: a stable id is derived from file+line
+    unique_ids: bool = Field(
+        False,
+        description="true: ids are unique across all input files (a repeated id is a duplicate_id "
+        "wherever it is). false: a document is its file plus its id, so the same id in two files "
+        "names two documents (their curated ids get the file's relative path as prefix, "
+        "`<path>:<id>`); a repeated id inside one file is still a duplicate_id",
+    )
     source_field: str | None = Field("source", description="label carried for evaluation only; None: none")
 
 
@@ -197,6 +204,14 @@ class FuzzyDedupConfig(Section):
 class CurateConfig(Section):
     spark_master: str = Field("local[*]", json_schema_extra=NOT_HASHED)
     partitions: int = Field(8, ge=1, json_schema_extra=NOT_HASHED)
+    driver_rows: int = Field(
+        200_000,
+        ge=0,
+        json_schema_extra=NOT_HASHED,
+        description="small sets handled on the driver: up to this many LSH candidate pairs are "
+        "verified and clustered there (numpy), and up to this many id/group corrections are "
+        "broadcast to the executors; larger sets stay distributed (same result)",
+    )
     max_doc_bytes: int = Field(1_000_000, gt=0, description="larger documents are quarantined")
     split_bytes: int = Field(
         128 << 20, ge=1 << 10, description="uncompressed JSONL / Parquet files larger than this are read in pieces"

@@ -5,21 +5,30 @@ signals and dedup groups, plus the quarantine side set). No document is dropped 
 computes everything that needs the raw text at scale, once; `select.py` takes the decisions
 from the stored values without Spark, so tuning a threshold never reruns this.
 
-Steps (DataFrame transformations; per-batch work in `batches.py` via `mapInArrow`):
-1. ingest: the input files are listed on the driver and cut into splits (`ingest.py`); each
-   executor reads its splits through mixture.storage (local or S3) and quarantines bad records;
-2. duplicate ids: a record whose id an earlier record (by file, line) already has is quarantined;
-3. signals: every registered filter's signals (`filters/`), stored as float64 so a rule replays
-   exactly, plus the exact-dedup key (SHA-1 of the lower-cased, whitespace-collapsed text);
-4. exact groups: documents with the same key; `exact_group` is the group's smallest id;
-5. near groups: MinHash LSH on word 5-grams over one representative per exact group (the
-   members' shingles are identical), candidates verified by exact Jaccard, connected
-   components (`dedup.py`, `minhash.py`); `near_group` is the component's smallest id (members
-   of an exact group share it);
-6. write: `docs/` and `quarantine/` Parquet parts, written by the executors; a row's part is
+Steps (DataFrame transformations; per-batch work in `batches.py` via `mapInArrow`). The text
+crosses from Python to the JVM once (the scan), is cached there, and is shuffled once (the
+write); every other shuffle moves small columns (file, line, id, hashes, band keys):
+1. scan: the input files are listed on the driver and cut into splits (`ingest.py`); one Python
+   pass per split reads its records through mixture.storage (local or S3), quarantines bad ones,
+   and computes for the good ones every registered filter's signals (`filters/`, float64 so a
+   rule replays exactly), the exact-dedup key (SHA-1 of the lower-cased, whitespace-collapsed
+   text) and the MinHash LSH band keys (word 5-gram shingles, `minhash.py`);
+2. identity: the curated id of every good record (its id; `<path>:<id>` when ids are not
+   declared unique and another file has the same id, `input.unique_ids`), and `duplicate_id`
+   for a record whose curated id an earlier one (by file, line) has: a window on small columns;
+3. exact groups: documents with the same key; `exact_group` is the group's smallest id;
+4. near groups: LSH candidates among one representative per exact group (the members' shingles
+   are identical), verified by exact Jaccard of the shingles (recomputed for the candidates
+   only), connected components (`dedup.py`): on the driver when there are at most
+   `curate.driver_rows` candidate pairs, on Spark otherwise; `near_group` is the component's
+   smallest id (members of an exact group share it);
+5. write: the records' corrections (curated id, duplicate id, groups; only the records that
+   have one) are joined by (file, line), broadcast when they are at most `curate.driver_rows`;
+   `docs/` and `quarantine/` Parquet parts are written by the executors; a row's part is
    xxhash64 of its id (quarantine: file and line) modulo the number of parts, rows sorted by id
    inside a part, so the output is the same bytes for any number of partitions or executors;
-7. accounting: per input file, read = annotated + quarantined, or the stage fails.
+6. accounting: per input file, read (counted on the scan) = annotated + quarantined, or the
+   stage fails.
 
 Groups are computed over every readable document; `select` picks each group's survivor among
 the members that pass the filters (the smallest id), as the single-stage curation did. One
@@ -73,46 +82,45 @@ def plan(spark, cfg: Config) -> tuple[list[ingest.InputFile], list[ingest.Split]
     return files, splits
 
 
-def read_records(spark, cfg: Config, splits: list[ingest.Split]):
-    """Every record of every split as a DataFrame (INGEST_SCHEMA)."""
+def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHParams):
+    """Steps 1 and 3 in one Python pass per split: every record read (INGEST_SCHEMA), with the
+    signals, the exact-dedup hash and the LSH band keys of the good ones (`batches.scan_batches`)."""
     opts = ingest.ReadOptions.from_config(cfg.input, cfg.curate.max_doc_bytes)
+    fz = cfg.curate.fuzzy_dedup
+    lsh = (fz.ngram, params.num_perm, params.bands, params.rows, cfg.seed)
     rows = [(s.to_json(),) for s in splits]
     slices = max(1, min(len(rows), cfg.curate.partitions))
     split_df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "split string")
-    return split_df.mapInArrow(batches.ingest_batches(opts), batches.INGEST_SCHEMA)
+    filters = cfg.curate.filters
+    return split_df.mapInArrow(
+        batches.scan_batches(opts, filters.model_dump(mode="json"), lsh), batches.scan_schema(filters)
+    )
 
 
-def mark_duplicate_ids(records):
-    """Quarantine (`duplicate_id`) every good record whose id an earlier one (by file, line)
-    has. Quarantined records are keyed by their own (file, line) so they spread evenly."""
+def identify(scored, files: list[ingest.InputFile], unique_ids: bool):
+    """Step 2 on small columns: (file, line, id, doc_id, dup, text_hash, keys) of every good
+    record. `doc_id` is the curated id: the input id, prefixed with the file's relative path
+    (`<path>:<id>`) when ids are not declared unique and another file has the same id; `dup`:
+    an earlier record (by file, line) has the same `doc_id` (quarantined as `duplicate_id`)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    good = F.col("reason").isNull()
-    key1 = F.when(good, F.col("id")).otherwise(F.col("file"))
-    key2 = F.when(good, F.lit(None).cast("bigint")).otherwise(F.col("line"))
-    w = Window.partitionBy(good, key1, key2).orderBy("file", "line")
-    ranked = records.withColumn("_rank", F.row_number().over(w))
-    dup = good & (F.col("_rank") > 1)
-    raw = F.substring(
-        F.to_json(F.struct("id", F.substring("text", 1, ingest.RAW_CHARS).alias("text"), "source")), 1, ingest.RAW_CHARS
-    )
-    return (
-        ranked.withColumn("raw", F.when(dup, raw).otherwise(F.col("raw")))
-        .withColumn("reason", F.when(dup, F.lit("duplicate_id")).otherwise(F.col("reason")))
-        .withColumn("id", F.when(dup, F.lit(None)).otherwise(F.col("id")))
-        .withColumn("text", F.when(dup, F.lit(None)).otherwise(F.col("text")))
-        .withColumn("source", F.when(dup, F.lit(None)).otherwise(F.col("source")))
-        .drop("_rank")
-    )
-
-
-def add_signals(records, cfg: Config):
-    """Step 3: n_words, every signal and the exact-dedup key beside each good record."""
-    filters = cfg.curate.filters
-    return records.mapInArrow(
-        batches.signal_batches(filters.model_dump(mode="json")), batches.signal_schema(batches.INGEST_SCHEMA, filters)
-    )
+    good = scored.where(F.col("reason").isNull()).select("file", "line", "id", "text_hash", "keys")
+    if unique_ids:
+        good = good.withColumn("doc_id", F.col("id"))
+    else:
+        spark = scored.sparkSession
+        tags = spark.createDataFrame([(f.uri, f.rel) for f in files], "file string, tag string")
+        by_id = Window.partitionBy("id")
+        clash = F.min("file").over(by_id) != F.max("file").over(by_id)
+        tagged = F.concat(F.col("tag"), F.lit(":"), F.col("id"))
+        good = (
+            good.join(F.broadcast(tags), "file")
+            .withColumn("doc_id", F.when(clash, tagged).otherwise(F.col("id")))
+            .drop("tag")
+        )
+    first = Window.partitionBy("doc_id").orderBy("file", "line")
+    return good.withColumn("dup", F.row_number().over(first) > 1)
 
 
 def lsh_params(cfg: Config) -> tuple[minhash.LSHParams, str]:
@@ -125,19 +133,40 @@ def lsh_params(cfg: Config) -> tuple[minhash.LSHParams, str]:
     )
 
 
-def dedup_groups(docs, cfg: Config, params: minhash.LSHParams):
-    """Steps 4-5: (id, exact_group, near_group) for every document of `docs` (id, text,
-    text_hash), and the fuzzy-dedup statistics. `exact_group` is null for a document whose
-    text no other has; `near_group` is null for one with no near duplicate (an exact copy is
-    one: its group is then its exact group)."""
+def _texts_of(scored, locations):
+    """`texts_of` for `dedup.near_groups`: (id, text) of the curated ids in a DataFrame `ids`,
+    read from the persisted scan by (file, line); a broadcast when the ids are few."""
+    from pyspark.sql import functions as F
+
+    def texts(ids, small: bool = False):
+        located = locations.join(ids, "id", "left_semi")
+        located = F.broadcast(located) if small else located
+        return scored.select("file", "line", "text").join(located, ["file", "line"]).select("id", "text")
+
+    return texts
+
+
+def dedup_groups(ident, scored, cfg: Config, params: minhash.LSHParams):
+    """Steps 4-5: (file, line, exact_group, near_group) for every document of `ident` that is
+    not a duplicate id, and the fuzzy-dedup statistics. `exact_group` is null for a document
+    whose text no other has; `near_group` is null for one with no near duplicate (an exact
+    copy is one: its group is then its exact group). Only small columns are shuffled."""
     from pyspark.sql import functions as F
 
     fz = cfg.curate.fuzzy_dedup
+    docs = ident.where(~F.col("dup")).select(F.col("doc_id").alias("id"), "file", "line", "text_hash", "keys")
     exact = docs.groupBy("text_hash").agg(F.min("id").alias("exact_rep"), F.count("*").alias("copies"))
-    members = docs.select("id", "text_hash").join(exact, "text_hash").localCheckpoint(eager=True)
-    reps = docs.join(exact.select(F.col("exact_rep").alias("id")), "id", "left_semi").select("id", "text")
-    near, stats = dedup.near_duplicates(
-        reps, fz.threshold, fz.ngram, params, cfg.seed, verify=fz.verify, max_iterations=fz.max_cc_iterations
+    members = docs.join(exact, "text_hash").localCheckpoint(eager=True)
+    reps = members.where(F.col("id") == F.col("exact_rep")).select("id", "keys")
+    near, stats = dedup.near_groups(
+        reps,
+        _texts_of(scored, members.select("id", "file", "line")),
+        fz.threshold,
+        fz.ngram,
+        params,
+        verify=fz.verify,
+        max_iterations=fz.max_cc_iterations,
+        driver_max_pairs=cfg.curate.driver_rows,
     )
     roots = near.select(F.col("near_of").alias("exact_rep")).distinct().withColumn("is_root", F.lit(True))
     rep_group = (
@@ -149,9 +178,70 @@ def dedup_groups(docs, cfg: Config, params: minhash.LSHParams):
     )
     exact_group = F.when(F.col("copies") > 1, F.col("exact_rep"))
     groups = members.join(rep_group, "exact_rep", "left").select(
-        "id", exact_group.alias("exact_group"), F.coalesce("rep_near_group", exact_group).alias("near_group")
+        "file", "line", exact_group.alias("exact_group"), F.coalesce("rep_near_group", exact_group).alias("near_group")
     )
     return groups, stats
+
+
+CORRECTIONS_SCHEMA = "file string, line bigint, doc_id string, dup boolean, exact_group string, near_group string"
+
+
+def groups_on_driver(table, scored, cfg: Config, params: minhash.LSHParams):
+    """Steps 3-4 and the corrections for a few documents (at most `curate.driver_rows`): the
+    same as `dedup_groups` + `corrections`, from `identify`'s rows as one Arrow table on the
+    driver; only the candidates' texts are read again on Spark. Returns (corrections, stats)."""
+    fz = cfg.curate.fuzzy_dedup
+    rows = table.to_pydict()
+    keep = [i for i, d in enumerate(rows["dup"]) if not d]
+    exact: dict[str, list[int]] = {}
+    for i in keep:
+        exact.setdefault(rows["text_hash"][i], []).append(i)
+    rep_of = {h: min(members, key=lambda i: rows["doc_id"][i]) for h, members in exact.items()}
+    reps = sorted(rep_of.values(), key=lambda i: rows["doc_id"][i])
+    stats = dedup.FuzzyStats(params.num_perm, params.bands, params.rows, documents=len(reps))
+    stats.without_shingles = sum(1 for i in reps if not rows["keys"][i])
+    pairs = dedup.candidate_pairs_local([rows["doc_id"][i] for i in reps], [rows["keys"][i] or [] for i in reps])
+    spark = scored.sparkSession
+    if len(pairs) > cfg.curate.driver_rows:
+        raise _TooMany()
+    locations = spark.createDataFrame(
+        [(rows["doc_id"][i], rows["file"][i], rows["line"][i]) for i in reps], "id string, file string, line bigint"
+    )
+    near = dict(
+        dedup.near_on_driver(pairs, _texts_of(scored, locations), spark, fz.threshold, fz.ngram, fz.verify, stats)
+    )
+    roots = set(near.values())
+    out = []
+    for i in range(len(rows["doc_id"])):
+        doc_id, dup = rows["doc_id"][i], rows["dup"][i]
+        exact_group = near_group = None
+        if not dup:
+            members = exact[rows["text_hash"][i]]
+            rep = rows["doc_id"][rep_of[rows["text_hash"][i]]]
+            exact_group = rep if len(members) > 1 else None
+            near_group = near.get(rep, rep if rep in roots else exact_group)
+        if dup or doc_id != rows["id"][i] or exact_group is not None or near_group is not None:
+            out.append((rows["file"][i], rows["line"][i], doc_id, dup, exact_group, near_group))
+    return spark.createDataFrame(out, CORRECTIONS_SCHEMA), stats
+
+
+class _TooMany(Exception):
+    """More candidate pairs than the driver takes: the distributed path runs instead."""
+
+
+def corrections(ident, groups):
+    """What the write changes in a good record, keyed by (file, line): its curated id, whether
+    it is a duplicate id, its groups; only records with something to change (few, usually)."""
+    from pyspark.sql import functions as F
+
+    meta = ident.select("file", "line", "id", "doc_id", "dup").join(groups, ["file", "line"], "left")
+    changed = (
+        F.col("dup")
+        | (F.col("doc_id") != F.col("id"))
+        | F.col("exact_group").isNotNull()
+        | F.col("near_group").isNotNull()
+    )
+    return meta.where(changed).drop("id")
 
 
 def write_dataset(
@@ -176,9 +266,14 @@ def write_dataset(
         .withColumn("_bucket", F.pmod(F.xxhash64(*key_cols), F.lit(parts)).cast("int"))
         .repartition(parts, "_bucket")
     )
-    written = bucketed.mapInArrow(
-        batches.write_buckets(staging, prefix, fields, sort_keys), "bucket int, rows bigint"
-    ).collect()
+    # Nothing counted, nothing to shuffle: the empty part is written without a Spark job.
+    written = (
+        bucketed.mapInArrow(
+            batches.write_buckets(staging, prefix, fields, sort_keys), "bucket int, rows bigint"
+        ).collect()
+        if n_rows
+        else []
+    )
     by_bucket: dict[int, int] = {}
     for row in written:
         if row["bucket"] in by_bucket:
@@ -193,26 +288,43 @@ def write_dataset(
     return sum(by_bucket.values())
 
 
-def count_outcomes(scored, files: list[ingest.InputFile]) -> dict[str, Any]:
-    """Step 7: read per file (counted before any join) against annotated + quarantined."""
+def count_outcomes(
+    read: list[tuple[str, str | None, int]], good: list[tuple[str, bool, int]], files: list[ingest.InputFile]
+) -> dict[str, Any]:
+    """Step 6: read per file, (file, reason, n) counted on the scan before any join, against
+    annotated + quarantined, where the good records' (file, is a duplicate id, n) come from
+    `identify`."""
+    read_per_file: dict[str, int] = {}
+    outcomes = []
+    for file, reason, n in read:
+        read_per_file[file] = read_per_file.get(file, 0) + n
+        if reason is not None:
+            outcomes.append((file, accounting.QUARANTINE_PREFIX + reason, n))
+    for file, dup, n in good:
+        outcomes.append((file, accounting.QUARANTINE_PREFIX + "duplicate_id" if dup else accounting.ANNOTATED, n))
+    return accounting.build_counts([f.uri for f in files], read_per_file, outcomes)
+
+
+def split_outputs(scored, meta, broadcast: bool):
+    """(docs, quarantine) to write: good records with their corrections joined by (file, line),
+    a broadcast when `meta` is small (the texts are then never shuffled before the write)."""
     from pyspark.sql import functions as F
 
-    read_per_file = {r["file"]: r["count"] for r in scored.groupBy("file").count().collect()}
-    outcome = F.when(F.col("reason").isNull(), F.lit(accounting.ANNOTATED)).otherwise(
-        F.concat(F.lit(accounting.QUARANTINE_PREFIX), "reason")
+    good = scored.where(F.col("reason").isNull()).join(
+        F.broadcast(meta) if broadcast else meta, ["file", "line"], "left"
     )
-    rows = scored.groupBy("file", outcome.alias("outcome")).count().collect()
-    return accounting.build_counts(
-        [f.uri for f in files], read_per_file, [(r["file"], r["outcome"], r["count"]) for r in rows]
+    dup = F.coalesce(F.col("dup"), F.lit(False))
+    docs = good.where(~dup).withColumn("id", F.coalesce("doc_id", "id")).withColumn("id_hash", F.xxhash64("id"))
+    raw = F.substring(
+        F.to_json(F.struct("id", F.substring("text", 1, ingest.RAW_CHARS).alias("text"), "source")), 1, ingest.RAW_CHARS
     )
+    dups = good.where(dup).select("file", "line", F.lit("duplicate_id").alias("reason"), raw.alias("raw"))
+    bad = scored.where(F.col("reason").isNotNull()).select("file", "line", "reason", "raw").unionByName(dups)
+    return docs, bad
 
 
-def write_outputs(scored, groups, cfg: Config, staging: str, counts: dict[str, Any]) -> None:
+def write_outputs(docs, bad, cfg: Config, staging: str, counts: dict[str, Any]) -> None:
     """Step 6: `docs/` (every annotated document) and `quarantine/`, checked against the counts."""
-    from pyspark.sql import functions as F
-
-    docs = scored.where(F.col("reason").isNull()).join(groups, "id", "left").withColumn("id_hash", F.xxhash64("id"))
-    bad = scored.where(F.col("reason").isNotNull())
     n_quarantined = sum(counts["quarantined"].values())
     dpf = cfg.curate.docs_per_file
     written = {
@@ -234,35 +346,66 @@ def write_outputs(scored, groups, cfg: Config, staging: str, counts: dict[str, A
 
 
 def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, Any]]]:
-    """Every step in order; returns (counts, extra, summary) of the `annotated` dataset."""
+    """Every step in order; returns (counts, extra, summary) of the `annotated` dataset. With at
+    most `curate.driver_rows` good records, the groups are computed on the driver from the
+    small columns (`groups_on_driver`); otherwise on Spark (`dedup_groups`). Same dataset."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     spark.conf.set("spark.sql.shuffle.partitions", str(cfg.curate.partitions))
     timer = _Timer()
     files, splits = plan(spark, cfg)
-    scored = add_signals(mark_duplicate_ids(read_records(spark, cfg, splits)), cfg)
-    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-    counts = count_outcomes(scored, files)
-    timer.done("read_and_signals")
-
     params, tradeoff = lsh_params(cfg)
     log.info("%s", tradeoff)
-    groups, stats = dedup_groups(scored.where(F.col("reason").isNull()).select("id", "text", "text_hash"), cfg, params)
-    groups = groups.localCheckpoint(eager=True)
+    scored = scan(spark, cfg, splits, params).persist(StorageLevel.MEMORY_AND_DISK)
+    ident = identify(scored, files, cfg.input.unique_ids)
+    read = [(r["file"], r["reason"], r["count"]) for r in scored.groupBy("file", "reason").count().collect()]
+    table = None
+    if sum(n for _, reason, n in read if reason is None) <= cfg.curate.driver_rows:
+        table = ident.toArrow()
+        good = table.group_by(["file", "dup"]).aggregate([("line", "count")]).to_pylist()
+        dups = [(g["file"], g["dup"], g["line_count"]) for g in good]
+    else:
+        ident = ident.localCheckpoint(eager=True)
+        dups = [(r["file"], r["dup"], r["count"]) for r in ident.groupBy("file", "dup").count().collect()]
+    counts = count_outcomes(read, dups, files)
+    timer.done("read_and_signals")
+
+    meta, stats = _groups(table, ident, scored, cfg, params)
+    meta = meta.localCheckpoint(eager=True)
+    broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
     timer.done("dedup_groups")
 
-    write_outputs(scored, groups, cfg, staging, counts)
+    docs, bad = split_outputs(scored, meta, broadcast)
+    write_outputs(docs, bad, cfg, staging, counts)
     scored.unpersist()
     timer.done("write")
-    extra = {
+    return counts, _extra(cfg, files, splits, params, stats, timer), _summary(counts, files, params, stats, timer)
+
+
+def _groups(table, ident, scored, cfg: Config, params: minhash.LSHParams):
+    """(corrections, stats): on the driver when `table` (identify's rows) was collected and the
+    candidate pairs are few, else on Spark."""
+    if table is not None:
+        try:
+            return groups_on_driver(table, scored, cfg, params)
+        except _TooMany:
+            log.info("curate: more than %d candidate pairs: groups on Spark", cfg.curate.driver_rows)
+    groups, stats = dedup_groups(ident, scored, cfg, params)
+    return corrections(ident, groups), stats
+
+
+def _extra(cfg, files, splits, params, stats, timer) -> dict[str, Any]:
+    return {
         "signals": stored_signal_names(cfg.curate.filters),
         "fuzzy_dedup": {"lsh": _lsh_dict(params), **stats.as_dict()},
         "input_files": len(files),
         "splits": len(splits),
         "seconds": timer.seconds(),
     }
-    summary = [
+
+
+def _summary(counts, files, params, stats, timer) -> list[tuple[str, Any]]:
+    return [
         (
             "documents",
             f"{counts['documents_in']:,} read, {counts['documents_out']:,} annotated "
@@ -275,7 +418,6 @@ def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str
             f"(MinHash {params.num_perm} perms, {params.bands} bands x {params.rows} rows)",
         ),
     ]
-    return counts, extra, summary
 
 
 def _lsh_dict(params: minhash.LSHParams) -> dict[str, Any]:

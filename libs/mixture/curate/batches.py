@@ -111,6 +111,52 @@ def signal_batches(filters: dict[str, Any]):
     return run
 
 
+KEYS_COLUMN = ("keys", "array<bigint>")
+
+
+def key_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: int):
+    """Batches with `text` and `reason` -> the same batches plus `keys`, the MinHash LSH band
+    keys of every good record (`minhash.py`); empty for a record without words or quarantined."""
+
+    def run(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from mixture.curate import minhash
+
+        hasher = minhash.MinHasher(num_perm, seed)
+        for batch in batches:
+            good = pa.array(np.asarray(batch.column("reason").is_null(), dtype=bool))
+            texts = pc.if_else(good, batch.column("text"), pa.scalar(None, pa.string()))
+            hashes, offsets = minhash.shingle_batch(texts, ngram)
+            keys = minhash.band_keys(hasher.signatures_flat(hashes, offsets), bands, rows)
+            has = np.diff(offsets) > 0
+            key_off = np.zeros(batch.num_rows + 1, dtype=np.int32)
+            np.cumsum(np.where(has, bands, 0), out=key_off[1:])
+            key_list = pa.ListArray.from_arrays(pa.array(key_off, pa.int32()), pa.array(keys[has].ravel(), pa.int64()))
+            yield pa.RecordBatch.from_arrays(
+                list(batch.columns) + [key_list], names=list(batch.schema.names) + [KEYS_COLUMN[0]]
+            )
+
+    return run
+
+
+def scan_schema(filters: FiltersConfig) -> str:
+    return signal_schema(INGEST_SCHEMA, filters) + f", {KEYS_COLUMN[0]} {KEYS_COLUMN[1]}"
+
+
+def scan_batches(opts: ReadOptions, filters: dict[str, Any], lsh: tuple[int, int, int, int, int]):
+    """The one Python pass of `curate` over the input: batches of `split` (a Split as JSON) ->
+    every record read (INGEST_COLUMNS) with its signals, exact-dedup hash and LSH band keys
+    (`scan_schema`). `lsh` is (ngram, num_perm, bands, rows, seed)."""
+    read, signals, keys = ingest_batches(opts), signal_batches(filters), key_batches(*lsh)
+
+    def run(batches: Iterator) -> Iterator:
+        return keys(signals(read(batches)))
+
+    return run
+
+
 def write_buckets(
     base_uri: str, prefix: str, fields: list[tuple[str, str]], sort_keys: list[str], row_group_size: int = 20_000
 ):

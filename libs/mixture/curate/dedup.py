@@ -4,18 +4,21 @@ Exact: documents whose normalised text (lowercased, whitespace collapsed) has th
 one group; the smallest id survives.
 
 Fuzzy (read top to bottom: fingerprint -> candidates -> verify -> cluster -> assign):
-1. fingerprint: word-n-gram shingles and MinHash signatures with numpy inside `mapInArrow`
-   (`minhash.py`), one row per document with its shingle hashes and its b band keys;
-2. candidates: LSH banding as a DataFrame `groupBy`-like window over (band, key); inside each
-   bucket a document is paired with the bucket's smallest id and with its predecessor in id
-   order (2 pairs per member at most, so a huge bucket cannot explode into k^2 pairs);
+1. fingerprint: word-n-gram shingles, MinHash signatures and b band keys per document with numpy
+   inside `mapInArrow` (`minhash.py`; the `curate` stage computes the keys in its scan);
+2. candidates: LSH banding as a window over (band, key); inside each bucket a document is
+   paired with the bucket's smallest id and with its predecessor in id order (2 pairs per
+   member at most, so a huge bucket cannot explode into k^2 pairs);
 3. verify (`fuzzy_dedup.verify`): a candidate pair is kept only when the exact Jaccard
-   similarity of the two shingle sets reaches the threshold, so LSH false positives cost time,
-   never a wrongly removed document, and (b, r) can lean towards recall;
-4. cluster: connected components of the verified pairs with the large-star / small-star
-   iterations of Kiveris et al. (2014, "Connected Components in MapReduce and Beyond"); each
-   component converges to a star around its smallest id whatever the partitioning, so a chain
-   A~B, B~C puts A, B, C in one group even when A and C are not similar;
+   similarity of the two shingle sets (recomputed from the texts of the candidates only)
+   reaches the threshold, so LSH false positives cost time, never a wrongly removed document,
+   and (b, r) can lean towards recall;
+4. cluster: connected components of the verified pairs. A few candidate pairs (at most
+   `driver_max_pairs`, `curate.driver_rows`) are verified and clustered on the driver (numpy
+   min-label propagation with pointer jumping), which saves the iterative Spark jobs; more stay
+   on Spark with the large-star / small-star iterations of Kiveris et al. (2014, "Connected
+   Components in MapReduce and Beyond"). Either way each component is a star around its
+   smallest id, so a chain A~B, B~C puts A, B, C in one group even when A and C are not similar;
 5. assign: every member but the smallest id is a near duplicate of it.
 """
 
@@ -60,11 +63,14 @@ class FuzzyStats:
         return dict(self.__dict__)
 
 
-FINGERPRINT_SCHEMA = "id string, shingles binary, keys array<bigint>"
+FINGERPRINT_SCHEMA = "id string, keys array<bigint>"
+SHINGLE_SCHEMA = "id string, shingles binary"
+DRIVER_MAX_PAIRS = 200_000  # candidate pairs verified and clustered on the driver (at most)
 
 
 def fingerprint_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: int):
-    """A `mapInArrow` function: batches of (id, text) -> (id, shingles, keys)."""
+    """A `mapInArrow` function: batches of (id, text) -> (id, keys), the LSH band keys (none
+    for a document without words: it is never a candidate)."""
 
     def run(batches: Iterator) -> Iterator:
         import pyarrow as pa
@@ -74,22 +80,33 @@ def fingerprint_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: 
             if batch.num_rows == 0:
                 continue
             hashes, offsets = minhash.shingle_batch(batch.column("text"), ngram)
-            sig = hasher.signatures_flat(hashes, offsets)
-            keys = minhash.band_keys(sig, bands, rows)
+            keys = minhash.band_keys(hasher.signatures_flat(hashes, offsets), bands, rows)
             has = np.diff(offsets) > 0
-            # Documents without any word have no shingles and no band keys: never candidates.
-            key_counts = np.where(has, bands, 0)
             key_off = np.zeros(batch.num_rows + 1, dtype=np.int32)
-            np.cumsum(key_counts, out=key_off[1:])
+            np.cumsum(np.where(has, bands, 0), out=key_off[1:])
+            key_list = pa.ListArray.from_arrays(pa.array(key_off, pa.int32()), pa.array(keys[has].ravel(), pa.int64()))
+            yield pa.RecordBatch.from_arrays([batch.column("id"), key_list], names=["id", "keys"])
+
+    return run
+
+
+def shingle_batches(ngram: int):
+    """A `mapInArrow` function: batches of (id, text) -> (id, shingles), each document's sorted
+    unique 32-bit shingle hashes as little-endian bytes."""
+
+    def run(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            hashes, offsets = minhash.shingle_batch(batch.column("text"), ngram)
             shingle_bytes = pa.Array.from_buffers(
                 pa.binary(),
                 batch.num_rows,
                 [None, pa.py_buffer((offsets * 4).astype(np.int32)), pa.py_buffer(hashes.astype("<u4").tobytes())],
             )
-            key_list = pa.ListArray.from_arrays(pa.array(key_off, pa.int32()), pa.array(keys[has].ravel(), pa.int64()))
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), shingle_bytes, key_list], names=["id", "shingles", "keys"]
-            )
+            yield pa.RecordBatch.from_arrays([batch.column("id"), shingle_bytes], names=["id", "shingles"])
 
     return run
 
@@ -195,24 +212,35 @@ def near_duplicates(
     seed: int,
     verify: bool = True,
     max_iterations: int = 30,
+    driver_max_pairs: int = DRIVER_MAX_PAIRS,
 ):
     """(id, near_of) for every near duplicate among `docs` (id, text), and FuzzyStats."""
-    from pyspark import StorageLevel
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    stats = FuzzyStats(params.num_perm, params.bands, params.rows)
     prints = docs.select("id", "text").mapInArrow(
         fingerprint_batches(ngram, params.num_perm, params.bands, params.rows, seed), FINGERPRINT_SCHEMA
     )
-    prints = prints.persist(StorageLevel.MEMORY_AND_DISK)
-    totals = prints.agg(F.count("*").alias("n"), F.sum((F.size("keys") == 0).cast("int")).alias("empty")).first()
-    stats.documents, stats.without_shingles = totals["n"], totals["empty"] or 0
+    texts = docs.select("id", "text")
+    return near_groups(
+        prints,
+        lambda ids, small=False: texts.join(ids, "id", "left_semi"),
+        threshold,
+        ngram,
+        params,
+        verify=verify,
+        max_iterations=max_iterations,
+        driver_max_pairs=driver_max_pairs,
+    )
+
+
+def candidate_pairs(prints):
+    """LSH candidates (u, v) from (id, keys): in each (band, key) bucket, every member with the
+    bucket's smallest id and with its predecessor in id order."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
 
     buckets = prints.select("id", F.posexplode("keys").alias("band", "key"))
     bucket = Window.partitionBy("band", "key").orderBy("id")
     members = buckets.withColumn("first", F.first("id").over(bucket)).withColumn("prev", F.lag("id").over(bucket))
-    pairs = (
+    return (
         members.where(F.col("id") != F.col("first"))
         .select(F.col("id").alias("u"), F.col("first").alias("v"))
         .union(
@@ -222,8 +250,116 @@ def near_duplicates(
         )
         .distinct()
     )
+
+
+def candidate_pairs_local(ids: list[str], keys: list[list[int]]) -> list[tuple[str, str]]:
+    """`candidate_pairs` on the driver, for the fingerprints of a few documents (numpy): the same
+    pairs, sorted."""
+    if not ids:
+        return []
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[order] = np.arange(len(ids))
+    counts = np.fromiter((len(k) for k in keys), dtype=np.int64, count=len(keys))
+    if counts.sum() == 0:
+        return []
+    doc = np.repeat(rank, counts)
+    band = np.concatenate([np.arange(c) for c in counts])
+    key = np.fromiter((v for k in keys for v in k), dtype=np.int64, count=int(counts.sum()))
+    srt = np.lexsort((doc, key, band))
+    doc, band, key = doc[srt], band[srt], key[srt]
+    start = np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1])]
+    first = doc[np.maximum.accumulate(np.where(start, np.arange(len(doc)), 0))]
+    prev = np.r_[-1, doc[:-1]]
+    pairs = {(int(d), int(f)) for d, f in zip(doc, first) if d != f}
+    pairs |= {(int(d), int(p)) for d, p, s, f in zip(doc, prev, start, first) if not s and p != f}
+    names = [ids[i] for i in order]
+    return sorted((names[u], names[v]) for u, v in pairs)
+
+
+def near_groups(
+    prints,
+    texts_of,
+    threshold: float,
+    ngram: int,
+    params: minhash.LSHParams,
+    verify: bool = True,
+    max_iterations: int = 30,
+    driver_max_pairs: int = DRIVER_MAX_PAIRS,
+):
+    """(id, near_of) and FuzzyStats from fingerprints `prints` (id, keys); `texts_of(ids)` gives
+    (id, text) of the documents in a DataFrame of ids (only candidates' texts are read again).
+    Up to `driver_max_pairs` candidate pairs are verified and clustered on the driver (numpy);
+    more stay on Spark (joins, `verify_batches`, large-star / small-star). Same groups either way."""
+    from pyspark.sql import functions as F
+
+    stats = FuzzyStats(params.num_perm, params.bands, params.rows)
+    prints = _checkpoint(prints.select("id", "keys"))
+    totals = prints.agg(F.count("*").alias("n"), F.sum((F.size("keys") == 0).cast("int")).alias("empty")).first()
+    stats.documents, stats.without_shingles = totals["n"], totals["empty"] or 0
+    pairs = candidate_pairs(prints)
+    log.debug("fuzzy dedup: %d fingerprints", stats.documents)
+    few = pairs.limit(driver_max_pairs + 1).collect()
+    log.debug("fuzzy dedup: %d candidate pairs (driver bound %d)", len(few), driver_max_pairs)
+    spark = prints.sparkSession
+    if len(few) <= driver_max_pairs:
+        near = near_on_driver([(r["u"], r["v"]) for r in few], texts_of, spark, threshold, ngram, verify, stats)
+        return spark.createDataFrame(near, "id string, near_of string"), stats
+    return _near_on_spark(pairs, texts_of, threshold, ngram, verify, max_iterations, stats)
+
+
+def near_on_driver(pairs, texts_of, spark, threshold, ngram, verify, stats) -> list[tuple[str, str]]:
+    from pyspark.sql import functions as F
+
+    stats.candidate_pairs = len(pairs)
+    if verify and pairs:
+        ids = sorted({i for p in pairs for i in p})
+        wanted = F.broadcast(spark.createDataFrame([(i,) for i in ids], "id string"))
+        rows = (
+            texts_of(wanted, small=True)
+            .select("id", "text")
+            .mapInArrow(shingle_batches(ngram), SHINGLE_SCHEMA)
+            .collect()
+        )
+        sets = {r["id"]: np.frombuffer(r["shingles"], dtype="<u4") for r in rows}
+        pairs = [(u, v) for u, v in pairs if minhash.jaccard(sets[u], sets[v]) >= threshold]
+    stats.verified_pairs = len(pairs)
+    roots, stats.cc_iterations = components_on_driver(pairs)
+    stats.near_duplicates, stats.groups = len(roots), len(set(roots.values()))
+    return sorted(roots.items())
+
+
+def components_on_driver(edges: list[tuple[str, str]]) -> tuple[dict[str, str], int]:
+    """{id: smallest id of its component} for every node that is not that smallest id, and the
+    rounds taken: min-label propagation with pointer jumping over numpy index arrays."""
+    if not edges:
+        return {}, 0
+    names = np.array(sorted({i for e in edges for i in e}), dtype=object)
+    index = {n: k for k, n in enumerate(names)}
+    u = np.fromiter((index[a] for a, _ in edges), dtype=np.int64, count=len(edges))
+    v = np.fromiter((index[b] for _, b in edges), dtype=np.int64, count=len(edges))
+    label = np.arange(len(names))
+    rounds = 0
+    while True:
+        rounds += 1
+        low = np.minimum(label[u], label[v])
+        new = label.copy()
+        np.minimum.at(new, u, low)
+        np.minimum.at(new, v, low)
+        while not np.array_equal(new[new], new):
+            new = new[new]
+        if np.array_equal(new, label):
+            break
+        label = new
+    return {str(names[k]): str(names[label[k]]) for k in np.flatnonzero(label != np.arange(len(names)))}, rounds
+
+
+def _near_on_spark(pairs, texts_of, threshold, ngram, verify, max_iterations, stats):
+    from pyspark.sql import functions as F
+
     if verify:
-        sh = prints.select("id", "shingles")
+        ids = pairs.select(F.col("u").alias("id")).union(pairs.select(F.col("v").alias("id"))).distinct()
+        sh = texts_of(ids).select("id", "text").mapInArrow(shingle_batches(ngram), SHINGLE_SCHEMA)
         joined = pairs.join(sh.select(F.col("id").alias("u"), F.col("shingles").alias("sh_u")), "u").join(
             sh.select(F.col("id").alias("v"), F.col("shingles").alias("sh_v")), "v"
         )
@@ -235,13 +371,9 @@ def near_duplicates(
     checked = _checkpoint(checked)
     n = checked.agg(F.count("*").alias("candidates"), F.sum(F.col("similar").cast("int")).alias("similar")).first()
     stats.candidate_pairs, stats.verified_pairs = n["candidates"], n["similar"] or 0
-    edges = checked.where("similar").select("u", "v")
-    prints.unpersist()
-
     if stats.verified_pairs == 0:
-        empty = docs.sparkSession.createDataFrame([], "id string, near_of string")
-        return empty, stats
-    components, stats.cc_iterations = connected_components(edges, max_iterations)
+        return pairs.sparkSession.createDataFrame([], "id string, near_of string"), stats
+    components, stats.cc_iterations = connected_components(checked.where("similar").select("u", "v"), max_iterations)
     near = components.select("id", F.col("root").alias("near_of"))
     sizes = near.agg(F.count("*").alias("n"), F.countDistinct("near_of").alias("groups")).first()
     stats.near_duplicates, stats.groups = sizes["n"], sizes["groups"]

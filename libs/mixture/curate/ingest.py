@@ -23,7 +23,9 @@ the record. A file that cannot be opened or decompressed yields the records befo
 and one `unreadable_file` record at the failing line (line 0 when it fails before the first).
 
 Ids: the configured id field (a string or an integer) when a record has it; otherwise
-`<file path relative to its input root>:<line>`, so the same input gives the same ids.
+`<file path relative to its input root>:<line>`, so the same input gives the same ids. Whether
+the same id in two files names one document or two (`input.unique_ids`) is decided after the
+read, over all files (`annotate.identify`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ QUARANTINE_REASONS = {
     "invalid_id": "the id field is not a non-empty string or integer",
     "too_large": "the record is larger than curate.max_doc_bytes",
     "blank_line": "a blank line in a JSONL file",
-    "duplicate_id": "another record (earlier by file and line) has the same id",
+    "duplicate_id": "another record (earlier by file and line) has the same id (in the same file, "
+    "or anywhere with input.unique_ids)",
     "unreadable_file": "the file could not be opened, decompressed or parsed past this line",
     "unknown_format": "the file's format is neither JSONL nor Parquet (set input.format)",
 }
