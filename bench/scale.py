@@ -40,6 +40,8 @@ psutil, every --interval seconds, 0.2 by default); docs/s (N / wall seconds). Pr
 with each stage's growth exponent (slope of log wall time against log N between the two largest
 sizes and fitted over all sizes) and the ratios of the two largest sizes' time and peak RSS
 against the issue's thresholds (100k -> 300k: peak RSS growth < 25%, time < 3.6x; PASS/FAIL).
+`--combine A.json B.json ...` runs nothing and reports the runs of earlier outputs together (run
+each size on its own, `--sizes N --out /tmp/scale-N`, so a finished size survives a stopped run).
 Writes `<out>.json` and the plots `<out>_time.png`, `<out>_rss.png` (log-log, one line per stage),
 `--out bench/scale` by default. Each stage's log is `<work>/run-<N>/_bench/<stage>.log`.
 
@@ -439,6 +441,12 @@ def main() -> None:
     ap.add_argument("--k-init", type=int, default=1000)
     ap.add_argument("--interval", type=float, default=0.2, help="RSS/CPU sampling interval, seconds")
     ap.add_argument("--corpus-only", action="store_true", help="build (or check) the corpora and stop")
+    ap.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="no run: summarise and plot the runs of earlier outputs (one size per invocation, say)",
+    )
     ap.add_argument("--stage-worker", nargs=2, metavar=("CONFIG", "STAGE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage_worker:
@@ -451,8 +459,8 @@ def main() -> None:
         for n in args.sizes:
             corpus(work, n, pool_size)
         return
-    runs = []
-    for n in sorted(args.sizes):
+    runs = [r for path in args.combine for r in json.loads(Path(path).read_text())["runs"]] if args.combine else []
+    for n in [] if args.combine else sorted(args.sizes):
         t0 = time.perf_counter()
         runs.append(run_size(work, n, pool_size, args.k_init, args.interval))
         print(f"{n:,} documents: done in {time.perf_counter() - t0:.0f} s (corpus included)", flush=True)
