@@ -180,29 +180,34 @@ def shard_slices(n_docs: int, shard_docs: int) -> Iterator[tuple[int, slice]]:
 
 
 # ------------------------------------------------------------------------------ the sources
-def cluster_lengths(lab: ClimbLab) -> dict[str, np.ndarray]:
-    """Tokens per document of each cluster, checked against the manifest (counts add up or the
-    build fails)."""
-    declared = lab.info["clusters"]
-    lengths = {}
+def cluster_lengths(lab: ClimbLab, name: str) -> np.ndarray:
+    """Tokens per document of one cluster, checked against the manifest (counts add up or the
+    build fails). One cluster at a time: 8 bytes a document of that cluster."""
+    declared = lab.info["clusters"][name]
+    n = np.diff(lab.shard(name).offsets)
+    if int(n.sum()) != int(declared["tokens"]) or len(n) != int(declared["documents"]):
+        raise BuildError(
+            f"cluster {name}: its token shard holds {len(n)} documents and "
+            f"{int(n.sum())} tokens, its manifest says {declared}"
+        )
+    return n
+
+
+def cluster_sizes(lab: ClimbLab) -> tuple[dict[str, int], dict[str, int]]:
+    """(documents, tokens) of every cluster, from its token shard, checked against the manifest."""
+    docs, tokens = {}, {}
     for c in lab.clusters:
-        n = np.diff(lab.shard(c).offsets)
-        if int(n.sum()) != int(declared[c]["tokens"]) or len(n) != int(declared[c]["documents"]):
-            raise BuildError(
-                f"cluster {c}: its token shard holds {len(n)} documents and "
-                f"{int(n.sum())} tokens, its manifest says {declared[c]}"
-            )
-        lengths[c] = n
-    return lengths
+        n = cluster_lengths(lab, c)
+        docs[c], tokens[c] = len(n), int(n.sum())
+    return docs, tokens
 
 
-def per_cluster(
-    plans: list[ClusterPlan], lengths: dict[str, np.ndarray], selected: dict[str, np.ndarray]
-) -> dict[str, dict]:
-    """What the build took from each cluster: documents, tokens, epochs, and the plan."""
+def per_cluster(plans: list[ClusterPlan], taken: dict[str, int], selected: dict[str, np.ndarray]) -> dict[str, dict]:
+    """What the build took from each cluster (`taken`: its selected documents' tokens):
+    documents, tokens, epochs, and the plan."""
     out: dict[str, dict] = {}
     for p in plans:
-        tok = int(lengths[p.cluster][selected[p.cluster]].sum())
+        tok = int(taken[p.cluster])
         out[p.cluster] = {
             "weight": p.weight,
             "documents": int(len(selected[p.cluster])),

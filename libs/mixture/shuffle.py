@@ -7,7 +7,8 @@ pure function of the plan, so they can run in any order within a step, in parall
 
 1. **plan** (one process): the selection and the global order as numpy arrays (the per-document
    arrays that must be whole: about 24 bytes a selected document at the peak, the same
-   permutation `climbmix.global_order` draws). It writes per cluster a *route*: the selected
+   permutation `climbmix.global_order` draws; the document lengths it samples by are read one
+   cluster at a time). It writes per cluster a *route*: the selected
    documents' indices, ascending, and their output positions (`routes/cNN.doc.npy`,
    `cNN.pos.npy`), then `plan.json` last (the layout: shards, buckets, parts, per-cluster counts).
    A plan with another layout (`build.bucket_docs` or `build.part_docs` changed: they are not

@@ -47,6 +47,7 @@ from mixture.climbmix import (
     ClusterPlan,
     cluster_lengths,
     cluster_rng,
+    cluster_sizes,
     load_mixture,
     normalise_mixture,
     per_cluster,
@@ -67,12 +68,15 @@ def read_mixture(ctx: StageContext, clusters: list[str]) -> tuple[str, dict[str,
     return uri, normalise_mixture(load_mixture(uri), clusters)
 
 
-def sample(ctx: StageContext, plans: list[ClusterPlan], lengths: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The documents each cluster contributes (with repeats when upsampling), seeded per cluster."""
-    return {
-        p.cluster: select_documents(lengths[p.cluster], p.target_tokens, cluster_rng(ctx.cfg.seed, p.cluster))
-        for p in plans
-    }
+def sample(ctx: StageContext, lab: ClimbLab, plans: list[ClusterPlan]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The documents each cluster contributes (with repeats when upsampling), seeded per
+    cluster, and their tokens; one cluster's document lengths in memory at a time."""
+    selected, taken = {}, {}
+    for p in plans:
+        lengths = cluster_lengths(lab, p.cluster)
+        selected[p.cluster] = select_documents(lengths, p.target_tokens, cluster_rng(ctx.cfg.seed, p.cluster))
+        taken[p.cluster] = int(lengths[selected[p.cluster]].sum())
+    return selected, taken
 
 
 # ---------------------------------------------------------------------------------- steps
@@ -84,16 +88,10 @@ def plan(ctx: StageContext) -> dict[str, Any]:
     if not lab.clusters:
         raise BuildError("the ClimbLab dataset has no clusters")
     mixture_uri, weights = read_mixture(ctx, lab.clusters)
-    lengths = cluster_lengths(lab)
-    plans = plan_clusters(
-        weights,
-        {c: int(n.sum()) for c, n in lengths.items()},
-        {c: len(n) for c, n in lengths.items()},
-        cfg.tokens,
-        cfg.max_epochs,
-    )
+    docs, tokens = cluster_sizes(lab)
+    plans = plan_clusters(weights, tokens, docs, cfg.tokens, cfg.max_epochs)
     warn_capped(plans, cfg.tokens, cfg.max_epochs)
-    selected = sample(ctx, plans, lengths)
+    selected, taken = sample(ctx, lab, plans)
     n_docs = sum(len(v) for v in selected.values())
     if n_docs == 0:
         raise BuildError("the mixture and budget select no documents")
@@ -107,7 +105,7 @@ def plan(ctx: StageContext) -> dict[str, Any]:
         "parts": len(parts),
         "part_list": [p.to_dict() for p in parts],
         "buckets": [b.to_dict() for b in buckets],
-        "per_cluster": per_cluster(plans, lengths, selected),
+        "per_cluster": per_cluster(plans, taken, selected),
         "mixture": {"uri": mixture_uri, "weights": weights},
     }
     shuffle.prepare(ctx.writer, json_safe(layout), selected, lab.clusters, ctx.cfg.seed)
