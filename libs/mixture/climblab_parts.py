@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import multiprocessing as mp
 import random
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ import pyarrow.parquet as pq
 from mixture import documents, storage
 from mixture.climblab import TOKENIZER, cluster_name, shard_prefix, text_file
 from mixture.dataset import Dataset
+from mixture.parallel import fan_out
 from mixture.tokens import TokenShardWriter, encode, eos_id, load_tokenizer, train_tokenizer
 
 PARTS = "_parts"  # staging only: removed before the commit
@@ -378,32 +377,16 @@ def _worker_part(inp: Inputs, writer, part: Part) -> dict[str, Any]:
     return tokenize_part(inp, writer, part, _WORKER["tok"])
 
 
-def _gather(pool, calls: list[tuple], desc: str, unit: str) -> list[dict[str, Any]]:
-    """Submit every call to the pool, then wait for each in order (a failed one fails the stage;
-    what the others finish stays staged)."""
-    from tqdm import tqdm
-
-    futures = [pool.submit(*call) for call in calls]
-    return [f.result() for f in tqdm(futures, desc=desc, unit=unit)]
-
-
 def run_local(inp: Inputs, writer, parts: list[Part], clusters: list[int], dtype: np.dtype, workers: int) -> dict:
     """Every part, then every cluster's merge, here (workers = 1) or in `workers` spawned
-    processes; how many of each were computed and reused."""
-    from tqdm import tqdm
-
-    workers = min(workers, max(len(parts), len(clusters), 1))
-    if workers <= 1:
-        tok = load_tokenizer(writer.path(TOKENIZER))
-        part_recs = [tokenize_part(inp, writer, p, tok) for p in tqdm(parts, desc="tokenize", unit="part")]
-        merge_recs = [merge_cluster(writer, parts, c, dtype) for c in tqdm(clusters, desc="merge", unit="cluster")]
-    else:
-        init = (writer.path(TOKENIZER),)
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
-            part_recs = _gather(pool, [(_worker_part, inp, writer, p) for p in parts], "tokenize", "part")
-            merges = [(merge_cluster, writer, parts, c, dtype) for c in clusters]
-            merge_recs = _gather(pool, merges, "merge", "cluster")
+    processes (`mixture.parallel`); how many of each were computed and reused."""
+    init = (writer.path(TOKENIZER),)
+    jobs = [(inp, writer, p) for p in parts]
+    part_recs = fan_out(
+        _worker_part, jobs, workers, desc="tokenize", unit="part", initializer=_init_worker, initargs=init
+    )
+    merges = [(writer, parts, c, dtype) for c in clusters]
+    merge_recs = fan_out(merge_cluster, merges, workers, desc="merge", unit="cluster")
     computed = sum(r["computed"] for r in part_recs)
     merged = sum(r["computed"] for r in merge_recs)
     return {

@@ -31,13 +31,9 @@ so the content hash that `climb publish` uses as the default version is stable a
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from mixture import shuffle, storage
 from mixture.card import render_card
@@ -58,6 +54,7 @@ from mixture.climbmix import (
 from mixture.config import BuildConfig
 from mixture.contract import StageContext, StageOutput
 from mixture.dataset import Dataset
+from mixture.parallel import fan_out
 from mixture.registry import OUTPUT_FORMATS
 from mixture.shuffle import Bucket, Part
 
@@ -151,32 +148,15 @@ def _gather_worker(climblab: Dataset, writer, bucket: Bucket, formats: list[type
     return shuffle.gather_bucket(ClimbLab(climblab), writer, bucket, formats, cfg)
 
 
-def fan_out(fn: Callable, jobs: list[tuple], workers: int, desc: str) -> list[Any]:
-    """fn(*job) for every job, here (workers = 1) or in `workers` spawned processes; the first
-    failure fails the step (what finished stays staged)."""
-    bar = tqdm(total=len(jobs), desc=desc, unit=desc.split()[-1])
-    results = []
-    if min(workers, len(jobs)) <= 1:
-        for job in jobs:
-            results.append(fn(*job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-            for future in [pool.submit(fn, *job) for job in jobs]:
-                results.append(future.result())
-                bar.update()
-    bar.close()
-    return results
-
-
 def run_steps(ctx: StageContext, layout: dict[str, Any]) -> None:
     """Every part scattered, then every bucket gathered, in `build.workers` processes."""
     cfg: BuildConfig = ctx.cfg.build
     lab = ctx.input("climblab")
-    fan_out(_scatter_worker, [(lab, ctx.writer, p) for p in parts(layout)], cfg.workers, "climbmix scatter parts")
+    scatter = [(lab, ctx.writer, p) for p in parts(layout)]
+    fan_out(_scatter_worker, scatter, cfg.workers, desc="climbmix scatter", unit="part")
     formats = format_classes(cfg)
     jobs = [(lab, ctx.writer, b, formats, cfg) for b in buckets(layout)]
-    fan_out(_gather_worker, jobs, cfg.workers, "climbmix gather buckets")
+    fan_out(_gather_worker, jobs, cfg.workers, desc="climbmix gather", unit="bucket")
 
 
 # ------------------------------------------------------------------------------ finishing

@@ -29,11 +29,9 @@ why (its hash covers `cluster.needs_embeddings`, so switching back to k-means em
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +44,7 @@ from mixture.contract import StageContext, StageOutput
 from mixture.dataset import Dataset
 from mixture.embeddings import npy_shape, read_ids, shard_names, write_shard
 from mixture.encoder import Embedder, EmbedError, read_model_spec, resolve_model
+from mixture.parallel import fan_out
 
 log = logging.getLogger(__name__)
 
@@ -228,22 +227,26 @@ def run_ranges(ctx: StageContext, rs: list[Range], p: Progress, on_shard: OnShar
     """Every range, here (workers = 1) or in `embed.workers` spawned processes (CUDA and torch
     threads do not survive fork), each worker with its own encoder."""
     curated = ctx.input("curated")
-    bar = tqdm(total=sum(r.docs for r in rs), desc="embed", unit="doc")
     workers = min(p.cfg.workers, len(rs))
-    if workers <= 1:
-        for r in rs:
-            embed_range(curated, ctx.writer, r, p, on_shard, bar)
-        bar.close()
+    if workers <= 1:  # here, with per-shard progress and the tests' `on_shard`
+        with tqdm(total=sum(r.docs for r in rs), desc="embed", unit="doc") as bar:
+            for r in rs:
+                embed_range(curated, ctx.writer, r, p, on_shard, bar)
         return
     threads = p.cfg.threads or max(1, (os.cpu_count() or 1) // workers)
     cfg = p.cfg.model_copy(update={"threads": threads})
-    ctx_mp = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx_mp, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(_worker_range, curated, ctx.writer, cfg, p.static, r) for r in rs]
-        for future, r in zip(futures, rs):
-            p.add(future.result())  # a failed range fails the stage; finished shards stay staged
-            bar.update(r.docs)
-    bar.close()
+    jobs = [(curated, ctx.writer, cfg, p.static, r) for r in rs]
+    fan_out(
+        _worker_range,
+        jobs,
+        workers,
+        desc="embed",
+        unit="doc",
+        weights=[r.docs for r in rs],
+        initializer=_init_worker,
+        initargs=(threads,),
+        on_result=p.add,
+    )
 
 
 # ---------------------------------------------------------------------------- the stage
