@@ -134,7 +134,7 @@ def test_id_uniqueness_is_exact_even_when_hashes_collide(monkeypatch):
     ids = pa.array(["a", "b", "c", "d", "b"])
     assert groups.first_duplicate(ids) == 4 and groups.first_duplicate(ids.slice(0, 4)) is None
     # every id hashing to the same value: only the exact comparison decides
-    monkeypatch.setattr(groups, "id_hashes", lambda ids, chunk=0: np.zeros(len(ids), np.uint64))
+    monkeypatch.setattr(documents, "id_hashes", lambda ids, chunk=0: np.zeros(len(ids), np.uint64))
     assert groups.first_duplicate(ids.slice(0, 4)) is None and groups.first_duplicate(ids) == 4
 
 

@@ -210,3 +210,25 @@ def test_merging_before_every_part_is_tokenized_is_a_clear_error(tmp_path, sampl
         shards.merge_cluster(ctx, 0)
     with pytest.raises(ShardsError, match="cluster c00 is not merged"):
         shards.finish(ctx)
+
+
+def test_a_commit_that_fails_after_finish_is_retried_with_the_same_files(tmp_path, sample_records):
+    """`finish` removes the runs; a retried commit (the Airflow task again) must not need them."""
+    recs, clusters = _reverse_ids(sample_records)
+    clean = _shards_stage(tmp_path, recs, clusters, "clean")
+    ctx = _shards_ctx(tmp_path, recs, clusters, "retried", part_docs=35)
+    shards.run(ctx)  # every part and merge done, the runs removed; the commit then fails
+    retried = _shards_ctx(tmp_path, recs, clusters, "retried", part_docs=35)
+    out = shards.finish(retried)
+    assert _files(retried.writer.commit(out.counts, out.extra)) == _files(clean)
+    assert "clusters.json" in _files(clean)
+
+
+def test_a_tiny_merge_budget_gives_the_same_bytes(tmp_path, sample_records, monkeypatch):
+    from mixture import climblab_parts
+
+    recs, clusters = _reverse_ids(sample_records)
+    one = _shards_stage(tmp_path, recs, clusters, "one")
+    monkeypatch.setattr(shards, "BATCH_ROWS", 16)  # 8 runs per cluster
+    monkeypatch.setattr(climblab_parts, "MERGE_IDS", 8)  # 16 ids of a run at a time (the floor)
+    assert _files(_shards_stage(tmp_path, recs, clusters, "tiny")) == _files(one)

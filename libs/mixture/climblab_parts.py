@@ -11,23 +11,23 @@ parallel and again, like the embed stage's ranges:
    part's file `_parts/r<first>-<stop>/c<c>.arrow` in the staging folder, and `done.json` is
    written last. A part whose `done.json` is staged is kept: a killed run resumes.
 3. `merge_cluster`: cluster c's runs of every part merged by id (an external merge sort: the runs
-   are memory-mapped, one run-head each is held) into `cNN/tokens.bin` + `.idx` and
-   `cNN/text.parquet` (row groups of 65,536 documents); `_parts/merged/cNN.json` is written last,
-   so a merged cluster is kept on a rerun.
-4. `finish`: every cluster merged, `_parts/` removed from the staging folder (the runs are not part
-   of the dataset), the clusters' counts for the manifest.
+   are memory-mapped; at most `MERGE_IDS` ids are held as strings, shared out over the runs) into
+   `cNN/tokens.bin` + `.idx` and `cNN/text.parquet` (row groups of 65,536 documents);
+   `_parts/merged/cNN.json` is written last, so a merged cluster is kept on a rerun.
+4. `finish`: every cluster merged, its counts staged as `clusters.json` (part of the dataset), then
+   `_parts/` removed from the staging folder (the runs are not part of the dataset); a retry after a
+   failed commit finds `clusters.json` and needs nothing else.
 
 The merge is stable (equal ids keep the earlier part and batch first), so the files are those of a
 stable sort of each cluster by id: the same bytes whatever `part_docs`, the record batch size or
 the number of workers. `run_local` runs the parts and then the merges in `workers` spawned
 processes (the tokenizer loaded once per process); under Airflow each part and each merge is a
-mapped task (`dags/climb_corpus_refresh.py`). What a process holds: a record batch, one run-head
-per run of the cluster it merges, each cluster's offsets (8 bytes a document).
+mapped task (`dags/climb_corpus_refresh.py`). What a process holds: a record batch, up to
+`MERGE_IDS` ids of the runs of the cluster it merges, each cluster's offsets (8 bytes a document).
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import random
 import tempfile
@@ -49,10 +49,11 @@ from mixture.tokens import TokenShardWriter, encode, eos_id, load_tokenizer, tra
 
 PARTS = "_parts"  # staging only: removed before the commit
 MERGED = f"{PARTS}/merged"
+COUNTS = "clusters.json"  # {cNN: {documents, tokens}}, part of the dataset, written by `finish`
 ROW_GROUP = 1 << 16  # rows per text.parquet row group
-RUN_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("tokens", pa.list_(pa.int64()))])
+RUN_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("tokens", pa.list_(pa.uint32()))])
 TEXT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string())])
-IDS_AT_ONCE = 4096  # ids of one run turned into Python strings at a time while merging
+MERGE_IDS = 1 << 18  # ids (Python strings) held at once by a merge, over all its runs together
 
 
 class ShardsError(RuntimeError):
@@ -97,15 +98,6 @@ def inputs(curated: Dataset, clusters: Dataset, batch_rows: int = documents.BATC
 
 
 # --------------------------------------------------------------------------------- reading
-def _hashes(ids: pa.Array) -> np.ndarray:
-    """64-bit blake2b hashes of ids (8 bytes a document)."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids.to_pylist()),
-        dtype=np.uint64,
-        count=len(ids),
-    )
-
-
 def _assignment_batches(inp: Inputs, columns: list[str]) -> Iterator[pa.RecordBatch]:
     with storage.open_read(inp.assignments) as f:
         yield from pq.ParquetFile(f).iter_batches(batch_size=inp.batch_rows, columns=columns)
@@ -115,12 +107,14 @@ def missing_error(inp: Inputs) -> ShardsError:
     """The curated documents without an assignment (ids hashed and sorted: 8 bytes a document,
     at most 3 examples kept), or the assignments being in another order than the curated ones."""
     have = np.sort(
-        np.concatenate([_hashes(b.column(0)) for b in _assignment_batches(inp, ["id"])] + [np.zeros(0, np.uint64)])
+        np.concatenate(
+            [documents.id_hashes(b.column(0)) for b in _assignment_batches(inp, ["id"])] + [np.zeros(0, np.uint64)]
+        )
     )
     examples: list[str] = []
     n_missing = 0
     for batch in documents.iter_batches(inp.curated, ["id"], inp.batch_rows):
-        h = _hashes(batch.column(0))
+        h = documents.id_hashes(batch.column(0))
         at = np.minimum(np.searchsorted(have, h), max(len(have) - 1, 0))
         lost = np.flatnonzero(have[at] != h) if len(have) else np.arange(len(h))
         n_missing += len(lost)
@@ -227,7 +221,7 @@ def cluster_runs(
         toks = encode(tok, c_texts.to_pylist(), eos)
         offsets = np.zeros(len(toks) + 1, dtype=np.int32)
         np.cumsum([len(t) for t in toks], out=offsets[1:])
-        flat = pa.array(np.concatenate(toks) if toks else np.zeros(0, np.int64))
+        flat = pa.array((np.concatenate(toks) if toks else np.zeros(0)).astype(np.uint32))
         cols = [ids.take(take), c_texts, pa.ListArray.from_arrays(pa.array(offsets), flat)]
         yield c, pa.RecordBatch.from_arrays(cols, schema=RUN_SCHEMA)
 
@@ -288,10 +282,12 @@ def merged_rows(runs: list[pa.RecordBatch]) -> Iterator[tuple[int, int]]:
     """(run, row) of a cluster's documents in id order (runs are each sorted by id; equal ids
     keep the earlier run first, as a stable sort of the whole cluster does)."""
 
+    at_once = max(16, MERGE_IDS // max(1, len(runs)))  # a cluster of many parts: fewer ids a run
+
     def rows(r: int) -> Iterator[tuple[str, int, int]]:
         ids = runs[r].column("id")
-        for start in range(0, len(ids), IDS_AT_ONCE):
-            for i, v in enumerate(ids.slice(start, IDS_AT_ONCE).to_pylist(), start):
+        for start in range(0, len(ids), at_once):
+            for i, v in enumerate(ids.slice(start, at_once).to_pylist(), start):
                 yield v, r, i
 
     for _, r, i in heapq.merge(*(rows(r) for r in range(len(runs)))):
@@ -353,14 +349,19 @@ def merge_cluster(writer, parts: list[Part], c: int, dtype: np.dtype) -> dict[st
 
 
 def finish(writer, clusters: list[int]) -> dict[str, dict[str, int]]:
-    """{cNN: {documents, tokens}} of every merged cluster; the runs are removed from staging."""
-    info = {}
-    for c in clusters:
-        marker = f"{MERGED}/{cluster_name(c)}.json"
-        if not writer.has(marker):
-            raise ShardsError(f"cluster {cluster_name(c)} is not merged: run its merge first")
-        rec = storage.read_json(writer.path(marker))
-        info[cluster_name(c)] = {"documents": int(rec["documents"]), "tokens": int(rec["tokens"])}
+    """{cNN: {documents, tokens}} of every merged cluster, staged as `clusters.json` before the
+    runs are removed from staging: a retry after a failed commit finds it there (idempotent)."""
+    if writer.has(COUNTS):
+        info = storage.read_json(writer.path(COUNTS))
+    else:
+        info = {}
+        for c in clusters:
+            marker = f"{MERGED}/{cluster_name(c)}.json"
+            if not writer.has(marker):
+                raise ShardsError(f"cluster {cluster_name(c)} is not merged: run its merge first")
+            rec = storage.read_json(writer.path(marker))
+            info[cluster_name(c)] = {"documents": int(rec["documents"]), "tokens": int(rec["tokens"])}
+        storage.write_json(writer.path(COUNTS), info)
     storage.delete(storage.join(writer.staging, PARTS))
     return info
 

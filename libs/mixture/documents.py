@@ -9,8 +9,10 @@ the curation stage; this module only reads it, in file and row order.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -135,3 +137,16 @@ def iter_range(
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of documents `start` to `stop` (file and row order) of the curated dataset."""
     yield from iter_file_rows(doc_files(curated), columns, start, stop, batch_rows)
+
+
+def id_hashes(ids: pa.Array | pa.ChunkedArray, chunk: int = 1 << 16) -> np.ndarray:
+    """64-bit blake2b hashes of ids as strings (8 bytes a document), `chunk` ids at a time."""
+    out = np.empty(len(ids), dtype=np.uint64)
+    for start in range(0, len(ids), chunk):
+        part = ids.slice(start, chunk).to_pylist()
+        out[start : start + len(part)] = np.fromiter(
+            (int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") for i in part),
+            dtype=np.uint64,
+            count=len(part),
+        )
+    return out

@@ -21,7 +21,6 @@ the colliding ones: no Python object per document), plus the two readers.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from mixture import storage
+from mixture import documents, storage
 from mixture.kmeans import final_ids, prune_reasons
 
 # why a curated document has no group (the accounting keys)
@@ -71,24 +70,10 @@ def compact(names: list[str], codes: np.ndarray) -> tuple[list[str], np.ndarray]
     return [names[i] for i in present.tolist()], lookup[codes]
 
 
-# --------------------------------------------------------------------------------- id hashes
-def id_hashes(ids: pa.Array | pa.ChunkedArray, chunk: int = 1 << 16) -> np.ndarray:
-    """64-bit blake2b hashes of ids as strings (8 bytes a document), `chunk` ids at a time."""
-    out = np.empty(len(ids), dtype=np.uint64)
-    for start in range(0, len(ids), chunk):
-        part = ids.slice(start, chunk).to_pylist()
-        out[start : start + len(part)] = np.fromiter(
-            (int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") for i in part),
-            dtype=np.uint64,
-            count=len(part),
-        )
-    return out
-
-
 def first_duplicate(ids: pa.Array | pa.ChunkedArray) -> int | None:
     """The position of the first id that appeared before, or None when all are unique: hashes
     sorted, and only the ids whose hashes collide compared exactly."""
-    h = id_hashes(ids)
+    h = documents.id_hashes(ids)
     order = np.argsort(h, kind="stable")
     same = np.flatnonzero(h[order][1:] == h[order][:-1])
     if not len(same):
@@ -173,7 +158,7 @@ def read_assignments(uri: str) -> pa.Table:
             tables.append(_checked(f, _read_table(f)))
         except pa.ArrowException as err:
             raise GroupError(f"cluster.assignments {f}: not a readable file ({str(err).splitlines()[0]})") from None
-    table = pa.concat_tables(tables).combine_chunks()
+    table = pa.concat_tables(tables).combine_chunks()  # (the assignments file: ids and groups only)
     dup = first_duplicate(table.column("id"))
     if dup is not None:
         ends = np.cumsum([t.num_rows for t in tables])
@@ -188,10 +173,11 @@ def by_field(
 ) -> Grouping:
     """Group per document: its field value (as a string), through `mapping` when given; a value
     the mapping lacks keeps its own group (`unmapped: keep`) or has none (`drop`). Works on the
-    distinct values (Arrow dictionary encoding): one Python object per value, not per document."""
+    distinct values (Arrow `unique` + `index_in`, chunk by chunk): one Python object per value,
+    not per document."""
     arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
-    enc = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).dictionary_encode()
-    distinct = [None if v is None else str(v) for v in enc.dictionary.to_pylist()]
+    uniq = pc.unique(arr).drop_null()
+    distinct = [str(v) for v in uniq.to_pylist()]
     group_of: list[str | None] = []
     reason_of: list[str | None] = []
     for value in distinct:
@@ -203,7 +189,7 @@ def by_field(
             g, reason = (value, None) if unmapped == "keep" else (None, UNMAPPED)
         group_of.append(g)
         reason_of.append(reason)
-    idx = enc.indices.fill_null(len(distinct)).to_numpy(zero_copy_only=False)
+    idx = np.asarray(pc.index_in(arr, value_set=uniq).fill_null(len(distinct)).to_numpy(zero_copy_only=False))
     counts = np.bincount(idx, minlength=len(distinct) + 1)
     names = sorted({g for g, n in zip(group_of, counts) if g is not None and n})
     pos = {g: i for i, g in enumerate(names)}

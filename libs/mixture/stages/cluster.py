@@ -37,7 +37,6 @@ logged to MLflow.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
@@ -99,16 +98,6 @@ def _unit(vecs: np.ndarray) -> np.ndarray:
     return np.divide(vecs, np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12), out=vecs)
 
 
-def _id_hashes(ids: pa.Array) -> np.ndarray:
-    """64-bit hashes of document ids (blake2b): 8 bytes per document for the uniqueness check."""
-    digest = hashlib.blake2b
-    return np.fromiter(
-        (int.from_bytes(digest(i.encode(), digest_size=8).digest(), "little") for i in ids.to_pylist()),
-        dtype=np.uint64,
-        count=len(ids),
-    )
-
-
 @dataclass
 class Corpus:
     """The curated documents and their embeddings, streamed together in blocks (the embed stage
@@ -141,8 +130,8 @@ class Corpus:
 
 def mismatch(emb: Dataset, curated: Dataset, n_emb: int, n_cur: int) -> ClusterError:
     """Why the embeddings do not match the curated documents (hashed ids: 8 bytes a document)."""
-    a = np.concatenate([_id_hashes(b.column("id")) for b in documents.iter_batches(curated, ["id"])])
-    b = np.concatenate([_id_hashes(ids) for ids, _ in embeddings.iter_shards(emb)])
+    a = np.concatenate([documents.id_hashes(b.column("id")) for b in documents.iter_batches(curated, ["id"])])
+    b = np.concatenate([documents.id_hashes(ids) for ids, _ in embeddings.iter_shards(emb)])
     missing, unknown = len(np.setdiff1d(a, b)), len(np.setdiff1d(b, a))
     if n_emb == n_cur and not missing and not unknown:
         return ClusterError(f"{emb.uri}: the embeddings are not in the curated documents' order: rerun `embed`")
@@ -236,7 +225,7 @@ def assign_and_score(corpus: Corpus, centroids: np.ndarray, scoring: Scoring, gp
         if words is not None:
             arrays["words"] = np.nan_to_num(words.astype(np.float64)).astype(np.int64)
         spill.put(start, arrays)
-        hashes.append(_id_hashes(ids))
+        hashes.append(documents.id_hashes(ids))
     if len(np.unique(np.concatenate(hashes))) != corpus.n:
         raise ClusterError(f"{corpus.embeddings.uri}: document ids are not unique")
     return agg
@@ -514,7 +503,7 @@ def read_group_meta(ctx: StageContext) -> tuple[pa.Array, pa.Table]:
             + ([field] if field and field in names and field not in curated_meta_columns(names) else [])
         ),
     )
-    ids = meta.column("id").combine_chunks().cast(pa.string())
+    ids = meta.column("id").cast(pa.string())  # chunked: one array could not hold over 2 GiB of ids
     dup = first_duplicate(ids)
     if dup is not None:
         raise ClusterError(f"{ctx.input('curated').uri}: document ids are not unique (e.g. {ids[dup].as_py()!r})")

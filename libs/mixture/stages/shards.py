@@ -16,8 +16,8 @@ the tokenizer), each part and each merge is a mapped task (`tokenize_part`, `mer
 `finish` builds the output for the runner's commit (`dags/climb_corpus_refresh.py`). The committed
 files are the same bytes whatever the number of parts or workers.
 
-Bounded memory: a record batch, the tokenizer's training sample, one run-head per run being merged
-and each cluster's offsets (8 bytes a document).
+Bounded memory: a record batch, the tokenizer's training sample, up to `MERGE_IDS` ids of the
+runs being merged and each cluster's offsets (8 bytes a document).
 """
 
 from __future__ import annotations
