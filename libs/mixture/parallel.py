@@ -5,6 +5,7 @@ scatter parts and gather buckets are lists of jobs that each stage its own files
 they can run in any order, in parallel and again. On one machine `fan_out` runs them here
 (`workers` <= 1) or in `workers` spawned processes (CUDA and torch threads do not survive a
 fork); under Airflow each job is a mapped task instead, and the engines' own retries apply.
+`shard_ranges` cuts a stage's documents into such jobs: contiguous ranges of whole shards.
 
 The first failed job fails the step at once: jobs not yet started are cancelled, the running ones
 finish (what they stage is kept, a rerun reuses it), and the error is raised.
@@ -15,9 +16,37 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class ShardRange:
+    """Shards `first_shard ..` (`shards` of them): documents `first_doc ..` (`docs` of them). A
+    job's unit of work (an embedding range, a build bucket); `to_dict` is its task argument."""
+
+    index: int
+    first_shard: int
+    shards: int
+    first_doc: int
+    docs: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def shard_ranges(n_docs: int, shard_docs: int, range_shards: int) -> list[ShardRange]:
+    """Ranges of `range_shards` consecutive shards of `shard_docs` documents covering `n_docs`
+    documents (the last shard and range may be shorter; none is empty)."""
+    n_shards = -(-n_docs // shard_docs)
+    out = []
+    for index, first in enumerate(range(0, n_shards, range_shards)):
+        shards = min(range_shards, n_shards - first)
+        first_doc = first * shard_docs
+        out.append(ShardRange(index, first, shards, first_doc, min(shards * shard_docs, n_docs - first_doc)))
+    return out
 
 
 def fan_out(

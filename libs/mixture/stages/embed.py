@@ -32,19 +32,18 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mixture import documents, storage
+from mixture import documents
 from mixture.config import EmbedConfig
 from mixture.contract import StageContext, StageOutput
 from mixture.dataset import Dataset
 from mixture.embeddings import npy_shape, read_ids, shard_names, write_shard
 from mixture.encoder import Embedder, EmbedError, read_model_spec, resolve_model
-from mixture.parallel import fan_out
+from mixture.parallel import ShardRange, fan_out, shard_ranges
 
 log = logging.getLogger(__name__)
 
@@ -52,29 +51,12 @@ OnShard = Callable[[int, bool], None]
 
 
 # ------------------------------------------------------------------------------------- ranges
-@dataclass(frozen=True)
-class Range:
-    """Shards `first_shard ..` (`shards` of them): documents `first_doc ..` (`docs` of them)."""
-
-    index: int
-    first_shard: int
-    shards: int
-    first_doc: int
-    docs: int
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+Range = ShardRange  # a range of embedding shards: one mapped `embed_range` task
 
 
 def plan(n_docs: int, shard_docs: int, range_shards: int) -> list[Range]:
     """Ranges of `range_shards` shards of `shard_docs` documents covering `n_docs` documents."""
-    n_shards = -(-n_docs // shard_docs)
-    out = []
-    for index, first in enumerate(range(0, n_shards, range_shards)):
-        shards = min(range_shards, n_shards - first)
-        first_doc = first * shard_docs
-        out.append(Range(index, first, shards, first_doc, min(shards * shard_docs, n_docs - first_doc)))
-    return out
+    return shard_ranges(n_docs, shard_docs, range_shards)
 
 
 def ranges(curated: Dataset, cfg: EmbedConfig) -> list[Range]:
@@ -83,35 +65,13 @@ def ranges(curated: Dataset, cfg: EmbedConfig) -> list[Range]:
     return plan(documents.count(curated), cfg.shard_docs, cfg.range_shards)
 
 
-def iter_rows(curated: Dataset, start: int, stop: int) -> Iterator[tuple[list[str], list[str]]]:
-    """(ids, texts) of documents `start` to `stop` (file and row order), in record batches;
-    files before `start` are skipped by their footers."""
-    offset = 0
-    for uri in documents.doc_files(curated):
-        if offset >= stop:
-            return
-        with storage.open_read(uri) as f:
-            pf = pq.ParquetFile(f)
-            n = pf.metadata.num_rows
-            pos = offset
-            if offset + n > start:
-                for batch in pf.iter_batches(batch_size=documents.BATCH_ROWS, columns=["id", "text"]):
-                    lo, hi = max(start - pos, 0), min(stop - pos, batch.num_rows)
-                    pos += batch.num_rows
-                    if hi > lo:
-                        part = batch.slice(lo, hi - lo)
-                        yield part.column("id").to_pylist(), part.column("text").to_pylist()
-                    if pos >= stop:
-                        return
-        offset += n
-
-
 def iter_shards(curated: Dataset, shard_docs: int, r: Range | None = None) -> Iterator[tuple[list[str], list[str]]]:
     """(ids, texts) of consecutive groups of `shard_docs` documents of the range (default: all)."""
     start, stop = (r.first_doc, r.first_doc + r.docs) if r else (0, documents.count(curated))
     ids: list[str] = []
     texts: list[str] = []
-    for b_ids, b_texts in iter_rows(curated, start, stop):
+    for batch in documents.iter_range(curated, ["id", "text"], start, stop):
+        b_ids, b_texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
         for doc_id, text in zip(b_ids, b_texts):
             if doc_id is None or text is None:
                 raise EmbedError(f"{curated.uri}: a curated document has a null id or text (id={doc_id!r})")
