@@ -6,8 +6,9 @@ computes everything that needs the raw text at scale, once; `select.py` takes th
 from the stored values without Spark, so tuning a threshold never reruns this.
 
 Steps (DataFrame transformations; per-batch work in `batches.py` via `mapInArrow`). The text
-crosses from Python to the JVM once (the scan), is cached there, and is shuffled once (the
-write); every other shuffle moves small columns (file, line, id, hashes, band keys):
+crosses from Python to the JVM once (the scan), is cached on the executors' local disk (not their heap:
+the corpus does not fit there), and is shuffled once (the write); every other shuffle moves small
+columns (file, line, id, hashes, band keys):
 1. scan: the input files are listed on the driver and cut into splits (`ingest.py`); one Python
    pass per split reads its records through mixture.storage (local or S3), quarantines bad ones,
    and computes for the good ones every registered filter's signals (`filters/`, float64 so a
@@ -356,7 +357,7 @@ def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str
     files, splits = plan(spark, cfg)
     params, tradeoff = lsh_params(cfg)
     log.info("%s", tradeoff)
-    scored = scan(spark, cfg, splits, params).persist(StorageLevel.MEMORY_AND_DISK)
+    scored = scan(spark, cfg, splits, params).persist(StorageLevel.DISK_ONLY)  # texts: on local disk, not the heap
     ident = identify(scored, files, cfg.input.unique_ids)
     read = [(r["file"], r["reason"], r["count"]) for r in scored.groupBy("file", "reason").count().collect()]
     table = None
