@@ -23,7 +23,11 @@ pipeline's own filters keep (each deduplicates only its own survivors; ours grou
 docs/s = input documents / wall seconds of the whole pipeline, reading and writing included.
 
     .venv/bin/python bench/curate_throughput.py [--bases 600] [--copies 3] [--skip datatrove]
-        [--datatrove-tokenizer spacy whitespace]
+        [--datatrove-tokenizer spacy whitespace] [--repeats 3]
+
+`--repeats N` runs the pipelines N times back to back, alternating (ours, DataTrove, ours, ...),
+and reports each pipeline's median seconds, the ratio of the medians and each repeat's ratio: on
+a shared machine the load changes between runs, and a pair run back to back sees about the same.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -216,6 +221,9 @@ def near_dup_scores(result: dict, universe: set[str], index: dict[str, int], tru
     return cd.score([g for g in groups if len(g) > 1], true_pairs)
 
 
+OURS = "ours: curate + select (Spark local[2])"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bases", type=int, default=600, help="documents that get injected near copies")
@@ -229,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         default=["spacy"],
         choices=["spacy", "whitespace"],
         help="DataTrove's word tokenizer: its English default (spaCy) and/or whitespace splitting",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the pipelines this many times, alternating (ours, DataTrove, ours, ...); medians reported",
     )
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args(argv)
@@ -254,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     results: dict[str, tuple[float, dict]] = {}
+    seconds: dict[str, list[float]] = {}
     try:
         inputs = tmp / "input"
         write_inputs(corpus, inputs)
@@ -265,17 +280,25 @@ def main(argv: list[str] | None = None) -> int:
         params, _ = minhash.lsh_params(
             args.threshold, fz.num_perm, fz.bands, fz.rows, fz.false_positive_weight, fz.false_negative_weight
         )
+        spark = None
         if "ours" not in args.skip:
             t0 = time.perf_counter()
             spark = spark_helper.session("local[2]", "bench-throughput", WORKERS * 2)
             print(f"Spark session started in {time.perf_counter() - t0:.1f} s (not counted)")
-            results["ours: curate + select (Spark local[2])"] = run_ours(spark, inputs, tmp / "ours")
-            spark.stop()
-        if "datatrove" not in args.skip:
-            for tok in args.datatrove_tokenizer:
-                results[f"datatrove 0.10 (2 workers, {tok} words)"] = run_datatrove(
-                    inputs, tmp / f"datatrove-{tok}", params.bands, params.rows, tok
+        runs: dict[str, list[tuple[float, dict]]] = {}
+        for rep in range(args.repeats):  # back to back, so each pair of runs sees about the same load
+            if spark is not None:
+                runs.setdefault(OURS, []).append(run_ours(spark, inputs, tmp / f"ours-{rep}"))
+            for tok in [] if "datatrove" in args.skip else args.datatrove_tokenizer:
+                name = f"datatrove 0.10 (2 workers, {tok} words)"
+                runs.setdefault(name, []).append(
+                    run_datatrove(inputs, tmp / f"datatrove-{tok}-{rep}", params.bands, params.rows, tok)
                 )
+            print(f"repeat {rep + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in runs.items()), flush=True)
+        if spark is not None:
+            spark.stop()
+        results = {k: (statistics.median(w for w, _ in v), v[-1][1]) for k, v in runs.items()}
+        seconds = {k: [round(w, 1) for w, _ in v] for k, v in runs.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -298,17 +321,27 @@ def main(argv: list[str] | None = None) -> int:
         own_idx = {index[i] for i in r["passed_filters"]}
         true_own = {p for p in true_pairs if p[0] in own_idx and p[1] in own_idx}
         o = near_dup_scores(r, r["passed_filters"], index, true_own)
-        figures[name] = {"seconds": wall, "docs_per_s": n / wall, "kept": r["kept"], "common": s, "own": o}
+        figures[name] = {
+            "seconds": wall,
+            "runs": seconds.get(name, []),
+            "docs_per_s": n / wall,
+            "kept": r["kept"],
+            "common": s,
+            "own": o,
+        }
         print(
             f"{name:40s} {wall:7.1f} {n / wall:6.0f} {n - len(r['passed_filters']):8d} {r['kept']:5d} "
             f"{s['doc_f1']:14.3f} {s['pair_f1']:7.3f}   {len(true_own):10d} {o['doc_f1']:6.3f} {o['pair_f1']:7.3f}"
         )
         if "stage_seconds" in r:
             print(f"  stages: {r['stage_seconds']}")
-    ours = [w for name, (w, _) in results.items() if name.startswith("ours")]
     for name, (wall, _) in results.items():
-        if ours and name.startswith("datatrove"):
-            print(f"throughput ours / {name}: {wall / ours[0]:.2f}x")
+        if OURS in results and name.startswith("datatrove"):
+            pairs = [d / o for d, o in zip(seconds[name], seconds[OURS])]
+            print(
+                f"throughput ours / {name}: {wall / results[OURS][0]:.2f}x (medians of {len(pairs)}; "
+                f"per repeat: {', '.join(f'{r:.2f}x' for r in pairs)}; seconds {seconds[OURS]} vs {seconds[name]})"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"documents": n, "pipelines": figures}, indent=2, default=str))
     return 0
