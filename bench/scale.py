@@ -24,7 +24,10 @@ the runner (`pipeline.run_stage(cfg, name)`), each stage in its own child proces
 curate -> select -> embed -> cluster -> shards -> build. The config is the demo's
 (configs/demo.yaml: its filter settings with C code exempt from the prose rules as Python and Perl
 are, local[2] Spark, the tokenizer) with
-`embed.model_type: static` (distilled once into `<work>/_models/` before any clock starts and
+`curate.driver_rows: 0` (the Spark path for the duplicate groups, the one 10^8 documents take,
+at every size), `curate.docs_per_file: 20000` (a part file's writer holds its rows while sorting
+them: bounded by docs_per_file, 100,000 by default, here set below the smallest size so that every
+size runs at the bound), `embed.model_type: static` (distilled once into `<work>/_models/` before any clock starts and
 copied into each output root), `cluster.k_init: 1000` (paper; `max_train_points` at its default,
 256 x K), the demo's pruning and merge (quality 3.0, merge to 10 clusters), no search: the build
 takes a uniform mixture over the ClimbLab clusters (`build.mixture`, a JSON file) and half the
@@ -150,6 +153,11 @@ def config(work: Path, n: int, corpus_dir: Path, k_init: int) -> dict:
     root = work / f"run-{n}"
     cfg.update(run_name=f"scale-{n}", output_root=str(root))
     cfg["curate"].pop("partitions", None)  # the default (8), not the demo's 4
+    # the path 10^8 documents take at every size (the driver path serves up to 200,000 good records)
+    cfg["curate"]["driver_rows"] = 0
+    # a part file's writer holds its rows while sorting them (Spark's and select's): bounded by
+    # docs_per_file, which is set below the smallest size so every size runs at that bound
+    cfg["curate"]["docs_per_file"] = 20_000
     for rule in cfg["curate"]["filters"].values():
         if "exempt_if" in rule:
             rule["exempt_if"] += C_CODE
