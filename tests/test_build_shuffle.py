@@ -185,3 +185,73 @@ def test_a_build_on_s3_commits_the_same_files(lab_root, s3_endpoint, s3_bucket):
     assert committed(ds) == clean
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/")["Contents"]]
     assert not [k for k in keys if ".tmp-" in k]
+
+
+def test_a_commit_that_fails_after_finish_is_retried_with_the_same_files(lab_root, monkeypatch):
+    """The Airflow `build` task: finish, then the commit fails (a busy lease, an S3 error); the
+    retried task finishes again and commits the clean run's files, with no scratch left."""
+    from mixture import pipeline
+    from mixture.stages import build as stage
+
+    clean = committed(build(lab_root, bucket_docs=4, part_docs=4))
+    ctx = pipeline.open_stage(config(lab_root, bucket_docs=4, part_docs=4), "build")
+    layout = stage.plan(ctx)
+    stage.run_steps(ctx, layout)
+    first = stage.finish(ctx)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("injected: the commit failed")
+
+    monkeypatch.setattr(pipeline, "exclusive", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        pipeline.commit(ctx, first)
+    monkeypatch.undo()
+    ctx = pipeline.open_stage(config(lab_root, bucket_docs=4, part_docs=4), "build")  # the retried task
+    again = stage.finish(ctx)
+    assert again == first
+    assert stage.plan(ctx) == layout  # and the steps before it, run again, keep what was finished
+    stage.run_steps(ctx, layout)
+    assert stage.finish(ctx) == first
+    ds = pipeline.commit(ctx, again)
+    assert committed(ds) == clean and ds.manifest.extra == open_dataset(ds.uri).manifest.extra
+    assert not list(Path(ds.uri).rglob("*.tmp-*")) and not (Path(ds.uri) / shuffle.SCRATCH).exists()
+
+
+def test_a_finish_killed_after_the_nanogpt_files_finishes_again(lab_root, monkeypatch):
+    from mixture import pipeline
+    from mixture.stages import build as stage
+
+    clean = committed(build(lab_root, bucket_docs=4, part_docs=4))
+    ctx = pipeline.open_stage(config(lab_root, bucket_docs=4, part_docs=4), "build")
+    stage.run_steps(ctx, stage.plan(ctx))
+    monkeypatch.setattr(shuffle, "clear", lambda writer: (_ for _ in ()).throw(RuntimeError("injected: killed")))
+    monkeypatch.setattr(stage, "render_card", lambda *a: (_ for _ in ()).throw(RuntimeError("injected: killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        stage.finish(ctx)  # the nanogpt pieces are gone, the finish was not recorded
+    monkeypatch.undo()
+    assert committed(pipeline.commit(ctx, stage.finish(ctx))) == clean
+
+
+def test_a_staging_folder_of_another_plan_is_started_again(lab_root, monkeypatch):
+    """A resumed staging folder whose plan differs (here: a smaller budget under the same
+    staging key) is dropped whole: no shard of the old plan is committed."""
+    from mixture import pipeline
+    from mixture.stages import build as stage
+
+    small = committed(build(lab_root, tokens=6_000))
+    monkeypatch.setattr(pipeline, "config_hash", lambda cfg, st: "same-key")
+    ctx = pipeline.open_stage(config(lab_root), "build")
+    stage.run_steps(ctx, stage.plan(ctx))  # 12,000 tokens: more shards, not finished
+    assert committed(build(lab_root, tokens=6_000)) == small
+
+
+def test_a_shard_file_outside_the_plan_fails_the_finish(lab_root):
+    from mixture import pipeline
+    from mixture.climbmix import BuildError
+    from mixture.stages import build as stage
+
+    ctx = pipeline.open_stage(config(lab_root), "build")
+    stage.run_steps(ctx, stage.plan(ctx))
+    Path(ctx.writer.path("parquet/part-00099.parquet")).write_bytes(b"old")
+    with pytest.raises(BuildError, match=r"parquet files do not match the plan's \d+ shard\(s\): parquet/part-00099"):
+        stage.finish(ctx)

@@ -40,6 +40,7 @@ parts or buckets.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SCRATCH = ".tmp-shuffle"  # under the staging folder; `.tmp-` keeps it out of every manifest
 PLAN = f"{SCRATCH}/plan.json"
+FINISHED = f"{SCRATCH}/finished.json"  # what the build's finish returns, for a retried commit
 CHUNK_ROWS = 1 << 12  # documents of text.parquet read at once by the scatter, and rows routed at once
 READ_BUFFER = 1 << 22  # bytes of a column chunk the scatter reads at once
 ROW_SCHEMA = pa.schema(
@@ -157,6 +159,16 @@ def positions(selected: dict[str, np.ndarray], clusters: list[str], seed: int) -
     return inverse
 
 
+def selection_digest(selected: dict[str, np.ndarray], clusters: list[str]) -> str:
+    """sha256 of the selected documents, cluster by cluster: part of the plan a staging folder is
+    compared by."""
+    h = hashlib.sha256()
+    for name in clusters:
+        h.update(f"{name}:{len(selected[name])}:".encode())
+        h.update(np.ascontiguousarray(selected[name], dtype="<i8").data)
+    return h.hexdigest()
+
+
 def route_names(name: str) -> tuple[str, str]:
     return f"{SCRATCH}/routes/{name}.doc.npy", f"{SCRATCH}/routes/{name}.pos.npy"
 
@@ -188,14 +200,16 @@ def write_routes(writer, selected: dict[str, np.ndarray], clusters: list[str], w
 
 
 def prepare(writer, layout: dict[str, Any], selected: dict[str, np.ndarray], clusters: list[str], seed: int) -> bool:
-    """Stage the plan (routes, then `plan.json`) unless the same plan is staged already; a
-    staged plan with another layout is cleared with everything made from it. True when written."""
+    """Stage the plan (routes, then `plan.json`) unless the same plan is staged already. Any
+    other staging (another plan: mixture, selection or layout; or none) is dropped whole first,
+    shards and format pieces included, so nothing of an older plan is ever committed. True when
+    written."""
     uri = writer.path(PLAN)
+    if storage.exists(uri) and storage.read_json(uri) == layout:
+        return False
     if storage.exists(uri):
-        if storage.read_json(uri) == layout:
-            return False
-        log.info("build: the staged shuffle was planned with another layout; starting it again")
-        storage.delete(writer.path(SCRATCH))
+        log.info("build: the staging folder holds another plan; starting the build again")
+    writer.reset()
     write_routes(writer, selected, clusters, positions(selected, clusters, seed))
     storage.write_json(writer.path(PLAN), layout)
     return True
@@ -210,7 +224,8 @@ def read_plan(writer) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the scatter
 def part_names(index: int) -> tuple[str, str]:
-    return f"{SCRATCH}/parts/p{index:05d}.arrow", f"{SCRATCH}/parts/p{index:05d}.json"
+    """(the part's routed rows, its sidecar): the rows are bulky scratch, the sidecar is kept."""
+    return f"{SCRATCH}/rows/p{index:05d}.arrow", f"{SCRATCH}/parts/p{index:05d}.json"
 
 
 def part_route(writer, name: str, part: Part) -> tuple[np.ndarray, np.ndarray]:
@@ -400,5 +415,8 @@ def gathered(writer, buckets: list[Bucket]) -> dict[str, Any]:
 
 
 def clear(writer) -> None:
-    """Delete the shuffle's scratch files (before the commit)."""
-    storage.delete(writer.path(SCRATCH))
+    """Delete the shuffle's bulky scratch (routes and routed rows) once the build is finished;
+    the small records (plan, sidecars, buckets, the finished record) stay until the commit, so
+    every step stays a no-op if it runs again (a retried commit)."""
+    storage.delete(writer.path(f"{SCRATCH}/routes"))
+    storage.delete(writer.path(f"{SCRATCH}/rows"))
