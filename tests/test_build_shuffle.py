@@ -255,3 +255,49 @@ def test_a_shard_file_outside_the_plan_fails_the_finish(lab_root):
     Path(ctx.writer.path("parquet/part-00099.parquet")).write_bytes(b"old")
     with pytest.raises(BuildError, match=r"parquet files do not match the plan's \d+ shard\(s\): parquet/part-00099"):
         stage.finish(ctx)
+
+
+def test_tokens_travel_with_the_scatter_and_are_read_by_range(lab_root, monkeypatch):
+    """No step reads a ClimbLab token file whole (on S3 that would be every token of a cluster
+    per gather): the scatter reads each part's offsets and each batch's tokens by range."""
+    from mixture import storage
+    from mixture.tokens import TokenShard
+
+    clean = committed(build(lab_root))
+    whole = []
+    real_read_bytes = storage.read_bytes
+
+    def read_bytes(uri):
+        if "climblab/" in str(uri) and str(uri).endswith((".bin", ".idx")):
+            whole.append(uri)
+        return real_read_bytes(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    monkeypatch.setattr(TokenShard, "tokens", property(lambda self: pytest.fail(f"{self.prefix}.bin read whole")))
+    assert committed(build(lab_root, bucket_docs=4, part_docs=4)) == clean
+    assert whole == []
+
+
+def test_a_part_writes_one_batch_per_bucket_unless_its_rows_pass_the_buffer(lab_root, monkeypatch):
+    from mixture import pipeline
+    from mixture.stages import build as stage
+
+    clean = committed(build(lab_root))
+
+    def scatter_all() -> list[int]:
+        """Batches per (part, bucket) of a fresh scatter."""
+        ctx = pipeline.open_stage(config(lab_root, bucket_docs=4, part_docs=8), "build")
+        ctx.writer.reset()
+        layout = stage.plan(ctx)
+        counts = []
+        for p in stage.parts(layout):
+            stage.scatter(ctx, p)
+            sidecar = shuffle.storage.read_json(ctx.writer.path(shuffle.part_names(p.index)[1]))
+            counts += [len(b) for b in sidecar["batches"].values()]
+        return counts
+
+    monkeypatch.setattr(shuffle, "CHUNK_ROWS", 2)  # many chunks a part
+    assert set(scatter_all()) == {1}
+    monkeypatch.setattr(shuffle, "BUFFER_BYTES", 1)  # every chunk's rows written at once
+    assert max(scatter_all()) > 1
+    assert committed(build(lab_root, bucket_docs=4, part_docs=8)) == clean  # resumes that scatter

@@ -54,6 +54,7 @@ from mixture import storage
 from mixture.climblab import ClimbLab, text_file
 from mixture.climbmix import BuildError, shard_slices
 from mixture.formats import Shard
+from mixture.tokens import read_offsets
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ ROW_SCHEMA = pa.schema(
         ("doc", pa.int64()),
         ("id", pa.string()),
         ("text", pa.string()),
+        ("tokens", pa.large_binary()),  # the document's token ids, little-endian, EOS last
     ]
 )
+BUFFER_BYTES = 256 << 20  # routed rows a scatter holds before it writes the largest buckets' batches
 
 
 # ------------------------------------------------------------------------------- the layout
@@ -236,11 +239,32 @@ def part_route(writer, name: str, part: Part) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(docs[a:b]), np.asarray(where[a:b])
 
 
+def token_values(bin_file, offsets: np.ndarray, local: np.ndarray, itemsize: int) -> pa.Array:
+    """The token bytes of documents `local` (ascending indices into `offsets`, repeats allowed),
+    from one ranged read of the `.bin` span they cover."""
+    first, last = int(local[0]), int(local[-1])
+    span = (offsets[first : last + 2] - offsets[first]) * itemsize
+    data = bin_file.read_at(int(span[-1]), int(offsets[first]) * itemsize)
+    if len(data) != int(span[-1]):
+        raise BuildError(f"a token shard ends before the tokens of its document {last}")
+    whole = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), last - first + 1, [None, pa.py_buffer(span.astype(np.int64)), pa.py_buffer(data)]
+    )
+    return whole.take(pa.array(local - first))
+
+
 def iter_routed(lab: ClimbLab, name: str, part: Part, docs: np.ndarray, where: np.ndarray) -> Iterator[pa.Table]:
     """The part's routed rows (a document selected k times gives k rows), at most CHUNK_ROWS at
-    a time; its row groups are read in record batches of CHUNK_ROWS documents, through a
-    buffered stream (never a whole column chunk at once)."""
-    with storage.open_read(lab.dataset.path(text_file(name))) as f:
+    a time, with their tokens; its row groups are read in record batches of CHUNK_ROWS documents
+    through a buffered stream (never a whole column chunk at once), the part's offsets in one
+    ranged read of the cluster's `.idx` and each batch's tokens in one of its `.bin`."""
+    prefix = lab.shard(name).prefix
+    with (
+        storage.open_read(lab.dataset.path(text_file(name))) as f,
+        storage.open_read(prefix + ".idx") as fidx,
+        storage.open_read(prefix + ".bin") as fbin,
+    ):
+        offsets = read_offsets(fidx, part.first_row, part.first_row + part.rows)
         pf = pq.ParquetFile(f, buffer_size=READ_BUFFER)
         groups = list(range(part.first_group, part.first_group + part.groups))
         row = part.first_row
@@ -256,34 +280,71 @@ def iter_routed(lab: ClimbLab, name: str, part: Part, docs: np.ndarray, where: n
                         pa.array(docs[lo:hi]),
                         batch.column("id").take(take).cast(pa.string()),
                         batch.column("text").take(take).cast(pa.string()),
+                        token_values(fbin, offsets, docs[lo:hi] - part.first_row, lab.dtype.itemsize),
                     ],
                     schema=ROW_SCHEMA,
                 )
             row += batch.num_rows
 
 
+class BucketBuffers:
+    """Routed rows of one part held per bucket, up to BUFFER_BYTES in all; past it the largest
+    buckets' rows are written, each as one batch by position (`flush` writes the rest). Each
+    bucket's rows are copied out of the chunk, so what is held is what is counted."""
+
+    def __init__(self, out, bucket_docs: int):
+        self.out, self.bucket_docs = out, bucket_docs
+        self.held: dict[int, list[pa.Table]] = {}
+        self.size: dict[int, int] = {}
+        self.total = 0
+        self.batches: dict[str, list[int]] = {}
+        self.count = 0
+
+    def add(self, chunk: pa.Table) -> None:
+        bucket = chunk.column("position").to_numpy() // self.bucket_docs
+        order = np.argsort(bucket, kind="stable")
+        cuts = np.flatnonzero(np.diff(bucket[order])) + 1
+        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist()):
+            piece, b = chunk.take(pa.array(order[lo:hi])), int(bucket[order[lo]])
+            self.held.setdefault(b, []).append(piece)
+            self.size[b] = self.size.get(b, 0) + piece.nbytes
+            self.total += piece.nbytes
+        while self.total > BUFFER_BYTES:
+            self.write(max(self.size, key=lambda k: self.size[k]))
+
+    def write(self, b: int) -> None:
+        table = pa.concat_tables(self.held.pop(b))
+        self.total -= self.size.pop(b)
+        table = table.take(pa.array(np.argsort(table.column("position").to_numpy(), kind="stable")))
+        self.out.write_batch(table.combine_chunks().to_batches()[0])
+        self.batches.setdefault(str(b), []).append(self.count)
+        self.count += 1
+
+    def flush(self) -> None:
+        for b in sorted(self.held):
+            self.write(b)
+
+
 def scatter_part(lab: ClimbLab, writer, part: Part) -> int:
-    """Route the part's selected documents into its IPC file, one batch per (chunk, bucket);
-    the sidecar index is written last. Idempotent: a scattered part is kept. Rows routed."""
+    """Route the part's selected documents into its IPC file: per bucket one batch by position
+    (more when the part's routed rows pass BUFFER_BYTES); the sidecar index is written last.
+    Idempotent: a scattered part is kept. Rows routed."""
     arrow_rel, index_rel = part_names(part.index)
     if writer.has(index_rel):
         return int(storage.read_json(writer.path(index_rel))["rows"])
     plan = read_plan(writer)
     name = plan["clusters"][part.cluster]
     docs, where = part_route(writer, name, part)
+    rows = 0
     batches: dict[str, list[int]] = {}
-    count = rows = 0
-    with storage.open_write(writer.path(arrow_rel)) as f, pa.ipc.new_file(f, ROW_SCHEMA) as out:
-        for chunk in iter_routed(lab, name, part, docs, where):
-            order = np.argsort(chunk.column("position").to_numpy())  # the chunk is by document
-            chunk = chunk.take(pa.array(order))
-            bucket = chunk.column("position").to_numpy() // plan["bucket_docs"]
-            cuts = np.flatnonzero(np.diff(bucket)) + 1
-            for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist()):
-                batches.setdefault(str(int(bucket[lo])), []).append(count)
-                out.write_batch(chunk.slice(lo, hi - lo).combine_chunks().to_batches()[0])
-                count += 1
-            rows += chunk.num_rows
+    if len(docs):  # no selected document: no text read
+        with storage.open_write(writer.path(arrow_rel)) as f, pa.ipc.new_file(f, ROW_SCHEMA) as out:
+            held = BucketBuffers(out, plan["bucket_docs"])
+            for chunk in iter_routed(lab, name, part, docs, where):
+                held.add(chunk)
+                rows += chunk.num_rows
+            held.flush()
+            batches = held.batches
     if rows != len(docs):
         raise BuildError(f"part {part.index}: {rows} rows routed, its route has {len(docs)} documents")
     storage.write_json(writer.path(index_rel), {"rows": rows, "batches": batches})
@@ -338,29 +399,20 @@ def shard_rows(batches: list[pa.RecordBatch], lo: int, hi: int) -> pa.Table:
     return table.take(pa.array(np.argsort(table.column("position").to_numpy())))
 
 
-class TokenSource:
-    """Each cluster's tokens and offsets, memory-mapped (read whole from S3), opened on first use."""
-
-    def __init__(self, lab: ClimbLab):
-        self.lab = lab
-        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def cluster(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
-        if ci not in self._open:
-            shard = self.lab.shard(self.lab.clusters[ci])
-            # plain ndarray views of the memory maps: slicing a np.memmap per document costs ~5 us more
-            self._open[ci] = (np.asarray(shard.tokens), load_npy(shard.prefix + ".idx"))
-        return self._open[ci]
-
-    def documents(self, clusters: np.ndarray, docs: np.ndarray) -> list[np.ndarray]:
-        out = []
-        for ci, d in zip(clusters.tolist(), docs.tolist()):
-            flat, offsets = self.cluster(ci)
-            out.append(flat[int(offsets[d]) : int(offsets[d + 1])])
-        return out
+def row_tokens(rows: pa.Table, dtype: np.dtype) -> list[np.ndarray]:
+    """Each row's tokens (its `tokens` bytes) as arrays of `dtype`: views, no copy."""
+    col = rows.column("tokens").combine_chunks()
+    if len(col) == 0:
+        return []
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int64)[col.offset : col.offset + len(col) + 1]
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)
+    itemsize = np.dtype(dtype).itemsize
+    flat = data[offsets[0] : offsets[-1]].view(np.dtype(dtype).newbyteorder("<"))
+    starts = ((offsets - offsets[0]) // itemsize).tolist()
+    return [flat[a:z] for a, z in zip(starts[:-1], starts[1:])]
 
 
-def make_shard(rows: pa.Table, index: int, names: np.ndarray, src: TokenSource) -> Shard:
+def make_shard(rows: pa.Table, index: int, names: np.ndarray, dtype: np.dtype) -> Shard:
     """Output shard `index` of these rows (position order): text, cluster, id and the tokens."""
     clusters = rows.column("cluster").to_numpy()
     table = pa.table(
@@ -370,7 +422,7 @@ def make_shard(rows: pa.Table, index: int, names: np.ndarray, src: TokenSource) 
             "id": rows.column("id"),
         }
     )
-    return Shard(index, table, src.documents(clusters, rows.column("doc").to_numpy()), src.lab.dtype)
+    return Shard(index, table, row_tokens(rows, dtype), dtype)
 
 
 def gather_bucket(lab: ClimbLab, writer, bucket: Bucket, formats: list, cfg) -> dict[str, Any]:
@@ -382,14 +434,13 @@ def gather_bucket(lab: ClimbLab, writer, bucket: Bucket, formats: list, cfg) -> 
     plan = read_plan(writer)
     batches = bucket_rows(writer, plan, bucket)
     names = np.array(plan["clusters"])
-    src = TokenSource(lab)
     writers = [cls() for cls in formats]
     record: dict[str, Any] = {"documents": 0, "tokens": 0, "shards": 0, "clusters": {}}
     counts = np.zeros(len(names), dtype=np.int64)
     for s, span in shard_slices(bucket.docs, plan["shard_docs"]):
         rows = shard_rows(batches, bucket.first_doc + span.start, bucket.first_doc + span.stop)
         counts += np.bincount(rows.column("cluster").to_numpy(), minlength=len(names))
-        shard = make_shard(rows, bucket.first_shard + s, names, src)
+        shard = make_shard(rows, bucket.first_shard + s, names, lab.dtype)
         for fmt in writers:
             fmt.write_shard(writer, shard, cfg)
         record["shards"] += 1
