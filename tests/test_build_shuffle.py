@@ -301,3 +301,31 @@ def test_a_part_writes_one_batch_per_bucket_unless_its_rows_pass_the_buffer(lab_
     monkeypatch.setattr(shuffle, "BUFFER_BYTES", 1)  # every chunk's rows written at once
     assert max(scatter_all()) > 1
     assert committed(build(lab_root, bucket_docs=4, part_docs=8)) == clean  # resumes that scatter
+
+
+def test_the_plan_skips_row_groups_with_no_selected_document(lab_root, monkeypatch):
+    """Parts hold a selected document each (no part reads text for nothing), and the plan reads
+    each cluster's offsets twice: its size, then its lengths to sample by."""
+    from collections import Counter
+
+    from mixture import pipeline, storage
+    from mixture.stages import build as stage
+
+    lab = ClimbLab(open_dataset(str(lab_root / "climblab")))
+    docs = {c: len(lab.shard(c)) for c in lab.clusters}
+    selected = {c: np.zeros(0, dtype=np.int64) for c in lab.clusters}
+    selected["c00"] = np.array([9, 1, 9])  # row groups of 4 documents: groups 0 and 2 of c00
+    parts = shuffle.plan_parts(lab, selected, 4, docs)
+    assert [(p.index, p.cluster, p.first_group, p.first_row) for p in parts] == [(0, 0, 0, 0), (1, 0, 2, 8)]
+
+    opened = Counter()
+    real_open = storage.open_read
+
+    def open_read(uri):
+        if str(uri).endswith(".idx"):
+            opened[uri] += 1
+        return real_open(uri)
+
+    monkeypatch.setattr(storage, "open_read", open_read)
+    stage.plan(pipeline.open_stage(config(lab_root, part_docs=4), "build"))
+    assert len(opened) == 4 and set(opened.values()) == {2}

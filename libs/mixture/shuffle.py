@@ -119,33 +119,42 @@ def plan_buckets(n_docs: int, shard_docs: int, bucket_docs: int) -> list[Bucket]
     return out
 
 
-def group_rows(lab: ClimbLab, name: str) -> list[int]:
-    """Rows per row group of a cluster's text.parquet (its footer), checked against its tokens."""
+def group_rows(lab: ClimbLab, name: str, documents: int) -> list[int]:
+    """Rows per row group of a cluster's text.parquet (its footer), checked against the
+    `documents` of its token shard."""
     with storage.open_read(lab.dataset.path(text_file(name))) as f:
         meta = pq.ParquetFile(f).metadata
     rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-    if sum(rows) != len(lab.shard(name)):
-        raise BuildError(
-            f"cluster {name}: text.parquet has {sum(rows)} rows, its token shard {len(lab.shard(name))} documents"
-        )
+    if sum(rows) != documents:
+        raise BuildError(f"cluster {name}: text.parquet has {sum(rows)} rows, its token shard {documents} documents")
     return rows
 
 
-def plan_parts(lab: ClimbLab, selected: dict[str, np.ndarray], part_docs: int) -> list[Part]:
-    """The row groups of the clusters with selected documents, in runs of at most `part_docs`
-    documents (a larger row group is a part of its own)."""
+def group_runs(rows: list[int], part_docs: int) -> Iterator[tuple[int, int, int, int]]:
+    """(first group, groups, first row, rows) of consecutive row groups of at most `part_docs`
+    rows (a larger row group is a run of its own)."""
+    first_group = first_row = n_rows = groups = 0
+    for g, n in enumerate(rows):
+        if groups and n_rows + n > part_docs:
+            yield first_group, groups, first_row, n_rows
+            first_group, first_row, n_rows, groups = g, first_row + n_rows, 0, 0
+        n_rows, groups = n_rows + n, groups + 1
+    if groups:
+        yield first_group, groups, first_row, n_rows
+
+
+def plan_parts(lab: ClimbLab, selected: dict[str, np.ndarray], part_docs: int, documents: dict[str, int]) -> list[Part]:
+    """The row groups of the clusters (`documents`: each one's count), in runs of at most
+    `part_docs` documents, that hold a selected document: a part never reads text for nothing."""
     parts: list[Part] = []
     for ci, name in enumerate(lab.clusters):
         if not len(selected[name]):
             continue
-        first_group = first_row = rows = groups = 0
-        for g, n in enumerate(group_rows(lab, name)):
-            if groups and rows + n > part_docs:
+        chosen = np.sort(selected[name])
+        for first_group, groups, first_row, rows in group_runs(group_rows(lab, name, documents[name]), part_docs):
+            a, b = np.searchsorted(chosen, [first_row, first_row + rows])
+            if b > a:
                 parts.append(Part(len(parts), ci, first_group, groups, first_row, rows))
-                first_group, first_row, rows, groups = g, first_row + rows, 0, 0
-            rows, groups = rows + n, groups + 1
-        if groups:
-            parts.append(Part(len(parts), ci, first_group, groups, first_row, rows))
     return parts
 
 
@@ -172,8 +181,9 @@ def selection_digest(selected: dict[str, np.ndarray], clusters: list[str]) -> st
     return h.hexdigest()
 
 
-def route_names(name: str) -> tuple[str, str]:
-    return f"{SCRATCH}/routes/{name}.doc.npy", f"{SCRATCH}/routes/{name}.pos.npy"
+def route_names(index: int) -> tuple[str, str]:
+    """A part's route: its selected documents ascending (repeats adjacent) and their positions."""
+    return f"{SCRATCH}/routes/p{index:05d}.doc.npy", f"{SCRATCH}/routes/p{index:05d}.pos.npy"
 
 
 def save_npy(uri: str, array: np.ndarray) -> None:
@@ -189,20 +199,22 @@ def load_npy(uri: str) -> np.ndarray:
         return np.load(f, allow_pickle=False)
 
 
-def write_routes(writer, selected: dict[str, np.ndarray], clusters: list[str], where: np.ndarray) -> None:
-    """Per cluster with selected documents: their indices ascending and their positions."""
+def write_routes(writer, selected: dict[str, np.ndarray], layout: dict[str, Any], where: np.ndarray) -> None:
+    """Per part (`layout["part_list"]`): its selected documents ascending and their positions."""
     start = 0
-    for name in clusters:
+    for ci, name in enumerate(layout["clusters"]):
         sel = selected[name]
-        if len(sel):
-            order = np.argsort(sel, kind="stable")
-            doc_rel, pos_rel = route_names(name)
-            save_npy(writer.path(doc_rel), sel[order].astype(np.int64))
-            save_npy(writer.path(pos_rel), where[start : start + len(sel)][order])
+        order = np.argsort(sel, kind="stable")
+        docs, pos = sel[order].astype(np.int64), where[start : start + len(sel)][order]
+        for part in (p for p in layout["part_list"] if p["cluster"] == ci):
+            a, b = np.searchsorted(docs, [part["first_row"], part["first_row"] + part["rows"]])
+            doc_rel, pos_rel = route_names(part["index"])
+            save_npy(writer.path(doc_rel), docs[a:b])
+            save_npy(writer.path(pos_rel), pos[a:b])
         start += len(sel)
 
 
-def prepare(writer, layout: dict[str, Any], selected: dict[str, np.ndarray], clusters: list[str], seed: int) -> bool:
+def prepare(writer, layout: dict[str, Any], selected: dict[str, np.ndarray], seed: int) -> bool:
     """Stage the plan (routes, then `plan.json`) unless the same plan is staged already. Any
     other staging (another plan: mixture, selection or layout; or none) is dropped whole first,
     shards and format pieces included, so nothing of an older plan is ever committed. True when
@@ -213,7 +225,7 @@ def prepare(writer, layout: dict[str, Any], selected: dict[str, np.ndarray], clu
     if storage.exists(uri):
         log.info("build: the staging folder holds another plan; starting the build again")
     writer.reset()
-    write_routes(writer, selected, clusters, positions(selected, clusters, seed))
+    write_routes(writer, selected, layout, positions(selected, layout["clusters"], seed))
     storage.write_json(writer.path(PLAN), layout)
     return True
 
@@ -231,12 +243,10 @@ def part_names(index: int) -> tuple[str, str]:
     return f"{SCRATCH}/rows/p{index:05d}.arrow", f"{SCRATCH}/parts/p{index:05d}.json"
 
 
-def part_route(writer, name: str, part: Part) -> tuple[np.ndarray, np.ndarray]:
+def part_route(writer, part: Part) -> tuple[np.ndarray, np.ndarray]:
     """(document, position) of the part's selected documents, by document (repeats adjacent)."""
-    doc_rel, pos_rel = route_names(name)
-    docs, where = load_npy(writer.path(doc_rel)), load_npy(writer.path(pos_rel))
-    a, b = np.searchsorted(docs, [part.first_row, part.first_row + part.rows])
-    return np.asarray(docs[a:b]), np.asarray(where[a:b])
+    doc_rel, pos_rel = route_names(part.index)
+    return np.asarray(load_npy(writer.path(doc_rel))), np.asarray(load_npy(writer.path(pos_rel)))
 
 
 def token_values(bin_file, offsets: np.ndarray, local: np.ndarray, itemsize: int) -> pa.Array:
@@ -334,7 +344,7 @@ def scatter_part(lab: ClimbLab, writer, part: Part) -> int:
         return int(storage.read_json(writer.path(index_rel))["rows"])
     plan = read_plan(writer)
     name = plan["clusters"][part.cluster]
-    docs, where = part_route(writer, name, part)
+    docs, where = part_route(writer, part)
     rows = 0
     batches: dict[str, list[int]] = {}
     if len(docs):  # no selected document: no text read

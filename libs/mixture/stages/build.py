@@ -93,7 +93,7 @@ def plan(ctx: StageContext) -> dict[str, Any]:
     n_docs = sum(len(v) for v in selected.values())
     if n_docs == 0:
         raise BuildError("the mixture and budget select no documents")
-    parts = shuffle.plan_parts(lab, selected, cfg.part_docs)
+    parts = shuffle.plan_parts(lab, selected, cfg.part_docs, docs)
     buckets = shuffle.plan_buckets(n_docs, cfg.shard_docs, cfg.bucket_docs)
     layout = {
         "clusters": lab.clusters,
@@ -108,7 +108,7 @@ def plan(ctx: StageContext) -> dict[str, Any]:
         "seed": ctx.cfg.seed,
         "selection": shuffle.selection_digest(selected, lab.clusters),
     }
-    shuffle.prepare(ctx.writer, json_safe(layout), selected, lab.clusters, ctx.cfg.seed)
+    shuffle.prepare(ctx.writer, json_safe(layout), selected, ctx.cfg.seed)
     return shuffle.read_plan(ctx.writer)
 
 
