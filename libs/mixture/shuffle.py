@@ -8,34 +8,41 @@ pure function of the plan, so they can run in any order within a step, in parall
 1. **plan** (one process): the selection and the global order as numpy arrays (the per-document
    arrays that must be whole: about 24 bytes a selected document at the peak, the same
    permutation `climbmix.global_order` draws; the document lengths it samples by are read one
-   cluster at a time). It writes per cluster a *route*: the selected
-   documents' indices, ascending, and their output positions (`routes/cNN.doc.npy`,
-   `cNN.pos.npy`), then `plan.json` last (the layout: shards, buckets, parts, per-cluster counts).
-   A plan with another layout (`build.bucket_docs` or `build.part_docs` changed: they are not
-   in the config hash) clears what was scattered and gathered under the old one.
+   cluster at a time). The parts (below) are the runs of row groups that hold a selected
+   document. It writes per part a *route*: the part's selected documents' indices, ascending,
+   and their output positions (`routes/pNNNNN.doc.npy`, `.pos.npy`), then `plan.json` last (the
+   layout: shards, buckets, parts, per-cluster counts, the mixture, seed and a digest of the
+   selection). A staging folder that holds another plan (or a plan not finished writing) is
+   dropped whole first, format files included: nothing of an older plan is ever committed.
 2. **scatter**, per *part* (consecutive row groups of one cluster's `text.parquet`, at most
-   `build.part_docs` documents, at least one row group): reads its slice of the cluster's route,
-   streams the part in record batches of CHUNK_ROWS documents (a buffered stream: never a whole
-   column chunk) and routes each selected document, once per time it
-   was selected (upsampling repeats), as a row (position, cluster, doc, id, text) into one Arrow
-   IPC file per part (`parts/pNNNNN.arrow`), in record batches by position that never straddle
-   a bucket;
-   the sidecar `pNNNNN.json` (written last: the part is done) lists each bucket's batches. One
-   file per part, not per (bucket, part): at ClimbMix scale that would be millions of files;
-   batches of an IPC file are read one by one, so a bucket reads only its own.
+   `build.part_docs` documents, at least one row group): reads its route, its slice of the
+   cluster's token offsets (one ranged read of `.idx`), streams the part in record batches of
+   CHUNK_ROWS documents (a buffered stream: never a whole column chunk) with each batch's tokens
+   (one ranged read of `.bin`), and routes each selected document, once per time it was
+   selected (upsampling repeats), as a row (position, cluster, doc, id, text, tokens) to its
+   bucket. Rows are held per bucket up to BUFFER_BYTES for the part, then the largest buckets'
+   rows are written, and the rest at the end: one Arrow IPC file per part
+   (`rows/pNNNNN.arrow`), each batch one bucket's rows by position (one batch per bucket
+   unless the part passes the cap). The sidecar `parts/pNNNNN.json` (written last: the part is
+   done) lists each bucket's batches. One file per part, not per (bucket, part): at ClimbMix
+   scale that would be millions of files; batches of an IPC file are read one by one, so a
+   bucket reads only its own.
 3. **gather**, per *bucket* (a contiguous range of output shards, `build.bucket_docs`
    documents rounded down to whole shards, at least one shard): reads its batches from every
-   part (each by position), checks they are exactly the bucket's positions, and per shard
-   takes its rows from them in position order (a copy of one shard at a time), takes each
-   document's tokens from the memory-mapped ClimbLab token shards and writes the bucket's
+   part, checks they are exactly the bucket's positions, and per shard takes its rows from them
+   in position order (a copy of one shard at a time), with their tokens (the token shards are
+   never opened: on S3 that would read a cluster's tokens whole), and writes the bucket's
    shards through the output formats (`mixture.formats`); `buckets/bNNNNN.json` (written last:
    the bucket is done) records its documents and tokens.
 
-Memory: the plan's arrays (driver only), then one record batch (and its routed rows) per
-scatter process, one bucket's rows per gather process. Everything lives under `.tmp-shuffle/`
-in the staging folder (`.tmp-`: never in a manifest) and is deleted before the commit. The
-output depends only on the plan, so the committed files are the same for any number of workers,
-parts or buckets.
+Memory: the plan's arrays (driver only); per scatter process one record batch and at most
+BUFFER_BYTES of routed rows; per gather process one bucket's rows, text and tokens (memory-mapped
+from a local staging folder, read from S3) and one shard's copy. Everything lives under
+`.tmp-shuffle/` in the staging folder (`.tmp-`: never in a manifest). Once the build is finished
+(`mixture.stages.build.finish`, which records its output in `finished.json`), `clear` deletes the
+bulky routes and rows; the small records stay, so every step is a no-op if it runs again (a
+retried commit), and the commit deletes them. The output depends only on the plan, so the
+committed files are the same for any number of workers, parts or buckets.
 """
 
 from __future__ import annotations

@@ -14,16 +14,19 @@ card), then:
 2. `scatter` per part: routes each selected document (repeats included) to its bucket;
 3. `gather` per bucket: writes its shards of `build.shard_docs` documents in every format of
    `build.formats` (`mixture.formats`), row i of one being document i of another;
-4. `finish`: checks that every bucket was written and that what was written is the plan, lets
-   a format finish the files that span the shards (`megatron/blend.txt`, `nanogpt/`), clears the
-   shuffle's scratch files, copies the tokenizer and writes the dataset card (`mixture.card`).
+4. `finish`: checks that every bucket was written, that what was written is the plan and that
+   each format's shard files are exactly the plan's shards, lets a format finish the files that
+   span the shards (`megatron/blend.txt`, `nanogpt/`), copies the tokenizer, writes the dataset
+   card (`mixture.card`), records its output in the staging folder and deletes the shuffle's
+   bulky scratch. A second `finish` (the commit failed and is retried) returns the record.
 
 Steps 2 and 3 are idempotent per part and per bucket (the stage is resumable: a killed build
 keeps what it scattered and gathered), so they run in any order within a step: here in
 `build.workers` spawned processes (`run`), under Airflow as mapped tasks
 (`dags/climb_mixture_search.py`: `build_plan` -> `build_scatter` -> `build_gather` -> `build`,
 which runs `finish` and commits). Memory: the plan's per-document arrays in one process, then
-one row group per scatter and one bucket per gather; the token shards are memory-mapped. The
+one record batch and at most `shuffle.BUFFER_BYTES` of routed rows per scatter and one bucket
+per gather (`mixture.shuffle`); no step reads a token shard whole. The
 same inputs, config and seed give byte-identical files whatever the workers, parts or buckets,
 so the content hash that `climb publish` uses as the default version is stable across rebuilds.
 """
