@@ -21,7 +21,7 @@ pure function of the plan, so they can run in any order within a step, in parall
    (one ranged read of `.bin`), and routes each selected document, once per time it was
    selected (upsampling repeats), as a row (position, cluster, doc, id, text, tokens) to its
    bucket. Rows are held per bucket up to BUFFER_BYTES for the part, then the largest buckets'
-   rows are written, and the rest at the end: one Arrow IPC file per part
+   rows are written until half the cap is held, and the rest at the end: one Arrow IPC file per part
    (`rows/pNNNNN.arrow`), each batch one bucket's rows by position (one batch per bucket
    unless the part passes the cap). The sidecar `parts/pNNNNN.json` (written last: the part is
    done) lists each bucket's batches. One file per part, not per (bucket, part): at ClimbMix
@@ -306,7 +306,8 @@ def iter_routed(lab: ClimbLab, name: str, part: Part, docs: np.ndarray, where: n
 
 class BucketBuffers:
     """Routed rows of one part held per bucket, up to BUFFER_BYTES in all; past it the largest
-    buckets' rows are written, each as one batch by position (`flush` writes the rest). Each
+    buckets' rows are written, each as one batch by position, until half the cap is left
+    (`flush` writes the rest). Each
     bucket's rows are copied out of the chunk, so what is held is what is counted."""
 
     def __init__(self, out, bucket_docs: int):
@@ -326,14 +327,15 @@ class BucketBuffers:
             self.held.setdefault(b, []).append(piece)
             self.size[b] = self.size.get(b, 0) + piece.nbytes
             self.total += piece.nbytes
-        while self.total > BUFFER_BYTES:
-            self.write(max(self.size, key=lambda k: self.size[k]))
+        if self.total > BUFFER_BYTES:  # down to half the cap: batches of a useful size
+            while self.total > BUFFER_BYTES // 2:
+                self.write(max(self.size, key=lambda k: self.size[k]))
 
     def write(self, b: int) -> None:
-        table = pa.concat_tables(self.held.pop(b))
+        table = pa.concat_tables(self.held.pop(b)).combine_chunks()  # take on chunked columns is slow
         self.total -= self.size.pop(b)
         table = table.take(pa.array(np.argsort(table.column("position").to_numpy(), kind="stable")))
-        self.out.write_batch(table.combine_chunks().to_batches()[0])
+        self.out.write_batch(table.to_batches()[0])
         self.batches.setdefault(str(b), []).append(self.count)
         self.count += 1
 
