@@ -185,3 +185,147 @@ def test_a_build_on_s3_commits_the_same_files(lab_root, s3_endpoint, s3_bucket):
     assert committed(ds) == clean
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/")["Contents"]]
     assert not [k for k in keys if ".tmp-" in k]
+
+
+def test_a_commit_that_fails_after_finish_is_retried_with_the_same_files(lab_root, monkeypatch):
+    """The Airflow `build` task: finish, then the commit fails (a busy lease, an S3 error); the
+    retried task finishes again and commits the clean run's files, with no scratch left."""
+    from mixture import pipeline
+    from mixture.stages import build as stage
+
+    clean = committed(build(lab_root, bucket_docs=4, part_docs=4))
+    ctx = pipeline.open_stage(config(lab_root, bucket_docs=4, part_docs=4), "build")
+    layout = stage.plan(ctx)
+    stage.run_steps(ctx, layout)
+    first = stage.finish(ctx)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("injected: the commit failed")
+
+    monkeypatch.setattr(pipeline, "exclusive", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        pipeline.commit(ctx, first)
+    monkeypatch.undo()
+    ctx = pipeline.open_stage(config(lab_root, bucket_docs=4, part_docs=4), "build")  # the retried task
+    again = stage.finish(ctx)
+    assert again == first
+    assert stage.plan(ctx) == layout  # and the steps before it, run again, keep what was finished
+    stage.run_steps(ctx, layout)
+    assert stage.finish(ctx) == first
+    ds = pipeline.commit(ctx, again)
+    assert committed(ds) == clean and ds.manifest.extra == open_dataset(ds.uri).manifest.extra
+    assert not list(Path(ds.uri).rglob("*.tmp-*")) and not (Path(ds.uri) / shuffle.SCRATCH).exists()
+
+
+def test_a_finish_killed_after_the_nanogpt_files_finishes_again(lab_root, monkeypatch):
+    from mixture import pipeline
+    from mixture.stages import build as stage
+
+    clean = committed(build(lab_root, bucket_docs=4, part_docs=4))
+    ctx = pipeline.open_stage(config(lab_root, bucket_docs=4, part_docs=4), "build")
+    stage.run_steps(ctx, stage.plan(ctx))
+    monkeypatch.setattr(shuffle, "clear", lambda writer: (_ for _ in ()).throw(RuntimeError("injected: killed")))
+    monkeypatch.setattr(stage, "render_card", lambda *a: (_ for _ in ()).throw(RuntimeError("injected: killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        stage.finish(ctx)  # the nanogpt pieces are gone, the finish was not recorded
+    monkeypatch.undo()
+    assert committed(pipeline.commit(ctx, stage.finish(ctx))) == clean
+
+
+def test_a_staging_folder_of_another_plan_is_started_again(lab_root, monkeypatch):
+    """A resumed staging folder whose plan differs (here: a smaller budget under the same
+    staging key) is dropped whole: no shard of the old plan is committed."""
+    from mixture import pipeline
+    from mixture.stages import build as stage
+
+    small = committed(build(lab_root, tokens=6_000))
+    monkeypatch.setattr(pipeline, "config_hash", lambda cfg, st: "same-key")
+    ctx = pipeline.open_stage(config(lab_root), "build")
+    stage.run_steps(ctx, stage.plan(ctx))  # 12,000 tokens: more shards, not finished
+    assert committed(build(lab_root, tokens=6_000)) == small
+
+
+def test_a_shard_file_outside_the_plan_fails_the_finish(lab_root):
+    from mixture import pipeline
+    from mixture.climbmix import BuildError
+    from mixture.stages import build as stage
+
+    ctx = pipeline.open_stage(config(lab_root), "build")
+    stage.run_steps(ctx, stage.plan(ctx))
+    Path(ctx.writer.path("parquet/part-00099.parquet")).write_bytes(b"old")
+    with pytest.raises(BuildError, match=r"parquet files do not match the plan's \d+ shard\(s\): parquet/part-00099"):
+        stage.finish(ctx)
+
+
+def test_tokens_travel_with_the_scatter_and_are_read_by_range(lab_root, monkeypatch):
+    """No step reads a ClimbLab token file whole (on S3 that would be every token of a cluster
+    per gather): the scatter reads each part's offsets and each batch's tokens by range."""
+    from mixture import storage
+    from mixture.tokens import TokenShard
+
+    clean = committed(build(lab_root))
+    whole = []
+    real_read_bytes = storage.read_bytes
+
+    def read_bytes(uri):
+        if "climblab/" in str(uri) and str(uri).endswith((".bin", ".idx")):
+            whole.append(uri)
+        return real_read_bytes(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    monkeypatch.setattr(TokenShard, "tokens", property(lambda self: pytest.fail(f"{self.prefix}.bin read whole")))
+    assert committed(build(lab_root, bucket_docs=4, part_docs=4)) == clean
+    assert whole == []
+
+
+def test_a_part_writes_one_batch_per_bucket_unless_its_rows_pass_the_buffer(lab_root, monkeypatch):
+    from mixture import pipeline
+    from mixture.stages import build as stage
+
+    clean = committed(build(lab_root))
+
+    def scatter_all() -> list[int]:
+        """Batches per (part, bucket) of a fresh scatter."""
+        ctx = pipeline.open_stage(config(lab_root, bucket_docs=4, part_docs=8), "build")
+        ctx.writer.reset()
+        layout = stage.plan(ctx)
+        counts = []
+        for p in stage.parts(layout):
+            stage.scatter(ctx, p)
+            sidecar = shuffle.storage.read_json(ctx.writer.path(shuffle.part_names(p.index)[1]))
+            counts += [len(b) for b in sidecar["batches"].values()]
+        return counts
+
+    monkeypatch.setattr(shuffle, "CHUNK_ROWS", 2)  # many chunks a part
+    assert set(scatter_all()) == {1}
+    monkeypatch.setattr(shuffle, "BUFFER_BYTES", 1)  # every chunk's rows written at once
+    assert max(scatter_all()) > 1
+    assert committed(build(lab_root, bucket_docs=4, part_docs=8)) == clean  # resumes that scatter
+
+
+def test_the_plan_skips_row_groups_with_no_selected_document(lab_root, monkeypatch):
+    """Parts hold a selected document each (no part reads text for nothing), and the plan reads
+    each cluster's offsets twice: its size, then its lengths to sample by."""
+    from collections import Counter
+
+    from mixture import pipeline, storage
+    from mixture.stages import build as stage
+
+    lab = ClimbLab(open_dataset(str(lab_root / "climblab")))
+    docs = {c: len(lab.shard(c)) for c in lab.clusters}
+    selected = {c: np.zeros(0, dtype=np.int64) for c in lab.clusters}
+    selected["c00"] = np.array([9, 1, 9])  # row groups of 4 documents: groups 0 and 2 of c00
+    parts = shuffle.plan_parts(lab, selected, 4, docs)
+    assert [(p.index, p.cluster, p.first_group, p.first_row) for p in parts] == [(0, 0, 0, 0), (1, 0, 2, 8)]
+
+    opened = Counter()
+    real_open = storage.open_read
+
+    def open_read(uri):
+        if str(uri).endswith(".idx"):
+            opened[uri] += 1
+        return real_open(uri)
+
+    monkeypatch.setattr(storage, "open_read", open_read)
+    stage.plan(pipeline.open_stage(config(lab_root, part_docs=4), "build"))
+    assert len(opened) == 4 and set(opened.values()) == {2}

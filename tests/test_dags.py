@@ -394,7 +394,8 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
     retry finds it staged), so does one tokenization part of the shards, the embedding stage dies
     after staging every shard, just before its commit (the retry resumes from the staged shards),
     one proxy run dies after finishing its training (the retry must reuse the finished run), and
-    one build bucket dies after writing its shards (the retry keeps them). Both DAGs still
+    one build bucket dies after writing its shards (the retry keeps them), and the build's commit
+    fails once after its finish (the retry commits what was finished). Both DAGs still
     succeed, and
     every dataset has the same files as the clean run's: byte for byte, except the wall-clock
     timings in reports and run records."""
@@ -432,6 +433,8 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
     def commit(self, *args, **kwargs):
         if self.stage == "embed" and once("embeddings"):
             raise RuntimeError("injected failure before the embeddings commit")
+        if self.stage == "build" and once("build-commit"):
+            raise RuntimeError("injected failure after the build finished, before its commit")
         return real_commit(self, *args, **kwargs)
 
     def run_proxy(cfg_, job):
@@ -477,6 +480,7 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
     retried = [k for k, (s, tries) in search_states.items() if k[0] == "proxy_runs_0" and tries == 2]
     assert len(retried) == 1
     assert search_states[("build_gather", 1)] == ("success", 2)  # the retry kept the written bucket
+    assert search_states[("build", -1)] == ("success", 2)  # the retry committed the finished build
     assert (tmp_path / "failed-embed-range").exists()
     assert (tmp_path / "failed-embeddings").exists() and (tmp_path / "failed-proxy").exists()
     assert len(_mlflow_runs(cfg, "proxy")) == sum(cfg.search.iterations)  # the retry logged no duplicate

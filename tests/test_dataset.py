@@ -106,3 +106,16 @@ def test_s3_dataset_commit(s3_bucket):
     assert ds.uri == f"{root}/ds"
     ds.verify()
     assert storage.read_text(ds.path("sub/part-1.txt")) == "v1v1"
+
+
+def test_scratch_named_tmp_is_never_committed_and_is_deleted_after_the_commit(tmp_path):
+    """A stage may keep `.tmp-` scratch in its staging folder until the commit (the build's
+    finish record, for a retried commit): never in the manifest, gone from the dataset after."""
+    w = DatasetWriter(str(tmp_path / "ds"), "test", "h1", {})
+    storage.write_text(w.path("data/part-0.txt"), "kept")
+    storage.write_text(w.path(".tmp-shuffle/finished.json"), "{}")
+    storage.write_text(w.path("data/part-1.tmp-piece"), "scratch")
+    ds = w.commit({"n": 1})
+    assert [f["path"] for f in ds.manifest.files] == ["data/part-0.txt"]
+    left = sorted(str(p.relative_to(tmp_path / "ds")) for p in (tmp_path / "ds").rglob("*") if p.is_file())
+    assert left == [MANIFEST, "data/part-0.txt"]

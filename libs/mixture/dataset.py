@@ -168,13 +168,15 @@ class DatasetWriter:
         return storage.exists(storage.join(self.staging, rel))
 
     def commit(self, counts: dict[str, Any], extra: dict[str, Any] | None = None) -> Dataset:
-        """Swap the staged files in and write the manifest last. Call it holding the lease."""
+        """Swap the staged files in and write the manifest last; then delete the scratch (`.tmp-`
+        names, never in a manifest) that came along. Call it holding the lease."""
+        files, scratch = self._staged_files()
         manifest = Manifest(
             stage=self.stage,
             config_hash=self.config_hash,
             inputs=self.inputs,
             counts=counts,
-            files=self._staged_files(),
+            files=files,
             extra=extra or {},
             code_version=code_version(),
             started_at=self.started_at,
@@ -188,17 +190,25 @@ class DatasetWriter:
         storage.move(self.staging, self.uri)  # 2. in place
         storage.write_text(storage.join(self.uri, MANIFEST), manifest.to_json())  # 3. commit
         storage.delete(previous)  # 4. clean up
+        for rel in scratch:  # kept until now: a stage's record for a retried commit
+            storage.delete(storage.join(self.uri, rel))
         return open_dataset(self.uri)
 
-    def _staged_files(self) -> list[dict[str, Any]]:
-        files = []
+    def _staged_files(self) -> tuple[list[dict[str, Any]], set[str]]:
+        """(the files the manifest lists, the top-most `.tmp-` scratch paths it leaves out)."""
+        files, scratch = [], set()
         prefix = self.staging.rstrip("/") + "/"
         for f in storage.list_files(self.staging):
             rel = f[len(prefix) :]
-            if storage.basename(rel).startswith(".") or ".tmp-" in rel or rel == MANIFEST:
+            if ".tmp-" in rel:
+                names = rel.split("/")
+                top = next(i for i, n in enumerate(names) if ".tmp-" in n)
+                scratch.add("/".join(names[: top + 1]))
+                continue
+            if storage.basename(rel).startswith(".") or rel == MANIFEST:
                 continue
             files.append({"path": rel, "bytes": storage.size(f), "sha256": storage.sha256(f)})
-        return files
+        return files, scratch
 
 
 def previous_uri(uri: str) -> str:

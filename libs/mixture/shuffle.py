@@ -8,38 +8,46 @@ pure function of the plan, so they can run in any order within a step, in parall
 1. **plan** (one process): the selection and the global order as numpy arrays (the per-document
    arrays that must be whole: about 24 bytes a selected document at the peak, the same
    permutation `climbmix.global_order` draws; the document lengths it samples by are read one
-   cluster at a time). It writes per cluster a *route*: the selected
-   documents' indices, ascending, and their output positions (`routes/cNN.doc.npy`,
-   `cNN.pos.npy`), then `plan.json` last (the layout: shards, buckets, parts, per-cluster counts).
-   A plan with another layout (`build.bucket_docs` or `build.part_docs` changed: they are not
-   in the config hash) clears what was scattered and gathered under the old one.
+   cluster at a time). The parts (below) are the runs of row groups that hold a selected
+   document. It writes per part a *route*: the part's selected documents' indices, ascending,
+   and their output positions (`routes/pNNNNN.doc.npy`, `.pos.npy`), then `plan.json` last (the
+   layout: shards, buckets, parts, per-cluster counts, the mixture, seed and a digest of the
+   selection). A staging folder that holds another plan (or a plan not finished writing) is
+   dropped whole first, format files included: nothing of an older plan is ever committed.
 2. **scatter**, per *part* (consecutive row groups of one cluster's `text.parquet`, at most
-   `build.part_docs` documents, at least one row group): reads its slice of the cluster's route,
-   streams the part in record batches of CHUNK_ROWS documents (a buffered stream: never a whole
-   column chunk) and routes each selected document, once per time it
-   was selected (upsampling repeats), as a row (position, cluster, doc, id, text) into one Arrow
-   IPC file per part (`parts/pNNNNN.arrow`), in record batches by position that never straddle
-   a bucket;
-   the sidecar `pNNNNN.json` (written last: the part is done) lists each bucket's batches. One
-   file per part, not per (bucket, part): at ClimbMix scale that would be millions of files;
-   batches of an IPC file are read one by one, so a bucket reads only its own.
+   `build.part_docs` documents, at least one row group): reads its route, its slice of the
+   cluster's token offsets (one ranged read of `.idx`), streams the part in record batches of
+   CHUNK_ROWS documents (a buffered stream: never a whole column chunk) with each batch's tokens
+   (one ranged read of `.bin`), and routes each selected document, once per time it was
+   selected (upsampling repeats), as a row (position, cluster, doc, id, text, tokens) to its
+   bucket. Rows are held per bucket up to BUFFER_BYTES for the part, then the largest buckets'
+   rows are written until half the cap is held, and the rest at the end: one Arrow IPC file per part
+   (`rows/pNNNNN.arrow`), each batch one bucket's rows by position (one batch per bucket
+   unless the part passes the cap). The sidecar `parts/pNNNNN.json` (written last: the part is
+   done) lists each bucket's batches. One file per part, not per (bucket, part): at ClimbMix
+   scale that would be millions of files; batches of an IPC file are read one by one, so a
+   bucket reads only its own.
 3. **gather**, per *bucket* (a contiguous range of output shards, `build.bucket_docs`
    documents rounded down to whole shards, at least one shard): reads its batches from every
-   part (each by position), checks they are exactly the bucket's positions, and per shard
-   takes its rows from them in position order (a copy of one shard at a time), takes each
-   document's tokens from the memory-mapped ClimbLab token shards and writes the bucket's
+   part, checks they are exactly the bucket's positions, and per shard takes its rows from them
+   in position order (a copy of one shard at a time), with their tokens (the token shards are
+   never opened: on S3 that would read a cluster's tokens whole), and writes the bucket's
    shards through the output formats (`mixture.formats`); `buckets/bNNNNN.json` (written last:
    the bucket is done) records its documents and tokens.
 
-Memory: the plan's arrays (driver only), then one record batch (and its routed rows) per
-scatter process, one bucket's rows per gather process. Everything lives under `.tmp-shuffle/`
-in the staging folder (`.tmp-`: never in a manifest) and is deleted before the commit. The
-output depends only on the plan, so the committed files are the same for any number of workers,
-parts or buckets.
+Memory: the plan's arrays (driver only); per scatter process one record batch and at most
+BUFFER_BYTES of routed rows; per gather process one bucket's rows, text and tokens (memory-mapped
+from a local staging folder, read from S3) and one shard's copy. Everything lives under
+`.tmp-shuffle/` in the staging folder (`.tmp-`: never in a manifest). Once the build is finished
+(`mixture.stages.build.finish`, which records its output in `finished.json`), `clear` deletes the
+bulky routes and rows; the small records stay, so every step is a no-op if it runs again (a
+retried commit), and the commit deletes them. The output depends only on the plan, so the
+committed files are the same for any number of workers, parts or buckets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -53,11 +61,13 @@ from mixture import storage
 from mixture.climblab import ClimbLab, text_file
 from mixture.climbmix import BuildError, shard_slices
 from mixture.formats import Shard
+from mixture.tokens import read_offsets
 
 log = logging.getLogger(__name__)
 
 SCRATCH = ".tmp-shuffle"  # under the staging folder; `.tmp-` keeps it out of every manifest
 PLAN = f"{SCRATCH}/plan.json"
+FINISHED = f"{SCRATCH}/finished.json"  # what the build's finish returns, for a retried commit
 CHUNK_ROWS = 1 << 12  # documents of text.parquet read at once by the scatter, and rows routed at once
 READ_BUFFER = 1 << 22  # bytes of a column chunk the scatter reads at once
 ROW_SCHEMA = pa.schema(
@@ -67,8 +77,10 @@ ROW_SCHEMA = pa.schema(
         ("doc", pa.int64()),
         ("id", pa.string()),
         ("text", pa.string()),
+        ("tokens", pa.large_binary()),  # the document's token ids, little-endian, EOS last
     ]
 )
+BUFFER_BYTES = 256 << 20  # routed rows a scatter holds before it writes the largest buckets' batches
 
 
 # ------------------------------------------------------------------------------- the layout
@@ -114,33 +126,42 @@ def plan_buckets(n_docs: int, shard_docs: int, bucket_docs: int) -> list[Bucket]
     return out
 
 
-def group_rows(lab: ClimbLab, name: str) -> list[int]:
-    """Rows per row group of a cluster's text.parquet (its footer), checked against its tokens."""
+def group_rows(lab: ClimbLab, name: str, documents: int) -> list[int]:
+    """Rows per row group of a cluster's text.parquet (its footer), checked against the
+    `documents` of its token shard."""
     with storage.open_read(lab.dataset.path(text_file(name))) as f:
         meta = pq.ParquetFile(f).metadata
     rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-    if sum(rows) != len(lab.shard(name)):
-        raise BuildError(
-            f"cluster {name}: text.parquet has {sum(rows)} rows, its token shard {len(lab.shard(name))} documents"
-        )
+    if sum(rows) != documents:
+        raise BuildError(f"cluster {name}: text.parquet has {sum(rows)} rows, its token shard {documents} documents")
     return rows
 
 
-def plan_parts(lab: ClimbLab, selected: dict[str, np.ndarray], part_docs: int) -> list[Part]:
-    """The row groups of the clusters with selected documents, in runs of at most `part_docs`
-    documents (a larger row group is a part of its own)."""
+def group_runs(rows: list[int], part_docs: int) -> Iterator[tuple[int, int, int, int]]:
+    """(first group, groups, first row, rows) of consecutive row groups of at most `part_docs`
+    rows (a larger row group is a run of its own)."""
+    first_group = first_row = n_rows = groups = 0
+    for g, n in enumerate(rows):
+        if groups and n_rows + n > part_docs:
+            yield first_group, groups, first_row, n_rows
+            first_group, first_row, n_rows, groups = g, first_row + n_rows, 0, 0
+        n_rows, groups = n_rows + n, groups + 1
+    if groups:
+        yield first_group, groups, first_row, n_rows
+
+
+def plan_parts(lab: ClimbLab, selected: dict[str, np.ndarray], part_docs: int, documents: dict[str, int]) -> list[Part]:
+    """The row groups of the clusters (`documents`: each one's count), in runs of at most
+    `part_docs` documents, that hold a selected document: a part never reads text for nothing."""
     parts: list[Part] = []
     for ci, name in enumerate(lab.clusters):
         if not len(selected[name]):
             continue
-        first_group = first_row = rows = groups = 0
-        for g, n in enumerate(group_rows(lab, name)):
-            if groups and rows + n > part_docs:
+        chosen = np.sort(selected[name])
+        for first_group, groups, first_row, rows in group_runs(group_rows(lab, name, documents[name]), part_docs):
+            a, b = np.searchsorted(chosen, [first_row, first_row + rows])
+            if b > a:
                 parts.append(Part(len(parts), ci, first_group, groups, first_row, rows))
-                first_group, first_row, rows, groups = g, first_row + rows, 0, 0
-            rows, groups = rows + n, groups + 1
-        if groups:
-            parts.append(Part(len(parts), ci, first_group, groups, first_row, rows))
     return parts
 
 
@@ -157,8 +178,19 @@ def positions(selected: dict[str, np.ndarray], clusters: list[str], seed: int) -
     return inverse
 
 
-def route_names(name: str) -> tuple[str, str]:
-    return f"{SCRATCH}/routes/{name}.doc.npy", f"{SCRATCH}/routes/{name}.pos.npy"
+def selection_digest(selected: dict[str, np.ndarray], clusters: list[str]) -> str:
+    """sha256 of the selected documents, cluster by cluster: part of the plan a staging folder is
+    compared by."""
+    h = hashlib.sha256()
+    for name in clusters:
+        h.update(f"{name}:{len(selected[name])}:".encode())
+        h.update(np.ascontiguousarray(selected[name], dtype="<i8").data)
+    return h.hexdigest()
+
+
+def route_names(index: int) -> tuple[str, str]:
+    """A part's route: its selected documents ascending (repeats adjacent) and their positions."""
+    return f"{SCRATCH}/routes/p{index:05d}.doc.npy", f"{SCRATCH}/routes/p{index:05d}.pos.npy"
 
 
 def save_npy(uri: str, array: np.ndarray) -> None:
@@ -174,29 +206,33 @@ def load_npy(uri: str) -> np.ndarray:
         return np.load(f, allow_pickle=False)
 
 
-def write_routes(writer, selected: dict[str, np.ndarray], clusters: list[str], where: np.ndarray) -> None:
-    """Per cluster with selected documents: their indices ascending and their positions."""
+def write_routes(writer, selected: dict[str, np.ndarray], layout: dict[str, Any], where: np.ndarray) -> None:
+    """Per part (`layout["part_list"]`): its selected documents ascending and their positions."""
     start = 0
-    for name in clusters:
+    for ci, name in enumerate(layout["clusters"]):
         sel = selected[name]
-        if len(sel):
-            order = np.argsort(sel, kind="stable")
-            doc_rel, pos_rel = route_names(name)
-            save_npy(writer.path(doc_rel), sel[order].astype(np.int64))
-            save_npy(writer.path(pos_rel), where[start : start + len(sel)][order])
+        order = np.argsort(sel, kind="stable")
+        docs, pos = sel[order].astype(np.int64), where[start : start + len(sel)][order]
+        for part in (p for p in layout["part_list"] if p["cluster"] == ci):
+            a, b = np.searchsorted(docs, [part["first_row"], part["first_row"] + part["rows"]])
+            doc_rel, pos_rel = route_names(part["index"])
+            save_npy(writer.path(doc_rel), docs[a:b])
+            save_npy(writer.path(pos_rel), pos[a:b])
         start += len(sel)
 
 
-def prepare(writer, layout: dict[str, Any], selected: dict[str, np.ndarray], clusters: list[str], seed: int) -> bool:
-    """Stage the plan (routes, then `plan.json`) unless the same plan is staged already; a
-    staged plan with another layout is cleared with everything made from it. True when written."""
+def prepare(writer, layout: dict[str, Any], selected: dict[str, np.ndarray], seed: int) -> bool:
+    """Stage the plan (routes, then `plan.json`) unless the same plan is staged already. Any
+    other staging (another plan: mixture, selection or layout; or none) is dropped whole first,
+    shards and format pieces included, so nothing of an older plan is ever committed. True when
+    written."""
     uri = writer.path(PLAN)
+    if storage.exists(uri) and storage.read_json(uri) == layout:
+        return False
     if storage.exists(uri):
-        if storage.read_json(uri) == layout:
-            return False
-        log.info("build: the staged shuffle was planned with another layout; starting it again")
-        storage.delete(writer.path(SCRATCH))
-    write_routes(writer, selected, clusters, positions(selected, clusters, seed))
+        log.info("build: the staging folder holds another plan; starting the build again")
+    writer.reset()
+    write_routes(writer, selected, layout, positions(selected, layout["clusters"], seed))
     storage.write_json(writer.path(PLAN), layout)
     return True
 
@@ -210,22 +246,42 @@ def read_plan(writer) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the scatter
 def part_names(index: int) -> tuple[str, str]:
-    return f"{SCRATCH}/parts/p{index:05d}.arrow", f"{SCRATCH}/parts/p{index:05d}.json"
+    """(the part's routed rows, its sidecar): the rows are bulky scratch, the sidecar is kept."""
+    return f"{SCRATCH}/rows/p{index:05d}.arrow", f"{SCRATCH}/parts/p{index:05d}.json"
 
 
-def part_route(writer, name: str, part: Part) -> tuple[np.ndarray, np.ndarray]:
+def part_route(writer, part: Part) -> tuple[np.ndarray, np.ndarray]:
     """(document, position) of the part's selected documents, by document (repeats adjacent)."""
-    doc_rel, pos_rel = route_names(name)
-    docs, where = load_npy(writer.path(doc_rel)), load_npy(writer.path(pos_rel))
-    a, b = np.searchsorted(docs, [part.first_row, part.first_row + part.rows])
-    return np.asarray(docs[a:b]), np.asarray(where[a:b])
+    doc_rel, pos_rel = route_names(part.index)
+    return np.asarray(load_npy(writer.path(doc_rel))), np.asarray(load_npy(writer.path(pos_rel)))
+
+
+def token_values(bin_file, offsets: np.ndarray, local: np.ndarray, itemsize: int) -> pa.Array:
+    """The token bytes of documents `local` (ascending indices into `offsets`, repeats allowed),
+    from one ranged read of the `.bin` span they cover."""
+    first, last = int(local[0]), int(local[-1])
+    span = (offsets[first : last + 2] - offsets[first]) * itemsize
+    data = bin_file.read_at(int(span[-1]), int(offsets[first]) * itemsize)
+    if len(data) != int(span[-1]):
+        raise BuildError(f"a token shard ends before the tokens of its document {last}")
+    whole = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), last - first + 1, [None, pa.py_buffer(span.astype(np.int64)), pa.py_buffer(data)]
+    )
+    return whole.take(pa.array(local - first))
 
 
 def iter_routed(lab: ClimbLab, name: str, part: Part, docs: np.ndarray, where: np.ndarray) -> Iterator[pa.Table]:
     """The part's routed rows (a document selected k times gives k rows), at most CHUNK_ROWS at
-    a time; its row groups are read in record batches of CHUNK_ROWS documents, through a
-    buffered stream (never a whole column chunk at once)."""
-    with storage.open_read(lab.dataset.path(text_file(name))) as f:
+    a time, with their tokens; its row groups are read in record batches of CHUNK_ROWS documents
+    through a buffered stream (never a whole column chunk at once), the part's offsets in one
+    ranged read of the cluster's `.idx` and each batch's tokens in one of its `.bin`."""
+    prefix = lab.shard(name).prefix
+    with (
+        storage.open_read(lab.dataset.path(text_file(name))) as f,
+        storage.open_read(prefix + ".idx") as fidx,
+        storage.open_read(prefix + ".bin") as fbin,
+    ):
+        offsets = read_offsets(fidx, part.first_row, part.first_row + part.rows)
         pf = pq.ParquetFile(f, buffer_size=READ_BUFFER)
         groups = list(range(part.first_group, part.first_group + part.groups))
         row = part.first_row
@@ -241,34 +297,73 @@ def iter_routed(lab: ClimbLab, name: str, part: Part, docs: np.ndarray, where: n
                         pa.array(docs[lo:hi]),
                         batch.column("id").take(take).cast(pa.string()),
                         batch.column("text").take(take).cast(pa.string()),
+                        token_values(fbin, offsets, docs[lo:hi] - part.first_row, lab.dtype.itemsize),
                     ],
                     schema=ROW_SCHEMA,
                 )
             row += batch.num_rows
 
 
+class BucketBuffers:
+    """Routed rows of one part held per bucket, up to BUFFER_BYTES in all; past it the largest
+    buckets' rows are written, each as one batch by position, until half the cap is left
+    (`flush` writes the rest). Each
+    bucket's rows are copied out of the chunk, so what is held is what is counted."""
+
+    def __init__(self, out, bucket_docs: int):
+        self.out, self.bucket_docs = out, bucket_docs
+        self.held: dict[int, list[pa.Table]] = {}
+        self.size: dict[int, int] = {}
+        self.total = 0
+        self.batches: dict[str, list[int]] = {}
+        self.count = 0
+
+    def add(self, chunk: pa.Table) -> None:
+        bucket = chunk.column("position").to_numpy() // self.bucket_docs
+        order = np.argsort(bucket, kind="stable")
+        cuts = np.flatnonzero(np.diff(bucket[order])) + 1
+        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist()):
+            piece, b = chunk.take(pa.array(order[lo:hi])), int(bucket[order[lo]])
+            self.held.setdefault(b, []).append(piece)
+            self.size[b] = self.size.get(b, 0) + piece.nbytes
+            self.total += piece.nbytes
+        if self.total > BUFFER_BYTES:  # down to half the cap: batches of a useful size
+            while self.total > BUFFER_BYTES // 2:
+                self.write(max(self.size, key=lambda k: self.size[k]))
+
+    def write(self, b: int) -> None:
+        table = pa.concat_tables(self.held.pop(b)).combine_chunks()  # take on chunked columns is slow
+        self.total -= self.size.pop(b)
+        table = table.take(pa.array(np.argsort(table.column("position").to_numpy(), kind="stable")))
+        self.out.write_batch(table.to_batches()[0])
+        self.batches.setdefault(str(b), []).append(self.count)
+        self.count += 1
+
+    def flush(self) -> None:
+        for b in sorted(self.held):
+            self.write(b)
+
+
 def scatter_part(lab: ClimbLab, writer, part: Part) -> int:
-    """Route the part's selected documents into its IPC file, one batch per (chunk, bucket);
-    the sidecar index is written last. Idempotent: a scattered part is kept. Rows routed."""
+    """Route the part's selected documents into its IPC file: per bucket one batch by position
+    (more when the part's routed rows pass BUFFER_BYTES); the sidecar index is written last.
+    Idempotent: a scattered part is kept. Rows routed."""
     arrow_rel, index_rel = part_names(part.index)
     if writer.has(index_rel):
         return int(storage.read_json(writer.path(index_rel))["rows"])
     plan = read_plan(writer)
     name = plan["clusters"][part.cluster]
-    docs, where = part_route(writer, name, part)
+    docs, where = part_route(writer, part)
+    rows = 0
     batches: dict[str, list[int]] = {}
-    count = rows = 0
-    with storage.open_write(writer.path(arrow_rel)) as f, pa.ipc.new_file(f, ROW_SCHEMA) as out:
-        for chunk in iter_routed(lab, name, part, docs, where):
-            order = np.argsort(chunk.column("position").to_numpy())  # the chunk is by document
-            chunk = chunk.take(pa.array(order))
-            bucket = chunk.column("position").to_numpy() // plan["bucket_docs"]
-            cuts = np.flatnonzero(np.diff(bucket)) + 1
-            for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist()):
-                batches.setdefault(str(int(bucket[lo])), []).append(count)
-                out.write_batch(chunk.slice(lo, hi - lo).combine_chunks().to_batches()[0])
-                count += 1
-            rows += chunk.num_rows
+    if len(docs):  # no selected document: no text read
+        with storage.open_write(writer.path(arrow_rel)) as f, pa.ipc.new_file(f, ROW_SCHEMA) as out:
+            held = BucketBuffers(out, plan["bucket_docs"])
+            for chunk in iter_routed(lab, name, part, docs, where):
+                held.add(chunk)
+                rows += chunk.num_rows
+            held.flush()
+            batches = held.batches
     if rows != len(docs):
         raise BuildError(f"part {part.index}: {rows} rows routed, its route has {len(docs)} documents")
     storage.write_json(writer.path(index_rel), {"rows": rows, "batches": batches})
@@ -323,29 +418,20 @@ def shard_rows(batches: list[pa.RecordBatch], lo: int, hi: int) -> pa.Table:
     return table.take(pa.array(np.argsort(table.column("position").to_numpy())))
 
 
-class TokenSource:
-    """Each cluster's tokens and offsets, memory-mapped (read whole from S3), opened on first use."""
-
-    def __init__(self, lab: ClimbLab):
-        self.lab = lab
-        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def cluster(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
-        if ci not in self._open:
-            shard = self.lab.shard(self.lab.clusters[ci])
-            # plain ndarray views of the memory maps: slicing a np.memmap per document costs ~5 us more
-            self._open[ci] = (np.asarray(shard.tokens), load_npy(shard.prefix + ".idx"))
-        return self._open[ci]
-
-    def documents(self, clusters: np.ndarray, docs: np.ndarray) -> list[np.ndarray]:
-        out = []
-        for ci, d in zip(clusters.tolist(), docs.tolist()):
-            flat, offsets = self.cluster(ci)
-            out.append(flat[int(offsets[d]) : int(offsets[d + 1])])
-        return out
+def row_tokens(rows: pa.Table, dtype: np.dtype) -> list[np.ndarray]:
+    """Each row's tokens (its `tokens` bytes) as arrays of `dtype`: views, no copy."""
+    col = rows.column("tokens").combine_chunks()
+    if len(col) == 0:
+        return []
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int64)[col.offset : col.offset + len(col) + 1]
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)
+    itemsize = np.dtype(dtype).itemsize
+    flat = data[offsets[0] : offsets[-1]].view(np.dtype(dtype).newbyteorder("<"))
+    starts = ((offsets - offsets[0]) // itemsize).tolist()
+    return [flat[a:z] for a, z in zip(starts[:-1], starts[1:])]
 
 
-def make_shard(rows: pa.Table, index: int, names: np.ndarray, src: TokenSource) -> Shard:
+def make_shard(rows: pa.Table, index: int, names: np.ndarray, dtype: np.dtype) -> Shard:
     """Output shard `index` of these rows (position order): text, cluster, id and the tokens."""
     clusters = rows.column("cluster").to_numpy()
     table = pa.table(
@@ -355,7 +441,7 @@ def make_shard(rows: pa.Table, index: int, names: np.ndarray, src: TokenSource) 
             "id": rows.column("id"),
         }
     )
-    return Shard(index, table, src.documents(clusters, rows.column("doc").to_numpy()), src.lab.dtype)
+    return Shard(index, table, row_tokens(rows, dtype), dtype)
 
 
 def gather_bucket(lab: ClimbLab, writer, bucket: Bucket, formats: list, cfg) -> dict[str, Any]:
@@ -367,14 +453,13 @@ def gather_bucket(lab: ClimbLab, writer, bucket: Bucket, formats: list, cfg) -> 
     plan = read_plan(writer)
     batches = bucket_rows(writer, plan, bucket)
     names = np.array(plan["clusters"])
-    src = TokenSource(lab)
     writers = [cls() for cls in formats]
     record: dict[str, Any] = {"documents": 0, "tokens": 0, "shards": 0, "clusters": {}}
     counts = np.zeros(len(names), dtype=np.int64)
     for s, span in shard_slices(bucket.docs, plan["shard_docs"]):
         rows = shard_rows(batches, bucket.first_doc + span.start, bucket.first_doc + span.stop)
         counts += np.bincount(rows.column("cluster").to_numpy(), minlength=len(names))
-        shard = make_shard(rows, bucket.first_shard + s, names, src)
+        shard = make_shard(rows, bucket.first_shard + s, names, lab.dtype)
         for fmt in writers:
             fmt.write_shard(writer, shard, cfg)
         record["shards"] += 1
@@ -400,5 +485,8 @@ def gathered(writer, buckets: list[Bucket]) -> dict[str, Any]:
 
 
 def clear(writer) -> None:
-    """Delete the shuffle's scratch files (before the commit)."""
-    storage.delete(writer.path(SCRATCH))
+    """Delete the shuffle's bulky scratch (routes and routed rows) once the build is finished;
+    the small records (plan, sidecars, buckets, the finished record) stay until the commit, so
+    every step stays a no-op if it runs again (a retried commit)."""
+    storage.delete(writer.path(f"{SCRATCH}/routes"))
+    storage.delete(writer.path(f"{SCRATCH}/rows"))

@@ -99,6 +99,24 @@ class TokenShard:
         return int(self.offsets[-1])
 
 
+def read_offsets(idx_file, first: int, stop: int) -> np.ndarray:
+    """Offsets `first .. stop` (inclusive: documents first .. stop - 1) of a token shard's
+    `.idx`, opened for reading (local or S3): its .npy header, then one ranged read."""
+    idx_file.seek(0)
+    version = np.lib.format.read_magic(idx_file)
+    if version == (1, 0):
+        _, _, dtype = np.lib.format.read_array_header_1_0(idx_file)
+    elif version == (2, 0):
+        _, _, dtype = np.lib.format.read_array_header_2_0(idx_file)
+    else:
+        raise ValueError(f"unsupported .npy version {version} of a token shard's offsets")
+    start = idx_file.tell()
+    raw = idx_file.read_at((stop - first + 1) * dtype.itemsize, start + first * dtype.itemsize)
+    if len(raw) != (stop - first + 1) * dtype.itemsize:
+        raise ValueError(f"a token shard's offsets end before document {stop}")
+    return np.frombuffer(raw, dtype=dtype).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------------- tokenizer
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE (GPT-2 style) trained on `texts`, with the end-of-document token."""

@@ -17,7 +17,9 @@ the names are checked against the registry when the config loads). A format is a
 Shards are written by several processes (or Airflow tasks), each bucket of shards with instances
 of its own, and `finish` runs on yet another instance in the build's own process: a format keeps
 no state between calls, and `finish` reads what it needs from the staged files (a piece staged
-for it is named with `.tmp-`, which keeps it out of the manifest, and deleted by it). A shard may
+for it is named with `.tmp-`, which keeps it out of the manifest, and deleted by it). `finish` may
+run again after it completed (a build killed before it recorded its finish): it must give the
+same files, so a piece is deleted only after the file that marks the format finished. A shard may
 be written again (a resumed build): `write_shard` overwrites its files. With `build.workers` > 1 a
 format's class is sent to the workers by reference, so it must live in an importable module.
 

@@ -17,7 +17,9 @@ flat files of token ids, each document followed by its end-of-document id, memor
 The files are not per shard: `write_shard` stages each shard's tokens and document lengths as
 temporary pieces (excluded from the manifest; shards may be written by several processes) and
 `finish` (after the last shard) draws the split and writes the two files from the pieces, one
-piece at a time, so memory does not grow with the build.
+piece at a time (memory: the document lengths and a val flag per document, about 9 bytes a
+document, and one piece), writes `meta.json` last and then deletes the pieces; a `finish` that
+finds `meta.json` staged only deletes what pieces are left.
 """
 
 from __future__ import annotations
@@ -61,6 +63,41 @@ def load_lengths(uri: str) -> np.ndarray:
         return np.load(f, allow_pickle=False)
 
 
+def write_split(writer, cfg: BuildConfig, facts: dict, parts: list[str]) -> None:
+    """train.bin, val.bin, val_index.npy and (last) meta.json from the staged pieces of `parts`."""
+    dtype = np.dtype(facts["dtype"]).newbyteorder("<")
+    lengths = [load_lengths(writer.path(lengths_name(p))) for p in parts]
+    n = sum(len(x) for x in lengths)
+    val = val_documents(n, cfg.val_fraction, int(facts["seed"]))
+    is_val = np.zeros(n, dtype=bool)
+    is_val[val] = True
+    counts = {"train": {"documents": int(n - len(val)), "tokens": 0}, "val": {"documents": len(val), "tokens": 0}}
+    start = 0
+    with (
+        storage.open_write(writer.path("nanogpt/train.bin")) as ftrain,
+        storage.open_write(writer.path("nanogpt/val.bin")) as fval,
+    ):
+        for part, piece_lengths in zip(parts, lengths):
+            tokens = np.frombuffer(storage.read_bytes(writer.path(piece_name(part))), dtype=dtype)
+            train, held = split_piece(tokens, piece_lengths, is_val[start : start + len(piece_lengths)])
+            ftrain.write(train.tobytes())
+            fval.write(held.tobytes())
+            counts["train"]["tokens"] += len(train)
+            counts["val"]["tokens"] += len(held)
+            start += len(piece_lengths)
+    with storage.open_write(writer.path("nanogpt/val_index.npy")) as f:
+        np.save(f, val, allow_pickle=False)
+    meta = {
+        "vocab_size": int(facts["vocab_size"]),
+        "dtype": dtype.name,
+        "eos_id": int(facts["eos_id"]),
+        "seed": int(facts["seed"]),
+        "val_fraction": cfg.val_fraction,
+        **counts,
+    }
+    storage.write_json(writer.path("nanogpt/meta.json"), meta)
+
+
 @OUTPUT_FORMATS.register("nanogpt")
 class NanoGPTFormat:
     name = "nanogpt"
@@ -77,44 +114,14 @@ class NanoGPTFormat:
 
     def finish(self, writer, cfg: BuildConfig, facts: dict) -> None:
         """The split and the two files from the staged pieces of shards 0 .. facts["shards"] - 1
-        (written by any process), one piece at a time; the pieces are deleted."""
-        dtype = np.dtype(facts["dtype"]).newbyteorder("<")
+        (written by any process), one piece at a time; `meta.json` last, then the pieces are
+        deleted. Idempotent: with `meta.json` staged, only leftover pieces are deleted."""
         parts = [part_name(s) for s in range(int(facts["shards"]))]
-        lengths = [load_lengths(writer.path(lengths_name(p))) for p in parts]
-        n = sum(len(x) for x in lengths)
-        val = val_documents(n, cfg.val_fraction, int(facts["seed"]))
-        is_val = np.zeros(n, dtype=bool)
-        is_val[val] = True
-        counts = {"train": {"documents": int(n - len(val)), "tokens": 0}, "val": {"documents": len(val), "tokens": 0}}
-        start = 0
-        with (
-            storage.open_write(writer.path("nanogpt/train.bin")) as ftrain,
-            storage.open_write(writer.path("nanogpt/val.bin")) as fval,
-        ):
-            for part, piece_lengths in zip(parts, lengths):
-                tokens = np.frombuffer(storage.read_bytes(writer.path(piece_name(part))), dtype=dtype)
-                train, held = split_piece(tokens, piece_lengths, is_val[start : start + len(piece_lengths)])
-                ftrain.write(train.tobytes())
-                fval.write(held.tobytes())
-                counts["train"]["tokens"] += len(train)
-                counts["val"]["tokens"] += len(held)
-                start += len(piece_lengths)
+        if not writer.has("nanogpt/meta.json"):
+            write_split(writer, cfg, facts, parts)
         for part in parts:
             storage.delete(writer.path(piece_name(part)))
             storage.delete(writer.path(lengths_name(part)))
-        with storage.open_write(writer.path("nanogpt/val_index.npy")) as f:
-            np.save(f, val, allow_pickle=False)
-        storage.write_json(
-            writer.path("nanogpt/meta.json"),
-            {
-                "vocab_size": int(facts["vocab_size"]),
-                "dtype": dtype.name,
-                "eos_id": int(facts["eos_id"]),
-                "seed": int(facts["seed"]),
-                "val_fraction": cfg.val_fraction,
-                **counts,
-            },
-        )
 
     def card_files(self, dtype: np.dtype) -> list[str]:
         return [

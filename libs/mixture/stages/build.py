@@ -14,16 +14,19 @@ card), then:
 2. `scatter` per part: routes each selected document (repeats included) to its bucket;
 3. `gather` per bucket: writes its shards of `build.shard_docs` documents in every format of
    `build.formats` (`mixture.formats`), row i of one being document i of another;
-4. `finish`: checks that every bucket was written and that what was written is the plan, lets
-   a format finish the files that span the shards (`megatron/blend.txt`, `nanogpt/`), clears the
-   shuffle's scratch files, copies the tokenizer and writes the dataset card (`mixture.card`).
+4. `finish`: checks that every bucket was written, that what was written is the plan and that
+   each format's shard files are exactly the plan's shards, lets a format finish the files that
+   span the shards (`megatron/blend.txt`, `nanogpt/`), copies the tokenizer, writes the dataset
+   card (`mixture.card`), records its output in the staging folder and deletes the shuffle's
+   bulky scratch. A second `finish` (the commit failed and is retried) returns the record.
 
 Steps 2 and 3 are idempotent per part and per bucket (the stage is resumable: a killed build
 keeps what it scattered and gathered), so they run in any order within a step: here in
 `build.workers` spawned processes (`run`), under Airflow as mapped tasks
 (`dags/climb_mixture_search.py`: `build_plan` -> `build_scatter` -> `build_gather` -> `build`,
 which runs `finish` and commits). Memory: the plan's per-document arrays in one process, then
-one row group per scatter and one bucket per gather; the token shards are memory-mapped. The
+one record batch and at most `shuffle.BUFFER_BYTES` of routed rows per scatter and one bucket
+per gather (`mixture.shuffle`); no step reads a token shard whole. The
 same inputs, config and seed give byte-identical files whatever the workers, parts or buckets,
 so the content hash that `climb publish` uses as the default version is stable across rebuilds.
 """
@@ -31,6 +34,7 @@ so the content hash that `climb publish` uses as the default version is stable a
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -92,7 +96,7 @@ def plan(ctx: StageContext) -> dict[str, Any]:
     n_docs = sum(len(v) for v in selected.values())
     if n_docs == 0:
         raise BuildError("the mixture and budget select no documents")
-    parts = shuffle.plan_parts(lab, selected, cfg.part_docs)
+    parts = shuffle.plan_parts(lab, selected, cfg.part_docs, docs)
     buckets = shuffle.plan_buckets(n_docs, cfg.shard_docs, cfg.bucket_docs)
     layout = {
         "clusters": lab.clusters,
@@ -104,8 +108,10 @@ def plan(ctx: StageContext) -> dict[str, Any]:
         "buckets": [b.to_dict() for b in buckets],
         "per_cluster": per_cluster(plans, taken, selected),
         "mixture": {"uri": mixture_uri, "weights": weights},
+        "seed": ctx.cfg.seed,
+        "selection": shuffle.selection_digest(selected, lab.clusters),
     }
-    shuffle.prepare(ctx.writer, json_safe(layout), selected, lab.clusters, ctx.cfg.seed)
+    shuffle.prepare(ctx.writer, json_safe(layout), selected, ctx.cfg.seed)
     return shuffle.read_plan(ctx.writer)
 
 
@@ -194,14 +200,18 @@ def finish_formats(ctx: StageContext, lab: ClimbLab, shards: int) -> None:
 
 def finish(ctx: StageContext) -> StageOutput:
     """The stage's output once every bucket is written (by `run`, or by separate tasks): checks,
-    the formats' finish hooks, tokenizer and card; the shuffle's scratch files are deleted."""
+    the formats' finish hooks, tokenizer and card; then the output is recorded in the staging
+    folder and the shuffle's bulky scratch deleted. Idempotent: once recorded, a second call (a
+    retried commit) returns the record."""
+    if ctx.writer.has(shuffle.FINISHED):
+        return finished_output(storage.read_json(ctx.writer.path(shuffle.FINISHED)))
     cfg: BuildConfig = ctx.cfg.build
     lab = ClimbLab(ctx.input("climblab"))
     layout = shuffle.read_plan(ctx.writer)
     written = shuffle.gathered(ctx.writer, buckets(layout))
     check_written(written, layout)
+    check_shard_files(ctx.writer, cfg, written["shards"])
     finish_formats(ctx, lab, written["shards"])
-    shuffle.clear(ctx.writer)
     storage.write_bytes(ctx.writer.path(TOKENIZER), storage.read_bytes(lab.tokenizer_path))
     mix = layout["mixture"]
     extra = manifest_extra(ctx, lab, mix["weights"], mix["uri"], layout["per_cluster"], written["shards"])
@@ -210,7 +220,36 @@ def finish(ctx: StageContext) -> StageOutput:
         ctx.writer.path("README.md"),
         render_card(ctx.cfg, counts, extra, ctx.input("climblab"), ctx.input("curated"), ctx.input("clusters")),
     )
-    return StageOutput(counts, extra, summary(cfg, counts, layout["per_cluster"], written["shards"]))
+    lines = summary(cfg, counts, layout["per_cluster"], written["shards"])
+    storage.write_json(ctx.writer.path(shuffle.FINISHED), {"counts": counts, "extra": extra, "summary": lines})
+    shuffle.clear(ctx.writer)
+    return finished_output(storage.read_json(ctx.writer.path(shuffle.FINISHED)))
+
+
+def finished_output(record: dict[str, Any]) -> StageOutput:
+    """The StageOutput a finished build recorded (the same for the first call and a retry)."""
+    return StageOutput(record["counts"], record["extra"], [tuple(line) for line in record["summary"]])
+
+
+def check_shard_files(writer, cfg: BuildConfig, shards: int) -> None:
+    """Each format's per-shard files are exactly part-00000 .. part-{shards - 1}: a file of
+    another plan left in the staging folder fails the build instead of being committed."""
+    for cls in format_classes(cfg):
+        fmt: Any = cls
+        for pattern in fmt.files:
+            if "NNNNN" not in pattern:
+                continue
+            folder = pattern.rsplit("/", 1)[0]
+            regex = re.compile(re.escape(pattern).replace("NNNNN", r"\d+"))
+            root = len(writer.staging.rstrip("/")) + 1
+            found = {f[root:] for f in storage.list_files(writer.path(folder)) if regex.fullmatch(f[root:])}
+            expected = {pattern.replace("NNNNN", f"{s:05d}") for s in range(shards)}
+            if found != expected:
+                odd = sorted(found ^ expected)
+                raise BuildError(
+                    f"build: {fmt.name} files do not match the plan's {shards} shard(s): {', '.join(odd[:3])}"
+                    f"{' ...' if len(odd) > 3 else ''} (left by another plan? delete {writer.staging} and build again)"
+                )
 
 
 def run(ctx: StageContext) -> StageOutput:
