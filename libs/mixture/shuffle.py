@@ -61,6 +61,7 @@ from mixture import storage
 from mixture.climblab import ClimbLab, text_file
 from mixture.climbmix import BuildError, shard_slices
 from mixture.formats import Shard
+from mixture.parallel import ShardRange, shard_ranges
 from mixture.tokens import read_offsets
 
 log = logging.getLogger(__name__)
@@ -100,30 +101,12 @@ class Part:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Bucket:
-    """Output shards `first_shard ..` (`shards` of them): positions `first_doc ..` (`docs`)."""
-
-    index: int
-    first_shard: int
-    shards: int
-    first_doc: int
-    docs: int
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+Bucket = ShardRange  # output shards `first_shard ..`: positions `first_doc ..`; one gather job
 
 
 def plan_buckets(n_docs: int, shard_docs: int, bucket_docs: int) -> list[Bucket]:
     """Contiguous ranges of whole shards of at most `bucket_docs` documents (at least one shard)."""
-    per = max(1, bucket_docs // shard_docs)
-    n_shards = -(-n_docs // shard_docs)
-    out = []
-    for index, first in enumerate(range(0, n_shards, per)):
-        shards = min(per, n_shards - first)
-        first_doc = first * shard_docs
-        out.append(Bucket(index, first, shards, first_doc, min(shards * shard_docs, n_docs - first_doc)))
-    return out
+    return shard_ranges(n_docs, shard_docs, max(1, bucket_docs // shard_docs))
 
 
 def group_rows(lab: ClimbLab, name: str, documents: int) -> list[int]:
