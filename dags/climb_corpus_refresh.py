@@ -9,7 +9,8 @@ Spark; embedding fans out over ranges of shards (`embed_ranges` -> one mapped `e
 task per range in the `gpu` pool, retried and resumed -> `embed_commit`), and so does the
 tokenization into ClimbLab shards (`shards_parts` -> one mapped `shards_part` task per part of
 `shards.part_docs` documents -> `shards_clusters` -> one mapped `shards_merge` per cluster ->
-`shards_commit`); every other step but the Spark job is the stage function the CLI runs. When the
+`shards_commit`; Airflow maps at most `core.max_map_length` tasks, 1,024 by default: size the
+ranges and parts below it); every other step but the Spark job is the stage function the CLI runs. When the
 shards differ from the last announced ones, `announce` updates the asset
 `climb://datasets/climblab`, which triggers the mixture search DAG.
 """
