@@ -46,13 +46,13 @@ def inputs(tmp_path_factory, sample_records) -> tuple[Path, list[str]]:
     return root, texts
 
 
-def _run(tmp: Path, inputs: Path, unique_ids: bool):
+def _run(tmp: Path, inputs: Path, unique_ids: bool, **curate):
     cfg = parse_config(
         {
             "run_name": "ids",
             "output_root": str(tmp),
             "input": {"uris": [str(inputs)], "unique_ids": unique_ids},
-            "curate": {"spark_master": "local[2]", "partitions": 2},
+            "curate": {"spark_master": "local[2]", "partitions": 2, **curate},
             "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}"},
         }
     )
@@ -87,3 +87,21 @@ def test_unique_ids_true_quarantines_a_repeated_id_wherever_it_is(spark, inputs,
     assert sorted(docs) == ["r0", "r1", "r2", "solo"]
     # Files are ordered by URI: f00.jsonl comes first.
     assert [docs[f"r{i}"]["text"] for i in range(PER_FILE)] == texts[:PER_FILE]
+
+
+@pytest.mark.parametrize("driver_rows", [200_000, 0], ids=["driver", "spark"])
+def test_a_prefixed_id_that_equals_another_documents_id_is_a_clear_error(spark, sample_records, tmp_path, driver_rows):
+    """a.jsonl's id "2" is also in b.jsonl, so it becomes `a.jsonl:2`; a.jsonl's second record has
+    no id, so its id is `a.jsonl:2` too: two distinct documents, one curated id. The stage stops
+    with one line saying so instead of dropping one of them as a `duplicate_id`."""
+    from mixture.curate.annotate import IdCollisionError
+
+    texts = [r["text"] for r in sample_records[:3]]
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.jsonl").write_text(
+        json.dumps({"id": "2", "text": texts[0]}) + "\n" + json.dumps({"text": texts[1]}) + "\n"
+    )
+    (root / "b.jsonl").write_text(json.dumps({"id": "2", "text": texts[2]}) + "\n")
+    with pytest.raises(IdCollisionError, match=r"curated id 'a.jsonl:2' .* input.unique_ids"):
+        _run(tmp_path / "out", root, unique_ids=False, driver_rows=driver_rows)

@@ -121,7 +121,26 @@ def identify(scored, files: list[ingest.InputFile], unique_ids: bool):
             .drop("tag")
         )
     first = Window.partitionBy("doc_id").orderBy("file", "line")
-    return good.withColumn("dup", F.row_number().over(first) > 1)
+    by_doc = Window.partitionBy("doc_id")  # the same partitioning: no second shuffle
+    return good.withColumn("dup", F.row_number().over(first) > 1).withColumn(
+        "collides", F.min("id").over(by_doc) != F.max("id").over(by_doc)
+    )
+
+
+class IdCollisionError(RuntimeError):
+    """Two different input ids give one curated id (a `<path>:<id>` or `<path>:<line>` form)."""
+
+
+def check_collisions(rows: list[dict]) -> None:
+    """Raise when some curated id stands for documents with different input ids: quarantining
+    one as a `duplicate_id` would drop a distinct document under a wrong reason."""
+    if rows:
+        r = rows[0]
+        raise IdCollisionError(
+            f"curated id {r['doc_id']!r} ({r['file']} line {r['line']}) is also the curated id of a document "
+            "with another input id (a '<path>:<id>' or '<path>:<line>' form): rename the input ids, or set "
+            "input.unique_ids: true when they are unique across files"
+        )
 
 
 def lsh_params(cfg: Config) -> tuple[minhash.LSHParams, str]:
@@ -142,7 +161,8 @@ def _texts_of(scored, locations):
     def texts(ids, small: bool = False):
         located = locations.join(ids, "id", "left_semi")
         located = F.broadcast(located) if small else located
-        return scored.select("file", "line", "text").join(located, ["file", "line"]).select("id", "text")
+        good = scored.where(F.col("reason").isNull())  # a quarantined record can share (file, line)
+        return good.select("file", "line", "text").join(located, ["file", "line"]).select("id", "text")
 
     return texts
 
@@ -358,15 +378,27 @@ def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str
     params, tradeoff = lsh_params(cfg)
     log.info("%s", tradeoff)
     scored = scan(spark, cfg, splits, params).persist(StorageLevel.DISK_ONLY)  # texts: on local disk, not the heap
+    try:
+        return _annotate(cfg, staging, scored, files, splits, params, timer)
+    finally:
+        scored.unpersist()
+
+
+def _annotate(cfg: Config, staging: str, scored, files, splits, params, timer):
+    """`annotate` on the persisted scan."""
     ident = identify(scored, files, cfg.input.unique_ids)
     read = [(r["file"], r["reason"], r["count"]) for r in scored.groupBy("file", "reason").count().collect()]
     table = None
     if sum(n for _, reason, n in read if reason is None) <= cfg.curate.driver_rows:
         table = ident.toArrow()
+        check_collisions(
+            table.filter(table.column("collides")).select(["doc_id", "file", "line"]).slice(0, 1).to_pylist()
+        )
         good = table.group_by(["file", "dup"]).aggregate([("line", "count")]).to_pylist()
         dups = [(g["file"], g["dup"], g["line_count"]) for g in good]
     else:
         ident = ident.localCheckpoint(eager=True)
+        check_collisions([r.asDict() for r in ident.where("collides").select("doc_id", "file", "line").take(1)])
         dups = [(r["file"], r["dup"], r["count"]) for r in ident.groupBy("file", "dup").count().collect()]
     counts = count_outcomes(read, dups, files)
     timer.done("read_and_signals")
@@ -378,7 +410,6 @@ def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str
 
     docs, bad = split_outputs(scored, meta, broadcast)
     write_outputs(docs, bad, cfg, staging, counts)
-    scored.unpersist()
     timer.done("write")
     return counts, _extra(cfg, files, splits, params, stats, timer), _summary(counts, files, params, stats, timer)
 
