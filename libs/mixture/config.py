@@ -208,9 +208,10 @@ class CurateConfig(Section):
         200_000,
         ge=0,
         json_schema_extra=NOT_HASHED,
-        description="small sets handled on the driver: up to this many LSH candidate pairs are "
-        "verified and clustered there (numpy), and up to this many id/group corrections are "
-        "broadcast to the executors; larger sets stay distributed (same result)",
+        description="small sets handled on the driver: with up to this many good records, their "
+        "ids and keys are collected and up to this many LSH candidate pairs verified and "
+        "clustered there (numpy); up to this many id/group corrections are broadcast to the "
+        "executors; larger sets stay distributed (same result)",
     )
     max_doc_bytes: int = Field(1_000_000, gt=0, description="larger documents are quarantined")
     split_bytes: int = Field(

@@ -6,9 +6,11 @@ computes everything that needs the raw text at scale, once; `select.py` takes th
 from the stored values without Spark, so tuning a threshold never reruns this.
 
 Steps (DataFrame transformations; per-batch work in `batches.py` via `mapInArrow`). The text
-crosses from Python to the JVM once (the scan), is cached on the executors' local disk (not their heap:
-the corpus does not fit there), and is shuffled once (the write); every other shuffle moves small
-columns (file, line, id, hashes, band keys):
+crosses from Python to the JVM once (the scan) and is cached on the executors' local disk (not
+their heap: the corpus does not fit there); it moves in the write (joined with the corrections by
+(file, line): no shuffle of the text when they are broadcast; then repartitioned into the output
+parts) and, for LSH candidates only, to the verification; every other shuffle moves small columns
+(file, line, id, hashes, band keys):
 1. scan: the input files are listed on the driver and cut into splits (`ingest.py`); one Python
    pass per split reads its records through mixture.storage (local or S3), quarantines bad ones,
    and computes for the good ones every registered filter's signals (`filters/`, float64 so a
@@ -21,8 +23,8 @@ columns (file, line, id, hashes, band keys):
 4. near groups: LSH candidates among one representative per exact group (the members' shingles
    are identical), verified by exact Jaccard of the shingles (recomputed for the candidates
    only), connected components (`dedup.py`): on the driver when there are at most
-   `curate.driver_rows` candidate pairs, on Spark otherwise; `near_group` is the component's
-   smallest id (members of an exact group share it);
+   `curate.driver_rows` good records and at most as many candidate pairs, on Spark otherwise;
+   `near_group` is the component's smallest id (members of an exact group share it);
 5. write: the records' corrections (curated id, duplicate id, groups; only the records that
    have one) are joined by (file, line), broadcast when they are at most `curate.driver_rows`;
    `docs/` and `quarantine/` Parquet parts are written by the executors; a row's part is
@@ -84,7 +86,7 @@ def plan(spark, cfg: Config) -> tuple[list[ingest.InputFile], list[ingest.Split]
 
 
 def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHParams):
-    """Steps 1 and 3 in one Python pass per split: every record read (INGEST_SCHEMA), with the
+    """Step 1 (and the keys of steps 3-4) in one Python pass per split: every record read (INGEST_SCHEMA), with the
     signals, the exact-dedup hash and the LSH band keys of the good ones (`batches.scan_batches`)."""
     opts = ingest.ReadOptions.from_config(cfg.input, cfg.curate.max_doc_bytes)
     fz = cfg.curate.fuzzy_dedup
@@ -168,7 +170,7 @@ def _texts_of(scored, locations):
 
 
 def dedup_groups(ident, scored, cfg: Config, params: minhash.LSHParams):
-    """Steps 4-5: (file, line, exact_group, near_group) for every document of `ident` that is
+    """Steps 3-4: (file, line, exact_group, near_group) for every document of `ident` that is
     not a duplicate id, and the fuzzy-dedup statistics. `exact_group` is null for a document
     whose text no other has; `near_group` is null for one with no near duplicate (an exact
     copy is one: its group is then its exact group). Only small columns are shuffled."""
@@ -345,7 +347,7 @@ def split_outputs(scored, meta, broadcast: bool):
 
 
 def write_outputs(docs, bad, cfg: Config, staging: str, counts: dict[str, Any]) -> None:
-    """Step 6: `docs/` (every annotated document) and `quarantine/`, checked against the counts."""
+    """Step 5: `docs/` (every annotated document) and `quarantine/`, checked against the counts."""
     n_quarantined = sum(counts["quarantined"].values())
     dpf = cfg.curate.docs_per_file
     written = {
