@@ -168,6 +168,7 @@ def config(work: Path, n: int, corpus_dir: Path, k_init: int) -> dict:
     cfg["cluster"] = {**cfg["cluster"], "k_init": k_init}
     cfg.pop("search", None)
     cfg["build"] = {
+        "bucket_docs": 20_000,  # a gather holds its bucket: bounded by bucket_docs (default 200,000)
         "tokens": 1,  # set from the ClimbLab tokens before the build runs
         "mixture": str(root / "_bench" / "uniform_mixture.json"),
         "licence": "mixed free licences: see mixture.corpus",
@@ -294,14 +295,17 @@ def measure(cfg_path: Path, name: str, log_path: Path, interval: float) -> dict:
     }
 
 
-def run_size(work: Path, n: int, pool_size: int, k_init: int, interval: float) -> dict:
+def run_size(work: Path, n: int, pool_size: int, k_init: int, interval: float, rerun: dict | None = None) -> dict:
+    """Every stage on a fresh output root; with `rerun` (an earlier run of this size) only the
+    stages named in rerun["stages_to_rerun"], on that run's output root, the others' figures kept."""
     corpus_dir = corpus(work, n, pool_size)
     cfg = config(work, n, corpus_dir, k_init)
-    shutil.rmtree(cfg["output_root"], ignore_errors=True)  # one fresh output root per size
+    if rerun is None:
+        shutil.rmtree(cfg["output_root"], ignore_errors=True)  # one fresh output root per size
     cfg_path = write_config(cfg)
     static_model(work, cfg)
-    stages: dict[str, dict] = {}
-    for name in STAGES:
+    stages: dict[str, dict] = dict(rerun["stages"]) if rerun else {}
+    for name in rerun["stages_to_rerun"] if rerun else STAGES:
         if name == "build":
             skip_search(cfg)
         r = measure(cfg_path, name, Path(cfg["output_root"]) / "_bench" / f"{name}.log", interval)
@@ -455,6 +459,12 @@ def main() -> None:
         metavar="JSON",
         help="no run: summarise and plot the runs of earlier outputs (one size per invocation, say)",
     )
+    ap.add_argument(
+        "--rerun",
+        nargs="+",
+        metavar="STAGE",
+        help="with --combine: rerun these stages of each combined run on its output root, then report",
+    )
     ap.add_argument("--stage-worker", nargs=2, metavar=("CONFIG", "STAGE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage_worker:
@@ -468,6 +478,10 @@ def main() -> None:
             corpus(work, n, pool_size)
         return
     runs = [r for path in args.combine for r in json.loads(Path(path).read_text())["runs"]] if args.combine else []
+    if args.rerun:
+        for i, r in enumerate(runs):
+            again = {"stages": r["stages"], "stages_to_rerun": args.rerun}
+            runs[i] = run_size(work, r["documents"], pool_size, args.k_init, args.interval, again)
     for n in [] if args.combine else sorted(args.sizes):
         t0 = time.perf_counter()
         runs.append(run_size(work, n, pool_size, args.k_init, args.interval))

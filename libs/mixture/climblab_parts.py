@@ -12,7 +12,7 @@ parallel and again, like the embed stage's ranges:
    written last. A part whose `done.json` is staged is kept: a killed run resumes.
 3. `merge_cluster`: cluster c's runs of every part merged by id (an external merge sort: the runs
    are memory-mapped; at most `MERGE_IDS` ids are held as strings, shared out over the runs) into
-   `cNN/tokens.bin` + `.idx` and `cNN/text.parquet` (row groups of 65,536 documents);
+   `cNN/tokens.bin` + `.idx` and `cNN/text.parquet` (row groups of 8,192 documents);
    `_parts/merged/cNN.json` is written last, so a merged cluster is kept on a rerun.
 4. `finish`: every cluster merged, its counts staged as `clusters.json` (part of the dataset), then
    `_parts/` removed from the staging folder (the runs are not part of the dataset); a retry after a
@@ -50,7 +50,7 @@ from mixture.tokens import TokenShardWriter, encode, eos_id, load_tokenizer, tra
 PARTS = "_parts"  # staging only: removed before the commit
 MERGED = f"{PARTS}/merged"
 COUNTS = "clusters.json"  # {cNN: {documents, tokens}}, part of the dataset, written by `finish`
-ROW_GROUP = 1 << 16  # rows per text.parquet row group
+ROW_GROUP = 1 << 13  # rows per text.parquet row group: what a merge holds as Python objects
 RUN_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("tokens", pa.list_(pa.uint32()))])
 TEXT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string())])
 MERGE_IDS = 1 << 18  # ids (Python strings) held at once by a merge, over all its runs together
