@@ -251,7 +251,7 @@ def measure(cfg_path: Path, name: str, log_path: Path, interval: float) -> dict:
             env=env(),
         )
         root = psutil.Process(child.pid)
-        peak, samples = [0], [0]
+        peak, peak_anon, samples = [0], [0], [0]
         cpu: dict[tuple[int, float], float] = {}  # (pid, create time) -> last user + sys seen
 
         def sample() -> None:
@@ -260,16 +260,19 @@ def measure(cfg_path: Path, name: str, log_path: Path, interval: float) -> dict:
                     procs = [root, *root.children(recursive=True)]
                 except psutil.Error:
                     return
-                rss = 0
+                rss = anon = 0
                 for p in procs:
                     try:
                         with p.oneshot():
-                            rss += p.memory_info().rss
+                            mem = p.memory_info()
+                            rss += mem.rss
+                            anon += mem.rss - mem.shared  # less file-backed pages (memory maps)
                             t = p.cpu_times()
                             cpu[(p.pid, p.create_time())] = t.user + t.system
                     except psutil.Error:
                         continue
                 peak[0] = max(peak[0], rss)
+                peak_anon[0] = max(peak_anon[0], anon)
                 samples[0] += 1
                 time.sleep(interval)
 
@@ -290,6 +293,7 @@ def measure(cfg_path: Path, name: str, log_path: Path, interval: float) -> dict:
         "cpu_rusage_s": rusage_cpu,
         "cpu_sampled_s": sum(cpu.values()),
         "peak_rss_mb": peak[0] / 2**20,
+        "peak_anon_mb": peak_anon[0] / 2**20,
         "samples": samples[0],
         "counts": result["counts"],
     }
@@ -313,7 +317,8 @@ def run_size(work: Path, n: int, pool_size: int, k_init: int, interval: float, r
         stages[name] = r
         print(
             f"  {n:>9,} {name:<8} wall {r['wall_s']:8.1f} s  cpu {r['cpu_s']:8.1f} s  "
-            f"peak RSS {r['peak_rss_mb']:7.0f} MB  {r['docs_per_s']:8.0f} docs/s  {r['counts']}",
+            f"peak RSS {r['peak_rss_mb']:7.0f} MB (anon {r.get('peak_anon_mb', 0):5.0f})  "
+            f"{r['docs_per_s']:8.0f} docs/s  {r['counts']}",
             flush=True,
         )
     meta = json.loads((corpus_dir / "_corpus.json").read_text())
