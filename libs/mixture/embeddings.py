@@ -81,20 +81,11 @@ def dimension(ds: Dataset) -> int:
     return int(npy_shape(shard_files(ds)[0][0])[1])
 
 
-def _load(uri: str) -> np.ndarray:
-    """A shard's vectors: memory-mapped when the file is local (the page cache, not the heap)."""
-    local = storage.local_path(uri)
-    if local is not None:
-        return np.load(local, mmap_mode="r", allow_pickle=False)
-    with storage.open_read(uri) as f:
-        return np.load(f, allow_pickle=False)
-
-
 def iter_shards(ds: Dataset) -> Iterator[tuple[pa.Array, np.ndarray]]:
     """(ids as an Arrow string array, float32 vectors) per shard, in shard order: one shard at a
     time (memory-mapped when local)."""
     for e_uri, i_uri, _ in shard_files(ds):
-        arr = _load(e_uri)
+        arr = storage.load_npy(e_uri)
         with storage.open_read(i_uri) as f:
             ids = pq.read_table(f, columns=["id"]).column("id").combine_chunks().cast(pa.string())
         if len(ids) != len(arr):
@@ -134,6 +125,6 @@ def read_rows(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     for e_uri, _, n in files:
         lo, hi = np.searchsorted(rows, [start, start + n])
         if hi > lo:
-            out[lo:hi] = _load(e_uri)[rows[lo:hi] - start]
+            out[lo:hi] = storage.load_npy(e_uri)[rows[lo:hi] - start]
         start += n
     return out

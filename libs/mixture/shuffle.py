@@ -181,14 +181,6 @@ def save_npy(uri: str, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
-def load_npy(uri: str) -> np.ndarray:
-    local = storage.local_path(uri)
-    if local is not None:
-        return np.load(local, mmap_mode="r", allow_pickle=False)
-    with storage.open_read(uri) as f:
-        return np.load(f, allow_pickle=False)
-
-
 def write_routes(writer, selected: dict[str, np.ndarray], layout: dict[str, Any], where: np.ndarray) -> None:
     """Per part (`layout["part_list"]`): its selected documents ascending and their positions."""
     start = 0
@@ -236,7 +228,7 @@ def part_names(index: int) -> tuple[str, str]:
 def part_route(writer, part: Part) -> tuple[np.ndarray, np.ndarray]:
     """(document, position) of the part's selected documents, by document (repeats adjacent)."""
     doc_rel, pos_rel = route_names(part.index)
-    return np.asarray(load_npy(writer.path(doc_rel))), np.asarray(load_npy(writer.path(pos_rel)))
+    return np.asarray(storage.load_npy(writer.path(doc_rel))), np.asarray(storage.load_npy(writer.path(pos_rel)))
 
 
 def token_values(bin_file, offsets: np.ndarray, local: np.ndarray, itemsize: int) -> pa.Array:

@@ -231,6 +231,18 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
             os.remove(tmp)
 
 
+def load_npy(uri: str):
+    """A .npy array: memory-mapped when the file is local (the page cache, not the heap), else
+    read whole."""
+    import numpy as np
+
+    local = local_path(uri)
+    if local is not None:
+        return np.load(local, mmap_mode="r", allow_pickle=False)
+    with open_read(uri) as f:
+        return np.load(f, allow_pickle=False)
+
+
 def read_bytes(uri: str) -> bytes:
     with open_read(uri) as f:
         return f.read()
