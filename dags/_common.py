@@ -114,5 +114,17 @@ def run_stage(config: str, name: str) -> dict[str, Any]:
     return describe(result.dataset, result.skipped)
 
 
+def commit_stage(config: str, dataset: str, finish: Any) -> dict[str, Any]:
+    """The fan-in task of a mapped stage: the dataset as it is when up to date, else
+    `finish(ctx)` of the staged pieces committed through the runner (lease, manifest last)."""
+    from mixture import pipeline
+
+    cfg = load_config(config)
+    if done := pipeline.current(cfg, dataset):
+        return describe(done, skipped=True)
+    ctx = pipeline.open_stage(cfg, dataset)
+    return describe(pipeline.commit(ctx, finish(ctx)), skipped=False)
+
+
 def asset_extra(config: str, described: dict[str, Any]) -> dict[str, Any]:
     return {"config": config, "uri": described["dataset"], "manifest_sha256": described["manifest_sha256"]}

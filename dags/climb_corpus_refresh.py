@@ -29,6 +29,7 @@ from _common import (
     PROJECT_ROOT,
     asset_extra,
     check_config,
+    commit_stage,
     config_param,
     config_path,
     describe,
@@ -130,15 +131,10 @@ def embed_range(config: str, rng: dict[str, int]) -> dict[str, Any]:
 @task(trigger_rule=TriggerRule.NONE_FAILED)  # no ranges (up to date, not needed): mapped task skipped
 def embed_commit(config: str) -> dict[str, Any]:
     """Commit the staged shards through the runner (lease, manifest written last)."""
-    from mixture import pipeline
     from mixture.stages import embed
 
-    cfg = load_config(config)
-    if done := pipeline.current(cfg, "embeddings"):
-        return describe(done, skipped=True)
-    ctx = pipeline.open_stage(cfg, "embeddings")
-    out = embed.finish(ctx) if cfg.cluster.needs_embeddings else embed.skipped(ctx)
-    return describe(pipeline.commit(ctx, out), skipped=False)
+    needed = load_config(config).cluster.needs_embeddings
+    return commit_stage(config, "embeddings", embed.finish if needed else embed.skipped)
 
 
 @task
@@ -199,14 +195,9 @@ def shards_merge(config: str, cluster: int) -> dict[str, Any]:
 @task(trigger_rule=TriggerRule.NONE_FAILED)  # no clusters (up to date): the mapped task was skipped
 def shards_commit(config: str) -> dict[str, Any]:
     """Commit the merged clusters through the runner (lease, manifest written last)."""
-    from mixture import pipeline
     from mixture.stages import shards
 
-    cfg = load_config(config)
-    if done := pipeline.current(cfg, "climblab"):
-        return describe(done, skipped=True)
-    ctx = pipeline.open_stage(cfg, "climblab")
-    return describe(pipeline.commit(ctx, shards.finish(ctx)), skipped=False)
+    return commit_stage(config, "climblab", shards.finish)
 
 
 @task(inlets=[CLIMBLAB], outlets=[CLIMBLAB])

@@ -33,9 +33,9 @@ from _common import (
     GPU_QUEUE,
     asset_extra,
     check_config,
+    commit_stage,
     config_param,
     config_path,
-    describe,
     load_config,
     variable,
 )
@@ -84,14 +84,9 @@ def run_proxy(config: str, job: dict[str, Any]) -> dict[str, Any]:
 
 @task(trigger_rule=TriggerRule.NONE_FAILED)  # the last slots' mapped tasks may be skipped
 def finish(config: str) -> dict[str, Any]:
-    from mixture import pipeline
     from mixture.search import steps
 
-    cfg = load_config(config)
-    if done := pipeline.current(cfg, "search"):
-        return describe(done, skipped=True)
-    ctx = pipeline.open_stage(cfg, "search")
-    return describe(pipeline.commit(ctx, steps.finish(ctx)), skipped=False)
+    return commit_stage(config, "search", steps.finish)
 
 
 @task
@@ -146,15 +141,9 @@ def build_gather(config: str, bucket: dict[str, int]) -> dict[str, int]:
 @task(outlets=[CLIMBMIX], trigger_rule=TriggerRule.NONE_FAILED)  # up to date: the mapped tasks skipped
 def build(config: str, **context: Any) -> dict[str, Any]:
     """Check what the buckets wrote, finish the formats and commit through the runner."""
-    from mixture import pipeline
     from mixture.stages import build as stage
 
-    cfg = load_config(config)
-    if done := pipeline.current(cfg, "climbmix"):
-        built = describe(done, skipped=True)
-    else:
-        ctx = pipeline.open_stage(cfg, "climbmix")
-        built = describe(pipeline.commit(ctx, stage.finish(ctx)), skipped=False)
+    built = commit_stage(config, "climbmix", stage.finish)
     context["outlet_events"][CLIMBMIX].extra = asset_extra(config, built)
     return built
 
