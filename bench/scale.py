@@ -44,7 +44,9 @@ with each stage's growth exponent (slope of log wall time against log N between 
 sizes and fitted over all sizes) and the ratios of the two largest sizes' time and peak RSS
 against the issue's thresholds (100k -> 300k: peak RSS growth < 25%, time < 3.6x; PASS/FAIL).
 `--combine A.json B.json ...` runs nothing and reports the runs of earlier outputs together (run
-each size on its own, `--sizes N --out /tmp/scale-N`, so a finished size survives a stopped run).
+each size on its own, `--sizes N --out /tmp/scale-N`, so a finished size survives a stopped run);
+with `--rerun STAGE ...` it first reruns those stages on each run's output root (after a change to
+them) and keeps the other stages' figures.
 Writes `<out>.json` and the plots `<out>_time.png`, `<out>_rss.png` (log-log, one line per stage),
 `--out bench/scale` by default. Each stage's log is `<work>/run-<N>/_bench/<stage>.log`.
 
