@@ -60,6 +60,11 @@ class StageContext:
     stage: Stage
     inputs: dict[str, Dataset]
     writer: DatasetWriter
+    # The stage's committed dataset, up to date or not: what an incremental run extends
+    # (`mixture.increments`); None when there is none.
+    previous: Dataset | None = None
+    # The stage's config hash less the input listing: the same settings, perhaps other input files.
+    settings_hash: str = ""
 
     def input(self, name: str) -> Dataset:
         return self.inputs[name]

@@ -147,6 +147,7 @@ class DatasetWriter:
         self.staging = storage.join(root, f"{storage.basename(self.uri)}-{key}")
         self.started_at = _now()
         self._t0 = time.time()
+        self._kept: dict[str, dict[str, Any]] = {}  # rel -> the previous version's manifest entry
         if not resume:
             self.reset()
         storage.makedirs(self.staging)
@@ -158,10 +159,28 @@ class DatasetWriter:
 
     def path(self, rel: str) -> str:
         """Where to write the file `rel` of this dataset (inside the staging folder)."""
+        self._kept.pop(rel, None)  # written anew: hashed at the commit
         uri = storage.join(self.staging, rel)
         if not storage.is_s3(uri):
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         return uri
+
+    def keep(self, previous: Dataset, rel: str) -> None:
+        """Carry the file `rel` of the previous committed version into this one unchanged: a hard
+        link locally, a server-side copy on S3 (`storage.link`); its manifest entry (size,
+        sha256) is taken over, not recomputed. An incremental version keeps what did not change."""
+        entry = next((f for f in previous.manifest.files if f["path"] == rel), None)
+        if entry is None:
+            raise DatasetError(f"{previous.uri}: {rel} is not in its manifest")
+        storage.link(previous.path(rel), self.path(rel))
+        self._kept[rel] = dict(entry)
+
+    def keep_all(self, previous: Dataset, prefix: str = "") -> list[str]:
+        """`keep` every file of the previous version whose path starts with `prefix`."""
+        rels = [f["path"] for f in previous.manifest.files if f["path"].startswith(prefix)]
+        for rel in rels:
+            self.keep(previous, rel)
+        return rels
 
     def has(self, rel: str) -> bool:
         """True when a finished file `rel` is already staged (for resuming)."""
@@ -206,6 +225,10 @@ class DatasetWriter:
                 scratch.add("/".join(names[: top + 1]))
                 continue
             if storage.basename(rel).startswith(".") or rel == MANIFEST:
+                continue
+            kept = self._kept.get(rel)
+            if kept is not None and storage.size(f) == kept["bytes"]:
+                files.append(kept)
                 continue
             files.append({"path": rel, "bytes": storage.size(f), "sha256": storage.sha256(f)})
         return files, scratch

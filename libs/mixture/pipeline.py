@@ -20,7 +20,7 @@ from typing import Any
 from mixture import lease, storage
 from mixture.config import Config, ConfigError
 from mixture.contract import Stage, StageContext, StageOutput
-from mixture.dataset import Dataset, DatasetError, DatasetWriter, open_dataset, recover, up_to_date
+from mixture.dataset import Dataset, DatasetError, DatasetWriter, open_dataset, recover, try_open, up_to_date
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,17 @@ def files_fingerprint(uris: list[str]) -> list[list]:
     return [[f, storage.size(f)] for f in storage.expand(uris)]
 
 
-def config_hash(cfg: Config, st: Stage) -> str:
+def config_hash(cfg: Config, st: Stage, listing: bool = True) -> str:
     """The stage's config sections, plus what the files named in its config hold: editing a
-    mixture file or a target set in place makes the stage run again."""
+    mixture file or a target set in place makes the stage run again. Without `listing`, the
+    input files' listing is left out: the hash of the settings alone (an incremental curation
+    extends a version made with the same settings from fewer files)."""
     parts = [cfg.section_hash(*st.sections, exclude=st.unhashed)]
     for key in st.files:
         uris = cfg.uris(key)
         if key == "input.uris":
-            parts.append(json.dumps(files_fingerprint(uris)))
+            if listing:
+                parts.append(json.dumps(files_fingerprint(uris)))
         else:
             parts += [storage.sha256(f) for u in uris for f in (storage.expand([u]) or [u])]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
@@ -136,7 +139,8 @@ def open_stage(cfg: Config, name: str | Stage) -> StageContext:
         staging_root=storage.join(cfg.output_root, "_staging"),
         resume=True,
     )
-    return StageContext(cfg, st, inputs, writer)
+    previous = try_open(dataset_uri(cfg, st.dataset))
+    return StageContext(cfg, st, inputs, writer, previous, config_hash(cfg, st, listing=False))
 
 
 @contextmanager

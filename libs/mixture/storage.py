@@ -25,6 +25,7 @@ import logging
 import os
 import posixpath
 import random
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -200,6 +201,26 @@ def move(src: str, dst: str) -> None:
         rel = f[len(src.rstrip("/")) + 1 :]
         fs.copy_file(filesystem(f)[1], posixpath.join(d, rel))
     fs.delete_dir(s)
+
+
+def link(src: str, dst: str) -> None:
+    """Make `dst` a file with `src`'s bytes without moving them through this process: a hard
+    link locally (a copy when the two are on different devices), a server-side copy on S3
+    (CopyObject). How a new version of a dataset keeps the unchanged files of the previous one."""
+    fs, s = filesystem(src)
+    _, d = filesystem(dst)
+    if is_s3(src) != is_s3(dst):
+        raise ValueError(f"link: {src} and {dst} are not on the same file system")
+    if is_s3(src):
+        fs.copy_file(s, d)
+        return
+    Path(d).parent.mkdir(parents=True, exist_ok=True)
+    if os.path.exists(d):
+        os.remove(d)
+    try:
+        os.link(s, d)
+    except OSError:
+        shutil.copy2(s, d)
 
 
 @contextmanager
