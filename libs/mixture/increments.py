@@ -17,8 +17,9 @@ Lineage (the manifest's `extra["lineage"]`, and the whole chain in the dataset's
 - `delta`: what this version changed (counts per kind; never a document's text).
 
 Files:
-- a file added by version v > base has `v{v:04d}-` in its name (`docs/v0003-part-00000.parquet`,
-  `emb-v0003-00000.npy`); a file without a tag belongs to the base version. A file whose rows
+- a file added by version v > base has `v{v:04d}` in its name (followed by `-`, `.` or `/`)
+  (`docs/v0003/part-00000.parquet`, `emb-v0003-00000.npy`); a file without a tag belongs to the
+  base version. A file whose rows
   are removed is rewritten under its own name; the others are kept (`DatasetWriter.keep`: a hard
   link locally, a server-side copy on S3);
 - `removed/v{v:04d}.parquet`: the ids version v removed (`id`, `reason`: `withdrawn` when their
@@ -45,7 +46,7 @@ HISTORY = "lineage.json"
 REMOVED = "removed/"
 WITHDRAWN, RETRACTED = "withdrawn", "retracted"
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string())])
-_TAG = re.compile(r"(?:^|[/_-])v(\d{4,})-")
+_TAG = re.compile(r"(?:^|[/_-])v(\d{4,})[-/.]")
 
 
 def tag(version: int) -> str:
@@ -54,7 +55,7 @@ def tag(version: int) -> str:
 
 
 def version_of(rel: str) -> int | None:
-    """The version that added the file `rel` (its `vNNNN-` tag), None for a base file."""
+    """The version that added the file `rel` (its `vNNNN-` or `vNNNN/` tag), None for a base file."""
     m = _TAG.search(rel)
     return int(m.group(1)) if m else None
 

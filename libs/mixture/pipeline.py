@@ -103,9 +103,10 @@ def dataset_uri(cfg: Config, name: str) -> str:
 
 
 def files_fingerprint(uris: list[str]) -> list[list]:
-    """Path and size of every file the URIs name: a corpus refresh that adds, drops or rewrites
-    input files changes the fingerprint (cheap: one listing, no reads)."""
-    return [[f, storage.size(f)] for f in storage.expand(uris)]
+    """Path, size and modification time of every file the URIs name: a corpus refresh that
+    adds, drops or rewrites input files changes the fingerprint (cheap: no reads). Whether a
+    rewritten file's content changed is the curate stage's to tell (`curate.prior.classify`)."""
+    return [[f, storage.size(f), storage.modified(f)] for f in storage.expand(uris)]
 
 
 def config_hash(cfg: Config, st: Stage, listing: bool = True) -> str:

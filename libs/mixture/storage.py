@@ -142,6 +142,15 @@ def size(uri: str) -> int:
     return info.size
 
 
+def modified(uri: str) -> str:
+    """The file's modification time (ISO, from the listing: S3's LastModified), '' when unknown."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(uri)
+    return info.mtime.isoformat() if info.mtime is not None else ""
+
+
 def makedirs(uri: str) -> None:
     fs, path = filesystem(uri)
     fs.create_dir(path, recursive=True)
@@ -335,6 +344,20 @@ def sha256(uri: str) -> str:
     """Hex SHA-256 of a file, local or on S3, streamed."""
     with open_read(uri) as f:
         return sha256_stream(f)
+
+
+def identity(uri: str, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What tells a file's version apart: {size, checksum, mtime_ns}. On S3 the checksum is the
+    object's ETag (one HEAD request, no read); locally the SHA-256 of the bytes, reused from
+    `known` (an earlier identity of the same file) when the size and mtime are unchanged."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        head = s3_client(3).head_object(Bucket=bucket, Key=key)
+        return {"size": int(head["ContentLength"]), "checksum": "etag:" + head["ETag"].strip('"'), "mtime_ns": 0}
+    st = os.stat(filesystem(uri)[1])
+    if known and known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns:
+        return {"size": st.st_size, "checksum": known["checksum"], "mtime_ns": st.st_mtime_ns}
+    return {"size": st.st_size, "checksum": "sha256:" + sha256(uri), "mtime_ns": st.st_mtime_ns}
 
 
 def local_path(uri: str) -> str | None:

@@ -22,6 +22,7 @@ KEPT = "kept"
 ANNOTATED = "annotated"  # a readable document that enters selection (the `curate` stage)
 EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
+RETRACTED = "retracted"  # removed by `climb retract`: counted, no longer in any dataset
 QUARANTINE_PREFIX = "quarantine:"
 FILTER_PREFIX = "filter:"
 
@@ -48,6 +49,8 @@ def _add(bucket: dict[str, Any], outcome: str, n: int) -> None:
         bucket["exact_duplicates"] += n
     elif outcome == NEAR:
         bucket["near_duplicates"] += n
+    elif outcome == RETRACTED:
+        bucket[RETRACTED] = bucket.get(RETRACTED, 0) + n
     elif outcome.startswith(QUARANTINE_PREFIX):
         reason = outcome[len(QUARANTINE_PREFIX) :]
         bucket["quarantined"][reason] = bucket["quarantined"].get(reason, 0) + n
@@ -59,8 +62,10 @@ def _add(bucket: dict[str, Any], outcome: str, n: int) -> None:
 
 
 def accounted(c: dict[str, Any]) -> int:
+    """Documents with an outcome; `retracted` ones (`climb retract`) left the datasets."""
     return (
-        c["documents_out"]
+        c.get(RETRACTED, 0)
+        + c["documents_out"]
         + sum(c["quarantined"].values())
         + sum(c["filtered"].values())
         + c["exact_duplicates"]
@@ -80,14 +85,21 @@ def build_counts(
         if f not in per_file:
             raise AccountingError(f"outcomes for {f}, which was never read")
         _add(per_file[f], outcome, n)
+    return combine(per_file)
+
+
+def combine(per_file: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The counts of a stage from its per-file counts (totals + `per_file`); raises
+    AccountingError when any file's equation fails. A refresh combines the files it kept from
+    the previous version with the ones it read."""
     total = _empty()
     for c in per_file.values():
-        total["documents_in"] += c["documents_in"]
-        for key in ("documents_out", "exact_duplicates", "near_duplicates"):
-            total[key] += c[key]
-        for key in ("quarantined", "filtered"):
-            for k, v in c[key].items():
-                total[key][k] = total[key].get(k, 0) + v
+        for key, value in c.items():
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    total.setdefault(key, {})[k] = total.get(key, {}).get(k, 0) + v
+            else:
+                total[key] = total.get(key, 0) + value
     for key in ("quarantined", "filtered"):
         total[key] = dict(sorted(total[key].items()))
     check(per_file)

@@ -46,10 +46,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from mixture.config import Config
-from mixture.curate import accounting, batches, dedup, ingest, minhash
+from mixture.curate import accounting, batches, dedup, ingest, minhash, prior
 from mixture.curate.filters import stored_signal_names
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,13 @@ def annotated_fields(cfg: Config) -> list[tuple[str, str]]:
         [("id", "string"), ("text", "string"), ("source", "string"), ("file", "string"), ("n_words", "int")]
         + [(n, "double") for n in stored_signal_names(cfg.curate.filters)]
         + [("exact_group", "string"), ("near_group", "string"), ("id_hash", "bigint")]
+        + prior.PRIOR_FIELDS
     )
 
 
-def plan(spark, cfg: Config) -> tuple[list[ingest.InputFile], list[ingest.Split]]:
-    """Input files and their splits, with the line numbers of byte-range splits resolved by a
+def plan(spark, cfg: Config, files: list[ingest.InputFile]) -> list[ingest.Split]:
+    """The input files' splits, with the line numbers of byte-range splits resolved by a
     parallel newline count."""
-    files = ingest.list_inputs(cfg.input.uris)
-    if not files:
-        raise FileNotFoundError(f"no input files match {cfg.input.uris}")
     splits = ingest.plan_splits(files, cfg.input.format, cfg.curate.split_bytes)
     todo = [(i, s.to_json()) for i, s in enumerate(splits) if s.kind == "jsonl" and (s.start > 0 or s.end >= 0)]
     if todo:
@@ -82,7 +81,7 @@ def plan(spark, cfg: Config) -> tuple[list[ingest.InputFile], list[ingest.Split]
             .collectAsMap()
         )
         splits = ingest.resolve_line_numbers(splits, counted)
-    return files, splits
+    return splits
 
 
 def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHParams):
@@ -100,11 +99,14 @@ def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHPara
     )
 
 
-def identify(scored, files: list[ingest.InputFile], unique_ids: bool):
-    """Step 2 on small columns: (file, line, id, doc_id, dup, text_hash, keys) of every good
-    record. `doc_id` is the curated id: the input id, prefixed with the file's relative path
-    (`<path>:<id>`) when ids are not declared unique and another file has the same id; `dup`:
-    an earlier record (by file, line) has the same `doc_id` (quarantined as `duplicate_id`)."""
+def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=None):
+    """Step 2 on small columns: (file, line, id, doc_id, dup, collides, text_hash, keys) of every
+    good record. `doc_id` is the curated id: the input id, prefixed with the file's relative path
+    (`<path>:<id>`) when ids are not declared unique and another file has the same id; `dup`: an
+    earlier record (by file, line) has the same `doc_id` (quarantined as `duplicate_id`);
+    `collides`: documents with different input ids got this curated id. `earlier` (a refresh:
+    the state of the documents already curated, `prior.STATE_FIELDS`) counts as earlier records
+    whose ids never change (`mixture.curate.prior`)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -116,17 +118,26 @@ def identify(scored, files: list[ingest.InputFile], unique_ids: bool):
         tags = spark.createDataFrame([(f.uri, f.rel) for f in files], "file string, tag string")
         by_id = Window.partitionBy("id")
         clash = F.min("file").over(by_id) != F.max("file").over(by_id)
+        if earlier is not None:
+            used = earlier.select(F.col("input_id").alias("id")).distinct().withColumn("used", F.lit(True))
+            good = good.join(used, "id", "left")
+            clash = clash | F.col("used").isNotNull()
         tagged = F.concat(F.col("tag"), F.lit(":"), F.col("id"))
         good = (
             good.join(F.broadcast(tags), "file")
             .withColumn("doc_id", F.when(clash, tagged).otherwise(F.col("id")))
-            .drop("tag")
+            .drop("tag", "used")
         )
     first = Window.partitionBy("doc_id").orderBy("file", "line")
     by_doc = Window.partitionBy("doc_id")  # the same partitioning: no second shuffle
-    return good.withColumn("dup", F.row_number().over(first) > 1).withColumn(
-        "collides", F.min("id").over(by_doc) != F.max("id").over(by_doc)
-    )
+    dup = F.row_number().over(first) > 1
+    collides = F.min("id").over(by_doc) != F.max("id").over(by_doc)
+    if earlier is not None:
+        taken = earlier.select(F.col("id").alias("doc_id"), F.col("input_id").alias("taken_by"))
+        good = good.join(taken, "doc_id", "left")
+        dup = dup | F.coalesce(F.col("taken_by") == F.col("id"), F.lit(False))
+        collides = collides | F.coalesce(F.col("taken_by") != F.col("id"), F.lit(False))
+    return good.withColumn("dup", dup).withColumn("collides", F.coalesce(collides, F.lit(False))).drop("taken_by")
 
 
 class IdCollisionError(RuntimeError):
@@ -346,74 +357,153 @@ def split_outputs(scored, meta, broadcast: bool):
     return docs, bad
 
 
-def write_outputs(docs, bad, cfg: Config, staging: str, counts: dict[str, Any]) -> None:
-    """Step 5: `docs/` (every annotated document) and `quarantine/`, checked against the counts."""
+def write_outputs(docs, bad, state, cfg: Config, staging: str, counts: dict[str, Any], tag: str = "") -> None:
+    """Step 5: `docs/` (every annotated document), `quarantine/` and the dedup state (`dedup/`,
+    one row per annotated document: what a later refresh deduplicates against), checked against
+    the counts. With `tag` (a refresh: `/v0003`) into `docs/v0003/` etc."""
     n_quarantined = sum(counts["quarantined"].values())
     dpf = cfg.curate.docs_per_file
+    n_docs = counts["documents_out"]
+    state_prefix = prior.STATE.rstrip("/") + tag
     written = {
-        "docs": write_dataset(
-            docs, staging, "docs", annotated_fields(cfg), ["id"], ["id"], counts["documents_out"], dpf
-        ),
+        "docs": write_dataset(docs, staging, "docs" + tag, annotated_fields(cfg), ["id"], ["id"], n_docs, dpf),
         "quarantine": write_dataset(
             bad,
             staging,
-            "quarantine",
+            "quarantine" + tag,
             QUARANTINE_FIELDS,
             ["file", "line"],
             ["file", "line", "reason"],
             n_quarantined,
             dpf,
         ),
+        "dedup": write_dataset(state, staging, state_prefix, prior.STATE_FIELDS, ["id"], ["id"], n_docs, dpf),
     }
-    accounting.check_written({"docs": counts["documents_out"], "quarantine": n_quarantined}, written)
+    accounting.check_written({"docs": n_docs, "quarantine": n_quarantined, "dedup": n_docs}, written)
 
 
-def annotate(spark, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, Any]]]:
-    """Every step in order; returns (counts, extra, summary) of the `annotated` dataset. With at
-    most `curate.driver_rows` good records, the groups are computed on the driver from the
-    small columns (`groups_on_driver`); otherwise on Spark (`dedup_groups`). Same dataset."""
+@dataclass
+class Earlier:
+    """What a refresh reads of the committed `annotated` version (`mixture.curate.prior`): its
+    dedup state and document files, less the documents of the `withdrawn` input files."""
+
+    state_uris: list[str]
+    docs_uris: list[str]
+    withdrawn: list[str]
+
+    def state(self, spark):
+        from pyspark.sql import functions as F
+
+        df = prior.read_parquet(spark, self.state_uris, prior.state_ddl(), [n for n, _ in prior.STATE_FIELDS])
+        return df.where(~F.col("file").isin(self.withdrawn)) if self.withdrawn else df
+
+    def texts(self, spark):
+        return lambda ids: prior.read_parquet(spark, self.docs_uris, "id string, text string", ["id", "text"], ids)
+
+
+def annotate(
+    spark, cfg: Config, staging: str, files: list[ingest.InputFile], earlier: Earlier | None = None, tag: str = ""
+) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, Any]]]:
+    """Every step in order over `files`; returns (counts, extra, summary) of the `annotated`
+    documents written. With at most `curate.driver_rows` good records, the groups are computed
+    on the driver from the small columns (`groups_on_driver`); otherwise on Spark
+    (`dedup_groups`). Same dataset. With `earlier` (a refresh) the new documents are also
+    deduplicated against the earlier ones, and the files are written under `tag`."""
     from pyspark import StorageLevel
 
     spark.conf.set("spark.sql.shuffle.partitions", str(cfg.curate.partitions))
     timer = _Timer()
-    files, splits = plan(spark, cfg)
+    splits = plan(spark, cfg, files)
     params, tradeoff = lsh_params(cfg)
     log.info("%s", tradeoff)
     scored = scan(spark, cfg, splits, params).persist(StorageLevel.DISK_ONLY)  # texts: on local disk, not the heap
+    state = earlier.state(spark).persist(StorageLevel.DISK_ONLY) if earlier else None
     try:
-        return _annotate(cfg, staging, scored, files, splits, params, timer)
+        run = _Run(cfg, staging, scored, files, params, timer, earlier, state, tag)
+        counts, stats, linked = run.annotate()
     finally:
         scored.unpersist()
+        if state is not None:
+            state.unpersist()
+    extra = _extra(cfg, files, splits, params, stats, timer)
+    if earlier is not None:
+        extra["earlier"] = linked
+    return counts, extra, _summary(counts, files, params, stats, timer, linked)
 
 
-def _annotate(cfg: Config, staging: str, scored, files, splits, params, timer):
-    """`annotate` on the persisted scan."""
-    ident = identify(scored, files, cfg.input.unique_ids)
-    read = [(r["file"], r["reason"], r["count"]) for r in scored.groupBy("file", "reason").count().collect()]
-    table = None
-    if sum(n for _, reason, n in read if reason is None) <= cfg.curate.driver_rows:
-        table = ident.toArrow()
-        check_collisions(
-            table.filter(table.column("collides")).select(["doc_id", "file", "line"]).slice(0, 1).to_pylist()
-        )
-        good = table.group_by(["file", "dup"]).aggregate([("line", "count")]).to_pylist()
-        dups = [(g["file"], g["dup"], g["line_count"]) for g in good]
-    else:
-        ident = ident.localCheckpoint(eager=True)
-        check_collisions([r.asDict() for r in ident.where("collides").select("doc_id", "file", "line").take(1)])
-        dups = [(r["file"], r["dup"], r["count"]) for r in ident.groupBy("file", "dup").count().collect()]
-    counts = count_outcomes(read, dups, files)
-    timer.done("read_and_signals")
+@dataclass
+class _Run:
+    cfg: Config
+    staging: str
+    scored: Any
+    files: list[ingest.InputFile]
+    params: minhash.LSHParams
+    timer: _Timer
+    earlier: Earlier | None
+    state: Any
+    tag: str
 
-    meta, stats = _groups(table, ident, scored, cfg, params)
-    meta = meta.localCheckpoint(eager=True)
-    broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
-    timer.done("dedup_groups")
+    def annotate(self):
+        """`annotate` on the persisted scan: (counts, dedup stats, links to earlier documents)."""
+        cfg, scored = self.cfg, self.scored
+        ident = identify(scored, self.files, cfg.input.unique_ids, self.state).localCheckpoint(eager=True)
+        read = [(r["file"], r["reason"], r["count"]) for r in scored.groupBy("file", "reason").count().collect()]
+        table = None
+        if sum(n for _, reason, n in read if reason is None) <= cfg.curate.driver_rows:
+            table = ident.toArrow()
+            check_collisions(
+                table.filter(table.column("collides")).select(["doc_id", "file", "line"]).slice(0, 1).to_pylist()
+            )
+            good = table.group_by(["file", "dup"]).aggregate([("line", "count")]).to_pylist()
+            dups = [(g["file"], g["dup"], g["line_count"]) for g in good]
+        else:
+            check_collisions([r.asDict() for r in ident.where("collides").select("doc_id", "file", "line").take(1)])
+            dups = [(r["file"], r["dup"], r["count"]) for r in ident.groupBy("file", "dup").count().collect()]
+        counts = count_outcomes(read, dups, self.files)
+        self.timer.done("read_and_signals")
 
-    docs, bad = split_outputs(scored, meta, broadcast)
-    write_outputs(docs, bad, cfg, staging, counts)
-    timer.done("write")
-    return counts, _extra(cfg, files, splits, params, stats, timer), _summary(counts, files, params, stats, timer)
+        meta, stats = _groups(table, ident, scored, cfg, self.params)
+        meta, linked = self.links(meta, ident)
+        meta = meta.localCheckpoint(eager=True)
+        broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
+        self.timer.done("dedup_groups")
+
+        docs, bad = split_outputs(scored, meta, broadcast)
+        write_outputs(docs, bad, state_rows(ident), cfg, self.staging, counts, self.tag)
+        self.timer.done("write")
+        return counts, stats, linked
+
+    def links(self, meta, ident):
+        """The corrections with each new document's `prior_exact` / `prior_near` (a refresh),
+        and how many documents have one."""
+        from pyspark.sql import functions as F
+
+        if self.earlier is None:
+            return meta.select("*", *[F.lit(None).cast(t).alias(n) for n, t in prior.PRIOR_FIELDS]), {}
+        fz = self.cfg.curate.fuzzy_dedup
+        new = state_rows(ident).select("id", "file", "line", "text_hash", "keys")
+        good = self.scored.where(F.col("reason").isNull()).select("file", "line", "text")
+
+        def new_texts(df):
+            return good.join(df, ["file", "line"]).select("id", "text")
+
+        spark = self.scored.sparkSession
+        found = prior.link(new, self.state, self.earlier.texts(spark), new_texts, fz.threshold, fz.ngram, fz.verify)
+        found = found.localCheckpoint(eager=True)
+        n = found.agg(F.count("prior_exact").alias("exact"), F.count("prior_near").alias("near")).first()
+        return meta.join(found, ["file", "line"], "full_outer"), {
+            "exact_duplicates_of_earlier": n["exact"],
+            "near_duplicates_of_earlier": n["near"],
+        }
+
+
+def state_rows(ident):
+    """The dedup state of the annotated documents (`prior.STATE_FIELDS`, plus `line`)."""
+    from pyspark.sql import functions as F
+
+    return ident.where(~F.col("dup")).select(
+        F.col("doc_id").alias("id"), F.col("id").alias("input_id"), "file", "line", "text_hash", "keys"
+    )
 
 
 def _groups(table, ident, scored, cfg: Config, params: minhash.LSHParams):
@@ -438,8 +528,12 @@ def _extra(cfg, files, splits, params, stats, timer) -> dict[str, Any]:
     }
 
 
-def _summary(counts, files, params, stats, timer) -> list[tuple[str, Any]]:
-    return [
+def _summary(counts, files, params, stats, timer, linked=None) -> list[tuple[str, Any]]:
+    earlier = []
+    if linked:
+        n_exact, n_near = linked["exact_duplicates_of_earlier"], linked["near_duplicates_of_earlier"]
+        earlier = [("duplicates of earlier documents", f"{n_exact} exact, {n_near} near")]
+    return earlier + [
         (
             "documents",
             f"{counts['documents_in']:,} read, {counts['documents_out']:,} annotated "

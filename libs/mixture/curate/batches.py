@@ -192,7 +192,12 @@ _ARROW_TYPES = {"string": "string", "bigint": "int64", "int": "int32", "float": 
 def arrow_schema(fields: list[tuple[str, str]]):
     import pyarrow as pa
 
-    return pa.schema([(n, pa.type_for_alias(_ARROW_TYPES[t])) for n, t in fields])
+    def arrow_type(t: str):
+        if t.startswith("array<") and t.endswith(">"):
+            return pa.list_(arrow_type(t[len("array<") : -1]))
+        return pa.type_for_alias(_ARROW_TYPES[t])
+
+    return pa.schema([(n, arrow_type(t)) for n, t in fields])
 
 
 def part_uri(base_uri: str, prefix: str, bucket: int) -> str:

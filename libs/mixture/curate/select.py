@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from mixture import storage
 from mixture.config import Config
-from mixture.curate import accounting, batches
+from mixture.curate import accounting, batches, survivors
 from mixture.curate.filters import (
     FilterChain,
     Signal,
@@ -81,6 +81,8 @@ class Decisions:
     near_min: dict[str, str] = field(default_factory=dict)
     alone: Counter = field(default_factory=Counter)  # "<filter>:<rule>" -> n
     exempted: Counter = field(default_factory=Counter)
+    earlier: survivors.Earlier | None = None  # a refresh: the earlier groups' survivors
+    linked: Counter = field(default_factory=Counter)  # outcome -> new duplicates of earlier documents
 
     def code(self, reason: str | None) -> int:
         if reason is None:
@@ -94,6 +96,14 @@ class Decisions:
 def _iter_batches(uri: str, columns: list[str] | None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
     with storage.open_read(uri) as f:
         yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def _group_columns(uri: str) -> list[str]:
+    """The columns the dedup decision reads: the groups, and the links to earlier documents
+    when the part has them (an annotated dataset written before refreshes existed has not)."""
+    with storage.open_read(uri) as f:
+        names = set(pq.read_schema(f).names)
+    return GROUP_COLUMNS + [c for c in survivors.PRIOR_COLUMNS if c in names]
 
 
 def needed_signals(chain: FilterChain) -> dict[str, Signal]:
@@ -131,7 +141,7 @@ def decide_filters(parts: list[str], chain: FilterChain, stored: set[str]) -> De
     """Pass 1: every document's first failing rule, and the dedup minima over passing ones."""
     dec = Decisions()
     functions = needed_signals(chain)
-    columns = ["text", "n_words", *[n for n in functions if n in stored], *GROUP_COLUMNS]
+    columns = ["text", "n_words", *[n for n in functions if n in stored], *GROUP_COLUMNS]  # links: pass 2
     for uri in parts:
         codes: list[int] = []
         for batch in _iter_batches(uri, columns):
@@ -159,27 +169,39 @@ def _take_min(minima: dict[str, str], group: str | None, doc_id: str) -> None:
 # -------------------------------------------------------------------------- 2. dedup
 def outcomes(
     batch: pa.RecordBatch, codes: np.ndarray, dec: Decisions, exact_on: bool, fuzzy_on: bool
-) -> tuple[list[str], list[str | None]]:
-    """(outcome, duplicate_of) of every row of a batch, from its filter code and its groups."""
-    ids, exact, near = (batch.column(c).to_pylist() for c in ("id", "exact_group", "near_group"))
+) -> tuple[list[str], list[str | None], list[str | None]]:
+    """(outcome, duplicate_of, survivor of its group) of every row of a batch, from its filter
+    code, its groups and (a refresh) its links to earlier documents (`survivors`)."""
+    rows = batch.select([c for c in survivors.LINK_COLUMNS if c in batch.schema.names]).to_pylist()
     out: list[str] = []
     dup_of: list[str | None] = []
-    for i, code in enumerate(codes.tolist()):
-        survivor = dec.near_min.get(near[i]) if fuzzy_on and near[i] is not None else None
-        rep = dec.exact_min.get(exact[i]) if exact_on and exact[i] is not None else None
+    group_survivor: list[str | None] = []
+    for row, code in zip(rows, codes.tolist()):
+        old, s = dec.earlier.of(row, exact_on, fuzzy_on) if dec.earlier and "prior_exact" in row else (None, None)
+        near, exact, doc = row["near_group"], row["exact_group"], row["id"]
+        survivor = dec.near_min.get(near) if fuzzy_on and near is not None else None
+        rep = dec.exact_min.get(exact) if exact_on and exact is not None else None
         if code != PASS:
             out.append(dec.reasons[code])
             dup_of.append(None)
-        elif rep is not None and rep != ids[i]:
+            group_survivor.append(s or survivor or rep)
+        elif old is not None:
+            out.append(old)
+            dup_of.append(s)
+            group_survivor.append(s)
+        elif rep is not None and rep != doc:
             out.append(accounting.EXACT)
             dup_of.append(survivor or rep)
-        elif survivor is not None and survivor != ids[i]:
+            group_survivor.append(survivor or rep)
+        elif survivor is not None and survivor != doc:
             out.append(accounting.NEAR)
             dup_of.append(survivor)
+            group_survivor.append(survivor)
         else:
             out.append(accounting.KEPT)
             dup_of.append(None)
-    return out, dup_of
+            group_survivor.append(doc)
+    return out, dup_of, group_survivor
 
 
 def count_outcomes(
@@ -191,9 +213,12 @@ def count_outcomes(
     groups: set[str | None] = set()
     for uri, codes in zip(parts, dec.codes):
         offset = 0
-        for batch in _iter_batches(uri, GROUP_COLUMNS):
-            outs, dup_of = outcomes(batch, codes[offset : offset + batch.num_rows], dec, exact_on, fuzzy_on)
+        for batch in _iter_batches(uri, _group_columns(uri)):
+            outs, dup_of, _ = outcomes(batch, codes[offset : offset + batch.num_rows], dec, exact_on, fuzzy_on)
             offset += batch.num_rows
+            if dec.earlier is not None:
+                earlier = set(dec.earlier.survivor.values())
+                dec.linked.update(o for o, d in zip(outs, dup_of) if d in earlier)
             counts.update(zip(batch.column("file").to_pylist(), outs))
             groups.update(d for o, d in zip(outs, dup_of) if o == accounting.NEAR)
     return [(f, o, n) for (f, o), n in sorted(counts.items())], len(groups)
@@ -209,7 +234,7 @@ def build_counts(annotated: Dataset, select_outcomes: list[tuple[str, str, int]]
         (f, accounting.QUARANTINE_PREFIX + reason, n)
         for f, c in per_file.items()
         for reason, n in c["quarantined"].items()
-    ]
+    ] + [(f, accounting.RETRACTED, c["retracted"]) for f, c in per_file.items() if c.get("retracted")]
     counts = accounting.build_counts(list(per_file), read, quarantined + select_outcomes)
     seen: Counter[str] = Counter()
     for f, _, n in select_outcomes:
@@ -241,8 +266,11 @@ class PartWriter:
         for b in np.unique(part[(part >= lo) & (part < hi)]).tolist():
             rows = table.filter(pa.array(part == b)).select(self.schema.names).cast(self.schema)
             if b not in self.writers:
-                self.writers[b] = pa.ipc.new_file(f"{self.spill_dir}/{self.prefix}-{b}.arrow", self.schema)
+                self.writers[b] = pa.ipc.new_file(self._spill(b), self.schema)
             self.writers[b].write_table(rows)
+
+    def _spill(self, b: int) -> str:
+        return f"{self.spill_dir}/{self.prefix.replace('/', '-')}-{b}.arrow"
 
     def flush(self, lo: int, hi: int) -> None:
         """Write parts [lo, hi) (empty ones too) and drop their spill files."""
@@ -250,7 +278,7 @@ class PartWriter:
             table = self.schema.empty_table()
             if b in self.writers:
                 self.writers.pop(b).close()
-                path = f"{self.spill_dir}/{self.prefix}-{b}.arrow"
+                path = self._spill(b)
                 with pa.memory_map(path) as src:
                     table = pa.ipc.open_file(src).read_all()
                 storage.delete(path)
@@ -268,71 +296,75 @@ def write_outputs(
     n_rejected: int,
     sample_every: int,
     stored: set[str],
+    tag: str = "",
 ) -> tuple[dict[str, int], dict[str, list[np.ndarray]]]:
-    """Pass 3: kept rows to `docs/`, the others to `rejected/` (when kept), in rounds of at
-    most MAX_OPEN_PARTS parts per output. Returns rows written and a sample of kept signals."""
+    """Pass 3: kept rows to `docs/`, the others to `rejected/` (when kept), every row's outcome
+    and survivor to `state/`, in rounds of at most MAX_OPEN_PARTS parts per output (under
+    `<output>/<tag>/` in a refresh). Returns rows written and a sample of kept signals."""
     cur = cfg.curate
     q_names = ["n_words"] + signal_names(cur.filters)
     functions = signal_functions(cur.filters)
     sample: dict[str, list[np.ndarray]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="climb-select-") as spill:
-        docs = PartWriter(staging, "docs", docs_fields(cfg), n_kept, cur.docs_per_file, spill)
-        rejected = PartWriter(staging, "rejected", REJECTED_FIELDS, n_rejected, cur.docs_per_file, spill)
-        outputs = [docs] + ([rejected] if cur.keep_rejected else [])
+        docs = PartWriter(staging, "docs" + tag, docs_fields(cfg), n_kept, cur.docs_per_file, spill)
+        rejected = PartWriter(staging, "rejected" + tag, REJECTED_FIELDS, n_rejected, cur.docs_per_file, spill)
+        state_prefix = survivors.STATE.rstrip("/") + tag
+        state = PartWriter(staging, state_prefix, survivors.STATE_FIELDS, n_kept + n_rejected, cur.docs_per_file, spill)
+        outputs = [docs, state] + ([rejected] if cur.keep_rejected else [])
         for lo in range(0, max(w.parts for w in outputs), MAX_OPEN_PARTS):
             hi = lo + MAX_OPEN_PARTS
             for uri, codes in zip(parts, dec.codes):
                 offset = 0
                 for batch in _iter_batches(uri, None):
                     batch = _with_missing(batch, functions, stored)
-                    outs, dup_of = outcomes(
+                    decided = outcomes(
                         batch, codes[offset : offset + batch.num_rows], dec, cur.exact_dedup, cur.fuzzy_dedup.enabled
                     )
                     offset += batch.num_rows
-                    _route(
-                        batch,
-                        outs,
-                        dup_of,
-                        docs,
-                        rejected if cur.keep_rejected else None,
-                        lo,
-                        hi,
-                        sample if lo == 0 else None,
-                        q_names,
-                        sample_every,
-                    )
+                    routes = Routes(docs, rejected if cur.keep_rejected else None, state, lo, hi)
+                    routes.route(batch, decided, sample if lo == 0 else None, q_names, sample_every)
             for w in outputs:
                 w.flush(lo, hi)
-    return {w.prefix: w.written for w in outputs}, sample
+    return {w.prefix.split("/")[0]: w.written for w in outputs}, sample
 
 
-def _route(
-    batch: pa.RecordBatch,
-    outs: list[str],
-    dup_of: list[str | None],
-    docs: PartWriter,
-    rejected: PartWriter | None,
-    lo: int,
-    hi: int,
-    sample: dict | None,
-    q_names: list[str],
-    sample_every: int,
-) -> None:
-    kept = np.array([o == accounting.KEPT for o in outs], dtype=bool)
-    id_hash = batch.column("id_hash").to_numpy(zero_copy_only=False)
-    table = pa.Table.from_batches([batch])
-    docs.add(table.filter(pa.array(kept)), id_hash[kept], lo, hi)
-    if rejected is not None and (~kept).any():
-        rej = (
-            table.filter(pa.array(~kept))
-            .append_column("reason", pa.array([o for o, k in zip(outs, kept) if not k], pa.string()))
-            .append_column("duplicate_of", pa.array([d for d, k in zip(dup_of, kept) if not k], pa.string()))
+@dataclass
+class Routes:
+    """Where pass 3 sends a batch's rows: kept ones to `docs`, the others to `rejected` (when
+    kept), all to `state`; only the parts in [lo, hi) this round."""
+
+    docs: PartWriter
+    rejected: PartWriter | None
+    state: PartWriter
+    lo: int
+    hi: int
+
+    def route(self, batch: pa.RecordBatch, decided, sample: dict | None, q_names: list[str], every: int) -> None:
+        outs, dup_of, group_survivor = decided
+        kept = np.array([o == accounting.KEPT for o in outs], dtype=bool)
+        id_hash = batch.column("id_hash").to_numpy(zero_copy_only=False)
+        table = pa.Table.from_batches([batch])
+        self.docs.add(table.filter(pa.array(kept)), id_hash[kept], self.lo, self.hi)
+        if self.rejected is not None and (~kept).any():
+            rej = (
+                table.filter(pa.array(~kept))
+                .append_column("reason", pa.array([o for o, k in zip(outs, kept) if not k], pa.string()))
+                .append_column("duplicate_of", pa.array([d for d, k in zip(dup_of, kept) if not k], pa.string()))
+            )
+            self.rejected.add(rej, id_hash[~kept], self.lo, self.hi)
+        state = pa.table(
+            {
+                "id": batch.column("id"),
+                "file": batch.column("file"),
+                "outcome": pa.array(outs, pa.string()),
+                "survivor": pa.array(group_survivor, pa.string()),
+            }
         )
-        rejected.add(rej, id_hash[~kept], lo, hi)
-    if sample is not None:
-        pick = kept & (np.mod(id_hash, sample_every) == 0)
-        for n in q_names:
-            sample[n].append(batch.column(n).to_numpy(zero_copy_only=False)[pick].astype(np.float32))
+        self.state.add(state, id_hash, self.lo, self.hi)
+        if sample is not None:
+            pick = kept & (np.mod(id_hash, every) == 0)
+            for n in q_names:
+                sample[n].append(batch.column(n).to_numpy(zero_copy_only=False)[pick].astype(np.float32))
 
 
 def copy_quarantine(annotated: Dataset, staging: str) -> int:
@@ -347,29 +379,54 @@ def copy_quarantine(annotated: Dataset, staging: str) -> int:
 
 
 # -------------------------------------------------------------------------- the selection
-def select(annotated: Dataset, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str, Any], list]:
-    """Every step in order; returns (counts, extra, summary) of the `curated` dataset."""
+@dataclass
+class Selection:
+    """What deciding some annotated parts gave: (file, outcome, n) rows, rows written per
+    output, the decisions, a sample of kept signals, and the near groups that lost a member."""
+
+    outcomes: list[tuple[str, str, int]]
+    written: dict[str, int]
+    dec: Decisions
+    sample: dict[str, list[np.ndarray]]
+    near_groups: int
+
+    def n(self, kept: bool) -> int:
+        return sum(n for _, o, n in self.outcomes if (o == accounting.KEPT) == kept)
+
+
+def decide(
+    parts: list[str], cfg: Config, staging: str, earlier: survivors.Earlier | None = None, tag: str = ""
+) -> Selection:
+    """Filters, dedup and the write of the given annotated parts (all of them, or a refresh's
+    new ones, decided against the `earlier` survivors and written under `tag`)."""
     cur = cfg.curate
-    t0 = time.time()
-    chain = FilterChain(cur.filters)
-    parts = annotated.files("docs/")
+    if not parts:
+        return Selection([], {}, Decisions(), {}, 0)
     stored = set(pq.read_schema(storage.local_path(parts[0]) or pa.BufferReader(storage.read_bytes(parts[0]))).names)
-    dec = decide_filters(parts, chain, stored)
-    select_outcomes, near_groups = count_outcomes(parts, dec, cur.exact_dedup, cur.fuzzy_dedup.enabled)
-    counts = build_counts(annotated, select_outcomes)
-    n_kept = counts["documents_out"]
-    n_quarantined = sum(counts["quarantined"].values())
-    n_rejected = counts["documents_in"] - n_kept - n_quarantined
-    written, sample = write_outputs(
-        parts, dec, cfg, staging, n_kept, n_rejected, max(1, math.ceil(n_kept / QUANTILE_SAMPLE)), stored
-    )
-    written["quarantine"] = copy_quarantine(annotated, staging)
-    expected = {"docs": n_kept, "quarantine": n_quarantined}
+    dec = decide_filters(parts, FilterChain(cur.filters), stored)
+    dec.earlier = earlier
+    rows, near_groups = count_outcomes(parts, dec, cur.exact_dedup, cur.fuzzy_dedup.enabled)
+    sel = Selection(rows, {}, dec, {}, near_groups)
+    n_kept, n_rejected = sel.n(True), sel.n(False)
+    every = max(1, math.ceil(n_kept / QUANTILE_SAMPLE))
+    sel.written, sel.sample = write_outputs(parts, dec, cfg, staging, n_kept, n_rejected, every, stored, tag)
+    expected = {"docs": n_kept, "state": n_kept + n_rejected}
     if cur.keep_rejected:
         expected["rejected"] = n_rejected
-    accounting.check_written(expected, written)
+    accounting.check_written(expected, sel.written)
+    return sel
+
+
+def select(annotated: Dataset, cfg: Config, staging: str) -> tuple[dict[str, Any], dict[str, Any], list]:
+    """Every step in order over every annotated part; returns (counts, extra, summary) of the
+    `curated` dataset."""
+    t0 = time.time()
+    sel = decide(annotated.files("docs/"), cfg, staging)
+    counts = build_counts(annotated, sel.outcomes)
+    n_quarantined = sum(counts["quarantined"].values())
+    accounting.check_written({"quarantine": n_quarantined}, {"quarantine": copy_quarantine(annotated, staging)})
     seconds = time.time() - t0
-    extra = statistics(annotated, cfg, dec, select_outcomes, near_groups, sample, seconds)
+    extra = statistics(annotated, cfg, sel.dec, sel.outcomes, sel.near_groups, sel.sample, seconds)
     return counts, extra, summary(counts, extra, cfg, seconds)
 
 

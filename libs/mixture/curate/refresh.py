@@ -1,0 +1,80 @@
+"""The `annotated` dataset's versions: what a refresh keeps, withdraws and records.
+
+A refresh (`mixture.increments`, `mixture.curate.prior`) annotates only the new and changed
+input files (`annotate.annotate` with the earlier state, into `docs/vNNNN/`, `quarantine/vNNNN/`,
+`dedup/vNNNN/`); this module carries the rest of the committed version into the new one: its
+files are kept (linked) except those holding documents of withdrawn input files (changed or
+deleted), which are rewritten without them; the withdrawn ids are listed in
+`removed/vNNNN.parquet` for the stages downstream; the counts are the kept files' counts plus
+the new ones; `inputs.json` lists every input file the version covers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mixture import increments, storage
+from mixture.curate import accounting
+from mixture.curate.prior import INPUTS, STATE, Changes
+from mixture.dataset import Dataset, DatasetWriter
+
+BY_FILE = ("docs/", "quarantine/", STATE)  # what the annotated dataset holds per input file
+
+
+def inputs_of(ds: Dataset | None) -> list[dict[str, Any]]:
+    """The input files a committed `annotated` version covers (empty when it lists none)."""
+    if ds is None or not any(f["path"] == INPUTS for f in ds.manifest.files):
+        return []
+    return list(storage.read_json(ds.path(INPUTS)))
+
+
+def write_inputs(writer: DatasetWriter, changes: Changes) -> dict[str, Any]:
+    """Stage `inputs.json` (path, relative path, size, checksum and the version that read it, per
+    input file); returns what the manifest says of it."""
+    storage.write_json(writer.path(INPUTS), changes.records)
+    return {"files": len(changes.records), "listing": INPUTS}
+
+
+def withdrawn_ids(previous: Dataset, files: list[str]) -> pa.Table:
+    """(id, reason) of the annotated documents of the withdrawn input files."""
+    ids: list[pa.Array] = []
+    wanted = pa.array(files, pa.string())
+    for uri in previous.files("docs/"):
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=["id", "file"])
+        ids.append(t.filter(pc.is_in(t.column("file"), value_set=wanted)).column("id").combine_chunks())
+    found = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    return increments.ids_table(found.to_pylist(), increments.WITHDRAWN)
+
+
+def carry(
+    writer: DatasetWriter, previous: Dataset, changes: Changes, new_counts: dict[str, Any] | None, number: int
+) -> tuple[dict[str, Any], int]:
+    """Carry the committed version into the new one (number `number`) less the withdrawn
+    files' documents; returns (the combined counts, documents withdrawn)."""
+    withdrawn = changes.withdrawn
+    removed = withdrawn_ids(previous, withdrawn) if withdrawn else increments.ids_table([], increments.WITHDRAWN)
+    drop = pa.array(withdrawn, pa.string())
+    for prefix in BY_FILE:
+        increments.carry_parquet(writer, previous, prefix, drop, column="file")
+    increments.keep_removed(writer, previous)
+    increments.write_removed(writer, number, removed)
+    per_file = {f: c for f, c in previous.manifest.counts["per_file"].items() if f not in set(withdrawn)}
+    per_file.update((new_counts or {}).get("per_file", {}))
+    return accounting.combine(per_file), removed.num_rows
+
+
+def delta_counts(changes: Changes, new_counts: dict[str, Any] | None, withdrawn: int, linked: dict) -> dict[str, Any]:
+    """`lineage.delta` of an annotated version."""
+    return {
+        **changes.counts(),
+        "documents_read": (new_counts or {}).get("documents_in", 0),
+        "documents_new": (new_counts or {}).get("documents_out", 0),
+        "withdrawn": withdrawn,
+        "retracted": 0,
+        **(linked or {}),
+    }

@@ -1,0 +1,125 @@
+"""Who survives across versions of the `curated` dataset (`select` in a refresh).
+
+`select` records every annotated document's outcome and the survivor of its group in `state/`
+(`STATE_FIELDS`: `id`, `file`, `outcome` (`kept`, `exact_duplicate`, `near_duplicate`,
+`filter:<name>:<rule>`), `survivor`: itself when kept, the kept document it duplicates, or for a
+filtered document the survivor of its group; null when none). A refresh decides only the new
+documents: a new document that `curate` linked to an earlier one (`prior_exact`, `prior_near`,
+`mixture.curate.prior`), or whose exact or near group holds such a document, is a duplicate of
+that earlier document's survivor, so a document already curated survives over a new duplicate of
+it. When the earlier group has no survivor (every member failed a filter, or its survivor was
+removed since), the new documents compete as in a full run (the smallest passing id survives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mixture import storage
+from mixture.curate import accounting
+
+STATE = "state/"
+STATE_FIELDS = [("id", "string"), ("file", "string"), ("outcome", "string"), ("survivor", "string")]
+PRIOR_COLUMNS = ["prior_exact", "prior_near"]
+LINK_COLUMNS = ["id", "exact_group", "near_group", *PRIOR_COLUMNS]
+
+
+@dataclass
+class Earlier:
+    """The survivors of the earlier groups the new documents are linked to."""
+
+    survivor: dict[str, str] = field(default_factory=dict)  # earlier id -> its group's survivor
+    exact: dict[str, str] = field(default_factory=dict)  # new exact group -> survivor (same text)
+    exact_near: dict[str, str] = field(default_factory=dict)  # new exact group -> survivor (near)
+    near: dict[str, str] = field(default_factory=dict)  # new near group -> survivor
+
+    def of(self, row: dict[str, Any], exact_on: bool, fuzzy_on: bool) -> tuple[str | None, str | None]:
+        """(outcome, survivor) of a passing new document linked to an earlier survivor, else
+        (None, None)."""
+        e, g = row["exact_group"], row["near_group"]
+        s = self.survivor.get(row["prior_exact"] or "") or (self.exact.get(e) if e else None)
+        if s and exact_on:
+            return accounting.EXACT, s
+        s = self.survivor.get(row["prior_near"] or "") or (self.exact_near.get(e) if e else None)
+        s = s or (self.near.get(g) if g else None)
+        if s and fuzzy_on:
+            return accounting.NEAR, s
+        return None, None
+
+
+def _take(minima: dict[str, str], key: str | None, value: str | None) -> None:
+    if key is not None and value is not None and (key not in minima or value < minima[key]):
+        minima[key] = value
+
+
+def load(parts: list[str], state_uris: list[str], removed: set[str]) -> Earlier:
+    """The links of the new annotated `parts` resolved against the earlier `state/` files (less
+    the survivors in `removed`)."""
+    rows = []
+    for uri in parts:
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=LINK_COLUMNS)
+        linked = pc.or_(pc.is_valid(t.column("prior_exact")), pc.is_valid(t.column("prior_near")))
+        rows += t.filter(linked).to_pylist()
+    wanted = {r[c] for r in rows for c in PRIOR_COLUMNS if r[c]}
+    out = Earlier(survivor={k: v for k, v in lookup(state_uris, wanted).items() if v not in removed})
+    for r in rows:
+        by_exact = out.survivor.get(r["prior_exact"] or "")
+        by_near = out.survivor.get(r["prior_near"] or "")
+        _take(out.exact, r["exact_group"], by_exact)
+        _take(out.exact_near, r["exact_group"], by_near)
+        _take(out.near, r["near_group"], by_exact or by_near)
+    return out
+
+
+def lookup(state_uris: list[str], ids: Iterable[str]) -> dict[str, str]:
+    """{id: survivor} of the given earlier ids that have a survivor (row groups are sorted by
+    id, so only the ones that can hold them are read)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    out: dict[str, str] = {}
+    for uri in state_uris:
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=["id", "survivor"], filters=[("id", "in", wanted)])
+        out.update((i, s) for i, s in zip(t.column("id").to_pylist(), t.column("survivor").to_pylist()) if s)
+    return out
+
+
+def outcomes_of(state_uris: list[str], ids: pa.Array) -> list[tuple[str, str]]:
+    """(file, outcome) of the given earlier ids (for the counts of a removal)."""
+    out: list[tuple[str, str]] = []
+    wanted = ids.to_pylist()
+    if not wanted:
+        return out
+    for uri in state_uris:
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=["id", "file", "outcome"], filters=[("id", "in", wanted)])
+        out += list(zip(t.column("file").to_pylist(), t.column("outcome").to_pylist()))
+    return out
+
+
+def remove_from_counts(per_file: dict[str, dict[str, Any]], removed: list[tuple[str, str, str]]) -> None:
+    """Take removed documents ((file, outcome, reason) each) out of their file's counts; a
+    retracted one is then counted as `retracted` (read = every outcome + retracted)."""
+    for file, outcome, reason in removed:
+        c = per_file.get(file)
+        if c is None:
+            continue
+        if outcome == accounting.KEPT:
+            c["documents_out"] -= 1
+        elif outcome in (accounting.EXACT, accounting.NEAR):
+            c[outcome + "s"] -= 1
+        elif outcome.startswith(accounting.FILTER_PREFIX):
+            name = outcome[len(accounting.FILTER_PREFIX) :].split(":", 1)[0]
+            c["filtered"][name] -= 1
+        if reason == "retracted":
+            c["retracted"] = c.get("retracted", 0) + 1
+        else:
+            c["documents_in"] -= 1

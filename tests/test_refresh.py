@@ -1,0 +1,208 @@
+"""Incremental curation (`refresh.incremental`, `mixture.increments`, `mixture.curate.prior`):
+a corpus grown in three refreshes gives the curated set a full run over all its files gives,
+while each refresh reads only its new files; new files' copies of earlier documents (exact, and
+edited the ways the dedup benchmark edits them) are removed as duplicates of the earlier ones,
+which survive; changed and deleted input files withdraw their old documents."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mixture import increments, pipeline
+from mixture.config import FiltersConfig, parse_config
+from mixture.curate.filters import FilterChain
+
+pytestmark = pytest.mark.slow
+
+FILES, PER = 6, 30
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from mixture import spark as spark_helper
+
+    return spark_helper.session("local[2]", "climb-tests", 2)
+
+
+def edited(text: str, seed: int, rate: float = 0.01) -> str:
+    """A copy with about `rate` of its words edited, inserted or deleted (the dedup benchmark's
+    kinds of edits, `bench/curate_dedup.py`)."""
+    rng = random.Random(seed)
+    words = text.split(" ")
+    for _ in range(max(1, int(len(words) * rate))):
+        i = rng.randrange(len(words))
+        kind = rng.choice(["edit", "insert", "delete"])
+        if kind == "edit":
+            words[i] = f"edited{rng.getrandbits(24):x}"
+        elif kind == "insert":
+            words.insert(i, f"inserted{rng.getrandbits(24):x}")
+        elif len(words) > 10:
+            del words[i]
+    return " ".join(words)
+
+
+def passing(sample_records) -> list[dict]:
+    """Real documents of 150 words or more that pass the default filters."""
+    chain = FilterChain(FiltersConfig())
+    return [
+        r
+        for r in sample_records
+        if len(r["text"].split()) >= 150 and not r["id"].endswith("-copy") and chain(r["text"]).reason is None
+    ]
+
+
+@pytest.fixture(scope="module")
+def corpus(sample_records) -> dict[str, list[dict]]:
+    """Six files of 30 real documents that pass the filters (ids `<file>-<n>`, unique across files, a later file's
+    ids sorting after an earlier file's); file 3 also holds exact copies of three documents of
+    file 0, file 4 edited copies of four documents of file 1."""
+    pool = passing(sample_records)
+    files = {
+        f"f{k}.jsonl": [{"id": f"f{k}-{i:03d}", "text": pool[k * PER + i]["text"]} for i in range(PER)]
+        for k in range(FILES)
+    }
+    files["f3.jsonl"] += [{"id": f"f3-copy-{i}", "text": files["f0.jsonl"][i]["text"]} for i in range(3)]
+    files["f4.jsonl"] += [
+        {"id": f"f4-edit-{i}", "text": edited(files["f1.jsonl"][i]["text"], seed=i)} for i in range(4)
+    ]
+    return files
+
+
+def write(folder: Path, name: str, records: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def config(root: Path, inputs: Path, incremental: bool = True):
+    return parse_config(
+        {
+            "run_name": "refresh",
+            "output_root": str(root / "out"),
+            "input": {"uris": [str(inputs)]},
+            "curate": {"spark_master": "local[2]", "partitions": 2, "keep_rejected": True},
+            "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"},
+            "refresh": {"incremental": incremental},
+        }
+    )
+
+
+def curate(cfg):
+    ann = pipeline.run_stage(cfg, "curate").dataset
+    cur = pipeline.run_stage(cfg, "select").dataset
+    return ann, cur
+
+
+def rows(ds, prefix: str) -> dict[str, dict]:
+    return {r["id"]: r for f in ds.files(prefix) for r in pq.read_table(f).to_pylist()}
+
+
+def test_three_refreshes_give_the_full_runs_curated_set_reading_only_new_files(spark, corpus, tmp_path):
+    inputs = tmp_path / "in"
+    cfg = config(tmp_path / "inc", inputs)
+    names = sorted(corpus)
+    inodes: list[int] = []
+    for step in range(3):
+        for name in names[2 * step : 2 * step + 2]:
+            write(inputs, name, corpus[name])
+        ann, cur = curate(cfg)
+        lin = increments.lineage(ann)
+        assert lin is not None and lin.version == step + 1
+        # Each refresh read only its two new files.
+        assert lin.delta["files_new"] == 2 and lin.delta["files_unchanged"] == 2 * step
+        read = sum(len(corpus[n]) for n in names[2 * step : 2 * step + 2])
+        assert lin.delta["documents_read"] == read
+        assert lin.mode == ("full" if step == 0 else "incremental")
+        if step == 0:
+            inodes = [Path(f).stat().st_ino for f in ann.files("docs/part-")]
+    full_ann, full_cur = curate(config(tmp_path / "full", inputs))
+
+    kept, full_kept = rows(cur, "docs/"), rows(full_cur, "docs/")
+    assert sorted(kept) == sorted(full_kept)
+    assert {i: r["text"] for i, r in kept.items()} == {i: r["text"] for i, r in full_kept.items()}
+    rejected = rows(cur, "rejected/")
+    # The copies in later files are duplicates of the earlier documents, which survive.
+    for i in range(3):
+        assert rejected[f"f3-copy-{i}"]["reason"] == "exact_duplicate"
+        assert rejected[f"f3-copy-{i}"]["duplicate_of"] == f"f0-{i:03d}"
+    for i in range(4):
+        assert rejected[f"f4-edit-{i}"]["reason"] == "near_duplicate"
+        assert rejected[f"f4-edit-{i}"]["duplicate_of"] == f"f1-{i:03d}"
+    assert {i: (r["reason"], r["duplicate_of"]) for i, r in rejected.items()} == {
+        i: (r["reason"], r["duplicate_of"]) for i, r in rows(full_cur, "rejected/").items()
+    }
+    # Counts add up per file exactly as in the full run; the delta says what the refresh found.
+    assert cur.manifest.counts == full_cur.manifest.counts
+    assert ann.manifest.counts == full_ann.manifest.counts
+    d = increments.lineage(cur).delta
+    assert d["near_duplicates_of_existing"] == 4 and d["exact_duplicates_of_existing"] == 0
+    chain = increments.history(cur)
+    assert [c["version"] for c in chain] == [1, 2, 3] and [c["mode"] for c in chain][-1] == "incremental"
+    # Unchanged parts are carried, not copied: the first version's parts are the same files.
+    first = [f["path"] for f in ann.manifest.files if f["path"].startswith("docs/part-")]
+    assert first and [Path(ann.path(p)).stat().st_ino for p in first] == inodes
+
+
+def test_an_earlier_document_survives_over_a_new_near_duplicate_with_a_smaller_id(spark, corpus, tmp_path):
+    inputs = tmp_path / "in"
+    original = corpus["f2.jsonl"][5]
+    write(inputs, "m.jsonl", [{"id": "m-1", "text": original["text"]}])
+    cfg = config(tmp_path / "inc", inputs)
+    curate(cfg)
+    write(inputs, "a.jsonl", [{"id": "a-1", "text": edited(original["text"], seed=7)}])
+    _, cur = curate(cfg)
+    assert sorted(rows(cur, "docs/")) == ["m-1"]
+    assert rows(cur, "rejected/")["a-1"]["duplicate_of"] == "m-1"
+    # A full run over both files keeps the smaller id instead (no earlier version to prefer).
+    _, full = curate(config(tmp_path / "full", inputs))
+    assert sorted(rows(full, "docs/")) == ["a-1"]
+
+
+def test_changed_and_deleted_files_withdraw_their_documents(spark, corpus, tmp_path):
+    inputs = tmp_path / "in"
+    for name in ("f0.jsonl", "f1.jsonl", "f2.jsonl"):
+        write(inputs, name, corpus[name])
+    cfg = config(tmp_path / "inc", inputs)
+    ann1, _ = curate(cfg)
+    changed = [dict(r) for r in corpus["f1.jsonl"][1:]]  # f1-000 dropped
+    changed[0]["text"] = corpus["f5.jsonl"][0]["text"]  # f1-001 rewritten
+    changed.append({"id": "f1-new", "text": corpus["f5.jsonl"][1]["text"]})
+    write(inputs, "f1.jsonl", changed)
+    (inputs / "f2.jsonl").unlink()
+    ann, cur = curate(cfg)
+    d = increments.lineage(ann).delta
+    assert (d["files_new"], d["files_changed"], d["files_deleted"], d["files_unchanged"]) == (0, 1, 1, 1)
+    assert d["documents_read"] == len(changed)
+    assert d["withdrawn"] == len(corpus["f1.jsonl"]) + len(corpus["f2.jsonl"])
+    kept = rows(cur, "docs/")
+    assert "f1-000" not in kept and not any(i.startswith("f2-") for i in kept)
+    assert kept["f1-001"]["text"] == corpus["f5.jsonl"][0]["text"] and "f1-new" in kept
+    removed = increments.removed_since(cur, 1)
+    assert set(removed.column("reason").to_pylist()) == {"withdrawn"}
+    _, full = curate(config(tmp_path / "full", inputs))
+    assert sorted(kept) == sorted(rows(full, "docs/"))
+    assert cur.manifest.counts == full.manifest.counts
+    assert f"{inputs / 'f2.jsonl'}" not in cur.manifest.counts["per_file"]
+    # What the version covers: every input file with its size and checksum, and the parent.
+    listing = {r["uri"]: r for r in json.loads(Path(ann.path("inputs.json")).read_text())}
+    assert sorted(listing) == sorted(str(p) for p in inputs.iterdir())
+    assert listing[str(inputs / "f1.jsonl")]["checksum"].startswith("sha256:")
+    assert increments.lineage(ann).parent == ann1.manifest_sha256
+
+
+def test_ids_repeated_across_refreshes_keep_every_document_and_never_change(spark, sample_records, tmp_path):
+    inputs = tmp_path / "in"
+    texts = [r["text"] for r in passing(sample_records)[:6]]
+    write(inputs, "a.jsonl", [{"id": f"r{i}", "text": texts[i]} for i in range(3)])
+    cfg = config(tmp_path / "inc", inputs)
+    _, first = curate(cfg)
+    write(inputs, "b.jsonl", [{"id": f"r{i}", "text": texts[3 + i]} for i in range(3)])
+    _, cur = curate(cfg)
+    kept = rows(cur, "docs/")
+    assert sorted(rows(first, "docs/")) == ["r0", "r1", "r2"]
+    # The earlier documents keep their ids; the new ones with the same ids get their file's path.
+    assert sorted(kept) == ["b.jsonl:r0", "b.jsonl:r1", "b.jsonl:r2", "r0", "r1", "r2"]
+    assert {kept[f"b.jsonl:r{i}"]["text"] for i in range(3)} == set(texts[3:])
