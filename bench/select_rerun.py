@@ -35,7 +35,7 @@ def run(config: str, overrides: dict, output_root: str) -> tuple[float, list]:
 
 
 def main() -> None:
-    from mixture.cli import _overrides
+    from mixture.config import parse_overrides as _overrides
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs/demo.yaml"))
