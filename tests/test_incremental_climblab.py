@@ -254,3 +254,18 @@ def test_rebuilt_clusters_or_incremental_off_mean_a_full_build(corpus):
     assert (lin.version, lin.base, lin.mode) == (3, 3, "full")
     assert dict(summary)["mode"] == "full build: refresh.incremental is off"
     assert not _files(v3, "removed/")
+
+
+def test_pieces_staged_by_a_full_attempt_are_not_taken_for_an_increment(corpus):
+    """The same inputs, `refresh.incremental` toggled between two attempts: the parts staged by
+    the killed full attempt cover other documents, so the increment starts from an empty folder."""
+    corpus.shards()
+    corpus.shards("clean")
+    _extend_two_clusters(corpus)
+    clean, _ = corpus.shards("clean")
+    killed = corpus.ctx(incremental=False, part_docs=7)
+    for p in shards.parts(killed)[:3]:
+        shards.tokenize_part(killed, p)
+    v2, _ = corpus.shards(part_docs=7)
+    assert increments.lineage(v2).mode == "incremental"
+    assert _data(v2) == _data(clean)

@@ -255,6 +255,17 @@ def staged_tokenizer(writer):
     return load_tokenizer(writer.path(TOKENIZER))
 
 
+def claim_staging(writer, how: dict[str, Any]) -> None:
+    """Record how the staged pieces are being built (`_parts/how.json`: full, or incremental
+    since which input versions); a staging folder holding pieces built another way (the same
+    inputs, `refresh.incremental` toggled) is emptied first: its parts would cover other documents."""
+    rel = f"{PARTS}/how.json"
+    if writer.has(rel) and storage.read_json(writer.path(rel)) != how:
+        writer.reset()
+    if not writer.has(rel):
+        storage.write_json(writer.path(rel), how)
+
+
 # --------------------------------------------------------------------------------- a part
 def cluster_runs(
     ids: pa.Array, texts: pa.Array, cluster: np.ndarray, tok, eos: int

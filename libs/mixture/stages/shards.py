@@ -42,6 +42,7 @@ class Increment:
     """An incremental run: the new documents with their assignments, and what it carries."""
 
     why: str
+    since: dict[str, int]  # the input versions the previous climblab version covered
     inputs: P.Inputs  # the curated files added since the version covered, and their assignments
     removed: pa.Table  # (id, reason) the curated dataset removed since
     carried: P.Carried  # the previous climblab version, less the removed ids
@@ -63,7 +64,7 @@ def increment(ctx: StageContext) -> tuple[Increment | None, str]:
     assigned = P.assignment_files(clusters, delta.since["clusters"])
     removed = delta.removed(curated, "curated")
     carried = P.Carried(delta.previous, removed.column("id").combine_chunks().cast(pa.string()))
-    return Increment(why, P.Inputs(tuple(docs), tuple(assigned), BATCH_ROWS), removed, carried), why
+    return Increment(why, delta.since, P.Inputs(tuple(docs), tuple(assigned), BATCH_ROWS), removed, carried), why
 
 
 def _inputs(ctx: StageContext) -> P.Inputs:
@@ -76,6 +77,7 @@ def prepare(ctx: StageContext) -> tuple[P.Inputs, P.Scan, list[P.Part]]:
     version's) and plan the parts (over the new documents only when incremental)."""
     inc, _ = increment(ctx)
     cfg = ctx.cfg.shards
+    P.claim_staging(ctx.writer, {"mode": "incremental", "since": inc.since} if inc else {"mode": "full"})
     if inc is not None:
         ctx.writer.keep(inc.previous, TOKENIZER)
         scanned = P.scan(inc.inputs)
