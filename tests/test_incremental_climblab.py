@@ -8,16 +8,22 @@ Curated and clusters versions are committed here the way the contract lays them 
 from __future__ import annotations
 
 import os
+from collections import defaultdict
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from mixture import climblab, increments, storage
+from mixture import climblab, increments, pipeline, storage
 from mixture import climblab_parts as P
 from mixture.config import parse_config
 from mixture.contract import StageContext
 from mixture.dataset import Dataset, DatasetWriter, try_open
 from mixture.pipeline import stage
+from mixture.search import carry, steps
+from mixture.search.synthetic import SyntheticObjective, make_climblab
+from mixture.stages import search as search_stage
 from mixture.stages import shards
 
 SETTINGS = "shards-settings"
@@ -269,3 +275,130 @@ def test_pieces_staged_by_a_full_attempt_are_not_taken_for_an_increment(corpus):
     v2, _ = corpus.shards(part_docs=7)
     assert increments.lineage(v2).mode == "incremental"
     assert _data(v2) == _data(clean)
+
+
+# ------------------------------------------------------------------------------- the search
+SEARCH_NAMES = ["c00", "c01", "c02", "c03"]
+TARGET = Path(__file__).resolve().parents[1] / "data" / "sample" / "target_val.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def lab_texts(sample_records) -> dict[str, list[str]]:
+    by_source = defaultdict(list)
+    for r in sample_records:
+        by_source[r["source"]].append(r["text"][:3000])
+    return {name: by_source[s][:8] for name, s in zip(SEARCH_NAMES, sorted(by_source)[:4])}
+
+
+def _climblab_version(root, texts: dict[str, list[str]], mode: str) -> Dataset:
+    """Commit a climblab version (real token shards of `texts`) with its lineage."""
+    made = make_climblab(str(root / "_made" / str(len(list(root.glob("_made/*"))))), texts, vocab_size=400)
+    uri = str(root / "climblab")
+    previous = try_open(uri)
+    w = DatasetWriter(uri, "shards", "h", {})
+    w.keep_all(made)
+    lin = increments.next_lineage(previous, mode, SETTINGS, {}, {})
+    return w.commit(made.manifest.counts, increments.record(w, previous, lin, dict(made.manifest.extra)))
+
+
+def _search_config(root, tracking: str, shift: float = 0.05, incremental: bool = True):
+    return parse_config(
+        {
+            "run_name": "carry",
+            "output_root": str(root),
+            "input": {"uris": ["unused"]},
+            "search": {
+                "iterations": [6, 3],
+                "candidates": 2000,
+                "top_n": 6,
+                "top_k": 4,
+                "proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
+                "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
+                "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1},
+            },
+            "tracking": {"experiment": "test", "uri": tracking},
+            "refresh": {"incremental": incremental, "search_share_shift": shift},
+        }
+    )
+
+
+class Proxies:
+    """The synthetic objective in place of training proxies, counting the runs."""
+
+    def __init__(self):
+        self.calls = 0
+        self.objective = SyntheticObjective(np.array([0.1, 0.2, 0.3, 0.4]), noise=0.02, names=SEARCH_NAMES)
+
+    def __call__(self, mixture, seed):
+        self.calls += 1
+        return self.objective.proxy(mixture, seed)
+
+
+def _search(cfg, proxies: Proxies) -> tuple[Dataset, dict]:
+    ctx = pipeline.open_stage(cfg, "search")
+    out = search_stage.run(ctx, objective=proxies)
+    return pipeline.commit(ctx, out), dict(out.summary)
+
+
+def test_the_search_is_carried_below_the_share_shift_and_runs_again_above_it(tmp_path, lab_texts):
+    root = tmp_path / "out"
+    texts = {c: list(v) for c, v in lab_texts.items()}
+    _climblab_version(root, texts, "full")
+    cfg = _search_config(root, f"sqlite:///{tmp_path}/mlflow.db")
+    proxies = Proxies()
+    s1, summary = _search(cfg, proxies)
+    assert proxies.calls == 9 and summary["search ran"] == "no earlier version to extend"
+    searched = s1.manifest.extra["searched_on"]["shares"]
+
+    # climblab version 2: one short document more in c00, the shares barely move
+    texts["c00"].append(texts["c00"][0][:300])
+    lab2 = _climblab_version(root, texts, "incremental")
+    shift = carry.share_shift(searched, carry.shares(lab2))
+    assert 0 < shift < 0.05
+    assert steps.propose(pipeline.open_stage(cfg, "search"), 0) == []  # the DAG's tasks train nothing
+    s2, summary = _search(cfg, proxies)
+    assert proxies.calls == 9
+    assert summary["search kept"] == f"token shares moved {shift * 100:.1f}% (< 5%)"
+    lin = increments.lineage(s2)
+    assert (lin.version, lin.mode, lin.upstream) == (2, "carried", {"climblab": 2})
+    assert lin.delta == {
+        "share_shift": pytest.approx(shift, abs=1e-6),
+        "threshold": 0.05,
+        "reason": summary["search kept"],
+    }
+    kept = [p for p in _files(s1) if p != increments.HISTORY]
+    assert {p: _files(s2)[p] for p in kept} == {p: _files(s1)[p] for p in kept}
+    assert all(_inode(s2, p) == _inode(s1, p) for p in kept if os.path.exists(s1.path(p)))
+    assert s2.manifest.counts == s1.manifest.counts
+    assert {k: v for k, v in s2.manifest.extra.items() if k != "lineage"} == {
+        k: v for k, v in s1.manifest.extra.items() if k != "lineage"
+    }
+    assert pipeline.current(cfg, "search").manifest_sha256 == s2.manifest_sha256  # up to date for the build
+
+    # version 3: c03 doubled; measured from the shares the search ran on, not from version 2
+    texts["c03"] += texts["c03"]
+    lab3 = _climblab_version(root, texts, "incremental")
+    moved = carry.share_shift(searched, carry.shares(lab3))
+    assert moved > 0.05
+    assert carry.decide(pipeline.open_stage(_search_config(root, cfg.tracking.uri, shift=moved + 0.01), "search")).carry
+    s3, summary = _search(cfg, proxies)
+    assert proxies.calls == 18
+    assert summary["search ran"] == f"token shares moved {moved * 100:.1f}% (> 5%)"
+    assert increments.lineage(s3).mode == "full"
+    assert s3.manifest.extra["searched_on"]["shares"] == carry.shares(lab3)
+
+
+def test_a_rebuilt_climblab_or_incremental_off_runs_the_search(tmp_path, lab_texts):
+    root = tmp_path / "out"
+    _climblab_version(root, lab_texts, "full")
+    cfg = _search_config(root, f"sqlite:///{tmp_path}/mlflow.db")
+    _search(cfg, Proxies())
+    _climblab_version(root, lab_texts, "incremental")  # the same shares
+    assert carry.decide(pipeline.open_stage(cfg, "search")) == carry.Decision(
+        True, "token shares moved 0.0% (< 5%)", 0.0, 0.05
+    )
+    off = _search_config(root, cfg.tracking.uri, incremental=False)
+    assert carry.decide(pipeline.open_stage(off, "search")).why == "refresh.incremental is off"
+    _climblab_version(root, lab_texts, "full")  # new clusters
+    d = carry.decide(pipeline.open_stage(cfg, "search"))
+    assert (d.carry, d.why) == (False, "climblab was rebuilt since the committed version")
