@@ -396,26 +396,29 @@ class Carried:
 
 def _previous_rows(carried: Carried, name: str, dtype: np.dtype) -> Iterator[tuple[pa.RecordBatch, int]]:
     """The previous version's cluster `name` as runs (one per row group of its text file, in id
-    order, tokens read from its shard), less the dropped ids; with the count each batch dropped."""
+    order, its tokens read from the shard by ranged reads: local or S3, a row group at a time),
+    less the dropped ids; with the count each batch dropped."""
     ds = carried.previous
     if not any(f["path"] == text_file(name) for f in ds.manifest.files):
         return
-    shard = TokenShard(ds.path(shard_prefix(name)), dtype)
-    offsets, at = shard.offsets, 0
-    with storage.open_read(ds.path(text_file(name))) as f:
+    offsets, at = TokenShard(ds.path(shard_prefix(name)), dtype).offsets, 0
+    with (
+        storage.open_read(ds.path(text_file(name))) as f,
+        storage.open_read(ds.path(shard_prefix(name) + ".bin")) as bin_file,
+    ):
         pf = pq.ParquetFile(f)
         for g in range(pf.metadata.num_row_groups):
             t = pf.read_row_group(g, columns=["id", "text"])
-            lo, hi = offsets[at], offsets[at + t.num_rows]
-            rel = (offsets[at : at + t.num_rows + 1] - lo).astype(np.int32)
-            flat = pa.array(np.asarray(shard.tokens[lo:hi]).astype(np.uint32))
-            toks = pa.ListArray.from_arrays(pa.array(rel), flat)
+            lo, hi = int(offsets[at]), int(offsets[at + t.num_rows])
+            raw = bin_file.read_at((hi - lo) * dtype.itemsize, lo * dtype.itemsize)  # type: ignore[attr-defined]
+            flat = pa.array(np.frombuffer(raw, dtype=dtype).astype(np.uint32))
+            rel = pa.array((offsets[at : at + t.num_rows + 1] - lo).astype(np.int32))
             at += t.num_rows
-            keep = pc.invert(pc.is_in(t.column("id"), value_set=carried.drop))
+            ids = t.column("id").combine_chunks().cast(pa.string())
             batch = pa.RecordBatch.from_arrays(
-                [t.column("id").combine_chunks(), t.column("text").combine_chunks(), toks], schema=RUN_SCHEMA
+                [ids, t.column("text").combine_chunks(), pa.ListArray.from_arrays(rel, flat)], schema=RUN_SCHEMA
             )
-            kept = batch.filter(keep.combine_chunks())
+            kept = batch.filter(pc.invert(pc.is_in(ids, value_set=carried.drop)))
             yield kept, batch.num_rows - kept.num_rows
 
 
