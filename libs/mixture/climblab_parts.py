@@ -18,6 +18,10 @@ parallel and again, like the embed stage's ranges:
    `_parts/` removed from the staging folder (the runs are not part of the dataset); a retry after a
    failed commit finds `clusters.json` and needs nothing else.
 
+5. Incremental (`Carried`): a merge takes the previous version's cluster, less the removed ids,
+   as its first run (`stage_previous`: text row groups with their tokens read from the shard, no
+   re-tokenization), so the result is the same bytes as a full build with the same tokenizer.
+
 The merge is stable (equal ids keep the earlier part and batch first), so the files are those of a
 stable sort of each cluster by id: the same bytes whatever `part_docs`, the record batch size or
 the number of workers. `run_local` runs the parts and then the merges in `workers` spawned

@@ -16,6 +16,14 @@ the tokenizer), each part and each merge is a mapped task (`tokenize_part`, `mer
 `finish` builds the output for the runner's commit (`dags/climb_corpus_refresh.py`). The committed
 files are the same bytes whatever the number of parts or workers.
 
+Incremental versions (`increment`, the one decision every step takes: `increments.plan`): when
+the clusters were not rebuilt since the version this dataset covers, the previous version's
+tokenizer is kept, the parts cover only the curated files added since (with their rows of the
+`assignments-vNNNN.parquet` files), and only the touched clusters (new or removed documents) are
+merged: the previous cluster less the removed ids is the first sorted run of its merge, so the
+files are those a full build with the same tokenizer writes. Untouched clusters are kept as
+they were (hard links); the removal lists are carried and forwarded.
+
 Bounded memory: a record batch, the tokenizer's training sample, up to `MERGE_IDS` ids of the
 runs being merged and each cluster's offsets (8 bytes a document).
 """
