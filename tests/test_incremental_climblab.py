@@ -349,6 +349,7 @@ def test_the_search_is_carried_below_the_share_shift_and_runs_again_above_it(tmp
     s1, summary = _search(cfg, proxies)
     assert proxies.calls == 9 and summary["search ran"] == "no earlier version to extend"
     searched = s1.manifest.extra["searched_on"]["shares"]
+    inodes = {p: _inode(s1, p) for p in _files(s1)}
 
     # climblab version 2: one short document more in c00, the shares barely move
     texts["c00"].append(texts["c00"][0][:300])
@@ -368,7 +369,7 @@ def test_the_search_is_carried_below_the_share_shift_and_runs_again_above_it(tmp
     }
     kept = [p for p in _files(s1) if p != increments.HISTORY]
     assert {p: _files(s2)[p] for p in kept} == {p: _files(s1)[p] for p in kept}
-    assert all(_inode(s2, p) == _inode(s1, p) for p in kept if os.path.exists(s1.path(p)))
+    assert all(_inode(s2, p) == inodes[p] for p in kept)  # hard links: no copy
     assert s2.manifest.counts == s1.manifest.counts
     assert {k: v for k, v in s2.manifest.extra.items() if k != "lineage"} == {
         k: v for k, v in s1.manifest.extra.items() if k != "lineage"
@@ -402,3 +403,29 @@ def test_a_rebuilt_climblab_or_incremental_off_runs_the_search(tmp_path, lab_tex
     _climblab_version(root, lab_texts, "full")  # new clusters
     d = carry.decide(pipeline.open_stage(cfg, "search"))
     assert (d.carry, d.why) == (False, "climblab was rebuilt since the committed version")
+
+
+def test_a_retraction_with_only_pruned_new_documents_rewrites_one_cluster_and_tokenizes_nothing(corpus, monkeypatch):
+    v1, _ = corpus.shards()
+    inodes = {rel: _inode(v1, rel) for rel in _files(v1)}
+    retracted = next(r["id"] for r in corpus.base if corpus.cluster[r["id"]] == 2)
+    corpus.extend(corpus.new[:5], [retracted], {r["id"]: -1 for r in corpus.new[:5]})
+    counting = CountingEncode()
+    monkeypatch.setattr(P, "encode", counting)
+    v2, _ = corpus.shards()
+    assert counting.texts == 0
+    delta = increments.lineage(v2).delta
+    assert delta == {
+        "clusters_touched": 1,
+        "clusters_kept": 3,
+        "documents_added": 0,
+        "documents_removed": 1,
+        "tokens_added": 0,
+    }
+    for name in ("c00", "c01", "c03"):
+        assert all(_inode(v2, rel) == inodes[rel] for rel in _cluster_files(name))
+    assert _inode(v2, climblab.text_file("c02")) != inodes[climblab.text_file("c02")]
+    lab = climblab.ClimbLab(v2)
+    assert retracted not in lab.texts("c02").column("id").to_pylist()
+    assert lab.shard("c02").n_tokens == lab.tokens_per_cluster["c02"] < climblab.ClimbLab(v1).tokens_per_cluster["c02"]
+    assert v2.manifest.counts["pruned_documents"] == v1.manifest.counts["pruned_documents"] + 5
