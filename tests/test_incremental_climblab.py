@@ -429,3 +429,24 @@ def test_a_retraction_with_only_pruned_new_documents_rewrites_one_cluster_and_to
     assert retracted not in lab.texts("c02").column("id").to_pylist()
     assert lab.shard("c02").n_tokens == lab.tokens_per_cluster["c02"] < climblab.ClimbLab(v1).tokens_per_cluster["c02"]
     assert v2.manifest.counts["pruned_documents"] == v1.manifest.counts["pruned_documents"] + 5
+
+
+def test_the_runner_extends_the_committed_version_when_the_corpus_grows(corpus):
+    """`climb shards` (the runner: open_stage, its settings hash, the lease, the commit)."""
+    cfg = parse_config(
+        {
+            "output_root": str(corpus.root),
+            "input": {"uris": ["x"]},
+            "shards": {"vocab_size": 400, "tokenizer_train_docs": 50},
+        }
+    )
+    first = pipeline.run_stage(cfg, "shards")
+    assert increments.lineage(first.dataset).mode == "full"
+    assert pipeline.run_stage(cfg, "shards").skipped
+    _extend_two_clusters(corpus)
+    second = pipeline.run_stage(cfg, "shards")
+    lin = increments.lineage(second.dataset)
+    assert (lin.version, lin.mode) == (2, "incremental")
+    assert dict(second.summary)["mode"].startswith("incremental (extends version 1)")
+    assert pipeline.current(cfg, "shards").manifest_sha256 == second.dataset.manifest_sha256
+    second.dataset.verify()  # kept files' manifest entries match their bytes

@@ -124,7 +124,7 @@ def merge_cluster(ctx: StageContext, c: int) -> dict[str, Any]:
     """Cluster c's files from every part's runs (kept when already merged); incremental: merged
     with the previous version's cluster less the removed ids."""
     inc, _ = increment(ctx)
-    inp = inc.inputs if inc else _inputs(ctx)
+    inp = inc.inputs if inc else P.inputs(ctx.input("curated"), ctx.input("clusters"), BATCH_ROWS)
     plan = P.plan(P.count(inp), ctx.cfg.shards.part_docs)
     dtype = token_dtype(P.staged_tokenizer(ctx.writer).get_vocab_size())
     return P.merge_cluster(ctx.writer, plan, c, dtype, inc.carried if inc else None)
