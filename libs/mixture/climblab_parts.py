@@ -18,6 +18,10 @@ parallel and again, like the embed stage's ranges:
    `_parts/` removed from the staging folder (the runs are not part of the dataset); a retry after a
    failed commit finds `clusters.json` and needs nothing else.
 
+5. Incremental (`Carried`): a merge takes the previous version's cluster, less the removed ids,
+   as its first run (`stage_previous`: text row groups with their tokens read from the shard, no
+   re-tokenization), so the result is the same bytes as a full build with the same tokenizer.
+
 The merge is stable (equal ids keep the earlier part and batch first), so the files are those of a
 stable sort of each cluster by id: the same bytes whatever `part_docs`, the record batch size or
 the number of workers. `run_local` runs the parts and then the merges in `workers` spawned
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -39,17 +44,20 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixture import documents, storage
 from mixture.climblab import TOKENIZER, cluster_name, shard_prefix, text_file
 from mixture.dataset import Dataset
+from mixture.increments import version_of
 from mixture.parallel import fan_out
-from mixture.tokens import TokenShardWriter, encode, eos_id, load_tokenizer, train_tokenizer
+from mixture.tokens import TokenShard, TokenShardWriter, encode, eos_id, load_tokenizer, train_tokenizer
 
 PARTS = "_parts"  # staging only: removed before the commit
 MERGED = f"{PARTS}/merged"
 COUNTS = "clusters.json"  # {cNN: {documents, tokens}}, part of the dataset, written by `finish`
+INCREMENT = ".tmp-increment.json"  # an incremental version's added/removed counts: scratch, not committed
 ROW_GROUP = 1 << 13  # rows per text.parquet row group: what a merge holds as Python objects
 RUN_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("tokens", pa.list_(pa.uint32()))])
 TEXT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string())])
@@ -86,21 +94,64 @@ def plan(n_docs: int, part_docs: int) -> list[Part]:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What every piece reads: the curated documents and the assignments file (picklable)."""
+    """What every piece reads (picklable): curated document files and the assignments files
+    whose rows name the same documents in the same order (file after file)."""
 
-    curated: Dataset
-    assignments: str  # URI of the clusters dataset's assignments.parquet
+    docs: tuple[str, ...]  # URIs of curated `docs/` files
+    assignments: tuple[str, ...]  # URIs of the clusters dataset's `assignments*.parquet` files
     batch_rows: int = documents.BATCH_ROWS
 
 
+ASSIGNMENTS = "assignments"  # `assignments.parquet`, then `assignments-vNNNN.parquet` per version
+_SUFFIX_TAG = re.compile(r"[/_-]v(\d{4,})\.parquet$")
+_ASSIGNMENTS = re.compile(r"assignments(-v\d{4,})?\.parquet")
+
+
+def by_version(ds: Dataset, prefix: str, since: int = -1) -> list[str]:
+    """URIs of the dataset's Parquet files under `prefix` (a folder or a name's start) that
+    versions after `since` added: the base version's files first (no `vNNNN-` tag), then each
+    version's, in order (`assignments-v0002.parquet` sorts before `assignments.parquet` by name)."""
+    rels = [f["path"] for f in ds.manifest.files if f["path"].startswith(prefix) and f["path"].endswith(".parquet")]
+    picked = [r for r in rels if _version(r) > since]
+    return [ds.path(r) for r in sorted(picked, key=lambda r: (_version(r), r))]
+
+
+def _version(rel: str) -> int:
+    """The version that added `rel` (0: the base): its `vNNNN-` tag (`increments.version_of`), or a
+    `-vNNNN.parquet` ending (`assignments-v0002.parquet`, which `version_of` does not read)."""
+    m = _SUFFIX_TAG.search(rel)
+    return version_of(rel) or (int(m.group(1)) if m else 0)
+
+
+def assignment_files(clusters: Dataset, since: int = -1) -> list[str]:
+    """The clusters dataset's assignments files added after version `since` (every one by
+    default), in the order of the curated documents they assign."""
+    return [u for u in by_version(clusters, ASSIGNMENTS, since) if _ASSIGNMENTS.fullmatch(storage.basename(u))]
+
+
 def inputs(curated: Dataset, clusters: Dataset, batch_rows: int = documents.BATCH_ROWS) -> Inputs:
-    return Inputs(curated, clusters.path("assignments.parquet"), batch_rows)
+    """Every curated document and every assignment (a full build)."""
+    return Inputs(tuple(documents.doc_files(curated)), tuple(assignment_files(clusters)), batch_rows)
+
+
+def count(inp: Inputs) -> int:
+    """Documents in the input's curated files, from the Parquet footers."""
+    total = 0
+    for uri in inp.docs:
+        with storage.open_read(uri) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def _file_batches(uris: tuple[str, ...], columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    for uri in uris:
+        with storage.open_read(uri) as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
 
 
 # --------------------------------------------------------------------------------- reading
 def _assignment_batches(inp: Inputs, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    with storage.open_read(inp.assignments) as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=inp.batch_rows, columns=columns)
+    yield from _file_batches(inp.assignments, columns, inp.batch_rows)
 
 
 def missing_error(inp: Inputs) -> ShardsError:
@@ -113,7 +164,7 @@ def missing_error(inp: Inputs) -> ShardsError:
     )
     examples: list[str] = []
     n_missing = 0
-    for batch in documents.iter_batches(inp.curated, ["id"], inp.batch_rows):
+    for batch in _file_batches(inp.docs, ["id"], inp.batch_rows):
         h = documents.id_hashes(batch.column(0))
         at = np.minimum(np.searchsorted(have, h), max(len(have) - 1, 0))
         lost = np.flatnonzero(have[at] != h) if len(have) else np.arange(len(h))
@@ -121,7 +172,7 @@ def missing_error(inp: Inputs) -> ShardsError:
         examples += batch.column(0).take(pa.array(lost[: 3 - len(examples)])).to_pylist()
     if n_missing:
         return ShardsError(f"{n_missing} curated documents have no cluster assignment (e.g. {examples})")
-    where = storage.parent(inp.assignments)
+    where = storage.parent(inp.assignments[0]) if inp.assignments else "the clusters dataset"
     return ShardsError(f"{where}: the assignments are not in the curated documents' order: rerun `cluster`")
 
 
@@ -142,7 +193,7 @@ def scan(inp: Inputs) -> Scan:
         c = b.column(0).to_numpy(zero_copy_only=False)
         n, kept = n + len(c), kept + int((c >= 0).sum())
         clusters.update(np.unique(c[c >= 0]).tolist())
-    if n != documents.count(inp.curated):
+    if n != count(inp):
         raise missing_error(inp)
     return Scan(n, kept, sorted(clusters))
 
@@ -151,10 +202,10 @@ def part_batches(inp: Inputs, part: Part) -> Iterator[tuple[pa.Array, pa.Array, 
     """(ids, texts, final cluster) per record batch of the part's documents, the assignments of
     the same rows read alongside and checked to name the same ids."""
     start, stop = part.first_doc, part.first_doc + part.docs
-    assigned = documents.iter_file_rows([inp.assignments], ["id", "cluster"], start, stop, inp.batch_rows)
+    assigned = documents.iter_file_rows(list(inp.assignments), ["id", "cluster"], start, stop, inp.batch_rows)
     held: list[pa.RecordBatch] = []
     n = 0
-    for batch in documents.iter_range(inp.curated, ["id", "text"], start, stop, inp.batch_rows):
+    for batch in documents.iter_file_rows(list(inp.docs), ["id", "text"], start, stop, inp.batch_rows):
         if batch.num_rows == 0:
             continue
         while sum(b.num_rows for b in held) < batch.num_rows:
@@ -206,6 +257,17 @@ def staged_tokenizer(writer):
     if not writer.has(TOKENIZER):
         raise ShardsError(f"{writer.staging}: no staged tokenizer: plan the shards first")
     return load_tokenizer(writer.path(TOKENIZER))
+
+
+def claim_staging(writer, how: dict[str, Any]) -> None:
+    """Record how the staged pieces are being built (`_parts/how.json`: full, or incremental
+    since which input versions); a staging folder holding pieces built another way (the same
+    inputs, `refresh.incremental` toggled) is emptied first: its parts would cover other documents."""
+    rel = f"{PARTS}/how.json"
+    if writer.has(rel) and storage.read_json(writer.path(rel)) != how:
+        writer.reset()
+    if not writer.has(rel):
+        storage.write_json(writer.path(rel), how)
 
 
 # --------------------------------------------------------------------------------- a part
@@ -327,9 +389,74 @@ def write_cluster(writer, name: str, runs: list[pa.RecordBatch], dtype: np.dtype
     return {"documents": n_docs, "tokens": n_tok}
 
 
-def merge_cluster(writer, parts: list[Part], c: int, dtype: np.dtype) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Carried:
+    """What an incremental merge extends (picklable): the previous version of the climblab
+    dataset, whose cluster files are already sorted by id and tokenized, less the ids `drop`."""
+
+    previous: Dataset
+    drop: pa.Array  # ids removed since (withdrawn, retracted, or changed and added again)
+
+
+def _previous_rows(carried: Carried, name: str, dtype: np.dtype) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """The previous version's cluster `name` as runs (one per row group of its text file, in id
+    order, its tokens read from the shard by ranged reads: local or S3, a row group at a time),
+    less the dropped ids; with the count each batch dropped."""
+    ds = carried.previous
+    if not any(f["path"] == text_file(name) for f in ds.manifest.files):
+        return
+    offsets, at = TokenShard(ds.path(shard_prefix(name)), dtype).offsets, 0
+    with (
+        storage.open_read(ds.path(text_file(name))) as f,
+        storage.open_read(ds.path(shard_prefix(name) + ".bin")) as bin_file,
+    ):
+        pf = pq.ParquetFile(f)
+        for g in range(pf.metadata.num_row_groups):
+            t = pf.read_row_group(g, columns=["id", "text"])
+            lo, hi = int(offsets[at]), int(offsets[at + t.num_rows])
+            raw = bin_file.read_at((hi - lo) * dtype.itemsize, lo * dtype.itemsize)  # type: ignore[attr-defined]
+            flat = pa.array(np.frombuffer(raw, dtype=dtype).astype(np.uint32))
+            rel = pa.array((offsets[at : at + t.num_rows + 1] - lo).astype(np.int32))
+            at += t.num_rows
+            ids = t.column("id").combine_chunks().cast(pa.string())
+            batch = pa.RecordBatch.from_arrays(
+                [ids, t.column("text").combine_chunks(), pa.ListArray.from_arrays(rel, flat)], schema=RUN_SCHEMA
+            )
+            kept = batch.filter(pc.invert(pc.is_in(ids, value_set=carried.drop)))
+            yield kept, batch.num_rows - kept.num_rows
+
+
+def clusters_holding(previous: Dataset, ids: pa.Array) -> list[int]:
+    """The clusters of a committed climblab version that hold any of `ids` (their id columns read)."""
+    found = []
+    for name in sorted((previous.manifest.extra or {}).get("clusters", {})):
+        with storage.open_read(previous.path(text_file(name))) as f:
+            have = pq.read_table(f, columns=["id"]).column("id")
+        if pc.any(pc.is_in(have, value_set=ids)).as_py():
+            found.append(int(name[1:]))
+    return found
+
+
+def stage_previous(writer, carried: Carried, name: str, dtype: np.dtype) -> tuple[str | None, dict[str, int]]:
+    """Stage the previous cluster `name` less the dropped ids as one run file (the earliest run
+    of its merge); (its URI or None when it has no documents left, {documents, tokens, removed})."""
+    uri = writer.path(f"{PARTS}/previous/{name}.arrow")
+    rec = {"documents": 0, "tokens": 0, "removed": 0}
+    with storage.open_write(uri) as sink, pa.ipc.new_file(sink, RUN_SCHEMA) as out:
+        for batch, dropped in _previous_rows(carried, name, dtype):
+            rec["removed"] += dropped
+            if batch.num_rows:
+                out.write_batch(batch)
+                rec["documents"] += batch.num_rows
+                rec["tokens"] += int(pc.sum(pc.list_value_length(batch.column("tokens"))).as_py() or 0)
+    return (uri if rec["documents"] else None), rec
+
+
+def merge_cluster(writer, parts: list[Part], c: int, dtype: np.dtype, carried: Carried | None = None) -> dict[str, Any]:
     """Stage cluster c's files from every part's runs unless merged already (idempotent); every
-    part must be tokenized. {documents, tokens, computed}."""
+    part must be tokenized. With `carried`, the previous version's cluster (less the dropped ids)
+    is the first run: the files are those a full build with the same tokenizer would write.
+    {documents, tokens, computed} (+ added/removed documents and tokens with `carried`)."""
     name = cluster_name(c)
     marker = f"{MERGED}/{name}.json"
     if writer.has(marker):
@@ -341,29 +468,54 @@ def merge_cluster(writer, parts: list[Part], c: int, dtype: np.dtype) -> dict[st
             raise ShardsError(f"{part.describe()} is not tokenized: run it before merging {name}")
         if str(c) in rec["runs"]:
             files.append(writer.path(f"{part.folder}/c{c}.arrow"))
+    before: dict[str, int] = {}
+    if carried is not None:
+        first, before = stage_previous(writer, carried, name, dtype)
+        files = ([first] if first else []) + files
     with ExitStack() as stack:
         runs = [run for uri in files for run in _open_runs(stack, uri)]
-        info = write_cluster(writer, name, runs, dtype)
+        info: dict[str, Any] = write_cluster(writer, name, runs, dtype)
+    if carried is not None:
+        info["added_documents"] = info["documents"] - before["documents"]
+        info["added_tokens"] = info["tokens"] - before["tokens"]
+        info["removed_documents"] = before["removed"]
     storage.write_json(writer.path(marker), info)
     return {**info, "computed": True}
 
 
-def finish(writer, clusters: list[int]) -> dict[str, dict[str, int]]:
-    """{cNN: {documents, tokens}} of every merged cluster, staged as `clusters.json` before the
-    runs are removed from staging: a retry after a failed commit finds it there (idempotent)."""
+def finish(writer, clusters: list[int], carried: dict[str, dict] | None = None) -> dict[str, dict[str, int]]:
+    """{cNN: {documents, tokens}} of every merged cluster (and of the `carried` ones an
+    incremental version keeps as they were), staged as `clusters.json` before the runs are removed
+    from staging: a retry after a failed commit finds it there (idempotent). A merged cluster
+    left without documents (all removed) is dropped with its files. An incremental version also
+    stages `INCREMENT` (scratch: not in the manifest) with what its merges added and removed."""
     if writer.has(COUNTS):
         info = storage.read_json(writer.path(COUNTS))
     else:
-        info = {}
+        info, added = dict(carried or {}), {"documents": 0, "tokens": 0, "removed": 0}
         for c in clusters:
             marker = f"{MERGED}/{cluster_name(c)}.json"
             if not writer.has(marker):
                 raise ShardsError(f"cluster {cluster_name(c)} is not merged: run its merge first")
             rec = storage.read_json(writer.path(marker))
+            added["documents"] += int(rec.get("added_documents", rec["documents"]))
+            added["tokens"] += int(rec.get("added_tokens", rec["tokens"]))
+            added["removed"] += int(rec.get("removed_documents", 0))
+            if int(rec["documents"]) == 0:
+                storage.delete(storage.join(writer.staging, cluster_name(c)))
+                continue
             info[cluster_name(c)] = {"documents": int(rec["documents"]), "tokens": int(rec["tokens"])}
+        info = dict(sorted(info.items()))
+        if carried is not None:
+            storage.write_json(writer.path(INCREMENT), added)
         storage.write_json(writer.path(COUNTS), info)
     storage.delete(storage.join(writer.staging, PARTS))
     return info
+
+
+def increment_record(writer) -> dict[str, int]:
+    """What the merges of an incremental version added and removed (staged by `finish`)."""
+    return storage.read_json(writer.path(INCREMENT)) if writer.has(INCREMENT) else {}
 
 
 # ------------------------------------------------------------------------ local processes
@@ -378,7 +530,15 @@ def _worker_part(inp: Inputs, writer, part: Part) -> dict[str, Any]:
     return tokenize_part(inp, writer, part, _WORKER["tok"])
 
 
-def run_local(inp: Inputs, writer, parts: list[Part], clusters: list[int], dtype: np.dtype, workers: int) -> dict:
+def run_local(
+    inp: Inputs,
+    writer,
+    parts: list[Part],
+    clusters: list[int],
+    dtype: np.dtype,
+    workers: int,
+    carried: Carried | None = None,
+) -> dict:
     """Every part, then every cluster's merge, here (workers = 1) or in `workers` spawned
     processes (`mixture.parallel`); how many of each were computed and reused."""
     init = (writer.path(TOKENIZER),)
@@ -386,7 +546,7 @@ def run_local(inp: Inputs, writer, parts: list[Part], clusters: list[int], dtype
     part_recs = fan_out(
         _worker_part, jobs, workers, desc="tokenize", unit="part", initializer=_init_worker, initargs=init
     )
-    merges = [(writer, parts, c, dtype) for c in clusters]
+    merges = [(writer, parts, c, dtype, carried) for c in clusters]
     merge_recs = fan_out(merge_cluster, merges, workers, desc="merge", unit="cluster")
     computed = sum(r["computed"] for r in part_recs)
     merged = sum(r["computed"] for r in merge_recs)

@@ -1,5 +1,8 @@
 """The search's steps, callable one by one: `propose`, `run_proxy`, `finish`.
 
+After a corpus refresh whose clusters' token shares barely moved, `propose` proposes nothing and
+`finish` carries the committed search over (`mixture.search.carry.decide`, the one decision).
+
 The CLI (`climb search`, `mixture.stages.search`) and Airflow (one task per step, proxy runs fanned
 out) call the same three functions on the stage's context, so both run the same code:
 
@@ -34,7 +37,7 @@ import numpy as np
 from mixture import storage
 from mixture.config import Config, ProxyConfig
 from mixture.contract import StageContext, StageOutput
-from mixture.search import bootstrap
+from mixture.search import bootstrap, carry
 
 if TYPE_CHECKING:
     from mixture.dataset import Dataset, DatasetWriter
@@ -124,6 +127,8 @@ def propose(ctx: StageContext, iteration: int) -> list[dict]:
     n_iter = len(cfg.search.iterations)
     if not 0 <= iteration < n_iter:
         raise SearchError(f"iteration {iteration} is out of range: the search has {n_iter}")
+    if carry.decide(ctx).carry:
+        return []  # the committed search still holds: `finish` carries it over
     stored = read_proposals(writer, iteration)
     if stored is not None:
         return stored["jobs"]
@@ -300,7 +305,15 @@ def run_proxy(ctx: StageContext, job: dict, objective: Objective | None = None) 
 # ------------------------------------------------------------------------------------ finish
 def finish(ctx: StageContext) -> StageOutput:
     """Fit the predictors on every run, choose the final mixture, stage iterations.json,
-    mixture.json and the plots, log to MLflow; the caller commits (`pipeline.commit`)."""
+    mixture.json and the plots, log to MLflow, record the lineage; the caller commits
+    (`pipeline.commit`). A committed search that still holds after a corpus refresh is carried
+    over instead (`mixture.search.carry`)."""
+    if (kept := carry.carry_or_none(ctx)) is not None:
+        return kept
+    return carry.record_search(ctx, _finish_search(ctx))
+
+
+def _finish_search(ctx: StageContext) -> StageOutput:
     cfg, writer = ctx.cfg, ctx.writer
     names, prior = names_and_prior(_lab(ctx.inputs))
     n_iter = len(cfg.search.iterations)

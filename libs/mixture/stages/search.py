@@ -5,6 +5,10 @@ tasks: for each iteration `propose` the jobs, train the proxies that are not fin
 process pool, `mixture.search.pool`), then `finish` (fit the predictors, choose the mixture, stage
 mixture.json and iterations.json); the runner commits.
 
+Re-run only when it must (`mixture.search.carry`): after a corpus refresh that only moved the
+clusters' token shares by `refresh.search_share_shift` or less, the committed search is carried
+over as a new version (its files kept) instead of training any proxy.
+
 Resumable: a killed search keeps its staged proposals and finished runs (the stage is registered
 as resumable); the next `climb search` reuses them and trains only what is missing.
 Paper budget (Diao et al., 2025): iterations 64/32/16; `configs/demo.yaml` scales it to 2 cores.
@@ -16,13 +20,17 @@ import logging
 
 from mixture.contract import StageContext, StageOutput
 from mixture.search import steps
+from mixture.search.carry import carry_or_none
 from mixture.search.pool import Projection, ProxyRunner
 
 log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOutput:
-    """`objective` replaces proxy training (tests)."""
+    """`objective` replaces proxy training (tests). A committed search that still holds after a
+    corpus refresh is carried over (`carry_or_none`: the same decision the Airflow tasks take)."""
+    if (kept := carry_or_none(ctx)) is not None:
+        return kept
     cfg, writer = ctx.cfg, ctx.writer
     t = steps.tracker(cfg, writer)
     logged = t.logged_proxies()

@@ -16,31 +16,82 @@ the tokenizer), each part and each merge is a mapped task (`tokenize_part`, `mer
 `finish` builds the output for the runner's commit (`dags/climb_corpus_refresh.py`). The committed
 files are the same bytes whatever the number of parts or workers.
 
+Incremental versions (`increment`, the one decision every step takes: `increments.plan`): when
+the clusters were not rebuilt since the version this dataset covers, the previous version's
+tokenizer is kept, the parts cover only the curated files added since (with their rows of the
+`assignments-vNNNN.parquet` files), and only the touched clusters (new or removed documents) are
+merged: the previous cluster less the removed ids is the first sorted run of its merge, so the
+files are those a full build with the same tokenizer writes. Untouched clusters are kept as
+they were (hard links); the removal lists are carried and forwarded.
+
 Bounded memory: a record batch, the tokenizer's training sample, up to `MERGE_IDS` ids of the
 runs being merged and each cluster's offsets (8 bytes a document).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from mixture import climblab_parts as P
-from mixture import documents
+from mixture import documents, increments
+from mixture.climblab import TOKENIZER, shard_prefix, text_file
 from mixture.contract import StageContext, StageOutput
+from mixture.dataset import Dataset
 from mixture.tokens import eos_id, token_dtype
 
 BATCH_ROWS = documents.BATCH_ROWS
 
 
+@dataclass(frozen=True)
+class Increment:
+    """An incremental run: the new documents with their assignments, and what it carries."""
+
+    why: str
+    since: dict[str, int]  # the input versions the previous climblab version covered
+    inputs: P.Inputs  # the curated files added since the version covered, and their assignments
+    removed: pa.Table  # (id, reason) the curated dataset removed since
+    carried: P.Carried  # the previous climblab version, less the removed ids
+
+    @property
+    def previous(self) -> Dataset:
+        return self.carried.previous
+
+
+def increment(ctx: StageContext) -> tuple[Increment | None, str]:
+    """(the increment to process, why) or (None, why a full build is needed): the one decision
+    every step of the stage takes alike (`increments.plan`): the clusters rebuilt, other settings,
+    `refresh.incremental` off or no earlier version with a lineage mean a full build."""
+    delta, why = increments.plan(ctx.previous, ctx.inputs, ctx.settings_hash, ctx.cfg.refresh.incremental)
+    if delta is None:
+        return None, why
+    curated, clusters = ctx.input("curated"), ctx.input("clusters")
+    docs = P.by_version(curated, documents.DOCS, delta.since["curated"])
+    assigned = P.assignment_files(clusters, delta.since["clusters"])
+    removed = delta.removed(curated, "curated")
+    carried = P.Carried(delta.previous, removed.column("id").combine_chunks().cast(pa.string()))
+    return Increment(why, delta.since, P.Inputs(tuple(docs), tuple(assigned), BATCH_ROWS), removed, carried), why
+
+
 def _inputs(ctx: StageContext) -> P.Inputs:
-    return P.inputs(ctx.input("curated"), ctx.input("clusters"), BATCH_ROWS)
+    inc, _ = increment(ctx)
+    return inc.inputs if inc else P.inputs(ctx.input("curated"), ctx.input("clusters"), BATCH_ROWS)
 
 
 def prepare(ctx: StageContext) -> tuple[P.Inputs, P.Scan, list[P.Part]]:
-    """Check the inputs, stage the tokenizer (trained once) and plan the parts."""
+    """Check the inputs, stage the tokenizer (trained once; an incremental run keeps the previous
+    version's) and plan the parts (over the new documents only when incremental)."""
+    inc, _ = increment(ctx)
+    cfg = ctx.cfg.shards
+    P.claim_staging(ctx.writer, {"mode": "incremental", "since": inc.since} if inc else {"mode": "full"})
+    if inc is not None:
+        ctx.writer.keep(inc.previous, TOKENIZER)
+        scanned = P.scan(inc.inputs)
+        return inc.inputs, scanned, P.plan(scanned.documents, cfg.part_docs)
     inp = _inputs(ctx)
     scanned = P.scan(inp)
-    cfg = ctx.cfg.shards
     P.stage_tokenizer(ctx.writer, inp, scanned, cfg.tokenizer, cfg.vocab_size, cfg.tokenizer_train_docs, ctx.cfg.seed)
     return inp, scanned, P.plan(scanned.documents, cfg.part_docs)
 
@@ -55,26 +106,56 @@ def tokenize_part(ctx: StageContext, part: P.Part) -> dict[str, Any]:
     return P.tokenize_part(_inputs(ctx), ctx.writer, part, P.staged_tokenizer(ctx.writer))
 
 
+def touched(inc: Increment) -> list[int]:
+    """The clusters an increment rewrites: those with new documents or with removed ones."""
+    new = set(P.scan(inc.inputs).clusters)
+    if len(inc.carried.drop):
+        new |= set(P.clusters_holding(inc.previous, inc.carried.drop))
+    return sorted(new)
+
+
 def clusters(ctx: StageContext) -> list[int]:
-    """The final clusters (those with documents), one merge each."""
-    return P.scan(_inputs(ctx)).clusters
+    """The clusters to merge, one merge each: every final cluster, or the touched ones."""
+    inc, _ = increment(ctx)
+    return touched(inc) if inc else P.scan(_inputs(ctx)).clusters
 
 
 def merge_cluster(ctx: StageContext, c: int) -> dict[str, Any]:
-    """Cluster c's files from every part's runs (kept when already merged)."""
-    plan = P.plan(documents.count(ctx.input("curated")), ctx.cfg.shards.part_docs)
+    """Cluster c's files from every part's runs (kept when already merged); incremental: merged
+    with the previous version's cluster less the removed ids."""
+    inc, _ = increment(ctx)
+    inp = inc.inputs if inc else P.inputs(ctx.input("curated"), ctx.input("clusters"), BATCH_ROWS)
+    plan = P.plan(P.count(inp), ctx.cfg.shards.part_docs)
     dtype = token_dtype(P.staged_tokenizer(ctx.writer).get_vocab_size())
-    return P.merge_cluster(ctx.writer, plan, c, dtype)
+    return P.merge_cluster(ctx.writer, plan, c, dtype, inc.carried if inc else None)
 
 
 def finish(ctx: StageContext, progress: dict[str, int] | None = None) -> StageOutput:
-    """The output of a stage whose clusters are all merged (the runs are removed from staging)."""
-    scanned = P.scan(_inputs(ctx))
+    """The output of a stage whose clusters are all merged (the runs are removed from staging),
+    with its lineage; an incremental version keeps the untouched clusters' files as they were."""
+    inc, why = increment(ctx)
+    scanned = P.scan(P.inputs(ctx.input("curated"), ctx.input("clusters"), BATCH_ROWS))
+    if inc is None:
+        info = P.finish(ctx.writer, scanned.clusters)
+    else:
+        info, delta = _finish_increment(ctx, inc)
     tok = P.staged_tokenizer(ctx.writer)
     eos, vocab = eos_id(tok), tok.get_vocab_size()
-    info = P.finish(ctx.writer, scanned.clusters)
     token_info = {"vocab_size": vocab, "eos_id": eos, "dtype": token_dtype(vocab).name}
     out = summarise(scanned.documents, scanned.documents - scanned.kept, info, token_info)
+    if inc is None:
+        delta = {k: out.counts[k] for k in ("clusters", "documents_out", "tokens")}
+        line = f"full build: {why}"
+    else:
+        line = (
+            f"incremental ({why}): {delta['clusters_touched']} clusters rewritten, {delta['clusters_kept']} kept; "
+            f"{delta['documents_added']:,} documents added, {delta['documents_removed']:,} removed, "
+            f"{delta['tokens_added']:,} tokens added"
+        )
+    mode = "incremental" if inc else "full"
+    lin = increments.next_lineage(ctx.previous, mode, ctx.settings_hash, ctx.inputs, delta)
+    out.extra = increments.record(ctx.writer, ctx.previous, lin, out.extra)
+    out.summary.insert(0, ("mode", line))
     if progress is not None:
         out.summary.append(
             (
@@ -86,10 +167,36 @@ def finish(ctx: StageContext, progress: dict[str, int] | None = None) -> StageOu
     return out
 
 
+def _finish_increment(ctx: StageContext, inc: Increment) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Keep the tokenizer and the untouched clusters' files (hard links), finish the touched
+    ones, carry the removal lists and add this version's (the curated dataset's removed ids,
+    forwarded downstream). (clusters' counts, the lineage delta)."""
+    ctx.writer.keep(inc.previous, TOKENIZER)
+    names = {P.cluster_name(c) for c in touched(inc)}
+    kept = {n: v for n, v in inc.previous.manifest.extra["clusters"].items() if n not in names}
+    for n in kept:
+        for rel in (shard_prefix(n) + ".bin", shard_prefix(n) + ".idx", text_file(n)):
+            ctx.writer.keep(inc.previous, rel)
+    info = P.finish(ctx.writer, sorted(int(n[1:]) for n in names), carried=kept)
+    increments.keep_removed(ctx.writer, inc.previous)
+    increments.write_removed(ctx.writer, increments.version(inc.previous) + 1, inc.removed)
+    added = P.increment_record(ctx.writer)
+    delta = {
+        "clusters_touched": len(names),
+        "clusters_kept": len(kept),
+        "documents_added": int(added.get("documents", 0)),
+        "documents_removed": int(added.get("removed", 0)),
+        "tokens_added": int(added.get("tokens", 0)),
+    }
+    return info, delta
+
+
 def run(ctx: StageContext) -> StageOutput:
     inp, scanned, plan = prepare(ctx)
+    inc, _ = increment(ctx)
+    cs = touched(inc) if inc else scanned.clusters
     dtype = token_dtype(P.staged_tokenizer(ctx.writer).get_vocab_size())
-    progress = P.run_local(inp, ctx.writer, plan, scanned.clusters, dtype, ctx.cfg.shards.workers)
+    progress = P.run_local(inp, ctx.writer, plan, cs, dtype, ctx.cfg.shards.workers, inc.carried if inc else None)
     return finish(ctx, progress)
 
 
