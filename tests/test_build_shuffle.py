@@ -239,7 +239,7 @@ def test_a_staging_folder_of_another_plan_is_started_again(lab_root, monkeypatch
     from mixture.stages import build as stage
 
     small = committed(build(lab_root, tokens=6_000))
-    monkeypatch.setattr(pipeline, "config_hash", lambda cfg, st: "same-key")
+    monkeypatch.setattr(pipeline, "config_hash", lambda cfg, st, listing=True: "same-key")
     ctx = pipeline.open_stage(config(lab_root), "build")
     stage.run_steps(ctx, stage.plan(ctx))  # 12,000 tokens: more shards, not finished
     assert committed(build(lab_root, tokens=6_000)) == small
