@@ -1,6 +1,7 @@
 """Accounting: every record read leaves the stage with exactly one outcome, per input file.
 
     read = kept + quarantined (per reason) + filtered (per filter) + exact dups + near dups
+           + retracted (documents `climb retract` took out of `annotated`; only when there are any)
 
 Curation is two stages, and the equation holds across both: `curate` (the `annotated` dataset)
 checks read = annotated + quarantined per file (`documents_out` counts the annotated ones); `select`
@@ -22,6 +23,7 @@ KEPT = "kept"
 ANNOTATED = "annotated"  # a readable document that enters selection (the `curate` stage)
 EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
+RETRACTED = "retracted"  # taken out of `annotated` by `climb retract` (a per-file count there)
 QUARANTINE_PREFIX = "quarantine:"
 FILTER_PREFIX = "filter:"
 
@@ -48,6 +50,9 @@ def _add(bucket: dict[str, Any], outcome: str, n: int) -> None:
         bucket["exact_duplicates"] += n
     elif outcome == NEAR:
         bucket["near_duplicates"] += n
+    elif outcome == RETRACTED:
+        if n:
+            bucket[RETRACTED] = bucket.get(RETRACTED, 0) + n
     elif outcome.startswith(QUARANTINE_PREFIX):
         reason = outcome[len(QUARANTINE_PREFIX) :]
         bucket["quarantined"][reason] = bucket["quarantined"].get(reason, 0) + n
@@ -65,6 +70,7 @@ def accounted(c: dict[str, Any]) -> int:
         + sum(c["filtered"].values())
         + c["exact_duplicates"]
         + c["near_duplicates"]
+        + c.get(RETRACTED, 0)
     )
 
 
@@ -85,6 +91,8 @@ def build_counts(
         total["documents_in"] += c["documents_in"]
         for key in ("documents_out", "exact_duplicates", "near_duplicates"):
             total[key] += c[key]
+        if c.get(RETRACTED):
+            total[RETRACTED] = total.get(RETRACTED, 0) + c[RETRACTED]
         for key in ("quarantined", "filtered"):
             for k, v in c[key].items():
                 total[key][k] = total[key].get(k, 0) + v

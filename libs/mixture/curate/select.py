@@ -210,7 +210,8 @@ def build_counts(annotated: Dataset, select_outcomes: list[tuple[str, str, int]]
         for f, c in per_file.items()
         for reason, n in c["quarantined"].items()
     ]
-    counts = accounting.build_counts(list(per_file), read, quarantined + select_outcomes)
+    retracted = [(f, accounting.RETRACTED, n) for f, c in per_file.items() if (n := c.get(accounting.RETRACTED))]
+    counts = accounting.build_counts(list(per_file), read, quarantined + retracted + select_outcomes)
     seen: Counter[str] = Counter()
     for f, _, n in select_outcomes:
         seen[f] += n
@@ -359,7 +360,7 @@ def select(annotated: Dataset, cfg: Config, staging: str) -> tuple[dict[str, Any
     counts = build_counts(annotated, select_outcomes)
     n_kept = counts["documents_out"]
     n_quarantined = sum(counts["quarantined"].values())
-    n_rejected = counts["documents_in"] - n_kept - n_quarantined
+    n_rejected = counts["documents_in"] - n_kept - n_quarantined - counts.get(accounting.RETRACTED, 0)
     written, sample = write_outputs(
         parts, dec, cfg, staging, n_kept, n_rejected, max(1, math.ceil(n_kept / QUANTILE_SAMPLE)), stored
     )
