@@ -368,3 +368,29 @@ def test_status_prints_each_datasets_version_chain(tmp_path, capsys):
     assert cli.version_chain([{"version": 1, "mode": "full", "upstream": {"annotated": 4}, "delta": {}}]) == (
         "v1 (full, of annotated v4)"
     )
+
+
+def test_earlier_versions_are_deleted_under_their_lease_and_latest_never(tmp_path, s3_bucket, s3_endpoint):
+    from mixture import publish as P
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for v in ("2025-01", "2025-02", "2025-03"):
+        for rel in ("_manifest.json", "parquet/part-00000.parquet"):
+            s3.put_object(Bucket=s3_bucket, Key=f"mix/{v}/{rel}", Body=b"x")
+    s3.put_object(Bucket=s3_bucket, Key="mix/2025-04/parquet/part-00000.parquet", Body=b"x")  # never committed
+    s3.put_object(Bucket=s3_bucket, Key="mix/latest", Body=json.dumps({"version": "2025-03"}).encode())
+    cfg = load_config_for(tmp_path)
+    cfg.publish.uri = f"s3://{s3_bucket}/mix"
+    assert P.published_versions(cfg) == ["2025-01", "2025-02", "2025-03", "2025-04"]
+    with pytest.raises(P.PublishError, match="does not point at version 2025-02"):
+        P.delete_versions_except(cfg, "2025-02")
+    with pytest.raises(P.PublishError, match="is the one `latest` points at"):
+        P.delete_version(cfg, "2025-03")
+    assert P.delete_versions_except(cfg, "2025-03") == ["2025-01", "2025-02", "2025-04"]
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert [k for k in keys if not k.startswith("mix/_leases/")] == [
+        "mix/2025-03/_manifest.json",
+        "mix/2025-03/parquet/part-00000.parquet",
+        "mix/latest",
+    ]
+    assert P.published_versions(cfg) == ["2025-03"]

@@ -240,6 +240,11 @@ def _retract_publish(cfg: Config, report: RetractReport, publish: bool, delete_o
         R.published_ids_absent(pipeline.dataset_uri(cfg, "climbmix"), report.ids)
 
 
+def _examples(entries: list[str], n: int = 5) -> str:
+    """` (e.g. a, b)`: the first entries of a list (ids and patterns: the user's own entries)."""
+    return f" (e.g. {', '.join(entries[:n])})" if entries else ""
+
+
 def cmd_retract(cfg: Config, args) -> int:
     rep = retract(
         cfg,
@@ -252,7 +257,7 @@ def cmd_retract(cfg: Config, args) -> int:
     before = f" (and {rep.already:,} retracted before)" if rep.already else ""
     lines = [
         ("documents retracted", f"{rep.retracted:,}{before}"),
-        ("entries matching nothing", f"{len(rep.unmatched):,}"),
+        ("entries matching nothing", f"{len(rep.unmatched):,}" + _examples(rep.unmatched)),
         ("annotated version", f"v{rep.annotated_version}"),
         ("datasets rewritten", ", ".join(rep.rewritten) or "none"),
         ("MLflow snippets replaced", f"{rep.scrubbed_snippets:,}"),

@@ -318,12 +318,25 @@ def scrub_tracking(cfg: Config, ids: list[str]) -> int:
     client = MlflowClient(uri)
     wanted = set(ids)
     total = 0
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    for run in client.search_runs(experiments, max_results=50_000) if experiments else []:
-        total += _scrub_run(client, run.info.run_id, wanted)
+    for run_id in _run_ids(client):
+        total += _scrub_run(client, run_id, wanted)
     if total:
         log.info("MLflow: %d snippet(s) of retracted documents replaced in run reports", total)
     return total
+
+
+def _run_ids(client: Any) -> Iterator[str]:
+    """Every run of every experiment (deleted ones too: their artifacts stay), page by page."""
+    from mlflow.entities import ViewType
+
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    token = None
+    while experiments:
+        page = client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+        yield from (r.info.run_id for r in page)
+        token = page.token
+        if not token:
+            return
 
 
 def _scrub_run(client: Any, run_id: str, ids: set[str]) -> int:
