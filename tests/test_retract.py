@@ -82,6 +82,8 @@ def retracted(tmp_path_factory, sample_records, s3_endpoint):
     assert cli.main(["run", "--config", str(config)]) == 0
     first = R.published_ids_absent(cfg.publish.uri, [])
     picked = _pick(cfg)
+    # the first run's cluster report (an MLflow artifact) quotes the snippet: the grep can see it
+    picked["quoted_before"] = _texts_under(Path(cfg.output_root) / "mlartifacts", picked["phrases"])
     ids_file = tmp / "retract.txt"
     ids_file.write_text(
         "# documents to retract\n"
@@ -230,9 +232,10 @@ def test_retracted_texts_are_in_no_manifest_output_or_mlflow_record(retracted):
     for phrase in phrases:
         assert phrase not in retracted["output"] and phrase not in retracted["logs"]
     # MLflow: the SQLite store and every artifact (the first run's cluster report quoted one)
+    assert retracted["quoted_before"], "the grep must see a quoted text before the retraction"
     assert _texts_under(root, phrases, suffixes={".db"}) == []
-    assert (root / "mlartifacts").is_dir()
     assert _texts_under(root / "mlartifacts", phrases) == []
+    assert _texts_under(root, phrases) == []  # nor any other file of the output root
     assert re.search(r"MLflow snippets replaced\s+[1-9]", retracted["output"])
 
 
