@@ -2,8 +2,11 @@
 they read, the assets they announce, and the one way a task calls the library.
 
 Tasks call `mixture.pipeline.run_stage(cfg, name)`, the function `climb STAGE` runs, so a DAG
-adds scheduling, fan-out, pools and retries and nothing else. Stages are idempotent (an up-to-date
-dataset is not rebuilt, a killed one was never committed), which is what makes retries safe.
+adds scheduling, fan-out, pools and retries and nothing else. A run's params may override the
+config (`run_overrides`: the refresh DAG's `full_rebuild`), the same way in every task; each task
+returns and logs the version it committed or found (`describe`: the lineage's mode and counts).
+Stages are idempotent (an up-to-date dataset is not rebuilt, a killed one was never
+committed), which is what makes retries safe.
 Everything heavy (`mixture`, torch, Spark) is imported inside task functions: this module and the
 DAG files must parse in well under a second.
 """
@@ -16,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, Param, Variable
+from airflow.sdk import Asset, Param, Variable, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 log = logging.getLogger(__name__)
@@ -80,12 +83,41 @@ def config_path(context: Any) -> str:
     return str(PROJECT_ROOT / path) if not Path(path).is_absolute() else path
 
 
-def load_config(path: str):
-    """The validated config. Relative paths inside it resolve against the project root."""
+def full_rebuild_param() -> Param:
+    return Param(
+        False,
+        type="boolean",
+        title="Full rebuild",
+        description="Rebuild every dataset from all its input (refresh.incremental: false for this run) "
+        "instead of extending the committed versions with what changed.",
+    )
+
+
+def run_overrides(context: Any = None) -> dict[str, Any]:
+    """Config overrides from the run's params (`full_rebuild` -> `refresh.incremental: false`);
+    `context`: the task's Airflow context, else the current one (none outside a task)."""
+    if context is None:
+        try:
+            context = get_current_context()
+        except Exception:  # noqa: BLE001 - not inside a task: no run, no params
+            return {}
+    return {"refresh.incremental": False} if (context.get("params") or {}).get("full_rebuild") else {}
+
+
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    """The overrides as `--set key=value` arguments (for jobs/*.py)."""
+    import json
+
+    return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def load_config(path: str, context: Any = None):
+    """The validated config, with the run's overrides (`run_overrides`). Relative paths inside it
+    resolve against the project root."""
     from mixture.config import load_config as load
 
     with contextlib.chdir(PROJECT_ROOT):
-        return load(path)
+        return load(path, run_overrides(context))
 
 
 def check_config(path: str):
@@ -98,20 +130,43 @@ def check_config(path: str):
         raise AirflowFailException(str(err)) from None
 
 
-def describe(dataset: Any, skipped: bool) -> dict[str, Any]:
-    """The small, JSON-safe record of a committed dataset that a task returns (its XCom)."""
+def describe(dataset: Any, skipped: bool, cfg: Any = None) -> dict[str, Any]:
+    """The small, JSON-safe record of a committed dataset that a task returns (its XCom): with
+    the version its lineage records (mode and delta counts: what was new, duplicate, withdrawn,
+    retracted) and, given the run's config, whether the run was incremental. The version line
+    is logged too (the task's summary)."""
     counts = {k: v for k, v in dataset.manifest.counts.items() if isinstance(v, (int, float, str))}
-    return {"dataset": dataset.uri, "manifest_sha256": dataset.manifest_sha256, "skipped": skipped, "counts": counts}
+    out = {"dataset": dataset.uri, "manifest_sha256": dataset.manifest_sha256, "skipped": skipped, "counts": counts}
+    if cfg is not None:
+        out["incremental"] = bool(cfg.refresh.incremental)
+    lineage = (dataset.manifest.extra or {}).get("lineage")
+    if lineage:
+        out["lineage"] = version_summary(dataset.uri, lineage)
+        log.info("%s", out["lineage"]["summary"])
+    return out
+
+
+def version_summary(uri: str, lineage: dict[str, Any]) -> dict[str, Any]:
+    """A lineage as a task reports it: version, mode, the delta's counts (numbers only: no text a
+    user wrote), and one line, e.g. `annotated v3 (incremental): +1 new file, 212 new docs`."""
+    from mixture import storage
+    from mixture.cli import describe_delta
+
+    delta = {k: v for k, v in (lineage.get("delta") or {}).items() if isinstance(v, (int, float))}
+    name = storage.basename(uri)
+    line = f"{name} v{lineage.get('version')} ({lineage.get('mode')}): {describe_delta(delta) or 'nothing changed'}"
+    return {"version": lineage.get("version"), "mode": lineage.get("mode"), "delta": delta, "summary": line}
 
 
 def run_stage(config: str, name: str) -> dict[str, Any]:
     """Run (or find up to date) one pipeline stage; the same call as `climb STAGE`."""
     from mixture import pipeline
 
-    result = pipeline.run_stage(load_config(config), name)
+    cfg = load_config(config)
+    result = pipeline.run_stage(cfg, name)
     for key, value in result.summary:
         log.info("%s: %s: %s", name, key, value)
-    return describe(result.dataset, result.skipped)
+    return describe(result.dataset, result.skipped, cfg)
 
 
 def commit_stage(config: str, dataset: str, finish: Any) -> dict[str, Any]:
@@ -121,9 +176,9 @@ def commit_stage(config: str, dataset: str, finish: Any) -> dict[str, Any]:
 
     cfg = load_config(config)
     if done := pipeline.current(cfg, dataset):
-        return describe(done, skipped=True)
+        return describe(done, skipped=True, cfg=cfg)
     ctx = pipeline.open_stage(cfg, dataset)
-    return describe(pipeline.commit(ctx, finish(ctx)), skipped=False)
+    return describe(pipeline.commit(ctx, finish(ctx)), skipped=False, cfg=cfg)
 
 
 def asset_extra(config: str, described: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,12 @@ tokenization into ClimbLab shards (`shards_parts` -> one mapped `shards_part` ta
 ranges and parts below it); every other step but the Spark job is the stage function the CLI runs. When the
 shards differ from the last announced ones, `announce` updates the asset
 `climb://datasets/climblab`, which triggers the mixture search DAG.
+
+Refreshes are incremental (`refresh.incremental`, on by default): every stage processes only what
+changed since the version it last covered (new, changed or deleted input files; retractions).
+The param `full_rebuild` (default false) turns that off for one run: every stage then rebuilds
+from all its input. Each task logs and returns the version it committed or found, with what its
+lineage counted (e.g. `annotated v3 (incremental): +1 new file, 212 new docs`).
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ from _common import (
     config_param,
     config_path,
     describe,
+    full_rebuild_param,
     load_config,
+    override_args,
+    run_overrides,
     run_stage,
     variable,
 )
@@ -64,7 +73,7 @@ def curate(config: str) -> dict[str, Any]:
 
     cfg = load_config(config)
     if done := pipeline.current(cfg, "curate"):  # skip the JVM start when nothing changed
-        return describe(done, skipped=True)
+        return describe(done, skipped=True, cfg=cfg)
     master = variable("climb_spark_master") or cfg.curate.spark_master
     submit = shutil.which("spark-submit", path=os.path.dirname(sys.executable)) or shutil.which("spark-submit")
     if submit is None:
@@ -79,6 +88,7 @@ def curate(config: str) -> dict[str, Any]:
         str(PROJECT_ROOT / "jobs" / "curate.py"),
         "--config",
         config,
+        *override_args(run_overrides()),  # the run's params reach the Spark job too
     ]
     log.info("running %s", " ".join(cmd))
     returncode = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env).returncode
@@ -91,7 +101,7 @@ def curate(config: str) -> dict[str, Any]:
     done = pipeline.current(cfg, "curate")
     if done is None:
         raise RuntimeError("jobs/curate.py exited 0 but no up-to-date annotated dataset is committed")
-    return describe(done, skipped=False)
+    return describe(done, skipped=False, cfg=cfg)
 
 
 @task
@@ -222,7 +232,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,  # runs of one config share staging folders
     default_args=DEFAULT_ARGS,
-    params={"config": config_param()},
+    params={"config": config_param(), "full_rebuild": full_rebuild_param()},
     tags=["climb"],
 ) as dag:
     cfg_path = resolve_config()

@@ -172,14 +172,24 @@ def _forget_mlflow_uri() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-def _run(dagbag, dag_id: str, config: Path):
+def _run(dagbag, dag_id: str, config: Path, **params):
     """One `dag.test()` run of a DAG, with retries made immediate."""
     _forget_mlflow_uri()
     dag = dagbag.get_dag(dag_id)
     for t in dag.tasks:
         t.retry_delay = timedelta(0)
         t.retry_exponential_backoff = 0
-    return dag.test(run_conf={"config": str(config)})
+    return dag.test(run_conf={"config": str(config), **params})
+
+
+def _returned(dag_run) -> dict[str, object]:
+    """Each unmapped task's return value (XCom) in the run."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, key="return_value", map_indexes=-1))
+        return {x.task_id: XComModel.deserialize_value(x) for x in rows}
 
 
 def _task_states(dag_run) -> dict[tuple[str, int], tuple[str, int]]:
@@ -486,3 +496,63 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
     assert len(_mlflow_runs(cfg, "proxy")) == sum(cfg.search.iterations)  # the retry logged no duplicate
     for name in REFRESH_DATASETS[2:] + SEARCH_DATASETS:
         assert _files(cfg, name) == _files(clean, name), f"{name} differs from the clean run"
+
+
+# ------------------------------------------------------------------- incremental refreshes
+def test_the_full_rebuild_param_turns_incremental_off_in_every_task_and_the_spark_job(dagbag, tmp_path):
+    import _common
+    from mixture.config import load_config, parse_overrides
+
+    dag = dagbag.get_dag(REFRESH)
+    assert dag.params["full_rebuild"] is False  # incremental by default
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path, ["x.jsonl"])))
+    assert _common.load_config(str(config), {"params": {"full_rebuild": True}}).refresh.incremental is False
+    assert _common.load_config(str(config), {"params": {"full_rebuild": False}}).refresh.incremental is True
+    assert _common.load_config(str(config), {"params": {}}).refresh.incremental is True
+    assert _common.run_overrides() == {}  # outside a task: no run, no override
+    args = _common.override_args(_common.run_overrides({"params": {"full_rebuild": True}}))
+    assert args == ["--set", "refresh.incremental=false"]  # what spark-submit jobs/curate.py gets
+    assert load_config(config, parse_overrides(args[1::2])).refresh.incremental is False
+
+
+@pytest.mark.slow
+def test_a_refresh_shows_each_versions_counts_and_full_rebuild_reaches_the_tasks(clean_run, dagbag, tmp_path):
+    """A retraction committed to a copy of the clean run's `annotated`; the refresh DAG, run
+    with full_rebuild, reports the version's mode and counts and that the run was not
+    incremental, and rebuilds without the retracted documents."""
+    from mixture import pipeline
+    from mixture import retract as R
+    from mixture.config import load_config
+    from mixture.dataset import open_dataset
+
+    clean = clean_run["cfg"]
+    root = tmp_path / "out"
+    shutil.copytree(pipeline.dataset_uri(clean, "annotated"), root / "annotated")
+    config = _write_config(tmp_path, clean_run["corpus"], output_root=root)
+    cfg = load_config(config)
+    annotated = open_dataset(pipeline.dataset_uri(cfg, "annotated"))
+    kept = open_dataset(pipeline.dataset_uri(clean, "curated"))
+    ids = _doc_ids(kept)[:2]
+    match = R.resolve(annotated, R.parse_entries(ids))
+    R.commit(cfg, annotated, match, "test", pipeline.config_hash(cfg, pipeline.stage("curate"), listing=False))
+    run = _run(dagbag, REFRESH, config, full_rebuild=True)
+    assert str(run.state) == "success", _task_states(run)
+    out = _returned(run)
+    cur = out["curate"]
+    assert cur["skipped"] is True and cur["incremental"] is False  # up to date: the retraction kept it so
+    assert cur["lineage"]["mode"] == "retract" and cur["lineage"]["delta"]["retracted"] == 2
+    assert cur["lineage"]["summary"].startswith(f"annotated v{cur['lineage']['version']} (retract): 2 retracted")
+    for task in ("select", "cluster", "embed_commit", "shards_commit"):
+        assert out[task]["incremental"] is False and out[task]["skipped"] is False, task
+        if "lineage" in out[task]:  # the stages that record one say what their version changed
+            assert out[task]["lineage"]["summary"].startswith(out[task]["dataset"].rsplit("/", 1)[-1] + " v")
+    curated = open_dataset(pipeline.dataset_uri(cfg, "curated"))
+    assert curated.manifest.counts["retracted"] == 2
+    assert not set(ids) & set(_doc_ids(curated))
+
+
+def _doc_ids(ds) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return sorted(str(i) for f in ds.files("docs/") for i in pq.read_table(f, columns=["id"]).column("id").to_pylist())

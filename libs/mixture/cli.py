@@ -4,7 +4,9 @@
     climb STAGE --config FILE            one stage: curate, select, embed, cluster, shards, search, build
     climb baselines --config FILE        the search's baselines under the same proxy budget
     climb publish --config FILE          publish the ClimbMix dataset to publish.uri
-    climb status --config FILE           which datasets are committed
+    climb status --config FILE           which datasets are committed, and each one's versions
+    climb retract --config FILE --ids FILE --reason TEXT [--delete-old-versions] [--no-publish]
+                                         take documents out of every dataset and publish anew
     climb corpus sample --out DIR        build the multi-domain sample corpus from Debian packages
 
 `--set key.sub=value` overrides any config key (validated like the file). Before a command starts
@@ -21,6 +23,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from mixture.config import Config, ConfigError, load_config, parse_overrides
@@ -88,10 +91,10 @@ def cmd_stage(cfg: Config, args) -> int:
 
 
 def cmd_status(cfg: Config, args) -> int:
-    from mixture import pipeline
+    from mixture import increments, pipeline
     from mixture.dataset import try_open
 
-    rows = []
+    rows, chains = [], []
     for s in pipeline.STAGES:
         ds = try_open(pipeline.dataset_uri(cfg, s.dataset))
         if ds is None:
@@ -106,7 +109,165 @@ def cmd_status(cfg: Config, args) -> int:
                 _fmt_counts(ds.manifest.counts),
             ]
         )
+        if chain := increments.history(ds):
+            chains.append([s.dataset, version_chain(chain)])
     print(_table(rows, ["dataset", "state", "finished", "counts"]))
+    if chains:
+        print("\n" + _table(chains, ["dataset", "versions (newest first)"]))
+    return 0
+
+
+# How `climb status` and the DAG summaries name a lineage's delta counts: (singular, plural).
+DELTA_WORDS: dict[str, tuple[str, str]] = {  # in the order they are shown
+    "files_new": ("new file", "new files"),
+    "files_changed": ("changed file", "changed files"),
+    "files_deleted": ("deleted file", "deleted files"),
+    "files_unchanged": ("unchanged file", "unchanged files"),
+    "documents_new": ("new doc", "new docs"),
+    "kept_new": ("new doc kept", "new docs kept"),
+    "exact_duplicates_of_existing": ("exact duplicate of existing", "exact duplicates of existing"),
+    "near_duplicates_of_existing": ("near duplicate of existing", "near duplicates of existing"),
+    "withdrawn": ("withdrawn", "withdrawn"),
+    "retracted": ("retracted", "retracted"),
+    "removed": ("removed", "removed"),
+    "files_rewritten": ("file rewritten", "files rewritten"),
+}
+
+
+def describe_delta(delta: dict[str, Any]) -> str:
+    """A lineage's delta in words: `+1 new file, 212 new docs, 5 exact duplicates of existing`;
+    counts of zero are left out; keys without a name are shown as they are. Numbers only (a
+    retraction's reason is the user's text: shown by `climb retract`, not here)."""
+    parts = []
+    keys = [k for k in DELTA_WORDS if k in delta] + sorted(k for k in delta if k not in DELTA_WORDS)
+    for key in keys:
+        value = delta[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value:
+            continue
+        one, many = DELTA_WORDS.get(key, (key.replace("_", " "), key.replace("_", " ")))
+        sign = "+" if key == "files_new" else ""
+        parts.append(f"{sign}{value:,} {one if value == 1 else many}")
+    return ", ".join(parts)
+
+
+def version_chain(history: list[dict[str, Any]], limit: int = 6) -> str:
+    """`v3 (incremental, +1 new file, 212 new docs) <- v2 (retract, 2 retracted) <- v1 (full)`:
+    a dataset's versions from its `lineage.json`, newest first, with the upstream versions each
+    covered; older ones are counted."""
+    out = []
+    for rec in reversed(history[-limit:]):
+        words = [rec.get("mode", "?")]
+        if delta := describe_delta(rec.get("delta") or {}):
+            words.append(delta)
+        if upstream := rec.get("upstream"):
+            words.append("of " + ", ".join(f"{k} v{v}" for k, v in sorted(upstream.items())))
+        out.append(f"v{rec.get('version', '?')} ({', '.join(words)})")
+    more = len(history) - limit
+    return " <- ".join(out) + (f" <- {more} older" if more > 0 else "")
+
+
+@dataclass
+class RetractReport:
+    """What `climb retract` did (ids and counts only: never a document's text)."""
+
+    retracted: int  # documents taken out of `annotated` by this run
+    already: int  # documents an earlier run of the same retraction had taken out
+    unmatched: list[str]  # entries that matched no document
+    annotated_version: int
+    rewritten: list[str]  # the datasets committed anew (annotated and those the runner rebuilt)
+    published: str | None = None  # the published version's URI
+    version: str | None = None
+    deleted_versions: list[str] = field(default_factory=list)
+    scrubbed_snippets: int = 0
+    ids: list[str] = field(default_factory=list, repr=False)
+
+
+def retract(
+    cfg: Config,
+    ids_file: str,
+    reason: str,
+    delete_old_versions: bool = False,
+    publish: bool = True,
+    version: str | None = None,
+) -> RetractReport:
+    """`climb retract`, callable from a job or a DAG task: take the documents the ids file names
+    out of `annotated` (a new version, under the dataset's lease), let the runner rebuild or
+    extend every later dataset, scrub MLflow reports, publish a new version (when publish.uri is
+    set and `publish`), optionally delete the earlier versions, and read the result back to
+    check that no retracted id is in it. Run again after a failure, it carries on."""
+    from mixture import increments, pipeline
+    from mixture import retract as R
+    from mixture.dataset import open_dataset
+
+    if not reason.strip():
+        raise R.RetractError("--reason must say why the documents are retracted")
+    entries = R.read_entries(ids_file)
+    with pipeline.exclusive(cfg, "curate"):
+        annotated = open_dataset(pipeline.dataset_uri(cfg, "annotated"))
+        match = R.resolve(annotated, entries)
+        already = R.already_retracted(annotated, entries)
+        if not match.files and not already:
+            raise R.RetractError(f"none of the {len(entries)} entries of {ids_file} matches an annotated document")
+        if match.files:
+            settings = pipeline.config_hash(cfg, pipeline.stage("curate"), listing=False)
+            annotated = R.commit(cfg, annotated, match, reason.strip(), settings)
+    rewritten = ["annotated"] if match.files else []
+    report = RetractReport(len(match.files), len(already), match.unmatched, increments.version(annotated), rewritten)
+    report.ids = sorted(set(match.ids) | set(already))
+    results = pipeline.run_all(cfg)
+    report.rewritten += [pipeline.stage(r.stage).dataset for r in results if not r.skipped]
+    report.scrubbed_snippets = R.scrub_tracking(cfg, report.ids)
+    _retract_publish(cfg, report, publish, delete_old_versions, version)
+    return report
+
+
+def _retract_publish(cfg: Config, report: RetractReport, publish: bool, delete_old: bool, version: str | None) -> None:
+    """Publish the rebuilt ClimbMix, delete the earlier versions if asked, and read back what a
+    reader now gets (the published `latest`, else the local build) to check it is clean."""
+    from mixture import pipeline, storage
+    from mixture import publish as publishing
+    from mixture import retract as R
+
+    if publish and cfg.publish.uri:
+        report.published = pipeline.publish(cfg, version=version)
+        report.version = storage.basename(report.published)
+        if delete_old:
+            report.deleted_versions = publishing.delete_versions_except(cfg, report.version)
+        mix = R.published_ids_absent(cfg.publish.uri, report.ids)
+        if mix.version != report.version:
+            raise R.RetractError(f"`latest` points at {mix.version}, not at the new version {report.version}")
+    else:
+        R.published_ids_absent(pipeline.dataset_uri(cfg, "climbmix"), report.ids)
+
+
+def _examples(entries: list[str], n: int = 5) -> str:
+    """` (e.g. a, b)`: the first entries of a list (ids and patterns: the user's own entries)."""
+    return f" (e.g. {', '.join(entries[:n])})" if entries else ""
+
+
+def cmd_retract(cfg: Config, args) -> int:
+    rep = retract(
+        cfg,
+        args.ids,
+        args.reason,
+        delete_old_versions=args.delete_old_versions,
+        publish=not args.no_publish,
+        version=args.version,
+    )
+    before = f" (and {rep.already:,} retracted before)" if rep.already else ""
+    lines = [
+        ("documents retracted", f"{rep.retracted:,}{before}"),
+        ("entries matching nothing", f"{len(rep.unmatched):,}" + _examples(rep.unmatched)),
+        ("annotated version", f"v{rep.annotated_version}"),
+        ("datasets rewritten", ", ".join(rep.rewritten) or "none"),
+        ("MLflow snippets replaced", f"{rep.scrubbed_snippets:,}"),
+        ("published", rep.published or "not published"),
+    ]
+    if args.delete_old_versions:
+        lines.append(("versions deleted", ", ".join(rep.deleted_versions) or "none"))
+    lines.append(("verified", f"no retracted id in {rep.published or 'the local ClimbMix build'}"))
+    width = max(len(k) for k, _ in lines)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in lines))
     return 0
 
 
@@ -172,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("status", help="which datasets are committed"))
     b = with_config(sub.add_parser("baselines", help="compare the search with baseline mixtures"))
     b.add_argument("--force", action="store_true")
+    rt = with_config(sub.add_parser("retract", help="take documents out of every dataset, publish anew"))
+    rt.add_argument("--ids", required=True, help="file: one document id, id pattern (* ?) or source:<name> per line")
+    rt.add_argument("--reason", required=True, help="why (recorded in the manifests, with the number of documents)")
+    rt.add_argument("--delete-old-versions", action="store_true", help="delete every earlier published version")
+    rt.add_argument("--no-publish", action="store_true", help="rebuild the datasets but publish nothing")
+    rt.add_argument("--version", default=None, help="the version to publish (default: the build's content hash)")
     pub = with_config(sub.add_parser("publish", help="publish the ClimbMix dataset to S3"))
     pub.add_argument("--version", default=None)
     c = sub.add_parser("corpus", help="sample corpus tools")
@@ -204,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_corpus(args)
         cfg = load_config(args.config, parse_overrides(args.set))
         preflight(cfg, args)
-        handler = {"run": cmd_run, "status": cmd_status, "publish": cmd_publish, "baselines": cmd_baselines}.get(
-            args.command, cmd_stage
-        )
+        handler = {
+            "run": cmd_run,
+            "status": cmd_status,
+            "publish": cmd_publish,
+            "baselines": cmd_baselines,
+            "retract": cmd_retract,
+        }.get(args.command, cmd_stage)
         return handler(cfg, args)
 
     return guarded(dispatch, verbose=args.verbose)
@@ -225,6 +396,9 @@ def preflight(cfg: Config, args) -> None:
         checks.check(cfg, [k for s in stages for k in s.files], publish=bool(cfg.publish.uri) and not args.until)
     elif args.command == "publish":
         checks.check(cfg, publish=True)
+    elif args.command == "retract":
+        keys = [k for s in pipeline.STAGES for k in s.files]
+        checks.check(cfg, keys, publish=bool(cfg.publish.uri) and not args.no_publish)
     elif args.command in pipeline.BY_NAME:
         checks.check(cfg, pipeline.stage(args.command).files)
 

@@ -1,6 +1,7 @@
 """Accounting: every record read leaves the stage with exactly one outcome, per input file.
 
     read = kept + quarantined (per reason) + filtered (per filter) + exact dups + near dups
+           + retracted (documents `climb retract` took out of `annotated`; only when there are any)
 
 Curation is two stages, and the equation holds across both: `curate` (the `annotated` dataset)
 checks read = annotated + quarantined per file (`documents_out` counts the annotated ones); `select`
@@ -50,7 +51,8 @@ def _add(bucket: dict[str, Any], outcome: str, n: int) -> None:
     elif outcome == NEAR:
         bucket["near_duplicates"] += n
     elif outcome == RETRACTED:
-        bucket[RETRACTED] = bucket.get(RETRACTED, 0) + n
+        if n:
+            bucket[RETRACTED] = bucket.get(RETRACTED, 0) + n
     elif outcome.startswith(QUARANTINE_PREFIX):
         reason = outcome[len(QUARANTINE_PREFIX) :]
         bucket["quarantined"][reason] = bucket["quarantined"].get(reason, 0) + n
@@ -70,6 +72,7 @@ def accounted(c: dict[str, Any]) -> int:
         + sum(c["filtered"].values())
         + c["exact_duplicates"]
         + c["near_duplicates"]
+        + c.get(RETRACTED, 0)
     )
 
 

@@ -234,8 +234,9 @@ def build_counts(annotated: Dataset, select_outcomes: list[tuple[str, str, int]]
         (f, accounting.QUARANTINE_PREFIX + reason, n)
         for f, c in per_file.items()
         for reason, n in c["quarantined"].items()
-    ] + [(f, accounting.RETRACTED, c["retracted"]) for f, c in per_file.items() if c.get("retracted")]
-    counts = accounting.build_counts(list(per_file), read, quarantined + select_outcomes)
+    ]
+    retracted = [(f, accounting.RETRACTED, n) for f, c in per_file.items() if (n := c.get(accounting.RETRACTED))]
+    counts = accounting.build_counts(list(per_file), read, quarantined + retracted + select_outcomes)
     seen: Counter[str] = Counter()
     for f, _, n in select_outcomes:
         seen[f] += n
