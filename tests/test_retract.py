@@ -247,7 +247,7 @@ def test_status_shows_the_retraction_in_the_version_chain(retracted, capsys):
     line = next(ln for ln in out.splitlines() if ln.startswith("annotated") and "(retract," in ln)
     version = increments.version(open_dataset(pipeline.dataset_uri(retracted["cfg"], "annotated")))
     assert f"v{version} (retract, {len(retracted['ids'])} retracted" in line
-    assert line.rstrip().endswith("(full)") or version == 1
+    assert f"<- v{version - 1} (full" in line
     assert REASON not in out
 
 
@@ -265,6 +265,27 @@ def test_a_retraction_run_again_carries_on_and_one_matching_nothing_is_one_line(
     assert cli.main([*args, "--ids", str(nothing)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "none of the 2 entries" in err
+
+
+@pytest.mark.slow
+def test_a_full_rebuild_keeps_retracted_documents_out(retracted):
+    """The input file still holds the retracted documents: a full curation (a settings change,
+    `refresh.incremental: false`) counts them as retracted and writes them nowhere."""
+    from mixture import increments
+    from mixture.config import RefreshConfig
+
+    cfg = retracted["cfg"].model_copy(update={"refresh": RefreshConfig(incremental=False)})
+    ann = pipeline.run_stage(cfg, "curate", force=True).dataset
+    cur = pipeline.run_stage(cfg, "select").dataset
+    ids = set(retracted["ids"])
+    assert increments.lineage(ann).mode == "full"
+    assert (
+        not ids & set(_ids(ann, "docs/"))
+        and not ids & set(_ids(cur, "docs/"))
+        and not ids & set(_ids(cur, "rejected/"))
+    )
+    assert ann.manifest.counts["retracted"] == cur.manifest.counts["retracted"] == len(ids)
+    assert _texts_under(Path(cfg.output_root) / "annotated", retracted["phrases"]) == []
 
 
 # ------------------------------------------------------------------ without the pipeline

@@ -72,7 +72,6 @@ def accounted(c: dict[str, Any]) -> int:
         + sum(c["filtered"].values())
         + c["exact_duplicates"]
         + c["near_duplicates"]
-        + c.get(RETRACTED, 0)
     )
 
 

@@ -99,14 +99,16 @@ def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHPara
     )
 
 
-def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=None):
+def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=None, retracted=None):
     """Step 2 on small columns: (file, line, id, doc_id, dup, collides, text_hash, keys) of every
     good record. `doc_id` is the curated id: the input id, prefixed with the file's relative path
     (`<path>:<id>`) when ids are not declared unique and another file has the same id; `dup`: an
     earlier record (by file, line) has the same `doc_id` (quarantined as `duplicate_id`);
     `collides`: documents with different input ids got this curated id. `earlier` (a refresh:
     the state of the documents already curated, `prior.STATE_FIELDS`) counts as earlier records
-    whose ids never change (`mixture.curate.prior`)."""
+    whose ids never change (`mixture.curate.prior`). `retracted` (a DataFrame of ids that
+    `climb retract` took out): a document with one of them is `retracted` (and `dup`, so it is
+    left out of everything; counted, never written)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -137,7 +139,12 @@ def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=No
         good = good.join(taken, "doc_id", "left")
         dup = dup | F.coalesce(F.col("taken_by") == F.col("id"), F.lit(False))
         collides = collides | F.coalesce(F.col("taken_by") != F.col("id"), F.lit(False))
-    return good.withColumn("dup", dup).withColumn("collides", F.coalesce(collides, F.lit(False))).drop("taken_by")
+    good = good.withColumn("collides", F.coalesce(collides, F.lit(False))).drop("taken_by")
+    if retracted is None:
+        return good.withColumn("dup", dup).withColumn("retracted", F.lit(False))
+    blocked = F.broadcast(retracted.select(F.col("id").alias("doc_id"), F.lit(True).alias("retracted")))
+    good = good.join(blocked, "doc_id", "left").withColumn("retracted", F.coalesce("retracted", F.lit(False)))
+    return good.withColumn("dup", dup | F.col("retracted"))
 
 
 class IdCollisionError(RuntimeError):
@@ -217,7 +224,9 @@ def dedup_groups(ident, scored, cfg: Config, params: minhash.LSHParams):
     return groups, stats
 
 
-CORRECTIONS_SCHEMA = "file string, line bigint, doc_id string, dup boolean, exact_group string, near_group string"
+CORRECTIONS_SCHEMA = (
+    "file string, line bigint, doc_id string, dup boolean, retracted boolean, exact_group string, near_group string"
+)
 
 
 def groups_on_driver(table, scored, cfg: Config, params: minhash.LSHParams):
@@ -255,7 +264,7 @@ def groups_on_driver(table, scored, cfg: Config, params: minhash.LSHParams):
             exact_group = rep if len(members) > 1 else None
             near_group = near.get(rep, rep if rep in roots else exact_group)
         if dup or doc_id != rows["id"][i] or exact_group is not None or near_group is not None:
-            out.append((rows["file"][i], rows["line"][i], doc_id, dup, exact_group, near_group))
+            out.append((rows["file"][i], rows["line"][i], doc_id, dup, rows["retracted"][i], exact_group, near_group))
     return spark.createDataFrame(out, CORRECTIONS_SCHEMA), stats
 
 
@@ -268,7 +277,7 @@ def corrections(ident, groups):
     it is a duplicate id, its groups; only records with something to change (few, usually)."""
     from pyspark.sql import functions as F
 
-    meta = ident.select("file", "line", "id", "doc_id", "dup").join(groups, ["file", "line"], "left")
+    meta = ident.select("file", "line", "id", "doc_id", "dup", "retracted").join(groups, ["file", "line"], "left")
     changed = (
         F.col("dup")
         | (F.col("doc_id") != F.col("id"))
@@ -323,19 +332,22 @@ def write_dataset(
 
 
 def count_outcomes(
-    read: list[tuple[str, str | None, int]], good: list[tuple[str, bool, int]], files: list[ingest.InputFile]
+    read: list[tuple[str, str | None, int]], good: list[tuple[str, bool, bool, int]], files: list[ingest.InputFile]
 ) -> dict[str, Any]:
     """Step 6: read per file, (file, reason, n) counted on the scan before any join, against
-    annotated + quarantined, where the good records' (file, is a duplicate id, n) come from
-    `identify`."""
+    annotated + quarantined + retracted, where the good records' (file, is a duplicate id, is
+    retracted, n) come from `identify`."""
     read_per_file: dict[str, int] = {}
     outcomes = []
     for file, reason, n in read:
         read_per_file[file] = read_per_file.get(file, 0) + n
         if reason is not None:
             outcomes.append((file, accounting.QUARANTINE_PREFIX + reason, n))
-    for file, dup, n in good:
-        outcomes.append((file, accounting.QUARANTINE_PREFIX + "duplicate_id" if dup else accounting.ANNOTATED, n))
+    for file, dup, retracted, n in good:
+        if retracted:
+            outcomes.append((file, accounting.RETRACTED, n))
+        else:
+            outcomes.append((file, accounting.QUARANTINE_PREFIX + "duplicate_id" if dup else accounting.ANNOTATED, n))
     return accounting.build_counts([f.uri for f in files], read_per_file, outcomes)
 
 
@@ -352,7 +364,8 @@ def split_outputs(scored, meta, broadcast: bool):
     raw = F.substring(
         F.to_json(F.struct("id", F.substring("text", 1, ingest.RAW_CHARS).alias("text"), "source")), 1, ingest.RAW_CHARS
     )
-    dups = good.where(dup).select("file", "line", F.lit("duplicate_id").alias("reason"), raw.alias("raw"))
+    dup_id = dup & ~F.coalesce(F.col("retracted"), F.lit(False))  # a retracted document is never written
+    dups = good.where(dup_id).select("file", "line", F.lit("duplicate_id").alias("reason"), raw.alias("raw"))
     bad = scored.where(F.col("reason").isNotNull()).select("file", "line", "reason", "raw").unionByName(dups)
     return docs, bad
 
@@ -402,13 +415,20 @@ class Earlier:
 
 
 def annotate(
-    spark, cfg: Config, staging: str, files: list[ingest.InputFile], earlier: Earlier | None = None, tag: str = ""
+    spark,
+    cfg: Config,
+    staging: str,
+    files: list[ingest.InputFile],
+    earlier: Earlier | None = None,
+    tag: str = "",
+    retracted: list[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, Any]]]:
     """Every step in order over `files`; returns (counts, extra, summary) of the `annotated`
     documents written. With at most `curate.driver_rows` good records, the groups are computed
     on the driver from the small columns (`groups_on_driver`); otherwise on Spark
     (`dedup_groups`). Same dataset. With `earlier` (a refresh) the new documents are also
-    deduplicated against the earlier ones, and the files are written under `tag`."""
+    deduplicated against the earlier ones, and the files are written under `tag`. A document
+    whose id is in `retracted` is counted as such and written nowhere."""
     from pyspark import StorageLevel
 
     spark.conf.set("spark.sql.shuffle.partitions", str(cfg.curate.partitions))
@@ -419,7 +439,8 @@ def annotate(
     scored = scan(spark, cfg, splits, params).persist(StorageLevel.DISK_ONLY)  # texts: on local disk, not the heap
     state = earlier.state(spark).persist(StorageLevel.DISK_ONLY) if earlier else None
     try:
-        run = _Run(cfg, staging, scored, files, params, timer, earlier, state, tag)
+        blocked = spark.createDataFrame([(i,) for i in retracted], "id string") if retracted else None
+        run = _Run(cfg, staging, scored, files, params, timer, earlier, state, tag, blocked)
         counts, stats, linked = run.annotate()
     finally:
         scored.unpersist()
@@ -442,11 +463,13 @@ class _Run:
     earlier: Earlier | None
     state: Any
     tag: str
+    retracted: Any = None  # DataFrame of ids `climb retract` took out: never annotated again
 
     def annotate(self):
         """`annotate` on the persisted scan: (counts, dedup stats, links to earlier documents)."""
         cfg, scored = self.cfg, self.scored
-        ident = identify(scored, self.files, cfg.input.unique_ids, self.state).localCheckpoint(eager=True)
+        ident = identify(scored, self.files, cfg.input.unique_ids, self.state, self.retracted)
+        ident = ident.localCheckpoint(eager=True)
         read = [(r["file"], r["reason"], r["count"]) for r in scored.groupBy("file", "reason").count().collect()]
         table = None
         if sum(n for _, reason, n in read if reason is None) <= cfg.curate.driver_rows:
@@ -454,11 +477,12 @@ class _Run:
             check_collisions(
                 table.filter(table.column("collides")).select(["doc_id", "file", "line"]).slice(0, 1).to_pylist()
             )
-            good = table.group_by(["file", "dup"]).aggregate([("line", "count")]).to_pylist()
-            dups = [(g["file"], g["dup"], g["line_count"]) for g in good]
+            good = table.group_by(["file", "dup", "retracted"]).aggregate([("line", "count")]).to_pylist()
+            dups = [(g["file"], g["dup"], g["retracted"], g["line_count"]) for g in good]
         else:
             check_collisions([r.asDict() for r in ident.where("collides").select("doc_id", "file", "line").take(1)])
-            dups = [(r["file"], r["dup"], r["count"]) for r in ident.groupBy("file", "dup").count().collect()]
+            by = ident.groupBy("file", "dup", "retracted").count().collect()
+            dups = [(r["file"], r["dup"], r["retracted"], r["count"]) for r in by]
         counts = count_outcomes(read, dups, self.files)
         self.timer.done("read_and_signals")
 

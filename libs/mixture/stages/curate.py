@@ -9,6 +9,8 @@ A refresh (`refresh.incremental`, the default, and a committed version made with
 settings): only the input files that are new or changed since are read, their documents are
 deduplicated against every document already annotated, and the committed version's files are
 carried over less the documents of changed and deleted files (`mixture.curate.refresh`).
+Documents `climb retract` took out stay out: their ids are listed in every later version's
+`removed/` and counted as `retracted` when an input file still holds them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def run(ctx: StageContext) -> StageOutput:
     number = increments.version(ctx.previous) + 1
     changes = prior.classify(refresh.inputs_of(ctx.previous) if delta else [], files, number)
     log.info("curate: %s", why if delta is None else f"refresh: {changes.counts()}")
+    blocked = retracted_ids(ctx.previous)
     earlier = None
     if delta is not None:
         assert ctx.previous is not None
@@ -62,13 +65,15 @@ def run(ctx: StageContext) -> StageOutput:
         with _spark(cfg) as spark:
             tag = "/" + increments.tag(number) if earlier else ""
             new_counts, extra, summary = annotate.annotate(
-                spark, cfg, ctx.writer.staging, changes.to_read, earlier, tag
+                spark, cfg, ctx.writer.staging, changes.to_read, earlier, tag, sorted(blocked)
             )
     counts, withdrawn = new_counts, 0
     if delta is not None:
         assert ctx.previous is not None
         counts, withdrawn = refresh.carry(ctx.writer, ctx.previous, changes, new_counts, number)
         extra = {**ctx.previous.manifest.extra, **extra}
+    else:
+        increments.write_removed(ctx.writer, number, increments.ids_table(blocked, increments.RETRACTED))
     assert counts is not None
     extra["inputs"] = refresh.write_inputs(ctx.writer, changes)
     extra["input_files"] = len(files)
@@ -82,6 +87,19 @@ def run(ctx: StageContext) -> StageOutput:
     if run_id := track.log_run(cfg, "curate", counts, extra):
         summary.append(("MLflow run", run_id))
     return StageOutput(counts=counts, extra=extra, summary=summary)
+
+
+def retracted_ids(previous) -> set[str]:
+    """Every id `climb retract` took out of earlier versions: never annotated again, even by a
+    full run over input files that still hold them (the lists are carried into every version)."""
+    if previous is None:
+        return set()
+    removed = increments.removed_since(previous, 0)
+    return {
+        i
+        for i, r in zip(removed.column("id").to_pylist(), removed.column("reason").to_pylist())
+        if r == increments.RETRACTED
+    }
 
 
 def _refresh_lines(lin: increments.Lineage, why: str) -> list[tuple[str, object]]:
