@@ -557,8 +557,8 @@ def words_of(meta: pa.Table, by_words: bool) -> np.ndarray:
 
 def refresh(ctx: StageContext, delta: increments.Delta) -> StageOutput | Drift:
     """The incremental path: the new documents (embeddings shards added since) assigned to the
-    committed k-means centroids, scored and staged as `assignments-vNNNN-00000.parquet`; then the drift
-    check on the whole corpus as it is now. Returns the output, or why to re-cluster."""
+    committed k-means centroids, scored and staged as `assignments-vNNNN-00000.parquet`; then
+    the drift check on the whole corpus as it is now. Returns the output, or why to re-cluster."""
     prev, cfg = ctx.previous, ctx.cfg.cluster
     assert prev is not None
     ref = prev.manifest.extra.get("drift_reference") or {}
