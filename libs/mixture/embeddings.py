@@ -146,13 +146,15 @@ def pairs(ds: Dataset) -> list[tuple[str, str]]:
 
 
 def count_in(ds: Dataset, ids_rel: str, drop: pa.Array) -> tuple[int, int]:
-    """(rows, rows whose id is in `drop`) of one shard's ids file."""
+    """(rows, rows whose id is in `drop`) of one shard's ids file (its footer alone when `drop`
+    is empty)."""
     import pyarrow.compute as pc
 
     with storage.open_read(ds.path(ids_rel)) as f:
+        if not len(drop):
+            return pq.ParquetFile(f).metadata.num_rows, 0
         ids = pq.read_table(f, columns=["id"]).column("id").cast(pa.string())
-    hit = int(pc.sum(pc.is_in(ids, value_set=drop)).as_py() or 0) if len(drop) else 0
-    return len(ids), hit
+    return len(ids), int(pc.sum(pc.is_in(ids, value_set=drop)).as_py() or 0)
 
 
 def rewrite_without(ds: Dataset, writer, emb_rel: str, ids_rel: str, drop: pa.Array) -> int:

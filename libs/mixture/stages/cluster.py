@@ -529,10 +529,11 @@ class Tally:
 
     def add(self, init: np.ndarray, cluster: np.ndarray, quality: np.ndarray, words: np.ndarray) -> None:
         kept = cluster >= 0
-        np.add.at(self.words, cluster[kept], words[kept])
-        np.add.at(self.docs, cluster[kept], 1)
-        np.add.at(self.q_sum, init, quality.astype(np.float64))
-        np.add.at(self.q_n, init, 1)
+        f, k = len(self.words), len(self.q_sum)
+        self.words += np.bincount(cluster[kept], weights=words[kept], minlength=f)[:f]
+        self.docs += np.bincount(cluster[kept], minlength=f)[:f]
+        self.q_sum += np.bincount(init, weights=quality.astype(np.float64), minlength=k)[:k]
+        self.q_n += np.bincount(init, minlength=k)[:k]
         self.n += len(init)
 
 
