@@ -62,7 +62,7 @@ class Source:
     curated: Dataset
     files: tuple[str, ...]
     tag: str | None = None  # the shards' name tag (incremental), None for base shards
-    why: str = "full run"
+    why: str = "every document"
     removed: pa.Table | None = None  # (id, reason) removed from curated since (incremental)
     drop: tuple[tuple[str, str, int], ...] = ()  # (emb, ids, rows removed) of the shards that lose rows
     removed_rows: int = 0
@@ -89,7 +89,7 @@ def source(ctx: StageContext) -> Source:
     if delta is not None and same_inputs(ctx):
         delta, why = None, "the inputs are those of the committed version (a forced run rebuilds)"
     if delta is None or ctx.previous is None or "skipped" in ctx.previous.manifest.extra:
-        return Source(curated, full.files, why=f"full run: {why}")
+        return Source(curated, full.files, why=why)
     previous = ctx.previous
     removed = delta.removed(curated, "curated")
     drop_ids = removed.column("id").combine_chunks().cast(pa.string()).unique()
@@ -105,7 +105,7 @@ def source(ctx: StageContext) -> Source:
     if kept + n_added != n_curated:
         why = f"the committed shards ({kept:,} kept + {n_added:,} added) do not line up with curated ({n_curated:,})"
         log.warning("embed: %s: embedding every document", why)
-        return Source(curated, full.files, why=f"full run: {why}")
+        return Source(curated, full.files, why=why)
     number = increments.version(previous) + 1
     return Source(curated, added, increments.tag(number), why, removed, tuple(drop), removed_rows)
 
