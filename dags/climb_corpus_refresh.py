@@ -122,7 +122,7 @@ def embed_ranges(config: str) -> list[dict[str, int]]:
         return []
     ctx = pipeline.open_stage(cfg, "embeddings")
     embed.static_model(ctx)
-    return [r.to_dict() for r in embed.ranges(ctx.input("curated"), cfg.embed)]
+    return [r.to_dict() for r in embed.ranges(embed.source(ctx), cfg.embed)]  # only the delta when incremental
 
 
 @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ embed_range_name }}")
@@ -134,7 +134,7 @@ def embed_range(config: str, rng: dict[str, int]) -> dict[str, Any]:
     get_current_context()["embed_range_name"] = f"shards {rng['first_shard']}-{rng['first_shard'] + rng['shards'] - 1}"
     ctx = pipeline.open_stage(load_config(config), "embeddings")
     p = embed.Progress(ctx.cfg.embed, embed.static_model(ctx))
-    embed.embed_range(ctx.input("curated"), ctx.writer, embed.Range(**rng), p)
+    embed.embed_range(embed.source(ctx), ctx.writer, embed.Range(**rng), p)
     return {"range": rng["index"], "computed": p.computed, "reused": p.reused, "seconds": round(p.seconds, 1)}
 
 

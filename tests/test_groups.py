@@ -146,7 +146,8 @@ def test_field_groups_skip_embedding_and_account_for_dropped_documents(curated, 
     cfg = _cfg(root, tracking_uri, method="field", field="source", mapping=str(mapping), unmapped="drop")
     emb = pipeline.run_stage(cfg, "embed").dataset
     assert emb.manifest.counts == {"documents_in": 40, "documents_out": 0}
-    assert emb.manifest.extra == {"skipped": "cluster.method=field: no embedding needed"} and not emb.files()
+    assert emb.manifest.extra["skipped"] == "cluster.method=field: no embedding needed"
+    assert [Path(f).name for f in emb.files()] == ["lineage.json"]  # no embeddings; its version chain
     ds = pipeline.run_stage(cfg, "cluster").dataset
     assert ds.manifest.counts == {
         "documents_in": 40,
@@ -262,7 +263,8 @@ def test_a_search_over_source_groups_runs_with_the_cli_and_a_config_only(tmp_pat
     assert cli.main(["run", "--config", str(config), "--until", "search"]) == 0
     out = tmp_path / "out"
     emb = open_dataset(str(out / "embeddings"))
-    assert emb.manifest.counts["documents_out"] == 0 and "skipped" in emb.manifest.extra and not emb.files()
+    assert emb.manifest.counts["documents_out"] == 0 and "skipped" in emb.manifest.extra
+    assert not emb.files("emb-") and not emb.files("ids-")
     curated_sources = set(
         documents.read_table(open_dataset(str(out / "curated")), ["source"]).column("source").to_pylist()
     )

@@ -20,6 +20,7 @@ from mixture import climblab_parts as P
 from mixture.config import parse_config
 from mixture.contract import StageContext
 from mixture.dataset import Dataset, DatasetWriter, try_open
+from mixture.groups import assignment_files
 from mixture.pipeline import stage
 from mixture.search import carry, steps
 from mixture.search.synthetic import SyntheticObjective, make_climblab
@@ -85,7 +86,7 @@ class Corpus:
 
     def rebuild_clusters(self) -> None:
         """Clusters version 3: a full rebuild (same assignments, one file)."""
-        files = P.assignment_files(self.clusters)
+        files = assignment_files(self.clusters)
         table = pa.concat_tables([pq.read_table(u) for u in files])
         w = DatasetWriter(str(self.root / "clusters"), "cluster", "h3", {"curated": self.curated.manifest_sha256})
         _write(w, "assignments.parquet", table)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import heapq
 import random
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -50,6 +49,7 @@ import pyarrow.parquet as pq
 from mixture import documents, storage
 from mixture.climblab import TOKENIZER, cluster_name, shard_prefix, text_file
 from mixture.dataset import Dataset
+from mixture.groups import assignment_files
 from mixture.increments import version_of
 from mixture.parallel import fan_out
 from mixture.tokens import TokenShard, TokenShardWriter, encode, eos_id, load_tokenizer, train_tokenizer
@@ -102,31 +102,13 @@ class Inputs:
     batch_rows: int = documents.BATCH_ROWS
 
 
-ASSIGNMENTS = "assignments"  # `assignments.parquet`, then `assignments-vNNNN.parquet` per version
-_SUFFIX_TAG = re.compile(r"[/_-]v(\d{4,})\.parquet$")
-_ASSIGNMENTS = re.compile(r"assignments(-v\d{4,})?\.parquet")
-
-
 def by_version(ds: Dataset, prefix: str, since: int = -1) -> list[str]:
     """URIs of the dataset's Parquet files under `prefix` (a folder or a name's start) that
     versions after `since` added: the base version's files first (no `vNNNN-` tag), then each
     version's, in order (`assignments-v0002.parquet` sorts before `assignments.parquet` by name)."""
     rels = [f["path"] for f in ds.manifest.files if f["path"].startswith(prefix) and f["path"].endswith(".parquet")]
-    picked = [r for r in rels if _version(r) > since]
-    return [ds.path(r) for r in sorted(picked, key=lambda r: (_version(r), r))]
-
-
-def _version(rel: str) -> int:
-    """The version that added `rel` (0: the base): its `vNNNN-` tag (`increments.version_of`), or a
-    `-vNNNN.parquet` ending (`assignments-v0002.parquet`, which `version_of` does not read)."""
-    m = _SUFFIX_TAG.search(rel)
-    return version_of(rel) or (int(m.group(1)) if m else 0)
-
-
-def assignment_files(clusters: Dataset, since: int = -1) -> list[str]:
-    """The clusters dataset's assignments files added after version `since` (every one by
-    default), in the order of the curated documents they assign."""
-    return [u for u in by_version(clusters, ASSIGNMENTS, since) if _ASSIGNMENTS.fullmatch(storage.basename(u))]
+    picked = [r for r in rels if (version_of(r) or 0) > since]
+    return [ds.path(r) for r in sorted(picked, key=lambda r: (version_of(r) or 0, r))]
 
 
 def inputs(curated: Dataset, clusters: Dataset, batch_rows: int = documents.BATCH_ROWS) -> Inputs:

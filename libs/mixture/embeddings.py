@@ -2,7 +2,9 @@
 
 Format (docs/DATASETS.md, "embeddings"): `emb-XXXXX.npy` (float32 [n, dim]) and
 `ids-XXXXX.parquet` (column `id`) per shard of `embed.shard_docs` documents, in the curated
-order. The stage `mixture.stages.embed` writes them; the clustering reads them back here.
+order; an incremental version adds `emb-vNNNN-XXXXX.npy` / `ids-vNNNN-XXXXX.parquet` (the
+documents curated since, `mixture.increments`), read after the base shards (sorted names).
+The stage `mixture.stages.embed` writes them; the clustering reads them back here.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from mixture import storage
 from mixture.dataset import Dataset, DatasetError
 
 
-def shard_names(i: int) -> tuple[str, str]:
-    """(vectors, ids) file names of shard i."""
-    return f"emb-{i:05d}.npy", f"ids-{i:05d}.parquet"
+def shard_names(i: int, tag: str | None = None) -> tuple[str, str]:
+    """(vectors, ids) file names of shard i; with the `tag` of an incremental version
+    (`v0003`): `emb-v0003-00000.npy`, which sorts after every base shard and after the shards of
+    earlier versions, so emb/ids pairs keep the curated order when read in sorted order."""
+    name = f"{tag}-{i:05d}" if tag else f"{i:05d}"
+    return f"emb-{name}.npy", f"ids-{name}.parquet"
 
 
-def write_shard(writer, index: int, ids: list[str], emb: np.ndarray) -> None:
+def write_shard(writer, index: int, ids: list[str], emb: np.ndarray, tag: str | None = None) -> None:
     """Shard `index` into the writer's staging folder: the vectors first, the ids last, so a
     shard counts as done only when both exist (each file is written atomically)."""
-    emb_rel, ids_rel = shard_names(index)
+    emb_rel, ids_rel = shard_names(index, tag)
     with storage.open_write(writer.path(emb_rel)) as f:
         np.save(f, emb.astype(np.float32, copy=False), allow_pickle=False)
     with storage.open_write(writer.path(ids_rel)) as f:
@@ -128,3 +133,43 @@ def read_rows(ds: Dataset, rows: np.ndarray) -> np.ndarray:
             out[lo:hi] = storage.load_npy(e_uri)[rows[lo:hi] - start]
         start += n
     return out
+
+
+# ------------------------------------------------------------------- incremental versions
+def pairs(ds: Dataset) -> list[tuple[str, str]]:
+    """(vectors, ids) relative paths of every shard in the manifest, in order."""
+    emb = [f["path"] for f in ds.manifest.files if f["path"].startswith("emb-")]
+    ids = [f["path"] for f in ds.manifest.files if f["path"].startswith("ids-")]
+    if len(emb) != len(ids):
+        raise DatasetError(f"{ds.uri}: {len(emb)} emb-*.npy files but {len(ids)} ids-*.parquet files")
+    return list(zip(emb, ids))
+
+
+def count_in(ds: Dataset, ids_rel: str, drop: pa.Array) -> tuple[int, int]:
+    """(rows, rows whose id is in `drop`) of one shard's ids file (its footer alone when `drop`
+    is empty)."""
+    import pyarrow.compute as pc
+
+    with storage.open_read(ds.path(ids_rel)) as f:
+        if not len(drop):
+            return pq.ParquetFile(f).metadata.num_rows, 0
+        ids = pq.read_table(f, columns=["id"]).column("id").cast(pa.string())
+    return len(ids), int(pc.sum(pc.is_in(ids, value_set=drop)).as_py() or 0)
+
+
+def rewrite_without(ds: Dataset, writer, emb_rel: str, ids_rel: str, drop: pa.Array) -> int:
+    """Stage shard (emb_rel, ids_rel) of `ds` without the rows whose id is in `drop`, under the
+    same names (vectors first, ids last); returns the rows left."""
+    import pyarrow.compute as pc
+
+    with storage.open_read(ds.path(ids_rel)) as f:
+        ids = pq.read_table(f, columns=["id"]).column("id").combine_chunks().cast(pa.string())
+    keep = pc.invert(pc.is_in(ids, value_set=drop)).to_numpy(zero_copy_only=False)
+    arr = storage.load_npy(ds.path(emb_rel))
+    if len(arr) != len(ids):
+        raise DatasetError(f"{ds.path(emb_rel)}: {len(arr)} vectors but {len(ids)} ids")
+    with storage.open_write(writer.path(emb_rel)) as f:
+        np.save(f, np.ascontiguousarray(arr[keep], dtype=np.float32), allow_pickle=False)
+    with storage.open_write(writer.path(ids_rel)) as f:
+        pq.write_table(pa.table({"id": ids.filter(pa.array(keep))}), f)
+    return int(keep.sum())

@@ -31,6 +31,8 @@ import pyarrow.compute as pc
 import yaml
 
 from mixture import documents, storage
+from mixture.dataset import Dataset
+from mixture.increments import version_of
 from mixture.kmeans import final_ids, prune_reasons
 
 # why a curated document has no group (the accounting keys)
@@ -270,3 +272,26 @@ def number_groups(
     mapping[kept] = final_ids(np.arange(len(kept)), kept, sizes)
     cluster = np.where(has, mapping[np.maximum(init, 0)], -1)
     return NumberedGroups(list(names), init, sizes, reasons, mean_q, mapping, cluster)
+
+
+# ---------------------------------------------------------- the clusters dataset's assignments
+ASSIGNMENTS = "assignments"
+
+
+def assignment_files(clusters: Dataset, since: int = -1) -> list[str]:
+    """URIs of a committed clusters dataset's assignment files in document (curated) order:
+    `assignments.parquet` (the clustering version's documents, less those removed since), then
+    `assignments-vNNNN-00000.parquet` of each incremental version in version order (the
+    documents it assigned to the existing clusters; `mixture.stages.cluster`). Every reader of
+    the assignments reads all of them, e.g. `documents.iter_file_rows(assignment_files(ds), ...)`
+    (sorted names would not do: `-` sorts before `.`). With `since`, only the files versions after
+    it added (a refresh's new assignments)."""
+    rels = [
+        f["path"]
+        for f in clusters.manifest.files
+        if f["path"].startswith(ASSIGNMENTS)
+        and f["path"].endswith(".parquet")
+        and "/" not in f["path"]
+        and (version_of(f["path"]) or 0) > since
+    ]
+    return [clusters.path(rel) for rel in sorted(rels, key=lambda r: (version_of(r) or 0, r))]

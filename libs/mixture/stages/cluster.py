@@ -37,11 +37,12 @@ logged to MLflow.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mixture import documents, embeddings, storage
+from mixture import documents, embeddings, increments, storage
 from mixture import report as R
 from mixture.config import ClusterConfig
 from mixture.contract import StageContext, StageOutput
@@ -58,6 +59,7 @@ from mixture.groups import (
     GroupError,
     Grouping,
     NumberedGroups,
+    assignment_files,
     by_assignments,
     by_field,
     first_duplicate,
@@ -166,6 +168,26 @@ class KMeansModel:
     train_points: int
     seconds: float
     gpu: bool
+    far_distance: float = float("nan")  # 95th percentile of 1 - cosine to the nearest centroid
+
+
+# The drift check's distance histogram: 1 - cosine in [0, 2], in bins of 0.0005.
+DIST_BINS = 4000
+
+
+def distance_histogram(sims: np.ndarray) -> np.ndarray:
+    """Counts of the documents' cosine distances (1 - cosine to the nearest centroid) per bin."""
+    bins = np.clip(((1.0 - sims.astype(np.float64)) * (DIST_BINS / 2)).astype(np.int64), 0, DIST_BINS - 1)
+    return np.bincount(bins, minlength=DIST_BINS)
+
+
+def percentile_distance(hist: np.ndarray, q: float = 0.95) -> float:
+    """The upper edge of the bin holding the q-quantile of the histogram's distances."""
+    total = int(hist.sum())
+    if total == 0:
+        return float("nan")
+    at = int(np.searchsorted(np.cumsum(hist), q * total))
+    return (at + 1) * 2.0 / DIST_BINS
 
 
 @dataclass
@@ -177,6 +199,7 @@ class Pass1:
     sim_sum: float
     sources: dict[str, int]  # source label -> code, in first-seen order
     assign_seconds: float = 0.0  # in faiss's search only (k-means seconds = training + this)
+    dist_hist: np.ndarray = field(default_factory=lambda: np.zeros(DIST_BINS, dtype=np.int64))
 
 
 class Spill:
@@ -219,6 +242,7 @@ def assign_and_score(corpus: Corpus, centroids: np.ndarray, scoring: Scoring, gp
         np.add.at(agg.sizes, assign, 1)
         np.add.at(agg.quality_sum, assign, quality)  # in document order, as np.bincount sums
         agg.sim_sum += float(sims.sum(dtype=np.float64))
+        agg.dist_hist += distance_histogram(sims)
         words = meta.column("n_words").to_numpy(zero_copy_only=False) if "n_words" in meta.column_names else None
         arrays = {"assign": assign, "source": source_codes(meta, agg.sources)}
         arrays.update({f"score_{n}": v.astype(np.float32) for n, v in scores.items()})
@@ -364,7 +388,14 @@ def cluster_stream(ctx: StageContext, corpus: Corpus, scoring: Scoring, spill: S
     centroids, train_points, gpu = train(cfg, ctx.cfg.seed, corpus, gpu)
     trained = time.perf_counter() - t0
     p1 = assign_and_score(corpus, centroids, scoring, gpu, spill)
-    km = KMeansModel(centroids, p1.sim_sum / corpus.n, train_points, trained + p1.assign_seconds, gpu)
+    km = KMeansModel(
+        centroids,
+        p1.sim_sum / corpus.n,
+        train_points,
+        trained + p1.assign_seconds,
+        gpu,
+        percentile_distance(p1.dist_hist),
+    )
     log.info(
         "k-means: K=%d on %d of %d documents in %.1f s (%s), mean cosine %.4f",
         len(centroids),
@@ -385,8 +416,34 @@ def cluster_stream(ctx: StageContext, corpus: Corpus, scoring: Scoring, spill: S
 
 
 def run(ctx: StageContext) -> StageOutput:
+    """k-means: extend the committed clustering with the documents added since (assigned to its
+    centroids) when `increments.plan` gives a delta and the drift check passes, else cluster
+    every document; the user's groups: a full run each time."""
     if ctx.cfg.cluster.method != "kmeans":
         return run_groups(ctx)
+    delta, why = increments.plan(ctx.previous, ctx.inputs, ctx.settings_hash, ctx.cfg.refresh.incremental)
+    if delta is not None and same_inputs(ctx):
+        delta, why = None, "the inputs are those of the committed version (a forced run rebuilds)"
+    drift: dict = {}
+    if delta is not None:
+        done = refresh(ctx, delta)
+        if isinstance(done, StageOutput):
+            return done
+        why, drift = f"re-clustered: {done.reason}", {"recluster_reason": done.reason, **done.figures}
+        log.warning("cluster: %s", why)
+        ctx.writer.reset()  # the refresh's staged pieces
+    return run_kmeans(ctx, why, drift)
+
+
+def same_inputs(ctx: StageContext) -> bool:
+    """Whether the committed version was made from these very input manifests (as in `embed`):
+    nothing to extend it with, so only a forced run gets here, and it rebuilds."""
+    prev = ctx.previous
+    return prev is not None and prev.manifest.inputs == {n: d.manifest_sha256 for n, d in ctx.inputs.items()}
+
+
+def run_kmeans(ctx: StageContext, why: str, drift: dict) -> StageOutput:
+    """Cluster every document (the full path); a full version in the lineage."""
     t_start = time.perf_counter()
     cfg: ClusterConfig = ctx.cfg.cluster
     corpus = open_corpus(ctx)
@@ -420,7 +477,292 @@ def run(ctx: StageContext) -> StageOutput:
         model=corpus.embeddings.manifest.extra.get("model"),
     )
     rep = write_report(ctx, inp, counts, time.perf_counter() - t_start)
-    return output(cfg, counts, rep, cl, scoring.names)
+    out = output(cfg, counts, rep, cl, scoring.names)
+    lin = increments.next_lineage(ctx.previous, "full", ctx.settings_hash, ctx.inputs, {"clustered": corpus.n, **drift})
+    out.extra["drift_reference"] = drift_reference(cl, stats, lin.version)
+    out.extra = increments.record(ctx.writer, ctx.previous, lin, out.extra)
+    out.summary.append(("clusters version", f"{lin.version} (full: {why})"))
+    log.info("cluster: version %d, full (%s)", lin.version, why)
+    return out
+
+
+def drift_reference(cl: Clustering, stats: R.Collector, version: int) -> dict:
+    """What an incremental version's drift check compares with (the manifest's extra): the 95th
+    percentile distance of the clustered documents to their nearest k-means centroid, the final
+    clusters' word shares and the kept k-means clusters' mean quality."""
+    words = stats.words if stats.words is not None else cl.final_sizes
+    total = max(float(np.sum(words)), 1.0)
+    return {
+        "version": version,
+        "far_distance_p95": cl.km.far_distance,
+        "distance": "1 - cosine to the nearest k-means centroid",
+        "shares_of": "words" if stats.words is not None else "documents",
+        "shares": {str(c): float(w) / total for c, w in enumerate(words)},
+        "mean_quality_init": {str(c): float(q) for c, q in enumerate(cl.mean_quality) if cl.reasons[c] is None},
+    }
+
+
+# ------------------------------------------------------------------------- incremental refresh
+@dataclass
+class Drift:
+    """Why an incremental refresh re-clusters instead, with what was measured."""
+
+    reason: str
+    figures: dict = field(default_factory=dict)
+
+
+@dataclass
+class Tally:
+    """Per-cluster sums of a set of documents: words (or documents) and documents per final
+    cluster, quality sum and documents per k-means cluster."""
+
+    words: np.ndarray
+    docs: np.ndarray
+    q_sum: np.ndarray
+    q_n: np.ndarray
+    n: int = 0
+    far: int = 0
+
+    @classmethod
+    def empty(cls, k: int, f: int) -> Tally:
+        return cls(np.zeros(f), np.zeros(f, np.int64), np.zeros(k), np.zeros(k, np.int64))
+
+    def add(self, init: np.ndarray, cluster: np.ndarray, quality: np.ndarray, words: np.ndarray) -> None:
+        kept = cluster >= 0
+        f, k = len(self.words), len(self.q_sum)
+        self.words += np.bincount(cluster[kept], weights=words[kept], minlength=f)[:f]
+        self.docs += np.bincount(cluster[kept], minlength=f)[:f]
+        self.q_sum += np.bincount(init, weights=quality.astype(np.float64), minlength=k)[:k]
+        self.q_n += np.bincount(init, minlength=k)[:k]
+        self.n += len(init)
+
+
+def view(ds: Dataset, rels: set[str]) -> Dataset:
+    """The dataset with only the files `rels` in its manifest (the added or the kept ones)."""
+    from dataclasses import replace
+
+    files = [f for f in ds.manifest.files if f["path"] in rels]
+    return Dataset(ds.uri, replace(ds.manifest, files=files), ds.manifest_sha256)
+
+
+def _rels(ds: Dataset, uris: list[str]) -> set[str]:
+    return {u[len(ds.uri.rstrip("/")) + 1 :] for u in uris}
+
+
+def words_of(meta: pa.Table, by_words: bool) -> np.ndarray:
+    """Each document's words (n_words; missing: 0), or ones when shares are of documents."""
+    if not by_words or "n_words" not in meta.column_names:
+        return np.ones(meta.num_rows)
+    return np.nan_to_num(meta.column("n_words").to_numpy(zero_copy_only=False).astype(np.float64))
+
+
+def refresh(ctx: StageContext, delta: increments.Delta) -> StageOutput | Drift:
+    """The incremental path: the new documents (embeddings shards added since) assigned to the
+    committed k-means centroids, scored and staged as `assignments-vNNNN-00000.parquet`; then
+    the drift check on the whole corpus as it is now. Returns the output, or why to re-cluster."""
+    prev, cfg = ctx.previous, ctx.cfg.cluster
+    assert prev is not None
+    ref = prev.manifest.extra.get("drift_reference") or {}
+    if not np.isfinite(ref.get("far_distance_p95", float("nan"))):
+        return Drift("the committed clustering records no distance percentile (drift_reference)")
+    emb, curated = ctx.input("embeddings"), ctx.input("curated")
+    n_total = documents.count(curated)
+    if "skipped" in emb.manifest.extra or sum(r for _, _, r in embeddings.shard_files(emb)) != n_total:
+        return Drift("the embeddings do not match the curated documents")
+    setup = ScoreSetup(cfg.quality, ctx.cfg.seed, n_total, documents.column_names(curated), curated, emb, None)
+    setup.sample = lambda rows: normalize_rows(embeddings.read_rows(emb, rows))
+    scoring = open_scorers(cfg, setup)
+    if scoring.names != prev.manifest.extra.get("scorers"):
+        return Drift(f"the quality scorers changed ({prev.manifest.extra.get('scorers')} -> {scoring.names})")
+    number = increments.version(prev) + 1
+    new_rel = f"assignments-{increments.tag(number)}-00000.parquet"  # `vNNNN-`: increments.version_of
+    k, f = int(prev.manifest.counts["k_init"]), int(prev.manifest.counts["clusters"])
+    by_words = ref.get("shares_of") == "words"
+    new = assign_new(ctx, delta, scoring, new_rel, (k, f, n_total, by_words, float(ref["far_distance_p95"])))
+    if isinstance(new, Drift):
+        return new
+    drop = removed_ids(delta, curated, emb)
+    kept_files = _rels(curated, documents.doc_files(curated)) - _rels(curated, delta.added(curated, "curated", "docs/"))
+    old = tally_kept(prev, view(curated, kept_files), drop.column("id"), Tally.empty(k, f), by_words)
+    if old is None or old.n + new.n != n_total:
+        return Drift("the committed assignments do not line up with the curated documents")
+    figures = measure(ref, old, new)
+    reason = exceeds(ctx.cfg.refresh, figures)
+    if reason:
+        return Drift(reason, figures)
+    return commit_refresh(ctx, drop, old, new, figures)
+
+
+def assign_new(ctx: StageContext, delta: increments.Delta, scoring: Scoring, rel: str, shape: tuple):
+    """Assign, score and stage the new documents (block by block); their tally, or Drift when
+    they do not line up with the curated documents added since."""
+    k, f, n_total, by_words, far_at = shape
+    emb, curated, prev = ctx.input("embeddings"), ctx.input("curated"), ctx.previous
+    assert prev is not None
+    new_emb = view(emb, _rels(emb, delta.added(emb, "embeddings", "emb-") + delta.added(emb, "embeddings", "ids-")))
+    new_cur = view(curated, _rels(curated, delta.added(curated, "curated", "docs/")))
+    n_new = sum(r for _, _, r in embeddings.shard_files(new_emb)) if new_emb.manifest.files else 0
+    tally = Tally.empty(k, f)
+    if n_new == 0:
+        return tally if not new_cur.manifest.files or documents.count(new_cur) == 0 else Drift("no new embeddings")
+    if not new_cur.manifest.files or documents.count(new_cur) != n_new:
+        return Drift("the new embeddings do not match the curated documents added since")
+    centroids = storage.load_npy(prev.path("centroids_init.npy")).astype(np.float32)
+    mapping_raw = storage.read_json(prev.path("mapping.json"))
+    mapping = np.array([mapping_raw[str(c)] for c in range(len(centroids))], dtype=np.int64)
+    corpus = Corpus(
+        new_emb, new_cur, n_new, embeddings.dimension(new_emb), curated_meta_columns(documents.column_names(curated))
+    )
+    schema, gpu = _assignment_schema(scoring.names), gpu_count() > 0
+    with storage.open_write(ctx.writer.path(rel)) as fh, pq.ParquetWriter(fh, schema) as out:
+        for start, ids, x, meta in corpus.blocks(scoring.needs_text):
+            sims, assign = assign_nearest(x, centroids, gpu)
+            scores = scoring.score(ScoreBatch(n_total - n_new + start, x, meta))
+            cluster = mapping[assign]
+            cols = [ids, pa.array(assign.astype(np.int32)), pa.array(cluster.astype(np.int32))]
+            cols.append(pa.array(scores[scoring.chosen].astype(np.float32)))
+            cols += [pa.array(scores[n].astype(np.float32)) for n in scoring.names]
+            out.write_table(pa.Table.from_arrays(cols, schema=schema))
+            tally.add(assign, cluster, scores[scoring.chosen], words_of(meta, by_words))
+            tally.far += int(((1.0 - sims) > far_at).sum())
+    return tally
+
+
+def removed_ids(delta: increments.Delta, curated: Dataset, emb: Dataset) -> pa.Table:
+    """(id, reason) removed since the covered versions: curated's and the embeddings' lists, one
+    row per id (forwarded to the datasets downstream)."""
+    table = pa.concat_tables([delta.removed(curated, "curated"), delta.removed(emb, "embeddings")])
+    if not table.num_rows:
+        return table
+    first = table.group_by("id", use_threads=False).aggregate([("reason", "first")])
+    return first.rename_columns(["id", "reason"]).sort_by("id")
+
+
+def _rechunk(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Tables of exactly `rows` rows (the last shorter) from a stream of tables."""
+    held: list[pa.Table] = []
+    n = 0
+    for t in tables:
+        held.append(t)
+        n += t.num_rows
+        while n >= rows:
+            table = pa.concat_tables(held)
+            yield table.slice(0, rows).combine_chunks()
+            held, n = [table.slice(rows)], n - rows
+    if n:
+        yield pa.concat_tables(held).combine_chunks()
+
+
+def tally_kept(prev: Dataset, kept: Dataset, drop: pa.ChunkedArray, tally: Tally, by_words: bool) -> Tally | None:
+    """The committed assignments less the removed ids, streamed beside the curated documents
+    they must line up with (ids compared block by block; None when they do not)."""
+    import pyarrow.compute as pc
+
+    drop_ids = drop.combine_chunks().cast(pa.string())
+
+    def assigned() -> Iterator[pa.Table]:
+        for uri in assignment_files(prev):
+            with storage.open_read(uri) as fh:
+                for b in pq.ParquetFile(fh).iter_batches(columns=["id", "cluster_init", "cluster", "quality"]):
+                    t = pa.Table.from_batches([b])
+                    yield t.filter(pc.invert(pc.is_in(t.column("id"), value_set=drop_ids))) if len(drop_ids) else t
+
+    cols = ["id"] + (["n_words"] if "n_words" in documents.column_names(kept) else [])
+    blocks = documents.iter_blocks(kept, cols, BLOCK_ROWS) if kept.manifest.files else iter(())
+    for a, c in itertools.zip_longest(_rechunk(assigned(), BLOCK_ROWS), blocks):
+        if a is None or c is None or not a.column("id").equals(c.column("id").cast(pa.string())):
+            return None
+        init = a.column("cluster_init").to_numpy().astype(np.int64)
+        cluster = a.column("cluster").to_numpy().astype(np.int64)
+        tally.add(init, cluster, a.column("quality").to_numpy(), words_of(c, by_words))
+    return tally
+
+
+def measure(ref: dict, old: Tally, new: Tally) -> dict:
+    """The drift figures: share of new documents far from every centroid, total variation of the
+    final clusters' word shares against the clustering version's, largest move of a kept k-means
+    cluster's mean quality against the clustering version's (a cluster emptied is left out)."""
+    words = old.words + new.words
+    now = words / max(words.sum(), 1e-12)
+    then = np.zeros(len(now))
+    for c, share in ref["shares"].items():
+        then[int(c)] = share
+    q_n = old.q_n + new.q_n
+    shifts = [
+        abs((old.q_sum[int(c)] + new.q_sum[int(c)]) / q_n[int(c)] - q)
+        for c, q in ref["mean_quality_init"].items()
+        if q_n[int(c)] > 0
+    ]
+    return {
+        "far_share": round(new.far / new.n, 6) if new.n else 0.0,
+        "far_documents": new.far,
+        "share_shift": round(float(0.5 * np.abs(now - then).sum()), 6),
+        "quality_shift": round(float(max(shifts, default=0.0)), 6),
+        "shares_of": ref.get("shares_of", "words"),
+    }
+
+
+def exceeds(rc, figures: dict) -> str:
+    """Why the figures call for a re-clustering ('' when they do not)."""
+    why = []
+    if figures["far_share"] > rc.max_far_share:
+        why.append(
+            f"{figures['far_share']:.1%} of the new documents are farther from every centroid than 95% of "
+            f"the clustered documents (refresh.max_far_share {rc.max_far_share})"
+        )
+    if figures["share_shift"] > rc.max_share_shift:
+        why.append(
+            f"the clusters' {figures['shares_of']} shares moved by {figures['share_shift']:.4f} "
+            f"(total variation; refresh.max_share_shift {rc.max_share_shift})"
+        )
+    if figures["quality_shift"] > rc.max_quality_shift:
+        why.append(
+            f"a kept cluster's mean quality moved by {figures['quality_shift']:.3f} "
+            f"(refresh.max_quality_shift {rc.max_quality_shift})"
+        )
+    return "; ".join(why)
+
+
+def commit_refresh(ctx: StageContext, drop: pa.Table, old: Tally, new: Tally, figures: dict) -> StageOutput:
+    """Stage the rest of the incremental version: the committed assignments files less the
+    removed ids, the centroids, mapping and report files as they were, the removal lists; the
+    counts for the corpus as it is now."""
+    prev, w = ctx.previous, ctx.writer
+    assert prev is not None
+    rewritten = increments.carry_parquet(w, prev, "assignments", drop.column("id").combine_chunks())
+    for entry in prev.manifest.files:
+        rel = entry["path"]
+        if not rel.startswith(("assignments", increments.REMOVED)) and rel != increments.HISTORY:
+            w.keep(prev, rel)
+    increments.keep_removed(w, prev)
+    number = increments.version(prev) + 1
+    increments.write_removed(w, number, drop)
+    pc_ = prev.manifest.counts
+    n, kept = old.n + new.n, int(old.docs.sum() + new.docs.sum())
+    counts = {**pc_, "documents_in": n, "documents_out": kept, "pruned_documents": n - kept}
+    extra = {k: v for k, v in prev.manifest.extra.items() if k != increments.LINEAGE}
+    extra["clusters_now"] = {
+        str(c): {"documents": int(d), figures["shares_of"]: int(x)}
+        for c, (d, x) in enumerate(zip(old.docs + new.docs, old.words + new.words))
+    }
+    extra["report_version"] = extra["drift_reference"]["version"]
+    delta = {"assigned": new.n, "removed": int(sum(rewritten.values())), **figures}
+    lin = increments.next_lineage(prev, "incremental", ctx.settings_hash, ctx.inputs, delta)
+    summary = [
+        (
+            "clusters",
+            f"{new.n:,} new documents assigned to the {counts['clusters']} clusters of version "
+            f"{extra['report_version']}, {delta['removed']:,} removed; {kept:,} of {n:,} in kept clusters",
+        ),
+        (
+            "drift",
+            f"far {figures['far_share']:.1%}, share shift {figures['share_shift']:.4f}, "
+            f"quality shift {figures['quality_shift']:.3f} (within refresh thresholds)",
+        ),
+        ("clusters version", f"{lin.version} (incremental: report.* as of version {extra['report_version']})"),
+    ]
+    log.info("cluster: version %d, incremental: %s", lin.version, delta)
+    return StageOutput(counts=counts, extra=increments.record(w, prev, lin, extra), summary=summary)
 
 
 def output(cfg: ClusterConfig, counts: dict, rep: dict, cl: Clustering, scorers: list[str]) -> StageOutput:
@@ -586,7 +928,12 @@ def run_groups(ctx: StageContext) -> StageOutput:
         ):
             storage.write_bytes(ctx.writer.path(path.name), path.read_bytes())
         _log_mlflow(ctx.cfg, rep, counts, Path(tmp), {"stage_seconds": time.perf_counter() - t_start})
-    return group_output(cfg, counts, rep, grouping, scores)
+    out = group_output(cfg, counts, rep, grouping, scores)
+    lin = increments.next_lineage(
+        ctx.previous, "full", ctx.settings_hash, ctx.inputs, {"grouped": counts["documents_in"]}
+    )
+    out.extra = increments.record(ctx.writer, ctx.previous, lin, out.extra)
+    return out
 
 
 def group_output(cfg: ClusterConfig, counts: dict, rep: dict, gr: Grouping, scores: Scores) -> StageOutput:

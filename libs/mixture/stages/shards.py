@@ -40,6 +40,7 @@ from mixture import documents, increments
 from mixture.climblab import TOKENIZER, shard_prefix, text_file
 from mixture.contract import StageContext, StageOutput
 from mixture.dataset import Dataset
+from mixture.groups import assignment_files
 from mixture.tokens import eos_id, token_dtype
 
 BATCH_ROWS = documents.BATCH_ROWS
@@ -69,7 +70,7 @@ def increment(ctx: StageContext) -> tuple[Increment | None, str]:
         return None, why
     curated, clusters = ctx.input("curated"), ctx.input("clusters")
     docs = P.by_version(curated, documents.DOCS, delta.since["curated"])
-    assigned = P.assignment_files(clusters, delta.since["clusters"])
+    assigned = assignment_files(clusters, delta.since["clusters"])
     removed = delta.removed(curated, "curated")
     carried = P.Carried(delta.previous, removed.column("id").combine_chunks().cast(pa.string()))
     return Increment(why, delta.since, P.Inputs(tuple(docs), tuple(assigned), BATCH_ROWS), removed, carried), why
