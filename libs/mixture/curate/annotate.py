@@ -139,12 +139,12 @@ def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=No
         good = good.join(taken, "doc_id", "left")
         dup = dup | F.coalesce(F.col("taken_by") == F.col("id"), F.lit(False))
         collides = collides | F.coalesce(F.col("taken_by") != F.col("id"), F.lit(False))
-    good = good.withColumn("collides", F.coalesce(collides, F.lit(False))).drop("taken_by")
+    good = good.withColumn("collides", F.coalesce(collides, F.lit(False))).withColumn("dup", dup).drop("taken_by")
     if retracted is None:
-        return good.withColumn("dup", dup).withColumn("retracted", F.lit(False))
+        return good.withColumn("retracted", F.lit(False))
     blocked = F.broadcast(retracted.select(F.col("id").alias("doc_id"), F.lit(True).alias("retracted")))
     good = good.join(blocked, "doc_id", "left").withColumn("retracted", F.coalesce("retracted", F.lit(False)))
-    return good.withColumn("dup", dup | F.col("retracted"))
+    return good.withColumn("dup", F.col("dup") | F.col("retracted"))
 
 
 class IdCollisionError(RuntimeError):
