@@ -215,10 +215,13 @@ def test_a_withdrawn_survivors_duplicate_is_revived_as_a_full_run_keeps_it(spark
     write(inputs, "a.jsonl", [{"id": "a-1", "text": x}, {"id": "a-2", "text": docs[4]["text"]}])
     cfg = config(tmp_path / "inc", inputs)
     curate(cfg)
-    write(inputs, "b.jsonl", [{"id": "b-1", "text": edited(x, seed=11)}, {"id": "b-2", "text": docs[5]["text"]}])
+    copies = [{"id": "b-1", "text": edited(x, seed=11)}, {"id": "b-2", "text": docs[5]["text"]}]
+    write(inputs, "b.jsonl", [*copies, {"id": "b-3", "text": edited(docs[4]["text"], seed=13)}])
     _, cur = curate(cfg)
     assert rows(cur, "rejected/")["b-1"]["duplicate_of"] == "a-1"
-    # File a changes (a-1 rewritten to unrelated text); a new file holds another edited copy of x.
+    assert rows(cur, "rejected/")["b-3"]["duplicate_of"] == "a-2"
+    # File a changes (a-1 rewritten to unrelated text, a-2 read again as it was: b-3 stays its
+    # duplicate); a new file holds another edited copy of x.
     write(inputs, "a.jsonl", [{"id": "a-1", "text": docs[6]["text"]}, {"id": "a-2", "text": docs[4]["text"]}])
     write(inputs, "c.jsonl", [{"id": "c-1", "text": edited(x, seed=12)}])
     _, cur = curate(cfg)
@@ -226,6 +229,7 @@ def test_a_withdrawn_survivors_duplicate_is_revived_as_a_full_run_keeps_it(spark
     # b-1 survives now, added by this version for the stages downstream; c-1 is its duplicate.
     assert kept["b-1"]["text"] == edited(x, seed=11) and "b-1" not in rejected
     assert rejected["c-1"]["reason"] == "near_duplicate" and rejected["c-1"]["duplicate_of"] == "b-1"
+    assert "a-2" in kept and rejected["b-3"]["duplicate_of"] == "a-2"
     [revived] = [f for f in cur.files("docs/") if "b-1" in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
     assert increments.version_of(revived[len(cur.uri) + 1 :]) == 3
     d = increments.lineage(cur).delta

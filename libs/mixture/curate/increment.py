@@ -9,7 +9,8 @@ in `removed/vNNNN.parquet` for the stages downstream. Quarantine parts are the a
 plus the new files' outcomes; the equation holds per file.
 
 When the documents withdrawn since include the survivor of an earlier group, the group is
-decided again first (`survivors.regroup`; a retracted survivor revives nothing): the revived
+decided again first (`survivors.regroup`; a retracted survivor revives nothing, nor does one
+this version adds again with the same text, its input file changed elsewhere): the revived
 survivor is written to `docs/vNNNN/revived.parquet` (so the stages downstream see it as added by
 this version) and leaves `rejected/`; the members whose outcome or survivor changed leave their
 `state/` (and `rejected/`) files, which are rewritten under their names, and are written again
@@ -42,7 +43,7 @@ def extend(
     removed = delta.removed(annotated, "annotated")
     gone = set(increments.removed_since(annotated, 0).column("id").to_pylist())
     state = previous.files(survivors.STATE)
-    regrouped = survivors.regroup(state, _withdrawn(removed), set(removed.column("id").to_pylist()))
+    regrouped = _regroup(state, parts, previous, removed)
     earlier = survivors.load(parts, state, gone, regrouped)
     sel = select.decide(parts, cfg, writer.staging, earlier, "/" + increments.tag(number))
     retracted = _retracted_rows(previous, removed)
@@ -61,6 +62,32 @@ def extend(
     }
     lines = select.summary(counts, extra, cfg, seconds)
     return counts, {**extra, "delta": delta_counts}, lines
+
+
+def _regroup(state: list[str], parts: list[str], previous: Dataset, removed: pa.Table) -> survivors.Regrouped:
+    """The groups whose survivor was withdrawn, decided again, but for a survivor this version
+    adds again with the same text (its input file changed elsewhere): its group stays as it was."""
+    withdrawn, gone = _withdrawn(removed), set(removed.column("id").to_pylist())
+    regrouped = survivors.regroup(state, withdrawn, gone)
+    back = _same_text(parts, previous, set(regrouped.moved))
+    return survivors.regroup(state, withdrawn - back, gone) if back else regrouped
+
+
+def _same_text(parts: list[str], previous: Dataset, ids: set[str]) -> set[str]:
+    """The `ids` the new annotated `parts` hold with the text the previous version kept."""
+    if not ids:
+        return set()
+    new, old = _texts(parts, sorted(ids)), _texts(previous.files("docs/"), sorted(ids))
+    return {i for i, t in new.items() if old.get(i) == t}
+
+
+def _texts(uris: list[str], ids: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for uri in uris:
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=["id", "text"], filters=[("id", "in", ids)])
+        out.update(zip(t.column("id").to_pylist(), t.column("text").to_pylist()))
+    return out
 
 
 def _withdrawn(removed: pa.Table) -> set[str]:
