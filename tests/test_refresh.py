@@ -2,7 +2,8 @@
 a corpus grown in three refreshes gives the curated set a full run over all its files gives,
 while each refresh reads only its new files; new files' copies of earlier documents (exact, and
 edited the ways the dedup benchmark edits them) are removed as duplicates of the earlier ones,
-which survive; changed and deleted input files withdraw their old documents."""
+which survive; changed and deleted input files withdraw their old documents, and the duplicates
+of a withdrawn survivor are decided again (one of them survives, as in a full run)."""
 
 from __future__ import annotations
 
@@ -234,16 +235,29 @@ def test_a_withdrawn_survivors_duplicate_is_revived_as_a_full_run_keeps_it(spark
     assert increments.version_of(revived[len(cur.uri) + 1 :]) == 3
     d = increments.lineage(cur).delta
     assert d["revived"] == 1 and d["near_duplicates_of_existing"] == 1
-    state = [i for f in cur.files("state/") for i in pq.read_table(f).column("id").to_pylist()]
-    assert sorted(state) == sorted([*kept, *rejected])  # every id once
     assert rows(cur, "state/")["b-1"]["outcome"] == "kept"
     # The same curated set, counts and rejected reasons as a full run over the current files.
-    _, full = curate(config(tmp_path / "full", inputs))
+    assert_same_as_full(cur, config(tmp_path / "full", inputs))
+    # File b goes away: the revived b-1 is withdrawn in turn, and c-1 survives now (a refresh
+    # that reads no new file).
+    (inputs / "b.jsonl").unlink()
+    _, cur = curate(cfg)
+    assert "c-1" in rows(cur, "docs/") and increments.lineage(cur).delta["revived"] == 1
+    assert_same_as_full(cur, config(tmp_path / "full2", inputs))
+
+
+def assert_same_as_full(cur, full_cfg) -> None:
+    _, full = curate(full_cfg)
+    kept, rejected = rows(cur, "docs/"), rows(cur, "rejected/")
     assert {i: r["text"] for i, r in kept.items()} == {i: r["text"] for i, r in rows(full, "docs/").items()}
     assert {i: (r["reason"], r["duplicate_of"]) for i, r in rejected.items()} == {
         i: (r["reason"], r["duplicate_of"]) for i, r in rows(full, "rejected/").items()
     }
     assert cur.manifest.counts == full.manifest.counts
+    state = [i for f in cur.files("state/") for i in pq.read_table(f).column("id").to_pylist()]
+    assert sorted(state) == sorted([*kept, *rejected])  # every id once
+    for prefix, ids in (("docs/", kept), ("rejected/", rejected)):
+        assert sum(pq.read_metadata(f).num_rows for f in cur.files(prefix)) == len(ids)
 
 
 def test_regrouping_a_withdrawn_survivors_group_follows_the_full_run_rule(tmp_path):
