@@ -2,7 +2,8 @@
 a corpus grown in three refreshes gives the curated set a full run over all its files gives,
 while each refresh reads only its new files; new files' copies of earlier documents (exact, and
 edited the ways the dedup benchmark edits them) are removed as duplicates of the earlier ones,
-which survive; changed and deleted input files withdraw their old documents."""
+which survive; changed and deleted input files withdraw their old documents, and the duplicates
+of a withdrawn survivor are decided again (one of them survives, as in a full run)."""
 
 from __future__ import annotations
 
@@ -206,3 +207,108 @@ def test_ids_repeated_across_refreshes_keep_every_document_and_never_change(spar
     # The earlier documents keep their ids; the new ones with the same ids get their file's path.
     assert sorted(kept) == ["b.jsonl:r0", "b.jsonl:r1", "b.jsonl:r2", "r0", "r1", "r2"]
     assert {kept[f"b.jsonl:r{i}"]["text"] for i in range(3)} == set(texts[3:])
+
+
+def test_a_withdrawn_survivors_duplicate_is_revived_as_a_full_run_keeps_it(spark, corpus, tmp_path):
+    inputs = tmp_path / "in"
+    docs = corpus["f2.jsonl"]
+    x = docs[3]["text"]
+    write(inputs, "a.jsonl", [{"id": "a-1", "text": x}, {"id": "a-2", "text": docs[4]["text"]}])
+    cfg = config(tmp_path / "inc", inputs)
+    curate(cfg)
+    copies = [{"id": "b-1", "text": edited(x, seed=11)}, {"id": "b-2", "text": docs[5]["text"]}]
+    write(inputs, "b.jsonl", [*copies, {"id": "b-3", "text": edited(docs[4]["text"], seed=13)}])
+    _, cur = curate(cfg)
+    assert rows(cur, "rejected/")["b-1"]["duplicate_of"] == "a-1"
+    assert rows(cur, "rejected/")["b-3"]["duplicate_of"] == "a-2"
+    # File a changes (a-1 rewritten to unrelated text, a-2 read again as it was: b-3 stays its
+    # duplicate); a new file holds another edited copy of x.
+    write(inputs, "a.jsonl", [{"id": "a-1", "text": docs[6]["text"]}, {"id": "a-2", "text": docs[4]["text"]}])
+    write(inputs, "c.jsonl", [{"id": "c-1", "text": edited(x, seed=12)}])
+    _, cur = curate(cfg)
+    kept, rejected = rows(cur, "docs/"), rows(cur, "rejected/")
+    # b-1 survives now, added by this version for the stages downstream; c-1 is its duplicate.
+    assert kept["b-1"]["text"] == edited(x, seed=11) and "b-1" not in rejected
+    assert rejected["c-1"]["reason"] == "near_duplicate" and rejected["c-1"]["duplicate_of"] == "b-1"
+    assert "a-2" in kept and rejected["b-3"]["duplicate_of"] == "a-2"
+    [revived] = [f for f in cur.files("docs/") if "b-1" in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+    assert increments.version_of(revived[len(cur.uri) + 1 :]) == 3
+    d = increments.lineage(cur).delta
+    assert d["revived"] == 1 and d["near_duplicates_of_existing"] == 1
+    assert rows(cur, "state/")["b-1"]["outcome"] == "kept"
+    # The same curated set, counts and rejected reasons as a full run over the current files.
+    assert_same_as_full(cur, config(tmp_path / "full", inputs))
+    # File b goes away: the revived b-1 is withdrawn in turn, and c-1 survives now (a refresh
+    # that reads no new file).
+    (inputs / "b.jsonl").unlink()
+    _, cur = curate(cfg)
+    assert "c-1" in rows(cur, "docs/") and increments.lineage(cur).delta["revived"] == 1
+    assert_same_as_full(cur, config(tmp_path / "full2", inputs))
+
+
+def assert_same_as_full(cur, full_cfg) -> None:
+    _, full = curate(full_cfg)
+    kept, rejected = rows(cur, "docs/"), rows(cur, "rejected/")
+    assert {i: r["text"] for i, r in kept.items()} == {i: r["text"] for i, r in rows(full, "docs/").items()}
+    assert {i: (r["reason"], r["duplicate_of"]) for i, r in rejected.items()} == {
+        i: (r["reason"], r["duplicate_of"]) for i, r in rows(full, "rejected/").items()
+    }
+    assert cur.manifest.counts == full.manifest.counts
+    state = [i for f in cur.files("state/") for i in pq.read_table(f).column("id").to_pylist()]
+    assert sorted(state) == sorted([*kept, *rejected])  # every id once
+    for prefix, ids in (("docs/", kept), ("rejected/", rejected)):
+        assert sum(pq.read_metadata(f).num_rows for f in cur.files(prefix)) == len(ids)
+
+
+def test_regrouping_a_withdrawn_survivors_group_follows_the_full_run_rule(tmp_path):
+    import pyarrow as pa
+    from mixture.curate import increment, survivors
+
+    state = tmp_path / "state.parquet"
+    rows_ = [
+        ("s", "kept", "s"),  # withdrawn survivor: m2 (the smallest passing member) is revived
+        ("f1", "filter:length:min_words", "s"),
+        ("m2", "near_duplicate", "s"),
+        ("m3", "exact_duplicate", "s"),
+        ("s2", "kept", "s2"),  # withdrawn survivor of a group no member of which passes
+        ("f2", "filter:length:min_words", "s2"),
+        ("t", "kept", "t"),  # retracted: its duplicate stays out
+        ("u", "near_duplicate", "t"),
+    ]
+    pq.write_table(
+        pa.table({k: [r[i] for r in rows_] for i, k in enumerate(["id", "outcome", "survivor"])}).append_column(
+            "file", pa.array(["a"] * len(rows_))
+        ),
+        state,
+    )
+    removed = pa.table(
+        {"id": ["s", "s2", "t"], "reason": [increments.WITHDRAWN, increments.WITHDRAWN, increments.RETRACTED]}
+    )
+    withdrawn = increment._withdrawn(removed)
+    assert withdrawn == {"s", "s2"}
+    g = survivors.regroup([str(state)], withdrawn, {"s", "s2", "t"})
+    assert {r["id"]: (r["outcome"], r["survivor"]) for r in g.rows} == {
+        "f1": ("filter:length:min_words", "m2"),
+        "m2": ("kept", "m2"),
+        "m3": ("exact_duplicate", "m2"),
+        "f2": ("filter:length:min_words", None),
+    }
+    assert [r["id"] for r in g.revived] == ["m2"] and g.moved == {"s": "m2", "s2": None}
+    assert survivors.regroup([str(state)], set(), {"t"}).rows == []
+    # New documents linked to the regrouped groups see the revived survivor (or none).
+    part = tmp_path / "part.parquet"
+    links = [("n1", None, "s"), ("n2", "m3", None), ("n3", None, "u"), ("n4", None, "f2")]
+    pq.write_table(
+        pa.table(
+            {
+                "id": [n for n, _, _ in links],
+                "exact_group": pa.array([None] * 4, pa.string()),
+                "near_group": pa.array([None] * 4, pa.string()),
+                "prior_exact": pa.array([e for _, e, _ in links], pa.string()),
+                "prior_near": pa.array([p for _, _, p in links], pa.string()),
+            }
+        ),
+        part,
+    )
+    earlier = survivors.load([str(part)], [str(state)], {"s", "s2", "t"}, g)
+    assert earlier.survivor == {"s": "m2", "m3": "m2"}

@@ -7,6 +7,16 @@ documents the annotated versions removed since (withdrawn or retracted), which a
 in `removed/vNNNN.parquet` for the stages downstream. Quarantine parts are the annotated ones
 (linked). Counts: the kept files' counts, less retracted documents (counted as `retracted`),
 plus the new files' outcomes; the equation holds per file.
+
+When the documents withdrawn since include the survivor of an earlier group, the group is
+decided again first (`survivors.regroup`; a retracted survivor revives nothing, nor does one
+this version adds again with the same text, its input file changed elsewhere): the revived
+survivor is written to `docs/vNNNN/revived.parquet` (so the stages downstream see it as added by
+this version) and leaves `rejected/`; the members whose outcome or survivor changed leave their
+`state/` (and `rejected/`) files, which are rewritten under their names, and are written again
+to `state/vNNNN/regrouped.parquet` (`rejected/vNNNN/regrouped.parquet`): every id stays in
+exactly one file per prefix. Their files' counts move from duplicates to kept; `lineage.delta`
+says `revived`. The new documents are then decided against the regrouped survivors.
 """
 
 from __future__ import annotations
@@ -16,13 +26,12 @@ import time
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from mixture import increments
+from mixture import increments, storage
 from mixture.config import Config
-from mixture.curate import accounting, refresh, select, survivors
+from mixture.curate import accounting, batches, refresh, select, survivors
 from mixture.dataset import Dataset, DatasetWriter
-
-BY_ID = ("docs/", "rejected/", survivors.STATE)
 
 
 def extend(
@@ -33,18 +42,13 @@ def extend(
     parts = delta.added(annotated, "annotated", "docs/")
     removed = delta.removed(annotated, "annotated")
     gone = set(increments.removed_since(annotated, 0).column("id").to_pylist())
-    earlier = survivors.load(parts, previous.files(survivors.STATE), gone)
+    state = previous.files(survivors.STATE)
+    regrouped = _regroup(state, parts, previous, removed)
+    earlier = survivors.load(parts, state, gone, regrouped)
     sel = select.decide(parts, cfg, writer.staging, earlier, "/" + increments.tag(number))
     retracted = _retracted_rows(previous, removed)
-    drop = removed.column("id").combine_chunks() if removed.num_rows else pa.array([], pa.string())
-    for prefix in BY_ID:
-        increments.carry_parquet(writer, previous, prefix, drop)
-    for f in annotated.manifest.files:
-        if f["path"].startswith("quarantine/"):
-            writer.keep(annotated, f["path"])
-    increments.keep_removed(writer, previous)
-    increments.write_removed(writer, number, removed)
-    counts = _counts(annotated, previous, delta.since["annotated"], sel, retracted)
+    _carry(writer, annotated, previous, removed, regrouped, cfg, number)
+    counts = _counts(annotated, previous, delta.since["annotated"], sel, retracted, regrouped)
     seconds = time.time() - t0
     extra = select.statistics(annotated, cfg, sel.dec, sel.outcomes, sel.near_groups, sel.sample, seconds)
     extra["statistics_of"] = "the documents this version added"
@@ -54,9 +58,95 @@ def extend(
         "exact_duplicates_of_existing": sel.dec.linked.get(accounting.EXACT, 0),
         "near_duplicates_of_existing": sel.dec.linked.get(accounting.NEAR, 0),
         "removed": removed.num_rows,
+        "revived": len(regrouped.revived),
     }
     lines = select.summary(counts, extra, cfg, seconds)
     return counts, {**extra, "delta": delta_counts}, lines
+
+
+def _regroup(state: list[str], parts: list[str], previous: Dataset, removed: pa.Table) -> survivors.Regrouped:
+    """The groups whose survivor was withdrawn, decided again, but for a survivor this version
+    adds again with the same text (its input file changed elsewhere): its group stays as it was."""
+    withdrawn, gone = _withdrawn(removed), set(removed.column("id").to_pylist())
+    regrouped = survivors.regroup(state, withdrawn, gone)
+    back = _same_text(parts, previous, set(regrouped.moved))
+    return survivors.regroup(state, withdrawn - back, gone) if back else regrouped
+
+
+def _same_text(parts: list[str], previous: Dataset, ids: set[str]) -> set[str]:
+    """The `ids` the new annotated `parts` hold with the text the previous version kept."""
+    if not ids:
+        return set()
+    new, old = _texts(parts, sorted(ids)), _texts(previous.files("docs/"), sorted(ids))
+    return {i for i, t in new.items() if old.get(i) == t}
+
+
+def _texts(uris: list[str], ids: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for uri in uris:
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=["id", "text"], filters=[("id", "in", ids)])
+        out.update(zip(t.column("id").to_pylist(), t.column("text").to_pylist()))
+    return out
+
+
+def _withdrawn(removed: pa.Table) -> set[str]:
+    """The ids removed as withdrawn (and not also retracted: a takedown revives nothing)."""
+    by_reason: dict[str, set[str]] = {increments.WITHDRAWN: set(), increments.RETRACTED: set()}
+    for i, r in zip(removed.column("id").to_pylist(), removed.column("reason").to_pylist()):
+        by_reason.setdefault(r, set()).add(i)
+    return by_reason[increments.WITHDRAWN] - by_reason[increments.RETRACTED]
+
+
+def _carry(
+    writer: DatasetWriter,
+    annotated: Dataset,
+    previous: Dataset,
+    removed: pa.Table,
+    regrouped: survivors.Regrouped,
+    cfg: Config,
+    number: int,
+) -> None:
+    """The previous version's files less the removed documents and the regrouped rows (written
+    again under this version's tag), the quarantine parts, and the removal lists."""
+    drop = removed.column("id").to_pylist()
+    moved = [r["id"] for r in regrouped.rows if r["was"] in survivors.PASSED]  # their rejected/ row changes
+    tag = increments.tag(number)
+    increments.carry_parquet(writer, previous, "docs/", pa.array(drop, pa.string()))
+    increments.carry_parquet(writer, previous, "rejected/", pa.array(drop + moved, pa.string()))
+    increments.carry_parquet(writer, previous, survivors.STATE, pa.array(drop + list(regrouped.changed), pa.string()))
+    if regrouped.rows:
+        revived = [r["id"] for r in regrouped.revived]
+        _write(writer, f"docs/{tag}/revived.parquet", select.docs_rows(annotated.files("docs/"), revived, cfg))
+        state = pa.Table.from_pylist(regrouped.rows).select([n for n, _ in survivors.STATE_FIELDS])
+        _write(writer, f"{survivors.STATE}{tag}/regrouped.parquet", state)
+        if cfg.curate.keep_rejected:
+            _write(writer, f"rejected/{tag}/regrouped.parquet", _redirected(previous, regrouped))
+    for f in annotated.manifest.files:
+        if f["path"].startswith("quarantine/"):
+            writer.keep(annotated, f["path"])
+    increments.keep_removed(writer, previous)
+    increments.write_removed(writer, number, removed)
+
+
+def _redirected(previous: Dataset, regrouped: survivors.Regrouped) -> pa.Table:
+    """The `rejected/` rows of the members that stay duplicates, of their new survivor."""
+    schema = batches.arrow_schema(select.REJECTED_FIELDS)
+    now = {r["id"]: r["survivor"] for r in regrouped.redirected}
+    tables = [schema.empty_table()]
+    for uri in previous.files("rejected/") if now else []:
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, filters=[("id", "in", sorted(now))])
+        tables.append(t.select(schema.names).cast(schema))
+    t = pa.concat_tables(tables)
+    dup_of = pa.array([now[i] for i in t.column("id").to_pylist()], pa.string())
+    return t.set_column(t.schema.get_field_index("duplicate_of"), "duplicate_of", dup_of)
+
+
+def _write(writer: DatasetWriter, rel: str, table: pa.Table) -> None:
+    """One Parquet file of the new version (sorted by id, as the parts are); none when empty."""
+    if table.num_rows:
+        batches.write_table(table, table.schema, ["id"], writer.path(rel))
 
 
 def _retracted_rows(previous: Dataset, removed: pa.Table) -> list[tuple[str, str, str]]:
@@ -68,16 +158,25 @@ def _retracted_rows(previous: Dataset, removed: pa.Table) -> list[tuple[str, str
 
 
 def _counts(
-    annotated: Dataset, previous: Dataset, since: int, sel: select.Selection, retracted: list[tuple[str, str, str]]
+    annotated: Dataset,
+    previous: Dataset,
+    since: int,
+    sel: select.Selection,
+    retracted: list[tuple[str, str, str]],
+    regrouped: survivors.Regrouped,
 ) -> dict[str, Any]:
     """Per-file counts: the files read before (and not again) as the previous version counted
-    them, less retracted documents; the files read since from the annotated counts and the new
-    outcomes."""
+    them, less retracted documents, with the revived survivors moved from duplicates to kept;
+    the files read since from the annotated counts and the new outcomes."""
     ann = annotated.manifest.counts["per_file"]
     reread = {r["uri"] for r in refresh.inputs_of(annotated) if r.get("version", 0) > since}
     before = previous.manifest.counts["per_file"]
     per_file = {f: copy.deepcopy(before[f]) for f in ann if f in before and f not in reread}
     survivors.remove_from_counts(per_file, retracted)
+    for r in regrouped.revived:
+        if (c := per_file.get(r["file"])) is not None:
+            c[r["was"] + "s"] -= 1
+            c["documents_out"] += 1
     new_files = [f for f in ann if f not in per_file]
     outcomes = [(f, o, n) for f, o, n in sel.outcomes if f in set(new_files)]
     new = select.build_counts(_only(annotated, new_files), outcomes) if new_files else {"per_file": {}}

@@ -329,6 +329,21 @@ def write_outputs(
     return {w.prefix.split("/")[0]: w.written for w in outputs}, sample
 
 
+def docs_rows(parts: list[str], ids: list[str], cfg: Config) -> pa.Table:
+    """The curated `docs/` rows (`docs_fields`, sorted by id) of the annotated documents `ids`
+    (a refresh's revived survivors), read from the annotated `parts`."""
+    schema = batches.arrow_schema(docs_fields(cfg))
+    functions = signal_functions(cfg.curate.filters)
+    tables = [schema.empty_table()]
+    for uri in parts if ids else []:
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, filters=[("id", "in", ids)])
+        for b in t.to_batches():
+            b = _with_missing(b, functions, set(t.schema.names))
+            tables.append(pa.Table.from_batches([b]).select(schema.names).cast(schema))
+    return pa.concat_tables(tables).sort_by("id")
+
+
 @dataclass
 class Routes:
     """Where pass 3 sends a batch's rows: kept ones to `docs`, the others to `rejected` (when

@@ -9,12 +9,22 @@ documents: a new document that `curate` linked to an earlier one (`prior_exact`,
 that earlier document's survivor, so a document already curated survives over a new duplicate of
 it. When the earlier group has no survivor (every member failed a filter, or its survivor was
 removed since), the new documents compete as in a full run (the smallest passing id survives).
+
+A survivor a refresh WITHDRAWS (its input file changed or went away) leaves its group's other
+members rejected as duplicates of a document that no longer exists: `regroup` decides those
+groups again, before the new documents, among their remaining members with the full run's rule
+(the passing member with the smallest id survives and is revived, the other passing members
+stay exact or near duplicates of it, the filtered members' survivor becomes it, or null when no
+member passes), and `load` sees the revived survivors. A RETRACTED survivor (`climb retract`, a
+takedown) revives nothing: a near copy of a document taken down stays out.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -58,9 +68,64 @@ def _take(minima: dict[str, str], key: str | None, value: str | None) -> None:
         minima[key] = value
 
 
-def load(parts: list[str], state_uris: list[str], removed: set[str]) -> Earlier:
+@dataclass
+class Regrouped:
+    """The earlier groups whose survivor a refresh withdrew, decided again (`regroup`)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)  # STATE_FIELDS of the members, now; `was`: outcome before
+    moved: dict[str, str | None] = field(default_factory=dict)  # withdrawn survivor -> its group's new one
+
+    @property
+    def revived(self) -> list[dict[str, Any]]:
+        """The members that survive now (they were duplicates)."""
+        return [r for r in self.rows if r["outcome"] == accounting.KEPT]
+
+    @property
+    def redirected(self) -> list[dict[str, Any]]:
+        """The passing members that stay duplicates, of the revived survivor now."""
+        return [r for r in self.rows if r["outcome"] in (accounting.EXACT, accounting.NEAR)]
+
+    @cached_property
+    def changed(self) -> dict[str, str | None]:
+        """{member id: its survivor now}."""
+        return {r["id"]: r["survivor"] for r in self.rows}
+
+    def survivor(self, doc: str, survivor: str) -> str | None:
+        """The survivor, after the regrouping, of earlier document `doc` whose survivor was `survivor`."""
+        return self.changed[doc] if doc in self.changed else self.moved.get(survivor, survivor)
+
+
+PASSED = (accounting.KEPT, accounting.EXACT, accounting.NEAR)  # outcomes of documents that passed the filters
+
+
+def regroup(state_uris: list[str], withdrawn: set[str], removed: set[str]) -> Regrouped:
+    """Decide again the groups whose survivor is in `withdrawn`, among their members not in
+    `removed` (their `state/` rows; the `survivor` column is scanned only when there are
+    withdrawn ids)."""
+    out = Regrouped()
+    if not withdrawn:
+        return out
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    wanted = sorted(withdrawn)
+    for uri in state_uris:
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=[n for n, _ in STATE_FIELDS], filters=[("survivor", "in", wanted)])
+        for r in t.to_pylist():
+            if r["id"] not in removed:
+                groups[r["survivor"]].append(r)
+    for old, members in sorted(groups.items()):
+        passing = sorted(r["id"] for r in members if r["outcome"] in PASSED)
+        new = passing[0] if passing else None
+        out.moved[old] = new
+        for r in sorted(members, key=lambda r: r["id"]):
+            outcome = accounting.KEPT if r["id"] == new else r["outcome"]
+            out.rows.append({**r, "outcome": outcome, "survivor": new, "was": r["outcome"]})
+    return out
+
+
+def load(parts: list[str], state_uris: list[str], removed: set[str], regrouped: Regrouped | None = None) -> Earlier:
     """The links of the new annotated `parts` resolved against the earlier `state/` files (less
-    the survivors in `removed`)."""
+    the survivors in `removed`; with the groups `regroup` decided again)."""
     rows = []
     for uri in parts:
         with storage.open_read(uri) as f:
@@ -68,7 +133,10 @@ def load(parts: list[str], state_uris: list[str], removed: set[str]) -> Earlier:
         linked = pc.or_(pc.is_valid(t.column("prior_exact")), pc.is_valid(t.column("prior_near")))
         rows += t.filter(linked).to_pylist()
     wanted = {r[c] for r in rows for c in PRIOR_COLUMNS if r[c]}
-    out = Earlier(survivor={k: v for k, v in lookup(state_uris, wanted).items() if v not in removed})
+    found = lookup(state_uris, wanted)
+    if regrouped is not None and regrouped.rows:
+        found = {k: s for k, v in found.items() if (s := regrouped.survivor(k, v))}
+    out = Earlier(survivor={k: v for k, v in found.items() if v not in removed})
     for r in rows:
         by_exact = out.survivor.get(r["prior_exact"] or "")
         by_near = out.survivor.get(r["prior_near"] or "")
