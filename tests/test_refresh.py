@@ -272,7 +272,7 @@ def test_regrouping_a_withdrawn_survivors_group_follows_the_full_run_rule(tmp_pa
         ("m3", "exact_duplicate", "s"),
         ("s2", "kept", "s2"),  # withdrawn survivor of a group no member of which passes
         ("f2", "filter:length:min_words", "s2"),
-        ("t", "kept", "t"),  # retracted: its duplicate stays out
+        ("t", "kept", "t"),  # retracted: its near copy u is revived, as a full run keeps it
         ("u", "near_duplicate", "t"),
     ]
     pq.write_table(
@@ -285,15 +285,16 @@ def test_regrouping_a_withdrawn_survivors_group_follows_the_full_run_rule(tmp_pa
         {"id": ["s", "s2", "t"], "reason": [increments.WITHDRAWN, increments.WITHDRAWN, increments.RETRACTED]}
     )
     withdrawn = increment._withdrawn(removed)
-    assert withdrawn == {"s", "s2"}
+    assert withdrawn == {"s", "s2", "t"}
     g = survivors.regroup([str(state)], withdrawn, {"s", "s2", "t"})
     assert {r["id"]: (r["outcome"], r["survivor"]) for r in g.rows} == {
         "f1": ("filter:length:min_words", "m2"),
         "m2": ("kept", "m2"),
         "m3": ("exact_duplicate", "m2"),
         "f2": ("filter:length:min_words", None),
+        "u": ("kept", "u"),
     }
-    assert [r["id"] for r in g.revived] == ["m2"] and g.moved == {"s": "m2", "s2": None}
+    assert [r["id"] for r in g.revived] == ["m2", "u"] and g.moved == {"s": "m2", "s2": None, "t": "u"}
     assert survivors.regroup([str(state)], set(), {"t"}).rows == []
     # New documents linked to the regrouped groups see the revived survivor (or none).
     part = tmp_path / "part.parquet"
@@ -311,4 +312,4 @@ def test_regrouping_a_withdrawn_survivors_group_follows_the_full_run_rule(tmp_pa
         part,
     )
     earlier = survivors.load([str(part)], [str(state)], {"s", "s2", "t"}, g)
-    assert earlier.survivor == {"s": "m2", "m3": "m2"}
+    assert earlier.survivor == {"s": "m2", "m3": "m2", "u": "u"}

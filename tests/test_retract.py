@@ -418,3 +418,16 @@ def test_earlier_versions_are_deleted_under_their_lease_and_latest_never(tmp_pat
         "mix/latest",
     ]
     assert P.published_versions(cfg) == ["2025-03"]
+
+
+def test_exact_copies_under_other_ids_are_retracted_with_the_document(tmp_path):
+    """`with_exact_copies` adds every document with the same exact-dedup hash as a matched one
+    (a copy of the text under another id), from the small `dedup/` columns only."""
+    w = DatasetWriter(str(tmp_path / "annotated"), "curate", "cfg-hash", {})
+    state = {"id": ["a", "b", "c", "d"], "file": ["f0", "f1", "f1", "f2"], "text_hash": ["h1", "h1", "h2", "h1"]}
+    pq.write_table(pa.table(state), w.path("dedup/part-00000.parquet"))
+    ds = w.commit({}, {})
+    match = R.Match(files={"a": "f0"})
+    assert R.with_exact_copies(ds, match) == 2
+    assert match.files == {"a": "f0", "b": "f1", "d": "f2"}
+    assert R.with_exact_copies(ds, R.Match()) == 0

@@ -179,6 +179,7 @@ class RetractReport:
     version: str | None = None
     deleted_versions: list[str] = field(default_factory=list)
     scrubbed_snippets: int = 0
+    copies: int = 0  # of those, exact copies (same text) under ids no entry named
     ids: list[str] = field(default_factory=list, repr=False)
 
 
@@ -205,6 +206,7 @@ def retract(
     with pipeline.exclusive(cfg, "curate"):
         annotated = open_dataset(pipeline.dataset_uri(cfg, "annotated"))
         match = R.resolve(annotated, entries)
+        copies = R.with_exact_copies(annotated, match)
         already = R.already_retracted(annotated, entries)
         if not match.files and not already:
             raise R.RetractError(f"none of the {len(entries)} entries of {ids_file} matches an annotated document")
@@ -214,6 +216,7 @@ def retract(
     rewritten = ["annotated"] if match.files else []
     report = RetractReport(len(match.files), len(already), match.unmatched, increments.version(annotated), rewritten)
     report.ids = sorted(set(match.ids) | set(already))
+    report.copies = copies
     results = pipeline.run_all(cfg)
     report.rewritten += [pipeline.stage(r.stage).dataset for r in results if not r.skipped]
     report.scrubbed_snippets = R.scrub_tracking(cfg, report.ids)
@@ -255,6 +258,7 @@ def cmd_retract(cfg: Config, args) -> int:
         version=args.version,
     )
     before = f" (and {rep.already:,} retracted before)" if rep.already else ""
+    before = (f" ({rep.copies:,} of them exact copies under other ids)" if rep.copies else "") + before
     lines = [
         ("documents retracted", f"{rep.retracted:,}{before}"),
         ("entries matching nothing", f"{len(rep.unmatched):,}" + _examples(rep.unmatched)),

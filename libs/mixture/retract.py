@@ -160,6 +160,26 @@ def resolve(annotated: Dataset, entries: Entries) -> Match:
     return match
 
 
+def with_exact_copies(annotated: Dataset, match: Match) -> int:
+    """Add to `match` every annotated document with the same text as a matched one (the same
+    exact-dedup hash, `dedup/`): a copy of a retracted text under another id is retracted with
+    it. Returns how many were added. Two passes over the small `dedup/` columns, no text read."""
+    if not match.files:
+        return 0
+    hashes: set[str] = set()
+    wanted = match.ids
+    for uri in annotated.files("dedup/"):
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=["id", "text_hash"], filters=[("id", "in", wanted)])
+        hashes.update(t.column("text_hash").to_pylist())
+    before = len(match.files)
+    for uri in annotated.files("dedup/") if hashes else []:
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=["id", "file", "text_hash"], filters=[("text_hash", "in", sorted(hashes))])
+        match.files.update(zip(t.column("id").to_pylist(), t.column("file").to_pylist()))
+    return len(match.files) - before
+
+
 def already_retracted(annotated: Dataset, entries: Entries) -> list[str]:
     """The ids an earlier retraction removed that the id and pattern entries name (a retraction
     run again after its commit: nothing is left to remove, the rest of it still runs)."""

@@ -8,9 +8,9 @@ in `removed/vNNNN.parquet` for the stages downstream. Quarantine parts are the a
 (linked). Counts: the kept files' counts, less retracted documents (counted as `retracted`),
 plus the new files' outcomes; the equation holds per file.
 
-When the documents withdrawn since include the survivor of an earlier group, the group is
-decided again first (`survivors.regroup`; a retracted survivor revives nothing, nor does one
-this version adds again with the same text, its input file changed elsewhere): the revived
+When the documents removed since include the survivor of an earlier group, the group is
+decided again first (`survivors.regroup`; not for a survivor this version adds again with the
+same text, its input file changed elsewhere): the revived
 survivor is written to `docs/vNNNN/revived.parquet` (so the stages downstream see it as added by
 this version) and leaves `rejected/`; the members whose outcome or survivor changed leave their
 `state/` (and `rejected/`) files, which are rewritten under their names, and are written again
@@ -91,11 +91,10 @@ def _texts(uris: list[str], ids: list[str]) -> dict[str, str]:
 
 
 def _withdrawn(removed: pa.Table) -> set[str]:
-    """The ids removed as withdrawn (and not also retracted: a takedown revives nothing)."""
-    by_reason: dict[str, set[str]] = {increments.WITHDRAWN: set(), increments.RETRACTED: set()}
-    for i, r in zip(removed.column("id").to_pylist(), removed.column("reason").to_pylist()):
-        by_reason.setdefault(r, set()).add(i)
-    return by_reason[increments.WITHDRAWN] - by_reason[increments.RETRACTED]
+    """The removed ids whose groups are decided again: withdrawn and retracted alike (a full run
+    keeps the next member too; `climb retract` takes exact copies out with the document, so
+    what can come back is a near copy under another id, as in a full run)."""
+    return set(removed.column("id").to_pylist())
 
 
 def _carry(

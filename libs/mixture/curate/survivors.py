@@ -10,13 +10,16 @@ that earlier document's survivor, so a document already curated survives over a 
 it. When the earlier group has no survivor (every member failed a filter, or its survivor was
 removed since), the new documents compete as in a full run (the smallest passing id survives).
 
-A survivor a refresh WITHDRAWS (its input file changed or went away) leaves its group's other
-members rejected as duplicates of a document that no longer exists: `regroup` decides those
+A survivor a refresh removes (withdrawn: its input file changed or went away; or retracted)
+leaves its group's other members rejected as duplicates of a document that no longer exists:
+`regroup` decides those
 groups again, before the new documents, among their remaining members with the full run's rule
 (the passing member with the smallest id survives and is revived, the other passing members
 stay exact or near duplicates of it, the filtered members' survivor becomes it, or null when no
-member passes), and `load` sees the revived survivors. A RETRACTED survivor (`climb retract`, a
-takedown) revives nothing: a near copy of a document taken down stays out.
+member passes), and `load` sees the revived survivors. A full run over the same input keeps the
+same member. `climb retract` takes the exact copies of a retracted text out with it (the same
+exact-dedup hash), so what a retraction can revive is a near copy under another id, which a full
+run would keep too: a near copy is retracted only when named.
 """
 
 from __future__ import annotations

@@ -47,5 +47,6 @@ def _version_line(lin: increments.Lineage, why: str) -> str:
         return f"v{lin.version}: full ({why})"
     return (
         f"v{lin.version}: refresh: {d['kept_new']:,} new kept, {d['exact_duplicates_of_existing']:,} exact and "
-        f"{d['near_duplicates_of_existing']:,} near duplicates of earlier documents, {d['removed']:,} removed"
+        f"{d['near_duplicates_of_existing']:,} near duplicates of earlier documents, {d['removed']:,} removed, "
+        f"{d.get('revived', 0):,} revived"
     )
