@@ -11,6 +11,11 @@ config. Prints every stage's wall time, the ratio, and checks that the refresh k
 documents as the full run.
 
     .venv/bin/python bench/refresh.py [--config configs/demo.yaml] [--files 10] [--set KEY=VALUE]
+        [--corpus DIR_OR_FILE] [--models DIR]
+
+`--corpus` takes another corpus (JSON lines, gzipped or not: a file or a folder of them), e.g.
+the scale benchmark's (`bench/scale.py`); `--models` a `_models/` folder to copy into both output
+roots before the clocks start (the static embedder distilled once, `embed.model_type: static`).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "corpus.jsonl.gz"
 
 
-def split_corpus(folder: Path, files: int, seed: int = 0) -> list[Path]:
-    records = [json.loads(line) for line in gzip.open(SAMPLE, "rt")]
+def split_corpus(folder: Path, files: int, corpus: Path = SAMPLE, seed: int = 0) -> list[Path]:
+    sources = sorted(corpus.glob("*.jsonl*")) if corpus.is_dir() else [corpus]
+    records = [json.loads(line) for src in sources for line in (gzip.open if src.suffix == ".gz" else open)(src, "rt")]
     random.Random(seed).shuffle(records)
     folder.mkdir(parents=True)
     paths = []
@@ -78,11 +84,15 @@ def main() -> None:
     p.add_argument("--config", default=str(REPO / "configs/demo.yaml"))
     p.add_argument("--files", type=int, default=10)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--corpus", type=Path, default=SAMPLE)
+    p.add_argument("--models", type=Path, default=None, help="a _models/ folder copied into each output root")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     over = _overrides(args.set)
     tmp = Path(tempfile.mkdtemp(prefix="climb-refresh-bench-"))
-    paths = split_corpus(tmp / "all", args.files)
+    paths = split_corpus(tmp / "all", args.files, args.corpus)
+    for root in (tmp / "a", tmp / "b") if args.models else ():
+        shutil.copytree(args.models, root / "out" / "_models")
     grow = tmp / "grow"
     grow.mkdir()
     for path in paths[:-1]:

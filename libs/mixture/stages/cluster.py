@@ -38,6 +38,7 @@ logged to MLflow.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import tempfile
 import time
@@ -50,7 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mixture import documents, embeddings, increments, storage
+from mixture import documents, embeddings, increments, retract, storage
 from mixture import report as R
 from mixture.config import ClusterConfig
 from mixture.contract import StageContext, StageOutput
@@ -723,6 +724,21 @@ def exceeds(rc, figures: dict) -> str:
     return "; ".join(why)
 
 
+def _redacted_report(prev: Dataset, w, rel: str, gone: set[str]) -> bool:
+    """Stage the report file of the clustering version with the snippets of removed documents (a
+    retracted text must leave every dataset) replaced by `[retracted]`; False (nothing staged)
+    when it quotes none of them."""
+    text = storage.read_text(prev.path(rel))
+    if rel.endswith(".json"):
+        obj, n = retract.redact_json(json.loads(text), gone)
+        text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    else:
+        text, n = retract.redact_markdown(text, gone)
+    if n:
+        storage.write_text(w.path(rel), text)
+    return n > 0
+
+
 def commit_refresh(ctx: StageContext, drop: pa.Table, old: Tally, new: Tally, figures: dict) -> StageOutput:
     """Stage the rest of the incremental version: the committed assignments files less the
     removed ids, the centroids, mapping and report files as they were, the removal lists; the
@@ -730,8 +746,11 @@ def commit_refresh(ctx: StageContext, drop: pa.Table, old: Tally, new: Tally, fi
     prev, w = ctx.previous, ctx.writer
     assert prev is not None
     rewritten = increments.carry_parquet(w, prev, "assignments", drop.column("id").combine_chunks())
+    gone = set(drop.column("id").to_pylist())
     for entry in prev.manifest.files:
         rel = entry["path"]
+        if rel in retract.REPORT_FILES and gone and _redacted_report(prev, w, rel, gone):
+            continue
         if not rel.startswith(("assignments", increments.REMOVED)) and rel != increments.HISTORY:
             w.keep(prev, rel)
     increments.keep_removed(w, prev)
