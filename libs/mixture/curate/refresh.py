@@ -11,6 +11,7 @@ the new ones; `inputs.json` lists every input file the version covers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixture import increments, storage
-from mixture.curate import accounting
+from mixture.curate import accounting, annotate, ingest, prior
 from mixture.curate.prior import INPUTS, STATE, Changes
 from mixture.dataset import Dataset, DatasetWriter
 
@@ -78,3 +79,69 @@ def delta_counts(changes: Changes, new_counts: dict[str, Any] | None, withdrawn:
         "retracted": 0,
         **(linked or {}),
     }
+
+
+@dataclass
+class Version:
+    """What a curate run makes: version `number`, extending `previous` (None: a full run, for
+    the reason `why`), from the input files' `changes`; `retracted`: ids never annotated again."""
+
+    number: int
+    previous: Dataset | None
+    why: str
+    changes: Changes
+    retracted: set[str]
+
+    @property
+    def earlier(self) -> annotate.Earlier | None:
+        """What the new documents are deduplicated against (a refresh), else None."""
+        if self.previous is None:
+            return None
+        docs, state = self.previous.files("docs/"), self.previous.files(STATE)
+        return annotate.Earlier(state, docs, self.changes.withdrawn)
+
+    @property
+    def tag(self) -> str:
+        return "/" + increments.tag(self.number) if self.previous is not None else ""
+
+
+def plan_version(committed: Dataset | None, files: list[ingest.InputFile], settings: str, incremental: bool) -> Version:
+    """A refresh of the committed version when it was made with the same settings, else a full run."""
+    delta, why = increments.plan(committed, {}, settings, incremental)
+    number = increments.version(committed) + 1
+    changes = prior.classify(inputs_of(committed) if delta else [], files, number)
+    return Version(number, committed if delta else None, why, changes, retracted_ids(committed))
+
+
+def finish_version(
+    writer: DatasetWriter,
+    v: Version,
+    committed: Dataset | None,
+    settings: str,
+    new: tuple[dict[str, Any] | None, dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any], increments.Lineage]:
+    """Stage the rest of version `v` after the new files were annotated (`new`: their counts or
+    None when none was read, and the annotation's extra): the carried files of a refresh, the
+    retraction list of a full run, `inputs.json`, the lineage. Returns (counts, extra, lineage)."""
+    new_counts, extra = new
+    counts, withdrawn = new_counts, 0
+    if v.previous is not None:
+        counts, withdrawn = carry(writer, v.previous, v.changes, new_counts, v.number)
+        extra = {**v.previous.manifest.extra, **extra}
+    else:
+        increments.write_removed(writer, v.number, increments.ids_table(v.retracted, increments.RETRACTED))
+    if counts is None:
+        raise RuntimeError("curate: nothing was read and there is no earlier version to extend")
+    extra = {**extra, "inputs": write_inputs(writer, v.changes)}
+    linked = extra.pop("earlier", {})
+    mode = "full" if v.previous is None else "incremental"
+    lin = increments.next_lineage(committed, mode, settings, {}, delta_counts(v.changes, new_counts, withdrawn, linked))
+    return counts, increments.record(writer, committed, lin, extra), lin
+
+
+def retracted_ids(committed: Dataset | None) -> set[str]:
+    """Every id `climb retract` took out of earlier versions: never annotated again, even by a
+    full run over input files that still hold them (the lists are carried into every version)."""
+    if committed is None:
+        return set()
+    return {r["id"] for r in increments.removed_since(committed, 0).to_pylist() if r["reason"] == increments.RETRACTED}

@@ -21,7 +21,7 @@ from typing import Any
 
 from mixture import increments
 from mixture.contract import StageContext, StageOutput
-from mixture.curate import annotate, ingest, prior, refresh, track
+from mixture.curate import annotate, ingest, refresh, track
 
 log = logging.getLogger(__name__)
 
@@ -48,58 +48,23 @@ def run(ctx: StageContext) -> StageOutput:
     files = ingest.list_inputs(cfg.input.uris)
     if not files:
         raise FileNotFoundError(f"no input files match {cfg.input.uris}")
-    delta, why = increments.plan(ctx.previous, {}, ctx.settings_hash, cfg.refresh.incremental)
-    number = increments.version(ctx.previous) + 1
-    changes = prior.classify(refresh.inputs_of(ctx.previous) if delta else [], files, number)
-    log.info("curate: %s", why if delta is None else f"refresh: {changes.counts()}")
-    blocked = retracted_ids(ctx.previous)
-    earlier = None
-    if delta is not None:
-        assert ctx.previous is not None
-        docs, state = ctx.previous.files("docs/"), ctx.previous.files(prior.STATE)
-        earlier = annotate.Earlier(state, docs, changes.withdrawn)
+    v = refresh.plan_version(ctx.previous, files, ctx.settings_hash, cfg.refresh.incremental)
+    log.info("curate: %s", v.why if v.previous is None else f"refresh: {v.changes.counts()}")
     new_counts: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
     summary: list[tuple[str, Any]] = []
-    if changes.to_read:
+    if v.changes.to_read:
         with _spark(cfg) as spark:
-            tag = "/" + increments.tag(number) if earlier else ""
             new_counts, extra, summary = annotate.annotate(
-                spark, cfg, ctx.writer.staging, changes.to_read, earlier, tag, sorted(blocked)
+                spark, cfg, ctx.writer.staging, v.changes.to_read, v.earlier, v.tag, sorted(v.retracted)
             )
-    counts, withdrawn = new_counts, 0
-    if delta is not None:
-        assert ctx.previous is not None
-        counts, withdrawn = refresh.carry(ctx.writer, ctx.previous, changes, new_counts, number)
-        extra = {**ctx.previous.manifest.extra, **extra}
-    else:
-        increments.write_removed(ctx.writer, number, increments.ids_table(blocked, increments.RETRACTED))
-    assert counts is not None
-    extra["inputs"] = refresh.write_inputs(ctx.writer, changes)
     extra["input_files"] = len(files)
-    linked = extra.pop("earlier", {})
-    mode = "full" if delta is None else "incremental"
-    lin = increments.next_lineage(
-        ctx.previous, mode, ctx.settings_hash, {}, refresh.delta_counts(changes, new_counts, withdrawn, linked)
-    )
-    extra = increments.record(ctx.writer, ctx.previous, lin, extra)
-    summary = _refresh_lines(lin, why) + summary
+    new = (new_counts, extra)
+    counts, extra, lin = refresh.finish_version(ctx.writer, v, ctx.previous, ctx.settings_hash, new)
+    summary = _refresh_lines(lin, v.why) + summary
     if run_id := track.log_run(cfg, "curate", counts, extra):
         summary.append(("MLflow run", run_id))
     return StageOutput(counts=counts, extra=extra, summary=summary)
-
-
-def retracted_ids(previous) -> set[str]:
-    """Every id `climb retract` took out of earlier versions: never annotated again, even by a
-    full run over input files that still hold them (the lists are carried into every version)."""
-    if previous is None:
-        return set()
-    removed = increments.removed_since(previous, 0)
-    return {
-        i
-        for i, r in zip(removed.column("id").to_pylist(), removed.column("reason").to_pylist())
-        if r == increments.RETRACTED
-    }
 
 
 def _refresh_lines(lin: increments.Lineage, why: str) -> list[tuple[str, object]]:
