@@ -11,9 +11,10 @@ import json
 import random
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from mixture import increments, pipeline
+from mixture import increments, pipeline, storage
 from mixture.config import FiltersConfig, parse_config
 from mixture.curate.filters import FilterChain
 
@@ -313,3 +314,44 @@ def test_regrouping_a_withdrawn_survivors_group_follows_the_full_run_rule(tmp_pa
     )
     earlier = survivors.load([str(part)], [str(state)], {"s", "s2", "t"}, g)
     assert earlier.survivor == {"s": "m2", "m3": "m2", "u": "u"}
+
+
+def test_a_refresh_on_s3_reads_only_the_new_file_and_keeps_the_earlier_parts(
+    spark, corpus, tmp_path, s3_endpoint, s3_bucket
+):
+    """The same refresh with the input files and the output root on S3 (an HTTP endpoint): the
+    input files told apart by ETag, the earlier parts carried by server-side copies."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+
+    def upload(name: str) -> None:
+        body = "".join(json.dumps(r) + "\n" for r in corpus[name]).encode()
+        s3.put_object(Bucket=s3_bucket, Key=f"refresh/raw/{name}", Body=body)
+
+    for name in ("f0.jsonl", "f1.jsonl"):
+        upload(name)
+    cfg = config(tmp_path, tmp_path / "unused")
+    cfg = cfg.model_copy(
+        update={
+            "output_root": f"s3://{s3_bucket}/refresh/out",
+            "input": cfg.input.model_copy(update={"uris": [f"s3://{s3_bucket}/refresh/raw/"]}),
+        }
+    )
+    ann1, _ = curate(cfg)
+    upload("f3.jsonl")
+    ann, cur = curate(cfg)
+    d = increments.lineage(ann).delta
+    assert (d["files_new"], d["files_unchanged"], d["documents_read"]) == (1, 2, len(corpus["f3.jsonl"]))
+    listing = {r["uri"]: r for r in json.loads(storage.read_text(ann.path("inputs.json")))}
+    assert all(r["checksum"].startswith("etag:") for r in listing.values())
+    rejected = {
+        r["id"]: r
+        for f in cur.files("rejected/")
+        for r in pq.read_table(pa.BufferReader(storage.read_bytes(f))).to_pylist()
+    }
+    assert {rejected[f"f3-copy-{i}"]["duplicate_of"] for i in range(3)} == {f"f0-{i:03d}" for i in range(3)}
+    first = {f["path"]: f["sha256"] for f in ann1.manifest.files if f["path"].startswith("docs/part-")}
+    assert first and all(e["sha256"] == first[e["path"]] for e in ann.manifest.files if e["path"] in first)
+    ann.verify()
+    cur.verify()
