@@ -27,6 +27,23 @@ def test_new_input_files_make_curation_run_again(tmp_path):
     assert pipeline.config_hash(cfg, pipeline.stage("annotated")) != before
 
 
+def test_a_new_dump_named_by_its_own_uri_keeps_the_settings_of_a_refresh(tmp_path):
+    """Naming one more input URI makes curation run (the listing changed) as a refresh of the
+    committed version (the settings, what a refresh must share with it, are the same)."""
+    for name in ("week1", "week2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "dump.jsonl").write_text('{"text": "x"}\n')
+    st = pipeline.stage("curate")
+    one = parse_config({"output_root": str(tmp_path / "out"), "input": {"uris": [str(tmp_path / "week1")]}})
+    two = one.model_copy(
+        update={"input": one.input.model_copy(update={"uris": [str(tmp_path / n) for n in ("week1", "week2")]})}
+    )
+    assert pipeline.config_hash(one, st) != pipeline.config_hash(two, st)
+    assert pipeline.config_hash(one, st, listing=False) == pipeline.config_hash(two, st, listing=False)
+    other = one.model_copy(update={"input": one.input.model_copy(update={"text_field": "body"})})
+    assert pipeline.config_hash(other, st, listing=False) != pipeline.config_hash(one, st, listing=False)
+
+
 def test_editing_a_named_file_in_place_changes_the_hash(tmp_path):
     (tmp_path / "in").mkdir()
     target = tmp_path / "target.jsonl"

@@ -114,7 +114,9 @@ def config_hash(cfg: Config, st: Stage, listing: bool = True) -> str:
     mixture file or a target set in place makes the stage run again. Without `listing`, the
     input files' listing is left out: the hash of the settings alone (an incremental curation
     extends a version made with the same settings from fewer files)."""
-    parts = [cfg.section_hash(*st.sections, exclude=st.unhashed)]
+    # the settings alone: not which input files (a refresh may name a new dump by its own URI)
+    listed = () if listing or "input.uris" not in st.files else ("input.uris",)
+    parts = [cfg.section_hash(*st.sections, exclude=st.unhashed + listed)]
     for key in st.files:
         uris = cfg.uris(key)
         if key == "input.uris":
