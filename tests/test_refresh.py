@@ -24,7 +24,9 @@ FILES, PER = 6, 30
 
 
 @pytest.fixture(scope="module")
-def spark():
+def spark(s3_endpoint):
+    """The Spark session, started after the S3 endpoint's environment is set (its Python
+    workers keep the environment they start with)."""
     from mixture import spark as spark_helper
 
     return spark_helper.session("local[2]", "climb-tests", 2)
@@ -143,6 +145,12 @@ def test_three_refreshes_give_the_full_runs_curated_set_reading_only_new_files(s
     assert d["near_duplicates_of_existing"] == 4 and d["exact_duplicates_of_existing"] == 0
     chain = increments.history(cur)
     assert [c["version"] for c in chain] == [1, 2, 3] and [c["mode"] for c in chain][-1] == "incremental"
+    # A full selection over the refreshed dataset (a threshold change, or refresh.incremental off)
+    # merges the groups across the curation runs: the same curated set, the copies rejected.
+    again = pipeline.run_stage(config(tmp_path / "inc", inputs, incremental=False), "select", force=True).dataset
+    assert increments.lineage(again).mode == "full"
+    assert sorted(rows(again, "docs/")) == sorted(full_kept)
+    assert again.manifest.counts == full_cur.manifest.counts
     # Unchanged parts are carried, not copied: the first version's parts are the same files.
     first = [f["path"] for f in ann.manifest.files if f["path"].startswith("docs/part-")]
     assert first and [Path(ann.path(p)).stat().st_ino for p in first] == inodes
@@ -355,3 +363,24 @@ def test_a_refresh_on_s3_reads_only_the_new_file_and_keeps_the_earlier_parts(
     assert first and all(e["sha256"] == first[e["path"]] for e in ann.manifest.files if e["path"] in first)
     ann.verify()
     cur.verify()
+
+
+def test_a_selection_that_skipped_curation_versions_still_links_them(spark, corpus, tmp_path):
+    """Curation refreshed twice before `select` runs: the copies in the second refresh of
+    documents the first one added are still duplicates (decided together, linked across runs)."""
+    inputs = tmp_path / "in"
+    for name in ("f0.jsonl", "f1.jsonl"):
+        write(inputs, name, corpus[name])
+    cfg = config(tmp_path / "inc", inputs)
+    curate(cfg)
+    write(inputs, "f2.jsonl", corpus["f2.jsonl"])
+    pipeline.run_stage(cfg, "curate")
+    copies = [{"id": f"f3-copy-{i}", "text": corpus["f2.jsonl"][i]["text"]} for i in range(3)]
+    write(inputs, "f3.jsonl", copies)
+    pipeline.run_stage(cfg, "curate")
+    cur = pipeline.run_stage(cfg, "select").dataset
+    rejected = rows(cur, "rejected/")
+    assert {rejected[c["id"]]["duplicate_of"] for c in copies} == {f"f2-{i:03d}" for i in range(3)}
+    _, full = curate(config(tmp_path / "full", inputs))
+    assert sorted(rows(cur, "docs/")) == sorted(rows(full, "docs/"))
+    assert cur.manifest.counts == full.manifest.counts

@@ -41,11 +41,12 @@ def extend(
     t0 = time.time()
     parts = delta.added(annotated, "annotated", "docs/")
     removed = delta.removed(annotated, "annotated")
-    gone = set(increments.removed_since(annotated, 0).column("id").to_pylist())
+    gone = set(removed.column("id").to_pylist())  # earlier removals left the carried state already
     state = previous.files(survivors.STATE)
     regrouped = _regroup(state, parts, previous, removed)
-    earlier = survivors.load(parts, state, gone, regrouped)
-    sel = select.decide(parts, cfg, writer.staging, earlier, "/" + increments.tag(number))
+    groups = survivors.merge_groups(parts)  # the versions' parts, linked across curation runs
+    earlier = survivors.load(parts, state, gone, regrouped, groups)
+    sel = select.decide(parts, cfg, writer.staging, earlier, "/" + increments.tag(number), groups)
     retracted = _retracted_rows(previous, removed)
     _carry(writer, annotated, previous, removed, regrouped, cfg, number)
     counts = _counts(annotated, previous, delta.since["annotated"], sel, retracted, regrouped)

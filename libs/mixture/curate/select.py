@@ -82,6 +82,7 @@ class Decisions:
     alone: Counter = field(default_factory=Counter)  # "<filter>:<rule>" -> n
     exempted: Counter = field(default_factory=Counter)
     earlier: survivors.Earlier | None = None  # a refresh: the earlier groups' survivors
+    groups: survivors.MergedGroups | None = None  # the groups merged across curation runs
     linked: Counter = field(default_factory=Counter)  # outcome -> new duplicates of earlier documents
 
     def code(self, reason: str | None) -> int:
@@ -93,9 +94,13 @@ class Decisions:
 
 
 # ------------------------------------------------------------------------------ reading
-def _iter_batches(uri: str, columns: list[str] | None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+def _iter_batches(
+    uri: str, columns: list[str] | None, groups: survivors.MergedGroups | None = None, batch_size: int = 4096
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of a part, with the merged group labels when `groups` is given."""
     with storage.open_read(uri) as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+            yield groups.relabel(batch) if groups is not None else batch
 
 
 def _group_columns(uri: str) -> list[str]:
@@ -137,14 +142,17 @@ def _with_missing(batch: pa.RecordBatch, functions: dict[str, Signal], stored: s
 
 
 # ------------------------------------------------------------------------ 1. filters
-def decide_filters(parts: list[str], chain: FilterChain, stored: set[str]) -> Decisions:
-    """Pass 1: every document's first failing rule, and the dedup minima over passing ones."""
-    dec = Decisions()
+def decide_filters(
+    parts: list[str], chain: FilterChain, stored: set[str], groups: survivors.MergedGroups | None = None
+) -> Decisions:
+    """Pass 1: every document's first failing rule, and the dedup minima over passing ones (of
+    the groups merged across curation runs, `survivors.MergedGroups`)."""
+    dec = Decisions(groups=groups)
     functions = needed_signals(chain)
     columns = ["text", "n_words", *[n for n in functions if n in stored], *GROUP_COLUMNS]  # links: pass 2
     for uri in parts:
         codes: list[int] = []
-        for batch in _iter_batches(uri, columns):
+        for batch in _iter_batches(uri, columns, dec.groups):
             sig = _signals(batch, functions, stored)
             names = list(sig)
             texts = batch.column("text").to_pylist()
@@ -213,7 +221,7 @@ def count_outcomes(
     groups: set[str | None] = set()
     for uri, codes in zip(parts, dec.codes):
         offset = 0
-        for batch in _iter_batches(uri, _group_columns(uri)):
+        for batch in _iter_batches(uri, _group_columns(uri), dec.groups):
             outs, dup_of, _ = outcomes(batch, codes[offset : offset + batch.num_rows], dec, exact_on, fuzzy_on)
             offset += batch.num_rows
             if dec.earlier is not None:
@@ -316,7 +324,7 @@ def write_outputs(
             hi = lo + MAX_OPEN_PARTS
             for uri, codes in zip(parts, dec.codes):
                 offset = 0
-                for batch in _iter_batches(uri, None):
+                for batch in _iter_batches(uri, None, dec.groups):
                     batch = _with_missing(batch, functions, stored)
                     decided = outcomes(
                         batch, codes[offset : offset + batch.num_rows], dec, cur.exact_dedup, cur.fuzzy_dedup.enabled
@@ -411,15 +419,22 @@ class Selection:
 
 
 def decide(
-    parts: list[str], cfg: Config, staging: str, earlier: survivors.Earlier | None = None, tag: str = ""
+    parts: list[str],
+    cfg: Config,
+    staging: str,
+    earlier: survivors.Earlier | None = None,
+    tag: str = "",
+    groups: survivors.MergedGroups | None = None,
 ) -> Selection:
     """Filters, dedup and the write of the given annotated parts (all of them, or a refresh's
-    new ones, decided against the `earlier` survivors and written under `tag`)."""
+    new ones, decided against the `earlier` survivors and written under `tag`), with their dedup
+    groups merged across the curation runs that wrote them (`groups`, else computed here)."""
     cur = cfg.curate
     if not parts:
         return Selection([], {}, Decisions(), {}, 0)
     stored = set(pq.read_schema(storage.local_path(parts[0]) or pa.BufferReader(storage.read_bytes(parts[0]))).names)
-    dec = decide_filters(parts, FilterChain(cur.filters), stored)
+    groups = groups if groups is not None else survivors.merge_groups(parts)
+    dec = decide_filters(parts, FilterChain(cur.filters), stored, groups)
     dec.earlier = earlier
     rows, near_groups = count_outcomes(parts, dec, cur.exact_dedup, cur.fuzzy_dedup.enabled)
     sel = Selection(rows, {}, dec, {}, near_groups)

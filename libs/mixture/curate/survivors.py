@@ -43,6 +43,80 @@ PRIOR_COLUMNS = ["prior_exact", "prior_near"]
 LINK_COLUMNS = ["id", "exact_group", "near_group", *PRIOR_COLUMNS]
 
 
+class MergedGroups:
+    """The dedup groups of annotated parts merged across the curation runs that wrote them.
+
+    Each run labels its groups by their smallest id, and a refresh links a new document to an
+    earlier one (`prior_exact`, `prior_near`) without relabelling either: this union-find over the
+    small columns (`id`, `exact_group`, `near_group`, the links) gives every document that is in a
+    group or linked its merged group, labelled by the smallest id in it, for the exact groups
+    (same text: `exact_group`, `prior_exact`) and the near ones (all four). On parts one run
+    wrote, the labels are the stored ones. Memory: the documents that are in a group or linked."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, str] = {}
+        self.near: dict[str, str] = {}
+
+    @staticmethod
+    def _find(parent: dict[str, str], x: str) -> str:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while x != root:
+            parent[x], x = root, parent.get(x, root)
+        return root
+
+    def _union(self, parent: dict[str, str], a: str, b: str | None) -> None:
+        if b is None:
+            return
+        ra, rb = self._find(parent, a), self._find(parent, b)
+        parent.setdefault(ra, ra)
+        parent.setdefault(rb, rb)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    def add(self, row: dict[str, Any]) -> None:
+        i = row["id"]
+        for label in (row["exact_group"], row.get("prior_exact")):
+            self._union(self.exact, i, label)
+        for label in (row["exact_group"], row["near_group"], row.get("prior_exact"), row.get("prior_near")):
+            self._union(self.near, i, label)
+
+    def labels(self, ids: list[str]) -> tuple[list[str | None], list[str | None]]:
+        """(exact label, near label) of each id: its merged group's smallest id, None alone."""
+        ex = [self._find(self.exact, i) if i in self.exact else None for i in ids]
+        ne = [self._find(self.near, i) if i in self.near else None for i in ids]
+        return ex, ne
+
+    def relabel(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch with `exact_group` / `near_group` replaced by the merged labels."""
+        ex, ne = self.labels(batch.column("id").to_pylist())
+        names = batch.schema.names
+        cols = [
+            pa.array(ex, pa.string()) if n == "exact_group" else pa.array(ne, pa.string()) if n == "near_group" else c
+            for n, c in zip(names, batch.columns)
+        ]
+        return pa.RecordBatch.from_arrays(cols, names=names)
+
+
+def merge_groups(parts: list[str]) -> MergedGroups:
+    """`MergedGroups` of the annotated parts (one pass over the rows in a group or linked)."""
+    out = MergedGroups()
+    for uri in parts:
+        with storage.open_read(uri) as f:
+            names = set(pq.read_schema(f).names)
+        cols = [c for c in LINK_COLUMNS if c in names]
+        with storage.open_read(uri) as f:
+            t = pq.read_table(f, columns=cols)
+        grouped = None
+        for c in cols[1:]:
+            valid = pc.is_valid(t.column(c))
+            grouped = valid if grouped is None else pc.or_(grouped, valid)
+        for row in t.filter(grouped).to_pylist() if grouped is not None else []:
+            out.add(row)
+    return out
+
+
 @dataclass
 class Earlier:
     """The survivors of the earlier groups the new documents are linked to."""
@@ -59,8 +133,8 @@ class Earlier:
         s = self.survivor.get(row["prior_exact"] or "") or (self.exact.get(e) if e else None)
         if s and exact_on:
             return accounting.EXACT, s
-        s = self.survivor.get(row["prior_near"] or "") or (self.exact_near.get(e) if e else None)
-        s = s or (self.near.get(g) if g else None)
+        s = self.survivor.get(row["prior_near"] or "") or self.survivor.get(row["prior_exact"] or "")
+        s = s or (self.exact_near.get(e) if e else None) or (self.near.get(g) if g else None)
         if s and fuzzy_on:
             return accounting.NEAR, s
         return None, None
@@ -126,7 +200,13 @@ def regroup(state_uris: list[str], withdrawn: set[str], removed: set[str]) -> Re
     return out
 
 
-def load(parts: list[str], state_uris: list[str], removed: set[str], regrouped: Regrouped | None = None) -> Earlier:
+def load(
+    parts: list[str],
+    state_uris: list[str],
+    removed: set[str],
+    regrouped: Regrouped | None = None,
+    groups: MergedGroups | None = None,
+) -> Earlier:
     """The links of the new annotated `parts` resolved against the earlier `state/` files (less
     the survivors in `removed`; with the groups `regroup` decided again)."""
     rows = []
@@ -134,7 +214,9 @@ def load(parts: list[str], state_uris: list[str], removed: set[str], regrouped: 
         with storage.open_read(uri) as f:
             t = pq.read_table(f, columns=LINK_COLUMNS)
         linked = pc.or_(pc.is_valid(t.column("prior_exact")), pc.is_valid(t.column("prior_near")))
-        rows += t.filter(linked).to_pylist()
+        t = t.filter(linked)
+        for batch in t.to_batches():
+            rows += (groups.relabel(batch) if groups is not None else batch).to_pylist()
     wanted = {r[c] for r in rows for c in PRIOR_COLUMNS if r[c]}
     found = lookup(state_uris, wanted)
     if regrouped is not None and regrouped.rows:
@@ -144,7 +226,7 @@ def load(parts: list[str], state_uris: list[str], removed: set[str], regrouped: 
         by_exact = out.survivor.get(r["prior_exact"] or "")
         by_near = out.survivor.get(r["prior_near"] or "")
         _take(out.exact, r["exact_group"], by_exact)
-        _take(out.exact_near, r["exact_group"], by_near)
+        _take(out.exact_near, r["exact_group"], by_near or by_exact)
         _take(out.near, r["near_group"], by_exact or by_near)
     return out
 
