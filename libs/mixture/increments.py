@@ -178,7 +178,11 @@ def removed_since(ds: Dataset, since: int) -> pa.Table:
         rel = f["path"]
         if rel.startswith(REMOVED) and int(rel[len(REMOVED) + 1 : -len(".parquet")]) > since:
             tables.append(pq.read_table(ds.path(rel), schema=REMOVED_SCHEMA))
-    return pa.concat_tables(tables) if tables else REMOVED_SCHEMA.empty_table()
+    if not tables:
+        return REMOVED_SCHEMA.empty_table()
+    # an id removed by two versions once, `retracted` over `withdrawn` (it sorts before it)
+    rows = pa.concat_tables(tables).group_by("id").aggregate([("reason", "min")])
+    return rows.rename_columns(["id", "reason"]).select(["id", "reason"]).sort_by("id")
 
 
 def write_removed(writer: DatasetWriter, number: int, removed: pa.Table) -> None:

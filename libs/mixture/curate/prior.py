@@ -96,7 +96,7 @@ def classify(previous: list[dict[str, Any]], files: list[InputFile], version: in
             out.changed.append(InputFile(f.uri, rec["rel"]))
         else:
             out.unchanged.append(f.uri)
-            rec = old
+            rec = {**old, "mtime_ns": rec["mtime_ns"]}  # its checksum is reused while size and mtime hold
         out.records.append(rec)
     return out
 

@@ -24,6 +24,7 @@ from mixture.curate.prior import INPUTS, STATE, Changes
 from mixture.dataset import Dataset, DatasetWriter
 
 BY_FILE = ("docs/", "quarantine/", STATE)  # what the annotated dataset holds per input file
+RUN_FACTS = ("fuzzy_dedup", "seconds", "splits", "retraction", "earlier")  # of one run: not carried
 
 
 def inputs_of(ds: Dataset | None) -> list[dict[str, Any]]:
@@ -105,9 +106,19 @@ class Version:
         return "/" + increments.tag(self.number) if self.previous is not None else ""
 
 
-def plan_version(committed: Dataset | None, files: list[ingest.InputFile], settings: str, incremental: bool) -> Version:
-    """A refresh of the committed version when it was made with the same settings, else a full run."""
+def plan_version(
+    committed: Dataset | None, files: list[ingest.InputFile], settings: str, incremental: bool, config_hash: str
+) -> Version:
+    """A refresh of the committed version when it was made with the same settings (and lists its
+    input files and dedup state), else a full run; a forced run over the committed version's very
+    input listing (`config_hash` the same) rebuilds."""
     delta, why = increments.plan(committed, {}, settings, incremental)
+    if delta is not None and committed is not None:
+        paths = {f["path"] for f in committed.manifest.files}
+        if INPUTS not in paths or not any(p.startswith(STATE) for p in paths):
+            delta, why = None, "the committed version lists no input files or dedup state"
+        elif committed.manifest.config_hash == config_hash:
+            delta, why = None, "the input files are those of the committed version (a forced run rebuilds)"
     number = increments.version(committed) + 1
     changes = prior.classify(inputs_of(committed) if delta else [], files, number)
     return Version(number, committed if delta else None, why, changes, retracted_ids(committed))
@@ -127,7 +138,8 @@ def finish_version(
     counts, withdrawn = new_counts, 0
     if v.previous is not None:
         counts, withdrawn = carry(writer, v.previous, v.changes, new_counts, v.number)
-        extra = {**v.previous.manifest.extra, **extra}
+        kept = {k: x for k, x in v.previous.manifest.extra.items() if k not in RUN_FACTS}
+        extra = {**kept, **extra}
     else:
         increments.write_removed(writer, v.number, increments.ids_table(v.retracted, increments.RETRACTED))
     if counts is None:

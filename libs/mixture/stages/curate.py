@@ -48,7 +48,7 @@ def run(ctx: StageContext) -> StageOutput:
     files = ingest.list_inputs(cfg.input.uris)
     if not files:
         raise FileNotFoundError(f"no input files match {cfg.input.uris}")
-    v = refresh.plan_version(ctx.previous, files, ctx.settings_hash, cfg.refresh.incremental)
+    v = refresh.plan_version(ctx.previous, files, ctx.settings_hash, cfg.refresh.incremental, ctx.writer.config_hash)
     log.info("curate: %s", v.why if v.previous is None else f"refresh: {v.changes.counts()}")
     new_counts: dict[str, Any] | None = None
     extra: dict[str, Any] = {}

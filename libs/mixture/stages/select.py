@@ -23,6 +23,8 @@ def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.cfg
     annotated = ctx.input("annotated")
     delta, why = increments.plan(ctx.previous, ctx.inputs, ctx.settings_hash, cfg.refresh.incremental)
+    if delta is not None and delta.previous.manifest.inputs == ctx.writer.inputs:
+        delta, why = None, "the input is the committed version's (a forced run rebuilds)"
     number = increments.version(ctx.previous) + 1
     if delta is None:
         log.info("select: full (%s)", why)
