@@ -272,7 +272,7 @@ def remove_from_counts(per_file: dict[str, dict[str, Any]], removed: list[tuple[
         elif outcome.startswith(accounting.FILTER_PREFIX):
             name = outcome[len(accounting.FILTER_PREFIX) :].split(":", 1)[0]
             c["filtered"][name] -= 1
-        if reason == "retracted":
-            c["retracted"] = c.get("retracted", 0) + 1
+        if reason == accounting.RETRACTED:
+            c[accounting.RETRACTED] = c.get(accounting.RETRACTED, 0) + 1
         else:
             c["documents_in"] -= 1
