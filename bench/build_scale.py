@@ -1,5 +1,5 @@
 """Benchmark: the ClimbMix build at two sizes, peak RSS and seconds, before and after the
-external shuffle (`mixture.shuffle`).
+external shuffle (`mixture.climbmix.shuffle`).
 
     .venv/bin/python bench/build_scale.py [--copies 25 75] [--old-ref REF] [--workers 1]
         [--shard-docs 10000] [--bucket-docs 20000]

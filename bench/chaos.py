@@ -121,7 +121,7 @@ def _expected_exit(proc: subprocess.Popen, err: str) -> bool:
 
 def _version_state(bucket: str, version: str) -> str:
     from mixture.dataset import DatasetError
-    from mixture.reader import ClimbMix
+    from mixture.publish.reader import ClimbMix
 
     try:
         mix = ClimbMix(f"s3://{bucket}/climbmix/{version}")
@@ -136,7 +136,7 @@ def _version_state(bucket: str, version: str) -> str:
 
 
 def _latest_ok(bucket: str) -> bool:
-    from mixture.reader import ClimbMix
+    from mixture.publish.reader import ClimbMix
 
     try:
         ClimbMix(f"s3://{bucket}/climbmix").verify()

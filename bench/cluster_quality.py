@@ -86,10 +86,10 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from mixture import pipeline
+    from mixture.cluster.embeddings import load_embeddings
+    from mixture.cluster.kmeans import normalize_rows, ward_merge
+    from mixture.cluster.report import nmi, purity
     from mixture.config import parse_config
-    from mixture.embeddings import load_embeddings
-    from mixture.kmeans import normalize_rows, ward_merge
-    from mixture.report import nmi, purity
     from sklearn.cluster import KMeans
     from sklearn.feature_extraction.text import TfidfVectorizer
 

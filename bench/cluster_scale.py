@@ -53,7 +53,8 @@ def sample_texts(n_words: int = 40) -> list[str]:
 
 def build(root: Path, n: int, dim: int, seed: int = 0) -> None:
     """Committed curated + embeddings datasets of n synthetic documents."""
-    from mixture import embeddings, pipeline
+    from mixture import pipeline
+    from mixture.cluster import embeddings
     from mixture.config import parse_config
     from mixture.dataset import DatasetWriter
 

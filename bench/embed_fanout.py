@@ -22,8 +22,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from mixture import documents, pipeline, storage
+from mixture import pipeline, storage
 from mixture.config import parse_config
+from mixture.curate import documents
 from mixture.dataset import DatasetWriter, open_dataset
 
 

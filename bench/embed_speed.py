@@ -1,4 +1,4 @@
-"""Embedding throughput: mixture.encoder.Embedder vs sentence-transformers' encode, same model,
+"""Embedding throughput: mixture.cluster.encoder.Embedder vs sentence-transformers' encode, same model,
 same documents, same threads, interleaved repeats (the machine is shared: medians and ratios).
 
     .venv/bin/python bench/embed_speed.py [--docs 256] [--repeats 3] [--threads 2] [--max-tokens 256]
@@ -58,7 +58,7 @@ def main() -> int:
 
     import numpy as np
     import torch
-    from mixture.encoder import Embedder, resolve_model
+    from mixture.cluster.encoder import Embedder, resolve_model
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(args.threads)

@@ -4,12 +4,12 @@
         [--cache out/bench-static]
 
 On data/sample/corpus.jsonl.gz (every document, or the first --docs after a seeded shuffle):
-the project's encoder (`mixture.encoder.Embedder`, all-MiniLM-L6-v2, 256 tokens, fp32, --threads
-torch threads) and the model2vec model distilled from the same folder (`mixture.static_encoder`,
+the project's encoder (`mixture.cluster.encoder.Embedder`, all-MiniLM-L6-v2, 256 tokens, fp32, --threads
+torch threads) and the model2vec model distilled from the same folder (`mixture.cluster.static_encoder`,
 whole documents; distilled once into --cache, the time printed apart). For each: docs/s of the
-encoding alone, then the project's k-means (`mixture.kmeans.spherical_kmeans`, same seed) at
+encoding alone, then the project's k-means (`mixture.cluster.kmeans.spherical_kmeans`, same seed) at
 each K, and purity and NMI of the clusters against the documents' `source`
-(`mixture.report.purity` / `nmi`).
+(`mixture.cluster.report.purity` / `nmi`).
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ def main() -> int:
 
     import numpy as np
     import torch
+    from mixture.cluster.encoder import Embedder
+    from mixture.cluster.kmeans import spherical_kmeans
+    from mixture.cluster.report import nmi, purity
+    from mixture.cluster.static_encoder import StaticEmbedder, ensure_model
     from mixture.config import EmbedConfig
-    from mixture.encoder import Embedder
-    from mixture.kmeans import spherical_kmeans
-    from mixture.report import nmi, purity
-    from mixture.static_encoder import StaticEmbedder, ensure_model
 
     torch.set_num_threads(args.threads)
     texts, sources = load(args.docs)

@@ -2,10 +2,10 @@
 
     python bench/gpu_check.py [--docs 2000] [--n 200000] [--k 1000]
 
-- embeddings: mixture.encoder.Embedder on CUDA with bf16 autocast (the stage's default there) vs
+- embeddings: mixture.cluster.encoder.Embedder on CUDA with bf16 autocast (the stage's default there) vs
   the same in fp32 on CUDA and sentence-transformers' encode on CUDA (fp32), docs/s and the
   smallest cosine to sentence-transformers';
-- k-means: mixture.kmeans.spherical_kmeans with the faiss GPU index (faiss-gpu) vs on the CPU,
+- k-means: mixture.cluster.kmeans.spherical_kmeans with the faiss GPU index (faiss-gpu) vs on the CPU,
   K=1000 on random-ish unit vectors, seconds and mean cosine.
 
 Without CUDA it prints why and exits 0 (this is a check script, not a test).
@@ -47,7 +47,7 @@ def main() -> int:
     import numpy as np
 
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-    from mixture.encoder import Embedder, resolve_model
+    from mixture.cluster.encoder import Embedder, resolve_model
 
     with gzip.open(REPO / "data" / "sample" / "corpus.jsonl.gz", "rt") as f:
         texts = [json.loads(line)["text"] for line in f]
@@ -89,7 +89,7 @@ def main() -> int:
         print("\nk-means: faiss is not installed here (faiss-gpu-cu12 on a GPU worker): not measured")
         return 0
     from kmeans_speed import make_data
-    from mixture.kmeans import spherical_kmeans
+    from mixture.cluster.kmeans import spherical_kmeans
 
     print(f"\nk-means: faiss {faiss.__version__}, GPUs visible to faiss: {faiss.get_num_gpus()}")
     x = make_data(args.n, 384)

@@ -56,7 +56,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import faiss
-    from mixture.kmeans import spherical_kmeans
+    from mixture.cluster.kmeans import spherical_kmeans
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     x = make_data(args.n, args.dim)

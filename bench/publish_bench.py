@@ -12,7 +12,7 @@ Upload (every method writes the same committed dataset under a fresh prefix):
                      long backoffs ("CompletedMultipartUpload got error embedded in a 200 OK")
   boto3-naive        one put_object per file in a loop, then a download to check the sha256
 Read (the published version):
-  reader             mixture.reader.ClimbMix: tokens through the verified cache, Parquet verified
+  reader             mixture.publish.reader.ClimbMix: tokens through the verified cache, Parquet verified
   boto3-raw          get_object of every file of the version, no verification
   pyarrow-raw        pyarrow S3FileSystem reads of the same files, no verification
 Prints MB/s medians of the repeats and ratios. The endpoint is an in-memory Python server on
@@ -102,7 +102,7 @@ def main() -> None:
         from mixture import storage
         from mixture.config import parse_config
         from mixture.publish import publish_dataset
-        from mixture.reader import ClimbMix
+        from mixture.publish.reader import ClimbMix
 
         s3 = boto3.client("s3", endpoint_url=url)
         s3.create_bucket(Bucket="bench")

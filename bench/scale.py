@@ -8,7 +8,7 @@ how it was made) and reused by later runs with the same settings. Every corpus i
 of `--pool` distinct documents (300,000 by default; `<work>/pool-<P>/`, built once, ~8 minutes
 and ~1.2 GB of memory on one core): its first documents plus 3% exact or lightly edited copies of
 them, as in the sample, so the corpora are nested and have the same mix of sources at every size.
-The pool (`mixture.corpus.scale_pool`) holds the sources of `climb corpus sample` plus the kernel's
+The pool (`mixture.corpus.sample.scale_pool`) holds the sources of `climb corpus sample` plus the kernel's
 documentation, the environment's site-packages Python code and the kernel's C files, cut into
 shorter documents, no file or document twice, shared out evenly over the sources: the small ones
 give all they have, so at 300,000 about 45% is kernel C and 30% Python code (its
@@ -104,7 +104,7 @@ def env() -> dict[str, str]:
 # ------------------------------------------------------------------------------ the corpora
 def pool(work: Path, size: int) -> Path:
     """The cached pool of `size` distinct documents that every corpus is cut from."""
-    from mixture import corpus as corpora
+    from mixture.corpus import sample as corpora
 
     folder = work / f"pool-{size}"
     marker = folder / "_pool.json"
@@ -131,7 +131,7 @@ def pool(work: Path, size: int) -> Path:
 def corpus(work: Path, n: int, pool_size: int) -> Path:
     """The cached corpus of n documents: the pool's first ones plus the copies (built when
     missing or made with other settings)."""
-    from mixture import corpus as corpora
+    from mixture.corpus import sample as corpora
 
     folder = work / f"corpus-{n}"
     marker = folder / "_corpus.json"  # `_`: the curate stage's input listing skips it
@@ -173,7 +173,7 @@ def config(work: Path, n: int, corpus_dir: Path, k_init: int) -> dict:
         "bucket_docs": 20_000,  # a gather holds its bucket: bounded by bucket_docs (default 200,000)
         "tokens": 1,  # set from the ClimbLab tokens before the build runs
         "mixture": str(root / "_bench" / "uniform_mixture.json"),
-        "licence": "mixed free licences: see mixture.corpus",
+        "licence": "mixed free licences: see mixture.corpus.sample",
     }
     cfg["tracking"] = {"experiment": "climb-scale"}
     return cfg
@@ -190,7 +190,7 @@ def static_model(work: Path, cfg: dict) -> None:
     """Distil the static model once into <work>/_models (untimed) and copy it into the run."""
     shared = work / "_models"
     code = (
-        "import sys; from mixture.config import parse_config; from mixture.static_encoder import ensure_model; "
+        "import sys; from mixture.config import parse_config; from mixture.cluster.static_encoder import ensure_model; "
         "cfg = parse_config(__import__('yaml').safe_load(open(sys.argv[1]))); "
         "print(ensure_model(sys.argv[2], cfg.embed)['hash'])"
     )

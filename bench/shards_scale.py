@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
-from mixture import documents, storage
+from mixture import storage
+from mixture.curate import documents
 from mixture.dataset import DatasetWriter, open_dataset
 
 CLIMB = str(Path(sys.executable).parent / "climb")

@@ -1,4 +1,4 @@
-"""Benchmark: the streaming loader (`mixture.streaming.ClimbMixStream`) reading a published
+"""Benchmark: the streaming loader (`mixture.publish.streaming.ClimbMixStream`) reading a published
 ClimbMix version from S3 (moto's server on 127.0.0.1, started here) against the same files read
 from the local folder, through a DataLoader as a training loop would.
 
@@ -66,7 +66,7 @@ def make_dataset(root: Path, mb: float, files: int):
 
 def read_all(uri: str, args: argparse.Namespace, **kw) -> tuple[float, int]:
     """(seconds, tokens) to read every window of the version once through a DataLoader."""
-    from mixture.streaming import ClimbMixStream
+    from mixture.publish.streaming import ClimbMixStream
     from torch.utils.data import DataLoader
 
     t = time.perf_counter()
@@ -102,7 +102,7 @@ def train_rate(batches, steps: int, vocab: int) -> tuple[float, float]:
 
 def train_bench(args: argparse.Namespace, tmp: Path) -> None:
     """The proxy trained from the stream (S3, cold cache) and from batches already in memory."""
-    from mixture.streaming import ClimbMixStream
+    from mixture.publish.streaming import ClimbMixStream
     from torch.utils.data import DataLoader
 
     seq, batch = 256, 4

@@ -169,7 +169,7 @@ def shards_parts(config: str) -> list[dict[str, int]]:
 def shards_part(config: str, part: dict[str, int]) -> dict[str, Any]:
     """One part's documents tokenized into sorted runs per cluster; a retry keeps a finished part."""
     from mixture import pipeline
-    from mixture.climblab_parts import Part
+    from mixture.climblab.parts import Part
     from mixture.stages import shards
 
     p = Part(**part)

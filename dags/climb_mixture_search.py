@@ -106,7 +106,7 @@ def build_plan(config: str) -> list[dict[str, int]]:
 def build_buckets(config: str) -> list[dict[str, int]]:
     """The buckets of output shards to gather, from the staged plan (none when up to date)."""
     from mixture import pipeline
-    from mixture.shuffle import read_plan
+    from mixture.climbmix.shuffle import read_plan
 
     cfg = load_config(config)
     if pipeline.current(cfg, "climbmix"):

@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
     from mixture import pipeline
+    from mixture.cluster.encoder import EmbedError
     from mixture.config import ConfigError, load_config, parse_overrides
     from mixture.dataset import DatasetError
-    from mixture.encoder import EmbedError
 
     try:
         cfg = load_config(args.config, parse_overrides(args.set))

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mixture import storage
-from mixture.climbmix import BuildError, content_hash, normalise_mixture, plan_clusters, select_documents
+from mixture.climbmix import BuildError, normalise_mixture, plan_clusters, select_documents
 from mixture.config import Config, parse_config
-from mixture.dataset import DatasetWriter, open_dataset
+from mixture.dataset import DatasetWriter, content_hash, open_dataset
 from mixture.pipeline import config_hash, run_stage, stage
 
 SOURCES = {"c00": "manpages", "c01": "python-docs", "c02": "dictionary", "c03": "fortunes"}
@@ -54,7 +54,7 @@ def make_climblab(
     them), plus small committed curated and clusters datasets (the build reads them for its card);
     the climblab names them as its inputs only `with_upstream`. `row_group_size`: rows per row
     group of the text.parquet files (default: one row group)."""
-    from mixture.tokens import EOS, train_tokenizer
+    from mixture.climblab.tokens import EOS, train_tokenizer
 
     cur = _commit(root, "curated", "curate", {}, {}, {}, {"docs/part-0.parquet": b"placeholder"})
     curated = cur.commit(

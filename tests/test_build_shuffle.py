@@ -1,4 +1,4 @@
-"""The build's external shuffle (`mixture.shuffle`): the committed files do not depend on how the
+"""The build's external shuffle (`mixture.climbmix.shuffle`): the committed files do not depend on how the
 work is cut (workers, parts, buckets), a killed build resumes what it staged, the text of a
 cluster is never read whole and a bucket holds at most `build.bucket_docs` documents."""
 
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mixture import shuffle
 from mixture.climblab import ClimbLab
-from mixture.climbmix import global_order
+from mixture.climbmix import global_order, shuffle
 from mixture.dataset import open_dataset
 from mixture.pipeline import run_stage
 from test_build import WEIGHTS, make_climblab, make_config, make_search
@@ -261,7 +260,7 @@ def test_tokens_travel_with_the_scatter_and_are_read_by_range(lab_root, monkeypa
     """No step reads a ClimbLab token file whole (on S3 that would be every token of a cluster
     per gather): the scatter reads each part's offsets and each batch's tokens by range."""
     from mixture import storage
-    from mixture.tokens import TokenShard
+    from mixture.climblab.tokens import TokenShard
 
     clean = committed(build(lab_root))
     whole = []

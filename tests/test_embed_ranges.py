@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mixture import pipeline
+from mixture.cluster.embeddings import shard_names
+from mixture.cluster.encoder import EmbedError
 from mixture.config import parse_config
-from mixture.embeddings import shard_names
-from mixture.encoder import EmbedError
 from mixture.stages import embed
 from test_embed import base_config, make_curated, pick
 
@@ -104,7 +104,7 @@ def test_static_model_is_distilled_once_cached_and_recorded(tmp_path, sample_rec
     emb = np.vstack([np.load(f) for f in ds.files("emb-")])
     assert emb.shape == (30, 64) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     # a document's tail changes its vector: the whole document is embedded, not a prefix
-    from mixture.static_encoder import StaticEmbedder, ensure_model
+    from mixture.cluster.static_encoder import StaticEmbedder, ensure_model
 
     stamp = (cached / "provenance.json").stat().st_mtime_ns
     model = StaticEmbedder.load(ensure_model(cfg.output_root, cfg.embed))  # cached: no distillation

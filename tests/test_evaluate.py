@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from mixture.climblab.tokens import eos_id, train_tokenizer
 from mixture.config import TargetConfig
 from mixture.search import evaluate as E
-from mixture.tokens import eos_id, train_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. " * 6,

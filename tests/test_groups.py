@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import REPO, SAMPLE, TARGET, read_jsonl_gz, write_jsonl
-from mixture import cli, documents, pipeline
+from mixture import cli, pipeline
+from mixture.cluster.groups import GroupError, by_field, number_groups, read_assignments
+from mixture.cluster.kmeans import ClusterError
 from mixture.config import ConfigError, parse_config
+from mixture.curate import documents
 from mixture.dataset import open_dataset
-from mixture.groups import GroupError, by_field, number_groups, read_assignments
-from mixture.kmeans import ClusterError
 from test_embed import base_config, make_curated, pick
 
 SOURCES = ["fortunes", "python-code", "dictionary", "manpages"]
@@ -129,7 +130,7 @@ def test_a_malformed_assignments_file_is_one_error_naming_it(tmp_path):
 
 def test_id_uniqueness_is_exact_even_when_hashes_collide(monkeypatch):
     import numpy as np
-    from mixture import groups
+    from mixture.cluster import groups
 
     ids = pa.array(["a", "b", "c", "d", "b"])
     assert groups.first_duplicate(ids) == 4 and groups.first_duplicate(ids.slice(0, 4)) is None

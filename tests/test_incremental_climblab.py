@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mixture import climblab, increments, pipeline, storage
-from mixture import climblab_parts as P
+from mixture.climblab import parts
+from mixture.cluster.groups import assignment_files
 from mixture.config import parse_config
 from mixture.contract import StageContext
 from mixture.dataset import Dataset, DatasetWriter, try_open
-from mixture.groups import assignment_files
 from mixture.pipeline import stage
 from mixture.search import carry, steps
 from mixture.search.synthetic import SyntheticObjective, make_climblab
@@ -143,7 +143,7 @@ class CountingEncode:
         self.texts += len(texts)
         return self.real(tok, texts, eos, **kw)
 
-    real = staticmethod(P.encode)
+    real = staticmethod(parts.encode)
 
 
 def _extend_two_clusters(corpus: Corpus) -> tuple[list[str], str, dict[str, int]]:
@@ -166,7 +166,7 @@ def test_an_incremental_version_tokenizes_only_new_documents_and_keeps_untouched
     before = _files(v1)
     removed, changed, cluster_of = _extend_two_clusters(corpus)
     counting = CountingEncode()
-    monkeypatch.setattr(P, "encode", counting)
+    monkeypatch.setattr(parts, "encode", counting)
     v2, summary = corpus.shards()
 
     # only the new documents of kept clusters were tokenized (the changed one among them)
@@ -196,7 +196,7 @@ def test_an_incremental_version_tokenizes_only_new_documents_and_keeps_untouched
     assert sorted(ids) == sorted(i for i, c in corpus.cluster.items() if c >= 0 and i != removed[0])
     assert v2.manifest.counts["documents_out"] == len(ids)
     assert lab.checked_tokens_per_cluster() == {n: lab.shard(n).n_tokens for n in lab.clusters}
-    assert storage.read_json(v2.path(P.COUNTS)) == v2.manifest.extra["clusters"]
+    assert storage.read_json(v2.path(parts.COUNTS)) == v2.manifest.extra["clusters"]
     listed = pq.read_table(v2.path("removed/v0002.parquet"))
     assert sorted(listed.column("id").to_pylist()) == sorted(removed)
     assert len(increments.history(v2)) == 2
@@ -236,7 +236,7 @@ def test_parts_workers_and_mapped_steps_in_incremental_mode_give_the_same_files(
         shards.tokenize_part(corpus.ctx("steps", part_docs=7), p)
     next((corpus.root / "_staging").glob(f"steps-*/{planned[1].folder}/done.json")).unlink()
     assert shards.clusters(corpus.ctx("steps", part_docs=7)) == [1, 2, 3]
-    with pytest.raises(P.ShardsError, match="is not tokenized"):
+    with pytest.raises(parts.ShardsError, match="is not tokenized"):
         shards.merge_cluster(corpus.ctx("steps", part_docs=7), 1)
     assert shards.tokenize_part(corpus.ctx("steps", part_docs=7), planned[1])["computed"]
     for c in (1, 2, 3):
@@ -412,7 +412,7 @@ def test_a_retraction_with_only_pruned_new_documents_rewrites_one_cluster_and_to
     retracted = next(r["id"] for r in corpus.base if corpus.cluster[r["id"]] == 2)
     corpus.extend(corpus.new[:5], [retracted], {r["id"]: -1 for r in corpus.new[:5]})
     counting = CountingEncode()
-    monkeypatch.setattr(P, "encode", counting)
+    monkeypatch.setattr(parts, "encode", counting)
     v2, _ = corpus.shards()
     assert counting.texts == 0
     delta = increments.lineage(v2).delta

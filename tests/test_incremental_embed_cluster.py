@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from mixture import documents, increments, pipeline
+from mixture import increments, pipeline
+from mixture.cluster.embeddings import load_embeddings
+from mixture.cluster.encoder import Embedder
+from mixture.cluster.groups import assignment_files
 from mixture.config import parse_config
+from mixture.curate import documents
 from mixture.dataset import Dataset, DatasetWriter, open_dataset
-from mixture.embeddings import load_embeddings
-from mixture.encoder import Embedder
-from mixture.groups import assignment_files
 from mixture.stages import embed
 from mixture.stages.cluster import distance_histogram, percentile_distance
 from test_embed import base_config, pick, simple_signals

@@ -12,8 +12,8 @@ import re
 import numpy as np
 import pytest
 from mixture.pipeline import run_stage
-from mixture.reader import ClimbMix
-from mixture.streaming import ClimbMixStream
+from mixture.publish.reader import ClimbMix
+from mixture.publish.streaming import ClimbMixStream
 from test_build import WEIGHTS, make_climblab, make_config, make_search
 from torch.utils.data import DataLoader
 

@@ -23,7 +23,7 @@ from mixture.climbmix import content_hash
 from mixture.dataset import MANIFEST, DatasetWriter
 from mixture.pipeline import publish, run_stage
 from mixture.publish import PublishError, publish_dataset
-from mixture.reader import ChecksumError, ClimbMix
+from mixture.publish.reader import ChecksumError, ClimbMix
 from test_build import WEIGHTS, make_climblab, make_config, make_search
 
 SECRET_KEY = "testing-secret-key"

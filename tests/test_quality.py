@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from mixture.cluster.scorers import QualityError, to_scale
+from mixture.cluster.scorers.classifier import ReferenceClassifier, read_reference_texts
+from mixture.cluster.scorers.fasttext import FastTextScorer, fasttext_available, fasttext_label_scores
+from mixture.cluster.scorers.heuristic import HEURISTIC_SIGNALS, Ramp, heuristic_scores
 from mixture.config import ConfigError, parse_config
-from mixture.scorers import QualityError, to_scale
-from mixture.scorers.classifier import ReferenceClassifier, read_reference_texts
-from mixture.scorers.fasttext import FastTextScorer, fasttext_available, fasttext_label_scores
-from mixture.scorers.heuristic import HEURISTIC_SIGNALS, Ramp, heuristic_scores
 
 
 def test_ramp_passes_through_bad_threshold_good_in_both_directions():
@@ -97,8 +97,8 @@ def test_heuristic_thresholds_follow_the_curation_filters():
 
 def test_compute_scores_reads_the_filter_limits_from_the_curated_manifest(tmp_path):
     import pyarrow as pa
+    from mixture.cluster.scorers import compute_scores
     from mixture.dataset import Dataset, Manifest
-    from mixture.scorers import compute_scores
 
     cfg = parse_config({"output_root": str(tmp_path), "input": {"uris": ["a"]}})
     meta = pa.table({"q_mean_word_length": [4.5, 6.0]})
@@ -234,8 +234,8 @@ def test_classifier_scores_batch_by_batch_as_on_the_whole_corpus():
 
 def test_heuristic_scores_batch_by_batch_and_sums_its_notes(tmp_path):
     import pyarrow as pa
+    from mixture.cluster.scorers import ScoreBatch, ScoreSetup, open_scorers
     from mixture.dataset import Dataset, Manifest
-    from mixture.scorers import ScoreBatch, ScoreSetup, open_scorers
 
     cfg = parse_config({"output_root": str(tmp_path), "input": {"uris": ["a"]}})
     curated = Dataset(str(tmp_path), Manifest("select", "h", {}, {}, [], {}), "0" * 64)

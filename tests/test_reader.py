@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from mixture.dataset import DatasetError
 from mixture.pipeline import publish, run_stage
-from mixture.reader import ChecksumError, ClimbMix
+from mixture.publish.reader import ChecksumError, ClimbMix
 from test_build import WEIGHTS, make_climblab, make_config, make_search
 
 

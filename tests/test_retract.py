@@ -27,9 +27,10 @@ import pytest
 import yaml
 from conftest import tiny_config_dict, write_jsonl
 from mixture import cli, increments, pipeline, storage
-from mixture import retract as R
 from mixture.config import load_config
+from mixture.curate import retract as retraction
 from mixture.dataset import DatasetWriter, open_dataset
+from mixture.publish.reader import ClimbMix
 
 REASON = "legal request 42"
 
@@ -80,7 +81,7 @@ def retracted(tmp_path_factory, sample_records, s3_endpoint):
     cfg = load_config(config)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     assert cli.main(["run", "--config", str(config)]) == 0
-    first = R.published_ids_absent(cfg.publish.uri, [])
+    first = retraction.published_ids_absent(ClimbMix(cfg.publish.uri), [])
     picked = _pick(cfg)
     # the first run's cluster report (an MLflow artifact) quotes the snippet: the grep can see it
     picked["quoted_before"] = _texts_under(Path(cfg.output_root) / "mlartifacts", picked["phrases"])
@@ -202,7 +203,7 @@ def test_retracted_documents_are_gone_from_every_dataset(retracted):
 
 @pytest.mark.slow
 def test_the_new_version_is_published_clean_and_the_old_one_deleted(retracted, s3_endpoint):
-    from mixture.reader import ClimbMix
+    from mixture.publish.reader import ClimbMix
 
     assert retracted["code"] == 0, retracted["output"]
     cfg = retracted["cfg"]
@@ -312,16 +313,18 @@ def _annotated(root: Path, docs_per_part: int = 3):
 
 
 def test_entries_ids_patterns_and_sources():
-    e = R.parse_entries(["# c", "", " a-1 ", "a-*", "source:web", "a-1", "x?"])
+    e = retraction.parse_entries(["# c", "", " a-1 ", "a-*", "source:web", "a-1", "x?"])
     assert e.ids == ("a-1",) and e.patterns == ("a-*", "x?") and e.sources == ("web",) and len(e) == 4
-    assert re.match(R.pattern_regex("a.?[1]*"), "a.x[1]zz") and not re.match(R.pattern_regex("a.?"), "abxx")
+    assert re.match(retraction.pattern_regex("a.?[1]*"), "a.x[1]zz") and not re.match(
+        retraction.pattern_regex("a.?"), "abxx"
+    )
 
 
 def test_commit_rewrites_only_the_files_holding_retracted_ids(tmp_path):
     prev = _annotated(tmp_path)
-    match = R.resolve(prev, R.parse_entries(["a-0", "source:books", "nope", "z*"]))
+    match = retraction.resolve(prev, retraction.parse_entries(["a-0", "source:books", "nope", "z*"]))
     assert match.ids == ["a-0", "a-4", "a-5"] and match.unmatched == ["nope", "z*"]
-    ds = R.commit(load_config_for(tmp_path), prev, match, REASON, "settings-1")
+    ds = retraction.commit(load_config_for(tmp_path), prev, match, REASON, "settings-1")
     assert ds.manifest.config_hash == "cfg-hash" and ds.manifest.inputs == {}
     assert sorted(_ids(ds, "docs/")) == ["a-1", "a-2", "a-3"]
     assert sorted(_ids(ds, "dedup/")) == ["a-1", "a-2", "a-3"]
@@ -348,9 +351,16 @@ def test_commit_rewrites_only_the_files_holding_retracted_ids(tmp_path):
     delta = increments.Delta(prev, {"annotated": 1})
     assert sorted(delta.removed(ds, "annotated").column("id").to_pylist()) == ["a-0", "a-4", "a-5"]
     # a second retraction carries the first one's list
-    again = R.commit(load_config_for(tmp_path), ds, R.resolve(ds, R.parse_entries(["a-1"])), "second", "s")
+    again = retraction.commit(
+        load_config_for(tmp_path), ds, retraction.resolve(ds, retraction.parse_entries(["a-1"])), "second", "s"
+    )
     assert increments.removed_since(again, 0).num_rows == 4 and increments.removed_since(again, 2).num_rows == 1
-    assert R.already_retracted(again, R.parse_entries(["a-0", "a-?", "b"])) == ["a-0", "a-1", "a-4", "a-5"]
+    assert retraction.already_retracted(again, retraction.parse_entries(["a-0", "a-?", "b"])) == [
+        "a-0",
+        "a-1",
+        "a-4",
+        "a-5",
+    ]
 
 
 def load_config_for(tmp_path: Path):
@@ -362,20 +372,20 @@ def load_config_for(tmp_path: Path):
 
 def test_report_snippets_are_redacted_by_id():
     rep = {"clusters": [{"snippets": [{"id": "a-1", "text": "secret"}, {"id": "a-2", "text": "fine"}]}]}
-    out, n = R.redact_json(rep, {"a-1"})
+    out, n = retraction.redact_json(rep, {"a-1"})
     assert n == 1 and out["clusters"][0]["snippets"] == [
         {"id": "a-1", "text": "[retracted]"},
         {"id": "a-2", "text": "fine"},
     ]
-    md, n = R.redact_markdown("## c00\n> `a-1`: secret words\n>\n> `a-2`: fine\n", {"a-1"})
+    md, n = retraction.redact_markdown("## c00\n> `a-1`: secret words\n>\n> `a-2`: fine\n", {"a-1"})
     assert n == 1 and "secret" not in md and "> `a-2`: fine" in md
-    assert R.redact_markdown(md, {"a-1"})[1] == 0  # idempotent
+    assert retraction.redact_markdown(md, {"a-1"})[1] == 0  # idempotent
 
 
 def test_status_prints_each_datasets_version_chain(tmp_path, capsys):
     cfg = load_config_for(tmp_path)
     prev = _annotated(tmp_path)
-    ds = R.commit(cfg, prev, R.resolve(prev, R.parse_entries(["a-0"])), REASON, "settings-1")
+    ds = retraction.commit(cfg, prev, retraction.resolve(prev, retraction.parse_entries(["a-0"])), REASON, "settings-1")
     w = DatasetWriter(str(tmp_path / "annotated"), "curate", "cfg-hash", {})
     w.keep_all(ds, "docs/")
     delta = {"files_new": 1, "files_changed": 0, "documents_new": 212, "withdrawn": 0, "retracted": 0}
@@ -427,7 +437,7 @@ def test_exact_copies_under_other_ids_are_retracted_with_the_document(tmp_path):
     state = {"id": ["a", "b", "c", "d"], "file": ["f0", "f1", "f1", "f2"], "text_hash": ["h1", "h1", "h2", "h1"]}
     pq.write_table(pa.table(state), w.path("dedup/part-00000.parquet"))
     ds = w.commit({}, {})
-    match = R.Match(files={"a": "f0"})
-    assert R.with_exact_copies(ds, match) == 2
+    match = retraction.Match(files={"a": "f0"})
+    assert retraction.with_exact_copies(ds, match) == 2
     assert match.files == {"a": "f0", "b": "f1", "d": "f2"}
-    assert R.with_exact_copies(ds, R.Match()) == 0
+    assert retraction.with_exact_copies(ds, retraction.Match()) == 0

@@ -3,7 +3,8 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from mixture import climblab, storage, tokens
+from mixture import climblab, storage
+from mixture.climblab import tokens
 from mixture.contract import StageContext
 from mixture.dataset import DatasetWriter
 from mixture.pipeline import stage
@@ -200,7 +201,7 @@ def test_a_staging_folder_with_some_parts_done_resumes_with_the_missing_ones(tmp
 
 def test_merging_before_every_part_is_tokenized_is_a_clear_error(tmp_path, sample_records):
     import pytest
-    from mixture.climblab_parts import ShardsError
+    from mixture.climblab.parts import ShardsError
 
     recs, clusters = _reverse_ids(sample_records)
     ctx = _shards_ctx(tmp_path, recs, clusters, "early", part_docs=60)
@@ -225,10 +226,10 @@ def test_a_commit_that_fails_after_finish_is_retried_with_the_same_files(tmp_pat
 
 
 def test_a_tiny_merge_budget_gives_the_same_bytes(tmp_path, sample_records, monkeypatch):
-    from mixture import climblab_parts
+    from mixture.climblab import parts
 
     recs, clusters = _reverse_ids(sample_records)
     one = _shards_stage(tmp_path, recs, clusters, "one")
     monkeypatch.setattr(shards, "BATCH_ROWS", 16)  # 8 runs per cluster
-    monkeypatch.setattr(climblab_parts, "MERGE_IDS", 8)  # 16 ids of a run at a time (the floor)
+    monkeypatch.setattr(parts, "MERGE_IDS", 8)  # 16 ids of a run at a time (the floor)
     assert _files(_shards_stage(tmp_path, recs, clusters, "tiny")) == _files(one)

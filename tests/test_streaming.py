@@ -1,4 +1,4 @@
-"""The streaming loader (`mixture.streaming.ClimbMixStream`): every window once across DataLoader
+"""The streaming loader (`mixture.publish.streaming.ClimbMixStream`): every window once across DataLoader
 workers and ranks, checksums checked before tokens are used, exact resume after a kill, and the
 same windows from a published S3 version as from the local build."""
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 from mixture.pipeline import publish, run_stage
-from mixture.reader import ChecksumError, ClimbMix
-from mixture.streaming import ClimbMixStream
+from mixture.publish.reader import ChecksumError, ClimbMix
+from mixture.publish.streaming import ClimbMixStream
 from test_build import WEIGHTS, make_climblab, make_config, make_search
 from torch.utils.data import DataLoader
 
@@ -86,7 +86,7 @@ def test_two_ranks_do_not_overlap_and_together_cover_the_windows(built):
 KILLED_RUN = """
 import json, os, signal, sys
 from torch.utils.data import DataLoader
-from mixture.streaming import ClimbMixStream
+from mixture.publish.streaming import ClimbMixStream
 
 uri, state_file, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
 stream = ClimbMixStream(uri, {seq}, batch_size=4)

@@ -197,29 +197,31 @@ def retract(
     set and `publish`), optionally delete the earlier versions, and read the result back to
     check that no retracted id is in it. Run again after a failure, it carries on."""
     from mixture import increments, pipeline
-    from mixture import retract as R
+    from mixture.curate import retract as retraction
     from mixture.dataset import open_dataset
 
     if not reason.strip():
-        raise R.RetractError("--reason must say why the documents are retracted")
-    entries = R.read_entries(ids_file)
+        raise retraction.RetractError("--reason must say why the documents are retracted")
+    entries = retraction.read_entries(ids_file)
     with pipeline.exclusive(cfg, "curate"):
         annotated = open_dataset(pipeline.dataset_uri(cfg, "annotated"))
-        match = R.resolve(annotated, entries)
-        copies = R.with_exact_copies(annotated, match)
-        already = R.already_retracted(annotated, entries)
+        match = retraction.resolve(annotated, entries)
+        copies = retraction.with_exact_copies(annotated, match)
+        already = retraction.already_retracted(annotated, entries)
         if not match.files and not already:
-            raise R.RetractError(f"none of the {len(entries)} entries of {ids_file} matches an annotated document")
+            raise retraction.RetractError(
+                f"none of the {len(entries)} entries of {ids_file} matches an annotated document"
+            )
         if match.files:
             settings = pipeline.config_hash(cfg, pipeline.stage("curate"), listing=False)
-            annotated = R.commit(cfg, annotated, match, reason.strip(), settings)
+            annotated = retraction.commit(cfg, annotated, match, reason.strip(), settings)
     rewritten = ["annotated"] if match.files else []
     report = RetractReport(len(match.files), len(already), match.unmatched, increments.version(annotated), rewritten)
     report.ids = sorted(set(match.ids) | set(already))
     report.copies = copies
     results = pipeline.run_all(cfg)
     report.rewritten += [pipeline.stage(r.stage).dataset for r in results if not r.skipped]
-    report.scrubbed_snippets = R.scrub_tracking(cfg, report.ids)
+    report.scrubbed_snippets = retraction.scrub_tracking(cfg, report.ids)
     _retract_publish(cfg, report, publish, delete_old_versions, version)
     return report
 
@@ -229,18 +231,19 @@ def _retract_publish(cfg: Config, report: RetractReport, publish: bool, delete_o
     reader now gets (the published `latest`, else the local build) to check it is clean."""
     from mixture import pipeline, storage
     from mixture import publish as publishing
-    from mixture import retract as R
+    from mixture.curate import retract as retraction
+    from mixture.publish.reader import ClimbMix
 
     if publish and cfg.publish.uri:
         report.published = pipeline.publish(cfg, version=version)
         report.version = storage.basename(report.published)
         if delete_old:
             report.deleted_versions = publishing.delete_versions_except(cfg, report.version)
-        mix = R.published_ids_absent(cfg.publish.uri, report.ids)
+        mix = retraction.published_ids_absent(ClimbMix(cfg.publish.uri), report.ids)
         if mix.version != report.version:
-            raise R.RetractError(f"`latest` points at {mix.version}, not at the new version {report.version}")
+            raise retraction.RetractError(f"`latest` points at {mix.version}, not at the new version {report.version}")
     else:
-        R.published_ids_absent(pipeline.dataset_uri(cfg, "climbmix"), report.ids)
+        retraction.published_ids_absent(ClimbMix(pipeline.dataset_uri(cfg, "climbmix")), report.ids)
 
 
 def _examples(entries: list[str], n: int = 5) -> str:
@@ -293,7 +296,7 @@ def cmd_baselines(cfg: Config, args) -> int:
 
 
 def cmd_corpus(args) -> int:
-    from mixture import corpus
+    from mixture.corpus import sample as corpus
 
     counts = corpus.build_sample(
         args.out,

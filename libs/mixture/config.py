@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -27,7 +28,13 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixture.versions import VERSION_PATTERN
+# Names of published ClimbMix versions, shared by the config, the publisher and the reader. A
+# published dataset lives at `<prefix>/<version>/` and `<prefix>/latest` is a small JSON pointer to
+# the newest version. A version is 1-128 letters, digits, `.`, `_`, `-` (starting with a letter or
+# digit) so that it is a safe S3 key and folder name, and it is never `latest`, the pointer's name.
+LATEST = "latest"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+VERSION_RE = re.compile(VERSION_PATTERN)
 
 
 class ConfigError(ValueError):
@@ -292,7 +299,8 @@ class QualityConfig(Section):
     min_cluster_quality: float = Field(3.0, description="paper: mean score >= 3.0 on a 1-5 scale")
     scorer: str = Field(
         "heuristic",
-        description="a registered quality scorer (mixture.scorers): heuristic, classifier, fasttext, or a plugin's",
+        description="a registered quality scorer (mixture.cluster.scorers): heuristic, classifier, fasttext, "
+        "or a plugin's",
     )
     fasttext_model: Uri | None = None
     heuristic_signals: dict[str, tuple[float, float, float]] = Field(
@@ -533,12 +541,12 @@ class BuildConfig(Section):
     formats: list[str] = Field(
         default_factory=lambda: ["parquet", "tokens"],
         min_length=1,
-        description="output formats (mixture.formats), one file set each per shard",
+        description="output formats (mixture.climbmix.formats), one file set each per shard",
     )
     # nanoGPT's own openwebtext split holds out 0.05% of documents; a ClimbMix build is smaller, so
-    # 0.5% by default, and at least one document whenever the build has two (mixture.formats.nanogpt)
+    # 0.5% by default, and at least one document whenever the build has two (mixture.climbmix.formats.nanogpt)
     val_fraction: float = Field(0.005, ge=0, lt=1, description="share of documents held out as nanogpt/val.bin")
-    # where and in what pieces the shuffle runs (mixture.shuffle); the files are the same for any values
+    # where and in what pieces the shuffle runs (mixture.climbmix.shuffle); the files are the same for any values
     workers: int = Field(1, ge=1, json_schema_extra=NOT_HASHED, description="local build processes")
     bucket_docs: int = Field(
         200_000,

@@ -255,3 +255,10 @@ def up_to_date(uri: str, config_hash: str, inputs: dict[str, str]) -> Dataset | 
     if ds and ds.manifest.config_hash == config_hash and ds.manifest.inputs == inputs:
         return ds
     return None
+
+
+def content_hash(manifest_files: list[dict]) -> str:
+    """sha256 of the files' paths, sizes and checksums: the same data gives the same hash whatever
+    the manifest's timestamps (the default published version)."""
+    rows = sorted((f["path"], int(f["bytes"]), f["sha256"]) for f in manifest_files)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()

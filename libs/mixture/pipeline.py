@@ -53,7 +53,7 @@ STAGES: tuple[Stage, ...] = (
         files=("search.target.val_uris", "search.target.tasks"),
         unhashed=("search.transfer_proxy", "search.transfer_seeds"),
     ),  # only the baselines use them
-    # resumable: a killed build keeps the parts it scattered and the buckets it wrote (mixture.shuffle)
+    # resumable: a killed build keeps the parts it scattered and the buckets it wrote (mixture.climbmix.shuffle)
     Stage(
         "build",
         "climbmix",

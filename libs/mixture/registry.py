@@ -92,6 +92,6 @@ def _qualname(obj: Any) -> str:
 
 # The project's extension points. Each package holds one module per built-in.
 FILTERS: Registry[Any] = Registry("filter", "mixture.curate.filters")
-QUALITY_SCORERS: Registry[Any] = Registry("quality scorer", "mixture.scorers")
+QUALITY_SCORERS: Registry[Any] = Registry("quality scorer", "mixture.cluster.scorers")
 PREDICTORS: Registry[Any] = Registry("predictor", "mixture.search.predictors")
-OUTPUT_FORMATS: Registry[Any] = Registry("output format", "mixture.formats")
+OUTPUT_FORMATS: Registry[Any] = Registry("output format", "mixture.climbmix.formats")

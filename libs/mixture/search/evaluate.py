@@ -198,7 +198,7 @@ def spread_windows(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokenize
 
 @lru_cache(maxsize=4)
 def _cached_target(key: str, tokenizer_uri: str, eos_id: int, seed: int) -> EvalTarget:
-    from mixture.tokens import load_tokenizer
+    from mixture.climblab.tokens import load_tokenizer
 
     return load_target(TargetConfig.model_validate_json(key), load_tokenizer(tokenizer_uri), eos_id, seed)
 

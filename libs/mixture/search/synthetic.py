@@ -73,8 +73,8 @@ def make_climblab(uri: str, clusters: dict[str, list[str]], vocab_size: int = 51
     import pyarrow.parquet as pq
 
     from mixture import storage
+    from mixture.climblab.tokens import encode, eos_id, token_dtype, train_tokenizer, write_token_shard
     from mixture.dataset import DatasetWriter
-    from mixture.tokens import encode, eos_id, token_dtype, train_tokenizer, write_token_shard
 
     texts = [t for docs in clusters.values() for t in docs]
     tok = train_tokenizer(texts, vocab_size)

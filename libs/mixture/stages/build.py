@@ -2,7 +2,7 @@
 
 CLIMB (Diao et al., NVIDIA 2025) ends by sampling the cluster shards with the mixture the search
 found, to a token budget (ClimbMix: 400B tokens). The rules are in `mixture.climbmix`, the
-shuffle in `mixture.shuffle`; this stage reads its declared inputs (`climblab`, `search` for its
+shuffle in `mixture.climbmix.shuffle`; this stage reads its declared inputs (`climblab`, `search` for its
 mixture.json unless `build.mixture` names a file, and `curated` / `clusters` for the dataset
 card), then:
 
@@ -13,11 +13,11 @@ card), then:
    shards, `build.bucket_docs` documents each);
 2. `scatter` per part: routes each selected document (repeats included) to its bucket;
 3. `gather` per bucket: writes its shards of `build.shard_docs` documents in every format of
-   `build.formats` (`mixture.formats`), row i of one being document i of another;
+   `build.formats` (`mixture.climbmix.formats`), row i of one being document i of another;
 4. `finish`: checks that every bucket was written, that what was written is the plan and that
    each format's shard files are exactly the plan's shards, lets a format finish the files that
    span the shards (`megatron/blend.txt`, `nanogpt/`), copies the tokenizer, writes the dataset
-   card (`mixture.card`), records its output in the staging folder and deletes the shuffle's
+   card (`mixture.climbmix.card`), records its output in the staging folder and deletes the shuffle's
    bulky scratch. A second `finish` (the commit failed and is retried) returns the record.
 
 Steps 2 and 3 are idempotent per part and per bucket (the stage is resumable: a killed build
@@ -26,7 +26,7 @@ keeps what it scattered and gathered), so they run in any order within a step: h
 (`dags/climb_mixture_search.py`: `build_plan` -> `build_scatter` -> `build_gather` -> `build`,
 which runs `finish` and commits). Memory: the plan's per-document arrays in one process, then
 one record batch and at most `shuffle.BUFFER_BYTES` of routed rows per scatter and one bucket
-per gather (`mixture.shuffle`); no step reads a token shard whole. The
+per gather (`mixture.climbmix.shuffle`); no step reads a token shard whole. The
 same inputs, config and seed give byte-identical files whatever the workers, parts or buckets,
 so the content hash that `climb publish` uses as the default version is stable across rebuilds.
 """
@@ -39,8 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from mixture import shuffle, storage
-from mixture.card import render_card
+from mixture import storage
 from mixture.climblab import TOKENIZER, ClimbLab
 from mixture.climbmix import (
     BuildError,
@@ -53,14 +52,16 @@ from mixture.climbmix import (
     per_cluster,
     plan_clusters,
     select_documents,
+    shuffle,
     warn_capped,
 )
+from mixture.climbmix.card import render_card
+from mixture.climbmix.shuffle import Bucket, Part
 from mixture.config import BuildConfig
 from mixture.contract import StageContext, StageOutput
 from mixture.dataset import Dataset
 from mixture.parallel import fan_out
 from mixture.registry import OUTPUT_FORMATS
-from mixture.shuffle import Bucket, Part
 
 
 def read_mixture(ctx: StageContext, clusters: list[str]) -> tuple[str, dict[str, float]]:

@@ -1,7 +1,7 @@
 """Stage `cluster`: the groups the search mixes, from k-means (CLIMB) or from the user.
 
 `cluster.method: kmeans` (the default) follows CLIMB (Diao et al., NVIDIA 2025: its clustering
-step and the ClimbLab construction) with the functions of `mixture.kmeans`: spherical k-means
+step and the ClimbLab construction) with the functions of `mixture.cluster.kmeans`: spherical k-means
 with K_init = 1000 (`cluster.k_init`, capped on a small corpus), pruning of clusters whose mean
 quality is below `quality.min_cluster_quality` (paper: 3.0 on 1-5) or that hold fewer than
 `min_cluster_size` documents (their documents get `cluster = -1`: accounted, never silently
@@ -9,7 +9,7 @@ dropped), a Ward merge of the surviving centroids (`merge_distance`, paper 1.5; 
 paper ~20), final ids by size. The quality scores come from the configured scorers (`compute_scores`).
 
 `cluster.method: field` / `assignments` takes groups the user already has instead (RegMix-style
-domain mixing, Liu et al. 2024; `mixture.groups`): a curated document field, optionally merged by
+domain mixing, Liu et al. 2024; `mixture.cluster.groups`): a curated document field, optionally merged by
 a mapping file, or an `id -> group` file. It reads no embeddings (the `embed` stage committed an
 empty dataset); pruning by size and quality (scorers that need only the curated q_* signals)
 applies per group, documents without a group get `cluster = -1` and are counted by reason, and
@@ -26,12 +26,12 @@ final centroids, pass 3 finds the report's snippets. Same inputs, same bytes as 
 
 With the user's groups the curated metadata (no text) is read in record batches into Arrow
 columns: ids stay one Arrow array (unique by their 64-bit hashes, the colliding ones compared
-exactly), each document's group is an integer code (`mixture.groups`: Arrow dictionary encoding of
+exactly), each document's group is an integer code (`mixture.cluster.groups`: Arrow dictionary encoding of
 the field, or Arrow hash lookups of the assignments file), and assignments.parquet is written one
 row group per `BLOCK_ROWS` documents: no Python object per document.
 
 Outputs (docs/DATASETS.md, "clusters"): assignments.parquet, mapping.json, report.md /
-report.json (`mixture.report`), and with k-means centroids_init.npy, centroids.npy and map.png;
+report.json (`mixture.cluster.report`), and with k-means centroids_init.npy, centroids.npy and map.png;
 logged to MLflow.
 """
 
@@ -51,12 +51,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mixture import documents, embeddings, increments, retract, storage
-from mixture import report as R
-from mixture.config import ClusterConfig
-from mixture.contract import StageContext, StageOutput
-from mixture.dataset import Dataset
-from mixture.groups import (
+from mixture import increments, storage
+from mixture.cluster import embeddings
+from mixture.cluster import report as R
+from mixture.cluster.groups import (
     GroupError,
     Grouping,
     NumberedGroups,
@@ -68,7 +66,7 @@ from mixture.groups import (
     read_assignments,
     read_mapping,
 )
-from mixture.kmeans import (
+from mixture.cluster.kmeans import (
     ClusterError,
     MergeResult,
     assign_nearest,
@@ -81,7 +79,11 @@ from mixture.kmeans import (
     train_rows,
     ward_merge,
 )
-from mixture.scorers import ScoreBatch, Scores, ScoreSetup, Scoring, compute_scores, open_scorers
+from mixture.cluster.scorers import ScoreBatch, Scores, ScoreSetup, Scoring, compute_scores, open_scorers
+from mixture.config import ClusterConfig
+from mixture.contract import StageContext, StageOutput
+from mixture.curate import documents, retract
+from mixture.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -855,7 +857,7 @@ def group_of(ctx: StageContext, meta: pa.Table) -> Grouping:
 def read_group_meta(ctx: StageContext) -> tuple[pa.Array, pa.Table]:
     """(ids, curated metadata with the grouping field) in the curated order, streamed in record
     batches into Arrow columns (no Python object per document); ids must be unique (checked on
-    their hashes, `mixture.groups.first_duplicate`)."""
+    their hashes, `mixture.cluster.groups.first_duplicate`)."""
     field = ctx.cfg.cluster.field
     meta = documents.read_table(
         ctx.input("curated"),

@@ -1,10 +1,10 @@
 """Stage `embed`: one vector per curated document, written in resumable shards.
 
 CLIMB (Diao et al., NVIDIA 2025) embeds every document before clustering; the encoder is
-`mixture.encoder` (pooling and normalisation from the model's own configuration, token-budget
-batching). This stage streams the curated documents (`mixture.documents`) in groups of
+`mixture.cluster.encoder` (pooling and normalisation from the model's own configuration, token-budget
+batching). This stage streams the curated documents (`mixture.curate.documents`) in groups of
 `embed.shard_docs`, and writes each group as one shard of the embeddings dataset
-(`mixture.embeddings`: `emb-XXXXX.npy` + `ids-XXXXX.parquet`). A shard is the resume unit: the
+(`mixture.cluster.embeddings`: `emb-XXXXX.npy` + `ids-XXXXX.parquet`). A shard is the resume unit: the
 stage is registered resumable, so the staging folder of a killed run keeps its finished shards
 and a rerun computes only the missing ones; a staged shard whose ids differ from the input now is
 recomputed. The model is loaded only when some shard must be computed.
@@ -19,7 +19,7 @@ builds the stage's output from the staged shards for the runner's commit
 files are the same whatever the number of workers (at the same `embed.threads`).
 
 `embed.model_type: static` embeds with a model2vec model distilled locally from `embed.model`
-(`mixture.static_encoder`: cached under `<output_root>/_models/`, provenance in the manifest).
+(`mixture.cluster.static_encoder`: cached under `<output_root>/_models/`, provenance in the manifest).
 
 With the user's own groups (`cluster.method` field or assignments: RegMix-style domain mixing,
 Liu et al. 2024) nothing reads the embeddings, so the stage commits an empty dataset that says
@@ -38,12 +38,14 @@ from typing import Any
 import pyarrow as pa
 from tqdm import tqdm
 
-from mixture import documents, embeddings, increments, storage
+from mixture import increments, storage
+from mixture.cluster import embeddings
+from mixture.cluster.embeddings import npy_shape, read_ids, shard_names, write_shard
+from mixture.cluster.encoder import Embedder, EmbedError, read_model_spec, resolve_model
 from mixture.config import EmbedConfig
 from mixture.contract import StageContext, StageOutput
+from mixture.curate import documents
 from mixture.dataset import Dataset
-from mixture.embeddings import npy_shape, read_ids, shard_names, write_shard
-from mixture.encoder import Embedder, EmbedError, read_model_spec, resolve_model
 from mixture.parallel import ShardRange, fan_out, shard_ranges
 
 log = logging.getLogger(__name__)
@@ -171,7 +173,7 @@ class Progress:
     """What the run did so far, and the encoder once it is loaded (never sent between processes)."""
 
     cfg: EmbedConfig
-    static: dict | None = None  # the static model's provenance (`mixture.static_encoder`)
+    static: dict | None = None  # the static model's provenance (`mixture.cluster.static_encoder`)
     embedder: Any = field(default=None, repr=False)
     computed: int = 0
     reused: int = 0
@@ -191,7 +193,7 @@ class Progress:
     def encoder(self):
         if self.embedder is None:
             if self.static is not None:
-                from mixture.static_encoder import StaticEmbedder
+                from mixture.cluster.static_encoder import StaticEmbedder
 
                 self.embedder = StaticEmbedder.load(self.static)
             else:
@@ -307,7 +309,7 @@ def static_model(ctx: StageContext) -> dict | None:
     if ctx.cfg.cluster.quality.scorer == "classifier":
         # that scorer embeds its reference documents with the transformer encoder
         raise EmbedError("embed.model_type=static does not work with cluster.quality.scorer=classifier yet")
-    from mixture.static_encoder import ensure_model
+    from mixture.cluster.static_encoder import ensure_model
 
     return ensure_model(ctx.cfg.output_root, ctx.cfg.embed)
 

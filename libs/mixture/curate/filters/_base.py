@@ -47,7 +47,7 @@ class Filter:
     # The heuristic quality scorer's ramps for this filter's signals: signal -> one (bad,
     # threshold, good) per side, where `threshold(cfg)` reads the config's limit (d = 0.5 there;
     # None: no ramp). `bad` and `good` are given for the default config and scale with the
-    # configured limit (mixture.scorers.heuristic).
+    # configured limit (mixture.cluster.scorers.heuristic).
     quality_ramps: dict[str, tuple[tuple[float, Callable[[Any], float | None], float], ...]] = {}
 
     @staticmethod

@@ -46,13 +46,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mixture import documents, storage
+from mixture import storage
 from mixture.climblab import TOKENIZER, cluster_name, shard_prefix, text_file
+from mixture.climblab.tokens import TokenShard, TokenShardWriter, encode, eos_id, load_tokenizer, train_tokenizer
+from mixture.cluster.groups import assignment_files
+from mixture.curate import documents
 from mixture.dataset import Dataset
-from mixture.groups import assignment_files
 from mixture.increments import version_of
 from mixture.parallel import fan_out
-from mixture.tokens import TokenShard, TokenShardWriter, encode, eos_id, load_tokenizer, train_tokenizer
 
 PARTS = "_parts"  # staging only: removed before the commit
 MERGED = f"{PARTS}/merged"

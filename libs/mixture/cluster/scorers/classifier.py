@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from mixture import storage
-from mixture.kmeans import normalize_rows
+from mixture.cluster.kmeans import normalize_rows
+from mixture.cluster.scorers._base import QualityError, ScoreBatch, Scorer, ScoreSetup, to_scale
 from mixture.registry import QUALITY_SCORERS
-from mixture.scorers._base import QualityError, ScoreBatch, Scorer, ScoreSetup, to_scale
 
 
 def read_reference_texts(uris: Sequence[str], text_field: str = "text") -> list[str]:
@@ -132,7 +132,7 @@ class ClassifierScorer(Scorer):
             return None, None
         if setup.embeddings is None or setup.sample is None:
             raise QualityError("the classifier scorer needs the corpus embeddings (cluster.method kmeans)")
-        from mixture.encoder import Embedder
+        from mixture.cluster.encoder import Embedder
 
         texts = read_reference_texts(qcfg.reference_uris)
         extra = setup.embeddings.manifest.extra

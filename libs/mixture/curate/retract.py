@@ -262,13 +262,10 @@ def ids_present(ids: Iterable[str], found: pa.Array | pa.ChunkedArray) -> list[s
     return sorted(set(present.filter(mask).to_pylist()))
 
 
-def published_ids_absent(uri: str, ids: list[str], cache_dir: str | None = None) -> Any:
-    """Read a ClimbMix dataset back (a published one through its `latest` pointer, or a local
-    build) and check that none of `ids` is in it; RetractError naming how many are. Returns the
-    reader (its `version`, its counts)."""
-    from mixture.reader import ClimbMix
-
-    mix = ClimbMix(uri, cache_dir=cache_dir)
+def published_ids_absent(mix: Any, ids: list[str]) -> Any:
+    """Check that none of `ids` is in a ClimbMix dataset read back (`mixture.publish.reader.ClimbMix`:
+    a published one through its `latest` pointer, or a local build); RetractError naming how many
+    are. Returns the reader (its `version`, its counts)."""
     left = ids_present(ids, mix.read_table(columns=["id"]).column("id"))
     if left:
         raise RetractError(f"{len(left)} retracted document(s) are still in the ClimbMix dataset at {mix.uri}")

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from mixture import storage
+from mixture.cluster.scorers._base import QualityError, ScoreBatch, Scorer, ScoreSetup, log, to_scale
 from mixture.registry import QUALITY_SCORERS
-from mixture.scorers._base import QualityError, ScoreBatch, Scorer, ScoreSetup, log, to_scale
 
 POSITIVE_LABELS = ("hq", "high", "high_quality", "pos", "positive", "good", "1", "true", "yes")
 

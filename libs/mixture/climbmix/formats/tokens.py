@@ -1,5 +1,5 @@
 """Output format `tokens`: `tokens/part-NNNNN.bin` / `.idx`, the token-shard format of
-`mixture.tokens` (nanoGPT-style: token ids with each document's end-of-document id last,
+`mixture.climblab.tokens` (nanoGPT-style: token ids with each document's end-of-document id last,
 little-endian uint16/uint32, and int64 offsets), ready for a training loader to memory-map.
 """
 
@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mixture.formats import Shard
+from mixture.climblab.tokens import write_token_shard
+from mixture.climbmix.formats import Shard
 from mixture.registry import OUTPUT_FORMATS
-from mixture.tokens import write_token_shard
 
 if TYPE_CHECKING:
     from mixture.config import BuildConfig

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mixture import storage
-from mixture.formats import Shard, part_name
+from mixture.climbmix.formats import Shard, part_name
 from mixture.registry import OUTPUT_FORMATS
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 CLIMB (Diao et al., NVIDIA 2025) ends by sampling the cluster shards with the mixture weights
 the search found, to a token budget (ClimbMix: 400B tokens from ClimbLab's 20 clusters, 1.2T
 tokens). This library holds the rules, on arrays, at any budget (the stage is
-`mixture.stages.build`, the file formats `mixture.formats`):
+`mixture.stages.build`, the file formats `mixture.climbmix.formats`):
 
 1. the mixture: weights over the ClimbLab clusters (`load_mixture`), normalised to sum to 1
    (`normalise_mixture`);
@@ -17,16 +17,15 @@ tokens). This library holds the rules, on arrays, at any budget (the stage is
    stream per cluster (`cluster_rng`);
 4. every selected document is shuffled globally with the run's seed (`global_order`) and cut
    into fixed-size shards (`shard_slices`). The shuffle itself runs outside memory
-   (`mixture.shuffle`: the same permutation, routed through the staging folder), so the text of
+   (`mixture.climbmix.shuffle`: the same permutation, routed through the staging folder), so the text of
    the clusters is never held whole.
 
 The same ClimbLab, mixture, budget and seed give the same documents in the same order, so the
-files are byte-identical and `content_hash` (the default published version) is stable.
+files are byte-identical and `dataset.content_hash` (the default published version) is stable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -137,13 +136,6 @@ def select_documents(lengths: np.ndarray, target_tokens: int, rng: np.random.Gen
 def cluster_rng(seed: int, cluster: str) -> np.random.Generator:
     """One stream per cluster, so a cluster's sample does not change when another is added."""
     return np.random.default_rng([seed, zlib.crc32(cluster.encode())])
-
-
-def content_hash(manifest_files: list[dict]) -> str:
-    """sha256 of the files' paths, sizes and checksums: the same data gives the same hash whatever
-    the manifest's timestamps (the default published version)."""
-    rows = sorted((f["path"], int(f["bytes"]), f["sha256"]) for f in manifest_files)
-    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
 
 def warn_capped(plans: list[ClusterPlan], budget: int, max_epochs: float) -> None:

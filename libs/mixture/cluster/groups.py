@@ -10,8 +10,8 @@ assignments` reads an `id -> group` file (`cluster.assignments`, Parquet or CSV 
 `group`). Every curated document without a group is counted by reason and gets cluster -1, like a
 pruned one: accounted, never silently lost. An id of the file that is not a curated document is
 counted and reported (curation may have filtered it). Pruning by size and quality applies to the
-groups as it does to k-means clusters (`mixture.kmeans.prune_reasons`), and the final ids are
-ordered by size like CLIMB's (`mixture.kmeans.final_ids`: c00 is the largest group).
+groups as it does to k-means clusters (`mixture.cluster.kmeans.prune_reasons`), and the final ids are
+ordered by size like CLIMB's (`mixture.cluster.kmeans.final_ids`: c00 is the largest group).
 
 This is the only place where a label such as `source` decides anything, and only because the
 config names it as the grouping field. Pure functions on Arrow and numpy arrays (ids stay Arrow
@@ -30,16 +30,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from mixture import documents, storage
+from mixture import storage
+from mixture.cluster.kmeans import final_ids, prune_reasons
+from mixture.curate import documents
 from mixture.dataset import Dataset
 from mixture.increments import version_of
-from mixture.kmeans import final_ids, prune_reasons
 
 # why a curated document has no group (the accounting keys)
 NO_VALUE = "no_value"  # method field: the field is null or empty
 UNMAPPED = "unmapped"  # method field, unmapped: drop: the mapping lacks its value
 NOT_IN_ASSIGNMENTS = "not_in_assignments"
 EXAMPLES = 5
+
+
+def cluster_name(i: int) -> str:
+    """The name of final cluster `i` (its folder in ClimbLab, its key in a mixture): c00, c01, ..."""
+    return f"c{i:02d}"
 
 
 class GroupError(RuntimeError):

@@ -32,7 +32,7 @@ pure function of the plan, so they can run in any order within a step, in parall
    part, checks they are exactly the bucket's positions, and per shard takes its rows from them
    in position order (a copy of one shard at a time), with their tokens (the token shards are
    never opened: on S3 that would read a cluster's tokens whole), and writes the bucket's
-   shards through the output formats (`mixture.formats`); `buckets/bNNNNN.json` (written last:
+   shards through the output formats (`mixture.climbmix.formats`); `buckets/bNNNNN.json` (written last:
    the bucket is done) records its documents and tokens.
 
 Memory: the plan's arrays (driver only); per scatter process one record batch and at most
@@ -59,10 +59,10 @@ import pyarrow.parquet as pq
 
 from mixture import storage
 from mixture.climblab import ClimbLab, text_file
+from mixture.climblab.tokens import read_offsets
 from mixture.climbmix import BuildError, shard_slices
-from mixture.formats import Shard
+from mixture.climbmix.formats import Shard
 from mixture.parallel import ShardRange, shard_ranges
-from mixture.tokens import read_offsets
 
 log = logging.getLogger(__name__)
 

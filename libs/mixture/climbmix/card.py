@@ -5,13 +5,13 @@ files as the default configuration, then prose) and says what a user of the shar
 know: the mixture and how many passes over each cluster it took, the sources, the filters and
 their thresholds, deduplication, what each cluster is about (top TF-IDF terms from the cluster
 report), the tokenizer, the licence, the file format and how to load it with pyarrow, Hugging
-Face `datasets`, numpy (nanoGPT-style), Megatron-Core, `mixture.reader` and `mixture.streaming`;
+Face `datasets`, numpy (nanoGPT-style), Megatron-Core, `mixture.publish.reader` and `mixture.publish.streaming`;
 every Python snippet runs as printed from the dataset folder (`tests/test_loading.py`).
 
 Upstream facts come from the build's declared inputs `curated` and `clusters`: the ClimbLab
 manifest names the manifest hashes of the `curated` and `clusters` it was made from, and a figure
 from those datasets is shown only when the input still has that hash. The "Files" and "Loading"
-sections list the output formats the build wrote (`mixture.formats`). The title is made of the
+sections list the output formats the build wrote (`mixture.climbmix.formats`). The title is made of the
 dataset's own content (its size, clusters and the mixture's sha256), and the card holds no
 timestamps, so the same data gives the same card (and the same content hash).
 """
@@ -321,7 +321,7 @@ def files_section(ctx: CardContext) -> list[str]:
     lines += [
         "With checksums verified (this folder, or a published version on S3):",
         "```python",
-        "from mixture.reader import ClimbMix",
+        "from mixture.publish.reader import ClimbMix",
         'mix = ClimbMix(".")     # or "s3://bucket/prefix" (the latest version), or "s3://bucket/prefix/<version>"',
         "for row in mix.iter_texts(): ...",
         "for ids in mix.iter_tokens(): ...",
@@ -331,13 +331,13 @@ def files_section(ctx: CardContext) -> list[str]:
 
 
 def streaming_loader() -> list[str]:
-    """The PyTorch streaming loader over the `tokens/` shards (`mixture.streaming`)."""
+    """The PyTorch streaming loader over the `tokens/` shards (`mixture.publish.streaming`)."""
     return [
-        "Streaming fixed-length windows into PyTorch (`mixture.streaming`: ranks and DataLoader workers read "
+        "Streaming fixed-length windows into PyTorch (`mixture.publish.streaming`: ranks and DataLoader workers read "
         "without overlap, each shard's sha256 checked before use, `state_dict()` for an exact resume):",
         "```python",
         "from torch.utils.data import DataLoader",
-        "from mixture.streaming import ClimbMixStream",
+        "from mixture.publish.streaming import ClimbMixStream",
         'stream = ClimbMixStream(".", seq_len=256, batch_size=8)   # or "s3://bucket/prefix"',
         "for inputs, targets in DataLoader(stream, batch_size=8, num_workers=2): ...",
         "```",

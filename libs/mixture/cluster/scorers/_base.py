@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from mixture.config import QualityConfig
     from mixture.dataset import Dataset
 
-log = logging.getLogger("mixture.scorers")
+log = logging.getLogger("mixture.cluster.scorers")
 
 SCALE_MIN, SCALE_MAX = 1.0, 5.0
 

@@ -12,7 +12,7 @@ never drives a decision unless the config names it as the grouping field).
 Written as report.md, report.json and map.png (a PCA projection of a sample of the embeddings,
 coloured by final cluster, pruned documents in grey; matplotlib's Agg backend).
 
-With the user's own groups (`cluster.method` field or assignments, `mixture.groups`; RegMix-style
+With the user's own groups (`cluster.method` field or assignments, `mixture.cluster.groups`; RegMix-style
 domain mixing, Liu et al. 2024) the report has the same per-cluster entries plus the user group
 each final cluster is; there are no embeddings, so the snippets are the sampled documents nearest
 their cluster's mean TF-IDF vector and there is no map.
@@ -31,15 +31,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from mixture.climblab import cluster_name
+from mixture.cluster.groups import Grouping, NumberedGroups, cluster_name
+from mixture.cluster.kmeans import MergeResult
 from mixture.config import ClusterConfig
+from mixture.curate.documents import texts_by_id
 from mixture.dataset import Dataset
-from mixture.documents import texts_by_id
-from mixture.groups import Grouping, NumberedGroups
-from mixture.kmeans import MergeResult
 
 if TYPE_CHECKING:
-    from mixture.scorers import Scores
+    from mixture.cluster.scorers import Scores
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def token_counter(model: str | None):
     try:
         from transformers import AutoTokenizer
 
-        from mixture.encoder import read_model_spec, resolve_model
+        from mixture.cluster.encoder import read_model_spec, resolve_model
 
         tok = AutoTokenizer.from_pretrained(str(read_model_spec(resolve_model(model)).path), local_files_only=True)
     except Exception as err:  # the estimate is informative only: say so and go on

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mixture import storage
-from mixture.formats import Shard
+from mixture.climbmix.formats import Shard
 from mixture.registry import OUTPUT_FORMATS
 
 if TYPE_CHECKING:

@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mixture import documents
-from mixture.registry import QUALITY_SCORERS
-from mixture.scorers._base import (
+from mixture.cluster.scorers._base import (
     SCALE_MAX,
     SCALE_MIN,
     BatchScorer,
@@ -29,6 +27,8 @@ from mixture.scorers._base import (
     ScoreSetup,
     to_scale,
 )
+from mixture.curate import documents
+from mixture.registry import QUALITY_SCORERS
 
 if TYPE_CHECKING:
     import pyarrow as pa

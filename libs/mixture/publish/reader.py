@@ -1,6 +1,6 @@
 """Read a ClimbMix dataset, local or on S3, with every file checked against its manifest.
 
-    from mixture.reader import ClimbMix
+    from mixture.publish.reader import ClimbMix
     mix = ClimbMix("s3://bucket/prefix")            # follows the `latest` pointer
     mix = ClimbMix("s3://bucket/prefix/<version>")  # one published version
     mix = ClimbMix("out/climbmix")                  # the committed build, before publishing
@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixture import storage
+from mixture.config import LATEST
 from mixture.dataset import MANIFEST, DatasetError, Manifest
-from mixture.versions import LATEST
 
 
 class ChecksumError(DatasetError):

@@ -5,7 +5,7 @@ The published layout is the dataset's own (parquet/, tokens/, tokenizer/, README
 (JSON: version, URI, the manifest's sha256). The guarantees, in the order the steps run:
 
 1. Every data file is uploaded and verified before anything marks the version as complete. A
-   reader (`mixture.reader`) treats a version without `_manifest.json` as absent, so a publish
+   reader (`mixture.publish.reader`) treats a version without `_manifest.json` as absent, so a publish
    killed anywhere leaves nothing visible; the next run resumes: files already there with the
    right size and checksum are kept, incomplete multipart uploads and stray objects of the
    killed attempt are removed.
@@ -60,11 +60,9 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from mixture import storage
-from mixture.climbmix import content_hash
-from mixture.config import Config
-from mixture.dataset import MANIFEST, Dataset, DatasetError
-from mixture.versions import LATEST
-from mixture.versions import VERSION_RE as _VERSION_RE
+from mixture.config import LATEST, Config
+from mixture.config import VERSION_RE as _VERSION_RE
+from mixture.dataset import MANIFEST, Dataset, DatasetError, content_hash
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ hundreds per second on one CPU core (no 256-token truncation), for CPU machines 
 corpora; `bench/embed_static.py` measures its speed and clustering quality against the encoder.
 
 `embed.model_type: static` selects it. Distillation runs here, from the local model folder
-(`mixture.encoder.resolve_model`: nothing is downloaded), once per source model and settings: the
+(`mixture.cluster.encoder.resolve_model`: nothing is downloaded), once per source model and settings: the
 result is cached under `<output_root>/_models/<hash>/`, where the hash covers the source model's
 files, the model2vec version and `pca_dims`. Each file is written atomically and
 `provenance.json` last, so a folder without it is an interrupted distillation and is redone.
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from mixture import storage
+from mixture.cluster.encoder import EmbedError, resolve_model
 from mixture.config import EmbedConfig
-from mixture.encoder import EmbedError, resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 CLIMB (Diao et al., NVIDIA 2025) publishes ClimbLab as one folder per cluster (20 clusters,
 1.2T tokens). Here a committed `climblab` dataset (written by `mixture.stages.shards`) holds per
-final cluster `cNN/tokens.bin` + `cNN/tokens.idx` (the format of `mixture.tokens`) and
+final cluster `cNN/tokens.bin` + `cNN/tokens.idx` (the format of `mixture.climblab.tokens`) and
 `cNN/text.parquet` (id, text in the same order), the tokenizer, and in its manifest's extra the
 tokens and documents per cluster (the search's prior: CLIMB samples mixtures around the
 clusters' token shares), the vocabulary size, the end-of-document id and the token dtype.
@@ -18,15 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixture import storage
+from mixture.climblab.tokens import TokenShard, load_tokenizer
+from mixture.cluster.groups import cluster_name  # noqa: F401  (the clusters' names are ClimbLab's folder names)
 from mixture.dataset import Dataset, DatasetError
-from mixture.tokens import TokenShard, load_tokenizer
 
 TOKENIZER = "tokenizer/tokenizer.json"
-
-
-def cluster_name(i: int) -> str:
-    """The folder name of final cluster `i`: c00, c01, ..."""
-    return f"c{i:02d}"
 
 
 def shard_prefix(name: str) -> str:

@@ -1,13 +1,13 @@
 """Stream fixed-length token windows from a published ClimbMix version into PyTorch training.
 
     from torch.utils.data import DataLoader
-    from mixture.streaming import ClimbMixStream
+    from mixture.publish.streaming import ClimbMixStream
     stream = ClimbMixStream("s3://bucket/prefix", seq_len=1024, batch_size=8)   # or a version, or a folder
     for inputs, targets in DataLoader(stream, batch_size=8, num_workers=2): ...
     state = stream.state_dict(consumed=samples_seen)       # save beside the checkpoint
     stream.load_state_dict(state)                           # after a restart: the next window exactly
 
-What it reads: the `tokens/part-NNNNN.bin` shards of the version (`mixture.reader.ClimbMix`
+What it reads: the `tokens/part-NNNNN.bin` shards of the version (`mixture.publish.reader.ClimbMix`
 locates it: a local folder, an `s3://…/<version>` URI, or a prefix with the `latest` pointer).
 Each shard is a flat run of token ids in the build's shuffled document order, each document
 ending with its end-of-document id; a window is `seq_len + 1` consecutive tokens of one shard
@@ -28,7 +28,7 @@ initialised, else 0 / 1.
 Checksums: a shard's `.bin` is hashed and compared with the manifest before any of its tokens
 are used (`ClimbMix.local_path`: a local file is hashed in place; an S3 object is hashed while it
 is downloaded into the cache folder, once per machine: the workers take a file lock per shard, and
-the one that waited finds a verified copy). A mismatch raises `mixture.reader.ChecksumError`.
+the one that waited finds a verified copy). A mismatch raises `mixture.publish.reader.ChecksumError`.
 
 Resume: `state_dict(consumed)` records the version's manifest sha256, seq_len, world size and the
 rank's position; `load_state_dict` checks that they match and continues at the next window. With
@@ -54,7 +54,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mixture import storage
 from mixture.dataset import DatasetError
-from mixture.reader import ClimbMix
+from mixture.publish.reader import ClimbMix
 
 
 def distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

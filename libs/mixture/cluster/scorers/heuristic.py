@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from mixture.cluster.scorers._base import QualityError, ScoreBatch, Scorer, ScoreSetup, log, to_scale
 from mixture.registry import FILTERS, QUALITY_SCORERS
-from mixture.scorers._base import QualityError, ScoreBatch, Scorer, ScoreSetup, log, to_scale
 
 
 @dataclass(frozen=True)
