@@ -32,13 +32,15 @@ $(STAMP): requirements.txt requirements-common.txt requirements-dev.txt pyprojec
 demo: venv
 	$(BIN)/climb run --config $(CONFIG)
 
-# The code's standing checks: lint and format (ruff), the layers contract (import-linter), types
-# of libs/mixture (mypy). Configured in pyproject.toml.
+# The code's standing checks: lint and format (ruff), the layers and family-independence
+# contracts (import-linter), types of libs/mixture (mypy), all configured in pyproject.toml; and
+# the shape of the code (tests/test_architecture.py: no cycle, short functions, module sizes).
 check: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 test: venv check
 	$(BIN)/python -m pytest -q

@@ -86,3 +86,53 @@ def test_every_module_is_in_the_layers_contract():
         if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
     }
     assert sorted(top - named) == []
+
+
+STAGE_MAX_LINES = 150  # a stage orchestrates: what it reads, which library calls, what it commits
+MODULE_MAX_LINES = 500  # a library module holds one concern
+FAMILIES = ("corpus", "curate", "cluster", "climblab", "search", "climbmix", "publish")
+PLUMBING = (
+    "config",
+    "contract",
+    "registry",
+    "dataset",
+    "increments",
+    "lease",
+    "storage",
+    "parallel",
+    "spark",
+    "tracking",
+)
+RUNNER = ("cli", "pipeline", "preflight")
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def test_stage_modules_orchestrate_and_library_modules_hold_one_concern():
+    long = [
+        f"{p.relative_to(LIBS)} ({_lines(p)} lines, at most {STAGE_MAX_LINES if p.parent.name == 'stages' else MODULE_MAX_LINES})"
+        for p in sorted(LIBS.rglob("*.py"))
+        if _lines(p) > (STAGE_MAX_LINES if p.parent.name == "stages" else MODULE_MAX_LINES)
+    ]
+    assert long == []
+
+
+def test_the_top_level_holds_only_the_runner_the_plumbing_and_the_family_packages():
+    """A new module goes into its family's package (or is plumbing every family shares, named here)."""
+    top = {p.stem for p in LIBS.glob("*.py") if p.stem != "__init__"}
+    packages = {p.name for p in LIBS.iterdir() if (p / "__init__.py").exists()}
+    assert sorted(top - set(PLUMBING) - set(RUNNER)) == []
+    assert sorted(packages - set(FAMILIES) - {"stages"}) == []
+
+
+def test_the_families_are_declared_independent_in_the_import_contract():
+    """`make check` (import-linter) fails when one family imports another's internals; this test
+    keeps every family in that contract."""
+    import tomllib
+
+    conf = tomllib.loads((LIBS.parents[1] / "pyproject.toml").read_text())
+    independence = [c for c in conf["tool"]["importlinter"]["contracts"] if c["type"] == "independence"]
+    assert len(independence) == 1
+    assert sorted(independence[0]["modules"]) == sorted(f"mixture.{f}" for f in FAMILIES)
