@@ -1,0 +1,151 @@
+"""What a finished search writes: the records of `iterations.json`, `mixture.json` and
+`target.json`, the final plots and the run's summary lines. Pure functions of the runs and the
+final choice (`mixture.search.bootstrap.final`); `mixture.search.steps.finish` stages them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from mixture.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def target_record(cfg: Config, lab) -> dict:
+    """target.json: how the validation text was sampled (which documents, how many tokens) and the
+    number of items per task, as every proxy was scored on them."""
+    from mixture.search import evaluate
+
+    t = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed)
+    log.info("search: target %s", {k: v for k, v in t.val_info.items() if k != "document_indices"})
+    return {"val": t.val_info or None, "tasks": {name: len(items) for name, items in t.tasks.items()}}
+
+
+def iteration_records(proposals: list[dict], runs: list[dict]) -> list[dict]:
+    """Per iteration (`proposals[i]`: what iteration i proposed): how it proposed, its predictor's
+    CV, its runs and how they scored."""
+    out = []
+    for i, proposed in enumerate(proposals):
+        rep = proposed["report"]
+        mine = [r for r in runs if r["iteration"] == i]
+        out.append(
+            {
+                "iteration": i,
+                "method": rep["method"],
+                "reason": rep.get("reason"),
+                "observed_before": rep.get("observed", 0),
+                "predictor": rep.get("predictor"),
+                "candidates": rep.get("candidates"),
+                "runs": [
+                    {
+                        "run_id": r["run_id"],
+                        "score": r["score"],
+                        "metrics": r.get("metrics", {}),
+                        "mixture": r["mixture"],
+                        "predicted": r.get("predicted"),
+                    }
+                    for r in sorted(mine, key=lambda r: r["run_id"])
+                ],
+                "best_score": max((r["score"] for r in mine if r["score"] is not None), default=None),
+                "prospective_spearman": prospective_spearman(mine),
+            }
+        )
+    return out
+
+
+def mixture_record(
+    cfg: Config, names: list[str], prior: np.ndarray, result: dict, runs: list[dict], mixtures: int
+) -> dict:
+    """mixture.json: the chosen weights, how and why they were chosen, and what they were made of."""
+
+    def named(w) -> dict[str, float]:
+        return dict(zip(names, [float(x) for x in w]))
+
+    best, pr = result["best_observed"], result.get("predictor")
+    return {
+        "weights": named(result["weights"]),
+        "method": result["method"],
+        "reason": result.get("reason"),
+        "predicted": result.get("predicted"),
+        "best_observed": {**best, "weights": named(best["weights"])},
+        "predicted_mixture": named(result["predicted_mixture"]) if "predicted_mixture" in result else None,
+        "predictor": pr["chosen"] if pr else None,
+        "cv_spearman": pr["cv"][pr["chosen"]]["spearman"] if pr else None,
+        "prior": named(prior),
+        "runs": len(runs),
+        "mixtures": mixtures,
+        "score": "higher is better; " + score_doc(cfg),
+        "target": cfg.search.target.model_dump(mode="json"),
+        # what the baselines stage checks to reuse this search when only the transfer settings changed
+        "config": {"seed": cfg.seed, "search": cfg.search.model_dump(mode="json")},
+    }
+
+
+def final_plots(names: list[str], prior: np.ndarray, result: dict, iterations: list[dict]) -> dict[str, bytes]:
+    from mixture.search import plots
+
+    best = result["best_observed"]
+    files = {
+        "weights.png": plots.weights(
+            names,
+            {"prior": prior.tolist(), "final": result["weights"], "best observed": best["weights"]},
+            "final mixture",
+        ),
+        "progress.png": plots.progress(
+            [[r["score"] for r in it["runs"] if r["score"] is not None] for it in iterations]
+        ),
+    }
+    if result.get("predictor"):
+        chosen = result["predictor"]["chosen"]
+        files["scatter.png"] = plots.scatter(
+            result["y"],
+            result["oof"][chosen],
+            f"final: {chosen}, CV Spearman {result['predictor']['cv'][chosen]['spearman']:.2f}",
+        )
+    return files
+
+
+def summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_runs: int) -> list[tuple[str, Any]]:
+    best = result["best_observed"]
+    top = sorted(mixture["weights"].items(), key=lambda kv: -kv[1])[:5]
+
+    def cv(it: dict) -> str:
+        if not it["predictor"]:
+            return "none (random)"
+        return ", ".join(f"{n} {v['spearman']:.2f}" for n, v in it["predictor"]["cv"].items())
+
+    return [
+        ("runs", f"{n_runs} proxy runs in {len(iterations)} iterations ({cfg.search.iterations})"),
+        ("final mixture", f"{result['method']}: " + ", ".join(f"{c} {w:.3f}" for c, w in top)),
+        ("why", result.get("reason")),
+        ("predictor CV Spearman by iteration", "; ".join(f"it{it['iteration']}: {cv(it)}" for it in iterations)),
+        ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})"),
+    ]
+
+
+def prospective_spearman(runs: list[dict]) -> float | None:
+    """Spearman between what the predictor expected of an iteration's runs before they were
+    trained and what they scored: an out-of-sample check that no cross-validation can give."""
+    from mixture.search.predictor import spearman
+
+    pairs = [
+        (r["predicted"], r["score"]) for r in runs if r.get("predicted") is not None and r.get("score") is not None
+    ]
+    if len(pairs) < 3:
+        return None
+    p, y = zip(*pairs)
+    return spearman(np.array(p), np.array(y))
+
+
+def score_doc(cfg: Config) -> str:
+    t = cfg.search.target
+    parts = []
+    if t.val_uris:
+        parts.append(f"val: -{t.metric}")
+    if t.tasks:
+        parts.append(f"tasks: {t.task_metric}")
+    return "weighted mean of " + ", ".join(parts) if parts else "no target configured"
