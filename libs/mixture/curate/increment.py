@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from mixture import increments, storage
 from mixture.config import Config
-from mixture.curate import accounting, batches, refresh, select, survivors
+from mixture.curate import accounting, batches, refresh, select, statistics, survivors
 from mixture.dataset import Dataset, DatasetWriter
 
 
@@ -51,7 +51,7 @@ def extend(
     _carry(writer, annotated, previous, removed, regrouped, cfg, number)
     counts = _counts(annotated, previous, delta.since["annotated"], sel, retracted, regrouped)
     seconds = time.time() - t0
-    extra = select.statistics(annotated, cfg, sel.dec, sel.outcomes, sel.near_groups, sel.sample, seconds)
+    extra = statistics.extra(annotated, cfg, sel.dec, sel.outcomes, sel.near_groups, sel.sample, seconds)
     extra["statistics_of"] = "the documents this version added"
     delta_counts = {
         "kept_new": sel.n(True),
@@ -61,7 +61,7 @@ def extend(
         "removed": removed.num_rows,
         "revived": len(regrouped.revived),
     }
-    lines = select.summary(counts, extra, cfg, seconds)
+    lines = statistics.summary(counts, extra, cfg, seconds)
     return counts, {**extra, "delta": delta_counts}, lines
 
 
