@@ -87,8 +87,8 @@ def main() -> int:
 
     from mixture import pipeline
     from mixture.cluster.embeddings import load_embeddings
+    from mixture.cluster.evaluation import nmi, purity
     from mixture.cluster.kmeans import normalize_rows, ward_merge
-    from mixture.cluster.report import nmi, purity
     from mixture.config import parse_config
     from sklearn.cluster import KMeans
     from sklearn.feature_extraction.text import TfidfVectorizer

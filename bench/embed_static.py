@@ -9,7 +9,7 @@ torch threads) and the model2vec model distilled from the same folder (`mixture.
 whole documents; distilled once into --cache, the time printed apart). For each: docs/s of the
 encoding alone, then the project's k-means (`mixture.cluster.kmeans.spherical_kmeans`, same seed) at
 each K, and purity and NMI of the clusters against the documents' `source`
-(`mixture.cluster.report.purity` / `nmi`).
+(`mixture.cluster.evaluation.purity` / `nmi`).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def main() -> int:
     import numpy as np
     import torch
     from mixture.cluster.encoder import Embedder
+    from mixture.cluster.evaluation import nmi, purity
     from mixture.cluster.kmeans import spherical_kmeans
-    from mixture.cluster.report import nmi, purity
     from mixture.cluster.static_encoder import StaticEmbedder, ensure_model
     from mixture.config import EmbedConfig
 

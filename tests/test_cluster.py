@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from mixture import pipeline
+from mixture.cluster.evaluation import nmi, purity
 from mixture.cluster.kmeans import ClusterError, effective_k, final_ids, prune_reasons, spherical_kmeans, ward_merge
-from mixture.cluster.report import nmi, purity
 from mixture.cluster.scorers import QualityError
 from mixture.cluster.scorers.fasttext import fasttext_available
 from mixture.config import parse_config
@@ -299,7 +299,7 @@ def test_block_size_changes_nothing_but_row_groups(embedded, tmp_path, monkeypat
     # blocks of 16 documents (shards of 50): the same assignments, centroids, mapping and report
     # (samples, snippets, counts) as one block; the report's TF-IDF sample is drawn per cluster
     # from positions, not from rows held in memory
-    from mixture.stages import cluster
+    from mixture.cluster import stream
 
     root = _copy(embedded, tmp_path)
     cfg = parse_config(base_config(root, cluster={"k_init": 9, "target_clusters": 3}))
@@ -307,7 +307,7 @@ def test_block_size_changes_nothing_but_row_groups(embedded, tmp_path, monkeypat
     first = {n: Path(one.path(n)).read_bytes() for n in ("centroids.npy", "centroids_init.npy", "mapping.json")}
     rep1 = json.loads(Path(one.path("report.json")).read_text())
     a1 = _assignments(one)
-    monkeypatch.setattr(cluster, "BLOCK_ROWS", 16)
+    monkeypatch.setattr(stream, "BLOCK_ROWS", 16)
     many = pipeline.run_stage(cfg, "clusters", force=True).dataset
     assert pq.ParquetFile(many.path("assignments.parquet")).metadata.num_row_groups == 6
     assert _assignments(many).equals(a1)
@@ -320,7 +320,7 @@ def test_block_size_changes_nothing_but_row_groups(embedded, tmp_path, monkeypat
 
 
 def test_nmi_and_purity_from_counts_match_the_per_document_ones():
-    from mixture.cluster.report import counts_nmi, counts_purity
+    from mixture.cluster.evaluation import counts_nmi, counts_purity
 
     rng = np.random.default_rng(3)
     clusters, classes = rng.integers(0, 7, 500), rng.choice(["b", "a", "d", "c"], 500, p=[0.5, 0.2, 0.2, 0.1])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mixture import pipeline
+from mixture.cluster.embed import iter_shards, plan
 from mixture.cluster.embeddings import shard_names
 from mixture.cluster.encoder import EmbedError
 from mixture.config import parse_config
@@ -23,7 +24,7 @@ def _sha256s(ds) -> dict[str, str]:
 
 
 def test_ranges_cover_every_document_once_in_shard_order():
-    rs = embed.plan(n_docs=95, shard_docs=10, range_shards=3)
+    rs = plan(n_docs=95, shard_docs=10, range_shards=3)
     assert [(r.first_shard, r.shards, r.first_doc, r.docs) for r in rs] == [
         (0, 3, 0, 30),
         (3, 3, 30, 30),
@@ -31,8 +32,8 @@ def test_ranges_cover_every_document_once_in_shard_order():
         (9, 1, 90, 5),
     ]
     assert [r.index for r in rs] == [0, 1, 2, 3]
-    assert embed.plan(0, 10, 3) == []
-    assert [r.docs for r in embed.plan(30, 10, 1)] == [10, 10, 10]  # exactly full: no empty range
+    assert plan(0, 10, 3) == []
+    assert [r.docs for r in plan(30, 10, 1)] == [10, 10, 10]  # exactly full: no empty range
     assert embed.Range(**rs[1].to_dict()) == rs[1]  # the XCom round trip
 
 
@@ -42,7 +43,7 @@ def test_a_range_reads_across_file_boundaries(tmp_path, sample_records):
     make_curated(cfg, records, files=3)  # files of 8, 8, 7 documents
     curated = pipeline.open_stage(cfg, "embed").input("curated")
     rs = embed.ranges(curated, cfg.embed)
-    got = [[ids for ids, _ in embed.iter_shards(curated, 4, r)] for r in rs]
+    got = [[ids for ids, _ in iter_shards(curated, 4, r)] for r in rs]
     flat = [i for shards in got for ids in shards for i in ids]
     assert flat == [r["id"] for r in records]
     assert [len(ids) for shards in got for ids in shards] == [4, 4, 4, 4, 4, 3]

@@ -17,11 +17,11 @@ from mixture import increments, pipeline
 from mixture.cluster.embeddings import load_embeddings
 from mixture.cluster.encoder import Embedder
 from mixture.cluster.groups import assignment_files
+from mixture.cluster.passes import distance_histogram, percentile_distance
 from mixture.config import parse_config
 from mixture.curate import documents
 from mixture.dataset import Dataset, DatasetWriter, open_dataset
 from mixture.stages import embed
-from mixture.stages.cluster import distance_histogram, percentile_distance
 from test_embed import base_config, pick, simple_signals
 
 SOURCES = ["fortunes", "python-code", "dictionary", "debian-policy", "manpages", "wordnet"]

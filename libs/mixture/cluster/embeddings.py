@@ -4,7 +4,7 @@ Format (docs/DATASETS.md, "embeddings"): `emb-XXXXX.npy` (float32 [n, dim]) and
 `ids-XXXXX.parquet` (column `id`) per shard of `embed.shard_docs` documents, in the curated
 order; an incremental version adds `emb-vNNNN-XXXXX.npy` / `ids-vNNNN-XXXXX.parquet` (the
 documents curated since, `mixture.increments`), read after the base shards (sorted names).
-The stage `mixture.stages.embed` writes them; the clustering reads them back here.
+`mixture.cluster.embed` writes them (the `embed` stage); the clustering reads them back here.
 """
 
 from __future__ import annotations

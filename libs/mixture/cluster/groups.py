@@ -288,7 +288,7 @@ def assignment_files(clusters: Dataset, since: int = -1) -> list[str]:
     """URIs of a committed clusters dataset's assignment files in document (curated) order:
     `assignments.parquet` (the clustering version's documents, less those removed since), then
     `assignments-vNNNN-00000.parquet` of each incremental version in version order (the
-    documents it assigned to the existing clusters; `mixture.stages.cluster`). Every reader of
+    documents it assigned to the existing clusters; `mixture.cluster.refresh`). Every reader of
     the assignments reads all of them, e.g. `documents.iter_file_rows(assignment_files(ds), ...)`
     (sorted names would not do: `-` sorts before `.`). With `since`, only the files versions after
     it added (a refresh's new assignments)."""

@@ -1,7 +1,7 @@
 """k-means, pruning and merging as pure functions on arrays (numpy, faiss, scipy).
 
 The clustering of CLIMB (Diao et al., NVIDIA 2025, its clustering step and the ClimbLab
-construction), without datasets or files (the stage is `mixture.stages.cluster`):
+construction), without datasets or files (streamed over a corpus by `mixture.cluster.passes`):
 
 1. `spherical_kmeans`: k-means with K_init = 1000 in the paper on L2-normalised embeddings
    (faiss, spherical), trained on a seeded sample of at most `max_train_points` rows, then every
