@@ -101,7 +101,7 @@ def main() -> None:
         import pyarrow.fs as pafs
         from mixture import storage
         from mixture.config import parse_config
-        from mixture.publish import publish_dataset
+        from mixture.publish.publisher import publish_dataset
         from mixture.publish.reader import ClimbMix
 
         s3 = boto3.client("s3", endpoint_url=url)

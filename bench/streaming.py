@@ -6,7 +6,7 @@ from the local folder, through a DataLoader as a training loop would.
                                         [--train-steps 200]
 
 The dataset is shaped like a build's token output (`files` uint16 token shards of mb/files MB,
-a manifest with every file's sha256), published with `mixture.publish.publish_dataset`. Each
+a manifest with every file's sha256), published with `mixture.publish.publisher.publish_dataset`. Each
 repeat reads every window once:
   local           the committed folder; every shard hashed against the manifest before use
   local-noverify  the same with verify=False (what the checksums cost locally)
@@ -135,7 +135,7 @@ def main() -> None:
     try:
         import boto3
         from mixture.config import parse_config
-        from mixture.publish import publish_dataset
+        from mixture.publish.publisher import publish_dataset
 
         boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
         ds = make_dataset(tmp, args.mb, args.files)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mixture import climblab, increments, pipeline, storage
-from mixture.climblab import parts
+from mixture.climblab import merge, parts
 from mixture.cluster.groups import assignment_files
 from mixture.config import parse_config
 from mixture.contract import StageContext
@@ -196,7 +196,7 @@ def test_an_incremental_version_tokenizes_only_new_documents_and_keeps_untouched
     assert sorted(ids) == sorted(i for i, c in corpus.cluster.items() if c >= 0 and i != removed[0])
     assert v2.manifest.counts["documents_out"] == len(ids)
     assert lab.checked_tokens_per_cluster() == {n: lab.shard(n).n_tokens for n in lab.clusters}
-    assert storage.read_json(v2.path(parts.COUNTS)) == v2.manifest.extra["clusters"]
+    assert storage.read_json(v2.path(merge.COUNTS)) == v2.manifest.extra["clusters"]
     listed = pq.read_table(v2.path("removed/v0002.parquet"))
     assert sorted(listed.column("id").to_pylist()) == sorted(removed)
     assert len(increments.history(v2)) == 2

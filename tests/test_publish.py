@@ -19,11 +19,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from mixture import storage
-from mixture.climbmix import content_hash
-from mixture.dataset import MANIFEST, DatasetWriter
+from mixture.dataset import MANIFEST, DatasetWriter, content_hash
 from mixture.pipeline import publish, run_stage
-from mixture.publish import PublishError, publish_dataset
+from mixture.publish.publisher import publish_dataset
 from mixture.publish.reader import ChecksumError, ClimbMix
+from mixture.publish.s3 import PublishError
 from test_build import WEIGHTS, make_climblab, make_config, make_search
 
 SECRET_KEY = "testing-secret-key"
@@ -443,7 +443,7 @@ def test_credentials_never_logged_stored_or_tracked(built, s3_endpoint, s3_bucke
 
 def test_bad_targets_are_refused_without_echoing_secrets(built):
     cfg, _ = built
-    from mixture.publish import parse_target
+    from mixture.publish.s3 import parse_target
 
     with pytest.raises(ValueError, match="must not contain credentials"):  # the config refuses it
         cfg.publish.uri = f"s3://{KEY_ID}:{SECRET_KEY}@bucket/prefix"
@@ -648,17 +648,19 @@ def test_damaged_object_of_an_uncommitted_version_is_uploaded_again(built, s3_en
 def test_objects_changed_after_verification_are_never_committed(built, s3_endpoint, s3_bucket):
     """A publisher that lost its lease meanwhile: its objects were overwritten after it verified
     them. The check before the manifest refuses to commit."""
-    from mixture import publish as publishing
+    from mixture.publish import publisher
+    from mixture.publish.s3 import parse_target
+    from mixture.publish.upload import Uploader
 
     cfg, ds = built
     client = storage.s3_client(2)
-    target = publishing.parse_target(cfg.publish.uri)
-    uploader = publishing.Uploader(client, target, "lost", cfg, "download")
-    publishing._upload_version(ds, ds.manifest.files, uploader, 2)
+    target = parse_target(cfg.publish.uri)
+    uploader = Uploader(client, target, "lost", cfg, "download")
+    publisher._upload_version(ds, ds.manifest.files, uploader, 2)
     rel = ds.manifest.files[0]["path"]
     _s3(s3_endpoint).put_object(Bucket=s3_bucket, Key=f"climbmix/lost/{rel}", Body=b"someone else's bytes")
     with pytest.raises(PublishError, match="changed after they were verified"):
-        publishing._check_unchanged(client, uploader, ds.manifest.files)
+        publisher._check_unchanged(client, uploader, ds.manifest.files)
     assert f"climbmix/lost/{MANIFEST}" not in _keys(s3_endpoint, s3_bucket)
 
 

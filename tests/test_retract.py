@@ -405,7 +405,8 @@ def test_status_prints_each_datasets_version_chain(tmp_path, capsys):
 
 
 def test_earlier_versions_are_deleted_under_their_lease_and_latest_never(tmp_path, s3_bucket, s3_endpoint):
-    from mixture import publish as P
+    from mixture.publish import versions as P
+    from mixture.publish.s3 import PublishError
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     for v in ("2025-01", "2025-02", "2025-03"):
@@ -416,9 +417,9 @@ def test_earlier_versions_are_deleted_under_their_lease_and_latest_never(tmp_pat
     cfg = load_config_for(tmp_path)
     cfg.publish.uri = f"s3://{s3_bucket}/mix"
     assert P.published_versions(cfg) == ["2025-01", "2025-02", "2025-03", "2025-04"]
-    with pytest.raises(P.PublishError, match="does not point at version 2025-02"):
+    with pytest.raises(PublishError, match="does not point at version 2025-02"):
         P.delete_versions_except(cfg, "2025-02")
-    with pytest.raises(P.PublishError, match="is the one `latest` points at"):
+    with pytest.raises(PublishError, match="is the one `latest` points at"):
         P.delete_version(cfg, "2025-03")
     assert P.delete_versions_except(cfg, "2025-03") == ["2025-01", "2025-02", "2025-04"]
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"])

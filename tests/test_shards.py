@@ -226,10 +226,10 @@ def test_a_commit_that_fails_after_finish_is_retried_with_the_same_files(tmp_pat
 
 
 def test_a_tiny_merge_budget_gives_the_same_bytes(tmp_path, sample_records, monkeypatch):
-    from mixture.climblab import parts
+    from mixture.climblab import merge
 
     recs, clusters = _reverse_ids(sample_records)
     one = _shards_stage(tmp_path, recs, clusters, "one")
     monkeypatch.setattr(shards, "BATCH_ROWS", 16)  # 8 runs per cluster
-    monkeypatch.setattr(parts, "MERGE_IDS", 8)  # 16 ids of a run at a time (the floor)
+    monkeypatch.setattr(merge, "MERGE_IDS", 8)  # 16 ids of a run at a time (the floor)
     assert _files(_shards_stage(tmp_path, recs, clusters, "tiny")) == _files(one)

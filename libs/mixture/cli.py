@@ -230,15 +230,15 @@ def _retract_publish(cfg: Config, report: RetractReport, publish: bool, delete_o
     """Publish the rebuilt ClimbMix, delete the earlier versions if asked, and read back what a
     reader now gets (the published `latest`, else the local build) to check it is clean."""
     from mixture import pipeline, storage
-    from mixture import publish as publishing
     from mixture.curate import retract as retraction
     from mixture.publish.reader import ClimbMix
+    from mixture.publish.versions import delete_versions_except
 
     if publish and cfg.publish.uri:
         report.published = pipeline.publish(cfg, version=version)
         report.version = storage.basename(report.published)
         if delete_old:
-            report.deleted_versions = publishing.delete_versions_except(cfg, report.version)
+            report.deleted_versions = delete_versions_except(cfg, report.version)
         mix = retraction.published_ids_absent(ClimbMix(cfg.publish.uri), report.ids)
         if mix.version != report.version:
             raise retraction.RetractError(f"`latest` points at {mix.version}, not at the new version {report.version}")

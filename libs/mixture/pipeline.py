@@ -224,24 +224,25 @@ def publish(cfg: Config, version: str | None = None) -> str:
     URI. Two publishers of one version take turns on its lease (an S3 lease object under
     `<publish.uri>/_leases/`): the second then finds it published (same content: no-op) or is
     refused (different content); neither writes or deletes objects while the other holds it."""
-    from mixture import publish as publishing
+    from mixture.publish import publisher
+    from mixture.publish.s3 import PublishError, check_target
 
-    target = publishing.check_target(cfg)
+    target = check_target(cfg)
     ds = current(cfg, "build")
     if ds is None:
-        raise publishing.PublishError(
+        raise PublishError(
             f"the ClimbMix dataset at {dataset_uri(cfg, stage('build').dataset)} is "
             "missing or was built from another config or other inputs: run `climb build` first"
         )
-    version = publishing.resolve_version(ds, cfg, version)
+    version = publisher.resolve_version(ds, cfg, version)
     c = cfg.concurrency
     try:
         with lease.hold(
             target.uri(), f"version-{version}", wait=c.on_busy == "wait", timeout=c.wait_timeout_s, ttl=c.lease_ttl_s
         ):
-            rep = publishing.publish_dataset(ds, cfg, version)
+            rep = publisher.publish_dataset(ds, cfg, version)
     except lease.LeaseError as err:
-        raise publishing.PublishError(str(err)) from None
+        raise PublishError(str(err)) from None
     if cfg.publish.track:
-        publishing.track(cfg, rep)
+        publisher.track(cfg, rep)
     return rep.uri

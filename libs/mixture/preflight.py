@@ -88,7 +88,7 @@ def check_buckets(s3: dict[str, list[str]]) -> None:
     credentials may use it."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from mixture.publish import redact_url
+    from mixture.publish.s3 import redact_url
 
     client = _probe_client()
     endpoint = redact_url(storage.s3_settings()[0]) or "AWS S3"

@@ -6,6 +6,12 @@ final cluster `cNN/tokens.bin` + `cNN/tokens.idx` (the format of `mixture.climbl
 `cNN/text.parquet` (id, text in the same order), the tokenizer, and in its manifest's extra the
 tokens and documents per cluster (the search's prior: CLIMB samples mixtures around the
 clusters' token shares), the vocabulary size, the end-of-document id and the token dtype.
+
+The package (the reader here, the rest one module each):
+- `tokens`: the token-shard format and the tokenizer;
+- `parts`: the curated documents planned in parts and tokenized into sorted runs;
+- `merge`: each cluster's runs merged by id into its files, the finished dataset's counts;
+- `increment`: an incremental version (new documents only, touched clusters merged again).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 CLIMB (Diao et al., NVIDIA 2025) ends by sampling the cluster shards with the mixture weights
 the search found, to a token budget (ClimbMix: 400B tokens from ClimbLab's 20 clusters, 1.2T
 tokens). This library holds the rules, on arrays, at any budget (the stage is
-`mixture.stages.build`, the file formats `mixture.climbmix.formats`):
+`mixture.stages.build`, its steps `mixture.climbmix.build`):
 
 1. the mixture: weights over the ClimbLab clusters (`load_mixture`), normalised to sum to 1
    (`normalise_mixture`);
@@ -22,6 +22,12 @@ tokens). This library holds the rules, on arrays, at any budget (the stage is
 
 The same ClimbLab, mixture, budget and seed give the same documents in the same order, so the
 files are byte-identical and `dataset.content_hash` (the default published version) is stable.
+
+The package (the rules here, the rest one module each):
+- `build`: the build's steps (plan, scatter and gather in local processes, finish);
+- `shuffle`: the external global shuffle (routes, scatter per part, gather per bucket);
+- `card`: the dataset card (`README.md`);
+- `formats`: the output formats (one module each: Parquet, token shards, nanoGPT, Megatron).
 """
 
 from __future__ import annotations

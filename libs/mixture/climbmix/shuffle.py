@@ -1,6 +1,6 @@
 """The global shuffle of a ClimbMix build, external and bounded in memory: plan, scatter, gather.
 
-A ClimbMix build (`mixture.climbmix` has the rules, `mixture.stages.build` the stage) writes
+A ClimbMix build (`mixture.climbmix` has the rules, `mixture.climbmix.build` the steps) writes
 every selected document at a seeded random position. ClimbMix is 400B tokens: its text does not
 fit in memory, so the shuffle goes through the build's staging folder in three steps, each a
 pure function of the plan, so they can run in any order within a step, in parallel and again:
@@ -39,7 +39,7 @@ Memory: the plan's arrays (driver only); per scatter process one record batch an
 BUFFER_BYTES of routed rows; per gather process one bucket's rows, text and tokens (memory-mapped
 from a local staging folder, read from S3) and one shard's copy. Everything lives under
 `.tmp-shuffle/` in the staging folder (`.tmp-`: never in a manifest). Once the build is finished
-(`mixture.stages.build.finish`, which records its output in `finished.json`), `clear` deletes the
+(`mixture.climbmix.build.record` records its output in `finished.json`), `clear` deletes the
 bulky routes and rows; the small records stay, so every step is a no-op if it runs again (a
 retried commit), and the commit deletes them. The output depends only on the plan, so the
 committed files are the same for any number of workers, parts or buckets.
