@@ -1,0 +1,124 @@
+"""The search family's section: `search`, the iterated proxy runs (`search.proxy`), the target they
+are scored on (`search.target`) and the predictor fitted to them (`search.predictor`).
+
+Defaults follow the CLIMB paper (Diao et al., NVIDIA 2025): a search of 64/32/16 proxy runs,
+Dirichlet temperature 0.5 with concentration in [0.1, 5], at most 15 epochs of a cluster, weights
+floored at 2e-4, 100,000 candidates, LightGBM with max_depth 4, learning rate 0.01, 1000 rounds,
+early stopping 20, reg 1, min_child_samples 5.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from mixture.config.section import NOT_HASHED, Section, Uri
+
+
+class ProxyConfig(Section):
+    # mixture.search.proxy.PRESETS: cpu-tiny (tests), cpu-2m (CPU demo), cpu-6m (CPU transfer),
+    # 62m and 350m (the paper's proxy sizes, for GPUs)
+    preset: Literal["cpu-tiny", "cpu-2m", "cpu-6m", "62m", "350m"] = "cpu-2m"
+    tokens: int = Field(300_000, gt=0)
+    batch_size: int = Field(4, ge=1)
+    seq_len: int = Field(256, ge=8)
+    lr: float = Field(4e-3, gt=0)
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    min_lr_frac: float = Field(0.1, ge=0, le=1)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    threads: int = Field(1, ge=1, json_schema_extra=NOT_HASHED)
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA, and on a CPU only with native bf16 (AVX-512 BF16 "
+        "or AMX; emulated bf16 is several times slower than fp32), else fp32",
+    )
+
+
+class TargetConfig(Section):
+    val_uris: list[Uri] = []
+    val_docs: int = Field(200, ge=1, description="documents the validation text is taken from, at most")
+    val_tokens: int = Field(100_000, ge=1, description="validation tokens, at most")
+    sampling: Literal["spread", "first"] = Field(
+        "spread",
+        description="spread: val_docs documents evenly spaced over the whole target (seeded "
+        "phase), each giving a window of val_tokens / val_docs tokens at a seeded offset; first: the "
+        "first documents of the files, whole, up to val_tokens (biased when a file is sorted)",
+    )
+    metric: Literal["loss", "bpb"] = "bpb"
+    tasks: list[Uri] = Field([], description="multiple-choice JSONL files (context, choices, gold)")
+    task_metric: Literal["acc", "acc_norm", "logprob"] = "logprob"
+    weights: dict[str, float] = {}
+
+
+class PredictorConfig(Section):
+    candidates: list[str] = Field(
+        ["lightgbm", "ridge", "ridge_sqrt", "mixing_law"],
+        min_length=1,
+        description="registered predictors (mixture.registry.PREDICTORS)",
+    )
+    max_depth: int = Field(4, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    n_estimators: int = Field(1000, ge=1)
+    early_stopping_rounds: int = Field(20, ge=0, description="0: no early stopping")
+    reg_alpha: float = Field(1.0, ge=0)
+    reg_lambda: float = Field(1.0, ge=0)
+    min_child_samples: int = Field(5, ge=1)
+    min_data_in_bin: int = Field(3, ge=1, description="LightGBM's default 3; 1 lets 16-30 runs split")
+    cv_folds: int = Field(5, ge=2)
+    min_spearman: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        description="below this CV Spearman the final mixture is the best observed one, not a predicted one",
+    )
+
+    @field_validator("candidates")
+    @classmethod
+    def _registered(cls, v: list[str]) -> list[str]:
+        from mixture.registry import PREDICTORS
+
+        return PREDICTORS.check(v)
+
+
+class SearchConfig(Section):
+    iterations: list[int] = Field([64, 32, 16], min_length=1)
+    temperature: float = Field(0.5, gt=0)
+    concentration: tuple[float, float] = (0.1, 5.0)
+    epoch_cap: float = Field(15.0, gt=0)
+    weight_floor: float = Field(2e-4, ge=0, lt=1)
+    candidates: int = Field(100_000, ge=1)
+    top_n: int = Field(64, ge=1)
+    final: Literal["best", "top_mean"] = "top_mean"
+    top_k: int = Field(128, ge=1)
+    local_frac: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of candidates drawn around the "
+        "best observed mixtures (0: all around the prior, as in the paper)",
+    )
+    local_top: int = Field(4, ge=1, description="how many best observed mixtures local candidates centre on")
+    workers: int = Field(1, ge=1, json_schema_extra=NOT_HASHED)
+    seeds: int = Field(1, ge=1, description="proxy runs per mixture (seeds seed+0..); iterations count mixtures")
+    transfer_seeds: int = Field(2, ge=1, description="repeats of each baseline's transfer run")
+    proxy: ProxyConfig = ProxyConfig()
+    transfer_proxy: ProxyConfig = ProxyConfig(preset="cpu-6m", tokens=900_000)
+    target: TargetConfig = TargetConfig()
+    predictor: PredictorConfig = PredictorConfig()
+
+    @field_validator("iterations")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError("every iteration needs at least one proxy run")
+        return v
+
+    @field_validator("concentration")
+    @classmethod
+    def _conc(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("concentration must be (low, high) with 0 < low <= high")
+        return v
