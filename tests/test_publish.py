@@ -19,8 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from mixture import storage
-from mixture.climbmix import content_hash
-from mixture.dataset import MANIFEST, DatasetWriter
+from mixture.dataset import MANIFEST, DatasetWriter, content_hash
 from mixture.pipeline import publish, run_stage
 from mixture.publish import PublishError, publish_dataset
 from mixture.publish.reader import ChecksumError, ClimbMix
