@@ -425,8 +425,11 @@ def guarded(
     try:
         return fn()
     except Exception as err:
-        ours = isinstance(err, (ConfigError, DatasetError)) or type(err).__module__.startswith("mixture.")
-        if not (isinstance(err, errors) if errors is not None else ours):
+        if errors is not None:
+            one_line = isinstance(err, errors)
+        else:
+            one_line = isinstance(err, (ConfigError, DatasetError)) or type(err).__module__.startswith("mixture.")
+        if not one_line:
             raise
         if verbose:
             log.exception("failed")
