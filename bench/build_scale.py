@@ -103,8 +103,8 @@ def make_inputs(root: Path, copies: int) -> int:
 
 def child(args_json: str) -> None:
     """The measured process: one `climb build` of the committed inputs."""
-    from mixture.climbmix import content_hash
     from mixture.config import parse_config
+    from mixture.dataset import content_hash
     from mixture.pipeline import run_stage
 
     a = json.loads(args_json)

@@ -4,8 +4,8 @@ The same stage function as `climb curate` (through `pipeline.run_stage`), so bot
 `annotated` dataset (the `select` stage, which needs no Spark, runs after it as `climb select`).
 The Spark session is created first from spark-submit's own settings (`--master`, `--conf`), and
 the stage uses it; without spark-submit it falls back to `curate.spark_master`.
-Exit status: 0 when the dataset is committed or up to date, 2 for a configuration or dataset
-error, 1 for any other failure.
+Exit status (`mixture.cli.guarded`): 0 when the dataset is committed or up to date, 2 for a
+configuration or dataset error (one line), 1 for any other failure.
 """
 
 from __future__ import annotations
@@ -25,30 +25,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
     from mixture import pipeline, preflight
+    from mixture import spark as spark_env
+    from mixture.cli import guarded
     from mixture.config import ConfigError, load_config, parse_overrides
     from mixture.dataset import DatasetError
 
-    try:
+    def run() -> int:
         cfg = load_config(args.config, parse_overrides(args.set))
         # inputs, credentials and endpoints: one line in seconds, before Spark's start-up
         preflight.check(cfg, pipeline.stage("curate").files)
-    except ConfigError as err:
-        print(f"curate: {err}", file=sys.stderr)
-        return 2
-    from mixture import spark as spark_env
+        spark = spark_env.session(None, "climb-curate")  # master and settings from spark-submit
+        try:
+            result = pipeline.run_stage(cfg, "curate", force=args.force)
+        finally:
+            spark.stop()
+        print(f"annotated: {'up to date' if result.skipped else 'committed'} {result.dataset.uri}")
+        for key, value in result.summary:
+            print(f"  {key}: {value}")
+        return 0
 
-    spark = spark_env.session(None, "climb-curate")  # master and settings from spark-submit
-    try:
-        result = pipeline.run_stage(cfg, "curate", force=args.force)
-    except (ConfigError, DatasetError) as err:
-        print(f"curate: {err}", file=sys.stderr)
-        return 2
-    finally:
-        spark.stop()
-    print(f"annotated: {'up to date' if result.skipped else 'committed'} {result.dataset.uri}")
-    for key, value in result.summary:
-        print(f"  {key}: {value}")
-    return 0
+    # only these exit with 2: the refresh DAG retries any other failure
+    return guarded(run, name="curate", errors=(ConfigError, DatasetError))
 
 
 if __name__ == "__main__":

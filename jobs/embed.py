@@ -3,8 +3,9 @@
 The same stage function as `climb embed` (through `pipeline.run_stage`), so both commit the same
 dataset; it runs the ranges of shards in `embed.workers` processes (on a CPU machine each with
 `embed.threads` torch threads, default cores / workers), and a killed run resumes from its
-finished shards. Exit status: 0 when the dataset is
-committed or up to date, 2 for a configuration, dataset or model error, 1 for any other failure.
+finished shards. Exit status (`mixture.cli.guarded`): 0 when the dataset is committed or up to
+date, 2 for the project's own errors (configuration, dataset, a model that cannot load: one line),
+1 for any other failure.
 """
 
 from __future__ import annotations
@@ -26,20 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
     from mixture import pipeline
-    from mixture.cluster.encoder import EmbedError
-    from mixture.config import ConfigError, load_config, parse_overrides
-    from mixture.dataset import DatasetError
+    from mixture.cli import guarded
+    from mixture.config import load_config, parse_overrides
 
-    try:
+    def run() -> int:
         cfg = load_config(args.config, parse_overrides(args.set))
         result = pipeline.run_stage(cfg, "embed", force=args.force)
-    except (ConfigError, DatasetError, EmbedError) as err:
-        print(f"embed: {err}", file=sys.stderr)
-        return 2
-    print(f"embeddings: {'up to date' if result.skipped else 'committed'} {result.dataset.uri}")
-    for key, value in result.summary:
-        print(f"  {key}: {value}")
-    return 0
+        print(f"embeddings: {'up to date' if result.skipped else 'committed'} {result.dataset.uri}")
+        for key, value in result.summary:
+            print(f"  {key}: {value}")
+        return 0
+
+    return guarded(run, name="embed")
 
 
 if __name__ == "__main__":

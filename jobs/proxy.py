@@ -4,8 +4,9 @@ The job is one entry of `mixture.search.steps.propose(ctx, i)` (a GPU worker or 
 gets it as a JSON file). The run trains and evaluates one proxy through `steps.run_proxy`, the
 same function the CLI's search runs, and writes `runs/<run_id>.json` in the search's staging
 folder; a run that is already there is returned without training (retries repeat no work).
-Prints the run's score and metrics as one JSON line. Exit status: 0 on success, 2 for a
-configuration, dataset or job error, 1 for any other failure (a diverged proxy, say).
+Prints the run's score and metrics as one JSON line. Exit status (`mixture.cli.guarded`): 0 on
+success (a diverged proxy too: its run records the error), 2 for the project's own errors
+(configuration, dataset, target, job: one line), 1 for any other failure.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from mixture import pipeline, storage
-    from mixture.config import ConfigError, load_config, parse_overrides
-    from mixture.dataset import DatasetError
+    from mixture.cli import guarded
+    from mixture.config import load_config, parse_overrides
     from mixture.search import steps
-    from mixture.search.evaluate import TargetError
 
-    try:
+    def run() -> int:
         cfg = load_config(args.config, parse_overrides(args.set))
         try:
             job = storage.read_json(args.job)
@@ -41,11 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(job, dict):
             raise steps.SearchError(f"{args.job} must hold one job object")
         result = steps.run_proxy(pipeline.open_stage(cfg, "search"), job)
-    except (ConfigError, DatasetError, steps.SearchError, TargetError) as err:
-        print(f"proxy: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"run_id": result["run_id"], "score": result["score"], "metrics": result.get("metrics", {})}))
-    return 0
+        print(json.dumps({"run_id": result["run_id"], "score": result["score"], "metrics": result.get("metrics", {})}))
+        return 0
+
+    return guarded(run, name="proxy")
 
 
 if __name__ == "__main__":

@@ -138,9 +138,9 @@ def test_megatron_datasets_numpy_and_the_stream_return_the_same_token_ids(built,
         assert np.array_equal(run, flat[: len(run)]), s
 
 
-def test_the_readme_snippets_run_against_a_published_version(built, s3_endpoint, s3_bucket, monkeypatch, tmp_path):
-    """README.md's ClimbMix section: its Python blocks, with `s3://my-bucket/climbmix` pointing at
-    a version published to the S3 endpoint."""
+def test_the_manual_snippets_run_against_a_published_version(built, s3_endpoint, s3_bucket, monkeypatch, tmp_path):
+    """docs/BUILD_AND_PUBLISH.md (the manual README.md links): its Python blocks, with
+    `s3://my-bucket/climbmix` pointing at a version published to the S3 endpoint."""
     from pathlib import Path
 
     from mixture.pipeline import publish
@@ -148,14 +148,12 @@ def test_the_readme_snippets_run_against_a_published_version(built, s3_endpoint,
     cfg = make_config(Path(built.uri).parent, formats=FORMATS, val_fraction=0.05)
     cfg.publish.uri, cfg.publish.track = f"s3://{s3_bucket}/climbmix", False
     publish(cfg, version="v1")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Build and publish") :]
-    section = section[: section.index("\n## ")]
-    blocks = python_blocks(section)
+    manual = (Path(__file__).resolve().parents[1] / "docs" / "BUILD_AND_PUBLISH.md").read_text()
+    blocks = python_blocks(manual)
     assert len(blocks) >= 2 and any("ClimbMixStream" in b for b in blocks)
     monkeypatch.chdir(tmp_path)
     names: dict = {"samples_seen": 8}
     for block in blocks:
-        exec(compile(block.replace("s3://my-bucket/climbmix", cfg.publish.uri), "README.md", "exec"), names)  # noqa: S102
+        exec(compile(block.replace("s3://my-bucket/climbmix", cfg.publish.uri), "BUILD_AND_PUBLISH.md", "exec"), names)  # noqa: S102
     assert names["table"].num_rows == built.manifest.counts["documents"]
     assert names["state"]["position"] == 8 and len(names["stream"]) == len(ClimbMixStream(built.uri, 1024)) - 8

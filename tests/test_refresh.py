@@ -271,7 +271,7 @@ def assert_same_as_full(cur, full_cfg) -> None:
 
 def test_regrouping_a_withdrawn_survivors_group_follows_the_full_run_rule(tmp_path):
     import pyarrow as pa
-    from mixture.curate import increment, survivors
+    from mixture.curate import curated_versions, survivors
 
     state = tmp_path / "state.parquet"
     rows_ = [
@@ -293,7 +293,7 @@ def test_regrouping_a_withdrawn_survivors_group_follows_the_full_run_rule(tmp_pa
     removed = pa.table(
         {"id": ["s", "s2", "t"], "reason": [increments.WITHDRAWN, increments.WITHDRAWN, increments.RETRACTED]}
     )
-    withdrawn = increment._withdrawn(removed)
+    withdrawn = curated_versions._withdrawn(removed)
     assert withdrawn == {"s", "s2", "t"}
     g = survivors.regroup([str(state)], withdrawn, {"s", "s2", "t"})
     assert {r["id"]: (r["outcome"], r["survivor"]) for r in g.rows} == {

@@ -410,20 +410,31 @@ def preflight(cfg: Config, args) -> None:
         checks.check(cfg, pipeline.stage(args.command).files)
 
 
-def guarded(fn: Callable[[], int], verbose: bool = False) -> int:
-    """Run an entry point: the project's own errors (configuration, datasets, bad input, a model
-    that cannot load, counts that do not add up, a dataset another run is writing) are one line on
-    stderr and exit status 2; anything else is a bug and keeps its traceback. `-v` shows the
-    traceback of the one-line errors too."""
+def guarded(
+    fn: Callable[[], int],
+    verbose: bool = False,
+    name: str = "climb",
+    errors: tuple[type[Exception], ...] | None = None,
+) -> int:
+    """Run an entry point (`climb` and every `jobs/*.py`): the project's own errors (configuration,
+    datasets, bad input, a model that cannot load, counts that do not add up, a dataset another run
+    is writing) are one line on stderr, `<name>: ...`, and exit status 2; anything else is a bug
+    and keeps its traceback (exit status 1). `-v` shows the traceback of the one-line errors too.
+    `errors` narrows the one-line errors to those types, for a job whose caller retries any other
+    failure (the refresh DAG retries `jobs/curate.py` unless it exits with 2)."""
     try:
         return fn()
     except Exception as err:
-        if not (isinstance(err, (ConfigError, DatasetError)) or type(err).__module__.startswith("mixture.")):
+        if errors is not None:
+            one_line = isinstance(err, errors)
+        else:
+            one_line = isinstance(err, (ConfigError, DatasetError)) or type(err).__module__.startswith("mixture.")
+        if not one_line:
             raise
         if verbose:
             log.exception("failed")
         prefix = "" if isinstance(err, (ConfigError, DatasetError)) else f"{type(err).__name__}: "
-        print(f"climb: {prefix}{err}", file=sys.stderr)
+        print(f"{name}: {prefix}{err}", file=sys.stderr)
         return 2
 
 

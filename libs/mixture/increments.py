@@ -1,4 +1,5 @@
-"""Incremental versions of a dataset: its lineage, and the delta a refresh processes.
+"""Versions of a committed dataset: its lineage, and the delta a refresh processes (the published
+ClimbMix versions are another thing: `mixture.publish`).
 
 A corpus refresh extends the committed versions instead of rebuilding them (`refresh.incremental`,
 on by default): curation reads only the input files it has not seen, and every later stage

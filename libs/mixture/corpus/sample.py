@@ -276,10 +276,6 @@ def _write_jsonl_gz(path: Path, records: list[dict], level: int = 9) -> None:
     tmp.replace(path)
 
 
-def fingerprint(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 # ------------------------------------------------------------------------- larger corpora
 # `scale_pool` (bench/scale.py): many more, shorter documents than the sample, from the sample's
 # sources plus three larger ones. Each is real text installed on the machine:

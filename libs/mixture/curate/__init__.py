@@ -2,10 +2,20 @@
 groups) -> `curated` (no Spark: clean, deduplicated documents with quality signals, plus
 quarantine and rejected side sets). "Score once, decide many times" (Dolma, DataTrove).
 
-Modules in the order the data flows: `ingest` (read JSONL/JSONL.gz/JSONL.zst/Parquet, local or
-S3, quarantine bad records), `filters` (one module per filter: config, signals, decision),
-`minhash` and `dedup` (exact and MinHash-LSH fuzzy dedup groups), `batches` (per-batch executor
-functions), `annotate` (the Spark steps of stage `curate`), `select` (the streaming selection of
-stage `select`), `accounting` (every record read has one outcome) and `track` (MLflow records).
+Modules, in the order the data flows:
+
+- `ingest`: read JSONL/JSONL.gz/JSONL.zst/Parquet, local or S3, quarantine bad records;
+- `filters/`: one module per filter (config, signals, decision);
+- `minhash`, `dedup`: exact and MinHash-LSH fuzzy dedup groups;
+- `batches`: the per-batch functions Spark's executors run;
+- `annotate`: the Spark steps of the curate stage (raw files -> annotated);
+- `select`: the streaming selection of the select stage (annotated -> curated);
+- `accounting`: every record read has one outcome, per input file;
+- `prior`, `annotated_versions`: a refresh of annotated (new and changed files only, deduplicated
+  against the corpus so far); `survivors`, `curated_versions`: a refresh of curated;
+- `documents`: the one reader of curated documents, for every family downstream;
+- `retract`: `climb retract`, documents out of every dataset;
+- `track`: the MLflow records of both stages.
+
 The stages themselves are `mixture.stages.curate` and `mixture.stages.select`.
 """

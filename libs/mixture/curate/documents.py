@@ -132,13 +132,6 @@ def iter_file_rows(
             offset += meta.num_rows
 
 
-def iter_range(
-    curated: Dataset, columns: Sequence[str], start: int, stop: int, batch_rows: int = BATCH_ROWS
-) -> Iterator[pa.RecordBatch]:
-    """Record batches of documents `start` to `stop` (file and row order) of the curated dataset."""
-    yield from iter_file_rows(doc_files(curated), columns, start, stop, batch_rows)
-
-
 def id_hashes(ids: pa.Array | pa.ChunkedArray, chunk: int = 1 << 16) -> np.ndarray:
     """64-bit blake2b hashes of ids as strings (8 bytes a document), `chunk` ids at a time."""
     out = np.empty(len(ids), dtype=np.uint64)

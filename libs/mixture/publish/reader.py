@@ -65,7 +65,26 @@ def _copy(src: str, dst: str) -> tuple[int, str]:
 
 
 class ClimbMix:
+    """A ClimbMix dataset, opened by its manifest; every file it returns checked against it."""
+
     def __init__(self, uri: str, verify: bool = True, cache_dir: str | None = None):
+        """Open the dataset at `uri` (reads its manifest, and the pointer when there is one).
+
+        Args:
+            uri: a published prefix (`s3://bucket/prefix`: the version its `latest` pointer
+                names, whose manifest must match the sha256 the pointer records), one version
+                (`s3://bucket/prefix/<version>`), or a committed build (`out/climbmix`), local or S3.
+            verify: hash every file before any of it is returned (size and sha256 against the
+                manifest; `ChecksumError` names a file that differs). False skips that hashing;
+                the manifest is checked against the pointer either way, and `verify()` checks
+                every file when called.
+            cache_dir: where token shards on S3 are downloaded to (under a folder named after the
+                manifest's sha256, so versions never mix); default a new temporary folder. Give
+                several readers of one version the same folder to download each shard once.
+
+        Raises `DatasetError` when there is no dataset at `uri` (no manifest and no pointer, or a
+        pointer at a version without a manifest).
+        """
         self.requested = uri.rstrip("/")
         self.verify_reads = verify
         self._cache_dir = cache_dir

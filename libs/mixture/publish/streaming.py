@@ -92,6 +92,27 @@ class ClimbMixStream(IterableDataset):
         verify: bool = True,
         cache_dir: str | None = None,
     ):
+        """Plan this rank's windows of a ClimbMix version (reads only its manifest).
+
+        Args:
+            uri: the version to read, as `mixture.publish.reader.ClimbMix` takes it: a published
+                prefix (its `latest` version), `s3://…/<version>`, or a local build folder. It
+                must hold token shards (the `tokens` format).
+            seq_len: tokens per sample; each window reads `seq_len + 1` tokens, the targets being
+                the inputs shifted by one.
+            rank, world_size: this process's share of the windows; unless both are given,
+                torch.distributed's when it is initialised, else 0 and 1. Every rank gets the
+                same number of contiguous windows.
+            batch_size: the DataLoader's `batch_size`. Workers are dealt blocks of this many
+                windows in turn, so that batches come back in window order and the resume
+                position is one number; another value loses that order.
+            verify: check each shard's sha256 against the manifest before its tokens are used.
+            cache_dir: where shards on S3 are downloaded (once per machine; the DataLoader's
+                workers share it); default a new temporary folder.
+
+        Raises `ValueError` for a `seq_len`, `batch_size` or rank out of range, `DatasetError`
+        when the version has no token shards.
+        """
         if seq_len < 1 or batch_size < 1:
             raise ValueError("seq_len and batch_size must be at least 1")
         self.mix = ClimbMix(uri, verify=verify, cache_dir=cache_dir)

@@ -8,7 +8,7 @@ decides). Runs on the active Spark session (spark-submit, tests) or on a new one
 A refresh (`refresh.incremental`, the default, and a committed version made with the same
 settings): only the input files that are new or changed since are read, their documents are
 deduplicated against every document already annotated, and the committed version's files are
-carried over less the documents of changed and deleted files (`mixture.curate.refresh`).
+carried over less the documents of changed and deleted files (`mixture.curate.annotated_versions`).
 Documents `climb retract` took out stay out: their ids are listed in every later version's
 `removed/` and counted as `retracted` when an input file still holds them.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from mixture import increments
 from mixture.contract import StageContext, StageOutput
-from mixture.curate import annotate, ingest, refresh, track
+from mixture.curate import annotate, annotated_versions, ingest, track
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def run(ctx: StageContext) -> StageOutput:
     files = ingest.list_inputs(cfg.input.uris)
     if not files:
         raise FileNotFoundError(f"no input files match {cfg.input.uris}")
-    v = refresh.plan_version(ctx.previous, files, ctx.settings_hash, cfg.refresh.incremental, ctx.writer.config_hash)
+    v = annotated_versions.plan_version(
+        ctx.previous, files, ctx.settings_hash, cfg.refresh.incremental, ctx.writer.config_hash
+    )
     log.info("curate: %s", v.why if v.previous is None else f"refresh: {v.changes.counts()}")
     new_counts: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
@@ -60,7 +62,7 @@ def run(ctx: StageContext) -> StageOutput:
             )
     extra["input_files"] = len(files)
     new = (new_counts, extra)
-    counts, extra, lin = refresh.finish_version(ctx.writer, v, ctx.previous, ctx.settings_hash, new)
+    counts, extra, lin = annotated_versions.finish_version(ctx.writer, v, ctx.previous, ctx.settings_hash, new)
     summary = _refresh_lines(lin, v.why) + summary
     if run_id := track.log_run(cfg, "curate", counts, extra):
         summary.append(("MLflow run", run_id))

@@ -5,7 +5,7 @@ Applies the configured filters (thresholds, switches, `exempt_if`) to the stored
 the dedup switches to the stored groups, and writes the curated documents and the rejected and
 quarantine side sets: a threshold change reruns only this stage. A refresh (`mixture.increments`)
 decides only the documents annotated since the covered version and removes the ones withdrawn
-or retracted since (`mixture.curate.increment`).
+or retracted since (`mixture.curate.curated_versions`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 
 from mixture import increments
 from mixture.contract import StageContext, StageOutput
-from mixture.curate import increment, select, track
+from mixture.curate import curated_versions, select, track
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def run(ctx: StageContext) -> StageOutput:
         counts, extra, summary = select.select(annotated, cfg, ctx.writer.staging)
         d = {"kept_new": counts["documents_out"], "removed": 0}
     else:
-        counts, extra, summary = increment.extend(annotated, delta.previous, delta, cfg, ctx.writer, number)
+        counts, extra, summary = curated_versions.extend(annotated, delta.previous, delta, cfg, ctx.writer, number)
         d = extra.pop("delta")
     lin = increments.next_lineage(
         ctx.previous, "full" if delta is None else "incremental", ctx.settings_hash, ctx.inputs, d

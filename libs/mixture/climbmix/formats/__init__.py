@@ -1,5 +1,8 @@
 """Output formats of a ClimbMix build: one module per format, each registered in `OUTPUT_FORMATS`.
 
+Modules, one per built-in format: `parquet` (text, cluster, id), `tokens` (token shards),
+`megatron` (Megatron-Core indexed datasets) and `nanogpt` (nanoGPT's `train.bin` / `val.bin`).
+
 `build.formats` in the config names the formats a build writes (default `["parquet", "tokens"]`;
 the names are checked against the registry when the config loads). A format is a class with:
 

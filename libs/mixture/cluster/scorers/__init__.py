@@ -1,13 +1,15 @@
 """Per-document quality scores on CLIMB's 1-5 scale, the basis for pruning clusters.
 
 CLIMB (Diao et al., NVIDIA 2025, cluster pruning) scores every document with fastText quality
-classifiers (1-5), averages the scores per k-means cluster and drops clusters below 3.0. Each
-scorer is one module here, registered in `mixture.registry.QUALITY_SCORERS`: `heuristic` (from
-the curated q_* signals and the filter limits the corpus was curated with), `classifier` (a
+classifiers (1-5), averages the scores per k-means cluster and drops clusters below 3.0. Every
+scorer that applies runs and is stored per document (`score_*` columns of `assignments.parquet`);
+`cluster.quality.scorer` names the one that drives pruning.
+
+Modules: one per scorer, registered in `mixture.registry.QUALITY_SCORERS`: `heuristic` (from the
+curated q_* signals and the filter limits the corpus was curated with), `classifier` (a
 reference-vs-corpus classifier on the embeddings, the DCLM recipe) and `fasttext` (a fastText
-model file). Every scorer that applies runs and is stored per document (`score_*` columns of
-`assignments.parquet`); `cluster.quality.scorer` names the one that drives pruning. Adding a
-scorer is one new module with a `Scorer` subclass registered under its name.
+model file); `_base` holds what they share (the 1-5 scale, the `Scorer` class). Adding a scorer
+is one new module with a `Scorer` subclass registered under its name.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """Heuristic quality filters, one module each, registered in `mixture.registry.FILTERS`.
 
-Built in (thresholds from the papers; each module's docstring has the numbers): `gopher_quality`
-(Rae et al. 2021, App. A), `gopher_repetition` (Rae et al. 2021, Table A1), `c4` (Raffel et al.
-2020, section 2.2), `fineweb` (Penedo et al. 2024). Each is switchable and has an `exempt_if`
-regex (documents whose text matches skip that filter; nothing about any domain is built in).
-Adding a filter is one new module here (`_base.py` says what it holds); nothing else changes:
-the config accepts its name, `curate` computes its signals, `select` applies its decision.
+Modules, one per built-in filter (thresholds from the papers; each module's docstring has the
+numbers): `gopher_quality` (Rae et al. 2021, App. A), `gopher_repetition` (Rae et al. 2021,
+Table A1), `c4` (Raffel et al. 2020, section 2.2), `fineweb` (Penedo et al. 2024); and `_base.py`
+(what a filter is), `_stats.py` (the text statistics the filters share, computed once).
+
+Each filter is switchable and has an `exempt_if` regex (documents whose text matches skip that
+filter; nothing about any domain is built in). Adding a filter is one new module here (`_base.py`
+says what it holds); nothing else changes: the config accepts its name, the curate stage computes
+its signals, the select stage applies its decision.
 
 Filters run in `order` (then by name); a rejected document's reason is the first failing
 filter's first failing rule, `filter:<name>:<rule>`. Every filter's signals are computed for

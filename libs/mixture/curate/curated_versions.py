@@ -1,4 +1,4 @@
-"""The `curated` dataset's incremental version (`select` in a refresh, `mixture.increments`).
+"""The `curated` dataset's versions: what `select` adds in a refresh (rules: `mixture.increments`).
 
 Only the annotated parts added since the covered version are decided (`select.decide`, against
 the earlier survivors: `mixture.curate.survivors`) and written under `docs/vNNNN/`,
@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from mixture import increments, storage
 from mixture.config import Config
-from mixture.curate import accounting, batches, refresh, select, statistics, survivors
+from mixture.curate import accounting, annotated_versions, batches, select, statistics, survivors
 from mixture.dataset import Dataset, DatasetWriter
 
 
@@ -169,7 +169,7 @@ def _counts(
     them, less retracted documents, with the revived survivors moved from duplicates to kept;
     the files read since from the annotated counts and the new outcomes."""
     ann = annotated.manifest.counts["per_file"]
-    reread = {r["uri"] for r in refresh.inputs_of(annotated) if r.get("version", 0) > since}
+    reread = {r["uri"] for r in annotated_versions.inputs_of(annotated) if r.get("version", 0) > since}
     before = previous.manifest.counts["per_file"]
     per_file = {f: copy.deepcopy(before[f]) for f in ann if f in before and f not in reread}
     survivors.remove_from_counts(per_file, retracted)
