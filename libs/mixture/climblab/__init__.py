@@ -7,7 +7,7 @@ final cluster `cNN/tokens.bin` + `cNN/tokens.idx` (the format of `mixture.climbl
 tokens and documents per cluster (the search's prior: CLIMB samples mixtures around the
 clusters' token shares), the vocabulary size, the end-of-document id and the token dtype.
 
-The package (the reader here, the rest one module each):
+Modules (the reader is here, the rest one module each):
 - `tokens`: the token-shard format and the tokenizer;
 - `parts`: the curated documents planned in parts and tokenized into sorted runs;
 - `merge`: each cluster's runs merged by id into its files, the finished dataset's counts;

@@ -23,7 +23,7 @@ tokens). This library holds the rules, on arrays, at any budget (the stage is
 The same ClimbLab, mixture, budget and seed give the same documents in the same order, so the
 files are byte-identical and `dataset.content_hash` (the default published version) is stable.
 
-The package (the rules here, the rest one module each):
+Modules (the rules are here, the rest one module each):
 - `build`: the build's steps (plan, scatter and gather in local processes, finish);
 - `shuffle`: the external global shuffle (routes, scatter per part, gather per bucket);
 - `card`: the dataset card (`README.md`);

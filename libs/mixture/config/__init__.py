@@ -4,7 +4,7 @@ A run is described by one YAML file: input URIs, an output root and every stage'
 It is validated with pydantic at load time, before any work starts: an unknown key, a wrong type
 or an impossible value is one `ConfigError` that names the key.
 
-Defaults follow the CLIMB paper (Diao et al., NVIDIA 2025; the numbers are listed in README.md, "Configuration"):
+Defaults follow the CLIMB paper (Diao et al., NVIDIA 2025; the numbers are listed in docs/CONFIGURATION.md):
 K_init = 1000 k-means clusters, prune at a mean quality of 3.0, Ward merge at distance 1.5 to about
 20 clusters, a search of 64/32/16 proxy runs, Dirichlet temperature 0.5 with concentration in
 [0.1, 5], at most 15 epochs of a cluster, weights floored at 2e-4, 100,000 candidates, LightGBM
@@ -15,7 +15,7 @@ Each stage reads only its own section (plus `seed`); the section's canonical JSO
 stage's config hash covers, so changing one stage's parameters re-runs that stage and the ones
 downstream of it, not the ones upstream.
 
-Each family's sections live beside each other in one module here, in data-flow order: `curate`
+Modules: each family's sections live beside each other in one module, in data-flow order: `curate`
 (input, curate, filters), `cluster` (embed, cluster, quality), `climblab` (shards), `search`,
 `climbmix` (build), `publish` (and the published versions' names); `run` has the run-wide
 sections (concurrency, refresh, tracking), `root` the root model and loading, `section` what every

@@ -6,10 +6,11 @@ Modules, in the order the data flows:
 
 - `ingest`: read JSONL/JSONL.gz/JSONL.zst/Parquet, local or S3, quarantine bad records;
 - `filters/`: one module per filter (config, signals, decision);
-- `minhash`, `dedup`: exact and MinHash-LSH fuzzy dedup groups;
+- `minhash`, `dedup`, `dedup_groups`: exact and MinHash-LSH fuzzy dedup groups;
 - `batches`: the per-batch functions Spark's executors run;
 - `annotate`: the Spark steps of the curate stage (raw files -> annotated);
-- `select`: the streaming selection of the select stage (annotated -> curated);
+- `select`: the streaming selection of the select stage (annotated -> curated); `statistics`:
+  the curated dataset's statistics and summary;
 - `accounting`: every record read has one outcome, per input file;
 - `prior`, `annotated_versions`: a refresh of annotated (new and changed files only, deduplicated
   against the corpus so far); `survivors`, `curated_versions`: a refresh of curated;

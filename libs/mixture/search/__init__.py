@@ -10,7 +10,8 @@ Modules, in the order the data flows:
 - `predictor`: the choice among the predictors by CV Spearman; `predictors/`: LightGBM, ridge,
   ridge on sqrt weights, mixing law, one module each;
 - `bootstrap`: the iterative search as pure functions (propose, final);
-- `steps`: propose / run_proxy / finish, the units the CLI and Airflow both run; `pool`: the
+- `steps`: propose / run_proxy / finish, the units the CLI and Airflow both run; `records`: what
+  a finished search writes (mixture.json, iterations, plots, summary); `pool`: the
   processes that train proxies; `carry`: whether a refresh searches again;
 - `baselines`: natural, uniform, best-of-random, RegMix vs CLIMB at transfer scale;
 - `track`: MLflow (search > iteration > proxy runs); `plots`: the figures;
