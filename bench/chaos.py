@@ -3,7 +3,7 @@
     .venv/bin/python bench/chaos.py [--stage-rounds 50] [--publish-rounds 20] [--seed 0]
 
 Not a test (the suite runs a few rounds of each in tests/test_concurrency.py and
-tests/test_publish.py); this runs many, seeded, and prints the counts issue 14 asks for:
+tests/publish/test_publish.py); this runs many, seeded, and prints the counts issue 14 asks for:
 
 1. Stage rounds: two forced runs of one stage at once (`tests/helpers/toy_stage.py`, the real
    runner: lease, writer, commit), one killed with SIGKILL at a random moment (staging, waiting

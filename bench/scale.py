@@ -33,7 +33,7 @@ copied into each output root), `cluster.k_init: 1000` (paper; `max_train_points`
 takes a uniform mixture over the ClimbLab clusters (`build.mixture`, a JSON file) and half the
 ClimbLab tokens as its budget. The build stage declares the search's dataset as an input even when
 `build.mixture` is set, so an empty `search` dataset holding that mixture is committed first
-(untimed, as tests/test_build.py does).
+(untimed, as tests/climbmix/test_build.py does).
 
 Measured per stage and size, by the parent: wall seconds; CPU seconds (user + sys of the whole
 process tree: the larger of getrusage(RUSAGE_CHILDREN) before/after, which counts every

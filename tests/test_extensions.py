@@ -90,9 +90,9 @@ def test_an_output_format_from_a_test_module_is_written_beside_the_others(tmp_pa
     import json
 
     import pyarrow.parquet as pq
+    from helpers.climbmix import make_climblab, make_config, make_search
     from mixture.pipeline import run_stage
     from mixture.registry import OUTPUT_FORMATS
-    from test_build import make_climblab, make_config, make_search
 
     OUTPUT_FORMATS.register("jsonl_test")(JsonlFormat)
     try:

@@ -41,7 +41,8 @@ def publishable_builds(work: Path, records: list[dict], bucket: str, experiment:
     `jobs/publish.py` takes (publishing to s3://BUCKET/climbmix, lease TTL 5 s)."""
     import yaml
     from mixture.pipeline import run_stage
-    from test_build import WEIGHTS, make_climblab, make_config, make_search
+
+    from helpers.climbmix import WEIGHTS, make_climblab, make_config, make_search
 
     out = []
     for name, tokens in (("a", 12_000), ("b", 9_000)):

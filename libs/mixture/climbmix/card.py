@@ -6,7 +6,7 @@ know: the mixture and how many passes over each cluster it took, the sources, th
 their thresholds, deduplication, what each cluster is about (top TF-IDF terms from the cluster
 report), the tokenizer, the licence, the file format and how to load it with pyarrow, Hugging
 Face `datasets`, numpy (nanoGPT-style), Megatron-Core, `mixture.publish.reader` and `mixture.publish.streaming`;
-every Python snippet runs as printed from the dataset folder (`tests/test_loading.py`).
+every Python snippet runs as printed from the dataset folder (`tests/climbmix/test_loading.py`).
 
 Upstream facts come from the build's declared inputs `curated` and `clusters`: the ClimbLab
 manifest names the manifest hashes of the `curated` and `clusters` it was made from, and a figure

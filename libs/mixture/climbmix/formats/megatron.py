@@ -14,7 +14,7 @@ Megatron-LM and NeMo read pre-tokenized data as `MMIDIDX` indexed datasets
 Megatron's `DType` has no uint32, and its own preprocessing stores vocabularies of 65,500 and
 more as int32: token ids of a uint32 build are written as int32 (every id of a real vocabulary
 fits). The files are written here, with numpy, so a build does not need Megatron installed;
-`tests/test_formats.py` reads them with Megatron-Core's own `IndexedDataset`.
+`tests/climbmix/test_formats.py` reads them with Megatron-Core's own `IndexedDataset`.
 
 After the last shard, `megatron/blend.txt` lists `weight prefix` pairs (the weight is the shard's
 token count), the value Megatron-LM's `--data-path` takes (or `--data-args-path` reads): a blend

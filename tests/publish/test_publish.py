@@ -18,13 +18,13 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from helpers.climbmix import WEIGHTS, make_climblab, make_config, make_search
 from mixture import storage
 from mixture.dataset import MANIFEST, DatasetWriter, content_hash
 from mixture.pipeline import publish, run_stage
 from mixture.publish.publisher import publish_dataset
 from mixture.publish.reader import ChecksumError, ClimbMix
 from mixture.publish.s3 import PublishError
-from test_build import WEIGHTS, make_climblab, make_config, make_search
 
 SECRET_KEY = "testing-secret-key"
 KEY_ID = "testing-key-id"
@@ -500,7 +500,7 @@ def test_cli_build_and_publish(tmp_path, sample_records, s3_bucket, capsys):
     import subprocess
     import sys
 
-    job = Path(__file__).resolve().parents[1] / "jobs" / "publish.py"
+    job = Path(__file__).resolve().parents[2] / "jobs" / "publish.py"
     ok = subprocess.run(
         [sys.executable, str(job), "--config", str(conf), "--version", "2025-01"],
         capture_output=True,
@@ -542,7 +542,7 @@ def test_publisher_killed_mid_upload_leaves_nothing_visible(built, s3_endpoint, 
             }
         )
     )
-    job = Path(__file__).resolve().parents[1] / "jobs" / "publish.py"
+    job = Path(__file__).resolve().parents[2] / "jobs" / "publish.py"
     n_files = len(ds.manifest.files)
     with FaultProxy(s3_endpoint, hang_after_writes=n_files // 2) as proxy:
         env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url}
@@ -677,7 +677,7 @@ def _publisher(conf: Path, version: str):
     import subprocess
     import sys
 
-    job = Path(__file__).resolve().parents[1] / "jobs" / "publish.py"
+    job = Path(__file__).resolve().parents[2] / "jobs" / "publish.py"
     return subprocess.Popen(
         [sys.executable, str(job), "--config", str(conf), "--version", version],
         env=dict(os.environ),

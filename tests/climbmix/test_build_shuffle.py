@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.climbmix import WEIGHTS, make_climblab, make_config, make_search
 from mixture.climblab import ClimbLab
 from mixture.climbmix import build as climbmix_build
 from mixture.climbmix import global_order, shuffle
 from mixture.dataset import open_dataset
 from mixture.pipeline import run_stage
-from test_build import WEIGHTS, make_climblab, make_config, make_search
 
 FORMATS = ["parquet", "tokens", "megatron", "nanogpt"]
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.curated import base_config, make_curated, pick
 from mixture import pipeline
 from mixture.cluster.embed import iter_shards, plan
 from mixture.cluster.embeddings import shard_names
 from mixture.cluster.encoder import EmbedError
 from mixture.config import parse_config
 from mixture.stages import embed
-from test_embed import base_config, make_curated, pick
 
 
 def _sha256s(ds) -> dict[str, str]:

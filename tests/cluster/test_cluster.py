@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers.curated import base_config, make_curated, pick
 from mixture import pipeline
 from mixture.cluster.evaluation import nmi, purity
 from mixture.cluster.kmeans import ClusterError, effective_k, final_ids, prune_reasons, spherical_kmeans, ward_merge
 from mixture.cluster.scorers import QualityError
 from mixture.cluster.scorers.fasttext import fasttext_available
 from mixture.config import parse_config
-from test_embed import base_config, make_curated, pick
 
 SOURCES = ["fortunes", "python-code", "dictionary", "debian-policy", "manpages", "wordnet"]
 

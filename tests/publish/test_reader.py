@@ -9,10 +9,10 @@ import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers.climbmix import WEIGHTS, make_climblab, make_config, make_search
 from mixture.dataset import DatasetError
 from mixture.pipeline import publish, run_stage
 from mixture.publish.reader import ChecksumError, ClimbMix
-from test_build import WEIGHTS, make_climblab, make_config, make_search
 
 
 @pytest.fixture

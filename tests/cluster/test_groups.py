@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import REPO, SAMPLE, TARGET, read_jsonl_gz, write_jsonl
+from helpers.curated import base_config, make_curated, pick
 from mixture import cli, pipeline
 from mixture.cluster.groups import GroupError, by_field, number_groups, read_assignments
 from mixture.cluster.kmeans import ClusterError
 from mixture.config import ConfigError, parse_config
 from mixture.curate import documents
 from mixture.dataset import open_dataset
-from test_embed import base_config, make_curated, pick
 
 SOURCES = ["fortunes", "python-code", "dictionary", "manpages"]
 

@@ -20,7 +20,7 @@ from mixture.config import FiltersConfig, parse_config
 from mixture.curate import accounting
 from mixture.curate.filters import FilterChain
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 DEFECT_LINES: list[tuple[bytes, str]] = [
     (b'{"id": "bad-1", "text": "unterminated', "malformed_json"),
@@ -100,7 +100,7 @@ def _config(tmp: Path, inputs: Path, partitions: int, tracking_uri: str | None =
         "run_name": "test",
         "output_root": str(tmp),
         # ids unique across files: the defects file repeats an id of the gzip'd file
-        # (tests/test_curate_ids.py covers the default, ids per file)
+        # (tests/curate/test_curate_ids.py covers the default, ids per file)
         "input": {"uris": [str(inputs)], "unique_ids": True},
         "curate": {"spark_master": "local[2]", "partitions": partitions, "max_doc_bytes": 200_000, "docs_per_file": 6},
         "tracking": {"experiment": "test-curate", "uri": tracking_uri},

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.climbmix import WEIGHTS, make_climblab, make_config, make_search
 from mixture.pipeline import publish, run_stage
 from mixture.publish.reader import ChecksumError, ClimbMix
 from mixture.publish.streaming import ClimbMixStream
-from test_build import WEIGHTS, make_climblab, make_config, make_search
 from torch.utils.data import DataLoader
 
 SEQ = 32

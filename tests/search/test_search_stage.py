@@ -18,7 +18,7 @@ from mixture.search import steps
 from mixture.search.synthetic import SyntheticObjective, make_climblab
 from mixture.stages import search as stage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TARGET = REPO / "data" / "sample" / "target_val.jsonl.gz"
 NAMES = ["c00", "c01", "c02", "c03"]
 

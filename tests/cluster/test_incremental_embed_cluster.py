@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers.curated import base_config, pick, simple_signals
 from mixture import increments, pipeline
 from mixture.cluster.embeddings import load_embeddings
 from mixture.cluster.encoder import Embedder
@@ -22,7 +23,6 @@ from mixture.config import parse_config
 from mixture.curate import documents
 from mixture.dataset import Dataset, DatasetWriter, open_dataset
 from mixture.stages import embed
-from test_embed import base_config, pick, simple_signals
 
 SOURCES = ["fortunes", "python-code", "dictionary", "debian-policy", "manpages", "wordnet"]
 SETTINGS = "curated-settings"

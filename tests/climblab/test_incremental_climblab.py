@@ -280,7 +280,7 @@ def test_pieces_staged_by_a_full_attempt_are_not_taken_for_an_increment(corpus):
 
 # ------------------------------------------------------------------------------- the search
 SEARCH_NAMES = ["c00", "c01", "c02", "c03"]
-TARGET = Path(__file__).resolve().parents[1] / "data" / "sample" / "target_val.jsonl.gz"
+TARGET = Path(__file__).resolve().parents[2] / "data" / "sample" / "target_val.jsonl.gz"
 
 
 @pytest.fixture(scope="module")

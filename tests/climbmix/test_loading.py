@@ -11,10 +11,10 @@ import re
 
 import numpy as np
 import pytest
+from helpers.climbmix import WEIGHTS, make_climblab, make_config, make_search
 from mixture.pipeline import run_stage
 from mixture.publish.reader import ClimbMix
 from mixture.publish.streaming import ClimbMixStream
-from test_build import WEIGHTS, make_climblab, make_config, make_search
 from torch.utils.data import DataLoader
 
 pytestmark = pytest.mark.filterwarnings("ignore:Transformer Engine and Apex are not installed")
@@ -148,7 +148,7 @@ def test_the_manual_snippets_run_against_a_published_version(built, s3_endpoint,
     cfg = make_config(Path(built.uri).parent, formats=FORMATS, val_fraction=0.05)
     cfg.publish.uri, cfg.publish.track = f"s3://{s3_bucket}/climbmix", False
     publish(cfg, version="v1")
-    manual = (Path(__file__).resolve().parents[1] / "docs" / "BUILD_AND_PUBLISH.md").read_text()
+    manual = (Path(__file__).resolve().parents[2] / "docs" / "BUILD_AND_PUBLISH.md").read_text()
     blocks = python_blocks(manual)
     assert len(blocks) >= 2 and any("ClimbMixStream" in b for b in blocks)
     monkeypatch.chdir(tmp_path)

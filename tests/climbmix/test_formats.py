@@ -9,11 +9,11 @@ import logging
 
 import numpy as np
 import pytest
+from helpers.climbmix import make_climblab, make_config, make_search
 from mixture.climbmix.formats.megatron import write_indexed
 from mixture.climbmix.formats.nanogpt import val_documents
 from mixture.pipeline import run_stage
 from mixture.publish.reader import ClimbMix
-from test_build import make_climblab, make_config, make_search
 
 # megatron-core imports its optimizers on first use and warns that the CUDA extensions are absent
 pytestmark = pytest.mark.filterwarnings("ignore:Transformer Engine and Apex are not installed")

@@ -17,7 +17,7 @@ from mixture.dataset import open_dataset
 from mixture.registry import FILTERS
 from pydantic import Field
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
