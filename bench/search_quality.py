@@ -1,0 +1,466 @@
+"""Does the search find better mixtures than random search? The comparison a skeptic accepts.
+
+    .venv/bin/python bench/search_quality.py                      # every lab, every method
+    .venv/bin/python bench/search_quality.py --quick              # a smoke run: tiny budgets
+    .venv/bin/python bench/search_quality.py --labs sample-field --methods climb,best_of_random
+
+What is measured (issue #20; CLIMB, Diao et al. 2025, Table 2 compares with random search and
+RegMix the same way, at 1B):
+- labs: a ClimbLab per corpus and grouping, built by the product's own stages (`climb run --until
+  shards`): the sample corpus without the held-out domains, grouped by `source` (`cluster.method:
+  field`) and by k-means; a second corpus from Debian packages (`--labs debian-field`, needs the
+  packages that `climb corpus sample` reads, listed when missing);
+- held-out targets: domains no group contains, two per corpus; each target's documents are split
+  by document into a *select* half (the only text any method scores its proxies on) and a
+  *report* half (the only text the table reports: never used to choose anything);
+- methods, the same proxy budget each (proxy runs of `search.proxy`, counted in training tokens):
+  `climb` (the search as configured by `--set`), `climb_today` (the defaults before issue #20),
+  `best_of_random` (the whole budget on prior mixtures, the best at proxy scale), `regmix`
+  (the same random runs, LightGBM, mean of the top 128 of the candidates), `natural` (token
+  shares), `uniform`;
+- every method's final mixture retrained at the transfer scale (`--transfer-tokens`, the proxy
+  model at 3x its tokens by default) with `--transfer-seeds` seeds and scored on the report half;
+  searches and random draws repeated with `--seeds` seeds;
+- per target: mean +- sd per method, the paired difference of climb against each baseline with a
+  95% interval (mean +- 1.96 standard errors over the (seed, transfer seed) pairs), the spread of
+  climb's seeds, the predictor's leave-one-out Spearman on the search's runs, wall time.
+
+Resumable: every trained proxy is cached under `--cache` by its inputs (the ClimbLab's manifest,
+the mixture, the seed, the proxy settings) with its scores on *every* target's halves, so the random
+runs are shared between the targets of a lab and a killed run loses at most the runs in flight.
+What is scaled down for 2 CPU cores is printed with the results (proxy size and tokens, budgets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+HELD_OUT = {"sample": ["debian-policy"], "debian": ["python-docs", "perl-docs"]}
+DEBIAN_SOURCES = ["manpages", "python-code", "dictionary", "wordnet", "jargon", "fortunes"]
+
+
+# ------------------------------------------------------------------------------------ targets
+def split_halves(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A target's documents into (select, report) halves by a hash of the document id: the same
+    split whatever the order or the other documents."""
+    select, report = [], []
+    for r in records:
+        (select if zlib.crc32(str(r["id"]).encode()) % 2 == 0 else report).append(r)
+    return select, report
+
+
+def write_jsonl_gz(path: Path, records: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wt") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+    return str(path)
+
+
+def read_jsonl_gz(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@dataclass
+class Target:
+    name: str
+    select: str  # jsonl.gz of the select half
+    report: str  # jsonl.gz of the report half
+
+
+def prepare_sample_corpus(cache: Path) -> tuple[str, list[Target]]:
+    """The sample corpus less its held-out domains; targets: Debian Reference (held out when the
+    sample was made) and each held-out domain."""
+    corpus = read_jsonl_gz(SAMPLE / "corpus.jsonl.gz")
+    held = HELD_OUT["sample"]
+    train = [r for r in corpus if r["source"] not in held]
+    out = cache / "corpora" / "sample"
+    uri = write_jsonl_gz(out / "corpus.jsonl.gz", train)
+    targets = {"debian-reference": read_jsonl_gz(SAMPLE / "target_val.jsonl.gz")}
+    targets |= {s: [r for r in corpus if r["source"] == s and not r["id"].endswith("-copy")] for s in held}
+    return uri, [_target(out, name, recs) for name, recs in targets.items()]
+
+
+def prepare_debian_corpus(cache: Path, docs_per_source: int = 300) -> tuple[str, list[Target]]:
+    """A second corpus from Debian packages (other sources than the sample's training mix leaves
+    out), with two documentation domains held out as targets."""
+    from mixture.corpus import sample
+
+    out = cache / "corpora" / "debian"
+    held = HELD_OUT["debian"]
+    if not (out / "corpus.jsonl.gz").exists():
+        sample.build_sample(out, docs_per_source, seed=1, target_source=None, sources=DEBIAN_SOURCES + held)
+    corpus = read_jsonl_gz(out / "corpus.jsonl.gz")
+    train = [r for r in corpus if r["source"] not in held]
+    uri = write_jsonl_gz(out / "train.jsonl.gz", train)
+    targets = {s: [r for r in corpus if r["source"] == s and not r["id"].endswith("-copy")] for s in held}
+    return uri, [_target(out, name, recs) for name, recs in targets.items()]
+
+
+def _target(out: Path, name: str, records: list[dict]) -> Target:
+    select, report = split_halves(records)
+    return Target(
+        name,
+        write_jsonl_gz(out / "targets" / f"{name}-select.jsonl.gz", select),
+        write_jsonl_gz(out / "targets" / f"{name}-report.jsonl.gz", report),
+    )
+
+
+# ------------------------------------------------------------------------------------ labs
+LABS = {
+    "sample-field": ("sample", {"cluster.method": "field", "cluster.field": "source"}),
+    "sample-kmeans": ("sample", {}),
+    "debian-field": ("debian", {"cluster.method": "field", "cluster.field": "source"}),
+}
+
+
+def lab_config(cache: Path, lab: str, corpus_uri: str, targets: list[Target], overrides: list[str]):
+    """The demo's configuration on this lab's corpus, its own output root, `--set` overrides last."""
+    from mixture.config import load_config, parse_overrides
+
+    _, grouping = LABS[lab]
+    sets = [f"output_root={cache / 'labs' / lab}", f"input.uris=[{corpus_uri}]"]
+    sets += [f"{k}={v}" for k, v in grouping.items()]
+    sets += [f"search.target.val_uris=[{targets[0].select}]"]
+    return load_config(REPO / "configs" / "demo.yaml", parse_overrides(sets + overrides))
+
+
+def build_lab(cfg) -> object:
+    """The ClimbLab of the lab, by the product's stages (up to date after the first time)."""
+    from mixture import pipeline
+    from mixture.climblab import ClimbLab
+
+    pipeline.run_all(cfg, until="shards")
+    return ClimbLab(pipeline.current(cfg, pipeline.stage("shards")))
+
+
+# -------------------------------------------------------------------------------- the runner
+def run_key(lab_sha: str, w: np.ndarray, seed: int, pcfg: dict) -> str:
+    body = json.dumps([lab_sha, [round(float(x), 6) for x in w], int(seed), pcfg], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:24]
+
+
+def _train_and_score(job: dict) -> dict:
+    """One proxy trained on a mixture, scored on every target's halves (a worker process)."""
+    import torch
+    from mixture.climblab import ClimbLab
+    from mixture.config import ProxyConfig, TargetConfig
+    from mixture.dataset import open_dataset
+    from mixture.search import evaluate, proxy
+
+    torch.set_num_threads(1)
+    lab = ClimbLab(open_dataset(job["lab"]))
+    pcfg = ProxyConfig(**job["proxy"])
+    mixture = dict(zip(job["names"], job["weights"]))
+    shards = {c: lab.shard(c).tokens for c, w in mixture.items() if w > 0}
+    t0 = time.perf_counter()
+    res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, job["seed"])
+    scores = {}
+    for name, halves in job["targets"].items():
+        for half, uri in halves.items():
+            tcfg = TargetConfig(val_uris=[uri], val_tokens=job["val_tokens"], metric="bpb")
+            target = evaluate.target_for(tcfg, lab.tokenizer_path, lab.eos_id, 0)
+            ev = evaluate.evaluate(res.model, target, pcfg.seq_len, res.device)
+            scores[f"{name}/{half}"] = float(ev["score"])
+    return {"key": job["key"], "scores": scores, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+class Runner:
+    """Trains proxies in `workers` processes, caches every result by its inputs (one JSON file a
+    run, written atomically), and answers scores on a target's half."""
+
+    def __init__(self, cache: Path, lab, lab_uri: str, names, targets: list[Target], workers: int, val_tokens: int):
+        self.dir = cache / "runs" / lab.dataset.manifest_sha256[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lab_uri, self.lab_sha, self.names = lab_uri, lab.dataset.manifest_sha256, names
+        self.targets = {t.name: {"select": t.select, "report": t.report} for t in targets}
+        self.workers, self.val_tokens = workers, val_tokens
+        self.trained = 0
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"{key}.json"
+
+    def scores(self, batch: list[tuple[np.ndarray, int, dict]]) -> list[dict]:
+        """Scores (every target and half) of each (weights, seed, proxy settings), trained if new."""
+        jobs = {}
+        for w, seed, pcfg in batch:
+            key = run_key(self.lab_sha, w, seed, pcfg)
+            if not self._path(key).exists() and key not in jobs:
+                jobs[key] = {
+                    "key": key,
+                    "lab": self.lab_uri,
+                    "names": self.names,
+                    "weights": [float(x) for x in w],
+                    "seed": int(seed),
+                    "proxy": pcfg,
+                    "targets": self.targets,
+                    "val_tokens": self.val_tokens,
+                }
+        if jobs:
+            with ProcessPoolExecutor(self.workers) as pool:
+                for out in pool.map(_train_and_score, jobs.values()):
+                    tmp = self._path(out["key"]).with_suffix(".tmp")
+                    tmp.write_text(json.dumps(out))
+                    os.replace(tmp, self._path(out["key"]))
+                    self.trained += 1
+        return [json.loads(self._path(run_key(self.lab_sha, w, s, p)).read_text())["scores"] for w, s, p in batch]
+
+
+# ------------------------------------------------------------------------------------ methods
+@dataclass
+class Context:
+    """What every method of one lab and target needs."""
+
+    cfg: object  # the lab's Config (its `search` section is the search under test)
+    base_cfg: object  # the same lab with the search's settings before issue #20 (`climb_today`)
+    runner: Runner
+    names: list[str]
+    prior: np.ndarray
+    target: str
+
+    def proxy(self) -> dict:
+        return self.cfg.search.proxy.model_dump(mode="json")
+
+    def select_scores(self, W: np.ndarray, seed: int) -> np.ndarray:
+        got = self.runner.scores([(w, seed, self.proxy()) for w in W])
+        return np.array([g[f"{self.target}/select"] for g in got])
+
+
+def budget(scfg) -> int:
+    """Mixtures a search trains (its proxy budget; every method gets the same)."""
+    return sum(scfg.iterations)
+
+
+def random_pool(ctx: Context, draw: int) -> tuple[np.ndarray, np.ndarray]:
+    """`budget` prior mixtures of draw `draw` (the first ones are the search's first iteration
+    with the same seed: the same sampler stream) and their select scores."""
+    from mixture.search import bootstrap
+    from mixture.search.sampler import sample_mixtures
+
+    s = ctx.cfg.search
+    W = sample_mixtures(
+        bootstrap.rng_for(draw, 0),
+        ctx.prior,
+        budget(s),
+        temperature=s.temperature,
+        concentration=s.concentration,
+        epoch_cap=s.epoch_cap,
+        floor=s.weight_floor,
+    )
+    return W, ctx.select_scores(W, draw)
+
+
+def best_of_random(ctx: Context, draw: int) -> tuple[np.ndarray, dict]:
+    W, y = random_pool(ctx, draw)
+    return W[int(np.argmax(y))], {"runs": len(y), "best_select": float(y.max())}
+
+
+def regmix(ctx: Context, draw: int) -> tuple[np.ndarray, dict]:
+    from mixture.search import baselines, bootstrap
+
+    W, y = random_pool(ctx, draw)
+    obs = bootstrap.Observations(W, y, [[str(i)] for i in range(len(y))], [])
+    w, info = baselines.regmix_mixture(ctx.cfg.model_copy(update={"seed": draw}), ctx.prior, obs)
+    return w, {"runs": len(y), **info}
+
+
+def search(cfg, ctx: Context, seed: int) -> tuple[np.ndarray, dict]:
+    """The search's propose/final (the functions `climb search` runs) with each iteration's runs
+    trained in parallel, scored on the select half."""
+    from mixture.search import bootstrap
+
+    scfg = cfg.search
+    runs: list[dict] = []
+    for it in range(len(scfg.iterations)):
+        obs = bootstrap.observe(runs, ctx.names, scfg.weight_floor)
+        W, _ = bootstrap.propose(scfg, ctx.prior, it, obs, seed)
+        for j, (w, score) in enumerate(zip(W, ctx.select_scores(W, seed))):
+            runs.append({"run_id": f"it{it}-{j:03d}", "mixture": dict(zip(ctx.names, w)), "score": float(score)})
+    obs = bootstrap.observe(runs, ctx.names, scfg.weight_floor)
+    result = bootstrap.final(scfg, ctx.prior, obs, seed)
+    return np.array(result["weights"]), {
+        "runs": len(runs),
+        "method": result["method"],
+        "loo_spearman": loo_spearman(scfg, obs, seed),
+        "chosen": (result.get("predictor") or {}).get("chosen"),
+    }
+
+
+def loo_spearman(scfg, obs, seed: int) -> float | None:
+    """The chosen predictor family's leave-one-out Spearman on all of a search's runs."""
+    from mixture.search import predictor as pred
+
+    if len(obs) < 5:
+        return None
+    pcfg = scfg.predictor.model_copy(update={"cv_folds": len(obs)})
+    fitted = pred.fit_select(obs.X, obs.y, pcfg, seed)
+    return float(fitted.cv[fitted.chosen].spearman)
+
+
+METHODS = {
+    "climb": lambda ctx, s: search(ctx.cfg, ctx, s),
+    "climb_today": lambda ctx, s: search(ctx.base_cfg, ctx, s),
+    "best_of_random": best_of_random,
+    "regmix": regmix,
+    "natural": lambda ctx, s: (ctx.prior.copy(), {}),
+    "uniform": lambda ctx, s: (np.full(len(ctx.prior), 1 / len(ctx.prior)), {}),
+}
+SEEDLESS = {"natural", "uniform"}
+
+
+# ------------------------------------------------------------------------------- transfer + stats
+def transfer(ctx: Context, w: np.ndarray, seeds: list[int], tokens: int) -> list[float]:
+    """The mixture retrained at the transfer scale, one score on the report half per seed."""
+    pcfg = {**ctx.proxy(), "tokens": tokens}
+    got = ctx.runner.scores([(w, 10_000 + t, pcfg) for t in seeds])
+    return [g[f"{ctx.target}/report"] for g in got]
+
+
+def paired(a: dict[int, list[float]], b: dict[int, list[float]]) -> dict:
+    """Mean difference a - b over (seed, transfer seed) pairs, its standard error and 95% interval."""
+    d = np.array([x - y for s in a for x, y in zip(a[s], b.get(s, b.get(0, [])))])
+    if len(d) < 2:
+        return {"mean": float(d.mean()) if len(d) else None, "se": None, "n": len(d)}
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    return {
+        "mean": float(d.mean()),
+        "se": se,
+        "lo": float(d.mean() - 1.96 * se),
+        "hi": float(d.mean() + 1.96 * se),
+        "n": len(d),
+        "significant": bool(abs(d.mean()) > 2 * se),
+    }
+
+
+def evaluate_target(ctx: Context, methods: list[str], seeds: list[int], args) -> dict:
+    out = {}
+    for m in methods:
+        t0 = time.time()
+        per_seed, info = {}, {}
+        for s in [0] if m in SEEDLESS else seeds:
+            w, info[s] = METHODS[m](ctx, s)
+            per_seed[s] = transfer(ctx, w, list(range(args.transfer_seeds)), args.transfer_tokens)
+            info[s]["weights"] = {c: round(float(x), 4) for c, x in zip(ctx.names, w) if x > 1e-4}
+        scores = [x for v in per_seed.values() for x in v]
+        out[m] = {
+            "per_seed": per_seed,
+            "mean": float(np.mean(scores)),
+            "sd": float(np.std(scores, ddof=1)),
+            "seed_means": {s: float(np.mean(v)) for s, v in per_seed.items()},
+            "info": info,
+            "seconds": round(time.time() - t0, 1),
+        }
+        print(f"  {ctx.target} {m}: {out[m]['mean']:.4f} ± {out[m]['sd']:.4f} ({out[m]['seconds']} s)", flush=True)
+    if "climb" in out:
+        for m in out:
+            if m != "climb":
+                out["climb"].setdefault("vs", {})[m] = paired(out["climb"]["per_seed"], out[m]["per_seed"])
+    return out
+
+
+def report(results: dict, args) -> str:
+    lines = [
+        f"Proxy {args.proxy_desc}; transfer: {args.transfer_tokens:,} tokens x {args.transfer_seeds} seeds; "
+        f"searches/draws: seeds {args.seeds}; score = -bits per byte on the report half (higher is better)."
+    ]
+    for key, per in results.items():
+        lines += [
+            "",
+            f"### {key}",
+            "",
+            "| method | transfer score (mean ± sd) | per seed | climb - method (95% CI) |",
+            "|---|---:|---|---:|",
+        ]
+        for m, r in sorted(per.items(), key=lambda kv: -kv[1]["mean"]):
+            v = per.get("climb", {}).get("vs", {}).get(m)
+            ci = (
+                "-"
+                if not v or v.get("se") is None
+                else (f"{v['mean']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}]{' *' if v['significant'] else ''}")
+            )
+            seeds = ", ".join(f"{x:.3f}" for x in r["seed_means"].values())
+            lines.append(f"| {m} | {r['mean']:.4f} ± {r['sd']:.4f} | {seeds} | {ci} |")
+        if "climb" in per:
+            loo = [i.get("loo_spearman") for i in per["climb"]["info"].values()]
+            lines.append(
+                f"\nclimb's leave-one-out Spearman per seed: {', '.join(f'{x:.2f}' for x in loo if x is not None)}"
+            )
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------- main
+def parse(argv: list[str] | None = None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", default=str(REPO / "out" / "search-quality"))
+    ap.add_argument("--labs", default="sample-field,sample-kmeans")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--transfer-seeds", type=int, default=2)
+    ap.add_argument("--transfer-factor", type=float, default=3.0, help="transfer tokens = factor x proxy tokens")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--val-tokens", type=int, default=20_000)
+    ap.add_argument("--quick", action="store_true", help="tiny budgets and proxies: checks the plumbing only")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the search under test")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    cache = Path(args.cache)
+    quick = (
+        [
+            "search.iterations=[4,2]",
+            "search.proxy.preset=cpu-tiny",
+            "search.proxy.tokens=20000",
+            "search.candidates=2000",
+        ]
+        if args.quick
+        else []
+    )
+    results, t0 = {}, time.time()
+    for lab_name in args.labs.split(","):
+        corpus = LABS[lab_name][0]
+        corpus_uri, targets = (prepare_sample_corpus if corpus == "sample" else prepare_debian_corpus)(cache)
+        base_cfg = lab_config(cache, lab_name, corpus_uri, targets, quick)
+        cfg = lab_config(cache, lab_name, corpus_uri, targets, quick + args.set)
+        lab = build_lab(cfg)
+        from mixture.search.steps import names_and_prior
+
+        names, prior = names_and_prior(lab)
+        runner = Runner(cache, lab, lab.dataset.uri, names, targets, args.workers, args.val_tokens)
+        p = cfg.search.proxy
+        args.proxy_desc = f"{p.preset} on {p.tokens:,} tokens, budget {budget(cfg.search)} runs"
+        args.transfer_tokens = int(p.tokens * args.transfer_factor)
+        print(f"{lab_name}: {len(names)} groups, targets {[t.name for t in targets]}", flush=True)
+        for t in targets:
+            ctx = Context(cfg, base_cfg, runner, names, prior, t.name)
+            results[f"{lab_name} / {t.name}"] = evaluate_target(
+                ctx, args.methods.split(","), list(range(args.seeds)), args
+            )
+        print(f"{lab_name}: {runner.trained} proxies trained in this run", flush=True)
+    text = report(results, args)
+    (cache / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(text + f"\n\nwall time {time.time() - t0:.0f} s; results in {cache / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
