@@ -51,6 +51,14 @@ class TargetConfig(Section):
     tasks: list[Uri] = Field([], description="multiple-choice JSONL files (context, choices, gold)")
     task_metric: Literal["acc", "acc_norm", "logprob"] = "logprob"
     weights: dict[str, float] = {}
+    report_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of the validation documents (and task items) held out as the report "
+        "part, by a hash of each one's id (else its position): the search and its playoff select "
+        "on the rest, the baselines report on it; 0: no split, everything uses the whole target",
+    )
 
 
 class PredictorConfig(Section):

@@ -17,12 +17,19 @@ log = logging.getLogger(__name__)
 
 def target_record(cfg: Config, lab) -> dict:
     """target.json: how the validation text was sampled (which documents, how many tokens) and the
-    number of items per task, as every proxy was scored on them."""
+    number of items per task, as every proxy was scored on them (the select part); with
+    `search.target.report_share` > 0 also the same of the report part, under `report`."""
     from mixture.search import evaluate
 
-    t = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed)
-    log.info("search: target %s", {k: v for k, v in t.val_info.items() if k != "document_indices"})
-    return {"val": t.val_info or None, "tasks": {name: len(items) for name, items in t.tasks.items()}}
+    def part(which: str) -> dict:
+        t = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed, which)
+        log.info("search: target (%s) %s", which, {k: v for k, v in t.val_info.items() if k != "document_indices"})
+        return {"val": t.val_info or None, "tasks": {name: len(items) for name, items in t.tasks.items()}}
+
+    out = part("select")
+    if cfg.search.target.report_share > 0:
+        out["report"] = part("report")
+    return out
 
 
 def iteration_records(proposals: list[dict], runs: list[dict]) -> list[dict]:

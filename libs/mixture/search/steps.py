@@ -202,9 +202,16 @@ def _track_iteration(cfg, writer, iteration, report, jobs, names, prior, runs) -
 
 # --------------------------------------------------------------------------------- run_proxy
 def evaluate_mixture(
-    cfg: Config, dataset: Dataset, mixture: dict[str, float], seed: int, pcfg: ProxyConfig, device: str | None = None
+    cfg: Config,
+    dataset: Dataset,
+    mixture: dict[str, float],
+    seed: int,
+    pcfg: ProxyConfig,
+    device: str | None = None,
+    part: str = "select",
 ) -> dict:
-    """Train one proxy on `mixture` and evaluate it on the target: the run's record minus ids."""
+    """Train one proxy on `mixture` and evaluate it on the target's `part` (`select`: what the
+    search chooses by; `report`: what results are reported on): the run's record minus ids."""
     import torch
 
     from mixture.search import evaluate, proxy
@@ -215,7 +222,7 @@ def evaluate_mixture(
     torch.set_num_threads(pcfg.threads)
     try:
         res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, seed, device=device or pcfg.device)
-        target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed)
+        target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed, part)
         t0 = time.perf_counter()
         ev = evaluate.evaluate(
             res.model, target, pcfg.seq_len, res.device, autocast=proxy.autocast_for(res.device, res.dtype)
@@ -258,16 +265,20 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: Dataset, objective: O
     if section not in ("proxy", "transfer_proxy"):
         raise SearchError(f"job {job.get('run_id', '?')}: proxy_section must be 'proxy' or 'transfer_proxy'")
     pcfg: ProxyConfig = getattr(cfg.search, section)
+    part = job.get("target_split", "select")  # the baselines' transfer runs report on "report"
+    if part not in ("select", "report"):
+        raise SearchError(f"job {job.get('run_id', '?')}: target_split must be 'select' or 'report'")
     if storage.exists(out_uri):
         done = storage.read_json(out_uri)
         if (
             done.get("mixture") != job["mixture"]
             or done.get("seed") != job["seed"]
             or done.get("proxy") != pcfg.model_dump(mode="json")
+            or done.get("target_split", "select") != part
         ):
             raise SearchError(
                 f"{out_uri} holds a different run than job {job['run_id']} "
-                f"(another mixture, seed or proxy configuration)"
+                f"(another mixture, seed, proxy configuration or target part)"
             )
         return done
     names = sorted(_lab({"climblab": dataset}).tokens_per_cluster)
@@ -277,7 +288,7 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: Dataset, objective: O
         result = dict(objective(job["mixture"], job["seed"]))
     else:
         try:
-            result = evaluate_mixture(cfg, dataset, job["mixture"], job["seed"], pcfg)
+            result = evaluate_mixture(cfg, dataset, job["mixture"], job["seed"], pcfg, part=part)
         except FloatingPointError as err:
             # a diverged proxy is recorded (and left out of the predictor with this reason), not
             # allowed to fail a search that has other runs to learn from
