@@ -1,6 +1,7 @@
 """What a finished search writes: the records of `iterations.json`, `mixture.json` and
 `target.json`, the final plots and the run's summary lines. Pure functions of the runs and the
-final choice (`mixture.search.bootstrap.final`); `mixture.search.steps.finish` stages them.
+final choice (`mixture.search.bootstrap.final`, then the playoff's `mixture.search.playoff`
+when it is on); `mixture.search.steps.finish` stages them.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def mixture_record(
         return dict(zip(names, [float(x) for x in w]))
 
     best, pr = result["best_observed"], result.get("predictor")
-    return {
+    out = {
         "weights": named(result["weights"]),
         "method": result["method"],
         "reason": result.get("reason"),
@@ -90,6 +91,10 @@ def mixture_record(
         # what the baselines stage checks to reuse this search when only the transfer settings changed
         "config": {"seed": cfg.seed, "search": cfg.search.model_dump(mode="json")},
     }
+    if "playoff" in result:  # the noise-aware final choice (mixture.search.playoff), when on
+        out["playoff"] = result["playoff"]
+        out["search_choice"] = result.get("search_choice")
+    return out
 
 
 def final_plots(names: list[str], prior: np.ndarray, result: dict, iterations: list[dict]) -> dict[str, bytes]:
@@ -125,13 +130,18 @@ def summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_
             return "none (random)"
         return ", ".join(f"{n} {v['spearman']:.2f}" for n, v in it["predictor"]["cv"].items())
 
-    return [
+    lines = [
         ("runs", f"{n_runs} proxy runs in {len(iterations)} iterations ({cfg.search.iterations})"),
         ("final mixture", f"{result['method']}: " + ", ".join(f"{c} {w:.3f}" for c, w in top)),
         ("why", result.get("reason")),
         ("predictor CV Spearman by iteration", "; ".join(f"it{it['iteration']}: {cv(it)}" for it in iterations)),
         ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})"),
     ]
+    if result.get("playoff"):
+        from mixture.search.playoff import summary_lines
+
+        lines += summary_lines(result["playoff"])
+    return lines
 
 
 def prospective_spearman(runs: list[dict]) -> float | None:
