@@ -66,6 +66,22 @@ def test_finalists_are_distinct_valid_mixtures_and_match_the_searchs_own_choice(
     assert by["kl_prior"]["predicted"] <= by["predicted"]["predicted"]
 
 
+def test_the_playoff_in_one_process_keeps_the_searchs_choice_unless_beaten_beyond_the_noise():
+    scfg = _scfg(seeds=3, anchor_seeds=3, budget_share=1.0)
+    scfg = scfg.model_copy(update={"transfer_proxy": scfg.proxy})
+    prior, obs = _observed(0, scfg)
+    obj = SyntheticObjective(np.full(K, 1 / K), noise=0.05)
+    result = bootstrap.final(scfg, prior, obs, 0)
+    rec = playoff.run_playoff(scfg, prior, obs, obj, obj, seed=0, search_method=result["method"])
+    assert rec["tie_break"]["search_choice"] in {f["name"] for f in rec["finalists"]}
+    if rec["tie_break"]["search_choice"] in rec["tied"]:
+        assert rec["winner"] == rec["tie_break"]["search_choice"]
+    assert rec["noise"]["proxy"]["df"] == 2 + 2  # natural x3 and the best observed x3
+    out = playoff.apply(result, rec, [f"c{i:02d}" for i in range(K)])
+    assert out["method"] == "playoff" and sum(out["weights"]) == pytest.approx(1.0)
+    assert out["search_choice"]["method"] == result["method"]
+
+
 def test_kl_lambda_moves_the_kl_finalist_from_the_predicted_optimum_to_the_prior():
     free = _scfg(kl_lambda=0.0)
     prior, obs = _observed(0, free)
@@ -89,7 +105,7 @@ def _at_value(obj: SyntheticObjective, target: float) -> np.ndarray:
     return (1 - lo) * obj.optimum + lo * u
 
 
-def _play(obj, mixtures: dict[str, np.ndarray], prior, seeds: int, trial: int, noise_z: float) -> dict:
+def _play(obj, mixtures: dict[str, np.ndarray], prior, seeds: int, trial: int, noise_z: float, prefer=None) -> dict:
     entries = [
         {
             "name": name,
@@ -98,7 +114,7 @@ def _play(obj, mixtures: dict[str, np.ndarray], prior, seeds: int, trial: int, n
         }
         for name, w in mixtures.items()
     ]
-    return playoff.decide(entries, noise_z)
+    return playoff.decide(entries, noise_z, prefer)
 
 
 def test_the_playoff_picks_the_truly_better_finalist_above_the_noise_and_ties_below_it():
@@ -108,6 +124,8 @@ def test_the_playoff_picks_the_truly_better_finalist_above_the_noise_and_ties_be
     obj = SyntheticObjective(np.array([0.4, 0.3, 0.2, 0.1]), scale=10.0, noise=sd)
     prior = np.array([0.1, 0.2, 0.3, 0.4])
     far, near = _at_value(obj, -10 * sd), _at_value(obj, -0.05 * sd)
+    # the clear case holds whichever finalist the search itself chose
+    assert _play(obj, {"optimum": obj.optimum, "far": far}, prior, 4, 0, 2.0, prefer="far")["winner"] == "optimum"
     assert obj.value(far) == pytest.approx(-10 * sd) and obj.value(near) == pytest.approx(-0.05 * sd)
     assert playoff.kl_to_prior(near, prior)[0] < playoff.kl_to_prior(obj.optimum, prior)[0]
     wins, ties, estimates = 0, 0, []
@@ -118,7 +136,9 @@ def test_the_playoff_picks_the_truly_better_finalist_above_the_noise_and_ties_be
         ties += sorted(close["tied"]) == ["near", "optimum"]
         if len(close["tied"]) == 2:
             assert close["winner"] == "near"  # a tie goes to the more prior-like finalist
-            assert "within the noise" in close["reason"]
+            assert "within the noise" in close["reason"] and "most prior-like" in close["reason"]
+            kept = _play(obj, {"optimum": obj.optimum, "near": near}, prior, 4, trial, 2.0, prefer="optimum")
+            assert kept["winner"] == "optimum" and "the search's own choice" in kept["reason"]
         estimates.append(close["sd"])
     assert wins == 60  # a gap of 10 sd is always ranked
     # a gap of 0.05 sd: |difference| / its standard error ~ t with 6 df, within 2 with p = 0.91

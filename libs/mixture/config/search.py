@@ -108,7 +108,12 @@ class PlayoffConfig(Section):
         3, ge=0, description="proxy runs of the natural and the best observed mixture (seed noise); 0: none"
     )
     kl_lambda: float = Field(0.1, ge=0, description="kl_prior: max predicted score - kl_lambda * KL(w || prior)")
-    noise_z: float = Field(1.0, ge=0, description="finalists within noise_z standard errors of the top tie")
+    noise_z: float = Field(2.0, ge=0, description="finalists within noise_z standard errors of the top tie")
+    tie_break: Literal["search_choice", "prior_like"] = Field(
+        "search_choice",
+        description="among tied finalists: the search's own choice (`final`), else the most "
+        "prior-like; or the most prior-like (lowest KL to the prior) first",
+    )
     budget_share: float = Field(
         0.25, gt=0, le=1, description="at most this share of the search's proxy runs, in proxy-run equivalents"
     )

@@ -138,10 +138,43 @@ def summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_
         ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})"),
     ]
     if result.get("playoff"):
-        from mixture.search.playoff import summary_lines
-
-        lines += summary_lines(result["playoff"])
+        lines += playoff_summary(result["playoff"])
     return lines
+
+
+def playoff_summary(rec: dict) -> list[tuple[str, str]]:
+    """The summary's lines on the seed noise and the playoff (`mixture.search.playoff.record`)."""
+    p = rec["noise"]["proxy"]
+    if p["sd"] is None:
+        noise = "not estimated (no mixture has two finished proxy runs: playoff.anchor_seeds 0?)"
+    else:
+        anchors = "; ".join(
+            f"{n} x{len(a['scores'])} mean {a['mean']:.4f}" for n, a in p["anchors"].items() if a["scores"]
+        )
+        within = p.get("within_noise_of_best_observed")
+        noise = f"proxy-scale seed sd {p['sd']:.4f} ({p['df']} degrees of freedom; {anchors})"
+        if within is not None:
+            noise += (
+                f"; {within} observed mixtures within {rec['noise']['noise_z']:g} standard errors of the best observed"
+            )
+    lines = [("seed noise", noise)]
+    if rec["winner"] is None:
+        return lines + [("playoff", f"no winner: {rec['reason']}")]
+    tp = rec["transfer_proxy"]
+    scores = ", ".join(
+        f"{f['name']} {f['mean']:.4f}" + (f" ± {f['sd']:.4f}" if f["sd"] is not None else "")
+        if f["mean"] is not None
+        else f"{f['name']} -"
+        for f in rec["finalists"]
+    )
+    tied = f"; tied within the noise: {', '.join(rec['tied'])}" if len(rec["tied"]) > 1 else ""
+    return lines + [
+        (
+            "playoff",
+            f"{rec['winner']} wins among {len(rec['finalists'])} finalists x {rec['seeds']} seeds at "
+            f"transfer scale ({tp['preset']}, {tp['tokens']:,} tokens): {scores}{tied}",
+        )
+    ]
 
 
 def prospective_spearman(runs: list[dict]) -> float | None:

@@ -361,7 +361,7 @@ def _playoff(ctx: StageContext, result: dict, names: list[str], runs: list[dict]
             f"{len(missing)} playoff runs are not finished (e.g. {missing[:3]}): run them with run_proxy first"
         )
     done = {rid: r for rid, r in found.items() if r is not None}
-    rec = playoff.record(ctx.cfg.search, names, stored, done, runs, obs)
+    rec = playoff.record(ctx.cfg.search, names, stored, done, runs, obs, result["method"])
     return playoff.apply(result, rec, names)
 
 
