@@ -7,7 +7,10 @@ iteration i: `propose_i` returns the iteration's proxy jobs (`mixture.search.ste
 reuses a finished run, so a retry or a re-run repeats no training). The paper's search has 3
 iterations (64, 32, 16 proxy runs); a DAG's shape is fixed when it is parsed, so the DAG unrolls
 `climb_search_max_iterations` (Variable, default 3) slots, and the slots beyond the config's
-`search.iterations` propose nothing and are skipped. Then `finish` fits the predictors and commits
+`search.iterations` propose nothing and are skipped. With `search.playoff` on, `propose_playoff`
+returns the noise-aware final choice's jobs (anchor replicates at proxy scale, the finalists at
+transfer scale: `mixture.search.playoff`) and `playoff_runs` trains them as mapped tasks in the same
+pool (skipped when the playoff is off). Then `finish` fits the predictors and commits
 the search dataset; the ClimbMix build fans out (`mixture.stages.build`): `build_plan` selects
 the documents and stages the shuffle's plan, `build_scatter` (one mapped task per part of the
 clusters' texts) routes the documents to buckets, `build_buckets` lists the buckets,
@@ -80,6 +83,18 @@ def run_proxy(config: str, job: dict[str, Any]) -> dict[str, Any]:
     get_current_context()["proxy_run"] = job["run_id"]  # names the mapped task in the UI
     result = steps.run_proxy(pipeline.open_stage(load_config(config), "search"), job)
     return {k: result.get(k) for k in ("run_id", "iteration", "score", "seconds")}
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)  # the last slots' mapped tasks may be skipped
+def propose_playoff(config: str) -> list[dict[str, Any]]:
+    """The playoff's jobs, once every search run is finished; none when search.playoff is off."""
+    from mixture import pipeline
+    from mixture.search import steps
+
+    cfg = load_config(config)
+    if not cfg.search.playoff.enabled or pipeline.current(cfg, "search"):
+        return []
+    return steps.propose_playoff(pipeline.open_stage(cfg, "search"))
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED)  # the last slots' mapped tasks may be skipped
@@ -180,8 +195,11 @@ with DAG(
         if previous is not None:
             previous >> jobs
         previous = runs
+    playoff_jobs = propose_playoff(cfg_path)
+    previous >> playoff_jobs
+    playoff_runs = run_proxy.override(task_id="playoff_runs").partial(config=cfg_path).expand(job=playoff_jobs)
     chosen = finish(cfg_path)
-    previous >> chosen
+    playoff_runs >> chosen
     parts = build_plan(cfg_path)
     chosen >> parts
     scattered = build_scatter.partial(config=cfg_path).expand(part=parts)

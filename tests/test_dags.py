@@ -145,13 +145,16 @@ def test_search_dag_unrolls_iterations_with_mapped_proxy_runs(dagbag):
     dag = dagbag.get_dag(SEARCH)
     assets = [a.uri for a in dag.timetable.asset_condition.objects]
     assert assets == ["climb://datasets/climblab"]
-    slots = sorted(t.task_id for t in dag.tasks if t.task_id.startswith("propose_"))
+    slots = sorted(t.task_id for t in dag.tasks if t.task_id.startswith("propose_") and t.task_id[-1].isdigit())
     assert slots == ["propose_0", "propose_1", "propose_2"]  # the paper's 3 iterations
     for i in range(3):
         runs = dag.get_task(f"proxy_runs_{i}")
         assert runs.is_mapped and runs.pool == "gpu"
         assert _downstream(dag, f"propose_{i}") == {f"proxy_runs_{i}"}
-        assert _downstream(dag, f"proxy_runs_{i}") == ({f"propose_{i + 1}"} if i < 2 else {"finish"})
+        assert _downstream(dag, f"proxy_runs_{i}") == ({f"propose_{i + 1}"} if i < 2 else {"propose_playoff"})
+    assert _downstream(dag, "propose_playoff") == {"playoff_runs"}
+    assert dag.get_task("playoff_runs").is_mapped and dag.get_task("playoff_runs").pool == "gpu"
+    assert _downstream(dag, "playoff_runs") == {"finish"}
     assert _downstream(dag, "finish") == {"build_plan"}
     assert _downstream(dag, "build_plan") == {"build_scatter"}
     assert _downstream(dag, "build_scatter") == {"build_buckets"}
@@ -359,6 +362,7 @@ def test_search_dag_commits_the_mixture_and_records_mlflow_runs(clean_run):
         mapped = {k: v for k, v in states.items() if k[0] == f"proxy_runs_{i}"}
         assert len(mapped) == n and {s for s, _ in mapped.values()} == {"success"}
     assert states[("proxy_runs_2", -1)][0] == "skipped"  # the slot this config leaves unused
+    assert states[("playoff_runs", -1)][0] == "skipped"  # search.playoff is off
     assert states[("publish", -1)][0] == "skipped"  # publish.uri unset
     for name in ("finish", "build_plan", "build_buckets", "build"):
         assert states[(name, -1)][0] == "success"

@@ -158,3 +158,59 @@ def test_spread_sampling_covers_a_target_sorted_by_topic(tok, tmp_path):
     assert [a.tolist() for a in again.val_ids] == [b.tolist() for b in spread.val_ids]  # seeded
     other = E.load_target(TargetConfig(val_uris=[val], val_docs=6, val_tokens=600), tok, eos_id(tok), seed=4)
     assert other.val_info["document_indices"] != picked
+
+
+def _numbers(tok, target) -> set[int]:
+    return {int(tok.decode(ids[1:].tolist()).split()[1]) for ids in target.val_ids}
+
+
+def test_the_report_part_is_split_by_document_and_poisoning_it_changes_nothing_selected(tok, tmp_path):
+    docs = [{"id": f"d{i}", "text": f"document {i} " + TEXTS[i % 3]} for i in range(40)]
+    items = [{"id": f"q{i}", "context": f"question {i}", "choices": ["the", "fox"], "gold": i % 2} for i in range(30)]
+    val, task = _write(tmp_path / "val.jsonl.gz", docs), _write(tmp_path / "quiz.jsonl.gz", items)
+    kw = dict(val_uris=[val], tasks=[task], val_docs=40, val_tokens=10**6, sampling="first")
+    eos = eos_id(tok)
+    whole = E.load_target(TargetConfig(**kw), tok, eos)
+    for part in E.PARTS:  # share 0: no split, both parts are the whole target as before
+        t = E.load_target(TargetConfig(**kw), tok, eos, part=part)
+        assert [a.tolist() for a in t.val_ids] == [a.tolist() for a in whole.val_ids] and "split" not in t.val_info
+    split = TargetConfig(**kw, report_share=0.3)
+    sel, rep = (E.load_target(split, tok, eos, part=p) for p in E.PARTS)
+    assert _numbers(tok, sel).isdisjoint(_numbers(tok, rep)) and _numbers(tok, sel) | _numbers(tok, rep) == set(
+        range(40)
+    )
+    assert 4 <= len(rep.val_ids) <= 20 and sel.val_info["split"] == {
+        "part": "select",
+        "report_share": 0.3,
+        "of_all_documents": 40,
+    }
+    assert len(sel.tasks["quiz"]) + len(rep.tasks["quiz"]) == 30 and 0 < len(rep.tasks["quiz"]) < 15
+
+    # poison every report document and item: the select part reads exactly the same
+    reported = {f"d{n}" for n in _numbers(tok, rep)}
+    poisoned_docs = [{**d, "text": "zzq qqz " * 30} if d["id"] in reported else d for d in docs]
+    rep_items = {it.context for it in rep.tasks["quiz"]}
+    poisoned_items = [{**it, "choices": ["zzq", "qqz"]} if it["context"] in rep_items else it for it in items]
+    (tmp_path / "poisoned").mkdir()
+    bad = TargetConfig(
+        **{
+            **kw,
+            "val_uris": [_write(tmp_path / "poisoned" / "val.jsonl.gz", poisoned_docs)],
+            "tasks": [_write(tmp_path / "poisoned" / "quiz.jsonl.gz", poisoned_items)],
+        },
+        report_share=0.3,
+    )
+    sel2, rep2 = (E.load_target(bad, tok, eos, part=p) for p in E.PARTS)
+    assert [a.tolist() for a in sel2.val_ids] == [a.tolist() for a in sel.val_ids] and sel2.val_bytes == sel.val_bytes
+    assert sel2.task_ids == sel.task_ids
+    model = CopyLM(tok.get_vocab_size())
+    assert E.evaluate(model, sel2, seq_len=32) == E.evaluate(model, sel, seq_len=32)
+    assert E.evaluate(model, rep2, seq_len=32) != E.evaluate(model, rep, seq_len=32)
+
+
+def test_a_report_share_that_empties_a_part_is_one_clear_error(tok, tmp_path):
+    val = _write(tmp_path / "val.jsonl.gz", [{"text": t} for t in TEXTS])
+    with pytest.raises(E.TargetError, match="leaves no validation document of 3 in the report part"):
+        E.load_target(TargetConfig(val_uris=[val], report_share=1e-9), tok, eos_id(tok), part="report")
+    with pytest.raises(E.TargetError, match="unknown target part"):
+        E.load_target(TargetConfig(val_uris=[val], report_share=0.5), tok, eos_id(tok), part="holdout")

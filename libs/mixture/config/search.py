@@ -51,6 +51,14 @@ class TargetConfig(Section):
     tasks: list[Uri] = Field([], description="multiple-choice JSONL files (context, choices, gold)")
     task_metric: Literal["acc", "acc_norm", "logprob"] = "logprob"
     weights: dict[str, float] = {}
+    report_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of the validation documents (and task items) held out as the report "
+        "part, by a hash of each one's id (else its position): the search and its playoff select "
+        "on the rest, the baselines report on it; 0: no split, everything uses the whole target",
+    )
 
 
 class PredictorConfig(Section):
@@ -83,6 +91,41 @@ class PredictorConfig(Section):
         return PREDICTORS.check(v)
 
 
+Finalist = Literal["predicted", "kl_prior", "top_mean", "best_observed"]
+FINALISTS: tuple[Finalist, ...] = ("predicted", "kl_prior", "top_mean", "best_observed")
+
+
+class PlayoffConfig(Section):
+    """The noise-aware final choice (`mixture.search.playoff`): seed replicates of anchor
+    mixtures, and finalists retrained at `search.transfer_proxy` scale."""
+
+    enabled: bool = False
+    finalists: list[Finalist] = Field(
+        list(FINALISTS), min_length=1, description="in priority order (the first of equal mixtures names it)"
+    )
+    seeds: int = Field(2, ge=2, description="transfer runs per finalist (seeds seed+0..)")
+    anchor_seeds: int = Field(
+        3, ge=0, description="proxy runs of the natural and the best observed mixture (seed noise); 0: none"
+    )
+    kl_lambda: float = Field(0.1, ge=0, description="kl_prior: max predicted score - kl_lambda * KL(w || prior)")
+    noise_z: float = Field(2.0, ge=0, description="finalists within noise_z standard errors of the top tie")
+    tie_break: Literal["search_choice", "prior_like"] = Field(
+        "search_choice",
+        description="among tied finalists: the search's own choice (`final`), else the most "
+        "prior-like; or the most prior-like (lowest KL to the prior) first",
+    )
+    budget_share: float = Field(
+        0.25, gt=0, le=1, description="at most this share of the search's proxy runs, in proxy-run equivalents"
+    )
+
+    @field_validator("finalists")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("every finalist is named once")
+        return v
+
+
 class SearchConfig(Section):
     iterations: list[int] = Field([64, 32, 16], min_length=1)
     temperature: float = Field(0.5, gt=0)
@@ -108,6 +151,13 @@ class SearchConfig(Section):
     transfer_proxy: ProxyConfig = ProxyConfig(preset="cpu-6m", tokens=900_000)
     target: TargetConfig = TargetConfig()
     predictor: PredictorConfig = PredictorConfig()
+    playoff: PlayoffConfig = PlayoffConfig()
+
+    @property
+    def playoff_transfer_proxy(self) -> ProxyConfig | None:
+        """What the search's output depends on of `transfer_proxy` (which only the baselines use
+        otherwise): the playoff's proxy when the playoff is on, else nothing."""
+        return self.transfer_proxy if self.playoff.enabled else None
 
     @field_validator("iterations")
     @classmethod

@@ -6,13 +6,16 @@ Modules, in the order the data flows:
 
 - `sampler`: Dirichlet mixtures around the clusters' token prior (caps, floors, dedup);
 - `proxy`: proxy model presets and the trainer (packed windows sampled by the mixture);
-- `evaluate`: target metrics: validation bits per byte, multiple-choice tasks; the score;
+- `evaluate`: target metrics: validation bits per byte, multiple-choice tasks; the score; the
+  target's select and report parts;
 - `predictor`: the choice among the predictors by CV Spearman; `predictors/`: LightGBM, ridge,
   ridge on sqrt weights, mixing law, one module each;
 - `bootstrap`: the iterative search as pure functions (propose, final);
 - `steps`: propose / run_proxy / finish, the units the CLI and Airflow both run; `records`: what
   a finished search writes (mixture.json, iterations, plots, summary); `pool`: the
   processes that train proxies; `carry`: whether a refresh searches again;
+- `playoff`: the noise-aware final choice (seed noise from anchor replicates, finalists retrained
+  at transfer scale, ties within the noise to the most prior-like);
 - `baselines`: natural, uniform, best-of-random, RegMix vs CLIMB at transfer scale;
 - `track`: MLflow (search > iteration > proxy runs); `plots`: the figures;
 - `synthetic`: a known-optimum objective and a tiny ClimbLab builder for tests and benchmarks.

@@ -160,7 +160,9 @@ def pool_jobs_and_mixtures(
 
 
 def transfer_jobs(cfg: Config, names: list[str], mixtures: dict[str, np.ndarray]) -> list[dict]:
-    """Every method's mixture at proxy and at transfer scale, the same seeds for all."""
+    """Every method's mixture at proxy and at transfer scale, the same seeds for all, scored on
+    the target's report part (`search.target.report_share`: the part no method selected on)."""
+    split = {"target_split": "report"} if cfg.search.target.report_share > 0 else {}
     jobs = []
     for m in METHODS:
         mixture = dict(zip(names, [float(x) for x in mixtures[m] / mixtures[m].sum()]))
@@ -176,6 +178,7 @@ def transfer_jobs(cfg: Config, names: list[str], mixtures: dict[str, np.ndarray]
                             section,
                         ),
                         "method": m,
+                        **split,
                     }
                 )
     return jobs

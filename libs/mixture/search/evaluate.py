@@ -17,10 +17,21 @@ file's stem; weight 1 when not given).
 
 Task files are JSONL (optionally gzip'd), one item per line: {"context": str, "choices": [str],
 "gold": int}; optional "delimiter" (default " ") goes between context and choice.
+
+Selection and report parts (`search.target.report_share`, default 0: no split). A score used to
+choose a mixture is biased upwards on the text it was chosen on, so the target can be split by
+document: each validation document (and each task item) goes to the *report* part when a hash of
+its key (its `id` field when it has one, else its position among the non-blank documents or the
+task's items) falls below `report_share`, else to the *select* part. The split is seed-free, so
+every search seed and every method sees the same parts, and editing a document's text does not
+move it. The search's proxies and its playoff are scored on `select` (the default part); the
+baselines' transfer runs and benchmarks report on `report`. With share 0 both parts are the whole
+target, exactly as before the split existed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -51,6 +62,12 @@ def task_name(uri: str) -> str:
     return name
 
 
+def _key(rec: dict, position: int) -> str:
+    """A document's or item's split key: its `id` when it has a string or integer one."""
+    rid = rec.get("id")
+    return f"id:{rid}" if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"#{position}"
+
+
 @dataclass
 class MCItem:
     context: str
@@ -60,7 +77,12 @@ class MCItem:
 
 
 def parse_items(uri: str) -> list[MCItem]:
-    items = []
+    return parse_keyed_items(uri)[0]
+
+
+def parse_keyed_items(uri: str) -> tuple[list[MCItem], list[str]]:
+    """A task file's items and their split keys (`id` when an item has one, else its position)."""
+    items, keys = [], []
     for n, rec in enumerate(read_jsonl(uri), 1):
         ctx, choices, gold = rec.get("context"), rec.get("choices"), rec.get("gold")
         if (
@@ -73,9 +95,10 @@ def parse_items(uri: str) -> list[MCItem]:
         if not isinstance(gold, int) or not 0 <= gold < len(choices):
             raise TargetError(f"{uri}: item {n}: 'gold' must be an index into its {len(choices)} choices")
         items.append(MCItem(ctx, choices, gold, rec.get("delimiter", " ")))
+        keys.append(_key(rec, n - 1))
     if not items:
         raise TargetError(f"{uri}: no items")
-    return items
+    return items, keys
 
 
 @dataclass
@@ -111,23 +134,58 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, whole[len(ctx) :]
 
 
-def load_target(tcfg: TargetConfig, tokenizer, eos_id: int, seed: int = 0) -> EvalTarget:
+PARTS = ("select", "report")
+_SPLIT_SALT = b"climb-target-report-part\0"
+
+
+def in_report(key: str, share: float) -> bool:
+    """Whether the document or item with this key belongs to the report part: a hash of the key,
+    uniform in [0, 1), below `share`."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(_SPLIT_SALT + key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+
+
+def split_part(keys: list[str], share: float, part: str, what: str) -> list[int]:
+    """Indices of the keys in `part` ("select" or "report"); all of them when share is 0.
+    TargetError when the part would be empty."""
+    if part not in PARTS:
+        raise TargetError(f"unknown target part {part!r}; the parts are {list(PARTS)}")
+    if share <= 0:
+        return list(range(len(keys)))
+    keep = [i for i, k in enumerate(keys) if in_report(k, share) == (part == "report")]
+    if not keep:
+        raise TargetError(
+            f"search.target.report_share {share} leaves no {what} of {len(keys)} in the {part} part; "
+            f"change report_share or add {what}s"
+        )
+    return keep
+
+
+def load_target(tcfg: TargetConfig, tokenizer, eos_id: int, seed: int = 0, part: str = "select") -> EvalTarget:
     """Read and tokenize the validation text (`tcfg.sampling`: windows spread over every target
-    document, or the first documents) and the task files."""
+    document, or the first documents) and the task files, of one part of the target (`select`:
+    what the search scores on, `report`: what results are reported on; see the module's doc)."""
     if not tcfg.val_uris and not tcfg.tasks:
         raise TargetError("search.target needs val_uris (held-out text) or tasks (multiple choice)")
     t = EvalTarget(metric=tcfg.metric, task_metric=tcfg.task_metric, eos_id=int(eos_id))
+    share = tcfg.report_share
     if tcfg.val_uris:
-        texts = read_val_texts(tcfg.val_uris)
+        keys, texts = read_val_documents(tcfg.val_uris)
+        texts = [texts[i] for i in split_part(keys, share, part, "validation document")]
         if tcfg.sampling == "first":
             first_documents(t, texts, tcfg, tokenizer, eos_id)
         else:
             spread_windows(t, texts, tcfg, tokenizer, eos_id, seed)
+        if share > 0:
+            t.val_info["split"] = {"part": part, "report_share": share, "of_all_documents": len(keys)}
     for uri in tcfg.tasks:
         name = task_name(uri)
         if name == "val" or name in t.tasks:
             raise TargetError(f"task file {uri}: the name {name!r} is taken; rename the file")
-        items = parse_items(uri)
+        items, keys = parse_keyed_items(uri)
+        items = [items[i] for i in split_part(keys, share, part, f"item of task {name}")]
         t.tasks[name] = items
         t.task_ids[name] = [[encode_pair(tokenizer, it.context, it.delimiter + c) for c in it.choices] for it in items]
     unknown = set(tcfg.weights) - set(t.components)
@@ -139,18 +197,26 @@ def load_target(tcfg: TargetConfig, tokenizer, eos_id: int, seed: int = 0) -> Ev
     return t
 
 
-def read_val_texts(uris: list[str]) -> list[str]:
-    """The non-blank `text` of every record of the validation files, in file order."""
-    texts = []
+def read_val_documents(uris: list[str]) -> tuple[list[str], list[str]]:
+    """The split keys and the non-blank `text` of every record of the validation files, in file
+    order."""
+    keys: list[str] = []
+    texts: list[str] = []
     for uri in storage.expand(uris):
         for n, rec in enumerate(read_jsonl(uri), 1):
             if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
                 raise TargetError(f"{uri}: record {n} has no string 'text' field")
             if rec["text"].strip():
+                keys.append(_key(rec, len(texts)))
                 texts.append(rec["text"])
     if not texts:
         raise TargetError(f"no validation text in {uris}")
-    return texts
+    return keys, texts
+
+
+def read_val_texts(uris: list[str]) -> list[str]:
+    """The non-blank `text` of every record of the validation files, in file order."""
+    return read_val_documents(uris)[1]
 
 
 def first_documents(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokenizer, eos_id: int) -> None:
@@ -197,15 +263,15 @@ def spread_windows(t: EvalTarget, texts: list[str], tcfg: TargetConfig, tokenize
 
 
 @lru_cache(maxsize=4)
-def _cached_target(key: str, tokenizer_uri: str, eos_id: int, seed: int) -> EvalTarget:
+def _cached_target(key: str, tokenizer_uri: str, eos_id: int, seed: int, part: str) -> EvalTarget:
     from mixture.climblab.tokens import load_tokenizer
 
-    return load_target(TargetConfig.model_validate_json(key), load_tokenizer(tokenizer_uri), eos_id, seed)
+    return load_target(TargetConfig.model_validate_json(key), load_tokenizer(tokenizer_uri), eos_id, seed, part)
 
 
-def target_for(tcfg: TargetConfig, tokenizer_uri: str, eos_id: int, seed: int = 0) -> EvalTarget:
+def target_for(tcfg: TargetConfig, tokenizer_uri: str, eos_id: int, seed: int = 0, part: str = "select") -> EvalTarget:
     """`load_target`, cached per process (a pool worker tokenizes the target once)."""
-    return _cached_target(tcfg.model_dump_json(), tokenizer_uri, eos_id, seed)
+    return _cached_target(tcfg.model_dump_json(), tokenizer_uri, eos_id, seed, part)
 
 
 # ----------------------------------------------------------------------------------- scoring

@@ -1,6 +1,7 @@
 """What a finished search writes: the records of `iterations.json`, `mixture.json` and
 `target.json`, the final plots and the run's summary lines. Pure functions of the runs and the
-final choice (`mixture.search.bootstrap.final`); `mixture.search.steps.finish` stages them.
+final choice (`mixture.search.bootstrap.final`, then the playoff's `mixture.search.playoff`
+when it is on); `mixture.search.steps.finish` stages them.
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ log = logging.getLogger(__name__)
 
 def target_record(cfg: Config, lab) -> dict:
     """target.json: how the validation text was sampled (which documents, how many tokens) and the
-    number of items per task, as every proxy was scored on them."""
+    number of items per task, as every proxy was scored on them (the select part); with
+    `search.target.report_share` > 0 also the same of the report part, under `report`."""
     from mixture.search import evaluate
 
-    t = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed)
-    log.info("search: target %s", {k: v for k, v in t.val_info.items() if k != "document_indices"})
-    return {"val": t.val_info or None, "tasks": {name: len(items) for name, items in t.tasks.items()}}
+    def part(which: str) -> dict:
+        t = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed, which)
+        log.info("search: target (%s) %s", which, {k: v for k, v in t.val_info.items() if k != "document_indices"})
+        return {"val": t.val_info or None, "tasks": {name: len(items) for name, items in t.tasks.items()}}
+
+    out = part("select")
+    if cfg.search.target.report_share > 0:
+        out["report"] = part("report")
+    return out
 
 
 def iteration_records(proposals: list[dict], runs: list[dict]) -> list[dict]:
@@ -66,7 +74,7 @@ def mixture_record(
         return dict(zip(names, [float(x) for x in w]))
 
     best, pr = result["best_observed"], result.get("predictor")
-    return {
+    out = {
         "weights": named(result["weights"]),
         "method": result["method"],
         "reason": result.get("reason"),
@@ -83,6 +91,10 @@ def mixture_record(
         # what the baselines stage checks to reuse this search when only the transfer settings changed
         "config": {"seed": cfg.seed, "search": cfg.search.model_dump(mode="json")},
     }
+    if "playoff" in result:  # the noise-aware final choice (mixture.search.playoff), when on
+        out["playoff"] = result["playoff"]
+        out["search_choice"] = result.get("search_choice")
+    return out
 
 
 def final_plots(names: list[str], prior: np.ndarray, result: dict, iterations: list[dict]) -> dict[str, bytes]:
@@ -118,12 +130,50 @@ def summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_
             return "none (random)"
         return ", ".join(f"{n} {v['spearman']:.2f}" for n, v in it["predictor"]["cv"].items())
 
-    return [
+    lines = [
         ("runs", f"{n_runs} proxy runs in {len(iterations)} iterations ({cfg.search.iterations})"),
         ("final mixture", f"{result['method']}: " + ", ".join(f"{c} {w:.3f}" for c, w in top)),
         ("why", result.get("reason")),
         ("predictor CV Spearman by iteration", "; ".join(f"it{it['iteration']}: {cv(it)}" for it in iterations)),
         ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})"),
+    ]
+    if result.get("playoff"):
+        lines += playoff_summary(result["playoff"])
+    return lines
+
+
+def playoff_summary(rec: dict) -> list[tuple[str, str]]:
+    """The summary's lines on the seed noise and the playoff (`mixture.search.playoff.record`)."""
+    p = rec["noise"]["proxy"]
+    if p["sd"] is None:
+        noise = "not estimated (no mixture has two finished proxy runs: playoff.anchor_seeds 0?)"
+    else:
+        anchors = "; ".join(
+            f"{n} x{len(a['scores'])} mean {a['mean']:.4f}" for n, a in p["anchors"].items() if a["scores"]
+        )
+        within = p.get("within_noise_of_best_observed")
+        noise = f"proxy-scale seed sd {p['sd']:.4f} ({p['df']} degrees of freedom; {anchors})"
+        if within is not None:
+            noise += (
+                f"; {within} observed mixtures within {rec['noise']['noise_z']:g} standard errors of the best observed"
+            )
+    lines = [("seed noise", noise)]
+    if rec["winner"] is None:
+        return lines + [("playoff", f"no winner: {rec['reason']}")]
+    tp = rec["transfer_proxy"]
+    scores = ", ".join(
+        f"{f['name']} {f['mean']:.4f}" + (f" ± {f['sd']:.4f}" if f["sd"] is not None else "")
+        if f["mean"] is not None
+        else f"{f['name']} -"
+        for f in rec["finalists"]
+    )
+    tied = f"; tied within the noise: {', '.join(rec['tied'])}" if len(rec["tied"]) > 1 else ""
+    return lines + [
+        (
+            "playoff",
+            f"{rec['winner']} wins among {len(rec['finalists'])} finalists x {rec['seeds']} seeds at "
+            f"transfer scale ({tp['preset']}, {tp['tokens']:,} tokens): {scores}{tied}",
+        )
     ]
 
 

@@ -1,4 +1,4 @@
-"""The search's steps, callable one by one: `propose`, `run_proxy`, `finish`.
+"""The search's steps, callable one by one: `propose`, `run_proxy`, `propose_playoff`, `finish`.
 
 After a corpus refresh whose clusters' token shares barely moved, `propose` proposes nothing and
 `finish` carries the committed search over (`mixture.search.carry.decide`, the one decision).
@@ -10,13 +10,16 @@ out) call the same three functions on the stage's context, so both run the same 
     for i in range(len(cfg.search.iterations)):
         jobs = propose(ctx, i)                         # needs every run of iterations < i
         results = [run_proxy(ctx, j) for j in jobs]    # any order, any process, any machine
+    for j in propose_playoff(ctx):                     # search.playoff on: anchors, finalists
+        run_proxy(ctx, j)
     pipeline.commit(ctx, finish(ctx))                  # fit, choose, write mixture.json; commit
 
 State lives only in the search's staging folder (`ctx.writer`: the same folder for the same config
 and inputs, so separate processes share it):
 `proposals/iter-<i>.json` (the jobs of iteration i, written once: a retried `propose` returns the
-same jobs), `runs/<run_id>.json` (one finished proxy each, written atomically: a retried or
-resumed `run_proxy` returns it without training). Commit moves the folder into the dataset.
+same jobs; `proposals/playoff.json` alike for the playoff), `runs/<run_id>.json` (one finished
+proxy each, written atomically: a retried or resumed `run_proxy` returns it without training).
+Commit moves the folder into the dataset.
 
 Run ids are `it<i>-<j>-<mixture hash>-s<seed>`: the hash ties a finished run file to its mixture.
 Proxy seeds are `cfg.seed + s` for the s-th repeat of every mixture (common random numbers: the
@@ -37,7 +40,7 @@ import numpy as np
 from mixture import storage
 from mixture.config import Config, ProxyConfig
 from mixture.contract import StageContext, StageOutput
-from mixture.search import bootstrap, carry, records
+from mixture.search import bootstrap, carry, playoff, records
 
 if TYPE_CHECKING:
     from mixture.dataset import Dataset, DatasetWriter
@@ -134,6 +137,8 @@ def propose(ctx: StageContext, iteration: int) -> list[dict]:
         return stored["jobs"]
     lab = _lab(inputs)
     names, prior = names_and_prior(lab)
+    if iteration == 0 and cfg.search.playoff.enabled:  # refuse a playoff over budget before any training
+        playoff.check_budget(cfg.search, lab.vocab_size)
     runs = finished_runs(writer, iteration)
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
     W, report = bootstrap.propose(cfg.search, prior, iteration, obs, cfg.seed)
@@ -202,9 +207,16 @@ def _track_iteration(cfg, writer, iteration, report, jobs, names, prior, runs) -
 
 # --------------------------------------------------------------------------------- run_proxy
 def evaluate_mixture(
-    cfg: Config, dataset: Dataset, mixture: dict[str, float], seed: int, pcfg: ProxyConfig, device: str | None = None
+    cfg: Config,
+    dataset: Dataset,
+    mixture: dict[str, float],
+    seed: int,
+    pcfg: ProxyConfig,
+    device: str | None = None,
+    part: str = "select",
 ) -> dict:
-    """Train one proxy on `mixture` and evaluate it on the target: the run's record minus ids."""
+    """Train one proxy on `mixture` and evaluate it on the target's `part` (`select`: what the
+    search chooses by; `report`: what results are reported on): the run's record minus ids."""
     import torch
 
     from mixture.search import evaluate, proxy
@@ -215,7 +227,7 @@ def evaluate_mixture(
     torch.set_num_threads(pcfg.threads)
     try:
         res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, seed, device=device or pcfg.device)
-        target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed)
+        target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed, part)
         t0 = time.perf_counter()
         ev = evaluate.evaluate(
             res.model, target, pcfg.seq_len, res.device, autocast=proxy.autocast_for(res.device, res.dtype)
@@ -258,16 +270,20 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: Dataset, objective: O
     if section not in ("proxy", "transfer_proxy"):
         raise SearchError(f"job {job.get('run_id', '?')}: proxy_section must be 'proxy' or 'transfer_proxy'")
     pcfg: ProxyConfig = getattr(cfg.search, section)
+    part = job.get("target_split", "select")  # the baselines' transfer runs report on "report"
+    if part not in ("select", "report"):
+        raise SearchError(f"job {job.get('run_id', '?')}: target_split must be 'select' or 'report'")
     if storage.exists(out_uri):
         done = storage.read_json(out_uri)
         if (
             done.get("mixture") != job["mixture"]
             or done.get("seed") != job["seed"]
             or done.get("proxy") != pcfg.model_dump(mode="json")
+            or done.get("target_split", "select") != part
         ):
             raise SearchError(
                 f"{out_uri} holds a different run than job {job['run_id']} "
-                f"(another mixture, seed or proxy configuration)"
+                f"(another mixture, seed, proxy configuration or target part)"
             )
         return done
     names = sorted(_lab({"climblab": dataset}).tokens_per_cluster)
@@ -277,7 +293,7 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: Dataset, objective: O
         result = dict(objective(job["mixture"], job["seed"]))
     else:
         try:
-            result = evaluate_mixture(cfg, dataset, job["mixture"], job["seed"], pcfg)
+            result = evaluate_mixture(cfg, dataset, job["mixture"], job["seed"], pcfg, part=part)
         except FloatingPointError as err:
             # a diverged proxy is recorded (and left out of the predictor with this reason), not
             # allowed to fail a search that has other runs to learn from
@@ -302,6 +318,53 @@ def run_proxy(ctx: StageContext, job: dict, objective: Objective | None = None) 
     return execute(ctx.cfg, job, ctx.writer.path(f"runs/{job['run_id']}.json"), ctx.inputs["climblab"], objective)
 
 
+# ----------------------------------------------------------------------------------- playoff
+PLAYOFF_REL = "proposals/playoff.json"
+
+
+def propose_playoff(ctx: StageContext) -> list[dict]:
+    """The playoff's jobs (`mixture.search.playoff`): anchor replicates at proxy scale, then the
+    finalists at transfer scale; none when `search.playoff` is off or the search is carried over.
+    Needs every search run; written once, so a retried call returns the stored jobs."""
+    cfg, writer = ctx.cfg, ctx.writer
+    if not cfg.search.playoff.enabled or carry.decide(ctx).carry:
+        return []
+    if writer.has(PLAYOFF_REL):
+        return storage.read_json(writer.path(PLAYOFF_REL))["jobs"]
+    lab = _lab(ctx.inputs)
+    names, prior = names_and_prior(lab)
+    runs = finished_runs(writer, len(cfg.search.iterations))
+    obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
+    plan = playoff.plan(cfg.search, cfg.seed, names, prior, obs, lab.vocab_size)
+    storage.write_json(writer.path(PLAYOFF_REL), plan)
+    log.info(
+        "search: playoff of %d finalists (%s) and %d anchor runs: %.1f of %.1f proxy-run equivalents",
+        len(plan["finalists"]),
+        ", ".join(f["name"] for f in plan["finalists"]),
+        plan["budget"]["anchor_runs"],
+        plan["budget"]["cost"],
+        plan["budget"]["limit"],
+    )
+    return plan["jobs"]
+
+
+def _playoff(ctx: StageContext, result: dict, names: list[str], runs: list[dict], obs) -> dict:
+    """`result` with the playoff's winner applied and its record under `playoff`."""
+    writer = ctx.writer
+    if not writer.has(PLAYOFF_REL):
+        raise SearchError("search.playoff is on but the playoff was never proposed: call propose_playoff first")
+    stored = storage.read_json(writer.path(PLAYOFF_REL))
+    found = {j["run_id"]: read_run(writer, j["run_id"]) for j in stored["jobs"]}
+    missing = [rid for rid, r in found.items() if r is None]
+    if missing:
+        raise SearchError(
+            f"{len(missing)} playoff runs are not finished (e.g. {missing[:3]}): run them with run_proxy first"
+        )
+    done = {rid: r for rid, r in found.items() if r is not None}
+    rec = playoff.record(ctx.cfg.search, names, stored, done, runs, obs, result["method"])
+    return playoff.apply(result, rec, names)
+
+
 # ------------------------------------------------------------------------------------ finish
 def finish(ctx: StageContext) -> StageOutput:
     """Fit the predictors on every run, choose the final mixture, stage iterations.json,
@@ -320,6 +383,8 @@ def _finish_search(ctx: StageContext) -> StageOutput:
     runs = finished_runs(writer, n_iter)
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
     result = bootstrap.final(cfg.search, prior, obs, cfg.seed)
+    if cfg.search.playoff.enabled:
+        result = _playoff(ctx, result, names, runs, obs)
 
     iterations = records.iteration_records(all_proposals(writer, n_iter), runs)
     final_entry = {
@@ -341,6 +406,8 @@ def _finish_search(ctx: StageContext) -> StageOutput:
 
     best = result["best_observed"]
     counts = {"runs": len(runs), "iterations": n_iter}
+    if "playoff" in result:
+        counts["playoff_runs"] = len(storage.read_json(writer.path(PLAYOFF_REL))["jobs"])
     extra = {
         "mixture": mixture["weights"],
         "method": result["method"],
@@ -377,6 +444,8 @@ def _track_final(cfg: Config, writer: DatasetWriter, runs: list[dict], result: d
     logged = t.logged_proxies()
     for r in runs:
         t.log_proxy(r, logged)
+    if result.get("playoff"):
+        t.log_playoff(result["playoff"])
     t.log_final(
         {**result, "runs": len(runs)}, {**files, "mixture.json": storage.read_text(writer.path("mixture.json"))}
     )

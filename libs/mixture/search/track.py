@@ -9,6 +9,10 @@
           proxy <run_id>   params w.<cluster> (every cluster, zeros included, so any two proxy
                            runs compare side by side), proxy.*, seed, iteration; metrics: the target
                            metrics, score, and train.loss per step
+        playoff: <finalist>  (with `search.playoff` on) one per finalist: params w.<cluster> and
+                           proxy.* (the transfer proxy), finalist, seeds; metrics under the proxy
+                           runs' keys (score, val.bpb, ...: the mean over seeds) plus score.sd,
+                           score.seeds (one step per seed), predicted, kl_prior, won, tied
 
 Every write is idempotent: runs are found again by their tags (`climb.search`, `climb.kind`,
 `climb.iteration`, `climb.run_id`), so a resumed search or a retried Airflow task does not log a
@@ -25,7 +29,7 @@ import time
 from mixture import tracking
 from mixture.config import Config
 
-KIND_SEARCH, KIND_ITERATION, KIND_PROXY = "search", "iteration", "proxy"
+KIND_SEARCH, KIND_ITERATION, KIND_PROXY, KIND_PLAYOFF = "search", "iteration", "proxy", "playoff"
 MAX_BATCH = 900  # MLflow accepts 1000 metrics per log_batch
 
 
@@ -173,6 +177,41 @@ class SearchTracker:
         )
         self._artifacts(run_id, files)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def log_playoff(self, rec: dict) -> None:
+        """One run per finalist nested under the search run (`mixture.search.playoff.record`),
+        comparable side by side with each other and with the proxy runs; idempotent on resume."""
+        parent = self.parent()
+        done = {r.data.tags.get("climb.finalist") for r in self._find(kind=KIND_PLAYOFF)}
+        for f in rec["finalists"]:
+            if f["name"] in done:
+                continue
+            run_id = self._create(f"playoff: {f['name']}", parent, kind=KIND_PLAYOFF, finalist=f["name"])
+            params = {f"w.{c}": w for c, w in sorted(f["weights"].items())}
+            params.update(tracking.flat_params("proxy", rec["transfer_proxy"]))
+            params.update(finalist=f["name"], seeds=rec["seeds"], also=",".join(f["also"]) or "-")
+            metrics = {
+                **f["metrics"],
+                "score": f["mean"],
+                "score.sd": f["sd"],
+                "predicted": f["predicted"],
+                "kl_prior": f["kl_prior"],
+                "won": float(f["name"] == rec["winner"]),
+                "tied": float(f["name"] in rec["tied"]),
+            }
+            steps = [("score.seeds", s, v) for s, v in enumerate(f["seed_scores"]) if v is not None]
+            self._log(run_id, params=params, metrics=metrics, steps=steps)
+            self.client.set_terminated(run_id, "FINISHED" if f["mean"] is not None else "FAILED")
+        noise = rec["noise"]
+        self._log(
+            parent,
+            params={"playoff.winner": rec["winner"] or "none"},
+            metrics={
+                "playoff.noise.sd": (noise["transfer"] or {}).get("sd"),
+                "noise.proxy.sd": noise["proxy"]["sd"],
+                "playoff.tied": len(rec["tied"]),
+            },
+        )
 
     def log_baselines(self, results: dict, files: dict[str, bytes | str]) -> None:
         """One parent run for the baselines and a nested run per method (params `w.<cluster>`,

@@ -9,6 +9,10 @@ Re-run only when it must (`mixture.search.carry`): after a corpus refresh that o
 clusters' token shares by `refresh.search_share_shift` or less, the committed search is carried
 over as a new version (its files kept) instead of training any proxy.
 
+With `search.playoff` on, the playoff runs after the last iteration (`steps.propose_playoff`:
+anchor replicates and the finalists at transfer scale, the same pool) and `finish` commits its
+winner (`mixture.search.playoff`).
+
 Resumable: a killed search keeps its staged proposals and finished runs (the stage is registered
 as resumable); the next `climb search` reuses them and trains only what is missing.
 Paper budget (Diao et al., 2025): iterations 64/32/16; `configs/demo.yaml` scales it to 2 cores.
@@ -60,7 +64,23 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
             )
             if todo:
                 log.info("search: iteration %d: %d proxy runs trained, %d reused", i, len(todo), len(jobs) - len(todo))
+        reused += _playoff(ctx, runner, objective)
     out = steps.finish(ctx)
     out.extra["reused_runs"] = reused
     out.summary.insert(1, ("resumed", f"{reused} finished runs reused") if reused else ("resumed", "no"))
     return out
+
+
+def _playoff(ctx: StageContext, runner: ProxyRunner, objective: steps.Objective | None) -> int:
+    """The playoff's anchor and finalist runs (`search.playoff`; none when off), those not
+    finished yet; returns how many were reused."""
+    jobs = steps.propose_playoff(ctx)
+    todo = [j for j in jobs if steps.read_run(ctx.writer, j["run_id"]) is None]
+    if todo:
+        runner.run(
+            [(j, ctx.writer.path(f"runs/{j['run_id']}.json")) for j in todo],
+            ctx.inputs["climblab"],
+            objective,
+            desc="search playoff",
+        )
+    return len(jobs) - len(todo)
