@@ -193,6 +193,7 @@ class Runner:
         self.lab_uri, self.lab_sha, self.names = lab_uri, lab.dataset.manifest_sha256, names
         self.targets = {t.name: {"select": t.select, "report": t.report} for t in targets}
         self.workers, self.val_tokens = workers, val_tokens
+        self.vocab_size = lab.vocab_size
         self.trained = 0
 
     def _path(self, key: str) -> Path:
@@ -244,9 +245,15 @@ class Context:
         return np.array([g[f"{self.target}/select"] for g in got])
 
 
-def budget(scfg) -> int:
-    """Mixtures a search trains (its proxy budget; every method gets the same)."""
-    return sum(scfg.iterations)
+def budget(scfg, vocab_size: int) -> int:
+    """Proxy runs a search costs (its iterations, plus its playoff in proxy-run equivalents when it
+    has one): every random method gets the same number of proxy runs."""
+    runs = sum(scfg.iterations) * scfg.seeds
+    if scfg.playoff.enabled:
+        from mixture.search import playoff
+
+        runs += math.ceil(playoff.budget(scfg, vocab_size)["cost"])
+    return runs
 
 
 def random_pool(ctx: Context, draw: int) -> tuple[np.ndarray, np.ndarray]:
@@ -259,7 +266,7 @@ def random_pool(ctx: Context, draw: int) -> tuple[np.ndarray, np.ndarray]:
     W = sample_mixtures(
         bootstrap.rng_for(draw, 0),
         ctx.prior,
-        budget(s),
+        budget(s, ctx.runner.vocab_size),
         temperature=s.temperature,
         concentration=s.concentration,
         epoch_cap=s.epoch_cap,
@@ -296,12 +303,34 @@ def search(cfg, ctx: Context, seed: int) -> tuple[np.ndarray, dict]:
             runs.append({"run_id": f"it{it}-{j:03d}", "mixture": dict(zip(ctx.names, w)), "score": float(score)})
     obs = bootstrap.observe(runs, ctx.names, scfg.weight_floor)
     result = bootstrap.final(scfg, ctx.prior, obs, seed)
+    if scfg.playoff.enabled:
+        result = run_playoff(scfg, ctx, obs, result, seed)
     return np.array(result["weights"]), {
         "runs": len(runs),
         "method": result["method"],
         "loo_spearman": loo_spearman(scfg, obs, seed),
         "chosen": (result.get("predictor") or {}).get("chosen"),
+        "playoff": (result.get("playoff") or {}).get("reason"),
     }
+
+
+def run_playoff(scfg, ctx: Context, obs, result: dict, seed: int) -> dict:
+    """The search's playoff (`mixture.search.playoff`: anchors' seed replicates, finalists at the
+    search's transfer scale), its runs trained like every other, scored on the select half."""
+    from mixture.search import playoff
+
+    stored = playoff.plan(scfg, seed, ctx.names, ctx.prior, obs, ctx.runner.vocab_size)
+    settings = {
+        "proxy": ctx.proxy(),
+        "transfer_proxy": scfg.transfer_proxy.model_dump(mode="json"),
+    }
+    jobs = stored["jobs"]
+    batch = [(np.array([j["mixture"][c] for c in ctx.names]), j["seed"], settings[j["proxy_section"]]) for j in jobs]
+    scores = [g[f"{ctx.target}/select"] for g in ctx.runner.scores(batch)]
+    runs = {j["run_id"]: {**j, "score": s, "metrics": {}} for j, s in zip(jobs, scores)}
+    search_runs = [{"mixture": dict(zip(ctx.names, x.tolist())), "score": float(y)} for x, y in zip(obs.X, obs.y)]
+    rec = playoff.record(scfg, ctx.names, stored, runs, search_runs, obs, result["method"])
+    return playoff.apply(result, rec, ctx.names)
 
 
 def loo_spearman(scfg, obs, seed: int) -> float | None:
@@ -447,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         names, prior = names_and_prior(lab)
         runner = Runner(cache, lab, lab.dataset.uri, names, targets, args.workers, args.val_tokens)
         p = cfg.search.proxy
-        args.proxy_desc = f"{p.preset} on {p.tokens:,} tokens, budget {budget(cfg.search)} runs"
+        args.proxy_desc = f"{p.preset} on {p.tokens:,} tokens, budget {budget(cfg.search, lab.vocab_size)} runs"
         args.transfer_tokens = int(p.tokens * args.transfer_factor)
         print(f"{lab_name}: {len(names)} groups, targets {[t.name for t in targets]}", flush=True)
         for t in targets:
