@@ -64,26 +64,28 @@ def test_urls_lose_their_user_info():
 
 
 # ---------------------------------------------------------------------------- a full disk
-def _build_config(root: Path) -> dict:
+def _build_config(root: Path, tokens: int) -> dict:
     return {
         "output_root": str(root),
         "input": {"uris": [str(root / "input.jsonl")]},
         "seed": 7,
-        "build": {"tokens": 12_000, "shard_docs": 16},
+        "build": {"tokens": tokens, "shard_docs": 16},
         "tracking": {"experiment": "test"},
     }
 
 
-def test_a_full_disk_is_one_line_commits_nothing_and_the_rerun_after_freeing_space_builds(tmp_path, sample_records):
+def _build_on_a_full_disk(tmp_path: Path, sample_records, tokens: int, free_kb: int):
+    """`climb build` on a small disk filled but for `free_kb` KiB, then again once it is freed:
+    (its first error lines, milliseconds, datasets committed after the first and second run)."""
     src, disk = tmp_path / "src", tmp_path / "disk"
     lab = make_climblab(src, sample_records)
     make_search(src, lab, WEIGHTS)
     conf = tmp_path / "build.yaml"
-    conf.write_text(yaml.safe_dump(_build_config(disk)))
+    conf.write_text(yaml.safe_dump(_build_config(disk, tokens)))
     size_kb = sum(p.stat().st_size for p in src.rglob("*") if p.is_file()) // 1024 + 1024
     script = f"""
 cp -a "{src}/." "{disk}/"
-fill 24
+fill {free_kb}
 start=$(date +%s%N)
 {CLIMB} build --config "{conf}"
 echo "rc=$? ms=$(( ($(date +%s%N) - start) / 1000000 ))"
@@ -96,17 +98,32 @@ find "{disk}" -name _manifest.json | sort | sed 's|^|recommitted |'
 """
     proc = small_disk.run(disk, size_kb, script)
     first = proc.stderr.split("--- freed")[0]
-    lines = [ln for ln in first.splitlines() if ln.strip() and not re.match(r"^\d\d:\d\d:\d\d |climbmix ", ln)]
-    errors = [ln for ln in first.splitlines() if ln.startswith("climb:")]
     assert re.search(r"^rc=2 ", proc.stdout, re.M), proc.stdout + proc.stderr
     assert "Traceback" not in first, first
-    assert len(errors) == 1, lines
-    assert "no space left on the disk holding" in errors[0] and str(disk) in errors[0] and "free space" in errors[0]
-    assert int(re.search(r"ms=(\d+)", proc.stdout).group(1)) < 30_000
-    committed = re.findall(r"^committed (.*)$", proc.stdout, re.M)
-    assert not any("/climbmix/" in c for c in committed) and len(committed) == 4  # the inputs only
     assert "rerun=0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
-    assert any("/climbmix/" in c for c in re.findall(r"^recommitted (.*)$", proc.stdout, re.M))
+    errors = [ln for ln in first.splitlines() if ln.startswith("climb:")]
+    ms = int(re.search(r"ms=(\d+)", proc.stdout).group(1))
+    committed = [re.findall(rf"^{w} .*/(\w+)/_manifest.json$", proc.stdout, re.M) for w in ("committed", "recommitted")]
+    return errors, ms, committed
+
+
+INPUTS = ["climblab", "clusters", "curated", "search"]
+
+
+def test_a_disk_that_fills_up_during_the_build_is_one_line_and_the_rerun_builds(tmp_path, sample_records):
+    errors, ms, (after, rerun) = _build_on_a_full_disk(tmp_path, sample_records, tokens=12_000, free_kb=104)
+    assert len(errors) == 1 and ms < 30_000, errors
+    assert errors[0].startswith("climb: build: no space left on the disk holding") and "free space" in errors[0]
+    assert str(tmp_path / "disk" / "_staging" / "climbmix-") in errors[0]
+    assert after == INPUTS and rerun == INPUTS[:1] + ["climbmix"] + INPUTS[1:]  # nothing half-written committed
+
+
+def test_a_build_that_cannot_fit_is_refused_before_it_writes_its_bulk(tmp_path, sample_records):
+    errors, ms, (after, rerun) = _build_on_a_full_disk(tmp_path, sample_records, tokens=40_000, free_kb=120)
+    assert len(errors) == 1 and ms < 30_000, errors
+    assert errors[0].startswith("climb: build: needs at least") and "free: free space there" in errors[0], errors
+    assert after == INPUTS and "climbmix" in rerun
+    assert not list((tmp_path / "disk").glob("*"))  # the disk was only ever mounted inside the namespace
 
 
 SEARCH_ON_A_FULL_STORE = """

@@ -13,6 +13,9 @@ What nothing committed loses: the datasets' contract (`mixture.dataset`) commits
 only whole, so after any of these failures the committed datasets are the ones before the run,
 and the run, started again once the cause is fixed, resumes what its resumable stages staged.
 
+Where a stage knows how much it will write before it writes it, `check_free` refuses to start on a
+disk with less free space than that (one line, before any bulk write), rather than fail half-way.
+
 Every line goes through `redact`: a URL in it keeps its scheme, host, port and path, never a
 user-info part (`user:secret@`).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -176,3 +180,28 @@ def translated(context: str, where: str | None = None) -> Iterator[None]:
         if fault is None:
             raise
         raise ResourceError(f"{context}: {fault.line}", fault.transient) from err
+
+
+def check_free(path: str | None, need: int, what: str) -> None:
+    """Raise a `ResourceError` when the disk holding the local `path` (None: not local, nothing
+    to check) has less than `need` bytes free."""
+    if path is None or need <= 0:
+        return
+    from pathlib import Path
+
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise ResourceError(
+            f"{what}: needs at least {_size(need)} more on the disk holding {path}, which has {_size(free)} free: "
+            "free space there (or point output_root at a larger disk) and run again"
+        )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
