@@ -167,3 +167,27 @@ echo "rc=$?"
     assert len(warnings) == 1 and "search: not recorded in MLflow" in warnings[0], proc.stderr[-3000:]
     assert "disk is full" in warnings[0] or "no space left" in warnings[0], warnings[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_during_the_spark_curation_is_one_line(tmp_path, tiny_corpus):
+    """The curation writes through Spark's Python workers: their `No space left on device` reaches
+    the driver inside a Java error, and is still one line naming the stage's staging folder."""
+    from conftest import tiny_config_dict
+
+    disk = tmp_path / "disk"
+    conf = tmp_path / "curate.yaml"
+    data = tiny_config_dict(tmp_path, [str(tiny_corpus)])
+    conf.write_text(yaml.safe_dump({**data, "output_root": str(disk)}))
+    script = f"""
+fill 96
+{CLIMB} curate --config "{conf}"
+echo "rc=$?"
+find "{disk}" -name _manifest.json | sed 's|^|committed |'
+"""
+    proc = small_disk.run(disk, 4096, script, timeout=600)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("climb:")]
+    assert "rc=2" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert errors[0].startswith("climb: curate: no space left on the disk holding") and str(disk) in errors[0]
+    assert "committed " not in proc.stdout
