@@ -5,7 +5,8 @@ The same stage function as `climb curate` (through `pipeline.run_stage`), so bot
 The Spark session is created first from spark-submit's own settings (`--master`, `--conf`), and
 the stage uses it; without spark-submit it falls back to `curate.spark_master`.
 Exit status (`mixture.cli.guarded`): 0 when the dataset is committed or up to date, 2 for a
-configuration or dataset error (one line), 1 for any other failure.
+configuration or dataset error or the machine's (a full disk, permission denied: one line), 1
+for an endpoint that does not answer (one line: the refresh DAG retries it) and any other failure.
 """
 
 from __future__ import annotations

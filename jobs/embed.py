@@ -4,8 +4,8 @@ The same stage function as `climb embed` (through `pipeline.run_stage`), so both
 dataset; it runs the ranges of shards in `embed.workers` processes (on a CPU machine each with
 `embed.threads` torch threads, default cores / workers), and a killed run resumes from its
 finished shards. Exit status (`mixture.cli.guarded`): 0 when the dataset is committed or up to
-date, 2 for the project's own errors (configuration, dataset, a model that cannot load: one line),
-1 for any other failure.
+date, 2 for the project's own errors (configuration, dataset, a model that cannot load) and the
+machine's (a full disk, permission denied: `mixture.faults`), each one line; 1 for any other failure.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ same function the CLI's search runs, and writes `runs/<run_id>.json` in the sear
 folder; a run that is already there is returned without training (retries repeat no work).
 Prints the run's score and metrics as one JSON line. Exit status (`mixture.cli.guarded`): 0 on
 success (a diverged proxy too: its run records the error), 2 for the project's own errors
-(configuration, dataset, target, job: one line), 1 for any other failure.
+(configuration, dataset, target, job) and the machine's (a full disk, permission denied), each one
+line; 1 for any other failure.
 """
 
 from __future__ import annotations

@@ -102,6 +102,7 @@ PLUMBING = (
     "parallel",
     "spark",
     "tracking",
+    "faults",
 )
 RUNNER = ("cli", "pipeline", "preflight")
 

@@ -4,7 +4,9 @@ appears nowhere: not in the output, the logs, the output folder or MLflow."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -133,3 +135,99 @@ def test_a_secret_in_an_input_uri_appears_nowhere(tmp_path, verbose):
     for path in tmp_path.rglob("*"):
         if path.is_file() and path != conf:
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+# ------------------------------------------------------------------ inputs that hold nothing
+def _no_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert not out.exists() or not list(out.rglob("_manifest.json")), "a dataset was committed"
+
+
+def test_an_empty_input_file_is_refused_before_any_stage_commits(tmp_path):
+    empty = tmp_path / "in" / "empty.jsonl"
+    empty.parent.mkdir()
+    empty.write_text("")
+    for command in ("curate", "run"):
+        proc, secs = _run([CLIMB, command, "--config", str(_config(tmp_path, [str(empty)]))])
+        _one_line(proc, secs, "input.uris", "no document", "every one empty")
+        _no_manifest(tmp_path)
+
+
+def test_an_input_whose_every_record_would_be_quarantined_is_refused(tmp_path, sample_records):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("\n\n{not json\n")
+    (folder / "b.jsonl").write_text('{"id": "x", "text": "   "}\n')
+    (folder / "c.jsonl").write_text("")
+    line = _one_line(
+        *_run([CLIMB, "curate", "--config", str(_config(tmp_path, [str(folder)]))]), "input.uris", "no document"
+    )
+    assert "3 files" in line and "blank_line 2" in line and "malformed_json 1" in line and "empty_text 1" in line
+    # one real document among them is enough
+    (folder / "d.jsonl").write_text(json.dumps(sample_records[0]) + "\n")
+    assert check_documents_passes(tmp_path, [str(folder)])
+
+
+def check_documents_passes(tmp_path: Path, uris: list[str]) -> bool:
+    from mixture import preflight
+    from mixture.config import load_config
+
+    preflight.check(load_config(_config(tmp_path, uris)), ["input.uris"])
+    return True
+
+
+def _unreadable(path: Path) -> list[str]:
+    """The command prefix under which `path` (mode 000) cannot be read: none for a user, and for
+    root (CI, containers) the same root without the capabilities that bypass file permissions."""
+    path.chmod(0)
+    if os.geteuid() != 0:
+        return []
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    probe = subprocess.run(drop + ["cat", str(path)], capture_output=True)
+    if shutil.which("setpriv") is None or probe.returncode == 0:
+        pytest.skip("cannot make a file unreadable here (root without setpriv to drop CAP_DAC_OVERRIDE)")
+    return drop
+
+
+def test_a_file_the_run_cannot_read_in_a_folder_it_can_is_one_line(tmp_path, sample_records):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps(sample_records[0]) + "\n")
+    locked = folder / "b.jsonl"
+    locked.write_text(json.dumps(sample_records[1]) + "\n")
+    prefix = _unreadable(locked)
+    conf = str(_config(tmp_path, [str(folder)]))
+    line = _one_line(*_run(prefix + [CLIMB, "curate", "--config", conf]), "input.uris", str(locked), "permission")
+    assert "read access" in line
+    _no_manifest(tmp_path)
+    # past the checks (an output folder it may not write), the runner's error path says the same
+    # in one line, and -v gives the traceback
+    locked.chmod(0o644)
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    out.chmod(0o555)
+    proc, secs = _run(prefix + [CLIMB, "curate", "--config", conf])
+    _one_line(proc, secs, "permission denied", str(out), "give the user running climb access")
+    proc, _ = _run(prefix + [CLIMB, "-v", "curate", "--config", conf])
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "PermissionError" in proc.stderr
+    out.chmod(0o755)
+
+
+# ------------------------------------------------------------------------------ endpoints
+def test_credentials_in_the_endpoint_url_are_refused_without_printing_them(tmp_path):
+    conf = _config(tmp_path, ["s3://bucket/corpus/"])
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        env = {**os.environ, name: f"http://operator:{SECRET}@127.0.0.1:9"}
+        for args in (["curate", "--config", str(conf)], ["-v", "curate", "--config", str(conf)]):
+            proc, secs = _run([CLIMB] + args, env)
+            assert proc.returncode == 2 and secs < 5, proc.stderr
+            assert f"{name} must not contain credentials" in proc.stderr
+            assert SECRET not in proc.stdout + proc.stderr and "operator" not in proc.stdout + proc.stderr
+
+
+def test_a_dead_mlflow_server_is_one_line(tmp_path, tiny_corpus):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = _config(tmp_path, [str(tiny_corpus)], tracking={"experiment": "t", "uri": f"http://127.0.0.1:{port}"})
+    _one_line(*_run([CLIMB, "curate", "--config", str(conf)]), "tracking.uri", "not reachable", f"127.0.0.1:{port}")

@@ -12,7 +12,8 @@ Layers point down only (docs/ARCHITECTURE.md; import-linter in `make check`). Mo
 - plumbing every family shares: `config/` (the one validated config), `storage` (local and S3),
   `dataset` (manifests, writer, commit), `increments` (dataset versions and refresh deltas),
   `lease` (one writer at a time), `contract` (the stage types), `registry` (extension points),
-  `parallel` (a step's jobs in spawned workers), `spark` (the Spark session), `tracking` (MLflow).
+  `parallel` (a step's jobs in spawned workers), `spark` (the Spark session), `tracking` (MLflow),
+  `faults` (operating-system and environment failures as one line).
 """
 
 __version__ = "0.1.0"

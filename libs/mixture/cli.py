@@ -12,7 +12,8 @@
 `--set key.sub=value` overrides any config key (validated like the file). Before a command starts
 any stage, its inputs, S3 credentials and endpoints are checked (`mixture.preflight`). Exit status
 is non-zero on any failure, with one clear line on stderr and status 2 for configuration, input,
-endpoint and dataset errors (`-v` shows their traceback).
+endpoint and dataset errors and for the operating system's (a full disk, a file it may not read, a
+database that cannot be written: `mixture.faults`); `-v` shows their traceback.
 """
 
 from __future__ import annotations
@@ -418,24 +419,36 @@ def guarded(
 ) -> int:
     """Run an entry point (`climb` and every `jobs/*.py`): the project's own errors (configuration,
     datasets, bad input, a model that cannot load, counts that do not add up, a dataset another run
-    is writing) are one line on stderr, `<name>: ...`, and exit status 2; anything else is a bug
-    and keeps its traceback (exit status 1). `-v` shows the traceback of the one-line errors too.
-    `errors` narrows the one-line errors to those types, for a job whose caller retries any other
-    failure (the refresh DAG retries `jobs/curate.py` unless it exits with 2)."""
+    is writing) and the operating system's or environment's (a full disk, a file it may not read, a
+    read-only folder, a database that cannot be written, an endpoint that does not answer:
+    `mixture.faults`) are one line on stderr, `<name>: ...`, and exit status 2; anything else is a
+    bug and keeps its traceback (exit status 1). `-v` shows the traceback of the one-line errors
+    too. `errors` narrows the project's one-line errors to those types, for a job whose caller
+    retries any other failure (the refresh DAG retries `jobs/curate.py` unless it exits with 2):
+    there an endpoint that does not answer is one line with exit status 1 (worth a retry)."""
+    from mixture import faults
+
     try:
         return fn()
     except Exception as err:
-        if errors is not None:
-            one_line = isinstance(err, errors)
+        if isinstance(err, faults.ResourceError):
+            fault: faults.Fault | None = faults.Fault(str(err), err.transient)
+        elif isinstance(err, errors) if errors is not None else _own_error(err):
+            fault = faults.Fault(
+                ("" if isinstance(err, (ConfigError, DatasetError)) else f"{type(err).__name__}: ") + str(err)
+            )
         else:
-            one_line = isinstance(err, (ConfigError, DatasetError)) or type(err).__module__.startswith("mixture.")
-        if not one_line:
+            fault = faults.describe(err)
+        if fault is None:
             raise
         if verbose:
             log.exception("failed")
-        prefix = "" if isinstance(err, (ConfigError, DatasetError)) else f"{type(err).__name__}: "
-        print(f"{name}: {prefix}{err}", file=sys.stderr)
-        return 2
+        print(f"{name}: {faults.redact(fault.line)}", file=sys.stderr)
+        return 1 if fault.transient and errors is not None else 2
+
+
+def _own_error(err: Exception) -> bool:
+    return isinstance(err, (ConfigError, DatasetError)) or type(err).__module__.startswith("mixture.")
 
 
 if __name__ == "__main__":

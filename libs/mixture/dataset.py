@@ -6,7 +6,8 @@ staging folder (`<root>/_staging/<name>-<key>`), and `commit()`, which the runne
 holds the dataset's lease (`mixture.lease`, one writer at a time):
 
 1. moves the committed dataset aside to `<root>/_staging/<name>.previous` (it stops being visible),
-2. moves the staging folder into place (a rename locally, a copy on S3),
+2. moves the staging folder into place (a rename locally, a copy on S3) and deletes the scratch
+   that came along (`.tmp-` names: never in a manifest),
 3. writes `_manifest.json` last, with the stage name, config hash, input manifest hashes, counts,
    every file's size and sha256, the package and code version and the start and end time,
 4. deletes the previous dataset.
@@ -187,8 +188,8 @@ class DatasetWriter:
         return storage.exists(storage.join(self.staging, rel))
 
     def commit(self, counts: dict[str, Any], extra: dict[str, Any] | None = None) -> Dataset:
-        """Swap the staged files in and write the manifest last; then delete the scratch (`.tmp-`
-        names, never in a manifest) that came along. Call it holding the lease."""
+        """Swap the staged files in, delete the scratch that came along (`.tmp-` names, never in a
+        manifest) and write the manifest last. Call it holding the lease."""
         files, scratch = self._staged_files()
         manifest = Manifest(
             stage=self.stage,
@@ -207,10 +208,12 @@ class DatasetWriter:
         if storage.exists(self.uri):
             storage.move(self.uri, previous)  # 1. out of sight
         storage.move(self.staging, self.uri)  # 2. in place
+        # kept until now (a stage's record for a commit retried after a failure before step 2),
+        # gone before the manifest: a committed folder holds exactly its manifest's files
+        for rel in scratch:
+            storage.delete(storage.join(self.uri, rel))
         storage.write_text(storage.join(self.uri, MANIFEST), manifest.to_json())  # 3. commit
         storage.delete(previous)  # 4. clean up
-        for rel in scratch:  # kept until now: a stage's record for a retried commit
-            storage.delete(storage.join(self.uri, rel))
         return open_dataset(self.uri)
 
     def _staged_files(self) -> tuple[list[dict[str, Any]], set[str]]:

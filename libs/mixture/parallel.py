@@ -9,11 +9,22 @@ fork); under Airflow each job is a mapped task instead, and the engines' own ret
 
 The first failed job fails the step at once: jobs not yet started are cancelled, the running ones
 finish (what they stage is kept, a rerun reuses it), and the error is raised.
+
+Workers never outlive their driver (`pool`, also the search's proxy pool): each asks the kernel to
+kill it when the process that started it dies (`PR_SET_PDEATHSIG` on Linux; elsewhere a thread
+that watches its parent), so a driver killed with SIGKILL leaves no worker training on, and none
+writing into a staging folder whose lease nobody holds any more.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -81,13 +92,53 @@ def fan_out(
             for job, w in zip(jobs, weights):
                 collect(fn(*job), w)
             return results
-        spawn = mp.get_context("spawn")
-        with ProcessPoolExecutor(n, mp_context=spawn, initializer=initializer, initargs=initargs) as pool:
-            futures = [pool.submit(fn, *job) for job in jobs]
+        with pool(n, initializer, initargs) as workers_pool:
+            futures = [workers_pool.submit(fn, *job) for job in jobs]
             try:
                 for future, w in zip(futures, weights):
                     collect(future.result(), w)
             except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
+                workers_pool.shutdown(wait=True, cancel_futures=True)
                 raise
     return results
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def pool(workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
+    """A pool of `workers` spawned processes (CUDA and torch threads do not survive a fork) that
+    die with this one; `initializer(*initargs)` runs once in each."""
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(os.getpid(), initializer, initargs),
+    )
+
+
+def _start_worker(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    die_with_parent(parent)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker: be killed (SIGKILL) when the process `parent` that started it dies. Linux: the
+    kernel's parent-death signal; elsewhere a daemon thread that checks the parent every 0.2 s."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died before the signal was asked for
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="die-with-parent").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from mixture import lease, storage
+from mixture import faults, lease, storage
 from mixture.config import Config, ConfigError
 from mixture.contract import Stage, StageContext, StageOutput
 from mixture.dataset import Dataset, DatasetError, DatasetWriter, open_dataset, recover, try_open, up_to_date
@@ -159,7 +159,7 @@ def exclusive(cfg: Config, name: str | Stage) -> Iterator[None]:
 
 def commit(ctx: StageContext, out: StageOutput) -> Dataset:
     """Commit what the stage staged, with its manifest written last, holding the lease."""
-    with exclusive(ctx.cfg, ctx.stage):
+    with exclusive(ctx.cfg, ctx.stage), faults.translated(ctx.stage.name, ctx.writer.staging):
         return ctx.writer.commit(out.counts, out.extra)
 
 
@@ -188,10 +188,12 @@ def run_stage(cfg: Config, name: str | Stage, force: bool = False) -> StageResul
         if not force and (done := current(cfg, st)):
             return _skipped(st, done)
         ctx = open_stage(cfg, st)
-        if not st.resumable:
-            ctx.writer.reset()
-        out = st.func()(ctx)
-        ds = ctx.writer.commit(out.counts, out.extra)
+        # a full disk, a file it may not read...: one line naming the stage (`mixture.faults`)
+        with faults.translated(st.name, ctx.writer.staging):
+            if not st.resumable:
+                ctx.writer.reset()
+            out = st.func()(ctx)
+            ds = ctx.writer.commit(out.counts, out.extra)
     secs = time.time() - t0
     log.info("%s: committed %s in %.1f s", st.name, ds.uri, secs)
     return StageResult(st.name, ds, False, secs, out.summary)

@@ -39,4 +39,16 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")
+    if (master or "").startswith("local"):
+        quiet_task_errors(spark)
     return spark
+
+
+def quiet_task_errors(spark) -> None:
+    """In local mode a failed task is logged by the executor and by the scheduler, the Python
+    worker's traceback included, and then raised in the driver with the same text: the raise is
+    what `climb` reports (one line; `-v` prints it whole), so those two logs are turned off."""
+    jvm = spark.sparkContext._jvm
+    off = jvm.org.apache.logging.log4j.Level.OFF
+    for name in ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager"):
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)

@@ -4,17 +4,32 @@ Default store: SQLite `mlflow.db` with artifacts in `mlartifacts/` under the out
 root), so `mlflow ui --backend-store-uri sqlite:///<root>/mlflow.db` shows everything with no
 server. Any tracking URI works (`tracking.uri`, or MLFLOW_TRACKING_URI when the config leaves it
 unset). Params never carry secrets: only config values, and the config holds no credentials.
+
+Tracking is the run's record, not its data: a store that cannot be written (a full disk, a
+read-only folder, a database that cannot be opened, a server that stops answering) never fails a
+stage nor loses its output. `recorded` (a block) and `Tracked` (an object whose methods log) turn
+such a failure into one WARNING line naming the store and what to do, and the stage goes on and
+commits as usual (its manifest holds its counts); the next run of a stage that is up to date logs
+nothing, so a lost record stays lost: rerun the stage with `--force` once the store is fixed to
+record it. (The pre-run checks, `mixture.preflight`, refuse an MLflow server that does not answer
+at all.) Removing retracted snippets from MLflow (`mixture.curate.retract`) is not a record but a
+duty, and fails the retraction instead.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mixture import storage
+from mixture import faults, storage
 from mixture.config import Config
+
+log = logging.getLogger(__name__)
+# Where a failure of the store comes from (an error raised by one of them, or from one of them).
+STORE_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "requests", "urllib3", "botocore", "boto3")
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -84,3 +99,74 @@ def flat_params(prefix: str, obj: Any) -> dict[str, Any]:
 
 def ui_command(cfg: Config) -> str:
     return f"mlflow ui --backend-store-uri '{tracking_uri(cfg)}' --port 5000"
+
+
+def store_failure(err: BaseException) -> bool:
+    """Whether `err` is the store failing (MLflow, its database or its server, its artifacts'
+    disk), not a bug of the code that logs."""
+    for e in faults.chain(err):
+        if isinstance(e, OSError) or type(e).__module__.split(".")[0] in STORE_MODULES:
+            return True
+    return False
+
+
+_warned: set[tuple[str, str]] = set()  # (what, store): said once a process, not once a call
+
+
+def warn(cfg: Config, what: str, err: BaseException) -> None:
+    """The one line a failed store gets: which store, why, and that the data is safe."""
+    try:
+        store = faults.redact(tracking_uri(cfg))
+    except ValueError:
+        store = "the MLflow store"
+    if (what, store) in _warned:
+        return
+    _warned.add((what, store))
+    fault = faults.describe(err)
+    why = fault.line if fault else f"{type(err).__name__}: {faults.redact(str(err)).splitlines()[0][:300]}"
+    log.warning(
+        "%s: not recorded in MLflow (%s): %s; the stage's data is committed as usual (fix the store, then "
+        "run the stage again with --force to record it)",
+        what,
+        store,
+        why,
+    )
+
+
+@contextmanager
+def recorded(cfg: Config, what: str) -> Iterator[None]:
+    """A block that logs to MLflow: a failure of the store ends the block with a warning, never the
+    stage; any other error is raised."""
+    try:
+        yield
+    except Exception as err:
+        if not store_failure(err):
+            raise
+        warn(cfg, what, err)
+
+
+class Tracked:
+    """An object whose methods log to MLflow (`make()` builds it when first used): after the
+    store fails once, a warning and no more calls; each call then returns None."""
+
+    def __init__(self, cfg: Config, what: str, make: Callable[[], Any]):
+        self._cfg, self._what, self._make = cfg, what, make
+        self._obj: Any = None
+        self._failed = False
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._failed:
+                return None
+            try:
+                if self._obj is None:
+                    self._obj = self._make()
+                return getattr(self._obj, name)(*args, **kwargs)
+            except Exception as err:
+                if not store_failure(err):
+                    raise
+                self._failed = True
+                warn(self._cfg, self._what, err)
+                return None
+
+        return call

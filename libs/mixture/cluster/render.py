@@ -39,7 +39,7 @@ def _kmeans_header(rep: dict[str, Any]) -> list[str]:
         f"{km['documents']:,} documents, embedded with `{rep.get('embedding_model')}`. "
         f"k-means K={km['k']} (asked {km['k_requested']}; trained on {km['train_points']:,} "
         f"documents, {km['niter']} iterations, nredo {km['nredo']}, seed {km['seed']}, "
-        f"{'GPU' if km['gpu'] else 'CPU'}, {km['seconds']} s; mean cosine to centroid {km['mean_cosine']})."
+        f"{'GPU' if km['gpu'] else 'CPU'}; mean cosine to centroid {km['mean_cosine']})."
     )
     pruned_total = sum(v["clusters"] for v in pr["pruned"].values())
     pruned_docs = sum(v["documents"] for v in pr["pruned"].values())
@@ -268,7 +268,10 @@ def log_mlflow(cfg: Config, rep: dict[str, Any], folder: Path, extra_metrics: di
 
     from mixture import tracking
 
-    with tracking.run(cfg, "cluster", nested=mlflow.active_run() is not None, tags={"stage": "cluster"}):
+    with (
+        tracking.recorded(cfg, "cluster"),
+        tracking.run(cfg, "cluster", nested=mlflow.active_run() is not None, tags={"stage": "cluster"}),
+    ):
         mlflow.log_params(tracking.flat_params("cluster", cfg.cluster.model_dump(mode="json")))
         metrics = {k: float(v) for k, v in rep["counts"].items() if isinstance(v, (int, float))}
         metrics.update(extra_metrics)

@@ -33,7 +33,8 @@ def metrics(counts: dict[str, Any], extra: dict[str, Any]) -> dict[str, float]:
 
 
 def log_run(cfg: Config, name: str, counts: dict[str, Any], extra: dict[str, Any]) -> str | None:
-    """Record one curation stage as an MLflow run; its id, or None when no store is reachable."""
+    """Record one curation stage as an MLflow run; its id, or None when no store is reachable or
+    the store fails (`tracking.recorded`: a warning, never the stage's end)."""
     import mlflow
 
     try:
@@ -41,7 +42,7 @@ def log_run(cfg: Config, name: str, counts: dict[str, Any], extra: dict[str, Any
     except ValueError as err:
         log.warning("%s: not logging to MLflow (%s)", name, err)
         return None
-    with tracking.run(cfg, name, tags={"stage": name}) as run:
+    with tracking.recorded(cfg, name), tracking.run(cfg, name, tags={"stage": name}) as run:
         params = tracking.flat_params("curate", cfg.curate.model_dump(mode="json"))
         params.update(tracking.flat_params("input", cfg.input.model_dump(mode="json", exclude={"uris"})))
         params["input.files"] = extra.get("input_files")
@@ -49,3 +50,4 @@ def log_run(cfg: Config, name: str, counts: dict[str, Any], extra: dict[str, Any
         mlflow.log_metrics(metrics(counts, extra))
         mlflow.log_dict({"counts": counts, "extra": extra}, f"{name}_counts.json")
         return run.info.run_id
+    return None  # the store failed: a warning, and the stage goes on

@@ -315,7 +315,10 @@ def track(cfg: Config, rep: PublishReport) -> None:
 
     from mixture import tracking
 
-    with tracking.run(cfg, "publish", tags={"stage": "publish", "noop": str(rep.noop).lower()}):
+    with (
+        tracking.recorded(cfg, "publish"),
+        tracking.run(cfg, "publish", tags={"stage": "publish", "noop": str(rep.noop).lower()}),
+    ):
         mlflow.log_params(
             {
                 "publish.uri": rep.uri,

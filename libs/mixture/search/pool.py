@@ -8,11 +8,11 @@ once. Under Airflow the same jobs are mapped tasks instead (`dags/climb_mixture_
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from tqdm import tqdm
 
+from mixture import parallel
 from mixture.config import Config
 from mixture.search import steps
 
@@ -41,9 +41,8 @@ class ProxyRunner:
 
     def __enter__(self) -> ProxyRunner:
         if self.workers > 1:
-            self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(self.threads,)
-            )
+            # spawned workers that die with this process (`mixture.parallel.pool`)
+            self.pool = parallel.pool(self.workers, _init_worker, (self.threads,))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -117,9 +117,11 @@ def finished_runs(writer: DatasetWriter, upto: int) -> list[dict]:
 
 
 def tracker(cfg: Config, writer: DatasetWriter):
+    """The search's MLflow records; a store that fails is a warning, never the search's end."""
+    from mixture import tracking
     from mixture.search.track import SearchTracker
 
-    return SearchTracker(cfg, search_key(writer))
+    return tracking.Tracked(cfg, "search", lambda: SearchTracker(cfg, search_key(writer)))
 
 
 # ----------------------------------------------------------------------------------- propose
@@ -308,7 +310,21 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: Dataset, objective: O
         "seconds": round(time.time() - t0, 3),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    storage.write_json(out_uri, out)
+    storage.write_json(out_uri, without_timings(out))
+    log.info("search: proxy %s finished in %.1f s", job["run_id"], out["seconds"])
+    return out  # with its timings: for the projection and MLflow
+
+
+# Wall-clock measurements of a run (top level, and of its training): returned to the caller, which
+# logs them (the run log, MLflow), never staged, so that a run's record is a function of its job.
+TIMINGS = ("seconds", "eval_seconds", "finished_at", "tokens_per_s")
+
+
+def without_timings(run: dict) -> dict:
+    """The run's record as it is staged and committed: no wall-clock timings."""
+    out = {k: v for k, v in run.items() if k not in TIMINGS}
+    if isinstance(run.get("train"), dict):
+        out["train"] = {k: v for k, v in run["train"].items() if k not in TIMINGS}
     return out
 
 

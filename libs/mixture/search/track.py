@@ -152,6 +152,9 @@ class SearchTracker:
         for k in ("seconds", "tokens_per_s", "params", "tokens"):
             if k in train:
                 metrics[f"train.{k}"] = train[k]
+        for k in ("seconds", "eval_seconds"):  # timings: here, not in the committed record
+            if k in run:
+                metrics[k] = run[k]
         steps = [("train.loss", s, v) for s, v in run.get("loss_curve", [])]
         self._log(run_id, params=params, metrics=metrics, steps=steps)
         self.client.set_terminated(run_id, "FINISHED" if run.get("score") is not None else "FAILED")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixture import storage
+from mixture import storage, tracking
 from mixture.climblab import ClimbLab
 from mixture.contract import StageContext, StageOutput
 from mixture.search import baselines as B
@@ -46,7 +46,10 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
     storage.write_json(writer.path("results.json"), results)
     storage.write_text(writer.path("table.md"), text + "\n")
     storage.write_bytes(writer.path("weights.png"), weights_png)
-    SearchTracker(cfg, steps.search_key(writer)).log_baselines(results, {"table.md": text, "weights.png": weights_png})
+    with tracking.recorded(cfg, "baselines"):
+        SearchTracker(cfg, steps.search_key(writer)).log_baselines(
+            results, {"table.md": text, "weights.png": weights_png}
+        )
     return StageOutput(
         {"methods": len(B.METHODS), "runs": len(finished) + len(pool)},
         {

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mixture import storage
+from mixture import faults, storage
 from mixture.climblab import ClimbLab
 from mixture.climbmix import build as climbmix_build
 from mixture.climbmix import shuffle
@@ -37,9 +37,24 @@ def mixture_uri(ctx: StageContext) -> str:
 
 def plan(ctx: StageContext) -> dict[str, Any]:
     """Select the documents, draw the global order and stage the shuffle's plan (kept when the
-    same plan is staged already); returns the layout (`parts`, `buckets`: `to_dict()` rows)."""
+    same plan is staged already); returns the layout (`parts`, `buckets`: `to_dict()` rows). A
+    disk with less free space than the scatter and gather will surely write is refused here."""
     lab = ClimbLab(ctx.input("climblab"))
-    return climbmix_build.plan(lab, ctx.writer, ctx.cfg.build, ctx.cfg.seed, mixture_uri(ctx))
+    layout = climbmix_build.plan(lab, ctx.writer, ctx.cfg.build, ctx.cfg.seed, mixture_uri(ctx))
+    if (local := storage.local_path(ctx.writer.staging)) is not None:  # S3 does not fill up
+        staged = sum(storage.size(f) for f in storage.list_files(ctx.writer.staging))
+        faults.check_free(local, space_needed(layout, ctx.cfg.build.formats, lab.dtype.itemsize) - staged, "build")
+    return layout
+
+
+TOKEN_FORMATS = {"tokens", "megatron", "nanogpt"}  # the built-in formats that write every token
+
+
+def space_needed(layout: dict[str, Any], formats: list[str], itemsize: int) -> int:
+    """A lower bound of the bytes a build writes: its tokens once in the shuffle's routed rows and
+    once per format that writes tokens (texts, indexes and the card come on top)."""
+    tokens = sum(int(c["tokens"]) for c in layout["per_cluster"].values())
+    return tokens * itemsize * (1 + len(TOKEN_FORMATS & set(formats)))
 
 
 def scatter(ctx: StageContext, part: Part) -> int:

@@ -74,6 +74,7 @@ def run_kmeans(ctx: StageContext, why: str, drift: dict) -> StageOutput:
     points, n_clusters = stats.map_points(), len(stats.sizes)
     render.stage_report(ctx.cfg, ctx.writer, rep, points=points, n_clusters=n_clusters, metrics=metrics)
     out = passes.output(cfg, counts, rep, cl, scoring.names)
+    out.extra["seconds"] = {"kmeans": round(cl.km.seconds, 2), "stage": round(metrics["stage_seconds"], 2)}
     lin = increments.next_lineage(ctx.previous, "full", ctx.settings_hash, ctx.inputs, {"clustered": corpus.n, **drift})
     out.extra["drift_reference"] = passes.drift_reference(cl, stats, lin.version)
     out.extra = increments.record(ctx.writer, ctx.previous, lin, out.extra)

@@ -38,10 +38,11 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
     cfg, writer = ctx.cfg, ctx.writer
     t = steps.tracker(cfg, writer)
     logged = t.logged_proxies()
-    reused = 0
+    reused, trained = 0, [0.0]
     eta = Projection(sum(cfg.search.iterations) * cfg.search.seeds, cfg.search.workers)
 
     def on_done(r: dict) -> None:
+        trained[0] += float(r.get("seconds") or 0)
         t.log_proxy(r, logged)
         if line := eta.done(r):
             log.info("%s", line)
@@ -67,6 +68,7 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
         reused += _playoff(ctx, runner, objective)
     out = steps.finish(ctx)
     out.extra["reused_runs"] = reused
+    out.extra["seconds"] = {"proxies": round(trained[0], 1)}  # timings: the manifest's, not the files
     out.summary.insert(1, ("resumed", f"{reused} finished runs reused") if reused else ("resumed", "no"))
     return out
 
