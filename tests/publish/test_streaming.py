@@ -179,6 +179,8 @@ def test_a_state_from_another_stream_is_refused(built):
         ClimbMixStream(ds.uri, 16).load_state_dict(state)
     with pytest.raises(ValueError, match="world_size"):
         ClimbMixStream(ds.uri, SEQ, rank=0, world_size=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="split='train', this stream has 'validation'"):
+        ClimbMixStream(ds.uri, SEQ, split="validation").load_state_dict(state)
 
 
 def test_a_corrupted_shard_is_refused_before_its_tokens_are_used(built, tmp_path):

@@ -359,8 +359,8 @@ def summary(cfg: BuildConfig, counts: dict, clusters: dict[str, dict], n_shards:
             (
                 "validation",
                 f"{counts['validation_tokens']:,} tokens in {counts['validation_documents']:,} held-out documents "
-                f"(validation/, nanogpt/val.bin; {sum(v['copies_excluded'] for v in clusters.values())} exact copies "
-                "kept out of training)",
+                f"(validation/; {sum(v['copies_excluded'] for v in clusters.values())} exact copies kept out of "
+                "training)",
             )
         )
     capped = [c for c, v in clusters.items() if v["capped"]]

@@ -214,8 +214,9 @@ class ClimbMixStream(IterableDataset):
         """The next pass continues at the window after the last one consumed in `state`'s run."""
         mine = self.state_dict(0)
         for key in ("manifest_sha256", "split", "seq_len", "world_size", "rank"):
-            if state.get(key, "train" if key == "split" else None) != mine[key]:
-                raise ValueError(f"the saved state is for {key}={state[key]!r}, this stream has {mine[key]!r}")
+            saved = state.get(key, "train" if key == "split" else None)  # a state saved before splits: train
+            if saved != mine[key]:
+                raise ValueError(f"the saved state is for {key}={saved!r}, this stream has {mine[key]!r}")
         if not 0 <= state["position"] <= self.hi - self.lo:
             raise ValueError(f"position {state['position']} is outside this rank's {self.hi - self.lo} windows")
         self.position = int(state["position"])
