@@ -66,13 +66,12 @@ def make_dataset(root: Path, mb: float, files: int):
 
 def read_all(uri: str, args: argparse.Namespace, **kw) -> tuple[float, int]:
     """(seconds, tokens) to read every window of the version once through a DataLoader."""
-    from mixture.publish.streaming import ClimbMixStream
-    from torch.utils.data import DataLoader
+    from mixture.publish.streaming import ClimbMixLoader, ClimbMixStream
 
     t = time.perf_counter()
-    stream = ClimbMixStream(uri, args.seq_len, batch_size=args.batch, **kw)
+    stream = ClimbMixStream(uri, args.seq_len, **kw)
     n = 0
-    for x, _ in DataLoader(stream, batch_size=args.batch, num_workers=args.workers):
+    for x, _ in ClimbMixLoader(stream, batch_size=args.batch, num_workers=args.workers):
         n += x.numel()
     return time.perf_counter() - t, n
 
@@ -102,14 +101,13 @@ def train_rate(batches, steps: int, vocab: int) -> tuple[float, float]:
 
 def train_bench(args: argparse.Namespace, tmp: Path) -> None:
     """The proxy trained from the stream (S3, cold cache) and from batches already in memory."""
-    from mixture.publish.streaming import ClimbMixStream
-    from torch.utils.data import DataLoader
+    from mixture.publish.streaming import ClimbMixLoader, ClimbMixStream
 
     seq, batch = 256, 4
-    stream = ClimbMixStream("s3://bench/climbmix", seq, batch_size=batch, cache_dir=str(tmp / "cache-train"))
-    loader = DataLoader(stream, batch_size=batch, num_workers=args.workers)
+    stream = ClimbMixStream("s3://bench/climbmix", seq, cache_dir=str(tmp / "cache-train"))
+    loader = ClimbMixLoader(stream, batch_size=batch, num_workers=args.workers)
     streamed, loss_s = train_rate(loader, args.train_steps, 8192)
-    local = DataLoader(ClimbMixStream(str(tmp / "climbmix"), seq, batch_size=batch), batch_size=batch)
+    local = ClimbMixLoader(ClimbMixStream(str(tmp / "climbmix"), seq), batch_size=batch)
     in_memory, loss_m = train_rate(list(itertools.islice(local, args.train_steps)), args.train_steps, 8192)
     print(
         f"train cpu-2m, seq_len {seq}, batch {batch}, {args.train_steps} steps: from S3 through the stream "

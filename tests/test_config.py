@@ -67,6 +67,7 @@ def test_load_yaml_resolves_relative_paths_and_overrides(tmp_path, monkeypatch):
     cfg = load_config(f, {"search.iterations": [4, 2]})
     assert cfg.output_root == str(tmp_path / "out")
     assert cfg.input.uris == [str(tmp_path / "data/a.jsonl"), "s3://b/k"]
+    assert cfg.input.configured_uris == ["data/a.jsonl", "s3://b/k"]  # as written: what manifests record
     assert cfg.search.iterations == [4, 2]
 
 

@@ -110,7 +110,10 @@ def test_build_writes_mixture_shards(lab_inputs, caplog):
     for c, w in WEIGHTS.items():
         target = w * cfg.build.tokens
         assert target <= info[c]["tokens"] < target + avail[c]["tokens"], c
-        assert info[c]["epochs"] == pytest.approx(info[c]["tokens"] / avail[c]["tokens"])
+        # epochs count the documents the validation split left (its documents and their copies)
+        assert info[c]["epochs"] == pytest.approx(info[c]["tokens"] / info[c]["available_tokens"])
+        assert info[c]["available_tokens"] + info[c]["validation_tokens"] == avail[c]["tokens"]
+        assert info[c]["validation_documents"] >= 1 and info[c]["copies_excluded"] == 0
     assert m.extra["mixture"] == pytest.approx(WEIGHTS)
     assert m.counts["documents"] == sum(v["documents"] for v in info.values())
     assert m.counts["tokens"] == sum(v["tokens"] for v in info.values())
@@ -181,7 +184,7 @@ def test_epoch_cap_warns_and_names_cluster(lab_inputs, caplog, tmp_path):
     assert any("cluster c03" in w and "max_epochs=2" in w for w in warned), warned
     assert not any("cluster c00" in w for w in warned)
     info = ds.manifest.extra["clusters"]
-    avail = lab.manifest.extra["clusters"]["c03"]["tokens"]
+    avail = info["c03"]["available_tokens"]  # what the validation split left
     assert info["c03"]["capped"] and info["c03"]["epochs"] <= 2.0 + 1e-9
     assert 2 * avail <= info["c03"]["tokens"] + max(np.diff(np.load(lab.path("c03/tokens.idx"))))
     assert ds.manifest.extra["capped_clusters"] == ["c03"]
@@ -251,3 +254,44 @@ def test_card_title_comes_from_the_data_not_the_run_name(lab_inputs):
         f"# ClimbMix-style dataset: {a.manifest.counts['tokens']:,} tokens from 4 clusters, "
         f"mixture {a.manifest.extra['mixture_sha256'][:12]}"
     )
+
+
+def test_the_card_names_the_inputs_as_configured_whatever_directory_the_build_ran_from(
+    tmp_path, sample_records, monkeypatch
+):
+    """`load_config` resolves relative paths against the directory a command runs in: a build run
+    elsewhere would name a path that does not exist, on the machine it ran on. The card lists the
+    input URIs as the curated manifest records them (as configured) and names each upstream
+    dataset's version."""
+    import yaml
+    from mixture.config import load_config
+
+    root = tmp_path / "out"
+    recorded = ["data/corpus/*.jsonl.gz", "s3://corpus-bucket/crawl/"]
+    lab = make_climblab(root, sample_records, sources=recorded, curated_version=3)
+    make_search(root, lab, WEIGHTS)
+    conf = tmp_path / "run.yaml"
+    data = {"output_root": str(root), "seed": 7, "input": {"uris": ["data/corpus/*.jsonl.gz"]}}
+    conf.write_text(
+        yaml.safe_dump({**data, "build": {"tokens": 12_000, "shard_docs": 16}, "tracking": {"experiment": "t"}})
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(conf)
+    assert cfg.input.uris == [str(elsewhere / "data/corpus/*.jsonl.gz")]  # resolved here: not a real input
+    ds = run_stage(cfg, "build").dataset
+    card = Path(ds.path("README.md")).read_text()
+    sources = card.split("## Sources")[1].split("## ")[0]
+    assert [line[3:-1] for line in sources.splitlines() if line.startswith("- `")] == recorded
+    assert "recorded in the curated dataset's manifest" in sources and str(tmp_path) not in card
+    curated = open_dataset(str(root / "curated"))
+    assert f"- curated: version 3, manifest sha256 `{curated.manifest_sha256[:16]}`" in sources
+    assert f"- climblab: manifest sha256 `{lab.manifest_sha256[:16]}`" in sources
+    assert "- clusters: manifest sha256 `" in sources
+    # a curated dataset that records none: the config as written, not as resolved
+    lab = make_climblab(tmp_path / "other", sample_records)
+    make_search(tmp_path / "other", lab, WEIGHTS)
+    conf.write_text(conf.read_text().replace(str(root), str(tmp_path / "other")))
+    card = Path(run_stage(load_config(conf), "build").dataset.path("README.md")).read_text()
+    assert "- `data/corpus/*.jsonl.gz`" in card and str(tmp_path) not in card

@@ -34,7 +34,7 @@ def committed(ds) -> dict[str, str]:
 
 def config(root: Path, **settings):
     """Shards of 4 documents (about 8 of them), every format."""
-    return make_config(root, formats=FORMATS, val_fraction=0.05, shard_docs=4, **settings)
+    return make_config(root, formats=FORMATS, shard_docs=4, **{"val_fraction": 0.05, **settings})
 
 
 def build(root: Path, **settings):
@@ -135,7 +135,8 @@ def test_no_cluster_text_is_read_whole_and_a_bucket_holds_at_most_bucket_docs(la
 
     monkeypatch.setattr(shuffle, "bucket_rows", recording)
     ds = build(lab_root, bucket_docs=8, part_docs=4)
-    assert sum(sizes) == ds.manifest.counts["documents"] and max(sizes) <= 8 and len(sizes) >= 3
+    counts = ds.manifest.counts  # the validation split's buckets are gathered too
+    assert sum(sizes) == counts["documents"] + counts["validation_documents"] and max(sizes) <= 8 and len(sizes) >= 3
 
 
 def test_steps_run_in_any_order_and_each_missing_piece_is_a_clear_error(lab_root):
@@ -305,7 +306,8 @@ def test_a_part_writes_one_batch_per_bucket_unless_its_rows_pass_the_buffer(lab_
 
 def test_the_plan_skips_row_groups_with_no_selected_document(lab_root, monkeypatch):
     """Parts hold a selected document each (no part reads text for nothing), and the plan reads
-    each cluster's offsets twice: its size, then its lengths to sample by."""
+    each cluster's offsets three times: its size, its documents' hashes for the validation split
+    (`mixture.climbmix.holdout`), then its lengths to sample by; without a split, twice."""
     from collections import Counter
 
     from mixture import pipeline, storage
@@ -328,4 +330,7 @@ def test_the_plan_skips_row_groups_with_no_selected_document(lab_root, monkeypat
 
     monkeypatch.setattr(storage, "open_read", open_read)
     stage.plan(pipeline.open_stage(config(lab_root, part_docs=4), "build"))
+    assert len(opened) == 4 and set(opened.values()) == {3}
+    opened.clear()
+    stage.plan(pipeline.open_stage(config(lab_root, part_docs=4, val_fraction=0.0), "build"))
     assert len(opened) == 4 and set(opened.values()) == {2}

@@ -1,6 +1,9 @@
-"""Output formats `megatron` and `nanogpt`: what Megatron-LM / NeMo and nanoGPT read is exactly the
-build's documents. Megatron's files are read with Megatron-Core's own `IndexedDataset` (the
-`megatron-core` test dependency), nanoGPT's with numpy.memmap as its `get_batch` does."""
+"""Output formats `megatron` and `nanogpt`, and the tokenizer folder: what Megatron-LM / NeMo and
+nanoGPT read is exactly the build's documents, split as the build held them out, and their
+tokenizers find the end-of-document and pad tokens without arguments. Megatron's files are read
+with Megatron-Core's own `IndexedDataset`, `BlendedMegatronDatasetBuilder` and
+`MegatronTokenizer` (the `megatron-core` test dependency), nanoGPT's with numpy.memmap as its
+`get_batch` does and its `meta.pkl` as its `train.py` does, the tokenizer with `transformers`."""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import numpy as np
 import pytest
 from helpers.climbmix import make_climblab, make_config, make_search
 from mixture.climbmix.formats.megatron import write_indexed
-from mixture.climbmix.formats.nanogpt import val_documents
 from mixture.pipeline import run_stage
 from mixture.publish.reader import ClimbMix
 
@@ -23,7 +25,8 @@ WEIGHTS = {"c00": 0.4, "c01": 0.3, "c02": 0.2, "c03": 0.1}
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, sample_records):
-    """One build in every format (5 shards of up to 16 documents), shared by this module's tests."""
+    """One build in every format (shards of up to 16 documents, a validation split of 5%),
+    shared by this module's tests."""
     root = tmp_path_factory.mktemp("formats") / "out"
     lab = make_climblab(root, sample_records)
     make_search(root, lab, WEIGHTS)
@@ -75,56 +78,82 @@ def test_a_vocabulary_over_uint16_is_stored_as_megatron_int32(tmp_path):
     assert [ds[i].tolist() for i in range(3)] == [d.tolist() for d in docs]
 
 
-def test_nanogpt_splits_whole_documents_seeded(built):
+def test_nanogpt_train_and_val_are_the_two_splits_in_order(built):
     mix = ClimbMix(built.uri)
-    docs = list(mix.iter_tokens())
+    docs, held = list(mix.iter_tokens()), list(mix.iter_tokens(split="validation"))
     meta = json.load(open(built.path("nanogpt/meta.json")))
-    val = np.load(built.path("nanogpt/val_index.npy"))
-    assert np.array_equal(val, val_documents(len(docs), 0.05, 7))  # the run's seed
-    assert meta["val"]["documents"] == len(val) == round(0.05 * len(docs)) >= 1
     train = np.memmap(built.path("nanogpt/train.bin"), dtype=meta["dtype"], mode="r")
-    held = np.memmap(built.path("nanogpt/val.bin"), dtype=meta["dtype"], mode="r")
-    in_val = set(val.tolist())
-    assert np.array_equal(held, np.concatenate([docs[i] for i in val]))
-    assert np.array_equal(train, np.concatenate([d for i, d in enumerate(docs) if i not in in_val]))
-    assert meta["train"] == {"documents": len(docs) - len(val), "tokens": len(train)}
-    assert meta["val"]["tokens"] == len(held) and meta["eos_id"] == mix.eos_id
-    assert meta["vocab_size"] == mix.info["vocab_size"] and meta["dtype"] == "uint16"
-    assert not built.files("nanogpt/part-")  # the staged pieces are gone
+    val = np.memmap(built.path("nanogpt/val.bin"), dtype=meta["dtype"], mode="r")
+    assert np.array_equal(train, np.concatenate(docs)) and np.array_equal(val, np.concatenate(held))
+    assert meta["train"] == {"documents": len(docs), "tokens": len(train)}
+    assert meta["val"] == {"documents": len(held), "tokens": len(val)} and len(held) >= 1
+    assert meta["eos_id"] == mix.eos_id and meta["vocab_size"] == mix.info["vocab_size"] and meta["dtype"] == "uint16"
+    assert not built.files("nanogpt/part-") and not built.files("validation/nanogpt/")  # the staged pieces are gone
 
 
-def test_the_validation_split_has_a_document_even_when_the_share_rounds_to_none():
-    assert len(val_documents(40, 0.005, 1)) == 1  # 0.2 documents -> 1
-    assert len(val_documents(1000, 0.005, 1)) == 5
-    assert len(val_documents(1, 0.5, 1)) == 0 and len(val_documents(40, 0.0, 1)) == 0  # nothing to hold out
-    assert not np.array_equal(val_documents(1000, 0.05, 1), val_documents(1000, 0.05, 2))
-    assert np.array_equal(val_documents(1000, 0.05, 1), val_documents(1000, 0.05, 1))
+def test_nanogpt_train_py_takes_the_vocabulary_size_from_meta_pkl(built):
+    """What nanoGPT's train.py does with a dataset folder (data/<name>/): a meta.pkl's
+    `vocab_size` sizes the model; without one it would use GPT-2's 50,304."""
+    import os
+    import pickle
+
+    data_dir = built.path("nanogpt")
+    meta_vocab_size = None
+    meta_path = os.path.join(data_dir, "meta.pkl")
+    if os.path.exists(meta_path):
+        with open(meta_path, "rb") as f:
+            meta = pickle.load(f)  # noqa: S301 - the build's own file, read as nanoGPT reads it
+        meta_vocab_size = meta["vocab_size"]
+    assert meta_vocab_size == built.manifest.extra["vocab_size"] == 300
+    assert meta["dtype"] == "uint16" and meta["eos_id"] == built.manifest.extra["eos_id"]
 
 
-class _Tokenizer:
-    """What Megatron's GPTDataset asks of a tokenizer: the end-of-document and padding ids."""
+def test_the_tokenizer_folder_names_the_end_of_document_and_pad_tokens(built, monkeypatch):
+    """AutoTokenizer and Megatron-Core's tokenizer load `tokenizer/` without arguments and find
+    the end-of-document and pad ids; the ids they encode are the dataset's."""
+    from megatron.core.tokenizers import MegatronTokenizer
+    from transformers import AutoTokenizer
 
-    def __init__(self, eod: int, vocab_size: int):
-        self.eod, self.pad, self.vocab_size = eod, vocab_size, vocab_size  # padding: no token id
-        self.unique_identifiers = {"class": "climbmix-test", "eod": eod}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    extra = built.manifest.extra
+    eos, pad = extra["eos_id"], extra["special_tokens"]["pad_id"]
+    assert extra["special_tokens"]["eos_token"] == "<|endoftext|>" and extra["special_tokens"]["pad_token"] == "<|pad|>"
+    hf = AutoTokenizer.from_pretrained(built.path("tokenizer"))
+    assert (hf.eos_token_id, hf.bos_token_id, hf.pad_token_id) == (eos, eos, pad) and eos != pad
+    row = next(ClimbMix(built.uri).iter_texts())
+    first = next(ClimbMix(built.uri).iter_tokens())
+    assert hf(row["text"]).input_ids + [hf.eos_token_id] == first.tolist()  # no special token added
+    for meg in (
+        MegatronTokenizer.from_pretrained(built.path("tokenizer")),  # reads tokenizer_metadata.json
+        MegatronTokenizer.from_pretrained(built.path("tokenizer"), {"library": "huggingface"}),
+    ):
+        assert (meg.eod, meg.pad) == (eos, pad)
+        assert meg.tokenize(row["text"]) + [meg.eod] == first.tolist()
 
 
-def test_megatron_gpt_dataset_samples_from_the_blend_as_data_path_does(built, tmp_path, monkeypatch):
-    """`--data-path $(cat megatron/blend.txt)` in Megatron-LM: GPTDataset over the weighted shards
-    (BlendedMegatronDatasetBuilder, as pretrain_gpt.py builds it), every sample a run of a shard."""
+def test_megatron_samples_training_and_validation_from_their_own_blends(built, tmp_path, monkeypatch):
+    """The card's recipe, `--train-data-path $(cat megatron/blend.txt) --valid-data-path $(cat
+    validation/megatron/blend.txt)`: GPTDataset per split over its weighted shards
+    (BlendedMegatronDatasetBuilder with `blend_per_split`, as pretrain_gpt.py builds it) with the
+    dataset's own tokenizer folder; every training sample is a run of training documents, every
+    validation sample a run of held-out ones."""
     import torch
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
     from megatron.core.datasets.utils import get_blend_from_list
+    from megatron.core.tokenizers import MegatronTokenizer
 
     monkeypatch.chdir(built.uri)  # the prefixes are relative to the dataset
     extra = built.manifest.extra
     cfg = GPTDatasetConfig(
         random_seed=1,
         sequence_length=64,
-        split="100,0,0",
-        blend=get_blend_from_list(open("megatron/blend.txt").read().split()),
-        tokenizer=_Tokenizer(extra["eos_id"], extra["vocab_size"]),
+        blend_per_split=[
+            get_blend_from_list(open("megatron/blend.txt").read().split()),
+            get_blend_from_list(open("validation/megatron/blend.txt").read().split()),
+            None,
+        ],
+        tokenizer=MegatronTokenizer.from_pretrained("tokenizer"),
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,
@@ -132,16 +161,23 @@ def test_megatron_gpt_dataset_samples_from_the_blend_as_data_path_does(built, tm
     )
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
-        train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [60, 0, 0], lambda: True, cfg).build()
+        train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [60, 8, 0], lambda: True, cfg).build()
         samples = [train[i] for i in range(len(train))]
+        held = [valid[i] for i in range(len(valid))]
     finally:
         torch.distributed.destroy_process_group()
-    every, per = [d.tolist() for d in ClimbMix(built.uri).iter_tokens()], extra["shard_docs"]
+    mix, per = ClimbMix(built.uri), extra["shard_docs"]
+    every = [d.tolist() for d in mix.iter_tokens()]
     docs = {i: every[i * per : (i + 1) * per] for i in range(extra["shards"])}
     assert len(samples) >= 60 and {int(s["dataset_id"]) for s in samples} == set(range(extra["shards"]))
     for s in samples:
         window = np.append(s["tokens"].numpy(), s["labels"].numpy()[-1]).tolist()
         assert is_packed_from(window, docs[int(s["dataset_id"])], extra["eos_id"])
+    val_docs = [d.tolist() for d in mix.iter_tokens(split="validation")]
+    assert len(held) >= 8
+    for s in held:
+        window = np.append(s["tokens"].numpy(), s["labels"].numpy()[-1]).tolist()
+        assert is_packed_from(window, val_docs, extra["eos_id"])
 
 
 def is_packed_from(window: list[int], docs: list[list[int]], eos: int) -> bool:

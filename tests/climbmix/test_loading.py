@@ -14,8 +14,7 @@ import pytest
 from helpers.climbmix import WEIGHTS, make_climblab, make_config, make_search
 from mixture.pipeline import run_stage
 from mixture.publish.reader import ClimbMix
-from mixture.publish.streaming import ClimbMixStream
-from torch.utils.data import DataLoader
+from mixture.publish.streaming import ClimbMixLoader, ClimbMixStream
 
 pytestmark = pytest.mark.filterwarnings("ignore:Transformer Engine and Apex are not installed")
 
@@ -37,6 +36,9 @@ def hf_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+S3_VERSION = "s3://my-bucket/climbmix/<version>"  # the card's and the manual's published version
+
+
 def python_blocks(card: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", card, flags=re.S)
 
@@ -51,22 +53,30 @@ def test_every_python_snippet_of_the_card_runs_in_the_dataset_folder(built, monk
         "IndexedDataset",
         "nanogpt/train.bin",
         'ClimbMix(".")',
-        "ClimbMixStream",
+        "ClimbMixLoader",
         "num_workers=2",
+        'split="validation"',
+        "AutoTokenizer",
+        S3_VERSION,
     ):
         assert any(marker in b for b in blocks), marker
-    assert "--data-path $(cat megatron/blend.txt)" in card
+    assert "--train-data-path $(cat megatron/blend.txt) --valid-data-path $(cat validation/megatron/blend.txt)" in card
+    assert "  - split: validation\n    path: validation/parquet/part-*.parquet" in card
     monkeypatch.chdir(built.uri)
     docs = list(ClimbMix(".").iter_tokens())
     names: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), names)  # noqa: S102 - the card's own code
-    n = built.manifest.counts["documents"]
-    assert names["table"].num_rows == len(names["data"]) == n  # pyarrow, datasets
+        if S3_VERSION not in block:  # that one runs against a published version (below)
+            exec(compile(block, "README.md", "exec"), names)  # noqa: S102 - the card's own code
+    counts, extra = built.manifest.counts, built.manifest.extra
+    assert names["table"].num_rows == len(names["data"]) == counts["documents"]  # pyarrow, datasets
+    assert names["splits"]["validation"].num_rows == counts["validation_documents"] >= 1
     assert np.array_equal(names["doc0"], docs[0])  # megatron-core
     assert np.array_equal(names["tokens"][names["offsets"][0] : names["offsets"][1]], docs[0])  # token shards
-    assert len(names["train"]) + len(names["val"]) == built.manifest.counts["tokens"]  # nanoGPT
-    assert len(names["stream"]) > 0
+    assert len(names["train"]) == counts["tokens"] and len(names["val"]) == counts["validation_tokens"]  # nanoGPT
+    assert (names["eos_id"], names["pad_id"]) == (extra["eos_id"], extra["special_tokens"]["pad_id"])  # transformers
+    assert len(names["stream"]) > 0 and names["state"]["position"] == 0  # a whole pass: the next starts at 0
+    assert 0 < len(names["held_out"]) < len(names["stream"])
 
 
 # --------------------------------------------------------------------------- four readers, one answer
@@ -92,25 +102,18 @@ def from_megatron(built) -> list[np.ndarray]:
 
 
 def from_nanogpt(built) -> list[np.ndarray]:
-    """Documents from train.bin / val.bin with numpy (cut at the end-of-document ids), in build order."""
+    """Documents from train.bin with numpy (cut at the end-of-document ids), in build order."""
     meta = json.load(open(built.path("nanogpt/meta.json")))
-    val_index = np.load(built.path("nanogpt/val_index.npy"))
-
-    def documents(name: str) -> list[np.ndarray]:
-        flat = np.memmap(built.path(f"nanogpt/{name}.bin"), dtype=meta["dtype"], mode="r")
-        return [np.array(d) for d in np.split(flat, np.flatnonzero(flat == meta["eos_id"]) + 1)[:-1]]
-
-    train, val = iter(documents("train")), iter(documents("val"))
-    held = set(val_index.tolist())
-    return [next(val) if i in held else next(train) for i in range(meta["train"]["documents"] + len(held))]
+    flat = np.memmap(built.path("nanogpt/train.bin"), dtype=meta["dtype"], mode="r")
+    return [np.array(d) for d in np.split(flat, np.flatnonzero(flat == meta["eos_id"]) + 1)[:-1]]
 
 
 def from_stream(built, seq_len: int = 8) -> list[np.ndarray]:
     """Each shard's token run from the streaming loader's windows (2 workers), stitched back."""
-    stream = ClimbMixStream(built.uri, seq_len, batch_size=4)
+    stream = ClimbMixStream(built.uri, seq_len)
     windows = [
         w
-        for x, y in DataLoader(stream, batch_size=4, num_workers=2)
+        for x, y in ClimbMixLoader(stream, batch_size=4, num_workers=2)
         for w in np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)
     ]
     runs = []
@@ -138,9 +141,12 @@ def test_megatron_datasets_numpy_and_the_stream_return_the_same_token_ids(built,
         assert np.array_equal(run, flat[: len(run)]), s
 
 
-def test_the_manual_snippets_run_against_a_published_version(built, s3_endpoint, s3_bucket, monkeypatch, tmp_path):
-    """docs/BUILD_AND_PUBLISH.md (the manual README.md links): its Python blocks, with
-    `s3://my-bucket/climbmix` pointing at a version published to the S3 endpoint."""
+def test_the_s3_snippets_of_the_manual_and_the_card_run_against_a_published_version(
+    built, s3_endpoint, s3_bucket, monkeypatch, tmp_path, hf_offline
+):
+    """docs/BUILD_AND_PUBLISH.md (the manual README.md links) and the card's S3 block: their
+    Python, with `s3://my-bucket/climbmix` pointing at a version published to the S3 endpoint
+    (`<version>`: that version), in a folder that is not the dataset's."""
     from pathlib import Path
 
     from mixture.pipeline import publish
@@ -149,11 +155,18 @@ def test_the_manual_snippets_run_against_a_published_version(built, s3_endpoint,
     cfg.publish.uri, cfg.publish.track = f"s3://{s3_bucket}/climbmix", False
     publish(cfg, version="v1")
     manual = (Path(__file__).resolve().parents[2] / "docs" / "BUILD_AND_PUBLISH.md").read_text()
-    blocks = python_blocks(manual)
-    assert len(blocks) >= 2 and any("ClimbMixStream" in b for b in blocks)
+    card = open(built.path("README.md")).read()
+    blocks = python_blocks(manual) + [b for b in python_blocks(card) if S3_VERSION in b]
+    assert len(blocks) >= 4 and any("ClimbMixStream" in b for b in blocks)
+    assert sum("s3://my-bucket/climbmix/<version>" in b for b in blocks) >= 2  # the manual's and the card's
     monkeypatch.chdir(tmp_path)
-    names: dict = {"samples_seen": 8}
+    names: dict = {}
+    n = built.manifest.counts["documents"]
     for block in blocks:
-        exec(compile(block.replace("s3://my-bucket/climbmix", cfg.publish.uri), "BUILD_AND_PUBLISH.md", "exec"), names)  # noqa: S102
-    assert names["table"].num_rows == built.manifest.counts["documents"]
-    assert names["state"]["position"] == 8 and len(names["stream"]) == len(ClimbMixStream(built.uri, 1024)) - 8
+        code = block.replace("s3://my-bucket/climbmix", cfg.publish.uri).replace("<version>", "v1")
+        exec(compile(code, "BUILD_AND_PUBLISH.md", "exec"), names)  # noqa: S102 - the manual's own code
+        if "Dataset(table)" in block:
+            assert names["table"].num_rows == len(names["data"]) == n  # pyarrow from s3://, then datasets
+            names.pop("data")
+    assert names["table"].num_rows == n
+    assert names["state"]["position"] == 8 and len(names["resumed"]) == len(ClimbMixStream(built.uri, 1024)) - 8

@@ -214,6 +214,8 @@ def test_statistics_in_manifest_and_mlflow(runs):
     assert extra["filter_stats"]["rejects_alone"]  # filters alone, before first-failure attribution
     assert extra["filters"]["gopher_quality"]["min_words"] == cfg.curate.filters.gopher_quality.min_words
     assert extra["fuzzy_dedup"]["near_duplicates"] == 2 and extra["fuzzy_dedup"]["groups"] == 1
+    # the input URIs as configured, for the ClimbMix card's "Sources" (annotated's, carried by select)
+    assert extra["sources"] == cfg.input.configured_uris == cfg.input.uris
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
     found = mlflow.search_runs(experiment_names=["test-curate"], filter_string="attributes.run_name = 'curate'")
     assert len(found) >= 1

@@ -41,11 +41,17 @@ def make_climblab(
     docs_per_cluster=(12, 10, 14, 6),
     with_upstream: bool = True,
     row_group_size: int | None = None,
+    copies: tuple[str, str] | None = None,
+    sources: list[str] | None = None,
+    curated_version: int = 0,
 ):
     """A committed climblab (4 clusters of real sample documents, a BPE tokenizer trained on
     them), plus small committed curated and clusters datasets (the build reads them for its card);
     the climblab names them as its inputs only `with_upstream`. `row_group_size`: rows per row
-    group of the text.parquet files (default: one row group)."""
+    group of the text.parquet files (default: one row group). `copies=(a, b)`: every document of
+    cluster a is in cluster b too (same text, id + "-copy"): exact-text duplicates. `sources`: the
+    input URIs the curated manifest records (as `curate` does, as configured); `curated_version`:
+    the version its lineage records (none when 0)."""
     from mixture.climblab.tokens import EOS, train_tokenizer
 
     cur = _commit(root, "curated", "curate", {}, {}, {}, {"docs/part-0.parquet": b"placeholder"})
@@ -57,7 +63,11 @@ def make_climblab(
             "near_duplicates": 2,
             "filtered": {"gopher_quality": 10, "c4": 5},
             "quarantined": {"invalid_json": 0},
-        }
+        },
+        {
+            **({"sources": sources} if sources else {}),
+            **({"lineage": _lineage(curated_version)} if curated_version else {}),
+        },
     )
     report = {"clusters": [{"cluster": i, "top_terms": [[f"term{i}a", 0.9], [f"term{i}b", 0.5]]} for i in range(4)]}
     cl = _commit(root, "clusters", "cluster", {"curated": curated.manifest_sha256}, {}, {}, {"report.json": report})
@@ -68,6 +78,8 @@ def make_climblab(
         # the first ~600 characters keep documents short, so a small budget spans many of them
         recs = [{**r, "text": r["text"][:600]} for r in records if r["source"] == source][:n]
         by_cluster[name] = recs
+    if copies:
+        by_cluster[copies[1]] = by_cluster[copies[1]] + [{**r, "id": f"{r['id']}-copy"} for r in by_cluster[copies[0]]]
     texts = [r["text"] for recs in by_cluster.values() for r in recs]
     tok = train_tokenizer(texts, 300)
     eos = tok.token_to_id(EOS)
@@ -92,6 +104,10 @@ def make_climblab(
         {"documents_in": n, "documents_out": n, "tokens": total, "clusters": len(info)},
         {"clusters": info, "vocab_size": tok.get_vocab_size(), "eos_id": eos, "dtype": "uint16"},
     )
+
+
+def _lineage(version: int) -> dict:
+    return {"version": version, "base": 1, "parent": None, "mode": "incremental", "settings": "curated-settings"}
 
 
 def make_search(root: Path, climblab, weights: dict[str, float]):

@@ -15,7 +15,12 @@ tokens). This library holds the rules, on arrays, at any budget (the stage is
 3. documents are whole: a cluster's last pass takes documents of a seeded random order until its
    target is reached (`select_documents`; it overshoots by less than one document), one random
    stream per cluster (`cluster_rng`);
-4. every selected document is shuffled globally with the run's seed (`global_order`) and cut
+4. the validation split is held out before steps 2 and 3 sample (they run on what it leaves):
+   distinct documents (told apart by a hash of their token ids) of the clusters with a share,
+   about `build.val_fraction` of each one's target; neither they nor an exact copy of one are
+   sampled for training (`mixture.climbmix.holdout`), so no format's training files hold a
+   validation document;
+5. every selected document is shuffled globally with the run's seed (`global_order`) and cut
    into fixed-size shards (`shard_slices`). The shuffle itself runs outside memory
    (`mixture.climbmix.shuffle`: the same permutation, routed through the staging folder), so the text of
    the clusters is never held whole.
@@ -25,7 +30,9 @@ files are byte-identical and `dataset.content_hash` (the default published versi
 
 Modules (the rules are here, the rest one module each):
 - `build`: the build's steps (plan, scatter and gather in local processes, finish);
+- `holdout`: the held-out validation split (by document identity, before upsampling);
 - `shuffle`: the external global shuffle (routes, scatter per part, gather per bucket);
+- `tokenizer`: the tokenizer folder (the special-token files trainers read);
 - `card`: the dataset card (`README.md`);
 - `formats`: the output formats (one module each: Parquet, token shards, nanoGPT, Megatron).
 """
@@ -43,6 +50,7 @@ import numpy as np
 
 from mixture import storage
 from mixture.climblab import ClimbLab
+from mixture.climbmix.holdout import HeldOut
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +208,14 @@ def cluster_sizes(lab: ClimbLab) -> tuple[dict[str, int], dict[str, int]]:
     return docs, tokens
 
 
-def per_cluster(plans: list[ClusterPlan], taken: dict[str, int], selected: dict[str, np.ndarray]) -> dict[str, dict]:
+def per_cluster(
+    plans: list[ClusterPlan], taken: dict[str, int], selected: dict[str, np.ndarray], held: HeldOut | None = None
+) -> dict[str, dict]:
     """What the build took from each cluster (`taken`: its selected documents' tokens):
-    documents, tokens, epochs, and the plan."""
+    documents, tokens, epochs, the plan (available: what the validation split left), and what
+    it lent to the validation split (`held`)."""
     out: dict[str, dict] = {}
+    held = held or HeldOut()
     for p in plans:
         tok = int(taken[p.cluster])
         out[p.cluster] = {
@@ -216,5 +228,8 @@ def per_cluster(plans: list[ClusterPlan], taken: dict[str, int], selected: dict[
             "epochs": tok / p.available_tokens if p.available_tokens else 0.0,
             "wanted_epochs": p.wanted_epochs,
             "capped": p.capped,
+            "validation_documents": len(held.held.get(p.cluster, ())),
+            "validation_tokens": held.held_tokens.get(p.cluster, 0),
+            "copies_excluded": held.copies(p.cluster),
         }
     return out

@@ -1,16 +1,21 @@
 """The dataset card (`README.md`) of a ClimbMix dataset.
 
 It follows the Hugging Face dataset card layout (YAML header with the licence and the Parquet
-files as the default configuration, then prose) and says what a user of the shards needs to
-know: the mixture and how many passes over each cluster it took, the sources, the filters and
-their thresholds, deduplication, what each cluster is about (top TF-IDF terms from the cluster
-report), the tokenizer, the licence, the file format and how to load it with pyarrow, Hugging
-Face `datasets`, numpy (nanoGPT-style), Megatron-Core, `mixture.publish.reader` and `mixture.publish.streaming`;
-every Python snippet runs as printed from the dataset folder (`tests/climbmix/test_loading.py`).
+files as the default configuration, its `train` and `validation` splits, then prose) and says
+what a user of the shards needs to know: the mixture and how many passes over each cluster it
+took, the sources and the versions of the datasets it was made from, the filters and their
+thresholds, deduplication, what each cluster is about (top TF-IDF terms from the cluster
+report), the tokenizer and its special tokens, the held-out validation split, the licence, the
+file format and how to load it with pyarrow, Hugging Face `datasets` and `transformers`, numpy
+(nanoGPT-style), Megatron-Core, `mixture.publish.reader` and `mixture.publish.streaming`; every
+Python snippet runs as printed from the dataset folder, and the S3 one with a published
+version's URI for `s3://my-bucket/climbmix/<version>` (`tests/climbmix/test_loading.py`).
 
 Upstream facts come from the build's declared inputs `curated` and `clusters`: the ClimbLab
 manifest names the manifest hashes of the `curated` and `clusters` it was made from, and a figure
-from those datasets is shown only when the input still has that hash. The "Files" and "Loading"
+from those datasets is shown only when the input still has that hash. "Sources" lists the input
+URIs as the curated dataset's manifest records them (as configured, relative paths unresolved:
+never a path of the machine the build ran on), else as this build's config wrote them. The "Files" and "Loading"
 sections list the output formats the build wrote (`mixture.climbmix.formats`). The title is made of the
 dataset's own content (its size, clusters and the mixture's sha256), and the card holds no
 timestamps, so the same data gives the same card (and the same content hash).
@@ -22,8 +27,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from mixture import storage
+from mixture import increments, storage
 from mixture.climblab import cluster_name
+from mixture.climbmix.formats import VALIDATION
 from mixture.config import Config
 from mixture.curate.filters import enabled_settings
 from mixture.dataset import Dataset
@@ -41,6 +47,8 @@ class CardContext:
     build: dict[str, Any]  # the climbmix manifest's extra
     licence: str
     sources: list[str]
+    sources_from: str  # where the source list comes from, in words
+    upstream: list[tuple[str, int, str, bool]]  # (dataset, lineage version, manifest sha256, reachable)
     input_format: str
     curate: dict[str, Any]  # the curate config section
     curate_config_matches: bool | None  # None: curated dataset not reachable
@@ -96,6 +104,25 @@ def _topics(clusters: Dataset | None) -> dict[str, list[str]]:
         return {}
 
 
+def _sources(cfg: Config, curated: Dataset | None) -> tuple[list[str], str]:
+    """The input URIs as the curated dataset's manifest records them, else as the config wrote
+    them (both as configured: a relative path is not resolved against any directory)."""
+    recorded = curated.manifest.extra.get("sources") if curated is not None else None
+    if isinstance(recorded, list) and recorded:
+        return [str(u) for u in recorded], "as configured for curation, recorded in the curated dataset's manifest"
+    return cfg.input.configured_uris, "as this build's configuration names them (the curated dataset records none)"
+
+
+def _upstream(climblab: Dataset, found: dict[str, Dataset | None]) -> list[tuple[str, int, str, bool]]:
+    """(name, lineage version, manifest sha256, reachable) of the ClimbLab dataset and of the
+    datasets its manifest names (`found`: those reachable with that manifest)."""
+    out = [("climblab", increments.version(climblab), climblab.manifest_sha256, True)]
+    for name, sha in sorted(climblab.manifest.inputs.items()):
+        ds = found.get(name)
+        out.append((name, increments.version(ds), sha, ds is not None))
+    return out
+
+
 def title(counts: dict[str, Any], build: dict[str, Any]) -> str:
     """What the dataset is, from its own content: the mixture (its sha256) and its size."""
     return (
@@ -116,12 +143,15 @@ def gather(
     inputs = climblab.manifest.inputs
     curated = _same(curated, inputs.get("curated"))
     clusters = _same(clusters, inputs.get("clusters"))
+    sources, sources_from = _sources(cfg, curated)
     return CardContext(
         title=title(counts, build),
         counts=counts,
         build=build,
         licence=cfg.build.licence,
-        sources=list(cfg.input.uris),
+        sources=sources,
+        sources_from=sources_from,
+        upstream=_upstream(climblab, {"curated": curated, "clusters": clusters}),
         input_format=cfg.input.format,
         curate=cfg.curate.model_dump(mode="json"),
         curate_config_matches=None
@@ -162,6 +192,8 @@ def header(ctx: CardContext) -> list[str]:
             "  - split: train",
             f"    path: {data_files[0]}",
         ]
+        if _validation(ctx).get("shards"):
+            lines += ["  - split: validation", f"    path: {VALIDATION}{data_files[0]}"]
     return lines + ["task_categories:", "- text-generation", "---", ""]
 
 
@@ -212,7 +244,12 @@ def mixture_section(ctx: CardContext) -> list[str]:
 
 
 def sources_section(ctx: CardContext) -> list[str]:
-    return ["", "## Sources", ""] + [f"- `{s}`" for s in ctx.sources] + ["", f"Input format: {ctx.input_format}."]
+    lines = ["", "## Sources", "", f"Input files, {ctx.sources_from}:", ""] + [f"- `{s}`" for s in ctx.sources]
+    lines += ["", f"Input format: {ctx.input_format}.", "", "Made from these datasets of the pipeline:", ""]
+    for name, version, sha, reachable in ctx.upstream:
+        where = "" if reachable else " (not reachable from this build)"
+        lines.append(f"- {name}: {f'version {version}, ' if version else ''}manifest sha256 `{sha[:16]}`{where}")
+    return lines
 
 
 def curation_section(ctx: CardContext) -> list[str]:
@@ -292,15 +329,54 @@ def clusters_section(ctx: CardContext) -> list[str]:
     return lines
 
 
+def _validation(ctx: CardContext) -> dict[str, Any]:
+    return ctx.build.get("validation") or {}
+
+
 def tokenizer_section(ctx: CardContext) -> list[str]:
     b = ctx.build
+    special = b.get("special_tokens") or {}
+    eos, pad = special.get("eos_token", "?"), special.get("pad_token", "?")
     return [
         "",
         "## Tokenizer",
         "",
-        f"`tokenizer/tokenizer.json` (Hugging Face `tokenizers`), vocabulary {_n(b['vocab_size'])}, "
-        f"end-of-document id {b['eos_id']}, token ids stored as little-endian `{b['dtype']}`.",
+        f"`tokenizer/tokenizer.json` (Hugging Face `tokenizers`), vocabulary {_n(b['vocab_size'])}, token ids "
+        f"stored as little-endian `{b['dtype']}`. Every document ends with the end-of-document token `{eos}` "
+        f"(id {b['eos_id']}), also the tokenizer's eos and bos token (GPT-2's convention: no document starts with "
+        f"it); the padding token is `{pad}` (id {special.get('pad_id', '?')}). `tokenizer_config.json` and "
+        "`special_tokens_map.json` name them for Hugging Face `transformers`, `tokenizer_metadata.json` for "
+        "Megatron-Core's tokenizer (library `huggingface`), so both load the folder without arguments:",
+        "```python",
+        "from transformers import AutoTokenizer",
+        'tok = AutoTokenizer.from_pretrained("tokenizer")',
+        "eos_id, pad_id = tok.eos_token_id, tok.pad_token_id",
+        "```",
+        "Megatron-LM: `--tokenizer-type HuggingFaceTokenizer --tokenizer-model tokenizer` (its `eod` and `pad` "
+        "come from these files).",
     ]
+
+
+def validation_section(ctx: CardContext) -> list[str]:
+    """The held-out split: how it was chosen, and each format's files for it."""
+    v = _validation(ctx)
+    if not v.get("documents"):
+        return ["", "## Validation split", "", "None: built with `build.val_fraction` 0."]
+    lines = [
+        "",
+        "## Validation split",
+        "",
+        f"{_n(v['documents'])} documents, {_n(v['tokens'])} tokens, held out before sampling: about "
+        f"{v['fraction']:g} of each cluster's share of the tokens, taken among its distinct documents (told apart "
+        "by a hash of their token ids), so the split has the mixture's composition. Neither these documents nor "
+        f"an exact copy of one are in any training file ({_n(v['copies_excluded'])} exact copies kept out of "
+        "training); an upsampled cluster repeats only training documents. `validation/` holds the split in every "
+        "format's layout:",
+        "",
+    ]
+    for f in _formats(ctx):
+        lines += f.card_validation(ctx.build["dtype"]) if hasattr(f, "card_validation") else []
+    return lines
 
 
 def files_section(ctx: CardContext) -> list[str]:
@@ -327,19 +403,25 @@ def files_section(ctx: CardContext) -> list[str]:
         "for ids in mix.iter_tokens(): ...",
         "```",
     ]
-    return lines + (streaming_loader() if "tokens" in ctx.formats else [])
+    return lines + (streaming_loader(bool(_validation(ctx).get("documents"))) if "tokens" in ctx.formats else [])
 
 
-def streaming_loader() -> list[str]:
+def streaming_loader(validation: bool) -> list[str]:
     """The PyTorch streaming loader over the `tokens/` shards (`mixture.publish.streaming`)."""
+    held = 'held_out = ClimbMixStream(".", seq_len=256, split="validation")   # the validation split\'s windows'
     return [
         "Streaming fixed-length windows into PyTorch (`mixture.publish.streaming`: ranks and DataLoader workers read "
-        "without overlap, each shard's sha256 checked before use, `state_dict()` for an exact resume):",
+        "without overlap, each shard's sha256 checked before use). `ClimbMixLoader` is the DataLoader that tells "
+        "the stream its batch size (a plain DataLoader with workers is refused: a resume would repeat or skip "
+        "windows). To resume, save `stream.state_dict()` with the checkpoint and call `stream.load_state_dict(state)` "
+        "before iterating again: that pass continues at the next window, and every later pass starts at the first.",
         "```python",
-        "from torch.utils.data import DataLoader",
-        "from mixture.publish.streaming import ClimbMixStream",
-        'stream = ClimbMixStream(".", seq_len=256, batch_size=8)   # or "s3://bucket/prefix"',
-        "for inputs, targets in DataLoader(stream, batch_size=8, num_workers=2): ...",
+        "from mixture.publish.streaming import ClimbMixLoader, ClimbMixStream",
+        'stream = ClimbMixStream(".", seq_len=256)   # or "s3://bucket/prefix"',
+        "loader = ClimbMixLoader(stream, batch_size=8, num_workers=2)",
+        "for inputs, targets in loader: ...",
+        "state = stream.state_dict()   # beside the checkpoint",
+        *([held] if validation else []),
         "```",
     ]
 
@@ -356,6 +438,7 @@ def render(ctx: CardContext) -> str:
         clusters_section,
         tokenizer_section,
         files_section,
+        validation_section,
     )
     lines = [line for section in sections for line in section(ctx)]
     return "\n".join(lines + ["", "## Licence", "", ctx.licence, ""])

@@ -8,8 +8,11 @@ pure function of the plan, so they can run in any order within a step, in parall
 1. **plan** (one process): the selection and the global order as numpy arrays (the per-document
    arrays that must be whole: about 24 bytes a selected document at the peak, the same
    permutation `climbmix.global_order` draws; the document lengths it samples by are read one
-   cluster at a time). The parts (below) are the runs of row groups that hold a selected
-   document. It writes per part a *route*: the part's selected documents' indices, ascending,
+   cluster at a time). The held-out validation split (`mixture.climbmix.holdout`) is routed
+   the same way, behind the training documents: its positions start at the first bucket after
+   theirs (`mixture.climbmix.build.route`), in an order of its own seed, so its buckets and shards are its own. The
+   parts (below) are the runs of row groups that hold a routed document. It writes per part a
+   *route*: the part's routed documents' indices, ascending,
    and their output positions (`routes/pNNNNN.doc.npy`, `.pos.npy`), then `plan.json` last (the
    layout: shards, buckets, parts, per-cluster counts, the mixture, seed and a digest of the
    selection). A staging folder that holds another plan (or a plan not finished writing) is
@@ -32,8 +35,9 @@ pure function of the plan, so they can run in any order within a step, in parall
    part, checks they are exactly the bucket's positions, and per shard takes its rows from them
    in position order (a copy of one shard at a time), with their tokens (the token shards are
    never opened: on S3 that would read a cluster's tokens whole), and writes the bucket's
-   shards through the output formats (`mixture.climbmix.formats`); `buckets/bNNNNN.json` (written last:
-   the bucket is done) records its documents and tokens.
+   shards through the output formats (`mixture.climbmix.formats`; a validation bucket's into
+   `validation/`); `buckets/bNNNNN.json` (written last: the bucket is done) records its split,
+   documents and tokens.
 
 Memory: the plan's arrays (driver only); per scatter process one record batch and at most
 BUFFER_BYTES of routed rows; per gather process one bucket's rows, text and tokens (memory-mapped
@@ -61,7 +65,7 @@ from mixture import storage
 from mixture.climblab import ClimbLab, text_file
 from mixture.climblab.tokens import read_offsets
 from mixture.climbmix import BuildError, shard_slices
-from mixture.climbmix.formats import Shard
+from mixture.climbmix.formats import VALIDATION, Shard, Subfolder
 from mixture.parallel import ShardRange, shard_ranges
 
 log = logging.getLogger(__name__)
@@ -149,7 +153,7 @@ def plan_parts(lab: ClimbLab, selected: dict[str, np.ndarray], part_docs: int, d
 
 
 # -------------------------------------------------------------------------------- the plan
-def positions(selected: dict[str, np.ndarray], clusters: list[str], seed: int) -> np.ndarray:
+def positions(selected: dict[str, np.ndarray], clusters: list[str], seed: int | list[int]) -> np.ndarray:
     """The output position of every selected document, in cluster order then selection order:
     the inverse of `climbmix.global_order`'s permutation (so the order is the same)."""
     n = sum(len(selected[c]) for c in clusters)
@@ -196,8 +200,9 @@ def write_routes(writer, selected: dict[str, np.ndarray], layout: dict[str, Any]
         start += len(sel)
 
 
-def prepare(writer, layout: dict[str, Any], selected: dict[str, np.ndarray], seed: int) -> bool:
-    """Stage the plan (routes, then `plan.json`) unless the same plan is staged already. Any
+def prepare(writer, layout: dict[str, Any], routed: dict[str, np.ndarray], where: np.ndarray) -> bool:
+    """Stage the plan (routes of the `routed` documents at positions `where`, as `route` gives
+    them; then `plan.json`) unless the same plan is staged already. Any
     other staging (another plan: mixture, selection or layout; or none) is dropped whole first,
     shards and format pieces included, so nothing of an older plan is ever committed. True when
     written."""
@@ -207,7 +212,7 @@ def prepare(writer, layout: dict[str, Any], selected: dict[str, np.ndarray], see
     if storage.exists(uri):
         log.info("build: the staging folder holds another plan; starting the build again")
     writer.reset()
-    write_routes(writer, selected, layout, positions(selected, layout["clusters"], seed))
+    write_routes(writer, routed, layout, where)
     storage.write_json(writer.path(PLAN), layout)
     return True
 
@@ -406,6 +411,11 @@ def row_tokens(rows: pa.Table, dtype: np.dtype) -> list[np.ndarray]:
     return [flat[a:z] for a, z in zip(starts[:-1], starts[1:])]
 
 
+def is_validation(plan: dict[str, Any], bucket: Bucket) -> bool:
+    """Whether the bucket holds shards of the held-out validation split."""
+    return plan["validation"]["documents"] > 0 and bucket.first_doc >= plan["validation"]["start"]
+
+
 def make_shard(rows: pa.Table, index: int, names: np.ndarray, dtype: np.dtype) -> Shard:
     """Output shard `index` of these rows (position order): text, cluster, id and the tokens."""
     clusters = rows.column("cluster").to_numpy()
@@ -429,14 +439,17 @@ def gather_bucket(lab: ClimbLab, writer, bucket: Bucket, formats: list, cfg) -> 
     batches = bucket_rows(writer, plan, bucket)
     names = np.array(plan["clusters"])
     writers = [cls() for cls in formats]
-    record: dict[str, Any] = {"documents": 0, "tokens": 0, "shards": 0, "clusters": {}}
+    validation = is_validation(plan, bucket)
+    into = Subfolder(writer, VALIDATION) if validation else writer
+    record: dict[str, Any] = {"split": "validation" if validation else "train", "documents": 0, "tokens": 0}
+    record.update(shards=0, clusters={})
     counts = np.zeros(len(names), dtype=np.int64)
     for s, span in shard_slices(bucket.docs, plan["shard_docs"]):
         rows = shard_rows(batches, bucket.first_doc + span.start, bucket.first_doc + span.stop)
         counts += np.bincount(rows.column("cluster").to_numpy(), minlength=len(names))
         shard = make_shard(rows, bucket.first_shard + s, names, lab.dtype)
         for fmt in writers:
-            fmt.write_shard(writer, shard, cfg)
+            fmt.write_shard(into, shard, cfg)
         record["shards"] += 1
         record["documents"] += shard.table.num_rows
         record["tokens"] += sum(len(d) for d in shard.tokens)

@@ -24,7 +24,13 @@ class BuildConfig(Section):
     )
     # nanoGPT's own openwebtext split holds out 0.05% of documents; a ClimbMix build is smaller, so
     # 0.5% by default, and at least one document whenever the build has two (mixture.climbmix.formats.nanogpt)
-    val_fraction: float = Field(0.005, ge=0, lt=1, description="share of documents held out as nanogpt/val.bin")
+    val_fraction: float = Field(
+        0.005,
+        ge=0,
+        lt=1,
+        description="share of each cluster's tokens held out, before upsampling, as the validation split "
+        "(validation/ in every format, nanogpt/val.bin); 0: none",
+    )
     # where and in what pieces the shuffle runs (mixture.climbmix.shuffle); the files are the same for any values
     workers: int = Field(1, ge=1, json_schema_extra=NOT_HASHED, description="local build processes")
     bucket_docs: int = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mixture.config.section import NOT_HASHED, NestedConfigError, Section, Uri, hashed_dump
 
@@ -31,6 +31,14 @@ class InputConfig(Section):
         "`<path>:<id>`); a repeated id inside one file is still a duplicate_id",
     )
     source_field: str | None = Field("source", description="label carried for evaluation only; None: none")
+    # `uris` as the config file wrote them: `load_config` resolves relative paths against the
+    # directory the command runs in, which manifests and dataset cards must not record
+    _as_written: list[str] | None = PrivateAttr(default=None)
+
+    @property
+    def configured_uris(self) -> list[str]:
+        """`uris` as configured (before relative paths were resolved): what a manifest records."""
+        return list(self._as_written if self._as_written is not None else self.uris)
 
 
 class FilterConfig(Section):

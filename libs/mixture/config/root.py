@@ -175,4 +175,6 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         data["embed"]["model"] = _abs(cfg.embed.model, base)
     if cfg.shards.tokenizer:
         data["shards"]["tokenizer"] = _abs(cfg.shards.tokenizer, base)
-    return Config.model_validate(data)
+    resolved = Config.model_validate(data)
+    resolved.input._as_written = list(cfg.input.uris)  # what manifests record: no machine path added
+    return resolved

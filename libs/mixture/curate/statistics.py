@@ -54,6 +54,7 @@ def extra(
         "exact_dedup": cur.exact_dedup,
         "signals_kept": _quantiles(sample),
         "input_files": annotated.manifest.extra.get("input_files"),
+        "sources": annotated.manifest.extra.get("sources"),  # input.uris as configured
         "splits": annotated.manifest.extra.get("splits"),
         "seconds": {"select": round(seconds, 2)},
     }

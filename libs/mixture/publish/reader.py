@@ -6,6 +6,7 @@
     mix = ClimbMix("out/climbmix")                  # the committed build, before publishing
     for row in mix.iter_texts(): row["text"], row["cluster"], row["id"]
     for ids in mix.iter_tokens(): ...               # numpy array per document, EOS included
+    for ids in mix.iter_tokens(split="validation"): ...   # the held-out split (`validation/`)
 
 A location is a dataset only when its `_manifest.json` exists (the build and the publisher
 write it last). Each file is hashed and compared with the manifest's size and sha256 before any
@@ -40,6 +41,16 @@ from mixture.dataset import MANIFEST, DatasetError, Manifest
 
 class ChecksumError(DatasetError):
     """A file of the dataset does not match its manifest (corrupted, truncated or replaced)."""
+
+
+SPLITS = {"train": "", "validation": "validation/"}  # split -> the folder its files' layout is under
+
+
+def split_root(split: str) -> str:
+    """The folder of a split's files (`train`: the dataset's own layout, `validation`: `validation/`)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
+    return SPLITS[split]
 
 
 def _exists(uri: str) -> bool:
@@ -139,14 +150,28 @@ class ClimbMix:
     def __len__(self) -> int:
         return int(self.counts["documents"])
 
+    def documents(self, split: str = "train") -> int:
+        """The documents of a split (the manifest's count)."""
+        return int(self.counts.get("documents" if split_root(split) == "" else "validation_documents", 0))
+
+    def parquet_files_of(self, split: str = "train") -> list[str]:
+        """A split's Parquet shards (relative paths)."""
+        root = split_root(split) + "parquet/"
+        return sorted(p for p in self._files if p.startswith(root) and p.endswith(".parquet"))
+
+    def token_shards_of(self, split: str = "train") -> list[str]:
+        """A split's relative prefixes `[validation/]tokens/part-NNNNN` (each with .bin and .idx)."""
+        root = split_root(split) + "tokens/"
+        return sorted(p[:-4] for p in self._files if p.startswith(root) and p.endswith(".bin"))
+
     @property
     def parquet_files(self) -> list[str]:
-        return sorted(p for p in self._files if p.startswith("parquet/") and p.endswith(".parquet"))
+        return self.parquet_files_of("train")
 
     @property
     def token_shards(self) -> list[str]:
-        """Relative prefixes `tokens/part-NNNNN` (each with .bin and .idx)."""
-        return sorted(p[:-4] for p in self._files if p.startswith("tokens/") and p.endswith(".bin"))
+        """Relative prefixes `tokens/part-NNNNN` of the training split (each with .bin and .idx)."""
+        return self.token_shards_of("train")
 
     # ----------------------------------------------------------------- verified access
     def _entry(self, rel: str) -> dict:
@@ -228,28 +253,29 @@ class ClimbMix:
             self._check(rel, *storage.retry(functools.partial(_hash, src), f"read {src}"))
 
     # --------------------------------------------------------------------------- texts
-    def read_shard(self, i: int, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(pa.BufferReader(self.read_bytes(self.parquet_files[i])), columns=columns)
+    def read_shard(self, i: int, columns: list[str] | None = None, split: str = "train") -> pa.Table:
+        return pq.read_table(pa.BufferReader(self.read_bytes(self.parquet_files_of(split)[i])), columns=columns)
 
-    def read_table(self, columns: list[str] | None = None) -> pa.Table:
-        """Every document as one Arrow table (text, cluster, id), in the dataset's order."""
-        tables = [self.read_shard(i, columns) for i in range(len(self.parquet_files))]
-        table = pa.concat_tables(tables)
-        if table.num_rows != len(self):
+    def read_table(self, columns: list[str] | None = None, split: str = "train") -> pa.Table:
+        """Every document of a split as one Arrow table (text, cluster, id), in the dataset's order."""
+        tables = [self.read_shard(i, columns, split) for i in range(len(self.parquet_files_of(split)))]
+        table = pa.concat_tables(tables) if tables else pa.table({})
+        if table.num_rows != self.documents(split):
             raise DatasetError(
-                f"{self.uri}: the Parquet shards hold {table.num_rows} rows, the manifest counts {len(self)} documents"
+                f"{self.uri}: the {split} Parquet shards hold {table.num_rows} rows, the manifest counts "
+                f"{self.documents(split)} documents"
             )
         return table
 
-    def iter_texts(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    def iter_texts(self, columns: list[str] | None = None, split: str = "train") -> Iterator[dict[str, Any]]:
         """One dict per document (text, cluster, id), shard by shard, in the dataset's order."""
-        for i in range(len(self.parquet_files)):
-            yield from self.read_shard(i, columns).to_pylist()
+        for i in range(len(self.parquet_files_of(split))):
+            yield from self.read_shard(i, columns, split).to_pylist()
 
     # -------------------------------------------------------------------------- tokens
-    def tokens(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens memmap, int64 offsets) of token shard i, verified."""
-        prefix = self.token_shards[i]
+    def tokens(self, i: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """(tokens memmap, int64 offsets) of a split's token shard i, verified."""
+        prefix = self.token_shards_of(split)[i]
         offsets = np.load(self.local_path(prefix + ".idx"), allow_pickle=False)
         tokens = np.memmap(self.local_path(prefix + ".bin"), dtype=self.dtype, mode="r")
         if len(offsets) == 0 or offsets[-1] != len(tokens):
@@ -259,11 +285,11 @@ class ClimbMix:
             )
         return tokens, offsets
 
-    def iter_tokens(self) -> Iterator[np.ndarray]:
+    def iter_tokens(self, split: str = "train") -> Iterator[np.ndarray]:
         """One array of token ids per document (its end-of-document id last), in the same order
         as iter_texts."""
-        for i in range(len(self.token_shards)):
-            tokens, offsets = self.tokens(i)
+        for i in range(len(self.token_shards_of(split))):
+            tokens, offsets = self.tokens(i, split)
             for a, b in zip(offsets[:-1], offsets[1:]):
                 yield np.asarray(tokens[a:b])
 

@@ -4,9 +4,10 @@ CLIMB (Diao et al., NVIDIA 2025) ends by sampling the cluster shards with the mi
 found, to a token budget (ClimbMix: 400B tokens). The rules are in `mixture.climbmix`, the steps
 in `mixture.climbmix.build`, the external shuffle in `mixture.climbmix.shuffle`. This stage reads
 its declared inputs (`climblab`, `search` for its mixture.json unless `build.mixture` names a
-file, and `curated` / `clusters` for the dataset card), then runs the steps: `plan` (selection,
-global order, the shuffle's layout), `scatter` per part, `gather` per bucket (every format of
-`build.formats`), `finish` (checks, the formats' finish hooks, the tokenizer and the dataset card,
+file, and `curated` / `clusters` for the dataset card), then runs the steps: `plan` (the held-out
+validation split, selection, global order, the shuffle's layout), `scatter` per part, `gather`
+per bucket (every format of `build.formats`, the validation split's under `validation/`),
+`finish` (checks, the formats' finish hooks, the tokenizer folder and the dataset card,
 `mixture.climbmix.card`; a second `finish`, the commit retried, returns the recorded output).
 
 Scatter and gather are idempotent per part and per bucket (the stage is resumable: a killed build

@@ -61,6 +61,7 @@ def run(ctx: StageContext) -> StageOutput:
                 spark, cfg, ctx.writer.staging, v.changes.to_read, v.earlier, v.tag, sorted(v.retracted)
             )
     extra["input_files"] = len(files)
+    extra["sources"] = cfg.input.configured_uris  # as configured: the dataset card's "Sources"
     new = (new_counts, extra)
     counts, extra, lin = annotated_versions.finish_version(ctx.writer, v, ctx.previous, ctx.settings_hash, new)
     summary = _refresh_lines(lin, v.why) + summary

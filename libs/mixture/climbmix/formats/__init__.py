@@ -13,9 +13,18 @@ the names are checked against the registry when the config loads). A format is a
 - `card_files(dtype)` and `card_loading(dtype)`: lines for the dataset card's "Files" and
   "Loading" sections; `hf_data_files`: the glob Hugging Face `datasets` loads, or None;
 - optionally `finish(writer, cfg, facts)`: called once after the last shard, for files that span
-  the shards (nanoGPT's `train.bin` / `val.bin`, Megatron's blend); `facts` holds the run's
-  `seed`, the number of `shards` written and the tokenizer's `vocab_size`, `eos_id` and token
-  `dtype` (its name).
+  the shards (nanoGPT's `train.bin` / `val.bin`, Megatron's blends); `facts` holds the run's
+  `seed`, the number of training `shards` and of `validation_shards` written, their documents
+  (`train_documents`, `val_documents`) and the tokenizer's `vocab_size`, `eos_id` and token
+  `dtype` (its name);
+- optionally `card_validation(dtype)`: lines for the card's "Validation split" section (how
+  this format's trainer reads the held-out split).
+
+The held-out validation split (`mixture.climbmix.holdout`) is written by the same `write_shard`
+into `validation/`: its shards are handed a writer whose paths lie under `validation/`
+(`Subfolder`), so a format writes them in the layout it uses for the training shards
+(`validation/parquet/part-00000.parquet`, ...) without knowing the split, and no file of one
+split can overwrite a file of the other. A `finish` finds them there (`VALIDATION`).
 
 Shards are written by several processes (or Airflow tasks), each bucket of shards with instances
 of its own, and `finish` runs on yet another instance in the build's own process: a format keeps
@@ -62,3 +71,20 @@ class Shard:
 
 def part_name(index: int) -> str:
     return f"part-{index:05d}"
+
+
+VALIDATION = "validation/"  # the validation split's folder, every format's layout inside it
+
+
+class Subfolder:
+    """A writer whose paths lie under `prefix` of another's: where `write_shard` puts the
+    validation split's shards, in the layout a format uses for the training split."""
+
+    def __init__(self, writer, prefix: str = VALIDATION):
+        self.writer, self.prefix = writer, prefix
+
+    def path(self, rel: str) -> str:
+        return self.writer.path(self.prefix + rel)
+
+    def has(self, rel: str) -> bool:
+        return self.writer.has(self.prefix + rel)

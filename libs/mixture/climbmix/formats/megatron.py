@@ -17,8 +17,12 @@ fits). The files are written here, with numpy, so a build does not need Megatron
 `tests/climbmix/test_formats.py` reads them with Megatron-Core's own `IndexedDataset`.
 
 After the last shard, `megatron/blend.txt` lists `weight prefix` pairs (the weight is the shard's
-token count), the value Megatron-LM's `--data-path` takes (or `--data-args-path` reads): a blend
-of all shards in proportion to their size.
+token count), the value Megatron-LM's `--train-data-path` (or `--data-path`) takes: a blend of all
+training shards in proportion to their size; `validation/megatron/blend.txt` is the same for the
+held-out split's shards (`validation/megatron/part-NNNNN`), the value of `--valid-data-path`
+(Megatron-Core's `blend_per_split`). Prefixes are relative to the dataset folder. With one blend
+per split, no `--split` is needed: `--split` would carve its validation documents out of the
+training shards, where an upsampled document has copies.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mixture import storage
-from mixture.climbmix.formats import Shard, part_name
+from mixture.climbmix.formats import VALIDATION, Shard, part_name
 from mixture.registry import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
@@ -85,33 +89,46 @@ class MegatronFormat:
         write_indexed(writer.path(f"megatron/{shard.part}"), shard.tokens, shard.dtype)
 
     def finish(self, writer, cfg: BuildConfig, facts: dict) -> None:
-        """The blend from the staged shards (their `.bin` sizes: shards may have been written
-        by other processes)."""
+        """The blend of each split from its staged shards (their `.bin` sizes: shards may have
+        been written by other processes)."""
         itemsize = megatron_dtype(np.dtype(facts["dtype"])).itemsize
-        blend = []
-        for s in range(int(facts["shards"])):
-            prefix = f"megatron/{part_name(s)}"
-            blend.append(f"{storage.size(writer.path(prefix + '.bin')) // itemsize} {prefix}")
-        storage.write_text(writer.path(BLEND), " ".join(blend) + "\n")
+        for root, shards in (("", facts["shards"]), (VALIDATION, facts.get("validation_shards", 0))):
+            blend = []
+            for s in range(int(shards)):
+                prefix = f"{root}megatron/{part_name(s)}"
+                blend.append(f"{storage.size(writer.path(prefix + '.bin')) // itemsize} {prefix}")
+            if blend:
+                storage.write_text(writer.path(root + BLEND), " ".join(blend) + "\n")
 
     def card_files(self, dtype: np.dtype) -> list[str]:
         return [
             f"- `megatron/part-NNNNN.bin` / `.idx`: the same documents in the same order as Megatron-Core "
             f"indexed datasets (`MMIDIDX`, one sequence per document, end-of-document id last, tokens as "
-            f"`{megatron_dtype(dtype)}`); `{BLEND}`: `tokens prefix` per shard, for `--data-path`."
+            f"`{megatron_dtype(dtype)}`); `{BLEND}`: `tokens prefix` per shard, for `--train-data-path`."
         ]
 
     def card_loading(self, dtype: np.dtype) -> list[str]:
         return [
             "Megatron-LM / NeMo (`megatron-core`): pass the shard prefixes with their weights, from the "
-            "dataset folder (the prefixes are relative to it):",
+            "dataset folder (the prefixes are relative to it), as the training blend:",
             "```bash",
-            "python pretrain_gpt.py ... --data-path $(cat megatron/blend.txt) --split 99,1,0",
+            "python pretrain_gpt.py ... --train-data-path $(cat megatron/blend.txt)",
             "```",
+            "Not `--data-path` with `--split`: that carves a validation part out of the training shards, "
+            "where an upsampled document has copies (the held-out split has a blend of its own, below).",
             "Megatron-Core's reader:",
             "```python",
             "from megatron.core.datasets.indexed_dataset import IndexedDataset",
             'docs = IndexedDataset("megatron/part-00000")   # the prefix of the .bin / .idx pair',
             "doc0 = docs[0]                                 # token ids of document 0, end-of-document id last",
+            "```",
+        ]
+
+    def card_validation(self, dtype: np.dtype) -> list[str]:
+        return [
+            f"Megatron-LM: one blend per split (Megatron-Core's `blend_per_split`), `validation/{BLEND}` "
+            "for the held-out shards:",
+            "```bash",
+            f"python pretrain_gpt.py ... --train-data-path $(cat {BLEND}) --valid-data-path $(cat validation/{BLEND})",
             "```",
         ]

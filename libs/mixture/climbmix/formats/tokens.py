@@ -1,6 +1,7 @@
 """Output format `tokens`: `tokens/part-NNNNN.bin` / `.idx`, the token-shard format of
 `mixture.climblab.tokens` (nanoGPT-style: token ids with each document's end-of-document id last,
-little-endian uint16/uint32, and int64 offsets), ready for a training loader to memory-map.
+little-endian uint16/uint32, and int64 offsets), ready for a training loader to memory-map. The
+held-out split's are `validation/tokens/part-NNNNN.bin` / `.idx`.
 """
 
 from __future__ import annotations
@@ -42,4 +43,10 @@ class TokensFormat:
             'offsets = np.load("tokens/part-00000.idx")',
             "doc0 = tokens[offsets[0]:offsets[1]]",
             "```",
+        ]
+
+    def card_validation(self, dtype: np.dtype) -> list[str]:
+        return [
+            "Token shards: `validation/tokens/part-NNNNN.bin` / `.idx`, read as above; the streaming loader "
+            'reads them with `split="validation"` (above).'
         ]
