@@ -5,7 +5,11 @@ mixture.
 Modules, in the order the data flows:
 
 - `sampler`: Dirichlet mixtures around the clusters' token prior (caps, floors, dedup);
-- `proxy`: proxy model presets and the trainer (packed windows sampled by the mixture);
+- `proxy`: proxy model presets and the trainer (packed windows sampled by the mixture, per-run or
+  per-cluster random streams; a run may be a segment of a longer one);
+- `base`: the shared base proxy every proxy run continues from (`search.base`);
+- `experts`: merged cluster experts, a cheap estimate of any mixture's score that screens the
+  predictor's top candidates (`search.experts`);
 - `evaluate`: target metrics: validation bits per byte, multiple-choice tasks; the score;
 - `predictor`: the choice among the predictors by CV Spearman; `predictors/`: LightGBM, ridge,
   ridge on sqrt weights, mixing law, one module each;

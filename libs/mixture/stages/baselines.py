@@ -31,6 +31,7 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
     with ProxyRunner(cfg, cfg.search.workers, cfg.search.proxy.threads) as runner:
 
         def run_jobs(jobs: list[dict], desc: str) -> list[dict]:
+            jobs = steps.with_base(cfg, search, jobs)  # search.base: proxy-scale runs continue from it
             return runner.run(
                 [(j, writer.path(f"runs/{j['run_id']}.json")) for j in jobs], climblab, objective, desc=desc
             )
