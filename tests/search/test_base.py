@@ -1,21 +1,17 @@
 """Common random numbers per cluster and proxies continued from a shared base proxy."""
 
-import collections
 import hashlib
 import io
-import json
 
 import numpy as np
 import pytest
 import torch
+from helpers.search import lab_texts, search_config
 from mixture import pipeline, storage
 from mixture.climblab import ClimbLab
 from mixture.config import ConfigError, ProxyConfig, parse_config
 from mixture.config.search import BaseConfig, SearchConfig
 from mixture.search import base, proxy, steps
-from mixture.search.synthetic import make_climblab
-
-SOURCES = {"c00": "python-code", "c01": "dictionary", "c02": "fortunes", "c03": "manpages"}
 
 
 def _shards():
@@ -116,11 +112,8 @@ def test_experts_without_a_base_are_one_config_error(tmp_path):
 
 # ------------------------------------------------------------------------ in the search stage
 @pytest.fixture(scope="module")
-def lab_texts(sample_records):
-    by_source = collections.defaultdict(list)
-    for r in sample_records:
-        by_source[r["source"]].append(r["text"][:3000])
-    return {name: by_source[s][:10] for name, s in SOURCES.items()}, by_source["python-code"][50:60]
+def texts(sample_records):
+    return lab_texts(sample_records)
 
 
 @pytest.fixture(scope="module")
@@ -129,39 +122,8 @@ def tracking_uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
 
 
-def search_config(tmp_path, lab_texts, tracking_uri, **search):
-    """A search of cpu-tiny proxies over four clusters of sample texts; the target is held-out
-    python code (cluster c00's source)."""
-    texts, held_out = lab_texts
-    root = tmp_path / "out"
-    if not (root / "climblab" / "_manifest.json").exists():
-        make_climblab(str(root / "climblab"), texts, vocab_size=400)
-        (tmp_path / "target.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in held_out))
-    tiny = {"preset": "cpu-tiny", "tokens": 8192, "batch_size": 4, "seq_len": 64}
-    cfg = {
-        "iterations": [4, 2],
-        "candidates": 500,
-        "top_n": 4,
-        "top_k": 2,
-        "proxy": {**tiny, "data_order": "cluster"},
-        "transfer_proxy": tiny,
-        "target": {"val_uris": [str(tmp_path / "target.jsonl")], "val_docs": 4, "val_tokens": 2000},
-        "predictor": {"candidates": ["ridge"], "cv_folds": 2},
-        **search,
-    }
-    return parse_config(
-        {
-            "run_name": "base",
-            "output_root": str(root),
-            "input": {"uris": ["unused"]},
-            "search": cfg,
-            "tracking": {"experiment": "test", "uri": tracking_uri},
-        }
-    )
-
-
-def test_every_run_continues_from_the_one_base_and_says_so(tmp_path, lab_texts, tracking_uri, monkeypatch):
-    cfg = search_config(tmp_path, lab_texts, tracking_uri, base={"enabled": True, "share": 0.25})
+def test_every_run_continues_from_the_one_base_and_says_so(tmp_path, texts, tracking_uri, monkeypatch):
+    cfg = search_config(tmp_path, texts, tracking_uri, base={"enabled": True, "share": 0.25})
     ctx = pipeline.open_stage(cfg, "search")
     with pytest.raises(steps.SearchError, match="no base proxy"):
         steps.propose(ctx, 0)  # the base step comes first
@@ -193,8 +155,8 @@ def test_every_run_continues_from_the_one_base_and_says_so(tmp_path, lab_texts, 
         steps.run_proxy(ctx, jobs[1])
 
 
-def test_with_the_base_off_nothing_changes(tmp_path, lab_texts, tracking_uri):
-    cfg = search_config(tmp_path, lab_texts, tracking_uri)
+def test_with_the_base_off_nothing_changes(tmp_path, texts, tracking_uri):
+    cfg = search_config(tmp_path, texts, tracking_uri)
     ctx = pipeline.open_stage(cfg, "search")
     assert steps.base(ctx) is None and steps.expert_jobs(ctx) == []
     jobs = steps.propose(ctx, 0)
