@@ -42,7 +42,7 @@ from mixture import storage
 from mixture.config import Config, ProxyConfig
 from mixture.contract import StageContext, StageOutput
 from mixture.search import base as base_proxy
-from mixture.search import bootstrap, carry, experts, records
+from mixture.search import bootstrap, carry, experts, proxy, records
 
 if TYPE_CHECKING:
     from mixture.dataset import Dataset, DatasetWriter
@@ -265,8 +265,6 @@ def evaluate_mixture(
     """Train one proxy on `mixture` (continued from the base `base_ref` names, when given) and
     evaluate it on the target: the run's record minus ids."""
     segment = base_proxy.continued(cfg.search, *base_proxy.load(base_ref)) if base_ref is not None else None
-    from mixture.search import proxy
-
     return proxy.train_and_evaluate(cfg, _lab({"climblab": dataset}), mixture, seed, pcfg, device, segment)[0]
 
 
