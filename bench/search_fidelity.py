@@ -35,6 +35,7 @@ import numpy as np
 from mixture import pipeline, storage
 from mixture.climblab import ClimbLab
 from mixture.config import parse_config
+from mixture.search import base as base_proxy
 from mixture.search import experts, steps
 from mixture.search.sampler import sample_mixtures
 from scipy.stats import spearmanr
@@ -76,7 +77,7 @@ def _execute(cfg, job, uri) -> dict:
 def job_for(ctx, mixture: dict, seed: int, tag: str) -> tuple[dict, str]:
     job = {"run_id": steps.run_id(0, 0, mixture, 0) + tag, "iteration": 0, "index": 0, "mixture": mixture, "seed": seed}
     if ctx.cfg.search.base.enabled:
-        job["base"] = steps.base_ref(ctx.writer.staging)
+        job["base"] = base_proxy.ref(ctx.writer.staging)
     return job, ctx.writer.path(f"runs/{job['run_id']}.json")
 
 

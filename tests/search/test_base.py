@@ -125,7 +125,7 @@ def tracking_uri(tmp_path_factory):
 def test_every_run_continues_from_the_one_base_and_says_so(tmp_path, texts, tracking_uri, monkeypatch):
     cfg = search_config(tmp_path, texts, tracking_uri, base={"enabled": True, "share": 0.25})
     ctx = pipeline.open_stage(cfg, "search")
-    with pytest.raises(steps.SearchError, match="no base proxy"):
+    with pytest.raises(base.BaseError, match="no base proxy"):
         steps.propose(ctx, 0)  # the base step comes first
     record = steps.base(ctx)
     pt = ctx.writer.path(base.BASE_STATE)

@@ -120,6 +120,15 @@ def ref(root: str) -> dict:
     return {"uri": storage.join(root, BASE_STATE), "path": BASE_STATE, "sha256": storage.read_json(json_uri)["sha256"]}
 
 
+def with_base(cfg: Config, search_uri: str, jobs: list[dict]) -> list[dict]:
+    """`jobs` at proxy scale continued from the base of the committed search at `search_uri` when
+    `search.base` is on (the baselines' runs then train as the search's did)."""
+    if not cfg.search.base.enabled:
+        return jobs
+    base_ref = ref(search_uri)
+    return [{**j, "base": base_ref} if j.get("proxy_section", "proxy") == "proxy" else j for j in jobs]
+
+
 def _same(record: dict, cfg: Config) -> bool:
     scfg = cfg.search
     return (

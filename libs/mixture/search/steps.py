@@ -141,7 +141,7 @@ def propose(ctx: StageContext, iteration: int) -> list[dict]:
     names, prior = names_and_prior(lab)
     runs = finished_runs(writer, iteration)
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
-    extra = {"base": base_ref(writer.staging)} if cfg.search.base.enabled else {}
+    extra = {"base": base_proxy.ref(writer.staging)} if cfg.search.base.enabled else {}
     screen = experts.screener(cfg, writer, lab, names)
     W, report = bootstrap.propose(cfg.search, prior, iteration, obs, cfg.seed, screen=screen)
     predicted = report.get("picked_predicted") or [None] * len(W)
@@ -180,23 +180,6 @@ def base(ctx: StageContext) -> dict | None:
     return base_proxy.ensure(cfg, ctx.writer, lab, dict(zip(names, [float(x) for x in prior])))
 
 
-def base_ref(root: str) -> dict:
-    """What a proxy job carries to continue from the base under `root` (`base_proxy.ref`)."""
-    try:
-        return base_proxy.ref(root)
-    except base_proxy.BaseError as err:
-        raise SearchError(str(err)) from None
-
-
-def with_base(cfg: Config, search: Dataset, jobs: list[dict]) -> list[dict]:
-    """`jobs` at proxy scale continued from the committed `search`'s base when `search.base` is on
-    (the baselines' runs then train as the search's did)."""
-    if not cfg.search.base.enabled:
-        return jobs
-    ref = base_ref(search.uri)
-    return [{**j, "base": ref} if j.get("proxy_section", "proxy") == "proxy" else j for j in jobs]
-
-
 def expert_jobs(ctx: StageContext) -> list[dict]:
     """The merged-expert jobs (`search.experts`, `mixture.search.experts`), one per cluster, after
     the base; none when experts are off or the committed search is carried over."""
@@ -204,7 +187,7 @@ def expert_jobs(ctx: StageContext) -> list[dict]:
     if not cfg.search.experts.enabled or carry.decide(ctx).carry:
         return []
     names, prior = names_and_prior(_lab(ctx.inputs))
-    return experts.jobs(cfg, names, prior, base_ref(ctx.writer.staging))
+    return experts.jobs(cfg, names, prior, base_proxy.ref(ctx.writer.staging))
 
 
 def job_uri(writer: DatasetWriter, job: dict) -> str:
