@@ -1,10 +1,14 @@
 """Mixture search: CLIMB's iterative bootstrapping as Airflow tasks, then build and publish.
 
 Triggered when the corpus refresh announces new ClimbLab shards (asset `climb://datasets/climblab`;
-the run uses the config named in the event), or by hand with the `config` param. Per search
-iteration i: `propose_i` returns the iteration's proxy jobs (`mixture.search.steps.propose`), and
-`proxy_runs_i` trains them as dynamically mapped tasks in the `gpu` pool (`steps.run_proxy`, which
-reuses a finished run, so a retry or a re-run repeats no training). The paper's search has 3
+the run uses the config named in the event), or by hand with the `config` param. With
+`search.base` on, `base` trains the base proxy every proxy run continues from, before iteration 0;
+with `search.experts` on, `expert_runs` trains one merged-cluster expert per cluster from it (mapped
+tasks in the `gpu` pool, beside iteration 0's runs; iteration 1 and `finish` screen candidates with
+them); both do nothing when off. Per search iteration i: `propose_i` returns the iteration's
+proxy jobs (`mixture.search.steps.propose`), and `proxy_runs_i` trains them as dynamically
+mapped tasks in the `gpu` pool (`steps.run_proxy`, which reuses a finished run, so a retry or a
+re-run repeats no training). The paper's search has 3
 iterations (64, 32, 16 proxy runs); a DAG's shape is fixed when it is parsed, so the DAG unrolls
 `climb_search_max_iterations` (Variable, default 3) slots, and the slots beyond the config's
 `search.iterations` propose nothing and are skipped. With `search.playoff` on, `propose_playoff`
@@ -83,6 +87,32 @@ def run_proxy(config: str, job: dict[str, Any]) -> dict[str, Any]:
     get_current_context()["proxy_run"] = job["run_id"]  # names the mapped task in the UI
     result = steps.run_proxy(pipeline.open_stage(load_config(config), "search"), job)
     return {k: result.get(k) for k in ("run_id", "iteration", "score", "seconds")}
+
+
+@task(pool=GPU_POOL, queue=GPU_QUEUE)
+def base(config: str) -> dict[str, Any]:
+    """`search.base`: the base proxy every proxy run continues from, trained once before iteration
+    0 (`steps.base`; a retry returns the staged one); nothing when the base is off."""
+    from mixture import pipeline
+    from mixture.search import steps
+
+    cfg = load_config(config)
+    if not cfg.search.base.enabled or pipeline.current(cfg, "search"):
+        return {}
+    record = steps.base(pipeline.open_stage(cfg, "search")) or {}
+    return {k: record.get(k) for k in ("sha256", "steps", "of_steps", "score")}
+
+
+@task
+def expert_jobs(config: str) -> list[dict[str, Any]]:
+    """`search.experts`: one job per cluster, continued from the base (none when off)."""
+    from mixture import pipeline
+    from mixture.search import steps
+
+    cfg = load_config(config)
+    if not cfg.search.experts.enabled or pipeline.current(cfg, "search"):
+        return []
+    return steps.expert_jobs(pipeline.open_stage(cfg, "search"))
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED)  # the last slots' mapped tasks may be skipped
@@ -186,6 +216,11 @@ with DAG(
     tags=["climb"],
 ) as dag:
     cfg_path = resolve_config()
+    based = base(cfg_path)
+    experts = expert_jobs(cfg_path)
+    based >> experts
+    # the experts train beside iteration 0's proxies; iteration 1 screens with them
+    expert_runs = run_proxy.override(task_id="expert_runs").partial(config=cfg_path).expand(job=experts)
     previous = None
     for i in range(MAX_ITERATIONS):
         # Iteration i > 0 fits its predictor on every earlier run, so it waits for them; a slot
@@ -194,12 +229,16 @@ with DAG(
         runs = run_proxy.override(task_id=f"proxy_runs_{i}").partial(config=cfg_path).expand(job=jobs)
         if previous is not None:
             previous >> jobs
+        if i == 0:
+            based >> jobs
+        if i == 1:
+            expert_runs >> jobs
         previous = runs
     playoff_jobs = propose_playoff(cfg_path)
     previous >> playoff_jobs
     playoff_runs = run_proxy.override(task_id="playoff_runs").partial(config=cfg_path).expand(job=playoff_jobs)
     chosen = finish(cfg_path)
-    playoff_runs >> chosen
+    [playoff_runs, expert_runs] >> chosen
     parts = build_plan(cfg_path)
     chosen >> parts
     scattered = build_scatter.partial(config=cfg_path).expand(part=parts)

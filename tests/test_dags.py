@@ -155,6 +155,12 @@ def test_search_dag_unrolls_iterations_with_mapped_proxy_runs(dagbag):
     assert _downstream(dag, "propose_playoff") == {"playoff_runs"}
     assert dag.get_task("playoff_runs").is_mapped and dag.get_task("playoff_runs").pool == "gpu"
     assert _downstream(dag, "playoff_runs") == {"finish"}
+    # search.base / search.experts (off: nothing to do): the base before iteration 0, the experts
+    # mapped beside iteration 0, before iteration 1 and the finish
+    assert _downstream(dag, "base") == {"expert_jobs", "propose_0"} and dag.get_task("base").pool == "gpu"
+    assert _downstream(dag, "expert_jobs") == {"expert_runs"}
+    assert dag.get_task("expert_runs").is_mapped and dag.get_task("expert_runs").pool == "gpu"
+    assert _downstream(dag, "expert_runs") == {"propose_1", "finish"}
     assert _downstream(dag, "finish") == {"build_plan"}
     assert _downstream(dag, "build_plan") == {"build_scatter"}
     assert _downstream(dag, "build_scatter") == {"build_buckets"}

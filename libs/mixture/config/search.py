@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mixture.config.section import NOT_HASHED, Section, Uri
 
@@ -34,6 +34,13 @@ class ProxyConfig(Section):
         "auto",
         description="auto: bf16 autocast on CUDA, and on a CPU only with native bf16 (AVX-512 BF16 "
         "or AMX; emulated bf16 is several times slower than fp32), else fp32",
+    )
+    data_order: Literal["run", "cluster"] = Field(
+        "run",
+        description="run: one random stream per run draws every window; cluster: each cluster's "
+        "windows come from its own stream seeded by (seed, cluster name), so cluster c's i-th window "
+        "is the same in every run whatever the mixture (common random numbers; only the "
+        "interleaving depends on the mixture)",
     )
 
 
@@ -126,6 +133,32 @@ class PlayoffConfig(Section):
         return v
 
 
+class BaseConfig(Section):
+    """One base proxy trained once on the natural mixture; every proxy run continues from it."""
+
+    enabled: bool = False
+    share: float = Field(0.5, gt=0, lt=1, description="share of search.proxy's steps the base trains")
+    schedule: Literal["stable_decay", "split"] = Field(
+        "stable_decay",
+        description="stable_decay: warm-up-stable-decay over base + continuation, the decay never "
+        "inside the base (the base ends at the peak rate, each run decays on its own mixture); "
+        "split: search.proxy.schedule over the whole run, cut where the base ends",
+    )
+
+
+class ExpertsConfig(Section):
+    """Merged cluster experts (Na et al., 2024): one run per cluster from the base; the model for a
+    mixture is the experts' parameters averaged with its weights."""
+
+    enabled: bool = False
+    tokens: int | None = Field(None, gt=0, description="tokens per expert; None: what a run trains after the base")
+    general_share: float = Field(0.25, ge=0, lt=1, description="share of natural-mixture data in each expert's run")
+    screen: int = Field(64, ge=0, description="the predictor's top candidates scored with merged models (0: none)")
+    eval_tokens: int | None = Field(
+        10_000, gt=0, description="validation tokens a merged model is scored on (None: the whole target)"
+    )
+
+
 class SearchConfig(Section):
     iterations: list[int] = Field([64, 32, 16], min_length=1)
     temperature: float = Field(0.5, gt=0)
@@ -152,12 +185,20 @@ class SearchConfig(Section):
     target: TargetConfig = TargetConfig()
     predictor: PredictorConfig = PredictorConfig()
     playoff: PlayoffConfig = PlayoffConfig()
+    base: BaseConfig = BaseConfig()
+    experts: ExpertsConfig = ExpertsConfig()
 
     @property
     def playoff_transfer_proxy(self) -> ProxyConfig | None:
         """What the search's output depends on of `transfer_proxy` (which only the baselines use
         otherwise): the playoff's proxy when the playoff is on, else nothing."""
         return self.transfer_proxy if self.playoff.enabled else None
+
+    @model_validator(mode="after")
+    def _experts_need_a_base(self) -> SearchConfig:
+        if self.experts.enabled and not self.base.enabled:
+            raise ValueError("search.experts.enabled needs search.base.enabled: experts continue from the base")
+        return self
 
     @field_validator("iterations")
     @classmethod

@@ -5,7 +5,11 @@ mixture.
 Modules, in the order the data flows:
 
 - `sampler`: Dirichlet mixtures around the clusters' token prior (caps, floors, dedup);
-- `proxy`: proxy model presets and the trainer (packed windows sampled by the mixture);
+- `proxy`: proxy model presets and the trainer (packed windows sampled by the mixture, per-run or
+  per-cluster random streams; a run may be a segment of a longer one);
+- `base`: the shared base proxy every proxy run continues from (`search.base`);
+- `experts`: merged cluster experts, a cheap estimate of any mixture's score that screens the
+  predictor's top candidates (`search.experts`);
 - `evaluate`: target metrics: validation bits per byte, multiple-choice tasks; the score; the
   target's select and report parts;
 - `predictor`: the choice among the predictors by CV Spearman; `predictors/`: LightGBM, ridge,
@@ -15,7 +19,7 @@ Modules, in the order the data flows:
   a finished search writes (mixture.json, iterations, plots, summary); `pool`: the
   processes that train proxies; `carry`: whether a refresh searches again;
 - `playoff`: the noise-aware final choice (seed noise from anchor replicates, finalists retrained
-  at transfer scale, ties within the noise to the most prior-like);
+  at transfer scale, ties within the noise kept for the search's own choice);
 - `baselines`: natural, uniform, best-of-random, RegMix vs CLIMB at transfer scale;
 - `track`: MLflow (search > iteration > proxy runs); `plots`: the figures;
 - `synthetic`: a known-optimum objective and a tiny ClimbLab builder for tests and benchmarks.

@@ -98,10 +98,16 @@ def candidates(
     return C
 
 
+# A cheaper fidelity re-ranking the predictor's order: (candidates, order) -> (order, report)
+# (`mixture.search.experts.screener`: merged cluster experts)
+Screen = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, dict]]
+
+
 def propose(
-    scfg: SearchConfig, prior: np.ndarray, iteration: int, obs: Observations, seed: int
+    scfg: SearchConfig, prior: np.ndarray, iteration: int, obs: Observations, seed: int, screen: Screen | None = None
 ) -> tuple[np.ndarray, dict]:
-    """The mixtures to train in `iteration` (0-based) and a report of how they were chosen."""
+    """The mixtures to train in `iteration` (0-based) and a report of how they were chosen;
+    `screen` re-ranks the predictor's top candidates before the top N are drawn from."""
     n = scfg.iterations[iteration]
     rng = rng_for(seed, iteration)
     exclude = set(mixture_keys(obs.X, scfg.weight_floor)) if len(obs) else set()
@@ -126,6 +132,9 @@ def propose(
     C = candidates(scfg, prior, rng, obs, exclude)
     C_pred = fitted.predict(C)
     order = fitted.rank(C, C_pred)
+    screened = None
+    if screen is not None:
+        order, screened = screen(C, order)
     top = order[: max(scfg.top_n, n)]
     chosen = rng.choice(top, size=n, replace=False) if len(top) > n else top
     picked = top[np.isin(top, chosen)]  # the random subset, in rank order
@@ -147,10 +156,12 @@ def propose(
         "best_observed_predicted": float(fitted.predict(obs.X[[obs.best()]])[0]),
         "best_observed_score": float(obs.y[obs.best()]),
     }
+    if screened is not None:
+        report["screen"] = screened
     return C[picked], report
 
 
-def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int) -> dict:
+def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, screen: Screen | None = None) -> dict:
     """The search's answer: the predicted best (or top-k mean) mixture, or the best observed one
     when the predictor cannot be trusted to beat it. Weights are a vector in the clusters' order."""
     if len(obs) == 0:
@@ -168,7 +179,8 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int) -
         }
     fitted = pred.fit_select(obs.X, obs.y, scfg.predictor, seed)
     C = candidates(scfg, prior, rng_for(seed, STREAM_FINAL), obs, exclude=set())
-    w = _pick(scfg, prior, C, fitted.rank(C))
+    order, screened = screen(C, fitted.rank(C)) if screen is not None else (fitted.rank(C), None)
+    w = _pick(scfg, prior, C, order)
     predicted = float(fitted.predict(w[None])[0])
     predicted_best_observed = float(fitted.predict(obs.X[[b]])[0])
     out = {
@@ -179,6 +191,7 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int) -
         "top_k": scfg.top_k if scfg.final == "top_mean" else 1,
         "oof": {name: r.oof for name, r in fitted.cv.items()},
         "y": obs.y.tolist(),
+        **({"screen": screened} if screened is not None else {}),
     }
     reason = _distrust(scfg, fitted, predicted, predicted_best_observed)
     if reason:

@@ -14,9 +14,17 @@ bos/eos = its end-of-document id) in presets
 Training data: the token budget is split between clusters in proportion to the mixture (largest
 remainders, so a weight of 0.3 gets 30% of the sequences exactly, not in expectation), and each
 sequence is a random window of seq_len + 1 tokens of that cluster's packed shard (documents
-concatenated with their end-of-document ids, nanoGPT-style); order is shuffled. AdamW (beta2 0.95,
-weight decay 0.1 on matrices), gradient clipping at 1, cosine decay with linear warm-up or WSD
-(warm-up, stable, the last 20% decaying linearly), both to `min_lr_frac` of the peak.
+concatenated with their end-of-document ids, nanoGPT-style); order is shuffled. With
+`data_order: cluster` each cluster's windows come from a stream of its own, seeded by (seed,
+cluster name): cluster c's i-th window is then the same in every run of that seed whatever the
+mixture (common random numbers), and only the interleaving depends on the mixture; `run` (one
+stream for the whole run) is how runs were drawn before. AdamW (beta2 0.95, weight decay 0.1 on
+matrices), gradient clipping at 1, cosine decay with linear warm-up or WSD (warm-up, stable, the
+last 20% decaying linearly), both to `min_lr_frac` of the peak.
+
+A run can be one `Segment` of a longer one: a base proxy trains the first steps, and a run
+continued from it starts from its weights and optimizer state at the base's step, on the same
+learning-rate schedule (`mixture.search.base`).
 
 Measured on this project's 2-core machine: proxies learn beyond unigram statistics, and mixtures
 differ, with 2x128, batch 4, seq 256, lr 4e-3 and >= 300k tokens (~24 s on one core); batch >= 16
@@ -29,6 +37,7 @@ and the data order. On CUDA: bf16 autocast, fused AdamW, optional torch.compile.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -36,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixture.config import ProxyConfig
+from mixture.config import Config, ProxyConfig, TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +91,17 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def lr_factor(step: int, steps: int, pcfg: ProxyConfig) -> float:
-    """Multiplier of the peak learning rate at `step` (0-based) of `steps`."""
+def lr_factor(step: int, steps: int, pcfg: ProxyConfig, schedule: str | None = None, stable_until: int = 0) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based) of `steps`: `schedule` (default
+    `pcfg.schedule`); a WSD schedule does not decay before `stable_until`."""
     warm = max(1, int(math.ceil(pcfg.warmup_frac * steps))) if pcfg.warmup_frac > 0 else 0
     if step < warm:
         return (step + 1) / warm
     floor = pcfg.min_lr_frac
-    if pcfg.schedule == "cosine":
+    if (schedule or pcfg.schedule) == "cosine":
         progress = (step - warm) / max(1, steps - warm - 1)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    decay_start = max(warm, int(steps * (1 - WSD_DECAY_FRAC)))
+    decay_start = max(warm, stable_until, int(steps * (1 - WSD_DECAY_FRAC)))
     if step < decay_start:
         return 1.0
     progress = (step - decay_start) / max(1, steps - decay_start - 1)
@@ -110,8 +120,15 @@ def allocate(weights: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
+def cluster_stream(seed: int, name: str) -> np.random.Generator:
+    """The random stream of cluster `name`'s windows for `seed` (data_order: cluster)."""
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    return np.random.default_rng([int(seed), key])
+
+
 class MixtureBatches:
-    """Batches of packed token windows drawn from cluster shards in proportion to a mixture."""
+    """Batches of packed token windows drawn from cluster shards in proportion to a mixture.
+    `skip` (data_order cluster): windows of each cluster's stream that an earlier segment drew."""
 
     def __init__(
         self,
@@ -121,6 +138,8 @@ class MixtureBatches:
         batch_size: int,
         steps: int,
         seed: int,
+        data_order: str = "run",
+        skip: dict[str, int] | None = None,
     ):
         names = [c for c, w in mixture.items() if w > 0]
         missing = [c for c in names if c not in shards]
@@ -136,8 +155,17 @@ class MixtureBatches:
         self.cluster_of = rng.permutation(np.repeat(np.arange(len(names)), counts))
         lengths = np.array([len(s) for s in self.shards])
         # a start anywhere in the shard; windows that run past the end wrap to its beginning
-        self.starts = (rng.random(len(self.cluster_of)) * lengths[self.cluster_of]).astype(np.int64)
+        if data_order == "run":
+            self.starts = (rng.random(len(self.cluster_of)) * lengths[self.cluster_of]).astype(np.int64)
+        else:
+            self.starts = np.zeros(len(self.cluster_of), dtype=np.int64)
+            for k, c in enumerate(names):
+                at = np.flatnonzero(self.cluster_of == k)  # cluster c's windows, in training order
+                first = (skip or {}).get(c, 0)
+                draws = cluster_stream(seed, c).random(first + len(at))[first:]
+                self.starts[at] = (draws * lengths[k]).astype(np.int64)
         self.names = names
+        self.windows = {c: int(n) for c, n in zip(names, counts)}
         self.tokens_per_cluster = {c: int(n) * (seq_len + 1) for c, n in zip(names, counts)}
 
     def batch(self, step: int) -> np.ndarray:
@@ -147,6 +175,27 @@ class MixtureBatches:
             shard = self.shards[self.cluster_of[i]]
             rows.append(np.asarray(shard[(self.starts[i] + span) % len(shard)], dtype=np.int64))
         return np.stack(rows)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Steps [first, first + steps) of a run of `total` steps: a base proxy (first 0) or a run
+    continued from one (`state`: the base's model and optimizer state dicts; `skip`: windows per
+    cluster the base drew, so that a continued run's cluster streams go on where the base's ended).
+    `schedule` None: `pcfg.schedule` over the whole run; "wsd": warm-up-stable-decay whose decay
+    starts no earlier than step `stable_until`."""
+
+    first: int
+    steps: int
+    total: int
+    schedule: str | None = None
+    stable_until: int = 0
+    state: dict | None = None
+    skip: dict[str, int] | None = None
+
+    def lr(self, step: int, pcfg: ProxyConfig) -> float:
+        """The multiplier of the peak rate at this segment's `step` (0-based)."""
+        return lr_factor(self.first + step, self.total, pcfg, self.schedule, self.stable_until)
 
 
 @dataclass
@@ -159,6 +208,8 @@ class TrainResult:
     params: int
     device: str
     dtype: str = "float32"
+    optimizer: object = None
+    windows: dict[str, int] | None = None  # windows drawn per cluster
 
     @property
     def tokens_per_s(self) -> float:
@@ -216,6 +267,27 @@ def optimizer(model, lr: float, device: str):
     )
 
 
+def _start(pcfg: ProxyConfig, vocab_size: int, eos_id: int, device: str, state: dict | None):
+    """A new model and its optimizer, or both as `state` (a base's) left them."""
+    model = build_model(pcfg, vocab_size, eos_id)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    model = model.to(device)
+    opt = optimizer(model, pcfg.lr, device)
+    if state is not None and state.get("optimizer"):
+        load_optimizer_state(opt, state["optimizer"])
+    return model, opt
+
+
+def load_optimizer_state(opt, state: dict) -> None:
+    """Load a saved AdamW state (moments, step counts) keeping this device's implementation flags
+    (a base trained fused on CUDA continues on a CPU, and the other way round)."""
+    flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for g, f in zip(opt.param_groups, flags):
+        g.update(f)
+
+
 def _step_range(steps: int, preset: str, progress: bool):
     if not progress:
         return range(steps)
@@ -234,17 +306,20 @@ def train(
     device: str = "auto",
     max_curve_points: int = 500,
     progress: bool = False,
+    segment: Segment | None = None,
 ) -> TrainResult:
-    """Train one proxy on `mixture` for `pcfg.tokens` tokens."""
+    """Train one proxy on `mixture` for `pcfg.tokens` tokens, or for one `segment` of a run."""
     import torch
     import torch.nn.functional as F
 
     device = device_for(device)
-    steps = max(1, pcfg.tokens // (pcfg.batch_size * pcfg.seq_len))
-    data = MixtureBatches(shards, mixture, pcfg.seq_len, pcfg.batch_size, steps, seed)
+    if segment is None:
+        total = max(1, pcfg.tokens // (pcfg.batch_size * pcfg.seq_len))
+        segment = Segment(0, total, total)
+    steps = segment.steps
+    data = MixtureBatches(shards, mixture, pcfg.seq_len, pcfg.batch_size, steps, seed, pcfg.data_order, segment.skip)
     torch.manual_seed(seed)
-    model = build_model(pcfg, vocab_size, eos_id).to(device)
-    opt = optimizer(model, pcfg.lr, device)
+    model, opt = _start(pcfg, vocab_size, eos_id, device, segment.state)
     forward = torch.compile(model) if (pcfg.compile and device == "cuda") else model
     dtype = dtype_for(pcfg.dtype, device)
     log.info("proxy %s: %s on %s (proxy.dtype=%s)", pcfg.preset, dtype, device, pcfg.dtype)
@@ -256,7 +331,7 @@ def train(
     t0 = time.perf_counter()
     for step in _step_range(steps, pcfg.preset, progress):
         for g in opt.param_groups:
-            g["lr"] = pcfg.lr * lr_factor(step, steps, pcfg)
+            g["lr"] = pcfg.lr * segment.lr(step, pcfg)
         xy = torch.from_numpy(data.batch(step)).to(device, non_blocking=True)
         with autocast():
             logits = forward(xy[:, :-1]).logits
@@ -276,6 +351,56 @@ def train(
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return TrainResult(
-        model, curve, steps, steps * pcfg.batch_size * pcfg.seq_len, seconds, count_params(model), device, dtype
-    )
+    tokens = steps * pcfg.batch_size * pcfg.seq_len
+    return TrainResult(model, curve, steps, tokens, seconds, count_params(model), device, dtype, opt, data.windows)
+
+
+def train_and_evaluate(
+    cfg: Config,
+    lab,
+    mixture: dict[str, float],
+    seed: int,
+    pcfg: ProxyConfig,
+    device: str | None = None,
+    segment: Segment | None = None,
+    target: TargetConfig | None = None,
+    part: str = "select",
+) -> tuple[dict, TrainResult]:
+    """Train one proxy (or one `proxy.Segment` of a run) and evaluate it on `target`'s `part`
+    (default the search's target, the part the search chooses by): (the run's record minus ids,
+    the `proxy.TrainResult`)."""
+    import torch
+
+    from mixture.search import evaluate
+
+    shards = {c: lab.shard(c).tokens for c, w in mixture.items() if w > 0}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pcfg.threads)
+    try:
+        res = train(
+            pcfg, shards, mixture, lab.vocab_size, lab.eos_id, seed, device=device or pcfg.device, segment=segment
+        )
+        tgt = evaluate.target_for(target or cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed, part)
+        t0 = time.perf_counter()
+        autocast = autocast_for(res.device, res.dtype)
+        ev = evaluate.evaluate(res.model, tgt, pcfg.seq_len, res.device, autocast=autocast)
+        eval_seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    record = {
+        **ev,
+        "loss_curve": [list(p) for p in res.loss_curve],
+        "train": {
+            "steps": res.steps,
+            "tokens": res.tokens,
+            "seconds": round(res.seconds, 3),
+            "tokens_per_s": round(res.tokens_per_s, 1),
+            "params": res.params,
+            "device": res.device,
+            "dtype": res.dtype,
+            "threads": pcfg.threads,
+            **({"first_step": segment.first, "of_steps": segment.total} if segment is not None else {}),
+        },
+        "eval_seconds": round(eval_seconds, 3),
+    }
+    return record, res

@@ -1,12 +1,15 @@
-"""The search's steps, callable one by one: `propose`, `run_proxy`, `propose_playoff`, `finish`.
+"""The search's steps, callable one by one: `base`, `expert_jobs`, `propose`, `run_proxy`,
+`propose_playoff`, `finish`.
 
 After a corpus refresh whose clusters' token shares barely moved, `propose` proposes nothing and
 `finish` carries the committed search over (`mixture.search.carry.decide`, the one decision).
 
 The CLI (`climb search`, `mixture.stages.search`) and Airflow (one task per step, proxy runs fanned
-out) call the same three functions on the stage's context, so both run the same code:
+out) call the same functions on the stage's context, so both run the same code:
 
     ctx = pipeline.open_stage(cfg, "search")          # entry points open the stage
+    base(ctx)                                          # search.base: the shared base proxy, once
+    [run_proxy(ctx, j) for j in expert_jobs(ctx)]     # search.experts: one expert per cluster
     for i in range(len(cfg.search.iterations)):
         jobs = propose(ctx, i)                         # needs every run of iterations < i
         results = [run_proxy(ctx, j) for j in jobs]    # any order, any process, any machine
@@ -18,8 +21,10 @@ State lives only in the search's staging folder (`ctx.writer`: the same folder f
 and inputs, so separate processes share it):
 `proposals/iter-<i>.json` (the jobs of iteration i, written once: a retried `propose` returns the
 same jobs; `proposals/playoff.json` alike for the playoff), `runs/<run_id>.json` (one finished
-proxy each, written atomically: a retried or resumed `run_proxy` returns it without training).
-Commit moves the folder into the dataset.
+proxy each, written atomically: a retried or resumed `run_proxy` returns it without training),
+`base/` and `experts/` (`mixture.search.base`, `mixture.search.experts`: states and records, the
+same way). Commit moves the folder into the dataset. With `search.base` on, every proxy job names
+the base it continues from.
 
 Run ids are `it<i>-<j>-<mixture hash>-s<seed>`: the hash ties a finished run file to its mixture.
 Proxy seeds are `cfg.seed + s` for the s-th repeat of every mixture (common random numbers: the
@@ -40,7 +45,8 @@ import numpy as np
 from mixture import storage
 from mixture.config import Config, ProxyConfig
 from mixture.contract import StageContext, StageOutput
-from mixture.search import bootstrap, carry, playoff, records
+from mixture.search import base as base_proxy
+from mixture.search import bootstrap, carry, experts, playoff, proxy, records
 
 if TYPE_CHECKING:
     from mixture.dataset import Dataset, DatasetWriter
@@ -143,7 +149,9 @@ def propose(ctx: StageContext, iteration: int) -> list[dict]:
         playoff.check_budget(cfg.search, lab.vocab_size)
     runs = finished_runs(writer, iteration)
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
-    W, report = bootstrap.propose(cfg.search, prior, iteration, obs, cfg.seed)
+    extra = {"base": base_proxy.ref(writer.staging)} if cfg.search.base.enabled else {}
+    screen = experts.screener(cfg, writer, lab, names)
+    W, report = bootstrap.propose(cfg.search, prior, iteration, obs, cfg.seed, screen=screen)
     predicted = report.get("picked_predicted") or [None] * len(W)
     jobs = []
     for j, (w, p) in enumerate(zip(W, predicted)):
@@ -158,6 +166,7 @@ def propose(ctx: StageContext, iteration: int) -> list[dict]:
                     "seed": cfg.seed + s,
                     "proxy_section": "proxy",
                     "predicted": p,
+                    **extra,
                 }
             )
     report["excluded"] = obs.excluded
@@ -165,6 +174,33 @@ def propose(ctx: StageContext, iteration: int) -> list[dict]:
     storage.write_json(writer.path(proposals_rel(iteration)), {"iteration": iteration, "jobs": jobs, "report": report})
     log.info("search: iteration %d proposes %d proxy runs (%s)", iteration, len(jobs), report["method"])
     return jobs
+
+
+# ------------------------------------------------------------------------- base and experts
+def base(ctx: StageContext) -> dict | None:
+    """Train the base proxy once before iteration 0 (`search.base`, `mixture.search.base`), or
+    return the staged one; None when the base is off or the committed search is carried over."""
+    cfg = ctx.cfg
+    if not cfg.search.base.enabled or carry.decide(ctx).carry:
+        return None
+    lab = _lab(ctx.inputs)
+    names, prior = names_and_prior(lab)
+    return base_proxy.ensure(cfg, ctx.writer, lab, dict(zip(names, [float(x) for x in prior])))
+
+
+def expert_jobs(ctx: StageContext) -> list[dict]:
+    """The merged-expert jobs (`search.experts`, `mixture.search.experts`), one per cluster, after
+    the base; none when experts are off or the committed search is carried over."""
+    cfg = ctx.cfg
+    if not cfg.search.experts.enabled or carry.decide(ctx).carry:
+        return []
+    names, prior = names_and_prior(_lab(ctx.inputs))
+    return experts.jobs(cfg, names, prior, base_proxy.ref(ctx.writer.staging))
+
+
+def job_uri(writer: DatasetWriter, job: dict) -> str:
+    """Where a job's result is staged: runs/<run_id>.json, or experts/<cluster>.json."""
+    return writer.path(experts.rel(job["cluster"]) if job.get("kind") == "expert" else f"runs/{job['run_id']}.json")
 
 
 def _top_table(report: dict, names: list[str], rows: int = 20) -> str:
@@ -215,43 +251,15 @@ def evaluate_mixture(
     seed: int,
     pcfg: ProxyConfig,
     device: str | None = None,
+    base_ref: dict | None = None,
     part: str = "select",
 ) -> dict:
-    """Train one proxy on `mixture` and evaluate it on the target's `part` (`select`: what the
-    search chooses by; `report`: what results are reported on): the run's record minus ids."""
-    import torch
-
-    from mixture.search import evaluate, proxy
-
+    """Train one proxy on `mixture` (continued from the base `base_ref` names, when given) and
+    evaluate it on the target's `part` (`select`: what the search chooses by; `report`: what
+    results are reported on): the run's record minus ids."""
+    segment = base_proxy.continued(cfg.search, *base_proxy.load(base_ref)) if base_ref is not None else None
     lab = _lab({"climblab": dataset})
-    shards = {c: lab.shard(c).tokens for c, w in mixture.items() if w > 0}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(pcfg.threads)
-    try:
-        res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, seed, device=device or pcfg.device)
-        target = evaluate.target_for(cfg.search.target, lab.tokenizer_path, lab.eos_id, cfg.seed, part)
-        t0 = time.perf_counter()
-        ev = evaluate.evaluate(
-            res.model, target, pcfg.seq_len, res.device, autocast=proxy.autocast_for(res.device, res.dtype)
-        )
-        eval_seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
-    return {
-        **ev,
-        "loss_curve": [list(p) for p in res.loss_curve],
-        "train": {
-            "steps": res.steps,
-            "tokens": res.tokens,
-            "seconds": round(res.seconds, 3),
-            "tokens_per_s": round(res.tokens_per_s, 1),
-            "params": res.params,
-            "device": res.device,
-            "dtype": res.dtype,
-            "threads": pcfg.threads,
-        },
-        "eval_seconds": round(eval_seconds, 3),
-    }
+    return proxy.train_and_evaluate(cfg, lab, mixture, seed, pcfg, device, segment, part=part)[0]
 
 
 def check_job(job: dict, names: list[str]) -> None:
@@ -267,7 +275,10 @@ def check_job(job: dict, names: list[str]) -> None:
 
 
 def execute(cfg: Config, job: dict, out_uri: str, dataset: Dataset, objective: Objective | None = None) -> dict:
-    """Run one job unless `out_uri` already holds its result; write the result atomically."""
+    """Run one job unless `out_uri` already holds its result; write the result atomically.
+    A merged-expert job (`kind: expert`) trains an expert (`mixture.search.experts`)."""
+    if job.get("kind") == "expert":
+        return experts.execute(cfg, job, out_uri, dataset)
     section = job.get("proxy_section", "proxy")
     if section not in ("proxy", "transfer_proxy"):
         raise SearchError(f"job {job.get('run_id', '?')}: proxy_section must be 'proxy' or 'transfer_proxy'")
@@ -290,12 +301,15 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: Dataset, objective: O
         return done
     names = sorted(_lab({"climblab": dataset}).tokens_per_cluster)
     check_job(job, names)
+    base_of = job.get("base") if section == "proxy" else None
+    if cfg.search.base.enabled and section == "proxy" and not base_of:
+        raise SearchError(f"job {job['run_id']}: search.base is enabled but the job names no base to continue from")
     t0 = time.time()
     if objective is not None:
         result = dict(objective(job["mixture"], job["seed"]))
     else:
         try:
-            result = evaluate_mixture(cfg, dataset, job["mixture"], job["seed"], pcfg, part=part)
+            result = evaluate_mixture(cfg, dataset, job["mixture"], job["seed"], pcfg, base_ref=base_of, part=part)
         except FloatingPointError as err:
             # a diverged proxy is recorded (and left out of the predictor with this reason), not
             # allowed to fail a search that has other runs to learn from
@@ -330,8 +344,9 @@ def without_timings(run: dict) -> dict:
 
 def run_proxy(ctx: StageContext, job: dict, objective: Objective | None = None) -> dict:
     """Train and evaluate one proxy for `job` (from `propose`); idempotent: a run whose JSON is
-    staged already is returned without training. `objective` replaces the proxy (tests)."""
-    return execute(ctx.cfg, job, ctx.writer.path(f"runs/{job['run_id']}.json"), ctx.inputs["climblab"], objective)
+    staged already is returned without training. `objective` replaces the proxy (tests); an expert
+    job trains its expert."""
+    return execute(ctx.cfg, job, job_uri(ctx.writer, job), ctx.inputs["climblab"], objective)
 
 
 # ----------------------------------------------------------------------------------- playoff
@@ -394,11 +409,12 @@ def finish(ctx: StageContext) -> StageOutput:
 
 def _finish_search(ctx: StageContext) -> StageOutput:
     cfg, writer = ctx.cfg, ctx.writer
-    names, prior = names_and_prior(_lab(ctx.inputs))
+    lab = _lab(ctx.inputs)
+    names, prior = names_and_prior(lab)
     n_iter = len(cfg.search.iterations)
     runs = finished_runs(writer, n_iter)
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
-    result = bootstrap.final(cfg.search, prior, obs, cfg.seed)
+    result = bootstrap.final(cfg.search, prior, obs, cfg.seed, screen=experts.screener(cfg, writer, lab, names))
     if cfg.search.playoff.enabled:
         result = _playoff(ctx, result, names, runs, obs)
 
@@ -417,7 +433,7 @@ def _finish_search(ctx: StageContext) -> StageOutput:
     for name, data in files.items():
         storage.write_bytes(writer.path(f"plots/{name}"), data)
     _track_final(cfg, writer, runs, result, files)
-    target = records.target_record(cfg, _lab(ctx.inputs))
+    target = records.target_record(cfg, lab)
     storage.write_json(writer.path("target.json"), target)
 
     best = result["best_observed"]

@@ -146,6 +146,8 @@ class SearchTracker:
         params = {f"w.{c}": w for c, w in sorted(run["mixture"].items())}
         params.update(tracking.flat_params("proxy", run.get("proxy", {})))
         params.update(seed=run["seed"], iteration=run["iteration"], run_id=run["run_id"])
+        if run.get("base"):  # search.base: the base proxy it continued from
+            params["base.sha256"] = run["base"]["sha256"]
         metrics = dict(run.get("metrics", {}))
         metrics["score"] = run.get("score")
         train = run.get("train") or {}

@@ -14,8 +14,8 @@ import numpy as np
 from mixture import storage, tracking
 from mixture.climblab import ClimbLab
 from mixture.contract import StageContext, StageOutput
+from mixture.search import base, plots, steps
 from mixture.search import baselines as B
-from mixture.search import plots, steps
 from mixture.search.pool import ProxyRunner
 from mixture.search.track import SearchTracker
 
@@ -31,6 +31,7 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
     with ProxyRunner(cfg, cfg.search.workers, cfg.search.proxy.threads) as runner:
 
         def run_jobs(jobs: list[dict], desc: str) -> list[dict]:
+            jobs = base.with_base(cfg, search.uri, jobs)  # search.base: proxy-scale runs continue from it
             return runner.run(
                 [(j, writer.path(f"runs/{j['run_id']}.json")) for j in jobs], climblab, objective, desc=desc
             )

@@ -1,7 +1,8 @@
 """The `search` stage: CLIMB's iterative mixture search over the ClimbLab clusters.
 
 Runs the steps of `mixture.search.steps` in one process, the way the Airflow DAG runs them as
-tasks: for each iteration `propose` the jobs, train the proxies that are not finished yet (a
+tasks: the base proxy and the cluster experts when `search.base`/`search.experts` are on (the
+experts in the pool), then for each iteration `propose` the jobs, train the proxies that are not finished yet (a
 process pool, `mixture.search.pool`), then `finish` (fit the predictors, choose the mixture, stage
 mixture.json and iterations.json); the runner commits.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 
+from mixture import storage
 from mixture.contract import StageContext, StageOutput
 from mixture.search import steps
 from mixture.search.carry import carry_or_none
@@ -48,6 +50,10 @@ def run(ctx: StageContext, objective: steps.Objective | None = None) -> StageOut
             log.info("%s", line)
 
     with ProxyRunner(cfg, cfg.search.workers, cfg.search.proxy.threads) as runner:
+        steps.base(ctx)  # search.base: trained once, before iteration 0 (Airflow: the `base` task)
+        experts = [(j, steps.job_uri(writer, j)) for j in steps.expert_jobs(ctx)]
+        if todo_experts := [(j, uri) for j, uri in experts if not storage.exists(uri)]:
+            runner.run(todo_experts, ctx.inputs["climblab"], desc="cluster experts")
         for i in range(len(cfg.search.iterations)):
             jobs = steps.propose(ctx, i)
             todo = [j for j in jobs if steps.read_run(writer, j["run_id"]) is None]
