@@ -230,30 +230,39 @@ class Runner:
 class Context:
     """What every method of one lab and target needs."""
 
-    cfg: object  # the lab's Config (its `search` section is the search under test)
-    base_cfg: object  # the same lab with the search's settings before issue #20 (`climb_today`)
+    lab: str
+    cfg: object  # the lab's Config with the search under test (`--set`)
+    sets: list[str]  # the overrides that made `cfg` from the lab's config
+    base_sets: list[str]  # the overrides of `climb_today` (the search's defaults before issue #20)
+    make_cfg: object  # overrides -> the lab's Config (`lab_config` with this lab's corpus)
     runner: Runner
     names: list[str]
     prior: np.ndarray
-    target: str
+    target: Target
 
     def proxy(self) -> dict:
         return self.cfg.search.proxy.model_dump(mode="json")
 
     def select_scores(self, W: np.ndarray, seed: int) -> np.ndarray:
         got = self.runner.scores([(w, seed, self.proxy()) for w in W])
-        return np.array([g[f"{self.target}/select"] for g in got])
+        return np.array([g[f"{self.target.name}/select"] for g in got])
 
 
-def budget(scfg, vocab_size: int) -> int:
-    """Proxy runs a search costs (its iterations, plus its playoff in proxy-run equivalents when it
-    has one): every random method gets the same number of proxy runs."""
+def budget(scfg, vocab_size: int, groups: int) -> int:
+    """Proxy runs of `search.proxy` that the search costs, in training compute: its runs (the part
+    after the base when they continue from one), the base once, the experts, the playoff (anchors
+    and transfer runs by tokens x parameters). Every random method gets that many runs."""
     runs = sum(scfg.iterations) * scfg.seeds
+    if scfg.base.enabled:
+        share = scfg.base.share
+        runs = runs * (1 - share) + share
+        if scfg.experts.enabled:
+            runs += groups * ((scfg.experts.tokens or scfg.proxy.tokens * (1 - share)) / scfg.proxy.tokens)
     if scfg.playoff.enabled:
         from mixture.search import playoff
 
-        runs += math.ceil(playoff.budget(scfg, vocab_size)["cost"])
-    return runs
+        runs += playoff.budget(scfg, vocab_size)["cost"]
+    return math.ceil(runs - 1e-9)
 
 
 def random_pool(ctx: Context, draw: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +275,7 @@ def random_pool(ctx: Context, draw: int) -> tuple[np.ndarray, np.ndarray]:
     W = sample_mixtures(
         bootstrap.rng_for(draw, 0),
         ctx.prior,
-        budget(s, ctx.runner.vocab_size),
+        budget(s, ctx.runner.vocab_size, len(ctx.names)),
         temperature=s.temperature,
         concentration=s.concentration,
         epoch_cap=s.epoch_cap,
@@ -289,48 +298,33 @@ def regmix(ctx: Context, draw: int) -> tuple[np.ndarray, dict]:
     return w, {"runs": len(y), **info}
 
 
-def search(cfg, ctx: Context, seed: int) -> tuple[np.ndarray, dict]:
-    """The search's propose/final (the functions `climb search` runs) with each iteration's runs
-    trained in parallel, scored on the select half."""
+def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
+    """The product's own search (`climb search`: base, experts, iterations and playoff as the
+    config says) with `seed`, scored on the target's select half, in an output root of its own
+    that links the lab's upstream datasets, so that a rerun finds it committed (resumable)."""
+    from mixture import pipeline
     from mixture.search import bootstrap
 
-    scfg = cfg.search
-    runs: list[dict] = []
-    for it in range(len(scfg.iterations)):
-        obs = bootstrap.observe(runs, ctx.names, scfg.weight_floor)
-        W, _ = bootstrap.propose(scfg, ctx.prior, it, obs, seed)
-        for j, (w, score) in enumerate(zip(W, ctx.select_scores(W, seed))):
-            runs.append({"run_id": f"it{it}-{j:03d}", "mixture": dict(zip(ctx.names, w)), "score": float(score)})
-    obs = bootstrap.observe(runs, ctx.names, scfg.weight_floor)
-    result = bootstrap.final(scfg, ctx.prior, obs, seed)
-    if scfg.playoff.enabled:
-        result = run_playoff(scfg, ctx, obs, result, seed)
-    return np.array(result["weights"]), {
+    key = hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:10]
+    lab_root = Path(ctx.cfg.output_root)
+    root = lab_root.parent.parent / "searches" / f"{ctx.lab}-{ctx.target.name}-s{seed}-{key}"
+    for name in ("annotated", "curated", "embeddings", "clusters", "climblab"):
+        if not (root / name).exists():
+            root.mkdir(parents=True, exist_ok=True)
+            (root / name).symlink_to(lab_root / name, target_is_directory=True)
+    own = [f"seed={seed}", f"output_root={root}", f"search.target.val_uris=[{ctx.target.select}]"]
+    cfg = ctx.make_cfg(sets + own)
+    ds = pipeline.run_stage(cfg, "search").dataset
+    mixture = json.loads(Path(ds.path("mixture.json")).read_text())
+    runs = [json.loads(Path(ds.path(f)).read_text()) for f in ds.files("runs/")]
+    runs = [r for r in runs if r.get("iteration", 0) >= 0 and "score" in r]  # not the playoff's
+    obs = bootstrap.observe(runs, ctx.names, cfg.search.weight_floor)
+    return np.array([mixture["weights"].get(c, 0.0) for c in ctx.names]), {
         "runs": len(runs),
-        "method": result["method"],
-        "loo_spearman": loo_spearman(scfg, obs, seed),
-        "chosen": (result.get("predictor") or {}).get("chosen"),
-        "playoff": (result.get("playoff") or {}).get("reason"),
+        "method": mixture["method"],
+        "loo_spearman": loo_spearman(cfg.search, obs, seed),
+        "playoff": (mixture.get("playoff") or {}).get("reason"),
     }
-
-
-def run_playoff(scfg, ctx: Context, obs, result: dict, seed: int) -> dict:
-    """The search's playoff (`mixture.search.playoff`: anchors' seed replicates, finalists at the
-    search's transfer scale), its runs trained like every other, scored on the select half."""
-    from mixture.search import playoff
-
-    stored = playoff.plan(scfg, seed, ctx.names, ctx.prior, obs, ctx.runner.vocab_size)
-    settings = {
-        "proxy": ctx.proxy(),
-        "transfer_proxy": scfg.transfer_proxy.model_dump(mode="json"),
-    }
-    jobs = stored["jobs"]
-    batch = [(np.array([j["mixture"][c] for c in ctx.names]), j["seed"], settings[j["proxy_section"]]) for j in jobs]
-    scores = [g[f"{ctx.target}/select"] for g in ctx.runner.scores(batch)]
-    runs = {j["run_id"]: {**j, "score": s, "metrics": {}} for j, s in zip(jobs, scores)}
-    search_runs = [{"mixture": dict(zip(ctx.names, x.tolist())), "score": float(y)} for x, y in zip(obs.X, obs.y)]
-    rec = playoff.record(scfg, ctx.names, stored, runs, search_runs, obs, result["method"])
-    return playoff.apply(result, rec, ctx.names)
 
 
 def loo_spearman(scfg, obs, seed: int) -> float | None:
@@ -345,8 +339,8 @@ def loo_spearman(scfg, obs, seed: int) -> float | None:
 
 
 METHODS = {
-    "climb": lambda ctx, s: search(ctx.cfg, ctx, s),
-    "climb_today": lambda ctx, s: search(ctx.base_cfg, ctx, s),
+    "climb": lambda ctx, s: search(ctx, s, ctx.sets),
+    "climb_today": lambda ctx, s: search(ctx, s, ctx.base_sets),
     "best_of_random": best_of_random,
     "regmix": regmix,
     "natural": lambda ctx, s: (ctx.prior.copy(), {}),
@@ -360,7 +354,7 @@ def transfer(ctx: Context, w: np.ndarray, seeds: list[int], tokens: int) -> list
     """The mixture retrained at the transfer scale, one score on the report half per seed."""
     pcfg = {**ctx.proxy(), "tokens": tokens}
     got = ctx.runner.scores([(w, 10_000 + t, pcfg) for t in seeds])
-    return [g[f"{ctx.target}/report"] for g in got]
+    return [g[f"{ctx.target.name}/report"] for g in got]
 
 
 def paired(a: dict[int, list[float]], b: dict[int, list[float]]) -> dict:
@@ -397,7 +391,7 @@ def evaluate_target(ctx: Context, methods: list[str], seeds: list[int], args) ->
             "info": info,
             "seconds": round(time.time() - t0, 1),
         }
-        print(f"  {ctx.target} {m}: {out[m]['mean']:.4f} ± {out[m]['sd']:.4f} ({out[m]['seconds']} s)", flush=True)
+        print(f"  {ctx.target.name} {m}: {out[m]['mean']:.4f} ± {out[m]['sd']:.4f} ({out[m]['seconds']} s)", flush=True)
     if "climb" in out:
         for m in out:
             if m != "climb":
@@ -440,12 +434,11 @@ def parse(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", default=str(REPO / "out" / "search-quality"))
     ap.add_argument("--labs", default="sample-field,sample-kmeans")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default="best_of_random,natural,uniform,regmix,climb_today,climb")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--transfer-seeds", type=int, default=2)
     ap.add_argument("--transfer-factor", type=float, default=3.0, help="transfer tokens = factor x proxy tokens")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--val-tokens", type=int, default=20_000)
     ap.add_argument("--quick", action="store_true", help="tiny budgets and proxies: checks the plumbing only")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the search under test")
     return ap.parse_args(argv)
@@ -468,22 +461,27 @@ def main(argv: list[str] | None = None) -> int:
     for lab_name in args.labs.split(","):
         corpus = LABS[lab_name][0]
         corpus_uri, targets = (prepare_sample_corpus if corpus == "sample" else prepare_debian_corpus)(cache)
-        base_cfg = lab_config(cache, lab_name, corpus_uri, targets, quick)
-        cfg = lab_config(cache, lab_name, corpus_uri, targets, quick + args.set)
+        sets = quick + args.set
+        cfg = lab_config(cache, lab_name, corpus_uri, targets, sets)
         lab = build_lab(cfg)
         from mixture.search.steps import names_and_prior
 
         names, prior = names_and_prior(lab)
-        runner = Runner(cache, lab, lab.dataset.uri, names, targets, args.workers, args.val_tokens)
+        val_tokens = cfg.search.target.val_tokens  # the search's own: every method selects on the same text
+        runner = Runner(cache, lab, lab.dataset.uri, names, targets, args.workers, val_tokens)
         p = cfg.search.proxy
-        args.proxy_desc = f"{p.preset} on {p.tokens:,} tokens, budget {budget(cfg.search, lab.vocab_size)} runs"
+        n_runs = budget(cfg.search, lab.vocab_size, len(names))
+        args.proxy_desc = f"{p.preset} on {p.tokens:,} tokens, budget {n_runs} runs"
         args.transfer_tokens = int(p.tokens * args.transfer_factor)
         print(f"{lab_name}: {len(names)} groups, targets {[t.name for t in targets]}", flush=True)
+
+        def make_cfg(extra: list[str], lab_name=lab_name, corpus_uri=corpus_uri, targets=targets):
+            return lab_config(cache, lab_name, corpus_uri, targets, extra)
+
         for t in targets:
-            ctx = Context(cfg, base_cfg, runner, names, prior, t.name)
-            results[f"{lab_name} / {t.name}"] = evaluate_target(
-                ctx, args.methods.split(","), list(range(args.seeds)), args
-            )
+            ctx = Context(lab_name, cfg, sets, quick, make_cfg, runner, names, prior, t)
+            seeds = list(range(args.seeds))
+            results[f"{lab_name} / {t.name}"] = evaluate_target(ctx, args.methods.split(","), seeds, args)
         print(f"{lab_name}: {runner.trained} proxies trained in this run", flush=True)
     text = report(results, args)
     (cache / "results.json").write_text(json.dumps(results, indent=1, default=str))
