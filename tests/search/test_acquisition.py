@@ -1,0 +1,116 @@
+"""The acquisition rule: expected improvement, upper confidence bound, a batch that spreads, and a
+search that finds better mixtures with it than with a random subset of the predicted top N."""
+
+import numpy as np
+import pytest
+from mixture.config import PredictorConfig, SearchConfig
+from mixture.config.search import AcquisitionConfig
+from mixture.search import acquisition as A
+from mixture.search import bootstrap
+from mixture.search import predictor as P
+from mixture.search.sampler import sample_mixtures
+from mixture.search.synthetic import calibrated
+
+K = 6
+PCFG = PredictorConfig(candidates=["ridge_sqrt", "gp"], cv_folds=4)
+
+
+def test_expected_improvement_rewards_both_a_better_mean_and_more_doubt():
+    from scipy.stats import norm
+
+    mean, best = np.array([0.0, 0.0, 1.0, -1.0, 0.5]), 0.0
+    std = np.array([0.0, 1.0, 0.0, 0.0, 0.5])
+    ei = A.expected_improvement(mean, std, best)
+    assert ei[0] == 0.0 and ei[2] == 1.0 and ei[3] == 0.0  # no doubt: the plain improvement
+    assert ei[1] == pytest.approx(norm.pdf(0.0))  # at the best, worth its doubt
+    assert ei[4] == pytest.approx(0.5 * norm.cdf(1.0) + 0.5 * norm.pdf(1.0))
+    assert A.expected_improvement(mean, std, best, xi=0.2)[2] == pytest.approx(0.8)
+    ucb = A.value(AcquisitionConfig(rule="ucb", ucb_beta=2.0), mean, std, best)
+    np.testing.assert_allclose(ucb, mean + 2.0 * std)
+
+
+def _fitted_on(prior, obj, n=15, seed=0):
+    X = sample_mixtures(np.random.default_rng(seed), prior, n)
+    y = np.array([obj(w, seed) for w in X])
+    return X, y, P.fit_select(X, y, PCFG, seed)
+
+
+def _problem(seed=0):
+    prior = np.random.default_rng(100 + seed).dirichlet(np.full(K, 2.0))
+    optimum = sample_mixtures(np.random.default_rng(900 + seed), prior, 1, concentration=(0.3, 0.3))[0]
+    return prior, calibrated(prior, optimum)
+
+
+def _min_gap(W):
+    return min(A.hellinger(W[i + 1 :], W[i]).min() for i in range(len(W) - 1))
+
+
+def test_a_batch_spreads_when_the_std_shrinks_at_each_pick():
+    prior, obj = _problem(0)
+    X, y, fitted = _fitted_on(prior, obj)
+    gp = fitted.model if fitted.chosen == "gp" else fitted.runner_up
+    C = sample_mixtures(np.random.default_rng(1), prior, 3000)
+    mean = fitted.predict(C)
+    acfg = AcquisitionConfig(rule="ucb", min_distance=0.0)
+    believer = A.pick(acfg, C, mean, gp.posterior(C), float(y.max()), 8)
+    fixed = A.pick(acfg, C, mean, A.FixedStd(gp, C), float(y.max()), 8)
+    assert len(set(believer["picks"].tolist())) == 8 and len(set(fixed["picks"].tolist())) == 8
+    # without the update the batch is the 8 best single values, bunched around one point
+    assert _min_gap(C[believer["picks"]]) > 2 * _min_gap(C[fixed["picks"]])
+    # the std of later picks is what is left after the earlier ones
+    assert believer["stds"][0] == pytest.approx(np.sqrt(gp.posterior(C).var[believer["picks"][0]]))
+
+
+def test_picks_keep_the_minimum_distance_until_no_candidate_can():
+    prior, obj = _problem(1)
+    _, y, fitted = _fitted_on(prior, obj)
+    C = sample_mixtures(np.random.default_rng(2), prior, 2000)
+    gp = fitted.model if fitted.chosen == "gp" else fitted.runner_up
+    acfg = AcquisitionConfig(rule="ei", min_distance=0.15)
+    out = A.pick(acfg, C, fitted.predict(C), gp.posterior(C), float(y.max()), 6)
+    assert out["relaxed"] == 0 and _min_gap(C[out["picks"]]) >= 0.15
+    # five candidates all within the distance of each other: the distance gives way, picks stay distinct
+    tight = np.tile(prior, (5, 1)) + np.linspace(0, 1e-4, 5)[:, None] * (np.eye(K)[0] - prior)
+    out = A.pick(acfg, tight, fitted.predict(tight), gp.posterior(tight), float(y.max()), 4)
+    assert sorted(out["picks"].tolist()) == sorted(set(out["picks"].tolist())) and out["relaxed"] == 3
+
+
+def test_a_predictor_without_a_std_borrows_the_gps():
+    prior, obj = _problem(2)
+    X = sample_mixtures(np.random.default_rng(0), prior, 15)
+    y = np.array([obj(w, 0) for w in X])
+    fitted = P.fit_select(X, y, PredictorConfig(candidates=["ridge_sqrt"], cv_folds=4))
+    C = sample_mixtures(np.random.default_rng(3), prior, 500)
+    picks, report = A.choose(AcquisitionConfig(rule="ucb"), fitted, C, fitted.predict(C), X, y, PCFG, 0, 5)
+    assert report["std_from"].startswith("gp (the chosen ridge_sqrt")
+    assert len(set(picks.tolist())) == 5 and len(report["picked_std"]) == 5
+
+
+def _scfg(rule: str) -> SearchConfig:
+    return SearchConfig(
+        iterations=[12, 6, 4],
+        candidates=5000,
+        top_n=12,
+        top_k=16,
+        predictor=dict(candidates=["ridge", "ridge_sqrt"], cv_folds=4),
+        acquisition=dict(rule=rule),
+    )
+
+
+def test_ei_and_ucb_find_better_mixtures_than_a_random_subset_of_the_top_n():
+    """The same budget (22 noisy runs) and problems; regret = the optimum's noiseless score minus
+    the final mixture's (measured: 0.047 top_random, 0.021 ei, 0.023 ucb over these 6 problems)."""
+    regret: dict[str, list[float]] = {"top_random": [], "ei": [], "ucb": []}
+    for seed in range(6):
+        prior = np.random.default_rng(100 + seed).dirichlet(np.full(12, 2.0))
+        optimum = sample_mixtures(np.random.default_rng(900 + seed), prior, 1, concentration=(0.3, 0.3))[0]
+        obj = calibrated(prior, optimum)
+        for rule in regret:
+            out, obs, reports = bootstrap.run_search(_scfg(rule), prior, obj, seed=seed)
+            regret[rule].append(-obj.value(np.array(out["weights"])))
+            assert all(r["acquisition"]["rule"] == rule for r in reports[1:])
+    base = np.array(regret["top_random"])
+    for rule in ("ei", "ucb"):
+        r = np.array(regret[rule])
+        assert r.mean() < 0.75 * base.mean(), (rule, r, base)
+        assert np.sum(r < base - 1e-9) > np.sum(r > base + 1e-9), (rule, r, base)
