@@ -86,6 +86,24 @@ def test_a_predictor_without_a_std_borrows_the_gps():
     assert len(set(picks.tolist())) == 5 and len(report["picked_std"]) == 5
 
 
+class _NoStd:
+    name = "no_std"
+
+    def predict(self, X):
+        return X[:, 0]
+
+    def posterior(self, C):
+        raise np.linalg.LinAlgError("the kernel matrix is singular")
+
+
+def test_without_a_std_the_rule_falls_back_to_top_random_and_says_why():
+    X = np.random.default_rng(0).dirichlet(np.ones(K), size=10)
+    fitted = P.Fitted("no_std", _NoStd(), None, {}, ["no_std"])
+    picks, report = A.choose(AcquisitionConfig(rule="ei"), fitted, X, X[:, 0], X, X[:, 0], PCFG, 0, 3)
+    assert picks is None
+    assert report == {"rule": "top_random", "asked": "ei", "reason": "no std for ei: the kernel matrix is singular"}
+
+
 def _scfg(rule: str) -> SearchConfig:
     return SearchConfig(
         iterations=[12, 6, 4],

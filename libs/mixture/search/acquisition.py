@@ -53,6 +53,7 @@ def pick(acfg: AcquisitionConfig, C: np.ndarray, mean: np.ndarray, posterior, be
     C) and `condition(j)` (gp.Posterior). Returns the picks and, per pick, its value and std."""
     taken = np.zeros(len(C), dtype=bool)
     near = np.zeros(len(C), dtype=bool)
+    roots = np.sqrt(np.clip(C, 0, None))
     picks, values, stds, relaxed = [], [], [], 0
     for _ in range(min(n, len(C))):
         std = np.sqrt(posterior.var)
@@ -67,7 +68,7 @@ def pick(acfg: AcquisitionConfig, C: np.ndarray, mean: np.ndarray, posterior, be
         stds.append(float(std[j]))
         taken[j] = True
         if acfg.min_distance > 0:
-            near |= hellinger(C, C[j]) < acfg.min_distance
+            near |= np.sqrt(0.5 * np.sum((roots - roots[j]) ** 2, axis=1)) < acfg.min_distance  # hellinger
         posterior.condition(j)
     return {"picks": np.array(picks, dtype=np.int64), "values": values, "stds": stds, "relaxed": relaxed}
 
