@@ -142,15 +142,23 @@ def report(args, iterations, regret, seconds, chosen, methods, spearman, wall) -
         f"{args.problems} problems, objective {args.objective}, {args.clusters} clusters, budget {iterations} = "
         f"{sum(iterations)} runs, {args.candidates} candidates, {wall:.0f} s"
     )
-    print("| method | median regret | mean regret | wins vs random | wins vs climb | s per search | final predictor |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print(
+        "| method | median regret | mean regret | wins vs random | wins / losses vs climb | "
+        "regret - climb's (mean +- 2 se) | s per search | final predictor |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for name, r in regret.items():
         wins = np.mean(np.array(r) < np.array(regret["random"]))
-        vs_climb = f"{np.mean(np.array(r) < np.array(regret['climb'])):.0%}" if "climb" in regret else "-"
+        vs_climb, paired = "-", "-"
+        if "climb" in regret:
+            d = np.array(r) - np.array(regret["climb"])
+            vs_climb = f"{np.sum(d < -1e-9)} / {np.sum(d > 1e-9)}"
+            paired = f"{d.mean():+.4f} +- {2 * d.std(ddof=1) / np.sqrt(len(d)):.4f}" if len(d) > 1 else "-"
         per = f"{seconds[name] / args.problems:.1f}" if name in seconds else "-"
         picks = chosen.get(name) or []
         counts = ", ".join(f"{k} {v}" for k, v in zip(*np.unique(picks, return_counts=True))) if picks else "-"
-        print(f"| {name} | {np.median(r):.4f} | {np.mean(r):.4f} | {wins:.0%} | {vs_climb} | {per} | {counts} |")
+        cells = [f"{np.median(r):.4f}", f"{np.mean(r):.4f}", f"{wins:.0%}", vs_climb, paired, per, counts]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     if spearman:
         print(
             f"climb final: {dict(Counter(methods))}; final CV Spearman median "
