@@ -9,7 +9,7 @@ from mixture.search import acquisition as A
 from mixture.search import bootstrap
 from mixture.search import predictor as P
 from mixture.search.sampler import sample_mixtures
-from mixture.search.synthetic import calibrated
+from mixture.search.synthetic import calibrated, random_components
 
 K = 6
 PCFG = PredictorConfig(candidates=["ridge_sqrt", "gp"], cv_folds=4)
@@ -104,31 +104,36 @@ def test_without_a_std_the_rule_falls_back_to_top_random_and_says_why():
     assert report == {"rule": "top_random", "asked": "ei", "reason": "no std for ei: the kernel matrix is singular"}
 
 
-def _scfg(rule: str) -> SearchConfig:
+def _scfg(rule: str, weights: dict[str, float]) -> SearchConfig:
     return SearchConfig(
-        iterations=[12, 6, 4],
+        iterations=[16, 8, 6],
         candidates=5000,
-        top_n=12,
-        top_k=16,
-        predictor=dict(candidates=["ridge", "ridge_sqrt"], cv_folds=4),
+        top_n=32,
+        top_k=32,
+        predictor=dict(candidates=["ridge", "ridge_sqrt", "mixing_law"]),
         acquisition=dict(rule=rule),
+        target=dict(weights=weights),
     )
 
 
+@pytest.mark.slow
 def test_ei_and_ucb_find_better_mixtures_than_a_random_subset_of_the_top_n():
-    """The same budget (22 noisy runs) and problems; regret = the optimum's noiseless score minus
-    the final mixture's (measured: 0.047 top_random, 0.021 ei, 0.023 ucb over these 6 problems)."""
+    """The same budget (30 noisy runs) on 20 problems with a three-component target and known
+    mixing laws; regret = the best noiseless score minus the final mixture's. Measured: mean
+    regret 0.094 top_random, 0.060 ei (better on 14 problems, worse on 5), 0.048 ucb (16 / 4).
+    On the single-score objective (`calibrated`) bench/search_synthetic.py finds no significant
+    difference: this is where the rules help, not a claim that they always do."""
     regret: dict[str, list[float]] = {"top_random": [], "ei": [], "ucb": []}
-    for seed in range(6):
-        prior = np.random.default_rng(100 + seed).dirichlet(np.full(12, 2.0))
-        optimum = sample_mixtures(np.random.default_rng(900 + seed), prior, 1, concentration=(0.3, 0.3))[0]
-        obj = calibrated(prior, optimum)
+    for seed in range(20):
+        prior = np.random.default_rng(100 + seed).dirichlet(np.full(10, 2.0))
+        obj = random_components(prior, seed=seed)
+        best = obj.optimum_value()
         for rule in regret:
-            out, obs, reports = bootstrap.run_search(_scfg(rule), prior, obj, seed=seed)
-            regret[rule].append(-obj.value(np.array(out["weights"])))
+            out, _, reports = bootstrap.run_search(_scfg(rule, obj.weights), prior, obj, seed=seed)
+            regret[rule].append(best - obj.value(np.array(out["weights"])))
             assert all(r["acquisition"]["rule"] == rule for r in reports[1:])
     base = np.array(regret["top_random"])
     for rule in ("ei", "ucb"):
         r = np.array(regret[rule])
-        assert r.mean() < 0.75 * base.mean(), (rule, r, base)
-        assert np.sum(r < base - 1e-9) > np.sum(r > base + 1e-9), (rule, r, base)
+        assert r.mean() < 0.8 * base.mean(), (rule, r, base)
+        assert np.sum(r < base - 1e-9) >= 2 * np.sum(r > base + 1e-9), (rule, r, base)
