@@ -54,7 +54,10 @@ def test_a_predictor_from_a_test_module_is_cross_validated_and_can_win(registere
 
 
 def test_unknown_predictor_is_a_config_error_listing_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown predictor 'nearest_run'; known: lightgbm, mixing_law, ridge"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown predictor 'nearest_run'; known: gp, lightgbm, mixing_law, mixing_law_components, ridge",
+    ):
         _config(["ridge", "nearest_run"])
     assert PredictorConfig().candidates == ["lightgbm", "ridge", "ridge_sqrt", "mixing_law"]
 

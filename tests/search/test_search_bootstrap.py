@@ -123,3 +123,62 @@ def test_projection_of_the_search_wall_time():
     assert line and "40 s per proxy run" in line and "8 runs left" in line and "2.7 more minutes" in line
     assert p.done({"seconds": 40.0}) is None  # the estimate did not move much
     assert p.done({"seconds": 400.0}) is not None  # it did: said again
+
+
+# ------------------------------------------------------------------ components and acquisition
+def _component_runs(n=20, seed=0):
+    from mixture.search.synthetic import random_components
+
+    prior = np.random.default_rng(100 + seed).dirichlet(np.full(6, 2.0))
+    obj = random_components(prior, n_components=2, seed=seed)
+    names = [f"c{i:02d}" for i in range(6)]
+    W = sample_mixtures(np.random.default_rng(seed), prior, n)
+    runs = [{"run_id": f"r{j:02d}", "mixture": dict(zip(names, w)), **obj(w, 0)} for j, w in enumerate(W)]
+    return prior, obj, names, runs
+
+
+def test_observe_averages_components_and_drops_them_unless_every_run_has_them():
+    names = ["a", "b"]
+    runs = [
+        {"run_id": "x-s0", "mixture": {"a": 0.5, "b": 0.5}, "score": 1.0, "components": {"val": -2.0, "qa": 4.0}},
+        {"run_id": "x-s1", "mixture": {"a": 0.5, "b": 0.5}, "score": 2.0, "components": {"val": -1.0, "qa": 5.0}},
+        {"run_id": "y-s0", "mixture": {"a": 1.0, "b": 0.0}, "score": 0.5, "components": {"val": -3.0, "qa": 4.0}},
+    ]
+    obs = bootstrap.observe(runs, names, 2e-4)
+    np.testing.assert_allclose(obs.components["val"], [-1.5, -3.0])
+    np.testing.assert_allclose(obs.components["qa"], [4.5, 4.0])
+    shares = bootstrap.contributions(_scfg(target=dict(weights={"val": 1.0, "qa": 1.0})), obs)
+    assert shares is not None and np.allclose(shares["val"] + shares["qa"], obs.y)
+    # the runs were scored with other weights: the shares do not add up, the score is fitted alone
+    assert bootstrap.contributions(_scfg(target=dict(weights={"val": 3.0, "qa": 1.0})), obs) is None
+    assert bootstrap.observe(runs + [{**runs[0], "run_id": "z", "components": {}}], names, 2e-4).components == {}
+
+
+def test_a_component_target_gets_one_law_per_component():
+    prior, obj, names, runs = _component_runs()
+    scfg = _scfg(target=dict(weights=obj.weights), predictor=dict(candidates=["ridge", "mixing_law_components"]))
+    fitted = bootstrap.fit_predictor(scfg, bootstrap.observe(runs, names, 2e-4), seed=0)
+    law = fitted.model if fitted.chosen == "mixing_law_components" else fitted.runner_up
+    assert sorted(law.laws) == sorted(obj.weights)
+
+
+def test_propose_by_ei_trains_distinct_mixtures_and_says_how_it_chose():
+    prior, obj = _problem(0)
+    names = [f"c{i:02d}" for i in range(K)]
+    W0 = sample_mixtures(np.random.default_rng(0), prior, 12)
+    obs = bootstrap.observe(
+        [{"run_id": f"r{j}", "mixture": dict(zip(names, w)), "score": obj(w, 0)} for j, w in enumerate(W0)], names, 2e-4
+    )
+    scfg = _scfg(iterations=[12, 6], acquisition=dict(rule="ei", min_distance=0.05))
+    W1, report = bootstrap.propose(scfg, prior, 1, obs, seed=0)
+    acq = report["acquisition"]
+    assert len(W1) == 6 and acq["rule"] == "ei" and acq["std_from"].startswith("gp")
+    assert len(acq["picked_std"]) == 6 and all(s >= 0 for s in acq["picked_std"])
+    gaps = [np.sqrt(0.5 * ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()) for i, a in enumerate(W1) for b in W1[i + 1 :]]
+    assert min(gaps) >= 0.05
+    assert acq["picked_value"] == sorted(acq["picked_value"], reverse=True)  # each pick lowers the rest
+    W1b, _ = bootstrap.propose(scfg, prior, 1, obs, seed=0)
+    np.testing.assert_array_equal(W1, W1b)
+    # the default draws from the predicted top N, as before
+    _, default = bootstrap.propose(_scfg(iterations=[12, 6]), prior, 1, obs, seed=0)
+    assert default["acquisition"] == {"rule": "top_random"}

@@ -90,6 +90,15 @@ class PredictorConfig(Section):
         description="below this CV Spearman the final mixture is the best observed one, not a predicted one",
     )
 
+    law_restarts: int = Field(4, ge=1, description="mixing_law_components: starts of each fit (the first at t = 0)")
+    law_l2: float = Field(1.0, ge=0, description="mixing_law_components: L2 penalty on t and log|k|")
+    law_huber: float = Field(
+        1.0, gt=0, description="mixing_law_components: Huber threshold, in standard deviations of a component"
+    )
+    gp_kernel: Literal["matern", "rbf"] = Field("matern", description="gp: Matern 5/2 or RBF (+ a white noise term)")
+    gp_features: Literal["sqrt", "weights"] = Field("sqrt", description="gp: the kernel's inputs")
+    gp_restarts: int = Field(3, ge=0, description="gp: extra starts of the marginal-likelihood optimiser")
+
     @field_validator("candidates")
     @classmethod
     def _registered(cls, v: list[str]) -> list[str]:
@@ -159,6 +168,21 @@ class ExpertsConfig(Section):
     )
 
 
+class AcquisitionConfig(Section):
+    """How iterations >= 1 pick their mixtures among the candidates (mixture.search.acquisition)."""
+
+    rule: Literal["top_random", "ei", "ucb"] = Field(
+        "top_random",
+        description="top_random: a random subset of the predicted top_n (the paper); ei: expected "
+        "improvement; ucb: mean + ucb_beta * std (both picked one at a time, the std shrunk at each pick)",
+    )
+    ucb_beta: float = Field(2.0, ge=0, description="ucb: standard deviations added to the predicted mean")
+    ei_xi: float = Field(0.0, ge=0, description="ei: improvement margin over the best predicted observed score")
+    min_distance: float = Field(
+        0.02, ge=0, lt=1, description="ei/ucb: least Hellinger distance between two picks of one iteration"
+    )
+
+
 class SearchConfig(Section):
     iterations: list[int] = Field([64, 32, 16], min_length=1)
     temperature: float = Field(0.5, gt=0)
@@ -187,6 +211,7 @@ class SearchConfig(Section):
     playoff: PlayoffConfig = PlayoffConfig()
     base: BaseConfig = BaseConfig()
     experts: ExpertsConfig = ExpertsConfig()
+    acquisition: AcquisitionConfig = AcquisitionConfig()
 
     @property
     def playoff_transfer_proxy(self) -> ProxyConfig | None:

@@ -13,8 +13,9 @@ Modules, in the order the data flows:
 - `evaluate`: target metrics: validation bits per byte, multiple-choice tasks; the score; the
   target's select and report parts;
 - `predictor`: the choice among the predictors by CV Spearman; `predictors/`: LightGBM, ridge,
-  ridge on sqrt weights, mixing law, one module each;
-- `bootstrap`: the iterative search as pure functions (propose, final);
+  ridge on sqrt weights, mixing law, per-component mixing laws, Gaussian process, one module each;
+- `bootstrap`: the iterative search as pure functions (propose, final); `acquisition`: which
+  candidates a later iteration trains (random top N, expected improvement, upper confidence bound);
 - `steps`: propose / run_proxy / finish, the units the CLI and Airflow both run; `records`: what
   a finished search writes (mixture.json, iterations, plots, summary); `pool`: the
   processes that train proxies; `carry`: whether a refresh searches again;

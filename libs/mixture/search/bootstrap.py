@@ -14,7 +14,10 @@ Two choices here go beyond the paper, both because of what was measured with 16-
   at larger scale when the predictor was weak).
 A share `search.local_frac` of the candidates is drawn around the best observed mixtures instead of
 around the prior, so that later iterations refine where the runs were good (0 reproduces the
-paper's global-only candidates).
+paper's global-only candidates). `search.acquisition.rule` (acquisition.py) can replace the
+paper's random subset of the top N by expected improvement or an upper confidence bound (off by
+default). When every run recorded its target components (evaluate.py), the predictors that fit
+them get each component's share of the score (`contributions`).
 
 Scores are higher-is-better (evaluate.py). Nothing here reads files or trains models: the
 objective is whatever produced the observations, which is what lets tests run the whole search on
@@ -24,12 +27,13 @@ a cheap synthetic function with a known optimum.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mixture.config import SearchConfig
+from mixture.search import acquisition
 from mixture.search import predictor as pred
 from mixture.search.sampler import mixture_keys, quantize, sample_mixtures
 
@@ -49,6 +53,8 @@ class Observations:
     y: np.ndarray  # [m] mean score, higher is better
     run_ids: list[list[str]]  # the runs behind each row
     excluded: list[dict]  # runs left out, with the reason
+    # the mean of each target component (evaluate.py, higher is better) per row, when every run has them
+    components: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -58,7 +64,7 @@ class Observations:
 
 
 def observe(runs: list[dict], names: list[str], floor: float) -> Observations:
-    """Group finished runs by mixture (seeds of one mixture are averaged)."""
+    """Group finished runs by mixture (seeds of one mixture are averaged, their components too)."""
     rows: dict[bytes, dict] = {}
     excluded = []
     for r in sorted(runs, key=lambda r: r["run_id"]):
@@ -71,11 +77,39 @@ def observe(runs: list[dict], names: list[str], floor: float) -> Observations:
         row = rows.setdefault(key, {"w": w, "scores": [], "ids": []})
         row["scores"].append(float(score))
         row["ids"].append(r["run_id"])
+        row.setdefault("components", []).append(r.get("components") or {})
     if not rows:
         return Observations(np.zeros((0, len(names))), np.zeros(0), [], excluded)
     X = np.stack([v["w"] for v in rows.values()])
     y = np.array([np.mean(v["scores"]) for v in rows.values()])
-    return Observations(X, y, [v["ids"] for v in rows.values()], excluded)
+    return Observations(X, y, [v["ids"] for v in rows.values()], excluded, _mean_components(list(rows.values())))
+
+
+def _mean_components(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Per component, its mean over each row's runs; none unless every run has the same finite ones."""
+    every = [c for row in rows for c in row["components"]]
+    names = sorted(every[0]) if every else []
+    if not names or any(sorted(c) != names or not all(np.isfinite(list(c.values()))) for c in every):
+        return {}
+    return {n: np.array([np.mean([c[n] for c in row["components"]]) for row in rows]) for n in names}
+
+
+def contributions(scfg: SearchConfig, obs: Observations) -> dict[str, np.ndarray] | None:
+    """Each component's share of the score (`search.target.weights`, 1 when not named), or None
+    when the runs recorded no components or their shares do not add up to the scores."""
+    if not obs.components:
+        return None
+    w = {c: float(scfg.target.weights.get(c, 1.0)) for c in obs.components}
+    total = sum(w.values())
+    if total <= 0:
+        return None
+    shares = {c: w[c] / total * v for c, v in obs.components.items()}
+    return shares if np.allclose(sum(shares.values()), obs.y, rtol=0, atol=1e-6) else None
+
+
+def fit_predictor(scfg: SearchConfig, obs: Observations, seed: int) -> pred.Fitted:
+    """`predictor.fit_select` on the observations (with their components, when they add up)."""
+    return pred.fit_select(obs.X, obs.y, scfg.predictor, seed, contributions(scfg, obs))
 
 
 def candidates(
@@ -128,7 +162,7 @@ def propose(
             else f"only {len(obs)} observed mixtures: too few to fit a predictor"
         )
         return W, {"iteration": iteration, "method": "random", "reason": why, "observed": len(obs)}
-    fitted = pred.fit_select(obs.X, obs.y, scfg.predictor, seed)
+    fitted = fit_predictor(scfg, obs, seed)
     C = candidates(scfg, prior, rng, obs, exclude)
     C_pred = fitted.predict(C)
     order = fitted.rank(C, C_pred)
@@ -136,13 +170,16 @@ def propose(
     if screen is not None:
         order, screened = screen(C, order)
     top = order[: max(scfg.top_n, n)]
-    chosen = rng.choice(top, size=n, replace=False) if len(top) > n else top
-    picked = top[np.isin(top, chosen)]  # the random subset, in rank order
+    picked, acquired = _select(scfg, fitted, C, C_pred, obs, seed, n)
+    if picked is None:  # top_random: the paper's random subset of the top N
+        chosen = rng.choice(top, size=n, replace=False) if len(top) > n else top
+        picked = top[np.isin(top, chosen)]  # the random subset, in rank order
     report = {
         "iteration": iteration,
         "method": "predicted",
         "observed": len(obs),
         "predictor": fitted.report(),
+        "acquisition": acquired,
         "candidates": int(len(C)),
         "top_n": int(len(top)),
         "oof": {name: r.oof for name, r in fitted.cv.items()},
@@ -161,6 +198,15 @@ def propose(
     return C[picked], report
 
 
+def _select(scfg: SearchConfig, fitted, C, C_pred, obs: Observations, seed: int, n: int) -> tuple[Any, dict]:
+    """The candidates picked by `search.acquisition.rule`, in pick order, and how; (None, report)
+    for `top_random`, whose draw is the caller's (it shares the iteration's random stream)."""
+    acfg = scfg.acquisition
+    if acfg.rule == "top_random":
+        return None, {"rule": "top_random"}
+    return acquisition.choose(acfg, fitted, C, C_pred, obs.X, obs.y, scfg.predictor, seed, n)
+
+
 def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, screen: Screen | None = None) -> dict:
     """The search's answer: the predicted best (or top-k mean) mixture, or the best observed one
     when the predictor cannot be trusted to beat it. Weights are a vector in the clusters' order."""
@@ -177,7 +223,7 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
             "best_observed": best_observed,
             "predictor": None,
         }
-    fitted = pred.fit_select(obs.X, obs.y, scfg.predictor, seed)
+    fitted = fit_predictor(scfg, obs, seed)
     C = candidates(scfg, prior, rng_for(seed, STREAM_FINAL), obs, exclude=set())
     order, screened = screen(C, fitted.rank(C)) if screen is not None else (fitted.rank(C), None)
     w = _pick(scfg, prior, C, order)
@@ -238,10 +284,11 @@ def _distrust(scfg: SearchConfig, fitted, predicted: float, predicted_best_obser
 
 
 def run_search(
-    scfg: SearchConfig, prior: np.ndarray, objective: Callable[[np.ndarray, int], float], seed: int = 0
+    scfg: SearchConfig, prior: np.ndarray, objective: Callable[[np.ndarray, int], Any], seed: int = 0
 ) -> tuple[dict, Observations, list[dict]]:
-    """The whole search in one process against `objective(weights, seed) -> score` (tests and
-    benchmarks; the pipeline runs the same propose/final through steps.py with real proxies)."""
+    """The whole search in one process against `objective(weights, seed)`, which returns the score
+    or a run's {"score", "components"} (tests and benchmarks; the pipeline runs the same
+    propose/final through steps.py with real proxies)."""
     names = [f"c{i:02d}" for i in range(len(prior))]
     runs: list[dict] = []
     reports = []
@@ -251,12 +298,8 @@ def run_search(
         reports.append(report)
         for j, w in enumerate(W):
             for s in range(scfg.seeds):
-                runs.append(
-                    {
-                        "run_id": f"it{it}-{j:03d}-s{s}",
-                        "mixture": dict(zip(names, w.tolist())),
-                        "score": float(objective(w, seed + s)),
-                    }
-                )
+                out = objective(w, seed + s)
+                result = dict(out) if isinstance(out, dict) else {"score": float(out)}
+                runs.append({"run_id": f"it{it}-{j:03d}-s{s}", "mixture": dict(zip(names, w.tolist())), **result})
     obs = observe(runs, names, scfg.weight_floor)
     return final(scfg, prior, obs, seed), obs, reports

@@ -12,7 +12,10 @@ runs), so the predictor is *chosen* every time it is fitted, by cross-validation
 - `ridge`: ridge regression on the weights (RegMix's linear baseline), alpha by efficient LOO;
 - `ridge_sqrt`: ridge on sqrt(weights), which bends the response like diminishing returns;
 - `mixing_law`: the data-mixing law of Ye et al. (2024), score = c + k * exp(sum_j t_j w_j),
-  fitted by regularised least squares.
+  fitted by regularised least squares;
+- `mixing_law_components` (off by default): one such law per target component (the validation
+  text, each task), Huber loss, several starts, summed with the target's weights;
+- `gp` (off by default): a Gaussian process with a noise term, the one predictor with a std.
 
 Every candidate is scored on the same k folds by the Spearman correlation of its pooled
 out-of-fold predictions with the observed scores (what the search needs: a ranking), and the MAE.
@@ -22,7 +25,12 @@ ranking and counts as Spearman 0.
 
 The candidates are registered in `mixture.registry.PREDICTORS`, one module each in
 `mixture.search.predictors` (a class taking `(cfg, seed)` with `fit`, `predict`, `name` and a
-`simplicity` rank for ties); `search.predictor.candidates` names them.
+`simplicity` rank for ties); `search.predictor.candidates` names them. Two optional parts: a class
+with `uses_components = True` is fitted as `fit(X, y, components=...)` when the runs recorded
+their target components (each component's share of the score: `components[c] = weight_c /
+sum(weights) * value_c`, higher is better as `evaluate` records it, so they add up to y); a
+predictor with `predict_std(X)` (the std of its predicted mean) gives the acquisition rule its
+uncertainty (`mixture.search.acquisition`).
 
 Scores are "higher is better" throughout (see evaluate.py: the score of a bpb target is -bpb).
 """
@@ -46,9 +54,43 @@ class Predictor(Protocol):
     def predict(self, X: np.ndarray) -> np.ndarray: ...
 
 
+Components = dict[str, np.ndarray]  # per target component, its share of the score per row
+
+
 def make(name: str, cfg: PredictorConfig, seed: int = 0) -> Predictor:
     """A new, unfitted predictor of the registered kind `name` (`mixture.search.predictors`)."""
     return PREDICTORS.get(name)(cfg, seed)
+
+
+def one_blas_thread():
+    """A context in which BLAS runs on one thread: the fits here are tiny, and threaded BLAS
+    makes scipy's optimisers (the gp's L-BFGS-B) 20x slower on a busy machine (measured)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def fit_one(
+    name: str, cfg: PredictorConfig, seed: int, X: np.ndarray, y: np.ndarray, components: Components | None = None
+) -> Predictor:
+    """`make(name).fit(...)`, with the components for a predictor that uses them."""
+    model = make(name, cfg, seed)
+    if components and getattr(model, "uses_components", False):
+        return model.fit(X, y, components=components)  # type: ignore[call-arg]
+    return model.fit(X, y)
+
+
+def check_components(y: np.ndarray, components: Components | None) -> Components | None:
+    """The components as float arrays; ValueError when they do not add up to y row by row."""
+    if not components:
+        return None
+    out = {c: np.asarray(v, dtype=np.float64) for c, v in components.items()}
+    if any(v.shape != y.shape for v in out.values()):
+        raise ValueError(f"every component needs one value per row ({len(y)})")
+    gap = float(np.max(np.abs(sum(out.values()) - y)))
+    if not gap <= 1e-6 * max(1.0, float(np.max(np.abs(y)))):
+        raise ValueError(f"the components do not add up to the score (largest gap {gap:.3g})")
+    return out
 
 
 def simplicity(name: str) -> int:
@@ -89,13 +131,17 @@ def folds(n: int, k: int, seed: int) -> list[np.ndarray]:
     return [perm[i::k] for i in range(k)]
 
 
-def cross_validate(name: str, X: np.ndarray, y: np.ndarray, cfg: PredictorConfig, seed: int = 0) -> CVResult:
+def cross_validate(
+    name: str, X: np.ndarray, y: np.ndarray, cfg: PredictorConfig, seed: int = 0, components: Components | None = None
+) -> CVResult:
     """Pooled out-of-fold predictions of one predictor: their Spearman with y and their MAE."""
     oof = np.empty(len(y), dtype=np.float64)
     parts = folds(len(y), cfg.cv_folds, seed)
-    for held in parts:
-        train = np.setdiff1d(np.arange(len(y)), held)
-        oof[held] = make(name, cfg, seed).fit(X[train], y[train]).predict(X[held])
+    with one_blas_thread():
+        for held in parts:
+            train = np.setdiff1d(np.arange(len(y)), held)
+            comps = {c: v[train] for c, v in components.items()} if components else None
+            oof[held] = fit_one(name, cfg, seed, X[train], y[train], comps).predict(X[held])
     return CVResult(name, spearman(oof, y), float(np.mean(np.abs(oof - y))), len(parts), oof.tolist())
 
 
@@ -134,14 +180,19 @@ class Fitted:
         return {"chosen": self.chosen, "order": self.order, "cv": {n: r.summary() for n, r in self.cv.items()}}
 
 
-def fit_select(X: np.ndarray, y: np.ndarray, cfg: PredictorConfig, seed: int = 0) -> Fitted:
+def fit_select(
+    X: np.ndarray, y: np.ndarray, cfg: PredictorConfig, seed: int = 0, components: Components | None = None
+) -> Fitted:
     """Cross-validate every configured candidate, pick the best and fit it (and the runner-up)
-    on all rows."""
+    on all rows. `components`: the score's parts per row (see the module docstring), for the
+    predictors that fit them."""
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(y) < 3:
         raise ValueError(f"a predictor needs at least 3 observed mixtures, got {len(y)}")
-    cv = {name: cross_validate(name, X, y, cfg, seed) for name in cfg.candidates}
-    order = choose(cv)
-    model = make(order[0], cfg, seed).fit(X, y)
-    runner_up = make(order[1], cfg, seed).fit(X, y) if len(order) > 1 else None
+    comps = check_components(y, components)
+    with one_blas_thread():
+        cv = {name: cross_validate(name, X, y, cfg, seed, comps) for name in cfg.candidates}
+        order = choose(cv)
+        model = fit_one(order[0], cfg, seed, X, y, comps)
+        runner_up = fit_one(order[1], cfg, seed, X, y, comps) if len(order) > 1 else None
     return Fitted(order[0], model, runner_up, cv, order)
