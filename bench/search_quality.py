@@ -435,6 +435,7 @@ def parse(argv: list[str] | None = None):
     ap.add_argument("--cache", default=str(REPO / "out" / "search-quality"))
     ap.add_argument("--labs", default="sample-field,sample-kmeans")
     ap.add_argument("--methods", default="best_of_random,natural,uniform,regmix,climb_today,climb")
+    ap.add_argument("--targets", default="", help="only these targets (comma-separated names); default all")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--transfer-seeds", type=int, default=2)
     ap.add_argument("--transfer-factor", type=float, default=3.0, help="transfer tokens = factor x proxy tokens")
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         def make_cfg(extra: list[str], lab_name=lab_name, corpus_uri=corpus_uri, targets=targets):
             return lab_config(cache, lab_name, corpus_uri, targets, extra)
 
-        for t in targets:
+        for t in [t for t in targets if not args.targets or t.name in args.targets.split(",")]:
             ctx = Context(lab_name, cfg, sets, quick, make_cfg, runner, names, prior, t)
             seeds = list(range(args.seeds))
             results[f"{lab_name} / {t.name}"] = evaluate_target(ctx, args.methods.split(","), seeds, args)
