@@ -286,9 +286,9 @@ def test_the_card_names_the_inputs_as_configured_whatever_directory_the_build_ra
     assert [line[3:-1] for line in sources.splitlines() if line.startswith("- `")] == recorded
     assert "recorded in the curated dataset's manifest" in sources and str(tmp_path) not in card
     curated = open_dataset(str(root / "curated"))
-    assert f"- curated: version 3, manifest sha256 `{curated.manifest_sha256[:16]}`" in sources
-    assert f"- climblab: manifest sha256 `{lab.manifest_sha256[:16]}`" in sources
-    assert "- clusters: manifest sha256 `" in sources
+    assert f"- curated: version 3, content sha256 `{content_hash(curated.manifest.files)[:16]}`" in sources
+    assert f"- climblab: content sha256 `{content_hash(lab.manifest.files)[:16]}`" in sources
+    assert "- clusters: content sha256 `" in sources
     # a curated dataset that records none: the config as written, not as resolved
     lab = make_climblab(tmp_path / "other", sample_records)
     make_search(tmp_path / "other", lab, WEIGHTS)

@@ -32,7 +32,7 @@ from mixture.climblab import cluster_name
 from mixture.climbmix.formats import VALIDATION
 from mixture.config import Config
 from mixture.curate.filters import enabled_settings
-from mixture.dataset import Dataset
+from mixture.dataset import Dataset, content_hash
 from mixture.registry import OUTPUT_FORMATS
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class CardContext:
     licence: str
     sources: list[str]
     sources_from: str  # where the source list comes from, in words
-    upstream: list[tuple[str, int, str, bool]]  # (dataset, lineage version, manifest sha256, reachable)
+    upstream: list[tuple[str, int, str, bool]]  # (dataset, lineage version, content or manifest hash, reachable)
     input_format: str
     curate: dict[str, Any]  # the curate config section
     curate_config_matches: bool | None  # None: curated dataset not reachable
@@ -114,12 +114,15 @@ def _sources(cfg: Config, curated: Dataset | None) -> tuple[list[str], str]:
 
 
 def _upstream(climblab: Dataset, found: dict[str, Dataset | None]) -> list[tuple[str, int, str, bool]]:
-    """(name, lineage version, manifest sha256, reachable) of the ClimbLab dataset and of the
-    datasets its manifest names (`found`: those reachable with that manifest)."""
-    out = [("climblab", increments.version(climblab), climblab.manifest_sha256, True)]
+    """(name, lineage version, hash, reachable) of the ClimbLab dataset and of the datasets its
+    manifest names (`found`: those reachable with that manifest). The hash of a reachable dataset
+    is its content hash (files, sizes, checksums: the same data gives the same card, whatever the
+    manifests' timestamps); of an unreachable one, the manifest sha256 the ClimbLab recorded."""
+    out = [("climblab", increments.version(climblab), "content " + content_hash(climblab.manifest.files), True)]
     for name, sha in sorted(climblab.manifest.inputs.items()):
         ds = found.get(name)
-        out.append((name, increments.version(ds), sha, ds is not None))
+        digest = "content " + content_hash(ds.manifest.files) if ds is not None else "manifest " + sha
+        out.append((name, increments.version(ds), digest, ds is not None))
     return out
 
 
@@ -248,7 +251,8 @@ def sources_section(ctx: CardContext) -> list[str]:
     lines += ["", f"Input format: {ctx.input_format}.", "", "Made from these datasets of the pipeline:", ""]
     for name, version, sha, reachable in ctx.upstream:
         where = "" if reachable else " (not reachable from this build)"
-        lines.append(f"- {name}: {f'version {version}, ' if version else ''}manifest sha256 `{sha[:16]}`{where}")
+        kind, digest = sha.split(" ", 1)
+        lines.append(f"- {name}: {f'version {version}, ' if version else ''}{kind} sha256 `{digest[:16]}`{where}")
     return lines
 
 
