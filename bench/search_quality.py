@@ -360,7 +360,7 @@ def transfer(ctx: Context, w: np.ndarray, seeds: list[int], tokens: int) -> list
 def paired(a: dict[int, list[float]], b: dict[int, list[float]]) -> dict:
     """Mean difference a - b over (seed, transfer seed) pairs, its standard error and 95% interval."""
     d = np.array([x - y for s in a for x, y in zip(a[s], b.get(s, b.get(0, [])))])
-    if len(d) < 2:
+    if len(d) < 3:  # two pairs give no standard error worth an interval
         return {"mean": float(d.mean()) if len(d) else None, "se": None, "n": len(d)}
     se = float(d.std(ddof=1) / math.sqrt(len(d)))
     return {
