@@ -65,11 +65,17 @@ def split_halves(records: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def write_jsonl_gz(path: Path, records: list[dict]) -> str:
+    """Write the records unless the file already holds them: a rewritten input would make the
+    product's stages rebuild the lab, and every cached run is keyed by the lab's manifest."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if path.exists():
+        with gzip.open(path, "rt") as f:
+            if f.read() == text:
+                return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(text.encode())
     os.replace(tmp, path)
     return str(path)
 
