@@ -1,0 +1,60 @@
+"""Which predictor ranks real proxy runs best? Leave-one-out Spearman of every registered predictor
+on the runs of finished searches (no proxy is trained: the runs are read back).
+
+    .venv/bin/python bench/search_loo.py out/demo/search out/search-quality/searches/*/search
+
+Each argument is a committed search dataset (its `runs/*.json`); the playoff's runs (iteration
+< 0) are left out. The figure is what `search.predictor` chooses by (`mixture.search.predictor.
+fit_select`), with as many folds as runs. Caveat: a search's later iterations crowd around its
+best mixtures, so the scores' spread shrinks and ranking them is harder than ranking random
+mixtures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def loo_by_predictor(search_dir: Path, candidates: list[str], seed: int = 0) -> tuple[int, float, dict[str, float]]:
+    """(runs, std of their scores, {predictor: leave-one-out Spearman}) of one search."""
+    from mixture.config import PredictorConfig
+    from mixture.search import bootstrap
+    from mixture.search import predictor as pred
+
+    runs = [json.loads(p.read_text()) for p in sorted((search_dir / "runs").glob("*.json"))]
+    runs = [r for r in runs if r.get("iteration", 0) >= 0 and r.get("score") is not None]
+    names = sorted({c for r in runs for c in r["mixture"]})
+    obs = bootstrap.observe(runs, names, 2e-4)
+    pcfg = PredictorConfig(candidates=candidates, cv_folds=len(obs), min_child_samples=3, min_data_in_bin=1)
+    fitted = pred.fit_select(obs.X, obs.y, pcfg, seed)
+    return len(obs), float(np.std(obs.y)), {k: float(v.spearman) for k, v in fitted.cv.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mixture.registry import PREDICTORS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("searches", nargs="+", type=Path, help="committed search datasets")
+    ap.add_argument("--predictors", default=",".join(sorted(PREDICTORS.names())), help="comma-separated")
+    args = ap.parse_args(argv)
+    candidates = args.predictors.split(",")
+    table = {}
+    print("| search | runs | score sd | " + " | ".join(candidates) + " |")
+    print("|---|---:|---:|" + "---:|" * len(candidates))
+    for d in args.searches:
+        n, sd, loo = loo_by_predictor(d, candidates)
+        table[str(d)] = loo
+        cells = " | ".join(f"{loo[c]:.2f}" for c in candidates)
+        print(f"| {d.parent.name}/{d.name} | {n} | {sd:.3f} | {cells} |")
+    means = {c: float(np.mean([t[c] for t in table.values()])) for c in candidates}
+    print("| mean | | | " + " | ".join(f"{means[c]:.2f}" for c in candidates) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
