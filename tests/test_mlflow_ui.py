@@ -5,8 +5,10 @@ are kept under the test's tmp dir and copied to out/test-artifacts/."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -54,16 +56,25 @@ def server(tmp_path_factory):
         except OSError:
             time.sleep(0.5)
     else:
-        proc.kill()
+        _stop_group(proc)
         pytest.fail(f"mlflow server did not answer: {(tmp / 'server.log').read_text()[-2000:]}")
     yield url
-    proc.terminate()
+    _stop_group(proc)
+    log.close()
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop the server and what it started (its job consumers), all in its own process group."""
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group did not stop
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _open(b: Chromium, server: str, path: str) -> None:
@@ -83,7 +94,7 @@ def _keep(path: Path) -> Path:
     return Path(shutil.copy(path, ARTIFACTS / path.name))
 
 
-def test_the_proxy_runs_and_their_scores_are_there_to_compare(tmp_path, sample_records, server, chromium):
+def test_the_proxy_runs_and_their_scores_are_there_to_compare(chromium, server, tmp_path, sample_records):
     cfg = search_config(tmp_path, lab_texts(sample_records), server)
     pipeline.run_stage(cfg, "search")
 
