@@ -114,24 +114,26 @@ def test_the_proxy_runs_and_their_scores_are_there_to_compare(chromium, server, 
         # the predictor's prediction from the first iteration that has a predictor
         assert ("predicted" in r.data.metrics) == (r.data.tags["climb.iteration"] == "1")
     score = {r.info.run_name: r.data.metrics["score"] for r in proxies}
+    predicted = [r.data.metrics["predicted"] for r in proxies if "predicted" in r.data.metrics]
     ids = [r.info.run_id for r in proxies]
 
     b = Chromium(chromium, tmp_path / "profile")
     try:
-        _leaderboard(b, cfg, server, score, tmp_path)
+        _leaderboard(b, cfg, server, score, predicted, tmp_path)
         _comparison(b, server, exp.experiment_id, ids, score, tmp_path)
     finally:
         b.close()
 
 
-def _leaderboard(b: Chromium, cfg, server: str, score: dict[str, float], tmp_path: Path) -> None:
+def _leaderboard(b: Chromium, cfg, server: str, score: dict[str, float], predicted: list[float], tmp_path) -> None:
     """The link `climb` prints lands on the runs table of the training view, not on the GenAI
-    overview, with every proxy run listed flat, best score first."""
+    overview: every proxy run listed flat, best score first, its score, prediction and weights in
+    columns."""
     url = track.leaderboard_url(cfg)
     assert url is not None and url.startswith(server)
     _open(b, server, url[len(server) :])
     try:
-        text = b.wait_for(lambda t: all(name in t for name in score), 90)
+        text = b.wait_for(lambda t: all(name in t for name in score) and "w.c03" in t, 90)
     finally:
         b.screenshot(tmp_path / "mlflow-proxy-runs.png")
     _keep(tmp_path / "mlflow-proxy-runs.png")
@@ -140,6 +142,9 @@ def _leaderboard(b: Chromium, cfg, server: str, score: dict[str, float], tmp_pat
     assert "No data available" not in text and "6 matching runs" in text
     listed = sorted(score, key=text.index)
     assert [score[n] for n in listed] == sorted(score.values(), reverse=True), listed
+    assert "\npredicted\nscore\nw.c00\nw.c01\nw.c02\nw.c03\n" in text[: text.index(listed[0])]  # the columns
+    cells = text[text.index(listed[-1]) :]
+    assert all(repr(v) in cells for v in [*score.values(), *predicted])  # the values, in full
 
 
 def _comparison(b, server: str, exp_id: str, ids: list[str], score: dict[str, float], tmp_path: Path) -> None:

@@ -17,6 +17,8 @@
                 proxy runs' keys (score, val.bpb, ...: the mean over seeds) plus score.sd,
                 score.seeds (one step per seed), predicted, kl_prior, won, tied
       "baselines"  (the `baselines` stage) with "baseline: <method>: c02 41%, ..." runs nested
+    `leaderboard_url` links to the proxy runs, best score first, with the score, the prediction and
+    the weights as columns (`VIEW_TAG`: a view the UI opens from the link).
 
 Every write is idempotent: runs are found again by their tags (`climb.search`, `climb.kind`,
 `climb.iteration`, `climb.run_id`), so a resumed search or a retried Airflow task does not log a
@@ -26,6 +28,7 @@ written from one process in any order.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -34,6 +37,12 @@ from mixture import tracking
 from mixture.config import Config
 
 KIND_SEARCH, KIND_ITERATION, KIND_PROXY, KIND_PLAYOFF = "search", "iteration", "proxy", "playoff"
+PROXIES = f"tags.`climb.kind` = '{KIND_PROXY}'"
+# A view of the runs table that MLflow's UI opens from a link (`?viewStateShareKey=`): the proxy
+# runs, flat (sorted by a metric, MLflow un-nests runs), best score first, with the score, the
+# prediction and the weights as columns. Stored as an experiment tag, as the UI's "Share" does.
+VIEW_KEY = "climb-proxies"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 MAX_BATCH = 900  # MLflow accepts 1000 metrics per log_batch
 
 
@@ -54,13 +63,21 @@ def leaderboard_url(cfg: Config) -> str | None:
         return None
     if exp is None:
         return None
+    ui = tracking.ui_address(cfg)
+    if VIEW_TAG in exp.tags:
+        return tracking.experiment_url(ui, exp.experiment_id, viewStateShareKey=VIEW_KEY)
     return tracking.experiment_url(
-        tracking.ui_address(cfg),
-        exp.experiment_id,
-        searchFilter=f"tags.`climb.kind` = '{KIND_PROXY}'",
-        orderByKey="metrics.`score`",  # sorted by a metric, MLflow lists nested runs flat
-        orderByAsc="false",
+        ui, exp.experiment_id, searchFilter=PROXIES, orderByKey="metrics.`score`", orderByAsc="false"
     )
+
+
+def proxies_view(clusters: list[str]) -> str:
+    """`VIEW_TAG`'s value: the UI's shared view state (JSON) with a column per cluster's weight."""
+    state = {"searchFilter": PROXIES, "orderByKey": "metrics.`score`", "orderByAsc": False}
+    columns = ["metrics.`score`", "metrics.`predicted`"] + [f"params.`w.{c}`" for c in sorted(clusters)]
+    while len(json.dumps({**state, "selectedColumns": columns})) > 15000:  # MLflow: tag values <= 20000
+        columns.pop()
+    return json.dumps({**state, "selectedColumns": columns})
 
 
 def mixture_label(weights: dict[str, float], top: int = 3) -> str:
@@ -156,6 +173,8 @@ class SearchTracker:
     def log_iteration(self, i: int, report: dict, jobs: list[dict], files: dict[str, bytes | str]) -> None:
         run_id = self.iteration(i)
         self.client.update_run(run_id, name=f"iteration {i}: {len(jobs)} proxy runs, {report.get('method')}")
+        if jobs:
+            self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, proxies_view(list(jobs[0]["mixture"])))
         metrics = {"proposed": len(jobs), "observed": report.get("observed", 0)}
         params = {"method": report.get("method"), "iteration": i}
         pr = report.get("predictor")
