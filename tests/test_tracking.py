@@ -76,3 +76,28 @@ def test_the_curation_record_and_the_error_that_is_a_bug(tmp_path, caplog):
     tracked = tracking.Tracked(cfg, "t", lambda: calls.append(1) or {"x": 1})
     with pytest.raises(AttributeError):
         tracked.missing_method()
+
+
+def test_experiments_are_marked_for_the_training_view_old_ones_too(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = _config(tmp_path, uri)
+    client = mlflow.MlflowClient(uri)
+    old = client.create_experiment("test-old")  # created before the project set the kind
+    chosen = client.create_experiment("test-chosen", tags={tracking.KIND_TAG: "genai_development"})
+    new = tracking.setup(cfg, "test-new")
+    assert tracking.setup(cfg, "test-old") == old and tracking.setup(cfg, "test-chosen") == chosen
+    kinds = {e: client.get_experiment(e).tags.get(tracking.KIND_TAG) for e in (new, old, chosen)}
+    assert kinds == {new: "custom_model_development", old: "custom_model_development", chosen: "genai_development"}
+
+    # the UI's address: a local `mlflow ui`, or the tracking server without its user-info
+    assert tracking.ui_address(cfg) == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://user:token@mlflow.example:443/")
+    server = parse_config({**cfg.model_dump(mode="json"), "tracking": {"experiment": "test", "uri": None}})
+    assert tracking.ui_address(server) == "https://mlflow.example:443"
+    url = tracking.experiment_url(tracking.ui_address(server), "7", orderByKey="metrics.`score`")
+    assert (
+        url
+        == "https://mlflow.example:443/#/experiments/7/runs?workflowType=machine_learning&orderByKey=metrics.%60score%60"
+    )

@@ -47,6 +47,7 @@ def _fmt_counts(counts: dict[str, Any], keys=("documents_in", "documents_out", "
 
 def print_summary(cfg: Config, results: list, total: float) -> None:
     from mixture import tracking
+    from mixture.search.track import leaderboard_url
 
     rows = [
         [
@@ -66,6 +67,8 @@ def print_summary(cfg: Config, results: list, total: float) -> None:
     print(f"\ntotal {total:.1f} s. Outputs under {cfg.output_root}")
     try:
         print(f"MLflow UI: {tracking.ui_command(cfg)}  (then open http://127.0.0.1:5000)")
+        if any(r.stage == "search" for r in results) and (url := leaderboard_url(cfg)):
+            print(f"  the search's proxy runs, best score first: {url}")
     except ValueError:
         pass
 

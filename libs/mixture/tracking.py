@@ -14,6 +14,12 @@ nothing, so a lost record stays lost: rerun the stage with `--force` once the st
 record it. (The pre-run checks, `mixture.preflight`, refuse an MLflow server that does not answer
 at all.) Removing retracted snippets from MLflow (`mixture.curate.retract`) is not a record but a
 duty, and fails the retraction instead.
+
+Every experiment the project uses is tagged `mlflow.experimentKind: custom_model_development`
+(MLflow's kind for model training, "Machine learning" in its UI), one created before without the
+tag included (a kind a person chose is kept). MLflow 3.17's UI itself opens every experiment in the
+view its "GenAI | Model training" switch last showed in that browser (GenAI at first), whatever the
+tag says; `experiment_url` links name the training view, so they open on the runs table.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from mixture.config import Config
 log = logging.getLogger(__name__)
 # Where a failure of the store comes from (an error raised by one of them, or from one of them).
 STORE_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "requests", "urllib3", "botocore", "boto3")
+# MLflow's experiment-kind tag and its value for model training (the UI's "Machine learning").
+KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -70,7 +78,9 @@ def setup(cfg: Config, experiment: str | None = None) -> str:
     name = experiment or cfg.tracking.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        return mlflow.create_experiment(name, artifact_location=artifact_location(cfg))
+        return mlflow.create_experiment(name, artifact_location=artifact_location(cfg), tags={KIND_TAG: KIND_TRAINING})
+    if not exp.tags.get(KIND_TAG):
+        mlflow.MlflowClient(tracking_uri(cfg)).set_experiment_tag(exp.experiment_id, KIND_TAG, KIND_TRAINING)
     mlflow.set_experiment(name)
     return exp.experiment_id
 
@@ -99,6 +109,22 @@ def flat_params(prefix: str, obj: Any) -> dict[str, Any]:
 
 def ui_command(cfg: Config) -> str:
     return f"mlflow ui --backend-store-uri '{tracking_uri(cfg)}' --port 5000"
+
+
+def ui_address(cfg: Config) -> str:
+    """Where a person opens the UI: the tracking server (no user-info), or `ui_command`'s."""
+    uri = tracking_uri(cfg)
+    return faults.redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def experiment_url(ui: str, experiment_id: str, **query: str) -> str:
+    """An experiment's runs table in MLflow's UI at `ui`, in the model-training view. MLflow 3.17's
+    UI chooses between its GenAI and model-training views per browser (its "GenAI | Model training"
+    switch, GenAI until a person flips it), whatever the experiment's kind tag says; a link that
+    names the view (`workflowType`) opens the runs in any browser."""
+    from urllib.parse import urlencode
+
+    return f"{ui}/#/experiments/{experiment_id}/runs?{urlencode({'workflowType': 'machine_learning', **query})}"
 
 
 def store_failure(err: BaseException) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mixture import pipeline, storage
 from mixture.config import SearchConfig, parse_config
-from mixture.search import bootstrap, playoff, steps
+from mixture.search import bootstrap, playoff, steps, track
 from mixture.search.sampler import mixture_keys, sample_mixtures
 from mixture.search.synthetic import SyntheticObjective, calibrated, make_climblab
 from mixture.stages import search as stage
@@ -285,7 +285,9 @@ def test_a_search_with_a_playoff_commits_the_winner_records_it_and_resumes(tmp_p
     mlflow.set_tracking_uri(tracking_uri)
     df = mlflow.search_runs(experiment_names=["test-playoff-search"])
     runs = df[df["tags.climb.kind"] == "playoff"]
-    assert sorted(runs["tags.mlflow.runName"]) == sorted(f"playoff: {f['name']}" for f in rec["finalists"])
+    assert sorted(runs["tags.mlflow.runName"]) == sorted(
+        f"playoff: {f['name']}: {track.mixture_label(f['weights'])}" for f in rec["finalists"]
+    )
     for c in NAMES:
         assert runs[f"params.w.{c}"].notna().all()  # comparable side by side
     assert runs["metrics.score"].notna().all() and runs["metrics.won"].sum() == 1

@@ -1,18 +1,24 @@
 """MLflow records of a search: one experiment per search configuration, runs nested in it.
 
-    experiment  "<tracking.experiment>-<run_name>-search"
-      search    (parent; one per search: its config's staging key)  params search.*, final metrics,
-                mixture.json, the final scatter / weights / progress figures
-        iteration 0..n-1   predictors' CV Spearman and MAE (cv.<name>.spearman), the chosen
-                           predictor, scatter of its out-of-fold predictions, proposed weights,
-                           the top-N candidate table
-          proxy <run_id>   params w.<cluster> (every cluster, zeros included, so any two proxy
-                           runs compare side by side), proxy.*, seed, iteration; metrics: the target
-                           metrics, score, and train.loss per step
-        playoff: <finalist>  (with `search.playoff` on) one per finalist: params w.<cluster> and
-                           proxy.* (the transfer proxy), finalist, seeds; metrics under the proxy
-                           runs' keys (score, val.bpb, ...: the mean over seeds) plus score.sd,
-                           score.seeds (one step per seed), predicted, kl_prior, won, tied
+    experiment  "<tracking.experiment>-<run_name>-search" (MLflow's model-training kind)
+      "search <run_name>: iterations 4+2"  (parent; one per search: its config's staging key)
+                params search.*, final metrics, mixture.json, the final scatter / weights /
+                progress figures
+        "iteration 0: 4 mixtures, random"  predictors' CV Spearman and MAE (cv.<name>.spearman),
+                the chosen predictor, scatter of its out-of-fold predictions, proposed weights,
+                the top-N candidate table
+          "it0-003 s0: c02 41%, c00 30%, c01 18%"  a proxy run (iteration, index, seed, its
+                largest weights): params w.<cluster> (every cluster, zeros included, so any two
+                proxy runs compare side by side), proxy.*, seed, iteration, run_id; metrics:
+                score, component.<name> (the target's parts), the target metrics, predicted (the
+                predictor's prediction for the mixture, from iteration 1 on), train.loss per step
+        "playoff: <finalist>: c02 41%, ..."  (with `search.playoff` on) one per finalist: params
+                w.<cluster> and proxy.* (the transfer proxy), finalist, seeds; metrics under the
+                proxy runs' keys (score, val.bpb, ...: the mean over seeds) plus score.sd,
+                score.seeds (one step per seed), predicted, kl_prior, won, tied
+      "baselines"  (the `baselines` stage) with "baseline: <method>: c02 41%, ..." runs nested
+    `leaderboard_url` links to the proxy runs, best score first, with the score, the prediction and
+    the weights as columns (`VIEW_TAG`: a view the UI opens from the link).
 
 Every write is idempotent: runs are found again by their tags (`climb.search`, `climb.kind`,
 `climb.iteration`, `climb.run_id`), so a resumed search or a retried Airflow task does not log a
@@ -22,6 +28,7 @@ written from one process in any order.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -30,11 +37,60 @@ from mixture import tracking
 from mixture.config import Config
 
 KIND_SEARCH, KIND_ITERATION, KIND_PROXY, KIND_PLAYOFF = "search", "iteration", "proxy", "playoff"
+PROXIES = f"tags.`climb.kind` = '{KIND_PROXY}'"
+# A view of the runs table that MLflow's UI opens from a link (`?viewStateShareKey=`): the proxy
+# runs, flat (sorted by a metric, MLflow un-nests runs), best score first, with the score, the
+# prediction and the weights as columns. Stored as an experiment tag, as the UI's "Share" does.
+VIEW_KEY = "climb-proxies"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 MAX_BATCH = 900  # MLflow accepts 1000 metrics per log_batch
 
 
 def experiment_name(cfg: Config) -> str:
     return f"{cfg.tracking.experiment}-{cfg.run_name}-search"
+
+
+def leaderboard_url(cfg: Config) -> str | None:
+    """The search's proxy runs, flat and best score first, as a link into MLflow's UI
+    (`tracking.experiment_url`); None when the store holds no search or cannot be read."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        exp = MlflowClient(tracking.tracking_uri(cfg)).get_experiment_by_name(experiment_name(cfg))
+    except Exception as err:
+        if not tracking.store_failure(err):
+            raise
+        return None
+    if exp is None:
+        return None
+    ui = tracking.ui_address(cfg)
+    if VIEW_TAG in exp.tags:
+        return tracking.experiment_url(ui, exp.experiment_id, viewStateShareKey=VIEW_KEY)
+    return tracking.experiment_url(
+        ui, exp.experiment_id, searchFilter=PROXIES, orderByKey="metrics.`score`", orderByAsc="false"
+    )
+
+
+def proxies_view(clusters: list[str]) -> str:
+    """`VIEW_TAG`'s value: the UI's shared view state (JSON) with a column per cluster's weight."""
+    state = {"searchFilter": PROXIES, "orderByKey": "metrics.`score`", "orderByAsc": False}
+    columns = ["metrics.`score`", "metrics.`predicted`"] + [f"params.`w.{c}`" for c in sorted(clusters)]
+    while len(json.dumps({**state, "selectedColumns": columns})) > 15000:  # MLflow: tag values <= 20000
+        columns.pop()
+    return json.dumps({**state, "selectedColumns": columns})
+
+
+def mixture_label(weights: dict[str, float], top: int = 3) -> str:
+    """A mixture in a few words for a run's name: its largest weights, e.g. `c02 41%, c00 30%`."""
+    largest = sorted(weights.items(), key=lambda cw: (-cw[1], cw[0]))[:top]
+    return ", ".join(f"{c} {w:.0%}" for c, w in largest if round(w, 2) > 0) or "empty"
+
+
+def proxy_name(run: dict) -> str:
+    """`it<i>-<index> s<seed>: <largest weights>`: which iteration, which mixture."""
+    rid = str(run["run_id"])
+    short = "-".join(rid.split("-")[:2]) + " " + rid.rsplit("-", 1)[-1] if rid.startswith("it") else rid
+    return f"{short}: {mixture_label(run['mixture'])}"
 
 
 class SearchTracker:
@@ -70,7 +126,8 @@ class SearchTracker:
         found = self._find(kind=KIND_SEARCH)
         if found:
             return found[0].info.run_id
-        run_id = self._create(f"search-{self.cfg.run_name}", None, kind=KIND_SEARCH)
+        plan = "+".join(str(n) for n in self.cfg.search.iterations)
+        run_id = self._create(f"search {self.cfg.run_name}: iterations {plan}", None, kind=KIND_SEARCH)
         params = tracking.flat_params("search", self.cfg.search.model_dump(mode="json"))
         params["seed"] = self.cfg.seed
         self._log(run_id, params=params)
@@ -80,7 +137,7 @@ class SearchTracker:
         found = self._find(kind=KIND_ITERATION, iteration=str(i))
         if found:
             return found[0].info.run_id
-        return self._create(f"iteration-{i}", self.parent(), kind=KIND_ITERATION, iteration=str(i))
+        return self._create(f"iteration {i}", self.parent(), kind=KIND_ITERATION, iteration=str(i))
 
     def logged_proxies(self) -> set[str]:
         return {r.data.tags.get("climb.run_id") for r in self._find(kind=KIND_PROXY)}
@@ -115,6 +172,9 @@ class SearchTracker:
 
     def log_iteration(self, i: int, report: dict, jobs: list[dict], files: dict[str, bytes | str]) -> None:
         run_id = self.iteration(i)
+        self.client.update_run(run_id, name=f"iteration {i}: {len(jobs)} proxy runs, {report.get('method')}")
+        if jobs:
+            self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, proxies_view(list(jobs[0]["mixture"])))
         metrics = {"proposed": len(jobs), "observed": report.get("observed", 0)}
         params = {"method": report.get("method"), "iteration": i}
         pr = report.get("predictor")
@@ -137,7 +197,7 @@ class SearchTracker:
         if run["run_id"] in logged:
             return False
         run_id = self._create(
-            run["run_id"],
+            proxy_name(run),
             self.iteration(run["iteration"]),
             kind=KIND_PROXY,
             iteration=str(run["iteration"]),
@@ -150,6 +210,8 @@ class SearchTracker:
             params["base.sha256"] = run["base"]["sha256"]
         metrics = dict(run.get("metrics", {}))
         metrics["score"] = run.get("score")
+        metrics.update({f"component.{c}": v for c, v in (run.get("components") or {}).items()})
+        metrics["predicted"] = run.get("predicted")  # None (not logged) before the first predictor
         train = run.get("train") or {}
         for k in ("seconds", "tokens_per_s", "params", "tokens"):
             if k in train:
@@ -191,7 +253,8 @@ class SearchTracker:
         for f in rec["finalists"]:
             if f["name"] in done:
                 continue
-            run_id = self._create(f"playoff: {f['name']}", parent, kind=KIND_PLAYOFF, finalist=f["name"])
+            name = f"playoff: {f['name']}: {mixture_label(f['weights'])}"
+            run_id = self._create(name, parent, kind=KIND_PLAYOFF, finalist=f["name"])
             params = {f"w.{c}": w for c, w in sorted(f["weights"].items())}
             params.update(tracking.flat_params("proxy", rec["transfer_proxy"]))
             params.update(finalist=f["name"], seeds=rec["seeds"], also=",".join(f["also"]) or "-")
@@ -226,7 +289,7 @@ class SearchTracker:
         for m, r in results["methods"].items():
             if self._find(kind="baseline", method=m):
                 continue
-            run_id = self._create(m, parent, kind="baseline", method=m)
+            run_id = self._create(f"baseline: {m}: {mixture_label(r['weights'])}", parent, kind="baseline", method=m)
             params = {f"w.{c}": w for c, w in sorted(r["weights"].items())}
             params.update(method=m, transfer_seeds=results["transfer_seeds"])
             metrics = {
