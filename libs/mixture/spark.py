@@ -41,7 +41,9 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
     environment(master or "")
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app)
+    builder = SparkSession.builder
+    if master or not _submitted_name():
+        builder = builder.appName(app)  # spark-submit --name (e.g. the Airflow run's) wins
     for name in EXECUTOR_ENV:
         if os.environ.get(name):
             builder = builder.config(f"spark.executorEnv.{name}", os.environ[name])
@@ -60,6 +62,14 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
     if (master or "").startswith("local"):
         quiet_task_errors(spark)
     return spark
+
+
+def _submitted_name() -> bool:
+    """Whether spark-submit named the application (its settings reach the driver's JVM)."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # the JVM's settings are what SparkConf loads
+    return SparkConf().contains("spark.app.name")
 
 
 def quiet_task_errors(spark) -> None:
