@@ -2,9 +2,10 @@
 server, Airflow 3 with LocalExecutor): the refresh DAG triggered through Airflow's REST API on a
 corpus in S3; curation on the Spark cluster's executors; mapped tasks; the ClimbLab asset starting
 the search; proxy runs fanned out; the build published to S3 and read back with `ClimbMix`; the
-search's runs on the MLflow server with their plots in S3. Then a refresh with one new input file
-runs incrementally, and a proxy task killed mid-way (SIGKILL of its process) is retried by the
-scheduler, losing nothing.
+search's runs on the MLflow server with their plots in S3; one proxy task of that search killed
+mid-way (SIGKILL of its process) and retried by the scheduler, losing nothing. Then a refresh
+with one new input file runs every stage incrementally, and the search it starts publishes a new
+version.
 
 Scaled for about 15 minutes on 2 cores: the DAG tests' tiny configuration (the sample corpus's
 first 30 documents of every source, then 10 more in the new file; proxy runs 4 + 2 of the
@@ -89,6 +90,37 @@ def _refresh_then_search(airflow: Airflow, config: str) -> dict:
     return {"refresh": refresh_id, "search": search_id, "started": started}
 
 
+def _task_log(dag_id: str, run_id: str, key: tuple[str, int], attempt: int = 1) -> str:
+    path = (
+        STACK
+        / "airflow"
+        / "logs"
+        / f"dag_id={dag_id}"
+        / f"run_id={run_id}"
+        / f"task_id={key[0]}"
+        / f"map_index={key[1]}"
+        / f"attempt={attempt}.log"
+    )
+    return path.read_text() if path.exists() else ""
+
+
+def _kill_running(airflow: Airflow, dag_id: str, run_id: str, task_id: str, timeout_s: float = RUN_S) -> tuple:
+    """SIGKILL the process of a first try of the mapped `task_id` while it trains (its log says the
+    proxy started: what an OOM kill or a lost machine does to a task); its (task_id, map_index)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        tis = airflow.task_instances(dag_id, run_id)
+        for key, ti in sorted(tis.items()):
+            if key[0] == task_id and ti["state"] == "running" and ti["pid"] and ti["try_number"] == 1:
+                if "proxy cpu-tiny" in _task_log(dag_id, run_id, key):  # training has started
+                    os.kill(ti["pid"], signal.SIGKILL)
+                    return key
+        if airflow.run(dag_id, run_id)["state"] in ("success", "failed"):
+            break
+        time.sleep(0.3)
+    raise AssertionError(f"no running {task_id} task to kill in {dag_id} {run_id}")
+
+
 @pytest.fixture(scope="module")
 def first(stack, sample_records):
     uid = uuid.uuid4().hex[:8]
@@ -101,9 +133,10 @@ def first(stack, sample_records):
     config.write_text(yaml.safe_dump(data))
     airflow = stack["airflow"]
     runs = _refresh_then_search(airflow, str(config))
+    killed = _kill_running(airflow, SEARCH, runs["search"], "proxy_runs_0")
     search = airflow.wait(SEARCH, runs["search"], RUN_S)
     assert search["state"] == "success", airflow.task_instances(SEARCH, runs["search"])
-    return {**runs, "root": root, "prefix": prefix, "config": config, "data": data, "stack": stack}
+    return {**runs, "killed": killed, "root": root, "prefix": prefix, "config": config, "data": data, "stack": stack}
 
 
 def test_curate_ran_on_the_spark_clusters_executors(first):
@@ -187,35 +220,38 @@ def test_the_mlflow_server_has_the_search_runs_nested_and_its_plots_in_s3(first)
     assert {p for p in plots if any(k.endswith("/" + p) for k in in_s3)} == plots
 
 
-def _kill_running(airflow: Airflow, dag_id: str, run_id: str, task_id: str, timeout_s: float = RUN_S) -> tuple:
-    """SIGKILL the process of the first try of a mapped `task_id` once it runs (what an OOM kill
-    or a lost machine does to a task); returns its (task_id, map_index)."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        tis = airflow.task_instances(dag_id, run_id)
-        for key, ti in sorted(tis.items()):
-            if key[0] == task_id and ti["state"] == "running" and ti["pid"] and ti["try_number"] == 1:
-                time.sleep(2)  # mid-way: past its start
-                os.kill(ti["pid"], signal.SIGKILL)
-                return key
-        if airflow.run(dag_id, run_id)["state"] in ("success", "failed"):
-            break
-        time.sleep(0.5)
-    raise AssertionError(f"no running {task_id} task to kill in {dag_id} {run_id}")
-
-
 @pytest.fixture(scope="module")
 def second(first, sample_records):
-    """A new input file, a refresh, and the search it starts, with one proxy task killed."""
+    """A new input file, a refresh, and the search its ClimbLab version starts."""
     airflow = first["stack"]["airflow"]
     _upload(f"{first['prefix']}/input/part-2.jsonl", _records(sample_records, 30, 40))
     runs = _refresh_then_search(airflow, str(first["config"]))
-    killed = _kill_running(airflow, SEARCH, runs["search"], "proxy_runs_0")
     search = airflow.wait(SEARCH, runs["search"], RUN_S)
-    return {**runs, "killed": killed, "search_state": search["state"]}
+    assert search["state"] == "success", airflow.task_instances(SEARCH, runs["search"])
+    return runs
+
+
+def test_a_killed_task_is_retried_and_the_run_loses_nothing(first):
+    """One proxy task of the first search was SIGKILLed mid-way: the scheduler retried it, the
+    run succeeded, and every proxy run is on the MLflow server once (the test above checks the
+    runs and the published version)."""
+    from mixture.config import load_config
+    from mixture.search import track
+
+    airflow = first["stack"]["airflow"]
+    ti = airflow.task_instances(SEARCH, first["search"])[first["killed"]]
+    assert ti["state"] == "success" and ti["try_number"] == 2  # the kill failed try 1; try 2 finished
+    cfg = load_config(first["config"])
+    proxies = _mlflow_runs(first["stack"], track.experiment_name(cfg))["proxy"]
+    finished = [r.data.tags["climb.run_id"] for r in proxies if r.info.status == "FINISHED"]
+    assert sorted(set(finished)) == sorted(finished) and len(finished) == sum(cfg.search.iterations)
 
 
 def test_a_refresh_with_one_new_file_runs_every_stage_incrementally(first, second):
+    from mixture import pipeline
+    from mixture.config import load_config
+    from mixture.publish.reader import ClimbMix
+
     airflow = first["stack"]["airflow"]
     cur = airflow.returned(REFRESH, second["refresh"], "curate")
     assert cur["skipped"] is False and cur["incremental"] is True
@@ -226,29 +262,14 @@ def test_a_refresh_with_one_new_file_runs_every_stage_incrementally(first, secon
         assert out["skipped"] is False and out["incremental"] is True, task
         if "lineage" in out:  # the stages that record a version say what it changed
             assert out["lineage"]["mode"] == "incremental", (task, out["lineage"])
-    tis = airflow.task_instances(REFRESH, second["refresh"])
     events = spark_application(STACK / "spark" / "events", f"climb-curate-{second['refresh']}")
-    assert tis[("spark_curate", -1)]["state"] == "success" and events
-
-
-def test_a_killed_task_is_retried_and_the_run_loses_nothing(first, second):
-    from mixture import pipeline
-    from mixture.config import load_config
-    from mixture.publish.reader import ClimbMix
-    from mixture.search import track
-
-    airflow = first["stack"]["airflow"]
-    assert second["search_state"] == "success", airflow.task_instances(SEARCH, second["search"])
-    ti = airflow.task_instances(SEARCH, second["search"])[second["killed"]]
-    assert ti["state"] == "success" and ti["try_number"] == 2  # the kill failed try 1; try 2 finished
+    assert {e["Task Info"]["Executor ID"] for e in events if e["Event"] == "SparkListenerTaskEnd"} - {"driver"}
+    # the search of the new ClimbLab version: searched again or carried (a small shift), then a
+    # new build, published and read back
+    finish = airflow.returned(SEARCH, second["search"], "finish")
+    assert finish["skipped"] is False and finish["lineage"]["version"] == 2
     cfg = load_config(first["config"])
-    runs = _mlflow_runs(first["stack"], track.experiment_name(cfg))
-    (search,) = [r for r in runs["search"] if r.info.start_time / 1000 > second["started"]]
-    proxies = [r for r in runs["proxy"] if r.info.start_time / 1000 > second["started"]]
-    finished = {r.data.tags["climb.run_id"] for r in proxies if r.info.status == "FINISHED"}
-    assert len(finished) == sum(cfg.search.iterations)  # every proxy run of the search is there
-    assert search.info.status == "FINISHED"
+    built = ClimbMix(pipeline.dataset_uri(cfg, "climbmix"))
     mix = ClimbMix(f"{first['prefix']}/climbmix")  # the new version, through `latest`
     mix.verify()
-    built = ClimbMix(pipeline.dataset_uri(cfg, "climbmix"))
     assert mix.manifest_sha256 == built.manifest_sha256 and mix.read_table().equals(built.read_table())
