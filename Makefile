@@ -16,7 +16,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN))/python
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv demo check test test-fast bench clean
+.PHONY: venv demo check test test-fast test-e2e stack stack-down bench clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,19 @@ test: venv check
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The deployment on this machine, started by the project's scripts (docs/OPERATIONS.md):
+# PostgreSQL, moto's S3 server, a Spark standalone master and two workers, an MLflow server and
+# Airflow 3 on fixed ports of 127.0.0.1; state under out/stack/. `make stack-down` stops it.
+stack: venv
+	bash infra/stack/up.sh
+
+stack-down:
+	bash infra/stack/down.sh
+
+# The end-to-end test against the running stack (make stack): fails when it is not up.
+test-e2e: venv
+	CLIMB_E2E_REQUIRED=1 $(BIN)/python -m pytest -q -m e2e tests/e2e
 
 clean:
 	rm -rf out/ .pytest_cache

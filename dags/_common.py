@@ -7,6 +7,11 @@ config (`run_overrides`: the refresh DAG's `full_rebuild`), the same way in ever
 returns and logs the version it committed or found (`describe`: the lineage's mode and counts).
 Stages are idempotent (an up-to-date dataset is not rebuilt, a killed one was never
 committed), which is what makes retries safe.
+The deployment reaches the stages through Airflow's own configuration: the AWS connection
+`aws_default` (S3 credentials, endpoint, region) and the Variable `climb_mlflow_tracking_uri`
+become the standard environment the stages read (`use_connections`, in every task that loads the
+config); Spark's master is the connection `spark_default` of the refresh DAG's SparkSubmitOperator.
+Without them (`dag.test()`, a bare Airflow) the tasks run on what their environment has.
 Everything heavy (`mixture`, torch, Spark) is imported inside task functions: this module and the
 DAG files must parse in well under a second.
 """
@@ -34,10 +39,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # tests/test_compose.py checks that it does.
 VARIABLES: dict[str, str] = {
     "climb_config": "configs/demo.yaml",  # run configuration when the run's `config` param is empty
-    "climb_spark_master": "",  # spark-submit --master; empty: the config's curate.spark_master
+    "climb_mlflow_tracking_uri": "",  # MLflow server for the runs; empty: the config's tracking.uri
     "climb_refresh_schedule": "@weekly",  # corpus refresh schedule; empty: manual runs only
     "climb_search_max_iterations": "3",  # search iterations unrolled in the DAG (the paper: 3)
 }
+
+SPARK_CONN_ID = "spark_default"  # the curate job's master (spark://, k8s://, yarn, local[N])
+AWS_CONN_ID = "aws_default"  # S3: credentials, and the endpoint_url / region_name extras
 
 GPU_POOL = "gpu"  # embedding and proxy training: slots = GPUs (created by the deployment's init job)
 GPU_QUEUE = "gpu"  # Celery queue the GPU workers listen on; LocalExecutor ignores queues
@@ -111,10 +119,49 @@ def override_args(overrides: dict[str, Any]) -> list[str]:
     return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
+def aws_environment() -> dict[str, str]:
+    """The AWS connection as the standard AWS environment variables (empty when the deployment
+    defines no `aws_default`): what mixture.storage, boto3 and pyarrow read, and what the curate
+    job's driver hands to its executors. Values are never logged."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        BaseHook.get_connection(AWS_CONN_ID)
+    except AirflowNotFoundException:
+        return {}
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    hook = AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type="s3")
+    creds = hook.get_credentials()
+    env = {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key}
+    if creds.token:
+        env["AWS_SESSION_TOKEN"] = creds.token
+    if hook.conn_config.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = hook.conn_config.endpoint_url
+    if hook.conn_config.region_name:
+        env["AWS_DEFAULT_REGION"] = hook.conn_config.region_name
+    return env
+
+
+def use_connections() -> None:
+    """Point this task process at the deployment's S3 and MLflow server: the AWS connection's
+    environment (`aws_environment`) and the Variable `climb_mlflow_tracking_uri` as
+    MLFLOW_TRACKING_URI (mixture.tracking prefers it to the config's tracking.uri)."""
+    import os
+
+    os.environ.update(aws_environment())
+    if uri := variable("climb_mlflow_tracking_uri"):
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
 def load_config(path: str, context: Any = None):
     """The validated config, with the run's overrides (`run_overrides`). Relative paths inside it
-    resolve against the project root."""
+    resolve against the project root. The task's environment gets the deployment's connections
+    first (`use_connections`)."""
     from mixture.config import load_config as load
+
+    use_connections()
 
     with contextlib.chdir(PROJECT_ROOT):
         return load(path, run_overrides(context))

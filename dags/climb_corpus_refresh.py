@@ -2,9 +2,11 @@
 dataset.
 
 Runs on the schedule in the Airflow Variable `climb_refresh_schedule` (default weekly, no
-catch-up), or by hand with the `config` param. Annotation is a Spark job (`spark-submit
-jobs/curate.py`, master from the Variable `climb_spark_master`, else the config's
-`curate.spark_master`); the selection that applies the filter thresholds to its signals needs no
+catch-up), or by hand with the `config` param. Annotation is a Spark job: `curate_plan` decides
+whether it is needed (`annotated` not up to date) and with which arguments, `spark_curate` (the
+Spark provider's SparkSubmitOperator) submits jobs/curate.py to the master of the connection
+`spark_default` (`local[2]`, `spark://host:7077`, `k8s://...`, `yarn`), and `curate` reports the
+committed dataset; the selection that applies the filter thresholds to its signals needs no
 Spark; embedding fans out over ranges of shards (`embed_ranges` -> one mapped `embed_range`
 task per range in the `gpu` pool, retried and resumed -> `embed_commit`), and so does the
 tokenization into ClimbLab shards (`shards_parts` -> one mapped `shards_part` task per part of
@@ -33,7 +35,9 @@ from _common import (
     GPU_POOL,
     GPU_QUEUE,
     PROJECT_ROOT,
+    SPARK_CONN_ID,
     asset_extra,
+    aws_environment,
     check_config,
     commit_stage,
     config_param,
@@ -46,6 +50,7 @@ from _common import (
     run_stage,
     variable,
 )
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -60,48 +65,59 @@ def resolve_config(**context: Any) -> str:
     return path
 
 
-@task
-def curate(config: str) -> dict[str, Any]:
-    """Signals and dedup groups on Spark: spark-submit jobs/curate.py (commits `annotated`)."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
+@task.short_circuit(ignore_downstream_trigger_rules=False)  # skips only the Spark job
+def curate_plan(config: str) -> list[str]:
+    """The Spark job's arguments (the config, the run's overrides); none when `annotated` is up
+    to date, and the Spark job is skipped: no JVM start, no cluster slot."""
     from mixture import pipeline
-    from mixture import spark as spark_env
+
+    if pipeline.current(load_config(config), "curate"):
+        return []
+    return ["--config", config, *override_args(run_overrides())]  # the run's params reach the job too
+
+
+class CurateSubmit(SparkSubmitOperator):
+    """spark-submit jobs/curate.py to the master of the `spark_default` connection, from the
+    project root (a config's relative paths resolve there), with the AWS connection's
+    credentials in the driver's environment (its executors get them from the driver:
+    mixture.spark). Exit status 2, the job's configuration or dataset error, fails the task
+    without retries; any other failure is retried."""
+
+    def execute(self, context: Any) -> None:
+        import contextlib
+        import os
+        import sys
+
+        from mixture import spark as spark_env
+
+        os.environ.update(aws_environment())
+        spark_env.environment("", os.environ)  # Python workers run this interpreter
+        here = os.path.dirname(sys.executable)  # this environment's spark-submit first
+        if not os.environ.get("PATH", "").startswith(here + os.pathsep):
+            os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+        with contextlib.chdir(PROJECT_ROOT):
+            try:
+                super().execute(context)
+            except Exception:
+                proc = getattr(self._hook, "_submit_sp", None)
+                if proc is not None and proc.returncode == 2:
+                    raise AirflowFailException(
+                        "jobs/curate.py: configuration or dataset error (see the log above); retrying cannot fix it"
+                    ) from None
+                raise
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)  # the Spark job skipped: `annotated` was up to date
+def curate(config: str, **context: Any) -> dict[str, Any]:
+    """The `annotated` dataset the Spark job committed, or found up to date."""
+    from mixture import pipeline
 
     cfg = load_config(config)
-    if done := pipeline.current(cfg, "curate"):  # skip the JVM start when nothing changed
-        return describe(done, skipped=True, cfg=cfg)
-    master = variable("climb_spark_master") or cfg.curate.spark_master
-    submit = shutil.which("spark-submit", path=os.path.dirname(sys.executable)) or shutil.which("spark-submit")
-    if submit is None:
-        raise RuntimeError("spark-submit is not on PATH: install pyspark in the worker's environment")
-    env = spark_env.environment(master, dict(os.environ))
-    cmd = [
-        submit,
-        "--master",
-        master,
-        "--name",
-        f"climb-curate-{cfg.run_name}",
-        str(PROJECT_ROOT / "jobs" / "curate.py"),
-        "--config",
-        config,
-        *override_args(run_overrides()),  # the run's params reach the Spark job too
-    ]
-    log.info("running %s", " ".join(cmd))
-    returncode = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env).returncode
-    if returncode == 2:  # the job's exit status for a configuration or dataset error
-        raise AirflowFailException(
-            "jobs/curate.py: configuration or dataset error (see the log above); retrying cannot fix it"
-        )
-    if returncode:
-        raise RuntimeError(f"jobs/curate.py failed with exit status {returncode}")
+    ran = bool(context["ti"].xcom_pull(task_ids="curate_plan"))
     done = pipeline.current(cfg, "curate")
     if done is None:
         raise RuntimeError("jobs/curate.py exited 0 but no up-to-date annotated dataset is committed")
-    return describe(done, skipped=False, cfg=cfg)
+    return describe(done, skipped=not ran, cfg=cfg)
 
 
 @task
@@ -236,7 +252,16 @@ with DAG(
     tags=["climb"],
 ) as dag:
     cfg_path = resolve_config()
+    spark_job = CurateSubmit(
+        task_id="spark_curate",
+        conn_id=SPARK_CONN_ID,
+        spark_binary="spark-submit",
+        application=str(PROJECT_ROOT / "jobs" / "curate.py"),
+        application_args=curate_plan(cfg_path),
+        name="climb-curate-{{ run_id }}",  # the run's application in Spark's UI and event log
+    )
     annotated = curate(cfg_path)
+    spark_job >> annotated
     curated = select(cfg_path)
     planned = embed_ranges(cfg_path)
     staged = embed_range.partial(config=cfg_path).expand(rng=planned)

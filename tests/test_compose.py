@@ -7,6 +7,7 @@ No Docker engine is needed."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -116,6 +117,8 @@ def _dag_reads() -> dict[str, set[str]]:
             for kw in node.keywords:
                 if kw.arg in ("pool", "queue") and (value := literal(kw.value)):
                     reads[kw.arg + "s"].add(value)
+                if kw.arg in ("conn_id", "aws_conn_id") and (value := literal(kw.value)):
+                    reads["connections"].add(value)  # an operator's or a hook's connection
         text = path.read_text()  # Jinja templates: {{ var.value.x }}, {{ conn.x }}
         reads["variables"] |= set(re.findall(r"var\.(?:value|json)\.(\w+)", text))
         reads["connections"] |= set(re.findall(r"\{\{\s*conn\.(\w+)", text))
@@ -125,7 +128,8 @@ def _dag_reads() -> dict[str, set[str]]:
 
 def test_every_variable_and_connection_the_dags_read_is_set_for_every_airflow_service():
     reads = _dag_reads()
-    assert {"climb_config", "climb_spark_master", "climb_refresh_schedule"} <= reads["variables"]
+    assert {"climb_config", "climb_mlflow_tracking_uri", "climb_refresh_schedule"} <= reads["variables"]
+    assert {"spark_default", "aws_default"} <= reads["connections"]
     # Every Variable read is declared with its default in dags/_common.py.
     assert reads["variables"] <= reads["declared_variables"]
     services = _airflow_services(_compose())
@@ -253,8 +257,9 @@ def test_deployment_run_config_is_valid_and_lands_on_shared_volumes():
     }
     for name, targets in mounts.items():
         assert any(cfg.output_root.startswith(t + "/") for t in targets), f"{name} cannot see {cfg.output_root}"
-    master = _defaults(worker["AIRFLOW_VAR_CLIMB_SPARK_MASTER"])
-    assert master == "spark://spark-master:7077" and "spark-master" in compose["services"]
+    spark = json.loads(_defaults(worker["AIRFLOW_CONN_SPARK_DEFAULT"]))
+    assert spark["conn_type"] == "spark" and spark["host"] == "spark://spark-master:7077"
+    assert "spark-master" in compose["services"]
     assert cfg.publish.uri and cfg.publish.uri.split("/")[2] in _command(compose["services"]["minio-init"])
 
 

@@ -64,6 +64,9 @@ def airflow_home(tmp_path_factory):
     patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     for name in [k for k in os.environ if k.startswith(("AIRFLOW_VAR_", "AIRFLOW_CONN_"))]:
         patch.delenv(name)  # the DAGs' defaults, not whatever the shell has
+    # The embedded deployment: the curate job on local Spark, through the spark connection a
+    # deployment defines (make stack, docker-compose.yml: the cluster's master); no AWS connection.
+    patch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[2]"}))
     patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # each config's own SQLite store
     airflow = Path(sys.executable).parent / "airflow"
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, timeout=300)
@@ -122,6 +125,16 @@ def _downstream(dag, task_id):
 
 def test_refresh_dag_runs_the_stages_in_order_on_a_schedule(dagbag):
     dag = dagbag.get_dag(REFRESH)
+    # curation: the provider's SparkSubmitOperator on the spark_default connection, skipped (by
+    # the short-circuit before it) when `annotated` is up to date
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    assert {"curate_plan", "curate"} <= _downstream(dag, "resolve_config")
+    assert _downstream(dag, "curate_plan") == {"spark_curate"}
+    assert _downstream(dag, "spark_curate") == {"curate"}
+    spark_job = dag.get_task("spark_curate")
+    assert isinstance(spark_job, SparkSubmitOperator) and spark_job._conn_id == "spark_default"
+    assert spark_job.application.endswith("jobs/curate.py")
     assert _downstream(dag, "curate") == {"select"}
     assert _downstream(dag, "select") == {"embed_ranges"}
     assert _downstream(dag, "embed_ranges") == {"embed_range"}

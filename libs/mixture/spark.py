@@ -21,12 +21,32 @@ def environment(master: str = "local[*]", env: MutableMapping[str, str] | None =
     return env
 
 
+# The S3 settings executors need to read inputs through mixture.storage. On a cluster the workers
+# do not have the driver's environment: the driver passes these on (spark.executorEnv.*, which
+# Spark's UI and event log redact by name: secret, token).
+EXECUTOR_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
 def session(master: str | None, app: str = "climb", partitions: int = 8):
-    """A session for `master` (None: whatever spark-submit configured)."""
+    """A session for `master` (None: whatever spark-submit configured); executors get the
+    driver's S3 settings (`EXECUTOR_ENV`)."""
     environment(master or "")
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app)
+    builder = SparkSession.builder
+    if master or not _submitted_name():
+        builder = builder.appName(app)  # spark-submit --name (e.g. the Airflow run's) wins
+    for name in EXECUTOR_ENV:
+        if os.environ.get(name):
+            builder = builder.config(f"spark.executorEnv.{name}", os.environ[name])
     if master:
         builder = (
             builder.master(master)
@@ -42,6 +62,14 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
     if (master or "").startswith("local"):
         quiet_task_errors(spark)
     return spark
+
+
+def _submitted_name() -> bool:
+    """Whether spark-submit named the application (its settings reach the driver's JVM)."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # the JVM's settings are what SparkConf loads
+    return SparkConf().contains("spark.app.name")
 
 
 def quiet_task_errors(spark) -> None:
