@@ -144,6 +144,17 @@ h = json.load(sys.stdin)
 sys.exit(any(h.get(k, {}).get("status") != "healthy" for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")))'
 }
 wait_for airflow-scheduler 180 airflow_healthy
+# Up means usable: the DAG processor has parsed the project's DAGs (a DAG run can be triggered).
+dags_parsed() {
+  AIRFLOW_URL="http://127.0.0.1:$PORT_AIRFLOW" AIRFLOW_ADMIN_PASSWORD="$AIRFLOW_ADMIN_PASSWORD" "$PY" -c '
+import os, sys, requests
+url = os.environ["AIRFLOW_URL"]
+r = requests.post(f"{url}/auth/token", json={"username": "admin", "password": os.environ["AIRFLOW_ADMIN_PASSWORD"]}, timeout=10)
+h = {"Authorization": "Bearer " + r.json()["access_token"]}
+sys.exit(any(requests.get(f"{url}/api/v2/dags/{d}", headers=h, timeout=10).status_code != 200
+             for d in ("climb_corpus_refresh", "climb_mixture_search")))' 2>/dev/null
+}
+wait_for airflow-dag-processor 180 dags_parsed # its log on failure
 
 say "up in $((SECONDS - T0))s: Airflow http://127.0.0.1:$PORT_AIRFLOW (user admin, password in $SECRETS)," \
   "MLflow http://127.0.0.1:$PORT_MLFLOW, Spark http://127.0.0.1:$PORT_SPARK_UI, S3 http://127.0.0.1:$PORT_S3"
