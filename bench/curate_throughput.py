@@ -28,12 +28,23 @@ docs/s = input documents / wall seconds of the whole pipeline, reading and writi
 `--repeats N` runs the pipelines N times back to back, alternating (ours, DataTrove, ours, ...),
 and reports each pipeline's median seconds, the ratio of the medians and each repeat's ratio: on
 a shared machine the load changes between runs, and a pair run back to back sees about the same.
+
+Corpus shapes (issue #24, `curate_shapes.py`): `--shapes long:15 short:off ...` (long or short
+documents; the default filters keeping ~15, ~50 or ~90% of them, or both pipelines without
+filters: MinHash dedup only) and `--docs 24000 240000` run every shape at every size, one after
+the other in the same Spark session, each with its repeats; the peak resident memory of the
+process tree (driver, JVM, Python workers; DataTrove's workers) is printed per pipeline.
+Near duplicates are scored up to `--truth-max` documents.
+
+    .venv/bin/python bench/curate_throughput.py --datatrove-tokenizer whitespace --repeats 3 \
+        --shapes long:15 long:50 long:90 long:off short:15 short:50 short:90 short:off --docs 24000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -45,6 +56,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curate_dedup as cd  # noqa: E402
+import curate_shapes as cs  # noqa: E402
 
 WORKERS = 2
 
@@ -62,18 +74,22 @@ def write_inputs(corpus: list[dict], folder: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- ours
-def run_ours(spark, inputs: Path, out: Path) -> tuple[float, dict]:
+def run_ours(spark, inputs: Path, out: Path, filters_off: bool = False) -> tuple[float, dict]:
     import pyarrow.parquet as pq
     from mixture import pipeline
     from mixture.config import parse_config
+    from mixture.curate.filters import registered
 
     out.mkdir(parents=True)
+    curate: dict = {"spark_master": "local[2]", "partitions": WORKERS * 2}
+    if filters_off:  # MinHash dedup only (the signals are still computed and stored)
+        curate["filters"] = {name: {"enabled": False} for name, _ in registered()}
     cfg = parse_config(
         {
             "run_name": "bench",
             "output_root": str(out),
             "input": {"uris": [str(inputs / "*.jsonl")]},
-            "curate": {"spark_master": "local[2]", "partitions": WORKERS * 2},
+            "curate": curate,
             "tracking": {"uri": f"sqlite:///{out / 'mlflow.db'}"},
         }
     )
@@ -121,7 +137,9 @@ def whitespace_tokenizer():
     return Whitespace("en")
 
 
-def run_datatrove(inputs: Path, work: Path, bands: int, rows: int, tokenizer: str = "spacy") -> tuple[float, dict]:
+def run_datatrove(
+    inputs: Path, work: Path, bands: int, rows: int, tokenizer: str = "spacy", filters_off: bool = False
+) -> tuple[float, dict]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
         MinhashConfig,
@@ -145,25 +163,28 @@ def run_datatrove(inputs: Path, work: Path, bands: int, rows: int, tokenizer: st
     def execute(steps, tasks, workers, name):
         LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=str(work / name)).run()
 
+    filters = [
+        GopherQualityFilter(language=lang),
+        GopherRepetitionFilter(language=lang),
+        # Document level, as ours (lorem ipsum, curly brace, >= 3 sentences): its line
+        # filters (and the citation, javascript and policy rules) would rewrite the texts.
+        C4QualityFilter(
+            remove_citations=False,
+            filter_no_terminal_punct=False,
+            min_num_sentences=3,
+            min_words_per_line=-1,
+            max_word_length=-1,
+            filter_javascript=False,
+            filter_policy=False,
+            language=lang,
+        ),
+        FineWebQualityFilter(language=lang),
+    ]
     t0 = time.perf_counter()
     execute(
         [
             JsonlReader(str(inputs), glob_pattern="*.jsonl"),
-            GopherQualityFilter(language=lang),
-            GopherRepetitionFilter(language=lang),
-            # Document level, as ours (lorem ipsum, curly brace, >= 3 sentences): its line
-            # filters (and the citation, javascript and policy rules) would rewrite the texts.
-            C4QualityFilter(
-                remove_citations=False,
-                filter_no_terminal_punct=False,
-                min_num_sentences=3,
-                min_words_per_line=-1,
-                max_word_length=-1,
-                filter_javascript=False,
-                filter_policy=False,
-                language=lang,
-            ),
-            FineWebQualityFilter(language=lang),
+            *([] if filters_off else filters),
             JsonlWriter(str(work / "filtered"), compression=None),
             MinhashDedupSignature(output_folder=str(work / "sigs"), config=config, language=lang),
         ],
@@ -224,10 +245,110 @@ def near_dup_scores(result: dict, universe: set[str], index: dict[str, int], tru
 OURS = "ours: curate + select (Spark local[2])"
 
 
+def run_pipelines(inputs: Path, tmp: Path, spark, args, params, filters_off: bool) -> dict[str, list[tuple]]:
+    """Every pipeline `args.repeats` times, alternating (ours, DataTrove, ours, ...): per
+    pipeline a list of (seconds, result, peak RSS bytes of the process tree)."""
+    runs: dict[str, list[tuple]] = {}
+    for rep in range(args.repeats):  # back to back, so each pair of runs sees about the same load
+        todo = []
+        if spark is not None:
+            todo.append((OURS, lambda rep=rep: run_ours(spark, inputs, tmp / f"ours-{rep}", filters_off)))
+        for tok in [] if "datatrove" in args.skip else args.datatrove_tokenizer:
+            work = tmp / f"datatrove-{tok}-{rep}"
+            todo.append(
+                (
+                    f"datatrove 0.10 (2 workers, {tok} words)",
+                    lambda work=work, tok=tok: run_datatrove(inputs, work, params.bands, params.rows, tok, filters_off),
+                )
+            )
+        for name, fn in todo:
+            with cs.PeakRSS() as rss:
+                wall, result = fn()
+            runs.setdefault(name, []).append((wall, result, rss.peak))
+        print(f"repeat {rep + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in runs.items()), flush=True)
+    return runs
+
+
+def report(label: str, corpus: list[dict], true_pairs, runs: dict[str, list[tuple]], load: list[float]) -> dict:
+    """The table of one corpus: seconds (median), docs/s, filtered, kept, near-duplicate F1
+    (when `true_pairs` is given) and peak RSS per pipeline; the ratio of the medians."""
+    n = len(corpus)
+    index = {d["id"]: i for i, d in enumerate(corpus)}
+    results = {k: (statistics.median(w for w, _, _ in v), v[-1][1]) for k, v in runs.items()}
+    seconds = {k: [round(w, 1) for w, _, _ in v] for k, v in runs.items()}
+    universe = set.intersection(*(r["passed_filters"] for _, r in results.values())) if results else set()
+    uni_idx = {index[i] for i in universe}
+    true_in = {p for p in true_pairs if p[0] in uni_idx and p[1] in uni_idx} if true_pairs is not None else None
+    print(f"\n{label}: {n} documents; 1-minute load average {min(load):.1f}-{max(load):.1f} during the runs")
+    if true_in is not None:
+        print(f"near duplicates scored on the {len(universe)} that every pipeline keeps ({len(true_in)} true pairs)")
+    header = (
+        f"{'pipeline':40s} {'seconds':>7s} {'docs/s':>6s} {'filtered':>8s} {'kept':>6s} {'peak RSS':>8s} "
+        f"{'common: doc F1':>14s} {'pair F1':>7s}   {'own: pairs':>10s} {'doc F1':>6s} {'pair F1':>7s}"
+    )
+    print(header)
+    print("-" * len(header))
+    figures = {}
+    for name, (wall, r) in results.items():
+        peak = max(p for _, _, p in runs[name])
+        f = figures[name] = {
+            "seconds": wall,
+            "runs": seconds[name],
+            "docs_per_s": n / wall,
+            "kept": r["kept"],
+            "filtered": n - len(r["passed_filters"]),
+            "peak_rss_gib": round(peak / 2**30, 2),
+        }
+        line = f"{name:40s} {wall:7.1f} {n / wall:6.0f} {f['filtered']:8d} {r['kept']:6d} {peak / 2**30:6.2f} G"
+        if true_pairs is not None:
+            s = near_dup_scores(r, universe, index, true_in)
+            own_idx = {index[i] for i in r["passed_filters"]}
+            true_own = {p for p in true_pairs if p[0] in own_idx and p[1] in own_idx}
+            o = near_dup_scores(r, r["passed_filters"], index, true_own)
+            f.update(common=s, own=o)
+            line += f" {s['doc_f1']:14.3f} {s['pair_f1']:7.3f}   {len(true_own):10d}"
+            line += f" {o['doc_f1']:6.3f} {o['pair_f1']:7.3f}"
+        print(line)
+        if "stage_seconds" in r:
+            print(f"  stages: {r['stage_seconds']}")
+    for name, (wall, _) in results.items():
+        if OURS in results and name.startswith("datatrove"):
+            pairs = [d / o for d, o in zip(seconds[name], seconds[OURS])]
+            figures[name]["ours_over_this"] = wall / results[OURS][0]
+            print(
+                f"throughput ours / {name}: {wall / results[OURS][0]:.2f}x (medians of {len(pairs)}; "
+                f"per repeat: {', '.join(f'{r:.2f}x' for r in pairs)}; seconds {seconds[OURS]} vs {seconds[name]})"
+            )
+    return {"documents": n, "load_average": [min(load), max(load)], "pipelines": figures}
+
+
+def measure(label: str, corpus: list[dict], true_pairs, spark, args, params, filters_off: bool = False) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    try:
+        inputs = tmp / "input"
+        write_inputs(corpus, inputs)
+        load = [os.getloadavg()[0]]
+        runs = run_pipelines(inputs, tmp, spark, args, params, filters_off)
+        load.append(os.getloadavg()[0])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report(label, corpus, true_pairs, runs, load)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bases", type=int, default=600, help="documents that get injected near copies")
     ap.add_argument("--copies", type=int, default=3, help="the corpus this many times (edited copies)")
+    ap.add_argument(
+        "--shapes",
+        nargs="+",
+        metavar="LENGTH:KEEP",
+        help=f"corpus shapes instead of the sample corpus (curate_shapes.py): any of {' '.join(cs.SHAPES)}",
+    )
+    ap.add_argument("--docs", type=int, nargs="+", default=[24_000], help="documents per shape")
+    ap.add_argument(
+        "--truth-max", type=int, default=60_000, help="score near duplicates only up to this many documents"
+    )
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["datatrove", "ours"])
@@ -254,96 +375,51 @@ def main(argv: list[str] | None = None) -> int:
     from loguru import logger as loguru_logger
 
     loguru_logger.remove()
+    from mixture import spark as spark_helper
+    from mixture.config import FuzzyDedupConfig
+    from mixture.curate import minhash
 
-    corpus, _ = cd.build_corpus(args.bases, args.seed, args.copies)
-    n = len(corpus)
-    words = np.array([len(d["text"].split()) for d in corpus])
-    index = {d["id"]: i for i, d in enumerate(corpus)}
-    t0 = time.time()
-    true_pairs, _ = cd.ground_truth(cd.ngram_sets([d["text"] for d in corpus], 5), args.threshold)
-    print(
-        f"corpus: {n} documents, words per document median {int(np.median(words))}, "
-        f"p10 {int(np.percentile(words, 10))}, p90 {int(np.percentile(words, 90))}; "
-        f"ground truth in {time.time() - t0:.1f} s: {len(true_pairs)} pairs with J >= {args.threshold}"
+    fz = FuzzyDedupConfig(threshold=args.threshold)
+    params, _ = minhash.lsh_params(
+        args.threshold, fz.num_perm, fz.bands, fz.rows, fz.false_positive_weight, fz.false_negative_weight
     )
-    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    results: dict[str, tuple[float, dict]] = {}
-    seconds: dict[str, list[float]] = {}
+    corpora = [(s, n) for s in args.shapes for n in args.docs] if args.shapes else [(None, 0)]
+    for shape, _ in corpora:
+        if shape is not None:
+            cs.parse_shape(shape)
+    spark = None
+    if "ours" not in args.skip:
+        t0 = time.perf_counter()
+        spark = spark_helper.session("local[2]", "bench-throughput", WORKERS * 2)
+        print(f"Spark session started in {time.perf_counter() - t0:.1f} s (not counted)")
+    out = {}
     try:
-        inputs = tmp / "input"
-        write_inputs(corpus, inputs)
-        from mixture import spark as spark_helper
-        from mixture.config import FuzzyDedupConfig
-        from mixture.curate import minhash
-
-        fz = FuzzyDedupConfig(threshold=args.threshold)
-        params, _ = minhash.lsh_params(
-            args.threshold, fz.num_perm, fz.bands, fz.rows, fz.false_positive_weight, fz.false_negative_weight
-        )
-        spark = None
-        if "ours" not in args.skip:
-            t0 = time.perf_counter()
-            spark = spark_helper.session("local[2]", "bench-throughput", WORKERS * 2)
-            print(f"Spark session started in {time.perf_counter() - t0:.1f} s (not counted)")
-        runs: dict[str, list[tuple[float, dict]]] = {}
-        for rep in range(args.repeats):  # back to back, so each pair of runs sees about the same load
-            if spark is not None:
-                runs.setdefault(OURS, []).append(run_ours(spark, inputs, tmp / f"ours-{rep}"))
-            for tok in [] if "datatrove" in args.skip else args.datatrove_tokenizer:
-                name = f"datatrove 0.10 (2 workers, {tok} words)"
-                runs.setdefault(name, []).append(
-                    run_datatrove(inputs, tmp / f"datatrove-{tok}-{rep}", params.bands, params.rows, tok)
-                )
-            print(f"repeat {rep + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in runs.items()), flush=True)
+        for shape, n_docs in corpora:
+            t0 = time.time()
+            if shape is None:
+                corpus, _ = cd.build_corpus(args.bases, args.seed, args.copies)
+                true_pairs, _ = cd.ground_truth(cd.ngram_sets([d["text"] for d in corpus], 5), args.threshold)
+                label = f"sample corpus (--bases {args.bases} --copies {args.copies})"
+            else:
+                corpus = cs.build(shape, n_docs, args.seed)
+                texts = [d["text"] for d in corpus]
+                true_pairs = cs.ground_truth(texts, args.threshold) if n_docs <= args.truth_max else None
+                label = f"shape {shape}, {n_docs} documents"
+            words = np.array([len(d["text"].split()) for d in corpus])
+            print(
+                f"\n== {label}: words per document median {int(np.median(words))}, p10 "
+                f"{int(np.percentile(words, 10))}, p90 {int(np.percentile(words, 90))}; built in "
+                f"{time.time() - t0:.0f} s"
+                + (f", {len(true_pairs)} pairs with J >= {args.threshold}" if true_pairs is not None else ""),
+                flush=True,
+            )
+            filters_off = shape is not None and shape.endswith(":off")
+            out[label] = measure(label, corpus, true_pairs, spark, args, params, filters_off)
+            if args.json:
+                Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    finally:
         if spark is not None:
             spark.stop()
-        results = {k: (statistics.median(w for w, _ in v), v[-1][1]) for k, v in runs.items()}
-        seconds = {k: [round(w, 1) for w, _ in v] for k, v in runs.items()}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    universe = set.intersection(*(r["passed_filters"] for _, r in results.values())) if results else set()
-    uni_idx = {index[i] for i in universe}
-    true_in = {p for p in true_pairs if p[0] in uni_idx and p[1] in uni_idx}
-    print(
-        f"\n{n} documents; near duplicates scored on the {len(universe)} that every pipeline's filters keep "
-        f"({len(true_in)} true pairs among them); LSH {params.bands} bands x {params.rows} rows"
-    )
-    header = (
-        f"{'pipeline':40s} {'seconds':>7s} {'docs/s':>6s} {'filtered':>8s} {'kept':>5s} "
-        f"{'common: doc F1':>14s} {'pair F1':>7s}   {'own: pairs':>10s} {'doc F1':>6s} {'pair F1':>7s}"
-    )
-    print(header)
-    print("-" * len(header))
-    figures = {}
-    for name, (wall, r) in results.items():
-        s = near_dup_scores(r, universe, index, true_in)
-        own_idx = {index[i] for i in r["passed_filters"]}
-        true_own = {p for p in true_pairs if p[0] in own_idx and p[1] in own_idx}
-        o = near_dup_scores(r, r["passed_filters"], index, true_own)
-        figures[name] = {
-            "seconds": wall,
-            "runs": seconds.get(name, []),
-            "docs_per_s": n / wall,
-            "kept": r["kept"],
-            "common": s,
-            "own": o,
-        }
-        print(
-            f"{name:40s} {wall:7.1f} {n / wall:6.0f} {n - len(r['passed_filters']):8d} {r['kept']:5d} "
-            f"{s['doc_f1']:14.3f} {s['pair_f1']:7.3f}   {len(true_own):10d} {o['doc_f1']:6.3f} {o['pair_f1']:7.3f}"
-        )
-        if "stage_seconds" in r:
-            print(f"  stages: {r['stage_seconds']}")
-    for name, (wall, _) in results.items():
-        if OURS in results and name.startswith("datatrove"):
-            pairs = [d / o for d, o in zip(seconds[name], seconds[OURS])]
-            print(
-                f"throughput ours / {name}: {wall / results[OURS][0]:.2f}x (medians of {len(pairs)}; "
-                f"per repeat: {', '.join(f'{r:.2f}x' for r in pairs)}; seconds {seconds[OURS]} vs {seconds[name]})"
-            )
-    if args.json:
-        Path(args.json).write_text(json.dumps({"documents": n, "pipelines": figures}, indent=2, default=str))
     return 0
 
 

@@ -289,3 +289,53 @@ def test_stored_signals_replay_the_live_decision():
     stored = chain(GOOD).stored
     assert stored["stop_words"] == TextStats(GOOD).stop_word_count(frozenset(GopherQualityConfig().stop_words))
     assert stored["q_stop_words"] == stored["stop_words"] / stored["n_words"]
+
+
+# ----------------------------------------------------------------- batch = one at a time
+def _tricky_texts(n: int, seed: int) -> list[str]:
+    """Texts that exercise every definition: Unicode whitespace (Python's, not only ASCII),
+    punctuation at word ends, bullets and ellipses at line ends, blank lines with tabs or a
+    no-break space, sentence ends before quotes, repeated lines, paragraphs and n-grams, ties for
+    the most frequent n-gram, astral and multi-character-lowercase letters, empty texts."""
+    import random
+
+    rng = random.Random(seed)
+    pieces = list("abXY ÀÉß İΣςK … ... .!? \"'”’)] [ # { } • - * · – → \t\r\f\v\x1c\xa0\u2028\u3000 0½_,;:")
+    pieces += ["lorem ipsum", "\n \n", "\n\t\n", "\n\xa0\n", "....", "😀", "𝐀", "𐐀", "\n\n\n", "\n"]
+    words = ["the", "of", "and", "cat", "dog", "The", "OF", "(the)", "the.", "...", "a", "sat", "—", "«and»"]
+    texts = ["", " ", "\n", "a", "...", "a.", ".", "...\n\n...", "The end.\n", "İİ the THE", GOOD, GOOD + "\n" + GOOD]
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(0, 200)):
+            parts.append(rng.choice(words) if rng.random() < 0.6 else rng.choice(pieces))
+            parts.append(rng.choice([" ", " ", "\n", "", "\n\n", "  "]))
+        texts.append("".join(parts))
+    return texts
+
+
+@pytest.mark.parametrize("stop_words", [None, ["the", "and", "ß", "über"]])
+def test_batch_signals_equal_textstats_bit_for_bit(stop_words, monkeypatch):
+    """`curate` computes the signals of a whole batch at once (`BatchStats`); every value must
+    be the float64 that `TextStats` gives for the document alone, in small and large chunks."""
+    import numpy as np
+    from mixture.curate.filters import _batch, batch_signals, compute_signals, signal_functions
+
+    filters = {"gopher_quality": {"stop_words": stop_words}} if stop_words else {}
+    functions = signal_functions(FiltersConfig.model_validate(filters))
+    texts = _tricky_texts(300, seed=len(filters))
+    expected = [compute_signals(TextStats(t), functions) for t in texts]
+    for chunk in (_batch.CHUNK_CHARS, 500):  # 500 code points: many chunks, one document alone in some
+        monkeypatch.setattr(_batch, "CHUNK_CHARS", chunk)
+        n_words, values = batch_signals(texts, functions)
+        assert n_words.tolist() == [e["n_words"] for e in expected]
+        for j, name in enumerate(functions):
+            want = np.array([e[name] for e in expected])
+            assert np.array_equal(values[:, j], want), (name, np.flatnonzero(values[:, j] != want)[:5])
+
+
+def test_a_signal_only_textstats_has_is_computed_per_document():
+    from mixture.curate.filters import batch_signals
+
+    texts = ["one two three", "four five"]
+    n_words, values = batch_signals(texts, {"q_first_word": lambda s: len(s.words[0])})
+    assert n_words.tolist() == [3, 2] and values[:, 0].tolist() == [3.0, 4.0]

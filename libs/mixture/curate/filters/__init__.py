@@ -3,7 +3,9 @@
 Modules, one per built-in filter (thresholds from the papers; each module's docstring has the
 numbers): `gopher_quality` (Rae et al. 2021, App. A), `gopher_repetition` (Rae et al. 2021,
 Table A1), `c4` (Raffel et al. 2020, section 2.2), `fineweb` (Penedo et al. 2024); and `_base.py`
-(what a filter is), `_stats.py` (the text statistics the filters share, computed once).
+(what a filter is), `_stats.py` (the text statistics the filters share, computed once),
+`_batch.py` (the same statistics for a batch of documents at once, in numpy: what the curate stage runs)
+and `_codepoints.py` (its character classes and array helpers).
 
 Each filter is switchable and has an `exempt_if` regex (documents whose text matches skip that
 filter; nothing about any domain is built in). Adding a filter is one new module here (`_base.py`
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mixture.curate.filters._base import Filter, Signal
+from mixture.curate.filters._batch import BatchStats, batch_signals
 from mixture.curate.filters._stats import TextStats, stats
 from mixture.registry import FILTERS
 
@@ -30,11 +33,13 @@ if TYPE_CHECKING:
     from mixture.config import FilterConfig, FiltersConfig
 
 __all__ = [
+    "BatchStats",
     "Filter",
     "FilterChain",
     "Signal",
     "TextStats",
     "Verdict",
+    "batch_signals",
     "compute_signals",
     "filter_config",
     "registered",

@@ -26,7 +26,11 @@ ELLIPSES = ("...", "…")
 # Line endings that FineWeb counts as terminal punctuation (sentence ends and closing quotes).
 END_PUNCTUATION = (".", "!", "?", "…", '"', "'", "”", "’")
 _BLANK_SPLIT = re.compile(r"\n[ \t\r\f\v]*\n")
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")
+# A sentence ends with a run of these marks, then any closing quotes or brackets, then
+# whitespace or the end of the text.
+SENTENCE_END_CHARS = ".!?…"
+SENTENCE_CLOSERS = "\"'”’)]"
+_SENTENCE_END = re.compile(f"[{re.escape(SENTENCE_END_CHARS)}]+[{re.escape(SENTENCE_CLOSERS)}]*(?=\\s|$)")
 _ALNUM = re.compile(r"\w")
 _ALPHA = re.compile(r"[^\W\d_]")
 _NGRAM_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for polynomial n-gram hashes

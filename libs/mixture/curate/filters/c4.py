@@ -27,9 +27,10 @@ class C4(Filter):
     @staticmethod
     def signals(cfg: C4Config) -> dict[str, Signal]:
         return {
-            "has_lorem_ipsum": lambda s: float(s.has_lorem_ipsum),
-            "has_curly_brace": lambda s: float(s.has_curly_brace),
-            "q_sentences": lambda s: float(s.sentences),
+            # `* 1.0`, not float(): the same function serves one TextStats and a BatchStats.
+            "has_lorem_ipsum": lambda s: s.has_lorem_ipsum * 1.0,
+            "has_curly_brace": lambda s: s.has_curly_brace * 1.0,
+            "q_sentences": lambda s: s.sentences * 1.0,
         }
 
     @staticmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Any
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from mixture.config import FilterConfig
@@ -70,7 +71,7 @@ class GopherQuality(Filter):
             "q_bullet_lines_ratio": lambda s: s.bullet_lines_ratio,
             "q_ellipsis_lines_ratio": lambda s: s.ellipsis_lines_ratio,
             "q_alpha_words_ratio": lambda s: s.alpha_words_ratio,
-            "q_stop_words": lambda s: s.stop_word_count(stops) / max(s.n_words, 1),
+            "q_stop_words": lambda s: s.stop_word_count(stops) / np.maximum(s.n_words, 1),
             "stop_words": lambda s: s.stop_word_count(stops),
         }
 
