@@ -29,7 +29,8 @@ _EMPTY = np.empty(0, dtype=np.uint32)
 SENTINEL = np.uint32(0xFFFFFFFF)
 
 
-def _splitmix64(z: np.ndarray) -> np.ndarray:
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on every element: a cheap, well-mixed 64-bit hash of 64-bit values."""
     with np.errstate(over="ignore"):
         z = z ^ (z >> np.uint64(30))
         z = z * np.uint64(0xBF58476D1CE4E5B9)
@@ -97,7 +98,7 @@ def _string_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, chunk
             np.cumsum(seg * pw[: len(seg)], out=g[1:])
             h = (g[e] - g[s]) * ipw[s]
             h ^= (e - s).astype(np.uint64) * _LEN_MIX
-        out[lo:hi] = _splitmix64(h)
+        out[lo:hi] = splitmix64(h)
         lo = hi
     return out
 
@@ -130,7 +131,7 @@ def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
     w = _string_hashes(data, word_starts, word_ends)
     counts = np.bincount(np.searchsorted(offsets, word_starts, side="right") - 1, minlength=n_docs).astype(np.int64)
     doc_of_start, h = _ngram_hashes(w, counts, ngram)
-    return _unique_per_doc(doc_of_start, _splitmix64(h) >> _SHIFT32, n_docs)
+    return _unique_per_doc(doc_of_start, splitmix64(h) >> _SHIFT32, n_docs)
 
 
 def _word_spans(texts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
@@ -279,7 +280,7 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
         for j in range(bands):
             h = np.full(sig.shape[0], np.uint64(j + 1) * _NGRAM_MULT, dtype=np.uint64)
             for col in range(j * rows, (j + 1) * rows):
-                h = _splitmix64(h ^ sig[:, col].astype(np.uint64))
+                h = splitmix64(h ^ sig[:, col].astype(np.uint64))
             out[:, j] = h
     return out.view(np.int64)
 

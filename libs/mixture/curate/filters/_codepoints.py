@@ -18,6 +18,7 @@ from mixture.curate.filters._stats import (
     SENTENCE_CLOSERS,
     SENTENCE_END_CHARS,
 )
+from mixture.curate.minhash import splitmix64 as _splitmix64
 
 # Line-start and line-end tests are per character: every listed marker is one character.
 assert all(len(c) == 1 for c in BULLETS + END_PUNCTUATION), "bullets and end punctuation are single characters"
@@ -74,15 +75,6 @@ def _tables() -> _Tables:
     if _TABLES is None:
         _TABLES = _Tables()
     return _TABLES
-
-
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        z = z ^ (z >> np.uint64(30))
-        z = z * np.uint64(0xBF58476D1CE4E5B9)
-        z = z ^ (z >> np.uint64(27))
-        z = z * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
 
 
 def _doc_salts(n_docs: int) -> np.ndarray:
