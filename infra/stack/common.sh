@@ -28,7 +28,7 @@ SERVICES=(postgres s3 spark-master spark-worker-1 spark-worker-2 mlflow
 
 PY=$(command -v python || command -v python3) || { echo "stack: python is not on PATH (run through make stack)" >&2; exit 1; }
 BIN=$(dirname "$PY")
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true) # empty: not installed (up.sh installs it)
 PG_USER=postgres # initdb and the server refuse root: they run as Debian's postgres user
 
 say() { printf '%s stack: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
