@@ -43,7 +43,7 @@ from mixture.curate.filters._codepoints import (
     _splitmix64,
     _tables,
 )
-from mixture.curate.filters._stats import _NGRAM_MULT, TextStats
+from mixture.curate.filters._stats import _NGRAM_MULT, TextStats, ngram_hashes
 
 
 class BatchStats:
@@ -322,12 +322,7 @@ class BatchStats:
 
     def _ngrams_at(self, pos: np.ndarray, n: int) -> np.ndarray:
         """The polynomial hashes of `TextStats._ngrams(n)` of the n-grams starting at word `pos`."""
-        ids = self._word_ids
-        h = np.zeros(len(pos), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for k in range(n):
-                h = h * _NGRAM_MULT + ids[pos + k] + np.uint64(1)
-        return h
+        return ngram_hashes(self._word_ids, pos, n)
 
     def _full_ngrams(self, n: int) -> np.ndarray:
         """`_ngrams_at` at every word position that has n - 1 words after it in the batch,

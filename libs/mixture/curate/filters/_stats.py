@@ -36,6 +36,16 @@ _ALPHA = re.compile(r"[^\W\d_]")
 _NGRAM_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for polynomial n-gram hashes
 
 
+def ngram_hashes(ids: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
+    """The polynomial hashes of the word-id n-grams starting at `pos` (one TextStats and
+    BatchStats share: their signals must agree bit for bit)."""
+    h = np.zeros(len(pos), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            h = h * _NGRAM_MULT + ids[pos + k] + np.uint64(1)
+    return h
+
+
 def _dup_stats(items: list[str]) -> tuple[int, int]:
     """(number of items that repeat an earlier item, characters in those repeats)."""
     seen: set[str] = set()
@@ -207,12 +217,7 @@ class TextStats:
 
     def _ngram_at(self, pos: np.ndarray, n: int) -> np.ndarray:
         """The hashes `_ngrams(n)` would give at positions `pos` (same polynomial)."""
-        ids, _ = self._word_arrays
-        h = np.zeros(len(pos), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for k in range(n):
-                h = h * _NGRAM_MULT + ids[pos + k] + np.uint64(1)
-        return h
+        return ngram_hashes(self._word_arrays[0], pos, n)
 
     def _repeat_starts(self, n: int) -> np.ndarray:
         """Start positions of the n-gram occurrences after the first of the same n-gram."""
