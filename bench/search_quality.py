@@ -193,10 +193,11 @@ class Runner:
     """Trains proxies in `workers` processes, caches every result by its inputs (one JSON file a
     run, written atomically), and answers scores on a target's half."""
 
-    def __init__(self, cache: Path, lab, lab_uri: str, names, targets: list[Target], workers: int, val_tokens: int):
+    def __init__(self, cache: Path, lab, names, prior, targets: list[Target], workers: int, val_tokens: int):
         self.dir = cache / "runs" / lab.dataset.manifest_sha256[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.lab_uri, self.lab_sha, self.names = lab_uri, lab.dataset.manifest_sha256, names
+        self.lab_uri, self.lab_sha = lab.dataset.uri, lab.dataset.manifest_sha256
+        self.names, self.prior = names, prior  # the lab's groups and their token shares
         self.targets = {t.name: {"select": t.select, "report": t.report} for t in targets}
         self.workers, self.val_tokens = workers, val_tokens
         self.vocab_size = lab.vocab_size
@@ -451,6 +452,29 @@ def parse(argv: list[str] | None = None):
     return ap.parse_args(argv)
 
 
+def open_lab(cache: Path, lab_name: str, sets: list[str], args):
+    """The lab's Config (with `sets`), its Runner, its targets and a Config maker; sets
+    `args.proxy_desc` and `args.transfer_tokens` from the proxy settings."""
+    from mixture.search.steps import names_and_prior
+
+    corpus = LABS[lab_name][0]
+    corpus_uri, targets = (prepare_sample_corpus if corpus == "sample" else prepare_debian_corpus)(cache)
+    cfg = lab_config(cache, lab_name, corpus_uri, targets, sets)
+    lab = build_lab(cfg)
+    names, prior = names_and_prior(lab)
+    val_tokens = cfg.search.target.val_tokens  # the search's own: every method selects on the same text
+    runner = Runner(cache, lab, names, prior, targets, args.workers, val_tokens)
+    p = cfg.search.proxy
+    args.proxy_desc = f"{p.preset} on {p.tokens:,} tokens, budget {budget(cfg.search, lab.vocab_size, len(names))} runs"
+    args.transfer_tokens = int(p.tokens * args.transfer_factor)
+    print(f"{lab_name}: {len(names)} groups, targets {[t.name for t in targets]}", flush=True)
+
+    def make_cfg(extra: list[str]):
+        return lab_config(cache, lab_name, corpus_uri, targets, extra)
+
+    return cfg, runner, targets, make_cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     cache = Path(args.cache)
@@ -466,25 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     results, t0 = {}, time.time()
     for lab_name in args.labs.split(","):
-        corpus = LABS[lab_name][0]
-        corpus_uri, targets = (prepare_sample_corpus if corpus == "sample" else prepare_debian_corpus)(cache)
         sets = quick + args.set
-        cfg = lab_config(cache, lab_name, corpus_uri, targets, sets)
-        lab = build_lab(cfg)
-        from mixture.search.steps import names_and_prior
-
-        names, prior = names_and_prior(lab)
-        val_tokens = cfg.search.target.val_tokens  # the search's own: every method selects on the same text
-        runner = Runner(cache, lab, lab.dataset.uri, names, targets, args.workers, val_tokens)
-        p = cfg.search.proxy
-        n_runs = budget(cfg.search, lab.vocab_size, len(names))
-        args.proxy_desc = f"{p.preset} on {p.tokens:,} tokens, budget {n_runs} runs"
-        args.transfer_tokens = int(p.tokens * args.transfer_factor)
-        print(f"{lab_name}: {len(names)} groups, targets {[t.name for t in targets]}", flush=True)
-
-        def make_cfg(extra: list[str], lab_name=lab_name, corpus_uri=corpus_uri, targets=targets):
-            return lab_config(cache, lab_name, corpus_uri, targets, extra)
-
+        cfg, runner, targets, make_cfg = open_lab(cache, lab_name, sets, args)
+        names, prior = runner.names, runner.prior
         for t in [t for t in targets if not args.targets or t.name in args.targets.split(",")]:
             ctx = Context(lab_name, cfg, sets, quick, make_cfg, runner, names, prior, t)
             seeds = list(range(args.seeds))

@@ -182,3 +182,32 @@ def test_propose_by_ei_trains_distinct_mixtures_and_says_how_it_chose():
     # the default draws from the predicted top N, as before
     _, default = bootstrap.propose(_scfg(iterations=[12, 6]), prior, 1, obs, seed=0)
     assert default["acquisition"] == {"rule": "top_random"}
+
+
+def test_trust_region_keeps_candidates_as_near_a_run_as_runs_are_to_each_other():
+    X = np.array([[0.5, 0.5, 0, 0], [0.5, 0, 0.5, 0], [0, 0.5, 0.5, 0]])
+    spacing = bootstrap.nearest_distance(X[:1], X[1:])[0]  # every pair is this far apart
+    C = np.array([[0.5, 0.45, 0.05, 0], [0, 0, 0, 1.0]])  # near the first run; a far vertex
+    assert bootstrap.nearest_distance(C[:1], X)[0] < spacing < bootstrap.nearest_distance(C[1:], X)[0]
+    kept, region = bootstrap.trusted(1.0, C, X)
+    assert kept.tolist() == C[:1].tolist() and region["radius"] == pytest.approx(spacing)
+    far = bootstrap.nearest_distance(C[1:], X)[0]
+    assert len(bootstrap.trusted(1.01 * far / spacing, C, X)[0]) == 2
+    assert bootstrap.trusted(0.0, C, X) == (C, {})
+
+
+def test_trust_region_stops_a_linear_fit_from_choosing_a_corner_no_run_was_near():
+    """A linear score (the best mixture is a vertex): without the region the top-k mean of a ridge
+    fit's best candidates goes far from every run; with it, it stays as near as runs are."""
+    prior = np.full(8, 1 / 8)
+    rng = np.random.default_rng(0)
+    X = sample_mixtures(rng, prior, 22)
+    y = X @ np.linspace(-1, 1, 8) + rng.normal(0, 0.01, 22)
+    obs = bootstrap.Observations(X, y, [[str(i)] for i in range(22)], [])
+    plain = _scfg(predictor=dict(candidates=["ridge"], cv_folds=4))
+    far = bootstrap.final(plain, prior, obs, seed=0)
+    near = bootstrap.final(plain.model_copy(update={"trust_region": 1.0}), prior, obs, seed=0)
+    radius = near["trust_region"]["radius"]
+    assert bootstrap.nearest_distance(np.array([far["weights"]]), X)[0] > radius
+    assert bootstrap.nearest_distance(np.array([near["weights"]]), X)[0] <= radius
+    assert near["method"] == "top_mean" and 0 < near["trust_region"]["kept"] < near["trust_region"]["of"]

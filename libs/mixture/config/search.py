@@ -192,6 +192,13 @@ class SearchConfig(Section):
     candidates: int = Field(100_000, ge=1)
     top_n: int = Field(64, ge=1)
     final: Literal["best", "top_mean"] = "top_mean"
+    trust_region: float = Field(
+        0.0,
+        ge=0,
+        description="final choice: only candidates within this many times the trained mixtures' "
+        "median nearest-neighbour distance (Hellinger) of a trained mixture, where cross-validation "
+        "tested the predictor; 0: anywhere (the paper)",
+    )
     top_k: int = Field(128, ge=1)
     local_frac: float = Field(
         0.0,

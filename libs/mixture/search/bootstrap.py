@@ -215,18 +215,17 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
     b = obs.best()
     best_observed = {"weights": obs.X[b].tolist(), "score": float(obs.y[b]), "run_ids": obs.run_ids[b]}
     if len(obs) < 3:
-        return {
-            "weights": obs.X[b].tolist(),
-            "method": "best_observed",
-            "predicted": None,
-            "reason": f"only {len(obs)} observed mixtures: too few to fit a predictor",
-            "best_observed": best_observed,
-            "predictor": None,
-        }
+        return _observed(best_observed, f"only {len(obs)} observed mixtures: too few to fit a predictor", None)
     fitted = fit_predictor(scfg, obs, seed)
     C = candidates(scfg, prior, rng_for(seed, STREAM_FINAL), obs, exclude=set())
+    C, region = trusted(scfg.trust_region, C, obs.X)
+    if not len(C):
+        why = f"no candidate within the trust region (radius {region['radius']:.3f})"
+        return {**_observed(best_observed, why, fitted.report()), "trust_region": region}
     order, screened = screen(C, fitted.rank(C)) if screen is not None else (fitted.rank(C), None)
     w = _pick(scfg, prior, C, order)
+    if region and nearest_distance(w[None], obs.X)[0] > region["radius"]:
+        w = C[order[0]]  # the top-k mean left the region: its best candidate, inside it
     predicted = float(fitted.predict(w[None])[0])
     predicted_best_observed = float(fitted.predict(obs.X[[b]])[0])
     out = {
@@ -237,6 +236,7 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
         "top_k": scfg.top_k if scfg.final == "top_mean" else 1,
         "oof": {name: r.oof for name, r in fitted.cv.items()},
         "y": obs.y.tolist(),
+        **({"trust_region": region} if region else {}),
         **({"screen": screened} if screened is not None else {}),
     }
     reason = _distrust(scfg, fitted, predicted, predicted_best_observed)
@@ -255,6 +255,40 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
         "method": scfg.final,
         "reason": f"{fitted.chosen} (CV Spearman {cv_spearman:.2f}) ranks it above the best observed",
     }
+
+
+def _observed(best_observed: dict, reason: str, predictor: dict | None) -> dict:
+    """The best observed mixture as the final one, with why, when no prediction is made."""
+    return {
+        "weights": best_observed["weights"],
+        "method": "best_observed",
+        "predicted": None,
+        "reason": reason,
+        "best_observed": best_observed,
+        "predictor": predictor,
+    }
+
+
+def nearest_distance(C: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Hellinger distance of each row of C to its nearest row of X."""
+    rc, rx = np.sqrt(np.clip(C, 0, None)), np.sqrt(np.clip(X, 0, None))
+    sq = (rc * rc).sum(1)[:, None] + (rx * rx).sum(1)[None, :] - 2 * rc @ rx.T
+    return np.sqrt(np.clip(0.5 * sq.min(axis=1), 0, None))
+
+
+def trusted(scale: float, C: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The candidates within `scale` x the median nearest-neighbour distance between the trained
+    mixtures X of one of them: how far leave-one-out cross-validation asked the predictor to reach.
+    A predictor that ranks held-out runs well need not rank far corners of the simplex (a linear
+    fit's best is a vertex). scale 0: every candidate, no report."""
+    if scale <= 0 or len(X) < 2:
+        return C, {}
+    rx = np.sqrt(np.clip(X, 0, None))
+    pair = np.sqrt(np.clip(0.5 * ((rx[:, None, :] - rx[None, :, :]) ** 2).sum(-1), 0, None))
+    np.fill_diagonal(pair, np.inf)
+    radius = float(scale * np.median(pair.min(axis=1)))
+    keep = nearest_distance(C, X) <= radius
+    return C[keep], {"radius": radius, "scale": scale, "kept": int(keep.sum()), "of": int(len(keep))}
 
 
 def _pick(scfg: SearchConfig, prior: np.ndarray, C: np.ndarray, order: np.ndarray) -> np.ndarray:
