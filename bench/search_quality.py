@@ -399,10 +399,14 @@ def evaluate_target(ctx: Context, methods: list[str], seeds: list[int], args) ->
             "seconds": round(time.time() - t0, 1),
         }
         print(f"  {ctx.target.name} {m}: {out[m]['mean']:.4f} ± {out[m]['sd']:.4f} ({out[m]['seconds']} s)", flush=True)
-    if "climb" in out:
-        for m in out:
-            if m != "climb":
-                out["climb"].setdefault("vs", {})[m] = paired(out["climb"]["per_seed"], out[m]["per_seed"])
+    return compare(out)
+
+
+def compare(out: dict) -> dict:
+    """climb's paired difference against every other method (in place; none without climb)."""
+    for m in out:
+        if "climb" in out and m != "climb":
+            out["climb"].setdefault("vs", {})[m] = paired(out["climb"]["per_seed"], out[m]["per_seed"])
     return out
 
 

@@ -11,7 +11,10 @@ final mixture chosen again under each `--rule` (overrides of the search's own re
 scale exactly as the benchmark does (the same cached runs, seeds and report half: pass the
 benchmark's `--set`, whose proxy settings are part of every run's key). Printed per
 search and rule: the transfer score, the method, the Hellinger distance from the final mixture to
-the nearest trained one; then each rule's mean and its paired difference against the first rule.
+the nearest trained one; then, per rule, the benchmark's table (`search_quality.report`): the rule
+as `climb` against the baselines (`--baselines`, run or read from the same cache as the
+benchmark's) with paired differences, and the predictor's leave-one-out Spearman per search.
+Results also in `<cache>/replay-<lab>.json`.
 """
 
 from __future__ import annotations
@@ -47,7 +50,33 @@ def replay(search_dir: Path, names: list[str], sets: list[str]) -> tuple[np.ndar
     prior = np.array([mixture["prior"][c] for c in names])
     res = bootstrap.final(scfg, prior, obs, seed)
     w = np.array(res["weights"])
-    return w, {"method": res["method"], "distance": float(bootstrap.nearest_distance(w[None], obs.X)[0])}
+    return w, {
+        "method": res["method"],
+        "distance": float(bootstrap.nearest_distance(w[None], obs.X)[0]),
+        "loo_spearman": sq.loo_spearman(scfg, obs, seed),
+    }
+
+
+def replay_target(ctx, searches: list[Path], rules: dict[str, list[str]], args) -> dict[str, dict]:
+    """Per rule, the benchmark's entry for `climb` (per seed transfer scores, info) on one target."""
+    out = {}
+    for name, sets in rules.items():
+        per_seed, info = {}, {}
+        for d in searches:
+            w, info_d = replay(d / "search", ctx.names, sets)
+            seed = int(json.loads((d / "search" / "mixture.json").read_text())["config"]["seed"])
+            per_seed[seed] = sq.transfer(ctx, w, list(range(args.transfer_seeds)), args.transfer_tokens)
+            info[seed] = {**info_d, "search": d.name, "weights": {c: round(float(x), 4) for c, x in zip(ctx.names, w)}}
+            print(f"  {d.name} {name}: {np.mean(per_seed[seed]):.4f} ({info_d['method']}, d {info_d['distance']:.2f})")
+        scores = [x for v in per_seed.values() for x in v]
+        out[name] = {
+            "per_seed": per_seed,
+            "mean": float(np.mean(scores)),
+            "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+            "seed_means": {s: float(np.mean(v)) for s, v in per_seed.items()},
+            "info": info,
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", required=True, help="comma-separated")
     ap.add_argument("--key", default="", help="only searches whose config key starts with this")
     ap.add_argument("--rule", action="append", required=True, metavar="NAME=SET;SET", help="a final-choice rule")
+    ap.add_argument("--baselines", default="best_of_random,regmix,natural,uniform", help="compared with each rule")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the benchmark's --set")
+    ap.add_argument("--seeds", type=int, default=3, help="random draws of the baselines")
     ap.add_argument("--transfer-seeds", type=int, default=2)
     ap.add_argument("--transfer-factor", type=float, default=3.0)
     ap.add_argument("--workers", type=int, default=2)
@@ -65,26 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     rules = {r.split("=", 1)[0]: [x for x in r.split("=", 1)[1].split(";") if x] for r in args.rule}
     cache = Path(args.cache)
     cfg, runner, targets, make_cfg = sq.open_lab(cache, args.lab, args.set, args)
-    scores: dict[str, dict[str, list[float]]] = {r: {} for r in rules}
-    print("| search | " + " | ".join(rules) + " |\n|---|" + "---|" * len(rules))
+    results: dict[str, dict[str, dict]] = {r: {} for r in rules}
     for t in [t for t in targets if t.name in args.targets.split(",")]:
-        ctx = sq.Context(args.lab, cfg, [], [], make_cfg, runner, runner.names, runner.prior, t)
-        for d in sorted((cache / "searches").glob(f"{args.lab}-{t.name}-s*-{args.key}*")):
-            if not (d / "search" / "mixture.json").exists():
-                continue
-            cells = []
-            for name, sets in rules.items():
-                w, info = replay(d / "search", runner.names, sets)
-                got = sq.transfer(ctx, w, list(range(args.transfer_seeds)), args.transfer_tokens)
-                scores[name][d.name] = got
-                cells.append(f"{np.mean(got):.4f} ({info['method']}, d {info['distance']:.2f})")
-            print(f"| {d.name} | " + " | ".join(cells) + " |", flush=True)
-    first = next(iter(rules))
-    for name in rules:
-        v = sq.paired(scores[name], scores[first]) if name != first else {}
-        allv = [x for xs in scores[name].values() for x in xs]
-        diff = f"; - {first}: {v['mean']:+.4f} ± {v['se'] or 0:.4f} (n {v['n']})" if v else ""
-        print(f"{name}: mean {np.mean(allv):.4f}{diff}")
+        ctx = sq.Context(args.lab, cfg, args.set, [], make_cfg, runner, runner.names, runner.prior, t)
+        searches = [
+            d
+            for d in sorted((cache / "searches").glob(f"{args.lab}-{t.name}-s*-{args.key}*"))
+            if (d / "search" / "mixture.json").exists()
+        ]
+        per_rule = replay_target(ctx, searches, rules, args)
+        base = sq.evaluate_target(ctx, [b for b in args.baselines.split(",") if b], list(range(args.seeds)), args)
+        for name, entry in per_rule.items():
+            results[name][f"{args.lab} / {t.name}"] = sq.compare({"climb": entry, **base})
+    for name, per in results.items():
+        how = " ".join(rules[name]) or "(as committed)"
+        print(f"\n## climb = the searches' runs, final chosen by rule {name!r}: {how}")
+        print(sq.report(per, args))
+    path = cache / f"replay-{args.lab}.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nresults in {path}")
     return 0
 
 
