@@ -65,7 +65,7 @@ QUANTILE_SAMPLE = 100_000  # kept documents the signal quantiles are computed fr
 def docs_fields(cfg: Config) -> list[tuple[str, str]]:
     """Columns of `curated/docs/`: the document, n_words and the q_* signals (float32)."""
     return [("id", "string"), ("text", "string"), ("source", "string"), ("n_words", "int")] + [
-        (n, "float") for n in signal_names(cfg.curate.filters)
+        (n, "float") for n in signal_names(cfg.curate.filters, cfg.curate.every_signal)
     ]
 
 
@@ -310,8 +310,8 @@ def write_outputs(
     and survivor to `state/`, in rounds of at most MAX_OPEN_PARTS parts per output (under
     `<output>/<tag>/` in a refresh). Returns rows written and a sample of kept signals."""
     cur = cfg.curate
-    q_names = ["n_words"] + signal_names(cur.filters)
-    functions = signal_functions(cur.filters)
+    q_names = ["n_words"] + signal_names(cur.filters, cur.every_signal)
+    functions = signal_functions(cur.filters, cur.every_signal)
     sample: dict[str, list[np.ndarray]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="climb-select-") as spill:
         docs = PartWriter(staging, "docs" + tag, docs_fields(cfg), n_kept, cur.docs_per_file, spill)
@@ -340,7 +340,7 @@ def docs_rows(parts: list[str], ids: list[str], cfg: Config) -> pa.Table:
     """The curated `docs/` rows (`docs_fields`, sorted by id) of the annotated documents `ids`
     (a refresh's revived survivors), read from the annotated `parts`."""
     schema = batches.arrow_schema(docs_fields(cfg))
-    functions = signal_functions(cfg.curate.filters)
+    functions = signal_functions(cfg.curate.filters, cfg.curate.every_signal)
     tables = [schema.empty_table()]
     for uri in parts if ids else []:
         with storage.open_read(uri) as f:
