@@ -148,13 +148,15 @@ def decide_filters(
     the groups merged across curation runs, `survivors.MergedGroups`)."""
     dec = Decisions(groups=groups)
     functions = needed_signals(chain)
-    columns = ["text", "n_words", *[n for n in functions if n in stored], *GROUP_COLUMNS]  # links: pass 2
+    # the text only for an `exempt_if` or a signal the annotation lacks (not with the filters off)
+    text = any(f[3] is not None for f in chain.filters) or any(n not in stored for n in functions)
+    columns = ["text"] * text + ["n_words", *[n for n in functions if n in stored], *GROUP_COLUMNS]  # links: pass 2
     for uri in parts:
         codes: list[int] = []
         for batch in _iter_batches(uri, columns, dec.groups):
             sig = _signals(batch, functions, stored)
             names = list(sig)
-            texts = batch.column("text").to_pylist()
+            texts = batch.column("text").to_pylist() if text else [""] * batch.num_rows
             ids, exact, near = (batch.column(c).to_pylist() for c in ("id", "exact_group", "near_group"))
             for i, values in enumerate(zip(*sig.values())):
                 verdict = chain.decide(dict(zip(names, values)), texts[i])
