@@ -82,7 +82,7 @@ def run_ours(spark, inputs: Path, out: Path, filters_off: bool = False) -> tuple
 
     out.mkdir(parents=True)
     curate: dict = {"spark_master": "local[2]", "partitions": WORKERS * 2}
-    if filters_off:  # MinHash dedup only (the signals are still computed and stored)
+    if filters_off:  # MinHash dedup only: no filter signal is computed (curate.signals: enabled)
         curate["filters"] = {name: {"enabled": False} for name, _ in registered()}
     cfg = parse_config(
         {

@@ -89,22 +89,47 @@ def test_a_threshold_changes_only_the_selection_and_a_signal_parameter_the_annot
     base = _cfg(tmp_path)
     for curate in (
         {"filters": {"gopher_quality": {"min_words": 60}}},  # a threshold
-        {"filters": {"c4": {"enabled": False}}},  # a switch
         {"filters": {"fineweb": {"exempt_if": "^def "}}},  # an exemption
         {"fuzzy_dedup": {"enabled": False}},
         {"keep_rejected": False},
+        {"signals": "all"},  # every filter is on: the same signals
     ):
         changed = _cfg(tmp_path, curate=curate)
         assert h(changed, "annotated") == h(base, "annotated"), curate
-        assert h(changed, "curated") != h(base, "curated"), curate
+        assert h(changed, "curated") != h(base, "curated") or curate == {"signals": "all"}, curate
     for curate in (
         {"filters": {"gopher_quality": {"stop_words": ["the", "a"]}}},  # what a signal measures
         {"filters": {"gopher_repetition": {"top_ngram_char_frac": {2: 0.2}}}},
+        {"filters": {"c4": {"enabled": False}}},  # which signals are stored
         {"fuzzy_dedup": {"threshold": 0.7}},
         {"max_doc_bytes": 10_000},
     ):
         assert h(_cfg(tmp_path, curate=curate), "annotated") != h(base, "annotated"), curate
     assert pipeline.stage("select").inputs == ("annotated",)
+
+
+def test_a_switch_changes_which_signals_are_stored_unless_every_filter_s_are(tmp_path):
+    """`curate.signals: enabled` (default): a filter switched on or off annotates again, with its
+    signals or without; `all`: every filter's are stored, so a switch reruns only `select`."""
+    from mixture.curate.filters import signal_params, stored_signal_names
+
+    (tmp_path / "in").mkdir()
+    h = lambda cfg, n: pipeline.config_hash(cfg, pipeline.stage(n))  # noqa: E731
+    off = {name: {"enabled": False} for name in ("gopher_quality", "gopher_repetition", "c4", "fineweb")}
+    c4_on = {**off, "c4": {"enabled": True, "min_sentences": 5}}
+    none, c4 = _cfg(tmp_path, curate={"filters": off}), _cfg(tmp_path, curate={"filters": c4_on})
+    assert stored_signal_names(none.curate.filters) == []
+    assert stored_signal_names(c4.curate.filters) == ["has_lorem_ipsum", "has_curly_brace", "q_sentences"]
+    assert h(none, "annotated") != h(c4, "annotated") != h(_cfg(tmp_path), "annotated")
+    c4_strict = _cfg(tmp_path, curate={"filters": {**c4_on, "c4": {"min_sentences": 9}}})
+    assert h(c4_strict, "annotated") == h(c4, "annotated") and h(c4_strict, "curated") != h(c4, "curated")
+    every = [_cfg(tmp_path, curate={"filters": f, "signals": "all"}) for f in (off, c4_on, {})]
+    assert len({h(cfg, "annotated") for cfg in every}) == 1
+    assert len({h(cfg, "curated") for cfg in every}) == 3
+    all_on = stored_signal_names(_cfg(tmp_path).curate.filters)
+    assert stored_signal_names(every[0].curate.filters, every=True) == all_on
+    for cfg in [none, c4, *every]:  # the stage's hash and the filters' own account agree
+        assert cfg.curate.annotation["signals"] == signal_params(cfg.curate.filters, cfg.curate.every_signal)
 
 
 def test_a_stage_run_alone_asks_only_for_the_config_it_reads(tmp_path, capsys):

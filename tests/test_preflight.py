@@ -231,3 +231,22 @@ def test_a_dead_mlflow_server_is_one_line(tmp_path, tiny_corpus):
         port = s.getsockname()[1]
     conf = _config(tmp_path, [str(tiny_corpus)], tracking={"experiment": "t", "uri": f"http://127.0.0.1:{port}"})
     _one_line(*_run([CLIMB, "curate", "--config", str(conf)]), "tracking.uri", "not reachable", f"127.0.0.1:{port}")
+
+
+def test_the_heuristic_scorer_without_any_stored_signal_is_refused_before_the_run(tmp_path, sample_records):
+    """Every filter off stores no q_* signal: `climb run` (which reaches the cluster stage and its
+    default heuristic scorer) stops at once; curating alone, or with every signal kept, does not."""
+    from mixture import preflight
+    from mixture.config import load_config
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps(sample_records[0]) + "\n")
+    off = {n: {"enabled": False} for n in ("gopher_quality", "gopher_repetition", "c4", "fineweb")}
+    conf = _config(tmp_path, [str(folder)], curate={"filters": off})
+    _one_line(*_run([CLIMB, "run", "--config", str(conf)]), "cluster.quality.scorer", "curate.signals: all")
+    _no_manifest(tmp_path)
+    cluster_keys = ["input.uris", "cluster.mapping"]
+    preflight.check(load_config(conf), ["input.uris"])  # curate and select alone
+    for fix in ({"curate": {"filters": off, "signals": "all"}}, {"curate": {"filters": {**off, "c4": {}}}}):
+        preflight.check(load_config(_config(tmp_path, [str(folder)], **fix)), cluster_keys)

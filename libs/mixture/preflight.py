@@ -20,7 +20,10 @@ exit status 2) for:
   configured URI, without printing them;
 - an MLflow server (`tracking.uri` on http/https) that does not accept a connection;
 - a file named by a stage's config (target sets, tasks, a mixture file, a tokenizer) that does
-  not exist.
+  not exist;
+- a run with the cluster stage whose quality scorer is `heuristic` (it scores the curated `q_*`
+  signals) while every curate filter is off: the annotation then stores no signal
+  (`curate.signals`), and the cluster stage would stop after curate, select and embed had run.
 
 URIs in these messages are the config's own, which `mixture.config` has already checked to hold
 no credentials; endpoints are printed without user-info.
@@ -66,7 +69,19 @@ def check(cfg: Config, file_keys: Iterable[str] = (), publish: bool = False) -> 
             check_files(key, uris)
     if keys.get("input.uris"):
         check_documents(cfg)
+    if "cluster.mapping" in keys:  # a file key of the cluster stage: it is part of the run
+        check_quality_signals(cfg)
     check_tracking(cfg)
+
+
+def check_quality_signals(cfg: Config) -> None:
+    from mixture.curate.filters import signal_names
+
+    if cfg.cluster.quality.scorer == "heuristic" and not signal_names(cfg.curate.filters, cfg.curate.every_signal):
+        raise PreflightError(
+            "cluster.quality.scorer: heuristic scores the curated q_* signals, and with every curate filter off "
+            "none is stored: enable a filter, set curate.signals: all, or choose another scorer"
+        )
 
 
 def check_endpoint_url() -> None:

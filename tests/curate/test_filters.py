@@ -333,6 +333,26 @@ def test_batch_signals_equal_textstats_bit_for_bit(stop_words, monkeypatch):
             assert np.array_equal(values[:, j], want), (name, np.flatnonzero(values[:, j] != want)[:5])
 
 
+def test_each_filter_s_signals_alone_are_the_values_of_the_whole_set():
+    """The annotation computes only the enabled filters' signals (none with every filter off):
+    each filter's alone, and none at all (n_words only), give the same float64 as all together."""
+    import numpy as np
+    from mixture.curate.filters import batch_signals, registered, signal_functions
+
+    texts = _tricky_texts(120, seed=3)
+    every = signal_functions(FiltersConfig())
+    n_all, v_all = batch_signals(texts, every)
+    names = list(every)
+    for name, _ in [("none", None), *registered()]:
+        only = FiltersConfig.model_validate({n: {"enabled": n == name} for n, _ in registered()})
+        functions = signal_functions(only)
+        assert (name == "none") == (not functions)
+        n_words, values = batch_signals(texts, functions)
+        assert n_words.tolist() == n_all.tolist() and values.shape == (len(texts), len(functions))
+        for j, sig in enumerate(functions):
+            assert np.array_equal(values[:, j], v_all[:, names.index(sig)]), (name, sig)
+
+
 def test_a_signal_only_textstats_has_is_computed_per_document():
     from mixture.curate.filters import batch_signals
 

@@ -151,3 +151,55 @@ def test_a_threshold_change_reruns_only_select(sample):
     rejected = {r["id"]: r["reason"] for r in _read(results[1].dataset, "rejected/")}
     assert {i: r for i, r in rejected.items() if r.startswith("filter:")} == {i: r for i, r in live.items() if r}
     assert [r.skipped for r in pipeline.run_all(stricter, until="curated")] == [True, True]
+
+
+# ------------------------------------------------------------- which signals are stored
+OFF = {f"curate.filters.{n}.enabled": False for n in ("gopher_quality", "gopher_repetition", "c4", "fineweb")}
+
+
+def test_the_annotation_stores_the_enabled_filters_signals(spark, tiny_corpus, tmp_path, caplog):
+    """Every filter off: no signal is computed or stored (MinHash dedup only) and the curated docs
+    have no q_*; switching c4 on annotates again, saying why, with c4's signals exact; a c4
+    threshold then reruns only `select`, and switching c4 off again would annotate again."""
+    from mixture.curate import annotated_versions
+
+    root = tmp_path / "out"
+    none = _config(root, **OFF, **{"input.uris": [str(tiny_corpus)]})
+    results = pipeline.run_all(none, until="curated")
+    annotated, curated = (r.dataset for r in results)
+    assert annotated.manifest.extra["signals"] == []
+    columns = set(pq.read_schema(annotated.files("docs/")[0]).names)
+    assert {"n_words", "exact_group", "near_group"} <= columns and not {"q_sentences", "stop_words"} & columns
+    assert not [c for c in pq.read_schema(curated.files("docs/")[0]).names if c.startswith("q_")]
+    assert curated.manifest.counts["filtered"] == {} and curated.manifest.counts["documents_out"] > 250
+
+    c4_on = {**OFF, "curate.filters.c4.enabled": True, "input.uris": [str(tiny_corpus)]}
+    c4 = _config(root, **c4_on)
+    with caplog.at_level("INFO", logger="mixture.stages.curate"):
+        results = pipeline.run_all(c4, until="curated")
+    assert [(r.stage, r.skipped) for r in results] == [("curate", False), ("select", False)]
+    assert (
+        "curate: annotating every input file again: the committed annotation lacks the signals of enabled "
+        "filter(s): c4 reads has_lorem_ipsum, has_curly_brace, q_sentences" in caplog.messages
+    )
+    annotated, curated = (r.dataset for r in results)
+    assert annotated.manifest.extra["signals"] == ["has_lorem_ipsum", "has_curly_brace", "q_sentences"]
+    chain = FilterChain(c4.curate.filters)
+    rows = _read(annotated, "docs/")
+    for row in rows:  # the same float64 as the live signals
+        stored = {"n_words": float(row["n_words"]), **{n: row[n] for n in chain.functions}}
+        assert stored == compute_signals(stats(row["text"]), chain.functions)
+    rejected = {r["id"]: r["reason"] for r in _read(curated, "rejected/") if r["reason"].startswith("filter:")}
+    assert rejected == {row["id"]: chain(row["text"]).reason for row in rows if chain(row["text"]).reason}
+    assert rejected and [c for c in pq.read_schema(curated.files("docs/")[0]).names if c.startswith("q_")] == [
+        "q_sentences"
+    ]
+
+    stricter = _config(root, **{**c4_on, "curate.filters.c4.min_sentences": 8})
+    results = pipeline.run_all(stricter, until="curated")
+    assert [(r.stage, r.skipped) for r in results] == [("curate", True), ("select", False)]
+    assert results[1].dataset.manifest.counts["filtered"]["c4"] > curated.manifest.counts["filtered"]["c4"]
+    assert annotated_versions.signals_change(annotated, none.curate).startswith(
+        "no enabled filter reads the stored signal(s) has_lorem_ipsum, has_curly_brace, q_sentences"
+    )
+    assert annotated_versions.signals_change(annotated, stricter.curate) is None

@@ -135,13 +135,14 @@ class CurateConfig(Section):
     spark_master: str = Field("local[*]", json_schema_extra=NOT_HASHED)
     partitions: int = Field(8, ge=1, json_schema_extra=NOT_HASHED)
     driver_rows: int = Field(
-        200_000,
+        500_000,
         ge=0,
         json_schema_extra=NOT_HASHED,
         description="small sets handled on the driver: with up to this many good records, their "
         "ids and keys are collected and up to this many LSH candidate pairs verified and "
-        "clustered there (numpy); up to this many id/group corrections are broadcast to the "
-        "executors; larger sets stay distributed (same result)",
+        "clustered there (numpy; ~1.5 KB of driver memory per record, bench/RESULTS.md); up to "
+        "this many id/group corrections are broadcast to the executors; larger sets stay "
+        "distributed (same result, several times slower: 28 s against 4 s at 48,000 records)",
     )
     max_doc_bytes: int = Field(1_000_000, gt=0, description="larger documents are quarantined")
     split_bytes: int = Field(
@@ -149,6 +150,13 @@ class CurateConfig(Section):
     )
     docs_per_file: int = Field(100_000, ge=1, description="rows per output Parquet part file (about)")
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    signals: Literal["enabled", "all"] = Field(
+        "enabled",
+        description="the filter signals `curate` computes and stores: enabled: those the enabled "
+        "filters read (with every filter off, none: MinHash dedup only; switching a filter on or "
+        "off annotates again); all: every registered filter's (switching a filter reruns only "
+        "`select`, and the heuristic quality scorer sees every q_* signal)",
+    )
     exact_dedup: bool = True
     fuzzy_dedup: FuzzyDedupConfig = FuzzyDedupConfig()
     keep_rejected: bool = True
@@ -165,8 +173,13 @@ class CurateConfig(Section):
             "split_bytes": self.split_bytes,
             "docs_per_file": self.docs_per_file,
             "fuzzy_dedup": {k: v for k, v in hashed_dump(self.fuzzy_dedup).items() if k != "enabled"},
-            "signals": _signal_params(self.filters),
+            "signals": _signal_params(self.filters, self.every_signal),
         }
+
+    @property
+    def every_signal(self) -> bool:
+        """`signals: all`: every registered filter's signals are stored, enabled or not."""
+        return self.signals == "all"
 
     @property
     def selection(self) -> dict[str, Any]:
@@ -180,14 +193,17 @@ class CurateConfig(Section):
         }
 
 
-def _signal_params(filters: FiltersConfig) -> dict[str, Any]:
-    """Per registered filter: its signal names and the config fields that change what they
-    measure (thresholds are absent), through the registry, so config imports no filter module."""
+def _signal_params(filters: FiltersConfig, every: bool) -> dict[str, Any]:
+    """Per filter whose signals are stored (the enabled ones; every registered one with `every`):
+    its signal names and the config fields that change what they measure (thresholds are absent),
+    through the registry, so config imports no filter module. The same as
+    `mixture.curate.filters.signal_params` (tests/test_pipeline.py checks)."""
     from mixture.registry import FILTERS
 
     out = {}
     for name in FILTERS.names():
         flt = FILTERS.get(name)
         sub = (filters.model_extra or {}).get(name) or flt.config_model()
-        out[name] = {"signals": list(flt.signals(sub)), **flt.signal_params(sub)}
+        if every or sub.enabled:
+            out[name] = {"signals": list(flt.signals(sub)), **flt.signal_params(sub)}
     return out

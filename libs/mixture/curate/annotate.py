@@ -13,9 +13,10 @@ parts) and, for LSH candidates only, to the verification; every other shuffle mo
 (file, line, id, hashes, band keys):
 1. scan: the input files are listed on the driver and cut into splits (`ingest.py`); one Python
    pass per split reads its records through mixture.storage (local or S3), quarantines bad ones,
-   and computes for the good ones every registered filter's signals (`filters/`, float64 so a
-   rule replays exactly), the exact-dedup key (SHA-1 of the lower-cased, whitespace-collapsed
-   text) and the MinHash LSH band keys (word 5-gram shingles, `minhash.py`);
+   and computes for the good ones the enabled filters' signals (`filters/`, float64 so a rule
+   replays exactly; every registered filter's with `curate.signals: all`; none when every filter
+   is off), the exact-dedup key (SHA-1 of the lower-cased, whitespace-collapsed text) and the
+   MinHash LSH band keys (word 5-gram shingles, `minhash.py`);
 2. identity: the curated id of every good record (its id; `<path>:<id>` when ids are not
    declared unique and another file has the same id, `input.unique_ids`), and `duplicate_id`
    for a record whose curated id an earlier one (by file, line) has: a window on small columns;
@@ -63,7 +64,7 @@ def annotated_fields(cfg: Config) -> list[tuple[str, str]]:
     `id_hash` (Spark's xxhash64 of the id) lets `select` place rows in the same parts."""
     return (
         [("id", "string"), ("text", "string"), ("source", "string"), ("file", "string"), ("n_words", "int")]
-        + [(n, "double") for n in stored_signal_names(cfg.curate.filters)]
+        + [(n, "double") for n in stored_signal_names(cfg.curate.filters, cfg.curate.every_signal)]
         + [("exact_group", "string"), ("near_group", "string"), ("id_hash", "bigint")]
         + prior.PRIOR_FIELDS
     )
@@ -94,8 +95,9 @@ def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHPara
     slices = max(1, min(len(rows), cfg.curate.partitions))
     split_df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "split string")
     filters = cfg.curate.filters
+    every = cfg.curate.every_signal
     return split_df.mapInArrow(
-        batches.scan_batches(opts, filters.model_dump(mode="json"), lsh), batches.scan_schema(filters)
+        batches.scan_batches(opts, filters.model_dump(mode="json"), lsh, every), batches.scan_schema(filters, every)
     )
 
 
@@ -418,7 +420,7 @@ def state_rows(ident):
 
 def _extra(cfg, files, splits, params, stats, timer) -> dict[str, Any]:
     return {
-        "signals": stored_signal_names(cfg.curate.filters),
+        "signals": stored_signal_names(cfg.curate.filters, cfg.curate.every_signal),
         "fuzzy_dedup": {"lsh": _lsh_dict(params), **stats.as_dict()},
         "input_files": len(files),
         "splits": len(splits),

@@ -19,7 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixture import increments, storage
+from mixture.config import CurateConfig
 from mixture.curate import accounting, annotate, ingest, prior
+from mixture.curate.filters import missing_signals, stored_signal_names
 from mixture.curate.prior import INPUTS, STATE, Changes
 from mixture.dataset import Dataset, DatasetWriter
 
@@ -122,6 +124,25 @@ def plan_version(
     number = increments.version(committed) + 1
     changes = prior.classify(inputs_of(committed) if delta else [], files, number)
     return Version(number, committed if delta else None, why, changes, retracted_ids(committed))
+
+
+def signals_change(committed: Dataset | None, cur: CurateConfig) -> str | None:
+    """Why the committed annotation's signals do not fit the config (None when they do or there
+    is none): an enabled filter whose signals it lacks, or stored signals no filter reads now."""
+    if committed is None or "signals" not in committed.manifest.extra:
+        return None
+    held = list(committed.manifest.extra["signals"])
+    lacking = missing_signals(held, cur.filters)
+    if lacking:
+        named = "; ".join(f"{name} reads {', '.join(sigs)}" for name, sigs in lacking.items())
+        return f"the committed annotation lacks the signals of enabled filter(s): {named}"
+    unread = [n for n in held if n not in stored_signal_names(cur.filters, cur.every_signal)]
+    if unread:
+        return (
+            f"no enabled filter reads the stored signal(s) {', '.join(unread)} (curate.signals: all keeps every "
+            "filter's, so that switching filters reruns only select)"
+        )
+    return None
 
 
 def finish_version(

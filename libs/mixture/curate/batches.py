@@ -62,26 +62,28 @@ def normalized_hash(text: str) -> str:
     return hashlib.sha1(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
 
 
-def signal_columns(filters: FiltersConfig) -> list[tuple[str, str]]:
-    """The columns `signal_batches` adds: n_words, every registered filter's signals (float64,
-    so a stored value replays a rule exactly) and the exact-dedup key."""
-    return [("n_words", "int")] + [(n, "double") for n in stored_signal_names(filters)] + [("text_hash", "string")]
+def signal_columns(filters: FiltersConfig, every: bool = False) -> list[tuple[str, str]]:
+    """The columns `signal_batches` adds: n_words, the stored filters' signals (float64, so a
+    stored value replays a rule exactly; `filters.signal_filters`) and the exact-dedup key."""
+    signals = [(n, "double") for n in stored_signal_names(filters, every)]
+    return [("n_words", "int"), *signals, ("text_hash", "string")]
 
 
-def signal_schema(input_schema: str, filters: FiltersConfig) -> str:
-    return input_schema + ", " + ", ".join(f"{n} {t}" for n, t in signal_columns(filters))
+def signal_schema(input_schema: str, filters: FiltersConfig, every: bool = False) -> str:
+    return input_schema + ", " + ", ".join(f"{n} {t}" for n, t in signal_columns(filters, every))
 
 
-def signal_batches(filters: dict[str, Any]):
-    """Batches with `text` and `reason` -> the same batches plus n_words, every signal and the
-    exact-dedup hash. Rows already quarantined (`reason` set) get nulls. No decision is taken
-    here: that is the `select` stage's (`mixture.curate.select`)."""
+def signal_batches(filters: dict[str, Any], every: bool = False):
+    """Batches with `text` and `reason` -> the same batches plus n_words, the stored signals
+    (those of the enabled filters; every registered filter's with `every`) and the exact-dedup
+    hash. Rows already quarantined (`reason` set) get nulls. No decision is taken here: that is
+    the `select` stage's (`mixture.curate.select`)."""
 
     def run(batches: Iterator) -> Iterator:
         import pyarrow as pa
 
         cfg = FiltersConfig.model_validate(filters)
-        functions = signal_functions(cfg)
+        functions = signal_functions(cfg, every)
         names = list(functions)
         for batch in batches:
             if batch.num_rows == 0:
@@ -138,15 +140,15 @@ def key_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: int):
     return run
 
 
-def scan_schema(filters: FiltersConfig) -> str:
-    return signal_schema(INGEST_SCHEMA, filters) + f", {KEYS_COLUMN[0]} {KEYS_COLUMN[1]}"
+def scan_schema(filters: FiltersConfig, every: bool = False) -> str:
+    return signal_schema(INGEST_SCHEMA, filters, every) + f", {KEYS_COLUMN[0]} {KEYS_COLUMN[1]}"
 
 
-def scan_batches(opts: ReadOptions, filters: dict[str, Any], lsh: tuple[int, int, int, int, int]):
+def scan_batches(opts: ReadOptions, filters: dict[str, Any], lsh: tuple[int, int, int, int, int], every: bool = False):
     """The one Python pass of `curate` over the input: batches of `split` (a Split as JSON) ->
     every record read (INGEST_COLUMNS) with its signals, exact-dedup hash and LSH band keys
     (`scan_schema`). `lsh` is (ngram, num_perm, bands, rows, seed)."""
-    read, signals, keys = ingest_batches(opts), signal_batches(filters), key_batches(*lsh)
+    read, signals, keys = ingest_batches(opts), signal_batches(filters, every), key_batches(*lsh)
 
     def run(batches: Iterator) -> Iterator:
         return keys(signals(read(batches)))

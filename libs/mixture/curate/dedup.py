@@ -255,26 +255,36 @@ def candidate_pairs(prints):
 def candidate_pairs_local(ids: list[str], keys: list[list[int]]) -> list[tuple[str, str]]:
     """`candidate_pairs` on the driver, for the fingerprints of a few documents (numpy): the same
     pairs, sorted."""
-    if not ids:
-        return []
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    rank = np.empty(len(ids), dtype=np.int64)
-    rank[order] = np.arange(len(ids))
     counts = np.fromiter((len(k) for k in keys), dtype=np.int64, count=len(keys))
-    if counts.sum() == 0:
+    flat = np.fromiter((v for k in keys for v in k), dtype=np.int64, count=int(counts.sum()))
+    return candidate_pairs_flat(ids, counts, flat)
+
+
+def candidate_pairs_flat(ids: list[str], counts: np.ndarray, flat: np.ndarray) -> list[tuple[str, str]]:
+    """`candidate_pairs_local` from every document's band keys as one array (`counts[i]` keys of
+    document i, in band order): no Python object per key, and one band at a time (memory: a few
+    arrays of one value per document, whatever the number of bands)."""
+    if not ids or counts.sum() == 0:
         return []
-    doc = np.repeat(rank, counts)
-    band = np.concatenate([np.arange(c) for c in counts])
-    key = np.fromiter((v for k in keys for v in k), dtype=np.int64, count=int(counts.sum()))
-    srt = np.lexsort((doc, key, band))
-    doc, band, key = doc[srt], band[srt], key[srt]
-    start = np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1])]
-    first = doc[np.maximum.accumulate(np.where(start, np.arange(len(doc)), 0))]
-    prev = np.r_[-1, doc[:-1]]
-    pairs = {(int(d), int(f)) for d, f in zip(doc, first) if d != f}
-    pairs |= {(int(d), int(p)) for d, p, s, f in zip(doc, prev, start, first) if not s and p != f}
+    n = len(ids)
+    order = sorted(range(n), key=ids.__getitem__)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    offsets = np.cumsum(counts) - counts
+    codes = []
+    for band in range(int(counts.max())):
+        has = np.flatnonzero(counts > band)
+        doc, key = rank[has], flat[offsets[has] + band]
+        srt = np.lexsort((doc, key))
+        doc, key = doc[srt], key[srt]
+        start = np.r_[True, key[1:] != key[:-1]]
+        first = doc[np.maximum.accumulate(np.where(start, np.arange(len(doc)), 0))]
+        prev = np.r_[-1, doc[:-1]]
+        with_first, with_prev = doc != first, ~start & (prev != first)
+        codes += [doc[with_first] * n + first[with_first], doc[with_prev] * n + prev[with_prev]]
     names = [ids[i] for i in order]
-    return sorted((names[u], names[v]) for u, v in pairs)
+    # ranks follow the names' order: pairs sorted as (u, v) numbers are sorted by name
+    return [(names[c // n], names[c % n]) for c in np.unique(np.concatenate(codes)).tolist()]
 
 
 def near_groups(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from mixture.config import Config
 from mixture.curate import dedup, minhash
 
@@ -72,42 +74,60 @@ CORRECTIONS_SCHEMA = (
 )
 
 
+CORRECTED = ["file", "line", "doc_id", "retracted"]  # what a correction copies from identify's row
+
+
 def groups_on_driver(table, scored, cfg: Config, params: minhash.LSHParams):
     """Steps 3-4 and the corrections for a few documents (at most `curate.driver_rows`): the
     same as `on_spark` + `corrections`, from `identify`'s rows as one Arrow table on the
-    driver; only the candidates' texts are read again on Spark. Returns (corrections, stats)."""
+    driver, column by column (numpy; Python objects only for the exact-group representatives'
+    ids and the rows that get a correction); only the candidates' texts are read again on Spark.
+    Returns (corrections, stats)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     fz = cfg.curate.fuzzy_dedup
-    rows = table.to_pydict()
-    keep = [i for i, d in enumerate(rows["dup"]) if not d]
-    exact: dict[str, list[int]] = {}
-    for i in keep:
-        exact.setdefault(rows["text_hash"][i], []).append(i)
-    rep_of = {h: min(members, key=lambda i: rows["doc_id"][i]) for h, members in exact.items()}
-    reps = sorted(rep_of.values(), key=lambda i: rows["doc_id"][i])
-    stats = dedup.FuzzyStats(params.num_perm, params.bands, params.rows, documents=len(reps))
-    stats.without_shingles = sum(1 for i in reps if not rows["keys"][i])
-    pairs = dedup.candidate_pairs_local([rows["doc_id"][i] for i in reps], [rows["keys"][i] or [] for i in reps])
     spark = scored.sparkSession
+    table = table.select(["file", "line", "id", "doc_id", "dup", "retracted", "text_hash", "keys"])
+    kept = table.filter(pc.invert(table.column("dup")))
+    # exact groups: the rows of one text hash, in id order; the first of each is its representative
+    kept = kept.take(pc.sort_indices(kept, [("text_hash", "ascending"), ("doc_id", "ascending")]))
+    hashes = kept.column("text_hash").combine_chunks()
+    first = np.ones(len(hashes), dtype=bool)
+    first[1:] = pc.not_equal(hashes[1:], hashes[:-1]).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(first)
+    reps = kept.take(pa.array(starts))
+    keys = reps.column("keys").combine_chunks()
+    counts = pc.fill_null(pc.list_value_length(keys), 0).to_numpy().astype(np.int64)
+    rep_ids = reps.column("doc_id").to_pylist()
+    stats = dedup.FuzzyStats(params.num_perm, params.bands, params.rows, documents=len(rep_ids))
+    stats.without_shingles = int((counts == 0).sum())
+    pairs = dedup.candidate_pairs_flat(rep_ids, counts, pc.list_flatten(keys).to_numpy().astype(np.int64))
     if len(pairs) > cfg.curate.driver_rows:
         raise TooMany()
-    locations = spark.createDataFrame(
-        [(rows["doc_id"][i], rows["file"][i], rows["line"][i]) for i in reps], "id string, file string, line bigint"
-    )
-    near = dict(
-        dedup.near_on_driver(pairs, texts_of(scored, locations), spark, fz.threshold, fz.ngram, fz.verify, stats)
-    )
-    roots = set(near.values())
-    out = []
-    for i in range(len(rows["doc_id"])):
-        doc_id, dup = rows["doc_id"][i], rows["dup"][i]
-        exact_group = near_group = None
-        if not dup:
-            members = exact[rows["text_hash"][i]]
-            rep = rows["doc_id"][rep_of[rows["text_hash"][i]]]
-            exact_group = rep if len(members) > 1 else None
-            near_group = near.get(rep, rep if rep in roots else exact_group)
-        if dup or doc_id != rows["id"][i] or exact_group is not None or near_group is not None:
-            out.append((rows["file"][i], rows["line"][i], doc_id, dup, rows["retracted"][i], exact_group, near_group))
+    wanted = pa.array(sorted({i for p in pairs for i in p}), pa.string())
+    located = reps.filter(pc.is_in(reps.column("doc_id"), value_set=wanted)).select(["doc_id", "file", "line"])
+    locations = spark.createDataFrame(list(zip(*located.to_pydict().values())), "id string, file string, line bigint")
+    texts = texts_of(scored, locations)
+    near = dict(dedup.near_on_driver(pairs, texts, spark, fz.threshold, fz.ngram, fz.verify, stats))
+    group = np.cumsum(first) - 1  # of each kept row
+    sizes = np.bincount(group, minlength=len(starts))
+    exact = [r if n > 1 else None for r, n in zip(rep_ids, sizes.tolist())]  # per group
+    near_of = list(exact)
+    linked = sorted(set(near) | set(near.values()))
+    where = pc.index_in(pa.array(linked, pa.string()), value_set=reps.column("doc_id")).to_numpy(zero_copy_only=False)
+    for rep, g in zip(linked, where.tolist()):
+        near_of[g] = near.get(rep, rep)
+    changed_group = sizes > 1
+    changed_group[where.astype(np.int64)] = True
+    renamed = pc.not_equal(kept.column("doc_id"), kept.column("id")).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(changed_group[group] | renamed)
+    out = [
+        (r["file"], r["line"], r["doc_id"], False, r["retracted"], exact[g], near_of[g])
+        for r, g in zip(kept.select(CORRECTED).take(pa.array(rows)).to_pylist(), group[rows].tolist())
+    ]
+    dups = table.filter(table.column("dup")).select(CORRECTED).to_pylist()
+    out += [(r["file"], r["line"], r["doc_id"], True, r["retracted"], None, None) for r in dups]
     return spark.createDataFrame(out, CORRECTIONS_SCHEMA), stats
 
 

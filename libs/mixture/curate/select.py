@@ -65,7 +65,7 @@ QUANTILE_SAMPLE = 100_000  # kept documents the signal quantiles are computed fr
 def docs_fields(cfg: Config) -> list[tuple[str, str]]:
     """Columns of `curated/docs/`: the document, n_words and the q_* signals (float32)."""
     return [("id", "string"), ("text", "string"), ("source", "string"), ("n_words", "int")] + [
-        (n, "float") for n in signal_names(cfg.curate.filters)
+        (n, "float") for n in signal_names(cfg.curate.filters, cfg.curate.every_signal)
     ]
 
 
@@ -148,13 +148,15 @@ def decide_filters(
     the groups merged across curation runs, `survivors.MergedGroups`)."""
     dec = Decisions(groups=groups)
     functions = needed_signals(chain)
-    columns = ["text", "n_words", *[n for n in functions if n in stored], *GROUP_COLUMNS]  # links: pass 2
+    # the text only for an `exempt_if` or a signal the annotation lacks (not with the filters off)
+    text = any(f[3] is not None for f in chain.filters) or any(n not in stored for n in functions)
+    columns = ["text"] * text + ["n_words", *[n for n in functions if n in stored], *GROUP_COLUMNS]  # links: pass 2
     for uri in parts:
         codes: list[int] = []
         for batch in _iter_batches(uri, columns, dec.groups):
             sig = _signals(batch, functions, stored)
             names = list(sig)
-            texts = batch.column("text").to_pylist()
+            texts = batch.column("text").to_pylist() if text else [""] * batch.num_rows
             ids, exact, near = (batch.column(c).to_pylist() for c in ("id", "exact_group", "near_group"))
             for i, values in enumerate(zip(*sig.values())):
                 verdict = chain.decide(dict(zip(names, values)), texts[i])
@@ -310,8 +312,8 @@ def write_outputs(
     and survivor to `state/`, in rounds of at most MAX_OPEN_PARTS parts per output (under
     `<output>/<tag>/` in a refresh). Returns rows written and a sample of kept signals."""
     cur = cfg.curate
-    q_names = ["n_words"] + signal_names(cur.filters)
-    functions = signal_functions(cur.filters)
+    q_names = ["n_words"] + signal_names(cur.filters, cur.every_signal)
+    functions = signal_functions(cur.filters, cur.every_signal)
     sample: dict[str, list[np.ndarray]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="climb-select-") as spill:
         docs = PartWriter(staging, "docs" + tag, docs_fields(cfg), n_kept, cur.docs_per_file, spill)
@@ -340,7 +342,7 @@ def docs_rows(parts: list[str], ids: list[str], cfg: Config) -> pa.Table:
     """The curated `docs/` rows (`docs_fields`, sorted by id) of the annotated documents `ids`
     (a refresh's revived survivors), read from the annotated `parts`."""
     schema = batches.arrow_schema(docs_fields(cfg))
-    functions = signal_functions(cfg.curate.filters)
+    functions = signal_functions(cfg.curate.filters, cfg.curate.every_signal)
     tables = [schema.empty_table()]
     for uri in parts if ids else []:
         with storage.open_read(uri) as f:

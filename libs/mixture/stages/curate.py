@@ -1,7 +1,7 @@
 """Stage `curate`: raw files -> the `annotated` dataset, on Spark (`mixture.curate.annotate`).
 
-Every readable document with every registered filter's signals and its exact and near
-duplicate groups, plus the quarantine side set; nothing is filtered here (the `select` stage
+Every readable document with the enabled filters' signals (`curate.signals`) and its exact and
+near duplicate groups, plus the quarantine side set; nothing is filtered here (the `select` stage
 decides). Runs on the active Spark session (spark-submit, tests) or on a new one for
 `curate.spark_master`, which it then stops.
 
@@ -51,6 +51,8 @@ def run(ctx: StageContext) -> StageOutput:
     v = annotated_versions.plan_version(
         ctx.previous, files, ctx.settings_hash, cfg.refresh.incremental, ctx.writer.config_hash
     )
+    if signals := annotated_versions.signals_change(ctx.previous, cfg.curate):
+        log.info("curate: annotating every input file again: %s", signals)
     log.info("curate: %s", v.why if v.previous is None else f"refresh: {v.changes.counts()}")
     new_counts: dict[str, Any] | None = None
     extra: dict[str, Any] = {}

@@ -114,7 +114,8 @@ def heuristic_scores(
     if not used:
         raise QualityError(
             "the heuristic scorer needs q_* quality signals; the curated data has "
-            f"{sorted(signals) or 'none'} and it knows {sorted(table)}"
+            f"{sorted(signals) or 'none'} and it knows {sorted(table)} (the curated data holds the enabled "
+            "filters' signals: enable one, or set curate.signals: all)"
         )
     n = len(next(iter(signals.values())))
     total = np.zeros(n)

@@ -13,9 +13,11 @@ says what it holds); nothing else changes: the config accepts its name, the cura
 its signals, the select stage applies its decision.
 
 Filters run in `order` (then by name); a rejected document's reason is the first failing
-filter's first failing rule, `filter:<name>:<rule>`. Every filter's signals are computed for
-every document, enabled or not ("compute a score once, decide cheaply many times"), so switching
-a filter on or moving a threshold only re-runs the selection.
+filter's first failing rule, `filter:<name>:<rule>`. The signals of the enabled filters are
+computed for every document ("compute a score once, decide cheaply many times"), so moving a
+threshold or an exemption only re-runs the selection; switching a filter on or off changes which
+signals the annotation holds (with every filter off it holds none: MinHash dedup only) and
+annotates again, unless `curate.signals: all` stores every registered filter's (`every` below).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ __all__ = [
     "batch_signals",
     "compute_signals",
     "filter_config",
+    "missing_signals",
     "registered",
+    "signal_filters",
     "signal_functions",
     "signal_names",
     "signal_params",
@@ -69,32 +73,50 @@ def enabled_settings(cfg: FiltersConfig) -> dict[str, dict[str, Any]]:
     return {name: c.model_dump(mode="json") for name, c in settings.items() if c.enabled}
 
 
-def signal_functions(cfg: FiltersConfig) -> dict[str, Signal]:
-    """Every registered filter's signals, in chain order (a shared name is computed once)."""
+def signal_filters(cfg: FiltersConfig, every: bool = False) -> list[tuple[str, type[Filter]]]:
+    """The filters whose signals the annotation computes, in chain order: the enabled ones (with
+    `every`, `curate.signals: all`: every registered one)."""
+    return [(name, flt) for name, flt in registered() if every or filter_config(cfg, name).enabled]
+
+
+def signal_functions(cfg: FiltersConfig, every: bool = False) -> dict[str, Signal]:
+    """The signals of `signal_filters`, in chain order (a shared name is computed once)."""
     out: dict[str, Signal] = {}
-    for name, flt in registered():
+    for name, flt in signal_filters(cfg, every):
         for sig, fn in flt.signals(filter_config(cfg, name)).items():
             out.setdefault(sig, fn)
     return out
 
 
-def stored_signal_names(cfg: FiltersConfig) -> list[str]:
+def stored_signal_names(cfg: FiltersConfig, every: bool = False) -> list[str]:
     """The signal columns of the `annotated` dataset (float64, exact), besides `n_words`."""
-    return list(signal_functions(cfg))
+    return list(signal_functions(cfg, every))
 
 
-def signal_names(cfg: FiltersConfig) -> list[str]:
+def signal_names(cfg: FiltersConfig, every: bool = False) -> list[str]:
     """The `q_*` columns written beside each curated document, in output order."""
-    return [n for n in signal_functions(cfg) if n.startswith("q_")]
+    return [n for n in signal_functions(cfg, every) if n.startswith("q_")]
 
 
-def signal_params(cfg: FiltersConfig) -> dict[str, Any]:
-    """What the stored signals depend on (part of the `curate` stage's hash): per filter, its
-    signal names and the config fields that change what they measure. Thresholds are absent."""
+def signal_params(cfg: FiltersConfig, every: bool = False) -> dict[str, Any]:
+    """What the stored signals depend on (part of the `curate` stage's hash): per filter of
+    `signal_filters`, its signal names and the config fields that change what they measure.
+    Thresholds are absent; the filter's presence is not (it says which signals are held)."""
     out = {}
-    for name, flt in registered():
+    for name, flt in signal_filters(cfg, every):
         sub = filter_config(cfg, name)
         out[name] = {"signals": list(flt.signals(sub)), **flt.signal_params(sub)}
+    return out
+
+
+def missing_signals(held: list[str], cfg: FiltersConfig) -> dict[str, list[str]]:
+    """Per enabled filter, the signals its decisions read that `held` (an annotation's stored
+    signal columns) lacks: why switching it on annotates again."""
+    out = {}
+    for name, flt in signal_filters(cfg):
+        lacking = [s for s in flt.signals(filter_config(cfg, name)) if s not in held]
+        if lacking:
+            out[name] = lacking
     return out
 
 

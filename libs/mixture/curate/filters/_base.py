@@ -16,9 +16,10 @@ A filter is one module in this package holding one class registered in `mixture.
             return "my_ratio" if signals["q_my_ratio"] > cfg.max_ratio else None
 
 The split is DataTrove's filter interface (`filter(doc) -> bool | (False, reason)`) cut in two, as
-Dolma's taggers and mixer are: `curate` computes every registered filter's signals once (Spark)
-and stores them exactly (float64); `select` calls `decide` on the stored values, so a threshold
-change never recomputes a signal, and `decide(stored) == decide(live)` for every document.
+Dolma's taggers and mixer are: `curate` computes the enabled filters' signals once (Spark; every
+registered filter's with `curate.signals: all`) and stores them exactly (float64); `select` calls
+`decide` on the stored values, so a threshold change never recomputes a signal, and
+`decide(stored) == decide(live)` for every document.
 
 Signal names are one namespace: two filters that declare the same name (FineWeb and Gopher
 repetition both use `q_dup_line_char_frac`) mean the same statistic, computed once. Names that
