@@ -197,14 +197,14 @@ def test_trust_region_keeps_candidates_as_near_a_run_as_runs_are_to_each_other()
 
 
 def test_trust_region_stops_a_linear_fit_from_choosing_a_corner_no_run_was_near():
-    """A linear score (the best mixture is a vertex): without the region the top-k mean of a ridge
+    """A linear score (the best mixture is a vertex): without the region (0: the paper) the top-k mean of a ridge
     fit's best candidates goes far from every run; with it, it stays as near as runs are."""
     prior = np.full(8, 1 / 8)
     rng = np.random.default_rng(0)
     X = sample_mixtures(rng, prior, 22)
     y = X @ np.linspace(-1, 1, 8) + rng.normal(0, 0.01, 22)
     obs = bootstrap.Observations(X, y, [[str(i)] for i in range(22)], [])
-    plain = _scfg(predictor=dict(candidates=["ridge"], cv_folds=4))
+    plain = _scfg(trust_region=0.0, predictor=dict(candidates=["ridge"], cv_folds=4))
     far = bootstrap.final(plain, prior, obs, seed=0)
     near = bootstrap.final(plain.model_copy(update={"trust_region": 1.0}), prior, obs, seed=0)
     radius = near["trust_region"]["radius"]

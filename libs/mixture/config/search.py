@@ -193,11 +193,12 @@ class SearchConfig(Section):
     top_n: int = Field(64, ge=1)
     final: Literal["best", "top_mean"] = "top_mean"
     trust_region: float = Field(
-        0.0,
+        1.0,
         ge=0,
         description="final choice: only candidates within this many times the trained mixtures' "
         "median nearest-neighbour distance (Hellinger) of a trained mixture, where cross-validation "
-        "tested the predictor; 0: anywhere (the paper)",
+        "tested the predictor; 0: anywhere (the paper). On by default: without it a search's final "
+        "mixture can be a corner no run was near (bench/RESULTS.md, issue #20)",
     )
     top_k: int = Field(128, ge=1)
     local_frac: float = Field(

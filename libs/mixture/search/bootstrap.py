@@ -217,15 +217,12 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
     if len(obs) < 3:
         return _observed(best_observed, f"only {len(obs)} observed mixtures: too few to fit a predictor", None)
     fitted = fit_predictor(scfg, obs, seed)
-    C = candidates(scfg, prior, rng_for(seed, STREAM_FINAL), obs, exclude=set())
-    C, region = trusted(scfg.trust_region, C, obs.X)
+    C, region = final_candidates(scfg, prior, obs, seed)
     if not len(C):
         why = f"no candidate within the trust region (radius {region['radius']:.3f})"
         return {**_observed(best_observed, why, fitted.report()), "trust_region": region}
     order, screened = screen(C, fitted.rank(C)) if screen is not None else (fitted.rank(C), None)
-    w = _pick(scfg, prior, C, order)
-    if region and nearest_distance(w[None], obs.X)[0] > region["radius"]:
-        w = C[order[0]]  # the top-k mean left the region: its best candidate, inside it
+    w = pick(scfg.final, scfg, prior, C, order, obs.X, region)
     predicted = float(fitted.predict(w[None])[0])
     predicted_best_observed = float(fitted.predict(obs.X[[b]])[0])
     out = {
@@ -291,14 +288,24 @@ def trusted(scale: float, C: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, dic
     return C[keep], {"radius": radius, "scale": scale, "kept": int(keep.sum()), "of": int(len(keep))}
 
 
-def _pick(scfg: SearchConfig, prior: np.ndarray, C: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """The best candidate, or the mean of the top k (quantised when that keeps it within the cap)."""
-    if scfg.final == "best":
+def final_candidates(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int) -> tuple[np.ndarray, dict]:
+    """The candidates the final choice ranks (its own random stream), within the trust region."""
+    C = candidates(scfg, prior, rng_for(seed, STREAM_FINAL), obs, exclude=set())
+    return trusted(scfg.trust_region, C, obs.X)
+
+
+def pick(
+    final: str, scfg: SearchConfig, prior: np.ndarray, C: np.ndarray, order: np.ndarray, X: np.ndarray, region: dict
+) -> np.ndarray:
+    """The best candidate (`final: best`), or the mean of the top k (quantised when that keeps it
+    within the cap); a mean outside the trust region gives way to the best candidate, inside it."""
+    if final == "best":
         return C[order[0]]
     w = C[order[: scfg.top_k]].mean(axis=0)
     q = quantize(w, scfg.weight_floor)[0]
     # the mean of capped mixtures is capped; rounding may cross a cap by one unit: keep it exact then
-    return q if (q <= scfg.epoch_cap * prior / prior.sum() + 1e-12).all() else w / w.sum()
+    w = q if (q <= scfg.epoch_cap * prior / prior.sum() + 1e-12).all() else w / w.sum()
+    return C[order[0]] if region and nearest_distance(w[None], X)[0] > region["radius"] else w
 
 
 def _distrust(scfg: SearchConfig, fitted, predicted: float, predicted_best_observed: float) -> str | None:

@@ -54,7 +54,7 @@ from mixture.config import ProxyConfig, SearchConfig
 from mixture.search import bootstrap
 from mixture.search import predictor as pred
 from mixture.search.proxy import preset
-from mixture.search.sampler import mixture_keys, quantize
+from mixture.search.sampler import mixture_keys
 
 
 class PlayoffError(ValueError):
@@ -123,17 +123,16 @@ def kl_to_prior(W: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return terms.sum(axis=1)
 
 
-def top_mean(C: np.ndarray, order: np.ndarray, k: int, prior: np.ndarray, epoch_cap: float, floor: float):
-    """The mean of the top-k candidates, quantised when that keeps it within the caps."""
-    w = C[order[:k]].mean(axis=0)
-    q = quantize(w, floor)[0]
-    return q if (q <= epoch_cap * prior / prior.sum() + 1e-12).all() else w / w.sum()
-
-
 def finalists(
-    scfg: SearchConfig, fitted: pred.Fitted, C: np.ndarray, prior: np.ndarray, obs: bootstrap.Observations
+    scfg: SearchConfig,
+    fitted: pred.Fitted,
+    C: np.ndarray,
+    prior: np.ndarray,
+    obs: bootstrap.Observations,
+    region: dict | None = None,
 ) -> list[dict]:
-    """The configured finalists in priority order, equal mixtures merged (`also`)."""
+    """The configured finalists in priority order, equal mixtures merged (`also`); C are the
+    candidates within the trust `region` (`bootstrap.final_candidates`)."""
     pc = scfg.playoff
     predicted = fitted.predict(C)
     order = fitted.rank(C, predicted)
@@ -144,7 +143,7 @@ def finalists(
     pick = {
         "predicted": lambda: C[order[0]],
         "kl_prior": lambda: C[np.lexsort((position, -penalised))[0]],
-        "top_mean": lambda: top_mean(C, order, scfg.top_k, prior, scfg.epoch_cap, scfg.weight_floor),
+        "top_mean": lambda: bootstrap.pick("top_mean", scfg, prior, C, order, obs.X, region or {}),
         "best_observed": lambda: obs.X[b],
     }
     out: list[dict] = []
@@ -173,8 +172,10 @@ def choose_finalists(
     scfg: SearchConfig, prior: np.ndarray, obs: bootstrap.Observations, seed: int
 ) -> tuple[list[dict], dict | None]:
     """The finalists from the search's observations, with the same predictor and candidates as
-    `bootstrap.final`; with fewer than 3 observed mixtures only the best observed (no predictor)."""
-    if len(obs) < 3:
+    `bootstrap.final`; with fewer than 3 observed mixtures, or no candidate in the trust region,
+    only the best observed (no predictor)."""
+    C, region = bootstrap.final_candidates(scfg, prior, obs, seed) if len(obs) >= 3 else (None, {})
+    if C is None or not len(C):
         if "best_observed" not in scfg.playoff.finalists or not len(obs):
             return [], None
         b = obs.best()
@@ -190,8 +191,7 @@ def choose_finalists(
             }
         ], None
     fitted = pred.fit_select(obs.X, obs.y, scfg.predictor, seed)
-    C = bootstrap.candidates(scfg, prior, bootstrap.rng_for(seed, bootstrap.STREAM_FINAL), obs, exclude=set())
-    return finalists(scfg, fitted, C, prior, obs), fitted.report()
+    return finalists(scfg, fitted, C, prior, obs, region), fitted.report()
 
 
 # -------------------------------------------------------------------------------------- jobs
