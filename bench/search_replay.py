@@ -1,20 +1,21 @@
 """Which final-choice rule turns a search's runs into the best mixture? Replays finished searches.
 
     .venv/bin/python bench/search_replay.py --lab sample-field --targets debian-reference \\
-        --rule committed= --rule trust1=search.trust_region=1 --rule best_observed=search.predictor.min_spearman=1
+        --rule trust0=search.trust_region=0 --rule trust1=search.trust_region=1
 
 The final choice (`mixture.search.bootstrap.final`) reads only the runs, so a new rule can be tried
 on searches that `bench/search_quality.py` already ran, without training a proxy again: every
 search of the benchmark's cache (`searches/<lab>-<target>-s<seed>-<key>/search`) is read back, the
-final mixture chosen again under each `--rule` (overrides of the search's own recorded config;
-`committed=` with no override must reproduce the committed mixture) and retrained at the transfer
+final mixture chosen again under each `--rule` (overrides of the search's own recorded config,
+whose missing fields take today's defaults: a search recorded before `search.trust_region` existed
+replays with the trust region on unless the rule sets 0) and retrained at the transfer
 scale exactly as the benchmark does (the same cached runs, seeds and report half: pass the
 benchmark's `--set`, whose proxy settings are part of every run's key). Printed per
 search and rule: the transfer score, the method, the Hellinger distance from the final mixture to
 the nearest trained one; then, per rule, the benchmark's table (`search_quality.report`): the rule
 as `climb` against the baselines (`--baselines`, run or read from the same cache as the
 benchmark's) with paired differences, and the predictor's leave-one-out Spearman per search.
-Results also in `<cache>/replay-<lab>.json`.
+Results also in `<cache>/replay-<lab>-<targets>.json`.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         how = " ".join(rules[name]) or "(as committed)"
         print(f"\n## climb = the searches' runs, final chosen by rule {name!r}: {how}")
         print(sq.report(per, args))
-    path = cache / f"replay-{args.lab}.json"
+    path = cache / f"replay-{args.lab}-{args.targets.replace(',', '+')}.json"
     path.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nresults in {path}")
     return 0
