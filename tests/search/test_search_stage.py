@@ -108,6 +108,8 @@ def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts,
     assert set(mixture["weights"]) == set(NAMES)
     assert sum(mixture["weights"].values()) == pytest.approx(1.0)
     assert mixture["method"] in {"top_mean", "best_observed"} and mixture["reason"]
+    region = mixture["trust_region"]  # on by default: the final among candidates near the runs
+    assert region["radius"] > 0 and 0 < region["kept"] <= region["of"]
     its = storage.read_json(ds.path("iterations.json"))
     assert [len(i["runs"]) for i in its["iterations"]] == [6, 3]
     assert its["iterations"][0]["predictor"] is None

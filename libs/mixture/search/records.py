@@ -83,6 +83,7 @@ def mixture_record(
         "predicted_mixture": named(result["predicted_mixture"]) if "predicted_mixture" in result else None,
         "predictor": pr["chosen"] if pr else None,
         "cv_spearman": pr["cv"][pr["chosen"]]["spearman"] if pr else None,
+        "trust_region": result.get("trust_region"),  # radius, scale, candidates kept of all; None: off
         "prior": named(prior),
         "runs": len(runs),
         "mixtures": mixtures,
@@ -134,12 +135,19 @@ def summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_
         ("runs", f"{n_runs} proxy runs in {len(iterations)} iterations ({cfg.search.iterations})"),
         ("final mixture", f"{result['method']}: " + ", ".join(f"{c} {w:.3f}" for c, w in top)),
         ("why", result.get("reason")),
+        ("trust region", _region(result.get("trust_region"), cfg.search.trust_region)),
         ("predictor CV Spearman by iteration", "; ".join(f"it{it['iteration']}: {cv(it)}" for it in iterations)),
         ("best observed score", f"{best['score']:.4f} ({', '.join(best['run_ids'])})"),
     ]
     if result.get("playoff"):
         lines += playoff_summary(result["playoff"])
     return lines
+
+
+def _region(region: dict | None, scale: float) -> str:
+    if not region:
+        return "off (search.trust_region: 0): candidates anywhere" if scale <= 0 else "not used: no prediction"
+    return f"radius {region['radius']:.3f} (Hellinger): {region['kept']:,} of {region['of']:,} candidates"
 
 
 def playoff_summary(rec: dict) -> list[tuple[str, str]]:
