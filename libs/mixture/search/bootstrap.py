@@ -6,12 +6,15 @@ candidate mixtures (the paper: 100,000), keeps the top N and trains a random sub
 paper: 64, 32, 16 runs, 4:2:1). The final mixture is the predictor's best candidate, or the mean of
 its top-k candidates as in RegMix (Liu et al., 2024: top-128 of 100,000).
 
-Two choices here go beyond the paper, both because of what was measured with 16-30 CPU proxies:
+Three choices here go beyond the paper, each because of what was measured with 16-30 CPU proxies:
 - the predictor is chosen per iteration by cross-validation (predictor.py), not fixed to LightGBM;
 - the final mixture falls back to the best observed one when the chosen predictor's CV Spearman is
   below `predictor.min_spearman`, or when the predictor itself does not rank the predicted mixture
   above the best observed one (predictor-chosen mixtures lost to the best observed random mixture
-  at larger scale when the predictor was weak).
+  at larger scale when the predictor was weak);
+- the final choice is made only among candidates near the trained mixtures (`search.trust_region`,
+  `trusted`): cross-validation measures how well the predictor interpolates between runs, and a
+  linear predictor's top-k mean otherwise lands on a vertex no run was near.
 A share `search.local_frac` of the candidates is drawn around the best observed mixtures instead of
 around the prior, so that later iterations refine where the runs were good (0 reproduces the
 paper's global-only candidates). `search.acquisition.rule` (acquisition.py) can replace the
