@@ -211,3 +211,22 @@ def test_trust_region_stops_a_linear_fit_from_choosing_a_corner_no_run_was_near(
     assert bootstrap.nearest_distance(np.array([far["weights"]]), X)[0] > radius
     assert bootstrap.nearest_distance(np.array([near["weights"]]), X)[0] <= radius
     assert near["method"] == "top_mean" and 0 < near["trust_region"]["kept"] < near["trust_region"]["of"]
+
+
+def test_final_among_trained_mixtures_best_fitted_discounts_one_lucky_run():
+    prior, obj = _problem(2)
+    names = [f"c{i:02d}" for i in range(K)]
+    W = sample_mixtures(np.random.default_rng(0), prior, 30)
+    truth = np.array([obj.value(w) for w in W])
+    lucky = int(np.argsort(truth)[len(truth) // 2])  # a middling mixture with a lucky seed
+    scores = truth.copy()
+    scores[lucky] = truth.max() + 0.5 * (truth.max() - truth.min())
+    runs = [{"run_id": f"r{j:02d}", "mixture": dict(zip(names, w)), "score": s} for j, (w, s) in enumerate(zip(W, scores))]
+    obs = bootstrap.observe(runs, names, 2e-4)
+    observed = bootstrap.final(_scfg(final="best_observed"), prior, obs, seed=0)
+    fitted = bootstrap.final(_scfg(final="best_fitted"), prior, obs, seed=0)
+    assert observed["method"] == "best_observed" and fitted["method"] == "best_fitted"
+    np.testing.assert_allclose(observed["weights"], W[lucky])  # the lucky run's mixture
+    assert obj.value(np.array(fitted["weights"])) > truth[lucky]  # a truly better trained mixture
+    assert any(np.allclose(fitted["weights"], w) for w in W)  # never an untrained one
+    assert "trained mixtures" in fitted["reason"]

@@ -191,7 +191,12 @@ class SearchConfig(Section):
     weight_floor: float = Field(2e-4, ge=0, lt=1)
     candidates: int = Field(100_000, ge=1)
     top_n: int = Field(64, ge=1)
-    final: Literal["best", "top_mean"] = "top_mean"
+    final: Literal["best", "top_mean", "best_observed", "best_fitted"] = Field(
+        "top_mean",
+        description="best: the predictor's best candidate; top_mean: the mean of its top_k (RegMix); "
+        "best_observed: the trained mixture with the best score; best_fitted: the trained mixture "
+        "the chosen predictor fits best (mixture.search.bootstrap)",
+    )
     trust_region: float = Field(
         1.0,
         ge=0,

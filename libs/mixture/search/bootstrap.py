@@ -220,6 +220,8 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
     if len(obs) < 3:
         return _observed(best_observed, f"only {len(obs)} observed mixtures: too few to fit a predictor", None)
     fitted = fit_predictor(scfg, obs, seed)
+    if scfg.final in OBSERVED_FINALS:
+        return observed_final(scfg.final, obs, fitted)
     C, region = final_candidates(scfg, prior, obs, seed)
     if not len(C):
         why = f"no candidate within the trust region (radius {region['radius']:.3f})"
@@ -254,6 +256,35 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
         "weights": w.tolist(),
         "method": scfg.final,
         "reason": f"{fitted.chosen} (CV Spearman {cv_spearman:.2f}) ranks it above the best observed",
+    }
+
+
+# final choices among the trained mixtures only (no candidate is ranked)
+OBSERVED_FINALS = ("best_observed", "best_fitted")
+
+
+def observed_final(final: str, obs: Observations, fitted) -> dict:
+    """A trained mixture as the final one: the best mean score (`best_observed`, what best-of-N
+    random search picks), or the best score the chosen predictor fits to the trained mixtures
+    (`best_fitted`: a fit across neighbouring runs discounts one run's lucky seed)."""
+    fit = fitted.predict(obs.X)
+    i = obs.best() if final == "best_observed" else int(np.argmax(fit))
+    reason = (
+        f"the best score of {len(obs)} trained mixtures"
+        if final == "best_observed"
+        else f"{fitted.chosen}'s best fit among {len(obs)} trained mixtures ({fit[i]:.4f}; "
+        f"scored {obs.y[i]:.4f}, the best score {obs.y.max():.4f})"
+    )
+    b = obs.best()
+    return {
+        "weights": obs.X[i].tolist(),
+        "method": final,
+        "predicted": float(fit[i]),
+        "reason": reason,
+        "best_observed": {"weights": obs.X[b].tolist(), "score": float(obs.y[b]), "run_ids": obs.run_ids[b]},
+        "predictor": fitted.report(),
+        "oof": {name: r.oof for name, r in fitted.cv.items()},
+        "y": obs.y.tolist(),
     }
 
 
