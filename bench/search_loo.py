@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import search_quality as sq  # noqa: E402
+
 
 def loo_by_predictor(search_dir: Path, candidates: list[str], seed: int = 0) -> tuple[int, float, dict[str, float]]:
     """(runs, std of their scores, {predictor: leave-one-out Spearman}) of one search."""
@@ -26,8 +29,7 @@ def loo_by_predictor(search_dir: Path, candidates: list[str], seed: int = 0) -> 
     from mixture.search import bootstrap
     from mixture.search import predictor as pred
 
-    runs = [json.loads(p.read_text()) for p in sorted((search_dir / "runs").glob("*.json"))]
-    runs = [r for r in runs if r.get("iteration", 0) >= 0 and r.get("score") is not None]
+    runs = sq.proxy_runs([json.loads(p.read_text()) for p in sorted((search_dir / "runs").glob("*.json"))])
     names = sorted({c for r in runs for c in r["mixture"]})
     obs = bootstrap.observe(runs, names, 2e-4)
     pcfg = PredictorConfig(candidates=candidates, cv_folds=len(obs), min_child_samples=3, min_data_in_bin=1)

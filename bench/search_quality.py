@@ -323,8 +323,7 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
     cfg = ctx.make_cfg(sets + own)
     ds = pipeline.run_stage(cfg, "search").dataset
     mixture = json.loads(Path(ds.path("mixture.json")).read_text())
-    runs = [json.loads(Path(ds.path(f)).read_text()) for f in ds.files("runs/")]
-    runs = [r for r in runs if r.get("iteration", 0) >= 0 and "score" in r]  # not the playoff's
+    runs = proxy_runs([json.loads(Path(ds.path(f)).read_text()) for f in ds.files("runs/")])
     obs = bootstrap.observe(runs, ctx.names, cfg.search.weight_floor)
     return np.array([mixture["weights"].get(c, 0.0) for c in ctx.names]), {
         "runs": len(runs),
@@ -332,6 +331,12 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
         "loo_spearman": loo_spearman(cfg.search, obs, seed),
         "playoff": (mixture.get("playoff") or {}).get("reason"),
     }
+
+
+def proxy_runs(runs: list[dict]) -> list[dict]:
+    """A search's runs that the final choice and the predictor's leave-one-out read: the scored
+    runs of its iterations, not the playoff's (iteration < 0)."""
+    return [r for r in runs if r.get("iteration", 0) >= 0 and r.get("score") is not None]
 
 
 def loo_spearman(scfg, obs, seed: int) -> float | None:
@@ -404,8 +409,10 @@ def evaluate_target(ctx: Context, methods: list[str], seeds: list[int], args) ->
 
 def compare(out: dict) -> dict:
     """climb's paired difference against every other method (in place; none without climb)."""
+    if "climb" not in out:
+        return out
     for m in out:
-        if "climb" in out and m != "climb":
+        if m != "climb":
             out["climb"].setdefault("vs", {})[m] = paired(out["climb"]["per_seed"], out[m]["per_seed"])
     return out
 

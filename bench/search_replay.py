@@ -14,13 +14,15 @@ benchmark's `--set`, whose proxy settings are part of every run's key). Printed 
 search and rule: the transfer score, the method, the Hellinger distance from the final mixture to
 the nearest trained one; then, per rule, the benchmark's table (`search_quality.report`): the rule
 as `climb` against the baselines (`--baselines`, run or read from the same cache as the
-benchmark's) with paired differences, and the predictor's leave-one-out Spearman per search.
+benchmark's) with paired differences, and the predictor's leave-one-out Spearman per search
+(fitted once per search, under its recorded config: the rules' overrides are not applied to it).
 Results also in `<cache>/replay-<lab>-<targets>.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -31,41 +33,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as sq  # noqa: E402
 
 
-def replay(search_dir: Path, names: list[str], sets: list[str]) -> tuple[np.ndarray, dict]:
-    """The final mixture of one finished search under its recorded config with `sets` applied."""
-    from mixture.config import SearchConfig, parse_overrides
+def read_search(search_dir: Path, names: list[str]) -> dict:
+    """One finished search, read back once for every rule: its mixture.json, its runs
+    (`search_quality.proxy_runs`), its seed and the predictor's leave-one-out Spearman on those runs.
+    That refit is the expensive part, so it runs once per search, under the search's recorded
+    config WITHOUT any rule's overrides: it reads only `search.predictor` (and the weight floor),
+    which the rules so far (`search.trust_region`, `search.final`) leave alone."""
+    from mixture.config import SearchConfig
     from mixture.search import bootstrap
 
     mixture = json.loads((search_dir / "mixture.json").read_text())
-    runs = [json.loads(p.read_text()) for p in sorted((search_dir / "runs").glob("*.json"))]
-    runs = [r for r in runs if r.get("iteration", 0) >= 0 and r.get("score") is not None]
-    raw, seed = mixture["config"]["search"], int(mixture["config"]["seed"])
-    for key, value in parse_overrides(sets).items():
-        node = raw
-        *path, last = key.removeprefix("search.").split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    scfg = SearchConfig.model_validate(raw)
+    runs = sq.proxy_runs([json.loads(p.read_text()) for p in sorted((search_dir / "runs").glob("*.json"))])
+    seed = int(mixture["config"]["seed"])
+    scfg = SearchConfig.model_validate(mixture["config"]["search"])
     obs = bootstrap.observe(runs, names, scfg.weight_floor)
+    return {"mixture": mixture, "runs": runs, "seed": seed, "loo_spearman": sq.loo_spearman(scfg, obs, seed)}
+
+
+def replay(search: dict, names: list[str], sets: list[str]) -> tuple[np.ndarray, dict]:
+    """The final mixture of one search (`read_search`) under its recorded config with `sets` applied."""
+    from mixture.config import SearchConfig, parse_overrides, set_dotted
+    from mixture.search import bootstrap
+
+    mixture = search["mixture"]
+    raw = copy.deepcopy(mixture["config"]["search"])  # the next rule starts from the recorded config
+    for key, value in parse_overrides(sets).items():
+        set_dotted(raw, key.removeprefix("search."), value)
+    scfg = SearchConfig.model_validate(raw)
+    obs = bootstrap.observe(search["runs"], names, scfg.weight_floor)
     prior = np.array([mixture["prior"][c] for c in names])
-    res = bootstrap.final(scfg, prior, obs, seed)
+    res = bootstrap.final(scfg, prior, obs, search["seed"])
     w = np.array(res["weights"])
     return w, {
         "method": res["method"],
         "distance": float(bootstrap.nearest_distance(w[None], obs.X)[0]),
-        "loo_spearman": sq.loo_spearman(scfg, obs, seed),
+        "loo_spearman": search["loo_spearman"],
     }
 
 
 def replay_target(ctx, searches: list[Path], rules: dict[str, list[str]], args) -> dict[str, dict]:
     """Per rule, the benchmark's entry for `climb` (per seed transfer scores, info) on one target."""
+    read = [(d, read_search(d / "search", ctx.names)) for d in searches]
     out = {}
     for name, sets in rules.items():
         per_seed, info = {}, {}
-        for d in searches:
-            w, info_d = replay(d / "search", ctx.names, sets)
-            seed = int(json.loads((d / "search" / "mixture.json").read_text())["config"]["seed"])
+        for d, search in read:
+            w, info_d = replay(search, ctx.names, sets)
+            seed = search["seed"]
             per_seed[seed] = sq.transfer(ctx, w, list(range(args.transfer_seeds)), args.transfer_tokens)
             info[seed] = {**info_d, "search": d.name, "weights": {c: round(float(x), 4) for c, x in zip(ctx.names, w)}}
             print(f"  {d.name} {name}: {np.mean(per_seed[seed]):.4f} ({info_d['method']}, d {info_d['distance']:.2f})")

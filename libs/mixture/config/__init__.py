@@ -27,7 +27,7 @@ from mixture.config.climbmix import BuildConfig
 from mixture.config.cluster import ClusterConfig, EmbedConfig, QualityConfig
 from mixture.config.curate import CurateConfig, FilterConfig, FiltersConfig, FuzzyDedupConfig, InputConfig
 from mixture.config.publish import LATEST, VERSION_PATTERN, VERSION_RE, PublishConfig
-from mixture.config.root import Config, ConfigError, load_config, parse_config, parse_overrides
+from mixture.config.root import Config, ConfigError, load_config, parse_config, parse_overrides, set_dotted
 from mixture.config.run import ConcurrencyConfig, RefreshConfig, TrackingConfig
 from mixture.config.search import PredictorConfig, ProxyConfig, SearchConfig, TargetConfig
 from mixture.config.section import CREDENTIALS_IN_URI, NOT_HASHED, NestedConfigError, Section, Uri
@@ -64,4 +64,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_overrides",
+    "set_dotted",
 ]

@@ -107,7 +107,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value)
     # Relative paths in a config file are relative to the directory the command runs in, as for
     # every other CLI argument; ABSOLUTE paths are kept. (Resolved so Spark workers and Airflow
     # tasks, which may run elsewhere, see the same place.)
@@ -138,7 +138,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set the entry of `data` at the dotted key `dotted` (`section.key`, an override) to `value`, in
+    place; missing sections are created, a key through a value that is no section is a `ConfigError`."""
     keys = dotted.split(".")
     node = data
     for k in keys[:-1]:

@@ -300,11 +300,17 @@ def _observed(best_observed: dict, reason: str, predictor: dict | None) -> dict:
     }
 
 
+def pairwise_hellinger(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The Hellinger distance of every row of A to every row of B (len(A) x len(B)), by the
+    expanded product (no len(A) x len(B) x clusters array); clipped so rounding never gives NaN."""
+    ra, rb = np.sqrt(np.clip(A, 0, None)), np.sqrt(np.clip(B, 0, None))
+    sq = (ra * ra).sum(1)[:, None] + (rb * rb).sum(1)[None, :] - 2 * ra @ rb.T
+    return np.sqrt(np.clip(0.5 * sq, 0, None))
+
+
 def nearest_distance(C: np.ndarray, X: np.ndarray) -> np.ndarray:
     """Hellinger distance of each row of C to its nearest row of X."""
-    rc, rx = np.sqrt(np.clip(C, 0, None)), np.sqrt(np.clip(X, 0, None))
-    sq = (rc * rc).sum(1)[:, None] + (rx * rx).sum(1)[None, :] - 2 * rc @ rx.T
-    return np.sqrt(np.clip(0.5 * sq.min(axis=1), 0, None))
+    return pairwise_hellinger(C, X).min(axis=1)
 
 
 def trusted(scale: float, C: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -314,8 +320,7 @@ def trusted(scale: float, C: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, dic
     fit's best is a vertex). scale 0: every candidate, no report."""
     if scale <= 0 or len(X) < 2:
         return C, {}
-    rx = np.sqrt(np.clip(X, 0, None))
-    pair = np.sqrt(np.clip(0.5 * ((rx[:, None, :] - rx[None, :, :]) ** 2).sum(-1), 0, None))
+    pair = pairwise_hellinger(X, X)
     np.fill_diagonal(pair, np.inf)
     radius = float(scale * np.median(pair.min(axis=1)))
     keep = nearest_distance(C, X) <= radius
