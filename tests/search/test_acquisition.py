@@ -8,7 +8,7 @@ from mixture.config.search import AcquisitionConfig
 from mixture.search import acquisition as A
 from mixture.search import bootstrap
 from mixture.search import predictor as P
-from mixture.search.sampler import sample_mixtures
+from mixture.search.sampler import pairwise_hellinger, sample_mixtures
 from mixture.search.synthetic import calibrated, random_components
 
 K = 6
@@ -42,7 +42,7 @@ def _problem(seed=0):
 
 
 def _min_gap(W):
-    return min(A.hellinger(W[i + 1 :], W[i]).min() for i in range(len(W) - 1))
+    return min(pairwise_hellinger(W[i + 1 :], W[[i]]).min() for i in range(len(W) - 1))
 
 
 def test_a_batch_spreads_when_the_std_shrinks_at_each_pick():

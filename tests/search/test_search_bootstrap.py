@@ -221,7 +221,9 @@ def test_final_among_trained_mixtures_best_fitted_discounts_one_lucky_run():
     lucky = int(np.argsort(truth)[len(truth) // 2])  # a middling mixture with a lucky seed
     scores = truth.copy()
     scores[lucky] = truth.max() + 0.5 * (truth.max() - truth.min())
-    runs = [{"run_id": f"r{j:02d}", "mixture": dict(zip(names, w)), "score": s} for j, (w, s) in enumerate(zip(W, scores))]
+    runs = [
+        {"run_id": f"r{j:02d}", "mixture": dict(zip(names, w)), "score": s} for j, (w, s) in enumerate(zip(W, scores))
+    ]
     obs = bootstrap.observe(runs, names, 2e-4)
     observed = bootstrap.final(_scfg(final="best_observed"), prior, obs, seed=0)
     fitted = bootstrap.final(_scfg(final="best_fitted"), prior, obs, seed=0)

@@ -21,6 +21,7 @@ import numpy as np
 
 from mixture.config import PredictorConfig
 from mixture.config.search import AcquisitionConfig
+from mixture.search.sampler import pairwise_hellinger
 
 
 def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, xi: float = 0.0) -> np.ndarray:
@@ -42,18 +43,11 @@ def value(acfg: AcquisitionConfig, mean: np.ndarray, std: np.ndarray, best: floa
     raise ValueError(f"acquisition rule {acfg.rule!r} picks no candidates one at a time")
 
 
-def hellinger(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hellinger distance (0-1) of each row of A to the mixture b."""
-    d = np.sqrt(np.clip(A, 0, None)) - np.sqrt(np.clip(b, 0, None))
-    return np.sqrt(0.5 * np.sum(d * d, axis=1))
-
-
 def pick(acfg: AcquisitionConfig, C: np.ndarray, mean: np.ndarray, posterior, best: float, n: int) -> dict:
     """n candidate rows of C, one at a time by the acquisition value; `posterior` has `var` (over
     C) and `condition(j)` (gp.Posterior). Returns the picks and, per pick, its value and std."""
     taken = np.zeros(len(C), dtype=bool)
     near = np.zeros(len(C), dtype=bool)
-    roots = np.sqrt(np.clip(C, 0, None))
     picks, values, stds, relaxed = [], [], [], 0
     for _ in range(min(n, len(C))):
         std = np.sqrt(posterior.var)
@@ -68,7 +62,7 @@ def pick(acfg: AcquisitionConfig, C: np.ndarray, mean: np.ndarray, posterior, be
         stds.append(float(std[j]))
         taken[j] = True
         if acfg.min_distance > 0:
-            near |= np.sqrt(0.5 * np.sum((roots - roots[j]) ** 2, axis=1)) < acfg.min_distance  # hellinger
+            near |= pairwise_hellinger(C, C[[j]])[:, 0] < acfg.min_distance
         posterior.condition(j)
     return {"picks": np.array(picks, dtype=np.int64), "values": values, "stds": stds, "relaxed": relaxed}
 

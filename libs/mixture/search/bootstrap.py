@@ -38,7 +38,7 @@ import numpy as np
 from mixture.config import SearchConfig
 from mixture.search import acquisition
 from mixture.search import predictor as pred
-from mixture.search.sampler import mixture_keys, quantize, sample_mixtures
+from mixture.search.sampler import mixture_keys, pairwise_hellinger, quantize, sample_mixtures
 
 # seeds of the random streams, so that no two decisions share one
 STREAM_FINAL = 1_000_003
@@ -298,14 +298,6 @@ def _observed(best_observed: dict, reason: str, predictor: dict | None) -> dict:
         "best_observed": best_observed,
         "predictor": predictor,
     }
-
-
-def pairwise_hellinger(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """The Hellinger distance of every row of A to every row of B (len(A) x len(B)), by the
-    expanded product (no len(A) x len(B) x clusters array); clipped so rounding never gives NaN."""
-    ra, rb = np.sqrt(np.clip(A, 0, None)), np.sqrt(np.clip(B, 0, None))
-    sq = (ra * ra).sum(1)[:, None] + (rb * rb).sum(1)[None, :] - 2 * ra @ rb.T
-    return np.sqrt(np.clip(0.5 * sq, 0, None))
 
 
 def nearest_distance(C: np.ndarray, X: np.ndarray) -> np.ndarray:

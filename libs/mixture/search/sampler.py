@@ -128,3 +128,11 @@ def sample_mixtures(
         f"could only sample {len(out)} of {n} distinct mixtures within the caps "
         f"(epoch_cap={epoch_cap}, {k} clusters); raise epoch_cap or lower the count"
     )
+
+
+def pairwise_hellinger(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The Hellinger distance of every row of A to every row of B (len(A) x len(B)), by the
+    expanded product (no len(A) x len(B) x clusters array); clipped so rounding never gives NaN."""
+    ra, rb = np.sqrt(np.clip(A, 0, None)), np.sqrt(np.clip(B, 0, None))
+    sq = (ra * ra).sum(1)[:, None] + (rb * rb).sum(1)[None, :] - 2 * ra @ rb.T
+    return np.sqrt(np.clip(0.5 * sq, 0, None))
