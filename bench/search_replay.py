@@ -50,25 +50,55 @@ def read_search(search_dir: Path, names: list[str]) -> dict:
     return {"mixture": mixture, "runs": runs, "seed": seed, "loo_spearman": sq.loo_spearman(scfg, obs, seed)}
 
 
-def replay(search: dict, names: list[str], sets: list[str]) -> tuple[np.ndarray, dict]:
-    """The final mixture of one search (`read_search`) under its recorded config with `sets` applied."""
+def rule_config(search: dict, sets: list[str]):
+    """The search's recorded SearchConfig with a rule's `sets` applied."""
     from mixture.config import SearchConfig, parse_overrides, set_dotted
-    from mixture.search import bootstrap
 
-    mixture = search["mixture"]
-    raw = copy.deepcopy(mixture["config"]["search"])  # the next rule starts from the recorded config
+    raw = copy.deepcopy(search["mixture"]["config"]["search"])  # the next rule starts from the recorded config
     for key, value in parse_overrides(sets).items():
         set_dotted(raw, key.removeprefix("search."), value)
-    scfg = SearchConfig.model_validate(raw)
+    return SearchConfig.model_validate(raw)
+
+
+def replay(search: dict, names: list[str], scfg) -> tuple[np.ndarray, dict, dict]:
+    """The final mixture of one search (`read_search`) under `scfg` (`rule_config`), its info for
+    the table and `bootstrap.final`'s whole result."""
+    from mixture.search import bootstrap
+
     obs = bootstrap.observe(search["runs"], names, scfg.weight_floor)
-    prior = np.array([mixture["prior"][c] for c in names])
+    prior = np.array([search["mixture"]["prior"][c] for c in names])
     res = bootstrap.final(scfg, prior, obs, search["seed"])
     w = np.array(res["weights"])
-    return w, {
+    info = {
         "method": res["method"],
         "distance": float(bootstrap.nearest_distance(w[None], obs.X)[0]),
         "loo_spearman": search["loo_spearman"],
     }
+    return w, info, res
+
+
+def play_off(ctx, search: dict, scfg, res: dict) -> tuple[np.ndarray, dict]:
+    """The playoff (`mixture.search.playoff`) after the replayed final choice: its jobs trained by
+    the benchmark's runner and scored on the target's select half. Its transfer runs are the
+    benchmark's proxy settings with `search.transfer_proxy`'s preset and tokens, seeded 20,000 +
+    the job's seed (the report's transfer runs are 10,000 + t: never the same training run)."""
+    from mixture.search import bootstrap, playoff
+
+    names = ctx.names
+    obs = bootstrap.observe(search["runs"], names, scfg.weight_floor)
+    stored = playoff.plan(scfg, search["seed"], names, ctx.prior, obs, ctx.runner.vocab_size)
+    scale = {**ctx.proxy(), "preset": scfg.transfer_proxy.preset, "tokens": scfg.transfer_proxy.tokens}
+    batch = [(np.array([j["mixture"][c] for c in names]), 20_000 + j["seed"]) for j in stored["jobs"]]
+    pcfgs = [scale if j["proxy_section"] == "transfer_proxy" else ctx.proxy() for j in stored["jobs"]]
+    got = ctx.runner.scores([(w, s, p) for (w, s), p in zip(batch, pcfgs)])
+    runs = {
+        j["run_id"]: {**j, "score": g[f"{ctx.target.name}/select"], "metrics": {}} for j, g in zip(stored["jobs"], got)
+    }
+    search_runs = [{"mixture": dict(zip(names, x.tolist())), "score": float(y)} for x, y in zip(obs.X, obs.y)]
+    rec = playoff.record(scfg, names, stored, runs, search_runs, obs, res["method"])
+    out = playoff.apply(res, rec, names)
+    w = np.array(out["weights"])
+    return w, {"playoff": rec["reason"], "winner": rec["winner"], "transfer_runs": len(stored["jobs"])}
 
 
 def replay_target(ctx, searches: list[Path], rules: dict[str, list[str]], args) -> dict[str, dict]:
@@ -78,7 +108,11 @@ def replay_target(ctx, searches: list[Path], rules: dict[str, list[str]], args) 
     for name, sets in rules.items():
         per_seed, info = {}, {}
         for d, search in read:
-            w, info_d = replay(search, ctx.names, sets)
+            scfg = rule_config(search, sets)
+            w, info_d, res = replay(search, ctx.names, scfg)
+            if scfg.playoff.enabled:
+                w, more = play_off(ctx, search, scfg, res)
+                info_d = {**info_d, **more, "method": "playoff" if more["winner"] else info_d["method"]}
             seed = search["seed"]
             per_seed[seed] = sq.transfer(ctx, w, list(range(args.transfer_seeds)), args.transfer_tokens)
             info[seed] = {**info_d, "search": d.name, "weights": {c: round(float(x), 4) for c, x in zip(ctx.names, w)}}

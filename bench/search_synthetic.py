@@ -13,6 +13,7 @@ mixtures, seed noise 0.08), the same budget of noisy evaluations goes to
   climb+ei       acquisition by expected improvement (std from the gp)
   climb+ucb      acquisition by an upper confidence bound (beta 2)
   climb+gp+ei, climb+gp+ucb, climb+all   the combinations
+  climb+gp+observed, climb+gp+fitted      final choice among the trained mixtures (search.final)
   regmix         the whole budget random in one round, LightGBM, mean of the top-128 candidates
   random         the whole budget random, the best observed mixture
 and each final mixture is judged by the noiseless objective (regret = distance to the optimum's
@@ -49,6 +50,8 @@ VARIANTS: dict[str, dict] = {
     "climb+gp+ei": {"add": ["gp"], "acquisition": {"rule": "ei"}},
     "climb+gp+ucb": {"add": ["gp"], "acquisition": {"rule": "ucb"}},
     "climb+all": {"add": ["gp", "mixing_law_components"], "acquisition": {"rule": "ei"}},
+    "climb+gp+observed": {"add": ["gp"], "final": "best_observed"},
+    "climb+gp+fitted": {"add": ["gp"], "final": "best_fitted"},
 }
 DEFAULT_VARIANTS = "climb,climb-local,climb+gp,climb+mlc,climb+ei,climb+ucb"
 
