@@ -265,3 +265,17 @@ def test_a_wrong_token_count_in_the_climblab_manifest_is_one_clear_error(tmp_pat
     path.write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match=f"cluster {NAMES[1]}'s manifest says .* tokens but its shard holds"):
         steps.propose(_ctx(cfg), 0)
+
+
+def test_a_final_among_trained_mixtures_commits_one_the_search_trained(tmp_path, climblab_texts, tracking_uri):
+    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="fitted", iterations=[6, 3], final="best_fitted")
+    ctx = _ctx(cfg)
+    out = stage.run(ctx, objective=CountingObjective())
+    ds = ctx.writer.commit(out.counts, out.extra)
+    mixture = storage.read_json(ds.path("mixture.json"))
+    trained = [storage.read_json(f)["mixture"] for f in ds.files("runs/")]
+    assert mixture["method"] == "best_fitted" and "trained mixtures" in mixture["reason"]
+    assert any(all(abs(m[c] - mixture["weights"][c]) < 1e-9 for c in NAMES) for m in trained)
+    assert mixture["trust_region"] is None  # no candidate is ranked
+    lines = dict(out.summary)
+    assert lines["final mixture"].startswith("best_fitted") and "trained mixture" in lines["trust region"]

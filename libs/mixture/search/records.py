@@ -146,7 +146,8 @@ def summary(cfg: Config, result: dict, mixture: dict, iterations: list[dict], n_
 
 def _region(region: dict | None, scale: float) -> str:
     if not region:
-        return "off (search.trust_region: 0): candidates anywhere" if scale <= 0 else "not used: no prediction"
+        off = "off (search.trust_region: 0): candidates anywhere"
+        return off if scale <= 0 else "not used: the final is a trained mixture"
     return f"radius {region['radius']:.3f} (Hellinger): {region['kept']:,} of {region['of']:,} candidates"
 
 
