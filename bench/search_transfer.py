@@ -14,7 +14,8 @@ tokens, transfer seed 0, as the benchmark's finals) and scored on every target's
   transfer report): how much of the disagreement is the evaluation text, not the scale;
 - the regret of best-of-random at transfer scale: the best transfer score among the draw's mixtures
   minus the transfer score of the one the proxy picked, and the transfer rank of that pick.
-Results in `<cache>/transfer-agreement.json`.
+`--proxy-factor F` ranks the draw at F x the proxy's tokens instead (would a larger proxy rank the
+good mixtures better?). Results in `<cache>/transfer-agreement-x<F>.json`.
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ def agreement(proxy_sel: np.ndarray, proxy_rep: np.ndarray, tr_sel: np.ndarray, 
     }
 
 
-def measure(ctx: sq.Context, draw: int, tokens: int) -> dict:
+def measure(ctx: sq.Context, draw: int, tokens: int, proxy_tokens: int) -> dict:
     """One target, one draw: the pool's scores at both scales and their agreement."""
     W, _ = sq.random_pool(ctx, draw)
     name = ctx.target.name
-    proxy = ctx.runner.scores([(w, draw, ctx.proxy()) for w in W])
+    proxy = ctx.runner.scores([(w, draw, {**ctx.proxy(), "tokens": proxy_tokens}) for w in W])
     pcfg = {**ctx.proxy(), "tokens": tokens}
     trans = ctx.runner.scores([(w, 10_000, pcfg) for w in W])
     col = {
@@ -73,17 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labs", default="sample-field,debian-field")
     ap.add_argument("--draws", type=int, default=1)
     ap.add_argument("--transfer-factor", type=float, default=3.0)
+    ap.add_argument(
+        "--proxy-factor", type=float, default=1.0, help="rank at this x the proxy's tokens (the draw's seed)"
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the benchmark's --set")
     args = ap.parse_args(argv)
     cache, out = Path(args.cache), {}
     for lab_name in args.labs.split(","):
         cfg, runner, targets, make_cfg = sq.open_lab(cache, lab_name, args.set, args)
+        proxy_tokens = int(cfg.search.proxy.tokens * args.proxy_factor)
         for t in targets:
             ctx = sq.Context(lab_name, cfg, args.set, [], make_cfg, runner, runner.names, runner.prior, t)
             for d in range(args.draws):
-                out[f"{lab_name} / {t.name} / draw {d}"] = measure(ctx, d, args.transfer_tokens)
-    print(f"\nProxy {args.proxy_desc}; transfer: {args.transfer_tokens:,} tokens, 1 seed.\n")
+                out[f"{lab_name} / {t.name} / draw {d}"] = measure(ctx, d, args.transfer_tokens, proxy_tokens)
+    print(
+        f"\nProxy {args.proxy_desc}, ranking at {proxy_tokens:,} tokens; "
+        f"transfer: {args.transfer_tokens:,} tokens, 1 seed.\n"
+    )
     print(
         "| target / draw | n | proxy→transfer | top half | proxy sel→rep | transfer sel→rep "
         "| pick's transfer rank | regret |"
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {key} | {a['n']} | {a['proxy_to_transfer']:.2f} | {a['proxy_to_transfer_top_half']:.2f} | "
             f"{a['proxy_halves']:.2f} | {a['transfer_halves']:.2f} | {a['pick_rank']} | {a['pick_regret']:.3f} |"
         )
-    (cache / "transfer-agreement.json").write_text(json.dumps(out, indent=1))
+    (cache / f"transfer-agreement-x{args.proxy_factor:g}.json").write_text(json.dumps(out, indent=1))
     return 0
 
 

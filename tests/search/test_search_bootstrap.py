@@ -80,6 +80,10 @@ def test_final_falls_back_to_the_best_observed_when_the_predictor_cannot_rank():
     assert out["method"] == "best_observed"
     np.testing.assert_allclose(out["weights"], W[int(np.argmax(noise))])
     assert "Spearman" in out["reason"] or "not above" in out["reason"]
+    # a fit that cannot rank is no guide among the trained mixtures either
+    fitted = bootstrap.final(_scfg(final="best_fitted"), prior, bootstrap.observe(runs, names, 2e-4), seed=0)
+    assert fitted["method"] == "best_observed" and "no guide" in fitted["reason"]
+    np.testing.assert_allclose(fitted["weights"], W[int(np.argmax(noise))])
 
 
 def test_final_uses_the_predictor_when_it_ranks_well():

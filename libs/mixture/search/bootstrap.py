@@ -4,7 +4,8 @@ Diao et al. (2025), Sec. 3.2: iteration 1 trains proxies on mixtures sampled fro
 prior (sampler.py); iteration k fits the predictor on every run so far, scores many sampled
 candidate mixtures (the paper: 100,000), keeps the top N and trains a random subset of them (the
 paper: 64, 32, 16 runs, 4:2:1). The final mixture is the predictor's best candidate, or the mean of
-its top-k candidates as in RegMix (Liu et al., 2024: top-128 of 100,000).
+its top-k candidates as in RegMix (Liu et al., 2024: top-128 of 100,000), or (`search.final`) a
+trained mixture: the best observed, or the one the predictor fits best.
 
 Three choices here go beyond the paper, each because of what was measured with 16-30 CPU proxies:
 - the predictor is chosen per iteration by cross-validation (predictor.py), not fixed to LightGBM;
@@ -221,7 +222,7 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
         return _observed(best_observed, f"only {len(obs)} observed mixtures: too few to fit a predictor", None)
     fitted = fit_predictor(scfg, obs, seed)
     if scfg.final in OBSERVED_FINALS:
-        return observed_final(scfg.final, obs, fitted)
+        return observed_final(scfg, obs, fitted)
     C, region = final_candidates(scfg, prior, obs, seed)
     if not len(C):
         why = f"no candidate within the trust region (radius {region['radius']:.3f})"
@@ -263,19 +264,25 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
 OBSERVED_FINALS = ("best_observed", "best_fitted")
 
 
-def observed_final(final: str, obs: Observations, fitted) -> dict:
+def observed_final(scfg: SearchConfig, obs: Observations, fitted) -> dict:
     """A trained mixture as the final one: the best mean score (`best_observed`, what best-of-N
     random search picks), or the best score the chosen predictor fits to the trained mixtures
-    (`best_fitted`: a fit across neighbouring runs discounts one run's lucky seed)."""
+    (`best_fitted`: a fit across neighbouring runs discounts one run's lucky seed), unless the
+    predictor's CV Spearman is below `predictor.min_spearman`: then its fit is no guide."""
     fit = fitted.predict(obs.X)
-    i = obs.best() if final == "best_observed" else int(np.argmax(fit))
-    reason = (
-        f"the best score of {len(obs)} trained mixtures"
-        if final == "best_observed"
-        else f"{fitted.chosen}'s best fit among {len(obs)} trained mixtures ({fit[i]:.4f}; "
-        f"scored {obs.y[i]:.4f}, the best score {obs.y.max():.4f})"
-    )
-    b = obs.best()
+    cv_spearman = fitted.cv[fitted.chosen].spearman
+    b, final = obs.best(), scfg.final
+    if final == "best_observed":
+        i, reason = b, f"the best score of {len(obs)} trained mixtures"
+    elif cv_spearman < scfg.predictor.min_spearman:
+        final, i = "best_observed", b
+        reason = f"the chosen predictor ({fitted.chosen}) has CV Spearman {cv_spearman:.2f}: its fit is no guide"
+    else:
+        i = int(np.argmax(fit))
+        reason = (
+            f"{fitted.chosen}'s best fit among {len(obs)} trained mixtures ({fit[i]:.4f}; "
+            f"scored {obs.y[i]:.4f}, the best score {obs.y.max():.4f})"
+        )
     return {
         "weights": obs.X[i].tolist(),
         "method": final,
