@@ -268,7 +268,16 @@ def test_a_wrong_token_count_in_the_climblab_manifest_is_one_clear_error(tmp_pat
 
 
 def test_a_final_among_trained_mixtures_commits_one_the_search_trained(tmp_path, climblab_texts, tracking_uri):
-    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="fitted", iterations=[6, 3], final="best_fitted")
+    rank_anyway = {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1, "min_spearman": -1}  # 9 runs
+    cfg = _config(
+        tmp_path,
+        climblab_texts,
+        tracking_uri,
+        run_name="fitted",
+        iterations=[6, 3],
+        final="best_fitted",
+        predictor=rank_anyway,
+    )
     ctx = _ctx(cfg)
     out = stage.run(ctx, objective=CountingObjective())
     ds = ctx.writer.commit(out.counts, out.extra)
