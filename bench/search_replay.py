@@ -16,7 +16,7 @@ the nearest trained one; then, per rule, the benchmark's table (`search_quality.
 as `climb` against the baselines (`--baselines`, run or read from the same cache as the
 benchmark's) with paired differences, and the predictor's leave-one-out Spearman per search
 (fitted once per search, under its recorded config: the rules' overrides are not applied to it).
-Results also in `<cache>/replay-<lab>-<targets>.json`.
+Results also in `<cache>/replay-<lab>-<targets>-<rules>.json`.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         how = " ".join(rules[name]) or "(as committed)"
         print(f"\n## climb = the searches' runs, final chosen by rule {name!r}: {how}")
         print(sq.report(per, args))
-    path = cache / f"replay-{args.lab}-{args.targets.replace(',', '+')}.json"
+    path = cache / f"replay-{args.lab}-{args.targets.replace(',', '+')}-{'+'.join(rules)}.json"
     path.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nresults in {path}")
     return 0
