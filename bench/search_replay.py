@@ -62,12 +62,12 @@ def rule_config(search: dict, sets: list[str]):
 
 def replay(search: dict, names: list[str], scfg) -> tuple[np.ndarray, dict, dict]:
     """The final mixture of one search (`read_search`) under `scfg` (`rule_config`), its info for
-    the table and `bootstrap.final`'s whole result."""
+    the table and `bootstrap.final`'s whole result (with the `observations` it chose from)."""
     from mixture.search import bootstrap
 
     obs = bootstrap.observe(search["runs"], names, scfg.weight_floor)
     prior = np.array([search["mixture"]["prior"][c] for c in names])
-    res = bootstrap.final(scfg, prior, obs, search["seed"])
+    res = {**bootstrap.final(scfg, prior, obs, search["seed"]), "observations": obs}  # the playoff's too
     w = np.array(res["weights"])
     info = {
         "method": res["method"],
@@ -82,10 +82,9 @@ def play_off(ctx, search: dict, scfg, res: dict) -> tuple[np.ndarray, dict]:
     the benchmark's runner and scored on the target's select half. Its transfer runs are the
     benchmark's proxy settings with `search.transfer_proxy`'s preset and tokens, seeded 20,000 +
     the job's seed (the report's transfer runs are 10,000 + t: never the same training run)."""
-    from mixture.search import bootstrap, playoff
+    from mixture.search import playoff
 
-    names = ctx.names
-    obs = bootstrap.observe(search["runs"], names, scfg.weight_floor)
+    names, obs = ctx.names, res["observations"]
     stored = playoff.plan(scfg, search["seed"], names, ctx.prior, obs, ctx.runner.vocab_size)
     scale = {**ctx.proxy(), "preset": scfg.transfer_proxy.preset, "tokens": scfg.transfer_proxy.tokens}
     batch = [(np.array([j["mixture"][c] for c in names]), 20_000 + j["seed"]) for j in stored["jobs"]]

@@ -222,7 +222,7 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
         return _observed(best_observed, f"only {len(obs)} observed mixtures: too few to fit a predictor", None)
     fitted = fit_predictor(scfg, obs, seed)
     if scfg.final in OBSERVED_FINALS:
-        return observed_final(scfg, obs, fitted)
+        return observed_final(scfg, obs, fitted, best_observed)
     C, region = final_candidates(scfg, prior, obs, seed)
     if not len(C):
         why = f"no candidate within the trust region (radius {region['radius']:.3f})"
@@ -264,7 +264,7 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
 OBSERVED_FINALS = ("best_observed", "best_fitted")
 
 
-def observed_final(scfg: SearchConfig, obs: Observations, fitted) -> dict:
+def observed_final(scfg: SearchConfig, obs: Observations, fitted, best_observed: dict) -> dict:
     """A trained mixture as the final one: the best mean score (`best_observed`, what best-of-N
     random search picks), or the best score the chosen predictor fits to the trained mixtures
     (`best_fitted`: a fit across neighbouring runs discounts one run's lucky seed), unless the
@@ -288,7 +288,7 @@ def observed_final(scfg: SearchConfig, obs: Observations, fitted) -> dict:
         "method": final,
         "predicted": float(fit[i]),
         "reason": reason,
-        "best_observed": {"weights": obs.X[b].tolist(), "score": float(obs.y[b]), "run_ids": obs.run_ids[b]},
+        "best_observed": best_observed,
         "predictor": fitted.report(),
         "oof": {name: r.oof for name, r in fitted.cv.items()},
         "y": obs.y.tolist(),
