@@ -44,7 +44,7 @@ def _observed(seed: int, scfg: SearchConfig):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_finalists_are_distinct_valid_mixtures_and_match_the_searchs_own_choice(seed):
-    scfg = _scfg()
+    scfg = _scfg(finalists=["predicted", "kl_prior", "top_mean", "best_observed", "best_fitted"])
     prior, obs = _observed(seed, scfg)
     finals, predictor = playoff.choose_finalists(scfg, prior, obs, seed)
     assert predictor is not None
@@ -60,6 +60,13 @@ def test_finalists_are_distinct_valid_mixtures_and_match_the_searchs_own_choice(
         res = bootstrap.final(scfg.model_copy(update={"final": final}), prior, obs, seed)
         np.testing.assert_allclose(by[name]["weights"], res.get("predicted_mixture", res["weights"]))
     np.testing.assert_allclose(by["best_observed"]["weights"], obs.X[obs.best()])
+    # best_fitted: the trained mixture `final: best_fitted` commits (its fallback off)
+    predictor = scfg.predictor.model_copy(update={"min_spearman": -1.0})
+    unguarded = scfg.model_copy(update={"final": "best_fitted", "predictor": predictor})
+    res = bootstrap.final(unguarded, prior, obs, seed)
+    assert res["method"] == "best_fitted"
+    np.testing.assert_allclose(by["best_fitted"]["weights"], res["weights"])
+    assert any(np.allclose(by["best_fitted"]["weights"], x) for x in obs.X)  # a trained mixture
     assert by["best_observed"]["observed"] == obs.y.max()
     # the KL-regularised optimum gives up predicted score for closeness to the prior
     assert by["kl_prior"]["kl_prior"] <= by["predicted"]["kl_prior"]

@@ -107,8 +107,8 @@ class PredictorConfig(Section):
         return PREDICTORS.check(v)
 
 
-Finalist = Literal["predicted", "kl_prior", "top_mean", "best_observed"]
-FINALISTS: tuple[Finalist, ...] = ("predicted", "kl_prior", "top_mean", "best_observed")
+Finalist = Literal["predicted", "kl_prior", "top_mean", "best_observed", "best_fitted"]
+FINALISTS: tuple[Finalist, ...] = ("predicted", "kl_prior", "top_mean", "best_observed")  # the default
 
 
 class PlayoffConfig(Section):

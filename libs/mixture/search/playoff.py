@@ -16,8 +16,10 @@ some targets and lost on others. So the last step does not trust one proxy-scale
   the observations): `predicted`, the predictor's best candidate (`final: best`); `kl_prior`, the
   candidate maximising predicted score - kl_lambda * KL(w || prior), so that a predicted gain must
   pay for leaving the natural mixture; `top_mean`, the mean of the top-k candidates (RegMix's
-  choice, `final: top_mean`); `best_observed`. Equal mixtures are one finalist (`also` names the
-  others). The candidates and the predictor are those of `bootstrap.final` (same seed and stream).
+  choice, `final: top_mean`); `best_observed`; `best_fitted`, the trained mixture the predictor
+  fits best (`final: best_fitted`, without its fallback: the playoff judges it). Equal mixtures
+  are one finalist (`also` names the others). The candidates and the predictor are those of
+  `bootstrap.final` (same seed and stream).
 - The playoff: every finalist is trained `seeds` times with `search.transfer_proxy` (the same seeds
   for all: common random numbers) and scored on the target's select part. The transfer-scale noise
   is the pooled within-finalist standard deviation (conservative with common seeds: it keeps the
@@ -145,6 +147,7 @@ def finalists(
         "kl_prior": lambda: C[np.lexsort((position, -penalised))[0]],
         "top_mean": lambda: bootstrap.pick("top_mean", scfg, prior, C, order, obs.X, region or {}),
         "best_observed": lambda: obs.X[b],
+        "best_fitted": lambda: obs.X[int(np.argmax(fitted.predict(obs.X)))],
     }
     out: list[dict] = []
     seen: dict[bytes, dict] = {}
@@ -190,7 +193,7 @@ def choose_finalists(
                 "observed": float(obs.y[b]),
             }
         ], None
-    fitted = pred.fit_select(obs.X, obs.y, scfg.predictor, seed)
+    fitted = bootstrap.fit_predictor(scfg, obs, seed)  # the predictor `bootstrap.final` fits
     return finalists(scfg, fitted, C, prior, obs, region), fitted.report()
 
 
@@ -279,7 +282,12 @@ def pooled_sd(groups: list[list[float]]) -> tuple[float | None, int]:
 
 
 # the finalist that is `bootstrap.final`'s own choice, by its `method`
-SEARCH_CHOICE = {"best": "predicted", "top_mean": "top_mean", "best_observed": "best_observed"}
+SEARCH_CHOICE = {
+    "best": "predicted",
+    "top_mean": "top_mean",
+    "best_observed": "best_observed",
+    "best_fitted": "best_fitted",
+}
 
 
 def decide(entries: list[dict], noise_z: float, prefer: str | None = None) -> dict:
