@@ -73,6 +73,28 @@ def test_finalists_are_distinct_valid_mixtures_and_match_the_searchs_own_choice(
     assert by["kl_prior"]["predicted"] <= by["predicted"]["predicted"]
 
 
+def test_finalists_use_the_predictor_the_search_fits_with_the_targets_components():
+    """With runs that record the target's components, `mixing_law_components` is fitted on them:
+    the finalists come from that same predictor, so the top_mean finalist is the search's own."""
+    from mixture.search.synthetic import random_components
+
+    scfg = _scfg(finalists=["top_mean", "best_fitted"])
+    predictor = scfg.predictor.model_copy(update={"candidates": ["mixing_law_components"], "min_spearman": -1.0})
+    prior = np.random.default_rng(2).dirichlet(np.full(K, 2.0))
+    objective = random_components(prior, seed=2)  # a problem where fits with and without them differ
+    target = scfg.target.model_copy(update={"weights": objective.weights})  # the score's weights
+    scfg = scfg.model_copy(update={"predictor": predictor, "target": target})
+    _, obs, _ = bootstrap.run_search(scfg, prior, objective, seed=0)
+    assert bootstrap.contributions(scfg, obs) is not None  # the components add up to the scores
+    finals, report = playoff.choose_finalists(scfg, prior, obs, 0)
+    assert report["chosen"] == "mixing_law_components"
+    by = {n: f for f in finals for n in [f["name"], *f["also"]]}
+    for final in ("top_mean", "best_fitted"):
+        res = bootstrap.final(scfg.model_copy(update={"final": final}), prior, obs, 0)
+        assert res["method"] == final
+        np.testing.assert_allclose(by[final]["weights"], res["weights"])
+
+
 def test_the_playoff_in_one_process_keeps_the_searchs_choice_unless_beaten_beyond_the_noise():
     scfg = _scfg(seeds=3, anchor_seeds=3, budget_share=1.0)
     scfg = scfg.model_copy(update={"transfer_proxy": scfg.proxy})
