@@ -81,7 +81,8 @@ def test_streamed_parts_are_the_bytes_of_the_whole_part(tmp_path, n, run_rows, r
 
 @pytest.mark.parametrize("merge_rows", [2048, 3])
 def test_ties_keep_their_input_order_across_runs(tmp_path, monkeypatch, merge_rows):
-    monkeypatch.setattr(batches, "MERGE_ROWS", merge_rows)  # rows of a run read at a time
+    monkeypatch.setattr(batches, "MERGE_ROWS", merge_rows)  # rows of all the runs read at a time
+    monkeypatch.setattr(batches, "RUN_CHUNK", 1)
     table = pa.table(
         {
             "id": pa.array(["b", "a", "b", None, "a", "b", "a", None, "é", "b"] * 30, pa.string()),

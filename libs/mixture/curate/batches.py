@@ -115,7 +115,8 @@ def signal_batches(filters: dict[str, Any], every: bool = False):
 KEYS_COLUMN = ("keys", "array<bigint>")
 RUN_ROWS = 20_000  # rows of one part held in memory before they are sorted and spilled as a run
 RUN_BYTES = 64 << 20  # ... or bytes
-MERGE_ROWS = 2048  # rows of each run read at a time while merging
+MERGE_ROWS = 8192  # rows of all the runs held at a time while merging (RUN_CHUNK per run at least)
+RUN_CHUNK = 256  # rows of a run file's record batches
 
 
 def key_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: int):
@@ -270,7 +271,7 @@ class SortedPart:
         fd, path = tempfile.mkstemp(suffix=".arrow", dir=self.spill_dir)
         os.close(fd)
         with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, self.schema) as w:
-            w.write_table(run, max_chunksize=MERGE_ROWS)
+            w.write_table(run, max_chunksize=RUN_CHUNK)
         self.runs.append(path)
 
     def write(self, uri: str, row_group_size: int = 20_000) -> int:
@@ -285,7 +286,8 @@ class SortedPart:
         self.spill()
         try:
             with storage.open_write(uri) as f, pq.ParquetWriter(f, self.schema, compression="zstd") as w:
-                merged = merge_runs([_read_run(p) for p in self.runs], self.sort_keys)
+                block = max(RUN_CHUNK, MERGE_ROWS // len(self.runs))
+                merged = merge_runs([_read_run(p, block) for p in self.runs], self.sort_keys)
                 return write_groups(w, self.schema, merged, row_group_size)
         finally:
             for path in self.runs:
@@ -306,17 +308,21 @@ def _sorted(table, sort_keys: list[str]):
     return table.sort_by([(k, "ascending") for k in sort_keys])
 
 
-def _read_run(path: str) -> Iterator:
-    """The record batches of a run file, read one at a time (not memory-mapped: a read batch is
-    freed once merged)."""
+def _read_run(path: str, rows: int) -> Iterator:
+    """A run file in tables of about `rows` rows, read one at a time (not memory-mapped: what is
+    read is freed once merged)."""
     import pyarrow as pa
 
     with pa.OSFile(path, "rb") as f:
         reader = pa.ipc.open_file(f)
+        held: list = []
         for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            if batch.num_rows:
-                yield pa.Table.from_batches([batch])
+            held.append(reader.get_batch(i))
+            if sum(b.num_rows for b in held) >= rows:
+                yield pa.Table.from_batches(held)
+                held = []
+        if any(b.num_rows for b in held):
+            yield pa.Table.from_batches(held)
 
 
 _RUN, _POS = "__merge_run", "__merge_pos"
@@ -328,6 +334,7 @@ def merge_runs(runs: list[Iterator], sort_keys: list[str]) -> Iterator:
     (run, position), are sorted by (keys, run, position); every row up to the first that is the
     last one held of a run not yet exhausted precedes every row not yet read, so it is emitted."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     last = np.full(len(runs), -1, dtype=np.int64)  # position of the last row read per live run
     read = np.zeros(len(runs), dtype=np.int64)
@@ -350,14 +357,15 @@ def merge_runs(runs: list[Iterator], sort_keys: list[str]) -> Iterator:
             )
         if not pieces:
             return
-        held = _sorted(pa.concat_tables(pieces), [*sort_keys, _RUN, _POS])
-        run = held.column(_RUN).to_numpy()
-        at_last = held.column(_POS).to_numpy() == last[run]
-        cut = int(np.argmax(at_last)) + 1 if at_last.any() else held.num_rows
-        if cut:
-            yield held.slice(0, cut).drop_columns([_RUN, _POS])
+        table = pa.concat_tables(pieces)
+        order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in [*sort_keys, _RUN, _POS]])
+        run = table.column(_RUN).take(order).to_numpy()
+        at_last = table.column(_POS).take(order).to_numpy() == last[run]
+        cut = int(np.argmax(at_last)) + 1 if at_last.any() else table.num_rows
+        if cut:  # taken, not sliced: what is emitted holds none of the rows kept back, nor they it
+            yield table.take(order.slice(0, cut)).drop_columns([_RUN, _POS])
         todo = [int(run[cut - 1])] if at_last.any() else []
-        held = held.slice(cut)
+        held = table.take(order.slice(cut))
         if not todo and held.num_rows == 0:
             return
 
