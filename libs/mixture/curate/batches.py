@@ -8,6 +8,8 @@ iterator of Arrow record batches to an iterator of record batches, so the same c
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,6 +113,10 @@ def signal_batches(filters: dict[str, Any], every: bool = False):
 
 
 KEYS_COLUMN = ("keys", "array<bigint>")
+RUN_ROWS = 20_000  # rows of one part held in memory before they are sorted and spilled as a run
+RUN_BYTES = 64 << 20  # ... or bytes
+MERGE_ROWS = 8192  # rows of all the runs held at a time while merging (RUN_CHUNK per run at least)
+RUN_CHUNK = 256  # rows of a run file's record batches
 
 
 def key_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: int):
@@ -157,30 +163,40 @@ def scan_batches(opts: ReadOptions, filters: dict[str, Any], lsh: tuple[int, int
 
 
 def write_buckets(
-    base_uri: str, prefix: str, fields: list[tuple[str, str]], sort_keys: list[str], row_group_size: int = 20_000
+    base_uri: str,
+    prefix: str,
+    fields: list[tuple[str, str]],
+    sort_keys: list[str],
+    row_group_size: int = 20_000,
+    run_rows: int = RUN_ROWS,
+    run_bytes: int = RUN_BYTES,
 ):
     """Batches with a `_bucket` column -> one Parquet file `<prefix>/part-<bucket>.parquet` per
     bucket, rows sorted by `sort_keys`, written through mixture.storage from the executor that holds
-    the bucket (every bucket lives in exactly one partition: the caller partitions by it).
+    the bucket (every bucket lives in exactly one partition: the caller partitions by it). The
+    rows wait in sorted runs (`SortedPart`): memory is one run and one row group, not the part.
     Yields (bucket, rows) per file written."""
 
     def run(batches: Iterator) -> Iterator:
         import pyarrow as pa
 
         schema = arrow_schema(fields)
-        parts: dict[int, list] = {}
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            buckets = batch.column("_bucket").to_numpy(zero_copy_only=False)
-            for b in np.unique(buckets):
-                parts.setdefault(int(b), []).append(batch.filter(pa.array(buckets == b)))
-        for b, batches_of_b in sorted(parts.items()):
-            table = pa.Table.from_batches(batches_of_b).select([n for n, _ in fields])
-            rows = write_table(table, schema, sort_keys, part_uri(base_uri, prefix, b), row_group_size)
-            yield pa.RecordBatch.from_pydict(
-                {"bucket": [b], "rows": [rows]}, schema=pa.schema([("bucket", pa.int32()), ("rows", pa.int64())])
-            )
+        with tempfile.TemporaryDirectory(prefix="climb-runs-") as spill:
+            parts: dict[int, SortedPart] = {}
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                buckets = batch.column("_bucket").to_numpy(zero_copy_only=False)
+                for b in np.unique(buckets).tolist():
+                    if b not in parts:
+                        parts[b] = SortedPart(schema, sort_keys, spill, run_rows, run_bytes)
+                    parts[b].add(batch.filter(pa.array(buckets == b)))
+                spill_largest(list(parts.values()), run_rows, run_bytes)
+            for b, part in sorted(parts.items()):
+                rows = part.write(part_uri(base_uri, prefix, b), row_group_size)
+                yield pa.RecordBatch.from_pydict(
+                    {"bucket": [b], "rows": [rows]}, schema=pa.schema([("bucket", pa.int32()), ("rows", pa.int64())])
+                )
 
     return run
 
@@ -213,3 +229,166 @@ def write_table(table, schema, sort_keys: list[str], uri: str, row_group_size: i
     with storage.open_write(uri) as f:
         pq.write_table(table, f, compression="zstd", row_group_size=row_group_size)
     return table.num_rows
+
+
+# -------------------------------------------------------------- external sort of one part
+class SortedPart:
+    """The rows of one part file, added in their input order, held until `run_rows` rows or
+    `run_bytes` bytes and then sorted and spilled as a run (a local Arrow file under `spill_dir`);
+    `write` merges the runs (`merge_runs`) into row groups: memory is one run and one row group,
+    not the part, and the file has the bytes `write_table` gives the same rows in the same order."""
+
+    def __init__(
+        self, schema, sort_keys: list[str], spill_dir: str, run_rows: int = RUN_ROWS, run_bytes: int = RUN_BYTES
+    ):
+        self.schema, self.sort_keys, self.spill_dir = schema, sort_keys, spill_dir
+        self.run_rows, self.run_bytes = run_rows, run_bytes
+        self.pending: list = []
+        self.pending_rows = self.pending_bytes = 0
+        self.runs: list[str] = []
+
+    def add(self, rows) -> None:
+        """Rows (a record batch or table with the schema's columns, perhaps more) after those added."""
+        import pyarrow as pa
+
+        if rows.num_rows == 0:
+            return
+        if isinstance(rows, pa.RecordBatch):
+            rows = pa.Table.from_batches([rows])
+        rows = rows.select(self.schema.names).cast(self.schema)
+        self.pending.append(rows)
+        self.pending_rows += rows.num_rows
+        self.pending_bytes += rows.nbytes
+        if self.pending_rows >= self.run_rows or self.pending_bytes >= self.run_bytes:
+            self.spill()
+
+    def spill(self) -> None:
+        """The rows held, sorted, to a new run file."""
+        import pyarrow as pa
+
+        if not self.pending:
+            return
+        run = _sorted(pa.concat_tables(self.pending), self.sort_keys)
+        self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
+        fd, path = tempfile.mkstemp(suffix=".arrow", dir=self.spill_dir)
+        os.close(fd)
+        with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, self.schema) as w:
+            w.write_table(run, max_chunksize=RUN_CHUNK)
+        self.runs.append(path)
+
+    def write(self, uri: str, row_group_size: int = 20_000) -> int:
+        """Write the part (`write_table`'s bytes); returns its rows. The run files are deleted."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.runs:  # it fits in one run: sorted in memory
+            table = pa.concat_tables([self.schema.empty_table(), *self.pending])
+            self.pending = []
+            return write_table(table, self.schema, self.sort_keys, uri, row_group_size)
+        self.spill()
+        try:
+            with storage.open_write(uri) as f, pq.ParquetWriter(f, self.schema, compression="zstd") as w:
+                block = max(RUN_CHUNK, MERGE_ROWS // len(self.runs))
+                merged = merge_runs([_read_run(p, block) for p in self.runs], self.sort_keys)
+                return write_groups(w, self.schema, merged, row_group_size)
+        finally:
+            for path in self.runs:
+                os.remove(path)
+            self.runs = []
+
+
+def spill_largest(parts: list[SortedPart], run_rows: int, run_bytes: int) -> None:
+    """Spill the largest held rows of `parts` until all they hold fits in one run."""
+    while parts and (
+        sum(p.pending_rows for p in parts) >= run_rows or sum(p.pending_bytes for p in parts) >= run_bytes
+    ):
+        max(parts, key=lambda p: p.pending_bytes).spill()
+
+
+def _sorted(table, sort_keys: list[str]):
+    """Arrow's stable sort: rows with equal keys keep their input order."""
+    return table.sort_by([(k, "ascending") for k in sort_keys])
+
+
+def _read_run(path: str, rows: int) -> Iterator:
+    """A run file in tables of about `rows` rows, read one at a time (not memory-mapped: what is
+    read is freed once merged)."""
+    import pyarrow as pa
+
+    with pa.OSFile(path, "rb") as f:
+        reader = pa.ipc.open_file(f)
+        held: list = []
+        for i in range(reader.num_record_batches):
+            held.append(reader.get_batch(i))
+            if sum(b.num_rows for b in held) >= rows:
+                yield pa.Table.from_batches(held)
+                held = []
+        if any(b.num_rows for b in held):
+            yield pa.Table.from_batches(held)
+
+
+_RUN, _POS = "__merge_run", "__merge_pos"
+
+
+def merge_runs(runs: list[Iterator], sort_keys: list[str]) -> Iterator:
+    """k-way merge of sorted runs (iterators of sorted tables, the runs in input order) into
+    sorted tables: the order `_sorted` gives the runs concatenated. The rows held, tagged with
+    (run, position), are sorted by (keys, run, position); every row up to the first that is the
+    last one held of a run not yet exhausted precedes every row not yet read, so it is emitted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    last = np.full(len(runs), -1, dtype=np.int64)  # position of the last row read per live run
+    read = np.zeros(len(runs), dtype=np.int64)
+    held = None
+    todo = list(range(len(runs)))
+    while True:
+        pieces = [] if held is None else [held]
+        for r in todo:
+            block = next(runs[r], None)
+            if block is None:
+                last[r] = -1
+                continue
+            pos = np.arange(read[r], read[r] + block.num_rows, dtype=np.int64)
+            read[r] += block.num_rows
+            last[r] = read[r] - 1
+            pieces.append(
+                block.append_column(_RUN, pa.array(np.full(block.num_rows, r, dtype=np.int64))).append_column(
+                    _POS, pa.array(pos)
+                )
+            )
+        if not pieces:
+            return
+        table = pa.concat_tables(pieces)
+        order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in [*sort_keys, _RUN, _POS]])
+        run = table.column(_RUN).take(order).to_numpy()
+        at_last = table.column(_POS).take(order).to_numpy() == last[run]
+        cut = int(np.argmax(at_last)) + 1 if at_last.any() else table.num_rows
+        if cut:  # taken, not sliced: what is emitted holds none of the rows kept back, nor they it
+            yield table.take(order.slice(0, cut)).drop_columns([_RUN, _POS])
+        todo = [int(run[cut - 1])] if at_last.any() else []
+        held = table.take(order.slice(cut))
+        if not todo and held.num_rows == 0:
+            return
+
+
+def write_groups(writer, schema, tables: Iterator, row_group_size: int) -> int:
+    """Sorted tables -> row groups of `row_group_size` rows (the last one shorter) through a
+    ParquetWriter, as `pq.write_table` cuts one table; returns the rows written."""
+    import pyarrow as pa
+
+    held: list = []
+    n = rows = 0
+    for t in tables:
+        held.append(t)
+        n += t.num_rows
+        while n >= row_group_size:
+            all_held = pa.concat_tables(held)
+            writer.write_table(all_held.slice(0, row_group_size).combine_chunks(), row_group_size=row_group_size)
+            rest = all_held.slice(row_group_size)
+            held, n, rows = [rest], rest.num_rows, rows + row_group_size
+    if n or not rows:
+        writer.write_table(
+            pa.concat_tables([schema.empty_table(), *held]).combine_chunks(), row_group_size=row_group_size
+        )
+    return rows + n

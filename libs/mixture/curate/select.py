@@ -258,12 +258,22 @@ def build_counts(annotated: Dataset, select_outcomes: list[tuple[str, str, int]]
 # ------------------------------------------------------------------------------- 4. write
 class PartWriter:
     """Rows routed to output parts by `id_hash mod parts`, spilled to local Arrow files, then
-    each part sorted by id and written like the Spark stage's parts (`batches.write_table`)."""
+    each part sorted by id (in runs of `run_rows` rows or `run_bytes` bytes, merged) and written
+    like the Spark stage's parts (`batches.SortedPart`, the bytes of `batches.write_table`)."""
 
     def __init__(
-        self, staging: str, prefix: str, fields: list[tuple[str, str]], n_rows: int, docs_per_file: int, spill_dir: str
+        self,
+        staging: str,
+        prefix: str,
+        fields: list[tuple[str, str]],
+        n_rows: int,
+        docs_per_file: int,
+        spill_dir: str,
+        run_rows: int = batches.RUN_ROWS,
+        run_bytes: int = batches.RUN_BYTES,
     ):
         self.staging, self.prefix = staging, prefix
+        self.run_rows, self.run_bytes = run_rows, run_bytes
         self.schema = batches.arrow_schema(fields)
         self.parts = max(1, math.ceil(n_rows / docs_per_file))
         self.spill_dir = spill_dir
@@ -283,18 +293,20 @@ class PartWriter:
         return f"{self.spill_dir}/{self.prefix.replace('/', '-')}-{b}.arrow"
 
     def flush(self, lo: int, hi: int) -> None:
-        """Write parts [lo, hi) (empty ones too) and drop their spill files."""
+        """Write parts [lo, hi) (empty ones too) and drop their spill files. A part's spilled
+        rows are read a batch at a time into sorted runs and merged (`batches.SortedPart`):
+        memory is one run and one row group, not the part."""
         for b in range(lo, min(hi, self.parts)):
-            table = self.schema.empty_table()
+            part = batches.SortedPart(self.schema, ["id"], self.spill_dir, self.run_rows, self.run_bytes)
             if b in self.writers:
                 self.writers.pop(b).close()
                 path = self._spill(b)
-                with pa.memory_map(path) as src:
-                    table = pa.ipc.open_file(src).read_all()
+                with pa.OSFile(path, "rb") as src:
+                    reader = pa.ipc.open_file(src)
+                    for i in range(reader.num_record_batches):
+                        part.add(reader.get_batch(i))
                 storage.delete(path)
-            self.written += batches.write_table(
-                table, self.schema, ["id"], batches.part_uri(self.staging, self.prefix, b)
-            )
+            self.written += part.write(batches.part_uri(self.staging, self.prefix, b))
 
 
 def write_outputs(
