@@ -8,8 +8,8 @@ What is measured (issue #20; CLIMB, Diao et al. 2025, Table 2 compares with rand
 RegMix the same way, at 1B):
 - labs: a ClimbLab per corpus and grouping, built by the product's own stages (`climb run --until
   shards`): the sample corpus without the held-out domains, grouped by `source` (`cluster.method:
-  field`) and by k-means; a second corpus from Debian packages (`--labs debian-field`, needs the
-  packages that `climb corpus sample` reads, listed when missing);
+  field`) and by k-means; a second corpus from Debian packages (`--labs debian-field,debian-kmeans`,
+  needs the packages that `climb corpus sample` reads, listed when missing);
 - held-out targets: domains no group contains, two per corpus; each target's documents are split
   by document into a *select* half (the only text any method scores its proxies on) and a
   *report* half (the only text the table reports: never used to choose anything);
@@ -135,6 +135,7 @@ LABS = {
     "sample-field": ("sample", {"cluster.method": "field", "cluster.field": "source"}),
     "sample-kmeans": ("sample", {}),
     "debian-field": ("debian", {"cluster.method": "field", "cluster.field": "source"}),
+    "debian-kmeans": ("debian", {}),
 }
 
 
@@ -486,6 +487,15 @@ def open_lab(cache: Path, lab_name: str, sets: list[str], args):
     return cfg, runner, targets, make_cfg
 
 
+def save_results(path: Path, results: dict) -> None:
+    """This run's figures into the cache's results file, keeping other labs' and targets' (a run of
+    one lab or target does not overwrite the last full run's)."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(old | results, indent=1, default=str))
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     cache = Path(args.cache)
@@ -510,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{lab_name} / {t.name}"] = evaluate_target(ctx, args.methods.split(","), seeds, args)
         print(f"{lab_name}: {runner.trained} proxies trained in this run", flush=True)
     text = report(results, args)
-    (cache / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    save_results(cache / "results.json", results)
     print(text + f"\n\nwall time {time.time() - t0:.0f} s; results in {cache / 'results.json'}")
     return 0
 
