@@ -264,6 +264,12 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
 OBSERVED_FINALS = ("best_observed", "best_fitted")
 
 
+def best_fitted_index(fitted, obs: Observations) -> int:
+    """The trained mixture the predictor fits best (`final: best_fitted` and the playoff's
+    `best_fitted` finalist): a fit across neighbouring runs discounts one run's lucky seed."""
+    return int(np.argmax(fitted.predict(obs.X)))
+
+
 def observed_final(scfg: SearchConfig, obs: Observations, fitted, best_observed: dict) -> dict:
     """A trained mixture as the final one: the best mean score (`best_observed`, what best-of-N
     random search picks), or the best score the chosen predictor fits to the trained mixtures
@@ -278,7 +284,7 @@ def observed_final(scfg: SearchConfig, obs: Observations, fitted, best_observed:
         final, i = "best_observed", b
         reason = f"the chosen predictor ({fitted.chosen}) has CV Spearman {cv_spearman:.2f}: its fit is no guide"
     else:
-        i = int(np.argmax(fit))
+        i = best_fitted_index(fitted, obs)
         reason = (
             f"{fitted.chosen}'s best fit among {len(obs)} trained mixtures ({fit[i]:.4f}; "
             f"scored {obs.y[i]:.4f}, the best score {obs.y.max():.4f})"

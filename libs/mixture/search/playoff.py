@@ -147,7 +147,7 @@ def finalists(
         "kl_prior": lambda: C[np.lexsort((position, -penalised))[0]],
         "top_mean": lambda: bootstrap.pick("top_mean", scfg, prior, C, order, obs.X, region or {}),
         "best_observed": lambda: obs.X[b],
-        "best_fitted": lambda: obs.X[int(np.argmax(fitted.predict(obs.X)))],
+        "best_fitted": lambda: obs.X[bootstrap.best_fitted_index(fitted, obs)],
     }
     out: list[dict] = []
     seen: dict[bytes, dict] = {}
@@ -193,7 +193,9 @@ def choose_finalists(
                 "observed": float(obs.y[b]),
             }
         ], None
-    fitted = bootstrap.fit_predictor(scfg, obs, seed)  # the predictor `bootstrap.final` fits
+    # the predictor `bootstrap.final` fits: the same fit again (deterministic per seed), as the
+    # playoff is planned in a task of its own before the search's finish
+    fitted = bootstrap.fit_predictor(scfg, obs, seed)
     return finalists(scfg, fitted, C, prior, obs, region), fitted.report()
 
 
