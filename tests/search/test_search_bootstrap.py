@@ -51,7 +51,7 @@ def test_search_converges_towards_the_optimum_better_than_random_search():
 
 def test_selection_trains_only_mixtures_from_the_predicted_top_n():
     prior, obj = _problem(0)
-    scfg = _scfg(iterations=[12, 5], top_n=10)
+    scfg = _scfg(iterations=[12, 5], top_n=10, acquisition=dict(min_distance=0.0))  # the paper's rule
     W0, _ = bootstrap.propose(scfg, prior, 0, bootstrap.observe([], [], 2e-4), seed=0)
     names = [f"c{i:02d}" for i in range(K)]
     runs = [{"run_id": f"r{j}", "mixture": dict(zip(names, w)), "score": obj(w, 0)} for j, w in enumerate(W0)]
@@ -183,9 +183,9 @@ def test_propose_by_ei_trains_distinct_mixtures_and_says_how_it_chose():
     assert acq["picked_value"] == sorted(acq["picked_value"], reverse=True)  # each pick lowers the rest
     W1b, _ = bootstrap.propose(scfg, prior, 1, obs, seed=0)
     np.testing.assert_array_equal(W1, W1b)
-    # the default draws from the predicted top N, as before
+    # the default draws from the predicted top N, spread out
     _, default = bootstrap.propose(_scfg(iterations=[12, 6]), prior, 1, obs, seed=0)
-    assert default["acquisition"] == {"rule": "top_random"}
+    assert default["acquisition"]["rule"] == "top_random" and default["acquisition"]["min_distance"] == 0.05
 
 
 def test_trust_region_keeps_candidates_as_near_a_run_as_runs_are_to_each_other():
