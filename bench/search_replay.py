@@ -80,15 +80,15 @@ def replay(search: dict, names: list[str], scfg) -> tuple[np.ndarray, dict, dict
 def play_off(ctx, search: dict, scfg, res: dict) -> tuple[np.ndarray, dict]:
     """The playoff (`mixture.search.playoff`) after the replayed final choice: its jobs trained by
     the benchmark's runner and scored on the target's select half. Its transfer runs are the
-    benchmark's proxy settings with `search.transfer_proxy`'s preset and tokens, seeded 20,000 +
+    benchmark's proxy settings with the finalists' preset and tokens (`finalist_proxy`), seeded 20,000 +
     the job's seed (the report's transfer runs are 10,000 + t: never the same training run)."""
     from mixture.search import playoff
 
     names, obs = ctx.names, res["observations"]
     stored = playoff.plan(scfg, search["seed"], names, ctx.prior, obs, ctx.runner.vocab_size)
-    scale = {**ctx.proxy(), "preset": scfg.transfer_proxy.preset, "tokens": scfg.transfer_proxy.tokens}
+    scale = {**ctx.proxy(), "preset": scfg.finalist_proxy.preset, "tokens": scfg.finalist_proxy.tokens}
     batch = [(np.array([j["mixture"][c] for c in names]), 20_000 + j["seed"]) for j in stored["jobs"]]
-    pcfgs = [scale if j["proxy_section"] == "transfer_proxy" else ctx.proxy() for j in stored["jobs"]]
+    pcfgs = [ctx.proxy() if j["proxy_section"] == "proxy" else scale for j in stored["jobs"]]
     got = ctx.runner.scores([(w, s, p) for (w, s), p in zip(batch, pcfgs)])
     runs = {
         j["run_id"]: {**j, "score": g[f"{ctx.target.name}/select"], "metrics": {}} for j, g in zip(stored["jobs"], got)

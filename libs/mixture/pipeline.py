@@ -48,11 +48,11 @@ STAGES: tuple[Stage, ...] = (
         "search",
         "search",
         ("climblab",),
-        ("search", "search.playoff_transfer_proxy"),
+        ("search", "search.playoff_proxy"),
         resumable=True,
         files=("search.target.val_uris", "search.target.tasks"),
         unhashed=("search.transfer_proxy", "search.transfer_seeds"),
-    ),  # only the baselines use them, and the playoff the transfer proxy (playoff_transfer_proxy)
+    ),  # only the baselines use them, and the playoff the transfer proxy when tokens_factor is null (playoff_proxy)
     # resumable: a killed build keeps the parts it scattered and the buckets it wrote (mixture.climbmix.shuffle)
     Stage(
         "build",

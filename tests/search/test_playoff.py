@@ -96,7 +96,7 @@ def test_finalists_use_the_predictor_the_search_fits_with_the_targets_components
 
 
 def test_the_playoff_in_one_process_keeps_the_searchs_choice_unless_beaten_beyond_the_noise():
-    scfg = _scfg(seeds=3, anchor_seeds=3, budget_share=1.0)
+    scfg = _scfg(seeds=3, anchor_seeds=3, budget_share=1.0, tokens_factor=None)
     scfg = scfg.model_copy(update={"transfer_proxy": scfg.proxy})
     prior, obs = _observed(0, scfg)
     obj = SyntheticObjective(np.full(K, 1 / K), noise=0.05)
@@ -197,10 +197,18 @@ def test_parameter_count_matches_the_model_the_proxy_trains(preset):
 
 def test_the_budget_counts_transfer_runs_by_tokens_times_parameters_and_refuses_more():
     base = dict(iterations=[12, 6, 4], proxy=dict(preset="cpu-2m", tokens=300_000))
+    playing = dict(enabled=True, finalists=["predicted", "best_observed"], seeds=2, anchor_seeds=1)
+    # by default a finalist trains the proxy's model on twice its tokens: two proxy runs each
+    twice = SearchConfig(**base, playoff={**playing, "budget_share": 0.5})
+    assert twice.finalist_proxy.tokens == 600_000 and twice.finalist_proxy.preset == "cpu-2m"
+    b = playoff.check_budget(twice, 4096)
+    assert b["transfer_run_cost"] == pytest.approx(2.0) and b["cost"] == pytest.approx(1 + 4 * 2.0)
+    with pytest.raises(playoff.PlayoffError, match="lower search.playoff.tokens_factor"):
+        playoff.check_budget(twice.model_copy(update={"iterations": [12, 4]}), 4096)  # 9 > half of 16
     ok = SearchConfig(
         **base,
         transfer_proxy=dict(preset="cpu-2m", tokens=150_000),  # half a proxy run each
-        playoff=dict(enabled=True, finalists=["predicted", "best_observed"], seeds=2, anchor_seeds=1),
+        playoff={**playing, "tokens_factor": None},  # the finalists train with the transfer proxy
     )
     b = playoff.check_budget(ok, 4096)
     assert b["transfer_run_cost"] == pytest.approx(0.5) and b["transfer_runs"] == 4
@@ -240,7 +248,7 @@ def _config(tmp_path, climblab_texts, tracking_uri, run_name, target=TARGET, sea
         "transfer_proxy": {**tiny, "tokens": 2048},
         "target": {"val_uris": [str(target)], "val_docs": 6, "val_tokens": 3000},
         "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1},
-        "playoff": {"enabled": True, "anchor_seeds": 2, "budget_share": 0.9},
+        "playoff": {"enabled": True, "anchor_seeds": 2, "budget_share": 0.9, "tokens_factor": None},
         **(search or {}),
     }
     return parse_config(
@@ -277,9 +285,7 @@ def test_a_search_with_a_playoff_commits_the_winner_records_it_and_resumes(tmp_p
     finals = [j for j in jobs if j.get("finalist")]
     # natural x2, the best observed x1 more (its search run is its first seed); 2 seeds per finalist
     assert [j["anchor"] for j in anchors] == ["natural", "natural", "best_observed"]
-    assert {j["proxy_section"] for j in anchors} == {"proxy"} and {j["proxy_section"] for j in finals} == {
-        "transfer_proxy"
-    }
+    assert {j["proxy_section"] for j in anchors} == {"proxy"} and {j["proxy_section"] for j in finals} == {"playoff"}
     assert len(finals) == 2 * len({j["finalist"] for j in finals}) >= 4
     for job in jobs[:3]:  # some finish, then the search is "killed"
         steps.run_proxy(ctx, job, objective=obj)
@@ -298,6 +304,7 @@ def test_a_search_with_a_playoff_commits_the_winner_records_it_and_resumes(tmp_p
     win = next(f for f in rec["finalists"] if f["name"] == rec["winner"])
     assert mix["weights"] == win["weights"] and rec["winner"] in rec["tied"]
     assert mix["search_choice"]["method"] in {"top_mean", "best_observed"}
+    assert rec["proxy"] == cfg.search.transfer_proxy.model_dump(mode="json")  # tokens_factor null
     for f in rec["finalists"]:
         assert len(f["seed_scores"]) == 2 and f["seeds"] == [cfg.seed, cfg.seed + 1]
         assert f["mean"] == pytest.approx(np.mean(f["seed_scores"]))

@@ -113,13 +113,19 @@ FINALISTS: tuple[Finalist, ...] = ("predicted", "kl_prior", "top_mean", "best_ob
 
 class PlayoffConfig(Section):
     """The noise-aware final choice (`mixture.search.playoff`): seed replicates of anchor
-    mixtures, and finalists retrained at `search.transfer_proxy` scale."""
+    mixtures, and finalists retrained at a larger scale (`tokens_factor`)."""
 
     enabled: bool = False
     finalists: list[Finalist] = Field(
         list(FINALISTS), min_length=1, description="in priority order (the first of equal mixtures names it)"
     )
     seeds: int = Field(2, ge=2, description="transfer runs per finalist (seeds seed+0..)")
+    tokens_factor: float | None = Field(
+        2.0,
+        gt=1,
+        description="a finalist trains search.proxy's model on tokens_factor x its tokens; null: "
+        "search.transfer_proxy (its model and tokens)",
+    )
     anchor_seeds: int = Field(
         3, ge=0, description="proxy runs of the natural and the best observed mixture (seed noise); 0: none"
     )
@@ -232,10 +238,19 @@ class SearchConfig(Section):
     acquisition: AcquisitionConfig = AcquisitionConfig()
 
     @property
-    def playoff_transfer_proxy(self) -> ProxyConfig | None:
-        """What the search's output depends on of `transfer_proxy` (which only the baselines use
-        otherwise): the playoff's proxy when the playoff is on, else nothing."""
-        return self.transfer_proxy if self.playoff.enabled else None
+    def finalist_proxy(self) -> ProxyConfig:
+        """The proxy a playoff finalist trains with: search.proxy on `playoff.tokens_factor` x its
+        tokens, or search.transfer_proxy when the factor is null."""
+        factor = self.playoff.tokens_factor
+        if factor is None:
+            return self.transfer_proxy
+        return self.proxy.model_copy(update={"tokens": int(round(self.proxy.tokens * factor))})
+
+    @property
+    def playoff_proxy(self) -> ProxyConfig | None:
+        """What the search's output depends on of the playoff's scale (hashed with the stage; the
+        transfer proxy alone is the baselines'): the finalists' proxy when the playoff is on."""
+        return self.finalist_proxy if self.playoff.enabled else None
 
     @model_validator(mode="after")
     def _experts_need_a_base(self) -> SearchConfig:

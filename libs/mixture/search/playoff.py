@@ -1,5 +1,5 @@
 """The noise-aware final choice: seed noise from replicated anchors, a few finalists, and a playoff
-at transfer scale that decides between them (`search.playoff`, off by default).
+at a larger scale that decides between them (`search.playoff`, off by default).
 
 Why: searches that differed only in their seed have ended 0.15-0.29 nats apart at transfer scale,
 more than most gaps between methods; the best observed score is the maximum of many noisy draws
@@ -20,8 +20,11 @@ some targets and lost on others. So the last step does not trust one proxy-scale
   fits best (`final: best_fitted`, without its fallback: the playoff judges it). Equal mixtures
   are one finalist (`also` names the others). The candidates and the predictor are those of
   `bootstrap.final` (same seed and stream).
-- The playoff: every finalist is trained `seeds` times with `search.transfer_proxy` (the same seeds
-  for all: common random numbers) and scored on the target's select part. The transfer-scale noise
+- The playoff: every finalist is trained `seeds` times with the search's proxy on `tokens_factor`
+  (2) times its tokens, or with `search.transfer_proxy` when the factor is null (the same seeds for
+  all: common random numbers), and scored on the target's select part. Twice the proxy's tokens
+  picked the finalist that is better at three times in 9 of 11 real playoffs, at two thirds of the
+  cost of a three-times playoff (bench/RESULTS.md). The playoff-scale noise
   is the pooled within-finalist standard deviation (conservative with common seeds: it keeps the
   seeds' shared effect). A finalist whose mean is within noise_z standard errors of the difference
   (noise_z * sd * sqrt(1/n_top + 1/n)) of the top mean is tied with the top. Among the tied
@@ -87,7 +90,7 @@ def budget(scfg: SearchConfig, vocab_size: int, n_finalists: int | None = None) 
     """The playoff's cost and limit in proxy-run equivalents."""
     pc = scfg.playoff
     n = len(pc.finalists) if n_finalists is None else n_finalists
-    per_transfer = run_cost(scfg.transfer_proxy, vocab_size) / run_cost(scfg.proxy, vocab_size)
+    per_transfer = run_cost(scfg.finalist_proxy, vocab_size) / run_cost(scfg.proxy, vocab_size)
     search_runs = sum(scfg.iterations) * scfg.seeds
     anchors = anchor_run_count(scfg)
     return {
@@ -109,8 +112,8 @@ def check_budget(scfg: SearchConfig, vocab_size: int, n_finalists: int | None = 
             f"search.playoff would cost {b['cost']:.1f} proxy-run equivalents ({b['transfer_runs']} transfer "
             f"runs of {b['transfer_run_cost']:.2f} each + {b['anchor_runs']} anchor runs), more than "
             f"search.playoff.budget_share {pc.budget_share} of the search's {b['search_runs']} proxy runs "
-            f"({b['limit']:.1f}): lower search.transfer_proxy.tokens, playoff.seeds, playoff.anchor_seeds "
-            f"or the number of playoff.finalists"
+            f"({b['limit']:.1f}): lower search.playoff.tokens_factor (search.transfer_proxy's tokens when "
+            f"it is null), playoff.seeds, playoff.anchor_seeds or the number of playoff.finalists"
         )
     return b
 
@@ -235,7 +238,7 @@ def anchor_jobs(scfg: SearchConfig, seed: int, names: list[str], prior: np.ndarr
 
 
 def finalist_jobs(scfg: SearchConfig, seed: int, names: list[str], finals: list[dict]) -> list[dict]:
-    """Every finalist at transfer scale, seeds seed+0..playoff.seeds-1 (the same for all)."""
+    """Every finalist at the playoff's scale (`finalist_proxy`), seeds seed+0..playoff.seeds-1 (the same for all)."""
     jobs = []
     for i, f in enumerate(finals):
         mixture = dict(zip(names, [float(x) for x in f["weights"]]))
@@ -248,7 +251,7 @@ def finalist_jobs(scfg: SearchConfig, seed: int, names: list[str], finals: list[
                     "index": i,
                     "mixture": mixture,
                     "seed": seed + s,
-                    "proxy_section": "transfer_proxy",
+                    "proxy_section": "playoff",
                     "finalist": f["name"],
                 }
             )
@@ -437,7 +440,7 @@ def record(
         "seeds": scfg.playoff.seeds,
         "tie_break": {"rule": scfg.playoff.tie_break, "search_choice": prefer},
         "budget": stored["budget"],
-        "transfer_proxy": scfg.transfer_proxy.model_dump(mode="json"),
+        "proxy": scfg.finalist_proxy.model_dump(mode="json"),
         "target_part": "select",
     }
 
@@ -481,7 +484,7 @@ def run_playoff(
     runs = {}
     for j in stored["jobs"]:
         w = np.array([j["mixture"][c] for c in names])
-        f = transfer_objective if j["proxy_section"] == "transfer_proxy" else proxy_objective
+        f = proxy_objective if j["proxy_section"] == "proxy" else transfer_objective
         runs[j["run_id"]] = {**j, "score": float(f(w, j["seed"])), "metrics": {}}
     search_runs = [{"mixture": dict(zip(names, x.tolist())), "score": float(y)} for x, y in zip(obs.X, obs.y)]
     return record(scfg, names, stored, runs, search_runs, obs, search_method)

@@ -169,7 +169,7 @@ def playoff_summary(rec: dict) -> list[tuple[str, str]]:
     lines = [("seed noise", noise)]
     if rec["winner"] is None:
         return lines + [("playoff", f"no winner: {rec['reason']}")]
-    tp = rec["transfer_proxy"]
+    tp = rec.get("proxy") or rec["transfer_proxy"]  # "transfer_proxy": a record before tokens_factor
     scores = ", ".join(
         f"{f['name']} {f['mean']:.4f}" + (f" ± {f['sd']:.4f}" if f["sd"] is not None else "")
         if f["mean"] is not None
@@ -181,7 +181,7 @@ def playoff_summary(rec: dict) -> list[tuple[str, str]]:
         (
             "playoff",
             f"{rec['winner']} wins among {len(rec['finalists'])} finalists x {rec['seeds']} seeds at "
-            f"transfer scale ({tp['preset']}, {tp['tokens']:,} tokens): {scores}{tied}",
+            f"{tp['preset']} on {tp['tokens']:,} tokens: {scores}{tied}",
         )
     ]
 

@@ -280,9 +280,10 @@ def execute(cfg: Config, job: dict, out_uri: str, dataset: Dataset, objective: O
     if job.get("kind") == "expert":
         return experts.execute(cfg, job, out_uri, dataset)
     section = job.get("proxy_section", "proxy")
-    if section not in ("proxy", "transfer_proxy"):
-        raise SearchError(f"job {job.get('run_id', '?')}: proxy_section must be 'proxy' or 'transfer_proxy'")
-    pcfg: ProxyConfig = getattr(cfg.search, section)
+    sections = {"proxy": "proxy", "transfer_proxy": "transfer_proxy", "playoff": "finalist_proxy"}
+    if section not in sections:
+        raise SearchError(f"job {job.get('run_id', '?')}: proxy_section must be one of {sorted(sections)}")
+    pcfg: ProxyConfig = getattr(cfg.search, sections[section])
     part = job.get("target_split", "select")  # the baselines' transfer runs report on "report"
     if part not in ("select", "report"):
         raise SearchError(f"job {job.get('run_id', '?')}: target_split must be 'select' or 'report'")

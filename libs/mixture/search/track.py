@@ -256,7 +256,7 @@ class SearchTracker:
             name = f"playoff: {f['name']}: {mixture_label(f['weights'])}"
             run_id = self._create(name, parent, kind=KIND_PLAYOFF, finalist=f["name"])
             params = {f"w.{c}": w for c, w in sorted(f["weights"].items())}
-            params.update(tracking.flat_params("proxy", rec["transfer_proxy"]))
+            params.update(tracking.flat_params("proxy", rec.get("proxy") or rec["transfer_proxy"]))
             params.update(finalist=f["name"], seeds=rec["seeds"], also=",".join(f["also"]) or "-")
             metrics = {
                 **f["metrics"],
