@@ -104,7 +104,7 @@ def test_without_a_std_the_rule_falls_back_to_top_random_and_says_why():
     assert report == {"rule": "top_random", "asked": "ei", "reason": "no std for ei: the kernel matrix is singular"}
 
 
-def _scfg(rule: str, weights: dict[str, float], min_distance: float = 0.05) -> SearchConfig:
+def _scfg(rule: str, weights: dict[str, float], min_distance: float) -> SearchConfig:
     return SearchConfig(
         iterations=[16, 8, 6],
         candidates=5000,
@@ -118,30 +118,31 @@ def _scfg(rule: str, weights: dict[str, float], min_distance: float = 0.05) -> S
 
 
 @pytest.mark.slow
-def test_ei_ucb_and_a_spread_subset_find_better_mixtures_than_a_random_subset_of_the_top_n():
+def test_ei_and_ucb_find_better_mixtures_than_a_random_subset_of_the_top_n():
     """The same budget (30 noisy runs) on 20 problems with a three-component target and known
-    mixing laws; regret = the best noiseless score minus the final mixture's, against the paper's
-    plain random subset of the top N (`min_distance: 0`). Measured (the final chosen anywhere,
-    `trust_region: 0`): mean regret 0.094 plain, 0.081 top_random spread at the default
-    min_distance 0.05 (better on 13 problems, worse on 6), 0.056 ei (14 / 5), 0.048 ucb (16 / 4);
-    at min_distance 0.02, ei 0.060 and ucb 0.048. On the single-score objective (`calibrated`)
-    bench/search_synthetic.py finds no significant difference between ei, ucb and top_random:
-    this is where the rules help, not a claim that they always do."""
-    rules = {"plain": ("top_random", 0.0), "spread": ("top_random", 0.05), "ei": ("ei", 0.05), "ucb": ("ucb", 0.05)}
-    regret: dict[str, list[float]] = {name: [] for name in rules}
+    mixing laws; regret = the best noiseless score minus the final mixture's. Measured: mean
+    regret 0.094 for the paper's top_random (`min_distance: 0`), 0.060 ei (better on 14 problems,
+    worse on 5), 0.048 ucb (16 / 4), with the final chosen anywhere (`trust_region: 0`); with the
+    default trust region, 0.096, 0.056 (10 / 9) and 0.047 (12 / 7). top_random with its picks kept
+    0.02 apart (the default) 0.095 (6 / 4), 0.05 apart 0.081 (10 / 5): neutral here, where no
+    iteration collapses into one corner. On the single-score objective (`calibrated`)
+    bench/search_synthetic.py finds no significant difference: this is where the rules help, not a
+    claim that they always do."""
+    regret: dict[str, list[float]] = {"top_random": [], "ei": [], "ucb": []}
     for seed in range(20):
         prior = np.random.default_rng(100 + seed).dirichlet(np.full(10, 2.0))
         obj = random_components(prior, seed=seed)
         best = obj.optimum_value()
-        for name, (rule, distance) in rules.items():
+        for rule in regret:
+            distance = 0.0 if rule == "top_random" else 0.02
             out, _, reports = bootstrap.run_search(_scfg(rule, obj.weights, distance), prior, obj, seed=seed)
-            regret[name].append(best - obj.value(np.array(out["weights"])))
+            regret[rule].append(best - obj.value(np.array(out["weights"])))
             assert all(r["acquisition"]["rule"] == rule for r in reports[1:])
-    base = np.array(regret["plain"])
-    for name, factor, odds in (("spread", 0.9, 1.5), ("ei", 0.8, 2), ("ucb", 0.8, 2)):
-        r = np.array(regret[name])
-        assert r.mean() < factor * base.mean(), (name, r, base)
-        assert np.sum(r < base - 1e-9) >= odds * np.sum(r > base + 1e-9), (name, r, base)
+    base = np.array(regret["top_random"])
+    for rule in ("ei", "ucb"):
+        r = np.array(regret[rule])
+        assert r.mean() < 0.8 * base.mean(), (rule, r, base)
+        assert np.sum(r < base - 1e-9) >= 2 * np.sum(r > base + 1e-9), (rule, r, base)
 
 
 def _corner_candidates():
@@ -155,28 +156,31 @@ def _corner_candidates():
     return np.vstack([copies, spread]), np.arange(20)
 
 
-def test_top_random_spreads_its_picks_beyond_a_corner_the_top_n_sits_in():
+def test_top_random_replaces_copies_of_one_corner_by_the_next_candidates_far_enough():
     C, order = _corner_candidates()
     X = np.full((1, K), 1 / K)  # one trained mixture, far from the corner
-    # the paper's plain subset of the top 10 would train 4 copies of the corner
-    assert _min_gap(C[:10]) < 0.01
-    picks, report = A.spread_subset(np.random.default_rng(1), order, C, X, 4, 10, 0.05)
-    assert len(picks) == 4 and _min_gap(C[picks]) >= 0.05
-    assert np.sum(picks < 10) == 1 and report["beyond_top_n"] == 3 and report["distance_relaxed"] == 0
-    assert list(picks) == sorted(picks)  # in rank order
-    again, _ = A.spread_subset(np.random.default_rng(1), order, C, X, 4, 10, 0.05)
-    np.testing.assert_array_equal(picks, again)  # the same draw per seed
+    plain, report = A.spread_subset(np.random.default_rng(1), order, C, X, 4, 10, 0.0)
+    assert np.all(plain < 10) and _min_gap(C[plain]) < 0.01  # the paper's subset: 4 copies
+    assert report["replaced"] == 0
+    picks, report = A.spread_subset(np.random.default_rng(1), order, C, X, 4, 10, 0.02)
+    assert len(picks) == 4 and _min_gap(C[picks]) >= 0.02
+    assert picks[0] == plain[0] and picks[1:].tolist() == [10, 11, 12]  # the best copy, then rank order
+    assert report["replaced"] == 3 and report["beyond_top_n"] == 3 and report["distance_relaxed"] == 0
 
 
-def test_top_random_skips_candidates_near_a_trained_mixture_and_gives_way_when_nothing_is_far():
+def test_top_random_keeps_the_papers_picks_when_none_is_near_and_skips_trained_mixtures():
     C, order = _corner_candidates()
-    gap = float(pairwise_hellinger(C[10:11], C[11:12])[0, 0])
-    X = C[[10]] + 0.0  # the best spread candidate was trained already
-    near = pairwise_hellinger(C, X)[:, 0]
-    picks, _ = A.spread_subset(np.random.default_rng(1), order, C, X, 4, 10, 0.05)
-    assert all(near[picks] >= 0.05) and 10 not in picks
-    # a threshold just above every distance: nothing is far enough, picks still come back
+    far = np.arange(10, 20)  # the spread candidates only: every pair further apart than 0.02
+    assert _min_gap(C[far]) > 0.02
+    plain, _ = A.spread_subset(np.random.default_rng(3), far, C, C[:0], 4, 8, 0.0)
+    same, report = A.spread_subset(np.random.default_rng(3), far, C, C[:0], 4, 8, 0.02)
+    np.testing.assert_array_equal(same, plain)  # the same draw as the paper's rule
+    assert report["replaced"] == 0
+    trained = C[[int(plain[0])]] + 0.0  # the first pick was trained already: it gives its place
+    moved, report = A.spread_subset(np.random.default_rng(3), far, C, trained, 4, 8, 0.02)
+    assert int(plain[0]) not in moved and set(plain[1:].tolist()) <= set(moved.tolist())
+    assert report["replaced"] == 1
+    # nothing far enough: the distance gives way, still n distinct picks
     same = np.repeat(C[:1], 6, axis=0)
-    picks, report = A.spread_subset(np.random.default_rng(1), np.arange(6), same, X[:0], 3, 4, 0.05)
+    picks, report = A.spread_subset(np.random.default_rng(1), np.arange(6), same, C[:0], 3, 4, 0.02)
     assert len(set(picks.tolist())) == 3 and report["distance_relaxed"] == 2
-    assert gap > 0.05  # the spread candidates are far enough apart to be taken

@@ -185,7 +185,7 @@ def test_propose_by_ei_trains_distinct_mixtures_and_says_how_it_chose():
     np.testing.assert_array_equal(W1, W1b)
     # the default draws from the predicted top N, spread out
     _, default = bootstrap.propose(_scfg(iterations=[12, 6]), prior, 1, obs, seed=0)
-    assert default["acquisition"]["rule"] == "top_random" and default["acquisition"]["min_distance"] == 0.05
+    assert default["acquisition"]["rule"] == "top_random" and default["acquisition"]["min_distance"] == 0.02
 
 
 def test_trust_region_keeps_candidates_as_near_a_run_as_runs_are_to_each_other():

@@ -185,12 +185,12 @@ class AcquisitionConfig(Section):
     ucb_beta: float = Field(2.0, ge=0, description="ucb: standard deviations added to the predicted mean")
     ei_xi: float = Field(0.0, ge=0, description="ei: improvement margin over the best predicted observed score")
     min_distance: float = Field(
-        0.05,
+        0.02,
         ge=0,
         lt=1,
         description="least Hellinger distance between two picks of one iteration (and, top_random, between "
-        "a pick and a trained mixture; the next-ranked candidates fill in); 0: top_random is the paper's "
-        "plain random subset of the top_n",
+        "a pick and a trained mixture: the next-ranked candidate far enough takes its place); 0: top_random "
+        "is the paper's plain random subset of the top_n",
     )
 
 

@@ -2,11 +2,12 @@
 
 - `top_random` (the default; CLIMB, Diao et al. 2025, Sec. 3.2): a random subset of the
   predictor's top `search.top_n` candidates. It ignores how sure the predictor is. With
-  `min_distance` > 0 (the default) the subset is spread (`spread_subset`): the top N in a random
-  order, a candidate skipped when it is within `min_distance` of a pick or of a trained mixture,
-  the next-ranked candidates after the top N when it runs out. Without it, a predictor whose top N
-  sit in one corner spends a whole iteration on copies of one mixture (bench/RESULTS.md: 4 of 19
-  benchmark searches trained 4-6 mixtures within 0.025 of each other).
+  `min_distance` > 0 (the default) a pick within `min_distance` of an earlier pick or of a
+  trained mixture gives its place to the next-ranked candidate far enough from both
+  (`spread_subset`; the same picks as the paper's when none is that near). Without it, a
+  predictor whose top N sit in one corner spends an iteration on copies of one mixture
+  (bench/RESULTS.md: 3 of 19 benchmark searches trained 3-9 mixtures within 0.02 of a mixture
+  trained before them).
 - `ei`: expected improvement (Jones et al. 1998) over the best predicted score of an observed
   mixture (predicted, not observed: with seed noise the best observed score is biased upwards):
   EI = (m - best - xi) Phi(z) + s phi(z), z = (m - best - xi) / s.
@@ -75,32 +76,35 @@ def pick(acfg: AcquisitionConfig, C: np.ndarray, mean: np.ndarray, posterior, be
 def spread_subset(
     rng: np.random.Generator, order: np.ndarray, C: np.ndarray, X: np.ndarray, n: int, top_n: int, min_distance: float
 ) -> tuple[np.ndarray, dict]:
-    """`top_random`'s n rows of C, spread: the top max(top_n, n) of `order` (C's rows, best first)
-    in a random order, then the rest in rank order; a row is taken unless it is within
-    `min_distance` (Hellinger) of a row taken or of a trained mixture (rows of X); when fewer than
-    n are far enough, the skipped ones fill up in the same order (the distance gives way). The
-    picks come back in rank order, with how many came from beyond the top N and how many filled."""
+    """`top_random`'s n rows of C: the paper's random subset of the top max(top_n, n) of `order`
+    (C's rows, best first), in rank order, where a pick within `min_distance` (Hellinger) of an
+    earlier pick or of a trained mixture (rows of X) gives its place to the next-ranked candidate
+    far enough from both; when none is left, the skipped ones in rank order (the distance gives
+    way). With no pick that near, the same rows as the plain subset (the same draw)."""
     top = order[: max(top_n, n)]
-    seq = np.concatenate([rng.permutation(top), order[len(top) :]])
-    free = pairwise_hellinger(C[seq], X).min(axis=1) >= min_distance if len(X) else np.ones(len(seq), bool)
+    chosen = rng.choice(top, size=n, replace=False) if len(top) > n else top
+    plain = top[np.isin(top, chosen)]  # the random subset, in rank order
+    rest = order[~np.isin(order, plain)]
     taken: list[int] = []
-    for i in np.flatnonzero(free):
+    skipped: list[int] = []
+    for j in map(int, np.concatenate([plain, rest])):
         if len(taken) == n:
             break
-        if not taken or pairwise_hellinger(C[seq[[i]]], C[taken]).min() >= min_distance:
-            taken.append(int(seq[i]))
+        before = np.vstack([X, C[taken]]) if taken else X
+        if len(before) and pairwise_hellinger(C[[j]], before).min() < min_distance:
+            skipped.append(j)
+            continue
+        taken.append(j)
     relaxed = n - len(taken)
-    if relaxed > 0:
-        rest = [int(j) for j in seq if int(j) not in set(taken)]
-        taken += rest[:relaxed]
+    taken += skipped[:relaxed]
     rank = np.full(len(C), len(C), dtype=np.int64)
     rank[order] = np.arange(len(order))
     picks = np.array(sorted(taken, key=lambda j: rank[j]), dtype=np.int64)
-    beyond = int(np.sum(~np.isin(picks, top)))
     report = {
         "rule": "top_random",
         "min_distance": min_distance,
-        "beyond_top_n": beyond,
+        "replaced": int(np.sum(~np.isin(picks, plain))),
+        "beyond_top_n": int(np.sum(~np.isin(picks, top))),
         "distance_relaxed": max(relaxed, 0),
     }
     return picks, report

@@ -175,11 +175,8 @@ def propose(
         order, screened = screen(C, order)
     top = order[: max(scfg.top_n, n)]
     picked, acquired = _select(scfg, fitted, C, C_pred, obs, seed, n)
-    if picked is None and scfg.acquisition.min_distance > 0:  # top_random, spread out
+    if picked is None:  # top_random: the paper's random subset of the top N, no pick a copy of another
         picked, acquired = acquisition.spread_subset(rng, order, C, obs.X, n, scfg.top_n, scfg.acquisition.min_distance)
-    elif picked is None:  # top_random: the paper's random subset of the top N
-        chosen = rng.choice(top, size=n, replace=False) if len(top) > n else top
-        picked = top[np.isin(top, chosen)]  # the random subset, in rank order
     report = {
         "iteration": iteration,
         "method": "predicted",
