@@ -129,6 +129,7 @@ def tiny_config_dict(tmp_path: Path, input_uris: list[str]) -> dict:
             "transfer_proxy": {"preset": "cpu-tiny", "tokens": 8192, "batch_size": 4, "seq_len": 64},
             "target": {"val_uris": [str(TARGET)], "val_docs": 8},
             "predictor": {"cv_folds": 3},
+            "playoff": {"enabled": False},  # 6 runs cannot afford one (tests/search/test_playoff.py)
         },
         "build": {"tokens": 20_000, "shard_docs": 50},
         "tracking": {"experiment": "test"},

@@ -59,7 +59,7 @@ def test_unknown_predictor_is_a_config_error_listing_the_known_ones():
         match="unknown predictor 'nearest_run'; known: gp, lightgbm, mixing_law, mixing_law_components, ridge",
     ):
         _config(["ridge", "nearest_run"])
-    assert PredictorConfig().candidates == ["lightgbm", "ridge", "ridge_sqrt", "mixing_law"]
+    assert PredictorConfig().candidates == ["lightgbm", "ridge", "ridge_sqrt", "mixing_law", "gp"]
 
 
 # ------------------------------------------------------------------------- an output format

@@ -31,6 +31,7 @@ def _config(tmp_path: Path, tracking_uri: str):
                 "top_k": 2,
                 "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
                 "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1},
+                "playoff": {"enabled": False},  # a few tiny runs cannot afford one (tests/search/test_playoff.py)
             },
             "tracking": {"experiment": "test", "uri": tracking_uri},
         }

@@ -316,6 +316,7 @@ def _search_config(root, tracking: str, shift: float = 0.05, incremental: bool =
                 "proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
                 "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
                 "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1},
+                "playoff": {"enabled": False},  # a few tiny runs cannot afford one (tests/search/test_playoff.py)
             },
             "tracking": {"experiment": "test", "uri": tracking},
             "refresh": {"incremental": incremental, "search_share_shift": shift},

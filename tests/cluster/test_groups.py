@@ -243,6 +243,7 @@ def _demo_config(tmp_path: Path, tracking_uri: str, corpus: Path, **cluster) -> 
         "proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
         "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
         "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1},
+        "playoff": {"enabled": False},  # 6 runs cannot afford one
     }
     path = tmp_path / f"groups-{len(cluster)}.yaml"
     path.write_text(yaml.safe_dump(cfg))

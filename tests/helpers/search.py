@@ -40,6 +40,7 @@ def search_config(tmp_path: Path, texts: tuple[dict, list[str]], tracking_uri: s
         "transfer_proxy": tiny,
         "target": {"val_uris": [str(tmp_path / "target.jsonl")], "val_docs": 4, "val_tokens": 2000},
         "predictor": {"candidates": ["ridge"], "cv_folds": 2},
+        "playoff": {"enabled": False},  # 6 runs cannot afford one (tests/search/test_playoff.py)
         **search,
     }
     return parse_config(

@@ -114,6 +114,7 @@ def _scfg(rule: str, weights: dict[str, float], min_distance: float) -> SearchCo
         acquisition=dict(rule=rule, min_distance=min_distance),
         target=dict(weights=weights),
         trust_region=0.0,  # the final anywhere, as measured below
+        final="top_mean",
     )
 
 

@@ -112,7 +112,7 @@ def test_the_playoff_in_one_process_keeps_the_searchs_choice_unless_beaten_beyon
 
 
 def test_kl_lambda_moves_the_kl_finalist_from_the_predicted_optimum_to_the_prior():
-    free = _scfg(kl_lambda=0.0)
+    free = _scfg(kl_lambda=0.0, finalists=["predicted", "kl_prior", "top_mean", "best_observed"])
     prior, obs = _observed(0, free)
     finals, _ = playoff.choose_finalists(free, prior, obs, 0)
     assert "kl_prior" in next(f for f in finals if f["name"] == "predicted")["also"]  # no penalty: the same
@@ -303,7 +303,7 @@ def test_a_search_with_a_playoff_commits_the_winner_records_it_and_resumes(tmp_p
     assert mix["method"] == "playoff" and mix["reason"].startswith("playoff: ")
     win = next(f for f in rec["finalists"] if f["name"] == rec["winner"])
     assert mix["weights"] == win["weights"] and rec["winner"] in rec["tied"]
-    assert mix["search_choice"]["method"] in {"top_mean", "best_observed"}
+    assert mix["search_choice"]["method"] in {"best_fitted", "best_observed"}  # final: best_fitted, or its fallback
     assert rec["proxy"] == cfg.search.transfer_proxy.model_dump(mode="json")  # tokens_factor null
     for f in rec["finalists"]:
         assert len(f["seed_scores"]) == 2 and f["seeds"] == [cfg.seed, cfg.seed + 1]

@@ -92,7 +92,7 @@ def test_final_uses_the_predictor_when_it_ranks_well():
     W = sample_mixtures(np.random.default_rng(0), prior, 30)
     runs = [{"run_id": f"r{j:02d}", "mixture": dict(zip(names, w)), "score": obj.value(w)} for j, w in enumerate(W)]
     obs = bootstrap.observe(runs, names, 2e-4)
-    out = bootstrap.final(_scfg(), prior, obs, seed=0)
+    out = bootstrap.final(_scfg(final="top_mean"), prior, obs, seed=0)
     assert out["method"] == "top_mean"
     assert out["predicted"] > out["best_observed"]["predicted"]
     assert obj.value(np.array(out["weights"])) > obs.y.max()  # beats every observed mixture
@@ -208,7 +208,7 @@ def test_trust_region_stops_a_linear_fit_from_choosing_a_corner_no_run_was_near(
     X = sample_mixtures(rng, prior, 22)
     y = X @ np.linspace(-1, 1, 8) + rng.normal(0, 0.01, 22)
     obs = bootstrap.Observations(X, y, [[str(i)] for i in range(22)], [])
-    plain = _scfg(trust_region=0.0, predictor=dict(candidates=["ridge"], cv_folds=4))
+    plain = _scfg(final="top_mean", trust_region=0.0, predictor=dict(candidates=["ridge"], cv_folds=4))
     far = bootstrap.final(plain, prior, obs, seed=0)
     near = bootstrap.final(plain.model_copy(update={"trust_region": 1.0}), prior, obs, seed=0)
     radius = near["trust_region"]["radius"]

@@ -39,6 +39,7 @@ def test_two_clean_searches_commit_the_same_bytes(tmp_path, sample_records):
                 "transfer_proxy": proxy,
                 "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
                 "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1},
+                "playoff": {"enabled": False},  # a few tiny runs cannot afford one (tests/search/test_playoff.py)
             },
             "tracking": {"experiment": "test", "uri": f"sqlite:///{tmp_path}/mlflow.db"},
         }

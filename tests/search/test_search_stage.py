@@ -51,6 +51,7 @@ def _config(tmp_path, climblab_texts, tracking_uri, run_name="t", **search):
         "transfer_proxy": {"preset": "cpu-tiny", "tokens": 4096, "batch_size": 4, "seq_len": 64},
         "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
         "predictor": {"cv_folds": 3, "min_child_samples": 2, "min_data_in_bin": 1},
+        "playoff": {"enabled": False},  # a few tiny runs cannot afford one (tests/search/test_playoff.py)
     }
     base.update(search)
     return parse_config(
@@ -87,7 +88,7 @@ def _runs_by_kind(cfg):
 
 
 def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts, tracking_uri):
-    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="resume")
+    cfg = _config(tmp_path, climblab_texts, tracking_uri, run_name="resume", final="top_mean")  # a trust region
     obj = CountingObjective()
     jobs = steps.propose(_ctx(cfg), 0)
     assert len(jobs) == 6 and {j["iteration"] for j in jobs} == {0}
@@ -113,7 +114,7 @@ def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts,
     its = storage.read_json(ds.path("iterations.json"))
     assert [len(i["runs"]) for i in its["iterations"]] == [6, 3]
     assert its["iterations"][0]["predictor"] is None
-    assert set(its["iterations"][1]["predictor"]["cv"]) == {"lightgbm", "ridge", "ridge_sqrt", "mixing_law"}
+    assert set(its["iterations"][1]["predictor"]["cv"]) == {"lightgbm", "ridge", "ridge_sqrt", "mixing_law", "gp"}
     assert all(r["predicted"] is not None for r in its["iterations"][1]["runs"])
 
     df, kinds = _runs_by_kind(cfg)

@@ -42,6 +42,7 @@ def _config(tmp_path: Path, sample_records) -> Path:
             "proxy": proxy,
             "transfer_proxy": proxy,
             "target": {"val_uris": [str(TARGET)], "val_docs": 4, "val_tokens": 3000},
+            "playoff": {"enabled": False},  # 12 tiny runs cannot afford one (tests/search/test_playoff.py)
         },
         "tracking": {"experiment": "test", "uri": f"sqlite:///{tmp_path}/mlflow.db"},
     }

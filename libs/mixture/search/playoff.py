@@ -113,7 +113,8 @@ def check_budget(scfg: SearchConfig, vocab_size: int, n_finalists: int | None = 
             f"runs of {b['transfer_run_cost']:.2f} each + {b['anchor_runs']} anchor runs), more than "
             f"search.playoff.budget_share {pc.budget_share} of the search's {b['search_runs']} proxy runs "
             f"({b['limit']:.1f}): lower search.playoff.tokens_factor (search.transfer_proxy's tokens when "
-            f"it is null), playoff.seeds, playoff.anchor_seeds or the number of playoff.finalists"
+            f"it is null), playoff.seeds, playoff.anchor_seeds or the number of playoff.finalists, raise "
+            f"playoff.budget_share, or set search.playoff.enabled: false"
         )
     return b
 
