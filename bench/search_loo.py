@@ -4,10 +4,12 @@ on the runs of finished searches (no proxy is trained: the runs are read back).
     .venv/bin/python bench/search_loo.py out/demo/search out/search-quality/searches/*/search
 
 Each argument is a committed search dataset (its `runs/*.json`); the playoff's runs (iteration
-< 0) are left out. The figure is what `search.predictor` chooses by (`mixture.search.predictor.
-fit_select`), with as many folds as runs. Caveat: a search's later iterations crowd around its
-best mixtures, so the scores' spread shrinks and ranking them is harder than ranking random
-mixtures.
+< 0) are left out. A search of the search-quality benchmark (`searches/<lab>-<target>-s<seed>-<key>`)
+gets its n-gram estimate (`mixture.search.ngram`), so the `ngram` predictors are scored too; the
+`estimate` column is the estimate alone (no fit). The figure is what `search.predictor` chooses
+by (`mixture.search.predictor.fit_select`), with as many folds as runs. Caveat: a search's later
+iterations crowd around its best mixtures, so the scores' spread shrinks and ranking them is
+harder than ranking random mixtures.
 """
 
 from __future__ import annotations
@@ -23,8 +25,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as sq  # noqa: E402
 
 
+def benchmark_estimate(search_dir: Path, names: list[str]):
+    """The n-gram estimate of a benchmark search (its lab and target from its folder's name), or None."""
+    import argparse
+
+    from mixture.search import ngram
+
+    folder = search_dir.resolve().parent
+    lab = next((k for k in sq.LABS if folder.name.startswith(k + "-")), None)
+    if lab is None:
+        return None
+    target = folder.name[len(lab) + 1 :].rsplit("-s", 1)[0]
+    cache = folder.parent.parent
+    _, _, targets, make_cfg = sq.open_lab(cache, lab, [], argparse.Namespace(workers=1, transfer_factor=3.0))
+    t = next(t for t in targets if t.name == target)
+    cfg = make_cfg([f"search.target.val_uris=[{t.select}]"])
+    return ngram.for_search(cfg, sq.build_lab(cfg), names)
+
+
 def loo_by_predictor(search_dir: Path, candidates: list[str], seed: int = 0) -> tuple[int, float, dict[str, float]]:
-    """(runs, std of their scores, {predictor: leave-one-out Spearman}) of one search."""
+    """(runs, std of their scores, {predictor: leave-one-out Spearman, "estimate": the estimate's
+    own Spearman}) of one search."""
     from mixture.config import PredictorConfig
     from mixture.search import bootstrap
     from mixture.search import predictor as pred
@@ -32,9 +53,12 @@ def loo_by_predictor(search_dir: Path, candidates: list[str], seed: int = 0) -> 
     runs = sq.proxy_runs([json.loads(p.read_text()) for p in sorted((search_dir / "runs").glob("*.json"))])
     names = sorted({c for r in runs for c in r["mixture"]})
     obs = bootstrap.observe(runs, names, 2e-4)
+    estimate = benchmark_estimate(search_dir, names)
     pcfg = PredictorConfig(candidates=candidates, cv_folds=len(obs), min_child_samples=3, min_data_in_bin=1)
-    fitted = pred.fit_select(obs.X, obs.y, pcfg, seed)
-    return len(obs), float(np.std(obs.y)), {k: float(v.spearman) for k, v in fitted.cv.items()}
+    fitted = pred.fit_select(obs.X, obs.y, pcfg, seed, estimate=estimate)
+    loo = {k: float(fitted.cv[k].spearman) if k in fitted.cv else float("nan") for k in candidates}
+    loo["estimate"] = pred.spearman(estimate(obs.X), obs.y) if estimate is not None else float("nan")
+    return len(obs), float(np.std(obs.y)), loo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,16 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predictors", default=",".join(sorted(PREDICTORS.names())), help="comma-separated")
     args = ap.parse_args(argv)
     candidates = args.predictors.split(",")
+    columns = candidates + ["estimate"]
     table = {}
-    print("| search | runs | score sd | " + " | ".join(candidates) + " |")
-    print("|---|---:|---:|" + "---:|" * len(candidates))
+    print("| search | runs | score sd | " + " | ".join(columns) + " |")
+    print("|---|---:|---:|" + "---:|" * len(columns))
     for d in args.searches:
         n, sd, loo = loo_by_predictor(d, candidates)
         table[str(d)] = loo
-        cells = " | ".join(f"{loo[c]:.2f}" for c in candidates)
-        print(f"| {d.parent.name}/{d.name} | {n} | {sd:.3f} | {cells} |")
-    means = {c: float(np.mean([t[c] for t in table.values()])) for c in candidates}
-    print("| mean | | | " + " | ".join(f"{means[c]:.2f}" for c in candidates) + " |")
+        cells = " | ".join(f"{loo[c]:.2f}" for c in columns)
+        print(f"| {d.parent.name}/{d.name} | {n} | {sd:.3f} | {cells} |", flush=True)
+    medians = {c: float(np.nanmedian([t[c] for t in table.values()])) for c in columns}
+    print("| median | | | " + " | ".join(f"{medians[c]:.2f}" for c in columns) + " |")
     return 0
 
 

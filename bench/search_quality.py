@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import zlib
@@ -324,7 +325,7 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
     config says) with `seed`, scored on the target's select half, in an output root of its own
     that links the lab's upstream datasets, so that a rerun finds it committed (resumable)."""
     from mixture import pipeline
-    from mixture.search import bootstrap
+    from mixture.search import bootstrap, ngram
 
     key = hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:10]
     lab_root = Path(ctx.cfg.output_root)
@@ -335,6 +336,8 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
             (root / name).symlink_to(lab_root / name, target_is_directory=True)
     own = [f"seed={seed}", f"output_root={root}", f"search.target.val_uris=[{ctx.target.select}]"]
     cfg = ctx.make_cfg(sets + own)
+    if pipeline.current(cfg, "search") is None:
+        reuse_first_iteration(cfg, root)
     ds = pipeline.run_stage(cfg, "search").dataset
     mixture = json.loads(Path(ds.path("mixture.json")).read_text())
     runs = proxy_runs([json.loads(Path(ds.path(f)).read_text()) for f in ds.files("runs/")])
@@ -342,9 +345,29 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
     return np.array([mixture["weights"].get(c, 0.0) for c in ctx.names]), {
         "runs": len(runs),
         "method": mixture["method"],
-        "loo_spearman": loo_spearman(cfg.search, obs, seed),
+        "loo_spearman": loo_spearman(cfg.search, obs, seed, ngram.for_search(cfg, build_lab(cfg), ctx.names)),
         "playoff": (mixture.get("playoff") or {}).get("reason"),
     }
+
+
+def reuse_first_iteration(cfg, root: Path) -> None:
+    """Stage the first-iteration runs that another search of this lab, target and seed committed
+    with the same proxy settings into this search's staging folder, where the search finds them
+    instead of training them again: the first iteration samples the prior with the seed's own
+    stream whatever the rest of the search is, and a proxy run is deterministic (bench/faults.py:
+    two clean searches are byte-identical). Only runs this search would propose are used (the run
+    id holds the mixture and the seed)."""
+    from mixture import pipeline
+
+    proxy = cfg.search.proxy.model_dump(mode="json")
+    runs = Path(pipeline.open_stage(cfg, "search").writer.staging) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    stem = root.name.rsplit("-", 1)[0]
+    for sibling in sorted(root.parent.glob(f"{stem}-*/search/runs")):
+        for f in sibling.glob("it0-*.json"):
+            rec = json.loads(f.read_text())
+            if rec.get("proxy") == proxy and rec.get("seed") == cfg.seed and not (runs / f.name).exists():
+                shutil.copyfile(f, runs / f.name)
 
 
 def proxy_runs(runs: list[dict]) -> list[dict]:
@@ -353,14 +376,15 @@ def proxy_runs(runs: list[dict]) -> list[dict]:
     return [r for r in runs if r.get("iteration", 0) >= 0 and r.get("score") is not None]
 
 
-def loo_spearman(scfg, obs, seed: int) -> float | None:
-    """The chosen predictor family's leave-one-out Spearman on all of a search's runs."""
+def loo_spearman(scfg, obs, seed: int, estimate=None) -> float | None:
+    """The chosen predictor family's leave-one-out Spearman on all of a search's runs (`estimate`:
+    the search's n-gram estimate, for the predictors that use it)."""
     from mixture.search import predictor as pred
 
     if len(obs) < 5:
         return None
     pcfg = scfg.predictor.model_copy(update={"cv_folds": len(obs)})
-    fitted = pred.fit_select(obs.X, obs.y, pcfg, seed)
+    fitted = pred.fit_select(obs.X, obs.y, pcfg, seed, estimate=estimate)
     return float(fitted.cv[fitted.chosen].spearman)
 
 

@@ -114,7 +114,8 @@ def test_a_killed_search_resumes_reusing_finished_runs(tmp_path, climblab_texts,
     its = storage.read_json(ds.path("iterations.json"))
     assert [len(i["runs"]) for i in its["iterations"]] == [6, 3]
     assert its["iterations"][0]["predictor"] is None
-    assert set(its["iterations"][1]["predictor"]["cv"]) == {"lightgbm", "ridge", "ridge_sqrt", "mixing_law", "gp"}
+    fitted = {"lightgbm", "ridge", "ridge_sqrt", "mixing_law", "gp", "ngram", "ngram_gp"}  # the target has text
+    assert set(its["iterations"][1]["predictor"]["cv"]) == fitted
     assert all(r["predicted"] is not None for r in its["iterations"][1]["runs"])
 
     df, kinds = _runs_by_kind(cfg)

@@ -74,7 +74,7 @@ class TargetConfig(Section):
 
 class PredictorConfig(Section):
     candidates: list[str] = Field(
-        ["lightgbm", "ridge", "ridge_sqrt", "mixing_law", "gp"],
+        ["lightgbm", "ridge", "ridge_sqrt", "mixing_law", "gp", "ngram", "ngram_gp"],
         min_length=1,
         description="registered predictors (mixture.registry.PREDICTORS)",
     )
@@ -183,6 +183,18 @@ class ExpertsConfig(Section):
     )
 
 
+class NgramConfig(Section):
+    """The n-gram estimate (`mixture.search.ngram`): the target's mean log-probability under a
+    bigram model of the mixture's tokens, which the `ngram` predictors fit the runs with."""
+
+    enabled: bool = True
+    smoothing: float = Field(
+        0.01, gt=0, description="beta / the proxy's tokens: the weight of the unigram model in each bigram probability"
+    )
+    max_tokens: int = Field(5_000_000, ge=2, description="tokens of a cluster counted, at most (evenly spaced blocks)")
+    positions: int = Field(8192, ge=2, description="target positions scored, at most (evenly spaced)")
+
+
 class AcquisitionConfig(Section):
     """How iterations >= 1 pick their mixtures among the candidates (mixture.search.acquisition)."""
 
@@ -245,6 +257,7 @@ class SearchConfig(Section):
     base: BaseConfig = BaseConfig()
     experts: ExpertsConfig = ExpertsConfig()
     acquisition: AcquisitionConfig = AcquisitionConfig()
+    ngram: NgramConfig = NgramConfig()
 
     @property
     def finalist_proxy(self) -> ProxyConfig:

@@ -111,9 +111,12 @@ def contributions(scfg: SearchConfig, obs: Observations) -> dict[str, np.ndarray
     return shares if np.allclose(sum(shares.values()), obs.y, rtol=0, atol=1e-6) else None
 
 
-def fit_predictor(scfg: SearchConfig, obs: Observations, seed: int) -> pred.Fitted:
-    """`predictor.fit_select` on the observations (with their components, when they add up)."""
-    return pred.fit_select(obs.X, obs.y, scfg.predictor, seed, contributions(scfg, obs))
+def fit_predictor(
+    scfg: SearchConfig, obs: Observations, seed: int, estimate: pred.Estimate | None = None
+) -> pred.Fitted:
+    """`predictor.fit_select` on the observations (with their components, when they add up, and
+    the search's n-gram estimate, when it has one)."""
+    return pred.fit_select(obs.X, obs.y, scfg.predictor, seed, contributions(scfg, obs), estimate)
 
 
 def candidates(
@@ -142,10 +145,17 @@ Screen = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, dict]]
 
 
 def propose(
-    scfg: SearchConfig, prior: np.ndarray, iteration: int, obs: Observations, seed: int, screen: Screen | None = None
+    scfg: SearchConfig,
+    prior: np.ndarray,
+    iteration: int,
+    obs: Observations,
+    seed: int,
+    screen: Screen | None = None,
+    estimate: pred.Estimate | None = None,
 ) -> tuple[np.ndarray, dict]:
     """The mixtures to train in `iteration` (0-based) and a report of how they were chosen;
-    `screen` re-ranks the predictor's top candidates before the top N are drawn from."""
+    `screen` re-ranks the predictor's top candidates before the top N are drawn from; `estimate`
+    (`mixture.search.ngram`) is there for the predictors that use it."""
     n = scfg.iterations[iteration]
     rng = rng_for(seed, iteration)
     exclude = set(mixture_keys(obs.X, scfg.weight_floor)) if len(obs) else set()
@@ -166,7 +176,7 @@ def propose(
             else f"only {len(obs)} observed mixtures: too few to fit a predictor"
         )
         return W, {"iteration": iteration, "method": "random", "reason": why, "observed": len(obs)}
-    fitted = fit_predictor(scfg, obs, seed)
+    fitted = fit_predictor(scfg, obs, seed, estimate)
     C = candidates(scfg, prior, rng, obs, exclude)
     C_pred = fitted.predict(C)
     order = fitted.rank(C, C_pred)
@@ -210,7 +220,14 @@ def _select(scfg: SearchConfig, fitted, C, C_pred, obs: Observations, seed: int,
     return acquisition.choose(acfg, fitted, C, C_pred, obs.X, obs.y, scfg.predictor, seed, n)
 
 
-def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, screen: Screen | None = None) -> dict:
+def final(
+    scfg: SearchConfig,
+    prior: np.ndarray,
+    obs: Observations,
+    seed: int,
+    screen: Screen | None = None,
+    estimate: pred.Estimate | None = None,
+) -> dict:
     """The search's answer: the predicted best (or top-k mean) mixture, or the best observed one
     when the predictor cannot be trusted to beat it. Weights are a vector in the clusters' order."""
     if len(obs) == 0:
@@ -219,7 +236,7 @@ def final(scfg: SearchConfig, prior: np.ndarray, obs: Observations, seed: int, s
     best_observed = {"weights": obs.X[b].tolist(), "score": float(obs.y[b]), "run_ids": obs.run_ids[b]}
     if len(obs) < 3:
         return _observed(best_observed, f"only {len(obs)} observed mixtures: too few to fit a predictor", None)
-    fitted = fit_predictor(scfg, obs, seed)
+    fitted = fit_predictor(scfg, obs, seed, estimate)
     if scfg.final in OBSERVED_FINALS:
         return observed_final(scfg, obs, fitted, best_observed)
     C, region = final_candidates(scfg, prior, obs, seed)
@@ -368,7 +385,11 @@ def _distrust(scfg: SearchConfig, fitted, predicted: float, predicted_best_obser
 
 
 def run_search(
-    scfg: SearchConfig, prior: np.ndarray, objective: Callable[[np.ndarray, int], Any], seed: int = 0
+    scfg: SearchConfig,
+    prior: np.ndarray,
+    objective: Callable[[np.ndarray, int], Any],
+    seed: int = 0,
+    estimate: pred.Estimate | None = None,
 ) -> tuple[dict, Observations, list[dict]]:
     """The whole search in one process against `objective(weights, seed)`, which returns the score
     or a run's {"score", "components"} (tests and benchmarks; the pipeline runs the same
@@ -378,7 +399,7 @@ def run_search(
     reports = []
     for it in range(len(scfg.iterations)):
         obs = observe(runs, names, scfg.weight_floor)
-        W, report = propose(scfg, prior, it, obs, seed)
+        W, report = propose(scfg, prior, it, obs, seed, estimate=estimate)
         reports.append(report)
         for j, w in enumerate(W):
             for s in range(scfg.seeds):
@@ -386,4 +407,4 @@ def run_search(
                 result = dict(out) if isinstance(out, dict) else {"score": float(out)}
                 runs.append({"run_id": f"it{it}-{j:03d}-s{s}", "mixture": dict(zip(names, w.tolist())), **result})
     obs = observe(runs, names, scfg.weight_floor)
-    return final(scfg, prior, obs, seed), obs, reports
+    return final(scfg, prior, obs, seed, estimate=estimate), obs, reports

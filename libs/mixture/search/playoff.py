@@ -178,7 +178,7 @@ def finalists(
 
 
 def choose_finalists(
-    scfg: SearchConfig, prior: np.ndarray, obs: bootstrap.Observations, seed: int
+    scfg: SearchConfig, prior: np.ndarray, obs: bootstrap.Observations, seed: int, estimate=None
 ) -> tuple[list[dict], dict | None]:
     """The finalists from the search's observations, with the same predictor and candidates as
     `bootstrap.final`; with fewer than 3 observed mixtures, or no candidate in the trust region,
@@ -201,7 +201,7 @@ def choose_finalists(
         ], None
     # the predictor `bootstrap.final` fits: the same fit again (deterministic per seed), as the
     # playoff is planned in a task of its own before the search's finish
-    fitted = bootstrap.fit_predictor(scfg, obs, seed)
+    fitted = bootstrap.fit_predictor(scfg, obs, seed, estimate)
     return finalists(scfg, fitted, C, prior, obs, region), fitted.report()
 
 
@@ -263,11 +263,17 @@ def finalist_jobs(scfg: SearchConfig, seed: int, names: list[str], finals: list[
 
 
 def plan(
-    scfg: SearchConfig, seed: int, names: list[str], prior: np.ndarray, obs: bootstrap.Observations, vocab_size: int
+    scfg: SearchConfig,
+    seed: int,
+    names: list[str],
+    prior: np.ndarray,
+    obs: bootstrap.Observations,
+    vocab_size: int,
+    estimate=None,
 ) -> dict:
     """What `proposals/playoff.json` holds: the finalists, the budget and the jobs (anchors first).
     With fewer than two distinct finalists there is nothing to play off: only the anchors run."""
-    finals, predictor = choose_finalists(scfg, prior, obs, seed)
+    finals, predictor = choose_finalists(scfg, prior, obs, seed, estimate)
     playing = len(finals) >= 2
     b = check_budget(scfg, vocab_size, len(finals) if playing else 0)
     skipped = None

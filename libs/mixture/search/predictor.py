@@ -15,7 +15,10 @@ runs), so the predictor is *chosen* every time it is fitted, by cross-validation
   fitted by regularised least squares;
 - `mixing_law_components` (off by default): one such law per target component (the validation
   text, each task), Huber loss, several starts, summed with the target's weights;
-- `gp` (off by default): a Gaussian process with a noise term, the one predictor with a std.
+- `gp`: a Gaussian process with a noise term, a predictor with a std;
+- `ngram` and `ngram_gp`: the n-gram estimate (`mixture.search.ngram`: the target's
+  log-probability under a bigram model of the mixture's tokens, no parameters fitted to the runs)
+  on a line, and that line plus a `gp` on what it leaves.
 
 Every candidate is scored on the same k folds by the Spearman correlation of its pooled
 out-of-fold predictions with the observed scores (what the search needs: a ranking), and the MAE.
@@ -30,13 +33,16 @@ with `uses_components = True` is fitted as `fit(X, y, components=...)` when the 
 their target components (each component's share of the score: `components[c] = weight_c /
 sum(weights) * value_c`, higher is better as `evaluate` records it, so they add up to y); a
 predictor with `predict_std(X)` (the std of its predicted mean) gives the acquisition rule its
-uncertainty (`mixture.search.acquisition`).
+uncertainty (`mixture.search.acquisition`); a class with `uses_estimate = True` is fitted as
+`fit(X, y, estimate=...)` with the search's n-gram estimate (a function of the mixtures), and is
+left out of the candidates when the search has none.
 
 Scores are "higher is better" throughout (see evaluate.py: the score of a bpb target is -bpb).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -55,6 +61,7 @@ class Predictor(Protocol):
 
 
 Components = dict[str, np.ndarray]  # per target component, its share of the score per row
+Estimate = Callable[[np.ndarray], np.ndarray]  # mixtures -> a score estimate fitted to no run (ngram.py)
 
 
 def make(name: str, cfg: PredictorConfig, seed: int = 0) -> Predictor:
@@ -71,13 +78,28 @@ def one_blas_thread():
 
 
 def fit_one(
-    name: str, cfg: PredictorConfig, seed: int, X: np.ndarray, y: np.ndarray, components: Components | None = None
+    name: str,
+    cfg: PredictorConfig,
+    seed: int,
+    X: np.ndarray,
+    y: np.ndarray,
+    components: Components | None = None,
+    estimate: Estimate | None = None,
 ) -> Predictor:
-    """`make(name).fit(...)`, with the components for a predictor that uses them."""
+    """`make(name).fit(...)`, with the components or the estimate for a predictor that uses them."""
     model = make(name, cfg, seed)
     if components and getattr(model, "uses_components", False):
         return model.fit(X, y, components=components)  # type: ignore[call-arg]
+    if getattr(model, "uses_estimate", False):
+        if estimate is None:
+            raise ValueError(f"predictor {name} needs the search's n-gram estimate (search.ngram)")
+        return model.fit(X, y, estimate=estimate)  # type: ignore[call-arg]
     return model.fit(X, y)
+
+
+def usable(names: list[str], estimate: Estimate | None) -> list[str]:
+    """The candidates that can be fitted: those needing an estimate only when there is one."""
+    return [n for n in names if estimate is not None or not getattr(PREDICTORS.get(n), "uses_estimate", False)]
 
 
 def check_components(y: np.ndarray, components: Components | None) -> Components | None:
@@ -132,7 +154,13 @@ def folds(n: int, k: int, seed: int) -> list[np.ndarray]:
 
 
 def cross_validate(
-    name: str, X: np.ndarray, y: np.ndarray, cfg: PredictorConfig, seed: int = 0, components: Components | None = None
+    name: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    cfg: PredictorConfig,
+    seed: int = 0,
+    components: Components | None = None,
+    estimate: Estimate | None = None,
 ) -> CVResult:
     """Pooled out-of-fold predictions of one predictor: their Spearman with y and their MAE."""
     oof = np.empty(len(y), dtype=np.float64)
@@ -141,7 +169,7 @@ def cross_validate(
         for held in parts:
             train = np.setdiff1d(np.arange(len(y)), held)
             comps = {c: v[train] for c, v in components.items()} if components else None
-            oof[held] = fit_one(name, cfg, seed, X[train], y[train], comps).predict(X[held])
+            oof[held] = fit_one(name, cfg, seed, X[train], y[train], comps, estimate).predict(X[held])
     return CVResult(name, spearman(oof, y), float(np.mean(np.abs(oof - y))), len(parts), oof.tolist())
 
 
@@ -181,18 +209,26 @@ class Fitted:
 
 
 def fit_select(
-    X: np.ndarray, y: np.ndarray, cfg: PredictorConfig, seed: int = 0, components: Components | None = None
+    X: np.ndarray,
+    y: np.ndarray,
+    cfg: PredictorConfig,
+    seed: int = 0,
+    components: Components | None = None,
+    estimate: Estimate | None = None,
 ) -> Fitted:
     """Cross-validate every configured candidate, pick the best and fit it (and the runner-up)
     on all rows. `components`: the score's parts per row (see the module docstring), for the
-    predictors that fit them."""
+    predictors that fit them; `estimate`: the n-gram estimate, for those that use it."""
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(y) < 3:
         raise ValueError(f"a predictor needs at least 3 observed mixtures, got {len(y)}")
     comps = check_components(y, components)
+    names = usable(cfg.candidates, estimate)
+    if not names:
+        raise ValueError(f"predictor.candidates {cfg.candidates} all need the n-gram estimate; this search has none")
     with one_blas_thread():
-        cv = {name: cross_validate(name, X, y, cfg, seed, comps) for name in cfg.candidates}
+        cv = {name: cross_validate(name, X, y, cfg, seed, comps, estimate) for name in names}
         order = choose(cv)
-        model = fit_one(order[0], cfg, seed, X, y, comps)
-        runner_up = fit_one(order[1], cfg, seed, X, y, comps) if len(order) > 1 else None
+        model = fit_one(order[0], cfg, seed, X, y, comps, estimate)
+        runner_up = fit_one(order[1], cfg, seed, X, y, comps, estimate) if len(order) > 1 else None
     return Fitted(order[0], model, runner_up, cv, order)

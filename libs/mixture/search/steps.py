@@ -46,7 +46,7 @@ from mixture import storage
 from mixture.config import Config, ProxyConfig
 from mixture.contract import StageContext, StageOutput
 from mixture.search import base as base_proxy
-from mixture.search import bootstrap, carry, experts, playoff, proxy, records
+from mixture.search import bootstrap, carry, experts, ngram, playoff, proxy, records
 
 if TYPE_CHECKING:
     from mixture.dataset import Dataset, DatasetWriter
@@ -151,7 +151,8 @@ def propose(ctx: StageContext, iteration: int) -> list[dict]:
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
     extra = {"base": base_proxy.ref(writer.staging)} if cfg.search.base.enabled else {}
     screen = experts.screener(cfg, writer, lab, names)
-    W, report = bootstrap.propose(cfg.search, prior, iteration, obs, cfg.seed, screen=screen)
+    estimate = ngram.for_search(cfg, lab, names) if iteration > 0 else None
+    W, report = bootstrap.propose(cfg.search, prior, iteration, obs, cfg.seed, screen=screen, estimate=estimate)
     predicted = report.get("picked_predicted") or [None] * len(W)
     jobs = []
     for j, (w, p) in enumerate(zip(W, predicted)):
@@ -367,7 +368,8 @@ def propose_playoff(ctx: StageContext) -> list[dict]:
     names, prior = names_and_prior(lab)
     runs = finished_runs(writer, len(cfg.search.iterations))
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
-    plan = playoff.plan(cfg.search, cfg.seed, names, prior, obs, lab.vocab_size)
+    estimate = ngram.for_search(cfg, lab, names)
+    plan = playoff.plan(cfg.search, cfg.seed, names, prior, obs, lab.vocab_size, estimate)
     storage.write_json(writer.path(PLAYOFF_REL), plan)
     log.info(
         "search: playoff of %d finalists (%s) and %d anchor runs: %.1f of %.1f proxy-run equivalents",
@@ -415,7 +417,8 @@ def _finish_search(ctx: StageContext) -> StageOutput:
     n_iter = len(cfg.search.iterations)
     runs = finished_runs(writer, n_iter)
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
-    result = bootstrap.final(cfg.search, prior, obs, cfg.seed, screen=experts.screener(cfg, writer, lab, names))
+    screen, estimate = experts.screener(cfg, writer, lab, names), ngram.for_search(cfg, lab, names)
+    result = bootstrap.final(cfg.search, prior, obs, cfg.seed, screen=screen, estimate=estimate)
     if cfg.search.playoff.enabled:
         result = _playoff(ctx, result, names, runs, obs)
 
