@@ -6,9 +6,11 @@ Dirichlet temperature 0.5 with concentration in [0.1, 5], at most 15 epochs of a
 floored at 2e-4, 100,000 candidates, LightGBM with max_depth 4, learning rate 0.01, 1000 rounds,
 early stopping 20, reg 1, min_child_samples 5. Beyond the paper, what the search-quality
 benchmark (bench/search_quality.py, issue #20) measured to help on held-out targets: per-cluster
-data streams in the proxies (`proxy.data_order: cluster`), a Gaussian process among the predictors,
-the final mixture among the trained ones (`final: best_fitted`), top_random picks spread apart
-(`acquisition.min_distance`), and a playoff of two finalists at twice the proxy's tokens.
+data streams in the proxies (`proxy.data_order: cluster`), a Gaussian process and the n-gram
+estimate (`search.ngram`: the target under a bigram model of the mixture's tokens) among the
+predictors, the final mixture among the trained ones (`final: best_fitted`), top_random picks
+spread apart (`acquisition.min_distance`), and a playoff of two finalists at twice the proxy's
+tokens.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def spread_subset(
         "min_distance": min_distance,
         "replaced": int(np.sum(~np.isin(picks, plain))),
         "beyond_top_n": int(np.sum(~np.isin(picks, top))),
-        "distance_relaxed": max(relaxed, 0),
+        "distance_relaxed": relaxed,
     }
     return picks, report
 

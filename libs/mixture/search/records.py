@@ -151,6 +151,12 @@ def _region(region: dict | None, scale: float) -> str:
     return f"radius {region['radius']:.3f} (Hellinger): {region['kept']:,} of {region['of']:,} candidates"
 
 
+def finalist_proxy(rec: dict) -> dict:
+    """The proxy settings the playoff's finalists trained with (a record written before
+    `playoff.tokens_factor` names them `transfer_proxy`)."""
+    return rec.get("proxy") or rec["transfer_proxy"]
+
+
 def playoff_summary(rec: dict) -> list[tuple[str, str]]:
     """The summary's lines on the seed noise and the playoff (`mixture.search.playoff.record`)."""
     p = rec["noise"]["proxy"]
@@ -169,7 +175,7 @@ def playoff_summary(rec: dict) -> list[tuple[str, str]]:
     lines = [("seed noise", noise)]
     if rec["winner"] is None:
         return lines + [("playoff", f"no winner: {rec['reason']}")]
-    tp = rec.get("proxy") or rec["transfer_proxy"]  # "transfer_proxy": a record before tokens_factor
+    tp = finalist_proxy(rec)
     scores = ", ".join(
         f"{f['name']} {f['mean']:.4f}" + (f" ± {f['sd']:.4f}" if f["sd"] is not None else "")
         if f["mean"] is not None

@@ -35,6 +35,7 @@ import time
 
 from mixture import tracking
 from mixture.config import Config
+from mixture.search import records
 
 KIND_SEARCH, KIND_ITERATION, KIND_PROXY, KIND_PLAYOFF = "search", "iteration", "proxy", "playoff"
 PROXIES = f"tags.`climb.kind` = '{KIND_PROXY}'"
@@ -256,7 +257,7 @@ class SearchTracker:
             name = f"playoff: {f['name']}: {mixture_label(f['weights'])}"
             run_id = self._create(name, parent, kind=KIND_PLAYOFF, finalist=f["name"])
             params = {f"w.{c}": w for c, w in sorted(f["weights"].items())}
-            params.update(tracking.flat_params("proxy", rec.get("proxy") or rec["transfer_proxy"]))
+            params.update(tracking.flat_params("proxy", records.finalist_proxy(rec)))
             params.update(finalist=f["name"], seeds=rec["seeds"], also=",".join(f["also"]) or "-")
             metrics = {
                 **f["metrics"],
