@@ -56,10 +56,12 @@ def test_a_predictor_from_a_test_module_is_cross_validated_and_can_win(registere
 def test_unknown_predictor_is_a_config_error_listing_the_known_ones():
     with pytest.raises(
         ConfigError,
-        match="unknown predictor 'nearest_run'; known: gp, lightgbm, mixing_law, mixing_law_components, ridge",
+        match="unknown predictor 'nearest_run'; known: gp, lightgbm, mixing_law, mixing_law_components, ngram, "
+        "ngram_gp, ridge",
     ):
         _config(["ridge", "nearest_run"])
-    assert PredictorConfig().candidates == ["lightgbm", "ridge", "ridge_sqrt", "mixing_law", "gp"]
+    defaults = ["lightgbm", "ridge", "ridge_sqrt", "mixing_law", "gp", "ngram", "ngram_gp"]
+    assert PredictorConfig().candidates == defaults
 
 
 # ------------------------------------------------------------------------- an output format

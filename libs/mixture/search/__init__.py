@@ -10,10 +10,13 @@ Modules, in the order the data flows:
 - `base`: the shared base proxy every proxy run continues from (`search.base`);
 - `experts`: merged cluster experts, a cheap estimate of any mixture's score that screens the
   predictor's top candidates (`search.experts`);
+- `ngram`: the n-gram estimate, the target's log-probability under a bigram model of a mixture's
+  tokens, from counts before any proxy trains (`search.ngram`; the `ngram` predictors fit it);
 - `evaluate`: target metrics: validation bits per byte, multiple-choice tasks; the score; the
   target's select and report parts;
 - `predictor`: the choice among the predictors by CV Spearman; `predictors/`: LightGBM, ridge,
-  ridge on sqrt weights, mixing law, per-component mixing laws, Gaussian process, one module each;
+  ridge on sqrt weights, mixing law, per-component mixing laws, Gaussian process, n-gram, one
+  module each;
 - `bootstrap`: the iterative search as pure functions (propose, final); `acquisition`: which
   candidates a later iteration trains (random top N, expected improvement, upper confidence bound);
 - `steps`: propose / run_proxy / finish, the units the CLI and Airflow both run; `records`: what

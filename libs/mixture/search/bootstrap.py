@@ -119,18 +119,23 @@ def fit_predictor(
     return pred.fit_select(obs.X, obs.y, scfg.predictor, seed, contributions(scfg, obs), estimate)
 
 
+def sampler_args(scfg: SearchConfig) -> dict[str, Any]:
+    """The sampler's settings from the search's config (`sampler.sample_mixtures`)."""
+    return dict(
+        temperature=scfg.temperature,
+        concentration=scfg.concentration,
+        epoch_cap=scfg.epoch_cap,
+        floor=scfg.weight_floor,
+    )
+
+
 def candidates(
     scfg: SearchConfig, prior: np.ndarray, rng: np.random.Generator, obs: Observations, exclude: set[bytes]
 ) -> np.ndarray:
     """`search.candidates` mixtures: most around the prior (the paper), `local_frac` of them
     around the best observed mixtures."""
     n_local = int(round(scfg.candidates * scfg.local_frac)) if len(obs) else 0
-    kw: dict[str, Any] = dict(
-        temperature=scfg.temperature,
-        concentration=scfg.concentration,
-        epoch_cap=scfg.epoch_cap,
-        floor=scfg.weight_floor,
-    )
+    kw = sampler_args(scfg)
     C = sample_mixtures(rng, prior, scfg.candidates - n_local, exclude=exclude, **kw)
     if n_local:
         top = np.argsort(-obs.y, kind="stable")[: max(1, min(len(obs), scfg.local_top))]
@@ -160,16 +165,7 @@ def propose(
     rng = rng_for(seed, iteration)
     exclude = set(mixture_keys(obs.X, scfg.weight_floor)) if len(obs) else set()
     if iteration == 0 or len(obs) < 3:
-        W = sample_mixtures(
-            rng,
-            prior,
-            n,
-            temperature=scfg.temperature,
-            concentration=scfg.concentration,
-            epoch_cap=scfg.epoch_cap,
-            floor=scfg.weight_floor,
-            exclude=exclude,
-        )
+        W = sample_mixtures(rng, prior, n, exclude=exclude, **sampler_args(scfg))
         why = (
             "the first iteration samples the prior"
             if iteration == 0
