@@ -36,10 +36,12 @@ CHUNK = 4096  # mixtures scored per matrix product
 
 @dataclass
 class Estimate:
-    """`estimate(W)`: the mean log-probability of the target's tokens under each row's bigram model."""
+    """`estimate(W)`: the mean log-probability of the target's tokens under each row's bigram model.
+    One row per distinct target bigram, weighted by how often the target has it."""
 
-    numerator: np.ndarray  # [positions, clusters]: T * a_c(s, t) + beta * u_c(t)
-    context: np.ndarray  # [positions, clusters]: T * b_c(s)
+    numerator: np.ndarray  # [bigrams, clusters]: T * a_c(s, t) + beta * u_c(t)
+    context: np.ndarray  # [bigrams, clusters]: T * b_c(s)
+    weight: np.ndarray  # [bigrams]: each one's share of the target's positions
     beta: float
     names: list[str]
 
@@ -51,7 +53,7 @@ class Estimate:
         for i in range(0, len(W), CHUNK):
             w = W[i : i + CHUNK].T / W[i : i + CHUNK].sum(axis=1)
             p = (self.numerator @ w) / (self.context @ w + self.beta)
-            out[i : i + CHUNK] = np.log(p).mean(axis=0)
+            out[i : i + CHUNK] = self.weight @ np.log(p)
         return out
 
 
@@ -65,11 +67,9 @@ def sample(tokens: np.ndarray, max_tokens: int) -> list[np.ndarray]:
     return [np.asarray(tokens[s : s + size]) for s in starts]
 
 
-def cluster_counts(
-    blocks: list[np.ndarray], keys: np.ndarray, prev: np.ndarray, tok: np.ndarray, vocab: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Counts in one cluster's blocks of the target's bigrams (`keys`, sorted unique s * vocab + t),
-    of each target context `prev` and of each target token `tok`; and the tokens counted."""
+def cluster_counts(blocks: list[np.ndarray], keys: np.ndarray, vocab: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Counts in one cluster's blocks of the target's bigrams (`keys`, sorted unique s * vocab + t)
+    and of every token; and the tokens counted."""
     pair = np.zeros(len(keys), dtype=np.int64)
     uni = np.zeros(vocab, dtype=np.int64)
     n = 0
@@ -81,7 +81,7 @@ def cluster_counts(
         at = np.clip(np.searchsorted(keys, k), 0, len(keys) - 1)
         hit = keys[at] == k
         pair += np.bincount(at[hit], minlength=len(keys))
-    return pair, uni[prev], uni[tok], n
+    return pair, uni, n
 
 
 def target_pairs(windows: list[np.ndarray], positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,16 +111,16 @@ def build(
     """The estimate for mixtures over `names` (their token arrays in `shards`) of a proxy that trains
     on `tokens` tokens, on the target's token windows."""
     prev, tok = target_pairs(windows, positions)
-    keys, where = np.unique(prev * vocab + tok, return_inverse=True)
-    num = np.empty((len(tok), len(names)))
-    ctx = np.empty((len(tok), len(names)))
+    keys, count = np.unique(prev * vocab + tok, return_counts=True)
+    num = np.empty((len(keys), len(names)))
+    ctx = np.empty((len(keys), len(names)))
     for j, c in enumerate(names):
-        pair, ctx_count, tok_count, n = cluster_counts(sample(shards[c], max_tokens), keys, prev, tok, vocab)
+        pair, uni, n = cluster_counts(sample(shards[c], max_tokens), keys, vocab)
         n = max(n, 1)
-        unigram = (tok_count + 0.01) / (n + 0.01 * vocab)
-        num[:, j] = tokens * pair[where] / n + smoothing * tokens * unigram
-        ctx[:, j] = tokens * ctx_count / n
-    return Estimate(num, ctx, smoothing * tokens, list(names))
+        unigram = (uni[keys % vocab] + 0.01) / (n + 0.01 * vocab)
+        num[:, j] = tokens * pair / n + smoothing * tokens * unigram
+        ctx[:, j] = tokens * uni[keys // vocab] / n
+    return Estimate(num, ctx, count / count.sum(), smoothing * tokens, list(names))
 
 
 def for_search(cfg, lab, names: list[str]) -> Estimate | None:
