@@ -110,3 +110,37 @@ def test_without_an_estimate_the_ngram_predictors_are_left_out():
         pred.fit_select(X, y, PredictorConfig(candidates=["ngram"]))
     fitted = pred.fit_select(X, y, PredictorConfig(candidates=["ridge", "ngram"]), estimate=estimate())
     assert set(fitted.cv) == {"ridge", "ngram"}
+
+
+# ------------------------------------------------------------------------ a search's estimate
+def test_a_search_estimates_on_its_targets_text_and_only_when_a_predictor_uses_it(tmp_path, sample_records):
+    import gzip
+    import json
+
+    from mixture.climblab import ClimbLab
+    from mixture.config import parse_config
+    from mixture.dataset import open_dataset
+    from mixture.search.synthetic import make_climblab
+
+    by_source: dict[str, list[str]] = {}
+    for r in sample_records:
+        by_source.setdefault(r["source"], []).append(r["text"][:3000])
+    sources = sorted(by_source)[:3]
+    names = ["c00", "c01", "c02"]
+    make_climblab(str(tmp_path / "climblab"), {c: by_source[s][:10] for c, s in zip(names, sources)}, vocab_size=300)
+    target = tmp_path / "target.jsonl.gz"  # unseen documents of the second cluster's source
+    with gzip.open(target, "wt") as f:
+        for i, text in enumerate(by_source[sources[1]][10:16]):
+            f.write(json.dumps({"id": str(i), "text": text}) + "\n")
+    lab = ClimbLab(open_dataset(str(tmp_path / "climblab")))
+
+    def cfg(**search):
+        s = {"target": {"val_uris": [str(target)], "val_docs": 6, "val_tokens": 3000}} | search
+        return parse_config({"output_root": str(tmp_path), "input": {"uris": ["unused"]}, "search": s})
+
+    e = ngram.for_search(cfg(), lab, names)
+    assert e is not None and int(np.argmax(e(np.eye(3)))) == 1  # its own source's cluster first
+    assert ngram.for_search(cfg(ngram={"enabled": False}), lab, names) is None
+    assert ngram.for_search(cfg(predictor={"candidates": ["ridge", "gp"]}), lab, names) is None
+    tasks_only = {"val_uris": [], "tasks": [str(target)]}
+    assert ngram.for_search(cfg(target=tasks_only), lab, names) is None

@@ -125,11 +125,13 @@ def build(
 
 def for_search(cfg, lab, names: list[str]) -> Estimate | None:
     """The estimate for a search of `cfg` over the climblab `lab`, on the target's select part; None
-    when `search.ngram` is off or the target has no validation text."""
+    when `search.ngram` is off, no predictor candidate uses it or the target has no validation text."""
+    from mixture.registry import PREDICTORS
     from mixture.search import evaluate
 
     scfg = cfg.search
-    if not scfg.ngram.enabled or not scfg.target.val_uris:
+    used = any(getattr(PREDICTORS.get(n), "uses_estimate", False) for n in scfg.predictor.candidates)
+    if not scfg.ngram.enabled or not used or not scfg.target.val_uris:
         return None
     tgt = evaluate.target_for(scfg.target, lab.tokenizer_path, lab.eos_id, cfg.seed, "select")
     shards = {c: lab.shard(c).tokens for c in names}

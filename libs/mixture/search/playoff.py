@@ -178,7 +178,7 @@ def finalists(
 
 
 def choose_finalists(
-    scfg: SearchConfig, prior: np.ndarray, obs: bootstrap.Observations, seed: int, estimate=None
+    scfg: SearchConfig, prior: np.ndarray, obs: bootstrap.Observations, seed: int, estimate: pred.Estimate | None = None
 ) -> tuple[list[dict], dict | None]:
     """The finalists from the search's observations, with the same predictor and candidates as
     `bootstrap.final`; with fewer than 3 observed mixtures, or no candidate in the trust region,
@@ -269,7 +269,7 @@ def plan(
     prior: np.ndarray,
     obs: bootstrap.Observations,
     vocab_size: int,
-    estimate=None,
+    estimate: pred.Estimate | None = None,
 ) -> dict:
     """What `proposals/playoff.json` holds: the finalists, the budget and the jobs (anchors first).
     With fewer than two distinct finalists there is nothing to play off: only the anchors run."""
