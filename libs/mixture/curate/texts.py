@@ -98,17 +98,18 @@ class SplitWriter:
 def write_texts(batches: Iterator, texts_folder: str) -> Iterator:
     """Batches with `split`, `pos` and `text` (each batch of one split, a split's batches in a
     row, in record order) -> the same batches without `text`, which goes to the split's file."""
-    writer, current = None, None
+    writer: SplitWriter | None = None
+    current = None
     try:
         for batch in batches:
             if batch.num_rows == 0:
                 continue
             split = batch.column(SPLIT)[0].as_py()
-            if split != current:
-                if writer is not None:
-                    writer.close()
+            if writer is None or split != current:
+                done, writer = writer, None
+                if done is not None:
+                    done.close()
                 writer, current = SplitWriter(split_uri(texts_folder, split)), split
-            assert writer is not None
             writer.add(batch.column(TEXT))
             yield batch.drop_columns([TEXT])
     except BaseException as err:
