@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from mixture import pipeline
 from mixture.config import FiltersConfig, parse_config
-from mixture.curate import accounting
+from mixture.curate import accounting, texts
 from mixture.curate.filters import FilterChain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,14 +113,20 @@ def runs(spark, crafted_input, tmp_path_factory):
     # One MLflow store for the three runs (the tracking section is not part of the stage's hash).
     store = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     out = {}
+    after_shuffle = texts.AFTER_SHUFFLE_PARTS
     for partitions in (1, 4, 16):
         root = tmp_path_factory.mktemp(f"curate-out-{partitions}")
         raw = _config(root, inputs, partitions, store)
-        # 16 partitions: groups on Spark (no set is small enough for the driver); 1 and 4: on
-        # the driver. The committed files must be the same.
+        # 16 partitions: groups on Spark (no set is small enough for the driver) and the docs'
+        # texts read before the write's shuffle (as for many parts); 1 and 4: on the driver, the
+        # texts read by the part writers. The committed files must be the same.
         raw["curate"]["driver_rows"] = 0 if partitions == 16 else 200_000
         cfg = parse_config(raw)
-        annotated = pipeline.run_stage(cfg, "curate")
+        texts.AFTER_SHUFFLE_PARTS = 0 if partitions == 16 else after_shuffle
+        try:
+            annotated = pipeline.run_stage(cfg, "curate")
+        finally:
+            texts.AFTER_SHUFFLE_PARTS = after_shuffle
         out[partitions] = (cfg, pipeline.run_stage(cfg, "select"))
         out[partitions][1].seconds += annotated.seconds
         print(f"curate with {partitions} partitions: {out[partitions][1].seconds:.1f} s")
@@ -163,6 +169,8 @@ def test_quarantine_rejected_and_docs_contents(runs, crafted_input):
     assert sorted((q["line"], q["reason"]) for q in quarantine) == expected["defects"]
     assert {q["file"] for q in quarantine} == {str(inputs / "z-defects.jsonl")}
     assert all(len(q["raw"]) <= 1000 for q in quarantine)
+    (dup,) = [q for q in quarantine if q["reason"] == "duplicate_id"]  # its text read back from the scan's files
+    assert json.loads(dup["raw"]) == {"id": "chain-a", "text": "same id again"}
 
     docs = _read(ds, "docs/")
     ids = [d["id"] for d in docs]

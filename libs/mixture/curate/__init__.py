@@ -7,7 +7,8 @@ Modules, in the order the data flows:
 - `ingest`: read JSONL/JSONL.gz/JSONL.zst/Parquet, local or S3, quarantine bad records;
 - `filters/`: one module per filter (config, signals, decision);
 - `minhash`, `dedup`, `dedup_groups`: exact and MinHash-LSH fuzzy dedup groups;
-- `batches`: the per-batch functions Spark's executors run;
+- `batches`: the per-batch functions Spark's executors run; `texts`: the scan's texts files, out
+  of the JVM, read back by (split, pos);
 - `annotate`: the Spark steps of the curate stage (raw files -> annotated);
 - `select`: the streaming selection of the select stage (annotated -> curated); `statistics`:
   the curated dataset's statistics and summary;

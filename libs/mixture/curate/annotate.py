@@ -5,18 +5,19 @@ signals and dedup groups, plus the quarantine side set). No document is dropped 
 computes everything that needs the raw text at scale, once; `select.py` takes the decisions
 from the stored values without Spark, so tuning a threshold never reruns this.
 
-Steps (DataFrame transformations; per-batch work in `batches.py` via `mapInArrow`). The text
-crosses from Python to the JVM once (the scan) and is cached on the executors' local disk (not
-their heap: the corpus does not fit there); it moves in the write (joined with the corrections by
-(file, line): no shuffle of the text when they are broadcast; then repartitioned into the output
-parts) and, for LSH candidates only, to the verification; every other shuffle moves small columns
-(file, line, id, hashes, band keys):
+Steps (DataFrame transformations; per-batch work in `batches.py` via `mapInArrow`). The texts
+stay out of the JVM: the scan writes each split's to a file in the staging folder (`texts.py`),
+the DataFrames cache and shuffle small columns only (file, line, split, pos, id, hashes, band
+keys), and the steps that need a text read it back in Python by (split, pos): the LSH candidates'
+verification, the duplicate ids' quarantine records, and the writers of `docs/` (after the
+shuffle into the output parts; before it when the parts are many: `texts.write_after_shuffle`):
 1. scan: the input files are listed on the driver and cut into splits (`ingest.py`); one Python
    pass per split reads its records through mixture.storage (local or S3), quarantines bad ones,
-   and computes for the good ones the enabled filters' signals (`filters/`, float64 so a rule
-   replays exactly; every registered filter's with `curate.signals: all`; none when every filter
-   is off), the exact-dedup key (SHA-1 of the lower-cased, whitespace-collapsed text) and the
-   MinHash LSH band keys (word 5-gram shingles, `minhash.py`);
+   writes their texts to the split's file, and computes for the good ones the enabled filters'
+   signals (`filters/`, float64 so a rule replays exactly; every registered filter's with
+   `curate.signals: all`; none when every filter is off), the exact-dedup key (SHA-1 of the
+   lower-cased, whitespace-collapsed text) and the MinHash LSH band keys (word 5-gram shingles,
+   `minhash.py`);
 2. identity: the curated id of every good record (its id; `<path>:<id>` when ids are not
    declared unique and another file has the same id, `input.unique_ids`), and `duplicate_id`
    for a record whose curated id an earlier one (by file, line) has: a window on small columns;
@@ -50,8 +51,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from mixture import storage
 from mixture.config import Config
-from mixture.curate import accounting, batches, dedup_groups, ingest, minhash, prior
+from mixture.curate import accounting, batches, dedup_groups, ingest, minhash, prior, texts
 from mixture.curate.filters import stored_signal_names
 
 log = logging.getLogger(__name__)
@@ -85,25 +87,25 @@ def plan(spark, cfg: Config, files: list[ingest.InputFile]) -> list[ingest.Split
     return splits
 
 
-def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHParams):
-    """Step 1 (and the keys of steps 3-4) in one Python pass per split: every record read (INGEST_SCHEMA), with the
-    signals, the exact-dedup hash and the LSH band keys of the good ones (`batches.scan_batches`)."""
+def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHParams, texts_folder: str):
+    """Step 1 (and the keys of steps 3-4) in one Python pass per split: every record read
+    (`batches.SCAN_SCHEMA`: its text in the split's file under `texts_folder`, the rows have its
+    (split, pos)), with the signals, the exact-dedup hash and the LSH band keys of the good ones."""
     opts = ingest.ReadOptions.from_config(cfg.input, cfg.curate.max_doc_bytes)
     fz = cfg.curate.fuzzy_dedup
     lsh = (fz.ngram, params.num_perm, params.bands, params.rows, cfg.seed)
-    rows = [(s.to_json(),) for s in splits]
+    rows = [(n, s.to_json()) for n, s in enumerate(splits)]
     slices = max(1, min(len(rows), cfg.curate.partitions))
-    split_df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "split string")
+    split_df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "n int, split string")
     filters = cfg.curate.filters
     every = cfg.curate.every_signal
-    return split_df.mapInArrow(
-        batches.scan_batches(opts, filters.model_dump(mode="json"), lsh, every), batches.scan_schema(filters, every)
-    )
+    scan_fn = batches.scan_batches(opts, filters.model_dump(mode="json"), lsh, texts_folder, every)
+    return split_df.mapInArrow(scan_fn, batches.scan_schema(filters, every))
 
 
 def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=None, retracted=None):
-    """Step 2 on small columns: (file, line, id, doc_id, dup, collides, text_hash, keys) of every
-    good record. `doc_id` is the curated id: the input id, prefixed with the file's relative path
+    """Step 2 on small columns: (file, line, split, pos, id, doc_id, dup, collides, text_hash, keys)
+    of every good record. `doc_id` is the curated id: the input id, prefixed with the file's relative path
     (`<path>:<id>`) when ids are not declared unique and another file has the same id; `dup`: an
     earlier record (by file, line) has the same `doc_id` (quarantined as `duplicate_id`);
     `collides`: documents with different input ids got this curated id. `earlier` (a refresh:
@@ -114,7 +116,7 @@ def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=No
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    good = scored.where(F.col("reason").isNull()).select("file", "line", "id", "text_hash", "keys")
+    good = scored.where(F.col("reason").isNull()).select("file", "line", "split", "pos", "id", "text_hash", "keys")
     if unique_ids:
         good = good.withColumn("doc_id", F.col("id"))
     else:
@@ -184,27 +186,28 @@ def write_dataset(
     sort_keys: list[str],
     n_rows: int,
     docs_per_file: int,
+    texts_folder: str | None = None,
 ) -> int:
     """Write `df` as part files under `<staging>/<prefix>/`; returns the rows written. The part
     of a row is xxhash64(key) mod parts, parts = ceil(rows / docs_per_file): independent of how
     Spark partitions the data. Parts that got no row are written empty, so the files are always
-    part-00000 .. part-<parts-1>."""
+    part-00000 .. part-<parts-1>. With `texts_folder`, `df` has (split, pos) for the `text` field
+    (`mixture.curate.texts`): read by the writers after the shuffle when the parts are few, else
+    before it, split by split."""
     from pyspark.sql import functions as F
 
     parts = max(1, math.ceil(n_rows / docs_per_file))
-    bucketed = (
-        df.select(*[n for n, _ in fields], *[c for c in key_cols if c not in dict(fields)])
-        .withColumn("_bucket", F.pmod(F.xxhash64(*key_cols), F.lit(parts)).cast("int"))
-        .repartition(parts, "_bucket")
-    )
+    place = [c for c in key_cols if c not in dict(fields)] + ([texts.SPLIT, texts.POS] if texts_folder else [])
+    cols = df.select(*[n for n, _ in fields if not (texts_folder and n == texts.TEXT)], *place)
+    if texts_folder and not texts.write_after_shuffle(parts):
+        cols, texts_folder = texts.with_texts(cols, texts_folder), None
+    bucket = F.pmod(F.xxhash64(*key_cols), F.lit(parts)).cast("int")
+    bucketed = cols.withColumn("_bucket", bucket).repartition(parts, "_bucket")
+    if texts_folder:  # each writer reads the texts files' blocks in order
+        bucketed = bucketed.sortWithinPartitions("_bucket", texts.SPLIT, texts.POS)
+    write = batches.write_buckets(staging, prefix, fields, sort_keys, texts_folder=texts_folder)
     # Nothing counted, nothing to shuffle: the empty part is written without a Spark job.
-    written = (
-        bucketed.mapInArrow(
-            batches.write_buckets(staging, prefix, fields, sort_keys), "bucket int, rows bigint"
-        ).collect()
-        if n_rows
-        else []
-    )
+    written = bucketed.mapInArrow(write, "bucket int, rows bigint").collect() if n_rows else []
     by_bucket: dict[int, int] = {}
     for row in written:
         if row["bucket"] in by_bucket:
@@ -239,9 +242,10 @@ def count_outcomes(
     return accounting.build_counts([f.uri for f in files], read_per_file, outcomes)
 
 
-def split_outputs(scored, meta, broadcast: bool):
+def split_outputs(scored, meta, broadcast: bool, texts_folder: str):
     """(docs, quarantine) to write: good records with their corrections joined by (file, line),
-    a broadcast when `meta` is small (the texts are then never shuffled before the write)."""
+    a broadcast when `meta` is small; the docs with (split, pos) for their texts, the duplicate
+    ids' quarantine records with the start of theirs (read here: `mixture.curate.texts`)."""
     from pyspark.sql import functions as F
 
     good = scored.where(F.col("reason").isNull()).join(
@@ -253,21 +257,27 @@ def split_outputs(scored, meta, broadcast: bool):
         F.to_json(F.struct("id", F.substring("text", 1, ingest.RAW_CHARS).alias("text"), "source")), 1, ingest.RAW_CHARS
     )
     dup_id = dup & ~F.coalesce(F.col("retracted"), F.lit(False))  # a retracted document is never written
-    dups = good.where(dup_id).select("file", "line", F.lit("duplicate_id").alias("reason"), raw.alias("raw"))
+    dup_rows = texts.with_texts(good.where(dup_id).select("file", "line", "id", "source", "split", "pos"), texts_folder)
+    dups = dup_rows.select("file", "line", F.lit("duplicate_id").alias("reason"), raw.alias("raw"))
     bad = scored.where(F.col("reason").isNotNull()).select("file", "line", "reason", "raw").unionByName(dups)
     return docs, bad
 
 
-def write_outputs(docs, bad, state, cfg: Config, staging: str, counts: dict[str, Any], tag: str = "") -> None:
-    """Step 5: `docs/` (every annotated document), `quarantine/` and the dedup state (`dedup/`,
-    one row per annotated document: what a later refresh deduplicates against), checked against
-    the counts. With `tag` (a refresh: `/v0003`) into `docs/v0003/` etc."""
+def write_outputs(
+    docs, bad, state, cfg: Config, staging: str, counts: dict[str, Any], texts_folder: str, tag: str = ""
+) -> None:
+    """Step 5: `docs/` (every annotated document, its text read from `texts_folder`),
+    `quarantine/` and the dedup state (`dedup/`, one row per annotated document: what a later
+    refresh deduplicates against), checked against the counts. With `tag` (a refresh: `/v0003`)
+    into `docs/v0003/` etc."""
     n_quarantined = sum(counts["quarantined"].values())
     dpf = cfg.curate.docs_per_file
     n_docs = counts["documents_out"]
     state_prefix = prior.STATE.rstrip("/") + tag
     written = {
-        "docs": write_dataset(docs, staging, "docs" + tag, annotated_fields(cfg), ["id"], ["id"], n_docs, dpf),
+        "docs": write_dataset(
+            docs, staging, "docs" + tag, annotated_fields(cfg), ["id"], ["id"], n_docs, dpf, texts_folder
+        ),
         "quarantine": write_dataset(
             bad,
             staging,
@@ -324,16 +334,18 @@ def annotate(
     splits = plan(spark, cfg, files)
     params, tradeoff = lsh_params(cfg)
     log.info("%s", tradeoff)
-    scored = scan(spark, cfg, splits, params).persist(StorageLevel.DISK_ONLY)  # texts: on local disk, not the heap
+    folder = texts.folder(staging)  # the texts, out of the JVM: `mixture.curate.texts`
+    scored = scan(spark, cfg, splits, params, folder).persist(StorageLevel.DISK_ONLY)
     state = earlier.state(spark).persist(StorageLevel.DISK_ONLY) if earlier else None
     try:
         blocked = spark.createDataFrame([(i,) for i in retracted], "id string") if retracted else None
-        run = _Run(cfg, staging, scored, files, params, timer, earlier, state, tag, blocked)
+        run = _Run(cfg, staging, scored, files, params, timer, earlier, state, tag, folder, blocked)
         counts, stats, linked = run.annotate()
     finally:
         scored.unpersist()
         if state is not None:
             state.unpersist()
+        storage.delete(folder)
     extra = _extra(cfg, files, splits, params, stats, timer)
     if earlier is not None:
         extra["earlier"] = linked
@@ -351,6 +363,7 @@ class _Run:
     earlier: Earlier | None
     state: Any
     tag: str
+    texts_folder: str  # the scan's texts files (`mixture.curate.texts`)
     retracted: Any = None  # DataFrame of ids `climb retract` took out: never annotated again
 
     def annotate(self):
@@ -374,14 +387,14 @@ class _Run:
         counts = count_outcomes(read, dups, self.files)
         self.timer.done("read_and_signals")
 
-        meta, stats = dedup_groups.decide(table, ident, scored, cfg, self.params)
+        meta, stats = dedup_groups.decide(table, ident, cfg, self.params, self.texts_folder)
         meta, linked = self.links(meta, ident)
         meta = meta.localCheckpoint(eager=True)
         broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
         self.timer.done("dedup_groups")
 
-        docs, bad = split_outputs(scored, meta, broadcast)
-        write_outputs(docs, bad, state_rows(ident), cfg, self.staging, counts, self.tag)
+        docs, bad = split_outputs(scored, meta, broadcast, self.texts_folder)
+        write_outputs(docs, bad, state_rows(ident), cfg, self.staging, counts, self.texts_folder, self.tag)
         self.timer.done("write")
         return counts, stats, linked
 
@@ -394,10 +407,10 @@ class _Run:
             return meta.select("*", *[F.lit(None).cast(t).alias(n) for n, t in prior.PRIOR_FIELDS]), {}
         fz = self.cfg.curate.fuzzy_dedup
         new = state_rows(ident).select("id", "file", "line", "text_hash", "keys")
-        good = self.scored.where(F.col("reason").isNull()).select("file", "line", "text")
+        good = self.scored.where(F.col("reason").isNull()).select("file", "line", "split", "pos")
 
         def new_texts(df):
-            return good.join(df, ["file", "line"]).select("id", "text")
+            return texts.with_texts(good.join(df, ["file", "line"]), self.texts_folder).select("id", "text")
 
         spark = self.scored.sparkSession
         found = prior.link(new, self.state, self.earlier.texts(spark), new_texts, fz.threshold, fz.ngram, fz.verify)

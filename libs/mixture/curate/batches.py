@@ -17,15 +17,18 @@ import numpy as np
 
 from mixture import storage
 from mixture.config import FiltersConfig
+from mixture.curate import texts
 from mixture.curate.filters import batch_signals, signal_functions, stored_signal_names
 from mixture.curate.ingest import ReadOptions, Split, read_split
 
 INGEST_COLUMNS = ["file", "line", "id", "text", "source", "reason", "raw"]
-INGEST_SCHEMA = "file string, line bigint, id string, text string, source string, reason string, raw string"
+# the scan's columns, in the batches' order: the records without their text (`mixture.curate.texts`), with its place
+SCAN_SCHEMA = "file string, line bigint, id string, source string, reason string, raw string, split int, pos bigint"
 
 
 def ingest_batches(opts: ReadOptions, batch_rows: int = 2000, batch_bytes: int = 32 << 20):
-    """Batches of `split` (a Split as JSON) -> batches of records (INGEST_COLUMNS)."""
+    """Batches of (`n`, `split`: a Split as JSON) -> batches of records (INGEST_COLUMNS) plus
+    `split` (= n) and `pos` (the record's position in the split); a batch holds one split's."""
 
     def run(batches: Iterator) -> Iterator:
         import pyarrow as pa
@@ -39,22 +42,27 @@ def ingest_batches(opts: ReadOptions, batch_rows: int = 2000, batch_bytes: int =
                 ("source", pa.string()),
                 ("reason", pa.string()),
                 ("raw", pa.string()),
+                ("split", pa.int32()),
+                ("pos", pa.int64()),
             ]
         )
-        cols: dict[str, list] = {c: [] for c in INGEST_COLUMNS}
+        names = [*INGEST_COLUMNS, "split", "pos"]
+        cols: dict[str, list] = {c: [] for c in names}
         size = 0
         for batch in batches:
-            for split_json in batch.column("split").to_pylist():
-                for rec in read_split(Split.from_json(split_json), opts):
-                    for name, value in zip(INGEST_COLUMNS, rec):
+            for n, split_json in zip(batch.column("n").to_pylist(), batch.column("split").to_pylist()):
+                for pos, rec in enumerate(read_split(Split.from_json(split_json), opts)):
+                    for name, value in zip(names, (*rec, n, pos)):
                         cols[name].append(value)
                     size += len(rec.text or "") + len(rec.raw or "")
                     if len(cols["file"]) >= batch_rows or size >= batch_bytes:
                         yield pa.RecordBatch.from_pydict(cols, schema=schema)
-                        cols = {c: [] for c in INGEST_COLUMNS}
+                        cols = {c: [] for c in names}
                         size = 0
-        if cols["file"]:
-            yield pa.RecordBatch.from_pydict(cols, schema=schema)
+                if cols["file"]:  # the split's last records: a batch never holds two splits'
+                    yield pa.RecordBatch.from_pydict(cols, schema=schema)
+                    cols = {c: [] for c in names}
+                    size = 0
 
     return run
 
@@ -90,12 +98,12 @@ def signal_batches(filters: dict[str, Any], every: bool = False):
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            texts = batch.column("text").to_pylist()
+            docs = batch.column("text").to_pylist()
             valid = np.asarray(batch.column("reason").is_null(), dtype=bool) & np.asarray(
                 batch.column("text").is_valid(), dtype=bool
             )
-            n = len(texts)
-            good = [texts[i] for i in np.flatnonzero(valid)]
+            n = len(docs)
+            good = [docs[i] for i in np.flatnonzero(valid)]
             n_words = np.zeros(n, dtype=np.int32)
             sig = np.zeros((n, len(names)), dtype=np.float64)
             n_words[valid], sig[valid] = batch_signals(good, functions)  # the same values as TextStats
@@ -132,8 +140,8 @@ def key_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: int):
         hasher = minhash.MinHasher(num_perm, seed)
         for batch in batches:
             good = pa.array(np.asarray(batch.column("reason").is_null(), dtype=bool))
-            texts = pc.if_else(good, batch.column("text"), pa.scalar(None, pa.string()))
-            hashes, offsets = minhash.shingle_batch(texts, ngram)
+            good_texts = pc.if_else(good, batch.column("text"), pa.scalar(None, pa.string()))
+            hashes, offsets = minhash.shingle_batch(good_texts, ngram)
             keys = minhash.band_keys(hasher.signatures_flat(hashes, offsets), bands, rows)
             has = np.diff(offsets) > 0
             key_off = np.zeros(batch.num_rows + 1, dtype=np.int32)
@@ -147,17 +155,24 @@ def key_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: int):
 
 
 def scan_schema(filters: FiltersConfig, every: bool = False) -> str:
-    return signal_schema(INGEST_SCHEMA, filters, every) + f", {KEYS_COLUMN[0]} {KEYS_COLUMN[1]}"
+    return signal_schema(SCAN_SCHEMA, filters, every) + f", {KEYS_COLUMN[0]} {KEYS_COLUMN[1]}"
 
 
-def scan_batches(opts: ReadOptions, filters: dict[str, Any], lsh: tuple[int, int, int, int, int], every: bool = False):
-    """The one Python pass of `curate` over the input: batches of `split` (a Split as JSON) ->
-    every record read (INGEST_COLUMNS) with its signals, exact-dedup hash and LSH band keys
-    (`scan_schema`). `lsh` is (ngram, num_perm, bands, rows, seed)."""
+def scan_batches(
+    opts: ReadOptions,
+    filters: dict[str, Any],
+    lsh: tuple[int, int, int, int, int],
+    texts_folder: str,
+    every: bool = False,
+):
+    """The one Python pass of `curate` over the input: batches of (`n`, `split`: a Split as
+    JSON) -> every record read with its signals, exact-dedup hash and LSH band keys
+    (`scan_schema`); the texts go to the split's file under `texts_folder`, not into the
+    batches (`mixture.curate.texts`). `lsh` is (ngram, num_perm, bands, rows, seed)."""
     read, signals, keys = ingest_batches(opts), signal_batches(filters, every), key_batches(*lsh)
 
     def run(batches: Iterator) -> Iterator:
-        return keys(signals(read(batches)))
+        return texts.write_texts(keys(signals(read(batches))), texts_folder)
 
     return run
 
@@ -170,22 +185,30 @@ def write_buckets(
     row_group_size: int = 20_000,
     run_rows: int = RUN_ROWS,
     run_bytes: int = RUN_BYTES,
+    texts_folder: str | None = None,
 ):
     """Batches with a `_bucket` column -> one Parquet file `<prefix>/part-<bucket>.parquet` per
     bucket, rows sorted by `sort_keys`, written through mixture.storage from the executor that holds
     the bucket (every bucket lives in exactly one partition: the caller partitions by it). The
     rows wait in sorted runs (`SortedPart`): memory is one run and one row group, not the part.
-    Yields (bucket, rows) per file written."""
+    With `texts_folder` the batches have `split` and `pos` instead of `text`, which is read from
+    the run's texts files (`mixture.curate.texts`; fewest reads when the rows come in (split, pos)
+    order). Yields (bucket, rows) per file written."""
 
     def run(batches: Iterator) -> Iterator:
         import pyarrow as pa
 
         schema = arrow_schema(fields)
+        reader = texts.TextReader(texts_folder) if texts_folder else None
         with tempfile.TemporaryDirectory(prefix="climb-runs-") as spill:
             parts: dict[int, SortedPart] = {}
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
+                if reader is not None:
+                    split = batch.column(texts.SPLIT).to_numpy(zero_copy_only=False)
+                    text = reader.take(split, batch.column(texts.POS).to_numpy(zero_copy_only=False))
+                    batch = batch.append_column(texts.TEXT, text)
                 buckets = batch.column("_bucket").to_numpy(zero_copy_only=False)
                 for b in np.unique(buckets).tolist():
                     if b not in parts:
@@ -197,6 +220,8 @@ def write_buckets(
                 yield pa.RecordBatch.from_pydict(
                     {"bucket": [b], "rows": [rows]}, schema=pa.schema([("bucket", pa.int32()), ("rows", pa.int64())])
                 )
+        if reader is not None:
+            reader.close()
 
     return run
 

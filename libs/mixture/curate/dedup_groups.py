@@ -13,26 +13,24 @@ import logging
 import numpy as np
 
 from mixture.config import Config
-from mixture.curate import dedup, minhash
+from mixture.curate import dedup, minhash, texts
 
 log = logging.getLogger(__name__)
 
 
-def texts_of(scored, locations):
+def texts_of(locations, texts_folder: str):
     """`texts_of` for `dedup.near_groups`: (id, text) of the curated ids in a DataFrame `ids`,
-    read from the persisted scan by (file, line); a broadcast when the ids are few."""
+    `locations` (id, split, pos) giving where the scan put their texts (`mixture.curate.texts`)."""
     from pyspark.sql import functions as F
 
-    def texts(ids, small: bool = False):
-        located = locations.join(ids, "id", "left_semi")
-        located = F.broadcast(located) if small else located
-        good = scored.where(F.col("reason").isNull())  # a quarantined record can share (file, line)
-        return good.select("file", "line", "text").join(located, ["file", "line"]).select("id", "text")
+    def texts_by_id(ids, small: bool = False):
+        located = locations.join(F.broadcast(ids) if small else ids, "id", "left_semi")
+        return texts.with_texts(located, texts_folder).select("id", "text")
 
-    return texts
+    return texts_by_id
 
 
-def on_spark(ident, scored, cfg: Config, params: minhash.LSHParams):
+def on_spark(ident, cfg: Config, params: minhash.LSHParams, texts_folder: str):
     """Steps 3-4: (file, line, exact_group, near_group) for every document of `ident` that is
     not a duplicate id, and the fuzzy-dedup statistics. `exact_group` is null for a document
     whose text no other has; `near_group` is null for one with no near duplicate (an exact
@@ -40,13 +38,15 @@ def on_spark(ident, scored, cfg: Config, params: minhash.LSHParams):
     from pyspark.sql import functions as F
 
     fz = cfg.curate.fuzzy_dedup
-    docs = ident.where(~F.col("dup")).select(F.col("doc_id").alias("id"), "file", "line", "text_hash", "keys")
+    docs = ident.where(~F.col("dup")).select(
+        F.col("doc_id").alias("id"), "file", "line", "split", "pos", "text_hash", "keys"
+    )
     exact = docs.groupBy("text_hash").agg(F.min("id").alias("exact_rep"), F.count("*").alias("copies"))
     members = docs.join(exact, "text_hash").localCheckpoint(eager=True)
     reps = members.where(F.col("id") == F.col("exact_rep")).select("id", "keys")
     near, stats = dedup.near_groups(
         reps,
-        texts_of(scored, members.select("id", "file", "line")),
+        texts_of(members.select("id", "split", "pos"), texts_folder),
         fz.threshold,
         fz.ngram,
         params,
@@ -77,7 +77,7 @@ CORRECTIONS_SCHEMA = (
 CORRECTED = ["file", "line", "doc_id", "retracted"]  # what a correction copies from identify's row
 
 
-def groups_on_driver(table, scored, cfg: Config, params: minhash.LSHParams):
+def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts_folder: str):
     """Steps 3-4 and the corrections for a few documents (at most `curate.driver_rows`): the
     same as `on_spark` + `corrections`, from `identify`'s rows as one Arrow table on the
     driver, column by column (numpy; Python objects only for the exact-group representatives'
@@ -87,8 +87,7 @@ def groups_on_driver(table, scored, cfg: Config, params: minhash.LSHParams):
     import pyarrow.compute as pc
 
     fz = cfg.curate.fuzzy_dedup
-    spark = scored.sparkSession
-    table = table.select(["file", "line", "id", "doc_id", "dup", "retracted", "text_hash", "keys"])
+    table = table.select(["file", "line", "split", "pos", "id", "doc_id", "dup", "retracted", "text_hash", "keys"])
     kept = table.filter(pc.invert(table.column("dup")))
     # exact groups: the rows of one text hash, in id order; the first of each is its representative
     kept = kept.take(pc.sort_indices(kept, [("text_hash", "ascending"), ("doc_id", "ascending")]))
@@ -106,10 +105,10 @@ def groups_on_driver(table, scored, cfg: Config, params: minhash.LSHParams):
     if len(pairs) > cfg.curate.driver_rows:
         raise TooMany()
     wanted = pa.array(sorted({i for p in pairs for i in p}), pa.string())
-    located = reps.filter(pc.is_in(reps.column("doc_id"), value_set=wanted)).select(["doc_id", "file", "line"])
-    locations = spark.createDataFrame(list(zip(*located.to_pydict().values())), "id string, file string, line bigint")
-    texts = texts_of(scored, locations)
-    near = dict(dedup.near_on_driver(pairs, texts, spark, fz.threshold, fz.ngram, fz.verify, stats))
+    located = reps.filter(pc.is_in(reps.column("doc_id"), value_set=wanted)).select(["doc_id", "split", "pos"])
+    locations = spark.createDataFrame(list(zip(*located.to_pydict().values())), "id string, split int, pos bigint")
+    by_id = texts_of(locations, texts_folder)
+    near = dict(dedup.near_on_driver(pairs, by_id, spark, fz.threshold, fz.ngram, fz.verify, stats))
     group = np.cumsum(first) - 1  # of each kept row
     sizes = np.bincount(group, minlength=len(starts))
     exact = [r if n > 1 else None for r, n in zip(rep_ids, sizes.tolist())]  # per group
@@ -150,13 +149,13 @@ def corrections(ident, groups):
     return meta.where(changed).drop("id")
 
 
-def decide(table, ident, scored, cfg: Config, params: minhash.LSHParams):
+def decide(table, ident, cfg: Config, params: minhash.LSHParams, texts_folder: str):
     """(corrections, stats): on the driver when `table` (identify's rows) was collected and the
-    candidate pairs are few, else on Spark."""
+    candidate pairs are few, else on Spark. The candidates' texts are read from `texts_folder`."""
     if table is not None:
         try:
-            return groups_on_driver(table, scored, cfg, params)
+            return groups_on_driver(table, ident.sparkSession, cfg, params, texts_folder)
         except TooMany:
             log.info("curate: more than %d candidate pairs: groups on Spark", cfg.curate.driver_rows)
-    groups, stats = on_spark(ident, scored, cfg, params)
+    groups, stats = on_spark(ident, cfg, params, texts_folder)
     return corrections(ident, groups), stats
