@@ -76,6 +76,8 @@ def retracted(tmp_path_factory, sample_records, s3_endpoint):
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     data = tiny_config_dict(tmp, [str(corpus)])
     data["publish"] = {"uri": f"s3://{bucket}/climbmix"}
+    # more tokens than the curated corpus has: ClimbMix repeats documents whatever the mixture is
+    data["build"]["tokens"] = 2_000_000
     config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump(data))
     cfg = load_config(config)
