@@ -73,10 +73,15 @@ def _submitted_name() -> bool:
 
 
 def quiet_task_errors(spark) -> None:
-    """In local mode a failed task is logged by the executor and by the scheduler, the Python
-    worker's traceback included, and then raised in the driver with the same text: the raise is
-    what `climb` reports (one line; `-v` prints it whole), so those two logs are turned off."""
+    """In local mode a failed task is logged by the executor and by the scheduler (and by the block
+    manager when the task was filling a cached block), the Python worker's traceback included, and
+    then raised in the driver with the same text: the raise is what `climb` reports (one line; `-v`
+    prints it whole), so those logs are turned off."""
     jvm = spark.sparkContext._jvm
     off = jvm.org.apache.logging.log4j.Level.OFF
-    for name in ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager"):
+    for name in (
+        "org.apache.spark.executor.Executor",
+        "org.apache.spark.scheduler.TaskSetManager",
+        "org.apache.spark.storage.BlockManager",
+    ):
         jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)

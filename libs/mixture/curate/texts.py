@@ -114,8 +114,8 @@ def write_texts(batches: Iterator, texts_folder: str) -> Iterator:
             yield batch.drop_columns([TEXT])
     except BaseException as err:
         if writer is not None:
-            writer.close(err)
-            writer = None
+            failed, writer = writer, None  # closed once: an error of this close is the one raised
+            failed.close(err)
         raise
     finally:
         if writer is not None:
