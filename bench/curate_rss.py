@@ -1,9 +1,12 @@
-"""Peak resident memory of `climb curate` + `climb select` per process kind and per stage, on one
-corpus shape of `curate_shapes.py` (issue #24: what grows with the corpus).
+"""Peak resident memory of `climb curate` + `climb select` per process kind and per step (the
+curate stage's steps as it logs them, then select), on one corpus shape of `curate_shapes.py`
+(issue #24: what grows with the corpus). The corpus is built in a child process, so this one
+never holds the texts.
 
-The process tree is sampled from /proc every 0.2 s: the driver (this Python process: anonymous
-and file-backed pages apart), the JVM, and the Spark Python workers; with `--trace`, also the
-driver's Python allocations (tracemalloc peak) and Arrow's pool (its largest size) per stage.
+The process tree is sampled from /proc every 0.2 s: the driver (this Python process), the JVM and
+the Spark Python workers, each kind's anonymous and file-backed (memory-mapped files) pages apart;
+with `--trace`, also the driver's Python allocations (tracemalloc peak) and Arrow's pool (its
+largest size) per stage.
 
     .venv/bin/python bench/curate_rss.py short:off 24000
     .venv/bin/python bench/curate_rss.py short:off 48000 --curate '{"driver_rows": 0}' --trace
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -22,39 +26,67 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import curate_shapes as cs  # noqa: E402
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
+import curate_throughput as ct  # noqa: E402
 
 
 def tree_rss() -> dict[str, int]:
-    """Resident bytes per kind of process under this one (driver, jvm, workers)."""
+    """Resident bytes per kind of process under this one (driver, jvm, workers), and each kind's
+    anonymous (`<kind>_anon`) and file-backed (`<kind>_file`: memory-mapped files, which the page
+    cache can drop and which count once per process that maps them) parts."""
     kids: dict[int, list[int]] = {}
-    info: dict[int, tuple[int, str]] = {}
+    cmds: dict[int, str] = {}
     for name in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                cmds[int(name)] = f.read().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError):
             continue
         kids.setdefault(int(fields[1]), []).append(int(name))
-        info[int(name)] = (int(fields[21]) * PAGE, cmd)
     out: dict[str, int] = {}
     todo = [os.getpid()]
     while todo:
         pid = todo.pop()
-        rss, cmd = info.get(pid, (0, ""))
-        kind = "driver" if pid == os.getpid() else "jvm" if "java" in cmd else "workers"
-        out[kind] = out.get(kind, 0) + rss
+        kind = "driver" if pid == os.getpid() else "jvm" if "java" in cmds.get(pid, "") else "workers"
+        for key, value in status_rss(pid).items():
+            name = kind if key == "rss" else f"{kind}_{key}"
+            out[name] = out.get(name, 0) + value
         todo += kids.get(pid, [])
-    out["total"] = sum(out.values())
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("RssAnon", "RssFile")):
-                out["driver_" + line.split(":")[0][3:].lower()] = int(line.split()[1]) * 1024
+    out["total"] = sum(out.get(k, 0) for k in ("driver", "jvm", "workers"))
     return out
+
+
+def status_rss(pid: int) -> dict[str, int]:
+    """A process's resident bytes: in all, anonymous and file-backed (from /proc/<pid>/status)."""
+    keys = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file"}
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":")[0]
+                if key in keys:
+                    out[keys[key]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+CURATE_STEPS = ["read_and_signals", "dedup_groups", "write", "commit"]  # `annotate._Timer`'s steps, in order
+
+
+class StepPhases(logging.Handler):
+    """Moves the sampler to the curate stage's next step when the stage logs one as done."""
+
+    def __init__(self, sampler):
+        super().__init__()
+        self.sampler = sampler
+
+    def emit(self, record):
+        msg = record.getMessage()
+        for i, name in enumerate(CURATE_STEPS[:-1]):
+            if msg.startswith(f"curate: {name} done"):
+                self.sampler.phase = f"curate: {CURATE_STEPS[i + 1]}"
 
 
 class Sampler(threading.Thread):
@@ -78,12 +110,9 @@ def main() -> None:
     ap.add_argument("--curate", default="{}", help="curate settings (JSON) added to the run's")
     ap.add_argument("--trace", action="store_true", help="tracemalloc and Arrow pool peaks per stage")
     args = ap.parse_args()
-    docs = cs.build(args.shape, args.docs)
     tmp = Path(tempfile.mkdtemp(prefix="curate-rss-"))
-    (tmp / "in").mkdir()
-    for i, part in enumerate((docs[: len(docs) // 2], docs[len(docs) // 2 :])):
-        (tmp / "in" / f"part-{i}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in part))
-    del docs
+    # built and written in a child process: this one never holds the texts (`curate_throughput.prepared`)
+    ct.prepared(args.shape, args.docs, argparse.Namespace(seed=0, truth_max=0, threshold=0.8), tmp / "in")
     import mlflow
     import pyarrow as pa
     from mixture import pipeline
@@ -107,10 +136,12 @@ def main() -> None:
     mlflow.MlflowClient(cfg.tracking.uri).search_experiments()
     sampler = Sampler()
     sampler.start()
+    logging.getLogger("mixture.curate").setLevel(logging.INFO)
+    logging.getLogger("mixture.curate").addHandler(StepPhases(sampler))
     time.sleep(1)
     seconds, traced = {}, {}
     for stage in ("curate", "select"):
-        sampler.phase = stage
+        sampler.phase = f"curate: {CURATE_STEPS[0]}" if stage == "curate" else stage
         if args.trace:
             tracemalloc.start()
         t0 = time.perf_counter()

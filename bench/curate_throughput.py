@@ -269,11 +269,11 @@ def run_pipelines(inputs: Path, tmp: Path, spark, args, params, filters_off: boo
     return runs
 
 
-def report(label: str, corpus: list[dict], true_pairs, runs: dict[str, list[tuple]], load: list[float]) -> dict:
-    """The table of one corpus: seconds (median), docs/s, filtered, kept, near-duplicate F1
-    (when `true_pairs` is given) and peak RSS per pipeline; the ratio of the medians."""
-    n = len(corpus)
-    index = {d["id"]: i for i, d in enumerate(corpus)}
+def report(label: str, ids: list[str], true_pairs, runs: dict[str, list[tuple]], load: list[float]) -> dict:
+    """The table of one corpus (its documents' `ids`): seconds (median), docs/s, filtered, kept,
+    near-duplicate F1 (when `true_pairs` is given) and peak RSS per pipeline; the ratio of the medians."""
+    n = len(ids)
+    index = {d: i for i, d in enumerate(ids)}
     results = {k: (statistics.median(w for w, _, _ in v), v[-1][1]) for k, v in runs.items()}
     seconds = {k: [round(w, 1) for w, _, _ in v] for k, v in runs.items()}
     universe = set.intersection(*(r["passed_filters"] for _, r in results.values())) if results else set()
@@ -322,17 +322,47 @@ def report(label: str, corpus: list[dict], true_pairs, runs: dict[str, list[tupl
     return {"documents": n, "load_average": [min(load), max(load)], "pipelines": figures}
 
 
-def measure(label: str, corpus: list[dict], true_pairs, spark, args, params, filters_off: bool = False) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    try:
-        inputs = tmp / "input"
-        write_inputs(corpus, inputs)
-        load = [os.getloadavg()[0]]
-        runs = run_pipelines(inputs, tmp, spark, args, params, filters_off)
-        load.append(os.getloadavg()[0])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return report(label, corpus, true_pairs, runs, load)
+def prepare(shape: str | None, n_docs: int, args, folder: Path) -> dict:
+    """The corpus of one shape written as the inputs under `folder`, and what the report needs:
+    the label, the documents' ids, the true near-duplicate pairs (up to `--truth-max` documents)
+    and words per document. Run in a child process (`prepared`), so that the measured process
+    tree never holds the texts (a harness holding them would add its corpus to every peak RSS,
+    and to each forked DataTrove worker's)."""
+    t0 = time.time()
+    if shape is None:
+        corpus, _ = cd.build_corpus(args.bases, args.seed, args.copies)
+        true_pairs, _ = cd.ground_truth(cd.ngram_sets([d["text"] for d in corpus], 5), args.threshold)
+        label = f"sample corpus (--bases {args.bases} --copies {args.copies})"
+    else:
+        corpus = cs.build(shape, n_docs, args.seed)
+        texts = [d["text"] for d in corpus]
+        true_pairs = cs.ground_truth(texts, args.threshold) if n_docs <= args.truth_max else None
+        label = f"shape {shape}, {n_docs} documents"
+    write_inputs(corpus, folder)
+    words = np.array([len(d["text"].split()) for d in corpus])
+    return {
+        "label": label,
+        "ids": [d["id"] for d in corpus],
+        "true_pairs": true_pairs,
+        "words": [int(np.median(words)), int(np.percentile(words, 10)), int(np.percentile(words, 90))],
+        "seconds": time.time() - t0,
+    }
+
+
+def prepared(shape: str | None, n_docs: int, args, folder: Path) -> dict:
+    """`prepare` in a fresh (spawned) process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(prepare, shape, n_docs, args, folder).result()
+
+
+def measure(corpus: dict, inputs: Path, tmp: Path, spark, args, params, filters_off: bool = False) -> dict:
+    load = [os.getloadavg()[0]]
+    runs = run_pipelines(inputs, tmp, spark, args, params, filters_off)
+    load.append(os.getloadavg()[0])
+    return report(corpus["label"], corpus["ids"], corpus["true_pairs"], runs, load)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,26 +425,21 @@ def main(argv: list[str] | None = None) -> int:
     out = {}
     try:
         for shape, n_docs in corpora:
-            t0 = time.time()
-            if shape is None:
-                corpus, _ = cd.build_corpus(args.bases, args.seed, args.copies)
-                true_pairs, _ = cd.ground_truth(cd.ngram_sets([d["text"] for d in corpus], 5), args.threshold)
-                label = f"sample corpus (--bases {args.bases} --copies {args.copies})"
-            else:
-                corpus = cs.build(shape, n_docs, args.seed)
-                texts = [d["text"] for d in corpus]
-                true_pairs = cs.ground_truth(texts, args.threshold) if n_docs <= args.truth_max else None
-                label = f"shape {shape}, {n_docs} documents"
-            words = np.array([len(d["text"].split()) for d in corpus])
-            print(
-                f"\n== {label}: words per document median {int(np.median(words))}, p10 "
-                f"{int(np.percentile(words, 10))}, p90 {int(np.percentile(words, 90))}; built in "
-                f"{time.time() - t0:.0f} s"
-                + (f", {len(true_pairs)} pairs with J >= {args.threshold}" if true_pairs is not None else ""),
-                flush=True,
-            )
-            filters_off = shape is not None and shape.endswith(":off")
-            out[label] = measure(label, corpus, true_pairs, spark, args, params, filters_off)
+            tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+            try:
+                corpus = prepared(shape, n_docs, args, tmp / "input")
+                median, p10, p90 = corpus["words"]
+                pairs = corpus["true_pairs"]
+                print(
+                    f"\n== {corpus['label']}: words per document median {median}, p10 {p10}, p90 {p90}; "
+                    f"built in {corpus['seconds']:.0f} s"
+                    + (f", {len(pairs)} pairs with J >= {args.threshold}" if pairs is not None else ""),
+                    flush=True,
+                )
+                filters_off = shape is not None and shape.endswith(":off")
+                out[corpus["label"]] = measure(corpus, tmp / "input", tmp, spark, args, params, filters_off)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     finally:

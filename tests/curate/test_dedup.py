@@ -4,6 +4,7 @@ and fuzzy dedup on crafted groups (a chain A~B, B~C with A, C dissimilar ends in
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -43,6 +44,45 @@ def test_batch_shingles_equal_single_document_shingles():
     hashes, offsets = shingle_batch(texts, 5)
     for i, t in enumerate(texts):
         assert np.array_equal(hashes[offsets[i] : offsets[i + 1]], shingles(t, 5))
+
+
+def test_ascii_and_unicode_documents_get_the_same_words():
+    """ASCII documents are normalised by a byte table, the others by Arrow's Unicode kernels: a
+    document's words (runs of letters, digits and _ of the lower-cased text) decide its shingles
+    whichever path it took, alone or in a batch with documents of the other kind."""
+    rng = random.Random(3)
+    words = ["alpha", "Beta", "GAMMA", "d3lta", "eps_ilon", "zeta", "Éta", "théta", "straße", "ΣΟΦΙΑ", "中文", "x"]
+    separators = [" ", "  ", "\t", "\n", ", ", "...", " -- ", "\u2014", "\u00a0", "\u201c", " \U0001f600 ", "\x1f"]
+    texts = []
+    for _ in range(300):
+        chosen = [rng.choice(words[: rng.choice([6, 12])]) for _ in range(rng.randint(0, 12))]
+        texts.append("".join(w + rng.choice(separators) for w in chosen))
+    hashes, offsets = shingle_batch(texts + [None, ""], 5)
+    for i, text in enumerate(texts):
+        found = re.findall(r"\w+", text.lower())
+        plain = " ".join(found)  # ASCII whenever the words are
+        grams = {tuple(found[j : j + 5]) for j in range(max(len(found) - 4, 1))} if found else set()
+        assert len(hashes[offsets[i] : offsets[i + 1]]) == len(grams), text
+        assert np.array_equal(hashes[offsets[i] : offsets[i + 1]], shingles(plain, 5)), text
+        assert np.array_equal(hashes[offsets[i] : offsets[i + 1]], shingles(text, 5)), text
+        assert np.array_equal(shingles(plain, 5), shingles(plain + "\u2014", 5)), text  # the other path
+    assert offsets[-1] == offsets[-3]  # no shingles for a null or empty text
+    # An ASCII text and its copy whose separators are non-ASCII (the Unicode path): same shingles;
+    # another word (or a letter changed) is another shingle.
+    ascii_text = "the quick brown fox jumps"
+    assert np.array_equal(shingles(ascii_text), shingles("The\u2014quick\u00a0brown \u201cfox\u201d jumps"))
+    assert not np.array_equal(shingles(ascii_text), shingles("the quick br\u00f6wn fox jumps"))
+
+
+def test_minhash_takes_shingles_with_repeats_in_any_order():
+    texts = [" ".join(base_words(60, seed)) + " again " * (seed % 3) for seed in range(20)] + ["", "a b"]
+    texts += [texts[0] + " " + texts[0]]  # every 5-gram twice (and four across the join)
+    hasher = MinHasher(64, seed=5)
+    distinct = hasher.signatures_flat(*shingle_batch(texts, 5))
+    repeats, offsets = shingle_batch(texts, 5, distinct=False)
+    assert offsets[-1] > len(shingle_batch(texts, 5)[0])  # the last text's repeats are kept
+    assert np.array_equal(hasher.signatures_flat(repeats, offsets), distinct)
+    assert not np.array_equal(distinct[1], distinct[0])
 
 
 def test_exact_jaccard_of_substituted_copies():

@@ -141,7 +141,7 @@ def key_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: int):
         for batch in batches:
             good = pa.array(np.asarray(batch.column("reason").is_null(), dtype=bool))
             good_texts = pc.if_else(good, batch.column("text"), pa.scalar(None, pa.string()))
-            hashes, offsets = minhash.shingle_batch(good_texts, ngram)
+            hashes, offsets = minhash.shingle_batch(good_texts, ngram, distinct=False)
             keys = minhash.band_keys(hasher.signatures_flat(hashes, offsets), bands, rows)
             has = np.diff(offsets) > 0
             key_off = np.zeros(batch.num_rows + 1, dtype=np.int32)

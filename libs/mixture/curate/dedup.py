@@ -79,7 +79,7 @@ def fingerprint_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: 
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            hashes, offsets = minhash.shingle_batch(batch.column("text"), ngram)
+            hashes, offsets = minhash.shingle_batch(batch.column("text"), ngram, distinct=False)
             keys = minhash.band_keys(hasher.signatures_flat(hashes, offsets), bands, rows)
             has = np.diff(offsets) > 0
             key_off = np.zeros(batch.num_rows + 1, dtype=np.int32)

@@ -115,13 +115,14 @@ def _utf8_buffers(arr) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets
 
 
-def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Shingles of many documents at once: (hashes, offsets) where document d's sorted unique
-    32-bit n-gram hashes are hashes[offsets[d]:offsets[d+1]] (none when it has no words).
+def shingle_batch(texts, ngram: int = 5, distinct: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Shingles of many documents at once: (hashes, offsets) where document d's 32-bit n-gram
+    hashes are hashes[offsets[d]:offsets[d+1]] (none when it has no words): sorted and unique, or,
+    with `distinct=False`, in text order with repeats (the same set, for `MinHasher`, which takes
+    a minimum and needs no sort).
 
-    Normalisation runs in Arrow's C++ kernels, word splitting and hashing in numpy over the
-    UTF-8 bytes (words -> n-gram hashes -> unique per document); n-grams never cross document
-    boundaries."""
+    Words are found and hashed in numpy over the UTF-8 bytes (`_word_spans`: words -> n-gram
+    hashes -> unique per document); n-grams never cross document boundaries."""
     words = _word_spans(texts)
     if words is None:
         n_docs = len(texts)
@@ -131,40 +132,77 @@ def shingle_batch(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
     w = _string_hashes(data, word_starts, word_ends)
     counts = np.bincount(np.searchsorted(offsets, word_starts, side="right") - 1, minlength=n_docs).astype(np.int64)
     doc_of_start, h = _ngram_hashes(w, counts, ngram)
-    return _unique_per_doc(doc_of_start, splitmix64(h) >> _SHIFT32, n_docs)
+    hashed = splitmix64(h) >> _SHIFT32
+    if distinct:
+        return _unique_per_doc(doc_of_start, hashed, n_docs)
+    shingle_off = np.zeros(n_docs + 1, dtype=np.int64)
+    np.cumsum(np.bincount(doc_of_start, minlength=n_docs), out=shingle_off[1:])
+    return hashed.astype(np.uint32), shingle_off
+
+
+# A word is a run of letters, digits and underscores (Python's \w+) of the lower-cased text. In
+# an ASCII byte: a-z, 0-9 and _ are word bytes, A-Z lower-case ones, every other byte a separator
+# (a space). Bytes >= 0x80 occur only in documents that went through the Unicode path first.
+_WORD_SEPARATORS = r"[^\p{L}\p{N}_]+"
+_BYTE_TABLE = np.full(256, 0x20, dtype=np.uint8)
+for _chars in (b"abcdefghijklmnopqrstuvwxyz0123456789_", bytes(range(0x80, 0x100))):
+    _BYTE_TABLE[np.frombuffer(_chars, dtype=np.uint8)] = np.frombuffer(_chars, dtype=np.uint8)
+_BYTE_TABLE[np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8)] = np.frombuffer(
+    b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8
+)
 
 
 def _word_spans(texts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """(UTF-8 bytes, document offsets, word starts, word ends) of the normalised texts; None
-    when no document has a word."""
+    """(normalised UTF-8 bytes, document offsets, word starts, word ends) of the texts: a word is
+    a maximal run of non-space bytes inside one document of the normalised bytes; None when no
+    document has a word.
+
+    Documents of ASCII only are normalised by one byte table (`_BYTE_TABLE`); the others are
+    lower-cased and their runs of non-word characters replaced by a space in Arrow's C++ kernels
+    (Unicode letters and numbers), then go through the same table, which leaves them as they
+    are. Both give a document the same words: the table keeps separator runs as they are, which
+    moves no word's bytes."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.large_string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    # Words are the runs of letters, digits and underscores (Python's \w+) of the lowercased
-    # text: every other run of characters becomes one space, so in the UTF-8 bytes a word is a
-    # maximal run of non-space bytes inside one document (0x20 never occurs inside a multi-byte
-    # character). Words are found and hashed on those bytes with numpy: no per-word objects.
-    cleaned = pc.utf8_trim(
-        pc.replace_substring_regex(pc.utf8_lower(arr.fill_null("")), r"[^\p{L}\p{N}_]+", " "), characters=" "
-    )
-    data, offsets = _utf8_buffers(cleaned)
-    data = data[int(offsets[0]) : int(offsets[-1])]
+    if arr.null_count:
+        arr = arr.fill_null("")
+    if arr.type != pa.large_string():
+        arr = arr.cast(pa.large_string())
+    data, offsets = _utf8_buffers(arr)
+    unicode = _non_ascii_documents(data, offsets)
+    if unicode.any():
+        cleaned = pc.replace_substring_regex(pc.utf8_lower(arr.filter(pa.array(unicode))), _WORD_SEPARATORS, " ")
+        data, offsets = _utf8_buffers(pc.replace_with_mask(arr, pa.array(unicode), cleaned))
+    data = _BYTE_TABLE[data[int(offsets[0]) : int(offsets[-1])]]
     offsets = offsets - offsets[0]
-    if len(data) == 0:
+    word = data != 0x20
+    if not word.any():
         return None
-    word_byte = data != 0x20
-    doc_first = np.zeros(len(data) + 1, dtype=bool)
-    doc_first[offsets[:-1]] = True
-    doc_last = np.zeros(len(data) + 1, dtype=bool)
-    doc_last[offsets[1:] - 1] = True
-    prev_space = np.r_[True, ~word_byte[:-1]]
-    next_space = np.r_[~word_byte[1:], True]
-    word_starts = np.flatnonzero(word_byte & (prev_space | doc_first[:-1]))
-    word_ends = np.flatnonzero(word_byte & (next_space | doc_last[: len(data)])) + 1
+    before = np.empty_like(word)  # the byte before is a word byte of the same document
+    before[0] = False
+    before[1:] = word[:-1]
+    before[offsets[:-1][offsets[:-1] < len(data)]] = False
+    after = np.empty_like(word)  # the byte after is a word byte of the same document
+    after[-1] = False
+    after[:-1] = word[1:]
+    after[offsets[1:][offsets[1:] > 0] - 1] = False
+    word_starts = np.flatnonzero(word & ~before)
+    word_ends = np.flatnonzero(word & ~after) + 1
     return data, offsets, word_starts, word_ends
+
+
+def _non_ascii_documents(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Which documents (UTF-8 bytes data[offsets[d]:offsets[d+1]]) have a byte >= 0x80."""
+    lengths = np.diff(offsets)
+    out = np.zeros(len(lengths), dtype=bool)
+    filled = np.flatnonzero(lengths > 0)
+    if len(filled):
+        out[filled] = np.maximum.reduceat(data[: int(offsets[-1])], offsets[:-1][filled]) >= 0x80
+    return out
 
 
 def _ngram_hashes(w: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
@@ -246,8 +284,9 @@ class MinHasher:
         return self.signatures_flat(flat, offsets)
 
     def signatures_flat(self, hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Signatures of documents given as (hashes, offsets) from `shingle_batch`; a document
-        without shingles gets the all-SENTINEL signature (the caller skips it)."""
+        """Signatures of documents given as (hashes, offsets) from `shingle_batch` (repeats and
+        any order allowed); a document without shingles gets the all-SENTINEL signature (the caller
+        skips it)."""
         n_docs = len(offsets) - 1
         sig64 = np.full((n_docs, self.num_perm), np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
         if n_docs == 0 or len(hashes) == 0:
@@ -255,11 +294,13 @@ class MinHasher:
         flat = hashes.astype(np.uint64)
         doc_of = np.repeat(np.arange(n_docs), np.diff(offsets))
         a, b = self.a[:, None], self.b[:, None]
+        block = np.empty((self.num_perm, min(self.chunk, len(flat))), dtype=np.uint64)  # reused: no page faults
         for lo in range(0, len(flat), self.chunk):
             x = flat[None, lo : lo + self.chunk]
             docs = doc_of[lo : lo + self.chunk]
+            hv = block[:, : x.shape[1]]
             with np.errstate(over="ignore"):
-                hv = a * x  # [num_perm, m]
+                np.multiply(a, x, out=hv)  # [num_perm, m]
                 hv += b
             # min of the 64-bit values, shifted afterwards: the shift is monotone, so this is
             # the min of the 32-bit hashes at a third of the memory traffic.

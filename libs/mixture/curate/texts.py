@@ -9,9 +9,10 @@ verification, the duplicate ids' quarantine records and the `docs/` write.
 
 A file holds one string column, `text` (null for a quarantined record), in record batches of
 exactly `BLOCK` rows (the last one shorter): the batch of a position is `pos // BLOCK`, so a
-reader reads the batches it needs, not the whole file (memory-mapped when local: only the pages
-of the rows it takes). The folder's name holds `.tmp-`, which a commit never takes
-(`mixture.dataset`); `annotate` deletes it when it ends.
+reader reads the batches it needs, not the whole file (read, not memory-mapped: a batch's buffer
+is freed once its rows are taken, where a mapping's pages stay resident in each process that
+read them). The folder's name holds `.tmp-`, which a commit never takes (`mixture.dataset`);
+`annotate` deletes it when it ends.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ SPLIT, POS, TEXT = "split", "pos", "text"
 OPEN_FILES = 16  # texts files a reader keeps open
 # A `docs/` write of at most this many parts reads the texts in its writers, after the shuffle
 # (each writer reads the blocks that hold one of its rows: at most this many reads of the texts
-# in all, fewer when memory-mapped); with more parts they are read once, split by split, before
+# in all); with more parts they are read once, split by split, before
 # the shuffle, which then moves them (`write_texts_after_shuffle`).
 AFTER_SHUFFLE_PARTS = 8
 
@@ -161,7 +162,7 @@ class TextReader:
             uri = split_uri(self.folder, split)
             path = storage.local_path(uri)
             if path is not None:
-                f = pa.memory_map(path)
+                f = pa.OSFile(path, "rb")
             else:
                 fs, key = storage.filesystem(uri)
                 f = fs.open_input_file(key)
