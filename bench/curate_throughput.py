@@ -33,7 +33,8 @@ Corpus shapes (issue #24, `curate_shapes.py`): `--shapes long:15 short:off ...` 
 documents; the default filters keeping ~15, ~50 or ~90% of them, or both pipelines without
 filters: MinHash dedup only) and `--docs 24000 240000` run every shape at every size, one after
 the other in the same Spark session, each with its repeats; the peak resident memory of the
-process tree (driver, JVM, Python workers; DataTrove's workers) is printed per pipeline.
+process tree (driver, JVM, Python workers; DataTrove's workers) is printed per pipeline. Each
+corpus is built and written by a child process, so the measured tree never holds its texts.
 Near duplicates are scored up to `--truth-max` documents.
 
     .venv/bin/python bench/curate_throughput.py --datatrove-tokenizer whitespace --repeats 3 \
@@ -326,8 +327,8 @@ def prepare(shape: str | None, n_docs: int, args, folder: Path) -> dict:
     """The corpus of one shape written as the inputs under `folder`, and what the report needs:
     the label, the documents' ids, the true near-duplicate pairs (up to `--truth-max` documents)
     and words per document. Run in a child process (`prepared`), so that the measured process
-    tree never holds the texts (a harness holding them would add its corpus to every peak RSS,
-    and to each forked DataTrove worker's)."""
+    tree never holds the texts (a harness holding them adds its corpus to both pipelines' peak
+    RSS)."""
     t0 = time.time()
     if shape is None:
         corpus, _ = cd.build_corpus(args.bases, args.seed, args.copies)

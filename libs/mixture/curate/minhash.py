@@ -142,7 +142,8 @@ def shingle_batch(texts, ngram: int = 5, distinct: bool = True) -> tuple[np.ndar
 
 # A word is a run of letters, digits and underscores (Python's \w+) of the lower-cased text. In
 # an ASCII byte: a-z, 0-9 and _ are word bytes, A-Z lower-case ones, every other byte a separator
-# (a space). Bytes >= 0x80 occur only in documents that went through the Unicode path first.
+# (a space). Bytes >= 0x80 occur only in documents that went through the Unicode path first, and
+# stay: they are parts of letters and numbers there (no byte of a multi-byte character is 0x20).
 _WORD_SEPARATORS = r"[^\p{L}\p{N}_]+"
 _BYTE_TABLE = np.full(256, 0x20, dtype=np.uint8)
 for _chars in (b"abcdefghijklmnopqrstuvwxyz0123456789_", bytes(range(0x80, 0x100))):
