@@ -359,9 +359,10 @@ def prepared(shape: str | None, n_docs: int, args, folder: Path) -> dict:
         return pool.submit(prepare, shape, n_docs, args, folder).result()
 
 
-def measure(corpus: dict, inputs: Path, tmp: Path, spark, args, params, filters_off: bool = False) -> dict:
+def measure(corpus: dict, tmp: Path, spark, args, params, filters_off: bool = False) -> dict:
+    """Both pipelines on the corpus `prepared` wrote under `tmp/input`: its report."""
     load = [os.getloadavg()[0]]
-    runs = run_pipelines(inputs, tmp, spark, args, params, filters_off)
+    runs = run_pipelines(tmp / "input", tmp, spark, args, params, filters_off)
     load.append(os.getloadavg()[0])
     return report(corpus["label"], corpus["ids"], corpus["true_pairs"], runs, load)
 
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 filters_off = shape is not None and shape.endswith(":off")
-                out[corpus["label"]] = measure(corpus, tmp / "input", tmp, spark, args, params, filters_off)
+                out[corpus["label"]] = measure(corpus, tmp, spark, args, params, filters_off)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             if args.json:

@@ -172,7 +172,7 @@ def _word_spans(texts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] 
     if arr.null_count:
         arr = arr.fill_null("")
     if arr.type != pa.large_string():
-        arr = arr.cast(pa.large_string())
+        arr = arr.cast(pa.large_string())  # the buffers' offsets, and the replace_with_mask below
     data, offsets = _utf8_buffers(arr)
     unicode = _non_ascii_documents(data, offsets)
     if unicode.any():

@@ -149,6 +149,15 @@ def candidates(
 Screen = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, dict]]
 
 
+MIN_FIT_RUNS = 3  # observed mixtures a predictor is fitted to, at least
+
+
+def fits_predictor(iteration: int, observed: int) -> bool:
+    """Whether `propose` fits a predictor in `iteration` (0-based) with `observed` mixtures: the
+    first iteration, and any with too few, sample the prior."""
+    return iteration > 0 and observed >= MIN_FIT_RUNS
+
+
 def propose(
     scfg: SearchConfig,
     prior: np.ndarray,
@@ -164,7 +173,7 @@ def propose(
     n = scfg.iterations[iteration]
     rng = rng_for(seed, iteration)
     exclude = set(mixture_keys(obs.X, scfg.weight_floor)) if len(obs) else set()
-    if iteration == 0 or len(obs) < 3:
+    if not fits_predictor(iteration, len(obs)):
         W = sample_mixtures(rng, prior, n, exclude=exclude, **sampler_args(scfg))
         why = (
             "the first iteration samples the prior"
@@ -230,7 +239,7 @@ def final(
         raise ValueError("no finished proxy run with a finite score: nothing to choose from")
     b = obs.best()
     best_observed = {"weights": obs.X[b].tolist(), "score": float(obs.y[b]), "run_ids": obs.run_ids[b]}
-    if len(obs) < 3:
+    if len(obs) < MIN_FIT_RUNS:
         return _observed(best_observed, f"only {len(obs)} observed mixtures: too few to fit a predictor", None)
     fitted = fit_predictor(scfg, obs, seed, estimate)
     if scfg.final in OBSERVED_FINALS:

@@ -15,8 +15,8 @@ runs, so it ranks mixtures before a single proxy has trained, and the `ngram` pr
 (`mixture.search.predictors.ngram`) fit only its scale and what it misses. Hashed n-gram
 statistics to match a target are DSIR's idea (Xie et al., 2023); here they score mixtures, not
 documents. Measured on the search-quality benchmark's 12 searches (bench/RESULTS.md): the estimate
-alone ranks their proxy runs with Spearman 0.52-0.98 (median 0.84), where the best fitted predictor of
-each search reached 0.04-0.92 (median 0.78).
+alone ranks their proxy runs with Spearman 0.52-0.98 (median 0.84), where the best fitted
+predictor of each search reached 0.04-0.92 (median 0.78).
 
 Cost: one pass over at most `max_tokens` tokens of each cluster (evenly spaced blocks) counting only
 the bigrams the target has; scoring m mixtures is two [positions x clusters] @ [clusters x m]

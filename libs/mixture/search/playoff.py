@@ -183,7 +183,7 @@ def choose_finalists(
     """The finalists from the search's observations, with the same predictor and candidates as
     `bootstrap.final`; with fewer than 3 observed mixtures, or no candidate in the trust region,
     only the best observed (no predictor)."""
-    C, region = bootstrap.final_candidates(scfg, prior, obs, seed) if len(obs) >= 3 else (None, {})
+    C, region = bootstrap.final_candidates(scfg, prior, obs, seed) if len(obs) >= bootstrap.MIN_FIT_RUNS else (None, {})
     if C is None or not len(C):
         if "best_observed" not in scfg.playoff.finalists or not len(obs):
             return [], None

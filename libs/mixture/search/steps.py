@@ -151,7 +151,7 @@ def propose(ctx: StageContext, iteration: int) -> list[dict]:
     obs = bootstrap.observe(runs, names, cfg.search.weight_floor)
     extra = {"base": base_proxy.ref(writer.staging)} if cfg.search.base.enabled else {}
     screen = experts.screener(cfg, writer, lab, names)
-    estimate = ngram.for_search(cfg, lab, names) if iteration > 0 and len(obs) >= 3 else None  # else no fit
+    estimate = ngram.for_search(cfg, lab, names) if bootstrap.fits_predictor(iteration, len(obs)) else None
     W, report = bootstrap.propose(cfg.search, prior, iteration, obs, cfg.seed, screen=screen, estimate=estimate)
     predicted = report.get("picked_predicted") or [None] * len(W)
     jobs = []

@@ -3,9 +3,9 @@
 The estimate e(w) is the target's mean log-probability under a bigram model of mixture w's tokens,
 computed from counts before any proxy trains. `ngram` fits only its scale: score = a + b * e(w),
 b >= 0 (least squares; a negative slope would say that fitting the target's bigrams hurts, which
-is noise, so it is clipped to 0 and the prediction is constant: no ranking, a Spearman of at most
-0 in the cross-validation). `ngram_gp` adds a Gaussian process (the `gp` predictor, sqrt weights, a noise
-term) fitted to what the line leaves, so it learns from the runs where the counts are wrong; its
+is noise, so it is clipped to 0 and the prediction is constant: no ranking, a Spearman of at
+most 0 in the cross-validation). `ngram_gp` adds a Gaussian process (the `gp` predictor, sqrt
+weights, a noise term) fitted to what the line leaves, so it learns from the runs where the counts are wrong; its
 std is that GP's, so the acquisition rules can use it.
 
 Both need the estimate: `predictor.fit_select` passes it to a predictor whose class says
