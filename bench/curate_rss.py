@@ -32,7 +32,8 @@ import curate_throughput as ct  # noqa: E402
 def tree_rss() -> dict[str, int]:
     """Resident bytes per kind of process under this one (driver, jvm, workers), and each kind's
     anonymous (`<kind>_anon`) and file-backed (`<kind>_file`: memory-mapped files, which the page
-    cache can drop and which count once per process that maps them) parts."""
+    cache can drop and which count once per process that maps them) parts; `<kind>_processes`: how
+    many processes of the kind were running."""
     kids: dict[int, list[int]] = {}
     cmds: dict[int, str] = {}
     for name in filter(str.isdigit, os.listdir("/proc")):
@@ -52,6 +53,7 @@ def tree_rss() -> dict[str, int]:
         for key, value in status_rss(pid).items():
             name = kind if key == "rss" else f"{kind}_{key}"
             out[name] = out.get(name, 0) + value
+        out[f"{kind}_processes"] = out.get(f"{kind}_processes", 0) + 1
         todo += kids.get(pid, [])
     out["total"] = sum(out.get(k, 0) for k in ("driver", "jvm", "workers"))
     return out
@@ -155,7 +157,10 @@ def main() -> None:
             tracemalloc.stop()
         time.sleep(0.5)
     steps = pipeline.current(cfg, "curate").manifest.extra.get("seconds")
-    mib = {phase: {k: round(v / 2**20) for k, v in p.items()} for phase, p in sampler.peaks.items()}
+    mib = {
+        phase: {k: v if k.endswith("_processes") else round(v / 2**20) for k, v in p.items()}
+        for phase, p in sampler.peaks.items()
+    }
     print(
         json.dumps(
             {

@@ -140,7 +140,7 @@ class CurateConfig(Section):
         json_schema_extra=NOT_HASHED,
         description="small sets handled on the driver: with up to this many good records, their "
         "ids and keys are collected and up to this many LSH candidate pairs verified and "
-        "clustered there (numpy; ~1.5 KB of driver memory per record, bench/RESULTS.md); up to "
+        "clustered there (numpy; ~1 KB of driver memory per record, bench/RESULTS.md); up to "
         "this many id/group corrections are broadcast to the executors; larger sets stay "
         "distributed (same result, several times slower: 28 s against 4 s at 48,000 records)",
     )

@@ -80,54 +80,86 @@ CORRECTED = ["file", "line", "doc_id", "retracted"]  # what a correction copies 
 def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts_folder: str):
     """Steps 3-4 and the corrections for a few documents (at most `curate.driver_rows`): the
     same as `on_spark` + `corrections`, from `identify`'s rows as one Arrow table on the
-    driver, column by column (numpy; Python objects only for the exact-group representatives'
-    ids and the rows that get a correction); only the candidates' texts are read again on Spark.
-    Returns (corrections, stats)."""
+    driver. The table is never copied: rows are addressed by index (numpy), and only the columns
+    a step needs are gathered (the exact-group representatives' keys and ids, the rows that get a
+    correction); only the candidates' texts are read again on Spark. Returns (corrections, stats)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     fz = cfg.curate.fuzzy_dedup
-    table = table.select(["file", "line", "split", "pos", "id", "doc_id", "dup", "retracted", "text_hash", "keys"])
-    kept = table.filter(pc.invert(table.column("dup")))
-    # exact groups: the rows of one text hash, in id order; the first of each is its representative
-    kept = kept.take(pc.sort_indices(kept, [("text_hash", "ascending"), ("doc_id", "ascending")]))
-    hashes = kept.column("text_hash").combine_chunks()
-    first = np.ones(len(hashes), dtype=bool)
-    first[1:] = pc.not_equal(hashes[1:], hashes[:-1]).to_numpy(zero_copy_only=False)
+    rows, first = exact_groups(table)
     starts = np.flatnonzero(first)
-    reps = kept.take(pa.array(starts))
-    keys = reps.column("keys").combine_chunks()
+    reps = rows[starts]  # table rows of the exact groups' representatives (smallest id)
+    keys = table.column("keys").take(reps).combine_chunks()
     counts = pc.fill_null(pc.list_value_length(keys), 0).to_numpy().astype(np.int64)
-    rep_ids = reps.column("doc_id").to_pylist()
-    stats = dedup.FuzzyStats(params.num_perm, params.bands, params.rows, documents=len(rep_ids))
+    rep_ids = table.column("doc_id").take(reps).combine_chunks()
+    stats = dedup.FuzzyStats(params.num_perm, params.bands, params.rows, documents=len(reps))
     stats.without_shingles = int((counts == 0).sum())
-    pairs = dedup.candidate_pairs_flat(rep_ids, counts, pc.list_flatten(keys).to_numpy().astype(np.int64))
+    flat = np.asarray(pc.list_flatten(keys).to_numpy(), dtype=np.int64)
+    del keys
+    pairs = dedup.candidate_pairs_flat(rep_ids.to_pylist(), counts, flat)
+    del flat
     if len(pairs) > cfg.curate.driver_rows:
         raise TooMany()
-    wanted = pa.array(sorted({i for p in pairs for i in p}), pa.string())
-    located = reps.filter(pc.is_in(reps.column("doc_id"), value_set=wanted)).select(["doc_id", "split", "pos"])
-    locations = spark.createDataFrame(list(zip(*located.to_pydict().values())), "id string, split int, pos bigint")
-    by_id = texts_of(locations, texts_folder)
-    near = dict(dedup.near_on_driver(pairs, by_id, spark, fz.threshold, fz.ngram, fz.verify, stats))
+    near = dict(
+        dedup.near_on_driver(
+            pairs,
+            candidates_texts(table, reps, rep_ids, pairs, spark, texts_folder),
+            spark,
+            fz.threshold,
+            fz.ngram,
+            fz.verify,
+            stats,
+        )
+    )
     group = np.cumsum(first) - 1  # of each kept row
     sizes = np.bincount(group, minlength=len(starts))
-    exact = [r if n > 1 else None for r, n in zip(rep_ids, sizes.tolist())]  # per group
+    exact = [r if n > 1 else None for r, n in zip(rep_ids.to_pylist(), sizes.tolist())]  # per group
     near_of = list(exact)
     linked = sorted(set(near) | set(near.values()))
-    where = pc.index_in(pa.array(linked, pa.string()), value_set=reps.column("doc_id")).to_numpy(zero_copy_only=False)
+    where = pc.index_in(pa.array(linked, pa.string()), value_set=rep_ids).to_numpy(zero_copy_only=False)
     for rep, g in zip(linked, where.tolist()):
         near_of[g] = near.get(rep, rep)
     changed_group = sizes > 1
     changed_group[where.astype(np.int64)] = True
-    renamed = pc.not_equal(kept.column("doc_id"), kept.column("id")).to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero(changed_group[group] | renamed)
+    ids = table.select(["doc_id", "id"]).take(rows)
+    renamed = pc.not_equal(ids.column("doc_id"), ids.column("id")).to_numpy(zero_copy_only=False)
+    changed = np.flatnonzero(changed_group[group] | renamed)
     out = [
         (r["file"], r["line"], r["doc_id"], False, r["retracted"], exact[g], near_of[g])
-        for r, g in zip(kept.select(CORRECTED).take(pa.array(rows)).to_pylist(), group[rows].tolist())
+        for r, g in zip(table.select(CORRECTED).take(rows[changed]).to_pylist(), group[changed].tolist())
     ]
     dups = table.filter(table.column("dup")).select(CORRECTED).to_pylist()
     out += [(r["file"], r["line"], r["doc_id"], True, r["retracted"], None, None) for r in dups]
     return spark.createDataFrame(out, CORRECTIONS_SCHEMA), stats
+
+
+def exact_groups(table) -> tuple[np.ndarray, np.ndarray]:
+    """The exact groups of `identify`'s rows that are not duplicate ids: (rows, first), the rows'
+    indices in the table ordered by (text hash, curated id), and whether each starts its group
+    (the group's smallest id, its representative)."""
+    import pyarrow.compute as pc
+
+    kept = np.flatnonzero(~table.column("dup").to_numpy())
+    by = table.select(["text_hash", "doc_id"]).take(kept)
+    order = pc.sort_indices(by, [("text_hash", "ascending"), ("doc_id", "ascending")]).to_numpy()
+    hashes = by.column("text_hash").take(order).combine_chunks()
+    first = np.ones(len(hashes), dtype=bool)
+    first[1:] = pc.not_equal(hashes[1:], hashes[:-1]).to_numpy(zero_copy_only=False)
+    return kept[order], first
+
+
+def candidates_texts(table, reps: np.ndarray, rep_ids, pairs, spark, texts_folder: str):
+    """`texts_of` for the candidate pairs' documents among the representatives `reps`: where the
+    scan put their texts, as a small DataFrame (id, split, pos)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted({i for p in pairs for i in p}), pa.string())
+    located = reps[pc.is_in(rep_ids, value_set=wanted).to_numpy(zero_copy_only=False)]
+    where = table.select(["doc_id", "split", "pos"]).take(located)
+    locations = spark.createDataFrame(list(zip(*where.to_pydict().values())), "id string, split int, pos bigint")
+    return texts_of(locations, texts_folder)
 
 
 class TooMany(Exception):
