@@ -80,7 +80,7 @@ CORRECTED = ["file", "line", "doc_id", "retracted"]  # what a correction copies 
 def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts_folder: str):
     """Steps 3-4 and the corrections for a few documents (at most `curate.driver_rows`): the
     same as `on_spark` + `corrections`, from `identify`'s rows as one Arrow table on the
-    driver. The table is never copied: rows are addressed by index (numpy), and only the columns
+    driver. The table is never copied whole: rows are addressed by index (numpy), and only the columns
     a step needs are gathered (the exact-group representatives' keys and ids, the rows that get a
     correction); only the candidates' texts are read again on Spark. Returns (corrections, stats)."""
     import pyarrow as pa
@@ -93,11 +93,12 @@ def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts
     keys = table.column("keys").take(reps).combine_chunks()
     counts = pc.fill_null(pc.list_value_length(keys), 0).to_numpy().astype(np.int64)
     rep_ids = table.column("doc_id").take(reps).combine_chunks()
+    rep_names = rep_ids.to_pylist()
     stats = dedup.FuzzyStats(params.num_perm, params.bands, params.rows, documents=len(reps))
     stats.without_shingles = int((counts == 0).sum())
     flat = np.asarray(pc.list_flatten(keys).to_numpy(), dtype=np.int64)
     del keys
-    pairs = dedup.candidate_pairs_flat(rep_ids.to_pylist(), counts, flat)
+    pairs = dedup.candidate_pairs_flat(rep_names, counts, flat)
     del flat
     if len(pairs) > cfg.curate.driver_rows:
         raise TooMany()
@@ -114,7 +115,7 @@ def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts
     )
     group = np.cumsum(first) - 1  # of each kept row
     sizes = np.bincount(group, minlength=len(starts))
-    exact = [r if n > 1 else None for r, n in zip(rep_ids.to_pylist(), sizes.tolist())]  # per group
+    exact = [r if n > 1 else None for r, n in zip(rep_names, sizes.tolist())]  # per group
     near_of = list(exact)
     linked = sorted(set(near) | set(near.values()))
     where = pc.index_in(pa.array(linked, pa.string()), value_set=rep_ids).to_numpy(zero_copy_only=False)

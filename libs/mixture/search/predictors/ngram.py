@@ -5,8 +5,8 @@ computed from counts before any proxy trains. `ngram` fits only its scale: score
 b >= 0 (least squares; a negative slope would say that fitting the target's bigrams hurts, which
 is noise, so it is clipped to 0 and the prediction is constant: no ranking, a Spearman of at
 most 0 in the cross-validation). `ngram_gp` adds a Gaussian process (the `gp` predictor, sqrt
-weights, a noise term) fitted to what the line leaves, so it learns from the runs where the counts are wrong; its
-std is that GP's, so the acquisition rules can use it.
+weights, a noise term) fitted to what the line leaves, so it learns from the runs where the
+counts are wrong; its std is that GP's, so the acquisition rules can use it.
 
 Both need the estimate: `predictor.fit_select` passes it to a predictor whose class says
 `uses_estimate = True`, and leaves such predictors out when the search has none (a target of tasks
