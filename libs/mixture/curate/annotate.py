@@ -55,6 +55,7 @@ from mixture import storage
 from mixture.config import Config
 from mixture.curate import accounting, batches, dedup_groups, ingest, minhash, prior, texts
 from mixture.curate.filters import stored_signal_names
+from mixture.spark import checkpoint, released
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHPara
     filters = cfg.curate.filters
     every = cfg.curate.every_signal
     scan_fn = batches.scan_batches(opts, filters.model_dump(mode="json"), lsh, texts_folder, every)
-    return split_df.mapInArrow(scan_fn, batches.scan_schema(filters, every))
+    return split_df.mapInArrow(released(scan_fn), batches.scan_schema(filters, every))
 
 
 def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=None, retracted=None):
@@ -207,7 +208,7 @@ def write_dataset(
         bucketed = bucketed.sortWithinPartitions("_bucket", texts.SPLIT, texts.POS)
     write = batches.write_buckets(staging, prefix, fields, sort_keys, texts_folder=texts_folder)
     # Nothing counted, nothing to shuffle: the empty part is written without a Spark job.
-    written = bucketed.mapInArrow(write, "bucket int, rows bigint").collect() if n_rows else []
+    written = bucketed.mapInArrow(released(write), "bucket int, rows bigint").collect() if n_rows else []
     by_bucket: dict[int, int] = {}
     for row in written:
         if row["bucket"] in by_bucket:
@@ -370,7 +371,7 @@ class _Run:
         """`annotate` on the persisted scan: (counts, dedup stats, links to earlier documents)."""
         cfg, scored = self.cfg, self.scored
         ident = identify(scored, self.files, cfg.input.unique_ids, self.state, self.retracted)
-        ident = ident.localCheckpoint(eager=True)
+        ident = checkpoint(ident)
         read = [(r["file"], r["reason"], r["count"]) for r in scored.groupBy("file", "reason").count().collect()]
         table = None
         if sum(n for _, reason, n in read if reason is None) <= cfg.curate.driver_rows:
@@ -389,7 +390,7 @@ class _Run:
 
         meta, stats = dedup_groups.decide(table, ident, cfg, self.params, self.texts_folder)
         meta, linked = self.links(meta, ident)
-        meta = meta.localCheckpoint(eager=True)
+        meta = checkpoint(meta)
         broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
         self.timer.done("dedup_groups")
 
@@ -414,7 +415,7 @@ class _Run:
 
         spark = self.scored.sparkSession
         found = prior.link(new, self.state, self.earlier.texts(spark), new_texts, fz.threshold, fz.ngram, fz.verify)
-        found = found.localCheckpoint(eager=True)
+        found = checkpoint(found)
         n = found.agg(F.count("prior_exact").alias("exact"), F.count("prior_near").alias("near")).first()
         return meta.join(found, ["file", "line"], "full_outer"), {
             "exact_duplicates_of_earlier": n["exact"],

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixture.curate import minhash
+from mixture.spark import checkpoint, released
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +139,6 @@ def verify_batches(threshold: float):
     return run
 
 
-def _checkpoint(df):
-    # Iterative jobs: materialise each round and cut the lineage so plans stay small.
-    return df.localCheckpoint(eager=True)
-
-
 def _is_star_forest(e) -> bool:
     """True when every node has at most one parent and no node is both a parent and a child
     (edges point from larger to smaller ids): each component is a star around its minimum."""
@@ -168,7 +164,7 @@ def connected_components(edges, max_iterations: int = 30):
     alternation until every edge points from a node to its component's minimum."""
     from pyspark.sql import functions as F
 
-    e = _checkpoint(
+    e = checkpoint(
         edges.select(F.greatest("u", "v").alias("u"), F.least("u", "v").alias("v"))
         .where(F.col("u") != F.col("v"))
         .distinct()
@@ -195,7 +191,7 @@ def connected_components(edges, max_iterations: int = 30):
             .union(m2.select("u", F.col("m").alias("v")))
             .distinct()
         )
-        e = _checkpoint(small)
+        e = checkpoint(small)
         if _is_star_forest(e):
             return e.select(F.col("u").alias("id"), F.col("v").alias("root")), iteration
     raise RuntimeError(
@@ -216,7 +212,7 @@ def near_duplicates(
 ):
     """(id, near_of) for every near duplicate among `docs` (id, text), and FuzzyStats."""
     prints = docs.select("id", "text").mapInArrow(
-        fingerprint_batches(ngram, params.num_perm, params.bands, params.rows, seed), FINGERPRINT_SCHEMA
+        released(fingerprint_batches(ngram, params.num_perm, params.bands, params.rows, seed)), FINGERPRINT_SCHEMA
     )
     texts = docs.select("id", "text")
     return near_groups(
@@ -304,7 +300,7 @@ def near_groups(
     from pyspark.sql import functions as F
 
     stats = FuzzyStats(params.num_perm, params.bands, params.rows)
-    prints = _checkpoint(prints.select("id", "keys"))
+    prints = checkpoint(prints.select("id", "keys"))
     totals = prints.agg(F.count("*").alias("n"), F.sum((F.size("keys") == 0).cast("int")).alias("empty")).first()
     stats.documents, stats.without_shingles = totals["n"], totals["empty"] or 0
     pairs = candidate_pairs(prints)
@@ -328,7 +324,7 @@ def near_on_driver(pairs, texts_of, spark, threshold, ngram, verify, stats) -> l
         rows = (
             texts_of(wanted, small=True)
             .select("id", "text")
-            .mapInArrow(shingle_batches(ngram), SHINGLE_SCHEMA)
+            .mapInArrow(released(shingle_batches(ngram)), SHINGLE_SCHEMA)
             .collect()
         )
         sets = {r["id"]: np.frombuffer(r["shingles"], dtype="<u4") for r in rows}
@@ -369,16 +365,16 @@ def _near_on_spark(pairs, texts_of, threshold, ngram, verify, max_iterations, st
 
     if verify:
         ids = pairs.select(F.col("u").alias("id")).union(pairs.select(F.col("v").alias("id"))).distinct()
-        sh = texts_of(ids).select("id", "text").mapInArrow(shingle_batches(ngram), SHINGLE_SCHEMA)
+        sh = texts_of(ids).select("id", "text").mapInArrow(released(shingle_batches(ngram)), SHINGLE_SCHEMA)
         joined = pairs.join(sh.select(F.col("id").alias("u"), F.col("shingles").alias("sh_u")), "u").join(
             sh.select(F.col("id").alias("v"), F.col("shingles").alias("sh_v")), "v"
         )
         checked = joined.select("u", "v", "sh_u", "sh_v").mapInArrow(
-            verify_batches(threshold), "u string, v string, jaccard double, similar boolean"
+            released(verify_batches(threshold)), "u string, v string, jaccard double, similar boolean"
         )
     else:
         checked = pairs.withColumn("similar", F.lit(True))
-    checked = _checkpoint(checked)
+    checked = checkpoint(checked)
     n = checked.agg(F.count("*").alias("candidates"), F.sum(F.col("similar").cast("int")).alias("similar")).first()
     stats.candidate_pairs, stats.verified_pairs = n["candidates"], n["similar"] or 0
     if stats.verified_pairs == 0:

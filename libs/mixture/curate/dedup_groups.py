@@ -14,6 +14,7 @@ import numpy as np
 
 from mixture.config import Config
 from mixture.curate import dedup, minhash, texts
+from mixture.spark import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def on_spark(ident, cfg: Config, params: minhash.LSHParams, texts_folder: str):
         F.col("doc_id").alias("id"), "file", "line", "split", "pos", "text_hash", "keys"
     )
     exact = docs.groupBy("text_hash").agg(F.min("id").alias("exact_rep"), F.count("*").alias("copies"))
-    members = docs.join(exact, "text_hash").localCheckpoint(eager=True)
+    members = checkpoint(docs.join(exact, "text_hash"))
     reps = members.where(F.col("id") == F.col("exact_rep")).select("id", "keys")
     near, stats = dedup.near_groups(
         reps,

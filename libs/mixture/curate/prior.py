@@ -30,6 +30,7 @@ from typing import Any
 from mixture import storage
 from mixture.curate import dedup
 from mixture.curate.ingest import InputFile
+from mixture.spark import checkpoint, released
 
 STATE = "dedup/"
 STATE_FIELDS = [
@@ -116,7 +117,7 @@ def read_parquet(spark, uris: list[str], ddl: str, columns: list[str], ids=None)
     slices = max(1, min(len(rows), 64))
     df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "uri string")
     wanted = spark.sparkContext.broadcast(sorted(ids)) if ids is not None else None
-    return df.mapInArrow(_reader(columns, wanted), ddl)
+    return df.mapInArrow(released(_reader(columns, wanted)), ddl)
 
 
 def _reader(columns: list[str], wanted):
@@ -158,7 +159,7 @@ def link(new, prior, old_texts, new_texts, threshold: float, ngram: int, verify:
     bucket = Window.partitionBy("pos", "col").orderBy("old")
     earlier = earlier.withColumn("rank", F.row_number().over(bucket)).where(F.col("rank") <= BUCKET_CAP)
     pairs = rest.join(earlier.drop("rank"), ["pos", "col"]).select("id", "file", "line", "old").distinct()
-    pairs = pairs.localCheckpoint(eager=True)
+    pairs = checkpoint(pairs)
     if verify:
         pairs = _verified(pairs, old_texts, new_texts, threshold, ngram)
     near = pairs.groupBy("file", "line").agg(F.min("old").alias("prior_near"))
@@ -171,13 +172,14 @@ def _verified(pairs, old_texts, new_texts, threshold: float, ngram: int):
 
     schema = dedup.SHINGLE_SCHEMA
     ids = {r["old"] for r in pairs.select("old").distinct().collect()}
-    sh_old = old_texts(ids).select("id", "text").mapInArrow(dedup.shingle_batches(ngram), schema)
-    sh_new = new_texts(pairs.select("id", "file", "line").distinct()).mapInArrow(dedup.shingle_batches(ngram), schema)
+    shingles = released(dedup.shingle_batches(ngram))
+    sh_old = old_texts(ids).select("id", "text").mapInArrow(shingles, schema)
+    sh_new = new_texts(pairs.select("id", "file", "line").distinct()).mapInArrow(shingles, schema)
     joined = pairs.join(sh_new.select(F.col("id"), F.col("shingles").alias("sh_u")), "id").join(
         sh_old.select(F.col("id").alias("old"), F.col("shingles").alias("sh_v")), "old"
     )
     checked = joined.select(F.col("id").alias("u"), F.col("old").alias("v"), "sh_u", "sh_v").mapInArrow(
-        dedup.verify_batches(threshold), "u string, v string, jaccard double, similar boolean"
+        released(dedup.verify_batches(threshold)), "u string, v string, jaccard double, similar boolean"
     )
     similar = checked.where("similar").select(F.col("u").alias("id"), F.col("v").alias("old"))
     return pairs.join(similar, ["id", "old"], "left_semi")

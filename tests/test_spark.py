@@ -1,0 +1,93 @@
+"""The Spark plumbing's memory habits: checkpoints kept on disk, not in the JVM's heap; Python
+workers that give freed memory back when a partition is done; a local JVM on the serial collector."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from mixture import spark as spark_env
+
+LIBS = str(Path(__file__).resolve().parents[1] / "libs")
+
+
+@pytest.fixture(scope="module")
+def spark():
+    return spark_env.session("local[2]", "climb-tests", 2)
+
+
+def cached_rdds(spark) -> dict[int, tuple[int, int]]:
+    """(bytes in memory, bytes on disk) of each RDD the block manager holds, by id."""
+    infos = spark.sparkContext._jsc.sc().getRDDStorageInfo()
+    return {info.id(): (info.memSize(), info.diskSize()) for info in infos}
+
+
+def test_a_checkpoint_holds_its_rows_on_disk_and_none_in_the_jvm_heap(spark):
+    df = spark.range(50_000).selectExpr("id", "sha2(CAST(id AS STRING), 512) AS text")
+    before = set(cached_rdds(spark))
+    kept = spark_env.checkpoint(df)
+    assert kept.count() == 50_000 and kept.where("id = 7").first()["text"] == hashlib.sha512(b"7").hexdigest()
+    new = [v for k, v in cached_rdds(spark).items() if k not in before]
+    assert new and sum(m for m, _ in new) == 0 and sum(d for _, d in new) > 1_000_000
+    # Spark's default local checkpoint keeps the same rows in the JVM's memory
+    before = set(cached_rdds(spark))
+    df.localCheckpoint(eager=True).count()
+    assert sum(m for k, (m, _) in cached_rdds(spark).items() if k not in before) > 1_000_000
+
+
+def test_released_yields_the_same_batches_and_gives_memory_back_even_on_failure(monkeypatch):
+    calls = []
+    monkeypatch.setattr(spark_env, "give_back_memory", lambda: calls.append(1))
+    batches = [pa.record_batch({"x": [i, i + 1]}) for i in range(3)]
+
+    def double(items):
+        for b in items:
+            yield pa.record_batch({"x": pa.compute.multiply(b.column("x"), 2)})
+
+    out = list(spark_env.released(double)(iter(batches)))
+    assert [b.column("x").to_pylist() for b in out] == [[0, 2], [2, 4], [4, 6]] and calls == [1]
+
+    def failing(items):
+        yield next(items)
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        list(spark_env.released(failing)(iter(batches)))
+    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("where", ["C heap", "Arrow pool"])
+def test_a_worker_gives_freed_memory_back_to_the_system(where):
+    """~300 MB in small blocks, one in 50 kept (so nothing frees whole pages by itself): the
+    process holds it after the free, and not after `give_back_memory`."""
+    alloc = "np.ones(1000)" if where == "C heap" else "pa.array(np.arange(2000))"
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, pyarrow as pa
+        from mixture.spark import give_back_memory
+        def rss():
+            return next(int(x.split()[1]) >> 10 for x in open("/proc/self/status") if x.startswith("VmRSS"))
+        base = rss()
+        blocks = [{alloc} for _ in range(40000)]
+        keep = blocks[::50]
+        del blocks
+        held = rss()
+        give_back_memory()
+        print(base, held, rss())
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": LIBS})
+    assert run.returncode == 0, run.stderr
+    base, held, after = map(int, run.stdout.split())
+    assert held - base > 250  # MiB still held once freed
+    assert after - base < (held - base) / 3
+
+
+def test_a_local_jvm_runs_the_serial_collector(spark):
+    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    assert {b.getName() for b in beans} == {"Copy", "MarkSweepCompact"}
