@@ -128,11 +128,9 @@ def give_back_memory() -> None:
     """Return this process's freed memory to the system: Arrow's pool, then the C heap
     (glibc's `malloc_trim`; other C libraries keep theirs)."""
     import ctypes
-    import gc
 
     import pyarrow as pa
 
-    gc.collect()
     pa.default_memory_pool().release_unused()
     try:
         ctypes.CDLL(None).malloc_trim(0)
