@@ -91,3 +91,16 @@ def test_a_worker_gives_freed_memory_back_to_the_system(where):
 def test_a_local_jvm_runs_the_serial_collector(spark):
     beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
     assert {b.getName() for b in beans} == {"Copy", "MarkSweepCompact"}
+
+
+def test_a_local_jvm_keeps_the_collector_a_user_picked(tmp_path):
+    assert not spark_env.picks_a_collector({})
+    assert spark_env.picks_a_collector({"PYSPARK_SUBMIT_ARGS": "--driver-java-options -XX:+UseG1GC pyspark-shell"})
+    assert spark_env.picks_a_collector({"JAVA_TOOL_OPTIONS": "-Xss4m -XX:+UseZGC"})
+    assert not spark_env.picks_a_collector({"JAVA_TOOL_OPTIONS": "-Xss4m -XX:+UseStringDeduplication"})
+    (tmp_path / "spark-defaults.conf").write_text("spark.driver.extraJavaOptions -XX:+UseParallelGC\n")
+    assert spark_env.picks_a_collector({"SPARK_CONF_DIR": str(tmp_path)})
+    assert spark_env.picks_a_collector({"SPARK_HOME": str(tmp_path.parent), "SPARK_CONF_DIR": str(tmp_path)})
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "spark-defaults.conf").write_text("spark.driver.memory 2g\n")
+    assert not spark_env.picks_a_collector({"SPARK_HOME": str(tmp_path)})

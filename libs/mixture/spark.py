@@ -1,13 +1,16 @@
 """The Spark session the `curate` stage runs on (`local[*]` by default, any master URL works),
 and the one place that says which environment Spark's Python processes need: the CLI, the
-spark-submit job and the Airflow task all take it from `environment`."""
+spark-submit job and the Airflow task all take it from `environment`. Also the stage's memory
+habits on Spark: `checkpoint` keeps intermediate results on disk, not in the JVM's heap;
+`released` makes a `mapInArrow` function give its worker's freed memory back."""
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 
 def environment(master: str = "local[*]", env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
@@ -39,9 +42,11 @@ EXECUTOR_ENV = (
 # A local master's one JVM moves only small columns (the texts stay out of it, `mixture.curate.texts`)
 # on a few cores: the serial collector keeps its heap near what is live, where G1 (the default on
 # machines of 2+ cores) grows it toward `spark.driver.memory` as the corpus grows (bench/RESULTS.md:
-# 820 against 1,150-1,340 MiB at 240,000 records, the same seconds). Prepended to a user's
-# `spark.driver.extraJavaOptions`; a cluster's settings are its own.
+# 820 against 970 MiB at 240,000 records, 1,064 against 1,461 at 480,000; the same seconds). Set as
+# `spark.driver.defaultJavaOptions`, which a user's `extraJavaOptions` follow; left out where the
+# user picks a collector (`picks_a_collector`: the JVM refuses two). A cluster's are its own.
 LOCAL_JAVA_OPTIONS = "-XX:+UseSerialGC"
+_PICKS_A_COLLECTOR = re.compile(r"-XX:\+Use\w+GC\b")
 
 
 def session(master: str | None, app: str = "climb", partitions: int = 8):
@@ -62,7 +67,7 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
             .config("spark.sql.shuffle.partitions", str(partitions))
             .config("spark.default.parallelism", str(partitions))
         )
-    if (master or "").startswith("local"):
+    if (master or "").startswith("local") and not picks_a_collector():
         builder = builder.config("spark.driver.defaultJavaOptions", LOCAL_JAVA_OPTIONS)
     spark = (
         builder.config("spark.ui.showConsoleProgress", "false")
@@ -73,6 +78,19 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
     if (master or "").startswith("local"):
         quiet_task_errors(spark)
     return spark
+
+
+def picks_a_collector(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the user picks the JVM's garbage collector: in the environment's Java or
+    spark-submit options, or in `spark-defaults.conf` (then `LOCAL_JAVA_OPTIONS` stay out)."""
+    env = os.environ if env is None else env
+    picked = [env.get(k, "") for k in ("PYSPARK_SUBMIT_ARGS", "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS")]
+    conf_dir = env.get("SPARK_CONF_DIR") or (os.path.join(env["SPARK_HOME"], "conf") if env.get("SPARK_HOME") else "")
+    defaults = os.path.join(conf_dir, "spark-defaults.conf")
+    if conf_dir and os.path.isfile(defaults):
+        with open(defaults, encoding="utf-8", errors="replace") as f:
+            picked.append(f.read())
+    return any(_PICKS_A_COLLECTOR.search(text) for text in picked)
 
 
 def _submitted_name() -> bool:
@@ -111,8 +129,8 @@ def released(fn: Callable[[Iterator], Iterator]) -> Callable[[Iterator], Iterato
     """A `mapInArrow` function (batches -> batches) that gives its worker's unused memory back to
     the system when its partition is done: Arrow's pool and the C heap keep freed pages for reuse,
     and Spark reuses its Python workers, so without this each one holds the peak of the largest
-    partition it ever ran while other steps run (bench/RESULTS.md: ~0.3 GB less in all at 240,000
-    records)."""
+    partition it ever ran while other steps run (bench/RESULTS.md: the workers ~0.4 GB lower at
+    240,000 records)."""
 
     @functools.wraps(fn)
     def run(batches: Iterator) -> Iterator:
