@@ -119,22 +119,10 @@ def main() -> None:
     import pyarrow as pa
     from mixture import pipeline
     from mixture import spark as spark_env
-    from mixture.config import parse_config
-    from mixture.curate.filters import registered
 
-    spark_env.session("local[2]", "curate-rss", 4)
-    curate = {"spark_master": "local[2]", "partitions": 4, **json.loads(args.curate)}
-    if args.shape.endswith(":off"):
-        curate["filters"] = {name: {"enabled": False} for name, _ in registered()}
-    cfg = parse_config(
-        {
-            "run_name": "rss",
-            "output_root": str(tmp / "out"),
-            "input": {"uris": [str(tmp / "in" / "*.jsonl")]},
-            "curate": curate,
-            "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}"},
-        }
-    )
+    spark_env.session("local[2]", "curate-rss", ct.WORKERS * 2)
+    filters_off = args.shape.endswith(":off")
+    cfg = ct.ours_config(tmp / "in", tmp / "out", tmp / "mlflow.db", filters_off, json.loads(args.curate))
     mlflow.MlflowClient(cfg.tracking.uri).search_experiments()
     sampler = Sampler()
     sampler.start()

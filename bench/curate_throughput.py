@@ -75,25 +75,32 @@ def write_inputs(corpus: list[dict], folder: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- ours
-def run_ours(spark, inputs: Path, out: Path, filters_off: bool = False) -> tuple[float, dict]:
-    import pyarrow.parquet as pq
-    from mixture import pipeline
+def ours_config(inputs: Path, out: Path, mlflow_db: Path, filters_off: bool, curate: dict | None = None):
+    """The run's config: the JSONL files under `inputs`, Spark `local[2]`, the default filters
+    (or none: MinHash dedup only, no filter signal computed), `curate` settings added."""
     from mixture.config import parse_config
     from mixture.curate.filters import registered
 
-    out.mkdir(parents=True)
-    curate: dict = {"spark_master": "local[2]", "partitions": WORKERS * 2}
-    if filters_off:  # MinHash dedup only: no filter signal is computed (curate.signals: enabled)
-        curate["filters"] = {name: {"enabled": False} for name, _ in registered()}
-    cfg = parse_config(
+    settings: dict = {"spark_master": "local[2]", "partitions": WORKERS * 2, **(curate or {})}
+    if filters_off:
+        settings["filters"] = {name: {"enabled": False} for name, _ in registered()}
+    return parse_config(
         {
             "run_name": "bench",
             "output_root": str(out),
             "input": {"uris": [str(inputs / "*.jsonl")]},
-            "curate": curate,
-            "tracking": {"uri": f"sqlite:///{out / 'mlflow.db'}"},
+            "curate": settings,
+            "tracking": {"uri": f"sqlite:///{mlflow_db}"},
         }
     )
+
+
+def run_ours(spark, inputs: Path, out: Path, filters_off: bool = False) -> tuple[float, dict]:
+    import pyarrow.parquet as pq
+    from mixture import pipeline
+
+    out.mkdir(parents=True)
+    cfg = ours_config(inputs, out, out / "mlflow.db", filters_off)
     import mlflow
 
     mlflow.MlflowClient(cfg.tracking.uri).search_experiments()  # create the store before the clock

@@ -33,22 +33,9 @@ def main() -> None:
     ct.prepared(args.shape, args.docs, argparse.Namespace(seed=0, truth_max=0, threshold=0.8), tmp / "in")
     from mixture import pipeline
     from mixture import spark as spark_env
-    from mixture.config import parse_config
-    from mixture.curate.filters import registered
 
     spark_env.session("local[2]", "curate-warm", ct.WORKERS * 2)
-    curate = {"spark_master": "local[2]", "partitions": ct.WORKERS * 2}
-    if args.shape.endswith(":off"):
-        curate["filters"] = {name: {"enabled": False} for name, _ in registered()}
-    cfg = parse_config(
-        {
-            "run_name": "warm",
-            "output_root": str(tmp / "out"),
-            "input": {"uris": [str(tmp / "in" / "*.jsonl")]},
-            "curate": curate,
-            "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}"},
-        }
-    )
+    cfg = ct.ours_config(tmp / "in", tmp / "out", tmp / "mlflow.db", args.shape.endswith(":off"))
     seconds = []
     for _ in range(args.runs):
         t0 = time.perf_counter()
