@@ -61,6 +61,14 @@ def test_released_yields_the_same_batches_and_gives_memory_back_even_on_failure(
     assert calls == [1, 1]
 
 
+def test_every_per_batch_function_runs_through_map_batches():
+    """`map_batches` is the one place a per-batch function meets Spark: one that called
+    `mapInArrow` itself would keep its worker's memory after its partition."""
+    pkg = Path(LIBS) / "mixture"
+    callers = sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*.py") if ".mapInArrow(" in p.read_text())
+    assert callers == ["spark.py"]
+
+
 @pytest.mark.parametrize("where", ["C heap", "Arrow pool"])
 def test_a_worker_gives_freed_memory_back_to_the_system(where):
     """~300 MB in small blocks, one in 50 kept (so nothing frees whole pages by itself): the

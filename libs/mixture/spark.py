@@ -2,7 +2,7 @@
 and the one place that says which environment Spark's Python processes need: the CLI, the
 spark-submit job and the Airflow task all take it from `environment`. Also the stage's memory
 habits on Spark: `checkpoint` keeps intermediate results on disk, not in the JVM's heap;
-`released` makes a `mapInArrow` function give its worker's freed memory back."""
+`map_batches` runs a per-batch function that gives its worker's freed memory back (`released`)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,12 @@ def checkpoint(df):
     from pyspark import StorageLevel
 
     return df.localCheckpoint(eager=True, storageLevel=StorageLevel.DISK_ONLY)
+
+
+def map_batches(df, fn: Callable[[Iterator], Iterator], schema):
+    """`df.mapInArrow(fn, schema)`, with `fn` `released`: how the stage runs a per-batch function
+    on Spark, so none holds its worker's memory after its partition."""
+    return df.mapInArrow(released(fn), schema)
 
 
 def released(fn: Callable[[Iterator], Iterator]) -> Callable[[Iterator], Iterator]:

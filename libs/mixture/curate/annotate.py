@@ -55,7 +55,7 @@ from mixture import storage
 from mixture.config import Config
 from mixture.curate import accounting, batches, dedup_groups, ingest, minhash, prior, texts
 from mixture.curate.filters import stored_signal_names
-from mixture.spark import checkpoint, released
+from mixture.spark import checkpoint, map_batches
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHPara
     filters = cfg.curate.filters
     every = cfg.curate.every_signal
     scan_fn = batches.scan_batches(opts, filters.model_dump(mode="json"), lsh, texts_folder, every)
-    return split_df.mapInArrow(released(scan_fn), batches.scan_schema(filters, every))
+    return map_batches(split_df, scan_fn, batches.scan_schema(filters, every))
 
 
 def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=None, retracted=None):
@@ -208,7 +208,7 @@ def write_dataset(
         bucketed = bucketed.sortWithinPartitions("_bucket", texts.SPLIT, texts.POS)
     write = batches.write_buckets(staging, prefix, fields, sort_keys, texts_folder=texts_folder)
     # Nothing counted, nothing to shuffle: the empty part is written without a Spark job.
-    written = bucketed.mapInArrow(released(write), "bucket int, rows bigint").collect() if n_rows else []
+    written = map_batches(bucketed, write, "bucket int, rows bigint").collect() if n_rows else []
     by_bucket: dict[int, int] = {}
     for row in written:
         if row["bucket"] in by_bucket:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixture.curate import minhash
-from mixture.spark import checkpoint, released
+from mixture.spark import checkpoint, map_batches
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +211,9 @@ def near_duplicates(
     driver_max_pairs: int = DRIVER_MAX_PAIRS,
 ):
     """(id, near_of) for every near duplicate among `docs` (id, text), and FuzzyStats."""
-    prints = docs.select("id", "text").mapInArrow(
-        released(fingerprint_batches(ngram, params.num_perm, params.bands, params.rows, seed)), FINGERPRINT_SCHEMA
-    )
     texts = docs.select("id", "text")
+    fingerprints = fingerprint_batches(ngram, params.num_perm, params.bands, params.rows, seed)
+    prints = map_batches(texts, fingerprints, FINGERPRINT_SCHEMA)
     return near_groups(
         prints,
         lambda ids, small=False: texts.join(ids, "id", "left_semi"),
@@ -321,12 +320,8 @@ def near_on_driver(pairs, texts_of, spark, threshold, ngram, verify, stats) -> l
     if verify and pairs:
         ids = sorted({i for p in pairs for i in p})
         wanted = F.broadcast(spark.createDataFrame([(i,) for i in ids], "id string"))
-        rows = (
-            texts_of(wanted, small=True)
-            .select("id", "text")
-            .mapInArrow(released(shingle_batches(ngram)), SHINGLE_SCHEMA)
-            .collect()
-        )
+        texts = texts_of(wanted, small=True).select("id", "text")
+        rows = map_batches(texts, shingle_batches(ngram), SHINGLE_SCHEMA).collect()
         sets = {r["id"]: np.frombuffer(r["shingles"], dtype="<u4") for r in rows}
         pairs = [(u, v) for u, v in pairs if minhash.jaccard(sets[u], sets[v]) >= threshold]
     stats.verified_pairs = len(pairs)
@@ -365,12 +360,14 @@ def _near_on_spark(pairs, texts_of, threshold, ngram, verify, max_iterations, st
 
     if verify:
         ids = pairs.select(F.col("u").alias("id")).union(pairs.select(F.col("v").alias("id"))).distinct()
-        sh = texts_of(ids).select("id", "text").mapInArrow(released(shingle_batches(ngram)), SHINGLE_SCHEMA)
+        sh = map_batches(texts_of(ids).select("id", "text"), shingle_batches(ngram), SHINGLE_SCHEMA)
         joined = pairs.join(sh.select(F.col("id").alias("u"), F.col("shingles").alias("sh_u")), "u").join(
             sh.select(F.col("id").alias("v"), F.col("shingles").alias("sh_v")), "v"
         )
-        checked = joined.select("u", "v", "sh_u", "sh_v").mapInArrow(
-            released(verify_batches(threshold)), "u string, v string, jaccard double, similar boolean"
+        checked = map_batches(
+            joined.select("u", "v", "sh_u", "sh_v"),
+            verify_batches(threshold),
+            "u string, v string, jaccard double, similar boolean",
         )
     else:
         checked = pairs.withColumn("similar", F.lit(True))

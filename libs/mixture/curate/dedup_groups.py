@@ -81,9 +81,10 @@ CORRECTED = ["file", "line", "doc_id", "retracted"]  # what a correction copies 
 def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts_folder: str):
     """Steps 3-4 and the corrections for a few documents (at most `curate.driver_rows`): the
     same as `on_spark` + `corrections`, from `identify`'s rows as one Arrow table on the
-    driver. The table is never copied whole: rows are addressed by index (numpy), and only the columns
-    a step needs are gathered (the exact-group representatives' keys and ids, the rows that get a
-    correction); only the candidates' texts are read again on Spark. Returns (corrections, stats)."""
+    driver. The table is never copied whole: rows are addressed by index (numpy), and only the
+    columns a step needs are gathered (the exact-group representatives' keys and ids, the rows
+    that get a correction); only the candidates' texts are read again on Spark. Returns
+    (corrections, stats)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 

@@ -30,7 +30,7 @@ from typing import Any
 from mixture import storage
 from mixture.curate import dedup
 from mixture.curate.ingest import InputFile
-from mixture.spark import checkpoint, released
+from mixture.spark import checkpoint, map_batches
 
 STATE = "dedup/"
 STATE_FIELDS = [
@@ -117,7 +117,7 @@ def read_parquet(spark, uris: list[str], ddl: str, columns: list[str], ids=None)
     slices = max(1, min(len(rows), 64))
     df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "uri string")
     wanted = spark.sparkContext.broadcast(sorted(ids)) if ids is not None else None
-    return df.mapInArrow(released(_reader(columns, wanted)), ddl)
+    return map_batches(df, _reader(columns, wanted), ddl)
 
 
 def _reader(columns: list[str], wanted):
@@ -172,14 +172,16 @@ def _verified(pairs, old_texts, new_texts, threshold: float, ngram: int):
 
     schema = dedup.SHINGLE_SCHEMA
     ids = {r["old"] for r in pairs.select("old").distinct().collect()}
-    shingles = released(dedup.shingle_batches(ngram))
-    sh_old = old_texts(ids).select("id", "text").mapInArrow(shingles, schema)
-    sh_new = new_texts(pairs.select("id", "file", "line").distinct()).mapInArrow(shingles, schema)
+    shingles = dedup.shingle_batches(ngram)
+    sh_old = map_batches(old_texts(ids).select("id", "text"), shingles, schema)
+    sh_new = map_batches(new_texts(pairs.select("id", "file", "line").distinct()), shingles, schema)
     joined = pairs.join(sh_new.select(F.col("id"), F.col("shingles").alias("sh_u")), "id").join(
         sh_old.select(F.col("id").alias("old"), F.col("shingles").alias("sh_v")), "old"
     )
-    checked = joined.select(F.col("id").alias("u"), F.col("old").alias("v"), "sh_u", "sh_v").mapInArrow(
-        released(dedup.verify_batches(threshold)), "u string, v string, jaccard double, similar boolean"
+    checked = map_batches(
+        joined.select(F.col("id").alias("u"), F.col("old").alias("v"), "sh_u", "sh_v"),
+        dedup.verify_batches(threshold),
+        "u string, v string, jaccard double, similar boolean",
     )
     similar = checked.where("similar").select(F.col("u").alias("id"), F.col("v").alias("old"))
     return pairs.join(similar, ["id", "old"], "left_semi")

@@ -24,7 +24,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from mixture import storage
-from mixture.spark import released
+from mixture.spark import map_batches
 
 BLOCK = 256  # rows per record batch of a texts file
 SPLIT, POS, TEXT = "split", "pos", "text"
@@ -203,4 +203,4 @@ def with_texts(df, texts_folder: str):
     schema = StructType([*df.schema.fields, StructField(TEXT, StringType())])
     partitions = int(df.sparkSession.conf.get("spark.sql.shuffle.partitions"))
     grouped = df.repartition(partitions, SPLIT).sortWithinPartitions(SPLIT, POS)
-    return grouped.mapInArrow(released(attach_batches(texts_folder)), schema)
+    return map_batches(grouped, attach_batches(texts_folder), schema)
