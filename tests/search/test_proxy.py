@@ -93,3 +93,31 @@ def test_auto_dtype_picks_bf16_on_a_cpu_only_with_native_bf16(tmp_path):
     assert dtype_for("auto", "cuda") == "bfloat16"
     assert dtype_for("float32", "cuda") == "float32" and dtype_for("bfloat16", "cpu") == "bfloat16"
     assert dtype_for("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else "float32")
+
+
+def _largest_gap(starts: np.ndarray) -> float:
+    x = np.sort(starts)
+    return float(max(np.diff(x).max(), 1.0 - x[-1] + x[0]))
+
+
+@pytest.mark.parametrize("n", [10, 50, 200])
+def test_spread_windows_cover_a_cluster_evenly_where_random_ones_leave_gaps(n):
+    spread = P.window_draws(seed=3, name="c07", first=0, n=n, data_order="spread")
+    random = P.window_draws(seed=3, name="c07", first=0, n=n, data_order="cluster")
+    assert _largest_gap(spread) < 3.0 / n  # the golden-ratio sequence: no gap above phi^2 / n
+    assert _largest_gap(random) > 3.0 / n  # independent draws: about ln(n) / n
+
+
+def test_spread_windows_are_common_to_every_mixture_and_go_on_after_a_base():
+    whole = P.window_draws(seed=1, name="a", first=0, n=30, data_order="spread")
+    assert np.allclose(P.window_draws(seed=1, name="a", first=12, n=18, data_order="spread"), whole[12:])
+    assert not np.allclose(P.window_draws(seed=2, name="a", first=0, n=30, data_order="spread"), whole)
+    # cluster a's i-th window is the same whatever its weight: only how many are taken changes
+    starts = {}
+    for share in (0.25, 0.75):
+        data = P.MixtureBatches(_shards(), {"a": share, "b": 1 - share}, 16, 4, 10, 1, "spread")
+        starts[share] = np.sort(data.starts[data.cluster_of == 0])
+    n = len(starts[0.25])
+    expected = np.sort((whole[:n] * len(_shards()["a"])).astype(np.int64))
+    assert np.array_equal(starts[0.25], expected)
+    assert set(starts[0.25]) <= set(starts[0.75])

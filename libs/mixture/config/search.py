@@ -41,12 +41,14 @@ class ProxyConfig(Section):
         description="auto: bf16 autocast on CUDA, and on a CPU only with native bf16 (AVX-512 BF16 "
         "or AMX; emulated bf16 is several times slower than fp32), else fp32",
     )
-    data_order: Literal["run", "cluster"] = Field(
+    data_order: Literal["run", "cluster", "spread"] = Field(
         "cluster",
         description="run: one random stream per run draws every window; cluster: each cluster's "
         "windows come from its own stream seeded by (seed, cluster name), so cluster c's i-th window "
         "is the same in every run whatever the mixture (common random numbers; only the "
-        "interleaving depends on the mixture)",
+        "interleaving depends on the mixture); spread: as cluster, but the i-th window starts at "
+        "(u + i x 0.618...) mod 1 of the shard (u seeded by seed and cluster), so the first n "
+        "windows of a cluster cover it evenly (a low-discrepancy sample)",
     )
 
 

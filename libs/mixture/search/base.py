@@ -75,7 +75,7 @@ def continued(scfg: SearchConfig, record: dict, state: dict, steps: int | None =
     if record["steps"] != n:
         raise BaseError(f"the base trained {record['steps']} steps, search.base now gives it {n}: train it again")
     run_steps = total - n if steps is None else steps
-    skip = record["windows"] if scfg.proxy.data_order == "cluster" else None
+    skip = record["windows"] if scfg.proxy.data_order != "run" else None
     return proxy.Segment(n, run_steps, n + run_steps, *_schedule(scfg.base, n), state=state, skip=skip)
 
 

@@ -17,8 +17,11 @@ sequence is a random window of seq_len + 1 tokens of that cluster's packed shard
 concatenated with their end-of-document ids, nanoGPT-style); order is shuffled. With
 `data_order: cluster` each cluster's windows come from a stream of its own, seeded by (seed,
 cluster name): cluster c's i-th window is then the same in every run of that seed whatever the
-mixture (common random numbers), and only the interleaving depends on the mixture; `run` (one
-stream for the whole run) is how runs were drawn before. AdamW (beta2 0.95, weight decay 0.1 on
+mixture (common random numbers), and only the interleaving depends on the mixture; `spread` is
+the same with the i-th window at (u + i x 0.618...) mod 1 of the shard (u seeded likewise), so
+that the windows a run takes of a cluster cover it evenly (a low-discrepancy sample: the noise of
+a proxy's score fell 30-40% with the WSD schedule, bench/RESULTS.md "The proxy's seed noise");
+`run` (one stream for the whole run) is how runs were drawn before. AdamW (beta2 0.95, weight decay 0.1 on
 matrices), gradient clipping at 1, cosine decay with linear warm-up or WSD (warm-up, stable, the
 last 20% decaying linearly), both to `min_lr_frac` of the peak.
 
@@ -126,9 +129,21 @@ def cluster_stream(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), key])
 
 
+GOLDEN = (math.sqrt(5) - 1) / 2  # the additive recurrence with the most even prefixes (Weyl, golden ratio)
+
+
+def window_draws(seed: int, name: str, first: int, n: int, data_order: str) -> np.ndarray:
+    """Where windows first..first+n-1 of cluster `name` start, as shares of its shard: random draws
+    of its own stream (cluster), or the golden-ratio sequence from a seeded offset (spread)."""
+    stream = cluster_stream(seed, name)
+    if data_order == "spread":
+        return (stream.random() + GOLDEN * np.arange(first, first + n)) % 1.0
+    return stream.random(first + n)[first:]
+
+
 class MixtureBatches:
     """Batches of packed token windows drawn from cluster shards in proportion to a mixture.
-    `skip` (data_order cluster): windows of each cluster's stream that an earlier segment drew."""
+    `skip` (data_order cluster or spread): windows of each cluster's stream an earlier segment drew."""
 
     def __init__(
         self,
@@ -162,8 +177,7 @@ class MixtureBatches:
             for k, c in enumerate(names):
                 at = np.flatnonzero(self.cluster_of == k)  # cluster c's windows, in training order
                 first = (skip or {}).get(c, 0)
-                draws = cluster_stream(seed, c).random(first + len(at))[first:]
-                self.starts[at] = (draws * lengths[k]).astype(np.int64)
+                self.starts[at] = (window_draws(seed, c, first, len(at), data_order) * lengths[k]).astype(np.int64)
         self.names = names
         self.windows = {c: int(n) for c, n in zip(names, counts)}
         self.tokens_per_cluster = {c: int(n) * (seq_len + 1) for c, n in zip(names, counts)}
