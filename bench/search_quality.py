@@ -22,6 +22,9 @@ RegMix the same way, at 1B):
   shares), `uniform`;
 - every method's final mixture retrained at the transfer scale (`--transfer-tokens`, the proxy
   model at 3x its tokens by default) with `--transfer-seeds` seeds and scored on the report half;
+  the transfer runs take the lab's default proxy settings whatever `--set` changes in the search's
+  (`search.proxy.schedule`, `data_order`, ...), so that runs comparing proxy settings are judged
+  by the same yardstick;
   searches and random draws repeated with `--seeds` seeds;
 - per target: mean +- sd per method, the paired difference of climb against each baseline with a
   95% interval (mean +- 1.96 standard errors over the (seed, transfer seed) pairs), the spread of
@@ -261,6 +264,7 @@ class Context:
     names: list[str]
     prior: np.ndarray
     target: Target
+    truth: dict | None = None  # the transfer runs' proxy settings (the lab's defaults); None: the search's
 
     def proxy(self) -> dict:
         return self.cfg.search.proxy.model_dump(mode="json")
@@ -402,7 +406,7 @@ SEEDLESS = {"natural", "uniform"}
 # ------------------------------------------------------------------------------- transfer + stats
 def transfer(ctx: Context, w: np.ndarray, seeds: list[int], tokens: int) -> list[float]:
     """The mixture retrained at the transfer scale, one score on the report half per seed."""
-    pcfg = {**ctx.proxy(), "tokens": tokens}
+    pcfg = {**(ctx.truth or ctx.proxy()), "tokens": tokens}
     got = ctx.runner.scores([(w, 10_000 + t, pcfg) for t in seeds])
     return [g[f"{ctx.target.name}/report"] for g in got]
 
@@ -552,8 +556,9 @@ def main(argv: list[str] | None = None) -> int:
         sets = quick + args.set
         cfg, runner, targets, make_cfg = open_lab(cache, lab_name, sets, args)
         names, prior = runner.names, runner.prior
+        truth = make_cfg(quick).search.proxy.model_dump(mode="json")
         for t in [t for t in targets if not args.targets or t.name in args.targets.split(",")]:
-            ctx = Context(lab_name, cfg, sets, quick + BEFORE_20, make_cfg, runner, names, prior, t)
+            ctx = Context(lab_name, cfg, sets, quick + BEFORE_20, make_cfg, runner, names, prior, t, truth)
             seeds = list(range(args.seeds))
             results[f"{lab_name} / {t.name}"] = evaluate_target(ctx, args.methods.split(","), seeds, args)
         print(f"{lab_name}: {runner.trained} proxies trained in this run", flush=True)
