@@ -35,12 +35,14 @@ def benchmark_estimate(search_dir: Path, names: list[str]):
     lab = next((k for k in sq.LABS if folder.name.startswith(k + "-")), None)
     if lab is None:
         return None
-    target = folder.name[len(lab) + 1 :].rsplit("-s", 1)[0]
+    target, seed = folder.name[len(lab) + 1 :].rsplit("-s", 1)
+    seed = seed.split("-")[0]
     cache = folder.parent.parent
     _, _, targets, make_cfg = sq.open_lab(cache, lab, [], argparse.Namespace(workers=1, transfer_factor=3.0))
     t = next(t for t in targets if t.name == target)
-    cfg = make_cfg([f"search.target.val_uris=[{t.select}]"])
-    return ngram.for_search(cfg, sq.build_lab(cfg), names)
+    lab_cfg = make_cfg([f"search.target.val_uris=[{t.select}]"])
+    # the target's windows as the search drew them (its seed), on the lab it ran on (the lab's config)
+    return ngram.for_search(lab_cfg.model_copy(update={"seed": int(seed)}), sq.build_lab(lab_cfg), names)
 
 
 def loo_by_predictor(search_dir: Path, candidates: list[str], seed: int = 0) -> tuple[int, float, dict[str, float]]:

@@ -349,7 +349,8 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
     return np.array([mixture["weights"].get(c, 0.0) for c in ctx.names]), {
         "runs": len(runs),
         "method": mixture["method"],
-        "loo_spearman": loo_spearman(cfg.search, obs, seed, ngram.for_search(cfg, build_lab(cfg), ctx.names)),
+        # the lab the search ran on: `cfg` (its seed) would build another lab, clustered with that seed
+        "loo_spearman": loo_spearman(cfg.search, obs, seed, ngram.for_search(cfg, build_lab(ctx.cfg), ctx.names)),
         "playoff": (mixture.get("playoff") or {}).get("reason"),
     }
 
