@@ -19,11 +19,11 @@ concatenated with their end-of-document ids, nanoGPT-style); order is shuffled. 
 cluster name): cluster c's i-th window is then the same in every run of that seed whatever the
 mixture (common random numbers), and only the interleaving depends on the mixture; `spread` is
 the same with the i-th window at (u + i x 0.618...) mod 1 of the shard (u seeded likewise), so
-that the windows a run takes of a cluster cover it evenly (a low-discrepancy sample: the noise of
-a proxy's score fell 30-40% with the WSD schedule, bench/RESULTS.md "The proxy's seed noise");
-`run` (one stream for the whole run) is how runs were drawn before. AdamW (beta2 0.95, weight decay 0.1 on
-matrices), gradient clipping at 1, cosine decay with linear warm-up or WSD (warm-up, stable, the
-last 20% decaying linearly), both to `min_lr_frac` of the peak.
+that the windows a run takes of a cluster cover it evenly (a low-discrepancy sample: with the WSD
+schedule a proxy score's seed noise fell 28-38%, bench/RESULTS.md "The proxy's seed noise");
+`run` (one stream for the whole run) is how runs were drawn before. AdamW (beta2 0.95, weight
+decay 0.1 on matrices), gradient clipping at 1, cosine decay with linear warm-up or WSD (warm-up,
+stable, the last 20% decaying linearly), both to `min_lr_frac` of the peak.
 
 A run can be one `Segment` of a longer one: a base proxy trains the first steps, and a run
 continued from it starts from its weights and optimizer state at the base's step, on the same
