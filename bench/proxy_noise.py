@@ -22,6 +22,7 @@ demo's climblab; this one on the crowded runs of a real search, where the predic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -34,42 +35,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as sq  # noqa: E402
 
 
-def _train_one(job: dict) -> dict[str, float]:
-    """One proxy (from scratch, or continuing `job["state"]`), scored on every target's select half."""
+@contextlib.contextmanager
+def pinned(job: dict):
+    """The job with its data seed (`data`, else its seed); the trainer's torch.manual_seed, which
+    seeds the initial weights, takes `init` (else the job's seed) while inside."""
     import torch
 
-    torch.set_num_threads(1)
     seeded = torch.manual_seed
     init = job["seed"] if job.get("init") is None else job["init"]
-    torch.manual_seed = lambda _s: seeded(init)  # the trainer seeds the initial weights with this
+    torch.manual_seed = lambda _s: seeded(init)
     try:
-        return _train_and_score({**job, "seed": job["seed"] if job.get("data") is None else job["data"]})
+        yield {**job, "seed": job["seed"] if job.get("data") is None else job["data"]}
     finally:
         torch.manual_seed = seeded
 
 
-def _train_and_score(job: dict) -> dict:
-    from mixture.climblab import ClimbLab
-    from mixture.config import ProxyConfig, TargetConfig
-    from mixture.dataset import open_dataset
-    from mixture.search import evaluate, proxy
+def _train_one(job: dict) -> dict[str, float]:
+    """One proxy (from scratch, or a `segment` continuing a base), scored like the benchmark's runs."""
+    with pinned(job) as job:
+        return sq._train_and_score({**job, "key": None})["scores"]
 
-    lab = ClimbLab(open_dataset(job["lab"]))
-    pcfg = ProxyConfig(**job["proxy"])
-    mixture = {c: w for c, w in zip(job["names"], job["weights"]) if w > 0}
-    shards = {c: lab.shard(c).tokens for c in mixture}
-    res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, job["seed"], segment=job.get("segment"))
-    if job.get("keep"):
-        return {
-            "state": {"model": res.model.state_dict(), "optimizer": res.optimizer.state_dict()},
-            "windows": res.windows,
-        }
-    scores = {}
-    for name, uri in job["targets"].items():
-        tcfg = TargetConfig(val_uris=[uri], val_tokens=job["val_tokens"], metric="bpb")
-        target = evaluate.target_for(tcfg, lab.tokenizer_path, lab.eos_id, 0)
-        scores[name] = float(evaluate.evaluate(res.model, target, pcfg.seq_len, res.device)["score"])
-    return scores
+
+def _base(job: dict) -> dict:
+    """The base proxy's segment trained: its model and optimizer state, and the windows it drew."""
+    import torch
+    from mixture.climblab import ClimbLab
+    from mixture.config import ProxyConfig
+    from mixture.dataset import open_dataset
+    from mixture.search import proxy
+
+    torch.set_num_threads(1)
+    with pinned(job) as job:
+        lab = ClimbLab(open_dataset(job["lab"]))
+        mixture = {c: w for c, w in zip(job["names"], job["weights"]) if w > 0}
+        shards = {c: lab.shard(c).tokens for c in mixture}
+        pcfg = ProxyConfig(**job["proxy"])
+        res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, job["seed"], segment=job["segment"])
+    return {"model": res.model.state_dict(), "optimizer": res.optimizer.state_dict(), "windows": res.windows}
 
 
 def trained(runner, W: np.ndarray, seed: int, pcfg: dict, base: float | None, seeds: dict, workers: int):
@@ -88,7 +90,7 @@ def trained(runner, W: np.ndarray, seed: int, pcfg: dict, base: float | None, se
         "seed": seed,
         "proxy": pcfg,
         **seeds,
-        "targets": {t: h["select"] for t, h in runner.targets.items()},
+        "targets": {t: {"select": h["select"]} for t, h in runner.targets.items()},
         "val_tokens": runner.val_tokens,
     }
     segments = [None] * len(W)
@@ -96,12 +98,13 @@ def trained(runner, W: np.ndarray, seed: int, pcfg: dict, base: float | None, se
         bcfg = BaseConfig(enabled=True, share=base)
         total, n = B.split(ProxyConfig(**pcfg), bcfg)
         first = proxy.Segment(0, n, total, "wsd", n)
-        got = _train_one({**common, "weights": list(runner.prior), "segment": first, "keep": True})
-        segments = [proxy.Segment(n, total - n, total, "wsd", n, got["state"], got["windows"])] * len(W)
+        got = _base({**common, "weights": list(runner.prior), "segment": first})
+        state = {"model": got["model"], "optimizer": got["optimizer"]}
+        segments = [proxy.Segment(n, total - n, total, "wsd", n, state, got["windows"])] * len(W)
     jobs = [{**common, "weights": [float(x) for x in w], "segment": s} for w, s in zip(W, segments)]
     with ProcessPoolExecutor(workers) as pool:
         got = list(pool.map(_train_one, jobs))
-    return {t: np.array([g[t] for g in got]) for t in runner.targets}
+    return {t: np.array([g[f"{t}/select"] for g in got]) for t in runner.targets}
 
 
 def figures(a: np.ndarray, b: np.ndarray, first: int) -> dict:

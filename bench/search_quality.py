@@ -183,7 +183,8 @@ def run_key(lab_sha: str, w: np.ndarray, seed: int, pcfg: dict) -> str:
 
 
 def _train_and_score(job: dict) -> dict:
-    """One proxy trained on a mixture, scored on every target's halves (a worker process)."""
+    """One proxy trained on a mixture (or `job["segment"]` of a run, `proxy.Segment`), scored on every
+    target's halves (a worker process)."""
     import torch
     from mixture.climblab import ClimbLab
     from mixture.config import ProxyConfig, TargetConfig
@@ -196,7 +197,7 @@ def _train_and_score(job: dict) -> dict:
     mixture = dict(zip(job["names"], job["weights"]))
     shards = {c: lab.shard(c).tokens for c, w in mixture.items() if w > 0}
     t0 = time.perf_counter()
-    res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, job["seed"])
+    res = proxy.train(pcfg, shards, mixture, lab.vocab_size, lab.eos_id, job["seed"], segment=job.get("segment"))
     scores = {}
     for name, halves in job["targets"].items():
         for half, uri in halves.items():

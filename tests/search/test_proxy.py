@@ -104,7 +104,7 @@ def _largest_gap(starts: np.ndarray) -> float:
 def test_spread_windows_cover_a_cluster_evenly_where_random_ones_leave_gaps(n):
     spread = P.window_draws(seed=3, name="c07", first=0, n=n, data_order="spread")
     random = P.window_draws(seed=3, name="c07", first=0, n=n, data_order="cluster")
-    assert _largest_gap(spread) < 3.0 / n  # the golden-ratio sequence: no gap above phi^2 / n
+    assert _largest_gap(spread) < 3.0 / n  # the golden-ratio sequence: its points evenly spread
     assert _largest_gap(random) > 3.0 / n  # independent draws: about ln(n) / n
 
 
