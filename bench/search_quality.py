@@ -275,6 +275,12 @@ class Context:
         return np.array([g[f"{self.target.name}/select"] for g in got])
 
 
+def lab_truth(make_cfg, sets: list[str] = ()) -> dict:
+    """The transfer runs' proxy settings: the lab's defaults (with `sets`, e.g. `--quick`'s), whatever
+    `--set` changes in the search's, so that runs comparing proxy settings share one yardstick."""
+    return make_cfg(list(sets)).search.proxy.model_dump(mode="json")
+
+
 def budget(scfg, vocab_size: int, groups: int) -> int:
     """Proxy runs of `search.proxy` that the search costs, in training compute: its runs (the part
     after the base when they continue from one), the base once, the experts, the playoff (anchors
@@ -558,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = quick + args.set
         cfg, runner, targets, make_cfg = open_lab(cache, lab_name, sets, args)
         names, prior = runner.names, runner.prior
-        truth = make_cfg(quick).search.proxy.model_dump(mode="json")
+        truth = lab_truth(make_cfg, quick)
         for t in [t for t in targets if not args.targets or t.name in args.targets.split(",")]:
             ctx = Context(lab_name, cfg, sets, quick + BEFORE_20, make_cfg, runner, names, prior, t, truth)
             seeds = list(range(args.seeds))

@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg, runner, targets, make_cfg = sq.open_lab(cache, args.lab, args.set, args)
     results: dict[str, dict[str, dict]] = {r: {} for r in rules}
     for t in [t for t in targets if t.name in args.targets.split(",")]:
-        ctx = sq.Context(args.lab, cfg, args.set, [], make_cfg, runner, runner.names, runner.prior, t)
+        ctx = sq.Context(
+            args.lab, cfg, args.set, [], make_cfg, runner, runner.names, runner.prior, t, sq.lab_truth(make_cfg)
+        )
         searches = [
             d
             for d in sorted((cache / "searches").glob(f"{args.lab}-{t.name}-s*-{args.key}*"))

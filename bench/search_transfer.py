@@ -5,8 +5,9 @@ chooses at proxy scale (best-of-random, RegMix and the search alike).
         --set search.proxy.data_order=cluster
 
 Each random draw of `bench/search_quality.py` (the same mixtures, seeds and cache: pass the
-benchmark's `--set`) is trained again at the transfer scale (the proxy at `--transfer-factor` x its
-tokens, transfer seed 0, as the benchmark's finals) and scored on every target's halves. Per target:
+benchmark's `--set`) is trained again at the transfer scale (the lab's default proxy whatever `--set`
+changes, at `--transfer-factor` x the proxy's tokens, transfer seed 0, as the benchmark's finals)
+and scored on every target's halves. Per target:
 - Spearman between the proxy's select-half score (what every method chooses by) and the transfer
   scale's report-half score (what the benchmark reports), over all the draw's mixtures and over the
   proxy's top half;
@@ -54,7 +55,7 @@ def measure(ctx: sq.Context, draw: int, tokens: int, proxy_tokens: int) -> dict:
     W, _ = sq.random_pool(ctx, draw)
     name = ctx.target.name
     proxy = ctx.runner.scores([(w, draw, {**ctx.proxy(), "tokens": proxy_tokens}) for w in W])
-    pcfg = {**ctx.proxy(), "tokens": tokens}
+    pcfg = {**(ctx.truth or ctx.proxy()), "tokens": tokens}
     trans = ctx.runner.scores([(w, 10_000, pcfg) for w in W])
     col = {
         k: np.array([g[f"{name}/{half}"] for g in got])
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg, runner, targets, make_cfg = sq.open_lab(cache, lab_name, args.set, args)
         proxy_tokens = int(cfg.search.proxy.tokens * args.proxy_factor)
         for t in targets:
-            ctx = sq.Context(lab_name, cfg, args.set, [], make_cfg, runner, runner.names, runner.prior, t)
+            ctx = sq.Context(
+                lab_name, cfg, args.set, [], make_cfg, runner, runner.names, runner.prior, t, sq.lab_truth(make_cfg)
+            )
             for d in range(args.draws):
                 out[f"{lab_name} / {t.name} / draw {d}"] = measure(ctx, d, args.transfer_tokens, proxy_tokens)
     print(
