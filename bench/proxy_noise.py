@@ -108,17 +108,19 @@ def trained(runner, W: np.ndarray, seed: int, pcfg: dict, base: float | None, se
 
 
 def figures(a: np.ndarray, b: np.ndarray, first: int) -> dict:
+    from mixture.search.playoff import rank_ceiling
     from scipy.stats import spearmanr
 
     noise = float(np.std(a - b, ddof=1) / np.sqrt(2))
-    signal = float(np.sqrt(max(0.0, (np.var(a, ddof=1) + np.var(b, ddof=1)) / 2 - noise**2)))
+    score_var = float((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
+    signal = float(np.sqrt(max(0.0, score_var - noise**2)))
     return {
         "retest": float(spearmanr(a, b)[0]),
         "retest_first": float(spearmanr(a[:first], b[:first])[0]),
         "retest_later": float(spearmanr(a[first:], b[first:])[0]) if len(a) - first > 2 else float("nan"),
         "noise_sd": noise,
         "signal_sd": signal,
-        "ceiling": float(np.sqrt(signal**2 / (signal**2 + noise**2))) if signal > 0 else 0.0,
+        "ceiling": rank_ceiling(score_var, noise),
         "mean": float((a.mean() + b.mean()) / 2),
     }
 

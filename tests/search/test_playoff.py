@@ -185,6 +185,18 @@ def test_without_two_runs_of_any_finalist_every_difference_counts():
     assert none["winner"] is None and "no finalist" in none["reason"]
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.3, 1.0])
+def test_the_rank_ceiling_is_how_well_the_noise_free_scores_rank_single_runs(noise):
+    """Signal sd 1: no noise, a ceiling of 1; as much noise as signal, ~0.7 (Spearman runs a little below
+    the correlation it is computed from: within 0.03 up to there); noise alone, 0."""
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=4000)
+    observed = true + rng.normal(scale=noise, size=len(true))
+    ceiling = playoff.rank_ceiling(float(np.var(observed, ddof=1)), noise)
+    assert ceiling == pytest.approx(playoff.pred.spearman(true, observed), abs=0.03)
+    assert playoff.rank_ceiling(noise**2, noise) == 0.0 and playoff.rank_ceiling(noise**2 / 2, noise) == 0.0
+
+
 # ----------------------------------------------------------------------------------- budget
 @pytest.mark.parametrize("preset", ["cpu-tiny", "cpu-2m"])
 def test_parameter_count_matches_the_model_the_proxy_trains(preset):
@@ -317,6 +329,7 @@ def test_a_search_with_a_playoff_commits_the_winner_records_it_and_resumes(tmp_p
     assert rec["budget"]["cost"] <= rec["budget"]["limit"]
     summary = dict(out.summary)
     assert "proxy-scale seed sd" in summary["seed noise"] and f"{rec['winner']} wins" in summary["playoff"]
+    assert 0 <= noise["proxy"]["rank_ceiling"] <= 1 and "tops out near" in summary["seed noise"]
 
     mlflow.set_tracking_uri(tracking_uri)
     df = mlflow.search_runs(experiment_names=["test-playoff-search"])

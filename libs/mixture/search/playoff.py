@@ -296,6 +296,15 @@ def pooled_sd(groups: list[list[float]]) -> tuple[float | None, int]:
     return (math.sqrt(ss / df), df) if df else (None, 0)
 
 
+def rank_ceiling(score_var: float, noise_sd: float) -> float:
+    """About the best Spearman any predictor can reach against single-run scores of variance
+    `score_var` whose seed noise has sd `noise_sd`: the correlation of one seed's scores with the
+    noise-free ones, sqrt(signal^2 / (signal^2 + noise^2)), signal^2 = score_var - noise^2 (0 when
+    the noise is all the variance there is)."""
+    signal2 = score_var - noise_sd**2
+    return math.sqrt(signal2 / score_var) if signal2 > 0 else 0.0
+
+
 # the finalist that is `bootstrap.final`'s own choice, by its `method`
 SEARCH_CHOICE = {
     "best": "predicted",
@@ -364,7 +373,8 @@ def proxy_noise(
 ) -> dict:
     """Seed noise at proxy scale: the pooled sd over every mixture with two or more finished runs
     (the anchors and any search mixture run with several seeds), the anchors' scores, and how many
-    observed mixtures lie within noise_z standard errors of the best observed."""
+    observed mixtures lie within noise_z standard errors of the best observed, and the rank ceiling
+    that noise puts on any predictor of the observed scores (`rank_ceiling`)."""
     groups: dict[bytes, list[float]] = {}
     for r in search_runs + anchors:
         if r.get("score") is not None and np.isfinite(r["score"]):
@@ -384,6 +394,8 @@ def proxy_noise(
         out["within_noise_of_best_observed"] = sum(
             1 for i in range(len(obs)) if i != b and obs.y[b] - obs.y[i] <= z * sd * math.sqrt(1 / n[b] + 1 / n[i])
         )
+        if len(obs) > 2:
+            out["rank_ceiling"] = rank_ceiling(float(np.var(obs.y, ddof=1)), sd)
     return out
 
 

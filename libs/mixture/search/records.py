@@ -172,6 +172,8 @@ def playoff_summary(rec: dict) -> list[tuple[str, str]]:
             noise += (
                 f"; {within} observed mixtures within {rec['noise']['noise_z']:g} standard errors of the best observed"
             )
+        if (ceiling := p.get("rank_ceiling")) is not None:
+            noise += f"; with this noise a predictor's Spearman on the observed runs tops out near {ceiling:.2f}"
     lines = [("seed noise", noise)]
     if rec["winner"] is None:
         return lines + [("playoff", f"no winner: {rec['reason']}")]

@@ -278,6 +278,7 @@ class SearchTracker:
             metrics={
                 "playoff.noise.sd": (noise["transfer"] or {}).get("sd"),
                 "noise.proxy.sd": noise["proxy"]["sd"],
+                "noise.proxy.rank_ceiling": noise["proxy"].get("rank_ceiling"),
                 "playoff.tied": len(rec["tied"]),
             },
         )
