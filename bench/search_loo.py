@@ -10,6 +10,13 @@ gets its n-gram estimate (`mixture.search.ngram`), so the `ngram` predictors are
 by (`mixture.search.predictor.fit_select`), with as many folds as runs. Caveat: a search's later
 iterations crowd around its best mixtures, so the scores' spread shrinks and ranking them is
 harder than ranking random mixtures.
+
+`--noise-sd S` (a proxy run's seed noise, e.g. from bench/proxy_noise.py) adds what a perfect
+predictor would score on the same mixtures: scores simulated as a known truth (the estimate's line
+fitted to the search's real scores: the real signal) plus seed noise of sd S, 200 draws; `oracle`
+is that truth's own Spearman with the noisy scores (the ceiling), `oracle LOO` the pooled
+leave-one-out Spearman of the `ngram` predictor given the truth itself as its estimate (what the
+benchmark's criterion would read for a predictor that is exact up to its fitted scale).
 """
 
 from __future__ import annotations
@@ -45,9 +52,11 @@ def benchmark_estimate(search_dir: Path, names: list[str]):
     return ngram.for_search(lab_cfg.model_copy(update={"seed": int(seed)}), sq.build_lab(lab_cfg), names)
 
 
-def loo_by_predictor(search_dir: Path, candidates: list[str], seed: int = 0) -> tuple[int, float, dict[str, float]]:
+def loo_by_predictor(
+    search_dir: Path, candidates: list[str], seed: int = 0, noise_sd: float | None = None
+) -> tuple[int, float, dict[str, float]]:
     """(runs, std of their scores, {predictor: leave-one-out Spearman, "estimate": the estimate's
-    own Spearman}) of one search."""
+    own Spearman, with `noise_sd` "oracle" and "oracle LOO"}) of one search."""
     from mixture.config import PredictorConfig
     from mixture.search import bootstrap
     from mixture.search import predictor as pred
@@ -60,7 +69,29 @@ def loo_by_predictor(search_dir: Path, candidates: list[str], seed: int = 0) -> 
     fitted = pred.fit_select(obs.X, obs.y, pcfg, seed, estimate=estimate)
     loo = {k: float(fitted.cv[k].spearman) if k in fitted.cv else float("nan") for k in candidates}
     loo["estimate"] = pred.spearman(estimate(obs.X), obs.y) if estimate is not None else float("nan")
+    if noise_sd and estimate is not None:
+        loo["oracle"], loo["oracle LOO"] = oracle(obs, estimate, noise_sd)
     return len(obs), float(np.std(obs.y)), loo
+
+
+def oracle(obs, estimate, noise_sd: float, sims: int = 200, seed: int = 0) -> tuple[float, float]:
+    """(the truth's mean Spearman with simulated single-run scores, the mean pooled leave-one-out
+    Spearman of `ngram` fitted to them with the truth as its estimate): see the module's doc."""
+    from mixture.config import PredictorConfig
+    from mixture.search import predictor as pred
+    from mixture.search.predictors.ngram import NgramPredictor
+
+    line = NgramPredictor().fit(obs.X, obs.y, estimate)
+    truth = line.predict  # the estimate's line through the real scores: a truth with the real signal
+    f = truth(obs.X)
+    pcfg = PredictorConfig(candidates=["ngram"], cv_folds=len(obs))
+    rng = np.random.default_rng(seed)
+    plain, loo = [], []
+    for _ in range(sims):
+        y = f + rng.normal(scale=noise_sd, size=len(f))
+        plain.append(pred.spearman(f, y))
+        loo.append(pred.cross_validate("ngram", obs.X, y, pcfg, seed, estimate=truth).spearman)
+    return float(np.mean(plain)), float(np.mean(loo))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,18 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("searches", nargs="+", type=Path, help="committed search datasets")
     ap.add_argument("--predictors", default=",".join(sorted(PREDICTORS.names())), help="comma-separated")
+    ap.add_argument("--noise-sd", type=float, help="a proxy run's seed noise: adds the oracle columns")
     args = ap.parse_args(argv)
     candidates = args.predictors.split(",")
-    columns = candidates + ["estimate"]
+    columns = candidates + ["estimate"] + (["oracle", "oracle LOO"] if args.noise_sd else [])
     table = {}
     print("| search | runs | score sd | " + " | ".join(columns) + " |")
     print("|---|---:|---:|" + "---:|" * len(columns))
     for d in args.searches:
-        n, sd, loo = loo_by_predictor(d, candidates)
+        n, sd, loo = loo_by_predictor(d, candidates, noise_sd=args.noise_sd)
         table[str(d)] = loo
-        cells = " | ".join(f"{loo[c]:.2f}" for c in columns)
+        cells = " | ".join(f"{loo.get(c, float('nan')):.2f}" for c in columns)
         print(f"| {d.parent.name}/{d.name} | {n} | {sd:.3f} | {cells} |", flush=True)
-    medians = {c: float(np.nanmedian([t[c] for t in table.values()])) for c in columns}
+    medians = {c: float(np.nanmedian([t.get(c, np.nan) for t in table.values()])) for c in columns}
     print("| median | | | " + " | ".join(f"{medians[c]:.2f}" for c in columns) + " |")
     return 0
 
