@@ -108,7 +108,7 @@ def trained(runner, W: np.ndarray, seed: int, pcfg: dict, base: float | None, se
 
 
 def figures(a: np.ndarray, b: np.ndarray, first: int) -> dict:
-    from mixture.search.playoff import rank_ceiling
+    from mixture.search.noise import rank_ceiling
     from scipy.stats import spearmanr
 
     noise = float(np.std(a - b, ddof=1) / np.sqrt(2))

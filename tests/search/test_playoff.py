@@ -192,9 +192,9 @@ def test_the_rank_ceiling_is_how_well_the_noise_free_scores_rank_single_runs(noi
     rng = np.random.default_rng(0)
     true = rng.normal(size=4000)
     observed = true + rng.normal(scale=noise, size=len(true))
-    ceiling = playoff.rank_ceiling(float(np.var(observed, ddof=1)), noise)
+    ceiling = noise.rank_ceiling(float(np.var(observed, ddof=1)), noise)
     assert ceiling == pytest.approx(playoff.pred.spearman(true, observed), abs=0.03)
-    assert playoff.rank_ceiling(noise**2, noise) == 0.0 and playoff.rank_ceiling(noise**2 / 2, noise) == 0.0
+    assert noise.rank_ceiling(noise**2, noise) == 0.0 and noise.rank_ceiling(noise**2 / 2, noise) == 0.0
 
 
 # ----------------------------------------------------------------------------------- budget

@@ -9,8 +9,9 @@ some targets and lost on others. So the last step does not trust one proxy-scale
 - Seed noise (`anchor_seeds`): the natural mixture (the clusters' token shares) and the best
   observed one are trained `anchor_seeds` times at proxy scale (the best observed's search runs
   count among its seeds). The pooled within-mixture standard deviation over every mixture with
-  two or more runs is the search's seed noise; the summary says it, and how many observed mixtures
-  lie within it of the best observed (mixtures its "best" does not tell apart). The replicate of
+  two or more runs is the search's seed noise (`mixture.search.noise`); the summary says it, how
+  many observed mixtures lie within it of the best observed (mixtures its "best" does not tell
+  apart) and the rank it leaves any predictor of single runs (`rank_ceiling`). The replicate of
   the best observed includes its selected, upward-biased run, so the estimate leans high.
 - Finalists (`finalists`: a pure function of the fitted predictor, the candidates, the prior and
   the observations): `predicted`, the predictor's best candidate (`final: best`); `kl_prior`, the
@@ -60,6 +61,7 @@ import numpy as np
 from mixture.config import ProxyConfig, SearchConfig
 from mixture.search import bootstrap
 from mixture.search import predictor as pred
+from mixture.search.noise import pooled_sd, proxy_noise
 from mixture.search.proxy import preset
 from mixture.search.sampler import mixture_keys
 
@@ -284,27 +286,6 @@ def plan(
 
 
 # ------------------------------------------------------------------------------------- noise
-def pooled_sd(groups: list[list[float]]) -> tuple[float | None, int]:
-    """The pooled within-group standard deviation and its degrees of freedom (groups of one add
-    nothing); None when no group has two values."""
-    ss, df = 0.0, 0
-    for g in groups:
-        a = np.asarray([v for v in g if v is not None and np.isfinite(v)], dtype=np.float64)
-        if len(a) >= 2:
-            ss += float(((a - a.mean()) ** 2).sum())
-            df += len(a) - 1
-    return (math.sqrt(ss / df), df) if df else (None, 0)
-
-
-def rank_ceiling(score_var: float, noise_sd: float) -> float:
-    """About the best Spearman any predictor can reach against single-run scores of variance
-    `score_var` whose seed noise has sd `noise_sd`: the correlation of one seed's scores with the
-    noise-free ones, sqrt(signal^2 / (signal^2 + noise^2)), signal^2 = score_var - noise^2 (0 when
-    the noise is all the variance there is)."""
-    signal2 = score_var - noise_sd**2
-    return math.sqrt(signal2 / score_var) if signal2 > 0 else 0.0
-
-
 # the finalist that is `bootstrap.final`'s own choice, by its `method`
 SEARCH_CHOICE = {
     "best": "predicted",
@@ -366,37 +347,6 @@ def decide(entries: list[dict], noise_z: float, prefer: str | None = None) -> di
         "margin": m,
         "reason": reason,
     }
-
-
-def proxy_noise(
-    scfg: SearchConfig, names: list[str], search_runs: list[dict], anchors: list[dict], obs: bootstrap.Observations
-) -> dict:
-    """Seed noise at proxy scale: the pooled sd over every mixture with two or more finished runs
-    (the anchors and any search mixture run with several seeds), the anchors' scores, and how many
-    observed mixtures lie within noise_z standard errors of the best observed, and the rank ceiling
-    that noise puts on any predictor of the observed scores (`rank_ceiling`)."""
-    groups: dict[bytes, list[float]] = {}
-    for r in search_runs + anchors:
-        if r.get("score") is not None and np.isfinite(r["score"]):
-            w = np.array([r["mixture"].get(c, 0.0) for c in names])
-            groups.setdefault(mixture_keys(w, scfg.weight_floor)[0], []).append(float(r["score"]))
-    sd, df = pooled_sd(list(groups.values()))
-    out: dict = {"sd": sd, "df": df, "anchors": {}}
-    for name in ("natural", "best_observed"):
-        mine = [r for r in anchors if r.get("anchor") == name]
-        if mine:
-            w = np.array([mine[0]["mixture"].get(c, 0.0) for c in names])
-            scores = groups.get(mixture_keys(w, scfg.weight_floor)[0], [])
-            out["anchors"][name] = {"scores": scores, "mean": float(np.mean(scores)) if scores else None}
-    if sd is not None and len(obs):
-        b, z = obs.best(), scfg.playoff.noise_z
-        n = [len(ids) for ids in obs.run_ids]
-        out["within_noise_of_best_observed"] = sum(
-            1 for i in range(len(obs)) if i != b and obs.y[b] - obs.y[i] <= z * sd * math.sqrt(1 / n[b] + 1 / n[i])
-        )
-        if len(obs) > 2:
-            out["rank_ceiling"] = rank_ceiling(float(np.var(obs.y, ddof=1)), sd)
-    return out
 
 
 def _mean_metrics(runs: list[dict]) -> dict[str, float]:
