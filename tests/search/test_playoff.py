@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mixture import pipeline, storage
 from mixture.config import SearchConfig, parse_config
-from mixture.search import bootstrap, playoff, steps, track
+from mixture.search import bootstrap, noise, playoff, steps, track
 from mixture.search.sampler import mixture_keys, sample_mixtures
 from mixture.search.synthetic import SyntheticObjective, calibrated, make_climblab
 from mixture.stages import search as stage
@@ -185,16 +185,16 @@ def test_without_two_runs_of_any_finalist_every_difference_counts():
     assert none["winner"] is None and "no finalist" in none["reason"]
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.3, 1.0])
-def test_the_rank_ceiling_is_how_well_the_noise_free_scores_rank_single_runs(noise):
+@pytest.mark.parametrize("sd", [0.0, 0.3, 1.0])
+def test_the_rank_ceiling_is_how_well_the_noise_free_scores_rank_single_runs(sd):
     """Signal sd 1: no noise, a ceiling of 1; as much noise as signal, ~0.7 (Spearman runs a little below
     the correlation it is computed from: within 0.03 up to there); noise alone, 0."""
     rng = np.random.default_rng(0)
     true = rng.normal(size=4000)
-    observed = true + rng.normal(scale=noise, size=len(true))
-    ceiling = noise.rank_ceiling(float(np.var(observed, ddof=1)), noise)
+    observed = true + rng.normal(scale=sd, size=len(true))
+    ceiling = noise.rank_ceiling(float(np.var(observed, ddof=1)), sd)
     assert ceiling == pytest.approx(playoff.pred.spearman(true, observed), abs=0.03)
-    assert noise.rank_ceiling(noise**2, noise) == 0.0 and noise.rank_ceiling(noise**2 / 2, noise) == 0.0
+    assert noise.rank_ceiling(sd**2, sd) == 0.0 and noise.rank_ceiling(sd**2 / 2, sd) == 0.0
 
 
 # ----------------------------------------------------------------------------------- budget

@@ -24,6 +24,8 @@ Modules, in the order the data flows:
   processes that train proxies; `carry`: whether a refresh searches again;
 - `playoff`: the noise-aware final choice (seed noise from anchor replicates, finalists retrained
   at transfer scale, ties within the noise kept for the search's own choice);
+- `noise`: seed noise at proxy scale (pooled over replicated mixtures) and the rank ceiling it puts
+  on any predictor;
 - `baselines`: natural, uniform, best-of-random, RegMix vs CLIMB at transfer scale;
 - `track`: MLflow (search > iteration > proxy runs); `plots`: the figures;
 - `synthetic`: a known-optimum objective and a tiny ClimbLab builder for tests and benchmarks.

@@ -39,7 +39,7 @@ def proxy_noise(
     scfg: SearchConfig, names: list[str], search_runs: list[dict], anchors: list[dict], obs: bootstrap.Observations
 ) -> dict:
     """Seed noise at proxy scale: the pooled sd over every mixture with two or more finished runs
-    (the anchors and any search mixture run with several seeds), the anchors' scores, and how many
+    (the anchors and any search mixture run with several seeds), the anchors' scores, how many
     observed mixtures lie within noise_z standard errors of the best observed, and the rank ceiling
     that noise puts on any predictor of the observed scores (`rank_ceiling`)."""
     groups: dict[bytes, list[float]] = {}
