@@ -22,6 +22,7 @@ benchmark's criterion would read for a predictor that is exact up to its fitted 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -34,8 +35,6 @@ import search_quality as sq  # noqa: E402
 
 def benchmark_estimate(search_dir: Path, names: list[str]):
     """The n-gram estimate of a benchmark search (its lab and target from its folder's name), or None."""
-    import argparse
-
     from mixture.search import ngram
 
     folder = search_dir.resolve().parent
@@ -44,12 +43,18 @@ def benchmark_estimate(search_dir: Path, names: list[str]):
         return None
     target, seed = folder.name[len(lab) + 1 :].rsplit("-s", 1)
     seed = seed.split("-")[0]
-    cache = folder.parent.parent
-    _, _, targets, make_cfg = sq.open_lab(cache, lab, [], argparse.Namespace(workers=1, transfer_factor=3.0))
+    targets, make_cfg, climblab = _open_lab(folder.parent.parent, lab)
     t = next(t for t in targets if t.name == target)
     lab_cfg = make_cfg([f"search.target.val_uris=[{t.select}]"])
     # the target's windows as the search drew them (its seed), on the lab it ran on (the lab's config)
-    return ngram.for_search(lab_cfg.model_copy(update={"seed": int(seed)}), sq.build_lab(lab_cfg), names)
+    return ngram.for_search(lab_cfg.model_copy(update={"seed": int(seed)}), climblab, names)
+
+
+@functools.cache
+def _open_lab(cache: Path, lab: str):
+    """(the lab's targets, its Config maker, its ClimbLab), opened once per lab for all the searches."""
+    cfg, _, targets, make_cfg = sq.open_lab(cache, lab, [], argparse.Namespace(workers=1, transfer_factor=3.0))
+    return targets, make_cfg, sq.build_lab(cfg)
 
 
 def loo_by_predictor(
@@ -102,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predictors", default=",".join(sorted(PREDICTORS.names())), help="comma-separated")
     ap.add_argument("--noise-sd", type=float, help="a proxy run's seed noise: adds the oracle columns")
     args = ap.parse_args(argv)
+    if empty := [str(d) for d in args.searches if not any((d / "runs").glob("*.json"))]:
+        ap.error(f"no committed runs in {', '.join(empty)} (a search still running, or not a search dataset)")
     candidates = args.predictors.split(",")
     columns = candidates + ["estimate"] + (["oracle", "oracle LOO"] if args.noise_sd else [])
     table = {}
