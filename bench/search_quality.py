@@ -122,7 +122,10 @@ def prepare_debian_corpus(cache: Path, docs_per_source: int = 300) -> tuple[str,
     out = cache / "corpora" / "debian"
     held = HELD_OUT["debian"]
     if not (out / "corpus.jsonl.gz").exists():
-        sample.build_sample(out, docs_per_source, seed=1, target_source=None, sources=DEBIAN_SOURCES + held)
+        try:
+            sample.build_sample(out, docs_per_source, seed=1, target_source=None, sources=DEBIAN_SOURCES + held)
+        except RuntimeError as e:  # a package missing: its message names the apt-get command
+            raise SystemExit(f"search_quality: the Debian corpus: {e}") from None
     corpus = read_jsonl_gz(out / "corpus.jsonl.gz")
     train = [r for r in corpus if r["source"] not in held]
     uri = write_jsonl_gz(out / "train.jsonl.gz", train)
