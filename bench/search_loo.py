@@ -53,8 +53,11 @@ def benchmark_estimate(search_dir: Path, names: list[str]):
 @functools.cache
 def _open_lab(cache: Path, lab: str):
     """(the lab's targets, its Config maker, its ClimbLab), opened once per lab for all the searches."""
-    cfg, _, targets, make_cfg = sq.open_lab(cache, lab, [], argparse.Namespace(workers=1, transfer_factor=3.0))
-    return targets, make_cfg, sq.build_lab(cfg)
+    from mixture.climblab import ClimbLab
+    from mixture.dataset import open_dataset
+
+    _, runner, targets, make_cfg = sq.open_lab(cache, lab, [], argparse.Namespace(workers=1, transfer_factor=3.0))
+    return targets, make_cfg, ClimbLab(open_dataset(runner.lab_uri))  # open_lab has built it
 
 
 def loo_by_predictor(
