@@ -36,9 +36,10 @@ the mixture, the seed, the proxy settings) with its scores on *every* target's h
 runs are shared between the targets of a lab and a killed run loses at most the runs in flight (a
 cached run that predates a target the run needs is trained again, its other scores kept).
 What is scaled down for 2 CPU cores is printed with the results (proxy size and tokens, budgets).
-A proxy run takes ~30 s of one core here: the whole default run (2 labs x 2 targets x 3 seeds)
-is about three hours on 2 cores from an empty cache, not the 90 minutes issue #20 asked for; a
-lab, a target (`--targets`) or fewer seeds is a run a session can finish and resume.
+A proxy run takes ~30 s of one core here: the whole default run (2 labs x 3 targets x 3 seeds)
+is about four hours on 2 cores from an empty cache (one lab's combined target alone: 70 minutes),
+not the 90 minutes issue #20 asked for; a lab, a target (`--targets`) or fewer seeds is a run a
+session can finish and resume.
 """
 
 from __future__ import annotations
