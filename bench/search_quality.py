@@ -13,7 +13,7 @@ RegMix the same way, at 1B):
   (`debian-kmeans`, `debian-field`; needs the packages that `climb corpus sample` reads, listed
   when missing);
 - held-out targets: domains no group contains, two per corpus, and both together (`a+b`, a
-  multi-domain target as the paper's are: see `with_composite`); each target's documents are split
+  multi-domain target as the paper's are: see `_targets`); each target's documents are split
   by document into a *select* half (the only text any method scores its proxies on) and a
   *report* half (the only text the table reports: never used to choose anything);
 - methods, the same proxy budget each (proxy runs of `search.proxy`, counted in training tokens):
@@ -114,7 +114,7 @@ def prepare_sample_corpus(cache: Path) -> tuple[str, list[Target]]:
     uri = write_jsonl_gz(out / "corpus.jsonl.gz", train)
     targets = {"debian-reference": read_jsonl_gz(SAMPLE / "target_val.jsonl.gz")}
     targets |= {s: [r for r in corpus if r["source"] == s and not r["id"].endswith("-copy")] for s in held}
-    return uri, [_target(out, name, recs) for name, recs in with_composite(targets).items()]
+    return uri, _targets(out, targets)
 
 
 def prepare_debian_corpus(cache: Path, docs_per_source: int = 300) -> tuple[str, list[Target]]:
@@ -133,15 +133,16 @@ def prepare_debian_corpus(cache: Path, docs_per_source: int = 300) -> tuple[str,
     train = [r for r in corpus if r["source"] not in held]
     uri = write_jsonl_gz(out / "train.jsonl.gz", train)
     targets = {s: [r for r in corpus if r["source"] == s and not r["id"].endswith("-copy")] for s in held}
-    return uri, [_target(out, name, recs) for name, recs in with_composite(targets).items()]
+    return uri, _targets(out, targets)
 
 
-def with_composite(targets: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """The corpus's held-out domains and one more target: all of them together (`a+b`), a
+def _targets(out: Path, by_name: dict[str, list[dict]]) -> list[Target]:
+    """The corpus's held-out domains and one more target, all of them together (`a+b`): a
     multi-domain target as the paper's are (several tasks). A single domain's best mixture is often
     one large group, a corner that random mixtures reach by themselves (the prior's draws put more
-    than 80% on one group a third of the time); a blend of domains needs a blend of groups."""
-    return targets | {"+".join(targets): [r for recs in targets.values() for r in recs]}
+    than 80% on one group a third of the time); a blend of domains may need a blend of groups."""
+    by_name = by_name | {"+".join(by_name): [r for recs in by_name.values() for r in recs]}
+    return [_target(out, name, recs) for name, recs in by_name.items()]
 
 
 def _target(out: Path, name: str, records: list[dict]) -> Target:
@@ -248,8 +249,9 @@ class Runner:
         scores = json.loads(p.read_text())["scores"]
         return scores if all(f"{t}/select" in scores for t in self.needed) else None
 
-    def _store(self, out: dict) -> None:
-        """A trained run's scores, atomically; a retrained run keeps the scores cached before."""
+    def _store(self, out: dict) -> dict:
+        """A trained run's scores, written atomically and returned; a retrained run keeps the
+        scores cached before."""
         old = self._path(out["key"])
         if old.exists():
             out["scores"] = out["scores"] | json.loads(old.read_text())["scores"]
@@ -257,13 +259,18 @@ class Runner:
         tmp.write_text(json.dumps(out))
         os.replace(tmp, old)
         self.trained += 1
+        return out["scores"]
 
     def scores(self, batch: list[tuple[np.ndarray, int, dict]]) -> list[dict]:
         """Scores (every target and half) of each (weights, seed, proxy settings), trained if new."""
-        jobs = {}
-        for w, seed, pcfg in batch:
-            key = run_key(self.lab_sha, w, seed, pcfg)
-            if key not in jobs and self._cached(key) is None:
+        keys = [run_key(self.lab_sha, w, seed, pcfg) for w, seed, pcfg in batch]
+        got, jobs = {}, {}
+        for key, (w, seed, pcfg) in zip(keys, batch):
+            if key in got or key in jobs:
+                continue
+            if (cached := self._cached(key)) is not None:
+                got[key] = cached
+            else:
                 jobs[key] = {
                     "key": key,
                     "lab": self.lab_uri,
@@ -277,8 +284,8 @@ class Runner:
         if jobs:
             with ProcessPoolExecutor(self.workers) as pool:
                 for out in pool.map(_train_and_score, jobs.values()):
-                    self._store(out)
-        return [self._cached(run_key(self.lab_sha, w, s, p)) for w, s, p in batch]
+                    got[out["key"]] = self._store(out)
+        return [got[key] for key in keys]
 
 
 # ------------------------------------------------------------------------------------ methods
