@@ -1,7 +1,7 @@
 """Does the search find better mixtures than random search? The comparison a skeptic accepts.
 
     .venv/bin/python bench/search_quality.py                      # every lab, every method
-    .venv/bin/python bench/search_quality.py --quick              # a smoke run: tiny budgets
+    .venv/bin/python bench/search_quality.py --quick              # a smoke run: tiny budgets (results-quick.json)
     .venv/bin/python bench/search_quality.py --labs sample-field --methods climb,best_of_random
 
 What is measured (issue #20; CLIMB, Diao et al. 2025, Table 2 compares with random search and
@@ -573,6 +573,12 @@ def open_lab(cache: Path, lab_name: str, sets: list[str], args):
     return cfg, runner, targets, make_cfg
 
 
+def result_key(lab_name: str, target: str, sets: list[str]) -> str:
+    """A run's entry in the results file: its lab, its target and the search's `--set`s, so that a
+    run of other settings (or a `--quick` one, which writes its own file) keeps the defaults' figures."""
+    return f"{lab_name} / {target}" + (f" [{', '.join(sets)}]" if sets else "")
+
+
 def save_results(path: Path, results: dict) -> None:
     """This run's figures into the cache's results file, keeping other labs' and targets' (a run of
     one lab or target does not overwrite the last full run's)."""
@@ -607,11 +613,12 @@ def main(argv: list[str] | None = None) -> int:
         for t in chosen:
             ctx = Context(lab_name, cfg, sets, quick + BEFORE_20, make_cfg, runner, names, prior, t, truth)
             seeds = list(range(args.seeds))
-            results[f"{lab_name} / {t.name}"] = evaluate_target(ctx, args.methods.split(","), seeds, args)
+            results[result_key(lab_name, t.name, args.set)] = evaluate_target(ctx, args.methods.split(","), seeds, args)
         print(f"{lab_name}: {runner.trained} proxies trained in this run", flush=True)
     text = report(results, args)
-    save_results(cache / "results.json", results)
-    print(text + f"\n\nwall time {time.time() - t0:.0f} s; results in {cache / 'results.json'}")
+    path = cache / ("results-quick.json" if args.quick else "results.json")
+    save_results(path, results)
+    print(text + f"\n\nwall time {time.time() - t0:.0f} s; results in {path}")
     return 0
 
 
