@@ -76,6 +76,21 @@ def s3_endpoint():
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def spark(s3_endpoint):
+    """The tests' Spark session (local[2]), started once the S3 endpoint's environment is set:
+    its Python workers keep the environment they start with, so a session that a test started
+    earlier without it (through the pipeline) is stopped first. Without this the S3 tests passed
+    only where an earlier module had happened to start the session after the endpoint."""
+    from mixture import spark as spark_helper
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None and active.conf.get("spark.executorEnv.AWS_ENDPOINT_URL", None) != s3_endpoint:
+        active.stop()
+    return spark_helper.session("local[2]", "climb-tests", 2)
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint):
     """A fresh, empty bucket on the endpoint; yields its name."""

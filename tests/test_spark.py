@@ -16,11 +16,6 @@ from mixture import spark as spark_env
 LIBS = str(Path(__file__).resolve().parents[1] / "libs")
 
 
-@pytest.fixture(scope="module")
-def spark():
-    return spark_env.session("local[2]", "climb-tests", 2)
-
-
 def cached_rdds(spark) -> dict[int, tuple[int, int]]:
     """(bytes in memory, bytes on disk) of each RDD the block manager holds, by id."""
     infos = spark.sparkContext._jsc.sc().getRDDStorageInfo()

@@ -19,13 +19,6 @@ FILES, PER_FILE = 12, 3
 
 
 @pytest.fixture(scope="module")
-def spark():
-    from mixture import spark as spark_helper
-
-    return spark_helper.session("local[2]", "climb-tests", 2)
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory, sample_records) -> tuple[Path, list[str]]:
     """12 files of 3 distinct passing documents with ids r0..r2 each, a file with an id repeated
     inside it, and `z-copy-of-f00.jsonl` (f00's content under another name)."""

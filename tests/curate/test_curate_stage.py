@@ -44,13 +44,6 @@ def _substitute(text: str, positions: list[int], tag: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def spark():
-    from mixture import spark as spark_helper
-
-    return spark_helper.session("local[2]", "climb-tests", 2)
-
-
-@pytest.fixture(scope="module")
 def crafted_input(tmp_path_factory, sample_records) -> tuple[Path, dict]:
     """Three files: JSONL with defects, gzip'd JSONL with duplicates, Parquet; and what to expect."""
     root = tmp_path_factory.mktemp("curate-in")

@@ -23,15 +23,6 @@ pytestmark = pytest.mark.slow
 FILES, PER = 6, 30
 
 
-@pytest.fixture(scope="module")
-def spark(s3_endpoint):
-    """The Spark session, started after the S3 endpoint's environment is set (its Python
-    workers keep the environment they start with)."""
-    from mixture import spark as spark_helper
-
-    return spark_helper.session("local[2]", "climb-tests", 2)
-
-
 def edited(text: str, seed: int, rate: float = 0.01) -> str:
     """A copy with about `rate` of its words edited, inserted or deleted (the dedup benchmark's
     kinds of edits, `bench/curate_dedup.py`)."""

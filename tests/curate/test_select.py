@@ -21,13 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from mixture import spark as spark_env
-
-    return spark_env.session("local[2]", "climb-tests", 2)
-
-
 def _config(root: Path, **overrides):
     """The demo's curation settings (its exemptions and relaxed limits) on the sample corpus."""
     sets = {
