@@ -12,13 +12,6 @@ from mixture.curate import minhash
 from mixture.curate.minhash import MinHasher, jaccard, lsh_params, shingle_batch, shingles
 
 
-@pytest.fixture(scope="session")
-def spark():
-    from mixture import spark as spark_helper
-
-    return spark_helper.session("local[2]", "climb-tests", 2)
-
-
 def base_words(n: int = 200, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [f"w{rng.getrandbits(32):08x}" for _ in range(n)]
@@ -83,6 +76,24 @@ def test_minhash_takes_shingles_with_repeats_in_any_order():
     assert offsets[-1] > len(shingle_batch(texts, 5)[0])  # the last text's repeats are kept
     assert np.array_equal(hasher.signatures_flat(repeats, offsets), distinct)
     assert not np.array_equal(distinct[1], distinct[0])
+
+
+def test_minhash_signature_is_the_permutations_minimum():
+    # The compiled signatures against the definition (module docstring): per document and
+    # permutation, min over its shingles x of ((a*x + b) mod 2^64) >> 32; no shingles: SENTINEL.
+    rng = np.random.default_rng(3)
+    lengths = np.array([0, 1, 7, 0, 300, 2])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    hashes = rng.integers(0, 1 << 32, offsets[-1], dtype=np.uint64).astype(np.uint32)
+    hasher = MinHasher(50, seed=9)
+    with np.errstate(over="ignore"):
+        values = (hasher.a[None, :] * hashes.astype(np.uint64)[:, None] + hasher.b[None, :]) >> np.uint64(32)
+    sig = hasher.signatures_flat(hashes, offsets)
+    assert sig.shape == (6, 50) and sig.dtype == np.uint32
+    for d in range(6):
+        lo, hi = offsets[d], offsets[d + 1]
+        expected = values[lo:hi].min(axis=0) if hi > lo else np.full(50, minhash.SENTINEL, dtype=np.uint64)
+        assert np.array_equal(sig[d], expected.astype(np.uint32))
 
 
 def test_exact_jaccard_of_substituted_copies():

@@ -1,4 +1,4 @@
-"""MinHash signatures and LSH banding for near-duplicate detection, in numpy (pure functions).
+"""MinHash signatures and LSH banding for near-duplicate detection, in numpy and one numba kernel (pure functions).
 
 Follows Broder (1997) for MinHash and the banding scheme of Leskovec, Rajaraman & Ullman
 ("Mining of Massive Datasets", ch. 3): a pair with Jaccard similarity s shares at least one of b
@@ -13,11 +13,12 @@ vectorised polynomial hash mod 2^64 (stable across processes, unlike Python's `h
 resist crafted collisions), n-grams combine the word hashes polynomially and a SplitMix64
 finaliser mixes them to 32 bits. Permutations are the multiply-add-shift family of Dietzfelbinger (1996):
 h(x) = ((a*x + b) mod 2^64) >> 32 for 32-bit x, a odd, which is strongly universal and needs
-only uint64 numpy arithmetic.
+only uint64 arithmetic.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -287,31 +288,40 @@ class MinHasher:
     def signatures_flat(self, hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Signatures of documents given as (hashes, offsets) from `shingle_batch` (repeats and
         any order allowed); a document without shingles gets the all-SENTINEL signature (the caller
-        skips it)."""
-        n_docs = len(offsets) - 1
-        sig64 = np.full((n_docs, self.num_perm), np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
-        if n_docs == 0 or len(hashes) == 0:
-            return np.full((n_docs, self.num_perm), SENTINEL, dtype=np.uint32)
-        flat = hashes.astype(np.uint64)
-        doc_of = np.repeat(np.arange(n_docs), np.diff(offsets))
-        a, b = self.a[:, None], self.b[:, None]
-        block = np.empty((self.num_perm, min(self.chunk, len(flat))), dtype=np.uint64)  # reused: no page faults
-        for lo in range(0, len(flat), self.chunk):
-            x = flat[None, lo : lo + self.chunk]
-            docs = doc_of[lo : lo + self.chunk]
-            hv = block[:, : x.shape[1]]
-            with np.errstate(over="ignore"):
-                np.multiply(a, x, out=hv)  # [num_perm, m]
-                hv += b
-            # min of the 64-bit values, shifted afterwards: the shift is monotone, so this is
-            # the min of the 32-bit hashes at a third of the memory traffic.
-            starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
-            mins = np.minimum.reduceat(hv, starts, axis=1)  # [num_perm, segments]
-            seg_docs = docs[starts]
-            sig64[seg_docs] = np.minimum(sig64[seg_docs], mins.T)
-        sig = (sig64 >> _SHIFT32).astype(np.uint32)
-        sig[np.diff(offsets) == 0] = SENTINEL
-        return sig
+        skips it). Compiled (`_signature_kernel`): the multiply, add and minimum of each shingle and
+        permutation in registers, ~5x less CPU than the same arithmetic as numpy array passes."""
+        flat = np.ascontiguousarray(hashes, dtype=np.uint64)
+        return _signature_kernel()(flat, np.ascontiguousarray(offsets, dtype=np.int64), self.a, self.b)
+
+
+def _signatures(hashes, offsets, a, b):  # compiled by `_signature_kernel`: plain loops, uint64 wrap-around
+    n_docs, num_perm = offsets.shape[0] - 1, a.shape[0]
+    out = np.empty((n_docs, num_perm), np.uint32)
+    low = np.empty(num_perm, np.uint64)
+    for d in range(n_docs):
+        low[:] = np.uint64(0xFFFFFFFFFFFFFFFF)
+        for i in range(offsets[d], offsets[d + 1]):
+            x = hashes[i]
+            for p in range(num_perm):  # the min of the 64-bit values, shifted once: the shift is monotone
+                v = a[p] * x + b[p]
+                if v < low[p]:
+                    low[p] = v
+        for p in range(num_perm):
+            out[d, p] = np.uint32(low[p] >> np.uint64(32)) if offsets[d + 1] > offsets[d] else SENTINEL
+    return out
+
+
+@functools.cache
+def _signature_kernel():
+    """`_signatures` compiled by numba on first use in a process (imported here, so that the
+    processes that never hash pay nothing), cached on disk where numba finds a writable cache
+    folder (then ~0.3 s to load instead of ~1 s to compile), in memory otherwise."""
+    import numba
+
+    try:
+        return numba.njit(cache=True)(_signatures)
+    except RuntimeError:  # numba: "no locator available" (a read-only install without a cache folder)
+        return numba.njit(_signatures)
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
