@@ -37,7 +37,7 @@ runs are shared between the targets of a lab and a killed run loses at most the 
 cached run that predates a target the run needs is trained again, its other scores kept).
 What is scaled down for 2 CPU cores is printed with the results (proxy size and tokens, budgets).
 A proxy run takes ~30 s of one core here: the whole default run (2 labs x 3 targets x 3 seeds)
-is about four hours on 2 cores from an empty cache (one lab's combined target alone: 70 minutes),
+is about four hours on 2 cores from an empty cache (one lab's combined target alone, lab build included: ~60 minutes),
 not the 90 minutes issue #20 asked for; a lab, a target (`--targets`) or fewer seeds is a run a
 session can finish and resume.
 """
