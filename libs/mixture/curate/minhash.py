@@ -304,8 +304,9 @@ def _signatures(hashes, offsets, a, b):  # compiled by `_signature_kernel`: plai
                 v = a[p] * x + b[p]
                 if v < low[p]:
                     low[p] = v
+        empty = offsets[d + 1] == offsets[d]
         for p in range(num_perm):
-            out[d, p] = np.uint32(low[p] >> np.uint64(32)) if offsets[d + 1] > offsets[d] else SENTINEL
+            out[d, p] = SENTINEL if empty else np.uint32(low[p] >> np.uint64(32))
     return out
 
 
