@@ -105,7 +105,7 @@ def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHPara
 
 
 def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=None, retracted=None):
-    """Step 2 on small columns: (file, line, split, pos, id, doc_id, dup, collides, text_hash, keys)
+    """Step 2 on small columns: (file, line, split, pos, id, n_words, doc_id, dup, collides, text_hash, keys)
     of every good record. `doc_id` is the curated id: the input id, prefixed with the file's relative path
     (`<path>:<id>`) when ids are not declared unique and another file has the same id; `dup`: an
     earlier record (by file, line) has the same `doc_id` (quarantined as `duplicate_id`);
@@ -117,7 +117,9 @@ def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=No
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    good = scored.where(F.col("reason").isNull()).select("file", "line", "split", "pos", "id", "text_hash", "keys")
+    good = scored.where(F.col("reason").isNull()).select(
+        "file", "line", "split", "pos", "id", "n_words", "text_hash", "keys"
+    )
     if unique_ids:
         good = good.withColumn("doc_id", F.col("id"))
     else:

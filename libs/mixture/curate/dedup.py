@@ -308,21 +308,32 @@ def near_groups(
     log.debug("fuzzy dedup: %d candidate pairs (driver bound %d)", len(few), driver_max_pairs)
     spark = prints.sparkSession
     if len(few) <= driver_max_pairs:
-        near = near_on_driver([(r["u"], r["v"]) for r in few], texts_of, spark, threshold, ngram, verify, stats)
+        pairs_uv = [(r["u"], r["v"]) for r in few]
+        near = near_on_driver(pairs_uv, shingles_on_spark(texts_of, spark, ngram), threshold, verify, stats)
         return spark.createDataFrame(near, "id string, near_of string"), stats
     return _near_on_spark(pairs, texts_of, threshold, ngram, verify, max_iterations, stats)
 
 
-def near_on_driver(pairs, texts_of, spark, threshold, ngram, verify, stats) -> list[tuple[str, str]]:
+def shingles_on_spark(texts_of, spark, ngram: int):
+    """`shingles_of` for `near_on_driver`: the documents' texts read (`texts_of`) and shingled
+    on the executors, the shingle sets collected."""
     from pyspark.sql import functions as F
 
-    stats.candidate_pairs = len(pairs)
-    if verify and pairs:
-        ids = sorted({i for p in pairs for i in p})
+    def shingles_of(ids: list[str]) -> dict[str, np.ndarray]:
         wanted = F.broadcast(spark.createDataFrame([(i,) for i in ids], "id string"))
         texts = texts_of(wanted, small=True).select("id", "text")
         rows = map_batches(texts, shingle_batches(ngram), SHINGLE_SCHEMA).collect()
-        sets = {r["id"]: np.frombuffer(r["shingles"], dtype="<u4") for r in rows}
+        return {r["id"]: np.frombuffer(r["shingles"], dtype="<u4") for r in rows}
+
+    return shingles_of
+
+
+def near_on_driver(pairs, shingles_of, threshold, verify, stats) -> list[tuple[str, str]]:
+    """(id, near_of) of the candidate `pairs` verified (`shingles_of(ids)`: {id: sorted unique
+    shingle hashes}) and clustered on the driver."""
+    stats.candidate_pairs = len(pairs)
+    if verify and pairs:
+        sets = shingles_of(sorted({i for p in pairs for i in p}))
         pairs = [(u, v) for u, v in pairs if minhash.jaccard(sets[u], sets[v]) >= threshold]
     stats.verified_pairs = len(pairs)
     roots, stats.cc_iterations = components_on_driver(pairs)

@@ -104,17 +104,8 @@ def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts
     del flat
     if len(pairs) > cfg.curate.driver_rows:
         raise TooMany()
-    near = dict(
-        dedup.near_on_driver(
-            pairs,
-            candidates_texts(table, reps, rep_ids, pairs, spark, texts_folder),
-            spark,
-            fz.threshold,
-            fz.ngram,
-            fz.verify,
-            stats,
-        )
-    )
+    shingles_of = candidates_shingles(table, reps, rep_ids, spark, texts_folder, fz.ngram)
+    near = dict(dedup.near_on_driver(pairs, shingles_of, fz.threshold, fz.verify, stats))
     group = np.cumsum(first) - 1  # of each kept row
     sizes = np.bincount(group, minlength=len(starts))
     exact = [r if n > 1 else None for r, n in zip(rep_names, sizes.tolist())]  # per group
@@ -152,17 +143,51 @@ def exact_groups(table) -> tuple[np.ndarray, np.ndarray]:
     return kept[order], first
 
 
-def candidates_texts(table, reps: np.ndarray, rep_ids, pairs, spark, texts_folder: str):
-    """`texts_of` for the candidate pairs' documents among the representatives `reps`: where the
-    scan put their texts, as a small DataFrame (id, split, pos)."""
+# The candidates' texts are read and shingled on the driver when they hold at most this many words
+# (~0.2 s of one core; a Spark job to do it costs ~0.5 s of fixed costs on a local master), on the
+# executors otherwise (bench/RESULTS.md, "The candidates' shingles on the driver").
+DRIVER_SHINGLE_WORDS = 2_000_000
+SHINGLE_CHUNK = 4096  # documents read and shingled at a time on the driver
+
+
+def candidates_shingles(table, reps: np.ndarray, rep_ids, spark, texts_folder: str, ngram: int):
+    """`shingles_of` for `dedup.near_on_driver`: the shingle sets of candidate documents among
+    the representatives `reps`, from the scan's texts files (`mixture.curate.texts`): read and
+    shingled on the driver, `SHINGLE_CHUNK` documents at a time in file order, when their words
+    are few (`DRIVER_SHINGLE_WORDS`), else on the executors (`dedup.shingles_on_spark`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    wanted = pa.array(sorted({i for p in pairs for i in p}), pa.string())
-    located = reps[pc.is_in(rep_ids, value_set=wanted).to_numpy(zero_copy_only=False)]
-    where = table.select(["doc_id", "split", "pos"]).take(located)
-    locations = spark.createDataFrame(list(zip(*where.to_pydict().values())), "id string, split int, pos bigint")
-    return texts_of(locations, texts_folder)
+    def shingles_of(ids: list[str]) -> dict[str, np.ndarray]:
+        located = reps[pc.is_in(rep_ids, value_set=pa.array(ids, pa.string())).to_numpy(zero_copy_only=False)]
+        where = table.select(["doc_id", "split", "pos", "n_words"]).take(located)
+        if (pc.sum(where.column("n_words")).as_py() or 0) > DRIVER_SHINGLE_WORDS:
+            locations = spark.createDataFrame(
+                list(zip(*where.select(["doc_id", "split", "pos"]).to_pydict().values())),
+                "id string, split int, pos bigint",
+            )
+            return dedup.shingles_on_spark(texts_of(locations, texts_folder), spark, ngram)(ids)
+        return shingles_on_driver(where.sort_by([("split", "ascending"), ("pos", "ascending")]), texts_folder, ngram)
+
+    return shingles_of
+
+
+def shingles_on_driver(where, texts_folder: str, ngram: int) -> dict[str, np.ndarray]:
+    """{doc_id: sorted unique shingle hashes} of the rows of `where` (doc_id, split, pos), their
+    texts read from the texts files, in chunks; as `dedup.shingle_batches` computes them."""
+    reader = texts.TextReader(texts_folder)
+    out: dict[str, np.ndarray] = {}
+    try:
+        for start in range(0, where.num_rows, SHINGLE_CHUNK):
+            chunk = where.slice(start, SHINGLE_CHUNK)
+            split, pos = (chunk.column(c).to_numpy() for c in ("split", "pos"))
+            hashes, offsets = minhash.shingle_batch(reader.take(split, pos), ngram)
+            hashes = hashes.astype("<u4", copy=False)
+            for k, doc in enumerate(chunk.column("doc_id").to_pylist()):
+                out[doc] = hashes[offsets[k] : offsets[k + 1]]
+    finally:
+        reader.close()
+    return out
 
 
 class TooMany(Exception):
