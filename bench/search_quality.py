@@ -10,8 +10,9 @@ RegMix the same way, at 1B):
   shards`): the sample corpus without the held-out domains, grouped by k-means into 16 groups
   (`sample-kmeans`, the default with `debian-kmeans`) or by `source` (`sample-field`, 6-8 groups,
   where 30 random mixtures already cover the simplex); a second corpus from Debian packages
-  (`debian-kmeans`, `debian-field`; needs the packages that `climb corpus sample` reads, listed
-  when missing);
+  (`debian-kmeans`, `debian-field`, and `debian-kmeans-32` at 32 groups, where the two large
+  groups that carry both held-out domains at 16 are split; needs the packages that `climb corpus
+  sample` reads, listed when missing);
 - held-out targets: domains no group contains, two per corpus, and both together (`a+b`, a
   multi-domain target as the paper's are: see `_targets`); each target's documents are split
   by document into a *select* half (the only text any method scores its proxies on) and a

@@ -144,8 +144,9 @@ def exact_groups(table) -> tuple[np.ndarray, np.ndarray]:
 
 
 # The candidates' texts are read and shingled on the driver when they hold at most this many words
-# (~0.2 s of one core; a Spark job to do it costs ~0.5 s of fixed costs on a local master), on the
-# executors otherwise (bench/RESULTS.md, "The candidates' shingles on the driver").
+# (150-300 ns a word on one core: 0.3-0.6 s at the bound, where the three Spark jobs that do it on
+# the executors cost ~0.6-0.9 s of fixed costs on a local master), on the executors otherwise
+# (bench/RESULTS.md, "The candidates' shingles on the driver").
 DRIVER_SHINGLE_WORDS = 2_000_000
 SHINGLE_CHUNK = 4096  # documents read and shingled at a time on the driver
 
