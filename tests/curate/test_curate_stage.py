@@ -107,23 +107,25 @@ def runs(spark, crafted_input, tmp_path_factory):
     store = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     out = {}
     after_shuffle = texts.AFTER_SHUFFLE_PARTS
-    shingle_words = dedup_groups.DRIVER_SHINGLE_WORDS
+    shingle_words, chunk_words = dedup_groups.DRIVER_SHINGLE_WORDS, dedup_groups.SHINGLE_CHUNK_WORDS
     for partitions in (1, 4, 16):
         root = tmp_path_factory.mktemp(f"curate-out-{partitions}")
         raw = _config(root, inputs, partitions, store)
         # 16 partitions: groups on Spark (no set is small enough for the driver) and the docs'
         # texts read before the write's shuffle (as for many parts); 1 and 4: on the driver, the
-        # texts read by the part writers, the candidates' shingles computed on the driver (1) or,
-        # as for candidates of many words, on the executors (4). The committed files must be the same.
+        # texts read by the part writers, the candidates' shingles computed on the driver (1: in
+        # chunks of a few documents) or, as for candidates of many words, on the executors (4).
+        # The committed files must be the same.
         raw["curate"]["driver_rows"] = 0 if partitions == 16 else 200_000
         cfg = parse_config(raw)
         texts.AFTER_SHUFFLE_PARTS = 0 if partitions == 16 else after_shuffle
         dedup_groups.DRIVER_SHINGLE_WORDS = 0 if partitions == 4 else shingle_words
+        dedup_groups.SHINGLE_CHUNK_WORDS = 500 if partitions == 1 else chunk_words
         try:
             annotated = pipeline.run_stage(cfg, "curate")
         finally:
             texts.AFTER_SHUFFLE_PARTS = after_shuffle
-            dedup_groups.DRIVER_SHINGLE_WORDS = shingle_words
+            dedup_groups.DRIVER_SHINGLE_WORDS, dedup_groups.SHINGLE_CHUNK_WORDS = shingle_words, chunk_words
         out[partitions] = (cfg, pipeline.run_stage(cfg, "select"))
         out[partitions][1].seconds += annotated.seconds
         print(f"curate with {partitions} partitions: {out[partitions][1].seconds:.1f} s")

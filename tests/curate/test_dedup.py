@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from mixture.curate import minhash
+from mixture.curate import dedup_groups, minhash
 from mixture.curate.minhash import MinHasher, jaccard, lsh_params, shingle_batch, shingles
 
 
@@ -117,6 +117,15 @@ def test_minhash_estimates_jaccard_and_is_deterministic():
     keys = minhash.band_keys(sig, 32, 8)
     same_band = (sig[0].reshape(32, 8) == sig[1].reshape(32, 8)).all(axis=1)
     assert np.array_equal(keys[0] == keys[1], same_band)
+
+
+def test_driver_shingle_chunks_hold_at_most_the_budget_in_words():
+    n_words = np.array([300, 300, 400, 5, 1200, 0, 999, 1])
+    chunks = dedup_groups.word_chunks(n_words, 1000)
+    assert chunks == [(0, 3), (3, 4), (4, 5), (5, 8)]  # a row of 1200 words alone
+    assert [int(n_words[a:b].sum()) for a, b in chunks] == [1000, 5, 1200, 1000]
+    assert dedup_groups.word_chunks(n_words, 10**9) == [(0, 8)]
+    assert dedup_groups.word_chunks(np.array([], dtype=np.int64), 1000) == []
 
 
 def test_lsh_parameters_from_threshold():

@@ -55,7 +55,7 @@ from mixture import storage
 from mixture.config import Config
 from mixture.curate import accounting, batches, dedup_groups, ingest, minhash, prior, texts
 from mixture.curate.filters import stored_signal_names
-from mixture.spark import checkpoint, map_batches
+from mixture.spark import checkpoint, give_back_memory, map_batches
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +394,7 @@ class _Run:
         meta, linked = self.links(meta, ident)
         meta = checkpoint(meta)
         broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
+        give_back_memory()  # the candidates' shingles and the groups' work arrays, before the write
         self.timer.done("dedup_groups")
 
         docs, bad = split_outputs(scored, meta, broadcast, self.texts_folder)

@@ -144,17 +144,18 @@ def exact_groups(table) -> tuple[np.ndarray, np.ndarray]:
 
 
 # The candidates' texts are read and shingled on the driver when they hold at most this many words
-# (150-300 ns a word on one core: 0.3-0.6 s at the bound, where the three Spark jobs that do it on
-# the executors cost ~0.6-0.9 s of fixed costs on a local master), on the executors otherwise
-# (bench/RESULTS.md, "The candidates' shingles on the driver").
-DRIVER_SHINGLE_WORDS = 2_000_000
-SHINGLE_CHUNK = 4096  # documents read and shingled at a time on the driver
+# (~300 ns a word on one core: ~5 s at the bound, where shingling them on the executors costs
+# seconds more in Spark jobs and the shingles' trip back at every size measured, 3-12M words; the
+# kept hashes are 4 bytes a shingle: 64 MB at the bound), on the executors above it
+# (bench/RESULTS.md, "The candidates' shingles on the driver" and "... in word-bounded chunks").
+DRIVER_SHINGLE_WORDS = 16_000_000
+SHINGLE_CHUNK_WORDS = 1_000_000  # words read and shingled at a time on the driver (~100 bytes a word meanwhile)
 
 
 def candidates_shingles(table, reps: np.ndarray, rep_ids, spark, texts_folder: str, ngram: int):
     """`shingles_of` for `dedup.near_on_driver`: the shingle sets of candidate documents among
     the representatives `reps`, from the scan's texts files (`mixture.curate.texts`): read and
-    shingled on the driver, `SHINGLE_CHUNK` documents at a time in file order, when their words
+    shingled on the driver, `SHINGLE_CHUNK_WORDS` words at a time in file order, when their words
     are few (`DRIVER_SHINGLE_WORDS`), else on the executors (`dedup.shingles_on_spark`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -174,13 +175,17 @@ def candidates_shingles(table, reps: np.ndarray, rep_ids, spark, texts_folder: s
 
 
 def shingles_on_driver(where, texts_folder: str, ngram: int) -> dict[str, np.ndarray]:
-    """{doc_id: sorted unique shingle hashes} of the rows of `where` (doc_id, split, pos), their
-    texts read from the texts files, in chunks; as `dedup.shingle_batches` computes them."""
+    """{doc_id: sorted unique shingle hashes} of the rows of `where` (doc_id, split, pos, n_words),
+    their texts read from the texts files in chunks of at most `SHINGLE_CHUNK_WORDS` words; as
+    `dedup.shingle_batches` computes them."""
+    import pyarrow.compute as pc
+
     reader = texts.TextReader(texts_folder)
     out: dict[str, np.ndarray] = {}
     try:
-        for start in range(0, where.num_rows, SHINGLE_CHUNK):
-            chunk = where.slice(start, SHINGLE_CHUNK)
+        n_words = pc.fill_null(where.column("n_words"), 0).to_numpy(zero_copy_only=False)
+        for start, stop in word_chunks(n_words, SHINGLE_CHUNK_WORDS):
+            chunk = where.slice(start, stop - start)
             split, pos = (chunk.column(c).to_numpy() for c in ("split", "pos"))
             hashes, offsets = minhash.shingle_batch(reader.take(split, pos), ngram)
             hashes = hashes.astype("<u4", copy=False)
@@ -189,6 +194,20 @@ def shingles_on_driver(where, texts_folder: str, ngram: int) -> dict[str, np.nda
     finally:
         reader.close()
     return out
+
+
+def word_chunks(n_words: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges [start, stop) that cover every row, each holding at most `budget`
+    words (a row with more is a range of its own): a chunk's transient memory follows its
+    words, not its number of documents."""
+    ends = np.cumsum(np.asarray(n_words, dtype=np.int64))
+    chunks, start = [], 0
+    while start < len(ends):
+        before = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, before + budget, side="right")))
+        chunks.append((start, stop))
+        start = stop
+    return chunks
 
 
 class TooMany(Exception):
