@@ -392,7 +392,8 @@ class _Run:
 
         meta, stats = dedup_groups.decide(table, ident, cfg, self.params, self.texts_folder)
         meta, linked = self.links(meta, ident)
-        meta = checkpoint(meta)
+        if self.earlier is not None:  # the links' join; the corrections come checkpointed or as the driver's rows
+            meta = checkpoint(meta)
         broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
         give_back_memory()  # the candidates' shingles and the groups' work arrays, before the write
         self.timer.done("dedup_groups")

@@ -231,11 +231,12 @@ def corrections(ident, groups):
 
 def decide(table, ident, cfg: Config, params: minhash.LSHParams, texts_folder: str):
     """(corrections, stats): on the driver when `table` (identify's rows) was collected and the
-    candidate pairs are few, else on Spark. The candidates' texts are read from `texts_folder`."""
+    candidate pairs are few (the corrections then a DataFrame of the driver's rows), else on
+    Spark (checkpointed). The candidates' texts are read from `texts_folder`."""
     if table is not None:
         try:
             return groups_on_driver(table, ident.sparkSession, cfg, params, texts_folder)
         except TooMany:
             log.info("curate: more than %d candidate pairs: groups on Spark", cfg.curate.driver_rows)
     groups, stats = on_spark(ident, cfg, params, texts_folder)
-    return corrections(ident, groups), stats
+    return checkpoint(corrections(ident, groups)), stats
