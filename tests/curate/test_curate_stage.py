@@ -114,8 +114,8 @@ def runs(spark, crafted_input, tmp_path_factory):
         # 16 partitions: groups on Spark (no set is small enough for the driver) and the docs'
         # texts read before the write's shuffle (as for many parts); 1 and 4: on the driver, the
         # texts read by the part writers, the candidates' shingles computed on the driver (1: in
-        # chunks of a few documents) or, as for candidates of many words, on the executors (4).
-        # The committed files must be the same.
+        # chunks of 500 words, so each candidate of 300+ words its own) or, as for candidates of
+        # many words, on the executors (4). The committed files must be the same.
         raw["curate"]["driver_rows"] = 0 if partitions == 16 else 200_000
         cfg = parse_config(raw)
         texts.AFTER_SHUFFLE_PARTS = 0 if partitions == 16 else after_shuffle
