@@ -392,8 +392,6 @@ class _Run:
 
         meta, stats = dedup_groups.decide(table, ident, cfg, self.params, self.texts_folder)
         meta, linked = self.links(meta, ident)
-        if self.earlier is not None:  # the links' join; the corrections come checkpointed or as the driver's rows
-            meta = checkpoint(meta)
         broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
         give_back_memory()  # the candidates' shingles and the groups' work arrays, before the write
         self.timer.done("dedup_groups")
@@ -405,7 +403,8 @@ class _Run:
 
     def links(self, meta, ident):
         """The corrections with each new document's `prior_exact` / `prior_near` (a refresh),
-        and how many documents have one."""
+        and how many documents have one. A refresh's join is checkpointed here; without an earlier
+        dataset the corrections pass as they came (checkpointed by `decide` or the driver's rows)."""
         from pyspark.sql import functions as F
 
         if self.earlier is None:
@@ -421,7 +420,7 @@ class _Run:
         found = prior.link(new, self.state, self.earlier.texts(spark), new_texts, fz.threshold, fz.ngram, fz.verify)
         found = checkpoint(found)
         n = found.agg(F.count("prior_exact").alias("exact"), F.count("prior_near").alias("near")).first()
-        return meta.join(found, ["file", "line"], "full_outer"), {
+        return checkpoint(meta.join(found, ["file", "line"], "full_outer")), {
             "exact_duplicates_of_earlier": n["exact"],
             "near_duplicates_of_earlier": n["near"],
         }
