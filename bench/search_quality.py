@@ -24,9 +24,10 @@ RegMix the same way, at 1B):
   shares), `uniform`;
 - every method's final mixture retrained at the transfer scale (`--transfer-tokens`, the proxy
   model at 3x its tokens by default) with `--transfer-seeds` seeds and scored on the report half;
-  the transfer runs take the lab's default proxy settings whatever `--set` changes in the search's
-  (`search.proxy.schedule`, `data_order`, ...), so that runs comparing proxy settings are judged
-  by the same yardstick;
+  the transfer runs take the lab's default proxy settings with a cosine schedule and per-cluster
+  streams (`YARDSTICK`: the settings every recorded table was judged by) whatever `--set` changes
+  in the search's (`search.proxy.schedule`, `data_order`, ...), so that runs comparing proxy
+  settings are judged by the same yardstick;
   searches and random draws repeated with `--seeds` seeds;
 - per target: mean +- sd per method, the paired difference of climb against each baseline with a
   95% interval (mean +- 1.96 standard errors over the (seed, transfer seed) pairs), the spread of
@@ -167,6 +168,7 @@ LABS = {  # k-means at 16 groups: the paper searches ~20 clusters; with 6-8, 30 
 }
 BEFORE_20 = [  # `climb_today`: the search's defaults before issue #20
     "search.proxy.data_order=run",
+    "search.proxy.schedule=cosine",
     "search.predictor.candidates=[lightgbm,ridge,ridge_sqrt,mixing_law]",
     "search.acquisition.min_distance=0",
     "search.trust_region=0",
@@ -316,10 +318,16 @@ class Context:
         return np.array([g[f"{self.target.name}/select"] for g in got])
 
 
+# The transfer runs' schedule and data order: the proxy defaults every recorded table was judged by
+# (before WSD + spread became the search's default), so that all of them share one yardstick
+YARDSTICK = ["search.proxy.schedule=cosine", "search.proxy.data_order=cluster"]
+
+
 def lab_truth(make_cfg, sets: list[str] = ()) -> dict:
-    """The transfer runs' proxy settings: the lab's defaults (with `sets`, e.g. `--quick`'s), whatever
-    `--set` changes in the search's, so that runs comparing proxy settings share one yardstick."""
-    return make_cfg(list(sets)).search.proxy.model_dump(mode="json")
+    """The transfer runs' proxy settings: the lab's defaults (with `sets`, e.g. `--quick`'s) and
+    `YARDSTICK`, whatever `--set` changes in the search's, so that runs comparing proxy settings
+    share one yardstick."""
+    return make_cfg(list(sets) + YARDSTICK).search.proxy.model_dump(mode="json")
 
 
 def budget(scfg, vocab_size: int, groups: int) -> int:
@@ -379,7 +387,7 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
     from mixture import pipeline
     from mixture.search import bootstrap, ngram
 
-    key = hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:10]
+    key = hashlib.sha256(json.dumps(folder_sets(sets)).encode()).hexdigest()[:10]
     lab_root = Path(ctx.cfg.output_root)
     root = lab_root.parent.parent / "searches" / f"{ctx.lab}-{ctx.target.name}-s{seed}-{key}"
     for name in ("annotated", "curated", "embeddings", "clusters", "climblab"):
@@ -401,6 +409,20 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
         "loo_spearman": loo_spearman(cfg.search, obs, seed, ngram.for_search(cfg, build_lab(ctx.cfg), ctx.names)),
         "playoff": (mixture.get("playoff") or {}).get("reason"),
     }
+
+
+# Defaults changed since the searches' folders were first named: (key, the default then, now)
+CHANGED_DEFAULTS = [("search.proxy.schedule", "cosine", "wsd"), ("search.proxy.data_order", "cluster", "spread")]
+
+
+def folder_sets(sets: list[str]) -> list[str]:
+    """The overrides a search's folder is named by: `sets` written against the defaults of the time
+    folders were first named (`CHANGED_DEFAULTS`), so that a folder keeps naming the settings it
+    was searched with (today's defaults find the searches once run with `--set` for them)."""
+    given = {s.split("=", 1)[0] for s in sets}
+    implied = [f"{key}={now}" for key, _, now in CHANGED_DEFAULTS if key not in given]
+    then = {f"{key}={was}" for key, was, _ in CHANGED_DEFAULTS}
+    return implied + [s for s in sets if s not in then]
 
 
 def reuse_first_iteration(cfg, root: Path) -> None:

@@ -45,7 +45,7 @@ def test_cluster_order_draws_the_same_windows_of_a_shared_cluster_whatever_the_m
 
 
 def test_run_order_is_what_runs_drew_before():
-    """data_order run (the default) keeps the windows every earlier search drew."""
+    """data_order run keeps the windows every search before per-cluster streams drew."""
     data = proxy.MixtureBatches(_shards(), {"a": 0.5, "b": 0.5}, 16, 4, 10, seed=0)
     rng = np.random.default_rng(0)
     cluster_of = rng.permutation(np.repeat(np.arange(2), [20, 20]))

@@ -6,7 +6,8 @@ Dirichlet temperature 0.5 with concentration in [0.1, 5], at most 15 epochs of a
 floored at 2e-4, 100,000 candidates, LightGBM with max_depth 4, learning rate 0.01, 1000 rounds,
 early stopping 20, reg 1, min_child_samples 5. Beyond the paper, what the search-quality
 benchmark (bench/search_quality.py, issue #20) measured to help on held-out targets: per-cluster
-data streams in the proxies (`proxy.data_order: cluster`), a Gaussian process and the n-gram
+data streams in the proxies, each cluster's windows spread evenly over its shard, and a
+warm-up-stable-decay schedule (`proxy.data_order: spread`, `proxy.schedule: wsd`), a Gaussian process and the n-gram
 estimate (`search.ngram`: the target under a bigram model of the mixture's tokens) among the
 predictors, the final mixture among the trained ones (`final: best_fitted`), top_random picks
 spread apart (`acquisition.min_distance`), and a playoff of two finalists at twice the proxy's
@@ -32,7 +33,11 @@ class ProxyConfig(Section):
     lr: float = Field(4e-3, gt=0)
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     min_lr_frac: float = Field(0.1, ge=0, le=1)
-    schedule: Literal["cosine", "wsd"] = "cosine"
+    schedule: Literal["cosine", "wsd"] = Field(
+        "wsd",
+        description="wsd: warm-up, the peak rate, a linear decay over the last 20% of the steps "
+        "(MiniCPM); cosine: the paper's cosine decay after the warm-up",
+    )
     threads: int = Field(1, ge=1, json_schema_extra=NOT_HASHED)
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -42,7 +47,7 @@ class ProxyConfig(Section):
         "or AMX; emulated bf16 is several times slower than fp32), else fp32",
     )
     data_order: Literal["run", "cluster", "spread"] = Field(
-        "cluster",
+        "spread",
         description="run: one random stream per run draws every window; cluster: each cluster's "
         "windows come from its own stream seeded by (seed, cluster name), so cluster c's i-th window "
         "is the same in every run whatever the mixture (common random numbers; only the "
