@@ -7,9 +7,9 @@ floored at 2e-4, 100,000 candidates, LightGBM with max_depth 4, learning rate 0.
 early stopping 20, reg 1, min_child_samples 5. Beyond the paper, what the search-quality
 benchmark (bench/search_quality.py, issue #20) measured to help on held-out targets: per-cluster
 data streams in the proxies, each cluster's windows spread evenly over its shard, and a
-warm-up-stable-decay schedule (`proxy.data_order: spread`, `proxy.schedule: wsd`), a Gaussian process and the n-gram
-estimate (`search.ngram`: the target under a bigram model of the mixture's tokens) among the
-predictors, the final mixture among the trained ones (`final: best_fitted`), top_random picks
+warm-up-stable-decay schedule (`proxy.data_order: spread`, `proxy.schedule: wsd`), a Gaussian
+process and the n-gram estimate (`search.ngram`: the target under a bigram model of the mixture's
+tokens) among the predictors, the final mixture among the trained ones (`final: best_fitted`), top_random picks
 spread apart (`acquisition.min_distance`), and a playoff of two finalists at twice the proxy's
 tokens.
 """
@@ -36,7 +36,7 @@ class ProxyConfig(Section):
     schedule: Literal["cosine", "wsd"] = Field(
         "wsd",
         description="wsd: warm-up, the peak rate, a linear decay over the last 20% of the steps "
-        "(MiniCPM); cosine: the paper's cosine decay after the warm-up",
+        "(MiniCPM); cosine: a cosine decay after the warm-up (the default before issue #20's benchmark)",
     )
     threads: int = Field(1, ge=1, json_schema_extra=NOT_HASHED)
     compile: bool = False
