@@ -9,9 +9,9 @@ benchmark (bench/search_quality.py, issue #20) measured to help on held-out targ
 data streams in the proxies, each cluster's windows spread evenly over its shard, and a
 warm-up-stable-decay schedule (`proxy.data_order: spread`, `proxy.schedule: wsd`), a Gaussian
 process and the n-gram estimate (`search.ngram`: the target under a bigram model of the mixture's
-tokens) among the predictors, the final mixture among the trained ones (`final: best_fitted`), top_random picks
-spread apart (`acquisition.min_distance`), and a playoff of two finalists at twice the proxy's
-tokens.
+tokens) among the predictors, the final mixture among the trained ones (`final: best_fitted`),
+top_random picks spread apart (`acquisition.min_distance`), and a playoff of two finalists at
+twice the proxy's tokens.
 """
 
 from __future__ import annotations
