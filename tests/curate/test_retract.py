@@ -153,7 +153,8 @@ def _pick(cfg) -> dict:
         (p, m)
         for i in sorted(single & set(mix_ids), reverse=True)
         if i not in (snippet, upsampled)
-        for p in [i[:-1] + "?"]
+        for k in range(len(i) - 1, 0, -1)  # a `?` for the last character first, then earlier ones
+        for p in [i[:k] + "?" + i[k + 1 :]]
         for m in [fnmatch.filter(all_ids, p)]
         if m == [i]
     )
