@@ -318,9 +318,11 @@ class Context:
         return np.array([g[f"{self.target.name}/select"] for g in got])
 
 
-# The transfer runs' schedule and data order: the proxy defaults every recorded table was judged by
-# (before WSD + spread became the search's default), so that all of them share one yardstick
-YARDSTICK = ["search.proxy.schedule=cosine", "search.proxy.data_order=cluster"]
+# The proxy defaults that changed since the recorded tables and the searches' folders were made
+# (before WSD + spread became the search's default): {key: the default then}
+EARLIER_DEFAULTS = {"search.proxy.schedule": "cosine", "search.proxy.data_order": "cluster"}
+# The transfer runs keep them, so that every recorded table shares one yardstick
+YARDSTICK = [f"{key}={was}" for key, was in EARLIER_DEFAULTS.items()]
 
 
 def lab_truth(make_cfg, sets: list[str] = ()) -> dict:
@@ -411,18 +413,16 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
     }
 
 
-# Defaults changed since the searches' folders were first named: (key, the default then, now)
-CHANGED_DEFAULTS = [("search.proxy.schedule", "cosine", "wsd"), ("search.proxy.data_order", "cluster", "spread")]
-
-
 def folder_sets(sets: list[str]) -> list[str]:
     """The overrides a search's folder is named by: `sets` written against the defaults of the time
-    folders were first named (`CHANGED_DEFAULTS`), so that a folder keeps naming the settings it
+    folders were first named (`EARLIER_DEFAULTS`), so that a folder keeps naming the settings it
     was searched with (today's defaults find the searches once run with `--set` for them)."""
+    from mixture.config import ProxyConfig
+
     given = {s.split("=", 1)[0] for s in sets}
-    implied = [f"{key}={now}" for key, _, now in CHANGED_DEFAULTS if key not in given]
-    then = {f"{key}={was}" for key, was, _ in CHANGED_DEFAULTS}
-    return implied + [s for s in sets if s not in then]
+    now = {key: ProxyConfig.model_fields[key.rsplit(".", 1)[1]].default for key in EARLIER_DEFAULTS}
+    implied = [f"{key}={now[key]}" for key in EARLIER_DEFAULTS if key not in given]
+    return implied + [s for s in sets if s not in YARDSTICK]
 
 
 def reuse_first_iteration(cfg, root: Path) -> None:
