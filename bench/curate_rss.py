@@ -10,6 +10,12 @@ largest size) per stage.
 
     .venv/bin/python bench/curate_rss.py short:off 24000
     .venv/bin/python bench/curate_rss.py short:off 48000 --curate '{"driver_rows": 0}' --trace
+    .venv/bin/python bench/curate_rss.py short:off 240000 --heap
+
+`<kind>_largest` is the kind's largest single process; `at_peak` the tree's processes at the moment
+its total peaked. With `--heap`, the JVM's heap as its collector reports it (`jcmd GC.heap_info`,
+every 2 s: a second JVM starts each time, so seconds are not comparable then): the generations'
+committed and used KB summed, and the metaspace used.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import argparse
 import json
 import logging
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curate_throughput as ct  # noqa: E402
 
 
-def tree_rss() -> dict[str, int]:
+def tree_rss() -> tuple[dict[str, int], dict[int, tuple[str, int]]]:
     """Resident bytes per kind of process under this one (driver, jvm, workers), and each kind's
     anonymous (`<kind>_anon`) and file-backed (`<kind>_file`: memory-mapped files, which the page
     cache can drop and which count once per process that maps them) parts; `<kind>_processes`: how
-    many processes of the kind were running."""
+    many processes of the kind were running; `<kind>_largest`: its largest process; `pids`: each
+    process's (kind, resident bytes)."""
     kids: dict[int, list[int]] = {}
     cmds: dict[int, str] = {}
     for name in filter(str.isdigit, os.listdir("/proc")):
@@ -46,17 +55,21 @@ def tree_rss() -> dict[str, int]:
             continue
         kids.setdefault(int(fields[1]), []).append(int(name))
     out: dict[str, int] = {}
+    pids: dict[int, tuple[str, int]] = {}
     todo = [os.getpid()]
     while todo:
         pid = todo.pop()
         kind = "driver" if pid == os.getpid() else "jvm" if "java" in cmds.get(pid, "") else "workers"
-        for key, value in status_rss(pid).items():
+        rss = status_rss(pid)
+        for key, value in rss.items():
             name = kind if key == "rss" else f"{kind}_{key}"
             out[name] = out.get(name, 0) + value
         out[f"{kind}_processes"] = out.get(f"{kind}_processes", 0) + 1
+        out[f"{kind}_largest"] = max(out.get(f"{kind}_largest", 0), rss.get("rss", 0))
+        pids[pid] = (kind, rss.get("rss", 0))
         todo += kids.get(pid, [])
     out["total"] = sum(out.get(k, 0) for k in ("driver", "jvm", "workers"))
-    return out
+    return out, pids
 
 
 def status_rss(pid: int) -> dict[str, int]:
@@ -96,13 +109,54 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.phase = "setup"
         self.peaks: dict[str, dict[str, int]] = {}
+        self.at_peak: tuple[int, str, list] = (0, "", [])
 
     def run(self):
         while True:
             peak = self.peaks.setdefault(self.phase, {})
-            for kind, value in tree_rss().items():
+            sizes, pids = tree_rss()
+            for kind, value in sizes.items():
                 peak[kind] = max(peak.get(kind, 0), value)
+            if sizes["total"] > self.at_peak[0]:
+                self.at_peak = (sizes["total"], self.phase, sorted(pids.values(), key=lambda p: -p[1]))
             time.sleep(0.2)
+
+
+class HeapSampler(threading.Thread):
+    """The JVM's heap per phase of `sampler` (its peaks): `jcmd <pid> GC.heap_info` every 2 s."""
+
+    def __init__(self, sampler: Sampler):
+        super().__init__(daemon=True)
+        self.sampler = sampler
+        self.peaks: dict[str, dict[str, int]] = {}
+
+    def run(self):
+        while True:
+            pid = next((p for p, (kind, _) in tree_rss()[1].items() if kind == "jvm"), None)
+            if pid is not None:
+                heap = heap_info(pid)
+                peak = self.peaks.setdefault(self.sampler.phase, {})
+                for key, value in heap.items():
+                    peak[key] = max(peak.get(key, 0), value)
+            time.sleep(2)
+
+
+def heap_info(pid: int) -> dict[str, int]:
+    """KB: the heap's generations committed and used (summed), the metaspace used; {} if jcmd fails."""
+    try:
+        text = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    gens = re.findall(r"(?:generation|heap)\s+total (\d+)K, used (\d+)K", text)
+    meta = re.search(r"Metaspace\s+used (\d+)K", text)
+    if not gens:
+        return {}
+    out = {"heap_committed_kb": sum(int(t) for t, _ in gens), "heap_used_kb": sum(int(u) for _, u in gens)}
+    if len(gens) > 1:
+        out["old_used_kb"] = int(gens[-1][1])
+    if meta:
+        out["metaspace_used_kb"] = int(meta.group(1))
+    return out
 
 
 def main() -> None:
@@ -111,6 +165,7 @@ def main() -> None:
     ap.add_argument("docs", type=int)
     ap.add_argument("--curate", default="{}", help="curate settings (JSON) added to the run's")
     ap.add_argument("--trace", action="store_true", help="tracemalloc and Arrow pool peaks per stage")
+    ap.add_argument("--heap", action="store_true", help="the JVM's heap per step (jcmd, every 2 s)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="curate-rss-"))
     # built and written in a child process: this one never holds the texts (`curate_throughput.prepared`)
@@ -126,6 +181,9 @@ def main() -> None:
     mlflow.MlflowClient(cfg.tracking.uri).search_experiments()
     sampler = Sampler()
     sampler.start()
+    heap = HeapSampler(sampler)
+    if args.heap:
+        heap.start()
     logging.getLogger("mixture.curate").setLevel(logging.INFO)
     logging.getLogger("mixture.curate").addHandler(StepPhases(sampler))
     time.sleep(1)
@@ -159,6 +217,15 @@ def main() -> None:
                 "curate_steps": steps,
                 "traced": traced,
                 "peak_rss_mib": mib,
+                "at_peak": {
+                    "total_mib": round(sampler.at_peak[0] / 2**20),
+                    "step": sampler.at_peak[1],
+                    "processes_mib": [[kind, round(rss / 2**20)] for kind, rss in sampler.at_peak[2]],
+                },
+                "heap_mib": {
+                    phase: {k.replace("_kb", ""): round(v / 1024) for k, v in p.items()}
+                    for phase, p in heap.peaks.items()
+                },
             }
         )
     )
