@@ -59,6 +59,8 @@ def tree_rss() -> tuple[dict[str, int], dict[int, tuple[str, int]]]:
     todo = [os.getpid()]
     while todo:
         pid = todo.pop()
+        if "sun.tools.jcmd" in cmds.get(pid, "") or cmds.get(pid, "").startswith("jcmd"):
+            continue  # `--heap`'s own probe, not the run's
         kind = "driver" if pid == os.getpid() else "jvm" if "java" in cmds.get(pid, "") else "workers"
         rss = status_rss(pid)
         for key, value in rss.items():
