@@ -389,7 +389,7 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
     from mixture import pipeline
     from mixture.search import bootstrap, ngram
 
-    key = hashlib.sha256(json.dumps(folder_sets(sets)).encode()).hexdigest()[:10]
+    key = folder_key(sets)
     lab_root = Path(ctx.cfg.output_root)
     root = lab_root.parent.parent / "searches" / f"{ctx.lab}-{ctx.target.name}-s{seed}-{key}"
     for name in ("annotated", "curated", "embeddings", "clusters", "climblab"):
@@ -411,6 +411,11 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
         "loo_spearman": loo_spearman(cfg.search, obs, seed, ngram.for_search(cfg, build_lab(ctx.cfg), ctx.names)),
         "playoff": (mixture.get("playoff") or {}).get("reason"),
     }
+
+
+def folder_key(sets: list[str]) -> str:
+    """The suffix of a search's cache folder: a hash of `folder_sets(sets)`."""
+    return hashlib.sha256(json.dumps(folder_sets(sets)).encode()).hexdigest()[:10]
 
 
 def folder_sets(sets: list[str]) -> list[str]:

@@ -2,9 +2,7 @@
 the name of the proxy settings it was searched with when the search's defaults change, and the
 transfer runs judge every method by the one yardstick the recorded tables used."""
 
-import hashlib
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -25,24 +23,19 @@ def sq():
     return module
 
 
-def folder_key(sq, sets: list[str]) -> str:
-    """The suffix of a search's cache folder, as `search_quality.search` names it."""
-    return hashlib.sha256(json.dumps(sq.folder_sets(sets)).encode()).hexdigest()[:10]
-
-
 def test_todays_defaults_find_the_searches_run_with_them_as_sets(sq):
     """The searches of WSD + spread, run with `--set` before they became the defaults, sit in
     folders ending 337f5a4aee: a run without `--set` reads them back instead of training again."""
     assert ProxyConfig().schedule == "wsd" and ProxyConfig().data_order == "spread"
-    assert folder_key(sq, []) == folder_key(sq, WSD_SPREAD) == "337f5a4aee"
+    assert sq.folder_key([]) == sq.folder_key(WSD_SPREAD) == "337f5a4aee"
 
 
 def test_the_earlier_defaults_keep_their_folders(sq):
     """A search with the earlier defaults (cosine, `cluster`) is the one first run with no
     `--set` (folders ending 4f53cda18c); asking for them now finds it, and one setting back
     names neither."""
-    assert folder_key(sq, COSINE_CLUSTER) == "4f53cda18c"
-    one_back = folder_key(sq, ["search.proxy.schedule=cosine"])
+    assert sq.folder_key(COSINE_CLUSTER) == "4f53cda18c"
+    one_back = sq.folder_key(["search.proxy.schedule=cosine"])
     assert one_back not in ("4f53cda18c", "337f5a4aee")
     assert sq.folder_sets(["search.proxy.schedule=cosine"]) == ["search.proxy.data_order=spread"]
 
@@ -50,7 +43,7 @@ def test_the_earlier_defaults_keep_their_folders(sq):
 def test_other_sets_are_kept_in_the_name(sq):
     sets = ["search.iterations=[8,4]"]
     assert sq.folder_sets(sets) == WSD_SPREAD + sets
-    assert folder_key(sq, sets) != folder_key(sq, [])
+    assert sq.folder_key(sets) != sq.folder_key([])
 
 
 def test_transfer_runs_keep_the_yardstick_whatever_the_search_uses(sq):
