@@ -59,8 +59,8 @@ def tree_rss() -> tuple[dict[str, int], dict[int, tuple[str, int]]]:
     todo = [os.getpid()]
     while todo:
         pid = todo.pop()
-        if "sun.tools.jcmd" in cmds.get(pid, "") or cmds.get(pid, "").startswith("jcmd"):
-            continue  # `--heap`'s own probe, not the run's
+        if cmds.get(pid, "").split(" ", 1)[0] == "jcmd":
+            continue  # `--heap`'s own probe (`heap_info`), not the run's
         kind = "driver" if pid == os.getpid() else "jvm" if "java" in cmds.get(pid, "") else "workers"
         rss = status_rss(pid)
         for key, value in rss.items():
@@ -112,11 +112,13 @@ class Sampler(threading.Thread):
         self.phase = "setup"
         self.peaks: dict[str, dict[str, int]] = {}
         self.at_peak: tuple[int, str, list] = (0, "", [])
+        self.pids: dict[int, tuple[str, int]] = {}  # the last sample's processes
 
     def run(self):
         while True:
             peak = self.peaks.setdefault(self.phase, {})
             sizes, pids = tree_rss()
+            self.pids = pids
             for kind, value in sizes.items():
                 peak[kind] = max(peak.get(kind, 0), value)
             if sizes["total"] > self.at_peak[0]:
@@ -125,7 +127,8 @@ class Sampler(threading.Thread):
 
 
 class HeapSampler(threading.Thread):
-    """The JVM's heap per phase of `sampler` (its peaks): `jcmd <pid> GC.heap_info` every 2 s."""
+    """The JVM's heap per phase of `sampler` (its peaks): `jcmd <pid> GC.heap_info` every 2 s on the
+    JVM of the sampler's last sample."""
 
     def __init__(self, sampler: Sampler):
         super().__init__(daemon=True)
@@ -134,7 +137,7 @@ class HeapSampler(threading.Thread):
 
     def run(self):
         while True:
-            pid = next((p for p, (kind, _) in tree_rss()[1].items() if kind == "jvm"), None)
+            pid = next((p for p, (kind, _) in self.sampler.pids.items() if kind == "jvm"), None)
             if pid is not None:
                 heap = heap_info(pid)
                 peak = self.peaks.setdefault(self.sampler.phase, {})
