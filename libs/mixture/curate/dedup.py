@@ -321,11 +321,16 @@ def shingles_on_spark(texts_of, spark, ngram: int):
 
     def shingles_of(ids: list[str]) -> dict[str, np.ndarray]:
         wanted = F.broadcast(spark.createDataFrame([(i,) for i in ids], "id string"))
-        texts = texts_of(wanted, small=True).select("id", "text")
-        rows = map_batches(texts, shingle_batches(ngram), SHINGLE_SCHEMA).collect()
-        return {r["id"]: np.frombuffer(r["shingles"], dtype="<u4") for r in rows}
+        return collected_shingles(texts_of(wanted, small=True), ngram)
 
     return shingles_of
+
+
+def collected_shingles(texts, ngram: int) -> dict[str, np.ndarray]:
+    """{id: sorted unique shingle hashes} of a DataFrame's (id, text) rows, shingled on the
+    executors and collected."""
+    rows = map_batches(texts.select("id", "text"), shingle_batches(ngram), SHINGLE_SCHEMA).collect()
+    return {r["id"]: np.frombuffer(r["shingles"], dtype="<u4") for r in rows}
 
 
 def near_on_driver(pairs, shingles_of, threshold, verify, stats) -> list[tuple[str, str]]:

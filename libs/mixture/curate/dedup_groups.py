@@ -156,7 +156,7 @@ def candidates_shingles(table, reps: np.ndarray, rep_ids, spark, texts_folder: s
     """`shingles_of` for `dedup.near_on_driver`: the shingle sets of candidate documents among
     the representatives `reps`, from the scan's texts files (`mixture.curate.texts`): read and
     shingled on the driver, `SHINGLE_CHUNK_WORDS` words at a time in file order, when their words
-    are few (`DRIVER_SHINGLE_WORDS`), else on the executors (`dedup.shingles_on_spark`)."""
+    are few (`DRIVER_SHINGLE_WORDS`), else on the executors (`dedup.collected_shingles`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -168,7 +168,7 @@ def candidates_shingles(table, reps: np.ndarray, rep_ids, spark, texts_folder: s
                 list(zip(*where.select(["doc_id", "split", "pos"]).to_pydict().values())),
                 "id string, split int, pos bigint",
             )
-            return dedup.shingles_on_spark(texts_of(locations, texts_folder), spark, ngram)(ids)
+            return dedup.collected_shingles(texts.with_texts(locations, texts_folder), ngram)
         return shingles_on_driver(where.sort_by([("split", "ascending"), ("pos", "ascending")]), texts_folder, ngram)
 
     return shingles_of
