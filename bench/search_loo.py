@@ -38,7 +38,8 @@ def benchmark_estimate(search_dir: Path, names: list[str]):
     from mixture.search import ngram
 
     folder = search_dir.resolve().parent
-    lab = next((k for k in sq.LABS if folder.name.startswith(k + "-")), None)
+    # the longest lab name the folder starts with: debian-kmeans-32-... is not debian-kmeans's
+    lab = max((k for k in sq.LABS if folder.name.startswith(k + "-")), key=len, default=None)
     if lab is None:
         return None
     target, seed = folder.name[len(lab) + 1 :].rsplit("-s", 1)
