@@ -38,8 +38,7 @@ def benchmark_estimate(search_dir: Path, names: list[str]):
     from mixture.search import ngram
 
     folder = search_dir.resolve().parent
-    # the longest lab name the folder starts with: debian-kmeans-32-... is not debian-kmeans's
-    lab = max((k for k in sq.LABS if folder.name.startswith(k + "-")), key=len, default=None)
+    lab = sq.lab_of(folder.name)
     if lab is None:
         return None
     target, seed = folder.name[len(lab) + 1 :].rsplit("-s", 1)

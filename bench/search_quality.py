@@ -166,6 +166,14 @@ LABS = {  # k-means at 16 groups: the paper searches ~20 clusters; with 6-8, 30 
     # that 30 random draws reach by themselves; split, a good mixture is a blend again
     "debian-kmeans-32": ("debian", {"cluster.target_clusters": 32}),
 }
+
+
+def lab_of(folder: str) -> str | None:
+    """The lab a cache folder (`<lab>-<target>-s<seed>-<key>`) belongs to: the longest lab name
+    it starts with (debian-kmeans-32-... is not debian-kmeans's)."""
+    return max((k for k in LABS if folder.startswith(k + "-")), key=len, default=None)
+
+
 BEFORE_20 = [  # `climb_today`: the search's defaults before issue #20
     "search.proxy.data_order=run",
     "search.proxy.schedule=cosine",

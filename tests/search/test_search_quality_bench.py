@@ -57,3 +57,11 @@ def test_transfer_runs_keep_the_yardstick_whatever_the_search_uses(sq):
         assert (truth["schedule"], truth["data_order"]) == ("cosine", "cluster")
     assert sq.lab_truth(make_cfg, ["search.proxy.tokens=123456"])["tokens"] == 123456
     assert make_cfg([]).search.proxy.schedule == "wsd"  # the search's own default is today's
+
+
+def test_a_search_folder_names_the_lab_with_the_longest_matching_name(sq):
+    """debian-kmeans-32's searches are not debian-kmeans's (whose target would read `32-perl-docs`)."""
+    assert sq.lab_of("debian-kmeans-32-perl-docs-s0-337f5a4aee") == "debian-kmeans-32"
+    assert sq.lab_of("debian-kmeans-perl-docs-s0-337f5a4aee") == "debian-kmeans"
+    assert sq.lab_of("sample-kmeans-debian-policy-s1-4f53cda18c") == "sample-kmeans"
+    assert sq.lab_of("out-demo-search") is None
