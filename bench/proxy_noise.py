@@ -133,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
     folder = args.search.resolve().parent
-    lab = sq.lab_of(folder.name)
-    if lab is None:
+    parsed = sq.parse_search_folder(folder.name)
+    if parsed is None:
         ap.error(f"{folder.name} is no search of the benchmark's labs ({', '.join(sq.LABS)})")
+    lab = parsed[0]
     cache = folder.parent.parent
     _, runner, _, _ = sq.open_lab(cache, lab, [], argparse.Namespace(workers=args.workers, transfer_factor=3.0))
     runs = sq.proxy_runs([json.loads(p.read_text()) for p in sorted((args.search / "runs").glob("*.json"))])

@@ -38,16 +38,15 @@ def benchmark_estimate(search_dir: Path, names: list[str]):
     from mixture.search import ngram
 
     folder = search_dir.resolve().parent
-    lab = sq.lab_of(folder.name)
-    if lab is None:
+    parsed = sq.parse_search_folder(folder.name)
+    if parsed is None:
         return None
-    target, seed = folder.name[len(lab) + 1 :].rsplit("-s", 1)
-    seed = seed.split("-")[0]
+    lab, target, seed, _ = parsed
     targets, make_cfg, climblab = _open_lab(folder.parent.parent, lab)
     t = next(t for t in targets if t.name == target)
     lab_cfg = make_cfg([f"search.target.val_uris=[{t.select}]"])
     # the target's windows as the search drew them (its seed), on the lab it ran on (the lab's config)
-    return ngram.for_search(lab_cfg.model_copy(update={"seed": int(seed)}), climblab, names)
+    return ngram.for_search(lab_cfg.model_copy(update={"seed": seed}), climblab, names)
 
 
 @functools.cache

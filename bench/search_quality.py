@@ -168,10 +168,20 @@ LABS = {  # k-means at 16 groups: the paper searches ~20 clusters; with 6-8, 30 
 }
 
 
-def lab_of(folder: str) -> str | None:
-    """The lab a cache folder (`<lab>-<target>-s<seed>-<key>`) belongs to: the longest lab name
-    it starts with (debian-kmeans-32-... is not debian-kmeans's)."""
-    return max((k for k in LABS if folder.startswith(k + "-")), key=len, default=None)
+def search_folder(lab: str, target: str, seed: int | str, key: str) -> str:
+    """The name of a search's cache folder (`parse_search_folder` reads it back); a `*` glob works."""
+    return f"{lab}-{target}-s{seed}-{key}"
+
+
+def parse_search_folder(name: str) -> tuple[str, str, int, str] | None:
+    """(lab, target, seed, key) of a search's cache folder name, or None when it is no lab's: the
+    lab is the longest lab name the folder starts with (debian-kmeans-32-... is not debian-kmeans's)."""
+    lab = max((k for k in LABS if name.startswith(k + "-")), key=len, default=None)
+    rest, _, key = name[len(lab or "") + 1 :].rpartition("-")
+    target, _, seed = rest.rpartition("-s")
+    if lab is None or not target or not seed.isdigit():
+        return None
+    return lab, target, int(seed), key
 
 
 BEFORE_20 = [  # `climb_today`: the search's defaults before issue #20
@@ -399,7 +409,7 @@ def search(ctx: Context, seed: int, sets: list[str]) -> tuple[np.ndarray, dict]:
 
     key = folder_key(sets)
     lab_root = Path(ctx.cfg.output_root)
-    root = lab_root.parent.parent / "searches" / f"{ctx.lab}-{ctx.target.name}-s{seed}-{key}"
+    root = lab_root.parent.parent / "searches" / search_folder(ctx.lab, ctx.target.name, seed, key)
     for name in ("annotated", "curated", "embeddings", "clusters", "climblab"):
         if not (root / name).exists():
             root.mkdir(parents=True, exist_ok=True)
@@ -450,8 +460,8 @@ def reuse_first_iteration(cfg, root: Path) -> None:
     proxy = cfg.search.proxy.model_dump(mode="json")
     runs = Path(pipeline.open_stage(cfg, "search").writer.staging) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    stem = root.name.rsplit("-", 1)[0]
-    for sibling in sorted(root.parent.glob(f"{stem}-*/search/runs")):
+    lab, target, seed, _ = parse_search_folder(root.name)
+    for sibling in sorted(root.parent.glob(f"{search_folder(lab, target, seed, '*')}/search/runs")):
         for f in sibling.glob("it0-*.json"):
             rec = json.loads(f.read_text())
             if rec.get("proxy") == proxy and rec.get("seed") == cfg.seed and not (runs / f.name).exists():

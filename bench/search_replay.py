@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         searches = [
             d
-            for d in sorted((cache / "searches").glob(f"{args.lab}-{t.name}-s*-{args.key}*"))
+            for d in sorted((cache / "searches").glob(sq.search_folder(args.lab, t.name, "*", args.key) + "*"))
             if (d / "search" / "mixture.json").exists()
         ]
         per_rule = replay_target(ctx, searches, rules, args)

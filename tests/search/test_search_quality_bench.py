@@ -59,9 +59,16 @@ def test_transfer_runs_keep_the_yardstick_whatever_the_search_uses(sq):
     assert make_cfg([]).search.proxy.schedule == "wsd"  # the search's own default is today's
 
 
-def test_a_search_folder_names_the_lab_with_the_longest_matching_name(sq):
+def test_a_search_folder_names_its_lab_target_seed_and_key(sq):
     """debian-kmeans-32's searches are not debian-kmeans's (whose target would read `32-perl-docs`)."""
-    assert sq.lab_of("debian-kmeans-32-perl-docs-s0-337f5a4aee") == "debian-kmeans-32"
-    assert sq.lab_of("debian-kmeans-perl-docs-s0-337f5a4aee") == "debian-kmeans"
-    assert sq.lab_of("sample-kmeans-debian-policy-s1-4f53cda18c") == "sample-kmeans"
-    assert sq.lab_of("out-demo-search") is None
+    assert sq.parse_search_folder("debian-kmeans-32-perl-docs-s0-337f5a4aee") == (
+        "debian-kmeans-32",
+        "perl-docs",
+        0,
+        "337f5a4aee",
+    )
+    assert sq.parse_search_folder("debian-kmeans-perl-docs-s2-337f5a4aee")[:3] == ("debian-kmeans", "perl-docs", 2)
+    name = sq.search_folder("sample-kmeans", "debian-reference+debian-policy", 1, "4f53cda18c")
+    assert sq.parse_search_folder(name) == ("sample-kmeans", "debian-reference+debian-policy", 1, "4f53cda18c")
+    assert sq.parse_search_folder("out-demo-search") is None
+    assert sq.parse_search_folder("debian-kmeans-perl-docs-337f5a4aee") is None  # no seed
