@@ -177,9 +177,11 @@ def parse_search_folder(name: str) -> tuple[str, str, int, str] | None:
     """(lab, target, seed, key) of a search's cache folder name, or None when it is no lab's: the
     lab is the longest lab name the folder starts with (debian-kmeans-32-... is not debian-kmeans's)."""
     lab = max((k for k in LABS if name.startswith(k + "-")), key=len, default=None)
-    rest, _, key = name[len(lab or "") + 1 :].rpartition("-")
+    if lab is None:
+        return None
+    rest, _, key = name[len(lab) + 1 :].rpartition("-")
     target, _, seed = rest.rpartition("-s")
-    if lab is None or not target or not seed.isdigit():
+    if not target or not seed.isdigit():
         return None
     return lab, target, int(seed), key
 
