@@ -4,6 +4,7 @@ workers that give freed memory back when a partition is done; a local JVM on the
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -107,3 +108,53 @@ def test_a_local_jvm_keeps_the_collector_a_user_picked(tmp_path):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "spark-defaults.conf").write_text("spark.driver.memory 2g\n")
     assert not spark_env.picks_a_collector({"SPARK_HOME": str(tmp_path)})
+
+
+def test_local_frame_has_the_rows_and_partitions_asked_for(spark):
+    rows = [(i, f"s{i}", None if i % 2 else i * 10) for i in range(5)]
+    df = spark_env.local_frame(spark, rows, "n int, s string, v bigint", partitions=3)
+    assert df.rdd.getNumPartitions() == 3
+    assert sorted(tuple(r) for r in df.collect()) == rows
+    assert spark_env.local_frame(spark, rows[:2], "n int, s string, v bigint", 8).rdd.getNumPartitions() == 2
+    empty = spark_env.local_frame(spark, [], "id string, near_of string")
+    assert empty.count() == 0 and empty.columns == ["id", "near_of"]
+
+
+def test_local_frame_starts_no_python_worker_where_create_data_frame_does():
+    """Python workers (each of a daemon's pool keeps its memory) only for the per-batch functions:
+    `createDataFrame` of Python rows starts a daemon and workers of its own."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from mixture import spark as spark_env
+        spark = spark_env.session("local[2]", "t", 2)
+        def daemons():  # under this process (not another session's)
+            procs = {}
+            for p in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+                    procs[int(p)] = (ppid, open(f"/proc/{p}/cmdline", "rb").read())
+                except (OSError, IndexError):
+                    pass
+            def mine(pid):
+                while pid in procs:
+                    pid = procs[pid][0]
+                    if pid == os.getpid():
+                        return True
+                return False
+            return sum(b"pyspark.daemon" in cmd and mine(p) for p, (_, cmd) in procs.items())
+        spark_env.local_frame(spark, [(1, "a"), (2, "b")], "n int, s string", 2).collect()
+        first = daemons()
+        spark.createDataFrame([(1, "a"), (2, "b")], "n int, s string").collect()
+        print(first, daemons())
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": LIBS, "PATH": os.environ["PATH"]},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    first, after = map(int, run.stdout.split()[-2:])
+    assert first == 0 and after > 0

@@ -2,7 +2,8 @@
 and the one place that says which environment Spark's Python processes need: the CLI, the
 spark-submit job and the Airflow task all take it from `environment`. Also the stage's memory
 habits on Spark: `checkpoint` keeps intermediate results on disk, not in the JVM's heap;
-`map_batches` runs a per-batch function that gives its worker's freed memory back (`released`)."""
+`map_batches` runs a per-batch function that gives its worker's freed memory back (`released`);
+`local_frame` makes a DataFrame of the driver's rows without Python workers."""
 
 from __future__ import annotations
 
@@ -129,6 +130,28 @@ def map_batches(df, fn: Callable[[Iterator], Iterator], schema):
     """`df.mapInArrow(fn, schema)`, with `fn` `released`: how the stage runs a per-batch function
     on Spark, so none holds its worker's memory after its partition."""
     return df.mapInArrow(released(fn), schema)
+
+
+def local_frame(spark, rows: list[tuple], schema: str, partitions: int | None = None):
+    """The driver's `rows` (tuples in the order of `schema`, a DDL string) as a DataFrame, made in
+    the JVM from an Arrow table; with `partitions`, in at most that many partitions (one row each
+    while they are fewer). `createDataFrame` of Python rows converts them in Python workers of
+    their own: a second daemon and pool of workers beside the `mapInArrow` ones, each keeping
+    its memory after (bench/RESULTS.md)."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import _parse_datatype_string
+
+    arrow = to_arrow_schema(_parse_datatype_string(schema))
+    columns = list(zip(*rows)) if rows else [()] * len(arrow)
+    df = spark.createDataFrame(
+        pa.Table.from_arrays([pa.array(c, t.type) for c, t in zip(columns, arrow)], schema=arrow)
+    )
+    if partitions is None:
+        return df
+    wanted = max(1, min(len(rows), partitions))
+    # the JVM slices local rows into at most `defaultParallelism` partitions: a shuffle only if that differs
+    return df if wanted == max(1, min(len(rows), spark.sparkContext.defaultParallelism)) else df.repartition(wanted)
 
 
 def released(fn: Callable[[Iterator], Iterator]) -> Callable[[Iterator], Iterator]:

@@ -55,7 +55,7 @@ from mixture import storage
 from mixture.config import Config
 from mixture.curate import accounting, batches, dedup_groups, ingest, minhash, prior, texts
 from mixture.curate.filters import stored_signal_names
-from mixture.spark import checkpoint, give_back_memory, map_batches
+from mixture.spark import checkpoint, give_back_memory, local_frame, map_batches
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,9 @@ def plan(spark, cfg: Config, files: list[ingest.InputFile]) -> list[ingest.Split
     splits = ingest.plan_splits(files, cfg.input.format, cfg.curate.split_bytes)
     todo = [(i, s.to_json()) for i, s in enumerate(splits) if s.kind == "jsonl" and (s.start > 0 or s.end >= 0)]
     if todo:
-        counted = (
-            spark.sparkContext.parallelize(todo, min(len(todo), cfg.curate.partitions))
-            .map(lambda item: (item[0], ingest.count_newlines(ingest.Split.from_json(item[1]))))
-            .collectAsMap()
-        )
-        splits = ingest.resolve_line_numbers(splits, counted)
+        todo_df = local_frame(spark, todo, "i int, split string", cfg.curate.partitions)
+        counted = map_batches(todo_df, batches.newline_batches, "i int, n bigint").collect()
+        splits = ingest.resolve_line_numbers(splits, {r["i"]: r["n"] for r in counted})
     return splits
 
 
@@ -96,8 +93,7 @@ def scan(spark, cfg: Config, splits: list[ingest.Split], params: minhash.LSHPara
     fz = cfg.curate.fuzzy_dedup
     lsh = (fz.ngram, params.num_perm, params.bands, params.rows, cfg.seed)
     rows = [(n, s.to_json()) for n, s in enumerate(splits)]
-    slices = max(1, min(len(rows), cfg.curate.partitions))
-    split_df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "n int, split string")
+    split_df = local_frame(spark, rows, "n int, split string", cfg.curate.partitions)
     filters = cfg.curate.filters
     every = cfg.curate.every_signal
     scan_fn = batches.scan_batches(opts, filters.model_dump(mode="json"), lsh, texts_folder, every)
@@ -124,7 +120,7 @@ def identify(scored, files: list[ingest.InputFile], unique_ids: bool, earlier=No
         good = good.withColumn("doc_id", F.col("id"))
     else:
         spark = scored.sparkSession
-        tags = spark.createDataFrame([(f.uri, f.rel) for f in files], "file string, tag string")
+        tags = local_frame(spark, [(f.uri, f.rel) for f in files], "file string, tag string")
         by_id = Window.partitionBy("id")
         clash = F.min("file").over(by_id) != F.max("file").over(by_id)
         if earlier is not None:
@@ -341,7 +337,7 @@ def annotate(
     scored = scan(spark, cfg, splits, params, folder).persist(StorageLevel.DISK_ONLY)
     state = earlier.state(spark).persist(StorageLevel.DISK_ONLY) if earlier else None
     try:
-        blocked = spark.createDataFrame([(i,) for i in retracted], "id string") if retracted else None
+        blocked = local_frame(spark, [(i,) for i in retracted], "id string") if retracted else None
         run = _Run(cfg, staging, scored, files, params, timer, earlier, state, tag, folder, blocked)
         counts, stats, linked = run.annotate()
     finally:
@@ -393,7 +389,8 @@ class _Run:
         meta, stats = dedup_groups.decide(table, ident, cfg, self.params, self.texts_folder)
         meta, linked = self.links(meta, ident)
         broadcast = table is not None or meta.count() <= cfg.curate.driver_rows
-        give_back_memory()  # the candidates' shingles and the groups' work arrays, before the write
+        del table  # identify's rows: the driver holds none of them through the write
+        give_back_memory()  # them, the candidates' shingles and the groups' work arrays, before the write
         self.timer.done("dedup_groups")
 
         docs, bad = split_outputs(scored, meta, broadcast, self.texts_folder)

@@ -19,11 +19,21 @@ from mixture import storage
 from mixture.config import FiltersConfig
 from mixture.curate import texts
 from mixture.curate.filters import batch_signals, signal_functions, stored_signal_names
-from mixture.curate.ingest import ReadOptions, Split, read_split
+from mixture.curate.ingest import ReadOptions, Split, count_newlines, read_split
 
 INGEST_COLUMNS = ["file", "line", "id", "text", "source", "reason", "raw"]
 # the scan's columns, in the batches' order: the records without their text (`mixture.curate.texts`), with its place
 SCAN_SCHEMA = "file string, line bigint, id string, source string, reason string, raw string, split int, pos bigint"
+
+
+def newline_batches(batches: Iterator) -> Iterator:
+    """Batches of (`i`, `split`: a byte-range Split as JSON) -> (`i`, `n`: the newlines in its
+    range), the pass that numbers the next range's lines (`ingest.resolve_line_numbers`)."""
+    import pyarrow as pa
+
+    for batch in batches:
+        counts = [count_newlines(Split.from_json(s)) for s in batch.column("split").to_pylist()]
+        yield pa.RecordBatch.from_arrays([batch.column("i"), pa.array(counts, pa.int64())], names=["i", "n"])
 
 
 def ingest_batches(opts: ReadOptions, batch_rows: int = 2000, batch_bytes: int = 32 << 20):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixture.curate import minhash
-from mixture.spark import checkpoint, map_batches
+from mixture.spark import checkpoint, local_frame, map_batches
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def near_groups(
     if len(few) <= driver_max_pairs:
         pairs_uv = [(r["u"], r["v"]) for r in few]
         near = near_on_driver(pairs_uv, shingles_on_spark(texts_of, spark, ngram), threshold, verify, stats)
-        return spark.createDataFrame(near, "id string, near_of string"), stats
+        return local_frame(spark, near, "id string, near_of string"), stats
     return _near_on_spark(pairs, texts_of, threshold, ngram, verify, max_iterations, stats)
 
 
@@ -320,7 +320,7 @@ def shingles_on_spark(texts_of, spark, ngram: int):
     from pyspark.sql import functions as F
 
     def shingles_of(ids: list[str]) -> dict[str, np.ndarray]:
-        wanted = F.broadcast(spark.createDataFrame([(i,) for i in ids], "id string"))
+        wanted = F.broadcast(local_frame(spark, [(i,) for i in ids], "id string"))
         return collected_shingles(texts_of(wanted, small=True), ngram)
 
     return shingles_of
@@ -391,7 +391,7 @@ def _near_on_spark(pairs, texts_of, threshold, ngram, verify, max_iterations, st
     n = checked.agg(F.count("*").alias("candidates"), F.sum(F.col("similar").cast("int")).alias("similar")).first()
     stats.candidate_pairs, stats.verified_pairs = n["candidates"], n["similar"] or 0
     if stats.verified_pairs == 0:
-        return pairs.sparkSession.createDataFrame([], "id string, near_of string"), stats
+        return local_frame(pairs.sparkSession, [], "id string, near_of string"), stats
     components, stats.cc_iterations = connected_components(checked.where("similar").select("u", "v"), max_iterations)
     near = components.select("id", F.col("root").alias("near_of"))
     sizes = near.agg(F.count("*").alias("n"), F.countDistinct("near_of").alias("groups")).first()

@@ -14,7 +14,7 @@ import numpy as np
 
 from mixture.config import Config
 from mixture.curate import dedup, minhash, texts
-from mixture.spark import checkpoint
+from mixture.spark import checkpoint, local_frame
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts
     ]
     dups = table.filter(table.column("dup")).select(CORRECTED).to_pylist()
     out += [(r["file"], r["line"], r["doc_id"], True, r["retracted"], None, None) for r in dups]
-    return spark.createDataFrame(out, CORRECTIONS_SCHEMA), stats
+    return local_frame(spark, out, CORRECTIONS_SCHEMA), stats
 
 
 def exact_groups(table) -> tuple[np.ndarray, np.ndarray]:
@@ -165,8 +165,7 @@ def candidates_shingles(table, reps: np.ndarray, rep_ids, spark, texts_folder: s
         where = table.select(["doc_id", "split", "pos", "n_words"]).take(located)
         if (pc.sum(where.column("n_words")).as_py() or 0) > DRIVER_SHINGLE_WORDS:
             locations = spark.createDataFrame(
-                list(zip(*where.select(["doc_id", "split", "pos"]).to_pydict().values())),
-                "id string, split int, pos bigint",
+                where.select(["doc_id", "split", "pos"]).rename_columns(["id", "split", "pos"])
             )
             return dedup.collected_shingles(texts.with_texts(locations, texts_folder), ngram)
         return shingles_on_driver(where.sort_by([("split", "ascending"), ("pos", "ascending")]), texts_folder, ngram)

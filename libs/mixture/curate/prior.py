@@ -30,7 +30,7 @@ from typing import Any
 from mixture import storage
 from mixture.curate import dedup
 from mixture.curate.ingest import InputFile
-from mixture.spark import checkpoint, map_batches
+from mixture.spark import checkpoint, local_frame, map_batches
 
 STATE = "dedup/"
 STATE_FIELDS = [
@@ -113,9 +113,7 @@ def read_parquet(spark, uris: list[str], ddl: str, columns: list[str], ids=None)
     """Parquet files (local or S3, through mixture.storage) as a DataFrame, one task per file;
     with `ids` (a set of str, broadcast) only the rows whose `id` is in it (row groups whose id
     range holds none of them are not read)."""
-    rows = [(u,) for u in uris]
-    slices = max(1, min(len(rows), 64))
-    df = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "uri string")
+    df = local_frame(spark, [(u,) for u in uris], "uri string", 64)
     wanted = spark.sparkContext.broadcast(sorted(ids)) if ids is not None else None
     return map_batches(df, _reader(columns, wanted), ddl)
 
