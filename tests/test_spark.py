@@ -158,3 +158,17 @@ def test_local_frame_starts_no_python_worker_where_create_data_frame_does():
     assert run.returncode == 0, run.stderr[-2000:]
     first, after = map(int, run.stdout.split()[-2:])
     assert first == 0 and after > 0
+
+
+def test_python_workers_allocate_arrow_memory_with_jemalloc(spark):
+    """The part writers hold less freed memory with it than with Arrow's default (bench/RESULTS.md)."""
+
+    def pool(batches):
+        import pyarrow as pa
+
+        for _ in batches:
+            yield pa.RecordBatch.from_pydict({"pool": [pa.default_memory_pool().backend_name]})
+
+    used = {r["pool"] for r in spark_env.map_batches(spark.range(4).repartition(2), pool, "pool string").collect()}
+    assert used == {spark_env.ARROW_POOL} == {"jemalloc"}
+    assert spark.conf.get("spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL") == "jemalloc"
