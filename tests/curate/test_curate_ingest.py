@@ -203,3 +203,19 @@ def test_reads_from_s3(tmp_path, s3_endpoint, s3_bucket):
     assert all(v == expected for v in by_file.values()) and len(by_file) == 2
     ids = sorted(r.id for r in records if r.id and ":" in r.id)
     assert ids == ["part-0.jsonl.gz:17", "part-1.jsonl:17"]
+
+
+def test_the_stage_numbers_byte_range_splits_lines_on_spark_as_a_local_count_does(spark, tmp_path):
+    from mixture.config import parse_config
+    from mixture.curate import annotate
+
+    path = write_defects(tmp_path / "in" / "docs.jsonl")
+    with open(path, "ab") as f:
+        for i in range(300):
+            f.write(json.dumps({"id": f"x{i}", "text": "word " * (i % 97 + 1)}).encode() + b"\n")
+    settings = {"output_root": str(tmp_path / "out"), "input": {"uris": [str(path)]}}
+    cfg = parse_config({**settings, "curate": {"split_bytes": 4096, "partitions": 3}})
+    splits = annotate.plan(spark, cfg, list_inputs([str(path)]))
+    _, local = read_all(str(path), split_bytes=4096)
+    assert len(splits) > 3 and splits == local
+    assert all(s.lines_before is not None for s in splits) and splits[-1].lines_before > 300
