@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 def environment(master: str = "local[*]", env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
     """Set (unless already set) what Spark's processes need in `env` (default: this process's
     environment): Python workers run this interpreter, so they import the same `mixture` and
-    packages as the driver; a local master binds to the loopback address."""
+    packages as the driver, and allocate Arrow memory with `ARROW_POOL`; a local master binds to
+    the loopback address."""
     env = os.environ if env is None else env
     env.setdefault("ARROW_DEFAULT_MEMORY_POOL", ARROW_POOL)
     env.setdefault("PYSPARK_PYTHON", sys.executable)
