@@ -125,24 +125,17 @@ def test_local_frame_starts_no_python_worker_where_create_data_frame_does():
     `createDataFrame` of Python rows starts a daemon and workers of its own."""
     script = textwrap.dedent(
         """
-        import os, sys
+        import psutil
         from mixture import spark as spark_env
         spark = spark_env.session("local[2]", "t", 2)
         def daemons():  # under this process (not another session's)
-            procs = {}
-            for p in filter(str.isdigit, os.listdir("/proc")):
+            n = 0
+            for p in psutil.Process().children(recursive=True):
                 try:
-                    ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
-                    procs[int(p)] = (ppid, open(f"/proc/{p}/cmdline", "rb").read())
-                except (OSError, IndexError):
+                    n += "pyspark.daemon" in " ".join(p.cmdline())
+                except psutil.Error:  # ended meanwhile
                     pass
-            def mine(pid):
-                while pid in procs:
-                    pid = procs[pid][0]
-                    if pid == os.getpid():
-                        return True
-                return False
-            return sum(b"pyspark.daemon" in cmd and mine(p) for p, (_, cmd) in procs.items())
+            return n
         spark_env.local_frame(spark, [(1, "a"), (2, "b")], "n int, s string", 2).collect()
         first = daemons()
         spark.createDataFrame([(1, "a"), (2, "b")], "n int, s string").collect()

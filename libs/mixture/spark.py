@@ -13,6 +13,12 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
+# Arrow's allocator in Spark's Python workers (local: the environment they inherit; a cluster's:
+# `spark.executorEnv`): jemalloc, which holds less freed memory between batches than Arrow's
+# default (mimalloc): the part writers 30-80 MiB less each (bench/RESULTS.md). Arrow reads it when
+# pyarrow is imported, so the driver, which has imported it by then, keeps its own; a user's wins.
+ARROW_POOL = "jemalloc"
+
 
 def environment(master: str = "local[*]", env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
     """Set (unless already set) what Spark's processes need in `env` (default: this process's
@@ -26,13 +32,6 @@ def environment(master: str = "local[*]", env: MutableMapping[str, str] | None =
     if master.startswith("local"):
         env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     return env
-
-
-# Arrow's allocator in Spark's Python workers (local: the environment they inherit; a cluster's:
-# `spark.executorEnv`): jemalloc, which holds less freed memory between batches than Arrow's
-# default (mimalloc): the part writers 30-80 MiB less each (bench/RESULTS.md). Arrow reads it when
-# pyarrow is imported, so the driver, which has imported it by then, keeps its own; a user's wins.
-ARROW_POOL = "jemalloc"
 
 
 # The S3 settings executors need to read inputs through mixture.storage. On a cluster the workers
