@@ -76,6 +76,15 @@ def s3_endpoint():
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session", autouse=True)
+def spark_jvm():
+    """The run's one JVM, started first: the curate stage ends a JVM it starts itself, so
+    without it every test that runs the stage with no session active would start its own (~10 s)."""
+    from mixture import spark as spark_helper
+
+    spark_helper.session("local[2]", "climb-tests", 2).stop()
+
+
 @pytest.fixture(scope="session")
 def spark(s3_endpoint):
     """The tests' Spark session (local[2]), started once the S3 endpoint's environment is set:

@@ -153,6 +153,43 @@ def test_local_frame_starts_no_python_worker_where_create_data_frame_does():
     assert first == 0 and after > 0
 
 
+@pytest.mark.slow
+def test_the_curate_stage_ends_the_jvm_it_started_and_keeps_one_it_found():
+    """`climb run`'s later stages get the memory of the JVM curation started (PySpark keeps it
+    to the process's end otherwise); a JVM the process had already started stays (the tests' own,
+    a notebook's). A session started after it was ended works."""
+    script = textwrap.dedent(
+        """
+        import types
+        import psutil
+        from mixture import spark as spark_env
+        from mixture.stages.curate import _spark
+        cfg = types.SimpleNamespace(curate=types.SimpleNamespace(spark_master="local[1]", partitions=1))
+        def jvms():  # under this process
+            return sorted(p.pid for p in psutil.Process().children(recursive=True) if p.name() == "java")
+        with _spark(cfg) as spark:
+            spark.range(5).count()
+            started = jvms()
+        ended = jvms()
+        spark = spark_env.session("local[1]", "t", 1)
+        rows = spark.range(7).count()
+        spark.stop()
+        found = jvms()
+        with _spark(cfg) as spark:
+            spark.range(5).count()
+        print(len(started), len(ended), rows, len(found), jvms() == found)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": LIBS, "PATH": os.environ["PATH"]},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-5:] == ["1", "0", "7", "1", "True"]
+
+
 def test_python_workers_allocate_arrow_memory_with_jemalloc(spark):
     """The part writers hold less freed memory with it than with Arrow's default (bench/RESULTS.md)."""
 

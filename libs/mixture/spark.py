@@ -3,13 +3,15 @@ and the one place that says which environment Spark's Python processes need: the
 spark-submit job and the Airflow task all take it from `environment`. Also the stage's memory
 habits on Spark: `checkpoint` keeps intermediate results on disk, not in the JVM's heap;
 `map_batches` runs a per-batch function that gives its worker's freed memory back (`released`);
-`local_frame` makes a DataFrame of the driver's rows without Python workers."""
+`local_frame` makes a DataFrame of the driver's rows without Python workers; `stop` can end the
+JVM a session started."""
 
 from __future__ import annotations
 
 import functools
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
@@ -88,6 +90,35 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
     if (master or "").startswith("local"):
         quiet_task_errors(spark)
     return spark
+
+
+def launched_here() -> bool:
+    """Whether this process has started a JVM for Spark (PySpark keeps it for every later
+    session); false under spark-submit, whose JVM started this process."""
+    from pyspark import SparkContext
+
+    return getattr(SparkContext._gateway, "proc", None) is not None
+
+
+def stop(spark, end_jvm: bool = False) -> None:
+    """Stop `spark`; with `end_jvm`, also end the JVM this process started for it, which PySpark
+    otherwise keeps, heap and all, until the process exits (560-850 MiB after curation:
+    bench/RESULTS.md). A later session starts a new one. Under spark-submit nothing is ended."""
+    from pyspark import SparkContext
+
+    spark.stop()
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)  # `launched_here`
+    if not end_jvm or gateway is None or proc is None:
+        return
+    gateway.shutdown()
+    proc.stdin.close()  # the JVM's gateway server exits when its input ends
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    SparkContext._gateway = SparkContext._jvm = None
 
 
 def picks_a_collector(env: Mapping[str, str] | None = None) -> bool:

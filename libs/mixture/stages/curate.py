@@ -3,7 +3,8 @@
 Every readable document with the enabled filters' signals (`curate.signals`) and its exact and
 near duplicate groups, plus the quarantine side set; nothing is filtered here (the `select` stage
 decides). Runs on the active Spark session (spark-submit, tests) or on a new one for
-`curate.spark_master`, which it then stops.
+`curate.spark_master`, which it then stops, ending the JVM it started (`climb run`'s later stages
+get its memory back).
 
 A refresh (`refresh.incremental`, the default, and a committed version made with the same
 settings): only the input files that are new or changed since are read, their documents are
@@ -33,14 +34,18 @@ def _spark(cfg):
     from mixture import spark as spark_env
 
     spark = SparkSession.getActiveSession()
-    owned = spark is None
+    owned, had_jvm, done = spark is None, True, False
     if owned:
+        had_jvm = spark_env.launched_here()
         spark = spark_env.session(cfg.curate.spark_master, "climb-curate", cfg.curate.partitions)
     try:
         yield spark
+        done = True
     finally:
+        # a JVM started for it ends with it (later stages get its memory), unless an error is on
+        # its way: Spark's errors need the JVM to say what they are
         if owned and spark is not None:
-            spark.stop()
+            spark_env.stop(spark, end_jvm=done and not had_jvm)
 
 
 def run(ctx: StageContext) -> StageOutput:
