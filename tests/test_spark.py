@@ -17,6 +17,18 @@ from mixture import spark as spark_env
 LIBS = str(Path(__file__).resolve().parents[1] / "libs")
 
 
+def fresh_process(script: str) -> str:
+    """`script`'s output, run by a new Python process (its own JVM; no session of the tests')."""
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": LIBS, "PATH": os.environ["PATH"]},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
 def cached_rdds(spark) -> dict[int, tuple[int, int]]:
     """(bytes in memory, bytes on disk) of each RDD the block manager holds, by id."""
     infos = spark.sparkContext._jsc.sc().getRDDStorageInfo()
@@ -142,14 +154,7 @@ def test_local_frame_starts_no_python_worker_where_create_data_frame_does():
         print(first, daemons())
         """
     )
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": LIBS, "PATH": os.environ["PATH"]},
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    first, after = map(int, run.stdout.split()[-2:])
+    first, after = map(int, fresh_process(script).split()[-2:])
     assert first == 0 and after > 0
 
 
@@ -180,14 +185,7 @@ def test_the_curate_stage_ends_the_jvm_it_started_and_keeps_one_it_found():
         print(len(started), len(ended), rows, len(found), jvms() == found)
         """
     )
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": LIBS, "PATH": os.environ["PATH"]},
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.split()[-5:] == ["1", "0", "7", "1", "True"]
+    assert fresh_process(script).split()[-5:] == ["1", "0", "7", "1", "True"]
 
 
 def test_python_workers_allocate_arrow_memory_with_jemalloc(spark):
