@@ -3,8 +3,8 @@ curate stage's steps as it logs them, then select), on one corpus shape of `cura
 (issue #24: what grows with the corpus). The corpus is built in a child process, so this one
 never holds the texts.
 
-The stages run as `climb run` runs them: curate starts its Spark session (`local[2]`) and stops it at
-its end, so select runs beside the stopped session's JVM and no Python worker. The process tree is
+The stages run as `climb run` runs them: curate starts its Spark session (`local[2]`) and, at its
+end, stops it and ends the JVM it started, so select runs without Spark. The process tree is
 sampled from /proc every 0.2 s: the driver (this Python process), the JVM and
 the Spark Python workers, each kind's anonymous and file-backed (memory-mapped files) pages apart;
 with `--trace`, also the driver's Python allocations (tracemalloc peak) and Arrow's pool (its
@@ -181,9 +181,8 @@ def main() -> None:
     import pyarrow as pa
     from mixture import pipeline
 
-    # no session started here: the stage starts its own and stops it at its end, as `climb curate`
-    # and `climb run` do, so select runs without Spark's Python workers (the JVM stays: PySpark
-    # keeps its gateway for the process's next session)
+    # no session started here: the stage starts its own and ends it with its JVM, as in `climb
+    # curate` and `climb run`
     filters_off = args.shape.endswith(":off")
     cfg = ct.ours_config(tmp / "in", tmp / "out", tmp / "mlflow.db", filters_off, json.loads(args.curate))
     mlflow.MlflowClient(cfg.tracking.uri).search_experiments()
