@@ -95,9 +95,14 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
 def launched_here() -> bool:
     """Whether this process has started a JVM for Spark (PySpark keeps it for every later
     session); false under spark-submit, whose JVM started this process."""
+    return _launched_jvm() is not None
+
+
+def _launched_jvm():
+    """The JVM this process started for Spark (a `Popen`), or None."""
     from pyspark import SparkContext
 
-    return getattr(SparkContext._gateway, "proc", None) is not None
+    return getattr(SparkContext._gateway, "proc", None)
 
 
 def stop(spark, end_jvm: bool = False) -> None:
@@ -107,11 +112,10 @@ def stop(spark, end_jvm: bool = False) -> None:
     from pyspark import SparkContext
 
     spark.stop()
-    gateway = SparkContext._gateway
-    proc = getattr(gateway, "proc", None)  # `launched_here`
-    if not end_jvm or gateway is None or proc is None:
+    proc = _launched_jvm()
+    if not end_jvm or proc is None:
         return
-    gateway.shutdown()
+    SparkContext._gateway.shutdown()  # type: ignore[union-attr]  # it started `proc`
     proc.stdin.close()  # the JVM's gateway server exits when its input ends
     try:
         proc.wait(timeout=60)

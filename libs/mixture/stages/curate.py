@@ -34,18 +34,17 @@ def _spark(cfg):
     from mixture import spark as spark_env
 
     spark = SparkSession.getActiveSession()
-    owned, had_jvm, done = spark is None, True, False
-    if owned:
-        had_jvm = spark_env.launched_here()
-        spark = spark_env.session(cfg.curate.spark_master, "climb-curate", cfg.curate.partitions)
+    if spark is not None:  # spark-submit's, the tests', a notebook's: theirs to stop
+        yield spark
+        return
+    had_jvm = spark_env.launched_here()
+    spark = spark_env.session(cfg.curate.spark_master, "climb-curate", cfg.curate.partitions)
     try:
         yield spark
-        done = True
-    finally:
-        # a JVM started for it ends with it (later stages get its memory), unless an error is on
-        # its way: Spark's errors need the JVM to say what they are
-        if owned and spark is not None:
-            spark_env.stop(spark, end_jvm=done and not had_jvm)
+    except BaseException:
+        spark_env.stop(spark)  # the JVM stays: Spark's errors need it to say what they are
+        raise
+    spark_env.stop(spark, end_jvm=not had_jvm)  # a JVM started for it ends: later stages get its memory
 
 
 def run(ctx: StageContext) -> StageOutput:
