@@ -200,3 +200,40 @@ def test_python_workers_allocate_arrow_memory_with_jemalloc(spark):
     used = {r["pool"] for r in spark_env.map_batches(spark.range(4).repartition(2), pool, "pool string").collect()}
     assert used == {spark_env.ARROW_POOL} == {"jemalloc"}
     assert spark.conf.get("spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL") == "jemalloc"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_collect_arrow_gives_the_rows_to_arrow_gives_and_leaves_no_file(spark, tmp_path, where, request):
+    scratch = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/staging"
+    df = spark.range(3_000).selectExpr(
+        "id", "IF(id % 7 = 0, NULL, CONCAT('doc-', id)) AS name", "sequence(0L, id % 5) AS keys", "id % 3 = 0 AS dup"
+    )
+    df = df.repartition(4, "dup")  # two of the four partitions get no row
+    got = spark_env.collect_arrow(df, scratch)
+    want = df.toArrow()
+    assert got.column_names == want.column_names and got.num_rows == 3_000
+    assert [f.type for f in got.schema] == [f.type for f in want.schema]
+    assert got.to_pylist() == want.to_pylist()  # the same rows in the same order
+    from mixture import storage
+
+    assert storage.list_files(scratch) == []
+    empty = spark_env.collect_arrow(df.where("id < 0"), scratch)
+    assert empty.num_rows == 0 and empty.column_names == want.column_names
+
+
+def test_a_local_session_sorts_in_native_memory_unless_the_user_says_otherwise(spark):
+    conf = spark.sparkContext.getConf()
+    assert {k: conf.get(k) for k in spark_env.LOCAL_OFF_HEAP} == spark_env.LOCAL_OFF_HEAP
+    ordered = spark.range(200_000).selectExpr("id", "id % 1000 AS k").orderBy("k", "id").toArrow()
+    assert ordered.column("id").to_pylist()[:3] == [0, 1000, 2000]  # a sort runs in that memory
+    script = textwrap.dedent(
+        """
+        import os
+        os.environ["PYSPARK_SUBMIT_ARGS"] = "--conf spark.memory.offHeap.enabled=false pyspark-shell"
+        from mixture import spark as spark_env
+        conf = spark_env.session("local[1]", "t", 1).sparkContext.getConf()
+        print(conf.get("spark.memory.offHeap.enabled"), conf.get("spark.memory.offHeap.size", "unset"))
+        """
+    )
+    assert fresh_process(script).split()[-2:] == ["false", "unset"]
+    assert not spark_env.sets_off_heap({}) and not spark_env.sets_off_heap({"PYSPARK_SUBMIT_ARGS": "--conf a=b"})

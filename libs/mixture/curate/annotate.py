@@ -25,7 +25,8 @@ shuffle into the output parts; before it when the parts are many: `texts.write_a
 4. near groups: LSH candidates among one representative per exact group (the members' shingles
    are identical), verified by exact Jaccard of the shingles (recomputed for the candidates
    only), connected components (`dedup.py`): on the driver when there are at most
-   `curate.driver_rows` good records and at most as many candidate pairs, on Spark otherwise;
+   `curate.driver_rows` good records (their small columns collected through files,
+   `mixture.spark.collect_arrow`) and at most as many candidate pairs, on Spark otherwise;
    `near_group` is the component's smallest id (members of an exact group share it);
 5. write: the records' corrections (curated id, duplicate id, groups; only the records that
    have one) are joined by (file, line), broadcast when they are at most `curate.driver_rows`;
@@ -55,7 +56,7 @@ from mixture import storage
 from mixture.config import Config
 from mixture.curate import accounting, batches, dedup_groups, ingest, minhash, prior, texts
 from mixture.curate.filters import stored_signal_names
-from mixture.spark import checkpoint, give_back_memory, local_frame, map_batches
+from mixture.spark import checkpoint, collect_arrow, give_back_memory, local_frame, map_batches
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +374,7 @@ class _Run:
         read = [(r["file"], r["reason"], r["count"]) for r in scored.groupBy("file", "reason").count().collect()]
         table = None
         if sum(n for _, reason, n in read if reason is None) <= cfg.curate.driver_rows:
-            table = ident.toArrow()
+            table = collect_arrow(ident, self.staging)
             check_collisions(
                 table.filter(table.column("collides")).select(["doc_id", "file", "line"]).slice(0, 1).to_pylist()
             )
