@@ -128,6 +128,23 @@ def test_driver_shingle_chunks_hold_at_most_the_budget_in_words():
     assert dedup_groups.word_chunks(np.array([], dtype=np.int64), 1000) == []
 
 
+def test_band_keys_of_a_chunked_column_find_the_pairs_its_rows_lists_find():
+    import pyarrow as pa
+    from mixture.curate import dedup
+
+    lists = [[1, 2, 3], [], None, [4, 2, 9], [1, 7, 3], [5, 6, 7], [4, 8, 9]]
+    keys = pa.chunked_array([pa.array(lists[:3], pa.list_(pa.int64())), pa.array(lists[3:], pa.list_(pa.int64()))])
+    counts, offsets, flat = dedup_groups.band_keys(keys)
+    assert [flat[o : o + c].tolist() for o, c in zip(offsets, counts)] == [v or [] for v in lists]
+    ids = [f"d{i}" for i in range(len(lists))]
+    reps = np.array([0, 3, 4, 6])  # some rows only, out of chunk order
+    got = dedup.candidate_pairs_flat([ids[r] for r in reps], counts[reps], flat, offsets[reps])
+    wanted = dedup.candidate_pairs_flat([ids[r] for r in reps], counts[reps], np.concatenate([lists[r] for r in reps]))
+    assert got == wanted == [("d3", "d0"), ("d4", "d0"), ("d6", "d3")]  # a key shared in one band
+    empty = dedup_groups.band_keys(pa.chunked_array([], pa.list_(pa.int64())))
+    assert [len(a) for a in empty] == [0, 0, 0]
+
+
 def test_lsh_parameters_from_threshold():
     chosen, table = lsh_params(0.8)
     assert [p.num_perm for p in table] == list(minhash.NUM_PERM_CANDIDATES)

@@ -255,17 +255,21 @@ def candidate_pairs_local(ids: list[str], keys: list[list[int]]) -> list[tuple[s
     return candidate_pairs_flat(ids, counts, flat)
 
 
-def candidate_pairs_flat(ids: list[str], counts: np.ndarray, flat: np.ndarray) -> list[tuple[str, str]]:
+def candidate_pairs_flat(
+    ids: list[str], counts: np.ndarray, flat: np.ndarray, offsets: np.ndarray | None = None
+) -> list[tuple[str, str]]:
     """`candidate_pairs_local` from every document's band keys as one array (`counts[i]` keys of
-    document i, in band order): no Python object per key, and one band at a time (memory: a few
-    arrays of one value per document, whatever the number of bands)."""
+    document i, in band order, from `offsets[i]`; by default one document after the other): no
+    Python object per key, and one band at a time (memory: a few arrays of one value per
+    document, whatever the number of bands)."""
     if not ids or counts.sum() == 0:
         return []
     n = len(ids)
     order = sorted(range(n), key=ids.__getitem__)
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    offsets = np.cumsum(counts) - counts
+    if offsets is None:
+        offsets = np.cumsum(counts) - counts
     codes = []
     for band in range(int(counts.max())):
         has = np.flatnonzero(counts > band)

@@ -14,7 +14,7 @@ import numpy as np
 
 from mixture.config import Config
 from mixture.curate import dedup, minhash, texts
-from mixture.spark import checkpoint, local_frame
+from mixture.spark import checkpoint, give_back_memory, local_frame
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ CORRECTED = ["file", "line", "doc_id", "retracted"]  # what a correction copies 
 def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts_folder: str):
     """Steps 3-4 and the corrections for a few documents (at most `curate.driver_rows`): the
     same as `on_spark` + `corrections`, from `identify`'s rows as one Arrow table on the
-    driver. The table is never copied whole: rows are addressed by index (numpy), and only the
-    columns a step needs are gathered (the exact-group representatives' keys and ids, the rows
-    that get a correction); only the candidates' texts are read again on Spark. Returns
-    (corrections, stats)."""
+    driver. The table is never copied whole: rows are addressed by index (numpy), the band keys
+    read as one array (`band_keys`), and only the columns a step needs are gathered (the
+    exact-group representatives' ids, the rows that get a correction); only the candidates' texts
+    are read again. Returns (corrections, stats)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -92,18 +92,17 @@ def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts
     rows, first = exact_groups(table)
     starts = np.flatnonzero(first)
     reps = rows[starts]  # table rows of the exact groups' representatives (smallest id)
-    keys = table.column("keys").take(reps).combine_chunks()
-    counts = pc.fill_null(pc.list_value_length(keys), 0).to_numpy().astype(np.int64)
+    counts, offsets, flat = band_keys(table.column("keys"))
+    counts, offsets = counts[reps], offsets[reps]
     rep_ids = table.column("doc_id").take(reps).combine_chunks()
     rep_names = rep_ids.to_pylist()
     stats = dedup.FuzzyStats(params.num_perm, params.bands, params.rows, documents=len(reps))
     stats.without_shingles = int((counts == 0).sum())
-    flat = np.asarray(pc.list_flatten(keys).to_numpy(), dtype=np.int64)
-    del keys
-    pairs = dedup.candidate_pairs_flat(rep_names, counts, flat)
-    del flat
+    pairs = dedup.candidate_pairs_flat(rep_names, counts, flat, offsets)
+    del flat, offsets
     if len(pairs) > cfg.curate.driver_rows:
         raise TooMany()
+    give_back_memory()  # the keys and the pairs' work arrays, before the candidates' shingles
     shingles_of = candidates_shingles(table, reps, rep_ids, spark, texts_folder, fz.ngram)
     near = dict(dedup.near_on_driver(pairs, shingles_of, fz.threshold, fz.verify, stats))
     group = np.cumsum(first) - 1  # of each kept row
@@ -128,6 +127,20 @@ def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts
     return local_frame(spark, out, CORRECTIONS_SCHEMA), stats
 
 
+def band_keys(keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts, offsets, flat) of a chunked column of band key lists (`identify`'s `keys`): row
+    i's keys are `flat[offsets[i] : offsets[i] + counts[i]]` (none for a null list). One copy of
+    the keys, where taking some rows' lists of a chunked column first joins its chunks and then
+    copies the rows' lists (three copies at once, bench/RESULTS.md)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    chunks = keys.chunks or [pa.array([], keys.type)]
+    counts = np.concatenate([pc.fill_null(pc.list_value_length(c), 0).to_numpy().astype(np.int64) for c in chunks])
+    flat = np.concatenate([pc.list_flatten(c).to_numpy().astype(np.int64, copy=False) for c in chunks])
+    return counts, np.cumsum(counts) - counts, flat
+
+
 def exact_groups(table) -> tuple[np.ndarray, np.ndarray]:
     """The exact groups of `identify`'s rows that are not duplicate ids: (rows, first), the rows'
     indices in the table ordered by (text hash, curated id), and whether each starts its group
@@ -149,7 +162,9 @@ def exact_groups(table) -> tuple[np.ndarray, np.ndarray]:
 # kept hashes are 4 bytes a shingle: 64 MB at the bound), on the executors above it
 # (bench/RESULTS.md, "The candidates' shingles on the driver" and "... in word-bounded chunks").
 DRIVER_SHINGLE_WORDS = 16_000_000
-SHINGLE_CHUNK_WORDS = 1_000_000  # words read and shingled at a time on the driver (~100 bytes a word meanwhile)
+# Words read and shingled at a time on the driver (~100 bytes a word meanwhile: ~25 MB), each
+# chunk's work memory given back before the next (bench/RESULTS.md, "... the driver's groups").
+SHINGLE_CHUNK_WORDS = 250_000
 
 
 def candidates_shingles(table, reps: np.ndarray, rep_ids, spark, texts_folder: str, ngram: int):
@@ -190,6 +205,8 @@ def shingles_on_driver(where, texts_folder: str, ngram: int) -> dict[str, np.nda
             hashes = hashes.astype("<u4", copy=False)
             for k, doc in enumerate(chunk.column("doc_id").to_pylist()):
                 out[doc] = hashes[offsets[k] : offsets[k + 1]]
+            del hashes, offsets
+            give_back_memory()  # the chunk's work arrays: each chunk's peak, not their sum
     finally:
         reader.close()
     return out
