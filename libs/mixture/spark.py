@@ -61,12 +61,12 @@ EXECUTOR_ENV = (
 LOCAL_JAVA_OPTIONS = "-XX:+UseSerialGC"
 _PICKS_A_COLLECTOR = re.compile(r"-XX:\+Use\w+GC\b")
 
-# A local master's sorts, shuffles and aggregations take their pages from native memory, freed when
-# a task ends, not from the JVM's heap, whose pages stay resident once touched (the collector keeps
-# them): a larger corpus no longer leaves a larger heap behind (bench/RESULTS.md: the JVM 610-700
-# against 760-840 MiB at 240,000 records, the same at 24,000; the same seconds). Past the size a
-# task spills to disk, as on the heap. Left out where the user's settings say anything of off-heap
-# memory (`sets_off_heap`).
+# A local master's sorts, shuffles and aggregations take their pages from native memory, freed
+# when a task ends, not from the JVM's heap, whose pages stay resident once touched (the collector
+# keeps them): a larger corpus no longer leaves a larger heap behind (bench/RESULTS.md: with
+# `collect_arrow`, the JVM 690-710 against 740-920 MiB in the write of 240,000 records, 530-540
+# against 560-570 at 24,000; the same seconds). Past the size a task spills to disk, as on the
+# heap. Left out where the user's settings say anything of off-heap memory (`sets_off_heap`).
 LOCAL_OFF_HEAP = {"spark.memory.offHeap.enabled": "true", "spark.memory.offHeap.size": "256m"}
 
 
