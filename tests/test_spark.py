@@ -1,5 +1,6 @@
-"""The Spark plumbing's memory habits: checkpoints kept on disk, not in the JVM's heap; Python
-workers that give freed memory back when a partition is done; a local JVM on the serial collector."""
+"""The Spark plumbing's memory habits: checkpoints kept on disk, not in the JVM's heap; rows
+collected through files; Python workers that give freed memory back when a partition is done; a
+local JVM on the serial collector, sorting in native memory."""
 
 from __future__ import annotations
 
