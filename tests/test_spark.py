@@ -226,7 +226,7 @@ def test_a_local_session_sorts_in_native_memory_unless_the_user_says_otherwise(s
     conf = spark.sparkContext.getConf()
     assert {k: conf.get(k) for k in spark_env.LOCAL_OFF_HEAP} == spark_env.LOCAL_OFF_HEAP
     ordered = spark.range(200_000).selectExpr("id", "id % 1000 AS k").orderBy("k", "id").toArrow()
-    assert ordered.column("id").to_pylist()[:3] == [0, 1000, 2000]  # a sort runs in that memory
+    assert ordered.column("id").to_pylist()[:3] == [0, 1000, 2000]  # and a sort runs with them
     script = textwrap.dedent(
         """
         import os

@@ -65,7 +65,7 @@ _PICKS_A_COLLECTOR = re.compile(r"-XX:\+Use\w+GC\b")
 # when a task ends, not from the JVM's heap, whose pages stay resident once touched (the collector
 # keeps them): a larger corpus no longer leaves a larger heap behind (bench/RESULTS.md: with
 # `collect_arrow`, the JVM 690-710 against 740-920 MiB in the write of 240,000 records, 530-540
-# against 560-570 at 24,000; the same seconds). Past the size a task spills to disk, as on the
+# against 566-573 at 24,000; the same seconds). Past the size a task spills to disk, as on the
 # heap. Left out where the user's settings say anything of off-heap memory (`sets_off_heap`).
 LOCAL_OFF_HEAP = {"spark.memory.offHeap.enabled": "true", "spark.memory.offHeap.size": "256m"}
 
@@ -213,16 +213,15 @@ def collect_arrow(df, scratch: str):
         first = next(batches, None)
         if first is None:
             return
-        uri, rows = storage.join(folder, f"{uuid.uuid4().hex}.arrow"), 0
+        uri = storage.join(folder, f"{uuid.uuid4().hex}.arrow")
         with storage.open_write(uri) as f, pa.ipc.new_stream(f, first.schema) as out:
             for batch in itertools.chain([first], batches):
                 out.write_batch(batch)
-                rows += batch.num_rows
-        yield pa.RecordBatch.from_pydict({"uri": [uri], "rows": [rows]})
+        yield pa.RecordBatch.from_pydict({"uri": [uri]})
 
     try:
         # the files the successful tasks wrote, in partition order (a retried task's are not listed)
-        written = map_batches(df, write, "uri string, rows bigint").collect()
+        written = map_batches(df, write, "uri string").collect()
         tables = []
         for row in written:
             with storage.open_read(row["uri"]) as f:

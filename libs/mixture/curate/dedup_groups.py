@@ -131,7 +131,7 @@ def band_keys(keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(counts, offsets, flat) of a chunked column of band key lists (`identify`'s `keys`): row
     i's keys are `flat[offsets[i] : offsets[i] + counts[i]]` (none for a null list). One copy of
     the keys, where taking some rows' lists of a chunked column first joins its chunks and then
-    copies the rows' lists (three copies at once, bench/RESULTS.md)."""
+    copies the rows' lists (two copies at once, bench/RESULTS.md)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
