@@ -28,21 +28,22 @@ def main() -> None:
     ap.add_argument("docs", type=int)
     ap.add_argument("--runs", type=int, default=7, help="runs in all, the first cold")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="curate-warm-"))
-    # built in a child process, as the other curate benches do
-    ct.prepared(args.shape, args.docs, argparse.Namespace(seed=0, truth_max=0, threshold=0.8), tmp / "in")
-    from mixture import pipeline
-    from mixture import spark as spark_env
+    with tempfile.TemporaryDirectory(prefix="curate-warm-") as folder:  # the corpus and the runs
+        tmp = Path(folder)
+        # built in a child process, as the other curate benches do
+        ct.prepared(args.shape, args.docs, argparse.Namespace(seed=0, truth_max=0, threshold=0.8), tmp / "in")
+        from mixture import pipeline
+        from mixture import spark as spark_env
 
-    spark_env.session("local[2]", "curate-warm", ct.WORKERS * 2)
-    cfg = ct.ours_config(tmp / "in", tmp / "out", tmp / "mlflow.db", args.shape.endswith(":off"))
-    seconds = []
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
-        pipeline.run_stage(cfg, "curate", force=True)
-        pipeline.run_stage(cfg, "select", force=True)
-        seconds.append(round(time.perf_counter() - t0, 2))
-        print(f"run {len(seconds)}: {seconds[-1]} s", file=sys.stderr, flush=True)
+        spark_env.session("local[2]", "curate-warm", ct.WORKERS * 2)
+        cfg = ct.ours_config(tmp / "in", tmp / "out", tmp / "mlflow.db", args.shape.endswith(":off"))
+        seconds = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            pipeline.run_stage(cfg, "curate", force=True)
+            pipeline.run_stage(cfg, "select", force=True)
+            seconds.append(round(time.perf_counter() - t0, 2))
+            print(f"run {len(seconds)}: {seconds[-1]} s", file=sys.stderr, flush=True)
     warm_median = statistics.median(seconds[1:]) if len(seconds) > 1 else None
     print(json.dumps({"shape": args.shape, "docs": args.docs, "seconds": seconds, "warm_median": warm_median}))
 
