@@ -1,6 +1,6 @@
 """The Spark plumbing's memory habits: checkpoints kept on disk, not in the JVM's heap; rows
 collected through files; Python workers that give freed memory back when a partition is done; a
-local JVM on the serial collector, sorting in native memory."""
+local JVM on the serial collector, sorting in native memory, persisting in small batches."""
 
 from __future__ import annotations
 
@@ -222,19 +222,29 @@ def test_collect_arrow_gives_the_rows_to_arrow_gives_and_leaves_no_file(spark, t
     assert empty.num_rows == 0 and empty.column_names == want.column_names
 
 
-def test_a_local_session_sorts_in_native_memory_unless_the_user_says_otherwise(spark):
+def test_a_local_session_sorts_in_native_memory_and_persists_small_batches_unless_the_user_says_otherwise(spark):
     conf = spark.sparkContext.getConf()
     assert {k: conf.get(k) for k in spark_env.LOCAL_OFF_HEAP} == spark_env.LOCAL_OFF_HEAP
-    ordered = spark.range(200_000).selectExpr("id", "id % 1000 AS k").orderBy("k", "id").toArrow()
-    assert ordered.column("id").to_pylist()[:3] == [0, 1000, 2000]  # and a sort runs with them
+    assert {k: spark.conf.get(k) for k in spark_env.LOCAL_COLUMNAR_BATCH} == spark_env.LOCAL_COLUMNAR_BATCH
+    ordered = spark.range(200_000).selectExpr("id", "id % 1000 AS k").orderBy("k", "id").persist()
+    assert ordered.toArrow().column("id").to_pylist()[:3] == [0, 1000, 2000]  # a sort and a persist run with them
+    ordered.unpersist()
     script = textwrap.dedent(
         """
         import os
-        os.environ["PYSPARK_SUBMIT_ARGS"] = "--conf spark.memory.offHeap.enabled=false pyspark-shell"
+        os.environ["PYSPARK_SUBMIT_ARGS"] = (
+            "--conf spark.memory.offHeap.enabled=false "
+            "--conf spark.sql.inMemoryColumnarStorage.batchSize=5000 pyspark-shell"
+        )
         from mixture import spark as spark_env
-        conf = spark_env.session("local[1]", "t", 1).sparkContext.getConf()
-        print(conf.get("spark.memory.offHeap.enabled"), conf.get("spark.memory.offHeap.size", "unset"))
+        spark = spark_env.session("local[1]", "t", 1)
+        conf = spark.sparkContext.getConf()
+        print(conf.get("spark.memory.offHeap.enabled"), conf.get("spark.memory.offHeap.size", "unset"),
+              spark.conf.get("spark.sql.inMemoryColumnarStorage.batchSize"))
         """
     )
-    assert fresh_process(script).split()[-2:] == ["false", "unset"]
-    assert not spark_env.sets_off_heap({}) and not spark_env.sets_off_heap({"PYSPARK_SUBMIT_ARGS": "--conf a=b"})
+    assert fresh_process(script).split()[-3:] == ["false", "unset", "5000"]
+    off_heap = "spark.memory.offHeap."
+    assert not spark_env.user_sets(off_heap, {}) and not spark_env.user_sets(
+        off_heap, {"PYSPARK_SUBMIT_ARGS": "--conf a=b"}
+    )

@@ -1,7 +1,8 @@
 """The Spark session the `curate` stage runs on (`local[*]` by default, any master URL works),
 and the one place that says which environment Spark's Python processes need: the CLI, the
 spark-submit job and the Airflow task all take it from `environment`. Also the stage's memory
-habits on Spark: a local JVM sorts and shuffles in native memory (`LOCAL_OFF_HEAP`); `checkpoint`
+habits on Spark: a local JVM sorts and shuffles in native memory (`LOCAL_OFF_HEAP`) and builds
+persisted rows in small batches (`LOCAL_COLUMNAR_BATCH`); `checkpoint`
 keeps intermediate results on disk, not in the JVM's heap; `collect_arrow` brings rows to the
 driver through files, not the heap; `map_batches` runs a per-batch function that gives its
 worker's freed memory back (`released`); `local_frame` makes a DataFrame of the driver's rows
@@ -66,8 +67,22 @@ _PICKS_A_COLLECTOR = re.compile(r"-XX:\+Use\w+GC\b")
 # keeps them): a larger corpus no longer leaves a larger heap behind (bench/RESULTS.md: with
 # `collect_arrow`, the JVM 690-710 against 740-920 MiB in the write of 240,000 records, 530-540
 # against 566-573 at 24,000; the same seconds). Past the size a task spills to disk, as on the
-# heap. Left out where the user's settings say anything of off-heap memory (`sets_off_heap`).
+# heap. Left out where the user's settings say anything of off-heap memory (`user_sets`).
 LOCAL_OFF_HEAP = {"spark.memory.offHeap.enabled": "true", "spark.memory.offHeap.size": "256m"}
+
+# A local master's persisted DataFrames (the curate stage's scan) are built in the heap in columnar
+# batches while the Python workers compute their rows, seconds a batch: Spark's 10,000 rows outlive
+# the young collections that find them live, and the serial collector promotes them, garbage whose
+# old-generation pages then stay resident; 1,000-row batches are promoted less (bench/RESULTS.md: at 240,000
+# records the old generation's largest use 134-156 against 187-203 MB, the JVM in the write 638-672
+# against 706-719 MiB; the same seconds). Left out where the user's settings name it (`user_sets`).
+LOCAL_COLUMNAR_BATCH = {"spark.sql.inMemoryColumnarStorage.batchSize": "1000"}
+
+# each group with the settings' family a user's own settings may name (then the group stays out)
+LOCAL_SETTINGS = [
+    ("spark.memory.offHeap.", LOCAL_OFF_HEAP),
+    ("spark.sql.inMemoryColumnarStorage.batchSize", LOCAL_COLUMNAR_BATCH),
+]
 
 
 def session(master: str | None, app: str = "climb", partitions: int = 8):
@@ -91,9 +106,11 @@ def session(master: str | None, app: str = "climb", partitions: int = 8):
         )
     if (master or "").startswith("local") and not picks_a_collector():
         builder = builder.config("spark.driver.defaultJavaOptions", LOCAL_JAVA_OPTIONS)
-    if (master or "").startswith("local") and not sets_off_heap():
-        for key, value in LOCAL_OFF_HEAP.items():
-            builder = builder.config(key, value)
+    if (master or "").startswith("local"):
+        for family, settings in LOCAL_SETTINGS:
+            if not user_sets(family):
+                for key, value in settings.items():
+                    builder = builder.config(key, value)
     spark = (
         builder.config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
@@ -144,9 +161,10 @@ def picks_a_collector(env: Mapping[str, str] | None = None) -> bool:
     return any(_PICKS_A_COLLECTOR.search(text) for text in _user_settings(env))
 
 
-def sets_off_heap(env: Mapping[str, str] | None = None) -> bool:
-    """Whether the user's settings say anything of off-heap memory (then `LOCAL_OFF_HEAP` stays out)."""
-    return any("spark.memory.offHeap." in text for text in _user_settings(env))
+def user_sets(family: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the user's settings name `family` (a setting or its prefix, e.g. `spark.memory.offHeap.`:
+    then the `LOCAL_SETTINGS` group of that family stays out)."""
+    return any(family in text for text in _user_settings(env))
 
 
 def _user_settings(env: Mapping[str, str] | None) -> list[str]:
