@@ -1,6 +1,7 @@
 """The Spark plumbing's memory habits: checkpoints kept on disk, not in the JVM's heap; rows
 collected through files; Python workers that give freed memory back when a partition is done; a
-local JVM on the serial collector, sorting in native memory, persisting in small batches."""
+local JVM on the serial collector, sorting in native memory, persisting in small batches, reading
+checkpoints with Kryo."""
 
 from __future__ import annotations
 
@@ -222,29 +223,33 @@ def test_collect_arrow_gives_the_rows_to_arrow_gives_and_leaves_no_file(spark, t
     assert empty.num_rows == 0 and empty.column_names == want.column_names
 
 
-def test_a_local_session_sorts_in_native_memory_and_persists_small_batches_unless_the_user_says_otherwise(spark):
+def test_a_local_session_takes_the_memory_settings_unless_the_user_says_otherwise(spark):
     conf = spark.sparkContext.getConf()
-    assert {k: conf.get(k) for k in spark_env.LOCAL_OFF_HEAP} == spark_env.LOCAL_OFF_HEAP
-    assert {k: spark.conf.get(k) for k in spark_env.LOCAL_COLUMNAR_BATCH} == spark_env.LOCAL_COLUMNAR_BATCH
-    ordered = spark.range(200_000).selectExpr("id", "id % 1000 AS k").orderBy("k", "id").persist()
-    assert ordered.toArrow().column("id").to_pylist()[:3] == [0, 1000, 2000]  # a sort and a persist run with them
-    ordered.unpersist()
+    for _, settings in spark_env.LOCAL_SETTINGS:  # native-memory sorts, small persisted batches, Kryo
+        assert {k: spark.conf.get(k) for k in settings} == settings
+    assert conf.get("spark.memory.offHeap.enabled") == "true"
+    ordered = spark.range(200_000).selectExpr("id", "id % 1000 AS k", "CONCAT('d', id) AS name").orderBy("k", "id")
+    persisted = ordered.persist()
+    assert persisted.toArrow().column("id").to_pylist()[:3] == [0, 1000, 2000]  # a sort and a persist run with them
+    assert spark_env.checkpoint(ordered).toArrow() == persisted.toArrow()  # a checkpoint read back with Kryo
+    persisted.unpersist()
     script = textwrap.dedent(
         """
         import os
         os.environ["PYSPARK_SUBMIT_ARGS"] = (
             "--conf spark.memory.offHeap.enabled=false "
-            "--conf spark.sql.inMemoryColumnarStorage.batchSize=5000 pyspark-shell"
+            "--conf spark.sql.inMemoryColumnarStorage.batchSize=5000 "
+            "--conf spark.serializer=org.apache.spark.serializer.JavaSerializer pyspark-shell"
         )
         from mixture import spark as spark_env
         spark = spark_env.session("local[1]", "t", 1)
         conf = spark.sparkContext.getConf()
         print(conf.get("spark.memory.offHeap.enabled"), conf.get("spark.memory.offHeap.size", "unset"),
-              spark.conf.get("spark.sql.inMemoryColumnarStorage.batchSize"))
+              spark.conf.get("spark.sql.inMemoryColumnarStorage.batchSize"), conf.get("spark.serializer"))
         """
     )
-    assert fresh_process(script).split()[-3:] == ["false", "unset", "5000"]
+    java = "org.apache.spark.serializer.JavaSerializer"
+    assert fresh_process(script).split()[-4:] == ["false", "unset", "5000", java]
     off_heap = "spark.memory.offHeap."
-    assert not spark_env.user_sets(off_heap, {}) and not spark_env.user_sets(
-        off_heap, {"PYSPARK_SUBMIT_ARGS": "--conf a=b"}
-    )
+    assert not spark_env.user_sets(off_heap, {})
+    assert not spark_env.user_sets(off_heap, {"PYSPARK_SUBMIT_ARGS": "--conf a=b"})

@@ -1,8 +1,9 @@
 """The Spark session the `curate` stage runs on (`local[*]` by default, any master URL works),
 and the one place that says which environment Spark's Python processes need: the CLI, the
 spark-submit job and the Airflow task all take it from `environment`. Also the stage's memory
-habits on Spark: a local JVM sorts and shuffles in native memory (`LOCAL_OFF_HEAP`) and builds
-persisted rows in small batches (`LOCAL_COLUMNAR_BATCH`); `checkpoint`
+habits on Spark: a local JVM sorts and shuffles in native memory (`LOCAL_OFF_HEAP`), builds
+persisted rows in small batches (`LOCAL_COLUMNAR_BATCH`) and reads checkpoints back with Kryo
+(`LOCAL_SERIALIZER`); `checkpoint`
 keeps intermediate results on disk, not in the JVM's heap; `collect_arrow` brings rows to the
 driver through files, not the heap; `map_batches` runs a per-batch function that gives its
 worker's freed memory back (`released`); `local_frame` makes a DataFrame of the driver's rows
@@ -78,10 +79,20 @@ LOCAL_OFF_HEAP = {"spark.memory.offHeap.enabled": "true", "spark.memory.offHeap.
 # against 706-719 MiB; the same seconds). Left out where the user's settings name it (`user_sets`).
 LOCAL_COLUMNAR_BATCH = {"spark.sql.inMemoryColumnarStorage.batchSize": "1000"}
 
+# A local master's checkpoints (`checkpoint`: blocks on disk) are written and read back with
+# `spark.serializer`; Spark's default, Java serialization, reads each row through an object stream
+# that allocates its bytes twice (Java Flight Recorder: ~0.5 GB of the JVM's 4.1 GB of allocations
+# at 240,000 records), and what survives a young collection is promoted. Kryo, Spark's advice for
+# speed, reads a row into one array (bench/RESULTS.md: at 240,000 records the old generation's
+# largest use 92-94 against 134-156 MB, the JVM in the write 609-627 against 638-672 MiB). Left
+# out where the user's settings name a serializer.
+LOCAL_SERIALIZER = {"spark.serializer": "org.apache.spark.serializer.KryoSerializer"}
+
 # each group with the settings' family a user's own settings may name (then the group stays out)
 LOCAL_SETTINGS = [
     ("spark.memory.offHeap.", LOCAL_OFF_HEAP),
     ("spark.sql.inMemoryColumnarStorage.batchSize", LOCAL_COLUMNAR_BATCH),
+    ("spark.serializer", LOCAL_SERIALIZER),
 ]
 
 
