@@ -110,6 +110,16 @@ def s3_bucket(s3_endpoint):
     return name
 
 
+def short_jvm_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a subprocess whose JVM lives for one small job (`climb curate`, `spark-submit`):
+    the JIT's first tier only. C2 compiling Spark's start-up code is most of such a JVM's CPU
+    (curating ~40 documents: 27 -> 17 CPU-s for `climb curate`, 33 -> 22 for `spark-submit`); what
+    the job computes and commits is the same. The collector and memory settings stay the
+    pipeline's own (`mixture.spark`)."""
+    options = " ".join(filter(None, [env.get("JAVA_TOOL_OPTIONS"), "-XX:TieredStopAtLevel=1"]))
+    return {**env, "JAVA_TOOL_OPTIONS": options}
+
+
 def read_jsonl_gz(path: Path) -> list[dict]:
     with gzip.open(path, "rt") as f:
         return [json.loads(line) for line in f]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config_dict, write_jsonl
+from conftest import short_jvm_env, tiny_config_dict, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -321,7 +321,10 @@ def clean_run(dagbag, tmp_path_factory, sample_records):
         by_source.setdefault(r["source"], []).append(r)
     corpus = write_jsonl(tmp / "input" / "tiny.jsonl", [r for recs in by_source.values() for r in recs[:30]])
     config = _write_config(tmp, corpus)
-    refresh = _run(dagbag, REFRESH, config)
+    with pytest.MonkeyPatch.context() as patch:
+        # the curate task's spark-submit: a JVM for one small job (conftest.short_jvm_env)
+        patch.setenv("JAVA_TOOL_OPTIONS", short_jvm_env(dict(os.environ))["JAVA_TOOL_OPTIONS"])
+        refresh = _run(dagbag, REFRESH, config)
     events = _asset_events(refresh)
     search = _run(dagbag, SEARCH, config)
     return {

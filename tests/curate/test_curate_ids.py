@@ -7,6 +7,7 @@ repeated id is a duplicate wherever it is (the old behaviour)."""
 from __future__ import annotations
 
 import json
+from itertools import islice
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,12 +24,9 @@ def inputs(tmp_path_factory, sample_records) -> tuple[Path, list[str]]:
     """12 files of 3 distinct passing documents with ids r0..r2 each, a file with an id repeated
     inside it, and `z-copy-of-f00.jsonl` (f00's content under another name)."""
     chain = FilterChain(FiltersConfig())
-    passing = [
-        r
-        for r in sample_records
-        if len(r["text"].split()) >= 300 and chain(r["text"]).reason is None and not r["id"].endswith("-copy")
-    ]
-    texts = [r["text"] for r in passing[: FILES * PER_FILE + 1]]
+    long_enough = (r for r in sample_records if len(r["text"].split()) >= 300 and not r["id"].endswith("-copy"))
+    passing = islice((r for r in long_enough if chain(r["text"]).reason is None), FILES * PER_FILE + 1)
+    texts = [r["text"] for r in passing]  # the chain runs until it has them, not over the whole sample
     root = tmp_path_factory.mktemp("ids-in")
     for f in range(FILES):
         lines = [json.dumps({"id": f"r{i}", "text": texts[f * PER_FILE + i]}) for i in range(PER_FILE)]

@@ -10,11 +10,13 @@ import json
 import os
 import subprocess
 import sys
+from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import short_jvm_env
 from mixture import pipeline
 from mixture.config import FiltersConfig, parse_config
 from mixture.curate import accounting, dedup_groups, texts
@@ -48,12 +50,10 @@ def crafted_input(tmp_path_factory, sample_records) -> tuple[Path, dict]:
     """Three files: JSONL with defects, gzip'd JSONL with duplicates, Parquet; and what to expect."""
     root = tmp_path_factory.mktemp("curate-in")
     chain = FilterChain(FiltersConfig())
-    passing = [
-        r
-        for r in sample_records
-        if len(r["text"].split()) >= 300 and chain(r["text"]).reason is None and not r["id"].endswith("-copy")
-    ][:14]
-    failing = [r for r in sample_records if chain(r["text"]).reason is not None][:6]
+    # the first passing and failing records, filtered lazily: not the whole sample (~7 s)
+    long_enough = (r for r in sample_records if len(r["text"].split()) >= 300 and not r["id"].endswith("-copy"))
+    passing = list(islice((r for r in long_enough if chain(r["text"]).reason is None), 14))
+    failing = list(islice((r for r in sample_records if chain(r["text"]).reason is not None), 6))
     base = passing[0]
     # A chain: b is a 4-word edit of a, c a 4-word edit of b (c is further from a).
     n = len(base["text"].split())
@@ -255,11 +255,13 @@ def test_climb_cli_and_spark_submit_commit_the_same_dataset(tmp_path, tiny_corpu
     import yaml
 
     outputs = {}
+    # one MLflow store for both (its tables are created once; the tracking section is not hashed)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for name in ("cli", "submit"):
-        cfg = _config(tmp_path / name, tiny_corpus, 2)
+        cfg = _config(tmp_path / name, tiny_corpus, 2, store)
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+        env = short_jvm_env({**os.environ, "PYSPARK_PYTHON": sys.executable})
         if name == "cli":
             cmd = [str(Path(sys.executable).parent / "climb"), "curate", "--config", str(path)]
         else:
