@@ -1,13 +1,12 @@
 """The Spark session the `curate` stage runs on (`local[*]` by default, any master URL works),
 and the one place that says which environment Spark's Python processes need: the CLI, the
 spark-submit job and the Airflow task all take it from `environment`. Also the stage's memory
-habits on Spark: a local JVM sorts and shuffles in native memory (`LOCAL_OFF_HEAP`), builds
-persisted rows in small batches (`LOCAL_COLUMNAR_BATCH`) and reads checkpoints back with Kryo
-(`LOCAL_SERIALIZER`); `checkpoint`
-keeps intermediate results on disk, not in the JVM's heap; `collect_arrow` brings rows to the
-driver through files, not the heap; `map_batches` runs a per-batch function that gives its
-worker's freed memory back (`released`); `local_frame` makes a DataFrame of the driver's rows
-without Python workers; `stop` can end the JVM a session started."""
+habits on Spark: a local JVM sorts and shuffles in native memory, builds persisted rows in small
+batches and reads checkpoints back with Kryo (`LOCAL_SETTINGS`); `checkpoint` keeps intermediate
+results on disk, not in the JVM's heap; `collect_arrow` brings rows to the driver through files,
+not the heap; `map_batches` runs a per-batch function that gives its worker's freed memory back
+(`released`); `local_frame` makes a DataFrame of the driver's rows without Python workers; `stop`
+can end the JVM a session started."""
 
 from __future__ import annotations
 
@@ -74,18 +73,18 @@ LOCAL_OFF_HEAP = {"spark.memory.offHeap.enabled": "true", "spark.memory.offHeap.
 # A local master's persisted DataFrames (the curate stage's scan) are built in the heap in columnar
 # batches while the Python workers compute their rows, seconds a batch: Spark's 10,000 rows outlive
 # the young collections that find them live, and the serial collector promotes them, garbage whose
-# old-generation pages then stay resident; 1,000-row batches are promoted less (bench/RESULTS.md: at 240,000
-# records the old generation's largest use 134-156 against 187-203 MB, the JVM in the write 638-672
-# against 706-719 MiB; the same seconds). Left out where the user's settings name it (`user_sets`).
+# old-generation pages then stay resident; 1,000-row batches are promoted less (bench/RESULTS.md:
+# at 240,000 records the old generation's largest use 134-156 against 187-203 MB, the JVM in the
+# write 638-672 against 706-719 MiB). Left out where the user's settings name it (`user_sets`).
 LOCAL_COLUMNAR_BATCH = {"spark.sql.inMemoryColumnarStorage.batchSize": "1000"}
 
 # A local master's checkpoints (`checkpoint`: blocks on disk) are written and read back with
 # `spark.serializer`; Spark's default, Java serialization, reads each row through an object stream
-# that allocates its bytes twice (Java Flight Recorder: ~0.5 GB of the JVM's 4.1 GB of allocations
-# at 240,000 records), and what survives a young collection is promoted. Kryo, Spark's advice for
-# speed, reads a row into one array (bench/RESULTS.md: at 240,000 records the old generation's
-# largest use 92-94 against 134-156 MB, the JVM in the write 609-627 against 638-672 MiB). Left
-# out where the user's settings name a serializer.
+# (Java Flight Recorder: ~0.5 GB of the JVM's 4.1 GB of allocations at 240,000 records), and what
+# survives a young collection is promoted. Kryo, Spark's advice for speed, reads a row into one
+# byte array (bench/RESULTS.md: at 240,000 records the old generation's largest use 92-94 against
+# 134-156 MB, the JVM in the write 609-627 against 638-672 MiB; the throughput benchmark's seconds
+# within the box's noise). Left out where the user's settings name a serializer.
 LOCAL_SERIALIZER = {"spark.serializer": "org.apache.spark.serializer.KryoSerializer"}
 
 # each group with the settings' family a user's own settings may name (then the group stays out)
