@@ -365,13 +365,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "datatrove" not in args.skip:
         dt, tmp = run_datatrove(corpus, params.bands, params.rows)
-        (groups, _), times = timed(dt, args.repeats)
+        try:  # its input copy and work folders, whether or not a repeat fails
+            (groups, _), times = timed(dt, args.repeats)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         results["datatrove 0.10 (2 workers)"] = (
             score(groups, true_pairs),
             times,
             f"{params.bands * params.rows} perms, {params.bands}x{params.rows}",
         )
-        shutil.rmtree(tmp, ignore_errors=True)
     if "datasketch" not in args.skip:
         ds = run_datasketch(corpus, sets, args.threshold, params.num_perm)
         (groups, info), times = timed(ds, args.repeats)
