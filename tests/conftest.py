@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,17 @@ def short_jvm_env(env: dict[str, str]) -> dict[str, str]:
     pipeline's own (`mixture.spark`)."""
     options = " ".join(filter(None, [env.get("JAVA_TOOL_OPTIONS"), "-XX:TieredStopAtLevel=1"]))
     return {**env, "JAVA_TOOL_OPTIONS": options}
+
+
+def first_passing(records, n: int, min_words: int) -> list[dict]:
+    """The first `n` of `records` with `min_words` words or more that pass the default filters,
+    not `-copy` ids: the filter chain runs until it has them, not over the whole sample."""
+    from mixture.config import FiltersConfig
+    from mixture.curate.filters import FilterChain
+
+    chain = FilterChain(FiltersConfig())
+    long_enough = (r for r in records if len(r["text"].split()) >= min_words and not r["id"].endswith("-copy"))
+    return list(islice((r for r in long_enough if chain(r["text"]).reason is None), n))
 
 
 def read_jsonl_gz(path: Path) -> list[dict]:

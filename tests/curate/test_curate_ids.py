@@ -7,14 +7,13 @@ repeated id is a duplicate wherever it is (the old behaviour)."""
 from __future__ import annotations
 
 import json
-from itertools import islice
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import first_passing
 from mixture import pipeline
-from mixture.config import FiltersConfig, parse_config
-from mixture.curate.filters import FilterChain
+from mixture.config import parse_config
 
 FILES, PER_FILE = 12, 3
 
@@ -23,10 +22,7 @@ FILES, PER_FILE = 12, 3
 def inputs(tmp_path_factory, sample_records) -> tuple[Path, list[str]]:
     """12 files of 3 distinct passing documents with ids r0..r2 each, a file with an id repeated
     inside it, and `z-copy-of-f00.jsonl` (f00's content under another name)."""
-    chain = FilterChain(FiltersConfig())
-    long_enough = (r for r in sample_records if len(r["text"].split()) >= 300 and not r["id"].endswith("-copy"))
-    passing = islice((r for r in long_enough if chain(r["text"]).reason is None), FILES * PER_FILE + 1)
-    texts = [r["text"] for r in passing]  # the chain runs until it has them, not over the whole sample
+    texts = [r["text"] for r in first_passing(sample_records, FILES * PER_FILE + 1, min_words=300)]
     root = tmp_path_factory.mktemp("ids-in")
     for f in range(FILES):
         lines = [json.dumps({"id": f"r{i}", "text": texts[f * PER_FILE + i]}) for i in range(PER_FILE)]

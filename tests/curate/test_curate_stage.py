@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import short_jvm_env
+from conftest import first_passing, short_jvm_env
 from mixture import pipeline
 from mixture.config import FiltersConfig, parse_config
 from mixture.curate import accounting, dedup_groups, texts
@@ -50,9 +50,7 @@ def crafted_input(tmp_path_factory, sample_records) -> tuple[Path, dict]:
     """Three files: JSONL with defects, gzip'd JSONL with duplicates, Parquet; and what to expect."""
     root = tmp_path_factory.mktemp("curate-in")
     chain = FilterChain(FiltersConfig())
-    # the first passing and failing records, filtered lazily: not the whole sample (~7 s)
-    long_enough = (r for r in sample_records if len(r["text"].split()) >= 300 and not r["id"].endswith("-copy"))
-    passing = list(islice((r for r in long_enough if chain(r["text"]).reason is None), 14))
+    passing = first_passing(sample_records, 14, min_words=300)
     failing = list(islice((r for r in sample_records if chain(r["text"]).reason is not None), 6))
     base = passing[0]
     # A chain: b is a 4-word edit of a, c a 4-word edit of b (c is further from a).

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import random
-from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import first_passing
 from mixture import increments, pipeline, storage
-from mixture.config import FiltersConfig, parse_config
-from mixture.curate.filters import FilterChain
+from mixture.config import parse_config
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +40,12 @@ def edited(text: str, seed: int, rate: float = 0.01) -> str:
     return " ".join(words)
 
 
-def passing(sample_records, n: int) -> list[dict]:
-    """The first `n` real documents of 150 words or more that pass the default filters (the chain
-    runs until it has them, not over the whole sample)."""
-    chain = FilterChain(FiltersConfig())
-    long_enough = (r for r in sample_records if len(r["text"].split()) >= 150 and not r["id"].endswith("-copy"))
-    return list(islice((r for r in long_enough if chain(r["text"]).reason is None), n))
-
-
 @pytest.fixture(scope="module")
 def corpus(sample_records) -> dict[str, list[dict]]:
     """Six files of 30 real documents that pass the filters (ids `<file>-<n>`, unique across files, a later file's
     ids sorting after an earlier file's); file 3 also holds exact copies of three documents of
     file 0, file 4 edited copies of four documents of file 1."""
-    pool = passing(sample_records, FILES * PER)
+    pool = first_passing(sample_records, FILES * PER, min_words=150)
     files = {
         f"f{k}.jsonl": [{"id": f"f{k}-{i:03d}", "text": pool[k * PER + i]["text"]} for i in range(PER)]
         for k in range(FILES)
@@ -195,7 +186,7 @@ def test_changed_and_deleted_files_withdraw_their_documents(spark, corpus, tmp_p
 
 def test_ids_repeated_across_refreshes_keep_every_document_and_never_change(spark, sample_records, tmp_path):
     inputs = tmp_path / "in"
-    texts = [r["text"] for r in passing(sample_records, 6)]
+    texts = [r["text"] for r in first_passing(sample_records, 6, min_words=150)]
     write(inputs, "a.jsonl", [{"id": f"r{i}", "text": texts[i]} for i in range(3)])
     cfg = config(tmp_path / "inc", inputs)
     _, first = curate(cfg)
