@@ -134,6 +134,28 @@ def test_local_frame_has_the_rows_and_partitions_asked_for(spark):
     assert empty.count() == 0 and empty.columns == ["id", "near_of"]
 
 
+def test_by_value_gives_each_value_a_partition_of_its_own_where_hashing_shares_one(spark):
+    from pyspark.sql import functions as F
+
+    values = spark.range(0, 600).select((F.col("id") % 3).cast("int").alias("b"), "id")
+
+    def partitions_of(df):
+        rows = df.select("b", F.spark_partition_id().alias("p")).distinct().collect()
+        return sorted((r["b"], r["p"]) for r in rows)
+
+    # Spark's hash partitioning puts values 0 and 2 of 3 in one partition, the third empty
+    assert partitions_of(values.repartition(3, "b")) == [(0, 0), (1, 1), (2, 0)]
+    placed = spark_env.by_value(values, "b", 3)
+    assert partitions_of(placed) == [(0, 0), (1, 1), (2, 2)]
+    assert placed.columns == ["b", "id"] and placed.count() == 600
+    n = 37
+    many = spark.range(0, 5 * n).select((F.col("id") % n).cast("int").alias("b"))
+    assert partitions_of(spark_env.by_value(many, "b", n)) == [(v, v) for v in range(n)]
+    hashed = spark.range(-50, 50).select(F.col("id").cast("int").alias("v"), F.hash(F.col("id").cast("int")).alias("h"))
+    rows = hashed.collect()
+    assert spark_env.murmur3_int([r["v"] for r in rows]).tolist() == [r["h"] for r in rows]
+
+
 def test_local_frame_starts_no_python_worker_where_create_data_frame_does():
     """Python workers (each of a daemon's pool keeps its memory) only for the per-batch functions:
     `createDataFrame` of Python rows starts a daemon and workers of its own."""

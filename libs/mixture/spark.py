@@ -5,8 +5,8 @@ habits on Spark: a local JVM sorts and shuffles in native memory, builds persist
 batches and reads checkpoints back with Kryo (`LOCAL_SETTINGS`); `checkpoint` keeps intermediate
 results on disk, not in the JVM's heap; `collect_arrow` brings rows to the driver through files,
 not the heap; `map_batches` runs a per-batch function that gives its worker's freed memory back
-(`released`); `local_frame` makes a DataFrame of the driver's rows without Python workers; `stop`
-can end the JVM a session started."""
+(`released`); `local_frame` makes a DataFrame of the driver's rows without Python workers;
+`by_value` gives each value of a column a task of its own; `stop` can end the JVM a session started."""
 
 from __future__ import annotations
 
@@ -288,6 +288,58 @@ def local_frame(spark, rows: list[tuple], schema: str, partitions: int | None = 
     wanted = max(1, min(len(rows), partitions))
     # the JVM slices local rows into at most `defaultParallelism` partitions: a shuffle only if that differs
     return df if wanted == max(1, min(len(rows), spark.sparkContext.defaultParallelism)) else df.repartition(wanted)
+
+
+_PLACE = "_partition_key"
+
+
+def by_value(df, column: str, n: int):
+    """`df` in `n` partitions, the rows whose `column` (an int in [0, n)) is v in partition v:
+    one task per value. `repartition(n, column)` hashes the values (pmod(murmur3(v), n)), so two
+    values can share a task while another task gets none (with 3 values: 0 and 2 in one task, the
+    write's slowest task twice the rows); here the rows are shuffled on a key whose hash is v
+    (`partition_keys`)."""
+    from pyspark.sql import functions as F
+
+    keys = F.array(*[F.lit(k) for k in partition_keys(n).tolist()])
+    return df.withColumn(_PLACE, F.element_at(keys, F.col(column) + 1)).repartition(n, _PLACE).drop(_PLACE)
+
+
+def partition_keys(n: int):
+    """For each v in [0, n), the smallest int whose row Spark's hash partitioning into n
+    partitions places in partition v (numpy int32 array)."""
+    import numpy as np
+
+    found = np.full(n, -1, dtype=np.int64)
+    start, size = 0, max(64, 4 * n)
+    while (found < 0).any():
+        k = np.arange(start, start + size, dtype=np.int64)
+        part = murmur3_int(k) % n  # numpy's % is Java's pmod for n > 0
+        first = np.unique(part, return_index=True)
+        todo = found[first[0]] < 0
+        found[first[0][todo]] = k[first[1][todo]]
+        start, size = start + size, size * 2
+    return found.astype(np.int32)
+
+
+def murmur3_int(values):
+    """Spark's `hash` of int values (Murmur3 x86 32-bit, seed 42: `Murmur3_x86_32.hashInt`, the
+    hash of its hash partitioning), as numpy int32."""
+    import numpy as np
+
+    def rotl(x, r):
+        return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+    k = np.asarray(values).astype(np.uint32) * np.uint32(0xCC9E2D51)
+    k = rotl(k, 15) * np.uint32(0x1B873593)
+    h = rotl(np.uint32(42) ^ k, 13) * np.uint32(5) + np.uint32(0xE6546B64)
+    h ^= np.uint32(4)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h.view(np.int32)
 
 
 def released(fn: Callable[[Iterator], Iterator]) -> Callable[[Iterator], Iterator]:

@@ -79,6 +79,28 @@ def test_streamed_parts_are_the_bytes_of_the_whole_part(tmp_path, n, run_rows, r
         assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)][0] == min(n, row_group_size)
 
 
+def test_parts_are_the_bytes_of_their_rows_sorted_and_written_as_one_table(tmp_path, monkeypatch):
+    """Row groups reach the Parquet writer as chunks of `GROUP_CHUNK` rows from each group's start,
+    never one copy of the whole group: the file is still the one `pq.write_table` gives the sorted
+    rows as one table, here with texts long enough for several pages a group."""
+    rng = random.Random(11)
+    n = 13_000
+    # distinct texts of up to ~1 KB: no dictionary, each group's text column cut into pages by size
+    texts = [None if rng.random() < 0.02 else f"{i} " + "ab cd ef " * rng.randrange(120) for i in range(n)]
+    table = _rows(n, seed=11).set_column(1, "text", pa.array(texts))
+    sink = pa.BufferOutputStream()
+    ordered = table.sort_by([("id", "ascending")]).combine_chunks().cast(batches.arrow_schema(FIELDS))
+    pq.write_table(ordered, sink, compression="zstd", row_group_size=5000)
+    want = sink.getvalue().to_pybytes()
+    for chunk in (1024, 4096):
+        monkeypatch.setattr(batches, "GROUP_CHUNK", chunk)
+        assert _whole(table, tmp_path / f"w{chunk}.parquet", row_group_size=5000) == want
+        got, runs = _streamed(
+            table, tmp_path / f"s{chunk}.parquet", tmp_path, run_rows=3000, chunk=777, row_group_size=5000
+        )
+        assert runs == 4 and got == want
+
+
 @pytest.mark.parametrize("merge_rows", [2048, 3])
 def test_ties_keep_their_input_order_across_runs(tmp_path, monkeypatch, merge_rows):
     monkeypatch.setattr(batches, "MERGE_ROWS", merge_rows)  # rows of all the runs read at a time

@@ -56,7 +56,7 @@ from mixture import storage
 from mixture.config import Config
 from mixture.curate import accounting, batches, dedup_groups, ingest, minhash, prior, texts
 from mixture.curate.filters import stored_signal_names
-from mixture.spark import checkpoint, collect_arrow, give_back_memory, local_frame, map_batches
+from mixture.spark import by_value, checkpoint, collect_arrow, give_back_memory, local_frame, map_batches
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def write_dataset(
     if texts_folder and not texts.write_after_shuffle(parts):
         cols, texts_folder = texts.with_texts(cols, texts_folder), None
     bucket = F.pmod(F.xxhash64(*key_cols), F.lit(parts)).cast("int")
-    bucketed = cols.withColumn("_bucket", bucket).repartition(parts, "_bucket")
+    bucketed = by_value(cols.withColumn("_bucket", bucket), "_bucket", parts)
     if texts_folder:  # each writer reads the texts files' blocks in order
         bucketed = bucketed.sortWithinPartitions("_bucket", texts.SPLIT, texts.POS)
     write = batches.write_buckets(staging, prefix, fields, sort_keys, texts_folder=texts_folder)

@@ -133,8 +133,12 @@ def signal_batches(filters: dict[str, Any], every: bool = False):
 KEYS_COLUMN = ("keys", "array<bigint>")
 RUN_ROWS = 20_000  # rows of one part held in memory before they are sorted and spilled as a run
 RUN_BYTES = 64 << 20  # ... or bytes
-MERGE_ROWS = 8192  # rows of all the runs held at a time while merging (RUN_CHUNK per run at least)
+MERGE_ROWS = 2048  # rows of all the runs held at a time while merging (RUN_CHUNK per run at least)
 RUN_CHUNK = 256  # rows of a run file's record batches
+# A row group is handed to the Parquet writer as chunks of this many rows from its start (the last
+# one shorter), not as one copy of the whole group: the writer encodes a column 1,024 rows at a
+# time from each chunk's start, so chunks of a multiple of 1,024 give the same pages, the same bytes
+GROUP_CHUNK = 4096
 
 
 def key_batches(ngram: int, num_perm: int, bands: int, rows: int, seed: int):
@@ -220,10 +224,11 @@ def write_buckets(
                     text = reader.take(split, batch.column(texts.POS).to_numpy(zero_copy_only=False))
                     batch = batch.append_column(texts.TEXT, text)
                 buckets = batch.column("_bucket").to_numpy(zero_copy_only=False)
-                for b in np.unique(buckets).tolist():
+                values = np.unique(buckets).tolist()
+                for b in values:
                     if b not in parts:
                         parts[b] = SortedPart(schema, sort_keys, spill, run_rows, run_bytes)
-                    parts[b].add(batch.filter(pa.array(buckets == b)))
+                    parts[b].add(batch if len(values) == 1 else batch.filter(pa.array(buckets == b)))
                 spill_largest(list(parts.values()), run_rows, run_bytes)
             for b, part in sorted(parts.items()):
                 rows = part.write(part_uri(base_uri, prefix, b), row_group_size)
@@ -255,15 +260,16 @@ def part_uri(base_uri: str, prefix: str, bucket: int) -> str:
 
 
 def write_table(table, schema, sort_keys: list[str], uri: str, row_group_size: int = 20_000) -> int:
-    """Write one part file deterministically: same rows -> same bytes, whatever the batches."""
+    """Write one part file deterministically: same rows -> same bytes, whatever the batches. The
+    rows are held once and sorted a row group at a time (`write_groups`), not copied whole."""
     import pyarrow.parquet as pq
 
     # one chunk before the sort: sorting the chunks of Arrow IPC files as read (select's spill files)
     # took up to ~30x longer; the same rows, the same bytes
-    table = table.cast(schema).combine_chunks().sort_by([(k, "ascending") for k in sort_keys])
-    with storage.open_write(uri) as f:
-        pq.write_table(table, f, compression="zstd", row_group_size=row_group_size)
-    return table.num_rows
+    table = table.cast(schema).combine_chunks()
+    order = _sort_indices(table, sort_keys)
+    with storage.open_write(uri) as f, pq.ParquetWriter(f, schema, compression="zstd") as w:
+        return write_groups(w, schema, _taken(table, order, GROUP_CHUNK), row_group_size)
 
 
 # -------------------------------------------------------------- external sort of one part
@@ -303,12 +309,14 @@ class SortedPart:
 
         if not self.pending:
             return
-        run = _sorted(pa.concat_tables(self.pending), self.sort_keys)
+        table = pa.concat_tables(self.pending)
         self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
+        table = table.combine_chunks()  # the held batches freed: the rows are held once
         fd, path = tempfile.mkstemp(suffix=".arrow", dir=self.spill_dir)
         os.close(fd)
         with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, self.schema) as w:
-            w.write_table(run, max_chunksize=RUN_CHUNK)
+            for rows in _taken(table, _sort_indices(table, self.sort_keys), GROUP_CHUNK):
+                w.write_table(rows, max_chunksize=RUN_CHUNK)
         self.runs.append(path)
 
     def write(self, uri: str, row_group_size: int = 20_000) -> int:
@@ -319,7 +327,7 @@ class SortedPart:
         if not self.runs:  # it fits in one run: sorted in memory
             table = pa.concat_tables([self.schema.empty_table(), *self.pending])
             self.pending = []
-            return write_table(table, self.schema, self.sort_keys, uri, row_group_size)
+            return write_table(table.combine_chunks(), self.schema, self.sort_keys, uri, row_group_size)
         self.spill()
         try:
             with storage.open_write(uri) as f, pq.ParquetWriter(f, self.schema, compression="zstd") as w:
@@ -340,9 +348,17 @@ def spill_largest(parts: list[SortedPart], run_rows: int, run_bytes: int) -> Non
         max(parts, key=lambda p: p.pending_bytes).spill()
 
 
-def _sorted(table, sort_keys: list[str]):
-    """Arrow's stable sort: rows with equal keys keep their input order."""
-    return table.sort_by([(k, "ascending") for k in sort_keys])
+def _sort_indices(table, sort_keys: list[str]):
+    """Arrow's stable sort (`Table.sort_by`'s order): rows with equal keys keep their input order."""
+    import pyarrow.compute as pc
+
+    return pc.sort_indices(table, sort_keys=[(k, "ascending") for k in sort_keys])
+
+
+def _taken(table, order, rows: int) -> Iterator:
+    """`table.take(order)` in tables of `rows` rows: one piece at a time beside the table."""
+    for start in range(0, len(order), rows):
+        yield table.take(order.slice(start, rows))
 
 
 def _read_run(path: str, rows: int) -> Iterator:
@@ -367,7 +383,7 @@ _RUN, _POS = "__merge_run", "__merge_pos"
 
 def merge_runs(runs: list[Iterator], sort_keys: list[str]) -> Iterator:
     """k-way merge of sorted runs (iterators of sorted tables, the runs in input order) into
-    sorted tables: the order `_sorted` gives the runs concatenated. The rows held, tagged with
+    sorted tables: the order `_sort_indices` gives the runs concatenated. The rows held, tagged with
     (run, position), are sorted by (keys, run, position); every row up to the first that is the
     last one held of a run not yet exhausted precedes every row not yet read, so it is emitted."""
     import pyarrow as pa
@@ -409,21 +425,38 @@ def merge_runs(runs: list[Iterator], sort_keys: list[str]) -> Iterator:
 
 def write_groups(writer, schema, tables: Iterator, row_group_size: int) -> int:
     """Sorted tables -> row groups of `row_group_size` rows (the last one shorter) through a
-    ParquetWriter, as `pq.write_table` cuts one table; returns the rows written."""
+    ParquetWriter, the bytes `pq.write_table` gives the rows as one table; returns the rows
+    written. A group is held as chunks of `GROUP_CHUNK` rows from its start (`_group_chunks`)."""
+    import pyarrow as pa
+
+    group: list = []
+    n = rows = 0
+    for chunk in _group_chunks(tables, row_group_size):
+        group.append(chunk)
+        n += chunk.num_rows
+        if n == row_group_size:
+            writer.write_table(pa.concat_tables(group), row_group_size=row_group_size)
+            group, n, rows = [], 0, rows + row_group_size
+    if n or not rows:
+        writer.write_table(pa.concat_tables([schema.empty_table(), *group]), row_group_size=row_group_size)
+    return rows + n
+
+
+def _group_chunks(tables: Iterator, row_group_size: int) -> Iterator:
+    """Tables -> the same rows as one-chunk tables of `GROUP_CHUNK` rows, restarting at every
+    `row_group_size` rows (a group's last chunk shorter) and the last one shorter."""
     import pyarrow as pa
 
     held: list = []
-    n = rows = 0
+    n = in_group = 0
     for t in tables:
         held.append(t)
         n += t.num_rows
-        while n >= row_group_size:
+        while n >= min(GROUP_CHUNK, row_group_size - in_group):
+            size = min(GROUP_CHUNK, row_group_size - in_group)
             all_held = pa.concat_tables(held)
-            writer.write_table(all_held.slice(0, row_group_size).combine_chunks(), row_group_size=row_group_size)
-            rest = all_held.slice(row_group_size)
-            held, n, rows = [rest], rest.num_rows, rows + row_group_size
-    if n or not rows:
-        writer.write_table(
-            pa.concat_tables([schema.empty_table(), *held]).combine_chunks(), row_group_size=row_group_size
-        )
-    return rows + n
+            yield all_held.slice(0, size).combine_chunks()
+            rest = all_held.slice(size)
+            held, n, in_group = [rest], rest.num_rows, (in_group + size) % row_group_size
+    if n:
+        yield pa.concat_tables(held).combine_chunks()
