@@ -141,6 +141,11 @@ def test_band_keys_of_a_chunked_column_find_the_pairs_its_rows_lists_find():
     got = dedup.candidate_pairs_flat([ids[r] for r in reps], counts[reps], flat, offsets[reps])
     wanted = dedup.candidate_pairs_flat([ids[r] for r in reps], counts[reps], np.concatenate([lists[r] for r in reps]))
     assert got == wanted == [("d3", "d0"), ("d4", "d0"), ("d6", "d3")]  # a key shared in one band
+    # ids as an Arrow array: ranked by Arrow in Python's order of strings (code points)
+    named = ["z", "é", "中", "a"]
+    by_list = dedup.candidate_pairs_flat(named, counts[reps], flat, offsets[reps])
+    assert dedup.candidate_pairs_flat(pa.array(named), counts[reps], flat, offsets[reps]) == by_list
+    assert by_list == [("é", "a"), ("é", "z"), ("中", "z")]  # ids ordered a < z < é < 中
     empty = dedup_groups.band_keys(pa.chunked_array([], pa.list_(pa.int64())))
     assert [len(a) for a in empty] == [0, 0, 0]
 

@@ -256,16 +256,22 @@ def candidate_pairs_local(ids: list[str], keys: list[list[int]]) -> list[tuple[s
 
 
 def candidate_pairs_flat(
-    ids: list[str], counts: np.ndarray, flat: np.ndarray, offsets: np.ndarray | None = None
+    ids, counts: np.ndarray, flat: np.ndarray, offsets: np.ndarray | None = None
 ) -> list[tuple[str, str]]:
     """`candidate_pairs_local` from every document's band keys as one array (`counts[i]` keys of
     document i, in band order, from `offsets[i]`; by default one document after the other): no
     Python object per key, and one band at a time (memory: a few arrays of one value per
-    document, whatever the number of bands)."""
-    if not ids or counts.sum() == 0:
-        return []
+    document, whatever the number of bands). `ids` (a list, or an Arrow string array) are ranked
+    by Arrow (UTF-8 order, which is code point order: Python's): only the pairs' ids become Python
+    strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     n = len(ids)
-    order = sorted(range(n), key=ids.__getitem__)
+    if not n or counts.sum() == 0:
+        return []
+    ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+    order = pc.sort_indices(ids).to_numpy()
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     if offsets is None:
@@ -281,9 +287,10 @@ def candidate_pairs_flat(
         prev = np.r_[-1, doc[:-1]]
         with_first, with_prev = doc != first, ~start & (prev != first)
         codes += [doc[with_first] * n + first[with_first], doc[with_prev] * n + prev[with_prev]]
-    names = [ids[i] for i in order]
-    # ranks follow the names' order: pairs sorted as (u, v) numbers are sorted by name
-    return [(names[c // n], names[c % n]) for c in np.unique(np.concatenate(codes)).tolist()]
+    # ranks follow the ids' order: pairs sorted as (u, v) numbers are sorted by id
+    code = np.unique(np.concatenate(codes))
+    u, v = (ids.take(pa.array(order[c])).to_pylist() for c in (code // n, code % n))
+    return list(zip(u, v))
 
 
 def near_groups(

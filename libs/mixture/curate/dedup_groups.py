@@ -85,9 +85,6 @@ def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts
     read as one array (`band_keys`), and only the columns a step needs are gathered (the
     exact-group representatives' ids, the rows that get a correction); only the candidates' texts
     are read again. Returns (corrections, stats)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     fz = cfg.curate.fuzzy_dedup
     rows, first = exact_groups(table)
     starts = np.flatnonzero(first)
@@ -95,36 +92,45 @@ def groups_on_driver(table, spark, cfg: Config, params: minhash.LSHParams, texts
     counts, offsets, flat = band_keys(table.column("keys"))
     counts, offsets = counts[reps], offsets[reps]
     rep_ids = table.column("doc_id").take(reps).combine_chunks()
-    rep_names = rep_ids.to_pylist()
     stats = dedup.FuzzyStats(params.num_perm, params.bands, params.rows, documents=len(reps))
     stats.without_shingles = int((counts == 0).sum())
-    pairs = dedup.candidate_pairs_flat(rep_names, counts, flat, offsets)
+    pairs = dedup.candidate_pairs_flat(rep_ids, counts, flat, offsets)
     del flat, offsets
     if len(pairs) > cfg.curate.driver_rows:
         raise TooMany()
     give_back_memory()  # the keys and the pairs' work arrays, before the candidates' shingles
     shingles_of = candidates_shingles(table, reps, rep_ids, spark, texts_folder, fz.ngram)
     near = dict(dedup.near_on_driver(pairs, shingles_of, fz.threshold, fz.verify, stats))
-    group = np.cumsum(first) - 1  # of each kept row
-    sizes = np.bincount(group, minlength=len(starts))
-    exact = [r if n > 1 else None for r, n in zip(rep_names, sizes.tolist())]  # per group
-    near_of = list(exact)
-    linked = sorted(set(near) | set(near.values()))
-    where = pc.index_in(pa.array(linked, pa.string()), value_set=rep_ids).to_numpy(zero_copy_only=False)
-    for rep, g in zip(linked, where.tolist()):
-        near_of[g] = near.get(rep, rep)
-    changed_group = sizes > 1
-    changed_group[where.astype(np.int64)] = True
-    ids = table.select(["doc_id", "id"]).take(rows)
-    renamed = pc.not_equal(ids.column("doc_id"), ids.column("id")).to_numpy(zero_copy_only=False)
-    changed = np.flatnonzero(changed_group[group] | renamed)
-    out = [
-        (r["file"], r["line"], r["doc_id"], False, r["retracted"], exact[g], near_of[g])
-        for r, g in zip(table.select(CORRECTED).take(rows[changed]).to_pylist(), group[changed].tolist())
-    ]
+    out = changed_rows(table, rows, np.cumsum(first) - 1, rep_ids, near)
     dups = table.filter(table.column("dup")).select(CORRECTED).to_pylist()
     out += [(r["file"], r["line"], r["doc_id"], True, r["retracted"], None, None) for r in dups]
     return local_frame(spark, out, CORRECTIONS_SCHEMA), stats
+
+
+def changed_rows(table, rows: np.ndarray, group: np.ndarray, rep_ids, near: dict[str, str]) -> list[tuple]:
+    """The corrections of the kept rows (`rows`, table indices, in group order; `group`: each
+    one's exact group, whose representative's id is `rep_ids[group]`) that a group or a new id
+    changes: exact group = the representative when the group has copies, near group = `near`'s
+    root of the representative (else the exact group). Ids become Python strings for these rows
+    only."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    sizes = np.bincount(group, minlength=len(rep_ids))
+    linked = sorted(set(near) | set(near.values()))
+    where = pc.index_in(pa.array(linked, pa.string()), value_set=rep_ids).to_numpy(zero_copy_only=False)
+    near_of = {g: near.get(rep, rep) for rep, g in zip(linked, where.tolist())}  # per group
+    changed_group = sizes > 1
+    changed_group[where.astype(np.int64)] = True
+    renamed = pc.not_equal(table.column("doc_id"), table.column("id")).to_numpy(zero_copy_only=False)[rows]
+    changed = np.flatnonzero(changed_group[group] | renamed)
+    groups = group[changed]
+    names = rep_ids.take(pa.array(groups)).to_pylist()
+    exact = [name if n > 1 else None for name, n in zip(names, sizes[groups].tolist())]
+    return [
+        (r["file"], r["line"], r["doc_id"], False, r["retracted"], e, near_of.get(g, e))
+        for r, g, e in zip(table.select(CORRECTED).take(rows[changed]).to_pylist(), groups.tolist(), exact)
+    ]
 
 
 def band_keys(keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
