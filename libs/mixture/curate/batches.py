@@ -261,7 +261,7 @@ def part_uri(base_uri: str, prefix: str, bucket: int) -> str:
 
 def write_table(table, schema, sort_keys: list[str], uri: str, row_group_size: int = 20_000) -> int:
     """Write one part file deterministically: same rows -> same bytes, whatever the batches. The
-    rows are held once and sorted a row group at a time (`write_groups`), not copied whole."""
+    rows are held once, taken in sorted order a chunk at a time (`write_groups`), not copied whole."""
     import pyarrow.parquet as pq
 
     # one chunk before the sort: sorting the chunks of Arrow IPC files as read (select's spill files)
@@ -325,9 +325,9 @@ class SortedPart:
         import pyarrow.parquet as pq
 
         if not self.runs:  # it fits in one run: sorted in memory
-            table = pa.concat_tables([self.schema.empty_table(), *self.pending])
-            self.pending = []
-            return write_table(table.combine_chunks(), self.schema, self.sort_keys, uri, row_group_size)
+            table = pa.concat_tables([self.schema.empty_table(), *self.pending]).combine_chunks()
+            self.pending = []  # the held batches freed: the rows are held once
+            return write_table(table, self.schema, self.sort_keys, uri, row_group_size)
         self.spill()
         try:
             with storage.open_write(uri) as f, pq.ParquetWriter(f, self.schema, compression="zstd") as w:
