@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow as pa
 from mixture.curate import batches
 from mixture.curate.select import PartWriter
+from mixture.spark import LOCAL_ARROW_BATCH
 
 FIELDS = [("id", "string"), ("text", "string"), ("source", "string"), ("n_words", "int")]
-BATCH = 10_000  # Spark's Arrow batch (spark.sql.execution.arrow.maxRecordsPerBatch)
+BATCH = int(LOCAL_ARROW_BATCH["spark.sql.execution.arrow.maxRecordsPerBatch"])  # a local session's Arrow batch
 
 
 def generated(rows: int, chars: int):

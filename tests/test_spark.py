@@ -247,7 +247,7 @@ def test_collect_arrow_gives_the_rows_to_arrow_gives_and_leaves_no_file(spark, t
 
 def test_a_local_session_takes_the_memory_settings_unless_the_user_says_otherwise(spark):
     conf = spark.sparkContext.getConf()
-    for _, settings in spark_env.LOCAL_SETTINGS:  # native-memory sorts, small persisted batches, Kryo
+    for _, settings in spark_env.LOCAL_SETTINGS:  # native-memory sorts, small batches and pages, Kryo
         assert {k: spark.conf.get(k) for k in settings} == settings
     assert conf.get("spark.memory.offHeap.enabled") == "true"
     ordered = spark.range(200_000).selectExpr("id", "id % 1000 AS k", "CONCAT('d', id) AS name").orderBy("k", "id")
@@ -255,23 +255,31 @@ def test_a_local_session_takes_the_memory_settings_unless_the_user_says_otherwis
     assert persisted.toArrow().column("id").to_pylist()[:3] == [0, 1000, 2000]  # a sort and a persist run with them
     assert spark_env.checkpoint(ordered).toArrow() == persisted.toArrow()  # a checkpoint read back with Kryo
     persisted.unpersist()
+
+    def sizes(batches):
+        return (pa.RecordBatch.from_pydict({"n": [b.num_rows]}) for b in batches)
+
+    sent = spark_env.map_batches(spark.range(5000).coalesce(1), sizes, "n long").collect()
+    assert sorted(r["n"] for r in sent) == [1000, 2000, 2000]  # a Python worker's batches
     script = textwrap.dedent(
         """
         import os
         os.environ["PYSPARK_SUBMIT_ARGS"] = (
             "--conf spark.memory.offHeap.enabled=false "
             "--conf spark.sql.inMemoryColumnarStorage.batchSize=5000 "
-            "--conf spark.serializer=org.apache.spark.serializer.JavaSerializer pyspark-shell"
+            "--conf spark.serializer=org.apache.spark.serializer.JavaSerializer "
+            "--conf spark.buffer.pageSize=4m --conf spark.sql.execution.arrow.maxRecordsPerBatch=7000 pyspark-shell"
         )
         from mixture import spark as spark_env
         spark = spark_env.session("local[1]", "t", 1)
         conf = spark.sparkContext.getConf()
         print(conf.get("spark.memory.offHeap.enabled"), conf.get("spark.memory.offHeap.size", "unset"),
-              spark.conf.get("spark.sql.inMemoryColumnarStorage.batchSize"), conf.get("spark.serializer"))
+              spark.conf.get("spark.sql.inMemoryColumnarStorage.batchSize"), conf.get("spark.serializer"),
+              conf.get("spark.buffer.pageSize"), spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"))
         """
     )
     java = "org.apache.spark.serializer.JavaSerializer"
-    assert fresh_process(script).split()[-4:] == ["false", "unset", "5000", java]
+    assert fresh_process(script).split()[-6:] == ["false", "unset", "5000", java, "4m", "7000"]
     off_heap = "spark.memory.offHeap."
     assert not spark_env.user_sets(off_heap, {})
     assert not spark_env.user_sets(off_heap, {"PYSPARK_SUBMIT_ARGS": "--conf a=b"})

@@ -1,8 +1,8 @@
 """The Spark session the `curate` stage runs on (`local[*]` by default, any master URL works),
 and the one place that says which environment Spark's Python processes need: the CLI, the
 spark-submit job and the Airflow task all take it from `environment`. Also the stage's memory
-habits on Spark: a local JVM sorts and shuffles in native memory, builds persisted rows in small
-batches and reads checkpoints back with Kryo (`LOCAL_SETTINGS`); `checkpoint` keeps intermediate
+habits on Spark: a local JVM sorts and shuffles in native memory (small pages), builds persisted
+rows and Arrow batches small and reads checkpoints back with Kryo (`LOCAL_SETTINGS`); `checkpoint` keeps intermediate
 results on disk, not in the JVM's heap; `collect_arrow` brings rows to the driver through files,
 not the heap; `map_batches` runs a per-batch function that gives its worker's freed memory back
 (`released`); `local_frame` makes a DataFrame of the driver's rows without Python workers;
@@ -87,11 +87,22 @@ LOCAL_COLUMNAR_BATCH = {"spark.sql.inMemoryColumnarStorage.batchSize": "1000"}
 # within the box's noise). Left out where the user's settings name a serializer.
 LOCAL_SERIALIZER = {"spark.serializer": "org.apache.spark.serializer.KryoSerializer"}
 
+# A local master's sorts and shuffles take native pages of 1 MiB (Spark derives 4 MiB from the
+# off-heap size and two cores, 1 MiB at eight), and its Arrow batches to and from the Python
+# workers hold 2,000 rows instead of 10,000: the JVM touches less native memory per task and a
+# worker holds a smaller batch (bench/RESULTS.md: the curate stage's peak at 240,000 records
+# 1,665-1,677 against 1,701-1,703 MiB, the JVM in the write 582-584 against 598-610; at 24,000
+# 1,563-1,572 against 1,578-1,579). Each left out where the user sets it.
+LOCAL_PAGE = {"spark.buffer.pageSize": "1m"}
+LOCAL_ARROW_BATCH = {"spark.sql.execution.arrow.maxRecordsPerBatch": "2000"}
+
 # each group with the settings' family a user's own settings may name (then the group stays out)
 LOCAL_SETTINGS = [
     ("spark.memory.offHeap.", LOCAL_OFF_HEAP),
     ("spark.sql.inMemoryColumnarStorage.batchSize", LOCAL_COLUMNAR_BATCH),
     ("spark.serializer", LOCAL_SERIALIZER),
+    ("spark.buffer.pageSize", LOCAL_PAGE),
+    ("spark.sql.execution.arrow.maxRecordsPerBatch", LOCAL_ARROW_BATCH),
 ]
 
 
