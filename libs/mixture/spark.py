@@ -2,11 +2,12 @@
 and the one place that says which environment Spark's Python processes need: the CLI, the
 spark-submit job and the Airflow task all take it from `environment`. Also the stage's memory
 habits on Spark: a local JVM sorts and shuffles in native memory (small pages), builds persisted
-rows and Arrow batches small and reads checkpoints back with Kryo (`LOCAL_SETTINGS`); `checkpoint` keeps intermediate
-results on disk, not in the JVM's heap; `collect_arrow` brings rows to the driver through files,
-not the heap; `map_batches` runs a per-batch function that gives its worker's freed memory back
-(`released`); `local_frame` makes a DataFrame of the driver's rows without Python workers;
-`by_value` gives each value of a column a task of its own; `stop` can end the JVM a session started."""
+rows and Arrow batches small and reads checkpoints back with Kryo (`LOCAL_SETTINGS`);
+`checkpoint` keeps intermediate results on disk, not in the JVM's heap; `collect_arrow` brings
+rows to the driver through files, not the heap; `map_batches` runs a per-batch function that gives
+its worker's freed memory back (`released`); `local_frame` makes a DataFrame of the driver's rows
+without Python workers; `by_value` gives each value of a column a task of its own; `stop` can end
+the JVM a session started."""
 
 from __future__ import annotations
 
@@ -89,10 +90,10 @@ LOCAL_SERIALIZER = {"spark.serializer": "org.apache.spark.serializer.KryoSeriali
 
 # A local master's sorts and shuffles take native pages of 1 MiB (Spark derives 4 MiB from the
 # off-heap size and two cores, 1 MiB at eight), and its Arrow batches to and from the Python
-# workers hold 2,000 rows instead of 10,000: the JVM touches less native memory per task and a
-# worker holds a smaller batch (bench/RESULTS.md: the curate stage's peak at 240,000 records
-# 1,665-1,677 against 1,701-1,703 MiB, the JVM in the write 582-584 against 598-610; at 24,000
-# 1,563-1,572 against 1,578-1,579). Each left out where the user sets it.
+# workers hold 2,000 rows instead of 10,000 (measured together, not traced apart; bench/RESULTS.md:
+# the curate stage's peak at 240,000 records 1,665-1,677 against 1,701-1,703 MiB, the JVM in the
+# write 582-584 against 598-610; at 24,000 1,563-1,572 against 1,578-1,579). Each left out where
+# the user sets it.
 LOCAL_PAGE = {"spark.buffer.pageSize": "1m"}
 LOCAL_ARROW_BATCH = {"spark.sql.execution.arrow.maxRecordsPerBatch": "2000"}
 
